@@ -1,0 +1,2 @@
+//! Input and output: safetensors checkpoints and video files.
+pub mod safetensors;

@@ -1,0 +1,8 @@
+//! Runtime: devices and streams ([`device`]), device and pinned host memory ([`memory`]), the
+//! [`Tensor`] type ([`tensor`]), and weight residency ([`residency`]).
+pub mod device;
+pub mod memory;
+pub mod tensor;
+
+pub use device::{Device, Gpu, KernelArgs};
+pub use tensor::{DType, Tensor};
