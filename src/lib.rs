@@ -8,7 +8,9 @@
 //! - [`io`]: safetensors and video.
 //! - [`cli`]: the `contentv` command line.
 pub mod error;
+pub mod cli;
 pub mod io;
+pub mod model;
 pub mod ops;
 pub mod runtime;
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine with only the Rust toolchain lacks:
+#   - FFmpeg dev libraries + pkg-config + clang (for ffmpeg-next's bindgen), ffmpeg (ffprobe in tests)
+#   - python3-venv (for the pip nvcc)
+#   - the pinned nvcc 13.0 from PyPI wheels into .toolchain/ (scripts/install-cuda-toolchain.sh)
+# Safe to run repeatedly: it only installs what is missing.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+need=()
+pkg-config --exists libavcodec libavformat libavutil libswscale 2>/dev/null || need+=(libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v clang >/dev/null || need+=(clang)
+command -v ffprobe >/dev/null || need+=(ffmpeg)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "deps: installing ${need[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+if [ "${CONTENTV_NO_NVCC:-0}" != 1 ]; then
+  "$ROOT/scripts/install-cuda-toolchain.sh" >/dev/null
+fi

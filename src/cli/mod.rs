@@ -1,0 +1,1 @@
+//! The `contentv` command line.

@@ -1,0 +1,10 @@
+//! Models: text encoders (CLIP-L, OpenCLIP-bigG, T5-XXL) and their tokenizers, the ContentV
+//! 3D MMDiT transformer, the Wan2.1 VAE decoder, the flow-matching scheduler, the pipeline.
+pub mod clip;
+pub mod pipeline;
+pub mod scheduler;
+pub mod t5;
+pub mod text;
+pub mod tokenizer;
+pub mod transformer;
+pub mod vae;

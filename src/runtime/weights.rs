@@ -1,0 +1,200 @@
+//! Weight loading and residency: the model asks this layer for weights by checkpoint key and
+//! never owns device memory for them, so where a weight lives (resident on the GPU, on the
+//! host, streamed, quantized) can change without touching model code.
+//!
+//! ```ignore
+//! let store = WeightStore::open(&dir.join("transformer"), &device, DType::BF16)?;
+//! let blk = store.root().pp("transformer_blocks").pp(0);
+//! let wq = blk.linear("attn.to_q", 2432, 2432, true)?;   // spells attn.to_q.weight / .bias
+//! ```
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::{ShardedCheckpoint, StDtype};
+use crate::runtime::tensor::Backing;
+use crate::runtime::{DType, Device, Tensor};
+
+/// A weight as the model sees it: dense, or INT8 with per-output-channel scales.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    Dense(Tensor),
+    /// `q` [N, K] i8, `scale` [N] (or [N, K/group]) f32: w = q * scale.
+    Int8 { q: Tensor, scale: Tensor },
+}
+
+impl Weight {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Weight::Dense(t) => t.shape(),
+            Weight::Int8 { q, .. } => q.shape(),
+        }
+    }
+    /// The dense tensor (dequantized on the CPU reference path if INT8).
+    pub fn dense(&self) -> Result<Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t.clone()),
+            Weight::Int8 { .. } => Err(Error::Other("dense() of an INT8 weight: use the W8A16 GEMM".into())),
+        }
+    }
+}
+
+/// A linear layer's weights (PyTorch layout: weight [out, in]).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Weight,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn out_features(&self) -> usize {
+        self.weight.shape()[0]
+    }
+    pub fn in_features(&self) -> usize {
+        self.weight.shape()[1]
+    }
+}
+
+fn st_to_dtype(d: StDtype) -> Option<DType> {
+    match d {
+        StDtype::F32 => Some(DType::F32),
+        StDtype::BF16 => Some(DType::BF16),
+        StDtype::F16 => Some(DType::F16),
+        StDtype::I8 => Some(DType::I8),
+        _ => None,
+    }
+}
+
+/// One checkpoint component (e.g. `transformer/`), memory-mapped, with the device and the
+/// compute dtype its weights are delivered in. The CPU reference path always gets f32.
+pub struct WeightStore {
+    ckpt: ShardedCheckpoint,
+    dir: PathBuf,
+    device: Device,
+    dtype: DType,
+    /// Tensors already delivered (so a weight is uploaded once).
+    cache: Mutex<HashMap<String, Tensor>>,
+}
+
+impl WeightStore {
+    /// Opens `dir` (single `*.safetensors` or sharded with an index JSON).
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
+        let ckpt = ShardedCheckpoint::open_dir(dir)?;
+        let dtype = if device.is_cuda() { dtype } else { DType::F32 };
+        Ok(Arc::new(WeightStore { ckpt, dir: dir.to_path_buf(), device: device.clone(), dtype, cache: Mutex::new(HashMap::new()) }))
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// The dtype weights are delivered in (f32 on the CPU).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn checkpoint(&self) -> &ShardedCheckpoint {
+        &self.ckpt
+    }
+    pub fn contains(&self, key: &str) -> bool {
+        self.ckpt.contains(key)
+    }
+    pub fn shape_of(&self, key: &str) -> Option<Vec<usize>> {
+        self.ckpt.get(key).ok().map(|(_, i)| i.shape.clone())
+    }
+
+    pub fn root(self: &Arc<Self>) -> Prefix {
+        Prefix { store: self.clone(), prefix: String::new() }
+    }
+
+    /// Zero-copy host view of a checkpoint tensor, in its stored dtype.
+    pub fn host_view(&self, key: &str) -> Result<Tensor> {
+        let (file, info) = self.ckpt.get(key)?;
+        let dtype = st_to_dtype(info.dtype).ok_or_else(|| {
+            Error::Weights(format!("{}: tensor {key} has dtype {:?}, which the engine cannot use as a weight", file.path().display(), info.dtype))
+        })?;
+        let backing: Arc<dyn Backing> = file.backing();
+        Tensor::from_mapped(backing, info.start, info.len, dtype, &info.shape)
+    }
+
+    /// The tensor `key`, checked against `shape`, on the store's device in `dtype`.
+    pub fn load(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let ck = format!("{key}@{}", dtype.name());
+        if let Some(t) = self.cache.lock().unwrap().get(&ck) {
+            return Ok(t.clone());
+        }
+        let (file, info) = self.ckpt.get(key)?;
+        if info.shape != shape {
+            return Err(Error::Weights(format!(
+                "{}: tensor {key} has shape {:?}, expected {:?} (is this the right checkpoint / config?)",
+                file.path().display(),
+                info.shape,
+                shape
+            )));
+        }
+        let host = self.host_view(key)?;
+        let t = if self.device.is_cuda() {
+            // Upload in the stored dtype, convert on the device.
+            host.to_device(&self.device)?.to_dtype(dtype)?
+        } else {
+            host.to_dtype(DType::F32)?
+        };
+        self.cache.lock().unwrap().insert(ck, t.clone());
+        Ok(t)
+    }
+
+    /// Drops every delivered tensor (frees their device memory back to the pool).
+    pub fn release_all(&self) {
+        self.cache.lock().unwrap().clear();
+    }
+}
+
+/// A key prefix into a [`WeightStore`]; `pp` appends `.name`.
+#[derive(Clone)]
+pub struct Prefix {
+    store: Arc<WeightStore>,
+    prefix: String,
+}
+
+impl Prefix {
+    pub fn pp(&self, name: impl std::fmt::Display) -> Prefix {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Prefix { store: self.store.clone(), prefix }
+    }
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+    pub fn store(&self) -> &Arc<WeightStore> {
+        &self.store
+    }
+    pub fn device(&self) -> &Device {
+        &self.store.device
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.store.contains(&self.key(name))
+    }
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.store.shape_of(&self.key(name))
+    }
+    /// A tensor in the store's compute dtype (f32 on the CPU).
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.store.load(&self.key(name), shape, self.store.dtype)
+    }
+    /// A tensor in f32 whatever the compute dtype (norm gains, VAE weights, biases kept precise).
+    pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.store.load(&self.key(name), shape, DType::F32)
+    }
+    /// `{name}.weight` [out, in] and, if `bias`, `{name}.bias` [out].
+    pub fn linear(&self, name: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Linear> {
+        let p = self.pp(name);
+        let weight = Weight::Dense(p.tensor("weight", &[out_features, in_features])?);
+        let bias = if bias { Some(p.tensor("bias", &[out_features])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+}
