@@ -1,0 +1,162 @@
+//! Runtime: device probing never panics, tensor views on the host, and (with a GPU) the
+//! device round trips, the caching pool and pinned buffers.
+use contentv::runtime::device::{gpu_available, gpu_unavailable_reason, Event};
+use contentv::runtime::memory::{size_class, PinnedBuffer};
+use contentv::{DType, Device, Tensor};
+
+fn gpu() -> Option<Device> {
+    if !gpu_available() {
+        return None;
+    }
+    Device::cuda(0).ok()
+}
+
+macro_rules! need_gpu {
+    ($name:expr) => {
+        match gpu() {
+            Some(d) => d,
+            None => {
+                println!("SKIP {}: {}", $name, gpu_unavailable_reason().unwrap_or_else(|| "cuda init failed".into()));
+                return;
+            }
+        }
+    };
+}
+
+#[test]
+fn probe_never_panics_and_best_falls_back() {
+    let reason = gpu_unavailable_reason();
+    let (dev, why) = Device::best();
+    assert_eq!(dev.is_cuda(), reason.is_none());
+    if !dev.is_cuda() {
+        let why = why.expect("a reason when falling back to the CPU");
+        assert!(!why.is_empty());
+        println!("CPU fallback: {why}");
+        // Asking for the GPU explicitly is an error, not a panic.
+        assert!(Device::cuda(0).is_err());
+    }
+}
+
+#[test]
+fn views_on_host() {
+    let data: Vec<f32> = (0..24).map(|i| i as f32).collect();
+    let t = Tensor::from_f32(data.clone(), &[2, 3, 4], &Device::Cpu).unwrap();
+    assert!(t.is_contiguous());
+    // narrow on the last dim: strided rows
+    let n = t.narrow(2, 1, 2).unwrap();
+    assert_eq!(n.shape(), &[2, 3, 2]);
+    assert!(!n.is_contiguous());
+    assert_eq!(n.row_stride().unwrap(), 4);
+    assert_eq!(n.to_vec_f32().unwrap(), vec![1., 2., 5., 6., 9., 10., 13., 14., 17., 18., 21., 22.]);
+    // permute then contiguous
+    let p = t.permute(&[2, 0, 1]).unwrap();
+    assert_eq!(p.shape(), &[4, 2, 3]);
+    let pc = p.contiguous().unwrap();
+    assert!(pc.is_contiguous());
+    let v = pc.to_vec_f32().unwrap();
+    for a in 0..4 {
+        for b in 0..2 {
+            for c in 0..3 {
+                assert_eq!(v[a * 6 + b * 3 + c], data[b * 12 + c * 4 + a]);
+            }
+        }
+    }
+    // reshape of a non-contiguous view copies
+    let r = n.reshape(&[12]).unwrap();
+    assert_eq!(r.to_vec_f32().unwrap()[..4], [1., 2., 5., 6.]);
+    // errors, not panics
+    assert!(t.reshape(&[5, 5]).is_err());
+    assert!(t.narrow(1, 2, 2).is_err());
+    assert!(t.permute(&[0, 0, 1]).is_err());
+    assert!(Tensor::from_f32(vec![1.0; 5], &[2, 3], &Device::Cpu).is_err());
+}
+
+#[test]
+fn dtype_conversions_on_host() {
+    let v = vec![1.0f32, -2.5, 3.140625, 65504.0, 1e-3];
+    let t = Tensor::from_f32(v.clone(), &[5], &Device::Cpu).unwrap();
+    let b = t.to_dtype(DType::BF16).unwrap();
+    assert_eq!(b.dtype(), DType::BF16);
+    let back = b.to_vec_f32().unwrap();
+    for (x, y) in v.iter().zip(&back) {
+        assert!((x - y).abs() <= x.abs() * 2f32.powi(-8), "{x} vs {y}");
+    }
+    let h = t.to_dtype(DType::F16).unwrap().to_vec_f32().unwrap();
+    assert_eq!(h[3], 65504.0);
+}
+
+#[test]
+fn mapped_views_are_zero_copy_and_bounds_checked() {
+    use std::sync::Arc;
+    let mut bytes = vec![0u8; 3];
+    for x in [1.0f32, 2.0, 3.0] {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    let backing: Arc<dyn contentv::runtime::tensor::Backing> = Arc::new(bytes);
+    // unaligned start (3): must still read correctly
+    let t = Tensor::from_mapped(backing.clone(), 3, 12, DType::F32, &[3]).unwrap();
+    assert_eq!(t.to_vec_f32().unwrap(), vec![1.0, 2.0, 3.0]);
+    assert!(Tensor::from_mapped(backing.clone(), 4, 12, DType::F32, &[3]).is_err());
+    assert!(Tensor::from_mapped(backing, 3, 12, DType::F32, &[4]).is_err());
+}
+
+#[test]
+fn pool_size_classes() {
+    assert_eq!(size_class(1), 512);
+    assert_eq!(size_class(512), 512);
+    assert_eq!(size_class(513), 1024);
+    assert_eq!(size_class(1 << 20), 2 << 20);
+    assert_eq!(size_class((2 << 20) + 1), 4 << 20);
+}
+
+#[test]
+fn gpu_round_trip_and_views() {
+    let dev = need_gpu!("gpu_round_trip_and_views");
+    let data: Vec<f32> = (0..1000).map(|i| (i as f32).sin()).collect();
+    let t = Tensor::from_f32(data.clone(), &[10, 100], &dev).unwrap();
+    assert!(t.device().is_cuda());
+    assert_eq!(t.to_vec_f32().unwrap(), data);
+    let z = Tensor::zeros(&[7, 13], DType::BF16, &dev).unwrap();
+    assert!(z.to_vec_f32().unwrap().iter().all(|&x| x == 0.0));
+    // bf16 upload keeps bits
+    let b = Tensor::from_f32(data.clone(), &[10, 100], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+    let bd = b.to_device(&dev).unwrap();
+    assert_eq!(bd.to_bytes().unwrap(), b.to_bytes().unwrap());
+}
+
+#[test]
+fn gpu_pool_reuses_memory() {
+    let dev = need_gpu!("gpu_pool_reuses_memory");
+    let g = dev.gpu().unwrap().clone();
+    let _warm = Tensor::empty(&[1 << 20], DType::F32, &dev).unwrap();
+    drop(_warm);
+    let before = g.pool.stats().driver_allocs;
+    for _ in 0..50 {
+        let t = Tensor::empty(&[1 << 20], DType::F32, &dev).unwrap();
+        drop(t);
+    }
+    assert_eq!(g.pool.stats().driver_allocs, before, "the pool must reuse freed blocks");
+}
+
+#[test]
+fn gpu_pinned_and_events() {
+    let dev = need_gpu!("gpu_pinned_and_events");
+    let g = dev.gpu().unwrap().clone();
+    let mut p = PinnedBuffer::new(&g.ctx, 1 << 20).unwrap();
+    p.as_mut_slice().fill(7);
+    let t = Tensor::empty(&[1 << 20], DType::I8, &dev).unwrap();
+    let e0 = Event::new(true).unwrap();
+    let e1 = Event::new(true).unwrap();
+    e0.record(g.copy.cu_stream()).unwrap();
+    unsafe {
+        cudarc::driver::result::memcpy_htod_async(t.dev_ptr().unwrap(), p.as_slice(), g.copy.cu_stream()).unwrap();
+    }
+    e1.record(g.copy.cu_stream()).unwrap();
+    e1.wait_on(g.stream()).unwrap();
+    let v = t.to_bytes().unwrap();
+    assert!(v.iter().all(|&b| b == 7));
+    e1.synchronize().unwrap();
+    let ms = e0.elapsed_ms(&e1).unwrap();
+    println!("pinned 1 MiB H2D: {ms:.3} ms");
+    assert!(ms >= 0.0);
+}
