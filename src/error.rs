@@ -61,13 +61,11 @@ impl From<cudarc::driver::DriverError> for Error {
     }
 }
 
-/* safetensors hook added once io::safetensors lands
 impl From<crate::io::safetensors::StError> for Error {
     fn from(e: crate::io::safetensors::StError) -> Self {
         Error::Weights(e.to_string())
     }
 }
-*/
 
 /// Shorthand for a shape error.
 #[macro_export]

@@ -1,2 +1,3 @@
 //! Input and output: safetensors checkpoints and video files.
 pub mod safetensors;
+pub mod video;

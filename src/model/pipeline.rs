@@ -1,0 +1,578 @@
+//! The text-to-video pipeline (spec section 2): encode prompt and negative prompt, draw the
+//! initial noise, run the flow-matching Euler loop with classifier-free guidance, de-normalise and
+//! decode with the VAE, convert to uint8 frames.
+//!
+//! * CFG runs as ONE batch-2 transformer forward per step, batch order `[uncond, cond]` (as
+//!   diffusers concatenates), then `v = v_u + g * (v_c - v_u)`. With `guidance <= 1` there is
+//!   no CFG: batch 1, conditional only, and the negative prompt is not encoded.
+//! * The guidance combine and the Euler step run on the host (the latents are 16 x T x h x w,
+//!   a few MB, against a multi-second transformer forward). [`LatentPrecision::Bf16`] rounds
+//!   exactly like the reference (bf16 latents, bf16 combine, bf16 `dt * v`); `F32` keeps f32.
+//! * Initial noise: [`initial_noise`], a documented counter-based generator (splitmix64 +
+//!   Box-Muller, see docs/pipeline.md), or a file given by the caller (`--init-noise`).
+//!
+//! The models plug in through three small traits ([`Denoiser`], [`PromptEncoding`],
+//! [`FrameDecoder`]) so the loop can be tested with stand-ins.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use half::bf16;
+
+use crate::error::{Error, Result};
+use crate::model::scheduler::{FlowMatchEuler, SchedulerConfig};
+use crate::model::vae::{to_uint8_frames, VaeDecoder, VideoFrames};
+use crate::runtime::{DType, Device, Tensor};
+
+/// Latent channels of the DiT / VAE.
+pub const LATENT_CHANNELS: usize = 16;
+/// Text tokens per prompt (77 CLIP + 256 T5) and their width.
+pub const TEXT_TOKENS: usize = 333;
+pub const TEXT_DIM: usize = 4096;
+pub const POOLED_DIM: usize = 2048;
+/// VAE factors (Wan2.1: temporal 4, spatial 8) and the DiT patch size.
+pub const TIME_FACTOR: usize = 4;
+pub const SPATIAL_FACTOR: usize = 8;
+pub const PATCH: usize = 2;
+
+/// Prompt embeddings: `ctx` [333, 4096] (or [1, 333, 4096]) and `pooled` [2048] (or [1, 2048]).
+#[derive(Clone, Debug)]
+pub struct PromptEmbeds {
+    pub ctx: Tensor,
+    pub pooled: Tensor,
+}
+
+/// Text side: one prompt to its embeddings.
+pub trait PromptEncoding {
+    fn encode(&self, prompt: &str) -> Result<PromptEmbeds>;
+}
+
+/// The transformer: velocity for latents `x` [B, 16, T, h, w], one timestep per batch entry,
+/// context [B, 333, 4096], pooled [B, 2048]. Returns [B, 16, T, h, w].
+pub trait Denoiser {
+    fn forward(&self, x: &Tensor, timesteps: &[f32], ctx: &Tensor, pooled: &Tensor) -> Result<Tensor>;
+    /// The dtype the latents are fed in (f32 on the CPU reference path, bf16 on the GPU).
+    fn input_dtype(&self) -> DType {
+        DType::F32
+    }
+}
+
+/// The VAE: DiT-space latents [1, 16, T, h, w] (de-normalised inside) to video [1, 3, F, H, W] in [-1, 1].
+pub trait FrameDecoder {
+    fn decode(&self, latents: &Tensor) -> Result<Tensor>;
+}
+
+impl FrameDecoder for VaeDecoder {
+    fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        VaeDecoder::decode(self, latents)
+    }
+}
+
+/// How the latents are rounded between steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatentPrecision {
+    /// f32 latents, f32 guidance combine and Euler step (the CPU reference path).
+    F32,
+    /// Exactly the reference's bf16 arithmetic (latents stored in bf16).
+    Bf16,
+}
+
+/// Sizes derived from the requested video size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VideoGeometry {
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl VideoGeometry {
+    /// Checks the size (multiples of 16, frames = 4k+1 and >= 1). Use
+    /// [`round_frames`] first to get the reference's rounding.
+    pub fn new(frames: usize, height: usize, width: usize) -> Result<VideoGeometry> {
+        if frames == 0 || frames % TIME_FACTOR != 1 {
+            return Err(Error::Input(format!("the frame count must be 4k+1 (1, 5, 9, ..., 125), got {frames}")));
+        }
+        let m = SPATIAL_FACTOR * PATCH;
+        if height == 0 || width == 0 || height % m != 0 || width % m != 0 {
+            return Err(Error::Input(format!("width and height must be positive multiples of {m}, got {width}x{height}")));
+        }
+        Ok(VideoGeometry { frames, height, width })
+    }
+    /// Latent shape [1, 16, T, h, w].
+    pub fn latent_shape(&self) -> [usize; 5] {
+        [1, LATENT_CHANNELS, (self.frames - 1) / TIME_FACTOR + 1, self.height / SPATIAL_FACTOR, self.width / SPATIAL_FACTOR]
+    }
+    /// From a latent shape [1, 16, T, h, w].
+    pub fn from_latent_shape(s: &[usize]) -> Result<VideoGeometry> {
+        if s.len() != 5 || s[0] != 1 || s[1] != LATENT_CHANNELS || s[2] == 0 || s[3] == 0 || s[4] == 0 {
+            return Err(Error::Input(format!("latents must have shape [1, 16, T, h, w], got {s:?}")));
+        }
+        VideoGeometry::new(1 + TIME_FACTOR * (s[2] - 1), s[3] * SPATIAL_FACTOR, s[4] * SPATIAL_FACTOR)
+    }
+}
+
+/// Rounds a frame count down to the nearest 4k+1 (`n >= 1`): 126, 127, 128 -> 125.
+///
+/// Note: the reference (CV L270-275) computes `n // 4 * 4 + 1`, which agrees for every `n` except
+/// multiples of 4, where it rounds *up* by one (128 -> 129). contentv never makes more frames
+/// than asked for.
+pub fn round_frames(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        (n - 1) / TIME_FACTOR * TIME_FACTOR + 1
+    }
+}
+
+// ----- initial noise ---------------------------------------------------------------------------
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The `k`-th output (0-based) of splitmix64 started at state `seed` (Steele, Lea & Flood 2014):
+/// `z = seed + (k+1) * 0x9E3779B97F4A7C15`, then the mix
+/// `z = (z ^ z>>30) * 0xBF58476D1CE4E5B9; z = (z ^ z>>27) * 0x94D049BB133111EB; z ^ z>>31`.
+/// Counter-based: any element can be computed independently.
+pub fn splitmix64(seed: u64, k: u64) -> u64 {
+    let mut z = seed.wrapping_add(k.wrapping_add(1).wrapping_mul(GOLDEN));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Deterministic standard-normal noise, `n` values, for `seed`. Documented in docs/pipeline.md:
+///
+/// for each pair p = 0, 1, ...: `a = splitmix64(seed, 2p)`, `b = splitmix64(seed, 2p+1)`,
+/// `u1 = ((a >> 11) + 1) / 2^53` in (0, 1], `u2 = (b >> 11) / 2^53` in [0, 1),
+/// `r = sqrt(-2 ln u1)`; element 2p = `r cos(2 pi u2)`, element 2p+1 = `r sin(2 pi u2)` (f64),
+/// each rounded to bf16 (the reference draws its noise in bf16) and returned as f32.
+/// Elements are in row-major order of the latent shape [1, 16, T, h, w].
+pub fn initial_noise(seed: u64, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    let scale = 1.0 / (1u64 << 53) as f64;
+    for p in 0..n.div_ceil(2) as u64 {
+        let a = splitmix64(seed, 2 * p);
+        let b = splitmix64(seed, 2 * p + 1);
+        let u1 = ((a >> 11) + 1) as f64 * scale;
+        let u2 = (b >> 11) as f64 * scale;
+        let r = (-2.0 * u1.ln()).sqrt();
+        let th = 2.0 * std::f64::consts::PI * u2;
+        out.push(bf16::from_f64(r * th.cos()).to_f32());
+        out.push(bf16::from_f64(r * th.sin()).to_f32());
+    }
+    out.truncate(n);
+    out
+}
+
+// ----- safetensors files (init noise, saved latents) -------------------------------------------
+
+/// (shape, values, file metadata)
+type StTensor = (Vec<usize>, Vec<f32>, HashMap<String, String>);
+
+fn read_st_tensor(path: &Path, name: &str) -> Result<StTensor> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::Input(format!("{} is not a valid safetensors file: {e}", path.display())))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::Input(format!("{} is not a valid safetensors file: {e}", path.display())))?;
+    let v = st.tensor(name).map_err(|_| {
+        Error::Input(format!(
+            "{} has no tensor named {name:?} (it has: {})",
+            path.display(),
+            st.names().join(", ")
+        ))
+    })?;
+    let d = v.data();
+    let data: Vec<f32> = match v.dtype() {
+        safetensors::Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        safetensors::Dtype::BF16 => d.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        safetensors::Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        safetensors::Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        other => {
+            return Err(Error::Input(format!("{}: tensor {name:?} has dtype {other:?}; expected a float type", path.display())))
+        }
+    };
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        return Err(Error::Input(format!("{}: tensor {name:?} has a non-finite value at element {i}", path.display())));
+    }
+    Ok((v.shape().to_vec(), data, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Reads `--init-noise FILE`: a safetensors file with one tensor "noise" of shape `expected`.
+pub fn load_init_noise(path: &Path, expected: &[usize]) -> Result<Vec<f32>> {
+    let (shape, data, _) = read_st_tensor(path, "noise")?;
+    if shape != expected {
+        return Err(Error::Input(format!(
+            "{}: tensor \"noise\" has shape {shape:?}, but this video size needs {expected:?} ([1, 16, (frames-1)/4+1, height/8, width/8])",
+            path.display()
+        )));
+    }
+    Ok(data)
+}
+
+/// Saved latents: DiT-space latents [1, 16, T, h, w] (before de-normalisation) and metadata.
+pub struct SavedLatents {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Writes latents (f32, tensor "latents") to `path` atomically (temporary name, then rename).
+pub fn save_latents(path: &Path, shape: &[usize], data: &[f32], metadata: &HashMap<String, String>) -> Result<()> {
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
+        .map_err(|e| Error::Other(format!("latents: {e}")))?;
+    let mut meta = metadata.clone();
+    meta.insert("format".into(), "contentv-latents".into());
+    let buf = safetensors::serialize([("latents", view)], Some(meta)).map_err(|e| Error::Other(format!("latents: {e}")))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Input(format!("cannot create {}: {e}", dir.display())))?;
+    let name = path.file_name().ok_or_else(|| Error::Input(format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let res = std::fs::write(&tmp, buf).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::Input(format!("cannot write the latents to {}: {e}", path.display())));
+    }
+    Ok(())
+}
+
+/// Reads latents written by [`save_latents`] (any float dtype; tensor "latents").
+pub fn load_latents(path: &Path) -> Result<SavedLatents> {
+    let (shape, data, metadata) = read_st_tensor(path, "latents")?;
+    VideoGeometry::from_latent_shape(&shape).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    Ok(SavedLatents { shape, data, metadata })
+}
+
+// ----- guidance --------------------------------------------------------------------------------
+
+/// `v = v_u + g (v_c - v_u)` in f32, written into `v_u`.
+pub fn cfg_combine_f32(v_u: &mut [f32], v_c: &[f32], g: f32) {
+    for (u, &c) in v_u.iter_mut().zip(v_c) {
+        *u += g * (c - *u);
+    }
+}
+
+/// The same in bf16 as PyTorch computes it (each operation rounded to bf16), into `v_u`.
+pub fn cfg_combine_bf16(v_u: &mut [f32], v_c: &[f32], g: f32) {
+    let r = |x: f32| bf16::from_f32(x).to_f32();
+    for (u, &c) in v_u.iter_mut().zip(v_c) {
+        *u = r(*u + r(g * r(c - *u)));
+    }
+}
+
+// ----- the pipeline ----------------------------------------------------------------------------
+
+/// Receives (name, values) of loop intermediates.
+pub type Recorder<'a> = &'a mut dyn FnMut(&str, &[f32]);
+
+/// Progress events for the caller's bars.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress {
+    EncodeStart,
+    DenoiseStart { steps: usize },
+    Step { index: usize, steps: usize },
+    DecodeStart,
+    DecodeDone,
+}
+
+/// One generation request, already validated.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub geometry: VideoGeometry,
+    pub steps: usize,
+    pub guidance: f32,
+    /// Overrides the scheduler config's shift.
+    pub shift: Option<f32>,
+    pub seed: u64,
+    /// Initial noise [1, 16, T, h, w] instead of the seeded generator.
+    pub init_noise: Option<Vec<f32>>,
+}
+
+/// Wall-clock seconds per stage.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Timings {
+    pub encode_s: f64,
+    pub denoise_s: f64,
+    pub step_s: Vec<f64>,
+    pub decode_s: f64,
+}
+
+/// Peak memory: the process's host peak (VmHWM) and, on CUDA, the pool's peaks.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MemoryReport {
+    pub host_peak_bytes: Option<u64>,
+    pub gpu_peak_in_use_bytes: Option<u64>,
+    pub gpu_peak_reserved_bytes: Option<u64>,
+    pub gpu_total_bytes: Option<u64>,
+}
+
+impl MemoryReport {
+    pub fn now(device: &Device) -> MemoryReport {
+        let mut m = MemoryReport { host_peak_bytes: host_peak_bytes(), ..Default::default() };
+        if let Some(g) = device.gpu() {
+            let s = g.pool.stats();
+            m.gpu_peak_in_use_bytes = Some(s.peak_in_use as u64);
+            m.gpu_peak_reserved_bytes = Some(s.peak_reserved as u64);
+            m.gpu_total_bytes = Some(g.total_mem as u64);
+        }
+        m
+    }
+}
+
+/// Peak resident set of this process (Linux `VmHWM`), if known.
+pub fn host_peak_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Result of a generation.
+pub struct Generated {
+    pub frames: VideoFrames,
+    /// Final DiT-space latents [1, 16, T, h, w] (f32).
+    pub latents: Vec<f32>,
+    pub latent_shape: [usize; 5],
+    /// The schedule used.
+    pub schedule: FlowMatchEuler,
+    pub timings: Timings,
+    pub memory: MemoryReport,
+}
+
+/// A loaded pipeline. The models are loaded once and reused for any number of requests.
+pub struct Pipeline {
+    pub device: Device,
+    pub text: Box<dyn PromptEncoding>,
+    pub transformer: Box<dyn Denoiser>,
+    pub vae: Box<dyn FrameDecoder>,
+    pub scheduler: SchedulerConfig,
+    pub precision: LatentPrecision,
+}
+
+/// Per-batch-entry embeddings stacked as [B, 333, 4096] and [B, 2048] on `device` in `dtype`.
+fn stack_embeds(list: &[&PromptEmbeds], device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let mut ctx = Vec::new();
+    let mut pooled = Vec::new();
+    for e in list {
+        let c = e.ctx.to_vec_f32()?;
+        let p = e.pooled.to_vec_f32()?;
+        if c.len() % TEXT_DIM != 0 || p.len() != POOLED_DIM {
+            return Err(Error::Shape(format!(
+                "prompt encoder returned ctx {:?} and pooled {:?}; expected [{TEXT_TOKENS}, {TEXT_DIM}] and [{POOLED_DIM}]",
+                e.ctx.shape(),
+                e.pooled.shape()
+            )));
+        }
+        ctx.extend(c);
+        pooled.extend(p);
+    }
+    let b = list.len();
+    let tokens = ctx.len() / (b * TEXT_DIM);
+    Ok((host_tensor(ctx, &[b, tokens, TEXT_DIM], device, dtype)?, host_tensor(pooled, &[b, POOLED_DIM], device, dtype)?))
+}
+
+/// A tensor on `device` in `dtype` from host f32 values.
+fn host_tensor(v: Vec<f32>, shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
+    match dtype {
+        DType::F32 => Tensor::from_f32(v, shape, device),
+        DType::BF16 => Tensor::from_bf16(v.into_iter().map(bf16::from_f32).collect(), shape, device),
+        DType::F16 => Tensor::from_f16(v.into_iter().map(half::f16::from_f32).collect(), shape, device),
+        DType::I8 => Err(Error::Other("latents cannot be int8".into())),
+    }
+}
+
+impl Pipeline {
+    /// The denoising loop from `noise` [1, 16, T, h, w]; returns the final latents.
+    /// `record` receives (name, values) of intermediates: `step{i}.v_cond`, `step{i}.v_uncond`,
+    /// `step{i}.v`, `step{i}.latents` (for parity tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise(
+        &self,
+        noise: &[f32],
+        shape: &[usize; 5],
+        cond: &PromptEmbeds,
+        uncond: Option<&PromptEmbeds>,
+        schedule: &FlowMatchEuler,
+        guidance: f32,
+        progress: &mut dyn FnMut(Progress),
+        mut record: Option<Recorder>,
+        step_times: &mut Vec<f64>,
+    ) -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        if noise.len() != n {
+            return Err(Error::Shape(format!("initial noise has {} values, latents {shape:?} need {n}", noise.len())));
+        }
+        let cfg = guidance > 1.0 && uncond.is_some();
+        let dtype = self.transformer.input_dtype();
+        let (ctx, pooled) = match (cfg, uncond) {
+            (true, Some(u)) => stack_embeds(&[u, cond], &self.device, dtype)?,
+            _ => stack_embeds(&[cond], &self.device, dtype)?,
+        };
+        let b = if cfg { 2 } else { 1 };
+        let mut bshape = *shape;
+        bshape[0] = b;
+        let mut x: Vec<f32> = noise.to_vec();
+        if self.precision == LatentPrecision::Bf16 {
+            x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32());
+        }
+        let steps = schedule.steps();
+        progress(Progress::DenoiseStart { steps });
+        for i in 0..steps {
+            let t0 = Instant::now();
+            let mut xb = Vec::with_capacity(n * b);
+            for _ in 0..b {
+                xb.extend_from_slice(&x);
+            }
+            let xt = host_tensor(xb, &bshape, &self.device, dtype)?;
+            let ts = vec![schedule.timesteps[i]; b];
+            let out = self.transformer.forward(&xt, &ts, &ctx, &pooled)?;
+            if out.shape() != bshape {
+                return Err(Error::Shape(format!("transformer returned {:?}, expected {bshape:?}", out.shape())));
+            }
+            let mut vv = out.to_vec_f32()?;
+            if let Some(k) = vv.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Other(format!(
+                    "the transformer produced a non-finite value at step {i} (element {k}); the weights or inputs are broken"
+                )));
+            }
+            let v: Vec<f32> = if cfg {
+                let v_c = vv.split_off(n);
+                let mut v_u = vv;
+                if let Some(r) = record.as_mut() {
+                    r(&format!("step{i}.v_uncond"), &v_u);
+                    r(&format!("step{i}.v_cond"), &v_c);
+                }
+                match self.precision {
+                    LatentPrecision::F32 => cfg_combine_f32(&mut v_u, &v_c, guidance),
+                    LatentPrecision::Bf16 => cfg_combine_bf16(&mut v_u, &v_c, guidance),
+                }
+                v_u
+            } else {
+                if let Some(r) = record.as_mut() {
+                    r(&format!("step{i}.v_cond"), &vv);
+                }
+                vv
+            };
+            if let Some(r) = record.as_mut() {
+                r(&format!("step{i}.v"), &v);
+            }
+            match self.precision {
+                LatentPrecision::F32 => schedule.step_f32(i, &mut x, &v),
+                LatentPrecision::Bf16 => schedule.step_bf16(i, &mut x, &v),
+            }
+            if let Some(r) = record.as_mut() {
+                r(&format!("step{i}.latents"), &x);
+            }
+            step_times.push(t0.elapsed().as_secs_f64());
+            progress(Progress::Step { index: i, steps });
+        }
+        Ok(x)
+    }
+
+    /// VAE decode of DiT-space latents [1, 16, T, h, w] to uint8 frames.
+    pub fn decode(&self, latents: &[f32], shape: &[usize]) -> Result<VideoFrames> {
+        decode_with(self.vae.as_ref(), &self.device, latents, shape)
+    }
+
+    /// A whole generation.
+    pub fn generate(&self, p: &GenerateParams, progress: &mut dyn FnMut(Progress)) -> Result<Generated> {
+        let shape = p.geometry.latent_shape();
+        let n: usize = shape.iter().product();
+        if !p.guidance.is_finite() || p.guidance < 0.0 {
+            return Err(Error::Input(format!("guidance must be a finite number >= 0, got {}", p.guidance)));
+        }
+        let schedule = FlowMatchEuler::from_config(&self.scheduler, p.steps, p.shift)?;
+        let noise = match &p.init_noise {
+            Some(v) if v.len() != n => {
+                return Err(Error::Input(format!("the initial noise has {} values, latents {shape:?} need {n}", v.len())))
+            }
+            Some(v) => v.clone(),
+            None => initial_noise(p.seed, n),
+        };
+        if let Some(g) = self.device.gpu() {
+            g.pool.reset_peak();
+        }
+        let mut timings = Timings::default();
+
+        progress(Progress::EncodeStart);
+        let t = Instant::now();
+        let cond = self.text.encode(&p.prompt)?;
+        let uncond = if p.guidance > 1.0 { Some(self.text.encode(&p.negative_prompt)?) } else { None };
+        self.device.synchronize()?;
+        timings.encode_s = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let mut step_s = Vec::new();
+        let latents =
+            self.denoise(&noise, &shape, &cond, uncond.as_ref(), &schedule, p.guidance, progress, None, &mut step_s)?;
+        timings.denoise_s = t.elapsed().as_secs_f64();
+        timings.step_s = step_s;
+        drop((cond, uncond));
+
+        progress(Progress::DecodeStart);
+        let t = Instant::now();
+        let frames = self.decode(&latents, &shape)?;
+        timings.decode_s = t.elapsed().as_secs_f64();
+        progress(Progress::DecodeDone);
+        Ok(Generated { frames, latents, latent_shape: shape, schedule, timings, memory: MemoryReport::now(&self.device) })
+    }
+}
+
+/// Loads the prompt encoder (CLIP-L, CLIP-G, T5 + tokenizers) and the transformer from a model
+/// folder in diffusers layout.
+pub fn load_text_and_transformer(dir: &Path, device: &Device) -> Result<(Box<dyn PromptEncoding>, Box<dyn Denoiser>)> {
+    let _ = (dir, device);
+    Err(Error::Other(
+        "this build has no ContentV transformer / text encoders wired in yet (src/model/transformer.rs, src/model/text.rs)".into(),
+    ))
+}
+
+/// VAE decode with any [`FrameDecoder`] (the `decode` command uses it without the other models).
+pub fn decode_with(vae: &dyn FrameDecoder, device: &Device, latents: &[f32], shape: &[usize]) -> Result<VideoFrames> {
+    VideoGeometry::from_latent_shape(shape)?;
+    let x = Tensor::from_f32(latents.to_vec(), shape, device)?;
+    let video = vae.decode(&x)?;
+    to_uint8_frames(&video, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_is_deterministic_and_standard_normal() {
+        let a = initial_noise(42, 100_001);
+        let b = initial_noise(42, 100_001);
+        assert_eq!(a, b);
+        assert_ne!(a, initial_noise(43, 100_001));
+        // prefix property: element k does not depend on n
+        assert_eq!(&initial_noise(42, 11)[..], &a[..11]);
+        let n = a.len() as f64;
+        let mean = a.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        assert!(mean.abs() < 0.02, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "var {var}");
+        assert!(a.iter().all(|x| x.is_finite()));
+        // splitmix64 reference values (seed 1234567, from the original C implementation)
+        assert_eq!(splitmix64(1234567, 0), 6457827717110365317);
+        assert_eq!(splitmix64(1234567, 1), 3203168211198807973);
+    }
+
+    #[test]
+    fn geometry() {
+        assert_eq!(round_frames(125), 125);
+        assert_eq!(round_frames(128), 125);
+        assert_eq!(round_frames(4), 1);
+        assert_eq!(round_frames(2), 1);
+        let g = VideoGeometry::new(125, 432, 768).unwrap();
+        assert_eq!(g.latent_shape(), [1, 16, 32, 54, 96]);
+        assert_eq!(VideoGeometry::from_latent_shape(&[1, 16, 32, 54, 96]).unwrap(), g);
+        assert!(VideoGeometry::new(124, 432, 768).is_err());
+        assert!(VideoGeometry::new(125, 440, 768).is_err());
+    }
+}

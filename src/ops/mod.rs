@@ -3,5 +3,6 @@
 //! the reference (in f32), device tensors launch the kernel.
 pub mod attention;
 pub mod cast;
+pub mod conv;
 pub mod copy;
 pub mod gemm;

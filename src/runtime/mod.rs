@@ -3,8 +3,8 @@
 pub mod device;
 pub mod memory;
 pub mod tensor;
-// pub mod weights; (enabled once io::safetensors lands)
+pub mod weights;
 
 pub use device::{Device, Gpu, KernelArgs};
 pub use tensor::{DType, Tensor};
-// pub use weights::{Linear, Prefix, Weight, WeightStore};
+pub use weights::{Linear, Prefix, Weight, WeightStore};

@@ -1,0 +1,202 @@
+//! Command-line arguments (clap derive).
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The reference demo's negative prompt (ContentV `demo.py`).
+pub const DEFAULT_NEGATIVE_PROMPT: &str =
+    "overexposed, low quality, deformation, a poor composition, bad hands, bad teeth, bad eyes, bad limbs, distortion";
+
+pub const DEFAULT_FRAMES: usize = 125;
+pub const DEFAULT_FPS: u32 = 24;
+pub const DEFAULT_WIDTH: usize = 768;
+pub const DEFAULT_HEIGHT: usize = 432;
+pub const DEFAULT_STEPS: usize = 50;
+pub const DEFAULT_GUIDANCE: f32 = 6.0;
+pub const DEFAULT_CRF: u8 = 18;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "contentv",
+    version,
+    about = "ContentV-8B text-to-video on one GPU (or the CPU reference path)",
+    long_about = "ContentV-8B text-to-video on one GPU (or the CPU reference path).\n\n\
+        Examples:\n  \
+        contentv generate --model /models/ContentV-8B --prompt \"a cat surfing a wave\" --seed 42\n  \
+        contentv generate --prompt \"test\" --frames 9 --width 64 --height 64 --steps 2   (built-in tiny model: noise)\n  \
+        contentv generate --model DIR --prompts requests.jsonl --shard 0/2\n  \
+        contentv decode --model DIR --latents run.safetensors --output run.mp4\n  \
+        contentv info --model DIR"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate a video from a text prompt (or many, from a JSONL file).
+    Generate(Box<GenerateArgs>),
+    /// Decode latents saved with `generate --save-latents` into a video (VAE only).
+    Decode(DecodeArgs),
+    /// Check a model folder: components, tensor names, shapes and dtypes, parameter counts and
+    /// memory needed per mode.
+    Info(InfoArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceChoice {
+    /// The first CUDA GPU; fail if there is none.
+    Cuda,
+    /// The CPU (f32 reference path: slow, for tiny models and checks).
+    Cpu,
+    /// The GPU if one is usable, else the CPU (says why).
+    Auto,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Offload {
+    /// Everything stays on the GPU.
+    None,
+    /// One whole model on the GPU at a time (not implemented yet).
+    Model,
+    /// Weights streamed layer by layer (not implemented yet).
+    Sequential,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Quantize {
+    /// bf16 weights.
+    None,
+    /// INT8 weights for the transformer and T5 (not implemented yet).
+    Int8,
+}
+
+/// Options about the model and the machine (the same for every request of a batch).
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model folder in diffusers layout (transformer/ vae/ text_encoder{,_2,_3}/ tokenizer{,_2,_3}/
+    /// scheduler/). Default: the built-in tiny random model (its video is noise); the
+    /// CONTENTV_TINY_MODEL environment variable overrides where that is.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Move weights off the GPU between uses to save memory.
+    #[arg(long, value_enum, default_value_t = Offload::None)]
+    pub offload: Offload,
+    /// Weight quantization.
+    #[arg(long, value_enum, default_value_t = Quantize::None)]
+    pub quantize: Quantize,
+    /// Decode the video in spatial tiles to save memory (not implemented yet in the CLI).
+    #[arg(long)]
+    pub vae_tiling: bool,
+    /// Cap on GPU memory in GiB (not implemented yet).
+    #[arg(long, value_name = "GIB")]
+    pub vram_budget: Option<f64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// What the video should show.
+    #[arg(long, short = 'p')]
+    pub prompt: Option<String>,
+    /// What the video should not show [default: the ContentV demo's negative prompt].
+    #[arg(long, value_name = "TEXT")]
+    pub negative_prompt: Option<String>,
+    /// Number of frames; must be 4k+1 (1, 5, 9, ..., 125), other values are rounded down [default: 125].
+    #[arg(long, value_name = "N")]
+    pub frames: Option<usize>,
+    /// Frames per second of the output [default: 24].
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Width in pixels, a multiple of 16 [default: 768].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Height in pixels, a multiple of 16 [default: 432].
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Denoising steps [default: 50].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale; <= 1 turns guidance off (faster, no negative prompt) [default: 6.0].
+    #[arg(long, value_name = "SCALE", allow_negative_numbers = true)]
+    pub guidance: Option<f32>,
+    /// Scheduler shift [default: "shift" in the model's scheduler/scheduler_config.json].
+    #[arg(long, allow_negative_numbers = true)]
+    pub shift: Option<f32>,
+    /// Random seed for the initial noise [default: random, printed].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output video [default: outputs/<unix-time>_<seed>.mp4]. Written under a temporary name
+    /// and renamed when complete. Builds without the `ffmpeg` feature write a folder of PNGs.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// x264 quality: constant rate factor 0 (lossless) ..= 51 (worst) [default: 18].
+    #[arg(long)]
+    pub crf: Option<u8>,
+    /// Use this initial noise instead of the seed: a safetensors file with one tensor "noise" of
+    /// shape [1, 16, (frames-1)/4+1, height/8, width/8].
+    #[arg(long, value_name = "FILE")]
+    pub init_noise: Option<PathBuf>,
+    /// Also save the final latents (safetensors, tensor "latents") for `contentv decode`.
+    #[arg(long, value_name = "FILE")]
+    pub save_latents: Option<PathBuf>,
+
+    /// Batch mode: one request per line, a JSON object with any of the per-video options above
+    /// as fields (prompt, negative_prompt, frames, fps, width, height, steps, guidance, shift,
+    /// seed, output, crf, init_noise, save_latents); flags given here are the defaults. The
+    /// model is loaded once. Requests whose output exists are skipped; a bad line fails alone.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub prompts: Option<PathBuf>,
+    /// Batch mode: take only the requests with index % N == I (index = 0-based line number
+    /// among non-empty lines), e.g. --shard 1/4.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Batch mode: folder for requests without an "output" field, named
+    /// <jsonl-stem>_<index>.mp4 [default: outputs].
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// Print a machine-readable JSON summary on stdout (messages go to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Latents written by `generate --save-latents`.
+    #[arg(long, value_name = "FILE")]
+    pub latents: PathBuf,
+    /// Output video.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: PathBuf,
+    /// Frames per second [default: the value stored with the latents, else 24].
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// x264 constant rate factor 0..=51 [default: 18].
+    #[arg(long)]
+    pub crf: Option<u8>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InfoArgs {
+    /// Model folder [default: the built-in tiny model].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Also list every tensor (name, shape, dtype).
+    #[arg(long)]
+    pub tensors: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,368 @@
+//! `contentv generate`: one video, or a batch from a JSONL file.
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use super::args::GenerateArgs;
+use super::load::{check_memory_flags, check_model_dir, device_name, load_pipeline, model_dir, pick_device};
+use super::request::{parse_shard, resolve, unix_time, Request, RequestFields};
+use super::Ui;
+use crate::error::{Error, Result};
+use crate::io::video::{self, FramesRef};
+use crate::model::pipeline::{load_init_noise, save_latents, GenerateParams, Pipeline, Progress};
+
+/// Progress bars on stderr (hidden when stderr is not a terminal).
+struct Bars {
+    steps: Option<ProgressBar>,
+    spin: Option<ProgressBar>,
+}
+
+impl Bars {
+    fn new() -> Bars {
+        Bars { steps: None, spin: None }
+    }
+    fn on(&mut self, p: Progress) {
+        match p {
+            Progress::EncodeStart => self.spinner("encoding the prompts"),
+            Progress::DenoiseStart { steps } => {
+                self.finish_spinner();
+                let b = ProgressBar::new(steps as u64);
+                b.set_style(
+                    ProgressStyle::with_template("denoising [{bar:30}] {pos}/{len} steps  {elapsed_precise} (eta {eta})")
+                        .unwrap()
+                        .progress_chars("=> "),
+                );
+                self.steps = Some(b);
+            }
+            Progress::Step { .. } => {
+                if let Some(b) = &self.steps {
+                    b.inc(1);
+                }
+            }
+            Progress::DecodeStart => {
+                if let Some(b) = self.steps.take() {
+                    b.finish_and_clear();
+                }
+                self.spinner("decoding the video (VAE)");
+            }
+            Progress::DecodeDone => self.finish_spinner(),
+        }
+    }
+    fn spinner(&mut self, msg: &str) {
+        self.finish_spinner();
+        let s = ProgressBar::new_spinner();
+        s.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap());
+        s.set_message(msg.to_string());
+        s.enable_steady_tick(std::time::Duration::from_millis(120));
+        self.spin = Some(s);
+    }
+    fn finish_spinner(&mut self) {
+        if let Some(s) = self.spin.take() {
+            s.finish_and_clear();
+        }
+    }
+    fn clear(&mut self) {
+        self.finish_spinner();
+        if let Some(b) = self.steps.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Runs one validated request on a loaded pipeline; returns the JSON summary of it.
+fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
+    let geom = r.geometry();
+    let init_noise = match &r.init_noise {
+        Some(p) => Some(load_init_noise(p, &geom.latent_shape())?),
+        None => None,
+    };
+    video::check_writable(&r.output)?;
+    if let Some(p) = &r.save_latents {
+        video::check_writable(p)?;
+    }
+    let params = GenerateParams {
+        prompt: r.prompt.clone(),
+        negative_prompt: r.negative_prompt.clone(),
+        geometry: geom,
+        steps: r.steps,
+        guidance: r.guidance,
+        shift: r.shift,
+        seed: r.seed,
+        init_noise,
+    };
+    let mut bars = Bars::new();
+    let res = catch_unwind(AssertUnwindSafe(|| pipe.generate(&params, &mut |p| bars.on(p))));
+    bars.clear();
+    let g = match res {
+        Ok(r) => r?,
+        Err(panic) => return Err(Error::Other(format!("internal error (a bug): {}", panic_message(&panic)))),
+    };
+    let t = Instant::now();
+    let f = &g.frames;
+    let written = video::write_video(
+        &r.output,
+        FramesRef { data: &f.data, frames: f.frames, height: f.height, width: f.width },
+        &r.video_options(),
+    )?;
+    let write_s = t.elapsed().as_secs_f64();
+    if let Some(p) = &r.save_latents {
+        let meta: HashMap<String, String> = [
+            ("prompt", r.prompt.clone()),
+            ("negative_prompt", r.negative_prompt.clone()),
+            ("seed", r.seed.to_string()),
+            ("steps", r.steps.to_string()),
+            ("guidance", r.guidance.to_string()),
+            ("shift", g.schedule.shift.to_string()),
+            ("frames", r.frames.to_string()),
+            ("width", r.width.to_string()),
+            ("height", r.height.to_string()),
+            ("fps", r.fps.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        save_latents(p, &g.latent_shape, &g.latents, &meta)?;
+    }
+    let tm = &g.timings;
+    let per_step = if tm.step_s.is_empty() { 0.0 } else { tm.denoise_s / tm.step_s.len() as f64 };
+    ui.info(&format!(
+        "wrote {} ({} frames, {}x{}, {} fps, seed {}): encode {:.2}s, denoise {:.2}s ({:.3}s/step), decode {:.2}s, write {:.2}s{}",
+        written.display(),
+        f.frames,
+        f.width,
+        f.height,
+        r.fps,
+        r.seed,
+        tm.encode_s,
+        tm.denoise_s,
+        per_step,
+        tm.decode_s,
+        write_s,
+        memory_text(&g.memory)
+    ));
+    Ok(json!({
+        "output": written,
+        "prompt": r.prompt,
+        "negative_prompt": r.negative_prompt,
+        "seed": r.seed,
+        "seed_was_random": r.seed_was_random,
+        "frames": f.frames,
+        "frames_requested": r.frames_requested,
+        "width": f.width,
+        "height": f.height,
+        "fps": r.fps,
+        "steps": r.steps,
+        "guidance": r.guidance,
+        "shift": g.schedule.shift,
+        "crf": r.crf,
+        "container": if video::writes_mp4() { "mp4" } else { "png-folder" },
+        "latents": r.save_latents,
+        "timings_s": {
+            "encode": tm.encode_s, "denoise": tm.denoise_s, "per_step": per_step, "steps": tm.step_s,
+            "decode": tm.decode_s, "write": write_s,
+        },
+        "memory": g.memory,
+        "warnings": r.warnings,
+    }))
+}
+
+fn memory_text(m: &crate::model::pipeline::MemoryReport) -> String {
+    let mut s = String::new();
+    if let Some(b) = m.gpu_peak_reserved_bytes {
+        s += &format!(", GPU peak {:.2} GiB reserved", b as f64 / (1u64 << 30) as f64);
+    }
+    if let Some(b) = m.gpu_peak_in_use_bytes {
+        s += &format!(" / {:.2} GiB in use", b as f64 / (1u64 << 30) as f64);
+    }
+    if let Some(b) = m.host_peak_bytes {
+        s += &format!(", host peak {:.0} MiB", b as f64 / (1u64 << 20) as f64);
+    }
+    s
+}
+
+pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
+    check_memory_flags(&a.model)?;
+    if a.prompts.is_some() {
+        return run_batch(a, ui);
+    }
+    if a.shard.is_some() || a.output_dir.is_some() {
+        return Err(Error::Input("--shard and --output-dir only apply to batch mode (--prompts FILE.jsonl)".into()));
+    }
+    let dir = model_dir(&a.model.model, ui);
+    let defaults = RequestFields::from_args(a);
+    let req = resolve(defaults, &|seed| PathBuf::from("outputs").join(format!("{}_{seed}.mp4", unix_time())))?;
+    for w in &req.warnings {
+        ui.warn(w);
+    }
+    if req.seed_was_random {
+        ui.info(&format!("seed: {} (random; pass --seed {} to reproduce)", req.seed, req.seed));
+    }
+    check_model_dir(&dir, &[])?;
+    if let Some(p) = &req.init_noise {
+        load_init_noise(p, &req.geometry().latent_shape())?; // fail before loading the model
+    }
+    video::check_writable(&req.output)?;
+    if let Some(p) = &req.save_latents {
+        video::check_writable(p)?;
+    }
+    let device = pick_device(a.model.device, ui)?;
+    ui.info(&format!("loading {} on {}", dir.display(), device_name(&device)));
+    let (pipe, load_s) = load_pipeline(&dir, &device)?;
+    ui.info(&format!("loaded in {load_s:.2}s"));
+    let mut s = run_request(&pipe, &req, ui)?;
+    s["model"] = json!(dir);
+    s["device"] = json!(device_name(&device));
+    s["timings_s"]["load"] = json!(load_s);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap());
+    }
+    Ok(())
+}
+
+/// One line of the batch file.
+struct BatchItem {
+    index: usize,
+    line: usize,
+    parsed: Result<Request>,
+}
+
+fn run_batch(a: &GenerateArgs, ui: &Ui) -> Result<()> {
+    let path = a.prompts.as_ref().unwrap();
+    if a.output.is_some() {
+        return Err(Error::Input(
+            "--output names one video; in batch mode give each line an \"output\" field or use --output-dir".into(),
+        ));
+    }
+    let (shard_i, shard_n) = match &a.shard {
+        Some(s) => parse_shard(s)?,
+        None => (0, 1),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Input(format!("cannot read the batch file {}: {e}", path.display())))?;
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "batch".into());
+    let out_dir = a.output_dir.clone().unwrap_or_else(|| PathBuf::from("outputs"));
+    let defaults = RequestFields::from_args(a);
+    let mut items = Vec::new();
+    let mut index = 0usize;
+    for (ln, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let i = index;
+        index += 1;
+        if i % shard_n != shard_i {
+            continue;
+        }
+        let default_out = out_dir.join(format!("{stem}_{i:05}.mp4"));
+        let parsed = RequestFields::from_json_line(l).and_then(|f| resolve(f.or(&defaults), &|_| default_out.clone()));
+        items.push(BatchItem { index: i, line: ln + 1, parsed });
+    }
+    if index == 0 {
+        return Err(Error::Input(format!("the batch file {} has no requests (one JSON object per line)", path.display())));
+    }
+    ui.info(&format!(
+        "batch {}: {index} request(s), shard {shard_i}/{shard_n} takes {}",
+        path.display(),
+        items.len()
+    ));
+
+    // Which requests need the model?
+    let mut results: Vec<Value> = Vec::new();
+    let mut todo: Vec<(usize, &Request)> = Vec::new();
+    for (k, it) in items.iter().enumerate() {
+        match &it.parsed {
+            Err(e) => {
+                ui.warn(&format!("line {} (request {}): {e}", it.line, it.index));
+                results.push(json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()}));
+            }
+            Ok(r) => {
+                let art = video::artifact_path(&r.output);
+                if art.exists() {
+                    ui.info(&format!("request {} (line {}): {} exists, skipped", it.index, it.line, art.display()));
+                    results.push(json!({"index": it.index, "line": it.line, "status": "skipped", "output": art}));
+                } else {
+                    results.push(Value::Null);
+                    todo.push((k, r));
+                }
+            }
+        }
+    }
+    let dir = model_dir(&a.model.model, ui);
+    let mut model_error: Option<String> = None;
+    let mut load_s = 0.0;
+    let mut device_str = String::new();
+    if !todo.is_empty() {
+        let loaded = check_model_dir(&dir, &[]).and_then(|_| pick_device(a.model.device, ui)).and_then(|d| {
+            device_str = device_name(&d);
+            ui.info(&format!("loading {} on {}", dir.display(), device_str));
+            load_pipeline(&dir, &d)
+        });
+        match loaded {
+            Ok((pipe, s)) => {
+                load_s = s;
+                ui.info(&format!("loaded in {s:.2}s"));
+                for (n, (k, r)) in todo.iter().enumerate() {
+                    let it = &items[*k];
+                    ui.info(&format!("[{}/{}] request {} (line {}): {:?}", n + 1, todo.len(), it.index, it.line, r.prompt));
+                    for w in &r.warnings {
+                        ui.warn(&format!("request {}: {w}", it.index));
+                    }
+                    results[*k] = match run_request(&pipe, r, ui) {
+                        Ok(mut s) => {
+                            s["index"] = json!(it.index);
+                            s["line"] = json!(it.line);
+                            s["status"] = json!("ok");
+                            s
+                        }
+                        Err(e) => {
+                            ui.warn(&format!("request {} (line {}) failed: {e}", it.index, it.line));
+                            json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()})
+                        }
+                    };
+                }
+            }
+            Err(e) => {
+                ui.warn(&format!("cannot load the model: {e}"));
+                model_error = Some(e.to_string());
+                for (k, _) in &todo {
+                    let it = &items[*k];
+                    results[*k] = json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()});
+                }
+            }
+        }
+    }
+    let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
+    let (ok, skipped, failed) = (count("ok"), count("skipped"), count("failed"));
+    ui.info(&format!("batch done: {ok} generated, {skipped} skipped (output exists), {failed} failed"));
+    for r in results.iter().filter(|r| r["status"] == "failed") {
+        ui.info(&format!("  failed: request {} (line {}): {}", r["index"], r["line"], r["error"].as_str().unwrap_or("")));
+    }
+    if a.json {
+        let s = json!({
+            "batch": path, "shard": [shard_i, shard_n], "requests_in_file": index, "model": dir,
+            "device": device_str, "load_s": load_s,
+            "ok": ok, "skipped": skipped, "failed": failed, "model_error": model_error, "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&s).unwrap());
+    }
+    if failed > 0 {
+        return Err(Error::Other(format!("{failed} of {} request(s) in this shard failed", results.len())));
+    }
+    Ok(())
+}
+
+/// For tests and scripts: the default batch output of request `index` of `jsonl`.
+pub fn default_batch_output(out_dir: &Path, jsonl: &Path, index: usize) -> PathBuf {
+    let stem = jsonl.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "batch".into());
+    out_dir.join(format!("{stem}_{index:05}.mp4"))
+}

@@ -1,0 +1,167 @@
+//! Finding and checking the model folder, picking the device, loading the pipeline.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::args::{DeviceChoice, ModelArgs, Offload, Quantize};
+use super::Ui;
+use crate::error::{Error, Result};
+use crate::model::pipeline::{LatentPrecision, Pipeline};
+use crate::model::scheduler::SchedulerConfig;
+use crate::model::vae::{VaeDecoder, VaeOptions};
+use crate::runtime::Device;
+
+/// The built-in tiny model: `$CONTENTV_TINY_MODEL`, else `assets/tiny-model` in the crate.
+pub fn tiny_model_dir() -> PathBuf {
+    match std::env::var_os("CONTENTV_TINY_MODEL") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/tiny-model")),
+    }
+}
+
+/// The model folder to use; prints a note when it is the tiny default.
+pub fn model_dir(arg: &Option<PathBuf>, ui: &Ui) -> PathBuf {
+    match arg {
+        Some(p) => p.clone(),
+        None => {
+            let d = tiny_model_dir();
+            ui.note(&format!(
+                "no --model given: using the built-in tiny random model at {}. Its weights are random, so its video is noise.",
+                d.display()
+            ));
+            d
+        }
+    }
+}
+
+/// A component of the diffusers layout and what it must contain.
+pub struct Component {
+    pub folder: &'static str,
+    pub what: &'static str,
+    /// Required files; `|` separates alternatives.
+    pub files: &'static [&'static str],
+}
+
+pub const COMPONENTS: &[Component] = &[
+    Component { folder: "transformer", what: "ContentV MMDiT transformer", files: &["config.json", "*.safetensors"] },
+    Component { folder: "vae", what: "Wan2.1 VAE", files: &["config.json", "*.safetensors"] },
+    Component { folder: "text_encoder", what: "CLIP-L text encoder", files: &["config.json", "*.safetensors"] },
+    Component { folder: "text_encoder_2", what: "OpenCLIP-bigG text encoder", files: &["config.json", "*.safetensors"] },
+    Component { folder: "text_encoder_3", what: "T5-XXL text encoder", files: &["config.json", "*.safetensors"] },
+    Component { folder: "tokenizer", what: "CLIP-L tokenizer", files: &["vocab.json", "merges.txt"] },
+    Component { folder: "tokenizer_2", what: "CLIP-G tokenizer", files: &["vocab.json", "merges.txt"] },
+    Component { folder: "tokenizer_3", what: "T5 tokenizer", files: &["tokenizer.json|spiece.model"] },
+    Component { folder: "scheduler", what: "scheduler config", files: &["scheduler_config.json"] },
+];
+
+/// `None` if `dir/component` has what it needs, else the reason.
+pub fn component_problem(dir: &Path, c: &Component) -> Option<String> {
+    let d = dir.join(c.folder);
+    if !d.is_dir() {
+        return Some(format!("{}/ ({}) is missing", c.folder, c.what));
+    }
+    for f in c.files {
+        let ok = f.split('|').any(|alt| {
+            if let Some(ext) = alt.strip_prefix("*.") {
+                std::fs::read_dir(&d)
+                    .map(|rd| rd.flatten().any(|e| e.path().extension().map(|x| x == ext).unwrap_or(false)))
+                    .unwrap_or(false)
+            } else {
+                d.join(alt).is_file()
+            }
+        });
+        if !ok {
+            return Some(format!("{}/{} ({}) is missing", c.folder, f.replace('|', " or "), c.what));
+        }
+    }
+    None
+}
+
+/// Checks that `dir` exists and has the components named in `needed` (all if empty).
+pub fn check_model_dir(dir: &Path, needed: &[&str]) -> Result<()> {
+    if !dir.exists() {
+        return Err(Error::Input(format!("the model folder {} does not exist", dir.display())));
+    }
+    if !dir.is_dir() {
+        return Err(Error::Input(format!("the model path {} is not a folder", dir.display())));
+    }
+    let problems: Vec<String> = COMPONENTS
+        .iter()
+        .filter(|c| needed.is_empty() || needed.contains(&c.folder))
+        .filter_map(|c| component_problem(dir, c))
+        .collect();
+    if !problems.is_empty() {
+        return Err(Error::Input(format!(
+            "the model folder {} is incomplete (expected the diffusers layout of ByteDance/ContentV-8B): {}",
+            dir.display(),
+            problems.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses memory options that are not implemented yet.
+pub fn check_memory_flags(m: &ModelArgs) -> Result<()> {
+    let mut bad = Vec::new();
+    if m.offload != Offload::None {
+        bad.push(format!("--offload {}", if m.offload == Offload::Model { "model" } else { "sequential" }));
+    }
+    if m.quantize != Quantize::None {
+        bad.push("--quantize int8".to_string());
+    }
+    if m.vae_tiling {
+        bad.push("--vae-tiling".to_string());
+    }
+    if let Some(b) = m.vram_budget {
+        if !b.is_finite() || b <= 0.0 {
+            return Err(Error::Input(format!("--vram-budget must be a positive number of GiB, got {b}")));
+        }
+        bad.push(format!("--vram-budget {b}"));
+    }
+    if !bad.is_empty() {
+        return Err(Error::Input(format!(
+            "{} not implemented yet: run without {} (everything resident on the GPU, bf16 weights).",
+            bad.join(", ") + if bad.len() == 1 { " is" } else { " are" },
+            if bad.len() == 1 { "it" } else { "them" }
+        )));
+    }
+    Ok(())
+}
+
+/// The device for `--device`.
+pub fn pick_device(choice: DeviceChoice, ui: &Ui) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => Device::cuda(0),
+        DeviceChoice::Auto => {
+            let (d, why) = Device::best();
+            if let Some(why) = why {
+                ui.note(&format!("running on the CPU (slow; fine for the tiny model): {why}"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+pub fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(g) => format!("cuda:{} {}", g.ordinal, g.name),
+    }
+}
+
+/// Loads the VAE decoder alone (for `decode`).
+pub fn load_vae(dir: &Path, device: &Device) -> Result<VaeDecoder> {
+    VaeDecoder::from_dir(&dir.join("vae"), device, VaeOptions::default())
+}
+
+/// Loads every model of the pipeline. Returns it and the load time in seconds.
+pub fn load_pipeline(dir: &Path, device: &Device) -> Result<(Pipeline, f64)> {
+    let t = Instant::now();
+    let scheduler = SchedulerConfig::from_model_dir(dir)?;
+    let vae = load_vae(dir, device)?;
+    let (text, transformer) = crate::model::pipeline::load_text_and_transformer(dir, device)?;
+    let precision = if device.is_cuda() { LatentPrecision::Bf16 } else { LatentPrecision::F32 };
+    let p = Pipeline { device: device.clone(), text, transformer, vae: Box::new(vae), scheduler, precision };
+    device.synchronize()?;
+    Ok((p, t.elapsed().as_secs_f64()))
+}

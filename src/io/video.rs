@@ -1,0 +1,567 @@
+//! Writing generated videos.
+//!
+//! * With the `ffmpeg` cargo feature (default): an MP4 with one H.264 stream (libx264, yuv420p,
+//!   constant rate factor `crf`), every frame lasting exactly `1/fps` (the packet duration is set,
+//!   so the last frame is not dropped and the duration is `frames / fps`).
+//! * Without it: one PNG per frame (`frame_00000.png`, ...) plus `video.json` (fps, size, count)
+//!   in a folder named like the requested file without its extension. The PNG encoder is the
+//!   minimal one below (zlib *stored* blocks, no compression, CRC-32 + Adler-32): no dependency.
+//!
+//! Either way the video is written under a temporary name in the destination folder and renamed
+//! into place once complete, so a failure (or a crash) never leaves a partial file under the
+//! requested name; the temporary file is removed on failure.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::error::{Error, Result};
+
+/// Output settings.
+#[derive(Clone, Copy, Debug)]
+pub struct VideoOptions {
+    /// Frames per second (1..=240).
+    pub fps: u32,
+    /// x264 constant rate factor, 0 (lossless) ..= 51 (worst). Ignored for PNG output.
+    pub crf: u8,
+}
+
+impl Default for VideoOptions {
+    fn default() -> Self {
+        VideoOptions { fps: 24, crf: 18 }
+    }
+}
+
+/// Frames to write: `frames` RGB images of `height x width`, `data` is [F, H, W, 3] u8.
+#[derive(Clone, Copy, Debug)]
+pub struct FramesRef<'a> {
+    pub data: &'a [u8],
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl FramesRef<'_> {
+    fn check(&self) -> Result<()> {
+        if self.frames == 0 || self.height == 0 || self.width == 0 {
+            return Err(Error::Input(format!(
+                "cannot write an empty video ({} frames of {}x{})",
+                self.frames, self.width, self.height
+            )));
+        }
+        if self.data.len() != self.frames * self.height * self.width * 3 {
+            return Err(Error::Shape(format!(
+                "video data holds {} bytes, {} RGB frames of {}x{} need {}",
+                self.data.len(),
+                self.frames,
+                self.width,
+                self.height,
+                self.frames * self.height * self.width * 3
+            )));
+        }
+        Ok(())
+    }
+    fn frame(&self, i: usize) -> &[u8] {
+        let n = self.height * self.width * 3;
+        &self.data[i * n..(i + 1) * n]
+    }
+}
+
+/// Whether this build writes MP4 (true) or PNG folders (false).
+pub const fn writes_mp4() -> bool {
+    cfg!(feature = "ffmpeg")
+}
+
+/// The path a request for `requested` actually produces: the file itself with the `ffmpeg`
+/// feature, else the PNG folder (the path without its extension).
+pub fn artifact_path(requested: &Path) -> PathBuf {
+    if writes_mp4() {
+        requested.to_path_buf()
+    } else {
+        requested.with_extension("")
+    }
+}
+
+/// Checks that `fps` and `crf` are in range.
+pub fn check_options(o: &VideoOptions) -> Result<()> {
+    if o.fps == 0 || o.fps > 240 {
+        return Err(Error::Input(format!("--fps must be between 1 and 240, got {}", o.fps)));
+    }
+    if o.crf > 51 {
+        return Err(Error::Input(format!("--crf must be between 0 and 51, got {}", o.crf)));
+    }
+    Ok(())
+}
+
+/// Checks that the folder of `requested` exists (creating it if needed) and is writable, by
+/// creating and removing a probe file there. Call before expensive work.
+pub fn check_writable(requested: &Path) -> Result<()> {
+    let dir = parent_dir(requested);
+    fs::create_dir_all(&dir)
+        .map_err(|e| Error::Input(format!("cannot create the output folder {}: {e}", dir.display())))?;
+    let probe = dir.join(format!(".contentv-write-test-{}-{}", std::process::id(), unique()));
+    match fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(Error::Input(format!("the output folder {} is not writable: {e}", dir.display()))),
+    }
+}
+
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn unique() -> usize {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A temporary path next to `final_path` that is removed on drop unless committed.
+struct TempTarget {
+    tmp: PathBuf,
+    final_path: PathBuf,
+    committed: bool,
+}
+
+impl TempTarget {
+    fn new(final_path: &Path) -> Result<TempTarget> {
+        let dir = parent_dir(final_path);
+        let name = final_path
+            .file_name()
+            .ok_or_else(|| Error::Input(format!("the output path {} has no file name", final_path.display())))?
+            .to_string_lossy()
+            .to_string();
+        // Keep the extension last: FFmpeg picks the container from it.
+        let ext = final_path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+        let stem = name.strip_suffix(&ext).unwrap_or(&name);
+        let tmp = dir.join(format!(".{stem}.partial-{}-{}{ext}", std::process::id(), unique()));
+        Ok(TempTarget { tmp, final_path: final_path.to_path_buf(), committed: false })
+    }
+
+    fn commit(mut self) -> Result<PathBuf> {
+        if self.final_path.is_dir() && self.tmp.is_dir() {
+            fs::remove_dir_all(&self.final_path)
+                .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("replacing {}: {e}", self.final_path.display()))))?;
+        }
+        fs::rename(&self.tmp, &self.final_path).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot move {} to {}: {e}", self.tmp.display(), self.final_path.display()),
+            ))
+        })?;
+        self.committed = true;
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for TempTarget {
+    fn drop(&mut self) {
+        if !self.committed {
+            if self.tmp.is_dir() {
+                let _ = fs::remove_dir_all(&self.tmp);
+            } else {
+                let _ = fs::remove_file(&self.tmp);
+            }
+        }
+    }
+}
+
+/// Writes the video for the request `requested` (see [`artifact_path`]) and returns the path
+/// written. Nothing appears under that path unless the whole video was written.
+pub fn write_video(requested: &Path, frames: FramesRef, opts: &VideoOptions) -> Result<PathBuf> {
+    frames.check()?;
+    check_options(opts)?;
+    let out = artifact_path(requested);
+    let dir = parent_dir(&out);
+    fs::create_dir_all(&dir).map_err(|e| Error::Input(format!("cannot create the output folder {}: {e}", dir.display())))?;
+    let tmp = TempTarget::new(&out)?;
+    if writes_mp4() {
+        #[cfg(feature = "ffmpeg")]
+        mp4::write(&tmp.tmp, frames, opts)?;
+    } else {
+        write_png_folder(&tmp.tmp, frames, opts)?;
+    }
+    tmp.commit()
+}
+
+/// PNG frames + `video.json` into the folder `dir` (created).
+pub fn write_png_folder(dir: &Path, frames: FramesRef, opts: &VideoOptions) -> Result<()> {
+    frames.check()?;
+    fs::create_dir_all(dir)?;
+    for i in 0..frames.frames {
+        let png = encode_png_rgb(frames.frame(i), frames.width, frames.height);
+        fs::write(dir.join(format!("frame_{i:05}.png")), png)?;
+    }
+    let meta = serde_json::json!({
+        "frames": frames.frames, "width": frames.width, "height": frames.height, "fps": opts.fps,
+        "pattern": "frame_%05d.png",
+        "note": "built without the `ffmpeg` feature; to make an MP4: ffmpeg -framerate FPS -i frame_%05d.png -c:v libx264 -pix_fmt yuv420p out.mp4",
+    });
+    fs::write(dir.join("video.json"), serde_json::to_string_pretty(&meta).unwrap())?;
+    Ok(())
+}
+
+// ----- minimal PNG ---------------------------------------------------------------------------
+
+fn crc32_table() -> &'static [u32; 256] {
+    static T: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (n, e) in t.iter_mut().enumerate() {
+            let mut c = n as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+            *e = c;
+        }
+        t
+    })
+}
+
+/// CRC-32 (ISO-HDLC, as PNG and zlib use).
+pub fn crc32(parts: &[&[u8]]) -> u32 {
+    let t = crc32_table();
+    let mut c = 0xFFFF_FFFFu32;
+    for p in parts {
+        for &b in *p {
+            c = t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
+        }
+    }
+    c ^ 0xFFFF_FFFF
+}
+
+fn adler32(data: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for chunk in data.chunks(5552) {
+        for &x in chunk {
+            a += x as u32;
+            b += a;
+        }
+        a %= 65521;
+        b %= 65521;
+    }
+    (b << 16) | a
+}
+
+/// zlib stream of `data` in stored (uncompressed) deflate blocks.
+fn zlib_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 65535 * 5 + 16);
+    out.extend_from_slice(&[0x78, 0x01]);
+    let mut chunks = data.chunks(65535).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xFF, 0xFF]);
+    }
+    while let Some(c) = chunks.next() {
+        let last = chunks.peek().is_none();
+        out.push(last as u8);
+        let len = c.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(c);
+    }
+    out.extend_from_slice(&adler32(data).to_be_bytes());
+    out
+}
+
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&crc32(&[kind, data]).to_be_bytes());
+}
+
+/// An 8-bit RGB PNG of `rgb` (H*W*3 bytes, rows top to bottom).
+pub fn encode_png_rgb(rgb: &[u8], width: usize, height: usize) -> Vec<u8> {
+    assert_eq!(rgb.len(), width * height * 3, "encode_png_rgb: data size");
+    let mut raw = Vec::with_capacity(height * (1 + width * 3));
+    for row in rgb.chunks_exact(width * 3) {
+        raw.push(0); // filter: none
+        raw.extend_from_slice(row);
+    }
+    let mut out = vec![0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n'];
+    let mut ihdr = Vec::with_capacity(13);
+    ihdr.extend_from_slice(&(width as u32).to_be_bytes());
+    ihdr.extend_from_slice(&(height as u32).to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8 bit, RGB, deflate, adaptive filter, no interlace
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(&mut out, b"IDAT", &zlib_stored(&raw));
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// Decodes a PNG written by [`encode_png_rgb`] (stored blocks, RGB8, filter 0 only) back to
+/// (width, height, rgb). For tests and `contentv` round trips; not a general PNG decoder.
+pub fn decode_own_png(png: &[u8]) -> Result<(usize, usize, Vec<u8>)> {
+    let bad = |m: &str| Error::Input(format!("not a contentv PNG: {m}"));
+    if png.len() < 8 || &png[..8] != b"\x89PNG\r\n\x1a\n" {
+        return Err(bad("signature"));
+    }
+    let (mut pos, mut w, mut h, mut z) = (8usize, 0usize, 0usize, Vec::new());
+    while pos + 12 <= png.len() {
+        let len = u32::from_be_bytes(png[pos..pos + 4].try_into().unwrap()) as usize;
+        let kind = &png[pos + 4..pos + 8];
+        let data = png.get(pos + 8..pos + 8 + len).ok_or_else(|| bad("truncated chunk"))?;
+        match kind {
+            b"IHDR" => {
+                w = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
+                h = u32::from_be_bytes(data[4..8].try_into().unwrap()) as usize;
+                if data[8] != 8 || data[9] != 2 {
+                    return Err(bad("not RGB8"));
+                }
+            }
+            b"IDAT" => z.extend_from_slice(data),
+            b"IEND" => break,
+            _ => {}
+        }
+        pos += 12 + len;
+    }
+    let mut raw = Vec::new();
+    let mut p = 2usize;
+    loop {
+        let hdr = *z.get(p).ok_or_else(|| bad("truncated zlib"))?;
+        if hdr & 0b110 != 0 {
+            return Err(bad("compressed deflate block"));
+        }
+        let len = u16::from_le_bytes([z[p + 1], z[p + 2]]) as usize;
+        raw.extend_from_slice(z.get(p + 5..p + 5 + len).ok_or_else(|| bad("truncated block"))?);
+        p += 5 + len;
+        if hdr & 1 == 1 {
+            break;
+        }
+    }
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for row in raw.chunks_exact(1 + w * 3) {
+        if row[0] != 0 {
+            return Err(bad("filtered row"));
+        }
+        rgb.extend_from_slice(&row[1..]);
+    }
+    if rgb.len() != w * h * 3 {
+        return Err(bad("size mismatch"));
+    }
+    Ok((w, h, rgb))
+}
+
+/// A decoded video (for tests and round trips).
+#[derive(Clone, Debug)]
+pub struct DecodedVideo {
+    pub frames: usize,
+    pub width: usize,
+    pub height: usize,
+    /// Average frame rate as stored in the container.
+    pub fps: f64,
+    /// Container duration in seconds (0 if unknown).
+    pub duration_s: f64,
+    pub codec: String,
+    pub pixel_format: String,
+    /// RGB24 [F, H, W, 3].
+    pub rgb: Vec<u8>,
+}
+
+/// Reads a video written by [`write_video`]: an MP4 (ffmpeg feature) or a PNG folder.
+pub fn read_video(path: &Path) -> Result<DecodedVideo> {
+    if path.is_dir() {
+        let meta: serde_json::Value = serde_json::from_str(&fs::read_to_string(path.join("video.json"))?)
+            .map_err(|e| Error::Input(format!("{}/video.json: {e}", path.display())))?;
+        let n = meta["frames"].as_u64().unwrap_or(0) as usize;
+        let fps = meta["fps"].as_f64().unwrap_or(0.0);
+        let (mut w, mut h, mut rgb) = (0, 0, Vec::new());
+        for i in 0..n {
+            let (fw, fh, d) = decode_own_png(&fs::read(path.join(format!("frame_{i:05}.png")))?)?;
+            (w, h) = (fw, fh);
+            rgb.extend_from_slice(&d);
+        }
+        return Ok(DecodedVideo {
+            frames: n,
+            width: w,
+            height: h,
+            fps,
+            duration_s: if fps > 0.0 { n as f64 / fps } else { 0.0 },
+            codec: "png".into(),
+            pixel_format: "rgb24".into(),
+            rgb,
+        });
+    }
+    #[cfg(feature = "ffmpeg")]
+    {
+        mp4::read(path)
+    }
+    #[cfg(not(feature = "ffmpeg"))]
+    {
+        Err(Error::Input(format!("{}: reading video files needs the `ffmpeg` feature", path.display())))
+    }
+}
+
+#[cfg(feature = "ffmpeg")]
+mod mp4 {
+    use std::path::Path;
+
+    use ffmpeg_next as ff;
+    use ff::{codec, encoder, format, software::scaling, util::frame::video::Video as VFrame, Dictionary, Packet, Rational};
+
+    use super::{DecodedVideo, FramesRef, VideoOptions};
+    use crate::error::{Error, Result};
+
+    fn fe(what: &str) -> impl Fn(ff::Error) -> Error + '_ {
+        move |e| Error::Other(format!("video encoding ({what}): {e}"))
+    }
+
+    fn init() -> Result<()> {
+        static INIT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+        INIT.get_or_init(|| {
+            ff::init().map_err(|e| e.to_string())?;
+            ff::log::set_level(ff::log::Level::Error);
+            Ok(())
+        })
+        .clone()
+        .map_err(|e| Error::Other(format!("cannot initialise FFmpeg: {e}")))
+    }
+
+    pub fn write(path: &Path, frames: FramesRef, opts: &VideoOptions) -> Result<()> {
+        init()?;
+        let (w, h) = (frames.width as u32, frames.height as u32);
+        if w % 2 != 0 || h % 2 != 0 {
+            return Err(Error::Input(format!("H.264 yuv420p needs an even width and height, got {w}x{h}")));
+        }
+        let mut octx = format::output(&path).map_err(fe("opening the output"))?;
+        let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
+        let codec = encoder::find_by_name("libx264")
+            .or_else(|| encoder::find(codec::Id::H264))
+            .ok_or_else(|| Error::Other("this FFmpeg has no H.264 encoder (libx264); rebuild without the `ffmpeg` feature for PNG frames".into()))?;
+        let fps = Rational::new(opts.fps as i32, 1);
+        let tb = Rational::new(1, opts.fps as i32);
+        let mut ost = octx.add_stream(codec).map_err(fe("adding the stream"))?;
+        let ost_index = ost.index();
+        let mut enc = codec::context::Context::new_with_codec(codec).encoder().video().map_err(fe("encoder context"))?;
+        enc.set_width(w);
+        enc.set_height(h);
+        enc.set_format(format::Pixel::YUV420P);
+        enc.set_time_base(tb);
+        enc.set_frame_rate(Some(fps));
+        if global_header {
+            enc.set_flags(codec::Flags::GLOBAL_HEADER);
+        }
+        let mut dict = Dictionary::new();
+        dict.set("crf", &opts.crf.to_string());
+        dict.set("preset", "medium");
+        let mut enc = enc.open_with(dict).map_err(fe("opening libx264"))?;
+        ost.set_parameters(&enc);
+        ost.set_time_base(tb);
+        ost.set_avg_frame_rate(fps);
+        ost.set_rate(fps);
+        octx.write_header().map_err(fe("writing the header"))?;
+        // The muxer may have changed the stream time base: read it after write_header.
+        let ost_tb = octx.stream(ost_index).unwrap().time_base();
+
+        let mut sws = scaling::Context::get(format::Pixel::RGB24, w, h, format::Pixel::YUV420P, w, h, scaling::Flags::BILINEAR)
+            .map_err(fe("colour conversion"))?;
+        let mut rgb = VFrame::new(format::Pixel::RGB24, w, h);
+        let mut yuv = VFrame::empty();
+        let drain = |enc: &mut encoder::Video, octx: &mut format::context::Output| -> Result<()> {
+            let mut pkt = Packet::empty();
+            while enc.receive_packet(&mut pkt).is_ok() {
+                pkt.set_stream(ost_index);
+                pkt.set_duration(1); // one frame, in encoder ticks; without it the last frame has no duration
+                pkt.rescale_ts(tb, ost_tb);
+                pkt.write_interleaved(octx).map_err(fe("writing a packet"))?;
+            }
+            Ok(())
+        };
+        let row = frames.width * 3;
+        for i in 0..frames.frames {
+            let src = frames.frame(i);
+            let stride = rgb.stride(0);
+            let dst = rgb.data_mut(0);
+            for y in 0..frames.height {
+                dst[y * stride..y * stride + row].copy_from_slice(&src[y * row..(y + 1) * row]);
+            }
+            sws.run(&rgb, &mut yuv).map_err(fe("colour conversion"))?;
+            yuv.set_pts(Some(i as i64));
+            enc.send_frame(&yuv).map_err(fe("encoding a frame"))?;
+            drain(&mut enc, &mut octx)?;
+        }
+        enc.send_eof().map_err(fe("flushing the encoder"))?;
+        drain(&mut enc, &mut octx)?;
+        octx.write_trailer().map_err(fe("writing the trailer"))?;
+        Ok(())
+    }
+
+    pub fn read(path: &Path) -> Result<DecodedVideo> {
+        init()?;
+        let re = |e: ff::Error| Error::Input(format!("cannot read the video {}: {e}", path.display()));
+        let mut ictx = format::input(&path).map_err(re)?;
+        let ist = ictx.streams().best(ff::media::Type::Video).ok_or_else(|| Error::Input(format!("{}: no video stream", path.display())))?;
+        let idx = ist.index();
+        let fr = ist.avg_frame_rate();
+        let fps = if fr.denominator() != 0 { fr.numerator() as f64 / fr.denominator() as f64 } else { 0.0 };
+        let dur = ictx.duration();
+        let duration_s = if dur > 0 { dur as f64 / ff::ffi::AV_TIME_BASE as f64 } else { 0.0 };
+        let mut dec = codec::context::Context::from_parameters(ist.parameters()).map_err(re)?.decoder().video().map_err(re)?;
+        let codec_name = dec.codec().map(|c| c.name().to_string()).unwrap_or_default();
+        let (w, h) = (dec.width(), dec.height());
+        let pixel_format = format!("{:?}", dec.format()).to_lowercase();
+        let mut sws = scaling::Context::get(dec.format(), w, h, format::Pixel::RGB24, w, h, scaling::Flags::BILINEAR).map_err(re)?;
+        let mut out = Vec::new();
+        let mut n = 0usize;
+        let mut take = |dec: &mut ff::decoder::Video, out: &mut Vec<u8>, n: &mut usize| -> Result<()> {
+            let mut f = VFrame::empty();
+            while dec.receive_frame(&mut f).is_ok() {
+                let mut rgb = VFrame::empty();
+                sws.run(&f, &mut rgb).map_err(re)?;
+                let s = rgb.stride(0);
+                for y in 0..h as usize {
+                    out.extend_from_slice(&rgb.data(0)[y * s..y * s + w as usize * 3]);
+                }
+                *n += 1;
+            }
+            Ok(())
+        };
+        for (s, pkt) in ictx.packets() {
+            if s.index() == idx {
+                dec.send_packet(&pkt).map_err(re)?;
+                take(&mut dec, &mut out, &mut n)?;
+            }
+        }
+        dec.send_eof().map_err(re)?;
+        take(&mut dec, &mut out, &mut n)?;
+        Ok(DecodedVideo {
+            frames: n,
+            width: w as usize,
+            height: h as usize,
+            fps,
+            duration_s,
+            codec: codec_name,
+            pixel_format,
+            rgb: out,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trip_and_crc() {
+        assert_eq!(crc32(&[b"123456789"]), 0xCBF4_3926);
+        assert_eq!(adler32(b"Wikipedia"), 0x11E6_0398);
+        let (w, h) = (300, 250); // > 65535 bytes of raw data: several stored blocks
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let png = encode_png_rgb(&rgb, w, h);
+        let (w2, h2, back) = decode_own_png(&png).unwrap();
+        assert_eq!((w2, h2), (w, h));
+        assert_eq!(back, rgb);
+    }
+
+    #[test]
+    fn temp_names_keep_extension() {
+        let t = TempTarget::new(Path::new("/tmp/x/y.mp4")).unwrap();
+        let n = t.tmp.file_name().unwrap().to_string_lossy().to_string();
+        assert!(n.starts_with(".y.partial-") && n.ends_with(".mp4"), "{n}");
+        assert_eq!(t.tmp.parent().unwrap(), Path::new("/tmp/x"));
+    }
+}

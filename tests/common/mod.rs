@@ -1,0 +1,324 @@
+//! Shared test helpers: loading the reference fixtures (tests/fixtures/*.safetensors, written by
+//! scripts/reference/make_fixtures.py) and comparing tensors with a readable error report.
+//!
+//! Use from an integration test with `mod common;`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use safetensors::{Dtype, SafeTensors};
+
+/// The fixture format these helpers understand (`format_version` in tests/fixtures/manifest.json and
+/// in every fixture file's safetensors metadata).
+pub const FORMAT_VERSION: u64 = 1;
+
+/// How to rebuild the fixtures and the tiny model.
+pub const REGENERATE: &str =
+    "scripts/reference/setup.sh && .venv-ref/bin/python scripts/reference/make_fixtures.py";
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// tests/fixtures
+pub fn fixtures_dir() -> PathBuf {
+    repo_root().join("tests/fixtures")
+}
+
+/// assets/tiny-model: the tiny random ContentV model the fixtures were computed with.
+pub fn tiny_model_dir() -> PathBuf {
+    repo_root().join("assets/tiny-model")
+}
+
+/// tests/fixtures/manifest.json, parsed once. Panics with a hint if it is missing or of another format version.
+pub fn manifest() -> &'static serde_json::Value {
+    static M: OnceLock<serde_json::Value> = OnceLock::new();
+    M.get_or_init(|| {
+        let path = fixtures_dir().join("manifest.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}\nregenerate the fixtures with: {REGENERATE}", path.display()));
+        let m: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}\nregenerate with: {REGENERATE}", path.display()));
+        let v = m.get("format_version").and_then(|v| v.as_u64());
+        if v != Some(FORMAT_VERSION) {
+            panic!(
+                "{}: format_version is {v:?}, these tests expect {FORMAT_VERSION}: the fixtures are stale or newer than \
+                 the tests.\nregenerate with: {REGENERATE}",
+                path.display()
+            );
+        }
+        m
+    })
+}
+
+/// One tensor of a fixture file, converted to f32 (integers and u8 as their values), shape kept.
+#[derive(Clone, Debug)]
+pub struct FixtureTensor {
+    pub shape: Vec<usize>,
+    /// dtype as stored in the file
+    pub dtype: Dtype,
+    /// values as f32 (exact for f16/bf16/f32, integers below 2^24 and u8)
+    pub data: Vec<f32>,
+    /// exact values for integer dtypes (empty for floats)
+    pub ints: Vec<i64>,
+}
+
+impl FixtureTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A loaded fixture file (`tests/fixtures/<name>.safetensors`).
+pub struct Fixture {
+    pub name: String,
+    pub tensors: BTreeMap<String, FixtureTensor>,
+}
+
+fn to_f32(dtype: Dtype, d: &[u8]) -> Option<(Vec<f32>, Vec<i64>)> {
+    let f: Vec<f32>;
+    let mut ints = Vec::new();
+    match dtype {
+        Dtype::F32 => f = d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F64 => {
+            f = d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+        }
+        Dtype::F16 => f = d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => f = d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::U8 => {
+            ints = d.iter().map(|&b| b as i64).collect();
+            f = d.iter().map(|&b| b as f32).collect();
+        }
+        Dtype::I8 => {
+            ints = d.iter().map(|&b| b as i8 as i64).collect();
+            f = ints.iter().map(|&v| v as f32).collect();
+        }
+        Dtype::I32 => {
+            ints = d.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect();
+            f = ints.iter().map(|&v| v as f32).collect();
+        }
+        Dtype::I64 => {
+            ints = d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+            f = ints.iter().map(|&v| v as f32).collect();
+        }
+        Dtype::BOOL => {
+            ints = d.iter().map(|&b| (b != 0) as i64).collect();
+            f = ints.iter().map(|&v| v as f32).collect();
+        }
+        _ => return None,
+    }
+    Some((f, ints))
+}
+
+impl Fixture {
+    /// Loads `tests/fixtures/<name>.safetensors` (`name` with or without the extension). Checks the manifest's and
+    /// the file's format version first; panics with a hint how to regenerate if anything is missing or stale.
+    pub fn load(name: &str) -> Fixture {
+        let manifest = manifest();
+        let file = if name.ends_with(".safetensors") { name.to_string() } else { format!("{name}.safetensors") };
+        let path = fixtures_dir().join(&file);
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}\nregenerate with: {REGENERATE}", path.display()));
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .unwrap_or_else(|e| panic!("{}: bad safetensors header: {e:?}\nregenerate with: {REGENERATE}", path.display()));
+        let fv = meta.metadata().as_ref().and_then(|m| m.get("format_version")).cloned();
+        if fv.as_deref() != Some(FORMAT_VERSION.to_string().as_str()) {
+            panic!(
+                "{}: format_version {fv:?}, expected {FORMAT_VERSION}: stale fixture.\nregenerate with: {REGENERATE}",
+                path.display()
+            );
+        }
+        if manifest["files"].get(&file).is_none() {
+            panic!("{file} is not listed in tests/fixtures/manifest.json: stale fixtures.\nregenerate with: {REGENERATE}");
+        }
+        let st = SafeTensors::deserialize(&bytes)
+            .unwrap_or_else(|e| panic!("{}: cannot parse: {e:?}\nregenerate with: {REGENERATE}", path.display()));
+        let mut tensors = BTreeMap::new();
+        for (k, v) in st.tensors() {
+            let (data, ints) = to_f32(v.dtype(), v.data())
+                .unwrap_or_else(|| panic!("{file}: tensor {k} has unsupported dtype {:?}", v.dtype()));
+            tensors.insert(k, FixtureTensor { shape: v.shape().to_vec(), dtype: v.dtype(), data, ints });
+        }
+        Fixture { name: file, tensors }
+    }
+
+    /// The tensor `key`; panics listing the available names if it is absent.
+    pub fn get(&self, key: &str) -> &FixtureTensor {
+        self.tensors.get(key).unwrap_or_else(|| {
+            panic!(
+                "{}: no tensor {key:?}; it has: {}\n(stale fixtures? regenerate with: {REGENERATE})",
+                self.name,
+                self.tensors.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+
+    /// Values of `key` as f32.
+    pub fn f32(&self, key: &str) -> &[f32] {
+        &self.get(key).data
+    }
+
+    /// Shape of `key`.
+    pub fn shape(&self, key: &str) -> &[usize] {
+        &self.get(key).shape
+    }
+
+    /// Exact values of an integer tensor (token ids, u8 frames).
+    pub fn ints(&self, key: &str) -> &[i64] {
+        let t = self.get(key);
+        assert!(!t.ints.is_empty() || t.numel() == 0, "{}: {key} is {:?}, not an integer tensor", self.name, t.dtype);
+        &t.ints
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+}
+
+/// Result of comparing two tensors elementwise with |got - want| <= atol + rtol * |want|.
+#[derive(Clone, Debug)]
+pub struct CloseReport {
+    pub name: String,
+    pub n: usize,
+    pub atol: f32,
+    pub rtol: f32,
+    pub max_abs: f64,
+    /// max over elements of |got - want| / max(|want|, 1e-12)
+    pub max_rel: f64,
+    pub mean_abs: f64,
+    pub cosine: f64,
+    /// index of the element that uses most of its tolerance
+    pub worst_index: usize,
+    pub worst_got: f32,
+    pub worst_want: f32,
+    /// max over elements of |got - want| / (atol + rtol * |want|): <= 1 passes
+    pub tolerance_used: f64,
+    /// elements outside the tolerance
+    pub failures: usize,
+    /// non-finite values in `got` where `want` is finite
+    pub non_finite: usize,
+}
+
+impl CloseReport {
+    pub fn passed(&self) -> bool {
+        self.failures == 0 && self.non_finite == 0
+    }
+}
+
+impl fmt::Display for CloseReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} [{} elems, atol {:.1e}, rtol {:.1e}] max_abs {:.3e}, max_rel {:.3e}, mean_abs {:.3e}, cosine {:.8}, \
+             worst [{}] got {:.6e} want {:.6e}, tolerance used {:.1}%, {} outside, {} non-finite",
+            self.name,
+            if self.passed() { "ok" } else { "FAILED" },
+            self.n,
+            self.atol,
+            self.rtol,
+            self.max_abs,
+            self.max_rel,
+            self.mean_abs,
+            self.cosine,
+            self.worst_index,
+            self.worst_got,
+            self.worst_want,
+            100.0 * self.tolerance_used,
+            self.failures,
+            self.non_finite
+        )
+    }
+}
+
+/// Compares without panicking. Panics only if the lengths differ.
+pub fn compare(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> CloseReport {
+    assert_eq!(got.len(), want.len(), "{name}: length mismatch: got {} values, want {}", got.len(), want.len());
+    let (mut max_abs, mut max_rel, mut sum_abs) = (0f64, 0f64, 0f64);
+    let (mut dot, mut ng, mut nw) = (0f64, 0f64, 0f64);
+    let (mut worst_index, mut used) = (0usize, -1f64);
+    let (mut failures, mut non_finite) = (0usize, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g64, w64) = (g as f64, w as f64);
+        if !g.is_finite() || !w.is_finite() {
+            if !(g.is_nan() && w.is_nan()) && g != w {
+                non_finite += 1;
+                if used < f64::INFINITY {
+                    used = f64::INFINITY;
+                    worst_index = i;
+                }
+            }
+            continue;
+        }
+        let d = (g64 - w64).abs();
+        let tol = atol as f64 + rtol as f64 * w64.abs();
+        let u = if tol > 0.0 { d / tol } else if d == 0.0 { 0.0 } else { f64::INFINITY };
+        if u > 1.0 {
+            failures += 1;
+        }
+        if u > used {
+            used = u;
+            worst_index = i;
+        }
+        max_abs = max_abs.max(d);
+        max_rel = max_rel.max(d / w64.abs().max(1e-12));
+        sum_abs += d;
+        dot += g64 * w64;
+        ng += g64 * g64;
+        nw += w64 * w64;
+    }
+    let cosine = if ng == 0.0 && nw == 0.0 { 1.0 } else { dot / (ng.sqrt() * nw.sqrt()).max(1e-300) };
+    CloseReport {
+        name: name.to_string(),
+        n: got.len(),
+        atol,
+        rtol,
+        max_abs,
+        max_rel,
+        mean_abs: if got.is_empty() { 0.0 } else { sum_abs / got.len() as f64 },
+        cosine,
+        worst_index,
+        worst_got: got.get(worst_index).copied().unwrap_or(0.0),
+        worst_want: want.get(worst_index).copied().unwrap_or(0.0),
+        tolerance_used: used.max(0.0),
+        failures,
+        non_finite,
+    }
+}
+
+/// Asserts |got - want| <= atol + rtol * |want| elementwise. Prints the report on success, panics with it on failure.
+pub fn assert_close(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> CloseReport {
+    let r = compare(name, got, want, atol, rtol);
+    if !r.passed() {
+        panic!("{r}");
+    }
+    println!("{r}");
+    r
+}
+
+/// Tolerance rule for a port running in reduced precision: no worse than twice the reference's own bf16 error
+/// (`ref_bf16_err`, e.g. the max abs difference between the reference's bf16 and f32 runs) plus `slack`.
+pub fn bf16_atol(ref_bf16_err: f32, slack: f32) -> f32 {
+    2.0 * ref_bf16_err + slack
+}
+
+/// Max abs difference between two slices (lengths must match).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A number from the manifest at a JSON pointer (e.g. "/transformer_bf16_error/output/max_abs").
+pub fn manifest_f64(pointer: &str) -> f64 {
+    manifest()
+        .pointer(pointer)
+        .and_then(|v| v.as_f64())
+        .unwrap_or_else(|| panic!("manifest has no number at {pointer}; regenerate with: {REGENERATE}"))
+}
