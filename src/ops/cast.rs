@@ -1,3 +1,42 @@
-//! Casts between f32, bf16 and f16.
-use crate::{Result, Tensor, DType, Error};
-pub fn cast(_t: &Tensor, _dtype: DType) -> Result<Tensor> { Err(Error::Other("cast: not yet implemented".into())) }
+//! Casts between f32, bf16 and f16 on the GPU (round to nearest even). Host tensors convert in
+//! [`Tensor::to_dtype`] directly. Kernel: kernels/ops.cu (`cast_any`).
+use crate::error::{Error, Result};
+use crate::ops::grid_1d;
+use crate::runtime::{DType, KernelArgs, Tensor};
+
+fn code(d: DType) -> Result<i32> {
+    match d {
+        DType::F32 => Ok(0),
+        DType::BF16 => Ok(1),
+        DType::F16 => Ok(2),
+        DType::I8 => Err(Error::Other("cast: i8 is not a float type (use ops::quant)".into())),
+    }
+}
+
+/// `t` converted to `dtype` (same device; output contiguous).
+pub fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
+        return Ok(t.clone());
+    }
+    match t.device().gpu() {
+        None => t.to_dtype(dtype),
+        Some(gpu) => {
+            let t = t.contiguous()?;
+            let y = Tensor::empty(t.shape(), dtype, t.device())?;
+            let n = t.elem_count();
+            if n > 0 {
+                unsafe {
+                    gpu.launch(
+                        "ops",
+                        "cast_any",
+                        grid_1d(n),
+                        (256, 1, 1),
+                        0,
+                        KernelArgs::new().ptr(t.dev_ptr()?).ptr(y.dev_ptr()?).i64(n as i64).i32(code(t.dtype())?).i32(code(dtype)?),
+                    )?;
+                }
+            }
+            Ok(y)
+        }
+    }
+}

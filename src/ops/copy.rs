@@ -1,3 +1,62 @@
-//! Strided copies (making a view contiguous).
-use crate::{Result, Tensor, Error};
-pub fn contiguous(_t: &Tensor) -> Result<Tensor> { Err(Error::Other("contiguous: not yet implemented".into())) }
+//! Strided copies on the GPU: making a view contiguous, and writing into a view (concat).
+//! Host tensors are handled by [`Tensor`] itself. Kernel: kernels/ops.cu (`copy_nd`), rank <= 6,
+//! any element size of 1, 2 or 4 bytes.
+use crate::error::{Error, Result};
+use crate::ops::grid_1d;
+use crate::runtime::{KernelArgs, Tensor};
+use crate::shape_err;
+
+const MAX_RANK: usize = 6;
+
+/// A dense copy of `t` (device tensors; host tensors use `Tensor::contiguous`).
+pub fn contiguous(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() {
+        return Ok(t.clone());
+    }
+    if !t.device().is_cuda() {
+        return t.contiguous();
+    }
+    let y = Tensor::empty(t.shape(), t.dtype(), t.device())?;
+    copy_into(t, &y)?;
+    Ok(y)
+}
+
+/// Copies `src` into the (possibly strided) view `dst` of the same shape and dtype, on the GPU.
+pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
+    if src.shape() != dst.shape() || src.dtype() != dst.dtype() {
+        return Err(shape_err!(
+            "copy: {:?} {} into {:?} {}",
+            src.shape(),
+            src.dtype().name(),
+            dst.shape(),
+            dst.dtype().name()
+        ));
+    }
+    let gpu = match (src.device().gpu(), dst.device().gpu()) {
+        (Some(g), Some(_)) => g,
+        _ => return Err(Error::Other("copy_into: both tensors must be on the GPU".into())),
+    };
+    if src.rank() > MAX_RANK {
+        return Err(shape_err!("copy: rank {} > {MAX_RANK} not supported ({:?})", src.rank(), src.shape()));
+    }
+    let n = src.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
+    // Pad to rank 6 with leading unit dims.
+    let pad = MAX_RANK - src.rank();
+    let mut shape = [1i64; MAX_RANK];
+    let mut ss = [0i64; MAX_RANK];
+    let mut ds = [0i64; MAX_RANK];
+    for i in 0..src.rank() {
+        shape[pad + i] = src.shape()[i] as i64;
+        ss[pad + i] = src.strides()[i] as i64;
+        ds[pad + i] = dst.strides()[i] as i64;
+    }
+    let mut a = KernelArgs::new();
+    a.ptr(src.dev_ptr()?).ptr(dst.dev_ptr()?).i64(n as i64).i32(src.dtype().size() as i32);
+    for v in shape.iter().chain(&ss).chain(&ds) {
+        a.i64(*v);
+    }
+    unsafe { gpu.launch("ops", "copy_nd", grid_1d(n), (256, 1, 1), 0, &mut a) }
+}

@@ -1,5 +1,512 @@
-//! Dense GEMM: `y = x W^T + b` through cuBLASLt (bf16 in, f32 accumulate), with a CPU
-//! reference GEMM.
+//! Dense GEMM: `y = act(x W^T + b)` through cuBLASLt on the GPU (bf16 or f32 operands, f32
+//! accumulation, bias and tanh-GELU fused in the epilogue), with a plain threaded f32 CPU
+//! reference beside it. INT8 weights go to [`crate::ops::quant::linear_int8`].
+use std::ffi::c_void;
+
+use cudarc::cublaslt::{result as lt, sys as ltsys};
+
+use crate::error::{Error, Result};
+use crate::ops::{common_gpu, host, par_rows};
+use crate::runtime::{DType, Gpu, Linear, Tensor, Weight};
+use crate::shape_err;
+
+/// Activation fused after the bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Act {
+    #[default]
+    None,
+    Silu,
+    /// GELU, tanh approximation (diffusers `gelu-approximate`, T5 `gelu_new`).
+    GeluTanh,
+    /// Exact GELU with erf (OpenCLIP-bigG `gelu`).
+    GeluErf,
+    /// `x * sigmoid(1.702 x)` (CLIP-L).
+    QuickGelu,
+}
+
+impl Act {
+    /// The f32 reference of the activation.
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Act::None => x,
+            Act::Silu => x / (1.0 + (-x).exp()),
+            Act::GeluTanh => {
+                let c = 0.797_884_6_f32; // sqrt(2/pi)
+                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+            }
+            Act::GeluErf => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Act::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+        }
+    }
+    /// The code the kernels use (kernels/common.cuh `act_apply`).
+    pub fn code(self) -> i32 {
+        match self {
+            Act::None => 0,
+            Act::Silu => 1,
+            Act::GeluTanh => 2,
+            Act::GeluErf => 3,
+            Act::QuickGelu => 4,
+        }
+    }
+}
+
+/// `x W^T + b`: x [.., K], W [N, K] (PyTorch layout) -> [.., N].
+pub fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
+    linear_act(x, l, Act::None)
+}
+
+/// `act(x W^T + b)`: x [.., K] (last dim dense, rows may be strided) -> [.., N] contiguous.
+pub fn linear_act(x: &Tensor, l: &Linear, act: Act) -> Result<Tensor> {
+    let xs = x.shape();
+    let (n, k) = (l.out_features(), l.in_features());
+    if xs.is_empty() || xs[xs.len() - 1] != k {
+        return Err(shape_err!("linear: input {xs:?} does not end in {k} (weight {:?})", l.weight.shape()));
+    }
+    if let Some(b) = &l.bias {
+        if b.shape() != [n] {
+            return Err(shape_err!("linear: bias {:?} does not match weight {:?}", b.shape(), l.weight.shape()));
+        }
+    }
+    let w = match &l.weight {
+        Weight::Dense(w) => w,
+        Weight::Int8 { q, scale } => return crate::ops::quant::linear_int8(x, q, scale, l.bias.as_ref(), act),
+    };
+    let m: usize = xs[..xs.len() - 1].iter().product();
+    let mut out_shape = xs.to_vec();
+    *out_shape.last_mut().unwrap() = n;
+    let mut ts = vec![x, w];
+    if let Some(b) = &l.bias {
+        ts.push(b);
+    }
+    match common_gpu("linear", &ts)? {
+        None => {
+            let xv = x.cpu_f32()?;
+            let wv = w.cpu_f32()?;
+            let bv = match &l.bias {
+                Some(b) => Some(b.cpu_f32()?),
+                None => None,
+            };
+            let y = linear_cpu(&xv, &wv, bv.as_deref(), m, k, n, act);
+            host(y, &out_shape)
+        }
+        Some(gpu) => {
+            // Rows of x may be strided: flatten all but the last dim when the layout allows it.
+            let x2 = flat_rows(x)?;
+            let lda = x2.row_stride()?;
+            let y = Tensor::empty(&out_shape, x.dtype(), x.device())?;
+            let fused = matches!(act, Act::None | Act::GeluTanh);
+            gemm_cuda(
+                gpu,
+                GemmCall {
+                    m,
+                    n,
+                    k,
+                    a: x2.dev_ptr()?,
+                    lda,
+                    w: w.dev_ptr()?,
+                    ldw: w.row_stride()?,
+                    w_transposed: true,
+                    y: y.dev_ptr()?,
+                    bias: match &l.bias {
+                        Some(b) => Some((b.dev_ptr()?, b.dtype())),
+                        None => None,
+                    },
+                    gelu: act == Act::GeluTanh,
+                    batch: 1,
+                    stride_a: 0,
+                    stride_w: 0,
+                    stride_y: 0,
+                    dtype: x.dtype(),
+                    w_dtype: w.dtype(),
+                },
+            )?;
+            if !fused {
+                return crate::ops::act::apply(&y, act);
+            }
+            Ok(y)
+        }
+    }
+}
+
+/// `x` viewed as [M, K] with a single row stride (contiguous copy if the batch dims do not
+/// collapse onto one stride).
+fn flat_rows(x: &Tensor) -> Result<Tensor> {
+    let r = x.rank();
+    if r <= 2 {
+        return if x.row_stride().is_ok() { Ok(x.clone()) } else { x.contiguous() };
+    }
+    let s = x.strides();
+    let sh = x.shape();
+    // Collapsible when every outer dim's stride equals the next dim's stride times its size.
+    let ok = s[r - 1] == 1 && (0..r - 2).all(|i| sh[i + 1] == 1 || s[i] == s[i + 1] * sh[i + 1]);
+    if !ok {
+        return x.contiguous();
+    }
+    // A 2D view over the same storage: [M, K] with row stride s[r-2].
+    let m: usize = sh[..r - 1].iter().product();
+    x.as_strided(&[m, sh[r - 1]], &[s[r - 2], 1])
+}
+
+/// Batched matmul: a [B?, M, K] x b [B?, K, N] -> [B?, M, N]. `b` may be a transposed view
+/// ([B, N, K] data with swapped strides), which the GPU path uses without a copy.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (ash, bsh) = (a.shape(), b.shape());
+    let r = ash.len();
+    if !(r == 2 || r == 3) || bsh.len() != r || ash[r - 1] != bsh[r - 2] || (r == 3 && ash[0] != bsh[0]) {
+        return Err(shape_err!("matmul: shapes {ash:?} x {bsh:?} do not match ([B,M,K] x [B,K,N])"));
+    }
+    let batch = if r == 3 { ash[0] } else { 1 };
+    let (m, k, n) = (ash[r - 2], ash[r - 1], bsh[r - 1]);
+    let out_shape: Vec<usize> = if r == 3 { vec![batch, m, n] } else { vec![m, n] };
+    match common_gpu("matmul", &[a, b])? {
+        None => {
+            let av = a.cpu_f32()?;
+            // b^T as [B, N, K] rows so the inner loop is a dense dot product.
+            let bt = if r == 3 { b.transpose(1, 2)? } else { b.transpose(0, 1)? };
+            let btv = bt.to_vec_f32()?;
+            let mut y = vec![0f32; batch * m * n];
+            for bi in 0..batch {
+                let yb = linear_cpu(&av[bi * m * k..(bi + 1) * m * k], &btv[bi * n * k..(bi + 1) * n * k], None, m, k, n, Act::None);
+                y[bi * m * n..(bi + 1) * m * n].copy_from_slice(&yb);
+            }
+            host(y, &out_shape)
+        }
+        Some(gpu) => {
+            if a.dtype() != b.dtype() {
+                return Err(Error::Other(format!("matmul: dtypes {} and {} differ", a.dtype().name(), b.dtype().name())));
+            }
+            let a = if a.is_contiguous() { a.clone() } else { a.contiguous()? };
+            // b as stored: row-major [K, N] (plain) or [N, K] (a transposed view).
+            let bs = b.strides();
+            let (b, w_transposed) = if b.is_contiguous() {
+                (b.clone(), false)
+            } else if bs[r - 2] == 1 && bs[r - 1] == k && (r == 2 || bs[0] == n * k) {
+                (b.clone(), true)
+            } else {
+                (b.contiguous()?, false)
+            };
+            let y = Tensor::empty(&out_shape, a.dtype(), a.device())?;
+            gemm_cuda(
+                gpu,
+                GemmCall {
+                    m,
+                    n,
+                    k,
+                    a: a.dev_ptr()?,
+                    lda: k,
+                    w: b.dev_ptr()?,
+                    ldw: if w_transposed { k } else { n },
+                    w_transposed,
+                    y: y.dev_ptr()?,
+                    bias: None,
+                    gelu: false,
+                    batch,
+                    stride_a: m * k,
+                    stride_w: n * k,
+                    stride_y: m * n,
+                    dtype: a.dtype(),
+                    w_dtype: b.dtype(),
+                },
+            )?;
+            Ok(y)
+        }
+    }
+}
+
+/// CPU reference: `y[m, n] = act(sum_k x[m, k] w[n, k] + b[n])`, f32, threaded over rows.
+pub fn linear_cpu(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize, act: Act) -> Vec<f32> {
+    assert_eq!(x.len(), m * k);
+    assert_eq!(w.len(), n * k);
+    let mut y = vec![0f32; m * n];
+    if n == 0 {
+        return y;
+    }
+    par_rows(&mut y, n, |row0, out| {
+        let rows = out.len() / n;
+        // Block over 4 rows of x and the columns so a block of W stays in cache.
+        const NB: usize = 64;
+        for nb in (0..n).step_by(NB) {
+            let ne = (nb + NB).min(n);
+            let mut r = 0;
+            while r < rows {
+                let rr = (rows - r).min(4);
+                for j in nb..ne {
+                    let wr = &w[j * k..(j + 1) * k];
+                    for q in 0..rr {
+                        let xr = &x[(row0 + r + q) * k..(row0 + r + q + 1) * k];
+                        out[(r + q) * n + j] = dot(xr, wr);
+                    }
+                }
+                r += rr;
+            }
+        }
+        for (i, v) in out.iter_mut().enumerate() {
+            let j = i % n;
+            let z = *v + b.map_or(0.0, |b| b[j]);
+            *v = act.apply(z);
+        }
+    });
+    y
+}
+
+/// f32 dot product with 8 independent accumulators (vectorises).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+// ----- cuBLASLt -------------------------------------------------------------------------------
 
 /// Cached cuBLASLt handle and workspace of one GPU.
-pub struct BlasLt {}
+pub struct BlasLt {
+    handle: ltsys::cublasLtHandle_t,
+    workspace: crate::runtime::memory::DeviceBuffer,
+}
+// SAFETY: the handle is used under the Gpu's mutex, on the Gpu's compute stream only.
+unsafe impl Send for BlasLt {}
+
+const WORKSPACE: usize = 32 << 20;
+
+struct GemmCall {
+    m: usize,
+    n: usize,
+    k: usize,
+    /// x: row-major [M, K], row stride `lda`.
+    a: u64,
+    lda: usize,
+    /// W: row-major [N, K] (`w_transposed`, PyTorch linear layout) or [K, N], row stride `ldw`.
+    w: u64,
+    ldw: usize,
+    w_transposed: bool,
+    /// y: row-major [M, N], dense.
+    y: u64,
+    bias: Option<(u64, DType)>,
+    gelu: bool,
+    batch: usize,
+    stride_a: usize,
+    stride_w: usize,
+    stride_y: usize,
+    dtype: DType,
+    w_dtype: DType,
+}
+
+fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> Error + '_ {
+    move |e| Error::Cuda(format!("cuBLASLt {what}: {e:?}"))
+}
+
+fn cuda_type(d: DType) -> Result<ltsys::cudaDataType> {
+    Ok(match d {
+        DType::F32 => ltsys::cudaDataType::CUDA_R_32F,
+        DType::BF16 => ltsys::cudaDataType::CUDA_R_16BF,
+        DType::F16 => ltsys::cudaDataType::CUDA_R_16F,
+        DType::I8 => return Err(Error::Other("cuBLASLt GEMM: i8 operands go through ops::quant".into())),
+    })
+}
+
+/// Whether cuBLASLt can be loaded (cudarc panics on first use otherwise).
+pub fn cublaslt_available() -> bool {
+    unsafe { ltsys::is_culib_present() }
+}
+
+/// Row-major `Y = X op(W) (+ bias) (gelu)` expressed column-major: `Y^T [N, M] = op(W)^T X^T`,
+/// i.e. A = W (col-major [K, N] with ld, transposed when W is [N, K]), B = X (col-major [K, M]).
+fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
+    if c.m == 0 || c.n == 0 {
+        return Ok(());
+    }
+    if c.dtype != c.w_dtype {
+        return Err(Error::Other(format!(
+            "linear: activation dtype {} and weight dtype {} differ",
+            c.dtype.name(),
+            c.w_dtype.name()
+        )));
+    }
+    if !cublaslt_available() {
+        return Err(Error::Cuda(
+            "libcublasLt.so was not found: install the CUDA runtime libraries (e.g. pip install nvidia-cublas) and \
+             add their lib folder to LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    gpu.bind()?;
+    let mut guard = gpu.blas.lock().unwrap();
+    if guard.is_none() {
+        let handle = lt::create_handle().map_err(lt_err("create handle"))?;
+        let workspace = gpu.alloc(WORKSPACE)?;
+        *guard = Some(BlasLt { handle, workspace });
+    }
+    let blas = guard.as_ref().unwrap();
+    let ty = cuda_type(c.dtype)?;
+    unsafe {
+        let desc = lt::create_matmul_desc(ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F, ltsys::cudaDataType::CUDA_R_32F)
+            .map_err(lt_err("matmul desc"))?;
+        let cleanup_desc = Guard(move || {
+            let _ = lt::destroy_matmul_desc(desc);
+        });
+        // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 (a 32-bit enum).
+        let op_t: i32 = 1;
+        let op_n: i32 = 0;
+        let ta = if c.w_transposed { op_t } else { op_n };
+        set_desc(desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &ta)?;
+        set_desc(desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &op_n)?;
+        let epi = match (c.bias.is_some(), c.gelu) {
+            (false, false) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+            (true, false) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
+            (false, true) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU,
+            (true, true) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
+        };
+        set_desc(desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi)?;
+        if let Some((bp, bdt)) = c.bias {
+            let bptr = bp as *const c_void;
+            set_desc(desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bptr)?;
+            let bty = cuda_type(bdt)?;
+            set_desc(desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bty)?;
+        }
+        // A = W: stored row-major with row stride ldw = col-major with ld ldw.
+        let (a_rows, a_cols) = if c.w_transposed { (c.k, c.n) } else { (c.n, c.k) };
+        let la = layout(ty, a_rows, a_cols, c.ldw, c.batch, c.stride_w)?;
+        let lb = layout(ty, c.k, c.m, c.lda, c.batch, c.stride_a)?;
+        let ly = layout(ty, c.n, c.m, c.n, c.batch, c.stride_y)?;
+        let _cl = Guard(move || {
+            let _ = lt::destroy_matrix_layout(la);
+            let _ = lt::destroy_matrix_layout(lb);
+            let _ = lt::destroy_matrix_layout(ly);
+        });
+        let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
+        let _cp = Guard(move || {
+            let _ = lt::destroy_matmul_pref(pref);
+        });
+        let ws = WORKSPACE;
+        lt::set_matmul_pref_attribute(
+            pref,
+            ltsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            &ws as *const usize as *const c_void,
+            std::mem::size_of::<usize>(),
+        )
+        .map_err(lt_err("workspace preference"))?;
+        let heur = lt::get_matmul_algo_heuristic(blas.handle, desc, la, lb, ly, ly, pref).map_err(|e| {
+            Error::Cuda(format!(
+                "cuBLASLt has no algorithm for a {} GEMM m={} n={} k={} (lda {}, ldw {}): {e:?}",
+                c.dtype.name(),
+                c.m,
+                c.n,
+                c.k,
+                c.lda,
+                c.ldw
+            ))
+        })?;
+        let alpha = 1f32;
+        let beta = 0f32;
+        lt::matmul(
+            blas.handle,
+            desc,
+            &alpha as *const f32 as *const c_void,
+            &beta as *const f32 as *const c_void,
+            c.w as *const c_void,
+            la,
+            c.a as *const c_void,
+            lb,
+            c.y as *const c_void,
+            ly,
+            c.y as *mut c_void,
+            ly,
+            &heur.algo,
+            blas.workspace.ptr() as *mut c_void,
+            ws,
+            gpu.stream() as ltsys::cudaStream_t,
+        )
+        .map_err(lt_err("matmul"))?;
+        drop(cleanup_desc);
+    }
+    Ok(())
+}
+
+struct Guard<F: FnMut()>(F);
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+unsafe fn set_desc<T>(desc: ltsys::cublasLtMatmulDesc_t, attr: ltsys::cublasLtMatmulDescAttributes_t, v: &T) -> Result<()> {
+    lt::set_matmul_desc_attribute(desc, attr, v as *const T as *const c_void, std::mem::size_of::<T>())
+        .map_err(|e| Error::Cuda(format!("cuBLASLt set {attr:?}: {e:?}")))
+}
+
+unsafe fn layout(ty: ltsys::cudaDataType, rows: usize, cols: usize, ld: usize, batch: usize, stride: usize) -> Result<ltsys::cublasLtMatrixLayout_t> {
+    let l = lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(lt_err("layout"))?;
+    if batch > 1 {
+        let b = batch as i32;
+        let s = stride as i64;
+        lt::set_matrix_layout_attribute(
+            l,
+            ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+            &b as *const i32 as *const c_void,
+            4,
+        )
+        .map_err(lt_err("batch count"))?;
+        lt::set_matrix_layout_attribute(
+            l,
+            ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+            &s as *const i64 as *const c_void,
+            8,
+        )
+        .map_err(lt_err("batch stride"))?;
+    }
+    Ok(l)
+}
+
+impl Drop for BlasLt {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_cpu_matches_naive() {
+        let (m, k, n) = (7, 37, 13);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 97) as f32 / 50.0 - 1.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 89) as f32 / 45.0 - 1.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        let y = linear_cpu(&x, &w, Some(&b), m, k, n, Act::Silu);
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for q in 0..k {
+                    s += x[i * k + q] as f64 * w[j * k + q] as f64;
+                }
+                let z = (s + b[j] as f64) as f32;
+                let want = z / (1.0 + (-z).exp());
+                assert!((y[i * n + j] - want).abs() < 1e-4, "{i},{j}: {} vs {want}", y[i * n + j]);
+            }
+        }
+    }
+
+    #[test]
+    fn activations() {
+        assert!((Act::GeluErf.apply(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((Act::GeluTanh.apply(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((Act::QuickGelu.apply(1.0) - 1.0 / (1.0 + (-1.702f32).exp())).abs() < 1e-7);
+        assert!((Act::Silu.apply(-2.0) - (-2.0 / (1.0 + 2f32.exp()))).abs() < 1e-7);
+    }
+}

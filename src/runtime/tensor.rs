@@ -277,6 +277,38 @@ impl Tensor {
         Ok(t)
     }
 
+    /// A view with explicit shape and strides (elements) over the same storage, starting at this
+    /// view's offset. Checked against the storage's size.
+    pub fn as_strided(&self, shape: &[usize], strides: &[usize]) -> Result<Tensor> {
+        if shape.len() != strides.len() {
+            return Err(shape_err!("as_strided: shape {shape:?} and strides {strides:?} differ in rank"));
+        }
+        let last: usize = shape.iter().zip(strides).map(|(&n, &s)| n.saturating_sub(1) * s).sum();
+        if shape.iter().all(|&n| n > 0) && self.offset + last >= self.storage_elems() {
+            return Err(shape_err!(
+                "as_strided: view {shape:?} / {strides:?} at offset {} runs past the storage ({} elements)",
+                self.offset,
+                self.storage_elems()
+            ));
+        }
+        let mut t = self.clone();
+        t.shape = shape.to_vec();
+        t.strides = strides.to_vec();
+        Ok(t)
+    }
+
+    fn storage_elems(&self) -> usize {
+        let es = self.dtype.size();
+        match &*self.storage {
+            Storage::F32(v) => v.len(),
+            Storage::BF16(v) => v.len(),
+            Storage::F16(v) => v.len(),
+            Storage::I8(v) => v.len(),
+            Storage::Mapped { len, .. } => len / es,
+            Storage::Cuda(b) => b.size() / es,
+        }
+    }
+
     /// View with two dims swapped.
     pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
         if a >= self.rank() || b >= self.rank() {

@@ -1,0 +1,101 @@
+//! Elementwise activations and the last-dim softmax. Kernels: kernels/ops.cu (`act_*`, `softmax_last_*`).
+use crate::error::Result;
+use crate::ops::gemm::Act;
+use crate::ops::{common_gpu, float_dtype, grid_1d, host};
+use crate::runtime::{KernelArgs, Tensor};
+use crate::{kname, shape_err};
+
+/// `act(x)` elementwise; any shape; output contiguous.
+pub fn apply(x: &Tensor, act: Act) -> Result<Tensor> {
+    match common_gpu("act", &[x])? {
+        None => host(x.cpu_f32()?.iter().map(|&v| act.apply(v)).collect(), x.shape()),
+        Some(gpu) => {
+            let x = x.contiguous()?;
+            let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
+            let n = x.elem_count();
+            if n > 0 {
+                let name = kname!("act", float_dtype("act", &x)?, "act")?;
+                unsafe {
+                    gpu.launch("ops", name, grid_1d(n), (256, 1, 1), 0, KernelArgs::new().ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).i64(n as i64).i32(act.code()))?;
+                }
+            }
+            Ok(y)
+        }
+    }
+}
+
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    apply(x, Act::Silu)
+}
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    apply(x, Act::GeluTanh)
+}
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    apply(x, Act::GeluErf)
+}
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    apply(x, Act::QuickGelu)
+}
+
+/// Softmax over the last dim, f32 math (max-subtracted).
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let sh = x.shape();
+    if sh.is_empty() {
+        return Err(shape_err!("softmax_last: scalar input"));
+    }
+    let cols = sh[sh.len() - 1];
+    let rows = x.elem_count() / cols.max(1);
+    match common_gpu("softmax_last", &[x])? {
+        None => {
+            let mut v = x.cpu_f32()?.into_owned();
+            for r in v.chunks_mut(cols.max(1)) {
+                softmax_row(r);
+            }
+            host(v, sh)
+        }
+        Some(gpu) => {
+            let x = x.contiguous()?;
+            let y = Tensor::empty(sh, x.dtype(), x.device())?;
+            if rows > 0 && cols > 0 {
+                let name = kname!("softmax_last", float_dtype("softmax_last", &x)?, "softmax_last")?;
+                unsafe {
+                    gpu.launch("ops", name, (rows as u32, 1, 1), (256, 1, 1), 0, KernelArgs::new().ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).i32(rows as i32).i32(cols as i32))?;
+                }
+            }
+            Ok(y)
+        }
+    }
+}
+
+/// In-place softmax of one row (the CPU reference, also used by attention).
+pub fn softmax_row(r: &mut [f32]) {
+    let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    if m == f32::NEG_INFINITY {
+        r.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let mut s = 0f32;
+    for v in r.iter_mut() {
+        *v = (*v - m).exp();
+        s += *v;
+    }
+    let inv = 1.0 / s;
+    r.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_are_shift_invariant() {
+        let x = Tensor::from_f32(vec![1.0, 2.0, 3.0, 1001.0, 1002.0, 1003.0], &[2, 3], &Device::Cpu).unwrap();
+        let y = softmax_last(&x).unwrap().to_vec_f32().unwrap();
+        for i in 0..3 {
+            assert!((y[i] - y[i + 3]).abs() < 1e-6);
+        }
+        assert!((y[0] + y[1] + y[2] - 1.0).abs() < 1e-6);
+        assert!((y[2] / y[1] - 1f32.exp()).abs() < 1e-5);
+    }
+}

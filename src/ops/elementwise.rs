@@ -1,0 +1,260 @@
+//! Elementwise arithmetic, the gated residual of adaLN-Zero, and concatenation.
+//! Kernels: kernels/ops.cu (`binary_*`, `add_bcast_*`, `axpby_*`, `gated_residual_*`); concat
+//! uses the strided copy of [`crate::ops::copy`].
+use crate::error::{Error, Result};
+use crate::ops::{common_gpu, float_dtype, grid_1d, host};
+use crate::runtime::{Device, KernelArgs, Tensor};
+use crate::{kname, shape_err};
+
+fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(shape_err!("{op}: shapes {:?} and {:?} differ", a.shape(), b.shape()));
+    }
+    if a.device().is_cuda() && a.dtype() != b.dtype() {
+        return Err(Error::Other(format!("{op}: dtypes {} and {} differ", a.dtype().name(), b.dtype().name())));
+    }
+    Ok(())
+}
+
+/// `y = alpha * a + beta * b` (b optional), the common kernel of add / scale / add_scaled.
+fn axpby(op: &str, a: &Tensor, b: Option<&Tensor>, alpha: f32, beta: f32) -> Result<Tensor> {
+    if let Some(b) = b {
+        same_shape(op, a, b)?;
+    }
+    let mut ts = vec![a];
+    if let Some(b) = b {
+        ts.push(b);
+    }
+    match common_gpu(op, &ts)? {
+        None => {
+            let av = a.cpu_f32()?;
+            let y: Vec<f32> = match b {
+                Some(b) => {
+                    let bv = b.cpu_f32()?;
+                    av.iter().zip(bv.iter()).map(|(x, y)| alpha * x + beta * y).collect()
+                }
+                None => av.iter().map(|x| alpha * x).collect(),
+            };
+            host(y, a.shape())
+        }
+        Some(gpu) => {
+            let a = a.contiguous()?;
+            let b = b.map(|b| b.contiguous()).transpose()?;
+            let y = Tensor::empty(a.shape(), a.dtype(), a.device())?;
+            let n = a.elem_count();
+            if n > 0 {
+                let name = kname!(op, float_dtype(op, &a)?, "axpby")?;
+                let bp = match &b {
+                    Some(b) => b.dev_ptr()?,
+                    None => 0,
+                };
+                unsafe {
+                    gpu.launch("ops", name, grid_1d(n), (256, 1, 1), 0, KernelArgs::new().ptr(a.dev_ptr()?).ptr(bp).ptr(y.dev_ptr()?).i64(n as i64).f32(alpha).f32(beta))?;
+                }
+            }
+            Ok(y)
+        }
+    }
+}
+
+/// `a + b` (same shape).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    axpby("add", a, Some(b), 1.0, 1.0)
+}
+
+/// `a * s`.
+pub fn scale(a: &Tensor, s: f32) -> Result<Tensor> {
+    axpby("scale", a, None, s, 0.0)
+}
+
+/// `a + s * b`.
+pub fn add_scaled(a: &Tensor, b: &Tensor, s: f32) -> Result<Tensor> {
+    axpby("add_scaled", a, Some(b), 1.0, s)
+}
+
+/// `a * b` elementwise (same shape).
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_shape("mul", a, b)?;
+    match common_gpu("mul", &[a, b])? {
+        None => {
+            let (av, bv) = (a.cpu_f32()?, b.cpu_f32()?);
+            host(av.iter().zip(bv.iter()).map(|(x, y)| x * y).collect(), a.shape())
+        }
+        Some(gpu) => {
+            let (a, b) = (a.contiguous()?, b.contiguous()?);
+            let y = Tensor::empty(a.shape(), a.dtype(), a.device())?;
+            let n = a.elem_count();
+            if n > 0 {
+                let name = kname!("mul", float_dtype("mul", &a)?, "mul")?;
+                unsafe {
+                    gpu.launch("ops", name, grid_1d(n), (256, 1, 1), 0, KernelArgs::new().ptr(a.dev_ptr()?).ptr(b.dev_ptr()?).ptr(y.dev_ptr()?).i64(n as i64))?;
+                }
+            }
+            Ok(y)
+        }
+    }
+}
+
+/// `a + b` with `b` [S, C] broadcast over the leading batch dim of `a` [B, S, C] (position tables).
+pub fn add_bcast(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (ash, bsh) = (a.shape(), b.shape());
+    if ash.len() != bsh.len() + 1 || &ash[1..] != bsh {
+        return Err(shape_err!("add_bcast: {bsh:?} does not broadcast over {ash:?} (expected [B, ..] + [..])"));
+    }
+    let period = b.elem_count();
+    match common_gpu("add_bcast", &[a, b])? {
+        None => {
+            let (av, bv) = (a.cpu_f32()?, b.cpu_f32()?);
+            host(av.iter().enumerate().map(|(i, x)| x + bv[i % period.max(1)]).collect(), ash)
+        }
+        Some(gpu) => {
+            let a = a.contiguous()?;
+            let b = b.contiguous()?.to_dtype(a.dtype())?;
+            let y = Tensor::empty(ash, a.dtype(), a.device())?;
+            let n = a.elem_count();
+            if n > 0 {
+                let name = kname!("add_bcast", float_dtype("add_bcast", &a)?, "add_bcast")?;
+                unsafe {
+                    gpu.launch("ops", name, grid_1d(n), (256, 1, 1), 0, KernelArgs::new().ptr(a.dev_ptr()?).ptr(b.dev_ptr()?).ptr(y.dev_ptr()?).i64(n as i64).i64(period as i64))?;
+                }
+            }
+            Ok(y)
+        }
+    }
+}
+
+/// adaLN-Zero residual: `x + gate * y` with x, y [B, S, C] and gate [B, C] (may be a strided
+/// view with a dense last dim).
+pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    same_shape("gated_residual", x, y)?;
+    let sh = x.shape();
+    if sh.len() != 3 || gate.shape() != [sh[0], sh[2]] {
+        return Err(shape_err!("gated_residual: x {sh:?} needs [B, S, C] and gate [B, C], gate is {:?}", gate.shape()));
+    }
+    let (s, c) = (sh[1], sh[2]);
+    match common_gpu("gated_residual", &[x, y, gate])? {
+        None => {
+            let (xv, yv, gv) = (x.cpu_f32()?, y.cpu_f32()?, gate.to_vec_f32()?);
+            let out = (0..xv.len())
+                .map(|i| {
+                    let bi = i / (s * c).max(1);
+                    xv[i] + gv[bi * c + i % c] * yv[i]
+                })
+                .collect();
+            host(out, sh)
+        }
+        Some(gpu) => {
+            let (x, y) = (x.contiguous()?, y.contiguous()?);
+            let gate = gate.to_dtype(x.dtype())?;
+            let out = Tensor::empty(sh, x.dtype(), x.device())?;
+            let n = x.elem_count();
+            if n > 0 {
+                let name = kname!("gated_residual", float_dtype("gated_residual", &x)?, "gated_residual")?;
+                unsafe {
+                    gpu.launch(
+                        "ops",
+                        name,
+                        grid_1d(n),
+                        (256, 1, 1),
+                        0,
+                        KernelArgs::new()
+                            .ptr(x.dev_ptr()?)
+                            .ptr(y.dev_ptr()?)
+                            .ptr(gate.dev_ptr()?)
+                            .i64(gate.row_stride()? as i64)
+                            .ptr(out.dev_ptr()?)
+                            .i64(n as i64)
+                            .i64(s as i64)
+                            .i64(c as i64),
+                    )?;
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Concatenation along `dim`; all other dims must agree.
+pub fn concat(ts: &[&Tensor], dim: usize) -> Result<Tensor> {
+    let first = ts.first().ok_or_else(|| shape_err!("concat of nothing"))?;
+    let r = first.rank();
+    if dim >= r {
+        return Err(shape_err!("concat: dim {dim} out of range for {:?}", first.shape()));
+    }
+    let mut total = 0;
+    for t in ts {
+        let ok = t.rank() == r && (0..r).all(|i| i == dim || t.shape()[i] == first.shape()[i]);
+        if !ok {
+            return Err(shape_err!("concat along {dim}: {:?} does not match {:?}", t.shape(), first.shape()));
+        }
+        total += t.shape()[dim];
+    }
+    let mut shape = first.shape().to_vec();
+    shape[dim] = total;
+    match common_gpu("concat", ts)? {
+        None => {
+            let outer: usize = shape[..dim].iter().product();
+            let inner: usize = shape[dim + 1..].iter().product();
+            let mut out = Vec::with_capacity(shape.iter().product());
+            let datas: Vec<Vec<f32>> = ts.iter().map(|t| t.to_vec_f32()).collect::<Result<_>>()?;
+            for o in 0..outer {
+                for (t, d) in ts.iter().zip(&datas) {
+                    let len = t.shape()[dim] * inner;
+                    out.extend_from_slice(&d[o * len..(o + 1) * len]);
+                }
+            }
+            Tensor::from_f32(out, &shape, &Device::Cpu)
+        }
+        Some(_) => {
+            let dt = first.dtype();
+            let y = Tensor::empty(&shape, dt, first.device())?;
+            let mut at = 0;
+            for t in ts {
+                let len = t.shape()[dim];
+                let src = t.to_dtype(dt)?;
+                crate::ops::copy::copy_into(&src, &y.narrow(dim, at, len)?)?;
+                at += len;
+            }
+            Ok(y)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: Vec<f32>, s: &[usize]) -> Tensor {
+        Tensor::from_f32(v, s, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn concat_middle_dim() {
+        let a = t((0..6).map(|i| i as f32).collect(), &[2, 1, 3]);
+        let b = t((10..22).map(|i| i as f32).collect(), &[2, 2, 3]);
+        let y = concat(&[&a, &b], 1).unwrap();
+        assert_eq!(y.shape(), &[2, 3, 3]);
+        let v = y.to_vec_f32().unwrap();
+        assert_eq!(&v[..9], &[0., 1., 2., 10., 11., 12., 13., 14., 15.]);
+        assert_eq!(&v[9..12], &[3., 4., 5.]);
+    }
+
+    #[test]
+    fn gated_residual_uses_per_batch_gate() {
+        let x = t(vec![1.0; 8], &[2, 2, 2]);
+        let y = t(vec![2.0; 8], &[2, 2, 2]);
+        let g = t(vec![0.0, 1.0, 10.0, 100.0, 0.5, 0.5], &[2, 3]);
+        let gate = g.narrow(1, 1, 2).unwrap(); // strided view [[1, 10], [0.5, 0.5]]
+        let v = gated_residual(&x, &y, &gate).unwrap().to_vec_f32().unwrap();
+        assert_eq!(v, vec![3.0, 21.0, 3.0, 21.0, 2.0, 2.0, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn bcast_and_scaled() {
+        let a = t(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]);
+        let b = t(vec![10.0, 20.0], &[2]);
+        assert_eq!(add_bcast(&a, &b).unwrap().to_vec_f32().unwrap(), vec![11.0, 22.0, 13.0, 24.0]);
+        assert_eq!(add_scaled(&a, &a, -0.5).unwrap().to_vec_f32().unwrap(), vec![0.5, 1.0, 1.5, 2.0]);
+        assert!(add(&a, &b).is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! LayerNorm (optionally with affine), LayerNorm + adaLN modulation, RMSNorm. Statistics in f32.
+//! Kernels: kernels/ops.cu (`layer_norm_*`, `ln_modulate_*`, `rms_norm_*`), one block per row.
+use crate::error::Result;
+use crate::ops::{common_gpu, float_dtype, host, par_rows};
+use crate::runtime::{DType, KernelArgs, Tensor};
+use crate::{kname, shape_err};
+
+fn rows_cols(op: &str, x: &Tensor) -> Result<(usize, usize)> {
+    let sh = x.shape();
+    if sh.is_empty() || sh[sh.len() - 1] == 0 {
+        return Err(shape_err!("{op}: input {sh:?} has no last dim"));
+    }
+    let c = sh[sh.len() - 1];
+    Ok((x.elem_count() / c, c))
+}
+
+fn check_vec(op: &str, what: &str, t: Option<&Tensor>, c: usize) -> Result<()> {
+    if let Some(t) = t {
+        if t.shape() != [c] {
+            return Err(shape_err!("{op}: {what} is {:?}, expected [{c}]", t.shape()));
+        }
+    }
+    Ok(())
+}
+
+/// Per-row mean and 1/sqrt(var + eps) (biased variance, two-pass, f32).
+#[inline]
+fn ln_stats(r: &[f32], eps: f32) -> (f32, f32) {
+    let n = r.len() as f32;
+    let mean = r.iter().sum::<f32>() / n;
+    let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Optional gain/bias on the device as f32 (the kernels read f32 parameters).
+fn param_ptr(t: Option<&Tensor>) -> Result<(u64, Option<Tensor>)> {
+    match t {
+        None => Ok((0, None)),
+        Some(t) => {
+            let f = t.contiguous()?.to_dtype(DType::F32)?;
+            Ok((f.dev_ptr()?, Some(f)))
+        }
+    }
+}
+
+/// `LN(x) * w + b` over the last dim; `w`, `b` optional [C].
+pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    let (rows, c) = rows_cols("layer_norm", x)?;
+    check_vec("layer_norm", "weight", w, c)?;
+    check_vec("layer_norm", "bias", b, c)?;
+    match common_gpu("layer_norm", &[x])? {
+        None => {
+            let xv = x.cpu_f32()?;
+            let wv = w.map(|t| t.to_vec_f32()).transpose()?;
+            let bv = b.map(|t| t.to_vec_f32()).transpose()?;
+            let mut y = vec![0f32; rows * c];
+            par_rows(&mut y, c, |r0, out| {
+                for (i, o) in out.chunks_mut(c).enumerate() {
+                    let r = &xv[(r0 + i) * c..(r0 + i + 1) * c];
+                    let (mean, inv) = ln_stats(r, eps);
+                    for j in 0..c {
+                        let mut v = (r[j] - mean) * inv;
+                        if let Some(w) = &wv {
+                            v *= w[j];
+                        }
+                        if let Some(b) = &bv {
+                            v += b[j];
+                        }
+                        o[j] = v;
+                    }
+                }
+            });
+            host(y, x.shape())
+        }
+        Some(gpu) => {
+            let x = x.contiguous()?;
+            let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
+            let (wp, _wk) = param_ptr(w)?;
+            let (bp, _bk) = param_ptr(b)?;
+            let name = kname!("layer_norm", float_dtype("layer_norm", &x)?, "layer_norm")?;
+            unsafe {
+                gpu.launch(
+                    "ops",
+                    name,
+                    (rows as u32, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    KernelArgs::new().ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).ptr(wp).ptr(bp).i32(rows as i32).i32(c as i32).f32(eps),
+                )?;
+            }
+            Ok(y)
+        }
+    }
+}
+
+/// adaLN: `LN(x) * (1 + scale) + shift` (no affine). x [B, S, C]; shift, scale [B, C], which
+/// may be strided views (e.g. chunks of the modulation vector, last dim dense).
+pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
+    let sh = x.shape();
+    if sh.len() != 3 {
+        return Err(shape_err!("layer_norm_modulate: x must be [B, S, C], got {sh:?}"));
+    }
+    let (bsz, s, c) = (sh[0], sh[1], sh[2]);
+    for (what, t) in [("shift", shift), ("scale", scale)] {
+        if t.shape() != [bsz, c] {
+            return Err(shape_err!("layer_norm_modulate: {what} is {:?}, expected [{bsz}, {c}]", t.shape()));
+        }
+    }
+    match common_gpu("layer_norm_modulate", &[x, shift, scale])? {
+        None => {
+            let xv = x.cpu_f32()?;
+            let shv = shift.to_vec_f32()?;
+            let scv = scale.to_vec_f32()?;
+            let mut y = vec![0f32; bsz * s * c];
+            par_rows(&mut y, c, |r0, out| {
+                for (i, o) in out.chunks_mut(c).enumerate() {
+                    let row = r0 + i;
+                    let bi = row / s.max(1);
+                    let r = &xv[row * c..(row + 1) * c];
+                    let (mean, inv) = ln_stats(r, eps);
+                    for j in 0..c {
+                        o[j] = (r[j] - mean) * inv * (1.0 + scv[bi * c + j]) + shv[bi * c + j];
+                    }
+                }
+            });
+            host(y, sh)
+        }
+        Some(gpu) => {
+            let x = x.contiguous()?;
+            let dt = float_dtype("layer_norm_modulate", &x)?;
+            let (shift, scale) = (shift.to_dtype(dt)?, scale.to_dtype(dt)?);
+            let y = Tensor::empty(sh, dt, x.device())?;
+            let name = kname!("layer_norm_modulate", dt, "ln_modulate")?;
+            unsafe {
+                gpu.launch(
+                    "ops",
+                    name,
+                    ((bsz * s) as u32, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    KernelArgs::new()
+                        .ptr(x.dev_ptr()?)
+                        .ptr(y.dev_ptr()?)
+                        .ptr(shift.dev_ptr()?)
+                        .i64(shift.row_stride()? as i64)
+                        .ptr(scale.dev_ptr()?)
+                        .i64(scale.row_stride()? as i64)
+                        .i32(s as i32)
+                        .i32(c as i32)
+                        .f32(eps),
+                )?;
+            }
+            Ok(y)
+        }
+    }
+}
+
+/// RMSNorm over the last dim: `x * rsqrt(mean(x^2) + eps)` (f32), rounded to x's dtype, then
+/// `* w` (diffusers / T5 semantics). For q/k norm view x as [.., H, 64].
+pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    let (rows, c) = rows_cols("rms_norm", x)?;
+    check_vec("rms_norm", "weight", w, c)?;
+    match common_gpu("rms_norm", &[x])? {
+        None => {
+            let xv = x.cpu_f32()?;
+            let wv = w.map(|t| t.to_vec_f32()).transpose()?;
+            let mut y = vec![0f32; rows * c];
+            par_rows(&mut y, c, |r0, out| {
+                for (i, o) in out.chunks_mut(c).enumerate() {
+                    let r = &xv[(r0 + i) * c..(r0 + i + 1) * c];
+                    let ms = r.iter().map(|v| v * v).sum::<f32>() / c as f32;
+                    let inv = 1.0 / (ms + eps).sqrt();
+                    for j in 0..c {
+                        o[j] = r[j] * inv * wv.as_ref().map_or(1.0, |w| w[j]);
+                    }
+                }
+            });
+            host(y, x.shape())
+        }
+        Some(gpu) => {
+            let x = x.contiguous()?;
+            let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
+            let (wp, _wk) = param_ptr(w)?;
+            let name = kname!("rms_norm", float_dtype("rms_norm", &x)?, "rms_norm")?;
+            unsafe {
+                gpu.launch(
+                    "ops",
+                    name,
+                    (rows as u32, 1, 1),
+                    (if c <= 128 { 64 } else { 256 }, 1, 1),
+                    0,
+                    KernelArgs::new().ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).ptr(wp).i32(rows as i32).i32(c as i32).f32(eps),
+                )?;
+            }
+            Ok(y)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+
+    #[test]
+    fn layer_norm_modulate_equals_layer_norm_then_affine() {
+        let (b, s, c) = (2, 3, 5);
+        let x: Vec<f32> = (0..b * s * c).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+        let xt = Tensor::from_f32(x, &[b, s, c], &Device::Cpu).unwrap();
+        let mod6: Vec<f32> = (0..b * 2 * c).map(|i| (i as f32) * 0.1 - 0.5).collect();
+        let m = Tensor::from_f32(mod6.clone(), &[b, 2 * c], &Device::Cpu).unwrap();
+        let (shift, scale) = (m.narrow(1, 0, c).unwrap(), m.narrow(1, c, c).unwrap());
+        let y = layer_norm_modulate(&xt, &shift, &scale, 1e-6).unwrap().to_vec_f32().unwrap();
+        let ln = layer_norm(&xt, None, None, 1e-6).unwrap().to_vec_f32().unwrap();
+        for i in 0..b * s * c {
+            let (bi, j) = (i / (s * c), i % c);
+            let want = ln[i] * (1.0 + mod6[bi * 2 * c + c + j]) + mod6[bi * 2 * c + j];
+            assert!((y[i] - want).abs() < 1e-5);
+        }
+        // Normalised rows: mean 0, variance 1.
+        let r = &ln[0..c];
+        assert!(r.iter().sum::<f32>().abs() < 1e-5);
+        assert!((r.iter().map(|v| v * v).sum::<f32>() / c as f32 - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn rms_norm_unit_rms() {
+        let x = Tensor::from_f32(vec![3.0, 4.0, 0.0, 0.0], &[1, 4], &Device::Cpu).unwrap();
+        let w = Tensor::from_f32(vec![1.0, 2.0, 1.0, 1.0], &[4], &Device::Cpu).unwrap();
+        let y = rms_norm(&x, Some(&w), 0.0).unwrap().to_vec_f32().unwrap();
+        assert!((y[0] - 1.2).abs() < 1e-6 && (y[1] - 3.2).abs() < 1e-6);
+    }
+}

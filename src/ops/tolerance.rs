@@ -1,0 +1,38 @@
+//! Tolerances of the GPU kernels against the f32 CPU reference, in one place. The tests take
+//! them from here so that a kernel change that loses precision fails everywhere at once.
+use crate::runtime::DType;
+
+/// `(atol, rtol)` for an op whose output is stored in `dtype` after a reduction of `k` terms
+/// (k = 1 for elementwise ops). bf16 has an 8-bit significand: one rounding of the output is
+/// 2^-9 relative; accumulation in f32 adds about sqrt(k) * 2^-24.
+pub fn for_dtype(dtype: DType, k: usize) -> (f32, f32) {
+    let acc = (k.max(1) as f32).sqrt() * 6e-8;
+    match dtype {
+        DType::F32 => (1e-5 + acc * 4.0, 1e-5),
+        DType::F16 => (1e-3 + acc, 1e-3),
+        DType::BF16 => (8e-3 + acc, 8e-3),
+        DType::I8 => (0.0, 0.0),
+    }
+}
+
+/// Whether `got` is within `(atol, rtol)` of `want` everywhere; returns the worst element.
+pub fn check(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("length {} vs {}", got.len(), want.len()));
+    }
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        let bound = atol + rtol * w.abs();
+        if !(err <= bound) {
+            let excess = if err.is_nan() { f32::INFINITY } else { err - bound };
+            if worst.map_or(true, |(_, e)| excess > e) {
+                worst = Some((i, excess));
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, _)) => Err(format!("element {i}: got {} want {} (atol {atol}, rtol {rtol})", got[i], want[i])),
+    }
+}
