@@ -1,0 +1,192 @@
+// The small kernels: activations, softmax, LayerNorm (+ adaLN modulation), RMSNorm, elementwise
+// arithmetic, gated residual, embedding gather, dtype casts and strided copies. Each has an f32
+// CPU reference in src/ops/<module>.rs. Templates are instantiated for float, bf16 and f16 as
+// extern "C" entry points `<name>_f32|_bf16|_f16`.
+//
+// Rounding: bf16 results are rounded where the PyTorch reference rounds (each bf16 op rounds
+// its output), e.g. adaLN = bf16(bf16(bf16(LN(x)) * bf16(1 + scale)) + shift).
+#include "common.cuh"
+
+template <typename T>
+__device__ void act_k(const T* x, T* y, long long n, int code) {
+    GRID_STRIDE(i, n) y[i] = from_f<T>(act_apply(to_f(x[i]), code));
+}
+
+template <typename T>
+__device__ void softmax_last_k(const T* x, T* y, int rows, int cols) {
+    const T* r = x + (long long)blockIdx.x * cols;
+    T* o = y + (long long)blockIdx.x * cols;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, to_f(r[j]));
+    m = block_max(m);
+    float s = 0.f;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) s += __expf(to_f(r[j]) - m);
+    s = block_sum(s);
+    float inv = 1.f / s;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) o[j] = from_f<T>(__expf(to_f(r[j]) - m) * inv);
+}
+
+// Mean and 1/sqrt(var + eps) of one row (two passes over global memory; rows are L1/L2 resident).
+template <typename T>
+__device__ __forceinline__ void row_stats(const T* r, int c, float eps, float& mean, float& inv) {
+    float s = 0.f;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) s += to_f(r[j]);
+    mean = block_sum(s) / c;
+    float v = 0.f;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        float d = to_f(r[j]) - mean;
+        v += d * d;
+    }
+    inv = rsqrtf(block_sum(v) / c + eps);
+}
+
+template <typename T>
+__device__ void layer_norm_k(const T* x, T* y, const float* w, const float* b, int rows, int c, float eps) {
+    const T* r = x + (long long)blockIdx.x * c;
+    T* o = y + (long long)blockIdx.x * c;
+    float mean, inv;
+    row_stats(r, c, eps, mean, inv);
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        float v = rnd<T>((to_f(r[j]) - mean) * inv);  // F.layer_norm rounds once at the end
+        if (w) v = (to_f(r[j]) - mean) * inv * w[j] + (b ? b[j] : 0.f);
+        o[j] = from_f<T>(v);
+    }
+}
+
+// x [B, S, C]; shift, scale rows of batch b at shift + b * shift_ld.
+template <typename T>
+__device__ void ln_modulate_k(const T* x, T* y, const T* shift, long long shift_ld, const T* scale, long long scale_ld, int s, int c,
+                              float eps) {
+    long long row = blockIdx.x;
+    int b = (int)(row / s);
+    const T* r = x + row * c;
+    T* o = y + row * c;
+    const T* sh = shift + b * shift_ld;
+    const T* sc = scale + b * scale_ld;
+    float mean, inv;
+    row_stats(r, c, eps, mean, inv);
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        float n = rnd<T>((to_f(r[j]) - mean) * inv);
+        float t = rnd<T>(1.f + to_f(sc[j]));
+        o[j] = from_f<T>(rnd<T>(n * t) + to_f(sh[j]));
+    }
+}
+
+// y = T(x * rsqrt(mean(x^2) + eps)) * w  (diffusers RMSNorm / T5LayerNorm).
+template <typename T>
+__device__ void rms_norm_k(const T* x, T* y, const float* w, int rows, int c, float eps) {
+    const T* r = x + (long long)blockIdx.x * c;
+    T* o = y + (long long)blockIdx.x * c;
+    float s = 0.f;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        float v = to_f(r[j]);
+        s += v * v;
+    }
+    float inv = rsqrtf(block_sum(s) / c + eps);
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        float v = rnd<T>(to_f(r[j]) * inv);
+        o[j] = from_f<T>(w ? v * w[j] : v);
+    }
+}
+
+template <typename T>
+__device__ void axpby_k(const T* a, const T* b, T* y, long long n, float alpha, float beta) {
+    GRID_STRIDE(i, n) {
+        float v = alpha == 1.f ? to_f(a[i]) : rnd<T>(alpha * to_f(a[i]));
+        if (b) v += beta == 1.f ? to_f(b[i]) : rnd<T>(beta * to_f(b[i]));
+        y[i] = from_f<T>(v);
+    }
+}
+
+template <typename T>
+__device__ void mul_k(const T* a, const T* b, T* y, long long n) {
+    GRID_STRIDE(i, n) y[i] = from_f<T>(to_f(a[i]) * to_f(b[i]));
+}
+
+template <typename T>
+__device__ void add_bcast_k(const T* a, const T* b, T* y, long long n, long long period) {
+    GRID_STRIDE(i, n) y[i] = from_f<T>(to_f(a[i]) + to_f(b[i % period]));
+}
+
+// out = x + gate[b] * y over [B, S, C]; the product is rounded like the reference's bf16 mul.
+template <typename T>
+__device__ void gated_residual_k(const T* x, const T* y, const T* gate, long long gate_ld, T* out, long long n, long long s, long long c) {
+    GRID_STRIDE(i, n) {
+        long long b = i / (s * c);
+        float g = to_f(gate[b * gate_ld + i % c]);
+        out[i] = from_f<T>(to_f(x[i]) + rnd<T>(g * to_f(y[i])));
+    }
+}
+
+template <typename T>
+__device__ void embedding_k(const T* table, const unsigned* ids, T* y, int c) {
+    const T* r = table + (long long)ids[blockIdx.x] * c;
+    T* o = y + (long long)blockIdx.x * c;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) o[j] = r[j];
+}
+
+#define INST(T, S)                                                                                                              \
+    extern "C" __global__ void act_##S(const T* x, T* y, long long n, int code) { act_k<T>(x, y, n, code); }                   \
+    extern "C" __global__ void softmax_last_##S(const T* x, T* y, int rows, int cols) { softmax_last_k<T>(x, y, rows, cols); } \
+    extern "C" __global__ void layer_norm_##S(const T* x, T* y, const float* w, const float* b, int rows, int c, float eps) {  \
+        layer_norm_k<T>(x, y, w, b, rows, c, eps);                                                                              \
+    }                                                                                                                           \
+    extern "C" __global__ void ln_modulate_##S(const T* x, T* y, const T* shift, long long shl, const T* scale, long long scl, \
+                                               int s, int c, float eps) {                                                       \
+        ln_modulate_k<T>(x, y, shift, shl, scale, scl, s, c, eps);                                                              \
+    }                                                                                                                           \
+    extern "C" __global__ void rms_norm_##S(const T* x, T* y, const float* w, int rows, int c, float eps) {                    \
+        rms_norm_k<T>(x, y, w, rows, c, eps);                                                                                   \
+    }                                                                                                                           \
+    extern "C" __global__ void axpby_##S(const T* a, const T* b, T* y, long long n, float alpha, float beta) {                 \
+        axpby_k<T>(a, b, y, n, alpha, beta);                                                                                    \
+    }                                                                                                                           \
+    extern "C" __global__ void mul_##S(const T* a, const T* b, T* y, long long n) { mul_k<T>(a, b, y, n); }                    \
+    extern "C" __global__ void add_bcast_##S(const T* a, const T* b, T* y, long long n, long long period) {                    \
+        add_bcast_k<T>(a, b, y, n, period);                                                                                     \
+    }                                                                                                                           \
+    extern "C" __global__ void gated_residual_##S(const T* x, const T* y, const T* gate, long long gate_ld, T* out, long long n, \
+                                                  long long s, long long c) {                                                   \
+        gated_residual_k<T>(x, y, gate, gate_ld, out, n, s, c);                                                                 \
+    }                                                                                                                           \
+    extern "C" __global__ void embedding_##S(const T* table, const unsigned* ids, T* y, int c) { embedding_k<T>(table, ids, y, c); }
+
+INST(float, f32)
+INST(__nv_bfloat16, bf16)
+INST(__half, f16)
+
+// dtype codes: 0 f32, 1 bf16, 2 f16.
+__device__ __forceinline__ float load_any(const void* p, long long i, int dt) {
+    if (dt == 0) return ((const float*)p)[i];
+    if (dt == 1) return __bfloat162float(((const __nv_bfloat16*)p)[i]);
+    return __half2float(((const __half*)p)[i]);
+}
+extern "C" __global__ void cast_any(const void* x, void* y, long long n, int sdt, int ddt) {
+    GRID_STRIDE(i, n) {
+        float v = load_any(x, i, sdt);
+        if (ddt == 0) ((float*)y)[i] = v;
+        else if (ddt == 1) ((__nv_bfloat16*)y)[i] = __float2bfloat16_rn(v);
+        else ((__half*)y)[i] = __float2half_rn(v);
+    }
+}
+
+// Strided gather/scatter of rank <= 6 (leading dims padded with 1), element size 1, 2 or 4 bytes.
+extern "C" __global__ void copy_nd(const void* src, void* dst, long long n, int esize, long long n0, long long n1, long long n2,
+                                   long long n3, long long n4, long long n5, long long s0, long long s1, long long s2, long long s3,
+                                   long long s4, long long s5, long long d0, long long d1, long long d2, long long d3, long long d4,
+                                   long long d5) {
+    const long long sh[6] = {n0, n1, n2, n3, n4, n5}, ss[6] = {s0, s1, s2, s3, s4, s5}, ds[6] = {d0, d1, d2, d3, d4, d5};
+    GRID_STRIDE(i, n) {
+        long long rem = i, so = 0, dof = 0;
+#pragma unroll
+        for (int k = 5; k >= 0; --k) {
+            long long idx = rem % sh[k];
+            rem /= sh[k];
+            so += idx * ss[k];
+            dof += idx * ds[k];
+        }
+        if (esize == 4) ((uint32_t*)dst)[dof] = ((const uint32_t*)src)[so];
+        else if (esize == 2) ((uint16_t*)dst)[dof] = ((const uint16_t*)src)[so];
+        else ((uint8_t*)dst)[dof] = ((const uint8_t*)src)[so];
+    }
+}
