@@ -56,7 +56,7 @@ for t in .gpu-bundle/bin/test-*; do
   grep -E "^(test |SKIP|test result)|FAILED|panicked" "$OUTDIR/$n.log" | grep -v " ok$" | tail -n 25
 done
 if [ "${BENCH:-1}" = 1 ]; then
-  for b in .gpu-bundle/bin/bench-gpu*; do
+  for b in .gpu-bundle/bin/bench-*; do
     [ -x "$b" ] || continue
     echo "=== $(basename $b)"; timeout "${BENCH_TIMEOUT:-240}" "$b" 2>&1 | tee "$OUTDIR/$(basename $b).log" | tail -n 60
   done

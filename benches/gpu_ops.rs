@@ -1,0 +1,134 @@
+//! Microbenchmarks of the small kernels and the cuBLASLt GEMM at ContentV-8B production shapes
+//! (432x768, 125 frames: 41,472 video tokens + 333 text tokens, hidden 2432), timed with CUDA
+//! events on the compute stream. Prints one line per kernel: time, achieved bandwidth or
+//! TFLOP/s. Prints SKIP and exits 0 without a GPU.
+//!
+//! Run: `cargo bench --bench gpu_ops` (or `.gpu-bundle/bin/bench-gpu_ops` on the GPU machine).
+use contentv::ops::{act, elementwise as ew, gemm, norm};
+use contentv::runtime::device::{gpu_unavailable_reason, Event};
+use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
+
+const N_VIDEO: usize = 41_472;
+const N_TEXT: usize = 333;
+const D: usize = 2432;
+
+fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f32 {
+    let g = dev.gpu().unwrap();
+    f(); // warm up (module load, cuBLASLt heuristics, pool)
+    dev.synchronize().unwrap();
+    let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
+    a.record(g.stream()).unwrap();
+    for _ in 0..iters {
+        f();
+    }
+    b.record(g.stream()).unwrap();
+    b.synchronize().unwrap();
+    a.elapsed_ms(&b).unwrap() / iters as f32
+}
+
+fn rand_bf16(shape: &[usize], dev: &Device, scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = 0x2545F4914F6CDD1Du64;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+        })
+        .collect();
+    Tensor::from_f32(v, shape, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(dev).unwrap()
+}
+
+fn report_bw(name: &str, ms: f32, bytes: usize) {
+    println!("{name:<48} {ms:>9.3} ms  {:>8.1} GB/s", bytes as f64 / (ms as f64 * 1e-3) / 1e9);
+}
+fn report_flops(name: &str, ms: f32, flops: f64) {
+    println!("{name:<48} {ms:>9.3} ms  {:>8.1} TFLOP/s", flops / (ms as f64 * 1e-3) / 1e12);
+}
+
+fn main() {
+    if let Some(r) = gpu_unavailable_reason() {
+        println!("SKIP: {r}");
+        return;
+    }
+    let dev = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIP: {e}");
+            return;
+        }
+    };
+    let g = dev.gpu().unwrap();
+    println!("device: {} (sm_{}{}, {} SMs)", g.name, g.compute_capability.0, g.compute_capability.1, g.sm_count);
+    let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
+    let it = if quick { 3 } else { 20 };
+    let b = 2; // the CFG batch
+    let x = rand_bf16(&[b, N_VIDEO, D], &dev, 1.0);
+    let y = rand_bf16(&[b, N_VIDEO, D], &dev, 1.0);
+    let m6 = rand_bf16(&[b, 6 * D], &dev, 0.1);
+    let act_bytes = b * N_VIDEO * D * 2;
+
+    let ms = time_ms(&dev, it, || {
+        norm::layer_norm_modulate(&x, &m6.narrow(1, 0, D).unwrap(), &m6.narrow(1, D, D).unwrap(), 1e-6).unwrap();
+    });
+    report_bw("layer_norm_modulate [2,41472,2432] bf16", ms, 2 * act_bytes);
+    let ms = time_ms(&dev, it, || {
+        ew::gated_residual(&x, &y, &m6.narrow(1, 2 * D, D).unwrap()).unwrap();
+    });
+    report_bw("gated_residual [2,41472,2432] bf16", ms, 3 * act_bytes);
+    let q = x.reshape(&[b, N_VIDEO, 38, 64]).unwrap();
+    let w64 = rand_bf16(&[64], &dev, 1.0);
+    let ms = time_ms(&dev, it, || {
+        norm::rms_norm(&q, Some(&w64), 1e-6).unwrap();
+    });
+    report_bw("rms_norm q/k [2,41472,38,64] bf16", ms, 2 * act_bytes);
+    let ms = time_ms(&dev, it, || {
+        act::gelu_tanh(&x).unwrap();
+    });
+    report_bw("gelu_tanh [2,41472,2432] bf16", ms, 2 * act_bytes);
+    let ms = time_ms(&dev, it, || {
+        ew::add(&x, &y).unwrap();
+    });
+    report_bw("add [2,41472,2432] bf16", ms, 3 * act_bytes);
+    let ms = time_ms(&dev, it, || {
+        x.to_dtype(DType::F32).unwrap();
+    });
+    report_bw("cast bf16->f32 [2,41472,2432]", ms, 3 * act_bytes);
+    let t = x.narrow(1, 0, 4096).unwrap().permute(&[0, 2, 1]).unwrap();
+    let ms = time_ms(&dev, it, || {
+        t.contiguous().unwrap();
+    });
+    report_bw("copy_nd transpose [2,2432,4096] bf16", ms, 2 * b * 4096 * D * 2);
+
+    // GEMMs of one joint block (per CFG batch of 2): QKV/out projections and the MLP.
+    let m = b * (N_VIDEO + N_TEXT);
+    let xs = rand_bf16(&[m, D], &dev, 1.0);
+    for (name, n, k, a) in [
+        ("linear to_q [83610x2432]x[2432x2432]", D, D, gemm::Act::None),
+        ("linear ff.net.0 + gelu [83610x2432]x[2432x9728]", 4 * D, D, gemm::Act::GeluTanh),
+    ] {
+        let w = rand_bf16(&[n, k], &dev, 0.02);
+        let bias = rand_bf16(&[n], &dev, 0.1);
+        let l = Linear { weight: Weight::Dense(w), bias: Some(bias) };
+        let ms = time_ms(&dev, it, || {
+            gemm::linear_act(&xs, &l, a).unwrap();
+        });
+        report_flops(name, ms, 2.0 * m as f64 * n as f64 * k as f64);
+    }
+    let h = rand_bf16(&[m, 4 * D], &dev, 0.1);
+    let w2 = rand_bf16(&[D, 4 * D], &dev, 0.02);
+    let l2 = Linear { weight: Weight::Dense(w2), bias: None };
+    let ms = time_ms(&dev, it, || {
+        gemm::linear(&h, &l2).unwrap();
+    });
+    report_flops("linear ff.net.2 [83610x9728]x[9728x2432]", ms, 2.0 * m as f64 * D as f64 * 4.0 * D as f64);
+    let ws = rand_bf16(&[6 * D, D], &dev, 0.02);
+    let tb = rand_bf16(&[b, D], &dev, 1.0);
+    let l6 = Linear { weight: Weight::Dense(ws), bias: None };
+    let ms = time_ms(&dev, it, || {
+        gemm::linear(&tb, &l6).unwrap();
+    });
+    report_bw("linear adaLN [2x2432]x[2432x14592] (weight-bound)", ms, 6 * D * D * 2);
+    println!("pool: {:?}", g.pool.stats());
+}
