@@ -2,6 +2,7 @@
 //! [`Tensor`] type ([`tensor`]), and weight residency ([`residency`]).
 pub mod device;
 pub mod memory;
+pub mod residency;
 pub mod tensor;
 pub mod weights;
 

@@ -139,6 +139,16 @@ impl Tensor {
         Self::from_storage(Storage::I8(data), DType::I8, shape, Device::Cpu).to_device(device)
     }
 
+    /// A dense view of `shape` at element offset `offset` inside a shared storage (a slot of the
+    /// weight-streaming ring). The storage must be large enough (checked).
+    pub fn view_in(storage: Arc<Storage>, dtype: DType, shape: &[usize], offset: usize, device: &Device) -> Result<Tensor> {
+        let t = Tensor { storage, dtype, shape: shape.to_vec(), strides: contiguous_strides(shape), offset, device: device.clone() };
+        if offset + t.elem_count() > t.storage_elems() {
+            return Err(shape_err!("view {shape:?} at {offset} runs past its storage ({} elements)", t.storage_elems()));
+        }
+        Ok(t)
+    }
+
     /// A zero-copy host view of `len` bytes at `start` of `backing` (e.g. an mmap).
     pub fn from_mapped(backing: Arc<dyn Backing>, start: usize, len: usize, dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();

@@ -149,6 +149,21 @@ impl WeightStore {
     pub fn release_all(&self) {
         self.cache.lock().unwrap().clear();
     }
+
+    /// Drops the delivered tensors whose key starts with `prefix` (a streamed layer).
+    pub fn evict_prefix(&self, prefix: &str) {
+        self.cache.lock().unwrap().retain(|k, _| !k.starts_with(prefix));
+    }
+
+    /// Hands out `views` (key -> tensor in the compute dtype) for the following loads: the
+    /// residency layer installs a streamed layer's slot views here.
+    pub fn install(&self, views: HashMap<String, Tensor>) {
+        let dt = self.dtype;
+        let mut c = self.cache.lock().unwrap();
+        for (k, t) in views {
+            c.insert(format!("{k}@{}", dt.name()), t);
+        }
+    }
 }
 
 /// A key prefix into a [`WeightStore`]; `pp` appends `.name`.

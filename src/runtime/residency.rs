@@ -1,0 +1,435 @@
+//! Weight residency: where the weights of a layer loop live while the model runs. The model
+//! code is the same in every mode: its layer loop calls [`Residency::prepare`] for layer `i`
+//! (which returns a guard) and loads that layer's weights through the usual [`Prefix`]
+//! calls; dropping the guard releases the layer.
+//!
+//! Modes ([`Offload`]):
+//! - `None` (resident): every weight is uploaded once and stays (the store's cache).
+//! - `Model`: a whole component is on the GPU only while it is used (the pipeline releases
+//!   the text encoders after encoding and the transformer before the VAE decode).
+//! - `Sequential`: the layers of a loop stay in host memory, in one page-locked buffer per
+//!   layer (consolidated, 256-byte aligned, converted to the compute dtype once), and are
+//!   copied on the copy stream into a ring of two device slots: layer i+1 is copied while
+//!   layer i computes, ordered by events (no allocation and no device synchronisation per
+//!   layer). When the host cannot pin that much, a warning is printed and two pinned staging
+//!   buffers are used instead (the host copies from the memory map into them).
+//! - A VRAM budget ([`plan_budget`]) keeps the first layers resident and streams the rest.
+//!
+//! On the CPU, `Sequential` drops a layer's weights after use and maps them again next time
+//! (the same arithmetic as resident, less memory), which is what the CPU tests exercise.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::result as cu;
+
+use super::device::{Event, Gpu};
+use super::memory::PinnedBuffer;
+use super::tensor::Storage;
+use super::weights::WeightStore;
+use super::{DType, Device, Tensor};
+use crate::error::{Error, Result};
+
+/// How a component's weights are kept (the `--offload` flag).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Offload {
+    #[default]
+    None,
+    Model,
+    Sequential,
+}
+
+/// A budget plan for one layer loop.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetPlan {
+    /// Per layer: resident (uploaded once) or streamed through the ring.
+    pub resident: Vec<bool>,
+    /// Device bytes of the resident layers.
+    pub resident_bytes: u64,
+    /// Device bytes of the streaming ring (two slots of the largest streamed layer; 0 if none).
+    pub ring_bytes: u64,
+    /// Bytes outside the loop (embeddings, final layer, ...) plus the activation estimate.
+    pub fixed_bytes: u64,
+    /// Whether the plan fits the budget (false: even full streaming does not fit).
+    pub fits: bool,
+}
+
+impl BudgetPlan {
+    pub fn total(&self) -> u64 {
+        self.resident_bytes + self.ring_bytes + self.fixed_bytes
+    }
+    pub fn streamed_layers(&self) -> usize {
+        self.resident.iter().filter(|r| !**r).count()
+    }
+    /// One line for the user.
+    pub fn describe(&self, budget: u64) -> String {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        format!(
+            "VRAM plan: {} of {} layers resident ({:.2} GiB), {} streamed through a {:.2} GiB ring, {:.2} GiB other weights + activations: {:.2} of {:.2} GiB{}",
+            self.resident.len() - self.streamed_layers(),
+            self.resident.len(),
+            gib(self.resident_bytes),
+            self.streamed_layers(),
+            gib(self.ring_bytes),
+            gib(self.fixed_bytes),
+            gib(self.total()),
+            gib(budget),
+            if self.fits { "" } else { " (DOES NOT FIT)" }
+        )
+    }
+}
+
+/// Keeps layers resident from the first while they fit in `budget` next to `fixed` bytes and
+/// the ring needed for the rest; streams the others. All layers resident needs no ring.
+pub fn plan_budget(layer_bytes: &[u64], fixed: u64, budget: u64) -> BudgetPlan {
+    let n = layer_bytes.len();
+    let all: u64 = layer_bytes.iter().sum();
+    if fixed + all <= budget {
+        return BudgetPlan { resident: vec![true; n], resident_bytes: all, ring_bytes: 0, fixed_bytes: fixed, fits: true };
+    }
+    // k resident layers (a prefix): the ring holds two of the largest among the rest.
+    let mut best: Option<BudgetPlan> = None;
+    for k in (0..n).rev() {
+        let res: u64 = layer_bytes[..k].iter().sum();
+        let ring = 2 * layer_bytes[k..].iter().copied().max().unwrap_or(0);
+        if fixed + res + ring <= budget {
+            let mut resident = vec![false; n];
+            resident[..k].iter_mut().for_each(|r| *r = true);
+            best = Some(BudgetPlan { resident, resident_bytes: res, ring_bytes: ring, fixed_bytes: fixed, fits: true });
+            break;
+        }
+    }
+    best.unwrap_or_else(|| BudgetPlan {
+        resident: vec![false; n],
+        resident_bytes: 0,
+        ring_bytes: 2 * layer_bytes.iter().copied().max().unwrap_or(0),
+        fixed_bytes: fixed,
+        fits: false,
+    })
+}
+
+const ALIGN: usize = 256;
+
+/// Where one tensor of a streamed layer sits inside the layer's consolidated buffer.
+#[derive(Clone, Debug)]
+struct Entry {
+    key: String,
+    shape: Vec<usize>,
+    /// Byte offset in the consolidated layer buffer (aligned).
+    offset: usize,
+}
+
+struct LayerLayout {
+    entries: Vec<Entry>,
+    bytes: usize,
+}
+
+/// Host side of a streamed layer.
+enum HostLayer {
+    /// Consolidated page-locked copy (converted to the compute dtype).
+    Pinned(PinnedBuffer),
+    /// Not pinned: filled into a staging buffer at copy time.
+    Mapped,
+}
+
+struct Slot {
+    storage: Arc<Storage>,
+    /// Layer currently (being) copied into this slot.
+    layer: Option<usize>,
+    /// Recorded on the copy stream when the copy is done.
+    ready: Event,
+    /// Recorded on the compute stream when the layer's compute is done (slot reusable).
+    free: Event,
+    /// Staging buffer (fallback when layers are not pinned) and the event of its last copy.
+    staging: Option<(PinnedBuffer, Event)>,
+}
+
+struct GpuStream {
+    gpu: Arc<Gpu>,
+    layouts: Vec<LayerLayout>,
+    host: Vec<HostLayer>,
+    slots: Vec<Slot>,
+    /// Layer -> views of its tensors in the slot it occupies (valid until the slot is reused).
+    views: HashMap<usize, HashMap<String, Tensor>>,
+}
+
+/// The residency of one layer loop (`transformer_blocks`, T5 `encoder.block`).
+pub struct Residency {
+    store: Arc<WeightStore>,
+    /// Key prefix of layer `i` is `{group}.{i}.`.
+    group: String,
+    layers: usize,
+    mode: Offload,
+    resident: Vec<bool>,
+    gpu: Option<Mutex<GpuStream>>,
+}
+
+/// Keys of layer `i` of `group` in the store, sorted.
+fn layer_keys(store: &WeightStore, group: &str, i: usize) -> Vec<String> {
+    let p = format!("{group}.{i}.");
+    let mut v: Vec<String> = store.checkpoint().names().into_iter().filter(|k| k.starts_with(&p)).map(|k| k.to_string()).collect();
+    v.sort();
+    v
+}
+
+impl Residency {
+    /// Plain residency: every layer resident (uploaded on first use, kept).
+    pub fn resident(store: &Arc<WeightStore>, group: &str, layers: usize) -> Residency {
+        Residency { store: store.clone(), group: group.into(), layers, mode: Offload::None, resident: vec![true; layers], gpu: None }
+    }
+
+    /// Bytes of each layer in the compute dtype.
+    pub fn layer_bytes(store: &WeightStore, group: &str, layers: usize) -> Vec<u64> {
+        (0..layers)
+            .map(|i| {
+                layer_keys(store, group, i)
+                    .iter()
+                    .filter_map(|k| store.shape_of(k))
+                    .map(|s| s.iter().product::<usize>() as u64 * store.dtype().size() as u64)
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// Streaming residency: layers with `resident[i] == false` are streamed (all if `None`).
+    /// On the GPU this pins the streamed layers' host copies (or falls back to staging).
+    pub fn streamed(store: &Arc<WeightStore>, group: &str, layers: usize, resident: Option<Vec<bool>>) -> Result<Residency> {
+        let resident = resident.unwrap_or_else(|| vec![false; layers]);
+        let gpu = match store.device() {
+            Device::Cpu => None,
+            Device::Cuda(g) => Some(Mutex::new(Self::setup_gpu(store, g, group, &resident)?)),
+        };
+        Ok(Residency { store: store.clone(), group: group.into(), layers, mode: Offload::Sequential, resident, gpu })
+    }
+
+    fn setup_gpu(store: &WeightStore, gpu: &Arc<Gpu>, group: &str, resident: &[bool]) -> Result<GpuStream> {
+        let dt = store.dtype();
+        let mut layouts = Vec::new();
+        for i in 0..resident.len() {
+            let mut entries = Vec::new();
+            let mut off = 0;
+            for k in layer_keys(store, group, i) {
+                let shape = store.shape_of(&k).unwrap_or_default();
+                let n: usize = shape.iter().product();
+                entries.push(Entry { key: k, shape, offset: off });
+                off = (off + n * dt.size()).div_ceil(ALIGN) * ALIGN;
+            }
+            layouts.push(LayerLayout { entries, bytes: off });
+        }
+        let max = layouts.iter().zip(resident).filter(|(_, r)| !**r).map(|(l, _)| l.bytes).max().unwrap_or(0);
+        // Pin every streamed layer; on failure fall back to staging buffers (with a warning).
+        let mut host = Vec::new();
+        let mut pinned_ok = true;
+        for (i, l) in layouts.iter().enumerate() {
+            if resident[i] || !pinned_ok {
+                host.push(HostLayer::Mapped);
+                continue;
+            }
+            match PinnedBuffer::new(&gpu.ctx, l.bytes) {
+                Ok(mut buf) => {
+                    fill_layer(store, l, buf.as_mut_slice())?;
+                    host.push(HostLayer::Pinned(buf));
+                }
+                Err(e) => {
+                    eprintln!(
+                        "warning: cannot pin the host copies of the streamed layers ({e}); streaming through two pinned staging \
+                         buffers instead (slower: the host copies each layer before it is sent)"
+                    );
+                    pinned_ok = false;
+                    host.push(HostLayer::Mapped);
+                }
+            }
+        }
+        if !pinned_ok {
+            for h in host.iter_mut() {
+                *h = HostLayer::Mapped; // consistent mode: drop the partial pinned set
+            }
+        }
+        let mut slots = Vec::new();
+        if max > 0 {
+            for _ in 0..2 {
+                let buf = gpu.alloc(max)?;
+                let staging = if pinned_ok { None } else { Some((PinnedBuffer::new(&gpu.ctx, max)?, Event::new(false)?)) };
+                slots.push(Slot {
+                    storage: Arc::new(Storage::Cuda(buf)),
+                    layer: None,
+                    ready: Event::new(false)?,
+                    free: Event::new(false)?,
+                    staging,
+                });
+            }
+        }
+        Ok(GpuStream { gpu: gpu.clone(), layouts, host, slots, views: HashMap::new() })
+    }
+
+    pub fn mode(&self) -> Offload {
+        self.mode
+    }
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+    pub fn is_resident(&self, i: usize) -> bool {
+        self.resident.get(i).copied().unwrap_or(true)
+    }
+
+    /// Makes layer `i`'s weights available (and starts copying layer `i + 1` when streaming).
+    /// Keep the guard while the layer computes.
+    pub fn prepare(&self, i: usize) -> Result<LayerGuard<'_>> {
+        if i >= self.layers {
+            return Err(Error::Other(format!("{}: layer {i} of {}", self.group, self.layers)));
+        }
+        if !self.is_resident(i) {
+            if let Some(g) = &self.gpu {
+                let mut s = g.lock().unwrap();
+                let views = s.acquire(&self.store, i)?;
+                self.store.install(views);
+                let next = (i + 1..self.layers).find(|&j| !self.is_resident(j));
+                if let Some(j) = next {
+                    s.start_copy(&self.store, j)?;
+                }
+            }
+        }
+        Ok(LayerGuard { r: self, i })
+    }
+
+    fn release(&self, i: usize) {
+        if self.is_resident(i) {
+            return;
+        }
+        let prefix = format!("{}.{i}.", self.group);
+        self.store.evict_prefix(&prefix);
+        if let Some(g) = &self.gpu {
+            let mut s = g.lock().unwrap();
+            let _ = s.finish(i);
+        }
+    }
+}
+
+/// Held while a layer computes; releases it on drop.
+pub struct LayerGuard<'a> {
+    r: &'a Residency,
+    i: usize,
+}
+
+impl Drop for LayerGuard<'_> {
+    fn drop(&mut self) {
+        self.r.release(self.i);
+    }
+}
+
+/// Copies (and converts) a layer's tensors from the memory map into `dst` at their offsets.
+fn fill_layer(store: &WeightStore, l: &LayerLayout, dst: &mut [u8]) -> Result<()> {
+    let dt = store.dtype();
+    for e in &l.entries {
+        let v = store.host_view(&e.key)?;
+        let bytes = if v.dtype() == dt { v.to_bytes()? } else { v.to_dtype(dt)?.to_bytes()? };
+        dst[e.offset..e.offset + bytes.len()].copy_from_slice(&bytes);
+    }
+    Ok(())
+}
+
+impl GpuStream {
+    fn slot_of(&self, layer: usize) -> Option<usize> {
+        self.slots.iter().position(|s| s.layer == Some(layer))
+    }
+
+    /// Issues the copy of `layer` into the slot not holding the previous layer.
+    fn start_copy(&mut self, store: &WeightStore, layer: usize) -> Result<()> {
+        if self.slot_of(layer).is_some() || self.slots.is_empty() {
+            return Ok(());
+        }
+        let si = layer % 2;
+        let gpu = self.gpu.clone();
+        gpu.bind()?;
+        let copy = gpu.copy.cu_stream();
+        let slot = &mut self.slots[si];
+        // The copy must not overwrite the slot before the compute that used it has finished.
+        slot.free.wait_on(copy)?;
+        let dst = match &*slot.storage {
+            Storage::Cuda(b) => b.ptr(),
+            _ => unreachable!(),
+        };
+        let l = &self.layouts[layer];
+        match &self.host[layer] {
+            HostLayer::Pinned(buf) => unsafe { cu::memcpy_htod_async(dst, buf.as_slice(), copy)? },
+            HostLayer::Mapped => {
+                let (stage, done) = slot.staging.as_mut().ok_or_else(|| Error::Other("streaming: no staging buffer".into()))?;
+                done.synchronize()?; // the previous copy out of this staging buffer is finished
+                fill_layer(store, l, stage.as_mut_slice())?;
+                unsafe { cu::memcpy_htod_async(dst, &stage.as_slice()[..l.bytes], copy)? };
+                done.record(copy)?;
+            }
+        }
+        slot.ready.record(copy)?;
+        slot.layer = Some(layer);
+        self.views.remove(&layer);
+        Ok(())
+    }
+
+    /// Views of `layer`'s tensors, with the compute stream ordered after their copy.
+    fn acquire(&mut self, store: &WeightStore, layer: usize) -> Result<HashMap<String, Tensor>> {
+        self.start_copy(store, layer)?;
+        let si = self.slot_of(layer).unwrap();
+        let compute = self.gpu.stream();
+        self.slots[si].ready.wait_on(compute)?;
+        let dev = Device::Cuda(self.gpu.clone());
+        let dt = store.dtype();
+        let mut views = HashMap::new();
+        for e in &self.layouts[layer].entries {
+            let t = Tensor::view_in(self.slots[si].storage.clone(), dt, &e.shape, e.offset / dt.size(), &dev)?;
+            views.insert(e.key.clone(), t);
+        }
+        self.views.insert(layer, views.clone());
+        Ok(views)
+    }
+
+    /// The compute of `layer` has been issued: its slot may be refilled after it.
+    fn finish(&mut self, layer: usize) -> Result<()> {
+        if let Some(si) = self.slot_of(layer) {
+            self.slots[si].free.record(self.gpu.stream())?;
+        }
+        self.views.remove(&layer);
+        Ok(())
+    }
+}
+
+/// Estimated peak activation bytes of one transformer forward (batch `b`, `s` tokens, width
+/// `d`, bf16): the residual streams, q/k/v, the attention output and the MLP hidden layer.
+pub fn transformer_activation_bytes(b: usize, s: usize, d: usize) -> u64 {
+    (b * s * d * 2 * (2 + 3 + 1 + 4 + 1)) as u64
+}
+
+/// dtype helper for planners: bytes of `n` elements of the store's compute dtype.
+pub fn dtype_bytes(dt: DType, n: usize) -> u64 {
+    (n * dt.size()) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_all_resident_when_it_fits() {
+        let p = plan_budget(&[10, 10, 10], 5, 100);
+        assert_eq!(p.resident, vec![true; 3]);
+        assert_eq!(p.ring_bytes, 0);
+        assert!(p.fits && p.total() == 35);
+    }
+
+    #[test]
+    fn plan_fits_and_uses_the_budget() {
+        let layers = vec![426u64; 38];
+        for budget in [3000u64, 5000, 8000, 12000, 16000, 17000] {
+            let p = plan_budget(&layers, 1000, budget);
+            assert!(p.fits, "budget {budget}");
+            assert!(p.total() <= budget, "budget {budget}: plan {} exceeds", p.total());
+            // One more resident layer would not fit (unless all are resident already).
+            if p.streamed_layers() > 0 {
+                let k = 38 - p.streamed_layers();
+                let more = 1000 + 426 * (k as u64 + 1) + if k + 1 < 38 { 2 * 426 } else { 0 };
+                assert!(more > budget, "budget {budget}: could keep {} resident", k + 1);
+            }
+        }
+        let p = plan_budget(&layers, 1000, 1500);
+        assert!(!p.fits);
+    }
+}
