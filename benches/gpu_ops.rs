@@ -12,18 +12,34 @@ const N_VIDEO: usize = 41_472;
 const N_TEXT: usize = 333;
 const D: usize = 2432;
 
+/// Median milliseconds of `iters` timed runs (each between two CUDA events), after a warm-up.
 fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f32 {
     let g = dev.gpu().unwrap();
     f(); // warm up (module load, cuBLASLt heuristics, pool)
     dev.synchronize().unwrap();
-    let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
-    a.record(g.stream()).unwrap();
+    let mut v = Vec::with_capacity(iters);
     for _ in 0..iters {
+        let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
+        a.record(g.stream()).unwrap();
         f();
+        b.record(g.stream()).unwrap();
+        b.synchronize().unwrap();
+        v.push(a.elapsed_ms(&b).unwrap());
     }
-    b.record(g.stream()).unwrap();
-    b.synchronize().unwrap();
-    a.elapsed_ms(&b).unwrap() / iters as f32
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Compares a GPU result with the CPU reference on the same (bf16-rounded) inputs before timing.
+fn validate(name: &str, got: &Tensor, want: &Tensor, k: usize) -> bool {
+    let (atol, rtol) = contentv::ops::tolerance::for_dtype(got.dtype(), k);
+    match contentv::ops::tolerance::check(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), atol, rtol) {
+        Ok(()) => true,
+        Err(e) => {
+            println!("INVALID {name}: {e}");
+            false
+        }
+    }
 }
 
 fn rand_bf16(shape: &[usize], dev: &Device, scale: f32) -> Tensor {
@@ -62,7 +78,46 @@ fn main() {
     let g = dev.gpu().unwrap();
     println!("device: {} (sm_{}{}, {} SMs)", g.name, g.compute_capability.0, g.compute_capability.1, g.sm_count);
     let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
-    let it = if quick { 3 } else { 20 };
+    let it = if quick { 3 } else { 15 };
+
+    // Validation on small inputs against the CPU reference, before any timing.
+    {
+        let hx = Tensor::from_f32((0..3 * 77 * 2432).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect(), &[3, 77, 2432], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let gx = hx.to_device(&dev).unwrap();
+        let hm = hx.narrow(1, 0, 2).unwrap().contiguous().unwrap().reshape(&[3, 2 * 2432]).unwrap();
+        let gm = hm.to_device(&dev).unwrap();
+        let mut ok = true;
+        ok &= validate(
+            "layer_norm_modulate",
+            &norm::layer_norm_modulate(&gx, &gm.narrow(1, 0, 2432).unwrap(), &gm.narrow(1, 2432, 2432).unwrap(), 1e-6).unwrap(),
+            &norm::layer_norm_modulate(&hx, &hm.narrow(1, 0, 2432).unwrap(), &hm.narrow(1, 2432, 2432).unwrap(), 1e-6).unwrap(),
+            2432,
+        );
+        ok &= validate("gelu_tanh", &act::gelu_tanh(&gx).unwrap(), &act::gelu_tanh(&hx).unwrap(), 1);
+        ok &= validate("add", &ew::add(&gx, &gx).unwrap(), &ew::add(&hx, &hx).unwrap(), 1);
+        let hw = hx.narrow(0, 0, 1).unwrap().reshape(&[77, 2432]).unwrap();
+        let lh = Linear { weight: Weight::Dense(hw.clone()), bias: None };
+        let lg = Linear { weight: Weight::Dense(hw.to_device(&dev).unwrap()), bias: None };
+        ok &= validate("linear", &gemm::linear(&gx, &lg).unwrap(), &gemm::linear(&hx, &lh).unwrap(), 2432);
+        println!("validation: {}", if ok { "all kernels match the CPU reference" } else { "FAILED (timings below are of wrong kernels)" });
+    }
+
+    // Ceilings measured in this run: device-to-device copy bandwidth and a large bf16 GEMM.
+    let big = rand_bf16(&[512 << 20], &dev, 1.0); // 1 GiB
+    let big2 = Tensor::empty(&[512 << 20], DType::BF16, &dev).unwrap();
+    let ms = time_ms(&dev, it, || big2.copy_from(&big).unwrap());
+    report_bw("CEILING device-to-device copy 1 GiB", ms, 2 << 30);
+    drop((big, big2));
+    let ga = rand_bf16(&[8192, 8192], &dev, 1.0);
+    let gw = Linear { weight: Weight::Dense(rand_bf16(&[8192, 8192], &dev, 0.01)), bias: None };
+    let ms = time_ms(&dev, it, || {
+        gemm::linear(&ga, &gw).unwrap();
+    });
+    report_flops("CEILING cuBLASLt bf16 GEMM 8192^3", ms, 2.0 * 8192f64.powi(3));
+    drop((ga, gw));
     let b = 2; // the CFG batch
     let x = rand_bf16(&[b, N_VIDEO, D], &dev, 1.0);
     let y = rand_bf16(&[b, N_VIDEO, D], &dev, 1.0);

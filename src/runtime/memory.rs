@@ -12,6 +12,17 @@ use cudarc::driver::{result as cu, sys, CudaContext};
 
 use crate::error::{Error, Result};
 
+/// Test aid: when on, every `Tensor::empty` on the GPU is filled with 0xFF bytes (NaN in
+/// every float dtype) so that a kernel that leaves part of its output unwritten fails its test.
+static POISON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_poison(on: bool) {
+    POISON.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+pub fn poison_enabled() -> bool {
+    POISON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Allocation statistics, in bytes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PoolStats {

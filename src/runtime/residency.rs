@@ -38,6 +38,26 @@ pub enum Offload {
     Sequential,
 }
 
+/// The memory options of a run (the CLI's `--offload`, `--quantize`, `--vae-tiling`,
+/// `--vram-budget`), handed to every model loader.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MemoryOptions {
+    pub offload: Offload,
+    /// INT8 weight-only for the transformer and T5 linears (per-output-channel scales).
+    pub int8: bool,
+    /// Spatially tiled VAE decode.
+    pub vae_tiling: bool,
+    /// GPU memory cap in bytes: as many transformer layers resident as fit, the rest streamed.
+    pub vram_budget: Option<u64>,
+}
+
+impl MemoryOptions {
+    /// Whether the layer loops stream their weights (sequential offload or a budget).
+    pub fn streams(&self) -> bool {
+        self.offload == Offload::Sequential || self.vram_budget.is_some()
+    }
+}
+
 /// A budget plan for one layer loop.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BudgetPlan {

@@ -178,6 +178,9 @@ impl Tensor {
             )),
             Device::Cuda(g) => {
                 let buf = g.alloc(n * dtype.size())?;
+                if super::memory::poison_enabled() && n > 0 {
+                    unsafe { cu::memset_d8_async(buf.ptr(), 0xFF, n * dtype.size(), g.stream())? };
+                }
                 Ok(Self::from_storage(Storage::Cuda(buf), dtype, shape, device.clone()))
             }
         }
