@@ -118,7 +118,7 @@ fn three_steps_and_frames_match_reference_on_cpu() {
     let (prompt, negative) = prompts();
     let dir = tiny_model_dir();
     let device = Device::Cpu;
-    let (text, transformer) = load_text_and_transformer(&dir, &device).unwrap();
+    let (text, transformer) = load_text_and_transformer(&dir, &device, &Default::default()).unwrap();
     let vae = VaeDecoder::from_dir(&dir.join("vae"), &device, VaeOptions::default()).unwrap();
     let pipe = Pipeline {
         device: device.clone(),

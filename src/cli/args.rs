@@ -58,9 +58,9 @@ pub enum DeviceChoice {
 pub enum Offload {
     /// Everything stays on the GPU.
     None,
-    /// One whole model on the GPU at a time (not implemented yet).
+    /// One whole model on the GPU at a time (text encoders, then transformer, then VAE).
     Model,
-    /// Weights streamed layer by layer (not implemented yet).
+    /// Transformer and T5 layers streamed from pinned host memory while the previous layer computes.
     Sequential,
 }
 
@@ -68,7 +68,7 @@ pub enum Offload {
 pub enum Quantize {
     /// bf16 weights.
     None,
-    /// INT8 weights for the transformer and T5 (not implemented yet).
+    /// INT8 weight-only linears for the transformer and T5 (per-output-channel scales).
     Int8,
 }
 
@@ -89,10 +89,10 @@ pub struct ModelArgs {
     /// Weight quantization.
     #[arg(long, value_enum, default_value_t = Quantize::None)]
     pub quantize: Quantize,
-    /// Decode the video in spatial tiles to save memory (not implemented yet in the CLI).
+    /// Decode the video in overlapping spatial tiles to save memory.
     #[arg(long)]
     pub vae_tiling: bool,
-    /// Cap on GPU memory in GiB (not implemented yet).
+    /// Cap on GPU memory in GiB: keep as many transformer layers resident as fit, stream the rest.
     #[arg(long, value_name = "GIB")]
     pub vram_budget: Option<f64>,
 }

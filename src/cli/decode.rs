@@ -12,7 +12,7 @@ use crate::io::video::{self, FramesRef, VideoOptions};
 use crate::model::pipeline::{decode_with, load_latents, MemoryReport};
 
 pub fn run(a: &DecodeArgs, ui: &Ui) -> Result<()> {
-    check_memory_flags(&a.model)?;
+    let mem = check_memory_flags(&a.model)?;
     let lat = load_latents(&a.latents)?;
     let fps = a.fps.or_else(|| lat.metadata.get("fps").and_then(|f| f.parse().ok())).unwrap_or(DEFAULT_FPS);
     let opts = VideoOptions { fps, crf: a.crf.unwrap_or(DEFAULT_CRF) };
@@ -23,7 +23,7 @@ pub fn run(a: &DecodeArgs, ui: &Ui) -> Result<()> {
     check_model_dir(&dir, &["vae"])?;
     let device = pick_device(a.model.device, ui)?;
     let t = Instant::now();
-    let vae = load_vae(&dir, &device)?;
+    let vae = load_vae(&dir, &device, &mem)?;
     let load_s = t.elapsed().as_secs_f64();
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message("decoding the video (VAE)");

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::args::GenerateArgs;
+use crate::runtime::residency::MemoryOptions;
 use super::load::{check_memory_flags, check_model_dir, device_name, load_pipeline, model_dir, pick_device};
 use super::request::{parse_shard, resolve, unix_time, Request, RequestFields};
 use super::Ui;
@@ -192,9 +193,9 @@ pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
-    check_memory_flags(&a.model)?;
+    let mem = check_memory_flags(&a.model)?;
     if a.prompts.is_some() {
-        return run_batch(a, ui);
+        return run_batch(a, ui, &mem);
     }
     if a.shard.is_some() || a.output_dir.is_some() {
         return Err(Error::Input("--shard and --output-dir only apply to batch mode (--prompts FILE.jsonl)".into()));
@@ -218,7 +219,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     }
     let device = pick_device(a.model.device, ui)?;
     ui.info(&format!("loading {} on {}", dir.display(), device_name(&device)));
-    let (pipe, load_s) = load_pipeline(&dir, &device)?;
+    let (pipe, load_s) = load_pipeline(&dir, &device, &mem)?;
     ui.info(&format!("loaded in {load_s:.2}s"));
     let mut s = run_request(&pipe, &req, ui)?;
     s["model"] = json!(dir);
@@ -237,7 +238,7 @@ struct BatchItem {
     parsed: Result<Request>,
 }
 
-fn run_batch(a: &GenerateArgs, ui: &Ui) -> Result<()> {
+fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
     let path = a.prompts.as_ref().unwrap();
     if a.output.is_some() {
         return Err(Error::Input(
@@ -305,7 +306,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         let loaded = check_model_dir(&dir, &[]).and_then(|_| pick_device(a.model.device, ui)).and_then(|d| {
             device_str = device_name(&d);
             ui.info(&format!("loading {} on {}", dir.display(), device_str));
-            load_pipeline(&dir, &d)
+            load_pipeline(&dir, &d, mem)
         });
         match loaded {
             Ok((pipe, s)) => {

@@ -7,7 +7,9 @@ use super::Ui;
 use crate::error::{Error, Result};
 use crate::model::pipeline::{LatentPrecision, Pipeline};
 use crate::model::scheduler::SchedulerConfig;
+use crate::model::vae::tiling::TileConfig;
 use crate::model::vae::{VaeDecoder, VaeOptions};
+use crate::runtime::residency::{MemoryOptions, Offload as RtOffload};
 use crate::runtime::Device;
 
 /// The built-in tiny model: `$CONTENTV_TINY_MODEL`, else `assets/tiny-model` in the crate.
@@ -99,32 +101,21 @@ pub fn check_model_dir(dir: &Path, needed: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses memory options that are not implemented yet.
-pub fn check_memory_flags(m: &ModelArgs) -> Result<()> {
-    let mut bad = Vec::new();
-    if m.offload != Offload::None {
-        bad.push(format!("--offload {}", if m.offload == Offload::Model { "model" } else { "sequential" }));
-    }
-    if m.quantize != Quantize::None {
-        bad.push("--quantize int8".to_string());
-    }
-    if m.vae_tiling {
-        bad.push("--vae-tiling".to_string());
-    }
-    if let Some(b) = m.vram_budget {
-        if !b.is_finite() || b <= 0.0 {
+/// Checks the memory flags and turns them into the loaders' [`MemoryOptions`].
+pub fn check_memory_flags(m: &ModelArgs) -> Result<MemoryOptions> {
+    let offload = match m.offload {
+        Offload::None => RtOffload::None,
+        Offload::Model => RtOffload::Model,
+        Offload::Sequential => RtOffload::Sequential,
+    };
+    let vram_budget = match m.vram_budget {
+        None => None,
+        Some(b) if !b.is_finite() || b <= 0.0 => {
             return Err(Error::Input(format!("--vram-budget must be a positive number of GiB, got {b}")));
         }
-        bad.push(format!("--vram-budget {b}"));
-    }
-    if !bad.is_empty() {
-        return Err(Error::Input(format!(
-            "{} not implemented yet: run without {} (everything resident on the GPU, bf16 weights).",
-            bad.join(", ") + if bad.len() == 1 { " is" } else { " are" },
-            if bad.len() == 1 { "it" } else { "them" }
-        )));
-    }
-    Ok(())
+        Some(b) => Some((b * (1u64 << 30) as f64) as u64),
+    };
+    Ok(MemoryOptions { offload, int8: m.quantize == Quantize::Int8, vae_tiling: m.vae_tiling, vram_budget })
 }
 
 /// The device for `--device`.
@@ -150,16 +141,17 @@ pub fn device_name(d: &Device) -> String {
 }
 
 /// Loads the VAE decoder alone (for `decode`).
-pub fn load_vae(dir: &Path, device: &Device) -> Result<VaeDecoder> {
-    VaeDecoder::from_dir(&dir.join("vae"), device, VaeOptions::default())
+pub fn load_vae(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<VaeDecoder> {
+    let opts = VaeOptions { tiling: if mem.vae_tiling { Some(TileConfig::default()) } else { None }, ..VaeOptions::default() };
+    VaeDecoder::from_dir(&dir.join("vae"), device, opts)
 }
 
 /// Loads every model of the pipeline. Returns it and the load time in seconds.
-pub fn load_pipeline(dir: &Path, device: &Device) -> Result<(Pipeline, f64)> {
+pub fn load_pipeline(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<(Pipeline, f64)> {
     let t = Instant::now();
     let scheduler = SchedulerConfig::from_model_dir(dir)?;
-    let vae = load_vae(dir, device)?;
-    let (text, transformer) = crate::model::pipeline::load_text_and_transformer(dir, device)?;
+    let vae = load_vae(dir, device, mem)?;
+    let (text, transformer) = crate::model::pipeline::load_text_and_transformer(dir, device, mem)?;
     let precision = if device.is_cuda() { LatentPrecision::Bf16 } else { LatentPrecision::F32 };
     let p = Pipeline { device: device.clone(), text, transformer, vae: Box::new(vae), scheduler, precision };
     device.synchronize()?;

@@ -525,8 +525,12 @@ impl Pipeline {
 
 /// Loads the prompt encoder (CLIP-L, CLIP-G, T5 + tokenizers) and the transformer from a model
 /// folder in diffusers layout.
-pub fn load_text_and_transformer(dir: &Path, device: &Device) -> Result<(Box<dyn PromptEncoding>, Box<dyn Denoiser>)> {
-    let _ = (dir, device);
+pub fn load_text_and_transformer(
+    dir: &Path,
+    device: &Device,
+    mem: &crate::runtime::residency::MemoryOptions,
+) -> Result<(Box<dyn PromptEncoding>, Box<dyn Denoiser>)> {
+    let _ = (dir, device, mem);
     Err(Error::Other(
         "this build has no ContentV transformer / text encoders wired in yet (src/model/transformer.rs, src/model/text.rs)".into(),
     ))
