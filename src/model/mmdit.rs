@@ -1,0 +1,451 @@
+//! The ContentV 3D MMDiT (`SD3Transformer3DModel`, spec §5): per-frame 2x2 patch embedding
+//! plus a fixed 3D sin-cos table, timestep + pooled-text conditioning, N joint blocks over
+//! [video; text] tokens (the last one context_pre_only), final adaLN and projection, 3D
+//! unpatchify. Device-agnostic: every step is an op (CPU f32 reference or CUDA kernel), and
+//! every weight is asked from the weight store by its checkpoint key, layer by layer, through
+//! the residency layer (resident, streamed or INT8: the code here does not change).
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::model::pipeline::Denoiser;
+use crate::ops::attention::{attention, AttnOpts};
+use crate::ops::elementwise::{add, add_bcast, gated_residual};
+use crate::ops::gemm::{linear, linear_act, Act};
+use crate::ops::{act, norm};
+use crate::runtime::residency::{plan_budget, transformer_activation_bytes, MemoryOptions, Residency};
+use crate::runtime::{DType, Device, Linear, Prefix, Tensor, Weight, WeightStore};
+use crate::shape_err;
+
+/// Head dim of every ContentV / SD3 attention.
+pub const HEAD_DIM: usize = 64;
+const LN_EPS: f32 = 1e-6;
+const QK_EPS: f32 = 1e-6;
+/// Timestep embedding width (sinusoidal features).
+const TIME_FEATURES: usize = 256;
+
+/// Architecture of the transformer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransformerConfig {
+    pub layers: usize,
+    pub heads: usize,
+    /// hidden width D = heads * 64
+    pub dim: usize,
+    pub patch: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// text token width (T5 d_model; CLIP features are zero-padded to it)
+    pub joint_attention_dim: usize,
+    pub pooled_dim: usize,
+    pub ff_dim: usize,
+}
+
+impl TransformerConfig {
+    /// ContentV-8B: 38 joint blocks, 38 heads x 64, hidden 2432, patch 1x2x2, 16 channels.
+    pub fn contentv_8b() -> TransformerConfig {
+        TransformerConfig {
+            layers: 38,
+            heads: 38,
+            dim: 2432,
+            patch: 2,
+            in_channels: 16,
+            out_channels: 16,
+            joint_attention_dim: 4096,
+            pooled_dim: 2048,
+            ff_dim: 4 * 2432,
+        }
+    }
+
+    /// Reads the architecture from the weights' shapes (the checkpoint's config.json keys
+    /// beyond the constructor's are ignored by diffusers too, spec §5.1).
+    pub fn from_weights(p: &Prefix) -> Result<TransformerConfig> {
+        let shape = |k: &str| {
+            p.shape_of(k).ok_or_else(|| Error::Weights(format!("{}: no tensor {k}: not a ContentV transformer checkpoint", p.store().dir().display())))
+        };
+        let pe = shape("pos_embed.proj.weight")?;
+        if pe.len() != 4 || pe[2] != pe[3] {
+            return Err(Error::Weights(format!("pos_embed.proj.weight has shape {pe:?}, expected [D, C, p, p]")));
+        }
+        let (dim, in_channels, patch) = (pe[0], pe[1], pe[2]);
+        if dim % HEAD_DIM != 0 {
+            return Err(Error::Weights(format!("hidden width {dim} is not a multiple of the head dim {HEAD_DIM}")));
+        }
+        let ctx = shape("context_embedder.weight")?;
+        let pooled = shape("time_text_embed.text_embedder.linear_1.weight")?;
+        let proj = shape("proj_out.weight")?;
+        let ff = shape("transformer_blocks.0.ff.net.0.proj.weight")?;
+        let mut layers = 0;
+        while p.contains(&format!("transformer_blocks.{layers}.attn.to_q.weight")) {
+            layers += 1;
+        }
+        if layers == 0 {
+            return Err(Error::Weights("no transformer_blocks.N in the checkpoint".into()));
+        }
+        Ok(TransformerConfig {
+            layers,
+            heads: dim / HEAD_DIM,
+            dim,
+            patch,
+            in_channels,
+            out_channels: proj[0] / (patch * patch),
+            joint_attention_dim: ctx[1],
+            pooled_dim: pooled[1],
+            ff_dim: ff[0],
+        })
+    }
+}
+
+/// Weights of one joint block, asked from the store by checkpoint key.
+struct BlockWeights {
+    norm1: Linear,
+    norm1_context: Linear,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    add_q: Option<Linear>,
+    add_k: Linear,
+    add_v: Linear,
+    norm_q: Tensor,
+    norm_k: Tensor,
+    norm_added_q: Tensor,
+    norm_added_k: Tensor,
+    to_out: Linear,
+    to_add_out: Option<Linear>,
+    ff1: Linear,
+    ff2: Linear,
+    ff_context: Option<(Linear, Linear)>,
+    /// The last block: context adaLN is (scale, shift), no text update.
+    context_pre_only: bool,
+}
+
+impl BlockWeights {
+    fn load(b: &Prefix, c: &TransformerConfig) -> Result<BlockWeights> {
+        let d = c.dim;
+        let context_pre_only = !b.contains("attn.to_add_out.weight");
+        let ctx_mod = if context_pre_only { 2 * d } else { 6 * d };
+        Ok(BlockWeights {
+            norm1: b.linear("norm1.linear", d, 6 * d, true)?,
+            norm1_context: b.linear("norm1_context.linear", d, ctx_mod, true)?,
+            to_q: b.linear("attn.to_q", d, d, true)?,
+            to_k: b.linear("attn.to_k", d, d, true)?,
+            to_v: b.linear("attn.to_v", d, d, true)?,
+            // The last block's text queries are dead work (their output is discarded).
+            add_q: if context_pre_only { None } else { Some(b.linear("attn.add_q_proj", d, d, true)?) },
+            add_k: b.linear("attn.add_k_proj", d, d, true)?,
+            add_v: b.linear("attn.add_v_proj", d, d, true)?,
+            norm_q: b.tensor("attn.norm_q.weight", &[HEAD_DIM])?,
+            norm_k: b.tensor("attn.norm_k.weight", &[HEAD_DIM])?,
+            norm_added_q: b.tensor("attn.norm_added_q.weight", &[HEAD_DIM])?,
+            norm_added_k: b.tensor("attn.norm_added_k.weight", &[HEAD_DIM])?,
+            to_out: b.linear("attn.to_out.0", d, d, true)?,
+            to_add_out: if context_pre_only { None } else { Some(b.linear("attn.to_add_out", d, d, true)?) },
+            ff1: b.linear("ff.net.0.proj", d, c.ff_dim, true)?,
+            ff2: b.linear("ff.net.2", c.ff_dim, d, true)?,
+            ff_context: if context_pre_only {
+                None
+            } else {
+                Some((b.linear("ff_context.net.0.proj", d, c.ff_dim, true)?, b.linear("ff_context.net.2", c.ff_dim, d, true)?))
+            },
+            context_pre_only,
+        })
+    }
+}
+
+/// Weights outside the block loop.
+struct Embedders {
+    patch: Linear,
+    t1: Linear,
+    t2: Linear,
+    p1: Linear,
+    p2: Linear,
+    context: Linear,
+    norm_out: Linear,
+    proj_out: Linear,
+}
+
+impl Embedders {
+    fn load(r: &Prefix, c: &TransformerConfig) -> Result<Embedders> {
+        let d = c.dim;
+        let pe = r.pp("pos_embed.proj");
+        let k = c.in_channels * c.patch * c.patch;
+        // Conv2d k=s=p as a linear over (c, kh, kw)-ordered patches.
+        let w = pe.tensor("weight", &[d, c.in_channels, c.patch, c.patch])?.reshape(&[d, k])?;
+        let patch = Linear { weight: Weight::Dense(w), bias: Some(pe.tensor("bias", &[d])?) };
+        let te = r.pp("time_text_embed");
+        Ok(Embedders {
+            patch,
+            t1: te.linear("timestep_embedder.linear_1", TIME_FEATURES, d, true)?,
+            t2: te.linear("timestep_embedder.linear_2", d, d, true)?,
+            p1: te.linear("text_embedder.linear_1", c.pooled_dim, d, true)?,
+            p2: te.linear("text_embedder.linear_2", d, d, true)?,
+            context: r.linear("context_embedder", c.joint_attention_dim, d, true)?,
+            norm_out: r.linear("norm_out.linear", d, 2 * d, true)?,
+            proj_out: r.linear("proj_out", d, c.patch * c.patch * c.out_channels, true)?,
+        })
+    }
+}
+
+/// Intermediate tensors a caller may want to see (parity tests): called with a name and the
+/// tensor, e.g. `patch_embed_out`, `temb`, `context_embedder_out`, `block{i}.out_hidden`,
+/// `block{i}.out_encoder_hidden`.
+pub type Taps<'a> = Option<&'a mut dyn FnMut(&str, &Tensor)>;
+
+/// The ContentV transformer.
+pub struct Transformer {
+    pub config: TransformerConfig,
+    store: Arc<WeightStore>,
+    residency: Residency,
+    device: Device,
+    /// Position tables by (T, H', W'), in the compute dtype on the device.
+    pe_cache: Mutex<HashMap<(usize, usize, usize), Tensor>>,
+}
+
+impl Transformer {
+    /// Loads `dir` (the checkpoint's `transformer/` folder) for `device`: bf16 on the GPU, f32 on the CPU.
+    pub fn load(dir: &Path, device: &Device) -> Result<Transformer> {
+        Self::load_with(dir, device, &MemoryOptions::default())
+    }
+
+    /// As [`Transformer::load`], with the run's memory options (streaming, budget, INT8).
+    pub fn load_with(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<Transformer> {
+        let store = WeightStore::open(dir, device, DType::BF16)?;
+        let config = TransformerConfig::from_weights(&store.root())?;
+        let group = "transformer_blocks";
+        let residency = if mem.streams() {
+            let resident = match (mem.vram_budget, device.gpu()) {
+                (Some(budget), Some(_)) => {
+                    let layers = Residency::layer_bytes(&store, group, config.layers);
+                    let all: u64 = store.checkpoint().names().filter_map(|k| store.shape_of(k)).map(|s| s.iter().product::<usize>() as u64 * store.dtype().size() as u64).sum();
+                    let fixed = all - layers.iter().sum::<u64>() + transformer_activation_bytes(2, 41_805, config.dim);
+                    let plan = plan_budget(&layers, fixed, budget);
+                    eprintln!("{}", plan.describe(budget));
+                    if !plan.fits {
+                        return Err(Error::OutOfMemory {
+                            requested: plan.total() as usize,
+                            hint: format!(
+                                "--vram-budget {:.1} GiB is too small even when every transformer layer is streamed; \
+                                 raise it or add --quantize int8",
+                                budget as f64 / (1u64 << 30) as f64
+                            ),
+                        });
+                    }
+                    Some(plan.resident)
+                }
+                _ => None,
+            };
+            if mem.offload != crate::runtime::residency::Offload::Sequential && resident.is_none() {
+                Residency::resident(&store, group, config.layers)
+            } else {
+                Residency::streamed(&store, group, config.layers, resident)?
+            }
+        } else {
+            Residency::resident(&store, group, config.layers)
+        };
+        Ok(Transformer { config, store, residency, device: device.clone(), pe_cache: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn store(&self) -> &Arc<WeightStore> {
+        &self.store
+    }
+
+    /// Frees every weight this model holds on the device (model offload).
+    pub fn release(&self) {
+        self.store.release_all();
+    }
+
+    /// The dtype activations run in (bf16 on the GPU, f32 on the CPU).
+    pub fn dtype(&self) -> DType {
+        self.store.dtype()
+    }
+
+    fn pos_table(&self, t: usize, hp: usize, wp: usize) -> Result<Tensor> {
+        let key = (t, hp, wp);
+        if let Some(pe) = self.pe_cache.lock().unwrap().get(&key) {
+            return Ok(pe.clone());
+        }
+        let v = pos_embed_3d(self.config.dim, t, hp, wp);
+        let pe = Tensor::from_f32(v, &[t * hp * wp, self.config.dim], &Device::Cpu)?.to_dtype(self.dtype())?.to_device(&self.device)?;
+        self.pe_cache.lock().unwrap().insert(key, pe.clone());
+        Ok(pe)
+    }
+
+    /// Velocity for latents `x` [B, C, T, h, w] at `timesteps` (one per batch entry, sigma*1000),
+    /// text `ctx` [B, S_txt, joint_dim] and `pooled` [B, pooled_dim] -> [B, C_out, T, h, w].
+    pub fn forward_taps(&self, x: &Tensor, timesteps: &[f32], ctx: &Tensor, pooled: &Tensor, mut taps: Taps) -> Result<Tensor> {
+        let c = &self.config;
+        let xs = x.shape().to_vec();
+        if xs.len() != 5 || xs[1] != c.in_channels || xs[3] % c.patch != 0 || xs[4] % c.patch != 0 {
+            return Err(shape_err!("transformer: latents {xs:?} must be [B, {}, T, h, w] with h, w even", c.in_channels));
+        }
+        let (b, t, h, w) = (xs[0], xs[2], xs[3], xs[4]);
+        let (hp, wp, p, d) = (h / c.patch, w / c.patch, c.patch, c.dim);
+        let n = t * hp * wp;
+        if timesteps.len() != b {
+            return Err(shape_err!("transformer: {} timesteps for batch {b}", timesteps.len()));
+        }
+        if ctx.rank() != 3 || ctx.dim(0) != b || ctx.dim(2) != c.joint_attention_dim {
+            return Err(shape_err!("transformer: text context {:?} must be [{b}, S, {}]", ctx.shape(), c.joint_attention_dim));
+        }
+        if pooled.shape() != [b, c.pooled_dim] {
+            return Err(shape_err!("transformer: pooled {:?} must be [{b}, {}]", pooled.shape(), c.pooled_dim));
+        }
+        let dt = self.dtype();
+        let mut tap = |name: &str, t: &Tensor| {
+            if let Some(f) = taps.as_mut() {
+                f(name, t)
+            }
+        };
+        let root = self.store.root();
+        let emb = Embedders::load(&root, c)?;
+
+        // Patchify: [B, C, T, h, w] -> [B, T, H', W', C, p, p] -> tokens [B, N, C*p*p].
+        let x = x.to_dtype(dt)?;
+        let patches = x
+            .reshape(&[b, c.in_channels, t, hp, p, wp, p])?
+            .permute(&[0, 2, 3, 5, 1, 4, 6])?
+            .contiguous()?
+            .reshape(&[b, n, c.in_channels * p * p])?;
+        let mut hid = linear(&patches, &emb.patch)?; // [B, N, D]
+        hid = add_bcast(&hid, &self.pos_table(t, hp, wp)?)?; // + PE [N, D]
+        tap("patch_embed_out", &hid);
+
+        // Conditioning: temb = L2(SiLU(L1(sincos(t)))) + L2'(SiLU(L1'(pooled)))   [B, D]
+        let tf = Tensor::from_f32(timestep_features(timesteps), &[b, TIME_FEATURES], &Device::Cpu)?.to_dtype(dt)?.to_device(&self.device)?;
+        let te = linear(&linear_act(&tf, &emb.t1, Act::Silu)?, &emb.t2)?;
+        let pe = linear(&linear_act(&pooled.to_dtype(dt)?, &emb.p1, Act::Silu)?, &emb.p2)?;
+        let temb = add(&te, &pe)?;
+        tap("temb", &temb);
+        let st = act::silu(&temb)?; // every adaLN linear reads SiLU(temb)
+
+        let mut txt = linear(&ctx.to_dtype(dt)?, &emb.context)?; // [B, S_txt, D]
+        tap("context_embedder_out", &txt);
+
+        let blocks = root.pp("transformer_blocks");
+        for i in 0..c.layers {
+            let _layer = self.residency.prepare(i)?;
+            let bw = BlockWeights::load(&blocks.pp(i), c)?;
+            let (h2, t2) = joint_block(&hid, &txt, &st, &bw, c)?;
+            hid = h2;
+            if let Some(t2) = t2 {
+                txt = t2;
+                tap(&format!("block{i}.out_encoder_hidden"), &txt);
+            }
+            tap(&format!("block{i}.out_hidden"), &hid);
+        }
+
+        // Final adaLN (scale, shift) and projection: [B, N, p*p*C_out].
+        let e = linear(&st, &emb.norm_out)?; // [B, 2D]
+        let hn = norm::layer_norm_modulate(&hid, &e.narrow(1, d, d)?, &e.narrow(1, 0, d)?, LN_EPS)?;
+        let y = linear(&hn, &emb.proj_out)?;
+        // Unpatchify: [B, T, H', W', p, q, C] -> [B, C, T, H', p, W', q] -> [B, C, T, h, w].
+        let co = c.out_channels;
+        y.reshape(&[b, t, hp, wp, p, p, co])?.permute(&[0, 6, 1, 2, 4, 3, 5])?.contiguous()?.reshape(&[b, co, t, h, w])
+    }
+}
+
+/// `z` [B, S, D] through the block's projection to heads, with the per-head RMS norm.
+fn qk(z: &Tensor, l: &Linear, w: &Tensor, heads: usize) -> Result<Tensor> {
+    let y = linear(z, l)?; // [B, S, H*64]
+    let s = y.shape().to_vec();
+    norm::rms_norm(&y.reshape(&[s[0], s[1], heads, HEAD_DIM])?, Some(w), QK_EPS)?.reshape(&s)
+}
+
+/// One joint block: video tokens `x` [B, N, D], text tokens `c` [B, S, D], `st` = SiLU(temb)
+/// [B, D]. Returns the new video tokens and (except for the last block) the new text tokens.
+fn joint_block(x: &Tensor, c: &Tensor, st: &Tensor, w: &BlockWeights, cfg: &TransformerConfig) -> Result<(Tensor, Option<Tensor>)> {
+    let (d, heads) = (cfg.dim, cfg.heads);
+    let n = x.dim(1);
+    // adaLN-Zero: (shift, scale, gate, shift_mlp, scale_mlp, gate_mlp), each [B, D].
+    let e = linear(st, &w.norm1)?;
+    let ch = |t: &Tensor, k: usize| t.narrow(1, k * d, d);
+    let ec = linear(st, &w.norm1_context)?;
+    let xn = norm::layer_norm_modulate(x, &ch(&e, 0)?, &ch(&e, 1)?, LN_EPS)?;
+    let cn = if w.context_pre_only {
+        // AdaLayerNormContinuous: (scale, shift).
+        norm::layer_norm_modulate(c, &ch(&ec, 1)?, &ch(&ec, 0)?, LN_EPS)?
+    } else {
+        norm::layer_norm_modulate(c, &ch(&ec, 0)?, &ch(&ec, 1)?, LN_EPS)?
+    };
+
+    // Joint attention over [video; text] keys and values, video queries first.
+    let q = qk(&xn, &w.to_q, &w.norm_q, heads)?;
+    let k = qk(&xn, &w.to_k, &w.norm_k, heads)?;
+    let v = linear(&xn, &w.to_v)?;
+    let kc = qk(&cn, &w.add_k, &w.norm_added_k, heads)?;
+    let vc = linear(&cn, &w.add_v)?;
+    let opts = AttnOpts::new(heads, HEAD_DIM);
+    let qc = match &w.add_q {
+        Some(l) => Some(qk(&cn, l, &w.norm_added_q, heads)?),
+        None => None,
+    };
+    let o = match &qc {
+        Some(qc) => attention(&[&q, qc], &[&k, &kc], &[&v, &vc], &opts)?, // [B, N+S, D]
+        None => attention(&[&q], &[&k, &kc], &[&v, &vc], &opts)?,         // [B, N, D]
+    };
+
+    // Video stream.
+    let ox = o.narrow(1, 0, n)?;
+    let x = gated_residual(x, &linear(&ox, &w.to_out)?, &ch(&e, 2)?)?;
+    let z = norm::layer_norm_modulate(&x, &ch(&e, 3)?, &ch(&e, 4)?, LN_EPS)?;
+    let x = gated_residual(&x, &linear(&linear_act(&z, &w.ff1, Act::GeluTanh)?, &w.ff2)?, &ch(&e, 5)?)?;
+    if w.context_pre_only {
+        return Ok((x, None));
+    }
+
+    // Text stream.
+    let oc = o.narrow(1, n, c.dim(1))?;
+    let c = gated_residual(c, &linear(&oc, w.to_add_out.as_ref().unwrap())?, &ch(&ec, 2)?)?;
+    let z = norm::layer_norm_modulate(&c, &ch(&ec, 3)?, &ch(&ec, 4)?, LN_EPS)?;
+    let (f1, f2) = w.ff_context.as_ref().unwrap();
+    let c = gated_residual(&c, &linear(&linear_act(&z, f1, Act::GeluTanh)?, f2)?, &ch(&ec, 5)?)?;
+    Ok((x, Some(c)))
+}
+
+impl Denoiser for Transformer {
+    fn forward(&self, x: &Tensor, timesteps: &[f32], ctx: &Tensor, pooled: &Tensor) -> Result<Tensor> {
+        self.forward_taps(x, timesteps, ctx, pooled, None)
+    }
+    fn input_dtype(&self) -> DType {
+        self.dtype()
+    }
+}
+
+/// `get_timestep_embedding(t, 256, flip_sin_to_cos=True, shift=0)`: [cos(t f), sin(t f)] with
+/// f_k = exp(-ln(1e4) k / 128), f32. Returns [B, 256] row-major.
+pub fn timestep_features(ts: &[f32]) -> Vec<f32> {
+    let half = TIME_FEATURES / 2;
+    let mut out = Vec::with_capacity(ts.len() * TIME_FEATURES);
+    for &t in ts {
+        let args: Vec<f32> = (0..half).map(|k| t * (-(10000f32.ln()) * k as f32 / half as f32).exp()).collect();
+        out.extend(args.iter().map(|a| a.cos()));
+        out.extend(args.iter().map(|a| a.sin()));
+    }
+    out
+}
+
+/// 1D sin-cos embedding of width `d` at position `pos`: [sin(pos w_k)..., cos(pos w_k)...],
+/// w_k = 10000^(-k / (d/2)), computed in f64.
+fn sincos_1d(d: usize, pos: f64, out: &mut Vec<f32>) {
+    let half = d / 2;
+    let omega = |k: usize| 1.0 / 10000f64.powf(k as f64 / half as f64);
+    out.extend((0..half).map(|k| (pos * omega(k)).sin() as f32));
+    out.extend((0..half).map(|k| (pos * omega(k)).cos() as f32));
+}
+
+/// The fixed 3D position table [T*H'*W', D] (spec §5.3): temporal part (D/4, position t), then
+/// the width part and the height part (3D/8 each, positions doubled: interpolation scale 0.5).
+pub fn pos_embed_3d(d: usize, t: usize, hp: usize, wp: usize) -> Vec<f32> {
+    let (dt, ds) = (d / 4, 3 * d / 8);
+    let mut out = Vec::with_capacity(t * hp * wp * d);
+    for ti in 0..t {
+        for hi in 0..hp {
+            for wi in 0..wp {
+                sincos_1d(dt, ti as f64, &mut out);
+                sincos_1d(ds, wi as f64 / 0.5, &mut out);
+                sincos_1d(ds, hi as f64 / 0.5, &mut out);
+            }
+        }
+    }
+    out
+}
