@@ -1,0 +1,132 @@
+//! Benchmark of the flash attention kernel (kernels/attention.cu, `flash_attn_fwd_d64`) at the
+//! ContentV-8B production shape: joint attention over 41,472 video + 333 text tokens
+//! (S = 41,805), 38 heads of 64, batch 1 and 2 (CFG), plus smaller shapes. Timed with CUDA events
+//! on the compute stream (median of several runs after a warm-up); reports ms and TFLOP/s with
+//! 4*B*H*Sq*Sk*64 flops (half that when causal). Before timing, the flash kernel is checked
+//! against the generic kernel on a small shape. Prints SKIP and exits 0 without a GPU.
+//!
+//! Run: `cargo bench --bench attention` (CONTENTV_BENCH_QUICK=1: fewer runs, no B=2 production shape).
+use contentv::ops::attention_cuda::{attention_cuda_with, AttnKernel};
+use contentv::runtime::device::{gpu_unavailable_reason, Event};
+use contentv::runtime::{Device, Tensor};
+use half::bf16;
+
+const N_VIDEO: usize = 41_472;
+const N_TEXT: usize = 333;
+const HEADS: usize = 38;
+const HEAD_DIM: usize = 64;
+
+/// Median milliseconds of `iters` timed runs (each between two CUDA events), after a warm-up.
+fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f32 {
+    let g = dev.gpu().unwrap();
+    f(); // warm up (module load, pool)
+    dev.synchronize().unwrap();
+    let mut v = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
+        a.record(g.stream()).unwrap();
+        f();
+        b.record(g.stream()).unwrap();
+        b.synchronize().unwrap();
+        v.push(a.elapsed_ms(&b).unwrap());
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Uniform(-amp, amp) bf16 tensor on the GPU.
+fn rand_bf16(shape: &[usize], dev: &Device, amp: f32, seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let v: Vec<bf16> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            bf16::from_f32((((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * amp)
+        })
+        .collect();
+    Tensor::from_bf16(v, shape, dev).unwrap()
+}
+
+/// q, k, v as [video, text] segments of [B, S_i, H*64].
+struct Qkv {
+    segs: Vec<[Tensor; 3]>,
+}
+
+impl Qkv {
+    fn new(dev: &Device, b: usize, lens: &[usize]) -> Qkv {
+        let hd = HEADS * HEAD_DIM;
+        let segs = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| [0, 1, 2].map(|j| rand_bf16(&[b, s, hd], dev, if j == 0 { 2.0 } else { 1.0 }, (i * 3 + j) as u64 + 1)))
+            .collect();
+        Qkv { segs }
+    }
+    fn side(&self, j: usize) -> Vec<&Tensor> {
+        self.segs.iter().map(|s| &s[j]).collect()
+    }
+    fn run(&self, causal: bool, kernel: AttnKernel) -> Tensor {
+        attention_cuda_with(&self.side(0), &self.side(1), &self.side(2), HEADS, 1.0 / (HEAD_DIM as f32).sqrt(), causal, None, kernel).unwrap()
+    }
+}
+
+fn report(name: &str, ms: f32, flops: f64) {
+    println!("{name:<58} {ms:>9.3} ms  {:>7.1} TFLOP/s", flops / (ms as f64 * 1e-3) / 1e12);
+}
+
+fn main() {
+    if let Some(r) = gpu_unavailable_reason() {
+        println!("SKIP: {r}");
+        return;
+    }
+    let dev = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIP: {e}");
+            return;
+        }
+    };
+    let g = dev.gpu().unwrap();
+    println!("device: {} (sm_{}{}, {} SMs)", g.name, g.compute_capability.0, g.compute_capability.1, g.sm_count);
+    let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
+    let it = if quick { 3 } else { 10 };
+
+    // Validation: flash against the generic kernel (f32 math) on a small joint shape.
+    {
+        let x = Qkv::new(&dev, 1, &[1000, N_TEXT]);
+        for causal in [false, true] {
+            let f = x.run(causal, AttnKernel::Flash).to_vec_f32().unwrap();
+            let n = x.run(causal, AttnKernel::Naive).to_vec_f32().unwrap();
+            let (atol, rtol) = contentv::ops::tolerance::for_dtype(contentv::runtime::DType::BF16, 1333);
+            match contentv::ops::tolerance::check(&f, &n, 2.0 * atol, 2.0 * rtol) {
+                Ok(()) => println!("validation (causal {causal}): flash matches the generic kernel"),
+                Err(e) => println!("INVALID flash (causal {causal}): {e} (timings below are of a wrong kernel)"),
+            }
+        }
+    }
+
+    let mut shapes: Vec<(usize, usize, usize, bool)> = vec![(1, 4096, N_TEXT, false), (1, 4096, N_TEXT, true), (1, N_VIDEO, N_TEXT, false)];
+    if !quick {
+        shapes.push((2, N_VIDEO, N_TEXT, false));
+    }
+    for (b, sv, st, causal) in shapes {
+        let x = Qkv::new(&dev, b, &[sv, st]);
+        let s = (sv + st) as f64;
+        let flops = 4.0 * b as f64 * HEADS as f64 * s * s * HEAD_DIM as f64 * if causal { 0.5 } else { 1.0 };
+        let ms = time_ms(&dev, it, || {
+            x.run(causal, AttnKernel::Flash);
+        });
+        let name = format!("flash_attn_fwd_d64 B={b} H={HEADS} S={sv}+{st}{}", if causal { " causal" } else { "" });
+        report(&name, ms, flops);
+    }
+    // The generic kernel on a small shape, for scale.
+    let x = Qkv::new(&dev, 1, &[2048, N_TEXT]);
+    let s = (2048 + N_TEXT) as f64;
+    let ms = time_ms(&dev, 3, || {
+        x.run(false, AttnKernel::Naive);
+    });
+    report(&format!("attn_naive_bf16 B=1 H={HEADS} S=2048+{N_TEXT}"), ms, 4.0 * HEADS as f64 * s * s * HEAD_DIM as f64);
+    println!("pool: {:?}", g.pool.stats());
+}
