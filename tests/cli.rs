@@ -91,7 +91,6 @@ fn help_and_info() {
 }
 
 #[test]
-#[ignore = "needs the transformer and text encoders wired into the pipeline (issues 4, 5)"]
 fn generate_video_and_determinism() {
     let d = scratch("generate");
     let a = d.join("a.mp4");
@@ -151,7 +150,6 @@ fn generate_video_and_determinism() {
 }
 
 #[test]
-#[ignore = "needs the transformer and text encoders wired into the pipeline (issues 4, 5)"]
 fn random_seed_is_printed_and_no_guidance_works() {
     let d = scratch("random-seed");
     let out = d.join("r.mp4");
@@ -168,7 +166,6 @@ fn random_seed_is_printed_and_no_guidance_works() {
 }
 
 #[test]
-#[ignore = "needs the transformer and text encoders wired into the pipeline (issues 4, 5)"]
 fn frame_rounding_warns() {
     let d = scratch("rounding");
     let out = d.join("x.mp4");
@@ -264,7 +261,6 @@ fn bad_inputs_fail_cleanly_and_leave_no_file() {
 }
 
 #[test]
-#[ignore = "needs the transformer and text encoders wired into the pipeline (issues 4, 5)"]
 fn batch_mode_with_shards_covers_every_line_once() {
     let d = scratch("batch");
     let jsonl = d.join("reqs.jsonl");

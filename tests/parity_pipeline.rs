@@ -111,7 +111,6 @@ fn check_frames(got: &[u8], want: &[i64]) {
 /// The whole loop with the real tiny models: 3 denoising steps from the fixture's noise, then the
 /// decoded frames.
 #[test]
-#[ignore = "needs the transformer and text encoders wired into the pipeline (issues 4, 5)"]
 fn three_steps_and_frames_match_reference_on_cpu() {
     let f = fx();
     let (frames_n, h, w, g) = pipeline_params();

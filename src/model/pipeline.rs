@@ -530,10 +530,9 @@ pub fn load_text_and_transformer(
     device: &Device,
     mem: &crate::runtime::residency::MemoryOptions,
 ) -> Result<(Box<dyn PromptEncoding>, Box<dyn Denoiser>)> {
-    let _ = (dir, device, mem);
-    Err(Error::Other(
-        "this build has no ContentV transformer / text encoders wired in yet (src/model/transformer.rs, src/model/text.rs)".into(),
-    ))
+    let text = crate::model::text::TextEncoders::load(dir, device, mem)?;
+    let transformer = crate::model::mmdit::Transformer::load_with(&dir.join("transformer"), device, mem)?;
+    Ok((Box::new(text), Box::new(transformer)))
 }
 
 /// VAE decode with any [`FrameDecoder`] (the `decode` command uses it without the other models).

@@ -1,0 +1,132 @@
+//! Prompt embeddings (spec §3): CLIP-L and bigG penultimate states concatenated and zero-padded
+//! to the T5 width, followed by the T5 rows -> ctx [333, 4096]; pooled = [pool_L, pool_G]
+//! [2048]. Embeddings are cached by prompt, so a batch run encodes each distinct prompt once.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::model::clip::ClipText;
+use crate::model::pipeline::{PromptEmbeds, PromptEncoding};
+use crate::model::t5::T5Encoder;
+use crate::model::tokenizer::{ClipTokenizer, T5Tokenizer};
+use crate::ops::elementwise::concat;
+use crate::runtime::residency::{MemoryOptions, Offload};
+use crate::runtime::{Device, Tensor};
+
+/// T5 sequence length of the reference pipeline (`max_sequence_length`).
+pub const T5_TOKENS: usize = 256;
+
+pub struct TextEncoders {
+    pub tok_l: ClipTokenizer,
+    pub tok_g: ClipTokenizer,
+    pub tok_t5: T5Tokenizer,
+    pub clip_l: ClipText,
+    pub clip_g: ClipText,
+    pub t5: T5Encoder,
+    device: Device,
+    /// Free the encoders' device weights after each encoding (model offload).
+    offload: bool,
+    cache: Mutex<HashMap<String, PromptEmbeds>>,
+}
+
+/// Token ids of the three tokenizers for one prompt.
+pub struct PromptTokens {
+    pub clip_l: Vec<u32>,
+    pub clip_g: Vec<u32>,
+    pub t5: Vec<u32>,
+}
+
+impl TextEncoders {
+    /// Loads `tokenizer{,_2,_3}/` and `text_encoder{,_2,_3}/` of a model folder.
+    pub fn load(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<TextEncoders> {
+        let tok_l = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let tok_g = ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?;
+        let tok_t5 = T5Tokenizer::from_dir(&dir.join("tokenizer_3"), T5_TOKENS)?;
+        let clip_l = ClipText::load(&dir.join("text_encoder"), device)?;
+        let clip_g = ClipText::load(&dir.join("text_encoder_2"), device)?;
+        let t5 = T5Encoder::load(&dir.join("text_encoder_3"), device, mem)?;
+        // A tokenizer that can produce ids past the embedding table is the wrong tokenizer.
+        for (name, tv, ev) in [
+            ("tokenizer/ vs text_encoder/", tok_l.vocab_size(), clip_l.config.vocab),
+            ("tokenizer_2/ vs text_encoder_2/", tok_g.vocab_size(), clip_g.config.vocab),
+        ] {
+            if tv > ev {
+                return Err(Error::Input(format!(
+                    "{}: the vocabulary has {tv} tokens but the encoder's embedding table has {ev} rows: mismatched tokenizer and text encoder",
+                    dir.join(name.split(' ').next().unwrap()).display()
+                )));
+            }
+        }
+        let d = t5.config.d_model;
+        if clip_l.config.hidden + clip_g.config.hidden > d {
+            return Err(Error::Weights(format!(
+                "CLIP widths {} + {} exceed the T5 width {d}: not a ContentV / SD3 text stack",
+                clip_l.config.hidden, clip_g.config.hidden
+            )));
+        }
+        Ok(TextEncoders {
+            tok_l,
+            tok_g,
+            tok_t5,
+            clip_l,
+            clip_g,
+            t5,
+            device: device.clone(),
+            offload: mem.offload != Offload::None,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn tokens(&self, prompt: &str) -> Result<PromptTokens> {
+        Ok(PromptTokens { clip_l: self.tok_l.encode_padded(prompt), clip_g: self.tok_g.encode_padded(prompt), t5: self.tok_t5.encode_padded(prompt)? })
+    }
+
+    /// Frees the encoders' device weights (they are mapped again on the next encode).
+    pub fn release(&self) {
+        self.clip_l.release();
+        self.clip_g.release();
+        self.t5.release();
+    }
+
+    /// Encodes without the cache.
+    pub fn encode_uncached(&self, prompt: &str) -> Result<PromptEmbeds> {
+        let t = self.tokens(prompt)?;
+        if let Some(&bad) = t.t5.iter().find(|&&i| i as usize >= self.t5.vocab_rows()) {
+            return Err(Error::Input(format!(
+                "tokenizer_3/ produced token id {bad} but the T5 embedding table has {} rows: mismatched tokenizer and text encoder",
+                self.t5.vocab_rows()
+            )));
+        }
+        let l = self.clip_l.forward(&[t.clip_l])?;
+        let g = self.clip_g.forward(&[t.clip_g])?;
+        let t5 = self.t5.forward(&[t.t5])?; // [1, 256, d]
+        let d = self.t5.config.d_model;
+        let (hl, hg) = (self.clip_l.config.hidden, self.clip_g.config.hidden);
+        let s = l.penultimate.dim(1);
+        let clip = concat(&[&l.penultimate, &g.penultimate.to_dtype(l.penultimate.dtype())?], 2)?; // [1, 77, hl+hg]
+        let clip = if hl + hg < d {
+            let zeros = Tensor::zeros(&[1, s, d - hl - hg], clip.dtype(), &self.device)?;
+            concat(&[&clip, &zeros], 2)? // [1, 77, d]
+        } else {
+            clip
+        };
+        let ctx = concat(&[&clip, &t5], 1)?; // [1, 333, d]
+        let pooled = concat(&[&l.pooled, &g.pooled], 1)?; // [1, pl + pg]
+        if self.offload {
+            self.release();
+        }
+        Ok(PromptEmbeds { ctx, pooled })
+    }
+}
+
+impl PromptEncoding for TextEncoders {
+    fn encode(&self, prompt: &str) -> Result<PromptEmbeds> {
+        if let Some(e) = self.cache.lock().unwrap().get(prompt) {
+            return Ok(e.clone());
+        }
+        let e = self.encode_uncached(prompt)?;
+        self.cache.lock().unwrap().insert(prompt.to_string(), e.clone());
+        Ok(e)
+    }
+}
