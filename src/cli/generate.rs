@@ -192,6 +192,19 @@ pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Without --model: the tiny model's small defaults for what the user did not set, said once.
+fn tiny_defaults(a: &GenerateArgs, defaults: &mut RequestFields, ui: &Ui) {
+    if a.model.model.is_none() && defaults.apply_tiny_defaults() {
+        ui.note(&format!(
+            "tiny model: unset sizes default to {} frames at {}x{}, {} steps (pass --frames/--width/--height/--steps to change)",
+            crate::cli::request::TINY_FRAMES,
+            crate::cli::request::TINY_WIDTH,
+            crate::cli::request::TINY_HEIGHT,
+            crate::cli::request::TINY_STEPS
+        ));
+    }
+}
+
 pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
     if a.prompts.is_some() {
@@ -201,7 +214,8 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         return Err(Error::Input("--shard and --output-dir only apply to batch mode (--prompts FILE.jsonl)".into()));
     }
     let dir = model_dir(&a.model.model, ui);
-    let defaults = RequestFields::from_args(a);
+    let mut defaults = RequestFields::from_args(a);
+    tiny_defaults(a, &mut defaults, ui);
     let req = resolve(defaults, &|seed| PathBuf::from("outputs").join(format!("{}_{seed}.mp4", unix_time())))?;
     for w in &req.warnings {
         ui.warn(w);
@@ -252,7 +266,8 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Input(format!("cannot read the batch file {}: {e}", path.display())))?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "batch".into());
     let out_dir = a.output_dir.clone().unwrap_or_else(|| PathBuf::from("outputs"));
-    let defaults = RequestFields::from_args(a);
+    let mut defaults = RequestFields::from_args(a);
+    tiny_defaults(a, &mut defaults, ui);
     let mut items = Vec::new();
     let mut index = 0usize;
     for (ln, l) in text.lines().enumerate() {

@@ -64,6 +64,18 @@ impl RequestFields {
         }
     }
 
+    /// The built-in tiny model's defaults where a value is not given: 17 frames at 256x144,
+    /// 8 steps (the product defaults, 125 frames at 768x432 and 50 steps, take minutes on a
+    /// CPU even with the tiny model). Returns whether anything was filled in.
+    pub fn apply_tiny_defaults(&mut self) -> bool {
+        let before = (self.frames, self.width, self.height, self.steps);
+        self.frames = self.frames.or(Some(TINY_FRAMES));
+        self.width = self.width.or(Some(TINY_WIDTH));
+        self.height = self.height.or(Some(TINY_HEIGHT));
+        self.steps = self.steps.or(Some(TINY_STEPS));
+        before != (self.frames, self.width, self.height, self.steps)
+    }
+
     /// Parses one JSONL line.
     pub fn from_json_line(line: &str) -> Result<RequestFields> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Input(format!("not valid JSON: {e}")))?;
@@ -167,6 +179,12 @@ const VIDEO_EXTS: [&str; 3] = ["mp4", "mov", "mkv"];
 
 /// Merges defaults, checks every value. `default_output` names the output when none is given
 /// (it receives the seed).
+/// Defaults of the built-in tiny model (see [`RequestFields::apply_tiny_defaults`]).
+pub const TINY_FRAMES: usize = 17;
+pub const TINY_WIDTH: usize = 256;
+pub const TINY_HEIGHT: usize = 144;
+pub const TINY_STEPS: usize = 8;
+
 pub fn resolve(f: RequestFields, default_output: &dyn Fn(u64) -> PathBuf) -> Result<Request> {
     let mut warnings = Vec::new();
     let prompt = f.prompt.ok_or_else(|| Error::Input("no prompt: pass --prompt \"...\" (or a \"prompt\" field)".into()))?;
