@@ -42,6 +42,28 @@ pub enum Command {
     /// Check a model folder: components, tensor names, shapes and dtypes, parameter counts and
     /// memory needed per mode.
     Info(InfoArgs),
+    /// Write an INT8 weight-only copy of a checkpoint (transformer and T5 linears; the rest
+    /// unchanged), loadable with --model like the original.
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct QuantizeArgs {
+    /// The checkpoint to quantize (diffusers layout).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Where to write the INT8 checkpoint (must not exist unless --force).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Scales per GROUP input channels instead of one per output channel (a multiple of 8).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<usize>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

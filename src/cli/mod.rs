@@ -9,6 +9,7 @@ pub mod decode;
 pub mod generate;
 pub mod info;
 pub mod load;
+pub mod quantize;
 pub mod request;
 
 use clap::Parser;
@@ -58,6 +59,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
         args::Command::Generate(a) => generate::run(a, &Ui { json: a.json }),
         args::Command::Decode(a) => decode::run(a, &Ui { json: a.json }),
         args::Command::Info(a) => info::run(a, &Ui { json: a.json }),
+        args::Command::Quantize(a) => quantize::run(a, &Ui { json: a.json }),
     });
     match res {
         Ok(Ok(())) => 0,

@@ -15,6 +15,7 @@ use crate::ops::elementwise::{add, add_bcast, gated_residual};
 use crate::ops::gemm::{linear, linear_act, Act};
 use crate::ops::{act, norm};
 use crate::runtime::residency::{plan_budget, transformer_activation_bytes, MemoryOptions, Residency};
+use crate::runtime::weights::Int8Policy;
 use crate::runtime::{DType, Device, Linear, Prefix, Tensor, Weight, WeightStore};
 use crate::shape_err;
 
@@ -210,6 +211,9 @@ impl Transformer {
     /// As [`Transformer::load`], with the run's memory options (streaming, budget, INT8).
     pub fn load_with(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<Transformer> {
         let store = WeightStore::open(dir, device, DType::BF16)?;
+        if mem.int8 {
+            store.set_int8(Some(Int8Policy::default()));
+        }
         let config = TransformerConfig::from_weights(&store.root())?;
         let group = "transformer_blocks";
         let residency = if mem.streams() {

@@ -85,6 +85,9 @@ impl T5Encoder {
         }
         let config = T5Config::from_dir(dir)?;
         let store = WeightStore::open(dir, device, DType::BF16)?;
+        if mem.int8 {
+            store.set_int8(Some(crate::runtime::weights::Int8Policy::default()));
+        }
         let embed_key = if store.contains("shared.weight") {
             "shared.weight"
         } else if store.contains("encoder.embed_tokens.weight") {

@@ -134,8 +134,52 @@ const ALIGN: usize = 256;
 struct Entry {
     key: String,
     shape: Vec<usize>,
+    dtype: DType,
     /// Byte offset in the consolidated layer buffer (aligned).
     offset: usize,
+    kind: EntryKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum EntryKind {
+    /// Converted to the compute dtype.
+    Dense,
+    /// Kept as stored (pre-quantized i8 weights and their f32 scales).
+    Stored,
+    /// Quantized on the host when the layer buffer is filled: the i8 weight of linear `name`,
+    /// and (next entry) its scales.
+    QuantQ,
+    QuantScale,
+}
+
+/// The entries of layer `i` (see [`EntryKind`]), 256-byte aligned; returns them and the size.
+fn layout_layer(store: &WeightStore, group: &str, i: usize) -> LayerLayout {
+    let dt = store.dtype();
+    let mut entries = Vec::new();
+    let mut off = 0;
+    let mut push = |key: String, shape: Vec<usize>, dtype: DType, kind: EntryKind, entries: &mut Vec<Entry>| {
+        let n: usize = shape.iter().product();
+        entries.push(Entry { key, shape, dtype, offset: off, kind });
+        off = (off + n * dtype.size()).div_ceil(ALIGN) * ALIGN;
+    };
+    for k in layer_keys(store, group, i) {
+        let shape = store.shape_of(&k).unwrap_or_default();
+        let stored = store.host_view(&k).map(|t| t.dtype()).unwrap_or(dt);
+        let name = k.strip_suffix(".weight");
+        let quantize_now = name.is_some_and(|n| store.is_int8(n) && !store.contains(&format!("{n}.weight_scale"))) && shape.len() == 2;
+        if quantize_now {
+            let (nrows, k_in) = (shape[0], shape[1]);
+            let groups = store.int8_policy().and_then(|p| p.group).filter(|g| k_in % g == 0).map_or(1, |g| k_in / g);
+            let sshape = if groups == 1 { vec![nrows] } else { vec![nrows, groups] };
+            push(k.clone(), shape, DType::I8, EntryKind::QuantQ, &mut entries);
+            push(format!("{}.weight_scale", name.unwrap()), sshape, DType::F32, EntryKind::QuantScale, &mut entries);
+        } else if stored == DType::I8 || k.ends_with(".weight_scale") {
+            push(k, shape, stored, EntryKind::Stored, &mut entries);
+        } else {
+            push(k, shape, dt, EntryKind::Dense, &mut entries);
+        }
+    }
+    LayerLayout { entries, bytes: off }
 }
 
 struct LayerLayout {
@@ -198,16 +242,9 @@ impl Residency {
     }
 
     /// Bytes of each layer in the compute dtype.
+    /// Device bytes of each layer (compute dtype, or INT8 + scales where quantized).
     pub fn layer_bytes(store: &WeightStore, group: &str, layers: usize) -> Vec<u64> {
-        (0..layers)
-            .map(|i| {
-                layer_keys(store, group, i)
-                    .iter()
-                    .filter_map(|k| store.shape_of(k))
-                    .map(|s| s.iter().product::<usize>() as u64 * store.dtype().size() as u64)
-                    .sum()
-            })
-            .collect()
+        (0..layers).map(|i| layout_layer(store, group, i).bytes as u64).collect()
     }
 
     /// Streaming residency: layers with `resident[i] == false` are streamed (all if `None`).
@@ -222,19 +259,7 @@ impl Residency {
     }
 
     fn setup_gpu(store: &WeightStore, gpu: &Arc<Gpu>, group: &str, resident: &[bool]) -> Result<GpuStream> {
-        let dt = store.dtype();
-        let mut layouts = Vec::new();
-        for i in 0..resident.len() {
-            let mut entries = Vec::new();
-            let mut off = 0;
-            for k in layer_keys(store, group, i) {
-                let shape = store.shape_of(&k).unwrap_or_default();
-                let n: usize = shape.iter().product();
-                entries.push(Entry { key: k, shape, offset: off });
-                off = (off + n * dt.size()).div_ceil(ALIGN) * ALIGN;
-            }
-            layouts.push(LayerLayout { entries, bytes: off });
-        }
+        let layouts: Vec<LayerLayout> = (0..resident.len()).map(|i| layout_layer(store, group, i)).collect();
         let max = layouts.iter().zip(resident).filter(|(_, r)| !**r).map(|(l, _)| l.bytes).max().unwrap_or(0);
         // Pin every streamed layer; on failure fall back to staging buffers (with a warning).
         let mut host = Vec::new();
@@ -336,13 +361,35 @@ impl Drop for LayerGuard<'_> {
     }
 }
 
-/// Copies (and converts) a layer's tensors from the memory map into `dst` at their offsets.
+/// Copies (and converts or quantizes) a layer's tensors from the memory map into `dst`.
 fn fill_layer(store: &WeightStore, l: &LayerLayout, dst: &mut [u8]) -> Result<()> {
     let dt = store.dtype();
-    for e in &l.entries {
-        let v = store.host_view(&e.key)?;
-        let bytes = if v.dtype() == dt { v.to_bytes()? } else { v.to_dtype(dt)?.to_bytes()? };
-        dst[e.offset..e.offset + bytes.len()].copy_from_slice(&bytes);
+    let mut i = 0;
+    while i < l.entries.len() {
+        let e = &l.entries[i];
+        match e.kind {
+            EntryKind::Dense => {
+                let v = store.host_view(&e.key)?;
+                let bytes = if v.dtype() == dt { v.to_bytes()? } else { v.to_dtype(dt)?.to_bytes()? };
+                dst[e.offset..e.offset + bytes.len()].copy_from_slice(&bytes);
+            }
+            EntryKind::Stored => {
+                let bytes = store.host_view(&e.key)?.to_bytes()?;
+                dst[e.offset..e.offset + bytes.len()].copy_from_slice(&bytes);
+            }
+            EntryKind::QuantQ => {
+                let se = &l.entries[i + 1];
+                let (n, k) = (e.shape[0], e.shape[1]);
+                let group = if se.shape.len() == 2 { Some(k / se.shape[1]) } else { None };
+                let (q, s) = crate::ops::quant::quantize_host(&store.host_view(&e.key)?.to_vec_f32()?, n, k, group)?;
+                let (qb, sb) = (q.to_bytes()?, s.to_bytes()?);
+                dst[e.offset..e.offset + qb.len()].copy_from_slice(&qb);
+                dst[se.offset..se.offset + sb.len()].copy_from_slice(&sb);
+                i += 1;
+            }
+            EntryKind::QuantScale => {}
+        }
+        i += 1;
     }
     Ok(())
 }
@@ -392,10 +439,10 @@ impl GpuStream {
         let compute = self.gpu.stream();
         self.slots[si].ready.wait_on(compute)?;
         let dev = Device::Cuda(self.gpu.clone());
-        let dt = store.dtype();
+        let _ = store;
         let mut views = HashMap::new();
         for e in &self.layouts[layer].entries {
-            let t = Tensor::view_in(self.slots[si].storage.clone(), dt, &e.shape, e.offset / dt.size(), &dev)?;
+            let t = Tensor::view_in(self.slots[si].storage.clone(), e.dtype, &e.shape, e.offset / e.dtype.size(), &dev)?;
             views.insert(e.key.clone(), t);
         }
         self.views.insert(layer, views.clone());

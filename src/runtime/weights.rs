@@ -73,8 +73,18 @@ pub struct WeightStore {
     dir: PathBuf,
     device: Device,
     dtype: DType,
-    /// Tensors already delivered (so a weight is uploaded once).
+    /// Tensors already delivered (so a weight is uploaded once), keyed `{key}@{dtype}`.
     cache: Mutex<HashMap<String, Tensor>>,
+    /// INT8 weight-only quantization on load (`--quantize int8`), for the linears that
+    /// [`crate::ops::quant::int8_applies`] selects.
+    int8: Mutex<Option<Int8Policy>>,
+}
+
+/// Quantize-on-load settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Int8Policy {
+    /// Scales per `group` input channels; `None`: per output channel.
+    pub group: Option<usize>,
 }
 
 impl WeightStore {
@@ -82,7 +92,7 @@ impl WeightStore {
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
         let ckpt = ShardedCheckpoint::open_dir(dir)?;
         let dtype = if device.is_cuda() { dtype } else { DType::F32 };
-        Ok(Arc::new(WeightStore { ckpt, dir: dir.to_path_buf(), device: device.clone(), dtype, cache: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(WeightStore { ckpt, dir: dir.to_path_buf(), device: device.clone(), dtype, cache: Mutex::new(HashMap::new()), int8: Mutex::new(None) }))
     }
 
     pub fn device(&self) -> &Device {
@@ -135,14 +145,76 @@ impl WeightStore {
             )));
         }
         let host = self.host_view(key)?;
+        if (host.dtype() == DType::I8) != (dtype == DType::I8) {
+            return Err(Error::Weights(format!(
+                "{}: tensor {key} is stored as {} and cannot be used as {}",
+                file.path().display(),
+                host.dtype().name(),
+                dtype.name()
+            )));
+        }
         let t = if self.device.is_cuda() {
             // Upload in the stored dtype, convert on the device.
             host.to_device(&self.device)?.to_dtype(dtype)?
+        } else if dtype == DType::I8 {
+            host.contiguous()?
         } else {
             host.to_dtype(DType::F32)?
         };
         self.cache.lock().unwrap().insert(ck, t.clone());
         Ok(t)
+    }
+
+    /// Turns quantize-on-load on or off (drops what was delivered).
+    pub fn set_int8(&self, policy: Option<Int8Policy>) {
+        *self.int8.lock().unwrap() = policy;
+        self.release_all();
+    }
+
+    pub fn int8_policy(&self) -> Option<Int8Policy> {
+        *self.int8.lock().unwrap()
+    }
+
+    /// Whether the linear `name` (key without `.weight`) is delivered as INT8.
+    pub fn is_int8(&self, name: &str) -> bool {
+        self.ckpt.contains(&format!("{name}.weight_scale")) || (self.int8_policy().is_some() && crate::ops::quant::int8_applies(name))
+    }
+
+    /// The INT8 weight of linear `name` ([out, in]): stored pre-quantized (`.weight` i8 +
+    /// `.weight_scale` f32) or quantized now from the dense weight (cached either way).
+    pub fn int8_weight(&self, name: &str, out_f: usize, in_f: usize) -> Result<Weight> {
+        let (wk, sk) = (format!("{name}.weight"), format!("{name}.weight_scale"));
+        if self.ckpt.contains(&sk) {
+            let q = self.load(&wk, &[out_f, in_f], DType::I8)?;
+            let sshape = self.shape_of(&sk).unwrap_or_default();
+            let ok = sshape.first() == Some(&out_f) && (sshape.len() == 1 || (sshape.len() == 2 && sshape[1] > 0 && in_f % sshape[1] == 0));
+            if !ok {
+                return Err(Error::Weights(format!(
+                    "{}: {sk} has shape {sshape:?}, expected [{out_f}] or [{out_f}, groups]",
+                    self.dir.display()
+                )));
+            }
+            let scale = self.load(&sk, &sshape, DType::F32)?;
+            return Ok(Weight::Int8 { q, scale });
+        }
+        let (qk, sck) = (format!("{wk}@{}", DType::I8.name()), format!("{sk}@{}", DType::F32.name()));
+        {
+            let c = self.cache.lock().unwrap();
+            if let (Some(q), Some(s)) = (c.get(&qk), c.get(&sck)) {
+                return Ok(Weight::Int8 { q: q.clone(), scale: s.clone() });
+            }
+        }
+        let (file, info) = self.ckpt.get(&wk)?;
+        if info.shape != [out_f, in_f] {
+            return Err(Error::Weights(format!("{}: tensor {wk} has shape {:?}, expected [{out_f}, {in_f}]", file.path().display(), info.shape)));
+        }
+        let group = self.int8_policy().and_then(|p| p.group).filter(|g| in_f % g == 0);
+        let (q, s) = crate::ops::quant::quantize_host(&self.host_view(&wk)?.to_vec_f32()?, out_f, in_f, group)?;
+        let (q, s) = (q.to_device(&self.device)?, s.to_device(&self.device)?);
+        let mut c = self.cache.lock().unwrap();
+        c.insert(qk, q.clone());
+        c.insert(sck, s.clone());
+        Ok(Weight::Int8 { q, scale: s })
     }
 
     /// Drops every delivered tensor (frees their device memory back to the pool).
@@ -155,13 +227,12 @@ impl WeightStore {
         self.cache.lock().unwrap().retain(|k, _| !k.starts_with(prefix));
     }
 
-    /// Hands out `views` (key -> tensor in the compute dtype) for the following loads: the
+    /// Hands out `views` (key -> tensor, in the tensor's dtype) for the following loads: the
     /// residency layer installs a streamed layer's slot views here.
     pub fn install(&self, views: HashMap<String, Tensor>) {
-        let dt = self.dtype;
         let mut c = self.cache.lock().unwrap();
         for (k, t) in views {
-            c.insert(format!("{k}@{}", dt.name()), t);
+            c.insert(format!("{k}@{}", t.dtype().name()), t);
         }
     }
 }
@@ -206,9 +277,16 @@ impl Prefix {
         self.store.load(&self.key(name), shape, DType::F32)
     }
     /// `{name}.weight` [out, in] and, if `bias`, `{name}.bias` [out].
+    /// Delivered as INT8 when the checkpoint is pre-quantized (`.weight_scale` present) or the
+    /// store quantizes on load and the linear is one INT8 applies to.
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Linear> {
         let p = self.pp(name);
-        let weight = Weight::Dense(p.tensor("weight", &[out_features, in_features])?);
+        let full = self.key(name);
+        let weight = if self.store.is_int8(&full) {
+            self.store.int8_weight(&full, out_features, in_features)?
+        } else {
+            Weight::Dense(p.tensor("weight", &[out_features, in_features])?)
+        };
         let bias = if bias { Some(p.tensor("bias", &[out_features])?) } else { None };
         Ok(Linear { weight, bias })
     }
