@@ -126,6 +126,7 @@ fn three_steps_and_frames_match_reference_on_cpu() {
         vae: Box::new(vae),
         scheduler: SchedulerConfig::from_model_dir(&dir).unwrap(),
         precision: LatentPrecision::F32,
+        offload_models: false,
     };
     let geom = contentv::model::pipeline::VideoGeometry::new(frames_n, h, w).unwrap();
     let shape = geom.latent_shape();

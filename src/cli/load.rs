@@ -153,7 +153,8 @@ pub fn load_pipeline(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result
     let vae = load_vae(dir, device, mem)?;
     let (text, transformer) = crate::model::pipeline::load_text_and_transformer(dir, device, mem)?;
     let precision = if device.is_cuda() { LatentPrecision::Bf16 } else { LatentPrecision::F32 };
-    let p = Pipeline { device: device.clone(), text, transformer, vae: Box::new(vae), scheduler, precision };
+    let offload_models = mem.offload == crate::runtime::residency::Offload::Model;
+    let p = Pipeline { device: device.clone(), text, transformer, vae: Box::new(vae), scheduler, precision, offload_models };
     device.synchronize()?;
     Ok((p, t.elapsed().as_secs_f64()))
 }

@@ -413,6 +413,9 @@ impl Denoiser for Transformer {
     fn input_dtype(&self) -> DType {
         self.dtype()
     }
+    fn release(&self) {
+        self.store.release_all();
+    }
 }
 
 /// `get_timestep_embedding(t, 256, flip_sin_to_cos=True, shift=0)`: [cos(t f), sin(t f)] with

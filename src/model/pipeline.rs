@@ -55,6 +55,8 @@ pub trait Denoiser {
     fn input_dtype(&self) -> DType {
         DType::F32
     }
+    /// Frees the device memory of the weights (they are loaded again on the next forward).
+    fn release(&self) {}
 }
 
 /// The VAE: DiT-space latents [1, 16, T, h, w] (de-normalised inside) to video [1, 3, F, H, W] in [-1, 1].
@@ -352,6 +354,9 @@ pub struct Pipeline {
     pub vae: Box<dyn FrameDecoder>,
     pub scheduler: SchedulerConfig,
     pub precision: LatentPrecision,
+    /// Model offload: free the transformer's device weights before the VAE decode (the text
+    /// encoders free theirs after encoding).
+    pub offload_models: bool,
 }
 
 /// Per-batch-entry embeddings stacked as [B, 333, 4096] and [B, 2048] on `device` in `dtype`.
@@ -513,6 +518,9 @@ impl Pipeline {
         timings.denoise_s = t.elapsed().as_secs_f64();
         timings.step_s = step_s;
         drop((cond, uncond));
+        if self.offload_models {
+            self.transformer.release();
+        }
 
         progress(Progress::DecodeStart);
         let t = Instant::now();
