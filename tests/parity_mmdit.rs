@@ -128,3 +128,21 @@ fn gpu_forward_matches_reference_bf16() {
     let atol = bf16_atol(manifest_f64("/transformer_bf16_error/output/max_abs") as f32, 0.01);
     assert_close("bf16.output (GPU)", &y, f.f32("bf16.output"), atol, 0.02);
 }
+
+#[test]
+fn precomputed_run_modulation_gives_the_same_output() {
+    let f = Fixture::load("transformer");
+    let m = cpu_model();
+    let dev = Device::Cpu;
+    let x = Tensor::from_f32(f.f32("input.latent").to_vec(), f.shape("input.latent"), &dev).unwrap();
+    let (ctx, pooled) = text_inputs(&[0]);
+    let ctx = Tensor::from_f32(ctx, &[1, 333, 4096], &dev).unwrap();
+    let pooled = Tensor::from_f32(pooled, &[1, 2048], &dev).unwrap();
+    let steps: Vec<Vec<f32>> = vec![vec![1000.0], vec![f.f32("input.timestep")[0]], vec![250.0]];
+    let plain: Vec<Vec<f32>> = steps.iter().map(|t| m.forward(&x, t, &ctx, &pooled).unwrap().to_vec_f32().unwrap()).collect();
+    m.prepare_run(&steps, &pooled).unwrap();
+    for (t, want) in steps.iter().zip(&plain) {
+        assert_eq!(&m.forward(&x, t, &ctx, &pooled).unwrap().to_vec_f32().unwrap(), want, "step t={t:?}");
+    }
+    m.end_run();
+}

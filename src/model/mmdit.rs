@@ -19,6 +19,11 @@ use crate::runtime::weights::Int8Policy;
 use crate::runtime::{DType, Device, Linear, Prefix, Tensor, Weight, WeightStore};
 use crate::shape_err;
 
+/// Keys of the adaLN modulation linears: a third of a block's bytes, but they depend only on
+/// the timestep and the pooled text, so a run computes their outputs once
+/// ([`Denoiser::prepare_run`]) and streaming leaves them out of the per-step copies.
+const MODULATION_KEYS: &[&str] = &[".norm1.linear.", ".norm1_context.linear."];
+
 /// Head dim of every ContentV / SD3 attention.
 pub const HEAD_DIM: usize = 64;
 const LN_EPS: f32 = 1e-6;
@@ -99,8 +104,6 @@ impl TransformerConfig {
 
 /// Weights of one joint block, asked from the store by checkpoint key.
 struct BlockWeights {
-    norm1: Linear,
-    norm1_context: Linear,
     to_q: Linear,
     to_k: Linear,
     to_v: Linear,
@@ -120,14 +123,32 @@ struct BlockWeights {
     context_pre_only: bool,
 }
 
+/// The adaLN modulation linears of block `b`: (norm1 [6D], norm1_context [6D or 2D]).
+fn modulation_linears(b: &Prefix, c: &TransformerConfig) -> Result<(Linear, Linear)> {
+    let d = c.dim;
+    let ctx_mod = if b.contains("attn.to_add_out.weight") { 6 * d } else { 2 * d };
+    Ok((b.linear("norm1.linear", d, 6 * d, true)?, b.linear("norm1_context.linear", d, ctx_mod, true)?))
+}
+
+/// Modulation vectors of a whole denoising run, computed once (spec: they depend only on the
+/// timestep and the pooled text): per step s, rows [s*B, (s+1)*B) of each tensor.
+struct RunModulation {
+    /// Timestep bits of each step's batch.
+    steps: Vec<Vec<u32>>,
+    b: usize,
+    /// Per block: (e [S*B, 6D], ec [S*B, 6D or 2D]).
+    blocks: Vec<(Tensor, Tensor)>,
+    /// norm_out: [S*B, 2D].
+    out: Tensor,
+}
+
 impl BlockWeights {
     fn load(b: &Prefix, c: &TransformerConfig) -> Result<BlockWeights> {
         let d = c.dim;
         let context_pre_only = !b.contains("attn.to_add_out.weight");
         let ctx_mod = if context_pre_only { 2 * d } else { 6 * d };
+        let _ = ctx_mod;
         Ok(BlockWeights {
-            norm1: b.linear("norm1.linear", d, 6 * d, true)?,
-            norm1_context: b.linear("norm1_context.linear", d, ctx_mod, true)?,
             to_q: b.linear("attn.to_q", d, d, true)?,
             to_k: b.linear("attn.to_k", d, d, true)?,
             to_v: b.linear("attn.to_v", d, d, true)?,
@@ -200,6 +221,7 @@ pub struct Transformer {
     device: Device,
     /// Position tables by (T, H', W'), in the compute dtype on the device.
     pe_cache: Mutex<HashMap<(usize, usize, usize), Tensor>>,
+    run: Mutex<Option<RunModulation>>,
 }
 
 impl Transformer {
@@ -241,12 +263,12 @@ impl Transformer {
             if mem.offload != crate::runtime::residency::Offload::Sequential && resident.is_none() {
                 Residency::resident(&store, group, config.layers)
             } else {
-                Residency::streamed(&store, group, config.layers, resident)?
+                Residency::streamed_except(&store, group, config.layers, resident, MODULATION_KEYS)?
             }
         } else {
             Residency::resident(&store, group, config.layers)
         };
-        Ok(Transformer { config, store, residency, device: device.clone(), pe_cache: Mutex::new(HashMap::new()) })
+        Ok(Transformer { config, store, residency, device: device.clone(), pe_cache: Mutex::new(HashMap::new()), run: Mutex::new(None) })
     }
 
     pub fn store(&self) -> &Arc<WeightStore> {
@@ -314,13 +336,15 @@ impl Transformer {
         hid = add_bcast(&hid, &self.pos_table(t, hp, wp)?)?; // + PE [N, D]
         tap("patch_embed_out", &hid);
 
-        // Conditioning: temb = L2(SiLU(L1(sincos(t)))) + L2'(SiLU(L1'(pooled)))   [B, D]
-        let tf = Tensor::from_f32(timestep_features(timesteps), &[b, TIME_FEATURES], &Device::Cpu)?.to_dtype(dt)?.to_device(&self.device)?;
-        let te = linear(&linear_act(&tf, &emb.t1, Act::Silu)?, &emb.t2)?;
-        let pe = linear(&linear_act(&pooled.to_dtype(dt)?, &emb.p1, Act::Silu)?, &emb.p2)?;
-        let temb = add(&te, &pe)?;
+        let temb = self.temb(&emb, timesteps, pooled)?; // [B, D]
         tap("temb", &temb);
         let st = act::silu(&temb)?; // every adaLN linear reads SiLU(temb)
+        // Precomputed modulation of this run, if `timesteps` is one of its steps.
+        let run = self.run.lock().unwrap();
+        let step = run.as_ref().and_then(|r| {
+            let bits: Vec<u32> = timesteps.iter().map(|t| t.to_bits()).collect();
+            r.steps.iter().position(|s| *s == bits).filter(|_| r.b == b).map(|s| (r, s))
+        });
 
         let mut txt = linear(&ctx.to_dtype(dt)?, &emb.context)?; // [B, S_txt, D]
         tap("context_embedder_out", &txt);
@@ -328,8 +352,16 @@ impl Transformer {
         let blocks = root.pp("transformer_blocks");
         for i in 0..c.layers {
             let _layer = self.residency.prepare(i)?;
-            let bw = BlockWeights::load(&blocks.pp(i), c)?;
-            let (h2, t2) = joint_block(&hid, &txt, &st, &bw, c)?;
+            let bp = blocks.pp(i);
+            let (e, ec) = match step {
+                Some((r, s)) => (r.blocks[i].0.narrow(0, s * b, b)?, r.blocks[i].1.narrow(0, s * b, b)?),
+                None => {
+                    let (m, mc) = modulation_linears(&bp, c)?;
+                    (linear(&st, &m)?, linear(&st, &mc)?)
+                }
+            };
+            let bw = BlockWeights::load(&bp, c)?;
+            let (h2, t2) = joint_block(&hid, &txt, &e, &ec, &bw, c)?;
             hid = h2;
             if let Some(t2) = t2 {
                 txt = t2;
@@ -339,12 +371,56 @@ impl Transformer {
         }
 
         // Final adaLN (scale, shift) and projection: [B, N, p*p*C_out].
-        let e = linear(&st, &emb.norm_out)?; // [B, 2D]
+        let e = match step {
+            Some((r, s)) => r.out.narrow(0, s * b, b)?,
+            None => linear(&st, &emb.norm_out)?, // [B, 2D]
+        };
+        drop(run);
         let hn = norm::layer_norm_modulate(&hid, &e.narrow(1, d, d)?, &e.narrow(1, 0, d)?, LN_EPS)?;
         let y = linear(&hn, &emb.proj_out)?;
         // Unpatchify: [B, T, H', W', p, q, C] -> [B, C, T, H', p, W', q] -> [B, C, T, h, w].
         let co = c.out_channels;
         y.reshape(&[b, t, hp, wp, p, p, co])?.permute(&[0, 6, 1, 2, 4, 3, 5])?.contiguous()?.reshape(&[b, co, t, h, w])
+    }
+}
+
+impl Transformer {
+    /// temb = L2(SiLU(L1(sincos(t)))) + L2'(SiLU(L1'(pooled)))   [B, D]
+    fn temb(&self, emb: &Embedders, timesteps: &[f32], pooled: &Tensor) -> Result<Tensor> {
+        let dt = self.dtype();
+        let b = timesteps.len();
+        let tf = Tensor::from_f32(timestep_features(timesteps), &[b, TIME_FEATURES], &Device::Cpu)?.to_dtype(dt)?.to_device(&self.device)?;
+        let te = linear(&linear_act(&tf, &emb.t1, Act::Silu)?, &emb.t2)?;
+        let pe = linear(&linear_act(&pooled.to_dtype(dt)?, &emb.p1, Act::Silu)?, &emb.p2)?;
+        add(&te, &pe)
+    }
+
+    /// Computes the adaLN modulation of every block for every step of a run at once
+    /// (each modulation weight is read once per run instead of once per step).
+    pub fn precompute_modulation(&self, timesteps: &[Vec<f32>], pooled: &Tensor) -> Result<()> {
+        let c = &self.config;
+        let b = pooled.dim(0);
+        if timesteps.is_empty() || timesteps.iter().any(|t| t.len() != b) {
+            return Err(shape_err!("precompute_modulation: every step needs {b} timesteps"));
+        }
+        let s = timesteps.len();
+        let root = self.store.root();
+        let emb = Embedders::load(&root, c)?;
+        let flat: Vec<f32> = timesteps.concat();
+        let reps: Vec<&Tensor> = (0..s).map(|_| pooled).collect();
+        let pooled_all = crate::ops::elementwise::concat(&reps, 0)?; // [S*B, P]
+        let st = act::silu(&self.temb(&emb, &flat, &pooled_all)?)?; // [S*B, D]
+        let blocks = root.pp("transformer_blocks");
+        let mut out = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let _layer = self.residency.prepare(i)?;
+            let (m, mc) = modulation_linears(&blocks.pp(i), c)?;
+            out.push((linear(&st, &m)?, linear(&st, &mc)?));
+        }
+        let fin = linear(&st, &emb.norm_out)?;
+        let steps = timesteps.iter().map(|t| t.iter().map(|v| v.to_bits()).collect()).collect();
+        *self.run.lock().unwrap() = Some(RunModulation { steps, b, blocks: out, out: fin });
+        Ok(())
     }
 }
 
@@ -355,16 +431,14 @@ fn qk(z: &Tensor, l: &Linear, w: &Tensor, heads: usize) -> Result<Tensor> {
     norm::rms_norm(&y.reshape(&[s[0], s[1], heads, HEAD_DIM])?, Some(w), QK_EPS)?.reshape(&s)
 }
 
-/// One joint block: video tokens `x` [B, N, D], text tokens `c` [B, S, D], `st` = SiLU(temb)
-/// [B, D]. Returns the new video tokens and (except for the last block) the new text tokens.
-fn joint_block(x: &Tensor, c: &Tensor, st: &Tensor, w: &BlockWeights, cfg: &TransformerConfig) -> Result<(Tensor, Option<Tensor>)> {
+/// One joint block: video tokens `x` [B, N, D], text tokens `c` [B, S, D], modulation `e`
+/// [B, 6D] and `ec` [B, 6D] (or [B, 2D] for the last block). Returns the new video tokens and (except for the last block) the new text tokens.
+fn joint_block(x: &Tensor, c: &Tensor, e: &Tensor, ec: &Tensor, w: &BlockWeights, cfg: &TransformerConfig) -> Result<(Tensor, Option<Tensor>)> {
     let (d, heads) = (cfg.dim, cfg.heads);
     let n = x.dim(1);
-    // adaLN-Zero: (shift, scale, gate, shift_mlp, scale_mlp, gate_mlp), each [B, D].
-    let e = linear(st, &w.norm1)?;
+    // adaLN-Zero: e = (shift, scale, gate, shift_mlp, scale_mlp, gate_mlp), each [B, D].
     let ch = |t: &Tensor, k: usize| t.narrow(1, k * d, d);
-    let ec = linear(st, &w.norm1_context)?;
-    let xn = norm::layer_norm_modulate(x, &ch(&e, 0)?, &ch(&e, 1)?, LN_EPS)?;
+    let xn = norm::layer_norm_modulate(x, &ch(e, 0)?, &ch(e, 1)?, LN_EPS)?;
     let cn = if w.context_pre_only {
         // AdaLayerNormContinuous: (scale, shift).
         norm::layer_norm_modulate(c, &ch(&ec, 1)?, &ch(&ec, 0)?, LN_EPS)?
@@ -415,6 +489,12 @@ impl Denoiser for Transformer {
     }
     fn release(&self) {
         self.store.release_all();
+    }
+    fn prepare_run(&self, timesteps: &[Vec<f32>], pooled: &Tensor) -> Result<()> {
+        self.precompute_modulation(timesteps, pooled)
+    }
+    fn end_run(&self) {
+        *self.run.lock().unwrap() = None;
     }
 }
 

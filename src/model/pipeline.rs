@@ -57,6 +57,13 @@ pub trait Denoiser {
     }
     /// Frees the device memory of the weights (they are loaded again on the next forward).
     fn release(&self) {}
+    /// Called before a denoising run with every step's timesteps and the pooled text
+    /// [B, pooled]: a model may precompute what depends on them alone (the adaLN modulation).
+    fn prepare_run(&self, _timesteps: &[Vec<f32>], _pooled: &Tensor) -> Result<()> {
+        Ok(())
+    }
+    /// Called after the run: drop what `prepare_run` computed.
+    fn end_run(&self) {}
 }
 
 /// The VAE: DiT-space latents [1, 16, T, h, w] (de-normalised inside) to video [1, 3, F, H, W] in [-1, 1].
@@ -346,6 +353,14 @@ pub struct Generated {
     pub memory: MemoryReport,
 }
 
+/// Calls `end_run` when the denoising loop ends, also on an error.
+struct EndRun<'a>(&'a dyn Denoiser);
+impl Drop for EndRun<'_> {
+    fn drop(&mut self) {
+        self.0.end_run();
+    }
+}
+
 /// A loaded pipeline. The models are loaded once and reused for any number of requests.
 pub struct Pipeline {
     pub device: Device,
@@ -426,6 +441,9 @@ impl Pipeline {
             x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32());
         }
         let steps = schedule.steps();
+        let all_ts: Vec<Vec<f32>> = (0..steps).map(|i| vec![schedule.timesteps[i]; b]).collect();
+        self.transformer.prepare_run(&all_ts, &pooled)?;
+        let _run = EndRun(self.transformer.as_ref());
         progress(Progress::DenoiseStart { steps });
         for i in 0..steps {
             let t0 = Instant::now();

@@ -153,7 +153,7 @@ enum EntryKind {
 }
 
 /// The entries of layer `i` (see [`EntryKind`]), 256-byte aligned; returns them and the size.
-fn layout_layer(store: &WeightStore, group: &str, i: usize) -> LayerLayout {
+fn layout_layer(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> LayerLayout {
     let dt = store.dtype();
     let mut entries = Vec::new();
     let mut off = 0;
@@ -163,6 +163,9 @@ fn layout_layer(store: &WeightStore, group: &str, i: usize) -> LayerLayout {
         off = (off + n * dtype.size()).div_ceil(ALIGN) * ALIGN;
     };
     for k in layer_keys(store, group, i) {
+        if except.iter().any(|e| k.contains(e)) {
+            continue;
+        }
         let shape = store.shape_of(&k).unwrap_or_default();
         let stored = store.host_view(&k).map(|t| t.dtype()).unwrap_or(dt);
         let name = k.strip_suffix(".weight");
@@ -244,22 +247,28 @@ impl Residency {
     /// Bytes of each layer in the compute dtype.
     /// Device bytes of each layer (compute dtype, or INT8 + scales where quantized).
     pub fn layer_bytes(store: &WeightStore, group: &str, layers: usize) -> Vec<u64> {
-        (0..layers).map(|i| layout_layer(store, group, i).bytes as u64).collect()
+        (0..layers).map(|i| layout_layer(store, group, i, &[]).bytes as u64).collect()
     }
 
     /// Streaming residency: layers with `resident[i] == false` are streamed (all if `None`).
     /// On the GPU this pins the streamed layers' host copies (or falls back to staging).
     pub fn streamed(store: &Arc<WeightStore>, group: &str, layers: usize, resident: Option<Vec<bool>>) -> Result<Residency> {
+        Self::streamed_except(store, group, layers, resident, &[])
+    }
+
+    /// As [`Residency::streamed`], leaving keys that contain one of `except` out of the
+    /// streamed copies (they are loaded on demand if asked for).
+    pub fn streamed_except(store: &Arc<WeightStore>, group: &str, layers: usize, resident: Option<Vec<bool>>, except: &[&str]) -> Result<Residency> {
         let resident = resident.unwrap_or_else(|| vec![false; layers]);
         let gpu = match store.device() {
             Device::Cpu => None,
-            Device::Cuda(g) => Some(Mutex::new(Self::setup_gpu(store, g, group, &resident)?)),
+            Device::Cuda(g) => Some(Mutex::new(Self::setup_gpu(store, g, group, &resident, except)?)),
         };
         Ok(Residency { store: store.clone(), group: group.into(), layers, mode: Offload::Sequential, resident, gpu })
     }
 
-    fn setup_gpu(store: &WeightStore, gpu: &Arc<Gpu>, group: &str, resident: &[bool]) -> Result<GpuStream> {
-        let layouts: Vec<LayerLayout> = (0..resident.len()).map(|i| layout_layer(store, group, i)).collect();
+    fn setup_gpu(store: &WeightStore, gpu: &Arc<Gpu>, group: &str, resident: &[bool], except: &[&str]) -> Result<GpuStream> {
+        let layouts: Vec<LayerLayout> = (0..resident.len()).map(|i| layout_layer(store, group, i, except)).collect();
         let max = layouts.iter().zip(resident).filter(|(_, r)| !**r).map(|(l, _)| l.bytes).max().unwrap_or(0);
         // Pin every streamed layer; on failure fall back to staging buffers (with a warning).
         let mut host = Vec::new();
