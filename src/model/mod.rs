@@ -7,5 +7,4 @@ pub mod scheduler;
 pub mod t5;
 pub mod text;
 pub mod tokenizer;
-pub mod transformer;
 pub mod vae;
