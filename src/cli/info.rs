@@ -139,6 +139,7 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
         return Err(Error::Input(format!("the model folder {} does not exist", dir.display())));
     }
     let mut problems: Vec<String> = Vec::new();
+    let (mut max_block, mut block_total) = (0usize, 0usize);
     let mut comps = serde_json::Map::new();
     let mut params: BTreeMap<&str, usize> = BTreeMap::new();
     let mut lines = vec![format!("model folder: {}", dir.display())];
@@ -180,6 +181,20 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
             }
         };
         let n: usize = tensors.values().map(|t| t.numel()).sum();
+        if c.folder == "transformer" {
+            // Largest streamed layer (modulation linears excluded: computed once per run).
+            let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+            for (k, t) in &tensors {
+                if let Some(rest) = k.strip_prefix("transformer_blocks.") {
+                    let i: usize = rest.split('.').next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    if !k.contains(".norm1.linear.") && !k.contains(".norm1_context.linear.") {
+                        *per.entry(i).or_default() += t.numel();
+                    }
+                }
+            }
+            max_block = per.values().copied().max().unwrap_or(0);
+            block_total = tensors.iter().filter(|(k, _)| k.starts_with("transformer_blocks.")).map(|(_, t)| t.numel()).sum();
+        }
         let bytes: usize = tensors.values().map(|t| t.numel() * dtype_size(&t.dtype)).sum();
         let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
         for t in tensors.values() {
@@ -195,7 +210,8 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
                             cprob.push(format!("{}: tensor {k} has shape {:?}, config.json implies {s:?}", c.folder, t.shape));
                         }
                     }
-                    if !matches!(t.dtype.as_str(), "F32" | "BF16" | "F16") {
+                    let int8 = t.dtype == "I8" && k.strip_suffix(".weight").is_some_and(|n| tensors.contains_key(&format!("{n}.weight_scale")));
+                    if !int8 && !matches!(t.dtype.as_str(), "F32" | "BF16" | "F16") {
                         cprob.push(format!("{}: tensor {k} has dtype {}, expected F32/BF16/F16", c.folder, t.dtype));
                     }
                 }
@@ -237,6 +253,7 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
     let modes = json!({
         "none_bf16": bf16_all, "none_int8": int8_all,
         "model_offload_bf16": largest, "model_offload_int8": p("transformer").max(4.0 * p("vae")),
+        "sequential_bf16": (2.0 * (p("transformer") - block_total as f64 + 2.0 * max_block as f64)).max(4.0 * p("vae")),
     });
     lines.push(format!("parameters: {} in total", human_count(total)));
     lines.push("GPU memory for the weights (activations come on top):".into());
@@ -244,7 +261,11 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
     lines.push(format!("  --offload none, --quantize int8 (transformer + T5 int8): {}", gib(int8_all)));
     lines.push(format!("  --offload model (largest single model resident), bf16: {}", gib(largest)));
     lines.push(format!("  --offload model, --quantize int8: {}", gib(p("transformer").max(4.0 * p("vae")))));
-    lines.push("  (offload and int8 are not implemented yet)".into());
+    let nonblock = p("transformer") - block_total as f64;
+    let seq_bf16 = 2.0 * (nonblock + 2.0 * max_block as f64);
+    let seq_int8 = 2.0 * nonblock + 2.0 * max_block as f64;
+    lines.push(format!("  --offload sequential (2 transformer layers in flight), bf16: {}", gib(seq_bf16.max(4.0 * p("vae")))));
+    lines.push(format!("  --offload sequential, --quantize int8: {}", gib(seq_int8.max(4.0 * p("vae")))));
     if problems.is_empty() {
         lines.push("status: ok".into());
     } else {
