@@ -94,6 +94,7 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         shift: r.shift,
         seed: r.seed,
         init_noise,
+        rescue_latents: Some(r.output.with_extension("latents.safetensors")),
     };
     let mut bars = Bars::new();
     let res = catch_unwind(AssertUnwindSafe(|| pipe.generate(&params, &mut |p| bars.on(p))));

@@ -69,11 +69,18 @@ pub trait Denoiser {
 /// The VAE: DiT-space latents [1, 16, T, h, w] (de-normalised inside) to video [1, 3, F, H, W] in [-1, 1].
 pub trait FrameDecoder {
     fn decode(&self, latents: &Tensor) -> Result<Tensor>;
+    /// A decode that needs less memory (spatial tiles), tried after an out-of-memory error.
+    fn decode_low_memory(&self, latents: &Tensor) -> Result<Tensor> {
+        self.decode(latents)
+    }
 }
 
 impl FrameDecoder for VaeDecoder {
     fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         VaeDecoder::decode(self, latents)
+    }
+    fn decode_low_memory(&self, latents: &Tensor) -> Result<Tensor> {
+        VaeDecoder::decode_tiled(self, latents)
     }
 }
 
@@ -300,6 +307,8 @@ pub struct GenerateParams {
     pub seed: u64,
     /// Initial noise [1, 16, T, h, w] instead of the seeded generator.
     pub init_noise: Option<Vec<f32>>,
+    /// Where to save the latents if the decode fails (so `contentv decode` can finish the run).
+    pub rescue_latents: Option<std::path::PathBuf>,
 }
 
 /// Wall-clock seconds per stage.
@@ -542,7 +551,34 @@ impl Pipeline {
 
         progress(Progress::DecodeStart);
         let t = Instant::now();
-        let frames = self.decode(&latents, &shape)?;
+        let frames = match self.decode(&latents, &shape) {
+            Err(Error::OutOfMemory { .. }) => {
+                eprintln!("warning: the GPU ran out of memory in the VAE decode: retrying with spatial tiling");
+                if let Some(g) = self.device.gpu() {
+                    let _ = g.pool.empty_cache();
+                }
+                let x = Tensor::from_f32(latents.clone(), &shape, &self.device)?;
+                self.vae.decode_low_memory(&x).and_then(|v| to_uint8_frames(&v, 0))
+            }
+            r => r,
+        };
+        let frames = match frames {
+            Ok(f) => f,
+            Err(e) => {
+                let Some(path) = &p.rescue_latents else { return Err(e) };
+                let mut meta = HashMap::new();
+                meta.insert("prompt".to_string(), p.prompt.clone());
+                meta.insert("seed".to_string(), p.seed.to_string());
+                return Err(match save_latents(path, &shape, &latents, &meta) {
+                    Ok(()) => Error::Other(format!(
+                        "{e}\nthe denoised latents were saved to {}: finish with `contentv decode --latents {} --output OUT.mp4 --vae-tiling`",
+                        path.display(),
+                        path.display()
+                    )),
+                    Err(e2) => Error::Other(format!("{e} (and the latents could not be saved to {}: {e2})", path.display())),
+                });
+            }
+        };
         timings.decode_s = t.elapsed().as_secs_f64();
         progress(Progress::DecodeDone);
         Ok(Generated { frames, latents, latent_shape: shape, schedule, timings, memory: MemoryReport::now(&self.device) })
@@ -572,6 +608,74 @@ pub fn decode_with(vae: &dyn FrameDecoder, device: &Device, latents: &[f32], sha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct ZeroText;
+    impl PromptEncoding for ZeroText {
+        fn encode(&self, _p: &str) -> Result<PromptEmbeds> {
+            Ok(PromptEmbeds {
+                ctx: Tensor::zeros(&[1, TEXT_TOKENS, TEXT_DIM], DType::F32, &Device::Cpu)?,
+                pooled: Tensor::zeros(&[1, POOLED_DIM], DType::F32, &Device::Cpu)?,
+            })
+        }
+    }
+    struct ZeroDit;
+    impl Denoiser for ZeroDit {
+        fn forward(&self, x: &Tensor, _t: &[f32], _c: &Tensor, _p: &Tensor) -> Result<Tensor> {
+            Tensor::zeros(x.shape(), DType::F32, &Device::Cpu)
+        }
+    }
+    /// Runs out of memory untiled; the low-memory decode works only if `tiled_ok`.
+    struct OomVae {
+        tiled_ok: bool,
+    }
+    impl FrameDecoder for OomVae {
+        fn decode(&self, _x: &Tensor) -> Result<Tensor> {
+            Err(Error::OutOfMemory { requested: 1 << 40, hint: "test".into() })
+        }
+        fn decode_low_memory(&self, x: &Tensor) -> Result<Tensor> {
+            if !self.tiled_ok {
+                return Err(Error::OutOfMemory { requested: 1 << 30, hint: "test".into() });
+            }
+            let s = x.shape();
+            Tensor::zeros(&[1, 3, 1 + 4 * (s[2] - 1), 8 * s[3], 8 * s[4]], DType::F32, &Device::Cpu)
+        }
+    }
+
+    fn pipe(tiled_ok: bool) -> Pipeline {
+        Pipeline {
+            device: Device::Cpu,
+            text: Box::new(ZeroText),
+            transformer: Box::new(ZeroDit),
+            vae: Box::new(OomVae { tiled_ok }),
+            scheduler: SchedulerConfig::default(),
+            precision: LatentPrecision::F32,
+            offload_models: false,
+        }
+    }
+
+    #[test]
+    fn decode_out_of_memory_retries_tiled_then_keeps_the_latents() {
+        let rescue = std::env::temp_dir().join(format!("contentv-rescue-{}.latents.safetensors", std::process::id()));
+        let params = GenerateParams {
+            prompt: "x".into(),
+            negative_prompt: String::new(),
+            geometry: VideoGeometry::new(5, 16, 16).unwrap(),
+            steps: 2,
+            guidance: 6.0,
+            shift: None,
+            seed: 1,
+            init_noise: None,
+            rescue_latents: Some(rescue.clone()),
+        };
+        let g = pipe(true).generate(&params, &mut |_| {}).unwrap();
+        assert_eq!(g.frames.frames, 5);
+        assert!(!rescue.exists());
+        let e = pipe(false).generate(&params, &mut |_| {}).err().unwrap().to_string();
+        assert!(e.contains("contentv decode") && e.contains("latents were saved"), "{e}");
+        let saved = load_latents(&rescue).unwrap();
+        assert_eq!(saved.shape, vec![1, 16, 2, 2, 2]);
+        let _ = std::fs::remove_file(&rescue);
+    }
 
     #[test]
     fn noise_is_deterministic_and_standard_normal() {

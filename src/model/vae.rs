@@ -503,6 +503,15 @@ impl VaeDecoder {
         self.decode_impl(z, false)
     }
 
+    /// Decodes with spatial tiling whatever the options say (the fallback after a GPU
+    /// out-of-memory error). A latent smaller than one tile is decoded as one tile.
+    pub fn decode_tiled(&self, latents: &Tensor) -> Result<Tensor> {
+        let out_shape = self.output_shape(latents.shape())?;
+        let tc = self.opts.tiling.unwrap_or_default();
+        let tc = if tc.needed(latents.dim(3), latents.dim(4)) { tc } else { tiling::TileConfig { tile: 16, overlap: 4 } };
+        tiling::decode_tiled(self, latents, true, &tc, out_shape)
+    }
+
     fn decode_impl(&self, latents: &Tensor, denorm: bool) -> Result<Tensor> {
         let out_shape = self.output_shape(latents.shape())?;
         match self.opts.tiling {
