@@ -149,6 +149,10 @@ pub fn load_vae(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<VaeD
 /// Loads every model of the pipeline. Returns it and the load time in seconds.
 pub fn load_pipeline(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<(Pipeline, f64)> {
     let t = Instant::now();
+    if let (Some(g), Some(budget)) = (device.gpu(), mem.vram_budget) {
+        // Every device allocation (weights, ring, activations) counts against the budget.
+        g.pool.set_limit(Some(budget as usize));
+    }
     let scheduler = SchedulerConfig::from_model_dir(dir)?;
     let vae = load_vae(dir, device, mem)?;
     let (text, transformer) = crate::model::pipeline::load_text_and_transformer(dir, device, mem)?;
