@@ -6,8 +6,10 @@
 //! against the generic kernel on a small shape. Prints SKIP and exits 0 without a GPU.
 //!
 //! Run: `cargo bench --bench attention` (CONTENTV_BENCH_QUICK=1: fewer runs, no B=2 production shape).
+#[path = "util/mod.rs"]
+mod util;
+use util::time_ms;
 use contentv::ops::attention_cuda::{attention_cuda_with, AttnKernel};
-use contentv::runtime::device::{gpu_unavailable_reason, Event};
 use contentv::runtime::{Device, Tensor};
 use half::bf16;
 
@@ -16,23 +18,6 @@ const N_TEXT: usize = 333;
 const HEADS: usize = 38;
 const HEAD_DIM: usize = 64;
 
-/// Median milliseconds of `iters` timed runs (each between two CUDA events), after a warm-up.
-fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f32 {
-    let g = dev.gpu().unwrap();
-    f(); // warm up (module load, pool)
-    dev.synchronize().unwrap();
-    let mut v = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
-        a.record(g.stream()).unwrap();
-        f();
-        b.record(g.stream()).unwrap();
-        b.synchronize().unwrap();
-        v.push(a.elapsed_ms(&b).unwrap());
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// Uniform(-amp, amp) bf16 tensor on the GPU.
 fn rand_bf16(shape: &[usize], dev: &Device, amp: f32, seed: u64) -> Tensor {
@@ -77,19 +62,8 @@ fn report(name: &str, ms: f32, flops: f64) {
 }
 
 fn main() {
-    if let Some(r) = gpu_unavailable_reason() {
-        println!("SKIP: {r}");
-        return;
-    }
-    let dev = match Device::cuda(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("SKIP: {e}");
-            return;
-        }
-    };
+    let Some(dev) = util::cuda_or_skip() else { return };
     let g = dev.gpu().unwrap();
-    println!("device: {} (sm_{}{}, {} SMs)", g.name, g.compute_capability.0, g.compute_capability.1, g.sm_count);
     let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
     let it = if quick { 3 } else { 10 };
 

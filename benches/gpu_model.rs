@@ -6,6 +6,8 @@
 //! - the T5-XXL encoder (d_model 4096, 64 heads, d_ff 10240) on two 256-token prompts.
 //!
 //! `CONTENTV_BENCH_LAYERS` (default 2) sets the number of synthetic layers. Prints SKIP without a GPU.
+#[path = "util/mod.rs"]
+mod util;
 use std::path::Path;
 use std::time::Instant;
 
@@ -13,9 +15,8 @@ use contentv::io::safetensors::{write_safetensors, StDtype};
 use contentv::model::mmdit::Transformer;
 use contentv::model::pipeline::Denoiser;
 use contentv::model::t5::T5Encoder;
-use contentv::runtime::device::gpu_unavailable_reason;
 use contentv::runtime::residency::{MemoryOptions, Offload};
-use contentv::runtime::{DType, Device, Tensor};
+use contentv::runtime::{DType, Tensor};
 
 struct Rng(u64);
 impl Rng {
@@ -115,17 +116,7 @@ fn synth_t5(dir: &Path, layers: usize, rng: &mut Rng) {
 }
 
 fn main() {
-    if let Some(r) = gpu_unavailable_reason() {
-        println!("SKIP: {r}");
-        return;
-    }
-    let dev = match Device::cuda(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("SKIP: {e}");
-            return;
-        }
-    };
+    let Some(dev) = util::cuda_or_skip() else { return };
     let g = dev.gpu().unwrap().clone();
     let layers: usize = std::env::var("CONTENTV_BENCH_LAYERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let root = std::env::temp_dir().join(format!("contentv-synth-{}", std::process::id()));

@@ -4,31 +4,16 @@
 //! TFLOP/s. Prints SKIP and exits 0 without a GPU.
 //!
 //! Run: `cargo bench --bench gpu_ops` (or `.gpu-bundle/bin/bench-gpu_ops` on the GPU machine).
+#[path = "util/mod.rs"]
+mod util;
+use util::time_ms;
 use contentv::ops::{act, elementwise as ew, gemm, norm};
-use contentv::runtime::device::{gpu_unavailable_reason, Event};
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 
 const N_VIDEO: usize = 41_472;
 const N_TEXT: usize = 333;
 const D: usize = 2432;
 
-/// Median milliseconds of `iters` timed runs (each between two CUDA events), after a warm-up.
-fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f32 {
-    let g = dev.gpu().unwrap();
-    f(); // warm up (module load, cuBLASLt heuristics, pool)
-    dev.synchronize().unwrap();
-    let mut v = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
-        a.record(g.stream()).unwrap();
-        f();
-        b.record(g.stream()).unwrap();
-        b.synchronize().unwrap();
-        v.push(a.elapsed_ms(&b).unwrap());
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// Compares a GPU result with the CPU reference on the same (bf16-rounded) inputs before timing.
 fn validate(name: &str, got: &Tensor, want: &Tensor, k: usize) -> bool {
@@ -64,19 +49,8 @@ fn report_flops(name: &str, ms: f32, flops: f64) {
 }
 
 fn main() {
-    if let Some(r) = gpu_unavailable_reason() {
-        println!("SKIP: {r}");
-        return;
-    }
-    let dev = match Device::cuda(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("SKIP: {e}");
-            return;
-        }
-    };
+    let Some(dev) = util::cuda_or_skip() else { return };
     let g = dev.gpu().unwrap();
-    println!("device: {} (sm_{}{}, {} SMs)", g.name, g.compute_capability.0, g.compute_capability.1, g.sm_count);
     let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
     let it = if quick { 3 } else { 15 };
 

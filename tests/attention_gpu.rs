@@ -5,41 +5,19 @@
 //! and 2, causal on/off, bias on/off, strided row views (q/k/v as column slices of one fused
 //! qkv tensor), key tiles straddling segments, 3 segments, empty segments. Every test prints
 //! `SKIP: <reason>` and passes when no GPU is available.
+mod common;
+
+use common::cuda_or_skip as gpu;
+fn rnd(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    common::rand_vec(n, seed, amp)
+}
+
 use contentv::ops::attention::{attention, AttnOpts};
 use contentv::ops::attention_cuda::{attention_cuda_with, AttnKernel};
 use contentv::ops::tolerance;
-use contentv::runtime::device::gpu_unavailable_reason;
 use contentv::runtime::{DType, Device, Tensor};
 
-fn gpu() -> Option<Device> {
-    if let Some(r) = gpu_unavailable_reason() {
-        println!("SKIP: {r}");
-        return None;
-    }
-    match Device::cuda(0) {
-        Ok(d) => {
-            // Outputs start as NaN: a kernel that skips part of its output fails.
-            contentv::runtime::memory::set_poison(true);
-            Some(d)
-        }
-        Err(e) => {
-            println!("SKIP: {e}");
-            None
-        }
-    }
-}
 
-fn rnd(n: usize, seed: u64, amp: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * amp
-        })
-        .collect()
-}
 
 /// Host f32 tensor rounded through `dt`, and the same values on the GPU in `dt`.
 fn pair(v: Vec<f32>, s: &[usize], dev: &Device, dt: DType) -> (Tensor, Tensor) {

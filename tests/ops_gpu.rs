@@ -1,38 +1,16 @@
 //! Every GPU op against its f32 CPU reference, in f32 and bf16, on shapes that are not multiples
 //! of the block sizes. Each test prints `SKIP: <reason>` and passes when no GPU is available.
+mod common;
+
+use common::cuda_or_skip as gpu;
+fn rnd(n: usize, seed: u64) -> Vec<f32> {
+    common::rand_vec(n, seed, 1.0)
+}
+
 use contentv::ops::{act, attention, elementwise as ew, embed, gemm, norm, tolerance};
-use contentv::runtime::device::gpu_unavailable_reason;
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 
-fn gpu() -> Option<Device> {
-    if let Some(r) = gpu_unavailable_reason() {
-        println!("SKIP: {r}");
-        return None;
-    }
-    match Device::cuda(0) {
-        Ok(d) => {
-            // Outputs start as NaN: a kernel that skips part of its output fails.
-            contentv::runtime::memory::set_poison(true);
-            Some(d)
-        }
-        Err(e) => {
-            println!("SKIP: {e}");
-            None
-        }
-    }
-}
 
-fn rnd(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn host(v: Vec<f32>, s: &[usize]) -> Tensor {
     Tensor::from_f32(v, s, &Device::Cpu).unwrap()

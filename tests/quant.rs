@@ -4,26 +4,18 @@
 //! equal to resident execution.
 mod common;
 
+fn rnd(n: usize, seed: u64) -> Vec<f32> {
+    common::rand_vec(n, seed, 1.0)
+}
+
 use common::{assert_close, tiny_model_dir, Fixture};
 use contentv::model::mmdit::Transformer;
 use contentv::model::pipeline::Denoiser;
 use contentv::ops::gemm::{linear_act, Act};
 use contentv::ops::quant::{dequantize, linear_int8, quantize_per_channel};
-use contentv::runtime::device::gpu_unavailable_reason;
 use contentv::runtime::residency::{MemoryOptions, Offload};
 use contentv::runtime::{Device, Linear, Tensor, Weight, WeightStore};
 
-fn rnd(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn cos(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
@@ -144,11 +136,7 @@ fn quantize_command_writes_a_loadable_int8_checkpoint() {
 
 #[test]
 fn gpu_int8_and_streaming() {
-    if let Some(r) = gpu_unavailable_reason() {
-        println!("SKIP: {r}");
-        return;
-    }
-    let dev = Device::cuda(0).unwrap();
+    let Some(dev) = common::cuda_or_skip() else { return };
     let (x, t, c, p) = transformer_inputs(&dev);
     let run = |mem: MemoryOptions| {
         let m = Transformer::load_with(&tiny_model_dir().join("transformer"), &dev, &mem).unwrap();

@@ -322,3 +322,36 @@ pub fn manifest_f64(pointer: &str) -> f64 {
         .and_then(|v| v.as_f64())
         .unwrap_or_else(|| panic!("manifest has no number at {pointer}; regenerate with: {REGENERATE}"))
 }
+
+/// The first CUDA device, or `None` after printing `SKIP: <reason>` (no GPU: the test passes
+/// without checking anything, visibly). With a device, outputs of `Tensor::empty` start as
+/// NaN so a kernel that skips part of its output fails.
+pub fn cuda_or_skip() -> Option<contentv::Device> {
+    if let Some(r) = contentv::runtime::device::gpu_unavailable_reason() {
+        println!("SKIP: {r}");
+        return None;
+    }
+    match contentv::Device::cuda(0) {
+        Ok(d) => {
+            contentv::runtime::memory::set_poison(true);
+            Some(d)
+        }
+        Err(e) => {
+            println!("SKIP: {e}");
+            None
+        }
+    }
+}
+
+/// `n` values uniform in [-amp, amp) from a seeded xorshift64 (deterministic test inputs).
+pub fn rand_vec(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * amp
+        })
+        .collect()
+}

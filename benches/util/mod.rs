@@ -1,0 +1,51 @@
+//! Shared pieces of the GPU benches: device or SKIP, CUDA-event timing (median after warm-up).
+#![allow(dead_code)]
+use contentv::runtime::device::{gpu_unavailable_reason, Event};
+use contentv::runtime::Device;
+
+/// The first CUDA device, or `None` after printing `SKIP: <reason>`; prints the device line.
+pub fn cuda_or_skip() -> Option<Device> {
+    if let Some(r) = gpu_unavailable_reason() {
+        println!("SKIP: {r}");
+        return None;
+    }
+    match Device::cuda(0) {
+        Ok(d) => {
+            let g = d.gpu().unwrap();
+            println!("device: {} (sm_{}{}, {} SMs)", g.name, g.compute_capability.0, g.compute_capability.1, g.sm_count);
+            Some(d)
+        }
+        Err(e) => {
+            println!("SKIP: {e}");
+            None
+        }
+    }
+}
+
+/// Median milliseconds of `iters` runs of `f`, each between two CUDA events on the compute
+/// stream, after one warm-up run (module load, cuBLASLt heuristics, pool).
+pub fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f32 {
+    let g = dev.gpu().unwrap();
+    f();
+    dev.synchronize().unwrap();
+    let mut v = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
+        a.record(g.stream()).unwrap();
+        f();
+        b.record(g.stream()).unwrap();
+        b.synchronize().unwrap();
+        v.push(a.elapsed_ms(&b).unwrap());
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Iterations: 3 with `CONTENTV_BENCH_QUICK`, else `full`.
+pub fn iters(full: usize) -> usize {
+    if std::env::var("CONTENTV_BENCH_QUICK").is_ok() {
+        3
+    } else {
+        full
+    }
+}
