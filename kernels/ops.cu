@@ -170,16 +170,14 @@ extern "C" __global__ void cast_any(const void* x, void* y, long long n, int sdt
     }
 }
 
-// Strided gather/scatter of rank <= 6 (leading dims padded with 1), element size 1, 2 or 4 bytes.
-extern "C" __global__ void copy_nd(const void* src, void* dst, long long n, int esize, long long n0, long long n1, long long n2,
-                                   long long n3, long long n4, long long n5, long long s0, long long s1, long long s2, long long s3,
-                                   long long s4, long long s5, long long d0, long long d1, long long d2, long long d3, long long d4,
-                                   long long d5) {
-    const long long sh[6] = {n0, n1, n2, n3, n4, n5}, ss[6] = {s0, s1, s2, s3, s4, s5}, ds[6] = {d0, d1, d2, d3, d4, d5};
+// Strided gather/scatter of rank <= 8 (leading dims padded with 1), element size 1, 2 or 4
+// bytes: shapes n0..n7, source strides s0..s7, destination strides d0..d7 (elements).
+extern "C" __global__ void copy_nd(const void* src, void* dst, long long n, int esize, long long n0, long long n1, long long n2, long long n3, long long n4, long long n5, long long n6, long long n7, long long s0, long long s1, long long s2, long long s3, long long s4, long long s5, long long s6, long long s7, long long d0, long long d1, long long d2, long long d3, long long d4, long long d5, long long d6, long long d7) {
+    const long long sh[8] = {n0, n1, n2, n3, n4, n5, n6, n7}, ss[8] = {s0, s1, s2, s3, s4, s5, s6, s7}, ds[8] = {d0, d1, d2, d3, d4, d5, d6, d7};
     GRID_STRIDE(i, n) {
         long long rem = i, so = 0, dof = 0;
 #pragma unroll
-        for (int k = 5; k >= 0; --k) {
+        for (int k = 7; k >= 0; --k) {
             long long idx = rem % sh[k];
             rem /= sh[k];
             so += idx * ss[k];

@@ -101,6 +101,10 @@ fn elementwise_ops() {
         check("concat dim 2", &ew::concat(&[&ag, &xg], 2).unwrap(), &ew::concat(&[&ah, &xh], 2).unwrap(), dt, 1);
         let pt = ag.permute(&[2, 0, 1]).unwrap();
         check("contiguous (permute)", &pt.contiguous().unwrap(), &ah.permute(&[2, 0, 1]).unwrap().contiguous().unwrap(), dt, 1);
+        // Rank 7: the transformer's patchify permute.
+        let (p7h, p7g) = pair(rnd(2 * 16 * 3 * 6 * 10, 50), &[2, 16, 3, 3, 2, 5, 2], &dev, dt);
+        let perm = [0, 2, 3, 5, 1, 4, 6];
+        check("contiguous (rank-7 patchify)", &p7g.permute(&perm).unwrap().contiguous().unwrap(), &p7h.permute(&perm).unwrap().contiguous().unwrap(), dt, 1);
         let (th, tg) = pair(rnd(100 * 33, 12), &[100, 33], &dev, dt);
         let ids = [0u32, 99, 5, 5, 42];
         check("embedding", &embed::embedding(&tg, &ids).unwrap(), &embed::embedding(&th, &ids).unwrap(), dt, 1);

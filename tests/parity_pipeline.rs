@@ -147,3 +147,43 @@ fn three_steps_and_frames_match_reference_on_cpu() {
     let frames = pipe.decode(&x, &shape).unwrap();
     check_frames(&frames.data, f.ints("f32.frames_u8"));
 }
+
+/// The whole pipeline on the GPU (bf16 encoders and DiT, bf16 latents, f32 VAE) against the
+/// reference's bf16 run, from the fixture's noise.
+#[test]
+fn three_steps_and_frames_match_reference_on_gpu() {
+    let Some(device) = common::cuda_or_skip() else { return };
+    let f = fx();
+    let (frames_n, h, w, g) = pipeline_params();
+    let (prompt, negative) = prompts();
+    let dir = tiny_model_dir();
+    let (text, transformer) = load_text_and_transformer(&dir, &device, &Default::default()).unwrap();
+    let vae = VaeDecoder::from_dir(&dir.join("vae"), &device, VaeOptions::default()).unwrap();
+    let pipe = Pipeline {
+        device: device.clone(),
+        text,
+        transformer,
+        vae: Box::new(vae),
+        scheduler: SchedulerConfig::from_model_dir(&dir).unwrap(),
+        precision: LatentPrecision::Bf16,
+        offload_models: false,
+    };
+    let params = contentv::model::pipeline::GenerateParams {
+        prompt,
+        negative_prompt: negative,
+        geometry: contentv::model::pipeline::VideoGeometry::new(frames_n, h, w).unwrap(),
+        steps: STEPS,
+        guidance: g,
+        shift: None,
+        seed: 0,
+        init_noise: Some(f.f32("noise").to_vec()),
+        rescue_latents: None,
+    };
+    let out = pipe.generate(&params, &mut |_| {}).unwrap();
+    let err = common::manifest_f64("/pipeline_bf16_vs_f32/step2.latents/max_abs") as f32;
+    common::assert_close("bf16.step2.latents (GPU)", &out.latents, f.f32("bf16.step2.latents"), common::bf16_atol(err, 0.05), 0.02);
+    let want = f.f32("bf16.frames_u8");
+    let mean: f64 = out.frames.data.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / want.len() as f64;
+    println!("GPU frames vs bf16 reference: mean |diff| {mean:.3} (uint8)");
+    assert!(mean < 2.0, "mean uint8 difference {mean}");
+}

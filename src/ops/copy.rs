@@ -1,12 +1,12 @@
 //! Strided copies on the GPU: making a view contiguous, and writing into a view (concat).
-//! Host tensors are handled by [`Tensor`] itself. Kernel: kernels/ops.cu (`copy_nd`), rank <= 6,
+//! Host tensors are handled by [`Tensor`] itself. Kernel: kernels/ops.cu (`copy_nd`), rank <= 8,
 //! any element size of 1, 2 or 4 bytes.
 use crate::error::{Error, Result};
 use crate::ops::grid_1d;
 use crate::runtime::{KernelArgs, Tensor};
 use crate::shape_err;
 
-const MAX_RANK: usize = 6;
+const MAX_RANK: usize = 8;
 
 /// A dense copy of `t` (device tensors; host tensors use `Tensor::contiguous`).
 pub fn contiguous(t: &Tensor) -> Result<Tensor> {
@@ -43,7 +43,7 @@ pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
-    // Pad to rank 6 with leading unit dims.
+    // Pad to rank 8 with leading unit dims.
     let pad = MAX_RANK - src.rank();
     let mut shape = [1i64; MAX_RANK];
     let mut ss = [0i64; MAX_RANK];
