@@ -7,6 +7,7 @@
 #[path = "util/mod.rs"]
 mod util;
 use util::time_ms;
+use contentv::ops::conv::{conv3d, ConvOpts, ConvPrecision};
 use contentv::ops::{act, elementwise as ew, gemm, norm};
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 
@@ -159,5 +160,29 @@ fn main() {
         gemm::linear(&tb, &l6).unwrap();
     });
     report_bw("linear adaLN [2x2432]x[2432x14592] (weight-bound)", ms, 6 * D * D * 2);
+
+    // VAE (f32, as the reference): a causal 3D conv of the first up block at the default
+    // latent size (384 -> 384 channels, k 3x3x3, 2 frames of cache + 1 new frame, 54x96) and
+    // the last one at full resolution (96 -> 96, 432x768), f32 SIMT and bf16 tensor cores;
+    // the channel RMS norm + SiLU at full resolution.
+    drop((x, y, m6, q, xs, h));
+    for (name, ci, co, hh, ww) in [("conv3d 384->384 k3 54x96", 384, 384, 54, 96), ("conv3d 96->96 k3 432x768", 96, 96, 432, 768)] {
+        let xin = Tensor::from_f32(vec![0.1; ci * 4 * hh * ww], &[1, ci, 4, hh, ww], &Device::Cpu).unwrap().to_device(&dev).unwrap();
+        let w = Tensor::from_f32(vec![0.01; co * ci * 27], &[co, ci, 3, 3, 3], &Device::Cpu).unwrap().to_device(&dev).unwrap();
+        for prec in [ConvPrecision::F32, ConvPrecision::Bf16] {
+            let o = ConvOpts { precision: prec, ..Default::default() };
+            let ms = time_ms(&dev, it, || {
+                conv3d(&xin, &w, None, &o).unwrap();
+            });
+            report_flops(&format!("{name} x4 frames {prec:?}"), ms, 2.0 * (co * ci * 27 * 4 * hh * ww) as f64);
+        }
+        if ci == 96 {
+            let gamma = Tensor::from_f32(vec![1.0; ci], &[ci], &Device::Cpu).unwrap().to_device(&dev).unwrap();
+            let ms = time_ms(&dev, it, || {
+                norm::channel_rms_norm(&xin, &gamma, true).unwrap();
+            });
+            report_bw("channel_rms_norm+silu [1,96,4,432,768] f32", ms, 2 * ci * 4 * hh * ww * 4);
+        }
+    }
     println!("pool: {:?}", g.pool.stats());
 }

@@ -117,6 +117,19 @@ fn quantize_command_writes_a_loadable_int8_checkpoint() {
     assert!(matches!(root.linear("proj_out", 128, 64, true).unwrap().weight, Weight::Dense(_)));
     let t5 = WeightStore::open(&out.join("text_encoder_3"), &Device::Cpu, contentv::DType::BF16).unwrap();
     assert!(t5.contains("encoder.block.0.layer.1.DenseReluDense.wo.weight_scale"));
+    assert!(!t5.contains("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight_scale"), "the relative attention bias is an embedding: stays dense");
+    // T5 from the INT8 checkpoint: loads, and stays close to the dense encoder.
+    {
+        use contentv::model::t5::T5Encoder;
+        let ids = vec![(0..24u32).map(|i| (i * 37 + 5) % 100).collect::<Vec<u32>>()];
+        let enc = |dir: &std::path::Path| {
+            T5Encoder::load(&dir.join("text_encoder_3"), &Device::Cpu, &MemoryOptions::default()).unwrap().forward(&ids).unwrap().to_vec_f32().unwrap()
+        };
+        let (q8, dense) = (enc(&out), enc(&tiny));
+        let c = cos(&q8, &dense);
+        println!("INT8 vs dense T5 output: cosine {c:.6}");
+        assert!(c >= 0.99 && q8 != dense, "T5 INT8 cosine {c}");
+    }
     // The pre-quantized checkpoint computes exactly what quantize-on-load computes.
     let pre = forward(&MemoryOptions::default(), &out);
     let onload = forward(&MemoryOptions { int8: true, ..Default::default() }, &tiny_model_dir());
@@ -149,4 +162,169 @@ fn gpu_int8_and_streaming() {
     assert!(cos(&int8, &resident) >= 0.999);
     let int8s = run(MemoryOptions { int8: true, offload: Offload::Sequential, ..Default::default() });
     assert_eq!(int8, int8s);
+}
+
+/// Symmetric quantization: |w - q * scale| <= scale / 2 elementwise, per channel and group-wise;
+/// zero rows (and zero groups) get scale 0 and q 0; the extremes map to +-127.
+#[test]
+fn quantize_round_trip_bound_groups_and_zero_rows() {
+    use contentv::ops::quant::quantize_weight;
+    let (n, k) = (9, 96);
+    let mut w = rnd(n * k, 11);
+    for v in &mut w[2 * k..3 * k] {
+        *v = 0.0; // a zero row
+    }
+    for v in &mut w[5 * k..5 * k + 32] {
+        *v = 0.0; // a zero group (group 32) in a non-zero row
+    }
+    w[7 * k + 3] = 50.0; // an outlier: its row's scale is large
+    for group in [None, Some(8), Some(32), Some(96)] {
+        let (q, s) = quantize_per_channel(&w, n, k, group);
+        let g = group.unwrap_or(k);
+        assert_eq!(s.len(), n * (k / g));
+        let d = dequantize(&q, &s, n, k);
+        for i in 0..n * k {
+            let sc = s[(i / k) * (k / g) + (i % k) / g];
+            assert!((w[i] - d[i]).abs() <= sc / 2.0 * (1.0 + 1e-6), "group {group:?} element {i}: {} vs {}", w[i], d[i]);
+            assert!(q[i] >= -127);
+        }
+        for j in 0..k / g {
+            assert_eq!(s[2 * (k / g) + j], 0.0, "zero row: scale 0");
+        }
+        assert!(q[2 * k..3 * k].iter().all(|&v| v == 0));
+        if g <= 32 {
+            assert_eq!(s[5 * (k / g)], 0.0, "zero group: scale 0");
+        }
+        assert_eq!(q[7 * k + 3], 127);
+        assert_eq!(s[7 * (k / g) + 3 / g], 50.0 / 127.0);
+    }
+    // quantize_weight: shapes and placement.
+    let t = Tensor::from_f32(w.clone(), &[n, k], &Device::Cpu).unwrap();
+    for (group, sshape) in [(None, vec![n]), (Some(32), vec![n, 3])] {
+        match quantize_weight(&t, group).unwrap() {
+            Weight::Int8 { q, scale } => {
+                assert_eq!(q.shape(), &[n, k]);
+                assert_eq!(q.dtype(), contentv::DType::I8);
+                assert_eq!(scale.shape(), sshape.as_slice());
+                assert_eq!(scale.dtype(), contentv::DType::F32);
+            }
+            _ => panic!("quantize_weight must give Weight::Int8"),
+        }
+    }
+    assert!(quantize_weight(&t, Some(7)).is_err(), "a group that does not divide K is an error");
+}
+
+/// The CPU W8A16 linear on a batched [B, M, K] input and with every activation.
+#[test]
+fn w8a16_cpu_batched_and_activations() {
+    let dev = Device::Cpu;
+    let (b, m, k, n) = (2, 5, 48, 20);
+    let w = rnd(n * k, 21);
+    let (q, s) = quantize_per_channel(&w, n, k, None);
+    let dq = dequantize(&q, &s, n, k);
+    let x = Tensor::from_f32(rnd(b * m * k, 22), &[b, m, k], &dev).unwrap();
+    let qt = Tensor::from_i8(q, &[n, k], &dev).unwrap();
+    let st = Tensor::from_f32(s, &[n], &dev).unwrap();
+    let dense = Linear { weight: Weight::Dense(Tensor::from_f32(dq, &[n, k], &dev).unwrap()), bias: None };
+    for act in [Act::None, Act::Silu, Act::GeluTanh, Act::GeluErf, Act::QuickGelu] {
+        let got = linear_int8(&x, &qt, &st, None, act).unwrap();
+        assert_eq!(got.shape(), &[b, m, n]);
+        let want = linear_act(&x, &dense, act).unwrap().to_vec_f32().unwrap();
+        assert_close(&format!("linear_int8 {act:?}"), &got.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+    }
+    // Shape errors are errors, not panics.
+    let bad = Tensor::from_f32(rnd(m * (k + 1), 1), &[m, k + 1], &dev).unwrap();
+    assert!(linear_int8(&bad, &qt, &st, None, Act::None).is_err());
+    let bad_scale = Tensor::from_f32(vec![1.0; n + 1], &[n + 1], &dev).unwrap();
+    assert!(linear_int8(&x, &qt, &bad_scale, None, Act::None).is_err());
+}
+
+/// The W8A16 GPU kernels (tensor-core GEMM, small-M GEMV, dequantise + cuBLASLt) against the
+/// CPU reference on the same bf16/f16-rounded inputs, at shapes that are not multiples of the
+/// 128x128x32 tile, with strided and misaligned row views, per channel and group-wise.
+/// Reference weights: exact `q * scale` in f32 where the kernel dequantises exactly (per-channel
+/// MMA and GEMV, group-wise GEMV), `q * scale` rounded to the activation dtype where the kernel
+/// rounds it (group-wise MMA, the dequantise path).
+#[test]
+fn gpu_w8a16_kernels_match_cpu_reference() {
+    use contentv::ops::quant::{linear_int8_with, Int8Kernel};
+    use contentv::DType;
+    let Some(dev) = common::cuda_or_skip() else { return };
+    let cases: &[(usize, usize, usize, Option<usize>, Act)] = &[
+        (1, 33, 64, None, Act::None),
+        (5, 130, 72, None, Act::GeluTanh),
+        (16, 8, 8, None, Act::Silu),
+        (16, 257, 136, Some(8), Act::None),
+        (17, 129, 40, None, Act::GeluErf),
+        (128, 128, 32, None, Act::None),
+        (200, 300, 264, Some(24), Act::QuickGelu),
+        (333, 257, 520, None, Act::GeluTanh),
+        (513, 96, 2432, Some(128), Act::None),
+    ];
+    for &(m, n, k, group, act) in cases {
+        for dt in [DType::BF16, DType::F16] {
+            let w = rnd(n * k, 31);
+            let (q, s) = quantize_per_channel(&w, n, k, group);
+            let groups = s.len() / n;
+            let exact = dequantize(&q, &s, n, k);
+            let rounded = Tensor::from_f32(exact.clone(), &[n, k], &Device::Cpu).unwrap().to_dtype(dt).unwrap().to_vec_f32().unwrap();
+            // Input rows inside a wider buffer: row stride k + 8 (a multiple of 8, aligned), and
+            // the same rows starting 4 elements in (8 bytes: misaligned, the launcher copies).
+            let wide = Tensor::from_f32(rnd(m * (k + 8), 32), &[m, k + 8], &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let bias_v = rnd(n, 33);
+            let hb = Tensor::from_f32(bias_v.clone(), &[n], &Device::Cpu).unwrap();
+            let gwide = wide.to_device(&dev).unwrap();
+            let qt = Tensor::from_i8(q.clone(), &[n, k], &dev).unwrap();
+            let st = if groups == 1 { Tensor::from_f32(s.clone(), &[n], &dev).unwrap() } else { Tensor::from_f32(s.clone(), &[n, groups], &dev).unwrap() };
+            let gb = hb.to_dtype(dt).unwrap().to_device(&dev).unwrap();
+            for start in [0usize, 4] {
+                let hx = wide.narrow(1, start, k).unwrap();
+                let gx = gwide.narrow(1, start, k).unwrap();
+                let bias_r = gb.to_vec_f32().unwrap();
+                let reference = |wv: &[f32]| {
+                    let dense = Linear {
+                        weight: Weight::Dense(Tensor::from_f32(wv.to_vec(), &[n, k], &Device::Cpu).unwrap()),
+                        bias: Some(Tensor::from_f32(bias_r.clone(), &[n], &Device::Cpu).unwrap()),
+                    };
+                    linear_act(&hx, &dense, act).unwrap().to_vec_f32().unwrap()
+                };
+                let (want_exact, want_rounded) = (reference(&exact), reference(&rounded));
+                let mut kernels = vec![Int8Kernel::Auto, Int8Kernel::Mma, Int8Kernel::Dequant];
+                if m <= contentv::ops::quant::GEMV_MAX_M {
+                    kernels.push(Int8Kernel::Gemv);
+                }
+                for kernel in kernels {
+                    let y = linear_int8_with(&gx, &qt, &st, Some(&gb), act, kernel).unwrap();
+                    assert_eq!(y.shape(), &[m, n]);
+                    assert_eq!(y.dtype(), dt);
+                    let resolved = match kernel {
+                        Int8Kernel::Auto if m <= contentv::ops::quant::GEMV_MAX_M => Int8Kernel::Gemv,
+                        Int8Kernel::Auto => Int8Kernel::Mma,
+                        other => other,
+                    };
+                    let rounds = resolved == Int8Kernel::Dequant || (resolved == Int8Kernel::Mma && group.is_some());
+                    let want = if rounds { &want_rounded } else { &want_exact };
+                    let (atol, rtol) = contentv::ops::tolerance::for_dtype(dt, k);
+                    if let Err(e) = contentv::ops::tolerance::check(&y.to_vec_f32().unwrap(), want, atol, rtol) {
+                        panic!("{kernel:?} {} m {m} n {n} k {k} group {group:?} {act:?} start {start}: {e}", dt.name());
+                    }
+                }
+            }
+        }
+    }
+    // f32 activations take the dequantise path (Auto) and are rejected by the W8A16 kernels.
+    let x = Tensor::from_f32(rnd(3 * 64, 41), &[3, 64], &dev).unwrap();
+    let (q, s) = quantize_per_channel(&rnd(16 * 64, 42), 16, 64, None);
+    let want = linear_int8(&Tensor::from_f32(rnd(3 * 64, 41), &[3, 64], &Device::Cpu).unwrap(), &Tensor::from_i8(q.clone(), &[16, 64], &Device::Cpu).unwrap(), &Tensor::from_f32(s.clone(), &[16], &Device::Cpu).unwrap(), None, Act::None).unwrap();
+    let (qt, st) = (Tensor::from_i8(q, &[16, 64], &dev).unwrap(), Tensor::from_f32(s, &[16], &dev).unwrap());
+    let got = linear_int8(&x, &qt, &st, None, Act::None).unwrap();
+    assert_close("linear_int8 f32 (dequantise path)", &got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), 1e-4, 1e-4);
+    assert!(linear_int8_with(&x, &qt, &st, None, Act::None, Int8Kernel::Mma).is_err());
+    // K % 8 != 0: the kernels refuse, Auto falls back.
+    let xb = Tensor::from_f32(rnd(4 * 12, 43), &[4, 12], &dev).unwrap().to_dtype(DType::BF16).unwrap();
+    let (q, s) = quantize_per_channel(&rnd(8 * 12, 44), 8, 12, None);
+    let (qt, st) = (Tensor::from_i8(q, &[8, 12], &dev).unwrap(), Tensor::from_f32(s, &[8], &dev).unwrap());
+    assert!(linear_int8_with(&xb, &qt, &st, None, Act::None, Int8Kernel::Mma).is_err());
+    assert!(linear_int8_with(&xb, &qt, &st, None, Act::None, Int8Kernel::Gemv).is_err());
+    assert_eq!(linear_int8(&xb, &qt, &st, None, Act::None).unwrap().shape(), &[4, 8]);
 }

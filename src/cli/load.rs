@@ -140,9 +140,19 @@ pub fn device_name(d: &Device) -> String {
     }
 }
 
+/// Budgets (bytes) under which the VAE decode is tiled without --vae-tiling.
+pub const VAE_TILING_BELOW: u64 = 12 << 30;
+
 /// Loads the VAE decoder alone (for `decode`).
 pub fn load_vae(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<VaeDecoder> {
-    let opts = VaeOptions { tiling: if mem.vae_tiling { Some(TileConfig::default()) } else { None }, ..VaeOptions::default() };
+    // An untiled decode of the default size keeps a few GiB of f32 activations alive; under a
+    // tight budget the engine tiles by itself (and says so).
+    let auto = !mem.vae_tiling && device.is_cuda() && mem.vram_budget.is_some_and(|b| b < VAE_TILING_BELOW);
+    if auto {
+        eprintln!("note: --vram-budget below {} GiB: decoding the video in spatial tiles", VAE_TILING_BELOW >> 30);
+    }
+    let tiled = mem.vae_tiling || auto;
+    let opts = VaeOptions { tiling: if tiled { Some(TileConfig::default()) } else { None }, ..VaeOptions::default() };
     VaeDecoder::from_dir(&dir.join("vae"), device, opts)
 }
 

@@ -151,6 +151,7 @@ pub fn eos_position(ids: &[u32], eos_token_id: u32) -> usize {
         let m = ids.iter().copied().max().unwrap_or(0);
         ids.iter().position(|&v| v == m).unwrap_or(0)
     } else {
-        ids.iter().position(|&v| v == eos_token_id).unwrap_or(ids.len() - 1)
+        // `(ids == eos).int().argmax()`: 0 when the sequence has no EOS.
+        ids.iter().position(|&v| v == eos_token_id).unwrap_or(0)
     }
 }

@@ -413,9 +413,13 @@ impl Transformer {
         let blocks = root.pp("transformer_blocks");
         let mut out = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
-            let _layer = self.residency.prepare(i)?;
+            // Only the modulation linears are read (streaming leaves them out of the layer
+            // copies): load them, use them for every step at once, and let them go again.
             let (m, mc) = modulation_linears(&blocks.pp(i), c)?;
             out.push((linear(&st, &m)?, linear(&st, &mc)?));
+            if !self.residency.is_resident(i) {
+                self.store.evict_prefix(&format!("transformer_blocks.{i}."));
+            }
         }
         let fin = linear(&st, &emb.norm_out)?;
         let steps = timesteps.iter().map(|t| t.iter().map(|v| v.to_bits()).collect()).collect();

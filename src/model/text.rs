@@ -35,6 +35,21 @@ pub struct PromptTokens {
     pub clip_l: Vec<u32>,
     pub clip_g: Vec<u32>,
     pub t5: Vec<u32>,
+    /// Prompt tokens truncation dropped: CLIP-L, bigG, T5.
+    pub dropped: [usize; 3],
+}
+
+impl PromptTokens {
+    /// One line per tokenizer that truncated the prompt, saying how many tokens were dropped.
+    pub fn warnings(&self) -> Vec<String> {
+        let limits = [("CLIP-L (tokenizer/)", self.clip_l.len()), ("OpenCLIP-bigG (tokenizer_2/)", self.clip_g.len()), ("T5 (tokenizer_3/)", self.t5.len())];
+        limits
+            .iter()
+            .zip(self.dropped)
+            .filter(|(_, n)| *n > 0)
+            .map(|((name, len), n)| format!("the prompt is longer than {name} accepts ({len} tokens): {n} tokens were dropped"))
+            .collect()
+    }
 }
 
 impl TextEncoders {
@@ -58,6 +73,15 @@ impl TextEncoders {
                 )));
             }
         }
+        if tok_t5.max_id() as usize >= t5.vocab_rows() {
+            return Err(Error::Input(format!(
+                "{}: the tokenizer can produce token id {} but the T5 embedding table of {} has {} rows: mismatched tokenizer and text encoder",
+                dir.join("tokenizer_3").display(),
+                tok_t5.max_id(),
+                dir.join("text_encoder_3").display(),
+                t5.vocab_rows()
+            )));
+        }
         let d = t5.config.d_model;
         if clip_l.config.hidden + clip_g.config.hidden > d {
             return Err(Error::Weights(format!(
@@ -79,7 +103,10 @@ impl TextEncoders {
     }
 
     pub fn tokens(&self, prompt: &str) -> Result<PromptTokens> {
-        Ok(PromptTokens { clip_l: self.tok_l.encode_padded(prompt), clip_g: self.tok_g.encode_padded(prompt), t5: self.tok_t5.encode_padded(prompt)? })
+        let (clip_l, dl) = self.tok_l.encode_padded_counted(prompt);
+        let (clip_g, dg) = self.tok_g.encode_padded_counted(prompt);
+        let (t5, dt) = self.tok_t5.encode_padded_counted(prompt)?;
+        Ok(PromptTokens { clip_l, clip_g, t5, dropped: [dl, dg, dt] })
     }
 
     /// Frees the encoders' device weights (they are mapped again on the next encode).
@@ -92,6 +119,9 @@ impl TextEncoders {
     /// Encodes without the cache.
     pub fn encode_uncached(&self, prompt: &str) -> Result<PromptEmbeds> {
         let t = self.tokens(prompt)?;
+        for w in t.warnings() {
+            eprintln!("warning: {w}");
+        }
         if let Some(&bad) = t.t5.iter().find(|&&i| i as usize >= self.t5.vocab_rows()) {
             return Err(Error::Input(format!(
                 "tokenizer_3/ produced token id {bad} but the T5 embedding table has {} rows: mismatched tokenizer and text encoder",

@@ -7,7 +7,9 @@
 //!   (control characters dropped, whitespace normalised, spaces around CJK ideographs, NFC,
 //!   lower case), the CLIP split pattern, `</w>` end-of-word suffix, merges by rank. Then
 //!   `[BOS] + ids[..75] + [EOS]`, padded to 77 with the pad token of the tokenizer config.
-//!   If the folder has a `tokenizer.json`, it is not needed: the BPE files are used either way.
+//!   A folder with only a `tokenizer.json` works too: its BPE vocabulary, merges and added
+//!   tokens feed the same slow pipeline (the fast pipeline of tokenizer.json gives different
+//!   ids for some prompts, see the fixture manifest's `clip_slow_vs_fast_differences`).
 //! * T5 (`tokenizer_3/`): `tokenizer.json` with the `tokenizers` crate (Unigram + `</s>`),
 //!   truncated to 255 + EOS, padded with id 0 to 256.
 use std::collections::HashMap;
@@ -34,6 +36,80 @@ fn token_content(v: &serde_json::Value) -> Option<String> {
         serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
         _ => None,
     }
+}
+
+type BpeData = (HashMap<String, u32>, HashMap<(String, String), usize>, PathBuf, Vec<(String, u32)>);
+
+/// Vocabulary and merge ranks of a CLIP tokenizer folder: `vocab.json` + `merges.txt`, or,
+/// when those are absent, the BPE model inside `tokenizer.json` (its vocabulary, merges and
+/// added tokens; the slow pipeline is still used, as the fast one tokenizes some text
+/// differently from the reference). Also returns the file the vocabulary came from.
+fn load_bpe(dir: &Path) -> Result<BpeData> {
+    let vocab_path = dir.join("vocab.json");
+    let json_path = dir.join("tokenizer.json");
+    if !vocab_path.is_file() && json_path.is_file() {
+        let j = read_json(&json_path)?;
+        let bad = |what: &str| Error::Input(format!("{}: {what} (expected a BPE tokenizer.json, or vocab.json + merges.txt)", json_path.display()));
+        let model = j.get("model").ok_or_else(|| bad("no model"))?;
+        let vocab = model.get("vocab").and_then(|v| v.as_object()).ok_or_else(|| bad("no model.vocab object"))?;
+        let mut encoder = HashMap::with_capacity(vocab.len());
+        for (k, v) in vocab {
+            encoder.insert(k.clone(), v.as_u64().ok_or_else(|| bad(&format!("id of {k:?} is not an integer")))? as u32);
+        }
+        let merges = model.get("merges").and_then(|m| m.as_array()).ok_or_else(|| bad("no model.merges list"))?;
+        let mut ranks = HashMap::with_capacity(merges.len());
+        for (i, m) in merges.iter().enumerate() {
+            // "a b" (older files) or ["a", "b"] (newer files).
+            let pair = match m {
+                serde_json::Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
+                serde_json::Value::Array(a) if a.len() == 2 => a[0].as_str().zip(a[1].as_str()).map(|(x, y)| (x.to_string(), y.to_string())),
+                _ => None,
+            };
+            ranks.insert(pair.ok_or_else(|| bad(&format!("merge {i} is not a pair")))?, i);
+        }
+        let added: Vec<(String, u32)> = j
+            .get("added_tokens")
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| Some((t.get("content")?.as_str()?.to_string(), t.get("id")?.as_u64()? as u32)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (c, id) in &added {
+            encoder.entry(c.clone()).or_insert(*id);
+        }
+        return Ok((encoder, ranks, json_path, added));
+    }
+    if !vocab_path.is_file() {
+        return Err(Error::Input(format!(
+            "{}: no vocab.json (and no tokenizer.json): a CLIP tokenizer folder needs vocab.json + merges.txt",
+            dir.display()
+        )));
+    }
+    let vocab = read_json(&vocab_path)?;
+    let obj = vocab.as_object().ok_or_else(|| Error::Input(format!("{}: expected an object of token -> id", vocab_path.display())))?;
+    let mut encoder = HashMap::with_capacity(obj.len());
+    for (k, v) in obj {
+        let id = v.as_u64().ok_or_else(|| Error::Input(format!("{}: id of {k:?} is not an integer", vocab_path.display())))?;
+        encoder.insert(k.clone(), id as u32);
+    }
+    let merges_path = dir.join("merges.txt");
+    if !merges_path.is_file() {
+        return Err(Error::Input(format!("{}: merges.txt is missing next to vocab.json", dir.display())));
+    }
+    let merges = read_text(&merges_path)?;
+    let mut ranks = HashMap::new();
+    for (i, line) in merges.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).enumerate() {
+        let mut it = line.split(' ');
+        match (it.next(), it.next()) {
+            (Some(a), Some(b)) => {
+                ranks.insert((a.to_string(), b.to_string()), i);
+            }
+            _ => return Err(Error::Input(format!("{}: line {:?} is not a merge pair", merges_path.display(), line))),
+        }
+    }
+    Ok((encoder, ranks, vocab_path, Vec::new()))
 }
 
 /// GPT-2 / CLIP byte-to-unicode table.
@@ -68,6 +144,8 @@ pub struct ClipTokenizer {
     pub bos: u32,
     pub eos: u32,
     pub pad: u32,
+    /// Id of pieces missing from the vocabulary (`unk_token`, `<|endoftext|>` for CLIP).
+    pub unk: u32,
     pub max_len: usize,
     cache: Mutex<HashMap<String, Vec<String>>>,
 }
@@ -78,26 +156,7 @@ impl ClipTokenizer {
         if !dir.is_dir() {
             return Err(Error::Input(format!("the CLIP tokenizer folder {} does not exist", dir.display())));
         }
-        let vocab_path = dir.join("vocab.json");
-        let vocab = read_json(&vocab_path)?;
-        let obj = vocab.as_object().ok_or_else(|| Error::Input(format!("{}: expected an object of token -> id", vocab_path.display())))?;
-        let mut encoder = HashMap::with_capacity(obj.len());
-        for (k, v) in obj {
-            let id = v.as_u64().ok_or_else(|| Error::Input(format!("{}: id of {k:?} is not an integer", vocab_path.display())))?;
-            encoder.insert(k.clone(), id as u32);
-        }
-        let merges_path = dir.join("merges.txt");
-        let merges = read_text(&merges_path)?;
-        let mut ranks = HashMap::new();
-        for (i, line) in merges.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).enumerate() {
-            let mut it = line.split(' ');
-            match (it.next(), it.next()) {
-                (Some(a), Some(b)) => {
-                    ranks.insert((a.to_string(), b.to_string()), i);
-                }
-                _ => return Err(Error::Input(format!("{}: line {:?} is not a merge pair", merges_path.display(), line))),
-            }
-        }
+        let (encoder, ranks, vocab_path, json_added) = load_bpe(dir)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let map_path = dir.join("special_tokens_map.json");
         let cfg = if cfg_path.is_file() { read_json(&cfg_path)? } else { serde_json::Value::Null };
@@ -110,6 +169,7 @@ impl ClipTokenizer {
         };
         let (bos_t, eos_t, pad_t) = (special("bos_token", "<|startoftext|>"), special("eos_token", "<|endoftext|>"), special("pad_token", "<|endoftext|>"));
         let (bos, eos, pad) = (id_of(&bos_t)?, id_of(&eos_t)?, id_of(&pad_t)?);
+        let unk = id_of(&special("unk_token", "<|endoftext|>"))?;
         let mut specials: Vec<(String, u32)> = vec![(bos_t, bos), (eos_t, eos)];
         // Added tokens of the config (e.g. bigG's "!" pad) are split out as they are.
         if let Some(added) = cfg.get("added_tokens_decoder").and_then(|a| a.as_object()) {
@@ -120,8 +180,15 @@ impl ClipTokenizer {
                     }
                 }
             }
-        } else if !specials.iter().any(|(s, _)| s == &pad_t) {
-            specials.push((pad_t, pad));
+        } else {
+            for (c, id) in json_added {
+                if !specials.iter().any(|(s, _)| s == &c) {
+                    specials.push((c, id));
+                }
+            }
+            if !specials.iter().any(|(s, _)| s == &pad_t) {
+                specials.push((pad_t, pad));
+            }
         }
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         let max_len = cfg.get("model_max_length").and_then(|v| v.as_u64()).filter(|&v| v < 100_000).unwrap_or(77) as usize;
@@ -136,6 +203,7 @@ impl ClipTokenizer {
             bos,
             eos,
             pad,
+            unk,
             max_len,
             cache: Mutex::new(HashMap::new()),
         })
@@ -212,7 +280,7 @@ impl ClipTokenizer {
             let t: String = m.as_str().bytes().map(|b| self.byte_enc[b as usize]).collect();
             for piece in self.bpe(&t) {
                 // Pieces missing from the vocabulary map to the unknown token (<|endoftext|>).
-                out.push(self.encoder.get(&piece).copied().unwrap_or(self.eos));
+                out.push(self.encoder.get(&piece).copied().unwrap_or(self.unk));
             }
         }
     }
@@ -241,6 +309,11 @@ impl ClipTokenizer {
 
     /// `[BOS] + ids + [EOS]` truncated to `max_len` (keeping EOS), padded to `max_len`.
     pub fn encode_padded(&self, text: &str) -> Vec<u32> {
+        self.encode_padded_counted(text).0
+    }
+
+    /// [`Self::encode_padded`] and the number of prompt tokens truncation dropped.
+    pub fn encode_padded_counted(&self, text: &str) -> (Vec<u32>, usize) {
         let raw = self.encode_raw(text);
         let keep = raw.len().min(self.max_len - 2);
         let mut ids = Vec::with_capacity(self.max_len);
@@ -248,7 +321,7 @@ impl ClipTokenizer {
         ids.extend_from_slice(&raw[..keep]);
         ids.push(self.eos);
         ids.resize(self.max_len, self.pad);
-        ids
+        (ids, raw.len() - keep)
     }
 }
 
@@ -292,9 +365,20 @@ impl T5Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The largest id the tokenizer can produce (added tokens included).
+    pub fn max_id(&self) -> u32 {
+        self.tok.get_vocab(true).values().copied().max().unwrap_or(0)
+    }
+
     /// Truncated to `max_len` with EOS kept last, padded with `pad`.
     pub fn encode_padded(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encode_padded_counted(text)?.0)
+    }
+
+    /// [`Self::encode_padded`] and the number of tokens truncation dropped.
+    pub fn encode_padded_counted(&self, text: &str) -> Result<(Vec<u32>, usize)> {
         let mut ids = self.encode_raw(text)?;
+        let dropped = ids.len().saturating_sub(self.max_len);
         if ids.len() > self.max_len {
             let ends_eos = ids.last() == Some(&self.eos);
             ids.truncate(self.max_len);
@@ -303,6 +387,6 @@ impl T5Tokenizer {
             }
         }
         ids.resize(self.max_len, self.pad);
-        Ok(ids)
+        Ok((ids, dropped))
     }
 }

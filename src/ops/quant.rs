@@ -1,10 +1,11 @@
 //! INT8 weight-only quantization (W8A16): symmetric scales per output channel (or per group of
 //! `group` input channels), `w ≈ q * scale` with q in [-127, 127].
 //!
-//! GEMM: the CPU reference dequantises on the fly (f32). On the GPU the weight is dequantised
-//! to bf16 into a pooled scratch buffer (`kernels/gemm_int8.cu`, one pass over N*K bytes) and
-//! multiplied with cuBLASLt; for the transformer's GEMMs (M = 2 x 41,805 rows) the pass costs
-//! about 1% of the GEMM, and the weights cross the bus and sit in memory at half the bytes.
+//! GEMM: the CPU reference dequantises on the fly (f32). On the GPU (`kernels/gemm_int8.cu`):
+//! a tensor-core W8A16 GEMM (int8 tiles in shared memory, converted to bf16/f16 while the mma
+//! fragments are built, f32 accumulation, per-channel scale + bias + activation in the
+//! epilogue), a one-warp-per-column kernel for M <= 16 rows, and a fallback that dequantises
+//! into a dense weight for cuBLASLt (f32 activations, K % 8 != 0, `CONTENTV_INT8_GEMM=dequant`).
 use crate::error::{Error, Result};
 use crate::ops::gemm::{linear_act, Act};
 use crate::ops::{common_gpu, grid_1d, host, par_rows};
@@ -80,13 +81,55 @@ fn check(x: &Tensor, q: &Tensor, scale: &Tensor) -> Result<(usize, usize, usize)
     Ok((n, k, groups))
 }
 
+/// Which GPU kernel computes an INT8 linear (the CPU always runs the f32 reference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// `Gemv` for M <= 16 rows, else `Mma`; `Dequant` where those do not apply (f32
+    /// activations, K or the group size not a multiple of 8) or when
+    /// `CONTENTV_INT8_GEMM=dequant` is set.
+    Auto,
+    /// Tensor-core W8A16 GEMM (`w8a16_mma_*`): bf16/f16 activations, K % 8 == 0.
+    Mma,
+    /// One warp per output column (`w8a16_gemv_*`): M <= 16, bf16/f16, K % 8 == 0.
+    Gemv,
+    /// Dequantise to a dense weight in the activation dtype, then the cuBLASLt GEMM.
+    Dequant,
+}
+
+/// Largest M the GEMV kernel takes (`GEMV_MAX_M` in kernels/gemm_int8.cu).
+pub const GEMV_MAX_M: usize = 16;
+
+/// Dynamic shared memory of `w8a16_mma_*` (3 stages of a 128x32 activation tile, a 128x32
+/// int8 tile and, group-wise, 128x4 scales; padded rows). Same as the static_assert in the kernel.
+fn w8a16_smem_bytes(grouped: bool) -> u32 {
+    if grouped {
+        52_224
+    } else {
+        46_080
+    }
+}
+
 /// `act(x dequant(q)^T + b)`: x [.., K], q [N, K] i8, scale [N] or [N, K/group] f32.
 pub fn linear_int8(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
+    linear_int8_with(x, q, scale, bias, act, Int8Kernel::Auto)
+}
+
+/// [`linear_int8`] with a chosen GPU kernel (tests and benchmarks compare them).
+pub fn linear_int8_with(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Tensor>, act: Act, kernel: Int8Kernel) -> Result<Tensor> {
     let (n, k, groups) = check(x, q, scale)?;
+    if let Some(b) = bias {
+        if b.shape() != [n] {
+            return Err(shape_err!("linear_int8: bias {:?} does not match weight {:?}", b.shape(), q.shape()));
+        }
+    }
     let m = x.elem_count() / k.max(1);
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().unwrap() = n;
-    match common_gpu("linear_int8", &[x, q, scale])? {
+    let mut ts = vec![x, q, scale];
+    if let Some(b) = bias {
+        ts.push(b);
+    }
+    match common_gpu("linear_int8", &ts)? {
         None => {
             let xv = x.cpu_f32()?;
             let qv: Vec<i8> = q.to_bytes()?.into_iter().map(|b| b as i8).collect();
@@ -112,34 +155,181 @@ pub fn linear_int8(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Tensor>
         }
         Some(gpu) => {
             let dt = x.dtype();
-            let w = Tensor::empty(&[n, k], dt, x.device())?;
-            let name = crate::kname!("linear_int8", dt, "dequant_i8")?;
-            let scale = scale.contiguous()?.to_dtype(DType::F32)?;
-            let q = q.contiguous()?;
-            unsafe {
-                gpu.launch(
-                    "gemm_int8",
-                    name,
-                    grid_1d(n * k),
-                    (256, 1, 1),
-                    0,
-                    KernelArgs::new().ptr(q.dev_ptr()?).ptr(scale.dev_ptr()?).ptr(w.dev_ptr()?).i64(n as i64).i64(k as i64).i64(groups as i64),
-                )?;
+            let half = matches!(dt, DType::BF16 | DType::F16);
+            let kernel = match kernel {
+                Int8Kernel::Auto => {
+                    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+                    let forced = *FORCED.get_or_init(|| std::env::var("CONTENTV_INT8_GEMM").is_ok_and(|v| v == "dequant"));
+                    if forced || !half || k % 8 != 0 || (k / groups) % 8 != 0 {
+                        Int8Kernel::Dequant
+                    } else if m <= GEMV_MAX_M {
+                        Int8Kernel::Gemv
+                    } else {
+                        Int8Kernel::Mma
+                    }
+                }
+                other => other,
+            };
+            if kernel == Int8Kernel::Dequant {
+                return linear_int8_dequant(x, q, scale, bias, act, n, k, groups);
             }
-            let bias = bias.map(|b| b.to_dtype(dt)).transpose()?;
-            linear_act(x, &Linear { weight: Weight::Dense(w), bias }, act)
+            if !half {
+                return Err(Error::Other(format!("linear_int8: the W8A16 kernels take bf16/f16 activations, got {}", dt.name())));
+            }
+            if k % 8 != 0 {
+                return Err(shape_err!("linear_int8: the W8A16 kernels need K % 8 == 0, got K = {k}"));
+            }
+            if groups > 1 && (k / groups) % 8 != 0 {
+                return Err(shape_err!("linear_int8: group size {} must be a multiple of 8", k / groups));
+            }
+            if kernel == Int8Kernel::Gemv && m > GEMV_MAX_M {
+                return Err(shape_err!("linear_int8: the GEMV kernel takes at most {GEMV_MAX_M} rows, got {m}"));
+            }
+            let y = Tensor::empty(&out_shape, dt, x.device())?;
+            if m == 0 || n == 0 {
+                return Ok(y);
+            }
+            // x as [M, K] rows of one stride, 16-B aligned with lda % 8 == 0 (else a dense copy).
+            let mut x2 = flat_rows(x)?;
+            if x2.dev_ptr()? % 16 != 0 || x2.row_stride()? % 8 != 0 {
+                x2 = dense_copy(&x2)?;
+            }
+            let lda = if m == 1 { k } else { x2.row_stride()? };
+            let mut q2 = q.contiguous()?;
+            if q2.dev_ptr()? % 8 != 0 {
+                q2 = dense_copy(&q2)?;
+            }
+            let s2 = scale.contiguous()?.to_dtype(DType::F32)?;
+            let b2 = bias.map(|b| b.contiguous()?.to_dtype(DType::F32)).transpose()?;
+            let mut args = KernelArgs::new();
+            args.ptr(x2.dev_ptr()?)
+                .i64(lda as i64)
+                .ptr(q2.dev_ptr()?)
+                .ptr(s2.dev_ptr()?)
+                .i32(groups as i32)
+                .ptr(b2.as_ref().map(|b| b.dev_ptr()).transpose()?.unwrap_or(0))
+                .ptr(y.dev_ptr()?)
+                .i32(m as i32)
+                .i32(n as i32)
+                .i32(k as i32)
+                .i32(act.code());
+            if m > i32::MAX as usize || n > i32::MAX as usize || k > i32::MAX as usize {
+                return Err(shape_err!("linear_int8: [{m}, {k}] x [{n}, {k}] is too large"));
+            }
+            let bf = dt == DType::BF16;
+            unsafe {
+                if kernel == Int8Kernel::Gemv {
+                    let name = if bf { "w8a16_gemv_bf16" } else { "w8a16_gemv_f16" };
+                    gpu.launch("gemm_int8", name, (n.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0, &mut args)?;
+                } else {
+                    let name = match (bf, groups > 1) {
+                        (true, false) => "w8a16_mma_bf16",
+                        (false, false) => "w8a16_mma_f16",
+                        (true, true) => "w8a16_mma_group_bf16",
+                        (false, true) => "w8a16_mma_group_f16",
+                    };
+                    let grid_y = m.div_ceil(128);
+                    if grid_y > 65_535 {
+                        return Err(shape_err!("linear_int8: {m} rows exceed the grid (at most {} rows)", 65_535 * 128));
+                    }
+                    gpu.launch("gemm_int8", name, (n.div_ceil(128) as u32, grid_y as u32, 1), (256, 1, 1), w8a16_smem_bytes(groups > 1), &mut args)?;
+                }
+            }
+            // Keep the inputs alive until the launch is queued (pool memory is stream-ordered).
+            drop((x2, q2, s2, b2));
+            Ok(y)
         }
     }
 }
 
+/// The fallback GPU path: dequantise into a dense weight of the activation dtype, then the
+/// dense linear (cuBLASLt).
+#[allow(clippy::too_many_arguments)]
+fn linear_int8_dequant(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Tensor>, act: Act, n: usize, k: usize, groups: usize) -> Result<Tensor> {
+    let gpu = x.device().gpu().ok_or_else(|| Error::Other("linear_int8_dequant: not a GPU tensor".into()))?;
+    let dt = x.dtype();
+    let w = Tensor::empty(&[n, k], dt, x.device())?;
+    let name = crate::kname!("linear_int8", dt, "dequant_i8")?;
+    let scale = scale.contiguous()?.to_dtype(DType::F32)?;
+    let q = q.contiguous()?;
+    unsafe {
+        gpu.launch(
+            "gemm_int8",
+            name,
+            grid_1d(n * k),
+            (256, 1, 1),
+            0,
+            KernelArgs::new().ptr(q.dev_ptr()?).ptr(scale.dev_ptr()?).ptr(w.dev_ptr()?).i64(n as i64).i64(k as i64).i64(groups as i64),
+        )?;
+    }
+    let bias = bias.map(|b| b.to_dtype(dt)).transpose()?;
+    linear_act(x, &Linear { weight: Weight::Dense(w), bias }, act)
+}
+
+/// `x` viewed as [M, K] with one row stride (a contiguous copy if the batch dims do not
+/// collapse onto one stride).
+fn flat_rows(x: &Tensor) -> Result<Tensor> {
+    let r = x.rank();
+    let sh = x.shape();
+    let k = sh[r - 1];
+    if r == 1 {
+        return x.contiguous()?.reshape(&[1, k]);
+    }
+    let s = x.strides();
+    let ok = (k <= 1 || s[r - 1] == 1) && (0..r - 2).all(|i| sh[i + 1] == 1 || s[i] == s[i + 1] * sh[i + 1]);
+    if !ok {
+        let c = x.contiguous()?;
+        let m = c.elem_count() / k.max(1);
+        return c.reshape(&[m, k]);
+    }
+    let m: usize = sh[..r - 1].iter().product();
+    x.as_strided(&[m, k], &[s[r - 2], 1])
+}
+
+/// A fresh, dense (pool-aligned) copy of a device tensor.
+fn dense_copy(t: &Tensor) -> Result<Tensor> {
+    let c = t.contiguous()?;
+    let out = Tensor::empty(c.shape(), c.dtype(), c.device())?;
+    out.copy_from(&c)?;
+    Ok(out)
+}
+
 /// Which linears of a checkpoint INT8 applies to: the transformer's attention and MLP linears
-/// and T5's attention and MLP linears. Norms, adaLN modulation, embeddings, the context
-/// embedder, the final layer, CLIP and the VAE stay in bf16 / f32.
+/// (`transformer_blocks.{i}.attn.{to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,
+/// to_add_out}`, `ff.net.{0.proj,2}`, `ff_context.net.{0.proj,2}`) and T5's
+/// (`encoder.block.{i}.layer.0.SelfAttention.{q,k,v,o}`, `layer.1.DenseReluDense.{wi_0,wi_1,
+/// wi,wo}`). Everything else stays in bf16 / f32: norms (and the attention's q/k RMSNorms),
+/// adaLN modulation, embeddings (T5's relative attention bias included), the context embedder,
+/// the final layer, CLIP and the VAE. `linear_name` is the key without `.weight`.
 pub fn int8_applies(linear_name: &str) -> bool {
-    let n = linear_name;
-    let transformer = n.starts_with("transformer_blocks.") && (n.contains(".attn.") || n.contains(".ff.net.") || n.contains(".ff_context.net."));
-    let t5 = n.starts_with("encoder.block.") && (n.contains(".SelfAttention.") || n.contains(".DenseReluDense."));
-    transformer || t5
+    const ATTN: [&str; 8] = ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"];
+    const FF: [&str; 2] = ["0.proj", "2"];
+    const T5_ATTN: [&str; 4] = ["q", "k", "v", "o"];
+    const T5_FF: [&str; 4] = ["wi_0", "wi_1", "wi", "wo"];
+    // `<prefix>.<index>.<rest>` with a numeric index.
+    fn block<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+        let rest = name.strip_prefix(prefix)?;
+        let (idx, rest) = rest.split_once('.')?;
+        (!idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit())).then_some(rest)
+    }
+    if let Some(rest) = block(linear_name, "transformer_blocks.") {
+        if let Some(l) = rest.strip_prefix("attn.") {
+            return ATTN.contains(&l);
+        }
+        if let Some(l) = rest.strip_prefix("ff.net.").or_else(|| rest.strip_prefix("ff_context.net.")) {
+            return FF.contains(&l);
+        }
+        return false;
+    }
+    if let Some(rest) = block(linear_name, "encoder.block.") {
+        if let Some(l) = rest.strip_prefix("layer.0.SelfAttention.") {
+            return T5_ATTN.contains(&l);
+        }
+        if let Some(l) = rest.strip_prefix("layer.1.DenseReluDense.") {
+            return T5_FF.contains(&l);
+        }
+    }
+    false
 }
 
 /// Host tensors of an INT8 weight (for writing a quantized checkpoint).
@@ -177,5 +367,13 @@ mod tests {
         assert!(int8_applies("transformer_blocks.37.ff_context.net.2") && int8_applies("transformer_blocks.0.ff.net.0.proj"));
         assert!(!int8_applies("transformer_blocks.3.norm1.linear") && !int8_applies("norm_out.linear") && !int8_applies("context_embedder"));
         assert!(int8_applies("encoder.block.5.layer.1.DenseReluDense.wo") && !int8_applies("text_model.encoder.layers.0.mlp.fc1"));
+        assert!(int8_applies("encoder.block.0.layer.0.SelfAttention.q") && int8_applies("encoder.block.23.layer.0.SelfAttention.o"));
+        assert!(!int8_applies("encoder.block.0.layer.0.SelfAttention.relative_attention_bias"), "an embedding, not a linear");
+        assert!(!int8_applies("transformer_blocks.3.attn.norm_q") && !int8_applies("transformer_blocks.3.attn.norm_added_k"));
+        assert!(int8_applies("transformer_blocks.36.attn.add_v_proj") && int8_applies("transformer_blocks.36.attn.to_add_out"));
+        assert!(!int8_applies("transformer_blocks.x.attn.to_q") && !int8_applies("encoder.final_layer_norm"));
+        for n in ["pos_embed.proj", "time_text_embed.timestep_embedder.linear_1", "context_embedder", "proj_out", "norm_out.linear"] {
+            assert!(!int8_applies(n), "{n}");
+        }
     }
 }

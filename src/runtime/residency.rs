@@ -271,8 +271,22 @@ impl Residency {
         let layouts: Vec<LayerLayout> = (0..resident.len()).map(|i| layout_layer(store, group, i, except)).collect();
         let max = layouts.iter().zip(resident).filter(|(_, r)| !**r).map(|(l, _)| l.bytes).max().unwrap_or(0);
         // Pin every streamed layer; on failure fall back to staging buffers (with a warning).
+        // Asking for more than half of the host's available memory is treated as a failure
+        // up front: pinning it could stall the machine instead of failing.
         let mut host = Vec::new();
+        let want: usize = layouts.iter().zip(resident).filter(|(_, r)| !**r).map(|(l, _)| l.bytes).sum();
         let mut pinned_ok = true;
+        if let Some(avail) = host_available_bytes() {
+            if want as u64 > avail / 2 {
+                eprintln!(
+                    "warning: the streamed layers need {:.1} GiB of page-locked host memory but only {:.1} GiB is available; \
+                     streaming through two pinned staging buffers instead (slower)",
+                    want as f64 / (1u64 << 30) as f64,
+                    avail as f64 / (1u64 << 30) as f64
+                );
+                pinned_ok = false;
+            }
+        }
         for (i, l) in layouts.iter().enumerate() {
             if resident[i] || !pinned_ok {
                 host.push(HostLayer::Mapped);
@@ -336,7 +350,8 @@ impl Residency {
                 let mut s = g.lock().unwrap();
                 let views = s.acquire(&self.store, i)?;
                 self.store.install(views);
-                let next = (i + 1..self.layers).find(|&j| !self.is_resident(j));
+                // The next streamed layer, wrapping to the first one for the next step.
+                let next = (i + 1..self.layers).chain(0..i).find(|&j| !self.is_resident(j));
                 if let Some(j) = next {
                     s.start_copy(&self.store, j)?;
                 }
@@ -466,6 +481,14 @@ impl GpuStream {
         self.views.remove(&layer);
         Ok(())
     }
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (Linux), if readable.
+pub fn host_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Estimated peak activation bytes of one transformer forward (batch `b`, `s` tokens, width

@@ -1,0 +1,79 @@
+//! W8A16 GEMM (INT8 weights, bf16 activations, `ops::quant::linear_int8`) against the dense
+//! bf16 cuBLASLt linear (`ops::gemm::linear`) at the transformer's shapes: M = 64, 1,024 and
+//! 41,472 rows with N = K = 2432 (attention projections) and N = 9728, K = 2432 (FFN up).
+//! Each W8A16 kernel (auto choice, tensor-core MMA, GEMV where M <= 16, dequantise + cuBLASLt)
+//! is validated against the dense linear on the dequantised weights before timing. Prints
+//! TFLOP/s (2 M N K per GEMM) and the weight bandwidth; SKIP without a GPU.
+//!
+//! Run: `cargo bench --bench gemm_int8` (`CONTENTV_BENCH_QUICK=1` for 3 iterations).
+#[path = "util/mod.rs"]
+mod util;
+use contentv::ops::gemm::{self, Act};
+use contentv::ops::quant::{dequantize, linear_int8_with, quantize_per_channel, Int8Kernel, GEMV_MAX_M};
+use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
+
+fn rand_vec(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * amp
+        })
+        .collect()
+}
+
+fn main() {
+    let Some(dev) = util::cuda_or_skip() else { return };
+    let it = util::iters(20);
+    println!("{:<44} {:>10} {:>10} {:>10}", "GEMM", "ms", "TFLOP/s", "W GB/s");
+    for (n, k) in [(2432usize, 2432usize), (9728, 2432)] {
+        // Weights: INT8 (per output channel) and the dense bf16 of the same dequantised values.
+        let w = rand_vec(n * k, 1, 0.05);
+        let (q, s) = quantize_per_channel(&w, n, k, None);
+        let dq = dequantize(&q, &s, n, k);
+        let qt = Tensor::from_i8(q, &[n, k], &dev).unwrap();
+        let st = Tensor::from_f32(s, &[n], &dev).unwrap();
+        let dense_w = Tensor::from_f32(dq, &[n, k], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
+        let bias = Tensor::from_f32(rand_vec(n, 2, 0.1), &[n], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
+        let dense = Linear { weight: Weight::Dense(dense_w), bias: Some(bias.clone()) };
+        for m in [64usize, 1024, 41_472] {
+            let x = Tensor::from_f32(rand_vec(m * k, 3, 1.0), &[m, k], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
+            let flops = 2.0 * m as f64 * n as f64 * k as f64;
+            let want = gemm::linear(&x, &dense).unwrap().to_vec_f32().unwrap();
+            let ms = util::time_ms(&dev, it, || {
+                gemm::linear(&x, &dense).unwrap();
+            });
+            report(&format!("dense bf16  M={m} N={n} K={k}"), ms, flops, n * k * 2);
+            let mut kernels = vec![Int8Kernel::Auto, Int8Kernel::Mma, Int8Kernel::Dequant];
+            if m <= GEMV_MAX_M {
+                kernels.push(Int8Kernel::Gemv);
+            }
+            for kernel in kernels {
+                let name = format!("W8A16 {kernel:?}  M={m} N={n} K={k}");
+                let got = match linear_int8_with(&x, &qt, &st, Some(&bias), Act::None, kernel) {
+                    Ok(y) => y.to_vec_f32().unwrap(),
+                    Err(e) => {
+                        println!("{name:<44} FAILED: {e}");
+                        continue;
+                    }
+                };
+                let (atol, rtol) = contentv::ops::tolerance::for_dtype(DType::BF16, k);
+                if let Err(e) = contentv::ops::tolerance::check(&got, &want, atol * 4.0, rtol * 2.0) {
+                    println!("{name:<44} INVALID: {e}");
+                    continue;
+                }
+                let ms = util::time_ms(&dev, it, || {
+                    linear_int8_with(&x, &qt, &st, Some(&bias), Act::None, kernel).unwrap();
+                });
+                report(&name, ms, flops, n * k);
+            }
+        }
+    }
+}
+
+fn report(name: &str, ms: f32, flops: f64, weight_bytes: usize) {
+    let s = ms as f64 * 1e-3;
+    println!("{name:<44} {ms:>10.3} {:>10.1} {:>10.1}", flops / s / 1e12, weight_bytes as f64 / s / 1e9);
+}
