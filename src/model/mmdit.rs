@@ -146,8 +146,6 @@ impl BlockWeights {
     fn load(b: &Prefix, c: &TransformerConfig) -> Result<BlockWeights> {
         let d = c.dim;
         let context_pre_only = !b.contains("attn.to_add_out.weight");
-        let ctx_mod = if context_pre_only { 2 * d } else { 6 * d };
-        let _ = ctx_mod;
         Ok(BlockWeights {
             to_q: b.linear("attn.to_q", d, d, true)?,
             to_k: b.linear("attn.to_k", d, d, true)?,
