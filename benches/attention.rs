@@ -8,16 +8,15 @@
 //! Run: `cargo bench --bench attention` (CONTENTV_BENCH_QUICK=1: fewer runs, no B=2 production shape).
 #[path = "util/mod.rs"]
 mod util;
-use util::time_ms;
 use contentv::ops::attention_cuda::{attention_cuda_with, AttnKernel};
 use contentv::runtime::{Device, Tensor};
 use half::bf16;
+use util::time_ms;
 
 const N_VIDEO: usize = 41_472;
 const N_TEXT: usize = 333;
 const HEADS: usize = 38;
 const HEAD_DIM: usize = 64;
-
 
 /// Uniform(-amp, amp) bf16 tensor on the GPU.
 fn rand_bf16(shape: &[usize], dev: &Device, amp: f32, seed: u64) -> Tensor {
@@ -45,7 +44,16 @@ impl Qkv {
         let segs = lens
             .iter()
             .enumerate()
-            .map(|(i, &s)| [0, 1, 2].map(|j| rand_bf16(&[b, s, hd], dev, if j == 0 { 2.0 } else { 1.0 }, (i * 3 + j) as u64 + 1)))
+            .map(|(i, &s)| {
+                [0, 1, 2].map(|j| {
+                    rand_bf16(
+                        &[b, s, hd],
+                        dev,
+                        if j == 0 { 2.0 } else { 1.0 },
+                        (i * 3 + j) as u64 + 1,
+                    )
+                })
+            })
             .collect();
         Qkv { segs }
     }
@@ -53,16 +61,31 @@ impl Qkv {
         self.segs.iter().map(|s| &s[j]).collect()
     }
     fn run(&self, causal: bool, kernel: AttnKernel) -> Tensor {
-        attention_cuda_with(&self.side(0), &self.side(1), &self.side(2), HEADS, 1.0 / (HEAD_DIM as f32).sqrt(), causal, None, kernel).unwrap()
+        attention_cuda_with(
+            &self.side(0),
+            &self.side(1),
+            &self.side(2),
+            HEADS,
+            1.0 / (HEAD_DIM as f32).sqrt(),
+            causal,
+            None,
+            kernel,
+        )
+        .unwrap()
     }
 }
 
 fn report(name: &str, ms: f32, flops: f64) {
-    println!("{name:<58} {ms:>9.3} ms  {:>7.1} TFLOP/s", flops / (ms as f64 * 1e-3) / 1e12);
+    println!(
+        "{name:<58} {ms:>9.3} ms  {:>7.1} TFLOP/s",
+        flops / (ms as f64 * 1e-3) / 1e12
+    );
 }
 
 fn main() {
-    let Some(dev) = util::cuda_or_skip() else { return };
+    let Some(dev) = util::cuda_or_skip() else {
+        return;
+    };
     let g = dev.gpu().unwrap();
     let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
     let it = if quick { 3 } else { 10 };
@@ -73,26 +96,44 @@ fn main() {
         for causal in [false, true] {
             let f = x.run(causal, AttnKernel::Flash).to_vec_f32().unwrap();
             let n = x.run(causal, AttnKernel::Naive).to_vec_f32().unwrap();
-            let (atol, rtol) = contentv::ops::tolerance::for_dtype(contentv::runtime::DType::BF16, 1333);
+            let (atol, rtol) =
+                contentv::ops::tolerance::for_dtype(contentv::runtime::DType::BF16, 1333);
             match contentv::ops::tolerance::check(&f, &n, 2.0 * atol, 2.0 * rtol) {
-                Ok(()) => println!("validation (causal {causal}): flash matches the generic kernel"),
-                Err(e) => println!("INVALID flash (causal {causal}): {e} (timings below are of a wrong kernel)"),
+                Ok(()) => {
+                    println!("validation (causal {causal}): flash matches the generic kernel")
+                }
+                Err(e) => println!(
+                    "INVALID flash (causal {causal}): {e} (timings below are of a wrong kernel)"
+                ),
             }
         }
     }
 
-    let mut shapes: Vec<(usize, usize, usize, bool)> = vec![(1, 4096, N_TEXT, false), (1, 4096, N_TEXT, true), (1, N_VIDEO, N_TEXT, false)];
+    let mut shapes: Vec<(usize, usize, usize, bool)> = vec![
+        (1, 4096, N_TEXT, false),
+        (1, 4096, N_TEXT, true),
+        (1, N_VIDEO, N_TEXT, false),
+    ];
     if !quick {
         shapes.push((2, N_VIDEO, N_TEXT, false));
     }
     for (b, sv, st, causal) in shapes {
         let x = Qkv::new(&dev, b, &[sv, st]);
         let s = (sv + st) as f64;
-        let flops = 4.0 * b as f64 * HEADS as f64 * s * s * HEAD_DIM as f64 * if causal { 0.5 } else { 1.0 };
+        let flops = 4.0
+            * b as f64
+            * HEADS as f64
+            * s
+            * s
+            * HEAD_DIM as f64
+            * if causal { 0.5 } else { 1.0 };
         let ms = time_ms(&dev, it, || {
             x.run(causal, AttnKernel::Flash);
         });
-        let name = format!("flash_attn_fwd_d64 B={b} H={HEADS} S={sv}+{st}{}", if causal { " causal" } else { "" });
+        let name = format!(
+            "flash_attn_fwd_d64 B={b} H={HEADS} S={sv}+{st}{}",
+            if causal { " causal" } else { "" }
+        );
         report(&name, ms, flops);
     }
     // The generic kernel on a small shape, for scale.
@@ -101,6 +142,10 @@ fn main() {
     let ms = time_ms(&dev, 3, || {
         x.run(false, AttnKernel::Naive);
     });
-    report(&format!("attn_naive_bf16 B=1 H={HEADS} S=2048+{N_TEXT}"), ms, 4.0 * HEADS as f64 * s * s * HEAD_DIM as f64);
+    report(
+        &format!("attn_naive_bf16 B=1 H={HEADS} S=2048+{N_TEXT}"),
+        ms,
+        4.0 * HEADS as f64 * s * s * HEAD_DIM as f64,
+    );
     println!("pool: {:?}", g.pool.stats());
 }

@@ -9,7 +9,9 @@
 #[path = "util/mod.rs"]
 mod util;
 use contentv::ops::gemm::{self, Act};
-use contentv::ops::quant::{dequantize, linear_int8_with, quantize_per_channel, Int8Kernel, GEMV_MAX_M};
+use contentv::ops::quant::{
+    dequantize, linear_int8_with, quantize_per_channel, Int8Kernel, GEMV_MAX_M,
+};
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 
 fn rand_vec(n: usize, seed: u64, amp: f32) -> Vec<f32> {
@@ -25,9 +27,14 @@ fn rand_vec(n: usize, seed: u64, amp: f32) -> Vec<f32> {
 }
 
 fn main() {
-    let Some(dev) = util::cuda_or_skip() else { return };
+    let Some(dev) = util::cuda_or_skip() else {
+        return;
+    };
     let it = util::iters(20);
-    println!("{:<44} {:>10} {:>10} {:>10}", "GEMM", "ms", "TFLOP/s", "W GB/s");
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        "GEMM", "ms", "TFLOP/s", "W GB/s"
+    );
     for (n, k) in [(2432usize, 2432usize), (9728, 2432)] {
         // Weights: INT8 (per output channel) and the dense bf16 of the same dequantised values.
         let w = rand_vec(n * k, 1, 0.05);
@@ -35,17 +42,40 @@ fn main() {
         let dq = dequantize(&q, &s, n, k);
         let qt = Tensor::from_i8(q, &[n, k], &dev).unwrap();
         let st = Tensor::from_f32(s, &[n], &dev).unwrap();
-        let dense_w = Tensor::from_f32(dq, &[n, k], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
-        let bias = Tensor::from_f32(rand_vec(n, 2, 0.1), &[n], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
-        let dense = Linear { weight: Weight::Dense(dense_w), bias: Some(bias.clone()) };
+        let dense_w = Tensor::from_f32(dq, &[n, k], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap();
+        let bias = Tensor::from_f32(rand_vec(n, 2, 0.1), &[n], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap();
+        let dense = Linear {
+            weight: Weight::Dense(dense_w),
+            bias: Some(bias.clone()),
+        };
         for m in [64usize, 1024, 41_472] {
-            let x = Tensor::from_f32(rand_vec(m * k, 3, 1.0), &[m, k], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
+            let x = Tensor::from_f32(rand_vec(m * k, 3, 1.0), &[m, k], &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap()
+                .to_device(&dev)
+                .unwrap();
             let flops = 2.0 * m as f64 * n as f64 * k as f64;
             let want = gemm::linear(&x, &dense).unwrap().to_vec_f32().unwrap();
             let ms = util::time_ms(&dev, it, || {
                 gemm::linear(&x, &dense).unwrap();
             });
-            report(&format!("dense bf16  M={m} N={n} K={k}"), ms, flops, n * k * 2);
+            report(
+                &format!("dense bf16  M={m} N={n} K={k}"),
+                ms,
+                flops,
+                n * k * 2,
+            );
             let mut kernels = vec![Int8Kernel::Auto, Int8Kernel::Mma, Int8Kernel::Dequant];
             if m <= GEMV_MAX_M {
                 kernels.push(Int8Kernel::Gemv);
@@ -60,7 +90,8 @@ fn main() {
                     }
                 };
                 let (atol, rtol) = contentv::ops::tolerance::for_dtype(DType::BF16, k);
-                if let Err(e) = contentv::ops::tolerance::check(&got, &want, atol * 4.0, rtol * 2.0) {
+                if let Err(e) = contentv::ops::tolerance::check(&got, &want, atol * 4.0, rtol * 2.0)
+                {
                     println!("{name:<44} INVALID: {e}");
                     continue;
                 }
@@ -75,5 +106,9 @@ fn main() {
 
 fn report(name: &str, ms: f32, flops: f64, weight_bytes: usize) {
     let s = ms as f64 * 1e-3;
-    println!("{name:<44} {ms:>10.3} {:>10.1} {:>10.1}", flops / s / 1e12, weight_bytes as f64 / s / 1e9);
+    println!(
+        "{name:<44} {ms:>10.3} {:>10.1} {:>10.1}",
+        flops / s / 1e12,
+        weight_bytes as f64 / s / 1e9
+    );
 }

@@ -38,12 +38,21 @@ fn write(path: &Path, tensors: Vec<(String, Vec<usize>)>, rng: &mut Rng) {
         .into_iter()
         .map(|(n, s)| {
             let numel: usize = s.iter().product();
-            let scale = if n.ends_with("bias") { 0.01 } else if n.contains("norm") && s.len() == 1 { 1.0 } else { 0.02 };
+            let scale = if n.ends_with("bias") {
+                0.01
+            } else if n.contains("norm") && s.len() == 1 {
+                1.0
+            } else {
+                0.02
+            };
             let b = rng.bf16_bytes(numel, scale);
             (n, s, b)
         })
         .collect();
-    let views: Vec<(&str, StDtype, &[usize], &[u8])> = data.iter().map(|(n, s, b)| (n.as_str(), StDtype::BF16, s.as_slice(), b.as_slice())).collect();
+    let views: Vec<(&str, StDtype, &[usize], &[u8])> = data
+        .iter()
+        .map(|(n, s, b)| (n.as_str(), StDtype::BF16, s.as_slice(), b.as_slice()))
+        .collect();
     write_safetensors(path, &views, None).unwrap();
 }
 
@@ -74,7 +83,15 @@ fn synth_transformer(dir: &Path, layers: usize, rng: &mut Rng) {
         };
         lin("norm1.linear", 6 * d, d);
         lin("norm1_context.linear", if last { 2 * d } else { 6 * d }, d);
-        for n in ["attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_out.0"] {
+        for n in [
+            "attn.to_q",
+            "attn.to_k",
+            "attn.to_v",
+            "attn.add_q_proj",
+            "attn.add_k_proj",
+            "attn.add_v_proj",
+            "attn.to_out.0",
+        ] {
             lin(n, d, d);
         }
         lin("ff.net.0.proj", 4 * d, d);
@@ -94,8 +111,14 @@ fn synth_transformer(dir: &Path, layers: usize, rng: &mut Rng) {
 
 fn synth_t5(dir: &Path, layers: usize, rng: &mut Rng) {
     let (d, inner, ff) = (4096, 4096, 10240);
-    let mut t: Vec<(String, Vec<usize>)> = vec![("shared.weight".into(), vec![32128, d]), ("encoder.final_layer_norm.weight".into(), vec![d])];
-    t.push(("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(), vec![32, 64]));
+    let mut t: Vec<(String, Vec<usize>)> = vec![
+        ("shared.weight".into(), vec![32128, d]),
+        ("encoder.final_layer_norm.weight".into(), vec![d]),
+    ];
+    t.push((
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(),
+        vec![32, 64],
+    ));
     for l in 0..layers {
         let p = format!("encoder.block.{l}.layer.");
         for n in ["q", "k", "v"] {
@@ -116,19 +139,39 @@ fn synth_t5(dir: &Path, layers: usize, rng: &mut Rng) {
 }
 
 fn main() {
-    let Some(dev) = util::cuda_or_skip() else { return };
+    let Some(dev) = util::cuda_or_skip() else {
+        return;
+    };
     let g = dev.gpu().unwrap().clone();
-    let layers: usize = std::env::var("CONTENTV_BENCH_LAYERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let layers: usize = std::env::var("CONTENTV_BENCH_LAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let root = std::env::temp_dir().join(format!("contentv-synth-{}", std::process::id()));
     let mut rng = Rng(0x9E3779B97F4A7C15);
     let t = Instant::now();
     synth_transformer(&root.join("transformer"), layers, &mut rng);
     synth_t5(&root.join("text_encoder_3"), layers, &mut rng);
-    println!("device: {}; synthetic 8B-shaped checkpoint with {layers} layers written in {:.1}s", g.name, t.elapsed().as_secs_f64());
+    println!(
+        "device: {}; synthetic 8B-shaped checkpoint with {layers} layers written in {:.1}s",
+        g.name,
+        t.elapsed().as_secs_f64()
+    );
 
     // T5-XXL-shaped encoder: two 256-token prompts.
-    let t5 = T5Encoder::load(&root.join("text_encoder_3"), &dev, &MemoryOptions::default()).unwrap();
-    let ids: Vec<Vec<u32>> = (0..2).map(|b| (0..256).map(|i| ((i * 7 + b * 13) % 32000) as u32).collect()).collect();
+    let t5 = T5Encoder::load(
+        &root.join("text_encoder_3"),
+        &dev,
+        &MemoryOptions::default(),
+    )
+    .unwrap();
+    let ids: Vec<Vec<u32>> = (0..2)
+        .map(|b| {
+            (0..256)
+                .map(|i| ((i * 7 + b * 13) % 32000) as u32)
+                .collect()
+        })
+        .collect();
     t5.forward(&ids).unwrap();
     dev.synchronize().unwrap();
     let t = Instant::now();
@@ -145,9 +188,28 @@ fn main() {
     let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
     let modes: Vec<(&str, MemoryOptions)> = vec![
         ("resident bf16", MemoryOptions::default()),
-        ("sequential offload bf16", MemoryOptions { offload: Offload::Sequential, ..Default::default() }),
-        ("resident int8", MemoryOptions { int8: true, ..Default::default() }),
-        ("sequential offload int8", MemoryOptions { int8: true, offload: Offload::Sequential, ..Default::default() }),
+        (
+            "sequential offload bf16",
+            MemoryOptions {
+                offload: Offload::Sequential,
+                ..Default::default()
+            },
+        ),
+        (
+            "resident int8",
+            MemoryOptions {
+                int8: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "sequential offload int8",
+            MemoryOptions {
+                int8: true,
+                offload: Offload::Sequential,
+                ..Default::default()
+            },
+        ),
     ];
     for (name, mem) in modes.into_iter().take(if quick { 2 } else { 4 }) {
         g.pool.empty_cache().unwrap();

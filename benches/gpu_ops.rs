@@ -6,20 +6,24 @@
 //! Run: `cargo bench --bench gpu_ops` (or `.gpu-bundle/bin/bench-gpu_ops` on the GPU machine).
 #[path = "util/mod.rs"]
 mod util;
-use util::time_ms;
 use contentv::ops::conv::{conv3d, ConvOpts, ConvPrecision};
 use contentv::ops::{act, elementwise as ew, gemm, norm};
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
+use util::time_ms;
 
 const N_VIDEO: usize = 41_472;
 const N_TEXT: usize = 333;
 const D: usize = 2432;
 
-
 /// Compares a GPU result with the CPU reference on the same (bf16-rounded) inputs before timing.
 fn validate(name: &str, got: &Tensor, want: &Tensor, k: usize) -> bool {
     let (atol, rtol) = contentv::ops::tolerance::for_dtype(got.dtype(), k);
-    match contentv::ops::tolerance::check(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), atol, rtol) {
+    match contentv::ops::tolerance::check(
+        &got.to_vec_f32().unwrap(),
+        &want.to_vec_f32().unwrap(),
+        atol,
+        rtol,
+    ) {
         Ok(()) => true,
         Err(e) => {
             println!("INVALID {name}: {e}");
@@ -39,45 +43,110 @@ fn rand_bf16(shape: &[usize], dev: &Device, scale: f32) -> Tensor {
             (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
         })
         .collect();
-    Tensor::from_f32(v, shape, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(dev).unwrap()
+    Tensor::from_f32(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_device(dev)
+        .unwrap()
 }
 
 fn report_bw(name: &str, ms: f32, bytes: usize) {
-    println!("{name:<48} {ms:>9.3} ms  {:>8.1} GB/s", bytes as f64 / (ms as f64 * 1e-3) / 1e9);
+    println!(
+        "{name:<48} {ms:>9.3} ms  {:>8.1} GB/s",
+        bytes as f64 / (ms as f64 * 1e-3) / 1e9
+    );
 }
 fn report_flops(name: &str, ms: f32, flops: f64) {
-    println!("{name:<48} {ms:>9.3} ms  {:>8.1} TFLOP/s", flops / (ms as f64 * 1e-3) / 1e12);
+    println!(
+        "{name:<48} {ms:>9.3} ms  {:>8.1} TFLOP/s",
+        flops / (ms as f64 * 1e-3) / 1e12
+    );
 }
 
 fn main() {
-    let Some(dev) = util::cuda_or_skip() else { return };
+    let Some(dev) = util::cuda_or_skip() else {
+        return;
+    };
     let g = dev.gpu().unwrap();
     let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
     let it = if quick { 3 } else { 15 };
 
     // Validation on small inputs against the CPU reference, before any timing.
     {
-        let hx = Tensor::from_f32((0..3 * 77 * 2432).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect(), &[3, 77, 2432], &Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::BF16)
-            .unwrap();
+        let hx = Tensor::from_f32(
+            (0..3 * 77 * 2432)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect(),
+            &[3, 77, 2432],
+            &Device::Cpu,
+        )
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
         let gx = hx.to_device(&dev).unwrap();
-        let hm = hx.narrow(1, 0, 2).unwrap().contiguous().unwrap().reshape(&[3, 2 * 2432]).unwrap();
+        let hm = hx
+            .narrow(1, 0, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape(&[3, 2 * 2432])
+            .unwrap();
         let gm = hm.to_device(&dev).unwrap();
         let mut ok = true;
         ok &= validate(
             "layer_norm_modulate",
-            &norm::layer_norm_modulate(&gx, &gm.narrow(1, 0, 2432).unwrap(), &gm.narrow(1, 2432, 2432).unwrap(), 1e-6).unwrap(),
-            &norm::layer_norm_modulate(&hx, &hm.narrow(1, 0, 2432).unwrap(), &hm.narrow(1, 2432, 2432).unwrap(), 1e-6).unwrap(),
+            &norm::layer_norm_modulate(
+                &gx,
+                &gm.narrow(1, 0, 2432).unwrap(),
+                &gm.narrow(1, 2432, 2432).unwrap(),
+                1e-6,
+            )
+            .unwrap(),
+            &norm::layer_norm_modulate(
+                &hx,
+                &hm.narrow(1, 0, 2432).unwrap(),
+                &hm.narrow(1, 2432, 2432).unwrap(),
+                1e-6,
+            )
+            .unwrap(),
             2432,
         );
-        ok &= validate("gelu_tanh", &act::gelu_tanh(&gx).unwrap(), &act::gelu_tanh(&hx).unwrap(), 1);
-        ok &= validate("add", &ew::add(&gx, &gx).unwrap(), &ew::add(&hx, &hx).unwrap(), 1);
+        ok &= validate(
+            "gelu_tanh",
+            &act::gelu_tanh(&gx).unwrap(),
+            &act::gelu_tanh(&hx).unwrap(),
+            1,
+        );
+        ok &= validate(
+            "add",
+            &ew::add(&gx, &gx).unwrap(),
+            &ew::add(&hx, &hx).unwrap(),
+            1,
+        );
         let hw = hx.narrow(0, 0, 1).unwrap().reshape(&[77, 2432]).unwrap();
-        let lh = Linear { weight: Weight::Dense(hw.clone()), bias: None };
-        let lg = Linear { weight: Weight::Dense(hw.to_device(&dev).unwrap()), bias: None };
-        ok &= validate("linear", &gemm::linear(&gx, &lg).unwrap(), &gemm::linear(&hx, &lh).unwrap(), 2432);
-        println!("validation: {}", if ok { "all kernels match the CPU reference" } else { "FAILED (timings below are of wrong kernels)" });
+        let lh = Linear {
+            weight: Weight::Dense(hw.clone()),
+            bias: None,
+        };
+        let lg = Linear {
+            weight: Weight::Dense(hw.to_device(&dev).unwrap()),
+            bias: None,
+        };
+        ok &= validate(
+            "linear",
+            &gemm::linear(&gx, &lg).unwrap(),
+            &gemm::linear(&hx, &lh).unwrap(),
+            2432,
+        );
+        println!(
+            "validation: {}",
+            if ok {
+                "all kernels match the CPU reference"
+            } else {
+                "FAILED (timings below are of wrong kernels)"
+            }
+        );
     }
 
     // Ceilings measured in this run: device-to-device copy bandwidth and a large bf16 GEMM.
@@ -87,11 +156,18 @@ fn main() {
     report_bw("CEILING device-to-device copy 1 GiB", ms, 2 << 30);
     drop((big, big2));
     let ga = rand_bf16(&[8192, 8192], &dev, 1.0);
-    let gw = Linear { weight: Weight::Dense(rand_bf16(&[8192, 8192], &dev, 0.01)), bias: None };
+    let gw = Linear {
+        weight: Weight::Dense(rand_bf16(&[8192, 8192], &dev, 0.01)),
+        bias: None,
+    };
     let ms = time_ms(&dev, it, || {
         gemm::linear(&ga, &gw).unwrap();
     });
-    report_flops("CEILING cuBLASLt bf16 GEMM 8192^3", ms, 2.0 * 8192f64.powi(3));
+    report_flops(
+        "CEILING cuBLASLt bf16 GEMM 8192^3",
+        ms,
+        2.0 * 8192f64.powi(3),
+    );
     drop((ga, gw));
     let b = 2; // the CFG batch
     let x = rand_bf16(&[b, N_VIDEO, D], &dev, 1.0);
@@ -100,7 +176,13 @@ fn main() {
     let act_bytes = b * N_VIDEO * D * 2;
 
     let ms = time_ms(&dev, it, || {
-        norm::layer_norm_modulate(&x, &m6.narrow(1, 0, D).unwrap(), &m6.narrow(1, D, D).unwrap(), 1e-6).unwrap();
+        norm::layer_norm_modulate(
+            &x,
+            &m6.narrow(1, 0, D).unwrap(),
+            &m6.narrow(1, D, D).unwrap(),
+            1e-6,
+        )
+        .unwrap();
     });
     report_bw("layer_norm_modulate [2,41472,2432] bf16", ms, 2 * act_bytes);
     let ms = time_ms(&dev, it, || {
@@ -129,18 +211,35 @@ fn main() {
     let ms = time_ms(&dev, it, || {
         t.contiguous().unwrap();
     });
-    report_bw("copy_nd transpose [2,2432,4096] bf16", ms, 2 * b * 4096 * D * 2);
+    report_bw(
+        "copy_nd transpose [2,2432,4096] bf16",
+        ms,
+        2 * b * 4096 * D * 2,
+    );
 
     // GEMMs of one joint block (per CFG batch of 2): QKV/out projections and the MLP.
     let m = b * (N_VIDEO + N_TEXT);
     let xs = rand_bf16(&[m, D], &dev, 1.0);
     for (name, n, k, a) in [
-        ("linear to_q [83610x2432]x[2432x2432]", D, D, gemm::Act::None),
-        ("linear ff.net.0 + gelu [83610x2432]x[2432x9728]", 4 * D, D, gemm::Act::GeluTanh),
+        (
+            "linear to_q [83610x2432]x[2432x2432]",
+            D,
+            D,
+            gemm::Act::None,
+        ),
+        (
+            "linear ff.net.0 + gelu [83610x2432]x[2432x9728]",
+            4 * D,
+            D,
+            gemm::Act::GeluTanh,
+        ),
     ] {
         let w = rand_bf16(&[n, k], &dev, 0.02);
         let bias = rand_bf16(&[n], &dev, 0.1);
-        let l = Linear { weight: Weight::Dense(w), bias: Some(bias) };
+        let l = Linear {
+            weight: Weight::Dense(w),
+            bias: Some(bias),
+        };
         let ms = time_ms(&dev, it, || {
             gemm::linear_act(&xs, &l, a).unwrap();
         });
@@ -148,40 +247,81 @@ fn main() {
     }
     let h = rand_bf16(&[m, 4 * D], &dev, 0.1);
     let w2 = rand_bf16(&[D, 4 * D], &dev, 0.02);
-    let l2 = Linear { weight: Weight::Dense(w2), bias: None };
+    let l2 = Linear {
+        weight: Weight::Dense(w2),
+        bias: None,
+    };
     let ms = time_ms(&dev, it, || {
         gemm::linear(&h, &l2).unwrap();
     });
-    report_flops("linear ff.net.2 [83610x9728]x[9728x2432]", ms, 2.0 * m as f64 * D as f64 * 4.0 * D as f64);
+    report_flops(
+        "linear ff.net.2 [83610x9728]x[9728x2432]",
+        ms,
+        2.0 * m as f64 * D as f64 * 4.0 * D as f64,
+    );
     let ws = rand_bf16(&[6 * D, D], &dev, 0.02);
     let tb = rand_bf16(&[b, D], &dev, 1.0);
-    let l6 = Linear { weight: Weight::Dense(ws), bias: None };
+    let l6 = Linear {
+        weight: Weight::Dense(ws),
+        bias: None,
+    };
     let ms = time_ms(&dev, it, || {
         gemm::linear(&tb, &l6).unwrap();
     });
-    report_bw("linear adaLN [2x2432]x[2432x14592] (weight-bound)", ms, 6 * D * D * 2);
+    report_bw(
+        "linear adaLN [2x2432]x[2432x14592] (weight-bound)",
+        ms,
+        6 * D * D * 2,
+    );
 
     // VAE (f32, as the reference): a causal 3D conv of the first up block at the default
     // latent size (384 -> 384 channels, k 3x3x3, 2 frames of cache + 1 new frame, 54x96) and
     // the last one at full resolution (96 -> 96, 432x768), f32 SIMT and bf16 tensor cores;
     // the channel RMS norm + SiLU at full resolution.
     drop((x, y, m6, q, xs, h));
-    for (name, ci, co, hh, ww) in [("conv3d 384->384 k3 54x96", 384, 384, 54, 96), ("conv3d 96->96 k3 432x768", 96, 96, 432, 768)] {
-        let xin = Tensor::from_f32(vec![0.1; ci * 4 * hh * ww], &[1, ci, 4, hh, ww], &Device::Cpu).unwrap().to_device(&dev).unwrap();
-        let w = Tensor::from_f32(vec![0.01; co * ci * 27], &[co, ci, 3, 3, 3], &Device::Cpu).unwrap().to_device(&dev).unwrap();
+    for (name, ci, co, hh, ww) in [
+        ("conv3d 384->384 k3 54x96", 384, 384, 54, 96),
+        ("conv3d 96->96 k3 432x768", 96, 96, 432, 768),
+    ] {
+        let xin = Tensor::from_f32(
+            vec![0.1; ci * 4 * hh * ww],
+            &[1, ci, 4, hh, ww],
+            &Device::Cpu,
+        )
+        .unwrap()
+        .to_device(&dev)
+        .unwrap();
+        let w = Tensor::from_f32(vec![0.01; co * ci * 27], &[co, ci, 3, 3, 3], &Device::Cpu)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap();
         for prec in [ConvPrecision::F32, ConvPrecision::Bf16] {
-            let o = ConvOpts { precision: prec, ..Default::default() };
+            let o = ConvOpts {
+                precision: prec,
+                ..Default::default()
+            };
             let ms = time_ms(&dev, it, || {
                 conv3d(&xin, &w, None, &o).unwrap();
             });
-            report_flops(&format!("{name} x4 frames {prec:?}"), ms, 2.0 * (co * ci * 27 * 4 * hh * ww) as f64);
+            report_flops(
+                &format!("{name} x4 frames {prec:?}"),
+                ms,
+                2.0 * (co * ci * 27 * 4 * hh * ww) as f64,
+            );
         }
         if ci == 96 {
-            let gamma = Tensor::from_f32(vec![1.0; ci], &[ci], &Device::Cpu).unwrap().to_device(&dev).unwrap();
+            let gamma = Tensor::from_f32(vec![1.0; ci], &[ci], &Device::Cpu)
+                .unwrap()
+                .to_device(&dev)
+                .unwrap();
             let ms = time_ms(&dev, it, || {
                 norm::channel_rms_norm(&xin, &gamma, true).unwrap();
             });
-            report_bw("channel_rms_norm+silu [1,96,4,432,768] f32", ms, 2 * ci * 4 * hh * ww * 4);
+            report_bw(
+                "channel_rms_norm+silu [1,96,4,432,768] f32",
+                ms,
+                2 * ci * 4 * hh * ww * 4,
+            );
         }
     }
     println!("pool: {:?}", g.pool.stats());

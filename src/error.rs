@@ -9,7 +9,10 @@ pub enum Error {
     /// A CUDA driver / library call failed.
     Cuda(String),
     /// Device memory exhausted; `hint` names flags that would fit.
-    OutOfMemory { requested: usize, hint: String },
+    OutOfMemory {
+        requested: usize,
+        hint: String,
+    },
     /// Shapes or dtypes do not match what an op or a model expects.
     Shape(String),
     /// A weight file or checkpoint is invalid or incomplete.

@@ -7,8 +7,8 @@
 //! - [`model`]: text encoders, transformer, VAE, scheduler, pipeline.
 //! - [`io`]: safetensors and video.
 //! - [`cli`]: the `contentv` command line.
-pub mod error;
 pub mod cli;
+pub mod error;
 pub mod io;
 pub mod model;
 pub mod ops;

@@ -17,11 +17,12 @@ use contentv::ops::attention_cuda::{attention_cuda_with, AttnKernel};
 use contentv::ops::tolerance;
 use contentv::runtime::{DType, Device, Tensor};
 
-
-
 /// Host f32 tensor rounded through `dt`, and the same values on the GPU in `dt`.
 fn pair(v: Vec<f32>, s: &[usize], dev: &Device, dt: DType) -> (Tensor, Tensor) {
-    let h = Tensor::from_f32(v, s, &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+    let h = Tensor::from_f32(v, s, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap();
     let g = h.to_device(dev).unwrap();
     (h.to_dtype(DType::F32).unwrap(), g)
 }
@@ -33,11 +34,22 @@ struct Seg {
     dev: [Tensor; 3],
 }
 
-fn seg(b: usize, s: usize, hd: usize, seed: u64, amps: [f32; 3], fused: bool, dev: &Device, dt: DType) -> Seg {
+fn seg(
+    b: usize,
+    s: usize,
+    hd: usize,
+    seed: u64,
+    amps: [f32; 3],
+    fused: bool,
+    dev: &Device,
+    dt: DType,
+) -> Seg {
     if fused {
         // Per row: [q | k | v], each amplitude applied to its own third.
         let mut v = Vec::with_capacity(b * s * 3 * hd);
-        let parts: Vec<Vec<f32>> = (0..3).map(|i| rnd(b * s * hd, seed * 3 + i as u64, amps[i])).collect();
+        let parts: Vec<Vec<f32>> = (0..3)
+            .map(|i| rnd(b * s * hd, seed * 3 + i as u64, amps[i]))
+            .collect();
         for r in 0..b * s {
             for p in &parts {
                 v.extend_from_slice(&p[r * hd..(r + 1) * hd]);
@@ -45,11 +57,24 @@ fn seg(b: usize, s: usize, hd: usize, seed: u64, amps: [f32; 3], fused: bool, de
         }
         let (h, g) = pair(v, &[b, s, 3 * hd], dev, dt);
         let sl = |t: &Tensor, i: usize| t.narrow(2, i * hd, hd).unwrap();
-        Seg { host: [sl(&h, 0), sl(&h, 1), sl(&h, 2)], dev: [sl(&g, 0), sl(&g, 1), sl(&g, 2)] }
+        Seg {
+            host: [sl(&h, 0), sl(&h, 1), sl(&h, 2)],
+            dev: [sl(&g, 0), sl(&g, 1), sl(&g, 2)],
+        }
     } else {
-        let mk = |i: usize| pair(rnd(b * s * hd, seed * 3 + i as u64, amps[i]), &[b, s, hd], dev, dt);
+        let mk = |i: usize| {
+            pair(
+                rnd(b * s * hd, seed * 3 + i as u64, amps[i]),
+                &[b, s, hd],
+                dev,
+                dt,
+            )
+        };
         let (q, k, v) = (mk(0), mk(1), mk(2));
-        Seg { host: [q.0, k.0, v.0], dev: [q.1, k.1, v.1] }
+        Seg {
+            host: [q.0, k.0, v.0],
+            dev: [q.1, k.1, v.1],
+        }
     }
 }
 
@@ -72,24 +97,66 @@ struct Case {
 
 impl Case {
     fn new(b: usize, h: usize, d: usize, segs: &'static [usize]) -> Case {
-        Case { b, h, d, segs, q_segs: segs.len(), causal: false, bias: false, fused: false, q_amp: 1.0 }
+        Case {
+            b,
+            h,
+            d,
+            segs,
+            q_segs: segs.len(),
+            causal: false,
+            bias: false,
+            fused: false,
+            q_amp: 1.0,
+        }
     }
 }
 
 /// Runs `c` on the GPU with `kernel` in `dt` and checks it against the CPU reference.
 fn run_case(dev: &Device, c: Case, dt: DType, kernel: AttnKernel) {
     let hd = c.h * c.d;
-    let segs: Vec<Seg> = c.segs.iter().enumerate().map(|(i, &s)| seg(c.b, s, hd, 100 + i as u64, [c.q_amp, 1.0, 1.0], c.fused, dev, dt)).collect();
+    let segs: Vec<Seg> = c
+        .segs
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            seg(
+                c.b,
+                s,
+                hd,
+                100 + i as u64,
+                [c.q_amp, 1.0, 1.0],
+                c.fused,
+                dev,
+                dt,
+            )
+        })
+        .collect();
     let side = |which: usize, host: bool, n: usize| -> Vec<&Tensor> {
-        segs[..n].iter().map(|s| if host { &s.host[which] } else { &s.dev[which] }).collect()
+        segs[..n]
+            .iter()
+            .map(|s| if host { &s.host[which] } else { &s.dev[which] })
+            .collect()
     };
     let ns = c.segs.len();
     let sq: usize = c.segs[..c.q_segs].iter().sum();
     let sk: usize = c.segs.iter().sum();
-    let bias = c.bias.then(|| pair(rnd(c.h * sq * sk, 7, 2.0), &[c.h, sq, sk], dev, DType::F32));
+    let bias = c
+        .bias
+        .then(|| pair(rnd(c.h * sq * sk, 7, 2.0), &[c.h, sq, sk], dev, DType::F32));
     let scale = 1.0 / (c.d as f32).sqrt();
-    let o = AttnOpts { heads: c.h, scale, causal: c.causal, bias: bias.as_ref().map(|b| &b.0) };
-    let want = attention(&side(0, true, c.q_segs), &side(1, true, ns), &side(2, true, ns), &o).unwrap();
+    let o = AttnOpts {
+        heads: c.h,
+        scale,
+        causal: c.causal,
+        bias: bias.as_ref().map(|b| &b.0),
+    };
+    let want = attention(
+        &side(0, true, c.q_segs),
+        &side(1, true, ns),
+        &side(2, true, ns),
+        &o,
+    )
+    .unwrap();
     let got = attention_cuda_with(
         &side(0, false, c.q_segs),
         &side(1, false, ns),
@@ -108,11 +175,22 @@ fn run_case(dev: &Device, c: Case, dt: DType, kernel: AttnKernel) {
     // bf16: inputs are identical on both sides; the GPU rounds P to bf16 before P V (2^-9
     // relative per weight, averaging out) and the output to bf16 (2^-9 relative).
     let (atol, rtol) = tolerance::for_dtype(dt, sk);
-    let max_err = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max_err = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     if let Err(e) = tolerance::check(&g, &w, atol, rtol) {
-        panic!("{c:?} {kernel:?} {}: {e} (max abs err {max_err:.3e})", dt.name());
+        panic!(
+            "{c:?} {kernel:?} {}: {e} (max abs err {max_err:.3e})",
+            dt.name()
+        );
     }
-    println!("{kernel:?} {} {c:?}: ok, max abs err {max_err:.3e} ({} values)", dt.name(), g.len());
+    println!(
+        "{kernel:?} {} {c:?}: ok, max abs err {max_err:.3e} ({} values)",
+        dt.name(),
+        g.len()
+    );
 }
 
 const VIDEO_TEXT: &[usize] = &[45, 333];
@@ -123,12 +201,24 @@ fn flash_joint_video_text() {
     for c in [
         Case::new(1, 1, 64, VIDEO_TEXT),
         Case::new(2, 2, 64, &[1000, 333]),
-        Case { q_amp: 4.0, ..Case::new(1, 38, 64, VIDEO_TEXT) },
-        Case { fused: true, ..Case::new(2, 2, 64, &[1537, 333]) },
+        Case {
+            q_amp: 4.0,
+            ..Case::new(1, 38, 64, VIDEO_TEXT)
+        },
+        Case {
+            fused: true,
+            ..Case::new(2, 2, 64, &[1537, 333])
+        },
         // Last block: video queries only, all keys.
-        Case { q_segs: 1, ..Case::new(2, 3, 64, &[1000, 333]) },
+        Case {
+            q_segs: 1,
+            ..Case::new(2, 3, 64, &[1000, 333])
+        },
         // Peaky softmax: the running max changes a lot between tiles.
-        Case { q_amp: 24.0, ..Case::new(1, 2, 64, &[1000, 333]) },
+        Case {
+            q_amp: 24.0,
+            ..Case::new(1, 2, 64, &[1000, 333])
+        },
     ] {
         run_case(&dev, c, DType::BF16, AttnKernel::Flash);
     }
@@ -138,12 +228,34 @@ fn flash_joint_video_text() {
 fn flash_causal_and_bias() {
     let Some(dev) = gpu() else { return };
     for c in [
-        Case { causal: true, ..Case::new(1, 2, 64, &[1537]) },
-        Case { causal: true, ..Case::new(2, 2, 64, &[1000, 333]) },
-        Case { bias: true, ..Case::new(2, 2, 64, VIDEO_TEXT) },
-        Case { bias: true, causal: true, q_amp: 4.0, ..Case::new(1, 3, 64, &[200, 57]) },
-        Case { causal: true, q_segs: 1, ..Case::new(1, 2, 64, &[300, 333]) },
-        Case { bias: true, fused: true, ..Case::new(2, 38, 64, &[45, 77]) },
+        Case {
+            causal: true,
+            ..Case::new(1, 2, 64, &[1537])
+        },
+        Case {
+            causal: true,
+            ..Case::new(2, 2, 64, &[1000, 333])
+        },
+        Case {
+            bias: true,
+            ..Case::new(2, 2, 64, VIDEO_TEXT)
+        },
+        Case {
+            bias: true,
+            causal: true,
+            q_amp: 4.0,
+            ..Case::new(1, 3, 64, &[200, 57])
+        },
+        Case {
+            causal: true,
+            q_segs: 1,
+            ..Case::new(1, 2, 64, &[300, 333])
+        },
+        Case {
+            bias: true,
+            fused: true,
+            ..Case::new(2, 38, 64, &[45, 77])
+        },
     ] {
         run_case(&dev, c, DType::BF16, AttnKernel::Flash);
     }
@@ -158,9 +270,15 @@ fn flash_odd_segments() {
         Case::new(2, 1, 64, &[3, 5]),
         // Three and four segments; an empty one.
         Case::new(1, 2, 64, &[63, 65, 1]),
-        Case { causal: true, ..Case::new(2, 2, 64, &[17, 128, 64, 129]) },
+        Case {
+            causal: true,
+            ..Case::new(2, 2, 64, &[17, 128, 64, 129])
+        },
         Case::new(1, 2, 64, &[129, 0]),
-        Case { fused: true, ..Case::new(1, 2, 64, &[127, 0, 333]) },
+        Case {
+            fused: true,
+            ..Case::new(1, 2, 64, &[127, 0, 333])
+        },
     ] {
         run_case(&dev, c, DType::BF16, AttnKernel::Flash);
     }
@@ -172,11 +290,26 @@ fn naive_all_dtypes_and_head_dims() {
     for dt in [DType::F32, DType::BF16, DType::F16] {
         for c in [
             Case::new(1, 2, 16, &[77]),
-            Case { causal: true, ..Case::new(2, 2, 32, &[19, 5]) },
-            Case { bias: true, fused: true, ..Case::new(2, 3, 64, VIDEO_TEXT) },
-            Case { causal: true, bias: true, q_segs: 1, ..Case::new(1, 1, 128, &[100, 33]) },
+            Case {
+                causal: true,
+                ..Case::new(2, 2, 32, &[19, 5])
+            },
+            Case {
+                bias: true,
+                fused: true,
+                ..Case::new(2, 3, 64, VIDEO_TEXT)
+            },
+            Case {
+                causal: true,
+                bias: true,
+                q_segs: 1,
+                ..Case::new(1, 1, 128, &[100, 33])
+            },
             Case::new(1, 1, 256, &[40, 9]),
-            Case { q_amp: 8.0, ..Case::new(1, 2, 8, &[3, 31, 2, 70]) },
+            Case {
+                q_amp: 8.0,
+                ..Case::new(1, 2, 8, &[3, 31, 2, 70])
+            },
         ] {
             run_case(&dev, c, dt, AttnKernel::Naive);
         }
@@ -188,9 +321,24 @@ fn naive_all_dtypes_and_head_dims() {
 #[test]
 fn auto_dispatch() {
     let Some(dev) = gpu() else { return };
-    run_case(&dev, Case::new(1, 38, 64, VIDEO_TEXT), DType::BF16, AttnKernel::Auto);
-    run_case(&dev, Case::new(1, 4, 32, VIDEO_TEXT), DType::BF16, AttnKernel::Auto);
-    run_case(&dev, Case::new(1, 2, 64, VIDEO_TEXT), DType::F32, AttnKernel::Auto);
+    run_case(
+        &dev,
+        Case::new(1, 38, 64, VIDEO_TEXT),
+        DType::BF16,
+        AttnKernel::Auto,
+    );
+    run_case(
+        &dev,
+        Case::new(1, 4, 32, VIDEO_TEXT),
+        DType::BF16,
+        AttnKernel::Auto,
+    );
+    run_case(
+        &dev,
+        Case::new(1, 2, 64, VIDEO_TEXT),
+        DType::F32,
+        AttnKernel::Auto,
+    );
 }
 
 /// Flash and the generic kernel on the same inputs (second opinion, no CPU in the loop).
@@ -200,15 +348,35 @@ fn flash_matches_naive() {
     let (b, h, d) = (2, 4, 64);
     let hd = h * d;
     let mk = |s: usize, seed| pair(rnd(b * s * hd, seed, 2.0), &[b, s, hd], &dev, DType::BF16).1;
-    let (qv, kv, vv, qt, kt, vt) = (mk(2000, 1), mk(2000, 2), mk(2000, 3), mk(333, 4), mk(333, 5), mk(333, 6));
+    let (qv, kv, vv, qt, kt, vt) = (
+        mk(2000, 1),
+        mk(2000, 2),
+        mk(2000, 3),
+        mk(333, 4),
+        mk(333, 5),
+        mk(333, 6),
+    );
     for causal in [false, true] {
         let run = |k| {
-            attention_cuda_with(&[&qv, &qt], &[&kv, &kt], &[&vv, &vt], h, 0.125, causal, None, k).unwrap().to_vec_f32().unwrap()
+            attention_cuda_with(
+                &[&qv, &qt],
+                &[&kv, &kt],
+                &[&vv, &vt],
+                h,
+                0.125,
+                causal,
+                None,
+                k,
+            )
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
         };
         let (f, n) = (run(AttnKernel::Flash), run(AttnKernel::Naive));
         // Both round the output to bf16; flash also rounds P.
         let (atol, rtol) = tolerance::for_dtype(DType::BF16, 2333);
-        tolerance::check(&f, &n, 2.0 * atol, 2.0 * rtol).unwrap_or_else(|e| panic!("flash vs naive (causal {causal}): {e}"));
+        tolerance::check(&f, &n, 2.0 * atol, 2.0 * rtol)
+            .unwrap_or_else(|e| panic!("flash vs naive (causal {causal}): {e}"));
         println!("flash vs naive causal={causal}: ok ({} values)", f.len());
     }
 }
@@ -226,11 +394,23 @@ fn flash_unaligned_views() {
     let (vh, vg) = base(13);
     let view = |t: &Tensor| t.narrow(2, 1, hd).unwrap(); // offset 1 element: misaligned too
     let o = AttnOpts::new(h, d);
-    let want = attention(&[&view(&qh)], &[&view(&kh)], &[&view(&vh)], &o).unwrap().to_vec_f32().unwrap();
-    let got = attention_cuda_with(&[&view(&qg)], &[&view(&kg)], &[&view(&vg)], h, o.scale, false, None, AttnKernel::Flash)
+    let want = attention(&[&view(&qh)], &[&view(&kh)], &[&view(&vh)], &o)
         .unwrap()
         .to_vec_f32()
         .unwrap();
+    let got = attention_cuda_with(
+        &[&view(&qg)],
+        &[&view(&kg)],
+        &[&view(&vg)],
+        h,
+        o.scale,
+        false,
+        None,
+        AttnKernel::Flash,
+    )
+    .unwrap()
+    .to_vec_f32()
+    .unwrap();
     let (atol, rtol) = tolerance::for_dtype(DType::BF16, s);
     tolerance::check(&got, &want, atol, rtol).unwrap();
     println!("unaligned views: ok");
@@ -243,13 +423,34 @@ fn errors_are_clear() {
     let t = |s: usize, d: usize, dt| pair(rnd(s * 2 * d, 3, 1.0), &[1, s, 2 * d], &dev, dt).1;
     let x = t(5, 64, DType::BF16);
     let five: Vec<&Tensor> = vec![&x; 5];
-    let e = attention_cuda_with(&five, &five, &five, 2, 0.125, false, None, AttnKernel::Auto).unwrap_err();
+    let e = attention_cuda_with(&five, &five, &five, 2, 0.125, false, None, AttnKernel::Auto)
+        .unwrap_err();
     assert!(e.to_string().contains("segments"), "{e}");
     let y = t(5, 32, DType::BF16);
-    let e = attention_cuda_with(&[&y], &[&y], &[&y], 2, 0.125, false, None, AttnKernel::Flash).unwrap_err();
+    let e = attention_cuda_with(
+        &[&y],
+        &[&y],
+        &[&y],
+        2,
+        0.125,
+        false,
+        None,
+        AttnKernel::Flash,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("head dim 64"), "{e}");
     let bad_bias = pair(vec![0.0; 2 * 5 * 4], &[2, 5, 4], &dev, DType::F32).1;
-    let e = attention_cuda_with(&[&x], &[&x], &[&x], 2, 0.125, false, Some(&bad_bias), AttnKernel::Auto).unwrap_err();
+    let e = attention_cuda_with(
+        &[&x],
+        &[&x],
+        &[&x],
+        2,
+        0.125,
+        false,
+        Some(&bad_bias),
+        AttnKernel::Auto,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("bias"), "{e}");
     println!("errors: ok");
 }

@@ -28,7 +28,10 @@ fn manifest_lists_every_file_and_tensor() {
     let m = manifest();
     assert_eq!(m["format_version"].as_u64(), Some(FORMAT_VERSION));
     for k in ["torch", "diffusers", "transformers", "python"] {
-        assert!(m["versions"][k].is_string(), "manifest.versions.{k} missing");
+        assert!(
+            m["versions"][k].is_string(),
+            "manifest.versions.{k} missing"
+        );
     }
     assert!(m["seeds"]["base"].is_u64());
     let files = m["files"].as_object().expect("manifest.files");
@@ -41,27 +44,62 @@ fn manifest_lists_every_file_and_tensor() {
     let mut listed: Vec<String> = files.keys().cloned().collect();
     listed.sort();
     assert_eq!(on_disk, listed, "fixture files on disk vs manifest.files");
-    for group in ["tokens", "text_encoders", "transformer", "scheduler", "pipeline", "vae"] {
-        assert!(files.contains_key(&format!("{group}.safetensors")), "fixture group {group} missing");
+    for group in [
+        "tokens",
+        "text_encoders",
+        "transformer",
+        "scheduler",
+        "pipeline",
+        "vae",
+    ] {
+        assert!(
+            files.contains_key(&format!("{group}.safetensors")),
+            "fixture group {group} missing"
+        );
     }
     for (file, entry) in files {
         let fx = Fixture::load(file);
         let tensors = entry["tensors"].as_object().unwrap();
         assert_eq!(tensors.len(), fx.tensors.len(), "{file}: tensor count");
         for (name, t) in &fx.tensors {
-            let e = tensors.get(name).unwrap_or_else(|| panic!("{file}: {name} not in manifest"));
-            let shape: Vec<usize> = e["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            let e = tensors
+                .get(name)
+                .unwrap_or_else(|| panic!("{file}: {name} not in manifest"));
+            let shape: Vec<usize> = e["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
             assert_eq!(shape, t.shape, "{file}: {name} shape");
-            assert_eq!(e["dtype"].as_str().unwrap(), dtype_name(t.dtype), "{file}: {name} dtype");
-            assert!(e["doc"].as_str().is_some_and(|d| !d.is_empty()), "{file}: {name} undocumented");
+            assert_eq!(
+                e["dtype"].as_str().unwrap(),
+                dtype_name(t.dtype),
+                "{file}: {name} dtype"
+            );
+            assert!(
+                e["doc"].as_str().is_some_and(|d| !d.is_empty()),
+                "{file}: {name} undocumented"
+            );
             assert_eq!(t.data.len(), t.numel());
         }
         println!("{file}: {} tensors ok", fx.tensors.len());
     }
     // the tiny model the fixtures were made with is there
-    for f in ["model_index.json", "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json",
-              "text_encoder_3/config.json", "tokenizer/vocab.json", "tokenizer_2/merges.txt", "tokenizer_3/tokenizer.json"] {
-        assert!(tiny_model_dir().join(f).is_file(), "assets/tiny-model/{f} missing");
+    for f in [
+        "model_index.json",
+        "transformer/config.json",
+        "vae/config.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder_3/config.json",
+        "tokenizer/vocab.json",
+        "tokenizer_2/merges.txt",
+        "tokenizer_3/tokenizer.json",
+    ] {
+        assert!(
+            tiny_model_dir().join(f).is_file(),
+            "assets/tiny-model/{f} missing"
+        );
     }
 }
 
@@ -72,13 +110,29 @@ fn tokens_padding_and_truncation_rules() {
     let m = manifest();
     let prompts = m["prompts"].as_array().unwrap();
     let tk = &m["tokenizers"];
-    assert_eq!(tk["clip_l"]["pad_id"].as_i64(), Some(49407), "tokenizer/ pads with <|endoftext|>");
-    assert_eq!(tk["clip_g"]["pad_id"].as_i64(), Some(0), "tokenizer_2/ pads with '!'");
-    assert_eq!((tk["t5"]["pad_id"].as_i64(), tk["t5"]["eos_id"].as_i64()), (Some(0), Some(1)));
+    assert_eq!(
+        tk["clip_l"]["pad_id"].as_i64(),
+        Some(49407),
+        "tokenizer/ pads with <|endoftext|>"
+    );
+    assert_eq!(
+        tk["clip_g"]["pad_id"].as_i64(),
+        Some(0),
+        "tokenizer_2/ pads with '!'"
+    );
+    assert_eq!(
+        (tk["t5"]["pad_id"].as_i64(), tk["t5"]["eos_id"].as_i64()),
+        (Some(0), Some(1))
+    );
     let mut truncated = [0usize; 3];
     for i in 0..prompts.len() {
-        for (k, (name, len, pad, eos)) in
-            [("clip_l", 77usize, 49407i64, 49407i64), ("clip_g", 77, 0, 49407), ("t5", 256, 0, 1)].into_iter().enumerate()
+        for (k, (name, len, pad, eos)) in [
+            ("clip_l", 77usize, 49407i64, 49407i64),
+            ("clip_g", 77, 0, 49407),
+            ("t5", 256, 0, 1),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let raw = fx.ints(&format!("{name}.p{i}.raw"));
             let padded = fx.ints(&format!("{name}.p{i}.padded"));
@@ -88,7 +142,11 @@ fn tokens_padding_and_truncation_rules() {
                 assert_eq!(raw[0], 49406, "{name} p{i}: BOS");
             }
             let want: Vec<i64> = if raw.len() <= len {
-                raw.iter().copied().chain(std::iter::repeat(pad)).take(len).collect()
+                raw.iter()
+                    .copied()
+                    .chain(std::iter::repeat(pad))
+                    .take(len)
+                    .collect()
             } else {
                 truncated[k] += 1;
                 raw[..len - 1].iter().copied().chain([eos]).collect()
@@ -96,7 +154,10 @@ fn tokens_padding_and_truncation_rules() {
             assert_eq!(padded, &want[..], "{name} p{i}");
         }
     }
-    assert!(truncated.iter().all(|&n| n >= 1), "the long prompt must be truncated by every tokenizer: {truncated:?}");
+    assert!(
+        truncated.iter().all(|&n| n >= 1),
+        "the long prompt must be truncated by every tokenizer: {truncated:?}"
+    );
     // SD3.5 quirk: tokenizer_2's pad token "!" is a special token, so a literal "!" encodes as id 0, not "!</w>" (256)
     let p1_l = fx.ints("clip_l.p1.raw");
     let p1_g = fx.ints("clip_g.p1.raw");
@@ -112,31 +173,67 @@ fn text_encoders_consistency() {
     // encoder_prompts = [prompts[2] (demo), prompts[0] ("")]
     let prompts = m["prompts"].as_array().unwrap();
     let enc = m["encoder_prompts"].as_array().unwrap();
-    let idx: Vec<usize> = enc.iter().map(|p| prompts.iter().position(|q| q == p).expect("encoder prompt in prompts")).collect();
+    let idx: Vec<usize> = enc
+        .iter()
+        .map(|p| {
+            prompts
+                .iter()
+                .position(|q| q == p)
+                .expect("encoder prompt in prompts")
+        })
+        .collect();
     for (name, len) in [("clip_l", 77usize), ("clip_g", 77), ("t5", 256)] {
         let ids = fx.ints(&format!("{name}.input_ids"));
         for (b, &i) in idx.iter().enumerate() {
-            assert_eq!(&ids[b * len..(b + 1) * len], tok.ints(&format!("{name}.p{i}.padded")), "{name} batch {b}");
+            assert_eq!(
+                &ids[b * len..(b + 1) * len],
+                tok.ints(&format!("{name}.p{i}.padded")),
+                "{name} batch {b}"
+            );
         }
     }
     assert_eq!(fx.shape("f32.t5.last_hidden_state"), &[2, 256, 4096]);
-    let (hl, hg) = (fx.shape("f32.clip_l.hidden_penultimate")[2], fx.shape("f32.clip_g.hidden_penultimate")[2]);
+    let (hl, hg) = (
+        fx.shape("f32.clip_l.hidden_penultimate")[2],
+        fx.shape("f32.clip_g.hidden_penultimate")[2],
+    );
     assert!(hl + hg <= 4096);
     // pooled = cat(text_embeds L, text_embeds G), both precisions
     for p in ["f32", "bf16"] {
         let pooled = fx.f32(&format!("{p}.pooled_prompt_embeds"));
-        let (l, g) = (fx.f32(&format!("{p}.clip_l.text_embeds")), fx.f32(&format!("{p}.clip_g.text_embeds")));
+        let (l, g) = (
+            fx.f32(&format!("{p}.clip_l.text_embeds")),
+            fx.f32(&format!("{p}.clip_g.text_embeds")),
+        );
         assert_eq!(fx.shape(&format!("{p}.pooled_prompt_embeds")), &[2, 2048]);
         let (nl, ng) = (l.len() / 2, g.len() / 2);
         assert_eq!(nl + ng, 2048);
         for b in 0..2 {
-            let want: Vec<f32> = l[b * nl..(b + 1) * nl].iter().chain(&g[b * ng..(b + 1) * ng]).copied().collect();
-            assert_eq!(&pooled[b * 2048..(b + 1) * 2048], &want[..], "{p} pooled batch {b}");
+            let want: Vec<f32> = l[b * nl..(b + 1) * nl]
+                .iter()
+                .chain(&g[b * ng..(b + 1) * ng])
+                .copied()
+                .collect();
+            assert_eq!(
+                &pooled[b * 2048..(b + 1) * 2048],
+                &want[..],
+                "{p} pooled batch {b}"
+            );
         }
     }
     // the reference's own bf16 run stays close to its f32 run
-    for k in ["clip_l.hidden_penultimate", "clip_g.hidden_penultimate", "pooled_prompt_embeds"] {
-        let r = assert_close(&format!("bf16 vs f32 {k}"), fx.f32(&format!("bf16.{k}")), fx.f32(&format!("f32.{k}")), 0.08, 0.02);
+    for k in [
+        "clip_l.hidden_penultimate",
+        "clip_g.hidden_penultimate",
+        "pooled_prompt_embeds",
+    ] {
+        let r = assert_close(
+            &format!("bf16 vs f32 {k}"),
+            fx.f32(&format!("bf16.{k}")),
+            fx.f32(&format!("f32.{k}")),
+            0.08,
+            0.02,
+        );
         assert!(r.cosine > 0.9995);
     }
     let t5_err = manifest_f64("/text_encoders_bf16_error/t5_last_hidden_state/max_abs");
@@ -182,19 +279,50 @@ fn transformer_fixture_consistency() {
         }
     }
     let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
-    assert_close("pos_embed_table vs Rust formula", fx.f32("pos_embed_table"), &want, 1e-6, 0.0);
+    assert_close(
+        "pos_embed_table vs Rust formula",
+        fx.f32("pos_embed_table"),
+        &want,
+        1e-6,
+        0.0,
+    );
 
     // batch 2 (cond, uncond): its cond half equals the batch-1 cond forward
     let n = fx.f32("f32.output").len();
-    assert_close("cfg batch2[0] vs batch1 (f32)", &fx.f32("f32.cfg_batch2_output")[..n], fx.f32("f32.output"), 1e-4, 1e-4);
+    assert_close(
+        "cfg batch2[0] vs batch1 (f32)",
+        &fx.f32("f32.cfg_batch2_output")[..n],
+        fx.f32("f32.output"),
+        1e-4,
+        1e-4,
+    );
     let diff = max_abs_diff(&fx.f32("f32.cfg_batch2_output")[n..], fx.f32("f32.output"));
-    assert!(diff > 1e-2, "uncond output should differ from cond ({diff})");
+    assert!(
+        diff > 1e-2,
+        "uncond output should differ from cond ({diff})"
+    );
     // the reference's bf16 run is close to its f32 run
-    for k in ["output", "cfg_batch2_output", "patch_embed_out", "block0.out_hidden", "block1.out_hidden"] {
-        let r = assert_close(&format!("bf16 vs f32 {k}"), fx.f32(&format!("bf16.{k}")), fx.f32(&format!("f32.{k}")), 0.1, 0.02);
+    for k in [
+        "output",
+        "cfg_batch2_output",
+        "patch_embed_out",
+        "block0.out_hidden",
+        "block1.out_hidden",
+    ] {
+        let r = assert_close(
+            &format!("bf16 vs f32 {k}"),
+            fx.f32(&format!("bf16.{k}")),
+            fx.f32(&format!("f32.{k}")),
+            0.1,
+            0.02,
+        );
         assert!(r.cosine > 0.999);
         let m = manifest_f64(&format!("/transformer_bf16_error/{k}/max_abs"));
-        assert!((r.max_abs - m).abs() <= 1e-6 + 1e-3 * m, "{k}: manifest says {m}, data {}", r.max_abs);
+        assert!(
+            (r.max_abs - m).abs() <= 1e-6 + 1e-3 * m,
+            "{k}: manifest says {m}, data {}",
+            r.max_abs
+        );
     }
 }
 
@@ -219,8 +347,20 @@ fn scheduler_matches_formula() {
         for steps in [1usize, 2, 5, 50] {
             let (sig, ts) = schedule(steps, shift);
             let key = format!("shift{shift:.1}.steps{steps}");
-            assert_close(&format!("{key}.sigmas"), fx.f32(&format!("{key}.sigmas")), &sig, 0.0, 2.5e-7);
-            assert_close(&format!("{key}.timesteps"), fx.f32(&format!("{key}.timesteps")), &ts, 0.0, 2.5e-7);
+            assert_close(
+                &format!("{key}.sigmas"),
+                fx.f32(&format!("{key}.sigmas")),
+                &sig,
+                0.0,
+                2.5e-7,
+            );
+            assert_close(
+                &format!("{key}.timesteps"),
+                fx.f32(&format!("{key}.timesteps")),
+                &ts,
+                0.0,
+                2.5e-7,
+            );
         }
     }
     let (sig, _) = schedule(50, 3.0);
@@ -230,8 +370,18 @@ fn scheduler_matches_formula() {
     let (x, v) = (fx.f32("step.sample"), fx.f32("step.model_output"));
     for i in [0usize, 49] {
         let dt = bf16_round(sig[i + 1] - sig[i]);
-        let want: Vec<f32> = x.iter().zip(v).map(|(x, v)| bf16_round(x + bf16_round(dt * v))).collect();
-        assert_close(&format!("euler step {i}"), fx.f32(&format!("step.i{i}.prev_sample")), &want, 0.0, 0.0);
+        let want: Vec<f32> = x
+            .iter()
+            .zip(v)
+            .map(|(x, v)| bf16_round(x + bf16_round(dt * v)))
+            .collect();
+        assert_close(
+            &format!("euler step {i}"),
+            fx.f32(&format!("step.i{i}.prev_sample")),
+            &want,
+            0.0,
+            0.0,
+        );
     }
 }
 
@@ -273,46 +423,111 @@ fn pipeline_fixture_consistency() {
     // f32 run: v = v_u + g (v_c - v_u); x_{i+1} = x_i + dt v
     let mut x: Vec<f32> = fx.f32("noise").to_vec();
     for i in 0..steps {
-        let (vc, vu, v) =
-            (fx.f32(&format!("f32.step{i}.v_cond")), fx.f32(&format!("f32.step{i}.v_uncond")), fx.f32(&format!("f32.step{i}.v")));
+        let (vc, vu, v) = (
+            fx.f32(&format!("f32.step{i}.v_cond")),
+            fx.f32(&format!("f32.step{i}.v_uncond")),
+            fx.f32(&format!("f32.step{i}.v")),
+        );
         let want_v: Vec<f32> = vc.iter().zip(vu).map(|(c, u)| u + g * (c - u)).collect();
         assert_close(&format!("f32 cfg step {i}"), v, &want_v, 1e-5, 1e-5);
         let dt = sig[i + 1] - sig[i];
         x = x.iter().zip(v).map(|(x, v)| x + dt * v).collect();
-        assert_close(&format!("f32 latents step {i}"), fx.f32(&format!("f32.step{i}.latents")), &x, 1e-5, 1e-5);
+        assert_close(
+            &format!("f32 latents step {i}"),
+            fx.f32(&format!("f32.step{i}.latents")),
+            &x,
+            1e-5,
+            1e-5,
+        );
     }
     // bf16 run: guidance in bf16 (each op rounded), latents bf16 between steps
     let mut x: Vec<f32> = fx.f32("noise").to_vec();
     for i in 0..steps {
-        let (vc, vu, v) =
-            (fx.f32(&format!("bf16.step{i}.v_cond")), fx.f32(&format!("bf16.step{i}.v_uncond")), fx.f32(&format!("bf16.step{i}.v")));
-        let want_v: Vec<f32> =
-            vc.iter().zip(vu).map(|(c, u)| bf16_round(u + bf16_round(g * bf16_round(c - u)))).collect();
+        let (vc, vu, v) = (
+            fx.f32(&format!("bf16.step{i}.v_cond")),
+            fx.f32(&format!("bf16.step{i}.v_uncond")),
+            fx.f32(&format!("bf16.step{i}.v")),
+        );
+        let want_v: Vec<f32> = vc
+            .iter()
+            .zip(vu)
+            .map(|(c, u)| bf16_round(u + bf16_round(g * bf16_round(c - u))))
+            .collect();
         assert_close(&format!("bf16 cfg step {i}"), v, &want_v, 0.0, 0.0);
         let dt = bf16_round(sig[i + 1] - sig[i]);
-        x = x.iter().zip(v).map(|(x, v)| bf16_round(x + bf16_round(dt * v))).collect();
-        assert_close(&format!("bf16 latents step {i}"), fx.f32(&format!("bf16.step{i}.latents")), &x, 0.0, 0.0);
+        x = x
+            .iter()
+            .zip(v)
+            .map(|(x, v)| bf16_round(x + bf16_round(dt * v)))
+            .collect();
+        assert_close(
+            &format!("bf16 latents step {i}"),
+            fx.f32(&format!("bf16.step{i}.latents")),
+            &x,
+            0.0,
+            0.0,
+        );
     }
     // de-normalisation x / (1/std) + mean with the VAE config's statistics
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny_model_dir().join("vae/config.json")).unwrap()).unwrap();
-    let mean: Vec<f32> = cfg["latents_mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-    let std: Vec<f32> = cfg["latents_std"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tiny_model_dir().join("vae/config.json")).unwrap(),
+    )
+    .unwrap();
+    let mean: Vec<f32> = cfg["latents_mean"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let std: Vec<f32> = cfg["latents_std"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
     let per_c = lat[2] * lat[3] * lat[4];
     for prec in ["f32", "bf16"] {
         let last = fx.f32(&format!("{prec}.step{}.latents", steps - 1));
-        let want: Vec<f32> = last.iter().enumerate().map(|(i, x)| x / (1.0 / std[i / per_c]) + mean[i / per_c]).collect();
-        assert_close(&format!("{prec} vae_input"), fx.f32(&format!("{prec}.vae_input")), &want, 1e-6, 1e-6);
+        let want: Vec<f32> = last
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x / (1.0 / std[i / per_c]) + mean[i / per_c])
+            .collect();
+        assert_close(
+            &format!("{prec} vae_input"),
+            fx.f32(&format!("{prec}.vae_input")),
+            &want,
+            1e-6,
+            1e-6,
+        );
     }
     // video shape, range, and the uint8 conversion (bit-exact from the f32 video)
     let vshape = [1usize, 3, nf, hh, ww];
     assert_eq!(fx.shape("f32.video"), &vshape);
     assert!(fx.f32("f32.video").iter().all(|v| (-1.0..=1.0).contains(v)));
     assert_eq!(fx.shape("f32.frames_u8"), &[nf, hh, ww, 3]);
-    assert_close("f32 frames_u8", &u8_frames(fx.f32("f32.video"), &vshape), fx.f32("f32.frames_u8"), 0.0, 0.0);
+    assert_close(
+        "f32 frames_u8",
+        &u8_frames(fx.f32("f32.video"), &vshape),
+        fx.f32("f32.frames_u8"),
+        0.0,
+        0.0,
+    );
     // the bf16 run's video is stored in f16: its frames agree within one level
-    assert_close("bf16 frames_u8 (f16 video)", &u8_frames(fx.f32("bf16.video"), &vshape), fx.f32("bf16.frames_u8"), 1.0, 0.0);
-    assert_close("bf16 vs f32 video", fx.f32("bf16.video"), fx.f32("f32.video"), 0.1, 0.0);
+    assert_close(
+        "bf16 frames_u8 (f16 video)",
+        &u8_frames(fx.f32("bf16.video"), &vshape),
+        fx.f32("bf16.frames_u8"),
+        1.0,
+        0.0,
+    );
+    assert_close(
+        "bf16 vs f32 video",
+        fx.f32("bf16.video"),
+        fx.f32("f32.video"),
+        0.1,
+        0.0,
+    );
 }
 
 #[test]
@@ -324,10 +539,19 @@ fn vae_fixture_consistency() {
         assert_eq!(fx.shape(&format!("f32.{t}.video")), &vshape);
         assert_eq!(fx.shape(&format!("bf16.{t}.video")), &vshape);
         let v = fx.f32(&format!("f32.{t}.video"));
-        assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)), "{t}: video is clamped to [-1, 1]");
+        assert!(
+            v.iter().all(|x| (-1.0..=1.0).contains(x)),
+            "{t}: video is clamped to [-1, 1]"
+        );
         let rms = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
         assert!(rms > 0.05, "{t}: degenerate video (rms {rms})");
-        let r = assert_close(&format!("{t} bf16 vs f32"), fx.f32(&format!("bf16.{t}.video")), v, 0.1, 0.0);
+        let r = assert_close(
+            &format!("{t} bf16 vs f32"),
+            fx.f32(&format!("bf16.{t}.video")),
+            v,
+            0.1,
+            0.0,
+        );
         assert!(r.cosine > 0.999);
     }
     // decoder taps of t3: one latent frame per chunk, frame 0 is not upsampled in time

@@ -10,8 +10,6 @@ fn rnd(n: usize, seed: u64) -> Vec<f32> {
 use contentv::ops::{act, attention, elementwise as ew, embed, gemm, norm, tolerance};
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 
-
-
 fn host(v: Vec<f32>, s: &[usize]) -> Tensor {
     Tensor::from_f32(v, s, &Device::Cpu).unwrap()
 }
@@ -42,11 +40,33 @@ const DTS: [DType; 2] = [DType::F32, DType::BF16];
 fn activations_and_softmax() {
     let Some(dev) = gpu() else { return };
     for dt in DTS {
-        let (h, g) = pair(rnd(3 * 1001, 1).iter().map(|v| v * 4.0).collect(), &[3, 1001], &dev, dt);
-        for (name, a) in [("silu", gemm::Act::Silu), ("gelu_tanh", gemm::Act::GeluTanh), ("gelu_erf", gemm::Act::GeluErf), ("quick_gelu", gemm::Act::QuickGelu)] {
-            check(name, &act::apply(&g, a).unwrap(), &act::apply(&h, a).unwrap(), dt, 1);
+        let (h, g) = pair(
+            rnd(3 * 1001, 1).iter().map(|v| v * 4.0).collect(),
+            &[3, 1001],
+            &dev,
+            dt,
+        );
+        for (name, a) in [
+            ("silu", gemm::Act::Silu),
+            ("gelu_tanh", gemm::Act::GeluTanh),
+            ("gelu_erf", gemm::Act::GeluErf),
+            ("quick_gelu", gemm::Act::QuickGelu),
+        ] {
+            check(
+                name,
+                &act::apply(&g, a).unwrap(),
+                &act::apply(&h, a).unwrap(),
+                dt,
+                1,
+            );
         }
-        check("softmax_last", &act::softmax_last(&g).unwrap(), &act::softmax_last(&h).unwrap(), dt, 1);
+        check(
+            "softmax_last",
+            &act::softmax_last(&g).unwrap(),
+            &act::softmax_last(&h).unwrap(),
+            dt,
+            1,
+        );
     }
 }
 
@@ -58,7 +78,13 @@ fn norms() {
         let (h, g) = pair(rnd(b * s * c, 2), &[b, s, c], &dev, dt);
         let (wh, wg) = pair(rnd(c, 3), &[c], &dev, dt);
         let (bh, bg) = pair(rnd(c, 4), &[c], &dev, dt);
-        check("layer_norm", &norm::layer_norm(&g, None, None, 1e-6).unwrap(), &norm::layer_norm(&h, None, None, 1e-6).unwrap(), dt, c);
+        check(
+            "layer_norm",
+            &norm::layer_norm(&g, None, None, 1e-6).unwrap(),
+            &norm::layer_norm(&h, None, None, 1e-6).unwrap(),
+            dt,
+            c,
+        );
         check(
             "layer_norm affine",
             &norm::layer_norm(&g, Some(&wg), Some(&bg), 1e-5).unwrap(),
@@ -67,12 +93,30 @@ fn norms() {
             c,
         );
         let (mh, mg) = pair(rnd(b * 6 * c, 5), &[b, 6 * c], &dev, dt);
-        let got = norm::layer_norm_modulate(&g, &mg.narrow(1, 0, c).unwrap(), &mg.narrow(1, c, c).unwrap(), 1e-6).unwrap();
-        let want = norm::layer_norm_modulate(&h, &mh.narrow(1, 0, c).unwrap(), &mh.narrow(1, c, c).unwrap(), 1e-6).unwrap();
+        let got = norm::layer_norm_modulate(
+            &g,
+            &mg.narrow(1, 0, c).unwrap(),
+            &mg.narrow(1, c, c).unwrap(),
+            1e-6,
+        )
+        .unwrap();
+        let want = norm::layer_norm_modulate(
+            &h,
+            &mh.narrow(1, 0, c).unwrap(),
+            &mh.narrow(1, c, c).unwrap(),
+            1e-6,
+        )
+        .unwrap();
         check("layer_norm_modulate", &got, &want, dt, c);
         let (qh, qg) = pair(rnd(b * s * 38 * 64, 6), &[b, s, 38, 64], &dev, dt);
         let (nh, ng) = pair(rnd(64, 7), &[64], &dev, dt);
-        check("rms_norm (q/k, head dim 64)", &norm::rms_norm(&qg, Some(&ng), 1e-6).unwrap(), &norm::rms_norm(&qh, Some(&nh), 1e-6).unwrap(), dt, 64);
+        check(
+            "rms_norm (q/k, head dim 64)",
+            &norm::rms_norm(&qg, Some(&ng), 1e-6).unwrap(),
+            &norm::rms_norm(&qh, Some(&nh), 1e-6).unwrap(),
+            dt,
+            64,
+        );
     }
 }
 
@@ -85,11 +129,41 @@ fn elementwise_ops() {
         let (xh, xg) = pair(rnd(b * s * c, 9), &[b, s, c], &dev, dt);
         let (ph, pg) = pair(rnd(s * c, 10), &[s, c], &dev, dt);
         let (gh, gg) = pair(rnd(b * 3 * c, 11), &[b, 3 * c], &dev, dt);
-        check("add", &ew::add(&ag, &xg).unwrap(), &ew::add(&ah, &xh).unwrap(), dt, 1);
-        check("mul", &ew::mul(&ag, &xg).unwrap(), &ew::mul(&ah, &xh).unwrap(), dt, 1);
-        check("scale", &ew::scale(&ag, 0.37).unwrap(), &ew::scale(&ah, 0.37).unwrap(), dt, 1);
-        check("add_scaled", &ew::add_scaled(&ag, &xg, -1.5).unwrap(), &ew::add_scaled(&ah, &xh, -1.5).unwrap(), dt, 2);
-        check("add_bcast", &ew::add_bcast(&ag, &pg).unwrap(), &ew::add_bcast(&ah, &ph).unwrap(), dt, 1);
+        check(
+            "add",
+            &ew::add(&ag, &xg).unwrap(),
+            &ew::add(&ah, &xh).unwrap(),
+            dt,
+            1,
+        );
+        check(
+            "mul",
+            &ew::mul(&ag, &xg).unwrap(),
+            &ew::mul(&ah, &xh).unwrap(),
+            dt,
+            1,
+        );
+        check(
+            "scale",
+            &ew::scale(&ag, 0.37).unwrap(),
+            &ew::scale(&ah, 0.37).unwrap(),
+            dt,
+            1,
+        );
+        check(
+            "add_scaled",
+            &ew::add_scaled(&ag, &xg, -1.5).unwrap(),
+            &ew::add_scaled(&ah, &xh, -1.5).unwrap(),
+            dt,
+            2,
+        );
+        check(
+            "add_bcast",
+            &ew::add_bcast(&ag, &pg).unwrap(),
+            &ew::add_bcast(&ah, &ph).unwrap(),
+            dt,
+            1,
+        );
         check(
             "gated_residual",
             &ew::gated_residual(&ag, &xg, &gg.narrow(1, c, c).unwrap()).unwrap(),
@@ -97,17 +171,52 @@ fn elementwise_ops() {
             dt,
             2,
         );
-        check("concat dim 1", &ew::concat(&[&ag, &xg], 1).unwrap(), &ew::concat(&[&ah, &xh], 1).unwrap(), dt, 1);
-        check("concat dim 2", &ew::concat(&[&ag, &xg], 2).unwrap(), &ew::concat(&[&ah, &xh], 2).unwrap(), dt, 1);
+        check(
+            "concat dim 1",
+            &ew::concat(&[&ag, &xg], 1).unwrap(),
+            &ew::concat(&[&ah, &xh], 1).unwrap(),
+            dt,
+            1,
+        );
+        check(
+            "concat dim 2",
+            &ew::concat(&[&ag, &xg], 2).unwrap(),
+            &ew::concat(&[&ah, &xh], 2).unwrap(),
+            dt,
+            1,
+        );
         let pt = ag.permute(&[2, 0, 1]).unwrap();
-        check("contiguous (permute)", &pt.contiguous().unwrap(), &ah.permute(&[2, 0, 1]).unwrap().contiguous().unwrap(), dt, 1);
+        check(
+            "contiguous (permute)",
+            &pt.contiguous().unwrap(),
+            &ah.permute(&[2, 0, 1]).unwrap().contiguous().unwrap(),
+            dt,
+            1,
+        );
         // Rank 7: the transformer's patchify permute.
-        let (p7h, p7g) = pair(rnd(2 * 16 * 3 * 6 * 10, 50), &[2, 16, 3, 3, 2, 5, 2], &dev, dt);
+        let (p7h, p7g) = pair(
+            rnd(2 * 16 * 3 * 6 * 10, 50),
+            &[2, 16, 3, 3, 2, 5, 2],
+            &dev,
+            dt,
+        );
         let perm = [0, 2, 3, 5, 1, 4, 6];
-        check("contiguous (rank-7 patchify)", &p7g.permute(&perm).unwrap().contiguous().unwrap(), &p7h.permute(&perm).unwrap().contiguous().unwrap(), dt, 1);
+        check(
+            "contiguous (rank-7 patchify)",
+            &p7g.permute(&perm).unwrap().contiguous().unwrap(),
+            &p7h.permute(&perm).unwrap().contiguous().unwrap(),
+            dt,
+            1,
+        );
         let (th, tg) = pair(rnd(100 * 33, 12), &[100, 33], &dev, dt);
         let ids = [0u32, 99, 5, 5, 42];
-        check("embedding", &embed::embedding(&tg, &ids).unwrap(), &embed::embedding(&th, &ids).unwrap(), dt, 1);
+        check(
+            "embedding",
+            &embed::embedding(&tg, &ids).unwrap(),
+            &embed::embedding(&th, &ids).unwrap(),
+            dt,
+            1,
+        );
         assert!(embed::embedding(&tg, &[100]).is_err());
     }
 }
@@ -118,8 +227,22 @@ fn casts_round_to_nearest_even() {
     let v: Vec<f32> = rnd(4097, 13).iter().map(|x| x * 1000.0).collect();
     let g = host(v.clone(), &[4097]).to_device(&dev).unwrap();
     for dt in [DType::BF16, DType::F16] {
-        let got = g.to_dtype(dt).unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().to_vec_f32().unwrap();
-        let want = host(v.clone(), &[4097]).to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap().to_vec_f32().unwrap();
+        let got = g
+            .to_dtype(dt)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let want = host(v.clone(), &[4097])
+            .to_dtype(dt)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         assert_eq!(got, want, "cast to {}", dt.name());
     }
 }
@@ -128,21 +251,49 @@ fn casts_round_to_nearest_even() {
 fn linear_matmul_cublaslt() {
     let Some(dev) = gpu() else { return };
     for dt in DTS {
-        for (m, k, n) in [(1, 64, 48), (45, 128, 768), (333, 4096, 2432), (77, 2432, 9728)] {
+        for (m, k, n) in [
+            (1, 64, 48),
+            (45, 128, 768),
+            (333, 4096, 2432),
+            (77, 2432, 9728),
+        ] {
             let (xh, xg) = pair(rnd(m * k, 14), &[m, k], &dev, dt);
-            let (wh, wg) = pair(rnd(n * k, 15).iter().map(|v| v * 0.05).collect(), &[n, k], &dev, dt);
+            let (wh, wg) = pair(
+                rnd(n * k, 15).iter().map(|v| v * 0.05).collect(),
+                &[n, k],
+                &dev,
+                dt,
+            );
             let (bh, bg) = pair(rnd(n, 16), &[n], &dev, dt);
-            let lh = Linear { weight: Weight::Dense(wh), bias: Some(bh) };
-            let lg = Linear { weight: Weight::Dense(wg), bias: Some(bg) };
+            let lh = Linear {
+                weight: Weight::Dense(wh),
+                bias: Some(bh),
+            };
+            let lg = Linear {
+                weight: Weight::Dense(wg),
+                bias: Some(bg),
+            };
             for a in [gemm::Act::None, gemm::Act::GeluTanh, gemm::Act::Silu] {
-                check(&format!("linear {m}x{k}x{n} {a:?}"), &gemm::linear_act(&xg, &lg, a).unwrap(), &gemm::linear_act(&xh, &lh, a).unwrap(), dt, k);
+                check(
+                    &format!("linear {m}x{k}x{n} {a:?}"),
+                    &gemm::linear_act(&xg, &lg, a).unwrap(),
+                    &gemm::linear_act(&xh, &lh, a).unwrap(),
+                    dt,
+                    k,
+                );
             }
         }
         // Strided rows (a column slice of a wider activation).
         let (xh, xg) = pair(rnd(2 * 9 * 96, 17), &[2, 9, 96], &dev, dt);
         let (wh, wg) = pair(rnd(40 * 64, 18), &[40, 64], &dev, dt);
-        let lh = Linear { weight: Weight::Dense(wh), bias: None };
-        let lg = Linear { weight: Weight::Dense(wg), bias: None };
+        let lh = Linear {
+            weight: Weight::Dense(wh),
+            bias: None,
+        };
+        let lg = Linear {
+            weight: Weight::Dense(wg),
+            bias: None,
+        };
         check(
             "linear strided rows",
             &gemm::linear(&xg.narrow(2, 16, 64).unwrap(), &lg).unwrap(),
@@ -154,9 +305,21 @@ fn linear_matmul_cublaslt() {
         let (bh, bg) = pair(rnd(3 * 77 * 64, 20), &[3, 77, 64], &dev, dt);
         let bt_h = bh.transpose(1, 2).unwrap();
         let bt_g = bg.transpose(1, 2).unwrap();
-        check("matmul (transposed b)", &gemm::matmul(&ag, &bt_g).unwrap(), &gemm::matmul(&ah, &bt_h).unwrap(), dt, 64);
+        check(
+            "matmul (transposed b)",
+            &gemm::matmul(&ag, &bt_g).unwrap(),
+            &gemm::matmul(&ah, &bt_h).unwrap(),
+            dt,
+            64,
+        );
         let cg = bt_g.contiguous().unwrap();
-        check("matmul", &gemm::matmul(&ag, &cg).unwrap(), &gemm::matmul(&ah, &bt_h).unwrap(), dt, 64);
+        check(
+            "matmul",
+            &gemm::matmul(&ag, &cg).unwrap(),
+            &gemm::matmul(&ah, &bt_h).unwrap(),
+            dt,
+            64,
+        );
     }
 }
 
@@ -164,7 +327,12 @@ fn linear_matmul_cublaslt() {
 fn attention_small_shapes() {
     let Some(dev) = gpu() else { return };
     for dt in DTS {
-        for (b, h, d, sv, st) in [(1, 2, 64, 45, 333), (2, 3, 64, 100, 7), (1, 1, 16, 77, 0), (2, 2, 32, 19, 5)] {
+        for (b, h, d, sv, st) in [
+            (1, 2, 64, 45, 333),
+            (2, 3, 64, 100, 7),
+            (1, 1, 16, 77, 0),
+            (2, 2, 32, 19, 5),
+        ] {
             let hd = h * d;
             let mk = |s: usize, seed| pair(rnd(b * s * hd, seed), &[b, s, hd], &dev, dt);
             let (qh, qg) = mk(sv, 21);
@@ -175,14 +343,28 @@ fn attention_small_shapes() {
                 let (qth, qtg) = mk(st, 24);
                 let (kth, ktg) = mk(st, 25);
                 let (vth, vtg) = mk(st, 26);
-                let got = attention::attention(&[&qg, &qtg], &[&kg, &ktg], &[&vg, &vtg], &o).unwrap();
-                let want = attention::attention(&[&qh, &qth], &[&kh, &kth], &[&vh, &vth], &o).unwrap();
-                check(&format!("joint attention b{b} h{h} d{d} {sv}+{st}"), &got, &want, dt, sv + st);
+                let got =
+                    attention::attention(&[&qg, &qtg], &[&kg, &ktg], &[&vg, &vtg], &o).unwrap();
+                let want =
+                    attention::attention(&[&qh, &qth], &[&kh, &kth], &[&vh, &vth], &o).unwrap();
+                check(
+                    &format!("joint attention b{b} h{h} d{d} {sv}+{st}"),
+                    &got,
+                    &want,
+                    dt,
+                    sv + st,
+                );
             } else {
                 let oc = attention::AttnOpts { causal: true, ..o };
                 let got = attention::attention(&[&qg], &[&kg], &[&vg], &oc).unwrap();
                 let want = attention::attention(&[&qh], &[&kh], &[&vh], &oc).unwrap();
-                check(&format!("causal attention b{b} h{h} d{d} {sv}"), &got, &want, dt, sv);
+                check(
+                    &format!("causal attention b{b} h{h} d{d} {sv}"),
+                    &got,
+                    &want,
+                    dt,
+                    sv,
+                );
             }
         }
     }
@@ -192,9 +374,20 @@ fn attention_small_shapes() {
 fn channel_rms_norm_vae() {
     let Some(dev) = gpu() else { return };
     for silu in [false, true] {
-        let (h, g) = pair(rnd(2 * 96 * 3 * 5 * 7, 30), &[2, 96, 3, 5, 7], &dev, DType::F32);
+        let (h, g) = pair(
+            rnd(2 * 96 * 3 * 5 * 7, 30),
+            &[2, 96, 3, 5, 7],
+            &dev,
+            DType::F32,
+        );
         let (gh, gg) = pair(rnd(96, 31), &[96], &dev, DType::F32);
-        check("channel_rms_norm", &norm::channel_rms_norm(&g, &gg, silu).unwrap(), &norm::channel_rms_norm(&h, &gh, silu).unwrap(), DType::F32, 96);
+        check(
+            "channel_rms_norm",
+            &norm::channel_rms_norm(&g, &gg, silu).unwrap(),
+            &norm::channel_rms_norm(&h, &gh, silu).unwrap(),
+            DType::F32,
+            96,
+        );
     }
 }
 

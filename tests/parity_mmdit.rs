@@ -14,8 +14,16 @@ use contentv::runtime::{Device, Tensor};
 /// from the stored f32 encoder outputs as the pipeline does.
 fn text_inputs(idx: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let te = Fixture::load("text_encoders");
-    let (l, g, t5, pooled) = (te.f32("f32.clip_l.hidden_penultimate"), te.f32("f32.clip_g.hidden_penultimate"), te.f32("f32.t5.last_hidden_state"), te.f32("f32.pooled_prompt_embeds"));
-    let (dl, dg) = (te.shape("f32.clip_l.hidden_penultimate")[2], te.shape("f32.clip_g.hidden_penultimate")[2]);
+    let (l, g, t5, pooled) = (
+        te.f32("f32.clip_l.hidden_penultimate"),
+        te.f32("f32.clip_g.hidden_penultimate"),
+        te.f32("f32.t5.last_hidden_state"),
+        te.f32("f32.pooled_prompt_embeds"),
+    );
+    let (dl, dg) = (
+        te.shape("f32.clip_l.hidden_penultimate")[2],
+        te.shape("f32.clip_g.hidden_penultimate")[2],
+    );
     let mut ctx = Vec::new();
     let mut pool = Vec::new();
     for &b in idx {
@@ -41,7 +49,13 @@ fn position_table_matches_reference() {
     let d = cpu_model().config.dim;
     let s = f.shape("input.latent");
     let got = pos_embed_3d(d, s[2], s[3] / 2, s[4] / 2);
-    assert_close("pos_embed_table", &got, f.f32("pos_embed_table"), 1e-6, 1e-6);
+    assert_close(
+        "pos_embed_table",
+        &got,
+        f.f32("pos_embed_table"),
+        1e-6,
+        1e-6,
+    );
 }
 
 #[test]
@@ -49,25 +63,45 @@ fn cpu_forward_matches_reference_f32() {
     let f = Fixture::load("transformer");
     let m = cpu_model();
     let dev = Device::Cpu;
-    let x = Tensor::from_f32(f.f32("input.latent").to_vec(), f.shape("input.latent"), &dev).unwrap();
+    let x = Tensor::from_f32(
+        f.f32("input.latent").to_vec(),
+        f.shape("input.latent"),
+        &dev,
+    )
+    .unwrap();
     let ts = f.f32("input.timestep").to_vec();
     let (ctx, pooled) = text_inputs(&[0]);
     let ctx = Tensor::from_f32(ctx, &[1, 333, 4096], &dev).unwrap();
     let pooled = Tensor::from_f32(pooled, &[1, 2048], &dev).unwrap();
     let mut taps: Vec<(String, Vec<f32>)> = Vec::new();
     let mut cb = |n: &str, t: &Tensor| taps.push((n.to_string(), t.to_vec_f32().unwrap()));
-    let y = m.forward_taps(&x, &ts, &ctx, &pooled, Some(&mut cb)).unwrap();
+    let y = m
+        .forward_taps(&x, &ts, &ctx, &pooled, Some(&mut cb))
+        .unwrap();
     for (name, v) in &taps {
         let key = format!("f32.{name}");
         if f.has(&key) {
             assert_close(&key, v, f.f32(&key), 2e-4, 2e-4);
         }
     }
-    for k in ["patch_embed_out", "temb", "context_embedder_out", "block0.out_hidden", "block0.out_encoder_hidden", "block1.out_hidden"] {
+    for k in [
+        "patch_embed_out",
+        "temb",
+        "context_embedder_out",
+        "block0.out_hidden",
+        "block0.out_encoder_hidden",
+        "block1.out_hidden",
+    ] {
         assert!(taps.iter().any(|(n, _)| n == k), "tap {k} missing");
     }
     assert_eq!(y.shape(), f.shape("f32.output"));
-    assert_close("f32.output", &y.to_vec_f32().unwrap(), f.f32("f32.output"), 2e-4, 2e-4);
+    assert_close(
+        "f32.output",
+        &y.to_vec_f32().unwrap(),
+        f.f32("f32.output"),
+        2e-4,
+        2e-4,
+    );
 }
 
 #[test]
@@ -78,21 +112,49 @@ fn cpu_cfg_batch2_equals_reference_and_two_batch1_forwards() {
     let lat = f.f32("input.latent").to_vec();
     let s = f.shape("input.latent").to_vec();
     let t = f.f32("input.timestep")[0];
-    let x2 = Tensor::from_f32([lat.clone(), lat.clone()].concat(), &[2, s[1], s[2], s[3], s[4]], &dev).unwrap();
+    let x2 = Tensor::from_f32(
+        [lat.clone(), lat.clone()].concat(),
+        &[2, s[1], s[2], s[3], s[4]],
+        &dev,
+    )
+    .unwrap();
     let (ctx, pooled) = text_inputs(&[0, 1]);
     let y2 = m
-        .forward(&x2, &[t, t], &Tensor::from_f32(ctx.clone(), &[2, 333, 4096], &dev).unwrap(), &Tensor::from_f32(pooled.clone(), &[2, 2048], &dev).unwrap())
+        .forward(
+            &x2,
+            &[t, t],
+            &Tensor::from_f32(ctx.clone(), &[2, 333, 4096], &dev).unwrap(),
+            &Tensor::from_f32(pooled.clone(), &[2, 2048], &dev).unwrap(),
+        )
         .unwrap()
         .to_vec_f32()
         .unwrap();
-    assert_close("f32.cfg_batch2_output", &y2, f.f32("f32.cfg_batch2_output"), 2e-4, 2e-4);
+    assert_close(
+        "f32.cfg_batch2_output",
+        &y2,
+        f.f32("f32.cfg_batch2_output"),
+        2e-4,
+        2e-4,
+    );
     let x1 = Tensor::from_f32(lat, &s, &dev).unwrap();
     let half = y2.len() / 2;
     for b in 0..2 {
-        let c = Tensor::from_f32(ctx[b * 333 * 4096..(b + 1) * 333 * 4096].to_vec(), &[1, 333, 4096], &dev).unwrap();
-        let p = Tensor::from_f32(pooled[b * 2048..(b + 1) * 2048].to_vec(), &[1, 2048], &dev).unwrap();
+        let c = Tensor::from_f32(
+            ctx[b * 333 * 4096..(b + 1) * 333 * 4096].to_vec(),
+            &[1, 333, 4096],
+            &dev,
+        )
+        .unwrap();
+        let p =
+            Tensor::from_f32(pooled[b * 2048..(b + 1) * 2048].to_vec(), &[1, 2048], &dev).unwrap();
         let y1 = m.forward(&x1, &[t], &c, &p).unwrap().to_vec_f32().unwrap();
-        assert_close(&format!("batch-2 entry {b} vs batch-1"), &y2[b * half..(b + 1) * half], &y1, 1e-5, 1e-5);
+        assert_close(
+            &format!("batch-2 entry {b} vs batch-1"),
+            &y2[b * half..(b + 1) * half],
+            &y1,
+            1e-5,
+            1e-5,
+        );
     }
 }
 
@@ -107,7 +169,9 @@ fn bad_inputs_are_errors() {
     let odd = Tensor::zeros(&[1, 16, 1, 5, 4], contentv::DType::F32, &dev).unwrap();
     assert!(m.forward(&odd, &[1.0], &ctx, &pooled).is_err());
     assert!(m.forward(&x, &[1.0], &pooled, &pooled).is_err());
-    let e = Transformer::load(&tiny_model_dir().join("vae"), &dev).err().expect("a VAE is not a transformer");
+    let e = Transformer::load(&tiny_model_dir().join("vae"), &dev)
+        .err()
+        .expect("a VAE is not a transformer");
     assert!(e.to_string().contains("pos_embed.proj.weight"), "{e}");
 }
 
@@ -120,12 +184,24 @@ fn gpu_forward_matches_reference_bf16() {
     let dev = Device::cuda(0).unwrap();
     let f = Fixture::load("transformer");
     let m = Transformer::load(&tiny_model_dir().join("transformer"), &dev).unwrap();
-    let x = Tensor::from_f32(f.f32("input.latent").to_vec(), f.shape("input.latent"), &dev).unwrap();
+    let x = Tensor::from_f32(
+        f.f32("input.latent").to_vec(),
+        f.shape("input.latent"),
+        &dev,
+    )
+    .unwrap();
     let (ctx, pooled) = text_inputs(&[0]);
     let ctx = Tensor::from_f32(ctx, &[1, 333, 4096], &dev).unwrap();
     let pooled = Tensor::from_f32(pooled, &[1, 2048], &dev).unwrap();
-    let y = m.forward(&x, f.f32("input.timestep"), &ctx, &pooled).unwrap().to_vec_f32().unwrap();
-    let atol = bf16_atol(manifest_f64("/transformer_bf16_error/output/max_abs") as f32, 0.01);
+    let y = m
+        .forward(&x, f.f32("input.timestep"), &ctx, &pooled)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let atol = bf16_atol(
+        manifest_f64("/transformer_bf16_error/output/max_abs") as f32,
+        0.01,
+    );
     assert_close("bf16.output (GPU)", &y, f.f32("bf16.output"), atol, 0.02);
 }
 
@@ -134,15 +210,35 @@ fn precomputed_run_modulation_gives_the_same_output() {
     let f = Fixture::load("transformer");
     let m = cpu_model();
     let dev = Device::Cpu;
-    let x = Tensor::from_f32(f.f32("input.latent").to_vec(), f.shape("input.latent"), &dev).unwrap();
+    let x = Tensor::from_f32(
+        f.f32("input.latent").to_vec(),
+        f.shape("input.latent"),
+        &dev,
+    )
+    .unwrap();
     let (ctx, pooled) = text_inputs(&[0]);
     let ctx = Tensor::from_f32(ctx, &[1, 333, 4096], &dev).unwrap();
     let pooled = Tensor::from_f32(pooled, &[1, 2048], &dev).unwrap();
     let steps: Vec<Vec<f32>> = vec![vec![1000.0], vec![f.f32("input.timestep")[0]], vec![250.0]];
-    let plain: Vec<Vec<f32>> = steps.iter().map(|t| m.forward(&x, t, &ctx, &pooled).unwrap().to_vec_f32().unwrap()).collect();
+    let plain: Vec<Vec<f32>> = steps
+        .iter()
+        .map(|t| {
+            m.forward(&x, t, &ctx, &pooled)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap()
+        })
+        .collect();
     m.prepare_run(&steps, &pooled).unwrap();
     for (t, want) in steps.iter().zip(&plain) {
-        assert_eq!(&m.forward(&x, t, &ctx, &pooled).unwrap().to_vec_f32().unwrap(), want, "step t={t:?}");
+        assert_eq!(
+            &m.forward(&x, t, &ctx, &pooled)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap(),
+            want,
+            "step t={t:?}"
+        );
     }
     m.end_run();
 }

@@ -8,7 +8,8 @@ mod common;
 
 use common::{assert_close, tiny_model_dir, Fixture};
 use contentv::model::pipeline::{
-    cfg_combine_bf16, cfg_combine_f32, decode_with, load_text_and_transformer, LatentPrecision, Pipeline,
+    cfg_combine_bf16, cfg_combine_f32, decode_with, load_text_and_transformer, LatentPrecision,
+    Pipeline,
 };
 use contentv::model::scheduler::{FlowMatchEuler, SchedulerConfig};
 use contentv::model::vae::{VaeDecoder, VaeOptions};
@@ -24,12 +25,20 @@ fn pipeline_params() -> (usize, usize, usize, f32) {
     let m = &common::manifest()["pipeline"];
     let u = |k: &str| m[k].as_u64().unwrap() as usize;
     assert_eq!(u("steps"), STEPS);
-    (u("num_frames"), u("height"), u("width"), m["guidance_scale"].as_f64().unwrap() as f32)
+    (
+        u("num_frames"),
+        u("height"),
+        u("width"),
+        m["guidance_scale"].as_f64().unwrap() as f32,
+    )
 }
 
 fn prompts() -> (String, String) {
     let p = common::manifest()["encoder_prompts"].as_array().unwrap();
-    (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string())
+    (
+        p[0].as_str().unwrap().to_string(),
+        p[1].as_str().unwrap().to_string(),
+    )
 }
 
 fn schedule() -> FlowMatchEuler {
@@ -55,7 +64,10 @@ fn guidance_and_step_arithmetic() {
     let f = fx();
     let (_, _, _, g) = pipeline_params();
     let s = schedule();
-    for (prec, tag) in [(LatentPrecision::Bf16, "bf16"), (LatentPrecision::F32, "f32")] {
+    for (prec, tag) in [
+        (LatentPrecision::Bf16, "bf16"),
+        (LatentPrecision::F32, "f32"),
+    ] {
         let mut x = f.f32("noise").to_vec();
         for i in 0..STEPS {
             let mut v = f.f32(&format!("{tag}.step{i}.v_uncond")).to_vec();
@@ -65,10 +77,17 @@ fn guidance_and_step_arithmetic() {
             match prec {
                 LatentPrecision::Bf16 => {
                     cfg_combine_bf16(&mut v, vc, g);
-                    let bad = (0..v.len()).filter(|&k| v[k].to_bits() != want_v[k].to_bits()).count();
-                    assert_eq!(bad, 0, "bf16 guidance combine, step {i}: {bad} values differ");
+                    let bad = (0..v.len())
+                        .filter(|&k| v[k].to_bits() != want_v[k].to_bits())
+                        .count();
+                    assert_eq!(
+                        bad, 0,
+                        "bf16 guidance combine, step {i}: {bad} values differ"
+                    );
                     s.step_bf16(i, &mut x, &v);
-                    let bad = (0..x.len()).filter(|&k| x[k].to_bits() != want_x[k].to_bits()).count();
+                    let bad = (0..x.len())
+                        .filter(|&k| x[k].to_bits() != want_x[k].to_bits())
+                        .count();
                     assert_eq!(bad, 0, "bf16 Euler step {i}: {bad} values differ");
                 }
                 LatentPrecision::F32 => {
@@ -88,24 +107,43 @@ fn guidance_and_step_arithmetic() {
 #[test]
 fn decode_matches_reference_frames() {
     let f = fx();
-    let vae = VaeDecoder::from_dir(&tiny_model_dir().join("vae"), &Device::Cpu, VaeOptions::default()).unwrap();
+    let vae = VaeDecoder::from_dir(
+        &tiny_model_dir().join("vae"),
+        &Device::Cpu,
+        VaeOptions::default(),
+    )
+    .unwrap();
     let lat = f.f32("f32.step2.latents");
     let shape = f.shape("f32.step2.latents").to_vec();
     let frames = decode_with(&vae, &Device::Cpu, lat, &shape).unwrap();
     let want = f.ints("f32.frames_u8");
-    assert_eq!(&[frames.frames, frames.height, frames.width, 3][..], f.shape("f32.frames_u8"));
+    assert_eq!(
+        &[frames.frames, frames.height, frames.width, 3][..],
+        f.shape("f32.frames_u8")
+    );
     check_frames(&frames.data, want);
 }
 
 fn check_frames(got: &[u8], want: &[i64]) {
     assert_eq!(got.len(), want.len());
-    let diffs: Vec<i64> = got.iter().zip(want).map(|(&g, &w)| (g as i64 - w).abs()).collect();
+    let diffs: Vec<i64> = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as i64 - w).abs())
+        .collect();
     let max = *diffs.iter().max().unwrap();
     let off = diffs.iter().filter(|&&d| d > 0).count();
-    println!("frames: max |diff| {max}, {off} of {} values differ", got.len());
+    println!(
+        "frames: max |diff| {max}, {off} of {} values differ",
+        got.len()
+    );
     // uint8 truncation: values at a level boundary may land one level apart.
     assert!(max <= 1, "frames differ by up to {max} levels");
-    assert!(off * 100 <= got.len(), "{off} of {} frame values differ", got.len());
+    assert!(
+        off * 100 <= got.len(),
+        "{off} of {} frame values differ",
+        got.len()
+    );
 }
 
 /// The whole loop with the real tiny models: 3 denoising steps from the fixture's noise, then the
@@ -117,7 +155,8 @@ fn three_steps_and_frames_match_reference_on_cpu() {
     let (prompt, negative) = prompts();
     let dir = tiny_model_dir();
     let device = Device::Cpu;
-    let (text, transformer) = load_text_and_transformer(&dir, &device, &Default::default()).unwrap();
+    let (text, transformer) =
+        load_text_and_transformer(&dir, &device, &Default::default()).unwrap();
     let vae = VaeDecoder::from_dir(&dir.join("vae"), &device, VaeOptions::default()).unwrap();
     let pipe = Pipeline {
         device: device.clone(),
@@ -137,7 +176,17 @@ fn three_steps_and_frames_match_reference_on_cpu() {
     let mut record = |k: &str, v: &[f32]| rec.push((k.to_string(), v.to_vec()));
     let mut times = Vec::new();
     let x = pipe
-        .denoise(f.f32("noise"), &shape, &cond, Some(&uncond), &schedule(), g, &mut |_| {}, Some(&mut record), &mut times)
+        .denoise(
+            f.f32("noise"),
+            &shape,
+            &cond,
+            Some(&uncond),
+            &schedule(),
+            g,
+            &mut |_| {},
+            Some(&mut record),
+            &mut times,
+        )
         .unwrap();
     for (k, v) in &rec {
         let want = f.f32(&format!("f32.{k}"));
@@ -152,12 +201,15 @@ fn three_steps_and_frames_match_reference_on_cpu() {
 /// reference's bf16 run, from the fixture's noise.
 #[test]
 fn three_steps_and_frames_match_reference_on_gpu() {
-    let Some(device) = common::cuda_or_skip() else { return };
+    let Some(device) = common::cuda_or_skip() else {
+        return;
+    };
     let f = fx();
     let (frames_n, h, w, g) = pipeline_params();
     let (prompt, negative) = prompts();
     let dir = tiny_model_dir();
-    let (text, transformer) = load_text_and_transformer(&dir, &device, &Default::default()).unwrap();
+    let (text, transformer) =
+        load_text_and_transformer(&dir, &device, &Default::default()).unwrap();
     let vae = VaeDecoder::from_dir(&dir.join("vae"), &device, VaeOptions::default()).unwrap();
     let pipe = Pipeline {
         device: device.clone(),
@@ -181,9 +233,22 @@ fn three_steps_and_frames_match_reference_on_gpu() {
     };
     let out = pipe.generate(&params, &mut |_| {}).unwrap();
     let err = common::manifest_f64("/pipeline_bf16_vs_f32/step2.latents/max_abs") as f32;
-    common::assert_close("bf16.step2.latents (GPU)", &out.latents, f.f32("bf16.step2.latents"), common::bf16_atol(err, 0.05), 0.02);
+    common::assert_close(
+        "bf16.step2.latents (GPU)",
+        &out.latents,
+        f.f32("bf16.step2.latents"),
+        common::bf16_atol(err, 0.05),
+        0.02,
+    );
     let want = f.f32("bf16.frames_u8");
-    let mean: f64 = out.frames.data.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / want.len() as f64;
+    let mean: f64 = out
+        .frames
+        .data
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .sum::<f64>()
+        / want.len() as f64;
     println!("GPU frames vs bf16 reference: mean |diff| {mean:.3} (uint8)");
     assert!(mean < 2.0, "mean uint8 difference {mean}");
 }

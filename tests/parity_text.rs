@@ -12,7 +12,12 @@ use contentv::runtime::residency::{MemoryOptions, Offload};
 use contentv::runtime::Device;
 
 fn prompts() -> Vec<String> {
-    manifest()["encoder_prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+    manifest()["encoder_prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn rows(v: &[f32], i: usize, n: usize) -> &[f32] {
@@ -22,51 +27,118 @@ fn rows(v: &[f32], i: usize, n: usize) -> &[f32] {
 #[test]
 fn cpu_encoders_match_reference_f32() {
     let f = Fixture::load("text_encoders");
-    let te = TextEncoders::load(&tiny_model_dir(), &Device::Cpu, &MemoryOptions::default()).unwrap();
+    let te =
+        TextEncoders::load(&tiny_model_dir(), &Device::Cpu, &MemoryOptions::default()).unwrap();
     for (i, p) in prompts().iter().enumerate() {
         let t = te.tokens(p).unwrap();
         let ids = |k: &str| -> Vec<u32> {
             let n = f.shape(k)[1];
-            f.ints(k)[i * n..(i + 1) * n].iter().map(|&v| v as u32).collect()
+            f.ints(k)[i * n..(i + 1) * n]
+                .iter()
+                .map(|&v| v as u32)
+                .collect()
         };
-        assert_eq!(t.clip_l, ids("clip_l.input_ids"), "clip_l ids of prompt {i}");
-        assert_eq!(t.clip_g, ids("clip_g.input_ids"), "clip_g ids of prompt {i}");
+        assert_eq!(
+            t.clip_l,
+            ids("clip_l.input_ids"),
+            "clip_l ids of prompt {i}"
+        );
+        assert_eq!(
+            t.clip_g,
+            ids("clip_g.input_ids"),
+            "clip_g ids of prompt {i}"
+        );
         assert_eq!(t.t5, ids("t5.input_ids"), "t5 ids of prompt {i}");
-        for (name, enc, tk) in [("clip_l", &te.clip_l, &t.clip_l), ("clip_g", &te.clip_g, &t.clip_g)] {
+        for (name, enc, tk) in [
+            ("clip_l", &te.clip_l, &t.clip_l),
+            ("clip_g", &te.clip_g, &t.clip_g),
+        ] {
             let o = enc.forward(&[tk.clone()]).unwrap();
             let hk = format!("f32.{name}.hidden_penultimate");
             let n = f.shape(&hk)[1] * f.shape(&hk)[2];
-            assert_close(&format!("{hk}[{i}]"), &o.penultimate.to_vec_f32().unwrap(), rows(f.f32(&hk), i, n), 1e-4, 1e-4);
+            assert_close(
+                &format!("{hk}[{i}]"),
+                &o.penultimate.to_vec_f32().unwrap(),
+                rows(f.f32(&hk), i, n),
+                1e-4,
+                1e-4,
+            );
             let pk = format!("f32.{name}.text_embeds");
-            assert_close(&format!("{pk}[{i}]"), &o.pooled.to_vec_f32().unwrap(), rows(f.f32(&pk), i, f.shape(&pk)[1]), 1e-4, 1e-4);
+            assert_close(
+                &format!("{pk}[{i}]"),
+                &o.pooled.to_vec_f32().unwrap(),
+                rows(f.f32(&pk), i, f.shape(&pk)[1]),
+                1e-4,
+                1e-4,
+            );
         }
-        let t5 = te.t5.forward(&[t.t5.clone()]).unwrap().to_vec_f32().unwrap();
+        let t5 = te
+            .t5
+            .forward(&[t.t5.clone()])
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         // The f32 reference is stored as f16: half an f16 ulp is 2^-11 = 4.9e-4 relative; the
         // f32 computation itself agrees to ~1e-6.
-        assert_close(&format!("f32.t5.last_hidden_state[{i}]"), &t5, rows(f.f32("f32.t5.last_hidden_state"), i, 256 * 4096), 2e-5, 6e-4);
+        assert_close(
+            &format!("f32.t5.last_hidden_state[{i}]"),
+            &t5,
+            rows(f.f32("f32.t5.last_hidden_state"), i, 256 * 4096),
+            2e-5,
+            6e-4,
+        );
         let e = te.encode(p).unwrap();
         assert_eq!(e.ctx.shape(), &[1, 333, 4096]);
         let ctx = e.ctx.to_vec_f32().unwrap();
         let (dl, dg) = (te.clip_l.config.hidden, te.clip_g.config.hidden);
         for r in 0..77 {
             let row = &ctx[r * 4096..(r + 1) * 4096];
-            assert!(row[dl + dg..].iter().all(|&v| v == 0.0), "row {r} not zero-padded");
+            assert!(
+                row[dl + dg..].iter().all(|&v| v == 0.0),
+                "row {r} not zero-padded"
+            );
         }
         assert_eq!(&ctx[77 * 4096..], &t5[..], "T5 rows follow the CLIP rows");
         // CLIP rows: [clip_l | clip_g | zeros], against the reference's penultimate states.
-        let (pl, pg) = (rows(f.f32("f32.clip_l.hidden_penultimate"), i, 77 * dl), rows(f.f32("f32.clip_g.hidden_penultimate"), i, 77 * dg));
-        let ctx_l: Vec<f32> = (0..77).flat_map(|r| ctx[r * 4096..r * 4096 + dl].to_vec()).collect();
-        let ctx_g: Vec<f32> = (0..77).flat_map(|r| ctx[r * 4096 + dl..r * 4096 + dl + dg].to_vec()).collect();
-        assert_close(&format!("prompt_embeds[{i}] CLIP-L columns"), &ctx_l, pl, 1e-4, 1e-4);
-        assert_close(&format!("prompt_embeds[{i}] bigG columns"), &ctx_g, pg, 1e-4, 1e-4);
-        assert_close(&format!("f32.pooled_prompt_embeds[{i}]"), &e.pooled.to_vec_f32().unwrap(), rows(f.f32("f32.pooled_prompt_embeds"), i, 2048), 1e-4, 1e-4);
+        let (pl, pg) = (
+            rows(f.f32("f32.clip_l.hidden_penultimate"), i, 77 * dl),
+            rows(f.f32("f32.clip_g.hidden_penultimate"), i, 77 * dg),
+        );
+        let ctx_l: Vec<f32> = (0..77)
+            .flat_map(|r| ctx[r * 4096..r * 4096 + dl].to_vec())
+            .collect();
+        let ctx_g: Vec<f32> = (0..77)
+            .flat_map(|r| ctx[r * 4096 + dl..r * 4096 + dl + dg].to_vec())
+            .collect();
+        assert_close(
+            &format!("prompt_embeds[{i}] CLIP-L columns"),
+            &ctx_l,
+            pl,
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            &format!("prompt_embeds[{i}] bigG columns"),
+            &ctx_g,
+            pg,
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            &format!("f32.pooled_prompt_embeds[{i}]"),
+            &e.pooled.to_vec_f32().unwrap(),
+            rows(f.f32("f32.pooled_prompt_embeds"), i, 2048),
+            1e-4,
+            1e-4,
+        );
     }
 }
 
 #[test]
 fn embeddings_are_cached_and_offload_gives_the_same_result() {
     let p = &prompts()[0];
-    let te = TextEncoders::load(&tiny_model_dir(), &Device::Cpu, &MemoryOptions::default()).unwrap();
+    let te =
+        TextEncoders::load(&tiny_model_dir(), &Device::Cpu, &MemoryOptions::default()).unwrap();
     let t0 = std::time::Instant::now();
     let a = te.encode(p).unwrap();
     let first = t0.elapsed();
@@ -74,13 +146,32 @@ fn embeddings_are_cached_and_offload_gives_the_same_result() {
     let b = te.encode(p).unwrap();
     let second = t1.elapsed();
     assert_eq!(a.ctx.to_vec_f32().unwrap(), b.ctx.to_vec_f32().unwrap());
-    assert!(second * 5 < first, "cached encode took {second:?} vs {first:?}");
+    assert!(
+        second * 5 < first,
+        "cached encode took {second:?} vs {first:?}"
+    );
     for offload in [Offload::Model, Offload::Sequential] {
-        let te2 = TextEncoders::load(&tiny_model_dir(), &Device::Cpu, &MemoryOptions { offload, ..Default::default() }).unwrap();
+        let te2 = TextEncoders::load(
+            &tiny_model_dir(),
+            &Device::Cpu,
+            &MemoryOptions {
+                offload,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let c = te2.encode_uncached(p).unwrap();
         let c2 = te2.encode_uncached(p).unwrap();
-        assert_eq!(a.ctx.to_vec_f32().unwrap(), c.ctx.to_vec_f32().unwrap(), "{offload:?}: same embeddings as resident");
-        assert_eq!(c.ctx.to_vec_f32().unwrap(), c2.ctx.to_vec_f32().unwrap(), "{offload:?}: re-encoding after release");
+        assert_eq!(
+            a.ctx.to_vec_f32().unwrap(),
+            c.ctx.to_vec_f32().unwrap(),
+            "{offload:?}: same embeddings as resident"
+        );
+        assert_eq!(
+            c.ctx.to_vec_f32().unwrap(),
+            c2.ctx.to_vec_f32().unwrap(),
+            "{offload:?}: re-encoding after release"
+        );
     }
 }
 
@@ -95,18 +186,31 @@ fn bad_model_folders_are_clear_errors() {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     };
-    for c in ["tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2", "text_encoder_3"] {
+    for c in [
+        "tokenizer",
+        "tokenizer_2",
+        "tokenizer_3",
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_3",
+    ] {
         copy(&tiny_model_dir().join(c), &root.join(c));
     }
     let mem = MemoryOptions::default();
     // Missing encoder folder.
     std::fs::rename(root.join("text_encoder_2"), root.join("te2.bak")).unwrap();
-    let e = TextEncoders::load(&root, &Device::Cpu, &mem).err().unwrap().to_string();
+    let e = TextEncoders::load(&root, &Device::Cpu, &mem)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("text_encoder_2"), "{e}");
     std::fs::rename(root.join("te2.bak"), root.join("text_encoder_2")).unwrap();
     // Missing tokenizer folder.
     std::fs::rename(root.join("tokenizer"), root.join("tok.bak")).unwrap();
-    let e = TextEncoders::load(&root, &Device::Cpu, &mem).err().unwrap().to_string();
+    let e = TextEncoders::load(&root, &Device::Cpu, &mem)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("tokenizer"), "{e}");
     std::fs::rename(root.join("tok.bak"), root.join("tokenizer")).unwrap();
     // A vocabulary larger than the embedding table: CLIP-L's config claims 1000 rows.
@@ -115,12 +219,18 @@ fn bad_model_folders_are_clear_errors() {
     let mut v: serde_json::Value = serde_json::from_str(&orig).unwrap();
     v["vocab_size"] = serde_json::json!(1000);
     std::fs::write(&cfgp, v.to_string()).unwrap();
-    let e = TextEncoders::load(&root, &Device::Cpu, &mem).err().unwrap().to_string();
+    let e = TextEncoders::load(&root, &Device::Cpu, &mem)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("text_encoder") && e.contains("1000"), "{e}");
     std::fs::write(&cfgp, &orig).unwrap();
     // Non-UTF-8 merges file.
     std::fs::write(root.join("tokenizer_2/merges.txt"), [0xC3u8, 0x28, 0x0A]).unwrap();
-    let e = TextEncoders::load(&root, &Device::Cpu, &mem).err().unwrap().to_string();
+    let e = TextEncoders::load(&root, &Device::Cpu, &mem)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("merges.txt") && e.contains("UTF-8"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -137,22 +247,49 @@ fn gpu_encoders_match_reference_bf16() {
     let err = |k: &str| manifest_f64(&format!("/text_encoders_bf16_error/{k}/max_abs")) as f32;
     for (i, p) in prompts().iter().enumerate() {
         let t = te.tokens(p).unwrap();
-        for (name, enc, tk) in [("clip_l", &te.clip_l, &t.clip_l), ("clip_g", &te.clip_g, &t.clip_g)] {
+        for (name, enc, tk) in [
+            ("clip_l", &te.clip_l, &t.clip_l),
+            ("clip_g", &te.clip_g, &t.clip_g),
+        ] {
             let o = enc.forward(&[tk.clone()]).unwrap();
             let hk = format!("bf16.{name}.hidden_penultimate");
             let n = f.shape(&hk)[1] * f.shape(&hk)[2];
             let tol = bf16_atol(err(&format!("{name}_hidden_penultimate")), 0.01);
-            assert_close(&format!("{hk}[{i}]"), &o.penultimate.to_vec_f32().unwrap(), rows(f.f32(&hk), i, n), tol, 0.02);
+            assert_close(
+                &format!("{hk}[{i}]"),
+                &o.penultimate.to_vec_f32().unwrap(),
+                rows(f.f32(&hk), i, n),
+                tol,
+                0.02,
+            );
             let pk = format!("bf16.{name}.text_embeds");
-            assert_close(&format!("{pk}[{i}]"), &o.pooled.to_vec_f32().unwrap(), rows(f.f32(&pk), i, f.shape(&pk)[1]), bf16_atol(err("pooled_prompt_embeds"), 0.01), 0.02);
+            assert_close(
+                &format!("{pk}[{i}]"),
+                &o.pooled.to_vec_f32().unwrap(),
+                rows(f.f32(&pk), i, f.shape(&pk)[1]),
+                bf16_atol(err("pooled_prompt_embeds"), 0.01),
+                0.02,
+            );
         }
         let e = te.encode(p).unwrap();
         let n = 333 * 4096;
         // bf16 prompt_embeds are not stored; compare the pooled output and the T5 rows.
-        assert_close(&format!("bf16.pooled_prompt_embeds[{i}]"), &e.pooled.to_vec_f32().unwrap(), rows(f.f32("bf16.pooled_prompt_embeds"), i, 2048), bf16_atol(err("pooled_prompt_embeds"), 0.01), 0.02);
+        assert_close(
+            &format!("bf16.pooled_prompt_embeds[{i}]"),
+            &e.pooled.to_vec_f32().unwrap(),
+            rows(f.f32("bf16.pooled_prompt_embeds"), i, 2048),
+            bf16_atol(err("pooled_prompt_embeds"), 0.01),
+            0.02,
+        );
         let ctx = e.ctx.to_vec_f32().unwrap();
         assert_eq!(ctx.len(), n);
-        assert_close(&format!("t5 rows[{i}] vs f32 reference"), &ctx[77 * 4096..], rows(f.f32("f32.t5.last_hidden_state"), i, 256 * 4096), bf16_atol(err("t5_last_hidden_state"), 0.01), 0.02);
+        assert_close(
+            &format!("t5 rows[{i}] vs f32 reference"),
+            &ctx[77 * 4096..],
+            rows(f.f32("f32.t5.last_hidden_state"), i, 256 * 4096),
+            bf16_atol(err("t5_last_hidden_state"), 0.01),
+            0.02,
+        );
     }
 }
 
@@ -162,42 +299,80 @@ fn gpu_encoders_match_reference_bf16() {
 #[test]
 fn prompt_token_ids_match_reference() {
     let f = Fixture::load("tokens");
-    let te = TextEncoders::load(&tiny_model_dir(), &Device::Cpu, &MemoryOptions::default()).unwrap();
-    let ps: Vec<String> = manifest()["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    let te =
+        TextEncoders::load(&tiny_model_dir(), &Device::Cpu, &MemoryOptions::default()).unwrap();
+    let ps: Vec<String> = manifest()["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ps.len(), 8);
     let ids = |k: &str| -> Vec<u32> { f.ints(k).iter().map(|&v| v as u32).collect() };
     for (i, p) in ps.iter().enumerate() {
         let t = te.tokens(p).unwrap();
-        assert_eq!(t.clip_l, ids(&format!("clip_l.p{i}.padded")), "clip_l prompt {i} {p:?}");
-        assert_eq!(t.clip_g, ids(&format!("clip_g.p{i}.padded")), "clip_g prompt {i} {p:?}");
+        assert_eq!(
+            t.clip_l,
+            ids(&format!("clip_l.p{i}.padded")),
+            "clip_l prompt {i} {p:?}"
+        );
+        assert_eq!(
+            t.clip_g,
+            ids(&format!("clip_g.p{i}.padded")),
+            "clip_g prompt {i} {p:?}"
+        );
         assert_eq!(t.t5, ids(&format!("t5.p{i}.padded")), "t5 prompt {i} {p:?}");
         assert_eq!((t.clip_l.len(), t.clip_g.len(), t.t5.len()), (77, 77, 256));
         // Raw ids (no truncation/padding) where the fixture has them.
         let mut raw_l = vec![te.tok_l.bos];
         raw_l.extend(te.tok_l.encode_raw(p));
         raw_l.push(te.tok_l.eos);
-        assert_eq!(raw_l, ids(&format!("clip_l.p{i}.raw")), "clip_l raw prompt {i}");
-        assert_eq!(te.tok_t5.encode_raw(p).unwrap(), ids(&format!("t5.p{i}.raw")), "t5 raw prompt {i}");
+        assert_eq!(
+            raw_l,
+            ids(&format!("clip_l.p{i}.raw")),
+            "clip_l raw prompt {i}"
+        );
+        assert_eq!(
+            te.tok_t5.encode_raw(p).unwrap(),
+            ids(&format!("t5.p{i}.raw")),
+            "t5 raw prompt {i}"
+        );
     }
     for name in ["clip_l", "clip_g"] {
-        for d in manifest()["tokenizers"]["clip_slow_vs_fast_differences"][name].as_array().unwrap() {
+        for d in manifest()["tokenizers"]["clip_slow_vs_fast_differences"][name]
+            .as_array()
+            .unwrap()
+        {
             let i = d["prompt_index"].as_u64().unwrap() as usize;
-            let slow: Vec<u32> = d["slow_pipeline_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-            let tok = if name == "clip_l" { &te.tok_l } else { &te.tok_g };
+            let slow: Vec<u32> = d["slow_pipeline_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let tok = if name == "clip_l" {
+                &te.tok_l
+            } else {
+                &te.tok_g
+            };
             let mut got = vec![tok.bos];
             got.extend(tok.encode_raw(&ps[i]));
             got.push(tok.eos);
             assert_eq!(got, slow, "{name} prompt {i}: slow-tokenizer ids");
         }
     }
-    println!("token ids identical for {} prompts (CLIP-L, bigG, T5)", ps.len());
+    println!(
+        "token ids identical for {} prompts (CLIP-L, bigG, T5)",
+        ps.len()
+    );
 }
 
 /// Long prompts: CLIP keeps BOS + 75 + EOS, T5 keeps 255 + EOS, and a warning says how many
 /// tokens were dropped.
 #[test]
 fn long_prompts_are_truncated_with_a_warning() {
-    let te = TextEncoders::load(&tiny_model_dir(), &Device::Cpu, &MemoryOptions::default()).unwrap();
+    let te =
+        TextEncoders::load(&tiny_model_dir(), &Device::Cpu, &MemoryOptions::default()).unwrap();
     let long = "a photo of a cat sitting on a red sofa, ".repeat(40);
     let t = te.tokens(&long).unwrap();
     let raw_l = te.tok_l.encode_raw(&long).len();
@@ -210,11 +385,28 @@ fn long_prompts_are_truncated_with_a_warning() {
     assert_eq!(t.t5.len(), 256);
     assert_eq!(t.t5[255], 1, "T5 keeps the EOS last");
     assert_eq!(&t.t5[..255], &te.tok_t5.encode_raw(&long).unwrap()[..255]);
-    assert_eq!(t.dropped, [raw_l - 75, te.tok_g.encode_raw(&long).len() - 75, raw_t5 - 256]);
+    assert_eq!(
+        t.dropped,
+        [
+            raw_l - 75,
+            te.tok_g.encode_raw(&long).len() - 75,
+            raw_t5 - 256
+        ]
+    );
     let w = t.warnings();
     assert_eq!(w.len(), 3, "{w:?}");
-    assert!(w[0].contains(&format!("{} tokens were dropped", raw_l - 75)) && w[0].contains("tokenizer/"), "{}", w[0]);
-    assert!(w[2].contains(&format!("{} tokens were dropped", raw_t5 - 256)) && w[2].contains("tokenizer_3/"), "{}", w[2]);
+    assert!(
+        w[0].contains(&format!("{} tokens were dropped", raw_l - 75))
+            && w[0].contains("tokenizer/"),
+        "{}",
+        w[0]
+    );
+    assert!(
+        w[2].contains(&format!("{} tokens were dropped", raw_t5 - 256))
+            && w[2].contains("tokenizer_3/"),
+        "{}",
+        w[2]
+    );
     assert!(te.tokens("a cat").unwrap().warnings().is_empty());
     // Encoding a truncated prompt works (77 + 256 rows).
     assert_eq!(te.encode(&long).unwrap().ctx.shape(), &[1, 333, 4096]);
@@ -231,7 +423,9 @@ fn clip_tokenizer_from_tokenizer_json_only() {
         let src = tiny_model_dir().join(folder);
         let dst = root.join(folder);
         std::fs::create_dir_all(&dst).unwrap();
-        let vocab: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("vocab.json")).unwrap()).unwrap();
+        let vocab: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("vocab.json")).unwrap())
+                .unwrap();
         let merges: Vec<serde_json::Value> = std::fs::read_to_string(src.join("merges.txt"))
             .unwrap()
             .lines()
@@ -265,7 +459,14 @@ fn clip_tokenizer_from_tokenizer_json_only() {
 fn vocabulary_larger_than_embedding_table_is_a_clear_error() {
     let root = std::env::temp_dir().join(format!("contentv-textvocab-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    for c in ["tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2", "text_encoder_3"] {
+    for c in [
+        "tokenizer",
+        "tokenizer_2",
+        "tokenizer_3",
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_3",
+    ] {
         let to = root.join(c);
         std::fs::create_dir_all(&to).unwrap();
         for e in std::fs::read_dir(tiny_model_dir().join(c)).unwrap() {
@@ -281,8 +482,17 @@ fn vocabulary_larger_than_embedding_table_is_a_clear_error() {
     let mut v: serde_json::Value = serde_json::from_str(&orig).unwrap();
     v["zzzzqq</w>"] = serde_json::json!(49408);
     std::fs::write(&vp, v.to_string()).unwrap();
-    let e = TextEncoders::load(&root, &Device::Cpu, &mem).err().unwrap().to_string();
-    assert!(e.contains("tokenizer") && e.contains("49409") && e.contains("49408") && e.contains("mismatched"), "{e}");
+    let e = TextEncoders::load(&root, &Device::Cpu, &mem)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("tokenizer")
+            && e.contains("49409")
+            && e.contains("49408")
+            && e.contains("mismatched"),
+        "{e}"
+    );
     std::fs::write(&vp, &orig).unwrap();
     // T5 tokenizer with an added token id at the table size (128 rows).
     let tp = root.join("tokenizer_3/tokenizer.json");
@@ -292,13 +502,22 @@ fn vocabulary_larger_than_embedding_table_is_a_clear_error() {
         "id": 128, "content": "<extra_id_0>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true
     }));
     std::fs::write(&tp, t.to_string()).unwrap();
-    let e = TextEncoders::load(&root, &Device::Cpu, &mem).err().unwrap().to_string();
-    assert!(e.contains("tokenizer_3") && e.contains("128") && e.contains("mismatched"), "{e}");
+    let e = TextEncoders::load(&root, &Device::Cpu, &mem)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("tokenizer_3") && e.contains("128") && e.contains("mismatched"),
+        "{e}"
+    );
     std::fs::write(&tp, &orig).unwrap();
     // Missing T5 folders.
     for folder in ["tokenizer_3", "text_encoder_3"] {
         std::fs::rename(root.join(folder), root.join("moved")).unwrap();
-        let e = TextEncoders::load(&root, &Device::Cpu, &mem).err().unwrap().to_string();
+        let e = TextEncoders::load(&root, &Device::Cpu, &mem)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains(folder) && e.contains("does not exist"), "{e}");
         std::fs::rename(root.join("moved"), root.join(folder)).unwrap();
     }
@@ -306,12 +525,21 @@ fn vocabulary_larger_than_embedding_table_is_a_clear_error() {
     let cp = root.join("text_encoder_3/config.json");
     let orig = std::fs::read(&cp).unwrap();
     std::fs::write(&cp, [0xffu8, 0xfe, b'{']).unwrap();
-    let e = TextEncoders::load(&root, &Device::Cpu, &mem).err().unwrap().to_string();
-    assert!(e.contains("text_encoder_3") && e.contains("config.json"), "{e}");
+    let e = TextEncoders::load(&root, &Device::Cpu, &mem)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("text_encoder_3") && e.contains("config.json"),
+        "{e}"
+    );
     std::fs::write(&cp, &orig).unwrap();
     // CLIP tokenizer folder without vocab.json or tokenizer.json.
     std::fs::remove_file(root.join("tokenizer_2/vocab.json")).unwrap();
-    let e = TextEncoders::load(&root, &Device::Cpu, &mem).err().unwrap().to_string();
+    let e = TextEncoders::load(&root, &Device::Cpu, &mem)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("tokenizer_2") && e.contains("vocab.json"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }

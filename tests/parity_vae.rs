@@ -3,7 +3,9 @@
 //! present). Tests that need a GPU print a SKIP line without one.
 use contentv::model::vae::synthetic::{rnd, tiny_config, tiny_weights};
 use contentv::model::vae::{to_uint8_frames, TileConfig, VaeDecoder, VaeOptions};
-use contentv::ops::conv::{cache_update, conv3d, conv3d_into, interleave_time, upsample_nearest2x, ConvOpts, ConvPrecision};
+use contentv::ops::conv::{
+    cache_update, conv3d, conv3d_into, interleave_time, upsample_nearest2x, ConvOpts, ConvPrecision,
+};
 use contentv::runtime::device::{gpu_available, gpu_unavailable_reason};
 use contentv::{DType, Device, Tensor};
 
@@ -19,7 +21,11 @@ macro_rules! need_gpu {
         match gpu() {
             Some(d) => d,
             None => {
-                println!("SKIP {}: {}", $name, gpu_unavailable_reason().unwrap_or_else(|| "cuda init failed".into()));
+                println!(
+                    "SKIP {}: {}",
+                    $name,
+                    gpu_unavailable_reason().unwrap_or_else(|| "cuda init failed".into())
+                );
                 return;
             }
         }
@@ -29,7 +35,11 @@ macro_rules! need_gpu {
 /// (max |a-b|, max |b|).
 fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     assert_eq!(a.len(), b.len());
-    let md = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let md = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     let mx = b.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
     (md, mx)
 }
@@ -50,16 +60,97 @@ struct Case {
 }
 
 fn conv_cases() -> Vec<Case> {
-    let c = |name, x, w: &[usize], ctx, up, interleave, residual, clamp| Case { name, x, w: w.to_vec(), ctx, up, interleave, residual, clamp };
+    let c = |name, x, w: &[usize], ctx, up, interleave, residual, clamp| Case {
+        name,
+        x,
+        w: w.to_vec(),
+        ctx,
+        up,
+        interleave,
+        residual,
+        clamp,
+    };
     vec![
-        c("causal 3x3x3, zero ctx", [1, 16, 1, 9, 13], &[70, 16, 3, 3, 3], false, false, false, false, false),
-        c("causal 3x3x3, cached ctx, 2 batches", [2, 12, 3, 7, 10], &[20, 12, 3, 3, 3], true, false, false, true, false),
-        c("causal 3x3x3, 4 frames, wide", [1, 40, 4, 12, 33], &[96, 40, 3, 3, 3], true, false, false, false, true),
-        c("conv_out Co=3", [1, 24, 2, 16, 16], &[3, 24, 3, 3, 3], true, false, false, false, true),
-        c("1x1x1 shortcut", [1, 20, 2, 5, 11], &[36, 20, 1, 1, 1], false, false, false, false, false),
-        c("time_conv 3x1x1 interleave", [1, 18, 2, 6, 7], &[36, 18, 3, 1, 1], true, false, true, false, false),
-        c("per-frame 2D 3x3 with 2x upsample", [1, 32, 3, 5, 6], &[16, 32, 3, 3], false, true, false, false, false),
-        c("per-frame 1x1 (attention proj) + residual", [1, 64, 1, 6, 8], &[64, 64, 1, 1], false, false, false, true, false),
+        c(
+            "causal 3x3x3, zero ctx",
+            [1, 16, 1, 9, 13],
+            &[70, 16, 3, 3, 3],
+            false,
+            false,
+            false,
+            false,
+            false,
+        ),
+        c(
+            "causal 3x3x3, cached ctx, 2 batches",
+            [2, 12, 3, 7, 10],
+            &[20, 12, 3, 3, 3],
+            true,
+            false,
+            false,
+            true,
+            false,
+        ),
+        c(
+            "causal 3x3x3, 4 frames, wide",
+            [1, 40, 4, 12, 33],
+            &[96, 40, 3, 3, 3],
+            true,
+            false,
+            false,
+            false,
+            true,
+        ),
+        c(
+            "conv_out Co=3",
+            [1, 24, 2, 16, 16],
+            &[3, 24, 3, 3, 3],
+            true,
+            false,
+            false,
+            false,
+            true,
+        ),
+        c(
+            "1x1x1 shortcut",
+            [1, 20, 2, 5, 11],
+            &[36, 20, 1, 1, 1],
+            false,
+            false,
+            false,
+            false,
+            false,
+        ),
+        c(
+            "time_conv 3x1x1 interleave",
+            [1, 18, 2, 6, 7],
+            &[36, 18, 3, 1, 1],
+            true,
+            false,
+            true,
+            false,
+            false,
+        ),
+        c(
+            "per-frame 2D 3x3 with 2x upsample",
+            [1, 32, 3, 5, 6],
+            &[16, 32, 3, 3],
+            false,
+            true,
+            false,
+            false,
+            false,
+        ),
+        c(
+            "per-frame 1x1 (attention proj) + residual",
+            [1, 64, 1, 6, 8],
+            &[64, 64, 1, 1],
+            false,
+            false,
+            false,
+            true,
+            false,
+        ),
     ]
 }
 
@@ -76,22 +167,54 @@ fn conv_cases_on(dev: &Device, prec: ConvPrecision) -> f32 {
         let w = host(rnd(nw, &mut s, 2.0 / (fan as f32).sqrt()), &cs.w);
         let b = host(rnd(cs.w[0], &mut s, 0.3), &[cs.w[0]]);
         let kt = if cs.w.len() == 5 { cs.w[2] } else { 1 };
-        let ctx = cs.ctx.then(|| host(rnd(cs.x[0] * cs.x[1] * (kt - 1) * cs.x[3] * cs.x[4], &mut s, 1.0), &[cs.x[0], cs.x[1], kt - 1, cs.x[3], cs.x[4]]));
-        let o0 = ConvOpts { ctx: ctx.as_ref(), upsample2x: cs.up, interleave_time: cs.interleave, ..Default::default() };
+        let ctx = cs.ctx.then(|| {
+            host(
+                rnd(
+                    cs.x[0] * cs.x[1] * (kt - 1) * cs.x[3] * cs.x[4],
+                    &mut s,
+                    1.0,
+                ),
+                &[cs.x[0], cs.x[1], kt - 1, cs.x[3], cs.x[4]],
+            )
+        });
+        let o0 = ConvOpts {
+            ctx: ctx.as_ref(),
+            upsample2x: cs.up,
+            interleave_time: cs.interleave,
+            ..Default::default()
+        };
         let out_shape = conv3d(&x, &w, Some(&b), &o0).unwrap().shape().to_vec();
-        let res = cs.residual.then(|| host(rnd(out_shape.iter().product(), &mut s, 1.0), &out_shape));
-        let o = ConvOpts { residual: res.as_ref(), clamp: cs.clamp.then_some((-0.7, 0.7)), ..o0 };
+        let res = cs
+            .residual
+            .then(|| host(rnd(out_shape.iter().product(), &mut s, 1.0), &out_shape));
+        let o = ConvOpts {
+            residual: res.as_ref(),
+            clamp: cs.clamp.then_some((-0.7, 0.7)),
+            ..o0
+        };
         let cpu = conv3d(&x, &w, Some(&b), &o).unwrap();
 
-        let (xg, wg, bg) = (x.to_device(dev).unwrap(), w.to_device(dev).unwrap(), b.to_device(dev).unwrap());
+        let (xg, wg, bg) = (
+            x.to_device(dev).unwrap(),
+            w.to_device(dev).unwrap(),
+            b.to_device(dev).unwrap(),
+        );
         let cg = ctx.as_ref().map(|c| c.to_device(dev).unwrap());
         let rg = res.as_ref().map(|r| r.to_device(dev).unwrap());
-        let og = ConvOpts { ctx: cg.as_ref(), residual: rg.as_ref(), precision: prec, ..o };
+        let og = ConvOpts {
+            ctx: cg.as_ref(),
+            residual: rg.as_ref(),
+            precision: prec,
+            ..o
+        };
         let gpu = conv3d(&xg, &wg, Some(&bg), &og).unwrap();
         assert_eq!(gpu.shape(), cpu.shape(), "{}", cs.name);
         let (md, mx) = diff(&gpu.to_vec_f32().unwrap(), &cpu.to_vec_f32().unwrap());
         let rel = md / mx.max(1e-6);
-        println!("conv {:?} {}: max abs err {md:.3e}, rel {rel:.3e}", prec, cs.name);
+        println!(
+            "conv {:?} {}: max abs err {md:.3e}, rel {rel:.3e}",
+            prec, cs.name
+        );
         worst = worst.max(rel);
     }
     worst
@@ -118,10 +241,16 @@ fn conv_helpers_gpu_match_cpu() {
     let mut s = 7;
     let x = host(rnd(2 * 5 * 3 * 4 * 6, &mut s, 1.0), &[2, 5, 3, 4, 6]);
     let xg = x.to_device(&dev).unwrap();
-    let up = (upsample_nearest2x(&x).unwrap(), upsample_nearest2x(&xg).unwrap());
+    let up = (
+        upsample_nearest2x(&x).unwrap(),
+        upsample_nearest2x(&xg).unwrap(),
+    );
     assert_eq!(up.0.to_vec_f32().unwrap(), up.1.to_vec_f32().unwrap());
     let x2 = host(rnd(2 * 6 * 3 * 4 * 6, &mut s, 1.0), &[2, 6, 3, 4, 6]);
-    let il = (interleave_time(&x2).unwrap(), interleave_time(&x2.to_device(&dev).unwrap()).unwrap());
+    let il = (
+        interleave_time(&x2).unwrap(),
+        interleave_time(&x2.to_device(&dev).unwrap()).unwrap(),
+    );
     assert_eq!(il.0.shape(), &[2, 3, 6, 4, 6]);
     assert_eq!(il.0.to_vec_f32().unwrap(), il.1.to_vec_f32().unwrap());
     let ctx = host(rnd(2 * 5 * 2 * 4 * 6, &mut s, 1.0), &[2, 5, 2, 4, 6]);
@@ -132,15 +261,43 @@ fn conv_helpers_gpu_match_cpu() {
         for with_ctx in [false, true] {
             let a = cache_update(with_ctx.then_some(&ctx), &xt, 2).unwrap();
             let b = cache_update(with_ctx.then_some(&cg), &xtg, 2).unwrap();
-            assert_eq!(a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap(), "cache_update t={t} ctx={with_ctx}");
+            assert_eq!(
+                a.to_vec_f32().unwrap(),
+                b.to_vec_f32().unwrap(),
+                "cache_update t={t} ctx={with_ctx}"
+            );
         }
     }
     // conv3d_into writes a chunk at a frame offset and leaves the other frames alone.
     let w = host(rnd(3 * 5 * 27, &mut s, 0.3), &[3, 5, 3, 3, 3]);
     let wg = w.to_device(&dev).unwrap();
     let video = Tensor::zeros(&[2, 3, 7, 4, 6], DType::F32, &dev).unwrap();
-    conv3d_into(&xg, &wg, None, &ConvOpts { ctx: Some(&cg), clamp: Some((-1.0, 1.0)), ..Default::default() }, &video, 2).unwrap();
-    let cpu = conv3d(&x, &w, None, &ConvOpts { ctx: Some(&ctx), clamp: Some((-1.0, 1.0)), ..Default::default() }).unwrap().to_vec_f32().unwrap();
+    conv3d_into(
+        &xg,
+        &wg,
+        None,
+        &ConvOpts {
+            ctx: Some(&cg),
+            clamp: Some((-1.0, 1.0)),
+            ..Default::default()
+        },
+        &video,
+        2,
+    )
+    .unwrap();
+    let cpu = conv3d(
+        &x,
+        &w,
+        None,
+        &ConvOpts {
+            ctx: Some(&ctx),
+            clamp: Some((-1.0, 1.0)),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .to_vec_f32()
+    .unwrap();
     let v = video.to_vec_f32().unwrap();
     let plane = 24;
     for bc in 0..6 {
@@ -171,25 +328,57 @@ fn synthetic_decoder_gpu_matches_cpu() {
     let lat = synthetic_latents(3, 6, 5, 4);
     let want = cpu.decode(&lat).unwrap().to_vec_f32().unwrap();
     for prec in [ConvPrecision::F32, ConvPrecision::Bf16] {
-        let g = VaeDecoder::load(&w, cfg.clone(), VaeOptions { precision: prec, tiling: None }).unwrap();
+        let g = VaeDecoder::load(
+            &w,
+            cfg.clone(),
+            VaeOptions {
+                precision: prec,
+                tiling: None,
+            },
+        )
+        .unwrap();
         let got = g.decode(&lat.to_device(&dev).unwrap()).unwrap();
         assert!(got.device().is_cuda());
         let (md, _) = diff(&got.to_vec_f32().unwrap(), &want);
         println!("synthetic decoder {prec:?} GPU vs CPU: max abs err {md:.3e}");
-        assert!(md < if prec == ConvPrecision::F32 { 1e-4 } else { 5e-2 }, "{prec:?}: {md}");
+        assert!(
+            md < if prec == ConvPrecision::F32 {
+                1e-4
+            } else {
+                5e-2
+            },
+            "{prec:?}: {md}"
+        );
     }
     // Tiled on the GPU equals tiled on the CPU.
-    let tc = Some(TileConfig { tile: 4, overlap: 2 });
-    let mut c2 = VaeDecoder::load(&tiny_weights(&cfg, 3), cfg.clone(), VaeOptions::default()).unwrap();
-    c2.set_options(VaeOptions { tiling: tc, ..Default::default() });
-    let g2 = VaeDecoder::load(&w, cfg.clone(), VaeOptions { tiling: tc, ..Default::default() }).unwrap();
-    let (md, _) = diff(&g2.decode(&lat).unwrap().to_vec_f32().unwrap(), &c2.decode(&lat).unwrap().to_vec_f32().unwrap());
+    let tc = Some(TileConfig {
+        tile: 4,
+        overlap: 2,
+    });
+    let mut c2 =
+        VaeDecoder::load(&tiny_weights(&cfg, 3), cfg.clone(), VaeOptions::default()).unwrap();
+    c2.set_options(VaeOptions {
+        tiling: tc,
+        ..Default::default()
+    });
+    let g2 = VaeDecoder::load(
+        &w,
+        cfg.clone(),
+        VaeOptions {
+            tiling: tc,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (md, _) = diff(
+        &g2.decode(&lat).unwrap().to_vec_f32().unwrap(),
+        &c2.decode(&lat).unwrap().to_vec_f32().unwrap(),
+    );
     println!("synthetic tiled decoder GPU vs CPU: max abs err {md:.3e}");
     assert!(md < 1e-4);
     let f = to_uint8_frames(&g2.decode(&lat).unwrap(), 0).unwrap();
     assert_eq!((f.frames, f.height, f.width), (9, 48, 40));
 }
-
 
 // ----- diffusers fixtures (tests/fixtures/vae.safetensors, pipeline.safetensors) ----------------
 
@@ -202,9 +391,14 @@ struct Fixture {
 
 impl Fixture {
     fn open(name: &str, test: &str) -> Option<Fixture> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
         let Ok(bytes) = std::fs::read(&path) else {
-            println!("SKIP {test}: {} is missing (scripts/reference/make_fixtures.py)", path.display());
+            println!(
+                "SKIP {test}: {} is missing (scripts/reference/make_fixtures.py)",
+                path.display()
+            );
             return None;
         };
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -212,9 +406,18 @@ impl Fixture {
         for (k, v) in st.tensors() {
             let d = v.data();
             let f: Vec<f32> = match v.dtype() {
-                safetensors::Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-                safetensors::Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-                safetensors::Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                safetensors::Dtype::F32 => d
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                safetensors::Dtype::BF16 => d
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::F16 => d
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
                 safetensors::Dtype::U8 => d.iter().map(|&b| b as f32).collect(),
                 _ => continue,
             };
@@ -223,7 +426,10 @@ impl Fixture {
         Some(Fixture { tensors })
     }
     fn get(&self, k: &str) -> Tensor {
-        let (s, d) = self.tensors.get(k).unwrap_or_else(|| panic!("fixture tensor {k} missing"));
+        let (s, d) = self
+            .tensors
+            .get(k)
+            .unwrap_or_else(|| panic!("fixture tensor {k} missing"));
         host(d.clone(), s)
     }
 }
@@ -241,8 +447,17 @@ fn tiny_vae(dev: &Device, opts: VaeOptions, test: &str) -> Option<VaeDecoder> {
 fn err(a: &Tensor, b: &Tensor) -> (f32, f32) {
     assert_eq!(a.shape(), b.shape());
     let (a, b) = (a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap());
-    let md = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / a.len() as f64;
+    let md = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    let mean = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .sum::<f64>()
+        / a.len() as f64;
     (md, mean as f32)
 }
 
@@ -261,7 +476,10 @@ fn fixture_decode(dev: &Device, opts: VaeOptions, test: &str) -> Option<(f32, f3
         let el = tm.elapsed();
         assert_eq!(y.device(), dev);
         let (md, mean) = err(&y, &want);
-        println!("{test}: {t} {:?} on {dev:?}: max abs {md:.3e}, mean abs {mean:.3e}, {el:.2?}", y.shape());
+        println!(
+            "{test}: {t} {:?} on {dev:?}: max abs {md:.3e}, mean abs {mean:.3e}, {el:.2?}",
+            y.shape()
+        );
         worst = (worst.0.max(md), worst.1.max(mean));
     }
     Some(worst)
@@ -269,7 +487,10 @@ fn fixture_decode(dev: &Device, opts: VaeOptions, test: &str) -> Option<(f32, f3
 
 #[test]
 fn vae_fixture_cpu_f32() {
-    let Some((md, _)) = fixture_decode(&Device::Cpu, VaeOptions::default(), "vae_fixture_cpu_f32") else { return };
+    let Some((md, _)) = fixture_decode(&Device::Cpu, VaeOptions::default(), "vae_fixture_cpu_f32")
+    else {
+        return;
+    };
     assert!(md < 1e-4, "max abs error {md}");
 }
 
@@ -277,11 +498,18 @@ fn vae_fixture_cpu_f32() {
 #[test]
 fn vae_fixture_cpu_intermediates() {
     let test = "vae_fixture_cpu_intermediates";
-    let Some(fx) = Fixture::open("vae.safetensors", test) else { return };
-    let Some(vae) = tiny_vae(&Device::Cpu, VaeOptions::default(), test) else { return };
+    let Some(fx) = Fixture::open("vae.safetensors", test) else {
+        return;
+    };
+    let Some(vae) = tiny_vae(&Device::Cpu, VaeOptions::default(), test) else {
+        return;
+    };
     let mut got: std::collections::BTreeMap<String, Vec<Tensor>> = Default::default();
-    let mut probe = |name: &str, _chunk: usize, t: &Tensor| got.entry(name.to_string()).or_default().push(t.clone());
-    vae.decode_denormalized_probed(&fx.get("t3.latent"), &mut probe).unwrap();
+    let mut probe = |name: &str, _chunk: usize, t: &Tensor| {
+        got.entry(name.to_string()).or_default().push(t.clone())
+    };
+    vae.decode_denormalized_probed(&fx.get("t3.latent"), &mut probe)
+        .unwrap();
     for (name, chunks) in &got {
         let key = format!("f32.t3.{name}");
         if !fx.tensors.contains_key(&key) {
@@ -301,8 +529,15 @@ fn vae_fixture_cpu_intermediates() {
         }
         let cat = host(v, &[s[0], s[1], tt, s[3], s[4]]);
         let (md, mean) = err(&cat, &want);
-        let mx = want.to_vec_f32().unwrap().iter().fold(0.0f32, |a, b| a.max(b.abs()));
-        println!("{test}: {name} {:?}: max abs {md:.3e} (ref max {mx:.3}), mean abs {mean:.3e}", want.shape());
+        let mx = want
+            .to_vec_f32()
+            .unwrap()
+            .iter()
+            .fold(0.0f32, |a, b| a.max(b.abs()));
+        println!(
+            "{test}: {name} {:?}: max abs {md:.3e} (ref max {mx:.3}), mean abs {mean:.3e}",
+            want.shape()
+        );
         assert!(md <= 1e-4 * mx.max(1.0), "{name}: max abs {md}");
     }
 }
@@ -311,8 +546,22 @@ fn vae_fixture_cpu_intermediates() {
 #[test]
 fn vae_fixture_cpu_tiled() {
     let test = "vae_fixture_cpu_tiled";
-    let Some(fx) = Fixture::open("vae.safetensors", test) else { return };
-    let Some(vae) = tiny_vae(&Device::Cpu, VaeOptions { tiling: Some(TileConfig { tile: 6, overlap: 3 }), ..Default::default() }, test) else { return };
+    let Some(fx) = Fixture::open("vae.safetensors", test) else {
+        return;
+    };
+    let Some(vae) = tiny_vae(
+        &Device::Cpu,
+        VaeOptions {
+            tiling: Some(TileConfig {
+                tile: 6,
+                overlap: 3,
+            }),
+            ..Default::default()
+        },
+        test,
+    ) else {
+        return;
+    };
     // t3 (6x10 latent in the fixture) -> 6x6 tiles overlapping by >= 3 latent pixels (24 px).
     let want = fx.get("f32.t3.video");
     let tiled = vae.decode_denormalized(&fx.get("t3.latent")).unwrap();
@@ -341,28 +590,55 @@ fn vae_fixture_cpu_tiled() {
 #[test]
 fn vae_fixture_gpu_f32() {
     let dev = need_gpu!("vae_fixture_gpu_f32");
-    let Some((md, _)) = fixture_decode(&dev, VaeOptions::default(), "vae_fixture_gpu_f32") else { return };
+    let Some((md, _)) = fixture_decode(&dev, VaeOptions::default(), "vae_fixture_gpu_f32") else {
+        return;
+    };
     assert!(md < 1e-4, "max abs error {md}");
 }
 
 #[test]
 fn vae_fixture_gpu_bf16_tensor_cores() {
     let dev = need_gpu!("vae_fixture_gpu_bf16_tensor_cores");
-    let opts = VaeOptions { precision: ConvPrecision::Bf16, ..Default::default() };
-    let Some((md, mean)) = fixture_decode(&dev, opts, "vae_fixture_gpu_bf16_tensor_cores") else { return };
+    let opts = VaeOptions {
+        precision: ConvPrecision::Bf16,
+        ..Default::default()
+    };
+    let Some((md, mean)) = fixture_decode(&dev, opts, "vae_fixture_gpu_bf16_tensor_cores") else {
+        return;
+    };
     // diffusers' own bf16 VAE run is off by max 0.027 / mean 0.0037 (manifest vae_stats).
     println!("bf16 tensor-core decode vs f32 reference: max abs {md:.3e}, mean abs {mean:.3e} (diffusers bf16: 2.7e-2 / 3.7e-3)");
-    assert!(md < 0.08 && mean < 0.01, "bf16: max abs {md}, mean abs {mean}");
+    assert!(
+        md < 0.08 && mean < 0.01,
+        "bf16: max abs {md}, mean abs {mean}"
+    );
 }
 
 #[test]
 fn vae_fixture_gpu_tiled() {
     let dev = need_gpu!("vae_fixture_gpu_tiled");
-    let opts = VaeOptions { tiling: Some(TileConfig { tile: 4, overlap: 2 }), ..Default::default() };
-    let Some(fx) = Fixture::open("vae.safetensors", "vae_fixture_gpu_tiled") else { return };
-    let (Some(g), Some(c)) = (tiny_vae(&dev, opts, "vae_fixture_gpu_tiled"), tiny_vae(&Device::Cpu, opts, "vae_fixture_gpu_tiled")) else { return };
+    let opts = VaeOptions {
+        tiling: Some(TileConfig {
+            tile: 4,
+            overlap: 2,
+        }),
+        ..Default::default()
+    };
+    let Some(fx) = Fixture::open("vae.safetensors", "vae_fixture_gpu_tiled") else {
+        return;
+    };
+    let (Some(g), Some(c)) = (
+        tiny_vae(&dev, opts, "vae_fixture_gpu_tiled"),
+        tiny_vae(&Device::Cpu, opts, "vae_fixture_gpu_tiled"),
+    ) else {
+        return;
+    };
     let lat = fx.get("t3.latent");
-    let (md, _) = err(&g.decode_denormalized(&lat.to_device(&dev).unwrap()).unwrap(), &c.decode_denormalized(&lat).unwrap());
+    let (md, _) = err(
+        &g.decode_denormalized(&lat.to_device(&dev).unwrap())
+            .unwrap(),
+        &c.decode_denormalized(&lat).unwrap(),
+    );
     assert!(md < 1e-4, "tiled GPU vs tiled CPU: {md}");
 }
 
@@ -370,15 +646,22 @@ fn vae_fixture_gpu_tiled() {
 #[test]
 fn pipeline_fixture_decode_and_uint8() {
     let test = "pipeline_fixture_decode_and_uint8";
-    let Some(fx) = Fixture::open("pipeline.safetensors", test) else { return };
-    let Some(vae) = tiny_vae(&Device::Cpu, VaeOptions::default(), test) else { return };
+    let Some(fx) = Fixture::open("pipeline.safetensors", test) else {
+        return;
+    };
+    let Some(vae) = tiny_vae(&Device::Cpu, VaeOptions::default(), test) else {
+        return;
+    };
     // de-normalised input given directly.
     let video = vae.decode_denormalized(&fx.get("f32.vae_input")).unwrap();
     let (md, _) = err(&video, &fx.get("f32.video"));
     println!("{test}: vae_input -> video max abs {md:.3e}");
     assert!(md < 1e-4);
     // DiT-space latents: the decoder de-normalises (z = x*std + mean).
-    let (md, _) = err(&vae.decode(&fx.get("f32.step2.latents")).unwrap(), &fx.get("f32.video"));
+    let (md, _) = err(
+        &vae.decode(&fx.get("f32.step2.latents")).unwrap(),
+        &fx.get("f32.video"),
+    );
     println!("{test}: step2.latents -> video max abs {md:.3e}");
     assert!(md < 1e-4);
     // uint8 conversion of the reference video is bit-exact; of ours, within 1 LSB.
@@ -393,15 +676,31 @@ fn pipeline_fixture_decode_and_uint8() {
         if a as f32 != b {
             if bad < 5 {
                 let (f, p, c) = (i / (hw * 3), (i / 3) % hw, i % 3);
-                println!("{test}: byte {i}: ours {a}, want {b}, video {}", vref[(c * nf + f) * hw + p]);
+                println!(
+                    "{test}: byte {i}: ours {a}, want {b}, video {}",
+                    vref[(c * nf + f) * hw + p]
+                );
             }
             bad += 1;
         }
     }
-    assert_eq!(bad, 0, "uint8 conversion of the reference video differs in {bad} bytes");
+    assert_eq!(
+        bad, 0,
+        "uint8 conversion of the reference video differs in {bad} bytes"
+    );
     let ours = to_uint8_frames(&video, 0).unwrap();
-    let off = ours.data.iter().zip(&want).filter(|(&a, &b)| a as f32 != b).count();
-    let worst = ours.data.iter().zip(&want).map(|(&a, &b)| (a as f32 - b).abs()).fold(0.0f32, f32::max);
+    let off = ours
+        .data
+        .iter()
+        .zip(&want)
+        .filter(|(&a, &b)| a as f32 != b)
+        .count();
+    let worst = ours
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(&a, &b)| (a as f32 - b).abs())
+        .fold(0.0f32, f32::max);
     println!("{test}: {off} of {} bytes differ (max {worst})", want.len());
     assert!(worst <= 1.0);
 }

@@ -16,7 +16,6 @@ use contentv::ops::quant::{dequantize, linear_int8, quantize_per_channel};
 use contentv::runtime::residency::{MemoryOptions, Offload};
 use contentv::runtime::{Device, Linear, Tensor, Weight, WeightStore};
 
-
 fn cos(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
     for (x, y) in a.iter().zip(b) {
@@ -38,14 +37,42 @@ fn w8a16_linear_equals_dense_linear_on_dequantized_weights() {
         let b = Tensor::from_f32(rnd(n, 3), &[n], &dev).unwrap();
         let qt = Tensor::from_i8(q, &[n, k], &dev).unwrap();
         let groups = s.len() / n;
-        let st = if groups == 1 { Tensor::from_f32(s, &[n], &dev).unwrap() } else { Tensor::from_f32(s, &[n, groups], &dev).unwrap() };
-        let got = linear_int8(&x, &qt, &st, Some(&b), Act::GeluTanh).unwrap().to_vec_f32().unwrap();
-        let dense = Linear { weight: Weight::Dense(Tensor::from_f32(dq, &[n, k], &dev).unwrap()), bias: Some(b.clone()) };
-        let want = linear_act(&x, &dense, Act::GeluTanh).unwrap().to_vec_f32().unwrap();
-        assert_close(&format!("linear_int8 {m}x{k}x{n} group {group:?}"), &got, &want, 1e-5, 1e-5);
+        let st = if groups == 1 {
+            Tensor::from_f32(s, &[n], &dev).unwrap()
+        } else {
+            Tensor::from_f32(s, &[n, groups], &dev).unwrap()
+        };
+        let got = linear_int8(&x, &qt, &st, Some(&b), Act::GeluTanh)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let dense = Linear {
+            weight: Weight::Dense(Tensor::from_f32(dq, &[n, k], &dev).unwrap()),
+            bias: Some(b.clone()),
+        };
+        let want = linear_act(&x, &dense, Act::GeluTanh)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        assert_close(
+            &format!("linear_int8 {m}x{k}x{n} group {group:?}"),
+            &got,
+            &want,
+            1e-5,
+            1e-5,
+        );
         // Through the Linear dispatch too.
-        let lq = Linear { weight: Weight::Int8 { q: qt, scale: st }, bias: Some(b) };
-        assert_eq!(linear_act(&x, &lq, Act::GeluTanh).unwrap().to_vec_f32().unwrap(), got);
+        let lq = Linear {
+            weight: Weight::Int8 { q: qt, scale: st },
+            bias: Some(b),
+        };
+        assert_eq!(
+            linear_act(&x, &lq, Act::GeluTanh)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap(),
+            got
+        );
     }
 }
 
@@ -72,13 +99,39 @@ fn forward(mem: &MemoryOptions, dir: &std::path::Path) -> Vec<f32> {
 fn streaming_equals_resident_and_int8_is_close() {
     let dir = tiny_model_dir();
     let resident = forward(&MemoryOptions::default(), &dir);
-    let streamed = forward(&MemoryOptions { offload: Offload::Sequential, ..Default::default() }, &dir);
-    assert_eq!(resident, streamed, "sequential offload must not change the arithmetic");
-    let int8 = forward(&MemoryOptions { int8: true, ..Default::default() }, &dir);
-    let int8_streamed = forward(&MemoryOptions { int8: true, offload: Offload::Sequential, ..Default::default() }, &dir);
+    let streamed = forward(
+        &MemoryOptions {
+            offload: Offload::Sequential,
+            ..Default::default()
+        },
+        &dir,
+    );
+    assert_eq!(
+        resident, streamed,
+        "sequential offload must not change the arithmetic"
+    );
+    let int8 = forward(
+        &MemoryOptions {
+            int8: true,
+            ..Default::default()
+        },
+        &dir,
+    );
+    let int8_streamed = forward(
+        &MemoryOptions {
+            int8: true,
+            offload: Offload::Sequential,
+            ..Default::default()
+        },
+        &dir,
+    );
     assert_eq!(int8, int8_streamed);
     let c = cos(&int8, &resident);
-    let maxd = int8.iter().zip(&resident).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let maxd = int8
+        .iter()
+        .zip(&resident)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     println!("INT8 vs f32 transformer output: cosine {c:.6}, max |diff| {maxd:.4}");
     assert!(c >= 0.999, "INT8 transformer output cosine {c} < 0.999");
     assert!(int8 != resident, "INT8 was not applied");
@@ -91,9 +144,18 @@ fn quantize_command_writes_a_loadable_int8_checkpoint() {
     let bin = env!("CARGO_BIN_EXE_contentv");
     let tiny = tiny_model_dir();
     let run = |extra: &[&str]| {
-        let mut args = vec!["quantize", "--model", tiny.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        let mut args = vec![
+            "quantize",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
-        std::process::Command::new(bin).args(&args).output().unwrap()
+        std::process::Command::new(bin)
+            .args(&args)
+            .output()
+            .unwrap()
     };
     let o = run(&[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -103,7 +165,12 @@ fn quantize_command_writes_a_loadable_int8_checkpoint() {
     for c in ["vae", "text_encoder", "tokenizer_2", "scheduler"] {
         assert!(out.join(c).is_dir(), "{c} not copied");
     }
-    let store = WeightStore::open(&out.join("transformer"), &Device::Cpu, contentv::DType::BF16).unwrap();
+    let store = WeightStore::open(
+        &out.join("transformer"),
+        &Device::Cpu,
+        contentv::DType::BF16,
+    )
+    .unwrap();
     let root = store.root();
     let b0 = root.pp("transformer_blocks").pp(0);
     match b0.linear("attn.to_q", 128, 128, true).unwrap().weight {
@@ -113,17 +180,43 @@ fn quantize_command_writes_a_loadable_int8_checkpoint() {
         }
         _ => panic!("attn.to_q should be INT8 in the quantized checkpoint"),
     }
-    assert!(matches!(b0.linear("norm1.linear", 128, 768, true).unwrap().weight, Weight::Dense(_)), "adaLN stays dense");
-    assert!(matches!(root.linear("proj_out", 128, 64, true).unwrap().weight, Weight::Dense(_)));
-    let t5 = WeightStore::open(&out.join("text_encoder_3"), &Device::Cpu, contentv::DType::BF16).unwrap();
+    assert!(
+        matches!(
+            b0.linear("norm1.linear", 128, 768, true).unwrap().weight,
+            Weight::Dense(_)
+        ),
+        "adaLN stays dense"
+    );
+    assert!(matches!(
+        root.linear("proj_out", 128, 64, true).unwrap().weight,
+        Weight::Dense(_)
+    ));
+    let t5 = WeightStore::open(
+        &out.join("text_encoder_3"),
+        &Device::Cpu,
+        contentv::DType::BF16,
+    )
+    .unwrap();
     assert!(t5.contains("encoder.block.0.layer.1.DenseReluDense.wo.weight_scale"));
-    assert!(!t5.contains("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight_scale"), "the relative attention bias is an embedding: stays dense");
+    assert!(
+        !t5.contains("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight_scale"),
+        "the relative attention bias is an embedding: stays dense"
+    );
     // T5 from the INT8 checkpoint: loads, and stays close to the dense encoder.
     {
         use contentv::model::t5::T5Encoder;
         let ids = vec![(0..24u32).map(|i| (i * 37 + 5) % 100).collect::<Vec<u32>>()];
         let enc = |dir: &std::path::Path| {
-            T5Encoder::load(&dir.join("text_encoder_3"), &Device::Cpu, &MemoryOptions::default()).unwrap().forward(&ids).unwrap().to_vec_f32().unwrap()
+            T5Encoder::load(
+                &dir.join("text_encoder_3"),
+                &Device::Cpu,
+                &MemoryOptions::default(),
+            )
+            .unwrap()
+            .forward(&ids)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
         };
         let (q8, dense) = (enc(&out), enc(&tiny));
         let c = cos(&q8, &dense);
@@ -132,13 +225,31 @@ fn quantize_command_writes_a_loadable_int8_checkpoint() {
     }
     // The pre-quantized checkpoint computes exactly what quantize-on-load computes.
     let pre = forward(&MemoryOptions::default(), &out);
-    let onload = forward(&MemoryOptions { int8: true, ..Default::default() }, &tiny_model_dir());
+    let onload = forward(
+        &MemoryOptions {
+            int8: true,
+            ..Default::default()
+        },
+        &tiny_model_dir(),
+    );
     assert_eq!(pre, onload);
     // Group-wise, with --force.
     let o3 = run(&["--force", "--group", "32"]);
-    assert!(o3.status.success(), "{}", String::from_utf8_lossy(&o3.stderr));
-    let store = WeightStore::open(&out.join("transformer"), &Device::Cpu, contentv::DType::BF16).unwrap();
-    assert_eq!(store.shape_of("transformer_blocks.0.attn.to_q.weight_scale"), Some(vec![128, 4]));
+    assert!(
+        o3.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o3.stderr)
+    );
+    let store = WeightStore::open(
+        &out.join("transformer"),
+        &Device::Cpu,
+        contentv::DType::BF16,
+    )
+    .unwrap();
+    assert_eq!(
+        store.shape_of("transformer_blocks.0.attn.to_q.weight_scale"),
+        Some(vec![128, 4])
+    );
     let grouped = forward(&MemoryOptions::default(), &out);
     let dense = forward(&MemoryOptions::default(), &tiny_model_dir());
     assert!(cos(&grouped, &dense) >= 0.999);
@@ -149,18 +260,33 @@ fn quantize_command_writes_a_loadable_int8_checkpoint() {
 
 #[test]
 fn gpu_int8_and_streaming() {
-    let Some(dev) = common::cuda_or_skip() else { return };
+    let Some(dev) = common::cuda_or_skip() else {
+        return;
+    };
     let (x, t, c, p) = transformer_inputs(&dev);
     let run = |mem: MemoryOptions| {
         let m = Transformer::load_with(&tiny_model_dir().join("transformer"), &dev, &mem).unwrap();
         m.forward(&x, &t, &c, &p).unwrap().to_vec_f32().unwrap()
     };
     let resident = run(MemoryOptions::default());
-    let streamed = run(MemoryOptions { offload: Offload::Sequential, ..Default::default() });
-    assert_eq!(resident, streamed, "GPU streaming must not change the arithmetic");
-    let int8 = run(MemoryOptions { int8: true, ..Default::default() });
+    let streamed = run(MemoryOptions {
+        offload: Offload::Sequential,
+        ..Default::default()
+    });
+    assert_eq!(
+        resident, streamed,
+        "GPU streaming must not change the arithmetic"
+    );
+    let int8 = run(MemoryOptions {
+        int8: true,
+        ..Default::default()
+    });
     assert!(cos(&int8, &resident) >= 0.999);
-    let int8s = run(MemoryOptions { int8: true, offload: Offload::Sequential, ..Default::default() });
+    let int8s = run(MemoryOptions {
+        int8: true,
+        offload: Offload::Sequential,
+        ..Default::default()
+    });
     assert_eq!(int8, int8s);
 }
 
@@ -185,7 +311,12 @@ fn quantize_round_trip_bound_groups_and_zero_rows() {
         let d = dequantize(&q, &s, n, k);
         for i in 0..n * k {
             let sc = s[(i / k) * (k / g) + (i % k) / g];
-            assert!((w[i] - d[i]).abs() <= sc / 2.0 * (1.0 + 1e-6), "group {group:?} element {i}: {} vs {}", w[i], d[i]);
+            assert!(
+                (w[i] - d[i]).abs() <= sc / 2.0 * (1.0 + 1e-6),
+                "group {group:?} element {i}: {} vs {}",
+                w[i],
+                d[i]
+            );
             assert!(q[i] >= -127);
         }
         for j in 0..k / g {
@@ -211,7 +342,10 @@ fn quantize_round_trip_bound_groups_and_zero_rows() {
             _ => panic!("quantize_weight must give Weight::Int8"),
         }
     }
-    assert!(quantize_weight(&t, Some(7)).is_err(), "a group that does not divide K is an error");
+    assert!(
+        quantize_weight(&t, Some(7)).is_err(),
+        "a group that does not divide K is an error"
+    );
 }
 
 /// The CPU W8A16 linear on a batched [B, M, K] input and with every activation.
@@ -225,12 +359,27 @@ fn w8a16_cpu_batched_and_activations() {
     let x = Tensor::from_f32(rnd(b * m * k, 22), &[b, m, k], &dev).unwrap();
     let qt = Tensor::from_i8(q, &[n, k], &dev).unwrap();
     let st = Tensor::from_f32(s, &[n], &dev).unwrap();
-    let dense = Linear { weight: Weight::Dense(Tensor::from_f32(dq, &[n, k], &dev).unwrap()), bias: None };
-    for act in [Act::None, Act::Silu, Act::GeluTanh, Act::GeluErf, Act::QuickGelu] {
+    let dense = Linear {
+        weight: Weight::Dense(Tensor::from_f32(dq, &[n, k], &dev).unwrap()),
+        bias: None,
+    };
+    for act in [
+        Act::None,
+        Act::Silu,
+        Act::GeluTanh,
+        Act::GeluErf,
+        Act::QuickGelu,
+    ] {
         let got = linear_int8(&x, &qt, &st, None, act).unwrap();
         assert_eq!(got.shape(), &[b, m, n]);
         let want = linear_act(&x, &dense, act).unwrap().to_vec_f32().unwrap();
-        assert_close(&format!("linear_int8 {act:?}"), &got.to_vec_f32().unwrap(), &want, 1e-5, 1e-5);
+        assert_close(
+            &format!("linear_int8 {act:?}"),
+            &got.to_vec_f32().unwrap(),
+            &want,
+            1e-5,
+            1e-5,
+        );
     }
     // Shape errors are errors, not panics.
     let bad = Tensor::from_f32(rnd(m * (k + 1), 1), &[m, k + 1], &dev).unwrap();
@@ -249,7 +398,9 @@ fn w8a16_cpu_batched_and_activations() {
 fn gpu_w8a16_kernels_match_cpu_reference() {
     use contentv::ops::quant::{linear_int8_with, Int8Kernel};
     use contentv::DType;
-    let Some(dev) = common::cuda_or_skip() else { return };
+    let Some(dev) = common::cuda_or_skip() else {
+        return;
+    };
     let cases: &[(usize, usize, usize, Option<usize>, Act)] = &[
         (1, 33, 64, None, Act::None),
         (5, 130, 72, None, Act::GeluTanh),
@@ -267,15 +418,27 @@ fn gpu_w8a16_kernels_match_cpu_reference() {
             let (q, s) = quantize_per_channel(&w, n, k, group);
             let groups = s.len() / n;
             let exact = dequantize(&q, &s, n, k);
-            let rounded = Tensor::from_f32(exact.clone(), &[n, k], &Device::Cpu).unwrap().to_dtype(dt).unwrap().to_vec_f32().unwrap();
+            let rounded = Tensor::from_f32(exact.clone(), &[n, k], &Device::Cpu)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             // Input rows inside a wider buffer: row stride k + 8 (a multiple of 8, aligned), and
             // the same rows starting 4 elements in (8 bytes: misaligned, the launcher copies).
-            let wide = Tensor::from_f32(rnd(m * (k + 8), 32), &[m, k + 8], &Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let wide = Tensor::from_f32(rnd(m * (k + 8), 32), &[m, k + 8], &Device::Cpu)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap();
             let bias_v = rnd(n, 33);
             let hb = Tensor::from_f32(bias_v.clone(), &[n], &Device::Cpu).unwrap();
             let gwide = wide.to_device(&dev).unwrap();
             let qt = Tensor::from_i8(q.clone(), &[n, k], &dev).unwrap();
-            let st = if groups == 1 { Tensor::from_f32(s.clone(), &[n], &dev).unwrap() } else { Tensor::from_f32(s.clone(), &[n, groups], &dev).unwrap() };
+            let st = if groups == 1 {
+                Tensor::from_f32(s.clone(), &[n], &dev).unwrap()
+            } else {
+                Tensor::from_f32(s.clone(), &[n, groups], &dev).unwrap()
+            };
             let gb = hb.to_dtype(dt).unwrap().to_device(&dev).unwrap();
             for start in [0usize, 4] {
                 let hx = wide.narrow(1, start, k).unwrap();
@@ -283,7 +446,9 @@ fn gpu_w8a16_kernels_match_cpu_reference() {
                 let bias_r = gb.to_vec_f32().unwrap();
                 let reference = |wv: &[f32]| {
                     let dense = Linear {
-                        weight: Weight::Dense(Tensor::from_f32(wv.to_vec(), &[n, k], &Device::Cpu).unwrap()),
+                        weight: Weight::Dense(
+                            Tensor::from_f32(wv.to_vec(), &[n, k], &Device::Cpu).unwrap(),
+                        ),
                         bias: Some(Tensor::from_f32(bias_r.clone(), &[n], &Device::Cpu).unwrap()),
                     };
                     linear_act(&hx, &dense, act).unwrap().to_vec_f32().unwrap()
@@ -298,14 +463,19 @@ fn gpu_w8a16_kernels_match_cpu_reference() {
                     assert_eq!(y.shape(), &[m, n]);
                     assert_eq!(y.dtype(), dt);
                     let resolved = match kernel {
-                        Int8Kernel::Auto if m <= contentv::ops::quant::GEMV_MAX_M => Int8Kernel::Gemv,
+                        Int8Kernel::Auto if m <= contentv::ops::quant::GEMV_MAX_M => {
+                            Int8Kernel::Gemv
+                        }
                         Int8Kernel::Auto => Int8Kernel::Mma,
                         other => other,
                     };
-                    let rounds = resolved == Int8Kernel::Dequant || (resolved == Int8Kernel::Mma && group.is_some());
+                    let rounds = resolved == Int8Kernel::Dequant
+                        || (resolved == Int8Kernel::Mma && group.is_some());
                     let want = if rounds { &want_rounded } else { &want_exact };
                     let (atol, rtol) = contentv::ops::tolerance::for_dtype(dt, k);
-                    if let Err(e) = contentv::ops::tolerance::check(&y.to_vec_f32().unwrap(), want, atol, rtol) {
+                    if let Err(e) =
+                        contentv::ops::tolerance::check(&y.to_vec_f32().unwrap(), want, atol, rtol)
+                    {
                         panic!("{kernel:?} {} m {m} n {n} k {k} group {group:?} {act:?} start {start}: {e}", dt.name());
                     }
                 }
@@ -315,16 +485,41 @@ fn gpu_w8a16_kernels_match_cpu_reference() {
     // f32 activations take the dequantise path (Auto) and are rejected by the W8A16 kernels.
     let x = Tensor::from_f32(rnd(3 * 64, 41), &[3, 64], &dev).unwrap();
     let (q, s) = quantize_per_channel(&rnd(16 * 64, 42), 16, 64, None);
-    let want = linear_int8(&Tensor::from_f32(rnd(3 * 64, 41), &[3, 64], &Device::Cpu).unwrap(), &Tensor::from_i8(q.clone(), &[16, 64], &Device::Cpu).unwrap(), &Tensor::from_f32(s.clone(), &[16], &Device::Cpu).unwrap(), None, Act::None).unwrap();
-    let (qt, st) = (Tensor::from_i8(q, &[16, 64], &dev).unwrap(), Tensor::from_f32(s, &[16], &dev).unwrap());
+    let want = linear_int8(
+        &Tensor::from_f32(rnd(3 * 64, 41), &[3, 64], &Device::Cpu).unwrap(),
+        &Tensor::from_i8(q.clone(), &[16, 64], &Device::Cpu).unwrap(),
+        &Tensor::from_f32(s.clone(), &[16], &Device::Cpu).unwrap(),
+        None,
+        Act::None,
+    )
+    .unwrap();
+    let (qt, st) = (
+        Tensor::from_i8(q, &[16, 64], &dev).unwrap(),
+        Tensor::from_f32(s, &[16], &dev).unwrap(),
+    );
     let got = linear_int8(&x, &qt, &st, None, Act::None).unwrap();
-    assert_close("linear_int8 f32 (dequantise path)", &got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), 1e-4, 1e-4);
+    assert_close(
+        "linear_int8 f32 (dequantise path)",
+        &got.to_vec_f32().unwrap(),
+        &want.to_vec_f32().unwrap(),
+        1e-4,
+        1e-4,
+    );
     assert!(linear_int8_with(&x, &qt, &st, None, Act::None, Int8Kernel::Mma).is_err());
     // K % 8 != 0: the kernels refuse, Auto falls back.
-    let xb = Tensor::from_f32(rnd(4 * 12, 43), &[4, 12], &dev).unwrap().to_dtype(DType::BF16).unwrap();
+    let xb = Tensor::from_f32(rnd(4 * 12, 43), &[4, 12], &dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
     let (q, s) = quantize_per_channel(&rnd(8 * 12, 44), 8, 12, None);
-    let (qt, st) = (Tensor::from_i8(q, &[8, 12], &dev).unwrap(), Tensor::from_f32(s, &[8], &dev).unwrap());
+    let (qt, st) = (
+        Tensor::from_i8(q, &[8, 12], &dev).unwrap(),
+        Tensor::from_f32(s, &[8], &dev).unwrap(),
+    );
     assert!(linear_int8_with(&xb, &qt, &st, None, Act::None, Int8Kernel::Mma).is_err());
     assert!(linear_int8_with(&xb, &qt, &st, None, Act::None, Int8Kernel::Gemv).is_err());
-    assert_eq!(linear_int8(&xb, &qt, &st, None, Act::None).unwrap().shape(), &[4, 8]);
+    assert_eq!(
+        linear_int8(&xb, &qt, &st, None, Act::None).unwrap().shape(),
+        &[4, 8]
+    );
 }

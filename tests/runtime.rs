@@ -16,7 +16,11 @@ macro_rules! need_gpu {
         match gpu() {
             Some(d) => d,
             None => {
-                println!("SKIP {}: {}", $name, gpu_unavailable_reason().unwrap_or_else(|| "cuda init failed".into()));
+                println!(
+                    "SKIP {}: {}",
+                    $name,
+                    gpu_unavailable_reason().unwrap_or_else(|| "cuda init failed".into())
+                );
                 return;
             }
         }
@@ -47,7 +51,10 @@ fn views_on_host() {
     assert_eq!(n.shape(), &[2, 3, 2]);
     assert!(!n.is_contiguous());
     assert_eq!(n.row_stride().unwrap(), 4);
-    assert_eq!(n.to_vec_f32().unwrap(), vec![1., 2., 5., 6., 9., 10., 13., 14., 17., 18., 21., 22.]);
+    assert_eq!(
+        n.to_vec_f32().unwrap(),
+        vec![1., 2., 5., 6., 9., 10., 13., 14., 17., 18., 21., 22.]
+    );
     // permute then contiguous
     let p = t.permute(&[2, 0, 1]).unwrap();
     assert_eq!(p.shape(), &[4, 2, 3]);
@@ -119,7 +126,10 @@ fn gpu_round_trip_and_views() {
     let z = Tensor::zeros(&[7, 13], DType::BF16, &dev).unwrap();
     assert!(z.to_vec_f32().unwrap().iter().all(|&x| x == 0.0));
     // bf16 upload keeps bits
-    let b = Tensor::from_f32(data.clone(), &[10, 100], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+    let b = Tensor::from_f32(data.clone(), &[10, 100], &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
     let bd = b.to_device(&dev).unwrap();
     assert_eq!(bd.to_bytes().unwrap(), b.to_bytes().unwrap());
 }
@@ -135,7 +145,11 @@ fn gpu_pool_reuses_memory() {
         let t = Tensor::empty(&[1 << 20], DType::F32, &dev).unwrap();
         drop(t);
     }
-    assert_eq!(g.pool.stats().driver_allocs, before, "the pool must reuse freed blocks");
+    assert_eq!(
+        g.pool.stats().driver_allocs,
+        before,
+        "the pool must reuse freed blocks"
+    );
 }
 
 #[test]
@@ -149,7 +163,12 @@ fn gpu_pinned_and_events() {
     let e1 = Event::new(true).unwrap();
     e0.record(g.copy.cu_stream()).unwrap();
     unsafe {
-        cudarc::driver::result::memcpy_htod_async(t.dev_ptr().unwrap(), p.as_slice(), g.copy.cu_stream()).unwrap();
+        cudarc::driver::result::memcpy_htod_async(
+            t.dev_ptr().unwrap(),
+            p.as_slice(),
+            g.copy.cu_stream(),
+        )
+        .unwrap();
     }
     e1.record(g.copy.cu_stream()).unwrap();
     e1.wait_on(g.stream()).unwrap();

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use contentv::io::safetensors::{
-    decode_f32, serialize_safetensors, write_safetensors, SafeTensorsFile, ShardedCheckpoint, StDtype, StError,
-    StErrorKind,
+    decode_f32, serialize_safetensors, write_safetensors, SafeTensorsFile, ShardedCheckpoint,
+    StDtype, StError, StErrorKind,
 };
 use half::{bf16, f16};
 
@@ -18,7 +18,10 @@ use half::{bf16, f16};
 /// A fresh, unique folder under the system temp dir.
 fn tmpdir(tag: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let d = std::env::temp_dir().join(format!(
         "contentv-st-{}-{tag}-{nanos}-{}",
         std::process::id(),
@@ -49,18 +52,30 @@ fn write(tag: &str, name: &str, bytes: &[u8]) -> PathBuf {
 fn open_err(tag: &str, bytes: &[u8]) -> (PathBuf, StError) {
     let p = write(tag, &format!("{tag}.safetensors"), bytes);
     let e = SafeTensorsFile::open(&p).expect_err("a malformed file must be rejected");
-    let e2 = SafeTensorsFile::from_bytes(&format!("{tag}.safetensors"), bytes.to_vec()).expect_err("from_bytes must reject it too");
-    assert_eq!(std::mem::discriminant(e.kind()), std::mem::discriminant(e2.kind()), "{e} vs {e2}");
+    let e2 = SafeTensorsFile::from_bytes(&format!("{tag}.safetensors"), bytes.to_vec())
+        .expect_err("from_bytes must reject it too");
+    assert_eq!(
+        std::mem::discriminant(e.kind()),
+        std::mem::discriminant(e2.kind()),
+        "{e} vs {e2}"
+    );
     (p, e)
 }
 
 /// The message names the file and mentions every needle (case-insensitive).
 fn assert_msg(e: &StError, file: &Path, needles: &[&str]) {
     let msg = e.to_string();
-    assert!(msg.contains(&file.display().to_string()), "message does not name the file {}: {msg}", file.display());
+    assert!(
+        msg.contains(&file.display().to_string()),
+        "message does not name the file {}: {msg}",
+        file.display()
+    );
     let low = msg.to_lowercase();
     for n in needles {
-        assert!(low.contains(&n.to_lowercase()), "message does not mention {n:?}: {msg}");
+        assert!(
+            low.contains(&n.to_lowercase()),
+            "message does not mention {n:?}: {msg}"
+        );
     }
     assert_eq!(e.file(), file);
 }
@@ -94,8 +109,22 @@ fn header_length_past_end_of_file() {
     let mut b = raw(ONE, &[0; 16]);
     b[..8].copy_from_slice(&1000u64.to_le_bytes());
     let (p, e) = open_err("past_end", &b);
-    assert!(matches!(e.kind(), StErrorKind::HeaderPastEnd { header_len: 1000, .. }));
-    assert_msg(&e, &p, &["header length 1000", "past the end of the file", "truncated"]);
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::HeaderPastEnd {
+            header_len: 1000,
+            ..
+        }
+    ));
+    assert_msg(
+        &e,
+        &p,
+        &[
+            "header length 1000",
+            "past the end of the file",
+            "truncated",
+        ],
+    );
 }
 
 #[test]
@@ -117,7 +146,12 @@ fn header_length_absurd() {
 
     b[..8].copy_from_slice(&100_000_001u64.to_le_bytes());
     let (p, e) = open_err("absurd_100mb", &b);
-    assert!(matches!(e.kind(), StErrorKind::HeaderTooLarge { header_len: 100_000_001 }));
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::HeaderTooLarge {
+            header_len: 100_000_001
+        }
+    ));
     assert_msg(&e, &p, &["absurdly large"]);
 }
 
@@ -164,7 +198,10 @@ fn header_deeply_nested_json_does_not_overflow_the_stack() {
 #[test]
 fn header_not_an_object() {
     let (p, e) = open_err("array", &raw("[1, 2, 3]", &[]));
-    assert!(matches!(e.kind(), StErrorKind::NotAnObject { found: "an array" }));
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::NotAnObject { found: "an array" }
+    ));
     assert_msg(&e, &p, &["header JSON is an array, not an object"]);
     let (p, e) = open_err("string", &raw("\"hello\"", &[]));
     assert_msg(&e, &p, &["a string, not an object"]);
@@ -241,7 +278,15 @@ fn unknown_dtype() {
     let h = r#"{"w":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,8]}}"#;
     let (p, e) = open_err("dtype_q4", &raw(h, &[0; 8]));
     assert!(matches!(e.kind(), StErrorKind::UnknownDtype(d) if d == "Q4_K"));
-    assert_msg(&e, &p, &["tensor `w`", "unknown or unsupported dtype \"Q4_K\"", "BF16"]);
+    assert_msg(
+        &e,
+        &p,
+        &[
+            "tensor `w`",
+            "unknown or unsupported dtype \"Q4_K\"",
+            "BF16",
+        ],
+    );
     // Names are case-sensitive, as the format specifies.
     let h = r#"{"w":{"dtype":"f32","shape":[2],"data_offsets":[0,8]}}"#;
     let (p, e) = open_err("dtype_lower", &raw(h, &[0; 8]));
@@ -260,7 +305,11 @@ fn shape_negative() {
     let h = r#"{"w":{"dtype":"F32","shape":[2,-2],"data_offsets":[0,8]}}"#;
     let (p, e) = open_err("shape_neg", &raw(h, &[0; 8]));
     assert!(matches!(e.kind(), StErrorKind::InvalidShape(_)));
-    assert_msg(&e, &p, &["tensor `w`", "invalid shape", "entry 1 is negative (-2)"]);
+    assert_msg(
+        &e,
+        &p,
+        &["tensor `w`", "invalid shape", "entry 1 is negative (-2)"],
+    );
 }
 
 #[test]
@@ -282,7 +331,11 @@ fn shape_not_an_array() {
     let h = r#"{"w":{"dtype":"F32","shape":2,"data_offsets":[0,8]}}"#;
     let (p, e) = open_err("shape_scalar", &raw(h, &[0; 8]));
     assert!(matches!(e.kind(), StErrorKind::InvalidShape(_)));
-    assert_msg(&e, &p, &["tensor `w`", "`shape` is a number, expected an array"]);
+    assert_msg(
+        &e,
+        &p,
+        &["tensor `w`", "`shape` is a number, expected an array"],
+    );
 }
 
 #[test]
@@ -315,8 +368,19 @@ fn data_offsets_begin_after_end() {
 fn data_offsets_out_of_range() {
     let h = r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
     let (p, e) = open_err("oob", &raw(h, &[0; 8]));
-    assert!(matches!(e.kind(), StErrorKind::OffsetsOutOfBounds { begin: 0, end: 16, data_len: 8 }));
-    assert_msg(&e, &p, &["tensor `w`", "out of bounds", "8 bytes", "truncated"]);
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::OffsetsOutOfBounds {
+            begin: 0,
+            end: 16,
+            data_len: 8
+        }
+    ));
+    assert_msg(
+        &e,
+        &p,
+        &["tensor `w`", "out of bounds", "8 bytes", "truncated"],
+    );
     let h = r#"{"w":{"dtype":"F32","shape":[0],"data_offsets":[18446744073709551615,18446744073709551615]}}"#;
     let (p, e) = open_err("oob_max", &raw(h, &[]));
     assert!(matches!(e.kind(), StErrorKind::OffsetsOutOfBounds { .. }));
@@ -341,22 +405,52 @@ fn data_offsets_malformed() {
 #[test]
 fn truncated_file() {
     let good = serialize_safetensors(
-        &[("a", StDtype::F32, &[4], &f32_bytes(&[1.0, 2.0, 3.0, 4.0])), ("b", StDtype::F32, &[2], &f32_bytes(&[5.0, 6.0]))],
+        &[
+            ("a", StDtype::F32, &[4], &f32_bytes(&[1.0, 2.0, 3.0, 4.0])),
+            ("b", StDtype::F32, &[2], &f32_bytes(&[5.0, 6.0])),
+        ],
         None,
     )
     .unwrap();
     let (p, e) = open_err("truncated", &good[..good.len() - 3]);
     assert!(matches!(e.kind(), StErrorKind::OffsetsOutOfBounds { .. }));
     assert_eq!(e.tensor(), Some("b"));
-    assert_msg(&e, &p, &["tensor `b`", "out of bounds", "truncated", "download it again"]);
+    assert_msg(
+        &e,
+        &p,
+        &[
+            "tensor `b`",
+            "out of bounds",
+            "truncated",
+            "download it again",
+        ],
+    );
 }
 
 #[test]
 fn size_mismatch() {
     let h = r#"{"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,16]}}"#;
     let (p, e) = open_err("size", &raw(h, &[0; 16]));
-    assert!(matches!(e.kind(), StErrorKind::SizeMismatch { expected: 8, actual: 16, .. }));
-    assert_msg(&e, &p, &["tensor `w`", "size mismatch", "[2, 2]", "BF16", "needs 8 bytes", "span 16 bytes"]);
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::SizeMismatch {
+            expected: 8,
+            actual: 16,
+            ..
+        }
+    ));
+    assert_msg(
+        &e,
+        &p,
+        &[
+            "tensor `w`",
+            "size mismatch",
+            "[2, 2]",
+            "BF16",
+            "needs 8 bytes",
+            "span 16 bytes",
+        ],
+    );
 }
 
 #[test]
@@ -364,7 +458,11 @@ fn overlapping_tensors() {
     let h = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
     let (p, e) = open_err("overlap", &raw(h, &[0; 16]));
     assert!(matches!(e.kind(), StErrorKind::Overlap { .. }));
-    assert_msg(&e, &p, &["tensor `b`", "overlap", "`a`", "[0, 16]", "[8, 16]"]);
+    assert_msg(
+        &e,
+        &p,
+        &["tensor `b`", "overlap", "`a`", "[0, 16]", "[8, 16]"],
+    );
     // Two names for the very same bytes (aliasing) is an overlap too.
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
     let (p, e) = open_err("alias", &raw(h, &[0; 8]));
@@ -381,23 +479,51 @@ fn overlapping_tensors() {
 fn gap_between_tensors() {
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}"#;
     let (p, e) = open_err("gap", &raw(h, &[0; 20]));
-    assert!(matches!(e.kind(), StErrorKind::Gap { begin: 8, end: 12, .. }));
-    assert_msg(&e, &p, &["tensor `b`", "gap", "[8, 12)", "after tensor `a`", "holes"]);
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::Gap {
+            begin: 8,
+            end: 12,
+            ..
+        }
+    ));
+    assert_msg(
+        &e,
+        &p,
+        &["tensor `b`", "gap", "[8, 12)", "after tensor `a`", "holes"],
+    );
 }
 
 #[test]
 fn gap_before_first_tensor() {
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
     let (p, e) = open_err("gap_first", &raw(h, &[0; 12]));
-    assert!(matches!(e.kind(), StErrorKind::Gap { begin: 0, end: 4, after: None }));
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::Gap {
+            begin: 0,
+            end: 4,
+            after: None
+        }
+    ));
     assert_msg(&e, &p, &["gap", "before the first tensor"]);
 }
 
 #[test]
 fn trailing_bytes_after_last_tensor() {
     let (p, e) = open_err("trailing", &raw(ONE, &[0; 20]));
-    assert!(matches!(e.kind(), StErrorKind::TrailingBytes { covered: 16, data_len: 20 }));
-    assert_msg(&e, &p, &["4 trailing bytes", "16 of the 20-byte data section"]);
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::TrailingBytes {
+            covered: 16,
+            data_len: 20
+        }
+    ));
+    assert_msg(
+        &e,
+        &p,
+        &["4 trailing bytes", "16 of the 20-byte data section"],
+    );
     // Data after an empty header.
     let (p, e) = open_err("trailing_empty", &raw("{}", b"polyglot!"));
     assert_msg(&e, &p, &["9 trailing bytes"]);
@@ -406,12 +532,31 @@ fn trailing_bytes_after_last_tensor() {
 #[test]
 fn missing_tensor() {
     let p = tmpdir("missing_tensor").join("w.safetensors");
-    write_safetensors(&p, &[("present", StDtype::F32, &[1], &f32_bytes(&[1.0]))], None).unwrap();
+    write_safetensors(
+        &p,
+        &[("present", StDtype::F32, &[1], &f32_bytes(&[1.0]))],
+        None,
+    )
+    .unwrap();
     let f = SafeTensorsFile::open(&p).unwrap();
-    for e in [f.bytes("absent").unwrap_err(), f.to_f32("absent").unwrap_err(), f.to_bf16("absent").unwrap_err(), f.get("absent").unwrap_err()] {
+    for e in [
+        f.bytes("absent").unwrap_err(),
+        f.to_f32("absent").unwrap_err(),
+        f.to_bf16("absent").unwrap_err(),
+        f.get("absent").unwrap_err(),
+    ] {
         assert!(matches!(e.kind(), StErrorKind::MissingTensor { .. }));
         assert_eq!(e.tensor(), Some("absent"));
-        assert_msg(&e, &p, &["tensor `absent`", "not found", "1 tensors", "right checkpoint"]);
+        assert_msg(
+            &e,
+            &p,
+            &[
+                "tensor `absent`",
+                "not found",
+                "1 tensors",
+                "right checkpoint",
+            ],
+        );
     }
     assert!(f.info("absent").is_none());
 }
@@ -429,7 +574,10 @@ fn nonexistent_file() {
 fn directory_is_not_a_file() {
     let d = tmpdir("isdir");
     let e = SafeTensorsFile::open(&d).unwrap_err();
-    assert!(matches!(e.kind(), StErrorKind::NotAFile | StErrorKind::Io(_)), "{e}");
+    assert!(
+        matches!(e.kind(), StErrorKind::NotAFile | StErrorKind::Io(_)),
+        "{e}"
+    );
     assert_msg(&e, &d, &[]);
 }
 
@@ -442,13 +590,29 @@ fn sharded_dir(tag: &str) -> PathBuf {
     let d = tmpdir(tag);
     write_safetensors(
         &d.join("diffusion_pytorch_model-00001-of-00002.safetensors"),
-        &[("t0", StDtype::F32, &[2], &f32_bytes(&[1.0, 2.0])), ("t1", StDtype::BF16, &[1], &bf16::from_f32(3.0).to_le_bytes())],
+        &[
+            ("t0", StDtype::F32, &[2], &f32_bytes(&[1.0, 2.0])),
+            (
+                "t1",
+                StDtype::BF16,
+                &[1],
+                &bf16::from_f32(3.0).to_le_bytes(),
+            ),
+        ],
         None,
     )
     .unwrap();
     write_safetensors(
         &d.join("diffusion_pytorch_model-00002-of-00002.safetensors"),
-        &[("t2", StDtype::F16, &[3], &[f16::from_f32(4.0), f16::from_f32(5.0), f16::from_f32(6.0)].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>())],
+        &[(
+            "t2",
+            StDtype::F16,
+            &[3],
+            &[f16::from_f32(4.0), f16::from_f32(5.0), f16::from_f32(6.0)]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<_>>(),
+        )],
         None,
     )
     .unwrap();
@@ -476,7 +640,16 @@ fn index_names_missing_shard() {
     let e = ShardedCheckpoint::open_dir(&d).unwrap_err();
     assert!(matches!(e.kind(), StErrorKind::MissingShard { .. }));
     assert_eq!(e.tensor(), Some("t2"));
-    assert_msg(&e, &shard, &["missing shard", "diffusion_pytorch_model-00002-of-00002.safetensors", "index.json", "download the missing shard"]);
+    assert_msg(
+        &e,
+        &shard,
+        &[
+            "missing shard",
+            "diffusion_pytorch_model-00002-of-00002.safetensors",
+            "index.json",
+            "download the missing shard",
+        ],
+    );
 }
 
 #[test]
@@ -509,7 +682,10 @@ fn index_shard_path_escaping_the_folder() {
     for bad in ["../x.safetensors", "/etc/passwd", "sub/x.safetensors", ""] {
         let idx = write_index(&d, &format!(r#"{{"weight_map":{{"t0":"{bad}"}}}}"#));
         let e = ShardedCheckpoint::open_dir(&d).unwrap_err();
-        assert!(matches!(e.kind(), StErrorKind::InvalidIndex(_)), "{bad}: {e}");
+        assert!(
+            matches!(e.kind(), StErrorKind::InvalidIndex(_)),
+            "{bad}: {e}"
+        );
         assert_msg(&e, &idx, &["not a plain file name"]);
     }
 }
@@ -526,8 +702,18 @@ fn index_names_tensor_the_shard_lacks() {
             "t3":"diffusion_pytorch_model-00002-of-00002.safetensors"}}"#,
     );
     let e = ShardedCheckpoint::open_dir(&d).unwrap_err();
-    assert!(matches!(e.kind(), StErrorKind::IndexMismatch { actually_in: None, .. }));
-    assert_msg(&e, &d.join("diffusion_pytorch_model-00002-of-00002.safetensors"), &["tensor `t3`", "index mismatch", "does not contain it"]);
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::IndexMismatch {
+            actually_in: None,
+            ..
+        }
+    ));
+    assert_msg(
+        &e,
+        &d.join("diffusion_pytorch_model-00002-of-00002.safetensors"),
+        &["tensor `t3`", "index mismatch", "does not contain it"],
+    );
 
     // Mapped to the wrong shard (it is in the other one).
     write_index(
@@ -538,18 +724,40 @@ fn index_names_tensor_the_shard_lacks() {
             "t2":"diffusion_pytorch_model-00002-of-00002.safetensors"}}"#,
     );
     let e = ShardedCheckpoint::open_dir(&d).unwrap_err();
-    assert!(matches!(e.kind(), StErrorKind::IndexMismatch { actually_in: Some(_), .. }));
-    assert_msg(&e, &d.join("diffusion_pytorch_model-00002-of-00002.safetensors"), &["tensor `t0`", "it is in", "00001-of-00002"]);
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::IndexMismatch {
+            actually_in: Some(_),
+            ..
+        }
+    ));
+    assert_msg(
+        &e,
+        &d.join("diffusion_pytorch_model-00002-of-00002.safetensors"),
+        &["tensor `t0`", "it is in", "00001-of-00002"],
+    );
 }
 
 #[test]
 fn duplicate_tensor_across_shards() {
     let d = sharded_dir("dup_shards");
     let second = d.join("diffusion_pytorch_model-00002-of-00002.safetensors");
-    write_safetensors(&second, &[("t0", StDtype::F32, &[2], &f32_bytes(&[9.0, 9.0])), ("t2", StDtype::F16, &[0], &[])], None).unwrap();
+    write_safetensors(
+        &second,
+        &[
+            ("t0", StDtype::F32, &[2], &f32_bytes(&[9.0, 9.0])),
+            ("t2", StDtype::F16, &[0], &[]),
+        ],
+        None,
+    )
+    .unwrap();
     let e = ShardedCheckpoint::open_dir(&d).unwrap_err();
     assert!(matches!(e.kind(), StErrorKind::DuplicateTensor { .. }));
-    assert_msg(&e, &second, &["tensor `t0`", "duplicate tensor", "00001-of-00002"]);
+    assert_msg(
+        &e,
+        &second,
+        &["tensor `t0`", "duplicate tensor", "00001-of-00002"],
+    );
 
     // The same through open_files, without an index.
     let first = d.join("diffusion_pytorch_model-00001-of-00002.safetensors");
@@ -595,7 +803,11 @@ fn ambiguous_indexes() {
     std::fs::write(d.join("b.safetensors.index.json"), r#"{"weight_map":{}}"#).unwrap();
     let e = ShardedCheckpoint::open_dir(&d).unwrap_err();
     assert!(matches!(e.kind(), StErrorKind::AmbiguousCheckpoint(_)));
-    assert_msg(&e, &d, &["a.safetensors.index.json", "b.safetensors.index.json"]);
+    assert_msg(
+        &e,
+        &d,
+        &["a.safetensors.index.json", "b.safetensors.index.json"],
+    );
 }
 
 #[test]
@@ -603,8 +815,22 @@ fn missing_tensor_in_checkpoint() {
     let d = sharded_dir("ck_missing");
     let ck = ShardedCheckpoint::open_dir(&d).unwrap();
     let e = ck.get("blocks.0.attn.to_q.weight").unwrap_err();
-    assert!(matches!(e.kind(), StErrorKind::MissingTensor { tensors: 3, files: 2 }));
-    assert_msg(&e, &d, &["tensor `blocks.0.attn.to_q.weight`", "not found", "3 tensors in 2 files"]);
+    assert!(matches!(
+        e.kind(),
+        StErrorKind::MissingTensor {
+            tensors: 3,
+            files: 2
+        }
+    ));
+    assert_msg(
+        &e,
+        &d,
+        &[
+            "tensor `blocks.0.attn.to_q.weight`",
+            "not found",
+            "3 tensors in 2 files",
+        ],
+    );
     assert!(ck.to_f32("x").is_err() && ck.bytes("x").is_err() && !ck.contains("x"));
 }
 
@@ -613,7 +839,9 @@ fn missing_tensor_in_checkpoint() {
 // ------------------------------------------------------------------------------------------
 
 fn sample(dtype: StDtype, n: usize, seed: u8) -> Vec<u8> {
-    (0..n * dtype.size_of()).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n * dtype.size_of())
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
@@ -623,10 +851,17 @@ fn round_trip_all_dtypes() {
     for (i, &d) in StDtype::ALL.iter().enumerate() {
         let shape = shapes[i % shapes.len()];
         let n: usize = shape.iter().product();
-        owned.push((format!("t.{}", d.name()), d, shape.to_vec(), sample(d, n, i as u8)));
+        owned.push((
+            format!("t.{}", d.name()),
+            d,
+            shape.to_vec(),
+            sample(d, n, i as u8),
+        ));
     }
-    let tensors: Vec<(&str, StDtype, &[usize], &[u8])> =
-        owned.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
+    let tensors: Vec<(&str, StDtype, &[usize], &[u8])> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice()))
+        .collect();
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert("note".to_string(), "üñíçødé \"quoted\"".to_string());
@@ -637,18 +872,31 @@ fn round_trip_all_dtypes() {
     assert_eq!(f.path(), p);
     assert_eq!(f.metadata(), &meta);
     assert_eq!(f.len(), owned.len());
-    assert_eq!(f.data_offset() % 8, 0, "the writer pads the header so data is 8-aligned");
+    assert_eq!(
+        f.data_offset() % 8,
+        0,
+        "the writer pads the header so data is 8-aligned"
+    );
     for (name, d, shape, bytes) in &owned {
         let info = f.info(name).unwrap();
-        assert_eq!((&info.name, info.dtype, &info.shape, info.len), (name, *d, shape, bytes.len()));
+        assert_eq!(
+            (&info.name, info.dtype, &info.shape, info.len),
+            (name, *d, shape, bytes.len())
+        );
         assert_eq!(f.bytes(name).unwrap(), bytes.as_slice());
         // The backing mapping holds the same bytes at the absolute offset.
-        assert_eq!(&f.backing()[info.start..info.start + info.len], bytes.as_slice());
+        assert_eq!(
+            &f.backing()[info.start..info.start + info.len],
+            bytes.as_slice()
+        );
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         assert_eq!(bits(f.to_f32(name).unwrap()), bits(decode_f32(*d, bytes)));
         assert_eq!(f.to_f32(name).unwrap().len(), info.numel());
     }
-    assert_eq!(f.total_bytes(), owned.iter().map(|o| o.3.len()).sum::<usize>());
+    assert_eq!(
+        f.total_bytes(),
+        owned.iter().map(|o| o.3.len()).sum::<usize>()
+    );
     // Same via from_bytes, and the names iterate sorted.
     let g = SafeTensorsFile::from_bytes("mem", std::fs::read(&p).unwrap()).unwrap();
     assert_eq!(g.names().collect::<Vec<_>>(), f.names().collect::<Vec<_>>());
@@ -656,7 +904,10 @@ fn round_trip_all_dtypes() {
     sorted.sort();
     assert_eq!(sorted, f.names().collect::<Vec<_>>());
     // No temporaries left behind.
-    let left: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left.len(), 1, "{left:?}");
 }
 
@@ -665,10 +916,18 @@ fn writer_overwrites_atomically() {
     let p = tmpdir("overwrite").join("w.safetensors");
     write_safetensors(&p, &[("a", StDtype::F32, &[1], &f32_bytes(&[1.0]))], None).unwrap();
     let old = SafeTensorsFile::open(&p).unwrap();
-    write_safetensors(&p, &[("a", StDtype::F32, &[2], &f32_bytes(&[2.0, 3.0]))], None).unwrap();
+    write_safetensors(
+        &p,
+        &[("a", StDtype::F32, &[2], &f32_bytes(&[2.0, 3.0]))],
+        None,
+    )
+    .unwrap();
     // The old mapping still sees the old contents; a new open sees the new ones.
     assert_eq!(old.to_f32("a").unwrap(), vec![1.0]);
-    assert_eq!(SafeTensorsFile::open(&p).unwrap().to_f32("a").unwrap(), vec![2.0, 3.0]);
+    assert_eq!(
+        SafeTensorsFile::open(&p).unwrap().to_f32("a").unwrap(),
+        vec![2.0, 3.0]
+    );
 }
 
 #[test]
@@ -677,7 +936,15 @@ fn writer_rejects_bad_input() {
     let e = write_safetensors(&p, &[("a", StDtype::F32, &[3], &[0u8; 8])], None).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     assert!(e.to_string().contains("needs 12 bytes, got 8"), "{e}");
-    let e = write_safetensors(&p, &[("a", StDtype::U8, &[1], &[0]), ("a", StDtype::U8, &[1], &[0])], None).unwrap_err();
+    let e = write_safetensors(
+        &p,
+        &[
+            ("a", StDtype::U8, &[1], &[0]),
+            ("a", StDtype::U8, &[1], &[0]),
+        ],
+        None,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("twice"), "{e}");
     let e = write_safetensors(&p, &[("__metadata__", StDtype::U8, &[1], &[0])], None).unwrap_err();
     assert!(e.to_string().contains("__metadata__"), "{e}");
@@ -703,7 +970,10 @@ fn whitespace_padded_header_and_empty_tensors() {
     assert_eq!(f.info("e").unwrap().shape, vec![3, 0]);
     // __metadata__: null is tolerated as "no metadata".
     let h = r#"{"__metadata__":null,"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
-    assert!(SafeTensorsFile::from_bytes("nullmeta", raw(h, &[9])).unwrap().metadata().is_empty());
+    assert!(SafeTensorsFile::from_bytes("nullmeta", raw(h, &[9]))
+        .unwrap()
+        .metadata()
+        .is_empty());
 }
 
 #[test]
@@ -712,18 +982,38 @@ fn conversions_half_types_to_f32_are_exact() {
     let all: Vec<u16> = (0..=u16::MAX).collect();
     let bytes: Vec<u8> = all.iter().flat_map(|b| b.to_le_bytes()).collect();
     let n = all.len();
-    let b = serialize_safetensors(&[("b", StDtype::BF16, &[n], &bytes), ("h", StDtype::F16, &[n], &bytes)], None).unwrap();
+    let b = serialize_safetensors(
+        &[
+            ("b", StDtype::BF16, &[n], &bytes),
+            ("h", StDtype::F16, &[n], &bytes),
+        ],
+        None,
+    )
+    .unwrap();
     let f = SafeTensorsFile::from_bytes("halves", b).unwrap();
     let bf = f.to_f32("b").unwrap();
     let hf = f.to_f32("h").unwrap();
     for (i, &bits) in all.iter().enumerate() {
         let want_b = f32::from_bits((bits as u32) << 16);
         let want_h = f16::from_bits(bits).to_f32();
-        assert!(bf[i].to_bits() == want_b.to_bits() || (bf[i].is_nan() && want_b.is_nan()), "bf16 {bits:#06x}");
-        assert!(hf[i].to_bits() == want_h.to_bits() || (hf[i].is_nan() && want_h.is_nan()), "f16 {bits:#06x}");
+        assert!(
+            bf[i].to_bits() == want_b.to_bits() || (bf[i].is_nan() && want_b.is_nan()),
+            "bf16 {bits:#06x}"
+        );
+        assert!(
+            hf[i].to_bits() == want_h.to_bits() || (hf[i].is_nan() && want_h.is_nan()),
+            "f16 {bits:#06x}"
+        );
     }
     // bf16 -> bf16 is a bit copy.
-    assert_eq!(f.to_bf16("b").unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>(), all);
+    assert_eq!(
+        f.to_bf16("b")
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>(),
+        all
+    );
     // f16 values that bf16 represents exactly survive to_bf16.
     let h16 = f.to_bf16("h").unwrap();
     assert_eq!(h16[f16::from_f32(1.5).to_bits() as usize].to_f32(), 1.5);
@@ -742,16 +1032,58 @@ fn conversions_other_dtypes() {
     let e5m2 = [0x3Cu8, 0xC0, 0x7C];
     let b = serialize_safetensors(
         &[
-            ("f64", StDtype::F64, &[3], &f64s.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>()),
-            ("i64", StDtype::I64, &[2], &i64s.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>()),
-            ("i32", StDtype::I32, &[2], &i32s.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>()),
-            ("i16", StDtype::I16, &[2], &i16s.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>()),
-            ("i8", StDtype::I8, &[2], &i8s.iter().map(|&x| x as u8).collect::<Vec<_>>()),
+            (
+                "f64",
+                StDtype::F64,
+                &[3],
+                &f64s
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "i64",
+                StDtype::I64,
+                &[2],
+                &i64s
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "i32",
+                StDtype::I32,
+                &[2],
+                &i32s
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "i16",
+                StDtype::I16,
+                &[2],
+                &i16s
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "i8",
+                StDtype::I8,
+                &[2],
+                &i8s.iter().map(|&x| x as u8).collect::<Vec<_>>(),
+            ),
             ("u8", StDtype::U8, &[2], &u8s),
             ("bool", StDtype::Bool, &[3], &bools),
             ("e4m3", StDtype::F8E4M3, &[6], &e4m3),
             ("e5m2", StDtype::F8E5M2, &[3], &e5m2),
-            ("f32", StDtype::F32, &[2], &f32_bytes(&[1.0 + f32::EPSILON, -0.0])),
+            (
+                "f32",
+                StDtype::F32,
+                &[2],
+                &f32_bytes(&[1.0 + f32::EPSILON, -0.0]),
+            ),
         ],
         None,
     )
@@ -769,7 +1101,10 @@ fn conversions_other_dtypes() {
     assert!(e[5].is_nan());
     assert_eq!(f.to_f32("e5m2").unwrap(), vec![1.0, -2.0, f32::INFINITY]);
     // f32 -> bf16 rounds to nearest even.
-    assert_eq!(f.to_bf16("f32").unwrap(), vec![bf16::from_f32(1.0), bf16::from_f32(-0.0)]);
+    assert_eq!(
+        f.to_bf16("f32").unwrap(),
+        vec![bf16::from_f32(1.0), bf16::from_f32(-0.0)]
+    );
     assert_eq!(f.to_bf16("i32").unwrap()[0].to_f32(), -7.0);
 }
 
@@ -801,7 +1136,9 @@ fn sharded_folder_with_index() {
     assert!(ck.contains("t2"));
     assert_eq!(ck.total_bytes(), 8 + 2 + 6);
     let (file, info) = ck.get("t2").unwrap();
-    assert!(file.path().ends_with("diffusion_pytorch_model-00002-of-00002.safetensors"));
+    assert!(file
+        .path()
+        .ends_with("diffusion_pytorch_model-00002-of-00002.safetensors"));
     assert_eq!((info.dtype, info.shape.clone()), (StDtype::F16, vec![3]));
     assert_eq!(ck.to_f32("t2").unwrap(), vec![4.0, 5.0, 6.0]);
     assert_eq!(ck.to_f32("t1").unwrap(), vec![3.0]);
@@ -811,9 +1148,18 @@ fn sharded_folder_with_index() {
 
 #[test]
 fn single_file_folders() {
-    for name in ["diffusion_pytorch_model.safetensors", "model.safetensors", "whatever.safetensors"] {
+    for name in [
+        "diffusion_pytorch_model.safetensors",
+        "model.safetensors",
+        "whatever.safetensors",
+    ] {
         let d = tmpdir("single");
-        write_safetensors(&d.join(name), &[("w", StDtype::F32, &[2], &f32_bytes(&[1.0, 2.0]))], None).unwrap();
+        write_safetensors(
+            &d.join(name),
+            &[("w", StDtype::F32, &[2], &f32_bytes(&[1.0, 2.0]))],
+            None,
+        )
+        .unwrap();
         std::fs::write(d.join("config.json"), "{}").unwrap();
         let ck = ShardedCheckpoint::open_dir(&d).unwrap();
         assert_eq!(ck.files().len(), 1);
@@ -827,8 +1173,18 @@ fn single_file_folders() {
 #[test]
 fn canonical_file_preferred_over_variants() {
     let d = tmpdir("variants");
-    write_safetensors(&d.join("diffusion_pytorch_model.safetensors"), &[("w", StDtype::F32, &[1], &f32_bytes(&[1.0]))], None).unwrap();
-    write_safetensors(&d.join("diffusion_pytorch_model.fp16.safetensors"), &[("w", StDtype::F16, &[1], &f16::from_f32(1.0).to_le_bytes())], None).unwrap();
+    write_safetensors(
+        &d.join("diffusion_pytorch_model.safetensors"),
+        &[("w", StDtype::F32, &[1], &f32_bytes(&[1.0]))],
+        None,
+    )
+    .unwrap();
+    write_safetensors(
+        &d.join("diffusion_pytorch_model.fp16.safetensors"),
+        &[("w", StDtype::F16, &[1], &f16::from_f32(1.0).to_le_bytes())],
+        None,
+    )
+    .unwrap();
     let ck = ShardedCheckpoint::open_dir(&d).unwrap();
     assert_eq!(ck.get("w").unwrap().1.dtype, StDtype::F32);
 }
@@ -836,11 +1192,25 @@ fn canonical_file_preferred_over_variants() {
 #[test]
 fn several_files_without_index_are_opened_together() {
     let d = tmpdir("noindex");
-    write_safetensors(&d.join("part-a.safetensors"), &[("a", StDtype::F32, &[1], &f32_bytes(&[1.0]))], None).unwrap();
-    write_safetensors(&d.join("part-b.safetensors"), &[("b", StDtype::F32, &[1], &f32_bytes(&[2.0]))], None).unwrap();
+    write_safetensors(
+        &d.join("part-a.safetensors"),
+        &[("a", StDtype::F32, &[1], &f32_bytes(&[1.0]))],
+        None,
+    )
+    .unwrap();
+    write_safetensors(
+        &d.join("part-b.safetensors"),
+        &[("b", StDtype::F32, &[1], &f32_bytes(&[2.0]))],
+        None,
+    )
+    .unwrap();
     let ck = ShardedCheckpoint::open_dir(&d).unwrap();
     assert_eq!(ck.names().collect::<Vec<_>>(), vec!["a", "b"]);
-    let ck2 = ShardedCheckpoint::open_files(&[d.join("part-a.safetensors"), d.join("part-b.safetensors")]).unwrap();
+    let ck2 = ShardedCheckpoint::open_files(&[
+        d.join("part-a.safetensors"),
+        d.join("part-b.safetensors"),
+    ])
+    .unwrap();
     assert_eq!(ck2.to_f32("b").unwrap(), vec![2.0]);
 }
 
@@ -848,9 +1218,11 @@ fn several_files_without_index_are_opened_together() {
 fn compatible_with_the_reference_crate() {
     // Files from the `safetensors` crate parse here, and files written here parse there.
     let data = f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3], &data).unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3], &data).unwrap();
     let small = [7u8, 8];
-    let view2 = safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![2], &small).unwrap();
+    let view2 =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![2], &small).unwrap();
     let mut meta = std::collections::HashMap::new();
     meta.insert("k".to_string(), "v".to_string());
     let buf = safetensors::serialize([("x", view), ("y", view2)], Some(meta)).unwrap();
@@ -859,7 +1231,14 @@ fn compatible_with_the_reference_crate() {
     assert_eq!(f.bytes("y").unwrap(), &[7, 8]);
     assert_eq!(f.metadata().get("k").map(String::as_str), Some("v"));
 
-    let mine = serialize_safetensors(&[("x", StDtype::BF16, &[2], &[0, 0x3f, 0, 0x40]), ("y", StDtype::I8, &[1], &[0xff])], None).unwrap();
+    let mine = serialize_safetensors(
+        &[
+            ("x", StDtype::BF16, &[2], &[0, 0x3f, 0, 0x40]),
+            ("y", StDtype::I8, &[1], &[0xff]),
+        ],
+        None,
+    )
+    .unwrap();
     let st = safetensors::SafeTensors::deserialize(&mine).unwrap();
     assert_eq!(st.tensor("x").unwrap().dtype(), safetensors::Dtype::BF16);
     assert_eq!(st.tensor("x").unwrap().data(), &[0, 0x3f, 0, 0x40]);

@@ -3,7 +3,9 @@
 //! shape x dtype), and valid random files round-trip through the writer.
 use std::collections::BTreeMap;
 
-use contentv::io::safetensors::{serialize_safetensors, write_safetensors, SafeTensorsFile, StDtype};
+use contentv::io::safetensors::{
+    serialize_safetensors, write_safetensors, SafeTensorsFile, StDtype,
+};
 use proptest::prelude::*;
 
 /// Everything a successful parse promises.
@@ -14,10 +16,18 @@ fn check_consistent(f: &SafeTensorsFile) {
     assert_eq!(f.backing().len(), file_len);
     let mut ranges = Vec::new();
     for t in f.tensors() {
-        let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).expect("validated shapes do not overflow");
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .expect("validated shapes do not overflow");
         assert_eq!(t.len, numel * t.dtype.size_of(), "{}", t.name);
         assert!(t.start >= data, "{}: starts inside the header", t.name);
-        assert!(t.start.checked_add(t.len).is_some_and(|e| e <= file_len), "{}: runs past the file", t.name);
+        assert!(
+            t.start.checked_add(t.len).is_some_and(|e| e <= file_len),
+            "{}: runs past the file",
+            t.name
+        );
         let b = f.bytes(&t.name).unwrap();
         assert_eq!(b.len(), t.len);
         assert_eq!(f.to_f32(&t.name).unwrap().len(), numel);
@@ -41,7 +51,8 @@ fn agrees_with_reference(f: &SafeTensorsFile) {
         eprintln!("accepted: {} tensors", f.len());
     }
     let bytes: &[u8] = &f.backing();
-    let st = safetensors::SafeTensors::deserialize(bytes).expect("the reference crate rejects a file this parser accepts");
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .expect("the reference crate rejects a file this parser accepts");
     assert_eq!(st.len(), f.len());
     for t in f.tensors() {
         let v = st.tensor(&t.name).unwrap();
@@ -93,8 +104,10 @@ fn valid_file() -> impl Strategy<Value = (BTreeMap<String, Owned>, BTreeMap<Stri
 }
 
 fn serialize(t: &BTreeMap<String, Owned>, meta: &BTreeMap<String, String>) -> Vec<u8> {
-    let list: Vec<(&str, StDtype, &[usize], &[u8])> =
-        t.iter().map(|(n, (d, s, b))| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
+    let list: Vec<(&str, StDtype, &[usize], &[u8])> = t
+        .iter()
+        .map(|(n, (d, s, b))| (n.as_str(), *d, s.as_slice(), b.as_slice()))
+        .collect();
     serialize_safetensors(&list, if meta.is_empty() { None } else { Some(meta) }).unwrap()
 }
 
@@ -170,12 +183,27 @@ fn small_delta() -> impl Strategy<Value = i64> {
 /// A structurally plausible header with random (often wrong) values.
 fn entry_json() -> impl Strategy<Value = (String, u64)> {
     (
-        prop_oneof![Just("F32"), Just("BF16"), Just("F16"), Just("U8"), Just("I64"), Just("BOOL"), Just("F8_E4M3"), Just("X")],
-        prop::collection::vec(prop_oneof![0i64..6, -2i64..0, Just(i64::MAX), Just(1 << 32)], 0..4),
+        prop_oneof![
+            Just("F32"),
+            Just("BF16"),
+            Just("F16"),
+            Just("U8"),
+            Just("I64"),
+            Just("BOOL"),
+            Just("F8_E4M3"),
+            Just("X")
+        ],
+        prop::collection::vec(
+            prop_oneof![0i64..6, -2i64..0, Just(i64::MAX), Just(1 << 32)],
+            0..4,
+        ),
         (0u64..24, 0u64..24),
     )
         .prop_map(|(d, shape, (b, e))| {
-            (format!(r#"{{"dtype":"{d}","shape":{shape:?},"data_offsets":[{b},{e}]}}"#), e)
+            (
+                format!(r#"{{"dtype":"{d}","shape":{shape:?},"data_offsets":[{b},{e}]}}"#),
+                e,
+            )
         })
 }
 

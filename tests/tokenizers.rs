@@ -6,7 +6,12 @@ use common::{manifest, tiny_model_dir, Fixture};
 use contentv::model::tokenizer::{ClipTokenizer, T5Tokenizer};
 
 fn prompts() -> Vec<String> {
-    manifest()["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+    manifest()["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn ids(f: &Fixture, k: &str) -> Vec<u32> {
@@ -24,7 +29,11 @@ fn clip_ids_match_reference() {
             got.extend(tok.encode_raw(p));
             got.push(tok.eos);
             assert_eq!(got, raw, "{name} prompt {i} {p:?} (raw)");
-            assert_eq!(tok.encode_padded(p), ids(&f, &format!("{name}.p{i}.padded")), "{name} prompt {i} (padded)");
+            assert_eq!(
+                tok.encode_padded(p),
+                ids(&f, &format!("{name}.p{i}.padded")),
+                "{name} prompt {i} (padded)"
+            );
         }
         println!("{name}: {} prompts identical", prompts().len());
     }
@@ -35,8 +44,16 @@ fn t5_ids_match_reference() {
     let f = Fixture::load("tokens");
     let tok = T5Tokenizer::from_dir(&tiny_model_dir().join("tokenizer_3"), 256).unwrap();
     for (i, p) in prompts().iter().enumerate() {
-        assert_eq!(tok.encode_raw(p).unwrap(), ids(&f, &format!("t5.p{i}.raw")), "t5 prompt {i} {p:?} (raw)");
-        assert_eq!(tok.encode_padded(p).unwrap(), ids(&f, &format!("t5.p{i}.padded")), "t5 prompt {i} (padded)");
+        assert_eq!(
+            tok.encode_raw(p).unwrap(),
+            ids(&f, &format!("t5.p{i}.raw")),
+            "t5 prompt {i} {p:?} (raw)"
+        );
+        assert_eq!(
+            tok.encode_padded(p).unwrap(),
+            ids(&f, &format!("t5.p{i}.padded")),
+            "t5 prompt {i} (padded)"
+        );
     }
 }
 
@@ -45,7 +62,10 @@ fn bad_tokenizer_folders_are_clear_errors() {
     let d = std::env::temp_dir().join(format!("contentv-tok-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    let e = ClipTokenizer::from_dir(&d.join("missing")).err().unwrap().to_string();
+    let e = ClipTokenizer::from_dir(&d.join("missing"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("does not exist"), "{e}");
     let e = ClipTokenizer::from_dir(&d).err().unwrap().to_string();
     assert!(e.contains("vocab.json"), "{e}");

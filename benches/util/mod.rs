@@ -12,7 +12,10 @@ pub fn cuda_or_skip() -> Option<Device> {
     match Device::cuda(0) {
         Ok(d) => {
             let g = d.gpu().unwrap();
-            println!("device: {} (sm_{}{}, {} SMs)", g.name, g.compute_capability.0, g.compute_capability.1, g.sm_count);
+            println!(
+                "device: {} (sm_{}{}, {} SMs)",
+                g.name, g.compute_capability.0, g.compute_capability.1, g.sm_count
+            );
             Some(d)
         }
         Err(e) => {

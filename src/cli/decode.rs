@@ -4,7 +4,9 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::args::{DecodeArgs, DEFAULT_CRF, DEFAULT_FPS};
-use super::load::{check_memory_flags, check_model_dir, device_name, load_vae, model_dir, pick_device};
+use super::load::{
+    check_memory_flags, check_model_dir, device_name, load_vae, model_dir, pick_device,
+};
 use super::request::check_output_path;
 use super::Ui;
 use crate::error::Result;
@@ -14,8 +16,14 @@ use crate::model::pipeline::{decode_with, load_latents, MemoryReport};
 pub fn run(a: &DecodeArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
     let lat = load_latents(&a.latents)?;
-    let fps = a.fps.or_else(|| lat.metadata.get("fps").and_then(|f| f.parse().ok())).unwrap_or(DEFAULT_FPS);
-    let opts = VideoOptions { fps, crf: a.crf.unwrap_or(DEFAULT_CRF) };
+    let fps = a
+        .fps
+        .or_else(|| lat.metadata.get("fps").and_then(|f| f.parse().ok()))
+        .unwrap_or(DEFAULT_FPS);
+    let opts = VideoOptions {
+        fps,
+        crf: a.crf.unwrap_or(DEFAULT_CRF),
+    };
     video::check_options(&opts)?;
     check_output_path(&a.output)?;
     video::check_writable(&a.output)?;
@@ -36,7 +44,12 @@ pub fn run(a: &DecodeArgs, ui: &Ui) -> Result<()> {
     let t = Instant::now();
     let written = video::write_video(
         &a.output,
-        FramesRef { data: &frames.data, frames: frames.frames, height: frames.height, width: frames.width },
+        FramesRef {
+            data: &frames.data,
+            frames: frames.frames,
+            height: frames.height,
+            width: frames.width,
+        },
         &opts,
     )?;
     let write_s = t.elapsed().as_secs_f64();

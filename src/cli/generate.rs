@@ -8,13 +8,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::args::GenerateArgs;
-use crate::runtime::residency::MemoryOptions;
-use super::load::{check_memory_flags, check_model_dir, device_name, load_pipeline, model_dir, pick_device};
+use super::load::{
+    check_memory_flags, check_model_dir, device_name, load_pipeline, model_dir, pick_device,
+};
 use super::request::{parse_shard, resolve, unix_time, Request, RequestFields};
 use super::Ui;
 use crate::error::{Error, Result};
 use crate::io::video::{self, FramesRef};
 use crate::model::pipeline::{load_init_noise, save_latents, GenerateParams, Pipeline, Progress};
+use crate::runtime::residency::MemoryOptions;
 
 /// Progress bars on stderr (hidden when stderr is not a terminal).
 struct Bars {
@@ -24,7 +26,10 @@ struct Bars {
 
 impl Bars {
     fn new() -> Bars {
-        Bars { steps: None, spin: None }
+        Bars {
+            steps: None,
+            spin: None,
+        }
     }
     fn on(&mut self, p: Progress) {
         match p {
@@ -33,9 +38,11 @@ impl Bars {
                 self.finish_spinner();
                 let b = ProgressBar::new(steps as u64);
                 b.set_style(
-                    ProgressStyle::with_template("denoising [{bar:30}] {pos}/{len} steps  {elapsed_precise} (eta {eta})")
-                        .unwrap()
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "denoising [{bar:30}] {pos}/{len} steps  {elapsed_precise} (eta {eta})",
+                    )
+                    .unwrap()
+                    .progress_chars("=> "),
                 );
                 self.steps = Some(b);
             }
@@ -97,17 +104,29 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         rescue_latents: Some(r.output.with_extension("latents.safetensors")),
     };
     let mut bars = Bars::new();
-    let res = catch_unwind(AssertUnwindSafe(|| pipe.generate(&params, &mut |p| bars.on(p))));
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        pipe.generate(&params, &mut |p| bars.on(p))
+    }));
     bars.clear();
     let g = match res {
         Ok(r) => r?,
-        Err(panic) => return Err(Error::Other(format!("internal error (a bug): {}", panic_message(&panic)))),
+        Err(panic) => {
+            return Err(Error::Other(format!(
+                "internal error (a bug): {}",
+                panic_message(&panic)
+            )))
+        }
     };
     let t = Instant::now();
     let f = &g.frames;
     let written = video::write_video(
         &r.output,
-        FramesRef { data: &f.data, frames: f.frames, height: f.height, width: f.width },
+        FramesRef {
+            data: &f.data,
+            frames: f.frames,
+            height: f.height,
+            width: f.width,
+        },
         &r.video_options(),
     )?;
     let write_s = t.elapsed().as_secs_f64();
@@ -130,7 +149,11 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         save_latents(p, &g.latent_shape, &g.latents, &meta)?;
     }
     let tm = &g.timings;
-    let per_step = if tm.step_s.is_empty() { 0.0 } else { tm.denoise_s / tm.step_s.len() as f64 };
+    let per_step = if tm.step_s.is_empty() {
+        0.0
+    } else {
+        tm.denoise_s / tm.step_s.len() as f64
+    };
     ui.info(&format!(
         "wrote {} ({} frames, {}x{}, {} fps, seed {}): encode {:.2}s, denoise {:.2}s ({:.3}s/step), decode {:.2}s, write {:.2}s{}",
         written.display(),
@@ -175,7 +198,10 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
 fn memory_text(m: &crate::model::pipeline::MemoryReport) -> String {
     let mut s = String::new();
     if let Some(b) = m.gpu_peak_reserved_bytes {
-        s += &format!(", GPU peak {:.2} GiB reserved", b as f64 / (1u64 << 30) as f64);
+        s += &format!(
+            ", GPU peak {:.2} GiB reserved",
+            b as f64 / (1u64 << 30) as f64
+        );
     }
     if let Some(b) = m.gpu_peak_in_use_bytes {
         s += &format!(" / {:.2} GiB in use", b as f64 / (1u64 << 30) as f64);
@@ -212,17 +238,24 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         return run_batch(a, ui, &mem);
     }
     if a.shard.is_some() || a.output_dir.is_some() {
-        return Err(Error::Input("--shard and --output-dir only apply to batch mode (--prompts FILE.jsonl)".into()));
+        return Err(Error::Input(
+            "--shard and --output-dir only apply to batch mode (--prompts FILE.jsonl)".into(),
+        ));
     }
     let dir = model_dir(&a.model.model, ui);
     let mut defaults = RequestFields::from_args(a);
     tiny_defaults(a, &mut defaults, ui);
-    let req = resolve(defaults, &|seed| PathBuf::from("outputs").join(format!("{}_{seed}.mp4", unix_time())))?;
+    let req = resolve(defaults, &|seed| {
+        PathBuf::from("outputs").join(format!("{}_{seed}.mp4", unix_time()))
+    })?;
     for w in &req.warnings {
         ui.warn(w);
     }
     if req.seed_was_random {
-        ui.info(&format!("seed: {} (random; pass --seed {} to reproduce)", req.seed, req.seed));
+        ui.info(&format!(
+            "seed: {} (random; pass --seed {} to reproduce)",
+            req.seed, req.seed
+        ));
     }
     check_model_dir(&dir, &[])?;
     if let Some(p) = &req.init_noise {
@@ -233,7 +266,11 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         video::check_writable(p)?;
     }
     let device = pick_device(a.model.device, ui)?;
-    ui.info(&format!("loading {} on {}", dir.display(), device_name(&device)));
+    ui.info(&format!(
+        "loading {} on {}",
+        dir.display(),
+        device_name(&device)
+    ));
     let (pipe, load_s) = load_pipeline(&dir, &device, &mem)?;
     ui.info(&format!("loaded in {load_s:.2}s"));
     let mut s = run_request(&pipe, &req, ui)?;
@@ -264,9 +301,20 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
         Some(s) => parse_shard(s)?,
         None => (0, 1),
     };
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Input(format!("cannot read the batch file {}: {e}", path.display())))?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "batch".into());
-    let out_dir = a.output_dir.clone().unwrap_or_else(|| PathBuf::from("outputs"));
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Input(format!(
+            "cannot read the batch file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "batch".into());
+    let out_dir = a
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("outputs"));
     let mut defaults = RequestFields::from_args(a);
     tiny_defaults(a, &mut defaults, ui);
     let mut items = Vec::new();
@@ -281,11 +329,19 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
             continue;
         }
         let default_out = out_dir.join(format!("{stem}_{i:05}.mp4"));
-        let parsed = RequestFields::from_json_line(l).and_then(|f| resolve(f.or(&defaults), &|_| default_out.clone()));
-        items.push(BatchItem { index: i, line: ln + 1, parsed });
+        let parsed = RequestFields::from_json_line(l)
+            .and_then(|f| resolve(f.or(&defaults), &|_| default_out.clone()));
+        items.push(BatchItem {
+            index: i,
+            line: ln + 1,
+            parsed,
+        });
     }
     if index == 0 {
-        return Err(Error::Input(format!("the batch file {} has no requests (one JSON object per line)", path.display())));
+        return Err(Error::Input(format!(
+            "the batch file {} has no requests (one JSON object per line)",
+            path.display()
+        )));
     }
     ui.info(&format!(
         "batch {}: {index} request(s), shard {shard_i}/{shard_n} takes {}",
@@ -305,7 +361,12 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
             Ok(r) => {
                 let art = video::artifact_path(&r.output);
                 if art.exists() {
-                    ui.info(&format!("request {} (line {}): {} exists, skipped", it.index, it.line, art.display()));
+                    ui.info(&format!(
+                        "request {} (line {}): {} exists, skipped",
+                        it.index,
+                        it.line,
+                        art.display()
+                    ));
                     results.push(json!({"index": it.index, "line": it.line, "status": "skipped", "output": art}));
                 } else {
                     results.push(Value::Null);
@@ -319,18 +380,27 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
     let mut load_s = 0.0;
     let mut device_str = String::new();
     if !todo.is_empty() {
-        let loaded = check_model_dir(&dir, &[]).and_then(|_| pick_device(a.model.device, ui)).and_then(|d| {
-            device_str = device_name(&d);
-            ui.info(&format!("loading {} on {}", dir.display(), device_str));
-            load_pipeline(&dir, &d, mem)
-        });
+        let loaded = check_model_dir(&dir, &[])
+            .and_then(|_| pick_device(a.model.device, ui))
+            .and_then(|d| {
+                device_str = device_name(&d);
+                ui.info(&format!("loading {} on {}", dir.display(), device_str));
+                load_pipeline(&dir, &d, mem)
+            });
         match loaded {
             Ok((pipe, s)) => {
                 load_s = s;
                 ui.info(&format!("loaded in {s:.2}s"));
                 for (n, (k, r)) in todo.iter().enumerate() {
                     let it = &items[*k];
-                    ui.info(&format!("[{}/{}] request {} (line {}): {:?}", n + 1, todo.len(), it.index, it.line, r.prompt));
+                    ui.info(&format!(
+                        "[{}/{}] request {} (line {}): {:?}",
+                        n + 1,
+                        todo.len(),
+                        it.index,
+                        it.line,
+                        r.prompt
+                    ));
                     for w in &r.warnings {
                         ui.warn(&format!("request {}: {w}", it.index));
                     }
@@ -342,7 +412,10 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
                             s
                         }
                         Err(e) => {
-                            ui.warn(&format!("request {} (line {}) failed: {e}", it.index, it.line));
+                            ui.warn(&format!(
+                                "request {} (line {}) failed: {e}",
+                                it.index, it.line
+                            ));
                             json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()})
                         }
                     };
@@ -360,9 +433,16 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
     }
     let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
     let (ok, skipped, failed) = (count("ok"), count("skipped"), count("failed"));
-    ui.info(&format!("batch done: {ok} generated, {skipped} skipped (output exists), {failed} failed"));
+    ui.info(&format!(
+        "batch done: {ok} generated, {skipped} skipped (output exists), {failed} failed"
+    ));
     for r in results.iter().filter(|r| r["status"] == "failed") {
-        ui.info(&format!("  failed: request {} (line {}): {}", r["index"], r["line"], r["error"].as_str().unwrap_or("")));
+        ui.info(&format!(
+            "  failed: request {} (line {}): {}",
+            r["index"],
+            r["line"],
+            r["error"].as_str().unwrap_or("")
+        ));
     }
     if a.json {
         let s = json!({
@@ -373,13 +453,19 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&s).unwrap());
     }
     if failed > 0 {
-        return Err(Error::Other(format!("{failed} of {} request(s) in this shard failed", results.len())));
+        return Err(Error::Other(format!(
+            "{failed} of {} request(s) in this shard failed",
+            results.len()
+        )));
     }
     Ok(())
 }
 
 /// For tests and scripts: the default batch output of request `index` of `jsonl`.
 pub fn default_batch_output(out_dir: &Path, jsonl: &Path, index: usize) -> PathBuf {
-    let stem = jsonl.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "batch".into());
+    let stem = jsonl
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "batch".into());
     out_dir.join(format!("{stem}_{index:05}.mp4"))
 }

@@ -42,20 +42,36 @@ pub fn read_component(dir: &Path) -> Result<BTreeMap<String, TensorInfo>> {
     let mut all = BTreeMap::new();
     for name in ck.names() {
         let (file, info) = ck.get(name).map_err(|e| Error::Weights(e.to_string()))?;
-        let fname = file.path().file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        all.insert(name.to_string(), TensorInfo { dtype: info.dtype.to_string(), shape: info.shape.clone(), file: fname });
+        let fname = file
+            .path()
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        all.insert(
+            name.to_string(),
+            TensorInfo {
+                dtype: info.dtype.to_string(),
+                shape: info.shape.clone(),
+                file: fname,
+            },
+        );
     }
     Ok(all)
 }
 
 fn read_config(dir: &Path) -> Result<Value> {
     let p = dir.join("config.json");
-    let t = std::fs::read_to_string(&p).map_err(|e| Error::Weights(format!("{}: {e}", p.display())))?;
-    serde_json::from_str(&t).map_err(|e| Error::Weights(format!("{}: not valid JSON: {e}", p.display())))
+    let t =
+        std::fs::read_to_string(&p).map_err(|e| Error::Weights(format!("{}: {e}", p.display())))?;
+    serde_json::from_str(&t)
+        .map_err(|e| Error::Weights(format!("{}: not valid JSON: {e}", p.display())))
 }
 
 fn cu(cfg: &Value, k: &str, default: usize) -> usize {
-    cfg.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(default)
+    cfg.get(k)
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize)
+        .unwrap_or(default)
 }
 
 /// Keys the engine needs in a component, with shapes from its config (None = any shape).
@@ -67,45 +83,100 @@ fn expected(folder: &str, cfg: &Value) -> Vec<(String, Option<Vec<usize>>)> {
             let p = cu(cfg, "patch_size", 2);
             let (cin, cout) = (cu(cfg, "in_channels", 16), cu(cfg, "out_channels", 16));
             e.push(("pos_embed.proj.weight".into(), Some(vec![d, cin, p, p])));
-            e.push(("context_embedder.weight".into(), Some(vec![d, cu(cfg, "joint_attention_dim", 4096)])));
-            e.push(("time_text_embed.text_embedder.linear_1.weight".into(), Some(vec![d, cu(cfg, "pooled_projection_dim", 2048)])));
-            e.push(("time_text_embed.timestep_embedder.linear_1.weight".into(), Some(vec![d, 256])));
+            e.push((
+                "context_embedder.weight".into(),
+                Some(vec![d, cu(cfg, "joint_attention_dim", 4096)]),
+            ));
+            e.push((
+                "time_text_embed.text_embedder.linear_1.weight".into(),
+                Some(vec![d, cu(cfg, "pooled_projection_dim", 2048)]),
+            ));
+            e.push((
+                "time_text_embed.timestep_embedder.linear_1.weight".into(),
+                Some(vec![d, 256]),
+            ));
             e.push(("norm_out.linear.weight".into(), Some(vec![2 * d, d])));
             e.push(("proj_out.weight".into(), Some(vec![p * p * cout, d])));
             for i in 0..cu(cfg, "num_layers", 38) {
-                for w in ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"] {
-                    e.push((format!("transformer_blocks.{i}.attn.{w}.weight"), Some(vec![d, d])));
+                for w in [
+                    "to_q",
+                    "to_k",
+                    "to_v",
+                    "add_q_proj",
+                    "add_k_proj",
+                    "add_v_proj",
+                ] {
+                    e.push((
+                        format!("transformer_blocks.{i}.attn.{w}.weight"),
+                        Some(vec![d, d]),
+                    ));
                 }
-                e.push((format!("transformer_blocks.{i}.attn.to_out.0.weight"), Some(vec![d, d])));
-                e.push((format!("transformer_blocks.{i}.norm1.linear.weight"), Some(vec![6 * d, d])));
-                e.push((format!("transformer_blocks.{i}.ff.net.0.proj.weight"), Some(vec![4 * d, d])));
+                e.push((
+                    format!("transformer_blocks.{i}.attn.to_out.0.weight"),
+                    Some(vec![d, d]),
+                ));
+                e.push((
+                    format!("transformer_blocks.{i}.norm1.linear.weight"),
+                    Some(vec![6 * d, d]),
+                ));
+                e.push((
+                    format!("transformer_blocks.{i}.ff.net.0.proj.weight"),
+                    Some(vec![4 * d, d]),
+                ));
             }
         }
         "vae" => {
             let z = cu(cfg, "z_dim", 16);
             e.push(("post_quant_conv.weight".into(), Some(vec![z, z, 1, 1, 1])));
             e.push(("decoder.conv_in.weight".into(), None));
-            e.push(("decoder.conv_out.weight".into(), Some(vec![3, cu(cfg, "base_dim", 96), 3, 3, 3])));
+            e.push((
+                "decoder.conv_out.weight".into(),
+                Some(vec![3, cu(cfg, "base_dim", 96), 3, 3, 3]),
+            ));
             e.push(("decoder.norm_out.gamma".into(), None));
         }
         "text_encoder" | "text_encoder_2" => {
             let h = cu(cfg, "hidden_size", 768);
-            e.push(("text_model.embeddings.token_embedding.weight".into(), Some(vec![cu(cfg, "vocab_size", 49408), h])));
-            e.push(("text_model.embeddings.position_embedding.weight".into(), Some(vec![cu(cfg, "max_position_embeddings", 77), h])));
+            e.push((
+                "text_model.embeddings.token_embedding.weight".into(),
+                Some(vec![cu(cfg, "vocab_size", 49408), h]),
+            ));
+            e.push((
+                "text_model.embeddings.position_embedding.weight".into(),
+                Some(vec![cu(cfg, "max_position_embeddings", 77), h]),
+            ));
             e.push(("text_model.final_layer_norm.weight".into(), Some(vec![h])));
-            e.push(("text_projection.weight".into(), Some(vec![cu(cfg, "projection_dim", 768), h])));
+            e.push((
+                "text_projection.weight".into(),
+                Some(vec![cu(cfg, "projection_dim", 768), h]),
+            ));
             for i in 0..cu(cfg, "num_hidden_layers", 12) {
-                e.push((format!("text_model.encoder.layers.{i}.self_attn.q_proj.weight"), Some(vec![h, h])));
+                e.push((
+                    format!("text_model.encoder.layers.{i}.self_attn.q_proj.weight"),
+                    Some(vec![h, h]),
+                ));
             }
         }
         "text_encoder_3" => {
             let d = cu(cfg, "d_model", 4096);
-            e.push(("shared.weight".into(), Some(vec![cu(cfg, "vocab_size", 32128), d])));
+            e.push((
+                "shared.weight".into(),
+                Some(vec![cu(cfg, "vocab_size", 32128), d]),
+            ));
             e.push(("encoder.final_layer_norm.weight".into(), Some(vec![d])));
-            e.push(("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(), None));
+            e.push((
+                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(),
+                None,
+            ));
             for i in 0..cu(cfg, "num_layers", 24) {
-                e.push((format!("encoder.block.{i}.layer.0.SelfAttention.q.weight"), None));
-                e.push((format!("encoder.block.{i}.layer.1.DenseReluDense.wo.weight"), None));
+                e.push((
+                    format!("encoder.block.{i}.layer.0.SelfAttention.q.weight"),
+                    None,
+                ));
+                e.push((
+                    format!("encoder.block.{i}.layer.1.DenseReluDense.wo.weight"),
+                    None,
+                ));
             }
         }
         _ => {}
@@ -136,7 +207,10 @@ fn human_count(n: usize) -> String {
 pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
     let dir = model_dir(&a.model, ui);
     if !dir.is_dir() {
-        return Err(Error::Input(format!("the model folder {} does not exist", dir.display())));
+        return Err(Error::Input(format!(
+            "the model folder {} does not exist",
+            dir.display()
+        )));
     }
     let mut problems: Vec<String> = Vec::new();
     let (mut max_block, mut block_total) = (0usize, 0usize);
@@ -159,13 +233,19 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
         if c.folder == "scheduler" {
             match SchedulerConfig::from_model_dir(&dir) {
                 Ok(s) => {
-                    lines.push(format!("  {:<15} ok: FlowMatchEulerDiscrete, shift {}", c.folder, s.shift));
+                    lines.push(format!(
+                        "  {:<15} ok: FlowMatchEulerDiscrete, shift {}",
+                        c.folder, s.shift
+                    ));
                     comps.insert(c.folder.into(), json!({"ok": true, "shift": s.shift}));
                 }
                 Err(e) => {
                     problems.push(e.to_string());
                     lines.push(format!("  {:<15} PROBLEM: {e}", c.folder));
-                    comps.insert(c.folder.into(), json!({"ok": false, "problem": e.to_string()}));
+                    comps.insert(
+                        c.folder.into(),
+                        json!({"ok": false, "problem": e.to_string()}),
+                    );
                 }
             }
             continue;
@@ -176,7 +256,10 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
             Err(e) => {
                 problems.push(e.to_string());
                 lines.push(format!("  {:<15} PROBLEM: {e}", c.folder));
-                comps.insert(c.folder.into(), json!({"ok": false, "problem": e.to_string()}));
+                comps.insert(
+                    c.folder.into(),
+                    json!({"ok": false, "problem": e.to_string()}),
+                );
                 continue;
             }
         };
@@ -186,16 +269,27 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
             let mut per: BTreeMap<usize, usize> = BTreeMap::new();
             for (k, t) in &tensors {
                 if let Some(rest) = k.strip_prefix("transformer_blocks.") {
-                    let i: usize = rest.split('.').next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    let i: usize = rest
+                        .split('.')
+                        .next()
+                        .and_then(|x| x.parse().ok())
+                        .unwrap_or(0);
                     if !k.contains(".norm1.linear.") && !k.contains(".norm1_context.linear.") {
                         *per.entry(i).or_default() += t.numel();
                     }
                 }
             }
             max_block = per.values().copied().max().unwrap_or(0);
-            block_total = tensors.iter().filter(|(k, _)| k.starts_with("transformer_blocks.")).map(|(_, t)| t.numel()).sum();
+            block_total = tensors
+                .iter()
+                .filter(|(k, _)| k.starts_with("transformer_blocks."))
+                .map(|(_, t)| t.numel())
+                .sum();
         }
-        let bytes: usize = tensors.values().map(|t| t.numel() * dtype_size(&t.dtype)).sum();
+        let bytes: usize = tensors
+            .values()
+            .map(|t| t.numel() * dtype_size(&t.dtype))
+            .sum();
         let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
         for t in tensors.values() {
             *dtypes.entry(t.dtype.clone()).or_default() += t.numel();
@@ -207,12 +301,20 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
                 Some(t) => {
                     if let Some(s) = shape {
                         if t.shape != s {
-                            cprob.push(format!("{}: tensor {k} has shape {:?}, config.json implies {s:?}", c.folder, t.shape));
+                            cprob.push(format!(
+                                "{}: tensor {k} has shape {:?}, config.json implies {s:?}",
+                                c.folder, t.shape
+                            ));
                         }
                     }
-                    let int8 = t.dtype == "I8" && k.strip_suffix(".weight").is_some_and(|n| tensors.contains_key(&format!("{n}.weight_scale")));
+                    let int8 = t.dtype == "I8"
+                        && k.strip_suffix(".weight")
+                            .is_some_and(|n| tensors.contains_key(&format!("{n}.weight_scale")));
                     if !int8 && !matches!(t.dtype.as_str(), "F32" | "BF16" | "F16") {
-                        cprob.push(format!("{}: tensor {k} has dtype {}, expected F32/BF16/F16", c.folder, t.dtype));
+                        cprob.push(format!(
+                            "{}: tensor {k} has dtype {}, expected F32/BF16/F16",
+                            c.folder, t.dtype
+                        ));
                     }
                 }
             }
@@ -225,7 +327,11 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
             tensors.len(),
             gib(bytes as f64),
             dtypes.keys().cloned().collect::<Vec<_>>().join("+"),
-            if cprob.is_empty() { "keys and shapes ok".to_string() } else { format!("{} PROBLEM(S)", cprob.len()) }
+            if cprob.is_empty() {
+                "keys and shapes ok".to_string()
+            } else {
+                format!("{} PROBLEM(S)", cprob.len())
+            }
         ));
         for p in cprob.iter().take(5) {
             lines.push(format!("      {p}"));
@@ -235,8 +341,15 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
         }
         let mut cj = json!({"ok": cprob.is_empty(), "params": n, "tensors": tensors.len(), "bytes_on_disk": bytes, "dtypes": dtypes, "problems": cprob});
         if a.tensors {
-            lines.extend(tensors.iter().map(|(k, t)| format!("      {k} {} {:?}", t.dtype, t.shape)));
-            cj["tensor_list"] = tensors.iter().map(|(k, t)| json!({"name": k, "dtype": t.dtype, "shape": t.shape})).collect();
+            lines.extend(
+                tensors
+                    .iter()
+                    .map(|(k, t)| format!("      {k} {} {:?}", t.dtype, t.shape)),
+            );
+            cj["tensor_list"] = tensors
+                .iter()
+                .map(|(k, t)| json!({"name": k, "dtype": t.dtype, "shape": t.shape}))
+                .collect();
         }
         problems.extend(cprob);
         comps.insert(c.folder.into(), cj);
@@ -246,10 +359,19 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
     let p = |k: &str| *params.get(k).unwrap_or(&0) as f64;
     let text = p("text_encoder") + p("text_encoder_2") + p("text_encoder_3");
     let bf16_all = 2.0 * (p("transformer") + text) + 4.0 * p("vae");
-    let int8_all = p("transformer") + p("text_encoder_3") + 2.0 * (p("text_encoder") + p("text_encoder_2")) + 4.0 * p("vae");
-    let largest = [2.0 * p("transformer"), 2.0 * p("text_encoder_3"), 2.0 * p("text_encoder_2"), 2.0 * p("text_encoder"), 4.0 * p("vae")]
-        .into_iter()
-        .fold(0.0, f64::max);
+    let int8_all = p("transformer")
+        + p("text_encoder_3")
+        + 2.0 * (p("text_encoder") + p("text_encoder_2"))
+        + 4.0 * p("vae");
+    let largest = [
+        2.0 * p("transformer"),
+        2.0 * p("text_encoder_3"),
+        2.0 * p("text_encoder_2"),
+        2.0 * p("text_encoder"),
+        4.0 * p("vae"),
+    ]
+    .into_iter()
+    .fold(0.0, f64::max);
     let modes = json!({
         "none_bf16": bf16_all, "none_int8": int8_all,
         "model_offload_bf16": largest, "model_offload_int8": p("transformer").max(4.0 * p("vae")),
@@ -257,15 +379,33 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
     });
     lines.push(format!("parameters: {} in total", human_count(total)));
     lines.push("GPU memory for the weights (activations come on top):".into());
-    lines.push(format!("  --offload none (all resident), bf16 (VAE f32): {}", gib(bf16_all)));
-    lines.push(format!("  --offload none, --quantize int8 (transformer + T5 int8): {}", gib(int8_all)));
-    lines.push(format!("  --offload model (largest single model resident), bf16: {}", gib(largest)));
-    lines.push(format!("  --offload model, --quantize int8: {}", gib(p("transformer").max(4.0 * p("vae")))));
+    lines.push(format!(
+        "  --offload none (all resident), bf16 (VAE f32): {}",
+        gib(bf16_all)
+    ));
+    lines.push(format!(
+        "  --offload none, --quantize int8 (transformer + T5 int8): {}",
+        gib(int8_all)
+    ));
+    lines.push(format!(
+        "  --offload model (largest single model resident), bf16: {}",
+        gib(largest)
+    ));
+    lines.push(format!(
+        "  --offload model, --quantize int8: {}",
+        gib(p("transformer").max(4.0 * p("vae")))
+    ));
     let nonblock = p("transformer") - block_total as f64;
     let seq_bf16 = 2.0 * (nonblock + 2.0 * max_block as f64);
     let seq_int8 = 2.0 * nonblock + 2.0 * max_block as f64;
-    lines.push(format!("  --offload sequential (2 transformer layers in flight), bf16: {}", gib(seq_bf16.max(4.0 * p("vae")))));
-    lines.push(format!("  --offload sequential, --quantize int8: {}", gib(seq_int8.max(4.0 * p("vae")))));
+    lines.push(format!(
+        "  --offload sequential (2 transformer layers in flight), bf16: {}",
+        gib(seq_bf16.max(4.0 * p("vae")))
+    ));
+    lines.push(format!(
+        "  --offload sequential, --quantize int8: {}",
+        gib(seq_int8.max(4.0 * p("vae")))
+    ));
     if problems.is_empty() {
         lines.push("status: ok".into());
     } else {
@@ -280,6 +420,11 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Error::Weights(format!("the model folder {} has {} problem(s): {}", dir.display(), problems.len(), problems.join("; "))))
+        Err(Error::Weights(format!(
+            "the model folder {} has {} problem(s): {}",
+            dir.display(),
+            problems.len(),
+            problems.join("; ")
+        )))
     }
 }

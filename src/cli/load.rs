@@ -44,15 +44,51 @@ pub struct Component {
 }
 
 pub const COMPONENTS: &[Component] = &[
-    Component { folder: "transformer", what: "ContentV MMDiT transformer", files: &["config.json", "*.safetensors"] },
-    Component { folder: "vae", what: "Wan2.1 VAE", files: &["config.json", "*.safetensors"] },
-    Component { folder: "text_encoder", what: "CLIP-L text encoder", files: &["config.json", "*.safetensors"] },
-    Component { folder: "text_encoder_2", what: "OpenCLIP-bigG text encoder", files: &["config.json", "*.safetensors"] },
-    Component { folder: "text_encoder_3", what: "T5-XXL text encoder", files: &["config.json", "*.safetensors"] },
-    Component { folder: "tokenizer", what: "CLIP-L tokenizer", files: &["vocab.json", "merges.txt"] },
-    Component { folder: "tokenizer_2", what: "CLIP-G tokenizer", files: &["vocab.json", "merges.txt"] },
-    Component { folder: "tokenizer_3", what: "T5 tokenizer", files: &["tokenizer.json|spiece.model"] },
-    Component { folder: "scheduler", what: "scheduler config", files: &["scheduler_config.json"] },
+    Component {
+        folder: "transformer",
+        what: "ContentV MMDiT transformer",
+        files: &["config.json", "*.safetensors"],
+    },
+    Component {
+        folder: "vae",
+        what: "Wan2.1 VAE",
+        files: &["config.json", "*.safetensors"],
+    },
+    Component {
+        folder: "text_encoder",
+        what: "CLIP-L text encoder",
+        files: &["config.json", "*.safetensors"],
+    },
+    Component {
+        folder: "text_encoder_2",
+        what: "OpenCLIP-bigG text encoder",
+        files: &["config.json", "*.safetensors"],
+    },
+    Component {
+        folder: "text_encoder_3",
+        what: "T5-XXL text encoder",
+        files: &["config.json", "*.safetensors"],
+    },
+    Component {
+        folder: "tokenizer",
+        what: "CLIP-L tokenizer",
+        files: &["vocab.json", "merges.txt"],
+    },
+    Component {
+        folder: "tokenizer_2",
+        what: "CLIP-G tokenizer",
+        files: &["vocab.json", "merges.txt"],
+    },
+    Component {
+        folder: "tokenizer_3",
+        what: "T5 tokenizer",
+        files: &["tokenizer.json|spiece.model"],
+    },
+    Component {
+        folder: "scheduler",
+        what: "scheduler config",
+        files: &["scheduler_config.json"],
+    },
 ];
 
 /// `None` if `dir/component` has what it needs, else the reason.
@@ -65,14 +101,22 @@ pub fn component_problem(dir: &Path, c: &Component) -> Option<String> {
         let ok = f.split('|').any(|alt| {
             if let Some(ext) = alt.strip_prefix("*.") {
                 std::fs::read_dir(&d)
-                    .map(|rd| rd.flatten().any(|e| e.path().extension().map(|x| x == ext).unwrap_or(false)))
+                    .map(|rd| {
+                        rd.flatten()
+                            .any(|e| e.path().extension().map(|x| x == ext).unwrap_or(false))
+                    })
                     .unwrap_or(false)
             } else {
                 d.join(alt).is_file()
             }
         });
         if !ok {
-            return Some(format!("{}/{} ({}) is missing", c.folder, f.replace('|', " or "), c.what));
+            return Some(format!(
+                "{}/{} ({}) is missing",
+                c.folder,
+                f.replace('|', " or "),
+                c.what
+            ));
         }
     }
     None
@@ -81,10 +125,16 @@ pub fn component_problem(dir: &Path, c: &Component) -> Option<String> {
 /// Checks that `dir` exists and has the components named in `needed` (all if empty).
 pub fn check_model_dir(dir: &Path, needed: &[&str]) -> Result<()> {
     if !dir.exists() {
-        return Err(Error::Input(format!("the model folder {} does not exist", dir.display())));
+        return Err(Error::Input(format!(
+            "the model folder {} does not exist",
+            dir.display()
+        )));
     }
     if !dir.is_dir() {
-        return Err(Error::Input(format!("the model path {} is not a folder", dir.display())));
+        return Err(Error::Input(format!(
+            "the model path {} is not a folder",
+            dir.display()
+        )));
     }
     let problems: Vec<String> = COMPONENTS
         .iter()
@@ -111,11 +161,18 @@ pub fn check_memory_flags(m: &ModelArgs) -> Result<MemoryOptions> {
     let vram_budget = match m.vram_budget {
         None => None,
         Some(b) if !b.is_finite() || b <= 0.0 => {
-            return Err(Error::Input(format!("--vram-budget must be a positive number of GiB, got {b}")));
+            return Err(Error::Input(format!(
+                "--vram-budget must be a positive number of GiB, got {b}"
+            )));
         }
         Some(b) => Some((b * (1u64 << 30) as f64) as u64),
     };
-    Ok(MemoryOptions { offload, int8: m.quantize == Quantize::Int8, vae_tiling: m.vae_tiling, vram_budget })
+    Ok(MemoryOptions {
+        offload,
+        int8: m.quantize == Quantize::Int8,
+        vae_tiling: m.vae_tiling,
+        vram_budget,
+    })
 }
 
 /// The device for `--device`.
@@ -126,7 +183,9 @@ pub fn pick_device(choice: DeviceChoice, ui: &Ui) -> Result<Device> {
         DeviceChoice::Auto => {
             let (d, why) = Device::best();
             if let Some(why) = why {
-                ui.note(&format!("running on the CPU (slow; fine for the tiny model): {why}"));
+                ui.note(&format!(
+                    "running on the CPU (slow; fine for the tiny model): {why}"
+                ));
             }
             Ok(d)
         }
@@ -147,12 +206,24 @@ pub const VAE_TILING_BELOW: u64 = 12 << 30;
 pub fn load_vae(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<VaeDecoder> {
     // An untiled decode of the default size keeps a few GiB of f32 activations alive; under a
     // tight budget the engine tiles by itself (and says so).
-    let auto = !mem.vae_tiling && device.is_cuda() && mem.vram_budget.is_some_and(|b| b < VAE_TILING_BELOW);
+    let auto = !mem.vae_tiling
+        && device.is_cuda()
+        && mem.vram_budget.is_some_and(|b| b < VAE_TILING_BELOW);
     if auto {
-        eprintln!("note: --vram-budget below {} GiB: decoding the video in spatial tiles", VAE_TILING_BELOW >> 30);
+        eprintln!(
+            "note: --vram-budget below {} GiB: decoding the video in spatial tiles",
+            VAE_TILING_BELOW >> 30
+        );
     }
     let tiled = mem.vae_tiling || auto;
-    let opts = VaeOptions { tiling: if tiled { Some(TileConfig::default()) } else { None }, ..VaeOptions::default() };
+    let opts = VaeOptions {
+        tiling: if tiled {
+            Some(TileConfig::default())
+        } else {
+            None
+        },
+        ..VaeOptions::default()
+    };
     VaeDecoder::from_dir(&dir.join("vae"), device, opts)
 }
 
@@ -166,9 +237,21 @@ pub fn load_pipeline(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result
     let scheduler = SchedulerConfig::from_model_dir(dir)?;
     let vae = load_vae(dir, device, mem)?;
     let (text, transformer) = crate::model::pipeline::load_text_and_transformer(dir, device, mem)?;
-    let precision = if device.is_cuda() { LatentPrecision::Bf16 } else { LatentPrecision::F32 };
+    let precision = if device.is_cuda() {
+        LatentPrecision::Bf16
+    } else {
+        LatentPrecision::F32
+    };
     let offload_models = mem.offload == crate::runtime::residency::Offload::Model;
-    let p = Pipeline { device: device.clone(), text, transformer, vae: Box::new(vae), scheduler, precision, offload_models };
+    let p = Pipeline {
+        device: device.clone(),
+        text,
+        transformer,
+        vae: Box::new(vae),
+        scheduler,
+        precision,
+        offload_models,
+    };
     device.synchronize()?;
     Ok((p, t.elapsed().as_secs_f64()))
 }

@@ -52,7 +52,10 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         eprintln!("contentv: internal error{at}: {msg}");
     }));
     let res = std::panic::catch_unwind(|| match &cli.command {

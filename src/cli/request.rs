@@ -78,9 +78,12 @@ impl RequestFields {
 
     /// Parses one JSONL line.
     pub fn from_json_line(line: &str) -> Result<RequestFields> {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Input(format!("not valid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| Error::Input(format!("not valid JSON: {e}")))?;
         if !v.is_object() {
-            return Err(Error::Input("each line must be a JSON object like {\"prompt\": \"...\"}".into()));
+            return Err(Error::Input(
+                "each line must be a JSON object like {\"prompt\": \"...\"}".into(),
+            ));
         }
         let f: RequestFields = serde_json::from_value(v).map_err(|e| {
             Error::Input(format!(
@@ -155,23 +158,36 @@ pub struct Request {
 
 impl Request {
     pub fn geometry(&self) -> VideoGeometry {
-        VideoGeometry { frames: self.frames, height: self.height, width: self.width }
+        VideoGeometry {
+            frames: self.frames,
+            height: self.height,
+            width: self.width,
+        }
     }
     pub fn video_options(&self) -> VideoOptions {
-        VideoOptions { fps: self.fps, crf: self.crf }
+        VideoOptions {
+            fps: self.fps,
+            crf: self.crf,
+        }
     }
 }
 
 /// A seed from the clock and the process id (0 ..= 2^31-1, like the reference app's range).
 pub fn random_seed() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let mut z = (t as u64) ^ ((std::process::id() as u64) << 32) ^ (&t as *const _ as u64);
     z = crate::model::pipeline::splitmix64(z, 0);
     z & 0x7FFF_FFFF
 }
 
 pub fn unix_time() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Output extensions FFmpeg builds accept.
@@ -187,44 +203,63 @@ pub const TINY_STEPS: usize = 8;
 
 pub fn resolve(f: RequestFields, default_output: &dyn Fn(u64) -> PathBuf) -> Result<Request> {
     let mut warnings = Vec::new();
-    let prompt = f.prompt.ok_or_else(|| Error::Input("no prompt: pass --prompt \"...\" (or a \"prompt\" field)".into()))?;
+    let prompt = f.prompt.ok_or_else(|| {
+        Error::Input("no prompt: pass --prompt \"...\" (or a \"prompt\" field)".into())
+    })?;
     if prompt.trim().is_empty() {
         return Err(Error::Input("the prompt is empty".into()));
     }
-    let negative_prompt = f.negative_prompt.unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string());
+    let negative_prompt = f
+        .negative_prompt
+        .unwrap_or_else(|| DEFAULT_NEGATIVE_PROMPT.to_string());
 
     let frames_requested = f.frames.unwrap_or(DEFAULT_FRAMES);
     if frames_requested == 0 {
-        return Err(Error::Input("frames must be at least 1 (4k+1: 1, 5, 9, ..., 125)".into()));
+        return Err(Error::Input(
+            "frames must be at least 1 (4k+1: 1, 5, 9, ..., 125)".into(),
+        ));
     }
     if frames_requested > 1001 {
         return Err(Error::Input(format!("frames = {frames_requested} is too many (at most 1001; ContentV was trained on up to 125)")));
     }
     let frames = round_frames(frames_requested);
     if frames != frames_requested {
-        warnings.push(format!("frames must be 4k+1; {frames_requested} rounded down to {frames}"));
+        warnings.push(format!(
+            "frames must be 4k+1; {frames_requested} rounded down to {frames}"
+        ));
     }
     let width = f.width.unwrap_or(DEFAULT_WIDTH);
     let height = f.height.unwrap_or(DEFAULT_HEIGHT);
     for (name, v) in [("width", width), ("height", height)] {
         if v == 0 || v % 16 != 0 {
-            return Err(Error::Input(format!("{name} must be a positive multiple of 16, got {v} (try {})", (v / 16).max(1) * 16)));
+            return Err(Error::Input(format!(
+                "{name} must be a positive multiple of 16, got {v} (try {})",
+                (v / 16).max(1) * 16
+            )));
         }
         if v > 4096 {
-            return Err(Error::Input(format!("{name} = {v} is too large (at most 4096)")));
+            return Err(Error::Input(format!(
+                "{name} = {v} is too large (at most 4096)"
+            )));
         }
     }
     let steps = f.steps.unwrap_or(DEFAULT_STEPS);
     if steps == 0 || steps > 1000 {
-        return Err(Error::Input(format!("steps must be between 1 and 1000, got {steps}")));
+        return Err(Error::Input(format!(
+            "steps must be between 1 and 1000, got {steps}"
+        )));
     }
     let guidance = f.guidance.unwrap_or(DEFAULT_GUIDANCE);
     if !guidance.is_finite() || !(0.0..=100.0).contains(&guidance) {
-        return Err(Error::Input(format!("guidance must be between 0 and 100, got {guidance}")));
+        return Err(Error::Input(format!(
+            "guidance must be between 0 and 100, got {guidance}"
+        )));
     }
     if let Some(s) = f.shift {
         if !s.is_finite() || s <= 0.0 || s > 1000.0 {
-            return Err(Error::Input(format!("shift must be a positive number (at most 1000), got {s}")));
+            return Err(Error::Input(format!(
+                "shift must be a positive number (at most 1000), got {s}"
+            )));
         }
     }
     let fps = f.fps.unwrap_or(DEFAULT_FPS);
@@ -238,12 +273,18 @@ pub fn resolve(f: RequestFields, default_output: &dyn Fn(u64) -> PathBuf) -> Res
     check_output_path(&output)?;
     if let Some(p) = &f.init_noise {
         if !p.is_file() {
-            return Err(Error::Input(format!("the initial-noise file {} does not exist", p.display())));
+            return Err(Error::Input(format!(
+                "the initial-noise file {} does not exist",
+                p.display()
+            )));
         }
     }
     if let Some(p) = &f.save_latents {
         if p.is_dir() {
-            return Err(Error::Input(format!("--save-latents {} is a folder; give a file name", p.display())));
+            return Err(Error::Input(format!(
+                "--save-latents {} is a folder; give a file name",
+                p.display()
+            )));
         }
     }
     Ok(Request {
@@ -270,24 +311,40 @@ pub fn resolve(f: RequestFields, default_output: &dyn Fn(u64) -> PathBuf) -> Res
 /// The output name must be a file with a video extension (MP4 builds) and not a folder.
 pub fn check_output_path(p: &Path) -> Result<()> {
     if p.as_os_str().is_empty() || p.file_name().is_none() {
-        return Err(Error::Input(format!("the output path {:?} has no file name", p.display().to_string())));
+        return Err(Error::Input(format!(
+            "the output path {:?} has no file name",
+            p.display().to_string()
+        )));
     }
     if video::writes_mp4() {
-        let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
         if !VIDEO_EXTS.contains(&ext.as_str()) {
-            return Err(Error::Input(format!("the output {} must end in .mp4 (or .mov, .mkv)", p.display())));
+            return Err(Error::Input(format!(
+                "the output {} must end in .mp4 (or .mov, .mkv)",
+                p.display()
+            )));
         }
     }
     let art = video::artifact_path(p);
     if art.is_dir() && video::writes_mp4() {
-        return Err(Error::Input(format!("the output {} is a folder", art.display())));
+        return Err(Error::Input(format!(
+            "the output {} is a folder",
+            art.display()
+        )));
     }
     Ok(())
 }
 
 /// Parses `--shard I/N`.
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let bad = || Error::Input(format!("--shard must look like I/N with 0 <= I < N (e.g. 0/4), got {s:?}"));
+    let bad = || {
+        Error::Input(format!(
+            "--shard must look like I/N with 0 <= I < N (e.g. 0/4), got {s:?}"
+        ))
+    };
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
     let i: usize = i.trim().parse().map_err(|_| bad())?;
     let n: usize = n.trim().parse().map_err(|_| bad())?;
@@ -307,22 +364,52 @@ mod tests {
 
     #[test]
     fn merge_and_validate() {
-        let d = RequestFields { prompt: Some("a".into()), steps: Some(3), ..Default::default() };
-        let l = RequestFields::from_json_line(r#"{"prompt": "b", "frames": 10, "negative-prompt": "n"}"#).unwrap().or(&d);
+        let d = RequestFields {
+            prompt: Some("a".into()),
+            steps: Some(3),
+            ..Default::default()
+        };
+        let l = RequestFields::from_json_line(
+            r#"{"prompt": "b", "frames": 10, "negative-prompt": "n"}"#,
+        )
+        .unwrap()
+        .or(&d);
         let r = resolve(l, &out).unwrap();
-        assert_eq!((r.prompt.as_str(), r.frames, r.steps, r.negative_prompt.as_str()), ("b", 9, 3, "n"));
+        assert_eq!(
+            (
+                r.prompt.as_str(),
+                r.frames,
+                r.steps,
+                r.negative_prompt.as_str()
+            ),
+            ("b", 9, 3, "n")
+        );
         assert_eq!(r.warnings.len(), 1);
-        assert!(RequestFields::from_json_line(r#"{"prompt": "b", "model": "x"}"#).unwrap_err().to_string().contains("--model"));
-        assert!(RequestFields::from_json_line(r#"{"promt": "b"}"#).unwrap_err().to_string().contains("promt"));
+        assert!(
+            RequestFields::from_json_line(r#"{"prompt": "b", "model": "x"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("--model")
+        );
+        assert!(RequestFields::from_json_line(r#"{"promt": "b"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("promt"));
         assert!(RequestFields::from_json_line(r#"[1]"#).is_err());
         assert!(RequestFields::from_json_line(r#"{"prompt": 3}"#).is_err());
-        let bad = |j: &str| resolve(RequestFields::from_json_line(j).unwrap(), &out).unwrap_err().to_string();
+        let bad = |j: &str| {
+            resolve(RequestFields::from_json_line(j).unwrap(), &out)
+                .unwrap_err()
+                .to_string()
+        };
         assert!(bad(r#"{"prompt":"a","frames":0}"#).contains("frames"));
         assert!(bad(r#"{"prompt":"a","width":100}"#).contains("multiple of 16"));
         assert!(bad(r#"{"prompt":"a","steps":0}"#).contains("steps"));
         assert!(bad(r#"{"prompt":"a","guidance":-1}"#).contains("guidance"));
         assert!(bad(r#"{"frames":5}"#).contains("prompt"));
         assert_eq!(parse_shard("1/4").unwrap(), (1, 4));
-        assert!(parse_shard("4/4").is_err() && parse_shard("x").is_err() && parse_shard("0/0").is_err());
+        assert!(
+            parse_shard("4/4").is_err() && parse_shard("x").is_err() && parse_shard("0/0").is_err()
+        );
     }
 }

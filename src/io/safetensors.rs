@@ -119,7 +119,15 @@ impl StDtype {
 
     /// Whether this is a floating-point type.
     pub const fn is_float(self) -> bool {
-        matches!(self, StDtype::F64 | StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F8E4M3 | StDtype::F8E5M2)
+        matches!(
+            self,
+            StDtype::F64
+                | StDtype::F32
+                | StDtype::F16
+                | StDtype::BF16
+                | StDtype::F8E4M3
+                | StDtype::F8E5M2
+        )
     }
 }
 
@@ -168,11 +176,24 @@ pub enum StErrorKind {
     /// `data_offsets` ends past the data section (the file is truncated or the header is corrupt).
     OffsetsOutOfBounds { begin: u64, end: u64, data_len: u64 },
     /// The byte range does not match shape x dtype size.
-    SizeMismatch { dtype: StDtype, shape: Vec<usize>, expected: usize, actual: usize },
+    SizeMismatch {
+        dtype: StDtype,
+        shape: Vec<usize>,
+        expected: usize,
+        actual: usize,
+    },
     /// Two tensors' byte ranges overlap.
-    Overlap { other: String, range: (usize, usize), other_range: (usize, usize) },
+    Overlap {
+        other: String,
+        range: (usize, usize),
+        other_range: (usize, usize),
+    },
     /// Bytes of the data section not covered by any tensor, between tensors.
-    Gap { begin: usize, end: usize, after: Option<String> },
+    Gap {
+        begin: usize,
+        end: usize,
+        after: Option<String>,
+    },
     /// Bytes after the last tensor.
     TrailingBytes { covered: usize, data_len: usize },
     /// The tensor is not in this file / checkpoint.
@@ -186,7 +207,10 @@ pub enum StErrorKind {
     /// A shard named in the index does not exist.
     MissingShard { shard: String, index: PathBuf },
     /// The index maps a tensor to a shard that does not contain it.
-    IndexMismatch { shard: String, actually_in: Option<PathBuf> },
+    IndexMismatch {
+        shard: String,
+        actually_in: Option<PathBuf>,
+    },
     /// The same tensor name is in two files of one checkpoint.
     DuplicateTensor { first: PathBuf },
 }
@@ -202,7 +226,11 @@ pub struct StError {
 
 impl StError {
     pub fn new(file: impl Into<PathBuf>, kind: StErrorKind) -> StError {
-        StError { file: file.into(), tensor: None, kind }
+        StError {
+            file: file.into(),
+            tensor: None,
+            kind,
+        }
     }
     pub fn with_tensor(mut self, tensor: impl Into<String>) -> StError {
         self.tensor = Some(tensor.into());
@@ -408,7 +436,9 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         let mut m = serde_json::Map::new();
         while let Some(k) = map.next_key::<String>()? {
             if m.contains_key(&k) {
-                return Err(<A::Error as serde::de::Error>::custom(format!("duplicate key {k:?} (duplicate keys are forbidden)")));
+                return Err(<A::Error as serde::de::Error>::custom(format!(
+                    "duplicate key {k:?} (duplicate keys are forbidden)"
+                )));
             }
             let StrictValue(v) = map.next_value()?;
             m.insert(k, v);
@@ -473,9 +503,12 @@ struct Parsed {
 
 /// Reads an array of non-negative integers (as u64) or says what is wrong with it.
 fn u64_array(v: &Value, field: &str) -> Result<Vec<u64>, String> {
-    let arr = v
-        .as_array()
-        .ok_or_else(|| format!("`{field}` is {}, expected an array of non-negative integers", json_kind(v)))?;
+    let arr = v.as_array().ok_or_else(|| {
+        format!(
+            "`{field}` is {}, expected an array of non-negative integers",
+            json_kind(v)
+        )
+    })?;
     arr.iter()
         .enumerate()
         .map(|(i, x)| match x {
@@ -488,7 +521,10 @@ fn u64_array(v: &Value, field: &str) -> Result<Vec<u64>, String> {
                     Err(format!("`{field}` entry {i} is not an integer ({n})"))
                 }
             }
-            other => Err(format!("`{field}` entry {i} is {}, expected a non-negative integer", json_kind(other))),
+            other => Err(format!(
+                "`{field}` entry {i} is {}, expected a non-negative integer",
+                json_kind(other)
+            )),
         })
         .collect()
 }
@@ -507,17 +543,28 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, StError> {
         return Err(e(K::HeaderTooLarge { header_len }));
     }
     if header_len > file_len - 8 {
-        return Err(e(K::HeaderPastEnd { header_len, file_len }));
+        return Err(e(K::HeaderPastEnd {
+            header_len,
+            file_len,
+        }));
     }
     let n = header_len as usize; // <= 100 MB and <= file length
     let header = &bytes[8..8 + n];
     let data_start = 8 + n;
     let data_len = bytes.len() - data_start;
-    let text = std::str::from_utf8(header).map_err(|u| e(K::HeaderNotUtf8 { offset: u.valid_up_to() }))?;
+    let text = std::str::from_utf8(header).map_err(|u| {
+        e(K::HeaderNotUtf8 {
+            offset: u.valid_up_to(),
+        })
+    })?;
     let root = parse_strict_json(text).map_err(|m| e(K::InvalidJson(m)))?;
     let obj = match root {
         Value::Object(o) => o,
-        other => return Err(e(K::NotAnObject { found: json_kind(&other) })),
+        other => {
+            return Err(e(K::NotAnObject {
+                found: json_kind(&other),
+            }))
+        }
     };
 
     let mut metadata = BTreeMap::new();
@@ -560,23 +607,39 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, StError> {
                 ))))
             }
         };
-        if let Some(extra) = fields.keys().find(|k| !matches!(k.as_str(), "dtype" | "shape" | "data_offsets")) {
+        if let Some(extra) = fields
+            .keys()
+            .find(|k| !matches!(k.as_str(), "dtype" | "shape" | "data_offsets"))
+        {
             return Err(te(K::InvalidEntry(format!(
                 "unexpected field {extra:?} (an entry has exactly `dtype`, `shape` and `data_offsets`)"
             ))));
         }
-        let get = |f: &str| fields.get(f).ok_or_else(|| te(K::InvalidEntry(format!("missing field `{f}`"))));
+        let get = |f: &str| {
+            fields
+                .get(f)
+                .ok_or_else(|| te(K::InvalidEntry(format!("missing field `{f}`"))))
+        };
         let dtype_v = get("dtype")?;
         let shape_v = get("shape")?;
         let offs_v = get("data_offsets")?;
 
-        let dtype_s = dtype_v
-            .as_str()
-            .ok_or_else(|| te(K::InvalidEntry(format!("`dtype` is {}, expected a string", json_kind(dtype_v)))))?;
-        let dtype = StDtype::from_name(dtype_s).ok_or_else(|| te(K::UnknownDtype(dtype_s.to_owned())))?;
+        let dtype_s = dtype_v.as_str().ok_or_else(|| {
+            te(K::InvalidEntry(format!(
+                "`dtype` is {}, expected a string",
+                json_kind(dtype_v)
+            )))
+        })?;
+        let dtype =
+            StDtype::from_name(dtype_s).ok_or_else(|| te(K::UnknownDtype(dtype_s.to_owned())))?;
 
         let shape64 = u64_array(shape_v, "shape").map_err(|m| te(K::InvalidShape(m)))?;
-        let overflow = || te(K::ShapeOverflow { shape: shape64.clone(), dtype });
+        let overflow = || {
+            te(K::ShapeOverflow {
+                shape: shape64.clone(),
+                dtype,
+            })
+        };
         let mut shape = Vec::with_capacity(shape64.len());
         let mut numel: usize = 1;
         for &d in &shape64 {
@@ -588,35 +651,78 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, StError> {
 
         let offs = u64_array(offs_v, "data_offsets").map_err(|m| te(K::InvalidOffsets(m)))?;
         let [begin, end] = offs[..] else {
-            return Err(te(K::InvalidOffsets(format!("expected [begin, end], found {} numbers", offs.len()))));
+            return Err(te(K::InvalidOffsets(format!(
+                "expected [begin, end], found {} numbers",
+                offs.len()
+            ))));
         };
         if begin > end {
             return Err(te(K::InvalidOffsets(format!("begin {begin} > end {end}"))));
         }
         if end > data_len as u64 {
-            return Err(te(K::OffsetsOutOfBounds { begin, end, data_len: data_len as u64 }));
+            return Err(te(K::OffsetsOutOfBounds {
+                begin,
+                end,
+                data_len: data_len as u64,
+            }));
         }
         let (b, en) = (begin as usize, end as usize);
         if en - b != nbytes {
-            return Err(te(K::SizeMismatch { dtype, shape, expected: nbytes, actual: en - b }));
+            return Err(te(K::SizeMismatch {
+                dtype,
+                shape,
+                expected: nbytes,
+                actual: en - b,
+            }));
         }
-        tensors.insert(name.clone(), TensorInfo { name, dtype, shape, start: data_start + b, len: nbytes });
+        tensors.insert(
+            name.clone(),
+            TensorInfo {
+                name,
+                dtype,
+                shape,
+                start: data_start + b,
+                len: nbytes,
+            },
+        );
     }
 
     // The ranges must tile the data section: no overlaps, no holes, no trailing bytes.
-    let mut ranges: Vec<(usize, usize, &str)> =
-        tensors.values().map(|t| (t.start - data_start, t.start - data_start + t.len, t.name.as_str())).collect();
+    let mut ranges: Vec<(usize, usize, &str)> = tensors
+        .values()
+        .map(|t| {
+            (
+                t.start - data_start,
+                t.start - data_start + t.len,
+                t.name.as_str(),
+            )
+        })
+        .collect();
     ranges.sort_unstable();
     let mut cursor = 0usize;
     let mut last: Option<(usize, usize, &str)> = None; // the range reaching furthest so far
     for &(b, en, name) in &ranges {
         if b < cursor {
             let (ob, oe, other) = last.unwrap_or((0, 0, ""));
-            return Err(StError::new(path, K::Overlap { other: other.to_owned(), range: (b, en), other_range: (ob, oe) })
-                .with_tensor(name));
+            return Err(StError::new(
+                path,
+                K::Overlap {
+                    other: other.to_owned(),
+                    range: (b, en),
+                    other_range: (ob, oe),
+                },
+            )
+            .with_tensor(name));
         }
         if b > cursor {
-            let err = StError::new(path, K::Gap { begin: cursor, end: b, after: last.map(|l| l.2.to_owned()) });
+            let err = StError::new(
+                path,
+                K::Gap {
+                    begin: cursor,
+                    end: b,
+                    after: last.map(|l| l.2.to_owned()),
+                },
+            );
             return Err(err.with_tensor(name));
         }
         if en >= cursor {
@@ -625,9 +731,16 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, StError> {
         }
     }
     if cursor != data_len {
-        return Err(e(K::TrailingBytes { covered: cursor, data_len }));
+        return Err(e(K::TrailingBytes {
+            covered: cursor,
+            data_len,
+        }));
     }
-    Ok(Parsed { tensors, metadata, header_len: n })
+    Ok(Parsed {
+        tensors,
+        metadata,
+        header_len: n,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -664,16 +777,40 @@ pub fn decode_f32(dtype: StDtype, bytes: &[u8]) -> Vec<f32> {
         a
     }
     match dtype {
-        StDtype::F64 => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(le(c)) as f32).collect(),
-        StDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(le(c))).collect(),
-        StDtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes(le(c)).to_f32()).collect(),
-        StDtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes(le(c)).to_f32()).collect(),
-        StDtype::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(le(c)) as f32).collect(),
-        StDtype::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(le(c)) as f32).collect(),
-        StDtype::I16 => bytes.chunks_exact(2).map(|c| i16::from_le_bytes(le(c)) as f32).collect(),
+        StDtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(le(c)) as f32)
+            .collect(),
+        StDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(le(c)))
+            .collect(),
+        StDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes(le(c)).to_f32())
+            .collect(),
+        StDtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes(le(c)).to_f32())
+            .collect(),
+        StDtype::I64 => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(le(c)) as f32)
+            .collect(),
+        StDtype::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(le(c)) as f32)
+            .collect(),
+        StDtype::I16 => bytes
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes(le(c)) as f32)
+            .collect(),
         StDtype::I8 => bytes.iter().map(|&b| b as i8 as f32).collect(),
         StDtype::U8 => bytes.iter().map(|&b| b as f32).collect(),
-        StDtype::Bool => bytes.iter().map(|&b| if b != 0 { 1.0 } else { 0.0 }).collect(),
+        StDtype::Bool => bytes
+            .iter()
+            .map(|&b| if b != 0 { 1.0 } else { 0.0 })
+            .collect(),
         StDtype::F8E4M3 => bytes.iter().map(|&b| f8e4m3_to_f32(b)).collect(),
         StDtype::F8E5M2 => bytes.iter().map(|&b| f8e5m2_to_f32(b)).collect(),
     }
@@ -683,12 +820,18 @@ pub fn decode_f32(dtype: StDtype, bytes: &[u8]) -> Vec<f32> {
 /// through f32 with round-to-nearest-even).
 pub fn decode_bf16(dtype: StDtype, bytes: &[u8]) -> Vec<bf16> {
     match dtype {
-        StDtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect(),
+        StDtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+            .collect(),
         StDtype::F32 => bytes
             .chunks_exact(4)
             .map(|c| bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),
-        _ => decode_f32(dtype, bytes).into_iter().map(bf16::from_f32).collect(),
+        _ => decode_f32(dtype, bytes)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect(),
     }
 }
 
@@ -729,7 +872,12 @@ impl SafeTensorsFile {
         }
         if meta.len() < 8 {
             // Do not even map it (mapping an empty file is an error on some platforms).
-            return Err(StError::new(path, StErrorKind::TooShort { file_len: meta.len() }));
+            return Err(StError::new(
+                path,
+                StErrorKind::TooShort {
+                    file_len: meta.len(),
+                },
+            ));
         }
         // SAFETY: the mapping is read-only; see the module docs about concurrent modification.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
@@ -750,11 +898,20 @@ impl SafeTensorsFile {
         let p = parse(&path, &bytes)?;
         let io = |e: std::io::Error| StError::new(&path, StErrorKind::Io(e));
         // A valid file is at least 10 bytes (8 + "{}"), so the mapping is never empty.
-        let mut anon = memmap2::MmapOptions::new().len(bytes.len()).map_anon().map_err(io)?;
+        let mut anon = memmap2::MmapOptions::new()
+            .len(bytes.len())
+            .map_anon()
+            .map_err(io)?;
         anon.copy_from_slice(&bytes);
         drop(bytes);
         let mmap = anon.make_read_only().map_err(io)?;
-        Ok(SafeTensorsFile { path, mmap: Arc::new(mmap), tensors: p.tensors, metadata: p.metadata, header_len: p.header_len })
+        Ok(SafeTensorsFile {
+            path,
+            mmap: Arc::new(mmap),
+            tensors: p.tensors,
+            metadata: p.metadata,
+            header_len: p.header_len,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -802,7 +959,14 @@ impl SafeTensorsFile {
     }
 
     fn missing(&self, name: &str) -> StError {
-        StError::new(&self.path, StErrorKind::MissingTensor { tensors: self.tensors.len(), files: 1 }).with_tensor(name)
+        StError::new(
+            &self.path,
+            StErrorKind::MissingTensor {
+                tensors: self.tensors.len(),
+                files: 1,
+            },
+        )
+        .with_tensor(name)
     }
 
     /// `name`'s info, or an error naming the file and the tensor.
@@ -879,7 +1043,9 @@ impl ShardedCheckpoint {
         let mut singles = Vec::new();
         for entry in fs::read_dir(dir).map_err(io)? {
             let entry = entry.map_err(io)?;
-            let Ok(name) = entry.file_name().into_string() else { continue };
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
             if name.starts_with('.') {
                 continue; // temporaries of write_safetensors, editor files
             }
@@ -911,20 +1077,35 @@ impl ShardedCheckpoint {
         if singles.is_empty() {
             return Err(StError::new(
                 dir,
-                StErrorKind::NoCheckpoint("the folder has no *.safetensors file and no *.safetensors.index.json".into()),
+                StErrorKind::NoCheckpoint(
+                    "the folder has no *.safetensors file and no *.safetensors.index.json".into(),
+                ),
             ));
         }
-        let files = singles.iter().map(|s| SafeTensorsFile::open(&dir.join(s))).collect::<Result<Vec<_>, _>>()?;
+        let files = singles
+            .iter()
+            .map(|s| SafeTensorsFile::open(&dir.join(s)))
+            .collect::<Result<Vec<_>, _>>()?;
         Self::from_files(dir, files)
     }
 
     /// Opens and validates each file; a tensor name in two files is an error.
     pub fn open_files(paths: &[PathBuf]) -> Result<Self, StError> {
         let Some(first) = paths.first() else {
-            return Err(StError::new("<no files>", StErrorKind::NoCheckpoint("the list of files is empty".into())));
+            return Err(StError::new(
+                "<no files>",
+                StErrorKind::NoCheckpoint("the list of files is empty".into()),
+            ));
         };
-        let root = if paths.len() == 1 { first.clone() } else { first.parent().map(Path::to_path_buf).unwrap_or_default() };
-        let files = paths.iter().map(|p| SafeTensorsFile::open(p)).collect::<Result<Vec<_>, _>>()?;
+        let root = if paths.len() == 1 {
+            first.clone()
+        } else {
+            first.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        let files = paths
+            .iter()
+            .map(|p| SafeTensorsFile::open(p))
+            .collect::<Result<Vec<_>, _>>()?;
         Self::from_files(&root, files)
     }
 
@@ -934,13 +1115,22 @@ impl ShardedCheckpoint {
         for (i, f) in files.iter().enumerate() {
             for name in f.names() {
                 if let Some(&j) = index.get(name) {
-                    return Err(StError::new(f.path(), StErrorKind::DuplicateTensor { first: files[j].path().to_path_buf() })
-                        .with_tensor(name));
+                    return Err(StError::new(
+                        f.path(),
+                        StErrorKind::DuplicateTensor {
+                            first: files[j].path().to_path_buf(),
+                        },
+                    )
+                    .with_tensor(name));
                 }
                 index.insert(name.to_owned(), i);
             }
         }
-        let root = if files.len() == 1 && root.is_dir() { files[0].path().to_path_buf() } else { root.to_path_buf() };
+        let root = if files.len() == 1 && root.is_dir() {
+            files[0].path().to_path_buf()
+        } else {
+            root.to_path_buf()
+        };
         Ok(ShardedCheckpoint { root, files, index })
     }
 
@@ -949,25 +1139,48 @@ impl ShardedCheckpoint {
         let io = |e: std::io::Error| StError::new(index_path, StErrorKind::Io(e));
         let f = File::open(index_path).map_err(io)?;
         let mut raw = Vec::new();
-        f.take(MAX_INDEX_LEN + 1).read_to_end(&mut raw).map_err(io)?;
+        f.take(MAX_INDEX_LEN + 1)
+            .read_to_end(&mut raw)
+            .map_err(io)?;
         if raw.len() as u64 > MAX_INDEX_LEN {
             return Err(bad(format!("larger than {MAX_INDEX_LEN} bytes")));
         }
-        let text = std::str::from_utf8(&raw).map_err(|u| bad(format!("not valid UTF-8 (bad byte at offset {})", u.valid_up_to())))?;
+        let text = std::str::from_utf8(&raw).map_err(|u| {
+            bad(format!(
+                "not valid UTF-8 (bad byte at offset {})",
+                u.valid_up_to()
+            ))
+        })?;
         let root = parse_strict_json(text).map_err(|m| bad(format!("not valid JSON: {m}")))?;
-        let obj = root.as_object().ok_or_else(|| bad(format!("the JSON is {}, expected an object", json_kind(&root))))?;
-        let wm = obj.get("weight_map").ok_or_else(|| bad("missing `weight_map`".into()))?;
-        let wm = wm
-            .as_object()
-            .ok_or_else(|| bad(format!("`weight_map` is {}, expected an object of tensor name -> shard file", json_kind(wm))))?;
+        let obj = root.as_object().ok_or_else(|| {
+            bad(format!(
+                "the JSON is {}, expected an object",
+                json_kind(&root)
+            ))
+        })?;
+        let wm = obj
+            .get("weight_map")
+            .ok_or_else(|| bad("missing `weight_map`".into()))?;
+        let wm = wm.as_object().ok_or_else(|| {
+            bad(format!(
+                "`weight_map` is {}, expected an object of tensor name -> shard file",
+                json_kind(wm)
+            ))
+        })?;
         let mut weight_map: Vec<(&str, &str)> = Vec::with_capacity(wm.len());
         let mut shards: BTreeMap<&str, &str> = BTreeMap::new(); // shard -> an example tensor
         for (name, v) in wm {
             let shard = v.as_str().ok_or_else(|| {
-                bad(format!("`weight_map` entry {name:?} is {}, expected a shard file name", json_kind(v)))
+                bad(format!(
+                    "`weight_map` entry {name:?} is {}, expected a shard file name",
+                    json_kind(v)
+                ))
             })?;
             let mut comps = Path::new(shard).components();
-            if !matches!((comps.next(), comps.next()), (Some(Component::Normal(_)), None)) {
+            if !matches!(
+                (comps.next(), comps.next()),
+                (Some(Component::Normal(_)), None)
+            ) {
                 return Err(bad(format!(
                     "`weight_map` entry {name:?} names {shard:?}, which is not a plain file name in the index's folder"
                 )));
@@ -985,7 +1198,10 @@ impl ShardedCheckpoint {
             if !p.exists() {
                 return Err(StError::new(
                     &p,
-                    StErrorKind::MissingShard { shard: shard.to_owned(), index: index_path.to_path_buf() },
+                    StErrorKind::MissingShard {
+                        shard: shard.to_owned(),
+                        index: index_path.to_path_buf(),
+                    },
                 )
                 .with_tensor(example));
             }
@@ -996,9 +1212,18 @@ impl ShardedCheckpoint {
         for (name, shard) in weight_map {
             let pos = shard_pos[shard];
             if !ck.files[pos].contains(name) {
-                let actually_in = ck.index.get(name).map(|&i| ck.files[i].path().to_path_buf());
-                return Err(StError::new(ck.files[pos].path(), StErrorKind::IndexMismatch { shard: shard.to_owned(), actually_in })
-                    .with_tensor(name));
+                let actually_in = ck
+                    .index
+                    .get(name)
+                    .map(|&i| ck.files[i].path().to_path_buf());
+                return Err(StError::new(
+                    ck.files[pos].path(),
+                    StErrorKind::IndexMismatch {
+                        shard: shard.to_owned(),
+                        actually_in,
+                    },
+                )
+                .with_tensor(name));
             }
         }
         Ok(ck)
@@ -1031,8 +1256,14 @@ impl ShardedCheckpoint {
     /// The file holding `name` and its info, or an error naming the checkpoint and the tensor.
     pub fn get(&self, name: &str) -> Result<(&SafeTensorsFile, &TensorInfo), StError> {
         let missing = || {
-            StError::new(&self.root, StErrorKind::MissingTensor { tensors: self.index.len(), files: self.files.len() })
-                .with_tensor(name)
+            StError::new(
+                &self.root,
+                StErrorKind::MissingTensor {
+                    tensors: self.index.len(),
+                    files: self.files.len(),
+                },
+            )
+            .with_tensor(name)
         };
         let &i = self.index.get(name).ok_or_else(missing)?;
         let f = &self.files[i];
@@ -1070,7 +1301,10 @@ fn build_header(
 ) -> std::io::Result<Vec<u8>> {
     let mut obj = serde_json::Map::new();
     if let Some(m) = metadata {
-        let mm: serde_json::Map<String, Value> = m.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let mm: serde_json::Map<String, Value> = m
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
         obj.insert("__metadata__".into(), Value::Object(mm));
     }
     let mut offset = 0usize;
@@ -1085,7 +1319,11 @@ fn build_header(
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .and_then(|n| n.checked_mul(dtype.size_of()))
-            .ok_or_else(|| invalid(format!("tensor `{name}`: shape {shape:?} of {dtype} overflows")))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "tensor `{name}`: shape {shape:?} of {dtype} overflows"
+                ))
+            })?;
         if expected != data.len() {
             return Err(invalid(format!(
                 "tensor `{name}`: shape {shape:?} of {dtype} needs {expected} bytes, got {}",
@@ -1097,12 +1335,17 @@ fn build_header(
         obj.insert(name.to_owned(), entry);
         offset = end;
     }
-    let mut json = serde_json::to_string(&Value::Object(obj)).map_err(|e| invalid(e.to_string()))?.into_bytes();
+    let mut json = serde_json::to_string(&Value::Object(obj))
+        .map_err(|e| invalid(e.to_string()))?
+        .into_bytes();
     while (8 + json.len()) % 8 != 0 {
         json.push(b' ');
     }
     if json.len() as u64 > MAX_HEADER_LEN {
-        return Err(invalid(format!("header of {} bytes exceeds the {MAX_HEADER_LEN}-byte limit", json.len())));
+        return Err(invalid(format!(
+            "header of {} bytes exceeds the {MAX_HEADER_LEN}-byte limit",
+            json.len()
+        )));
     }
     let mut out = Vec::with_capacity(8 + json.len());
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
@@ -1158,5 +1401,10 @@ pub fn write_safetensors(
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    res.map_err(|e| std::io::Error::new(e.kind(), format!("{}: cannot write safetensors file: {e}", path.display())))
+    res.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{}: cannot write safetensors file: {e}", path.display()),
+        )
+    })
 }

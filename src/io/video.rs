@@ -84,10 +84,16 @@ pub fn artifact_path(requested: &Path) -> PathBuf {
 /// Checks that `fps` and `crf` are in range.
 pub fn check_options(o: &VideoOptions) -> Result<()> {
     if o.fps == 0 || o.fps > 240 {
-        return Err(Error::Input(format!("--fps must be between 1 and 240, got {}", o.fps)));
+        return Err(Error::Input(format!(
+            "--fps must be between 1 and 240, got {}",
+            o.fps
+        )));
     }
     if o.crf > 51 {
-        return Err(Error::Input(format!("--crf must be between 0 and 51, got {}", o.crf)));
+        return Err(Error::Input(format!(
+            "--crf must be between 0 and 51, got {}",
+            o.crf
+        )));
     }
     Ok(())
 }
@@ -96,15 +102,26 @@ pub fn check_options(o: &VideoOptions) -> Result<()> {
 /// creating and removing a probe file there. Call before expensive work.
 pub fn check_writable(requested: &Path) -> Result<()> {
     let dir = parent_dir(requested);
-    fs::create_dir_all(&dir)
-        .map_err(|e| Error::Input(format!("cannot create the output folder {}: {e}", dir.display())))?;
-    let probe = dir.join(format!(".contentv-write-test-{}-{}", std::process::id(), unique()));
+    fs::create_dir_all(&dir).map_err(|e| {
+        Error::Input(format!(
+            "cannot create the output folder {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let probe = dir.join(format!(
+        ".contentv-write-test-{}-{}",
+        std::process::id(),
+        unique()
+    ));
     match fs::File::create(&probe) {
         Ok(_) => {
             let _ = fs::remove_file(&probe);
             Ok(())
         }
-        Err(e) => Err(Error::Input(format!("the output folder {} is not writable: {e}", dir.display()))),
+        Err(e) => Err(Error::Input(format!(
+            "the output folder {} is not writable: {e}",
+            dir.display()
+        ))),
     }
 }
 
@@ -132,25 +149,49 @@ impl TempTarget {
         let dir = parent_dir(final_path);
         let name = final_path
             .file_name()
-            .ok_or_else(|| Error::Input(format!("the output path {} has no file name", final_path.display())))?
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "the output path {} has no file name",
+                    final_path.display()
+                ))
+            })?
             .to_string_lossy()
             .to_string();
         // Keep the extension last: FFmpeg picks the container from it.
-        let ext = final_path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+        let ext = final_path
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
         let stem = name.strip_suffix(&ext).unwrap_or(&name);
-        let tmp = dir.join(format!(".{stem}.partial-{}-{}{ext}", std::process::id(), unique()));
-        Ok(TempTarget { tmp, final_path: final_path.to_path_buf(), committed: false })
+        let tmp = dir.join(format!(
+            ".{stem}.partial-{}-{}{ext}",
+            std::process::id(),
+            unique()
+        ));
+        Ok(TempTarget {
+            tmp,
+            final_path: final_path.to_path_buf(),
+            committed: false,
+        })
     }
 
     fn commit(mut self) -> Result<PathBuf> {
         if self.final_path.is_dir() && self.tmp.is_dir() {
-            fs::remove_dir_all(&self.final_path)
-                .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("replacing {}: {e}", self.final_path.display()))))?;
+            fs::remove_dir_all(&self.final_path).map_err(|e| {
+                Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("replacing {}: {e}", self.final_path.display()),
+                ))
+            })?;
         }
         fs::rename(&self.tmp, &self.final_path).map_err(|e| {
             Error::Io(std::io::Error::new(
                 e.kind(),
-                format!("cannot move {} to {}: {e}", self.tmp.display(), self.final_path.display()),
+                format!(
+                    "cannot move {} to {}: {e}",
+                    self.tmp.display(),
+                    self.final_path.display()
+                ),
             ))
         })?;
         self.committed = true;
@@ -177,7 +218,12 @@ pub fn write_video(requested: &Path, frames: FramesRef, opts: &VideoOptions) -> 
     check_options(opts)?;
     let out = artifact_path(requested);
     let dir = parent_dir(&out);
-    fs::create_dir_all(&dir).map_err(|e| Error::Input(format!("cannot create the output folder {}: {e}", dir.display())))?;
+    fs::create_dir_all(&dir).map_err(|e| {
+        Error::Input(format!(
+            "cannot create the output folder {}: {e}",
+            dir.display()
+        ))
+    })?;
     let tmp = TempTarget::new(&out)?;
     if writes_mp4() {
         #[cfg(feature = "ffmpeg")]
@@ -201,7 +247,10 @@ pub fn write_png_folder(dir: &Path, frames: FramesRef, opts: &VideoOptions) -> R
         "pattern": "frame_%05d.png",
         "note": "built without the `ffmpeg` feature; to make an MP4: ffmpeg -framerate FPS -i frame_%05d.png -c:v libx264 -pix_fmt yuv420p out.mp4",
     });
-    fs::write(dir.join("video.json"), serde_json::to_string_pretty(&meta).unwrap())?;
+    fs::write(
+        dir.join("video.json"),
+        serde_json::to_string_pretty(&meta).unwrap(),
+    )?;
     Ok(())
 }
 
@@ -214,7 +263,11 @@ fn crc32_table() -> &'static [u32; 256] {
         for (n, e) in t.iter_mut().enumerate() {
             let mut c = n as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *e = c;
         }
@@ -304,7 +357,9 @@ pub fn decode_own_png(png: &[u8]) -> Result<(usize, usize, Vec<u8>)> {
     while pos + 12 <= png.len() {
         let len = u32::from_be_bytes(png[pos..pos + 4].try_into().unwrap()) as usize;
         let kind = &png[pos + 4..pos + 8];
-        let data = png.get(pos + 8..pos + 8 + len).ok_or_else(|| bad("truncated chunk"))?;
+        let data = png
+            .get(pos + 8..pos + 8 + len)
+            .ok_or_else(|| bad("truncated chunk"))?;
         match kind {
             b"IHDR" => {
                 w = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
@@ -327,7 +382,10 @@ pub fn decode_own_png(png: &[u8]) -> Result<(usize, usize, Vec<u8>)> {
             return Err(bad("compressed deflate block"));
         }
         let len = u16::from_le_bytes([z[p + 1], z[p + 2]]) as usize;
-        raw.extend_from_slice(z.get(p + 5..p + 5 + len).ok_or_else(|| bad("truncated block"))?);
+        raw.extend_from_slice(
+            z.get(p + 5..p + 5 + len)
+                .ok_or_else(|| bad("truncated block"))?,
+        );
         p += 5 + len;
         if hdr & 1 == 1 {
             break;
@@ -365,8 +423,9 @@ pub struct DecodedVideo {
 /// Reads a video written by [`write_video`]: an MP4 (ffmpeg feature) or a PNG folder.
 pub fn read_video(path: &Path) -> Result<DecodedVideo> {
     if path.is_dir() {
-        let meta: serde_json::Value = serde_json::from_str(&fs::read_to_string(path.join("video.json"))?)
-            .map_err(|e| Error::Input(format!("{}/video.json: {e}", path.display())))?;
+        let meta: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(path.join("video.json"))?)
+                .map_err(|e| Error::Input(format!("{}/video.json: {e}", path.display())))?;
         let n = meta["frames"].as_u64().unwrap_or(0) as usize;
         let fps = meta["fps"].as_f64().unwrap_or(0.0);
         let (mut w, mut h, mut rgb) = (0, 0, Vec::new());
@@ -392,7 +451,10 @@ pub fn read_video(path: &Path) -> Result<DecodedVideo> {
     }
     #[cfg(not(feature = "ffmpeg"))]
     {
-        Err(Error::Input(format!("{}: reading video files needs the `ffmpeg` feature", path.display())))
+        Err(Error::Input(format!(
+            "{}: reading video files needs the `ffmpeg` feature",
+            path.display()
+        )))
     }
 }
 
@@ -400,8 +462,11 @@ pub fn read_video(path: &Path) -> Result<DecodedVideo> {
 mod mp4 {
     use std::path::Path;
 
+    use ff::{
+        codec, encoder, format, software::scaling, util::frame::video::Video as VFrame, Dictionary,
+        Packet, Rational,
+    };
     use ffmpeg_next as ff;
-    use ff::{codec, encoder, format, software::scaling, util::frame::video::Video as VFrame, Dictionary, Packet, Rational};
 
     use super::{DecodedVideo, FramesRef, VideoOptions};
     use crate::error::{Error, Result};
@@ -411,7 +476,8 @@ mod mp4 {
     }
 
     fn init() -> Result<()> {
-        static INIT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+        static INIT: std::sync::OnceLock<std::result::Result<(), String>> =
+            std::sync::OnceLock::new();
         INIT.get_or_init(|| {
             ff::init().map_err(|e| e.to_string())?;
             ff::log::set_level(ff::log::Level::Error);
@@ -425,7 +491,9 @@ mod mp4 {
         init()?;
         let (w, h) = (frames.width as u32, frames.height as u32);
         if w % 2 != 0 || h % 2 != 0 {
-            return Err(Error::Input(format!("H.264 yuv420p needs an even width and height, got {w}x{h}")));
+            return Err(Error::Input(format!(
+                "H.264 yuv420p needs an even width and height, got {w}x{h}"
+            )));
         }
         let mut octx = format::output(&path).map_err(fe("opening the output"))?;
         let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
@@ -436,7 +504,10 @@ mod mp4 {
         let tb = Rational::new(1, opts.fps as i32);
         let mut ost = octx.add_stream(codec).map_err(fe("adding the stream"))?;
         let ost_index = ost.index();
-        let mut enc = codec::context::Context::new_with_codec(codec).encoder().video().map_err(fe("encoder context"))?;
+        let mut enc = codec::context::Context::new_with_codec(codec)
+            .encoder()
+            .video()
+            .map_err(fe("encoder context"))?;
         enc.set_width(w);
         enc.set_height(h);
         enc.set_format(format::Pixel::YUV420P);
@@ -457,8 +528,16 @@ mod mp4 {
         // The muxer may have changed the stream time base: read it after write_header.
         let ost_tb = octx.stream(ost_index).unwrap().time_base();
 
-        let mut sws = scaling::Context::get(format::Pixel::RGB24, w, h, format::Pixel::YUV420P, w, h, scaling::Flags::BILINEAR)
-            .map_err(fe("colour conversion"))?;
+        let mut sws = scaling::Context::get(
+            format::Pixel::RGB24,
+            w,
+            h,
+            format::Pixel::YUV420P,
+            w,
+            h,
+            scaling::Flags::BILINEAR,
+        )
+        .map_err(fe("colour conversion"))?;
         let mut rgb = VFrame::new(format::Pixel::RGB24, w, h);
         let mut yuv = VFrame::empty();
         let drain = |enc: &mut encoder::Video, octx: &mut format::context::Output| -> Result<()> {
@@ -467,7 +546,8 @@ mod mp4 {
                 pkt.set_stream(ost_index);
                 pkt.set_duration(1); // one frame, in encoder ticks; without it the last frame has no duration
                 pkt.rescale_ts(tb, ost_tb);
-                pkt.write_interleaved(octx).map_err(fe("writing a packet"))?;
+                pkt.write_interleaved(octx)
+                    .map_err(fe("writing a packet"))?;
             }
             Ok(())
         };
@@ -492,34 +572,63 @@ mod mp4 {
 
     pub fn read(path: &Path) -> Result<DecodedVideo> {
         init()?;
-        let re = |e: ff::Error| Error::Input(format!("cannot read the video {}: {e}", path.display()));
+        let re =
+            |e: ff::Error| Error::Input(format!("cannot read the video {}: {e}", path.display()));
         let mut ictx = format::input(&path).map_err(re)?;
-        let ist = ictx.streams().best(ff::media::Type::Video).ok_or_else(|| Error::Input(format!("{}: no video stream", path.display())))?;
+        let ist = ictx
+            .streams()
+            .best(ff::media::Type::Video)
+            .ok_or_else(|| Error::Input(format!("{}: no video stream", path.display())))?;
         let idx = ist.index();
         let fr = ist.avg_frame_rate();
-        let fps = if fr.denominator() != 0 { fr.numerator() as f64 / fr.denominator() as f64 } else { 0.0 };
+        let fps = if fr.denominator() != 0 {
+            fr.numerator() as f64 / fr.denominator() as f64
+        } else {
+            0.0
+        };
         let dur = ictx.duration();
-        let duration_s = if dur > 0 { dur as f64 / ff::ffi::AV_TIME_BASE as f64 } else { 0.0 };
-        let mut dec = codec::context::Context::from_parameters(ist.parameters()).map_err(re)?.decoder().video().map_err(re)?;
-        let codec_name = dec.codec().map(|c| c.name().to_string()).unwrap_or_default();
+        let duration_s = if dur > 0 {
+            dur as f64 / ff::ffi::AV_TIME_BASE as f64
+        } else {
+            0.0
+        };
+        let mut dec = codec::context::Context::from_parameters(ist.parameters())
+            .map_err(re)?
+            .decoder()
+            .video()
+            .map_err(re)?;
+        let codec_name = dec
+            .codec()
+            .map(|c| c.name().to_string())
+            .unwrap_or_default();
         let (w, h) = (dec.width(), dec.height());
         let pixel_format = format!("{:?}", dec.format()).to_lowercase();
-        let mut sws = scaling::Context::get(dec.format(), w, h, format::Pixel::RGB24, w, h, scaling::Flags::BILINEAR).map_err(re)?;
+        let mut sws = scaling::Context::get(
+            dec.format(),
+            w,
+            h,
+            format::Pixel::RGB24,
+            w,
+            h,
+            scaling::Flags::BILINEAR,
+        )
+        .map_err(re)?;
         let mut out = Vec::new();
         let mut n = 0usize;
-        let mut take = |dec: &mut ff::decoder::Video, out: &mut Vec<u8>, n: &mut usize| -> Result<()> {
-            let mut f = VFrame::empty();
-            while dec.receive_frame(&mut f).is_ok() {
-                let mut rgb = VFrame::empty();
-                sws.run(&f, &mut rgb).map_err(re)?;
-                let s = rgb.stride(0);
-                for y in 0..h as usize {
-                    out.extend_from_slice(&rgb.data(0)[y * s..y * s + w as usize * 3]);
+        let mut take =
+            |dec: &mut ff::decoder::Video, out: &mut Vec<u8>, n: &mut usize| -> Result<()> {
+                let mut f = VFrame::empty();
+                while dec.receive_frame(&mut f).is_ok() {
+                    let mut rgb = VFrame::empty();
+                    sws.run(&f, &mut rgb).map_err(re)?;
+                    let s = rgb.stride(0);
+                    for y in 0..h as usize {
+                        out.extend_from_slice(&rgb.data(0)[y * s..y * s + w as usize * 3]);
+                    }
+                    *n += 1;
                 }
-                *n += 1;
-            }
-            Ok(())
-        };
+                Ok(())
+            };
         for (s, pkt) in ictx.packets() {
             if s.index() == idx {
                 dec.send_packet(&pkt).map_err(re)?;

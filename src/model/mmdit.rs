@@ -14,7 +14,9 @@ use crate::ops::attention::{attention, AttnOpts};
 use crate::ops::elementwise::{add, add_bcast, gated_residual};
 use crate::ops::gemm::{linear, linear_act, Act};
 use crate::ops::{act, norm};
-use crate::runtime::residency::{plan_budget, transformer_activation_bytes, MemoryOptions, Residency};
+use crate::runtime::residency::{
+    plan_budget, transformer_activation_bytes, MemoryOptions, Residency,
+};
 use crate::runtime::weights::Int8Policy;
 use crate::runtime::{DType, Device, Linear, Prefix, Tensor, Weight, WeightStore};
 use crate::shape_err;
@@ -67,15 +69,24 @@ impl TransformerConfig {
     /// beyond the constructor's are ignored by diffusers too, spec §5.1).
     pub fn from_weights(p: &Prefix) -> Result<TransformerConfig> {
         let shape = |k: &str| {
-            p.shape_of(k).ok_or_else(|| Error::Weights(format!("{}: no tensor {k}: not a ContentV transformer checkpoint", p.store().dir().display())))
+            p.shape_of(k).ok_or_else(|| {
+                Error::Weights(format!(
+                    "{}: no tensor {k}: not a ContentV transformer checkpoint",
+                    p.store().dir().display()
+                ))
+            })
         };
         let pe = shape("pos_embed.proj.weight")?;
         if pe.len() != 4 || pe[2] != pe[3] {
-            return Err(Error::Weights(format!("pos_embed.proj.weight has shape {pe:?}, expected [D, C, p, p]")));
+            return Err(Error::Weights(format!(
+                "pos_embed.proj.weight has shape {pe:?}, expected [D, C, p, p]"
+            )));
         }
         let (dim, in_channels, patch) = (pe[0], pe[1], pe[2]);
         if dim % HEAD_DIM != 0 {
-            return Err(Error::Weights(format!("hidden width {dim} is not a multiple of the head dim {HEAD_DIM}")));
+            return Err(Error::Weights(format!(
+                "hidden width {dim} is not a multiple of the head dim {HEAD_DIM}"
+            )));
         }
         let ctx = shape("context_embedder.weight")?;
         let pooled = shape("time_text_embed.text_embedder.linear_1.weight")?;
@@ -86,7 +97,9 @@ impl TransformerConfig {
             layers += 1;
         }
         if layers == 0 {
-            return Err(Error::Weights("no transformer_blocks.N in the checkpoint".into()));
+            return Err(Error::Weights(
+                "no transformer_blocks.N in the checkpoint".into(),
+            ));
         }
         Ok(TransformerConfig {
             layers,
@@ -126,8 +139,15 @@ struct BlockWeights {
 /// The adaLN modulation linears of block `b`: (norm1 [6D], norm1_context [6D or 2D]).
 fn modulation_linears(b: &Prefix, c: &TransformerConfig) -> Result<(Linear, Linear)> {
     let d = c.dim;
-    let ctx_mod = if b.contains("attn.to_add_out.weight") { 6 * d } else { 2 * d };
-    Ok((b.linear("norm1.linear", d, 6 * d, true)?, b.linear("norm1_context.linear", d, ctx_mod, true)?))
+    let ctx_mod = if b.contains("attn.to_add_out.weight") {
+        6 * d
+    } else {
+        2 * d
+    };
+    Ok((
+        b.linear("norm1.linear", d, 6 * d, true)?,
+        b.linear("norm1_context.linear", d, ctx_mod, true)?,
+    ))
 }
 
 /// Modulation vectors of a whole denoising run, computed once (spec: they depend only on the
@@ -151,7 +171,11 @@ impl BlockWeights {
             to_k: b.linear("attn.to_k", d, d, true)?,
             to_v: b.linear("attn.to_v", d, d, true)?,
             // The last block's text queries are dead work (their output is discarded).
-            add_q: if context_pre_only { None } else { Some(b.linear("attn.add_q_proj", d, d, true)?) },
+            add_q: if context_pre_only {
+                None
+            } else {
+                Some(b.linear("attn.add_q_proj", d, d, true)?)
+            },
             add_k: b.linear("attn.add_k_proj", d, d, true)?,
             add_v: b.linear("attn.add_v_proj", d, d, true)?,
             norm_q: b.tensor("attn.norm_q.weight", &[HEAD_DIM])?,
@@ -159,13 +183,20 @@ impl BlockWeights {
             norm_added_q: b.tensor("attn.norm_added_q.weight", &[HEAD_DIM])?,
             norm_added_k: b.tensor("attn.norm_added_k.weight", &[HEAD_DIM])?,
             to_out: b.linear("attn.to_out.0", d, d, true)?,
-            to_add_out: if context_pre_only { None } else { Some(b.linear("attn.to_add_out", d, d, true)?) },
+            to_add_out: if context_pre_only {
+                None
+            } else {
+                Some(b.linear("attn.to_add_out", d, d, true)?)
+            },
             ff1: b.linear("ff.net.0.proj", d, c.ff_dim, true)?,
             ff2: b.linear("ff.net.2", c.ff_dim, d, true)?,
             ff_context: if context_pre_only {
                 None
             } else {
-                Some((b.linear("ff_context.net.0.proj", d, c.ff_dim, true)?, b.linear("ff_context.net.2", c.ff_dim, d, true)?))
+                Some((
+                    b.linear("ff_context.net.0.proj", d, c.ff_dim, true)?,
+                    b.linear("ff_context.net.2", c.ff_dim, d, true)?,
+                ))
             },
             context_pre_only,
         })
@@ -190,8 +221,13 @@ impl Embedders {
         let pe = r.pp("pos_embed.proj");
         let k = c.in_channels * c.patch * c.patch;
         // Conv2d k=s=p as a linear over (c, kh, kw)-ordered patches.
-        let w = pe.tensor("weight", &[d, c.in_channels, c.patch, c.patch])?.reshape(&[d, k])?;
-        let patch = Linear { weight: Weight::Dense(w), bias: Some(pe.tensor("bias", &[d])?) };
+        let w = pe
+            .tensor("weight", &[d, c.in_channels, c.patch, c.patch])?
+            .reshape(&[d, k])?;
+        let patch = Linear {
+            weight: Weight::Dense(w),
+            bias: Some(pe.tensor("bias", &[d])?),
+        };
         let te = r.pp("time_text_embed");
         Ok(Embedders {
             patch,
@@ -240,8 +276,14 @@ impl Transformer {
             let resident = match (mem.vram_budget, device.gpu()) {
                 (Some(budget), Some(_)) => {
                     let layers = Residency::layer_bytes(&store, group, config.layers);
-                    let all: u64 = store.checkpoint().names().filter_map(|k| store.shape_of(k)).map(|s| s.iter().product::<usize>() as u64 * store.dtype().size() as u64).sum();
-                    let fixed = all - layers.iter().sum::<u64>() + transformer_activation_bytes(2, 41_805, config.dim);
+                    let all: u64 = store
+                        .checkpoint()
+                        .names()
+                        .filter_map(|k| store.shape_of(k))
+                        .map(|s| s.iter().product::<usize>() as u64 * store.dtype().size() as u64)
+                        .sum();
+                    let fixed = all - layers.iter().sum::<u64>()
+                        + transformer_activation_bytes(2, 41_805, config.dim);
                     let plan = plan_budget(&layers, fixed, budget);
                     eprintln!("{}", plan.describe(budget));
                     if !plan.fits {
@@ -266,7 +308,14 @@ impl Transformer {
         } else {
             Residency::resident(&store, group, config.layers)
         };
-        Ok(Transformer { config, store, residency, device: device.clone(), pe_cache: Mutex::new(HashMap::new()), run: Mutex::new(None) })
+        Ok(Transformer {
+            config,
+            store,
+            residency,
+            device: device.clone(),
+            pe_cache: Mutex::new(HashMap::new()),
+            run: Mutex::new(None),
+        })
     }
 
     pub fn store(&self) -> &Arc<WeightStore> {
@@ -289,30 +338,53 @@ impl Transformer {
             return Ok(pe.clone());
         }
         let v = pos_embed_3d(self.config.dim, t, hp, wp);
-        let pe = Tensor::from_f32(v, &[t * hp * wp, self.config.dim], &Device::Cpu)?.to_dtype(self.dtype())?.to_device(&self.device)?;
+        let pe = Tensor::from_f32(v, &[t * hp * wp, self.config.dim], &Device::Cpu)?
+            .to_dtype(self.dtype())?
+            .to_device(&self.device)?;
         self.pe_cache.lock().unwrap().insert(key, pe.clone());
         Ok(pe)
     }
 
     /// Velocity for latents `x` [B, C, T, h, w] at `timesteps` (one per batch entry, sigma*1000),
     /// text `ctx` [B, S_txt, joint_dim] and `pooled` [B, pooled_dim] -> [B, C_out, T, h, w].
-    pub fn forward_taps(&self, x: &Tensor, timesteps: &[f32], ctx: &Tensor, pooled: &Tensor, mut taps: Taps) -> Result<Tensor> {
+    pub fn forward_taps(
+        &self,
+        x: &Tensor,
+        timesteps: &[f32],
+        ctx: &Tensor,
+        pooled: &Tensor,
+        mut taps: Taps,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let xs = x.shape().to_vec();
         if xs.len() != 5 || xs[1] != c.in_channels || xs[3] % c.patch != 0 || xs[4] % c.patch != 0 {
-            return Err(shape_err!("transformer: latents {xs:?} must be [B, {}, T, h, w] with h, w even", c.in_channels));
+            return Err(shape_err!(
+                "transformer: latents {xs:?} must be [B, {}, T, h, w] with h, w even",
+                c.in_channels
+            ));
         }
         let (b, t, h, w) = (xs[0], xs[2], xs[3], xs[4]);
         let (hp, wp, p, d) = (h / c.patch, w / c.patch, c.patch, c.dim);
         let n = t * hp * wp;
         if timesteps.len() != b {
-            return Err(shape_err!("transformer: {} timesteps for batch {b}", timesteps.len()));
+            return Err(shape_err!(
+                "transformer: {} timesteps for batch {b}",
+                timesteps.len()
+            ));
         }
         if ctx.rank() != 3 || ctx.dim(0) != b || ctx.dim(2) != c.joint_attention_dim {
-            return Err(shape_err!("transformer: text context {:?} must be [{b}, S, {}]", ctx.shape(), c.joint_attention_dim));
+            return Err(shape_err!(
+                "transformer: text context {:?} must be [{b}, S, {}]",
+                ctx.shape(),
+                c.joint_attention_dim
+            ));
         }
         if pooled.shape() != [b, c.pooled_dim] {
-            return Err(shape_err!("transformer: pooled {:?} must be [{b}, {}]", pooled.shape(), c.pooled_dim));
+            return Err(shape_err!(
+                "transformer: pooled {:?} must be [{b}, {}]",
+                pooled.shape(),
+                c.pooled_dim
+            ));
         }
         let dt = self.dtype();
         let mut tap = |name: &str, t: &Tensor| {
@@ -337,11 +409,15 @@ impl Transformer {
         let temb = self.temb(&emb, timesteps, pooled)?; // [B, D]
         tap("temb", &temb);
         let st = act::silu(&temb)?; // every adaLN linear reads SiLU(temb)
-        // Precomputed modulation of this run, if `timesteps` is one of its steps.
+                                    // Precomputed modulation of this run, if `timesteps` is one of its steps.
         let run = self.run.lock().unwrap();
         let step = run.as_ref().and_then(|r| {
             let bits: Vec<u32> = timesteps.iter().map(|t| t.to_bits()).collect();
-            r.steps.iter().position(|s| *s == bits).filter(|_| r.b == b).map(|s| (r, s))
+            r.steps
+                .iter()
+                .position(|s| *s == bits)
+                .filter(|_| r.b == b)
+                .map(|s| (r, s))
         });
 
         let mut txt = linear(&ctx.to_dtype(dt)?, &emb.context)?; // [B, S_txt, D]
@@ -352,7 +428,10 @@ impl Transformer {
             let _layer = self.residency.prepare(i)?;
             let bp = blocks.pp(i);
             let (e, ec) = match step {
-                Some((r, s)) => (r.blocks[i].0.narrow(0, s * b, b)?, r.blocks[i].1.narrow(0, s * b, b)?),
+                Some((r, s)) => (
+                    r.blocks[i].0.narrow(0, s * b, b)?,
+                    r.blocks[i].1.narrow(0, s * b, b)?,
+                ),
                 None => {
                     let (m, mc) = modulation_linears(&bp, c)?;
                     (linear(&st, &m)?, linear(&st, &mc)?)
@@ -378,7 +457,10 @@ impl Transformer {
         let y = linear(&hn, &emb.proj_out)?;
         // Unpatchify: [B, T, H', W', p, q, C] -> [B, C, T, H', p, W', q] -> [B, C, T, h, w].
         let co = c.out_channels;
-        y.reshape(&[b, t, hp, wp, p, p, co])?.permute(&[0, 6, 1, 2, 4, 3, 5])?.contiguous()?.reshape(&[b, co, t, h, w])
+        y.reshape(&[b, t, hp, wp, p, p, co])?
+            .permute(&[0, 6, 1, 2, 4, 3, 5])?
+            .contiguous()?
+            .reshape(&[b, co, t, h, w])
     }
 }
 
@@ -387,9 +469,18 @@ impl Transformer {
     fn temb(&self, emb: &Embedders, timesteps: &[f32], pooled: &Tensor) -> Result<Tensor> {
         let dt = self.dtype();
         let b = timesteps.len();
-        let tf = Tensor::from_f32(timestep_features(timesteps), &[b, TIME_FEATURES], &Device::Cpu)?.to_dtype(dt)?.to_device(&self.device)?;
+        let tf = Tensor::from_f32(
+            timestep_features(timesteps),
+            &[b, TIME_FEATURES],
+            &Device::Cpu,
+        )?
+        .to_dtype(dt)?
+        .to_device(&self.device)?;
         let te = linear(&linear_act(&tf, &emb.t1, Act::Silu)?, &emb.t2)?;
-        let pe = linear(&linear_act(&pooled.to_dtype(dt)?, &emb.p1, Act::Silu)?, &emb.p2)?;
+        let pe = linear(
+            &linear_act(&pooled.to_dtype(dt)?, &emb.p1, Act::Silu)?,
+            &emb.p2,
+        )?;
         add(&te, &pe)
     }
 
@@ -399,7 +490,9 @@ impl Transformer {
         let c = &self.config;
         let b = pooled.dim(0);
         if timesteps.is_empty() || timesteps.iter().any(|t| t.len() != b) {
-            return Err(shape_err!("precompute_modulation: every step needs {b} timesteps"));
+            return Err(shape_err!(
+                "precompute_modulation: every step needs {b} timesteps"
+            ));
         }
         let s = timesteps.len();
         let root = self.store.root();
@@ -420,8 +513,16 @@ impl Transformer {
             }
         }
         let fin = linear(&st, &emb.norm_out)?;
-        let steps = timesteps.iter().map(|t| t.iter().map(|v| v.to_bits()).collect()).collect();
-        *self.run.lock().unwrap() = Some(RunModulation { steps, b, blocks: out, out: fin });
+        let steps = timesteps
+            .iter()
+            .map(|t| t.iter().map(|v| v.to_bits()).collect())
+            .collect();
+        *self.run.lock().unwrap() = Some(RunModulation {
+            steps,
+            b,
+            blocks: out,
+            out: fin,
+        });
         Ok(())
     }
 }
@@ -435,7 +536,14 @@ fn qk(z: &Tensor, l: &Linear, w: &Tensor, heads: usize) -> Result<Tensor> {
 
 /// One joint block: video tokens `x` [B, N, D], text tokens `c` [B, S, D], modulation `e`
 /// [B, 6D] and `ec` [B, 6D] (or [B, 2D] for the last block). Returns the new video tokens and (except for the last block) the new text tokens.
-fn joint_block(x: &Tensor, c: &Tensor, e: &Tensor, ec: &Tensor, w: &BlockWeights, cfg: &TransformerConfig) -> Result<(Tensor, Option<Tensor>)> {
+fn joint_block(
+    x: &Tensor,
+    c: &Tensor,
+    e: &Tensor,
+    ec: &Tensor,
+    w: &BlockWeights,
+    cfg: &TransformerConfig,
+) -> Result<(Tensor, Option<Tensor>)> {
     let (d, heads) = (cfg.dim, cfg.heads);
     let n = x.dim(1);
     // adaLN-Zero: e = (shift, scale, gate, shift_mlp, scale_mlp, gate_mlp), each [B, D].
@@ -468,22 +576,40 @@ fn joint_block(x: &Tensor, c: &Tensor, e: &Tensor, ec: &Tensor, w: &BlockWeights
     let ox = o.narrow(1, 0, n)?;
     let x = gated_residual(x, &linear(&ox, &w.to_out)?, &ch(&e, 2)?)?;
     let z = norm::layer_norm_modulate(&x, &ch(&e, 3)?, &ch(&e, 4)?, LN_EPS)?;
-    let x = gated_residual(&x, &linear(&linear_act(&z, &w.ff1, Act::GeluTanh)?, &w.ff2)?, &ch(&e, 5)?)?;
+    let x = gated_residual(
+        &x,
+        &linear(&linear_act(&z, &w.ff1, Act::GeluTanh)?, &w.ff2)?,
+        &ch(&e, 5)?,
+    )?;
     if w.context_pre_only {
         return Ok((x, None));
     }
 
     // Text stream.
     let oc = o.narrow(1, n, c.dim(1))?;
-    let c = gated_residual(c, &linear(&oc, w.to_add_out.as_ref().unwrap())?, &ch(&ec, 2)?)?;
+    let c = gated_residual(
+        c,
+        &linear(&oc, w.to_add_out.as_ref().unwrap())?,
+        &ch(&ec, 2)?,
+    )?;
     let z = norm::layer_norm_modulate(&c, &ch(&ec, 3)?, &ch(&ec, 4)?, LN_EPS)?;
     let (f1, f2) = w.ff_context.as_ref().unwrap();
-    let c = gated_residual(&c, &linear(&linear_act(&z, f1, Act::GeluTanh)?, f2)?, &ch(&ec, 5)?)?;
+    let c = gated_residual(
+        &c,
+        &linear(&linear_act(&z, f1, Act::GeluTanh)?, f2)?,
+        &ch(&ec, 5)?,
+    )?;
     Ok((x, Some(c)))
 }
 
 impl Denoiser for Transformer {
-    fn forward(&self, x: &Tensor, timesteps: &[f32], ctx: &Tensor, pooled: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        timesteps: &[f32],
+        ctx: &Tensor,
+        pooled: &Tensor,
+    ) -> Result<Tensor> {
         self.forward_taps(x, timesteps, ctx, pooled, None)
     }
     fn input_dtype(&self) -> DType {
@@ -506,7 +632,9 @@ pub fn timestep_features(ts: &[f32]) -> Vec<f32> {
     let half = TIME_FEATURES / 2;
     let mut out = Vec::with_capacity(ts.len() * TIME_FEATURES);
     for &t in ts {
-        let args: Vec<f32> = (0..half).map(|k| t * (-(10000f32.ln()) * k as f32 / half as f32).exp()).collect();
+        let args: Vec<f32> = (0..half)
+            .map(|k| t * (-(10000f32.ln()) * k as f32 / half as f32).exp())
+            .collect();
         out.extend(args.iter().map(|a| a.cos()));
         out.extend(args.iter().map(|a| a.sin()));
     }

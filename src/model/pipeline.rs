@@ -50,7 +50,13 @@ pub trait PromptEncoding {
 /// The transformer: velocity for latents `x` [B, 16, T, h, w], one timestep per batch entry,
 /// context [B, 333, 4096], pooled [B, 2048]. Returns [B, 16, T, h, w].
 pub trait Denoiser {
-    fn forward(&self, x: &Tensor, timesteps: &[f32], ctx: &Tensor, pooled: &Tensor) -> Result<Tensor>;
+    fn forward(
+        &self,
+        x: &Tensor,
+        timesteps: &[f32],
+        ctx: &Tensor,
+        pooled: &Tensor,
+    ) -> Result<Tensor>;
     /// The dtype the latents are fed in (f32 on the CPU reference path, bf16 on the GPU).
     fn input_dtype(&self) -> DType {
         DType::F32
@@ -106,24 +112,50 @@ impl VideoGeometry {
     /// [`round_frames`] first to get the reference's rounding.
     pub fn new(frames: usize, height: usize, width: usize) -> Result<VideoGeometry> {
         if frames == 0 || frames % TIME_FACTOR != 1 {
-            return Err(Error::Input(format!("the frame count must be 4k+1 (1, 5, 9, ..., 125), got {frames}")));
+            return Err(Error::Input(format!(
+                "the frame count must be 4k+1 (1, 5, 9, ..., 125), got {frames}"
+            )));
         }
         let m = SPATIAL_FACTOR * PATCH;
         if height == 0 || width == 0 || height % m != 0 || width % m != 0 {
-            return Err(Error::Input(format!("width and height must be positive multiples of {m}, got {width}x{height}")));
+            return Err(Error::Input(format!(
+                "width and height must be positive multiples of {m}, got {width}x{height}"
+            )));
         }
-        Ok(VideoGeometry { frames, height, width })
+        Ok(VideoGeometry {
+            frames,
+            height,
+            width,
+        })
     }
     /// Latent shape [1, 16, T, h, w].
     pub fn latent_shape(&self) -> [usize; 5] {
-        [1, LATENT_CHANNELS, (self.frames - 1) / TIME_FACTOR + 1, self.height / SPATIAL_FACTOR, self.width / SPATIAL_FACTOR]
+        [
+            1,
+            LATENT_CHANNELS,
+            (self.frames - 1) / TIME_FACTOR + 1,
+            self.height / SPATIAL_FACTOR,
+            self.width / SPATIAL_FACTOR,
+        ]
     }
     /// From a latent shape [1, 16, T, h, w].
     pub fn from_latent_shape(s: &[usize]) -> Result<VideoGeometry> {
-        if s.len() != 5 || s[0] != 1 || s[1] != LATENT_CHANNELS || s[2] == 0 || s[3] == 0 || s[4] == 0 {
-            return Err(Error::Input(format!("latents must have shape [1, 16, T, h, w], got {s:?}")));
+        if s.len() != 5
+            || s[0] != 1
+            || s[1] != LATENT_CHANNELS
+            || s[2] == 0
+            || s[3] == 0
+            || s[4] == 0
+        {
+            return Err(Error::Input(format!(
+                "latents must have shape [1, 16, T, h, w], got {s:?}"
+            )));
         }
-        VideoGeometry::new(1 + TIME_FACTOR * (s[2] - 1), s[3] * SPATIAL_FACTOR, s[4] * SPATIAL_FACTOR)
+        VideoGeometry::new(
+            1 + TIME_FACTOR * (s[2] - 1),
+            s[3] * SPATIAL_FACTOR,
+            s[4] * SPATIAL_FACTOR,
+        )
     }
 }
 
@@ -185,11 +217,20 @@ pub fn initial_noise(seed: u64, n: usize) -> Vec<f32> {
 type StTensor = (Vec<usize>, Vec<f32>, HashMap<String, String>);
 
 fn read_st_tensor(path: &Path, name: &str) -> Result<StTensor> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::Input(format!("{} is not a valid safetensors file: {e}", path.display())))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::Input(format!("{} is not a valid safetensors file: {e}", path.display())))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::Input(format!(
+            "{} is not a valid safetensors file: {e}",
+            path.display()
+        ))
+    })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        Error::Input(format!(
+            "{} is not a valid safetensors file: {e}",
+            path.display()
+        ))
+    })?;
     let v = st.tensor(name).map_err(|_| {
         Error::Input(format!(
             "{} has no tensor named {name:?} (it has: {})",
@@ -199,18 +240,40 @@ fn read_st_tensor(path: &Path, name: &str) -> Result<StTensor> {
     })?;
     let d = v.data();
     let data: Vec<f32> = match v.dtype() {
-        safetensors::Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        safetensors::Dtype::BF16 => d.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        safetensors::Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        safetensors::Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        safetensors::Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        safetensors::Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        safetensors::Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        safetensors::Dtype::F64 => d
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
         other => {
-            return Err(Error::Input(format!("{}: tensor {name:?} has dtype {other:?}; expected a float type", path.display())))
+            return Err(Error::Input(format!(
+                "{}: tensor {name:?} has dtype {other:?}; expected a float type",
+                path.display()
+            )))
         }
     };
     if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-        return Err(Error::Input(format!("{}: tensor {name:?} has a non-finite value at element {i}", path.display())));
+        return Err(Error::Input(format!(
+            "{}: tensor {name:?} has a non-finite value at element {i}",
+            path.display()
+        )));
     }
-    Ok((v.shape().to_vec(), data, meta.metadata().clone().unwrap_or_default()))
+    Ok((
+        v.shape().to_vec(),
+        data,
+        meta.metadata().clone().unwrap_or_default(),
+    ))
 }
 
 /// Reads `--init-noise FILE`: a safetensors file with one tensor "noise" of shape `expected`.
@@ -233,24 +296,41 @@ pub struct SavedLatents {
 }
 
 /// Writes latents (f32, tensor "latents") to `path` atomically (temporary name, then rename).
-pub fn save_latents(path: &Path, shape: &[usize], data: &[f32], metadata: &HashMap<String, String>) -> Result<()> {
+pub fn save_latents(
+    path: &Path,
+    shape: &[usize],
+    data: &[f32],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
     let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
-        .map_err(|e| Error::Other(format!("latents: {e}")))?;
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
+            .map_err(|e| Error::Other(format!("latents: {e}")))?;
     let mut meta = metadata.clone();
     meta.insert("format".into(), "contentv-latents".into());
-    let buf = safetensors::serialize([("latents", view)], Some(meta)).map_err(|e| Error::Other(format!("latents: {e}")))?;
+    let buf = safetensors::serialize([("latents", view)], Some(meta))
+        .map_err(|e| Error::Other(format!("latents: {e}")))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Input(format!("cannot create {}: {e}", dir.display())))?;
-    let name = path.file_name().ok_or_else(|| Error::Input(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Input(format!("cannot create {}: {e}", dir.display())))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Input(format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let res = std::fs::write(&tmp, buf).and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Input(format!("cannot write the latents to {}: {e}", path.display())));
+        return Err(Error::Input(format!(
+            "cannot write the latents to {}: {e}",
+            path.display()
+        )));
     }
     Ok(())
 }
@@ -258,8 +338,13 @@ pub fn save_latents(path: &Path, shape: &[usize], data: &[f32], metadata: &HashM
 /// Reads latents written by [`save_latents`] (any float dtype; tensor "latents").
 pub fn load_latents(path: &Path) -> Result<SavedLatents> {
     let (shape, data, metadata) = read_st_tensor(path, "latents")?;
-    VideoGeometry::from_latent_shape(&shape).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
-    Ok(SavedLatents { shape, data, metadata })
+    VideoGeometry::from_latent_shape(&shape)
+        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    Ok(SavedLatents {
+        shape,
+        data,
+        metadata,
+    })
 }
 
 // ----- guidance --------------------------------------------------------------------------------
@@ -331,7 +416,10 @@ pub struct MemoryReport {
 
 impl MemoryReport {
     pub fn now(device: &Device) -> MemoryReport {
-        let mut m = MemoryReport { host_peak_bytes: host_peak_bytes(), ..Default::default() };
+        let mut m = MemoryReport {
+            host_peak_bytes: host_peak_bytes(),
+            ..Default::default()
+        };
         if let Some(g) = device.gpu() {
             let s = g.pool.stats();
             m.gpu_peak_in_use_bytes = Some(s.peak_in_use as u64);
@@ -402,15 +490,24 @@ fn stack_embeds(list: &[&PromptEmbeds], device: &Device, dtype: DType) -> Result
     }
     let b = list.len();
     let tokens = ctx.len() / (b * TEXT_DIM);
-    Ok((host_tensor(ctx, &[b, tokens, TEXT_DIM], device, dtype)?, host_tensor(pooled, &[b, POOLED_DIM], device, dtype)?))
+    Ok((
+        host_tensor(ctx, &[b, tokens, TEXT_DIM], device, dtype)?,
+        host_tensor(pooled, &[b, POOLED_DIM], device, dtype)?,
+    ))
 }
 
 /// A tensor on `device` in `dtype` from host f32 values.
 fn host_tensor(v: Vec<f32>, shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
     match dtype {
         DType::F32 => Tensor::from_f32(v, shape, device),
-        DType::BF16 => Tensor::from_bf16(v.into_iter().map(bf16::from_f32).collect(), shape, device),
-        DType::F16 => Tensor::from_f16(v.into_iter().map(half::f16::from_f32).collect(), shape, device),
+        DType::BF16 => {
+            Tensor::from_bf16(v.into_iter().map(bf16::from_f32).collect(), shape, device)
+        }
+        DType::F16 => Tensor::from_f16(
+            v.into_iter().map(half::f16::from_f32).collect(),
+            shape,
+            device,
+        ),
         DType::I8 => Err(Error::Other("latents cannot be int8".into())),
     }
 }
@@ -434,7 +531,10 @@ impl Pipeline {
     ) -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();
         if noise.len() != n {
-            return Err(Error::Shape(format!("initial noise has {} values, latents {shape:?} need {n}", noise.len())));
+            return Err(Error::Shape(format!(
+                "initial noise has {} values, latents {shape:?} need {n}",
+                noise.len()
+            )));
         }
         let cfg = guidance > 1.0 && uncond.is_some();
         let dtype = self.transformer.input_dtype();
@@ -464,7 +564,10 @@ impl Pipeline {
             let ts = vec![schedule.timesteps[i]; b];
             let out = self.transformer.forward(&xt, &ts, &ctx, &pooled)?;
             if out.shape() != bshape {
-                return Err(Error::Shape(format!("transformer returned {:?}, expected {bshape:?}", out.shape())));
+                return Err(Error::Shape(format!(
+                    "transformer returned {:?}, expected {bshape:?}",
+                    out.shape()
+                )));
             }
             let mut vv = out.to_vec_f32()?;
             if let Some(k) = vv.iter().position(|v| !v.is_finite()) {
@@ -512,16 +615,26 @@ impl Pipeline {
     }
 
     /// A whole generation.
-    pub fn generate(&self, p: &GenerateParams, progress: &mut dyn FnMut(Progress)) -> Result<Generated> {
+    pub fn generate(
+        &self,
+        p: &GenerateParams,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Generated> {
         let shape = p.geometry.latent_shape();
         let n: usize = shape.iter().product();
         if !p.guidance.is_finite() || p.guidance < 0.0 {
-            return Err(Error::Input(format!("guidance must be a finite number >= 0, got {}", p.guidance)));
+            return Err(Error::Input(format!(
+                "guidance must be a finite number >= 0, got {}",
+                p.guidance
+            )));
         }
         let schedule = FlowMatchEuler::from_config(&self.scheduler, p.steps, p.shift)?;
         let noise = match &p.init_noise {
             Some(v) if v.len() != n => {
-                return Err(Error::Input(format!("the initial noise has {} values, latents {shape:?} need {n}", v.len())))
+                return Err(Error::Input(format!(
+                    "the initial noise has {} values, latents {shape:?} need {n}",
+                    v.len()
+                )))
             }
             Some(v) => v.clone(),
             None => initial_noise(p.seed, n),
@@ -534,14 +647,27 @@ impl Pipeline {
         progress(Progress::EncodeStart);
         let t = Instant::now();
         let cond = self.text.encode(&p.prompt)?;
-        let uncond = if p.guidance > 1.0 { Some(self.text.encode(&p.negative_prompt)?) } else { None };
+        let uncond = if p.guidance > 1.0 {
+            Some(self.text.encode(&p.negative_prompt)?)
+        } else {
+            None
+        };
         self.device.synchronize()?;
         timings.encode_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
         let mut step_s = Vec::new();
-        let latents =
-            self.denoise(&noise, &shape, &cond, uncond.as_ref(), &schedule, p.guidance, progress, None, &mut step_s)?;
+        let latents = self.denoise(
+            &noise,
+            &shape,
+            &cond,
+            uncond.as_ref(),
+            &schedule,
+            p.guidance,
+            progress,
+            None,
+            &mut step_s,
+        )?;
         timings.denoise_s = t.elapsed().as_secs_f64();
         timings.step_s = step_s;
         drop((cond, uncond));
@@ -558,14 +684,18 @@ impl Pipeline {
                     let _ = g.pool.empty_cache();
                 }
                 let x = Tensor::from_f32(latents.clone(), &shape, &self.device)?;
-                self.vae.decode_low_memory(&x).and_then(|v| to_uint8_frames(&v, 0))
+                self.vae
+                    .decode_low_memory(&x)
+                    .and_then(|v| to_uint8_frames(&v, 0))
             }
             r => r,
         };
         let frames = match frames {
             Ok(f) => f,
             Err(e) => {
-                let Some(path) = &p.rescue_latents else { return Err(e) };
+                let Some(path) = &p.rescue_latents else {
+                    return Err(e);
+                };
                 let mut meta = HashMap::new();
                 meta.insert("prompt".to_string(), p.prompt.clone());
                 meta.insert("seed".to_string(), p.seed.to_string());
@@ -581,7 +711,14 @@ impl Pipeline {
         };
         timings.decode_s = t.elapsed().as_secs_f64();
         progress(Progress::DecodeDone);
-        Ok(Generated { frames, latents, latent_shape: shape, schedule, timings, memory: MemoryReport::now(&self.device) })
+        Ok(Generated {
+            frames,
+            latents,
+            latent_shape: shape,
+            schedule,
+            timings,
+            memory: MemoryReport::now(&self.device),
+        })
     }
 }
 
@@ -593,12 +730,18 @@ pub fn load_text_and_transformer(
     mem: &crate::runtime::residency::MemoryOptions,
 ) -> Result<(Box<dyn PromptEncoding>, Box<dyn Denoiser>)> {
     let text = crate::model::text::TextEncoders::load(dir, device, mem)?;
-    let transformer = crate::model::mmdit::Transformer::load_with(&dir.join("transformer"), device, mem)?;
+    let transformer =
+        crate::model::mmdit::Transformer::load_with(&dir.join("transformer"), device, mem)?;
     Ok((Box::new(text), Box::new(transformer)))
 }
 
 /// VAE decode with any [`FrameDecoder`] (the `decode` command uses it without the other models).
-pub fn decode_with(vae: &dyn FrameDecoder, device: &Device, latents: &[f32], shape: &[usize]) -> Result<VideoFrames> {
+pub fn decode_with(
+    vae: &dyn FrameDecoder,
+    device: &Device,
+    latents: &[f32],
+    shape: &[usize],
+) -> Result<VideoFrames> {
     VideoGeometry::from_latent_shape(shape)?;
     let x = Tensor::from_f32(latents.to_vec(), shape, device)?;
     let video = vae.decode(&x)?;
@@ -630,14 +773,24 @@ mod tests {
     }
     impl FrameDecoder for OomVae {
         fn decode(&self, _x: &Tensor) -> Result<Tensor> {
-            Err(Error::OutOfMemory { requested: 1 << 40, hint: "test".into() })
+            Err(Error::OutOfMemory {
+                requested: 1 << 40,
+                hint: "test".into(),
+            })
         }
         fn decode_low_memory(&self, x: &Tensor) -> Result<Tensor> {
             if !self.tiled_ok {
-                return Err(Error::OutOfMemory { requested: 1 << 30, hint: "test".into() });
+                return Err(Error::OutOfMemory {
+                    requested: 1 << 30,
+                    hint: "test".into(),
+                });
             }
             let s = x.shape();
-            Tensor::zeros(&[1, 3, 1 + 4 * (s[2] - 1), 8 * s[3], 8 * s[4]], DType::F32, &Device::Cpu)
+            Tensor::zeros(
+                &[1, 3, 1 + 4 * (s[2] - 1), 8 * s[3], 8 * s[4]],
+                DType::F32,
+                &Device::Cpu,
+            )
         }
     }
 
@@ -655,7 +808,10 @@ mod tests {
 
     #[test]
     fn decode_out_of_memory_retries_tiled_then_keeps_the_latents() {
-        let rescue = std::env::temp_dir().join(format!("contentv-rescue-{}.latents.safetensors", std::process::id()));
+        let rescue = std::env::temp_dir().join(format!(
+            "contentv-rescue-{}.latents.safetensors",
+            std::process::id()
+        ));
         let params = GenerateParams {
             prompt: "x".into(),
             negative_prompt: String::new(),
@@ -670,8 +826,15 @@ mod tests {
         let g = pipe(true).generate(&params, &mut |_| {}).unwrap();
         assert_eq!(g.frames.frames, 5);
         assert!(!rescue.exists());
-        let e = pipe(false).generate(&params, &mut |_| {}).err().unwrap().to_string();
-        assert!(e.contains("contentv decode") && e.contains("latents were saved"), "{e}");
+        let e = pipe(false)
+            .generate(&params, &mut |_| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("contentv decode") && e.contains("latents were saved"),
+            "{e}"
+        );
         let saved = load_latents(&rescue).unwrap();
         assert_eq!(saved.shape, vec![1, 16, 2, 2, 2]);
         let _ = std::fs::remove_file(&rescue);
@@ -704,7 +867,10 @@ mod tests {
         assert_eq!(round_frames(2), 1);
         let g = VideoGeometry::new(125, 432, 768).unwrap();
         assert_eq!(g.latent_shape(), [1, 16, 32, 54, 96]);
-        assert_eq!(VideoGeometry::from_latent_shape(&[1, 16, 32, 54, 96]).unwrap(), g);
+        assert_eq!(
+            VideoGeometry::from_latent_shape(&[1, 16, 32, 54, 96]).unwrap(),
+            g
+        );
         assert!(VideoGeometry::new(124, 432, 768).is_err());
         assert!(VideoGeometry::new(125, 440, 768).is_err());
     }

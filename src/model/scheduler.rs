@@ -33,15 +33,21 @@ pub struct SchedulerConfig {
 impl Default for SchedulerConfig {
     /// SD3.5 / ContentV values: shift 3, 1000 training timesteps.
     fn default() -> Self {
-        SchedulerConfig { shift: 3.0, num_train_timesteps: 1000 }
+        SchedulerConfig {
+            shift: 3.0,
+            num_train_timesteps: 1000,
+        }
     }
 }
 
 impl SchedulerConfig {
     /// Parses a `scheduler_config.json` text. `what` names the file in error messages.
     pub fn from_json(text: &str, what: &str) -> Result<SchedulerConfig> {
-        let v: Value = serde_json::from_str(text).map_err(|e| Error::Input(format!("{what}: not valid JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| Error::Input(format!("{what}: expected a JSON object")))?;
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Input(format!("{what}: not valid JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::Input(format!("{what}: expected a JSON object")))?;
         if let Some(c) = obj.get("_class_name").and_then(|c| c.as_str()) {
             if c != "FlowMatchEulerDiscreteScheduler" {
                 return Err(Error::Input(format!(
@@ -56,36 +62,57 @@ impl SchedulerConfig {
                  refuses this configuration too; set it to false (and pick the shift with \"shift\" or --shift)"
             )));
         }
-        for k in ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas"] {
+        for k in [
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "invert_sigmas",
+        ] {
             if flag(k) {
-                return Err(Error::Input(format!("{what}: {k} is true; contentv implements only the plain shifted schedule")));
+                return Err(Error::Input(format!(
+                    "{what}: {k} is true; contentv implements only the plain shifted schedule"
+                )));
             }
         }
         if let Some(st) = obj.get("shift_terminal") {
             if !st.is_null() && st.as_f64() != Some(0.0) {
-                return Err(Error::Input(format!("{what}: shift_terminal = {st} is not supported (ContentV uses null)")));
+                return Err(Error::Input(format!(
+                    "{what}: shift_terminal = {st} is not supported (ContentV uses null)"
+                )));
             }
         }
         let shift = match obj.get("shift") {
             None => 1.0, // diffusers' default
-            Some(s) => s.as_f64().ok_or_else(|| Error::Input(format!("{what}: \"shift\" must be a number, got {s}")))? as f32,
+            Some(s) => s.as_f64().ok_or_else(|| {
+                Error::Input(format!("{what}: \"shift\" must be a number, got {s}"))
+            })? as f32,
         };
         let num_train_timesteps = match obj.get("num_train_timesteps") {
             None => 1000,
             Some(n) => n
                 .as_u64()
                 .filter(|&n| n > 0 && n <= u32::MAX as u64)
-                .ok_or_else(|| Error::Input(format!("{what}: \"num_train_timesteps\" must be a positive integer, got {n}")))?
-                as u32,
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "{what}: \"num_train_timesteps\" must be a positive integer, got {n}"
+                    ))
+                })? as u32,
         };
         check_shift(shift).map_err(|e| Error::Input(format!("{what}: {e}")))?;
-        Ok(SchedulerConfig { shift, num_train_timesteps })
+        Ok(SchedulerConfig {
+            shift,
+            num_train_timesteps,
+        })
     }
 
     /// Reads `path` (a `scheduler_config.json`).
     pub fn from_file(path: &Path) -> Result<SchedulerConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Input(format!("cannot read the scheduler config {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Input(format!(
+                "cannot read the scheduler config {}: {e}",
+                path.display()
+            ))
+        })?;
         Self::from_json(&text, &path.display().to_string())
     }
 
@@ -97,7 +124,9 @@ impl SchedulerConfig {
 
 fn check_shift(shift: f32) -> std::result::Result<(), String> {
     if !shift.is_finite() || shift <= 0.0 || shift > 1000.0 {
-        return Err(format!("shift must be a positive number (0 < shift <= 1000), got {shift}"));
+        return Err(format!(
+            "shift must be a positive number (0 < shift <= 1000), got {shift}"
+        ));
     }
     Ok(())
 }
@@ -130,18 +159,38 @@ impl FlowMatchEuler {
     /// The schedule for `steps` steps (1..=1000) with `shift`.
     pub fn new(steps: usize, shift: f32, num_train_timesteps: u32) -> Result<FlowMatchEuler> {
         if steps == 0 || steps > 1000 {
-            return Err(Error::Input(format!("the number of steps must be between 1 and 1000, got {steps}")));
+            return Err(Error::Input(format!(
+                "the number of steps must be between 1 and 1000, got {steps}"
+            )));
         }
         check_shift(shift).map_err(Error::Input)?;
-        let mut sigmas: Vec<f32> = linspace_sigmas(steps).into_iter().map(|s| shift_sigma(s, shift)).collect();
-        let timesteps = sigmas.iter().map(|&s| s * num_train_timesteps as f32).collect();
+        let mut sigmas: Vec<f32> = linspace_sigmas(steps)
+            .into_iter()
+            .map(|s| shift_sigma(s, shift))
+            .collect();
+        let timesteps = sigmas
+            .iter()
+            .map(|&s| s * num_train_timesteps as f32)
+            .collect();
         sigmas.push(0.0);
-        Ok(FlowMatchEuler { sigmas, timesteps, shift })
+        Ok(FlowMatchEuler {
+            sigmas,
+            timesteps,
+            shift,
+        })
     }
 
     /// The schedule from a config, with an optional shift override.
-    pub fn from_config(cfg: &SchedulerConfig, steps: usize, shift_override: Option<f32>) -> Result<FlowMatchEuler> {
-        Self::new(steps, shift_override.unwrap_or(cfg.shift), cfg.num_train_timesteps)
+    pub fn from_config(
+        cfg: &SchedulerConfig,
+        steps: usize,
+        shift_override: Option<f32>,
+    ) -> Result<FlowMatchEuler> {
+        Self::new(
+            steps,
+            shift_override.unwrap_or(cfg.shift),
+            cfg.num_train_timesteps,
+        )
     }
 
     pub fn steps(&self) -> usize {
@@ -155,7 +204,11 @@ impl FlowMatchEuler {
 
     /// Euler step `i` in f32, in place: `x += dt_i * v`.
     pub fn step_f32(&self, i: usize, x: &mut [f32], v: &[f32]) {
-        assert_eq!(x.len(), v.len(), "scheduler step: sample and velocity lengths differ");
+        assert_eq!(
+            x.len(),
+            v.len(),
+            "scheduler step: sample and velocity lengths differ"
+        );
         let dt = self.dt(i);
         for (x, &v) in x.iter_mut().zip(v) {
             *x += dt * v;
@@ -168,7 +221,11 @@ impl FlowMatchEuler {
     /// is rounded to bf16 (`prev_sample.to(model_output.dtype)`). Checked bit-exactly against the
     /// reference fixture. `x` and `v` hold bf16-representable values as f32.
     pub fn step_bf16(&self, i: usize, x: &mut [f32], v: &[f32]) {
-        assert_eq!(x.len(), v.len(), "scheduler step: sample and velocity lengths differ");
+        assert_eq!(
+            x.len(),
+            v.len(),
+            "scheduler step: sample and velocity lengths differ"
+        );
         let dt = bf16::from_f32(self.dt(i)).to_f32();
         for (x, &v) in x.iter_mut().zip(v) {
             let d = bf16::from_f32(dt * v).to_f32();
@@ -195,7 +252,9 @@ mod tests {
 
     #[test]
     fn refuses_dynamic_shifting() {
-        let e = SchedulerConfig::from_json(r#"{"shift": 3.0, "use_dynamic_shifting": true}"#, "cfg").unwrap_err();
+        let e =
+            SchedulerConfig::from_json(r#"{"shift": 3.0, "use_dynamic_shifting": true}"#, "cfg")
+                .unwrap_err();
         assert!(e.to_string().contains("use_dynamic_shifting"));
     }
 }

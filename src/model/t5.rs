@@ -30,14 +30,29 @@ pub struct T5Config {
 impl T5Config {
     pub fn from_dir(dir: &Path) -> Result<T5Config> {
         let path = dir.join("config.json");
-        let text = std::fs::read(&path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-        let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", path.display())))?;
-        let u = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| Error::Weights(format!("{}: missing integer {k}", path.display())));
-        let proj = v.get("feed_forward_proj").and_then(|x| x.as_str()).unwrap_or("gated-gelu");
+        let text = std::fs::read(&path)
+            .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+        let v: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", path.display())))?;
+        let u = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize)
+                .ok_or_else(|| Error::Weights(format!("{}: missing integer {k}", path.display())))
+        };
+        let proj = v
+            .get("feed_forward_proj")
+            .and_then(|x| x.as_str())
+            .unwrap_or("gated-gelu");
         let act = match proj {
             "gated-gelu" => Act::GeluTanh,
             "gated-silu" => Act::Silu,
-            other => return Err(Error::Weights(format!("{}: feed_forward_proj {other:?} is not a gated T5 v1.1 encoder", path.display()))),
+            other => {
+                return Err(Error::Weights(format!(
+                    "{}: feed_forward_proj {other:?} is not a gated T5 v1.1 encoder",
+                    path.display()
+                )))
+            }
         };
         Ok(T5Config {
             d_model: u("d_model")?,
@@ -45,9 +60,18 @@ impl T5Config {
             d_ff: u("d_ff")?,
             layers: u("num_layers")?,
             heads: u("num_heads")?,
-            buckets: v.get("relative_attention_num_buckets").and_then(|x| x.as_u64()).unwrap_or(32) as usize,
-            max_distance: v.get("relative_attention_max_distance").and_then(|x| x.as_u64()).unwrap_or(128) as usize,
-            eps: v.get("layer_norm_epsilon").and_then(|x| x.as_f64()).unwrap_or(1e-6) as f32,
+            buckets: v
+                .get("relative_attention_num_buckets")
+                .and_then(|x| x.as_u64())
+                .unwrap_or(32) as usize,
+            max_distance: v
+                .get("relative_attention_max_distance")
+                .and_then(|x| x.as_u64())
+                .unwrap_or(128) as usize,
+            eps: v
+                .get("layer_norm_epsilon")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(1e-6) as f32,
             vocab: u("vocab_size")?,
             act,
         })
@@ -72,7 +96,8 @@ pub fn relative_bucket(rel: i64, buckets: usize, max_distance: usize) -> usize {
     if n < max_exact {
         ret += n;
     } else {
-        let v = (n as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln() * (nb - max_exact) as f32;
+        let v = (n as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln()
+            * (nb - max_exact) as f32;
         ret += (max_exact + v as usize).min(nb - 1);
     }
     ret
@@ -81,7 +106,10 @@ pub fn relative_bucket(rel: i64, buckets: usize, max_distance: usize) -> usize {
 impl T5Encoder {
     pub fn load(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<T5Encoder> {
         if !dir.is_dir() {
-            return Err(Error::Input(format!("the T5 encoder folder {} does not exist", dir.display())));
+            return Err(Error::Input(format!(
+                "the T5 encoder folder {} does not exist",
+                dir.display()
+            )));
         }
         let config = T5Config::from_dir(dir)?;
         let store = WeightStore::open(dir, device, DType::BF16)?;
@@ -93,18 +121,31 @@ impl T5Encoder {
         } else if store.contains("encoder.embed_tokens.weight") {
             "encoder.embed_tokens.weight"
         } else {
-            return Err(Error::Weights(format!("{}: neither shared.weight nor encoder.embed_tokens.weight: not a T5 encoder", dir.display())));
+            return Err(Error::Weights(format!(
+                "{}: neither shared.weight nor encoder.embed_tokens.weight: not a T5 encoder",
+                dir.display()
+            )));
         };
         let shape = store.shape_of(embed_key).unwrap();
         if shape.len() != 2 || shape[1] != config.d_model {
-            return Err(Error::Weights(format!("{}: {embed_key} is {shape:?}, config d_model is {}", dir.display(), config.d_model)));
+            return Err(Error::Weights(format!(
+                "{}: {embed_key} is {shape:?}, config d_model is {}",
+                dir.display(),
+                config.d_model
+            )));
         }
         let residency = if mem.streams() {
             Residency::streamed(&store, "encoder.block", config.layers, None)?
         } else {
             Residency::resident(&store, "encoder.block", config.layers)
         };
-        Ok(T5Encoder { config, store, residency, embed_key, device: device.clone() })
+        Ok(T5Encoder {
+            config,
+            store,
+            residency,
+            embed_key,
+            device: device.clone(),
+        })
     }
 
     pub fn release(&self) {
@@ -113,7 +154,10 @@ impl T5Encoder {
 
     /// Rows of the embedding table (the largest token id + 1 the tokenizer may produce).
     pub fn vocab_rows(&self) -> usize {
-        self.store.shape_of(self.embed_key).map(|s| s[0]).unwrap_or(0)
+        self.store
+            .shape_of(self.embed_key)
+            .map(|s| s[0])
+            .unwrap_or(0)
     }
 
     /// The position bias [H, S, S] for S tokens from layer 0's table [buckets, H].
@@ -122,7 +166,13 @@ impl T5Encoder {
         let key = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
         let table = self.store.host_view(key)?.to_vec_f32()?;
         if table.len() != c.buckets * c.heads {
-            return Err(Error::Weights(format!("{}: {key} has {} values, expected {} x {}", self.store.dir().display(), table.len(), c.buckets, c.heads)));
+            return Err(Error::Weights(format!(
+                "{}: {key} has {} values, expected {} x {}",
+                self.store.dir().display(),
+                table.len(),
+                c.buckets,
+                c.heads
+            )));
         }
         let mut bias = vec![0f32; c.heads * s * s];
         for i in 0..s {
@@ -135,7 +185,11 @@ impl T5Encoder {
         }
         // The reference adds the bias in the compute dtype.
         let t = Tensor::from_f32(bias, &[c.heads, s, s], &Device::Cpu)?;
-        let t = if self.device.is_cuda() { t.to_dtype(self.store.dtype())?.to_dtype(DType::F32)? } else { t };
+        let t = if self.device.is_cuda() {
+            t.to_dtype(self.store.dtype())?.to_dtype(DType::F32)?
+        } else {
+            t
+        };
         t.to_device(&self.device)
     }
 
@@ -144,14 +198,21 @@ impl T5Encoder {
         let c = &self.config;
         let (b, s) = (ids.len(), ids[0].len());
         if ids.iter().any(|r| r.len() != s) {
-            return Err(Error::Input("T5: token sequences must have the same length".into()));
+            return Err(Error::Input(
+                "T5: token sequences must have the same length".into(),
+            ));
         }
         let (d, inner) = (c.d_model, c.heads * c.d_kv);
         let root = self.store.root();
         let table = root.tensor(self.embed_key, &[self.vocab_rows(), d])?;
         let mut x = embed::embedding(&table, &ids.concat())?.reshape(&[b, s, d])?;
         let bias = self.position_bias(s)?;
-        let opts = AttnOpts { heads: c.heads, scale: 1.0, causal: false, bias: Some(&bias) };
+        let opts = AttnOpts {
+            heads: c.heads,
+            scale: 1.0,
+            causal: false,
+            bias: Some(&bias),
+        };
         let blocks = root.pp("encoder").pp("block");
         for i in 0..c.layers {
             let _layer = self.residency.prepare(i)?;
@@ -168,9 +229,16 @@ impl T5Encoder {
             let ff = f.pp("DenseReluDense");
             let g = linear_act(&h, &ff.linear("wi_0", d, c.d_ff, false)?, c.act)?;
             let u = linear(&h, &ff.linear("wi_1", d, c.d_ff, false)?)?;
-            x = add(&x, &linear(&mul(&g, &u)?, &ff.linear("wo", c.d_ff, d, false)?)?)?;
+            x = add(
+                &x,
+                &linear(&mul(&g, &u)?, &ff.linear("wo", c.d_ff, d, false)?)?,
+            )?;
         }
-        norm::rms_norm(&x, Some(&root.tensor("encoder.final_layer_norm.weight", &[d])?), c.eps)
+        norm::rms_norm(
+            &x,
+            Some(&root.tensor("encoder.final_layer_norm.weight", &[d])?),
+            c.eps,
+        )
     }
 }
 
@@ -181,7 +249,21 @@ mod tests {
     #[test]
     fn buckets_match_transformers() {
         // Values of transformers' _relative_position_bucket(bidirectional, 32, 128).
-        let cases = [(0, 0), (1, 17), (-1, 1), (7, 23), (-7, 7), (8, 24), (-8, 8), (12, 25), (-20, 10), (50, 29), (-127, 15), (200, 31), (-255, 15)];
+        let cases = [
+            (0, 0),
+            (1, 17),
+            (-1, 1),
+            (7, 23),
+            (-7, 7),
+            (8, 24),
+            (-8, 8),
+            (12, 25),
+            (-20, 10),
+            (50, 29),
+            (-127, 15),
+            (200, 31),
+            (-255, 15),
+        ];
         for (rel, want) in cases {
             assert_eq!(relative_bucket(rel, 32, 128), want, "rel {rel}");
         }

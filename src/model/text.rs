@@ -42,7 +42,11 @@ pub struct PromptTokens {
 impl PromptTokens {
     /// One line per tokenizer that truncated the prompt, saying how many tokens were dropped.
     pub fn warnings(&self) -> Vec<String> {
-        let limits = [("CLIP-L (tokenizer/)", self.clip_l.len()), ("OpenCLIP-bigG (tokenizer_2/)", self.clip_g.len()), ("T5 (tokenizer_3/)", self.t5.len())];
+        let limits = [
+            ("CLIP-L (tokenizer/)", self.clip_l.len()),
+            ("OpenCLIP-bigG (tokenizer_2/)", self.clip_g.len()),
+            ("T5 (tokenizer_3/)", self.t5.len()),
+        ];
         limits
             .iter()
             .zip(self.dropped)
@@ -63,8 +67,16 @@ impl TextEncoders {
         let t5 = T5Encoder::load(&dir.join("text_encoder_3"), device, mem)?;
         // A tokenizer that can produce ids past the embedding table is the wrong tokenizer.
         for (name, tv, ev) in [
-            ("tokenizer/ vs text_encoder/", tok_l.vocab_size(), clip_l.config.vocab),
-            ("tokenizer_2/ vs text_encoder_2/", tok_g.vocab_size(), clip_g.config.vocab),
+            (
+                "tokenizer/ vs text_encoder/",
+                tok_l.vocab_size(),
+                clip_l.config.vocab,
+            ),
+            (
+                "tokenizer_2/ vs text_encoder_2/",
+                tok_g.vocab_size(),
+                clip_g.config.vocab,
+            ),
         ] {
             if tv > ev {
                 return Err(Error::Input(format!(
@@ -106,7 +118,12 @@ impl TextEncoders {
         let (clip_l, dl) = self.tok_l.encode_padded_counted(prompt);
         let (clip_g, dg) = self.tok_g.encode_padded_counted(prompt);
         let (t5, dt) = self.tok_t5.encode_padded_counted(prompt)?;
-        Ok(PromptTokens { clip_l, clip_g, t5, dropped: [dl, dg, dt] })
+        Ok(PromptTokens {
+            clip_l,
+            clip_g,
+            t5,
+            dropped: [dl, dg, dt],
+        })
     }
 
     /// Frees the encoders' device weights (they are mapped again on the next encode).
@@ -134,7 +151,13 @@ impl TextEncoders {
         let d = self.t5.config.d_model;
         let (hl, hg) = (self.clip_l.config.hidden, self.clip_g.config.hidden);
         let s = l.penultimate.dim(1);
-        let clip = concat(&[&l.penultimate, &g.penultimate.to_dtype(l.penultimate.dtype())?], 2)?; // [1, 77, hl+hg]
+        let clip = concat(
+            &[
+                &l.penultimate,
+                &g.penultimate.to_dtype(l.penultimate.dtype())?,
+            ],
+            2,
+        )?; // [1, 77, hl+hg]
         let clip = if hl + hg < d {
             let zeros = Tensor::zeros(&[1, s, d - hl - hg], clip.dtype(), &self.device)?;
             concat(&[&clip, &zeros], 2)? // [1, 77, d]
@@ -156,7 +179,10 @@ impl PromptEncoding for TextEncoders {
             return Ok(e.clone());
         }
         let e = self.encode_uncached(prompt)?;
-        self.cache.lock().unwrap().insert(prompt.to_string(), e.clone());
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(prompt.to_string(), e.clone());
         Ok(e)
     }
 }

@@ -21,12 +21,15 @@ use fancy_regex::Regex;
 use crate::error::{Error, Result};
 
 fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes).map_err(|_| Error::Input(format!("{} is not valid UTF-8 text", path.display())))
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+    String::from_utf8(bytes)
+        .map_err(|_| Error::Input(format!("{} is not valid UTF-8 text", path.display())))
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    serde_json::from_str(&read_text(path)?).map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", path.display())))
+    serde_json::from_str(&read_text(path)?)
+        .map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", path.display())))
 }
 
 /// The content of a special-token entry (`"!"` or `{"content": "!"}`).
@@ -38,7 +41,12 @@ fn token_content(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-type BpeData = (HashMap<String, u32>, HashMap<(String, String), usize>, PathBuf, Vec<(String, u32)>);
+type BpeData = (
+    HashMap<String, u32>,
+    HashMap<(String, String), usize>,
+    PathBuf,
+    Vec<(String, u32)>,
+);
 
 /// Vocabulary and merge ranks of a CLIP tokenizer folder: `vocab.json` + `merges.txt`, or,
 /// when those are absent, the BPE model inside `tokenizer.json` (its vocabulary, merges and
@@ -49,30 +57,59 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
     let json_path = dir.join("tokenizer.json");
     if !vocab_path.is_file() && json_path.is_file() {
         let j = read_json(&json_path)?;
-        let bad = |what: &str| Error::Input(format!("{}: {what} (expected a BPE tokenizer.json, or vocab.json + merges.txt)", json_path.display()));
+        let bad = |what: &str| {
+            Error::Input(format!(
+                "{}: {what} (expected a BPE tokenizer.json, or vocab.json + merges.txt)",
+                json_path.display()
+            ))
+        };
         let model = j.get("model").ok_or_else(|| bad("no model"))?;
-        let vocab = model.get("vocab").and_then(|v| v.as_object()).ok_or_else(|| bad("no model.vocab object"))?;
+        let vocab = model
+            .get("vocab")
+            .and_then(|v| v.as_object())
+            .ok_or_else(|| bad("no model.vocab object"))?;
         let mut encoder = HashMap::with_capacity(vocab.len());
         for (k, v) in vocab {
-            encoder.insert(k.clone(), v.as_u64().ok_or_else(|| bad(&format!("id of {k:?} is not an integer")))? as u32);
+            encoder.insert(
+                k.clone(),
+                v.as_u64()
+                    .ok_or_else(|| bad(&format!("id of {k:?} is not an integer")))?
+                    as u32,
+            );
         }
-        let merges = model.get("merges").and_then(|m| m.as_array()).ok_or_else(|| bad("no model.merges list"))?;
+        let merges = model
+            .get("merges")
+            .and_then(|m| m.as_array())
+            .ok_or_else(|| bad("no model.merges list"))?;
         let mut ranks = HashMap::with_capacity(merges.len());
         for (i, m) in merges.iter().enumerate() {
             // "a b" (older files) or ["a", "b"] (newer files).
             let pair = match m {
-                serde_json::Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
-                serde_json::Value::Array(a) if a.len() == 2 => a[0].as_str().zip(a[1].as_str()).map(|(x, y)| (x.to_string(), y.to_string())),
+                serde_json::Value::String(s) => s
+                    .split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string())),
+                serde_json::Value::Array(a) if a.len() == 2 => a[0]
+                    .as_str()
+                    .zip(a[1].as_str())
+                    .map(|(x, y)| (x.to_string(), y.to_string())),
                 _ => None,
             };
-            ranks.insert(pair.ok_or_else(|| bad(&format!("merge {i} is not a pair")))?, i);
+            ranks.insert(
+                pair.ok_or_else(|| bad(&format!("merge {i} is not a pair")))?,
+                i,
+            );
         }
         let added: Vec<(String, u32)> = j
             .get("added_tokens")
             .and_then(|a| a.as_array())
             .map(|a| {
                 a.iter()
-                    .filter_map(|t| Some((t.get("content")?.as_str()?.to_string(), t.get("id")?.as_u64()? as u32)))
+                    .filter_map(|t| {
+                        Some((
+                            t.get("content")?.as_str()?.to_string(),
+                            t.get("id")?.as_u64()? as u32,
+                        ))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -88,25 +125,48 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
         )));
     }
     let vocab = read_json(&vocab_path)?;
-    let obj = vocab.as_object().ok_or_else(|| Error::Input(format!("{}: expected an object of token -> id", vocab_path.display())))?;
+    let obj = vocab.as_object().ok_or_else(|| {
+        Error::Input(format!(
+            "{}: expected an object of token -> id",
+            vocab_path.display()
+        ))
+    })?;
     let mut encoder = HashMap::with_capacity(obj.len());
     for (k, v) in obj {
-        let id = v.as_u64().ok_or_else(|| Error::Input(format!("{}: id of {k:?} is not an integer", vocab_path.display())))?;
+        let id = v.as_u64().ok_or_else(|| {
+            Error::Input(format!(
+                "{}: id of {k:?} is not an integer",
+                vocab_path.display()
+            ))
+        })?;
         encoder.insert(k.clone(), id as u32);
     }
     let merges_path = dir.join("merges.txt");
     if !merges_path.is_file() {
-        return Err(Error::Input(format!("{}: merges.txt is missing next to vocab.json", dir.display())));
+        return Err(Error::Input(format!(
+            "{}: merges.txt is missing next to vocab.json",
+            dir.display()
+        )));
     }
     let merges = read_text(&merges_path)?;
     let mut ranks = HashMap::new();
-    for (i, line) in merges.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).enumerate() {
+    for (i, line) in merges
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+        .enumerate()
+    {
         let mut it = line.split(' ');
         match (it.next(), it.next()) {
             (Some(a), Some(b)) => {
                 ranks.insert((a.to_string(), b.to_string()), i);
             }
-            _ => return Err(Error::Input(format!("{}: line {:?} is not a merge pair", merges_path.display(), line))),
+            _ => {
+                return Err(Error::Input(format!(
+                    "{}: line {:?} is not a merge pair",
+                    merges_path.display(),
+                    line
+                )))
+            }
         }
     }
     Ok((encoder, ranks, vocab_path, Vec::new()))
@@ -114,7 +174,10 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
 
 /// GPT-2 / CLIP byte-to-unicode table.
 fn bytes_to_unicode() -> [char; 256] {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -154,20 +217,43 @@ impl ClipTokenizer {
     /// Loads `dir` (vocab.json, merges.txt, special_tokens_map.json / tokenizer_config.json).
     pub fn from_dir(dir: &Path) -> Result<ClipTokenizer> {
         if !dir.is_dir() {
-            return Err(Error::Input(format!("the CLIP tokenizer folder {} does not exist", dir.display())));
+            return Err(Error::Input(format!(
+                "the CLIP tokenizer folder {} does not exist",
+                dir.display()
+            )));
         }
         let (encoder, ranks, vocab_path, json_added) = load_bpe(dir)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let map_path = dir.join("special_tokens_map.json");
-        let cfg = if cfg_path.is_file() { read_json(&cfg_path)? } else { serde_json::Value::Null };
-        let map = if map_path.is_file() { read_json(&map_path)? } else { serde_json::Value::Null };
+        let cfg = if cfg_path.is_file() {
+            read_json(&cfg_path)?
+        } else {
+            serde_json::Value::Null
+        };
+        let map = if map_path.is_file() {
+            read_json(&map_path)?
+        } else {
+            serde_json::Value::Null
+        };
         let special = |name: &str, default: &str| -> String {
-            cfg.get(name).and_then(token_content).or_else(|| map.get(name).and_then(token_content)).unwrap_or_else(|| default.to_string())
+            cfg.get(name)
+                .and_then(token_content)
+                .or_else(|| map.get(name).and_then(token_content))
+                .unwrap_or_else(|| default.to_string())
         };
         let id_of = |tok: &str| -> Result<u32> {
-            encoder.get(tok).copied().ok_or_else(|| Error::Input(format!("{}: special token {tok:?} is not in the vocabulary", vocab_path.display())))
+            encoder.get(tok).copied().ok_or_else(|| {
+                Error::Input(format!(
+                    "{}: special token {tok:?} is not in the vocabulary",
+                    vocab_path.display()
+                ))
+            })
         };
-        let (bos_t, eos_t, pad_t) = (special("bos_token", "<|startoftext|>"), special("eos_token", "<|endoftext|>"), special("pad_token", "<|endoftext|>"));
+        let (bos_t, eos_t, pad_t) = (
+            special("bos_token", "<|startoftext|>"),
+            special("eos_token", "<|endoftext|>"),
+            special("pad_token", "<|endoftext|>"),
+        );
         let (bos, eos, pad) = (id_of(&bos_t)?, id_of(&eos_t)?, id_of(&pad_t)?);
         let unk = id_of(&special("unk_token", "<|endoftext|>"))?;
         let mut specials: Vec<(String, u32)> = vec![(bos_t, bos), (eos_t, eos)];
@@ -191,7 +277,11 @@ impl ClipTokenizer {
             }
         }
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        let max_len = cfg.get("model_max_length").and_then(|v| v.as_u64()).filter(|&v| v < 100_000).unwrap_or(77) as usize;
+        let max_len = cfg
+            .get("model_max_length")
+            .and_then(|v| v.as_u64())
+            .filter(|&v| v < 100_000)
+            .unwrap_or(77) as usize;
         Ok(ClipTokenizer {
             encoder,
             ranks,
@@ -210,7 +300,11 @@ impl ClipTokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.encoder.values().map(|&v| v as usize + 1).max().unwrap_or(0)
+        self.encoder
+            .values()
+            .map(|&v| v as usize + 1)
+            .max()
+            .unwrap_or(0)
     }
 
     /// transformers' BasicTokenizer (lower case, no accent stripping, no punctuation split),
@@ -219,8 +313,19 @@ impl ClipTokenizer {
         let mut s = String::with_capacity(text.len());
         for ch in text.chars() {
             let cp = ch as u32;
-            let is_ws = matches!(ch, ' ' | '\t' | '\n' | '\r') || self.space.is_match(ch.encode_utf8(&mut [0; 4])).unwrap_or(false);
-            if cp == 0 || cp == 0xFFFD || (!is_ws && self.control.is_match(ch.encode_utf8(&mut [0; 4])).unwrap_or(false)) {
+            let is_ws = matches!(ch, ' ' | '\t' | '\n' | '\r')
+                || self
+                    .space
+                    .is_match(ch.encode_utf8(&mut [0; 4]))
+                    .unwrap_or(false);
+            if cp == 0
+                || cp == 0xFFFD
+                || (!is_ws
+                    && self
+                        .control
+                        .is_match(ch.encode_utf8(&mut [0; 4]))
+                        .unwrap_or(false))
+            {
                 continue;
             }
             if is_ws {
@@ -236,7 +341,10 @@ impl ClipTokenizer {
         let mut n = tokenizers::NormalizedString::from(s.as_str());
         n.nfc();
         let s = n.get().to_string();
-        s.split_whitespace().map(|w| w.to_lowercase()).collect::<Vec<_>>().join(" ")
+        s.split_whitespace()
+            .map(|w| w.to_lowercase())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn bpe(&self, token: &str) -> Vec<String> {
@@ -250,7 +358,11 @@ impl ClipTokenizer {
         }
         while word.len() > 1 {
             let best = (0..word.len() - 1)
-                .filter_map(|i| self.ranks.get(&(word[i].clone(), word[i + 1].clone())).map(|r| (*r, i)))
+                .filter_map(|i| {
+                    self.ranks
+                        .get(&(word[i].clone(), word[i + 1].clone()))
+                        .map(|r| (*r, i))
+                })
                 .min();
             let Some((_, _)) = best else { break };
             let (a, b) = {
@@ -270,14 +382,21 @@ impl ClipTokenizer {
             }
             word = merged;
         }
-        self.cache.lock().unwrap().insert(token.to_string(), word.clone());
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), word.clone());
         word
     }
 
     fn encode_piece(&self, text: &str, out: &mut Vec<u32>) {
         let clean = self.basic_clean(text);
         for m in self.pat.find_iter(&clean).flatten() {
-            let t: String = m.as_str().bytes().map(|b| self.byte_enc[b as usize]).collect();
+            let t: String = m
+                .as_str()
+                .bytes()
+                .map(|b| self.byte_enc[b as usize])
+                .collect();
             for piece in self.bpe(&t) {
                 // Pieces missing from the vocabulary map to the unknown token (<|endoftext|>).
                 out.push(self.encoder.get(&piece).copied().unwrap_or(self.unk));
@@ -291,7 +410,14 @@ impl ClipTokenizer {
         let mut rest = text;
         while !rest.is_empty() {
             // Earliest special token (longest at a position).
-            let hit = self.specials.iter().filter_map(|(s, id)| rest.find(s.as_str()).map(|p| (p, std::cmp::Reverse(s.len()), *id))).min();
+            let hit = self
+                .specials
+                .iter()
+                .filter_map(|(s, id)| {
+                    rest.find(s.as_str())
+                        .map(|p| (p, std::cmp::Reverse(s.len()), *id))
+                })
+                .min();
             match hit {
                 Some((p, std::cmp::Reverse(len), id)) => {
                     self.encode_piece(&rest[..p], &mut out);
@@ -343,7 +469,10 @@ impl T5Tokenizer {
     pub fn from_dir(dir: &Path, max_len: usize) -> Result<T5Tokenizer> {
         let path = dir.join("tokenizer.json");
         if !dir.is_dir() {
-            return Err(Error::Input(format!("the T5 tokenizer folder {} does not exist", dir.display())));
+            return Err(Error::Input(format!(
+                "the T5 tokenizer folder {} does not exist",
+                dir.display()
+            )));
         }
         if !path.is_file() {
             return Err(Error::Input(format!(
@@ -353,21 +482,42 @@ impl T5Tokenizer {
             )));
         }
         read_text(&path)?; // a clear error for unreadable / non-UTF-8 files
-        let tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Input(format!("{}: not a valid tokenizer.json: {e}", path.display())))?;
+        let tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
+            Error::Input(format!(
+                "{}: not a valid tokenizer.json: {e}",
+                path.display()
+            ))
+        })?;
         let eos = tok.token_to_id("</s>").unwrap_or(1);
         let pad = tok.token_to_id("<pad>").unwrap_or(0);
-        Ok(T5Tokenizer { tok, eos, pad, max_len, path })
+        Ok(T5Tokenizer {
+            tok,
+            eos,
+            pad,
+            max_len,
+            path,
+        })
     }
 
     /// Ids with the EOS the post-processor appends, no truncation or padding.
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tok.encode(text, true).map_err(|e| Error::Input(format!("{}: cannot tokenize the prompt: {e}", self.path.display())))?;
+        let enc = self.tok.encode(text, true).map_err(|e| {
+            Error::Input(format!(
+                "{}: cannot tokenize the prompt: {e}",
+                self.path.display()
+            ))
+        })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// The largest id the tokenizer can produce (added tokens included).
     pub fn max_id(&self) -> u32 {
-        self.tok.get_vocab(true).values().copied().max().unwrap_or(0)
+        self.tok
+            .get_vocab(true)
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
     }
 
     /// Truncated to `max_len` with EOS kept last, padded with `pad`.

@@ -56,25 +56,28 @@ impl VaeConfig {
             num_res_blocks: 2,
             temperal_downsample: vec![false, true, true],
             latents_mean: vec![
-                -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497,
-                0.2503, -0.2921,
+                -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134,
+                -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
             ],
             latents_std: vec![
-                2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251,
-                1.9160,
+                2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526,
+                2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
             ],
         }
     }
 
     /// Parses a diffusers `config.json`; missing keys take the Wan2.1 defaults.
     pub fn from_json(text: &str) -> Result<VaeConfig> {
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::Weights(format!("vae config.json is not valid JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::Weights(format!("vae config.json is not valid JSON: {e}")))?;
         let d = VaeConfig::wan21();
         let usize_of = |k: &str, def: usize| -> Result<usize> {
             match v.get(k) {
                 None => Ok(def),
-                Some(x) => x.as_u64().map(|x| x as usize).ok_or_else(|| Error::Weights(format!("vae config: {k} must be an integer"))),
+                Some(x) => x
+                    .as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| Error::Weights(format!("vae config: {k} must be an integer"))),
             }
         };
         let list = |k: &str| v.get(k).and_then(|x| x.as_array()).cloned();
@@ -84,35 +87,59 @@ impl VaeConfig {
             num_res_blocks: usize_of("num_res_blocks", d.num_res_blocks)?,
             dim_mult: match list("dim_mult") {
                 None => d.dim_mult.clone(),
-                Some(a) => a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<_>>().ok_or_else(|| Error::Weights("vae config: dim_mult".into()))?,
+                Some(a) => a
+                    .iter()
+                    .map(|x| x.as_u64().map(|x| x as usize))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| Error::Weights("vae config: dim_mult".into()))?,
             },
             temperal_downsample: match list("temperal_downsample") {
                 None => d.temperal_downsample.clone(),
-                Some(a) => a.iter().map(|x| x.as_bool()).collect::<Option<_>>().ok_or_else(|| Error::Weights("vae config: temperal_downsample".into()))?,
+                Some(a) => a
+                    .iter()
+                    .map(|x| x.as_bool())
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| Error::Weights("vae config: temperal_downsample".into()))?,
             },
             latents_mean: match list("latents_mean") {
                 None => d.latents_mean.clone(),
-                Some(a) => a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect::<Option<_>>().ok_or_else(|| Error::Weights("vae config: latents_mean".into()))?,
+                Some(a) => a
+                    .iter()
+                    .map(|x| x.as_f64().map(|x| x as f32))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| Error::Weights("vae config: latents_mean".into()))?,
             },
             latents_std: match list("latents_std") {
                 None => d.latents_std.clone(),
-                Some(a) => a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect::<Option<_>>().ok_or_else(|| Error::Weights("vae config: latents_std".into()))?,
+                Some(a) => a
+                    .iter()
+                    .map(|x| x.as_f64().map(|x| x as f32))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| Error::Weights("vae config: latents_std".into()))?,
             },
         };
         if let Some(a) = v.get("attn_scales").and_then(|x| x.as_array()) {
             if !a.is_empty() {
-                return Err(Error::Weights("vae config: attn_scales other than [] are not supported".into()));
+                return Err(Error::Weights(
+                    "vae config: attn_scales other than [] are not supported".into(),
+                ));
             }
         }
-        if v.get("is_residual").and_then(|x| x.as_bool()).unwrap_or(false) {
-            return Err(Error::Weights("vae config: is_residual (Wan2.2 VAE) is not supported".into()));
+        if v.get("is_residual")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(false)
+        {
+            return Err(Error::Weights(
+                "vae config: is_residual (Wan2.2 VAE) is not supported".into(),
+            ));
         }
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn from_file(path: &Path) -> Result<VaeConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
         Self::from_json(&text)
     }
 
@@ -127,7 +154,10 @@ impl VaeConfig {
             )));
         }
         if self.latents_mean.len() != self.z_dim || self.latents_std.len() != self.z_dim {
-            return Err(Error::Weights(format!("vae config: latents_mean/std must have z_dim = {} entries", self.z_dim)));
+            return Err(Error::Weights(format!(
+                "vae config: latents_mean/std must have z_dim = {} entries",
+                self.z_dim
+            )));
         }
         Ok(())
     }
@@ -187,27 +217,55 @@ impl SafetensorsWeights {
             c.sort();
             match c.len() {
                 1 => c.remove(0),
-                0 => return Err(Error::Weights(format!("{}: no *.safetensors file", path.display()))),
-                _ => return Err(Error::Weights(format!("{}: several *.safetensors files; pass one", path.display()))),
+                0 => {
+                    return Err(Error::Weights(format!(
+                        "{}: no *.safetensors file",
+                        path.display()
+                    )))
+                }
+                _ => {
+                    return Err(Error::Weights(format!(
+                        "{}: several *.safetensors files; pass one",
+                        path.display()
+                    )))
+                }
             }
         } else {
             path.to_path_buf()
         };
-        let bytes = std::fs::read(&file).map_err(|e| Error::Weights(format!("{}: {e}", file.display())))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Weights(format!("{}: {e}", file.display())))?;
+        let bytes =
+            std::fs::read(&file).map_err(|e| Error::Weights(format!("{}: {e}", file.display())))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::Weights(format!("{}: {e}", file.display())))?;
         let mut tensors = HashMap::new();
         for (name, v) in st.tensors() {
             let data = v.data();
             let f: Vec<f32> = match v.dtype() {
-                safetensors::Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-                safetensors::Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-                safetensors::Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-                safetensors::Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                safetensors::Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::F64 => data
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                    .collect(),
                 _ => continue,
             };
             tensors.insert(name, (v.shape().to_vec(), f));
         }
-        Ok(SafetensorsWeights { tensors, device: device.clone(), path: file.display().to_string() })
+        Ok(SafetensorsWeights {
+            tensors,
+            device: device.clone(),
+            path: file.display().to_string(),
+        })
     }
 }
 
@@ -216,9 +274,15 @@ impl VaeWeights for SafetensorsWeights {
         self.device.clone()
     }
     fn tensor_f32(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
-        let (s, d) = self.tensors.get(key).ok_or_else(|| Error::Weights(format!("{}: tensor {key} is missing", self.path)))?;
+        let (s, d) = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| Error::Weights(format!("{}: tensor {key} is missing", self.path)))?;
         if s != shape {
-            return Err(Error::Weights(format!("{}: tensor {key} has shape {s:?}, expected {shape:?} (does config.json match?)", self.path)));
+            return Err(Error::Weights(format!(
+                "{}: tensor {key} has shape {s:?}, expected {shape:?} (does config.json match?)",
+                self.path
+            )));
         }
         Tensor::from_f32(d.clone(), shape, &self.device)
     }
@@ -238,9 +302,15 @@ impl VaeWeights for MapWeights {
         self.device.clone()
     }
     fn tensor_f32(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.tensors.get(key).ok_or_else(|| Error::Weights(format!("tensor {key} is missing")))?;
+        let t = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| Error::Weights(format!("tensor {key} is missing")))?;
         if t.shape() != shape {
-            return Err(Error::Weights(format!("tensor {key} has shape {:?}, expected {shape:?}", t.shape())));
+            return Err(Error::Weights(format!(
+                "tensor {key} has shape {:?}, expected {shape:?}",
+                t.shape()
+            )));
         }
         t.to_dtype(DType::F32)?.to_device(&self.device)
     }
@@ -332,7 +402,11 @@ impl Loader<'_> {
         shape.extend_from_slice(k);
         let w = self.w.tensor_f32(&format!("{key}.weight"), &shape)?;
         let bk = format!("{key}.bias");
-        let b = if self.w.contains(&bk) { Some(self.w.tensor_f32(&bk, &[co])?) } else { None };
+        let b = if self.w.contains(&bk) {
+            Some(self.w.tensor_f32(&bk, &[co])?)
+        } else {
+            None
+        };
         let slot = if k.len() == 3 && k[0] > 1 {
             self.slots += 1;
             Some(self.slots - 1)
@@ -344,7 +418,9 @@ impl Loader<'_> {
     fn gamma(&mut self, key: &str, c: usize, rank: usize) -> Result<Tensor> {
         let mut shape = vec![c];
         shape.extend(std::iter::repeat(1).take(rank));
-        self.w.tensor_f32(&format!("{key}.gamma"), &shape)?.reshape(&[c])
+        self.w
+            .tensor_f32(&format!("{key}.gamma"), &shape)?
+            .reshape(&[c])
     }
     fn resblock(&mut self, key: &str, ci: usize, co: usize) -> Result<ResBlock> {
         // Slot order follows diffusers' call order: conv1, conv2 (the shortcut is 1x1x1).
@@ -352,8 +428,18 @@ impl Loader<'_> {
         let conv1 = self.conv(&format!("{key}.conv1"), co, ci, &[3, 3, 3])?;
         let norm2 = self.gamma(&format!("{key}.norm2"), co, 3)?;
         let conv2 = self.conv(&format!("{key}.conv2"), co, co, &[3, 3, 3])?;
-        let shortcut = if ci != co { Some(self.conv(&format!("{key}.conv_shortcut"), co, ci, &[1, 1, 1])?) } else { None };
-        Ok(ResBlock { norm1, conv1, norm2, conv2, shortcut })
+        let shortcut = if ci != co {
+            Some(self.conv(&format!("{key}.conv_shortcut"), co, ci, &[1, 1, 1])?)
+        } else {
+            None
+        };
+        Ok(ResBlock {
+            norm1,
+            conv1,
+            norm2,
+            conv2,
+            shortcut,
+        })
     }
 }
 
@@ -374,7 +460,11 @@ impl VaeDecoder {
     pub fn load(w: &dyn VaeWeights, cfg: VaeConfig, opts: VaeOptions) -> Result<VaeDecoder> {
         cfg.validate()?;
         let device = w.device();
-        let mut l = Loader { w, slots: 0, reps: 0 };
+        let mut l = Loader {
+            w,
+            slots: 0,
+            reps: 0,
+        };
         let z = cfg.z_dim;
         let dims = cfg.decoder_dims();
 
@@ -416,10 +506,22 @@ impl VaeDecoder {
                 }
             })?;
             let qb = match &qkv.b {
-                Some(b) => Some(Tensor::from_f32(map_host(b, |row, r| if r < c { row[0] *= s })?, &[3 * c], &device)?),
+                Some(b) => Some(Tensor::from_f32(
+                    map_host(b, |row, r| {
+                        if r < c {
+                            row[0] *= s
+                        }
+                    })?,
+                    &[3 * c],
+                    &device,
+                )?),
                 None => None,
             };
-            let qkv = Conv { w: Tensor::from_f32(qw, &[3 * c, c, 1, 1], &device)?, b: qb, slot: None };
+            let qkv = Conv {
+                w: Tensor::from_f32(qw, &[3 * c, c, 1, 1], &device)?,
+                b: qb,
+                slot: None,
+            };
             let proj = l.conv(&format!("{p}.proj"), c, c, &[1, 1])?;
             AttnBlock { norm, qkv, proj }
         };
@@ -435,7 +537,11 @@ impl VaeDecoder {
             let mut resnets = Vec::new();
             let mut cur = in_dim;
             for k in 0..=cfg.num_res_blocks {
-                resnets.push(l.resblock(&format!("decoder.up_blocks.{i}.resnets.{k}"), cur, out_dim)?);
+                resnets.push(l.resblock(
+                    &format!("decoder.up_blocks.{i}.resnets.{k}"),
+                    cur,
+                    out_dim,
+                )?);
                 cur = out_dim;
             }
             let up = if i != n - 1 {
@@ -458,7 +564,20 @@ impl VaeDecoder {
         let norm_out = l.gamma("decoder.norm_out", last, 3)?;
         let conv_out = l.conv("decoder.conv_out", 3, last, &[3, 3, 3])?;
         let (n_slots, n_rep) = (l.slots, l.reps);
-        Ok(VaeDecoder { cfg, opts, device, pq_denorm, pq_raw, conv_in, mid: (mid0, attn, mid1), ups, norm_out, conv_out, n_slots, n_rep })
+        Ok(VaeDecoder {
+            cfg,
+            opts,
+            device,
+            pq_denorm,
+            pq_raw,
+            conv_in,
+            mid: (mid0, attn, mid1),
+            ups,
+            norm_out,
+            conv_out,
+            n_slots,
+            n_rep,
+        })
     }
 
     /// Loads from a `vae/` directory: `config.json` + one `*.safetensors`.
@@ -485,7 +604,10 @@ impl VaeDecoder {
     pub fn output_shape(&self, latent_shape: &[usize]) -> Result<[usize; 5]> {
         let s = latent_shape;
         if s.len() != 5 || s[1] != self.cfg.z_dim {
-            return Err(shape_err!("vae decode: latents must be [B, {}, T, h, w], got {s:?}", self.cfg.z_dim));
+            return Err(shape_err!(
+                "vae decode: latents must be [B, {}, T, h, w], got {s:?}",
+                self.cfg.z_dim
+            ));
         }
         let f = self.cfg.spatial_factor();
         Ok([s[0], 3, self.cfg.frames_for(s[2]), s[3] * f, s[4] * f])
@@ -508,14 +630,23 @@ impl VaeDecoder {
     pub fn decode_tiled(&self, latents: &Tensor) -> Result<Tensor> {
         let out_shape = self.output_shape(latents.shape())?;
         let tc = self.opts.tiling.unwrap_or_default();
-        let tc = if tc.needed(latents.dim(3), latents.dim(4)) { tc } else { tiling::TileConfig { tile: 16, overlap: 4 } };
+        let tc = if tc.needed(latents.dim(3), latents.dim(4)) {
+            tc
+        } else {
+            tiling::TileConfig {
+                tile: 16,
+                overlap: 4,
+            }
+        };
         tiling::decode_tiled(self, latents, true, &tc, out_shape)
     }
 
     fn decode_impl(&self, latents: &Tensor, denorm: bool) -> Result<Tensor> {
         let out_shape = self.output_shape(latents.shape())?;
         match self.opts.tiling {
-            Some(tc) if tc.needed(latents.dim(3), latents.dim(4)) => tiling::decode_tiled(self, latents, denorm, &tc, out_shape),
+            Some(tc) if tc.needed(latents.dim(3), latents.dim(4)) => {
+                tiling::decode_tiled(self, latents, denorm, &tc, out_shape)
+            }
             _ => self.decode_untiled(&latents.to_vec_f32()?, latents.shape(), denorm, None),
         }
     }
@@ -526,7 +657,11 @@ impl VaeDecoder {
     }
 
     pub fn new_state(&self) -> DecodeState {
-        DecodeState { slots: vec![None; self.n_slots], rep: vec![false; self.n_rep], chunks: 0 }
+        DecodeState {
+            slots: vec![None; self.n_slots],
+            rep: vec![false; self.n_rep],
+            chunks: 0,
+        }
     }
 
     /// Latent frame `i` of host latents `lat` [B, z, T, h, w], as [B, z, 1, h, w] on the device.
@@ -540,18 +675,33 @@ impl VaeDecoder {
     }
 
     /// Whole frames, one latent frame per chunk, from host latents `lat` of shape `s`.
-    pub(crate) fn decode_untiled(&self, lat: &[f32], s: &[usize], denorm: bool, mut probe: Option<Probe>) -> Result<Tensor> {
+    pub(crate) fn decode_untiled(
+        &self,
+        lat: &[f32],
+        s: &[usize],
+        denorm: bool,
+        mut probe: Option<Probe>,
+    ) -> Result<Tensor> {
         let out_shape = self.output_shape(s)?;
         let mut st = self.new_state();
         let t = s[2];
-        let clamp = ConvOpts { clamp: Some((-1.0, 1.0)), ..Default::default() };
+        let clamp = ConvOpts {
+            clamp: Some((-1.0, 1.0)),
+            ..Default::default()
+        };
         match &self.device {
             Device::Cuda(_) => {
                 let video = Tensor::empty(&out_shape, DType::F32, &self.device)?;
                 for i in 0..t {
                     let zc = self.latent_frame(lat, s, i)?;
                     let x = self.chunk_body(&zc, denorm, &mut st, &mut probe)?;
-                    self.run_conv(&self.conv_out, &x, &mut st, clamp, Some((&video, self.chunk_t0(i))))?;
+                    self.run_conv(
+                        &self.conv_out,
+                        &x,
+                        &mut st,
+                        clamp,
+                        Some((&video, self.chunk_t0(i))),
+                    )?;
                 }
                 Ok(video)
             }
@@ -562,12 +712,15 @@ impl VaeDecoder {
                 for i in 0..t {
                     let zc = self.latent_frame(lat, s, i)?;
                     let x = self.chunk_body(&zc, denorm, &mut st, &mut probe)?;
-                    let y = self.run_conv(&self.conv_out, &x, &mut st, clamp, None)?.unwrap();
+                    let y = self
+                        .run_conv(&self.conv_out, &x, &mut st, clamp, None)?
+                        .unwrap();
                     let yv = y.to_vec_f32()?;
                     let n = y.dim(2);
                     let t0 = self.chunk_t0(i);
                     for bc in 0..b * c {
-                        out[(bc * f + t0) * plane..(bc * f + t0 + n) * plane].copy_from_slice(&yv[bc * n * plane..(bc + 1) * n * plane]);
+                        out[(bc * f + t0) * plane..(bc * f + t0 + n) * plane]
+                            .copy_from_slice(&yv[bc * n * plane..(bc + 1) * n * plane]);
                     }
                 }
                 Tensor::from_f32(out, &out_shape, &Device::Cpu)
@@ -584,14 +737,24 @@ impl VaeDecoder {
     }
 
     /// One chunk up to (and including) norm_out + SiLU; conv_out is left to the caller.
-    fn chunk_body(&self, zc: &Tensor, denorm: bool, st: &mut DecodeState, probe: &mut Option<Probe>) -> Result<Tensor> {
+    fn chunk_body(
+        &self,
+        zc: &Tensor,
+        denorm: bool,
+        st: &mut DecodeState,
+        probe: &mut Option<Probe>,
+    ) -> Result<Tensor> {
         let chunk = st.chunks;
         let mut report = |name: &str, t: &Tensor| {
             if let Some(p) = probe.as_mut() {
                 p(name, chunk, t)
             }
         };
-        let pq = if denorm { &self.pq_denorm } else { &self.pq_raw };
+        let pq = if denorm {
+            &self.pq_denorm
+        } else {
+            &self.pq_raw
+        };
         let x = self.conv(pq, zc, ConvOpts::default())?;
         report("post_quant_conv", &x);
         let x = self.cconv(&self.conv_in, &x, st, ConvOpts::default())?;
@@ -607,13 +770,28 @@ impl VaeDecoder {
             if let Some(up) = &ub.up {
                 if let Some((tc, rep)) = &up.time_conv {
                     if st.rep[*rep] {
-                        x = self.cconv(tc, &x, st, ConvOpts { interleave_time: true, ..Default::default() })?;
+                        x = self.cconv(
+                            tc,
+                            &x,
+                            st,
+                            ConvOpts {
+                                interleave_time: true,
+                                ..Default::default()
+                            },
+                        )?;
                     } else {
                         // First chunk: diffusers stores "Rep" and skips the time_conv.
                         st.rep[*rep] = true;
                     }
                 }
-                x = self.conv(&up.conv, &x, ConvOpts { upsample2x: true, ..Default::default() })?;
+                x = self.conv(
+                    &up.conv,
+                    &x,
+                    ConvOpts {
+                        upsample2x: true,
+                        ..Default::default()
+                    },
+                )?;
             }
             report(&format!("decoder.up_blocks.{i}"), &x);
         }
@@ -631,11 +809,23 @@ impl VaeDecoder {
         Ok(self.run_conv(c, x, st, o, None)?.unwrap())
     }
 
-    fn run_conv(&self, c: &Conv, x: &Tensor, st: &mut DecodeState, mut o: ConvOpts, into: Option<(&Tensor, usize)>) -> Result<Option<Tensor>> {
+    fn run_conv(
+        &self,
+        c: &Conv,
+        x: &Tensor,
+        st: &mut DecodeState,
+        mut o: ConvOpts,
+        into: Option<(&Tensor, usize)>,
+    ) -> Result<Option<Tensor>> {
         o.precision = self.opts.precision;
-        let slot = c.slot.ok_or_else(|| Error::Other("vae: causal conv without a cache slot".into()))?;
+        let slot = c
+            .slot
+            .ok_or_else(|| Error::Other("vae: causal conv without a cache slot".into()))?;
         let ctx = st.slots[slot].take();
-        let o = ConvOpts { ctx: ctx.as_ref(), ..o };
+        let o = ConvOpts {
+            ctx: ctx.as_ref(),
+            ..o
+        };
         let y = match into {
             Some((out, t0)) => {
                 conv3d_into(x, &c.w, c.b.as_ref(), &o, out, t0)?;
@@ -656,14 +846,29 @@ impl VaeDecoder {
         let a = glue::channel_rms_norm(x, &r.norm1, true)?;
         let a = self.cconv(&r.conv1, &a, st, ConvOpts::default())?;
         let a = glue::channel_rms_norm(&a, &r.norm2, true)?;
-        self.cconv(&r.conv2, &a, st, ConvOpts { residual: Some(&h), ..Default::default() })
+        self.cconv(
+            &r.conv2,
+            &a,
+            st,
+            ConvOpts {
+                residual: Some(&h),
+                ..Default::default()
+            },
+        )
     }
 
     fn attention(&self, a: &AttnBlock, x: &Tensor) -> Result<Tensor> {
         let xn = glue::channel_rms_norm(x, &a.norm, false)?;
         let qkv = self.conv(&a.qkv, &xn, ConvOpts::default())?;
         let o = glue::spatial_attention(&qkv, self.opts.precision)?;
-        self.conv(&a.proj, &o, ConvOpts { residual: Some(x), ..Default::default() })
+        self.conv(
+            &a.proj,
+            &o,
+            ConvOpts {
+                residual: Some(x),
+                ..Default::default()
+            },
+        )
     }
 }
 
@@ -689,7 +894,9 @@ impl VideoFrames {
 pub fn to_uint8_frames(video: &Tensor, batch: usize) -> Result<VideoFrames> {
     let s = video.shape();
     if s.len() != 5 || s[1] != 3 || batch >= s[0] {
-        return Err(shape_err!("to_uint8_frames: video must be [B, 3, F, H, W] with batch {batch} < B, got {s:?}"));
+        return Err(shape_err!(
+            "to_uint8_frames: video must be [B, 3, F, H, W] with batch {batch} < B, got {s:?}"
+        ));
     }
     let (f, h, w) = (s[2], s[3], s[4]);
     let v = video.narrow(0, batch, 1)?.to_vec_f32()?;
@@ -704,7 +911,12 @@ pub fn to_uint8_frames(video: &Tensor, batch: usize) -> Result<VideoFrames> {
             }
         }
     }
-    Ok(VideoFrames { frames: f, height: h, width: w, data })
+    Ok(VideoFrames {
+        frames: f,
+        height: h,
+        width: w,
+        data,
+    })
 }
 
 /// One value: `(clamp(x*0.5+0.5, 0, 1) * 255) as u8` (NaN maps to 0).
@@ -741,11 +953,21 @@ mod tests {
     fn decode_reference(d: &VaeDecoder, lat: &Tensor) -> Tensor {
         let c = |cv: &Conv, x: &Tensor, o: ConvOpts| conv3d(x, &cv.w, cv.b.as_ref(), &o).unwrap();
         let res = |r: &ResBlock, x: &Tensor| {
-            let h = r.shortcut.as_ref().map_or(x.clone(), |sc| c(sc, x, ConvOpts::default()));
+            let h = r
+                .shortcut
+                .as_ref()
+                .map_or(x.clone(), |sc| c(sc, x, ConvOpts::default()));
             let a = glue::channel_rms_norm(x, &r.norm1, true).unwrap();
             let a = c(&r.conv1, &a, ConvOpts::default());
             let a = glue::channel_rms_norm(&a, &r.norm2, true).unwrap();
-            c(&r.conv2, &a, ConvOpts { residual: Some(&h), ..Default::default() })
+            c(
+                &r.conv2,
+                &a,
+                ConvOpts {
+                    residual: Some(&h),
+                    ..Default::default()
+                },
+            )
         };
         let x = c(&d.pq_denorm, lat, ConvOpts::default());
         let x = c(&d.conv_in, &x, ConvOpts::default());
@@ -762,15 +984,36 @@ mod tests {
                     if t > 1 {
                         let first = x.narrow(2, 0, 1).unwrap().contiguous().unwrap();
                         let rest = x.narrow(2, 1, t - 1).unwrap().contiguous().unwrap();
-                        let rest = c(tc, &rest, ConvOpts { interleave_time: true, ..Default::default() });
+                        let rest = c(
+                            tc,
+                            &rest,
+                            ConvOpts {
+                                interleave_time: true,
+                                ..Default::default()
+                            },
+                        );
                         x = cat_t(&first, &rest);
                     }
                 }
-                x = c(&up.conv, &x, ConvOpts { upsample2x: true, ..Default::default() });
+                x = c(
+                    &up.conv,
+                    &x,
+                    ConvOpts {
+                        upsample2x: true,
+                        ..Default::default()
+                    },
+                );
             }
         }
         let x = glue::channel_rms_norm(&x, &d.norm_out, true).unwrap();
-        c(&d.conv_out, &x, ConvOpts { clamp: Some((-1.0, 1.0)), ..Default::default() })
+        c(
+            &d.conv_out,
+            &x,
+            ConvOpts {
+                clamp: Some((-1.0, 1.0)),
+                ..Default::default()
+            },
+        )
     }
 
     #[test]
@@ -780,13 +1023,22 @@ mod tests {
         let d = VaeDecoder::load(&w, cfg.clone(), VaeOptions::default()).unwrap();
         let mut s = 99;
         let (b, t, h, wd) = (2, 4, 3, 5);
-        let lat = Tensor::from_f32(rnd(b * 4 * t * h * wd, &mut s, 1.0), &[b, 4, t, h, wd], &Device::Cpu).unwrap();
+        let lat = Tensor::from_f32(
+            rnd(b * 4 * t * h * wd, &mut s, 1.0),
+            &[b, 4, t, h, wd],
+            &Device::Cpu,
+        )
+        .unwrap();
         let y = d.decode(&lat).unwrap();
         assert_eq!(y.shape(), &[b, 3, 13, 24, 40]);
         let r = decode_reference(&d, &lat);
         assert_eq!(r.shape(), y.shape());
         let (yv, rv) = (y.to_vec_f32().unwrap(), r.to_vec_f32().unwrap());
-        let md = yv.iter().zip(&rv).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let md = yv
+            .iter()
+            .zip(&rv)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(md < 1e-5, "max diff {md}");
         // Not degenerate: values spread and some clamping happens or not, but not all equal.
         let mean = yv.iter().sum::<f32>() / yv.len() as f32;
@@ -802,10 +1054,26 @@ mod tests {
         let mut s = 5;
         let shape = [1, 4, 2, 2, 3];
         let x = rnd(48, &mut s, 1.0);
-        let z: Vec<f32> = x.iter().enumerate().map(|(i, v)| v * cfg.latents_std[i / 12] + cfg.latents_mean[i / 12]).collect();
-        let a = d.decode(&Tensor::from_f32(x, &shape, &Device::Cpu).unwrap()).unwrap().to_vec_f32().unwrap();
-        let b = d.decode_denormalized(&Tensor::from_f32(z, &shape, &Device::Cpu).unwrap()).unwrap().to_vec_f32().unwrap();
-        let md = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let z: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * cfg.latents_std[i / 12] + cfg.latents_mean[i / 12])
+            .collect();
+        let a = d
+            .decode(&Tensor::from_f32(x, &shape, &Device::Cpu).unwrap())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let b = d
+            .decode_denormalized(&Tensor::from_f32(z, &shape, &Device::Cpu).unwrap())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let md = a
+            .iter()
+            .zip(&b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(md < 1e-5, "max diff {md}");
     }
 
@@ -816,14 +1084,34 @@ mod tests {
         let mut d = VaeDecoder::load(&w, cfg.clone(), VaeOptions::default()).unwrap();
         let mut s = 3;
         let (t, h, wd) = (2, 12, 14);
-        let lat = Tensor::from_f32(rnd(4 * t * h * wd, &mut s, 1.0), &[1, 4, t, h, wd], &Device::Cpu).unwrap();
+        let lat = Tensor::from_f32(
+            rnd(4 * t * h * wd, &mut s, 1.0),
+            &[1, 4, t, h, wd],
+            &Device::Cpu,
+        )
+        .unwrap();
         let full = d.decode(&lat).unwrap().to_vec_f32().unwrap();
-        d.set_options(VaeOptions { tiling: Some(TileConfig { tile: 8, overlap: 4 }), ..Default::default() });
+        d.set_options(VaeOptions {
+            tiling: Some(TileConfig {
+                tile: 8,
+                overlap: 4,
+            }),
+            ..Default::default()
+        });
         let tiled = d.decode(&lat).unwrap();
         assert_eq!(tiled.shape(), &[1, 3, 5, 96, 112]);
         let tv = tiled.to_vec_f32().unwrap();
-        let md = full.iter().zip(&tv).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        let mad = full.iter().zip(&tv).map(|(a, b)| (a - b).abs()).sum::<f32>() / tv.len() as f32;
+        let md = full
+            .iter()
+            .zip(&tv)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let mad = full
+            .iter()
+            .zip(&tv)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / tv.len() as f32;
         eprintln!("tiled vs untiled: max {md}, mean {mad}");
         // The mid-block attention is global within a tile, so tiles cannot match exactly.
         assert!(mad < 0.08, "max {md} mean {mad}");
@@ -843,7 +1131,10 @@ mod tests {
         let worst = (0..fh - 1).map(|y| step(&tv, y)).fold(0.0f32, f32::max);
         let worst_full = (0..fh - 1).map(|y| step(&full, y)).fold(0.0f32, f32::max);
         eprintln!("row steps: mean {all}, worst tiled {worst}, worst untiled {worst_full}");
-        assert!(worst < 1.5 * worst_full, "seam: worst row step {worst} vs untiled {worst_full}");
+        assert!(
+            worst < 1.5 * worst_full,
+            "seam: worst row step {worst} vs untiled {worst_full}"
+        );
     }
 
     #[test]
@@ -853,11 +1144,19 @@ mod tests {
         assert_eq!(to_u8(0.0), 127);
         assert_eq!(to_u8(2.0), 255);
         assert_eq!(to_u8(0.999), 254);
-        let v = Tensor::from_f32((0..3 * 2 * 2).map(|i| i as f32 / 6.0 - 1.0).collect(), &[1, 3, 2, 1, 2], &Device::Cpu).unwrap();
+        let v = Tensor::from_f32(
+            (0..3 * 2 * 2).map(|i| i as f32 / 6.0 - 1.0).collect(),
+            &[1, 3, 2, 1, 2],
+            &Device::Cpu,
+        )
+        .unwrap();
         let f = to_uint8_frames(&v, 0).unwrap();
         assert_eq!((f.frames, f.height, f.width), (2, 1, 2));
         // frame 0, pixel 0 = channels at flat indices 0, 4, 8.
-        assert_eq!(&f.data[0..3], &[to_u8(-1.0), to_u8(4.0 / 6.0 - 1.0), to_u8(8.0 / 6.0 - 1.0)]);
+        assert_eq!(
+            &f.data[0..3],
+            &[to_u8(-1.0), to_u8(4.0 / 6.0 - 1.0), to_u8(8.0 / 6.0 - 1.0)]
+        );
     }
 
     #[test]

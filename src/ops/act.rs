@@ -8,7 +8,10 @@ use crate::{kname, shape_err};
 /// `act(x)` elementwise; any shape; output contiguous.
 pub fn apply(x: &Tensor, act: Act) -> Result<Tensor> {
     match common_gpu("act", &[x])? {
-        None => host(x.cpu_f32()?.iter().map(|&v| act.apply(v)).collect(), x.shape()),
+        None => host(
+            x.cpu_f32()?.iter().map(|&v| act.apply(v)).collect(),
+            x.shape(),
+        ),
         Some(gpu) => {
             let x = x.contiguous()?;
             let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
@@ -16,7 +19,18 @@ pub fn apply(x: &Tensor, act: Act) -> Result<Tensor> {
             if n > 0 {
                 let name = kname!("act", float_dtype("act", &x)?, "act")?;
                 unsafe {
-                    gpu.launch("ops", name, grid_1d(n), (256, 1, 1), 0, KernelArgs::new().ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).i64(n as i64).i32(act.code()))?;
+                    gpu.launch(
+                        "ops",
+                        name,
+                        grid_1d(n),
+                        (256, 1, 1),
+                        0,
+                        KernelArgs::new()
+                            .ptr(x.dev_ptr()?)
+                            .ptr(y.dev_ptr()?)
+                            .i64(n as i64)
+                            .i32(act.code()),
+                    )?;
                 }
             }
             Ok(y)
@@ -57,9 +71,24 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
             let x = x.contiguous()?;
             let y = Tensor::empty(sh, x.dtype(), x.device())?;
             if rows > 0 && cols > 0 {
-                let name = kname!("softmax_last", float_dtype("softmax_last", &x)?, "softmax_last")?;
+                let name = kname!(
+                    "softmax_last",
+                    float_dtype("softmax_last", &x)?,
+                    "softmax_last"
+                )?;
                 unsafe {
-                    gpu.launch("ops", name, (rows as u32, 1, 1), (256, 1, 1), 0, KernelArgs::new().ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).i32(rows as i32).i32(cols as i32))?;
+                    gpu.launch(
+                        "ops",
+                        name,
+                        (rows as u32, 1, 1),
+                        (256, 1, 1),
+                        0,
+                        KernelArgs::new()
+                            .ptr(x.dev_ptr()?)
+                            .ptr(y.dev_ptr()?)
+                            .i32(rows as i32)
+                            .i32(cols as i32),
+                    )?;
                 }
             }
             Ok(y)
@@ -90,7 +119,12 @@ mod tests {
 
     #[test]
     fn softmax_rows_sum_to_one_and_are_shift_invariant() {
-        let x = Tensor::from_f32(vec![1.0, 2.0, 3.0, 1001.0, 1002.0, 1003.0], &[2, 3], &Device::Cpu).unwrap();
+        let x = Tensor::from_f32(
+            vec![1.0, 2.0, 3.0, 1001.0, 1002.0, 1003.0],
+            &[2, 3],
+            &Device::Cpu,
+        )
+        .unwrap();
         let y = softmax_last(&x).unwrap().to_vec_f32().unwrap();
         for i in 0..3 {
             assert!((y[i] - y[i + 3]).abs() < 1e-6);

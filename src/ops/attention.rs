@@ -29,7 +29,12 @@ pub struct AttnOpts<'a> {
 impl<'a> AttnOpts<'a> {
     /// `heads` heads, scale 1/sqrt(head_dim), no mask, no bias.
     pub fn new(heads: usize, head_dim: usize) -> AttnOpts<'a> {
-        AttnOpts { heads, scale: 1.0 / (head_dim as f32).sqrt(), causal: false, bias: None }
+        AttnOpts {
+            heads,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            causal: false,
+            bias: None,
+        }
     }
 }
 
@@ -51,7 +56,9 @@ fn seg_len(op: &str, segs: &[&Tensor], b: usize, hd: usize) -> Result<usize> {
     for t in segs {
         let sh = t.shape();
         if sh.len() != 3 || sh[0] != b || sh[2] != hd {
-            return Err(shape_err!("{op}: segment {sh:?} is not [B={b}, S, H*d={hd}]"));
+            return Err(shape_err!(
+                "{op}: segment {sh:?} is not [B={b}, S, H*d={hd}]"
+            ));
         }
         s += sh[1];
     }
@@ -60,10 +67,15 @@ fn seg_len(op: &str, segs: &[&Tensor], b: usize, hd: usize) -> Result<usize> {
 
 /// Checks the segments and returns the dimensions.
 pub fn attn_dims(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts) -> Result<AttnDims> {
-    let q0 = q.first().ok_or_else(|| shape_err!("attention: no query segments"))?;
+    let q0 = q
+        .first()
+        .ok_or_else(|| shape_err!("attention: no query segments"))?;
     let sh = q0.shape();
     if sh.len() != 3 || o.heads == 0 || sh[2] % o.heads != 0 {
-        return Err(shape_err!("attention: query {sh:?} must be [B, S, H*d] with H = {} dividing the last dim", o.heads));
+        return Err(shape_err!(
+            "attention: query {sh:?} must be [B, S, H*d] with H = {} dividing the last dim",
+            o.heads
+        ));
     }
     let (b, hd) = (sh[0], sh[2]);
     let sq = seg_len("attention (q)", q, b, hd)?;
@@ -74,10 +86,20 @@ pub fn attn_dims(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts) -> R
     }
     if let Some(bias) = o.bias {
         if bias.shape() != [o.heads, sq, sk] {
-            return Err(shape_err!("attention: bias {:?}, expected [H={}, Sq={sq}, Sk={sk}]", bias.shape(), o.heads));
+            return Err(shape_err!(
+                "attention: bias {:?}, expected [H={}, Sq={sq}, Sk={sk}]",
+                bias.shape(),
+                o.heads
+            ));
         }
     }
-    Ok(AttnDims { b, heads: o.heads, d: hd / o.heads, sq, sk })
+    Ok(AttnDims {
+        b,
+        heads: o.heads,
+        d: hd / o.heads,
+        sq,
+        sk,
+    })
 }
 
 /// Attention over segment lists; see the module docs.
@@ -91,7 +113,8 @@ pub fn attention(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts) -> R
         None => {
             let cat = |segs: &[&Tensor]| -> Result<Vec<f32>> {
                 // [B, S, HD] rows of all segments, batch-major.
-                let datas: Vec<Vec<f32>> = segs.iter().map(|t| t.to_vec_f32()).collect::<Result<_>>()?;
+                let datas: Vec<Vec<f32>> =
+                    segs.iter().map(|t| t.to_vec_f32()).collect::<Result<_>>()?;
                 let hd = d.heads * d.d;
                 let mut out = Vec::new();
                 for bi in 0..d.b {
@@ -107,12 +130,22 @@ pub fn attention(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts) -> R
             let y = attention_cpu(&qv, &kv, &vv, bias.as_deref(), &d, o.scale, o.causal);
             host(y, &[d.b, d.sq, d.heads * d.d])
         }
-        Some(_) => crate::ops::attention_cuda::attention_cuda(q, k, v, o.heads, o.scale, o.causal, o.bias),
+        Some(_) => {
+            crate::ops::attention_cuda::attention_cuda(q, k, v, o.heads, o.scale, o.causal, o.bias)
+        }
     }
 }
 
 /// CPU reference on dense f32 [B, Sq, H*d] / [B, Sk, H*d] buffers, bias [H, Sq, Sk].
-pub fn attention_cpu(q: &[f32], k: &[f32], v: &[f32], bias: Option<&[f32]>, d: &AttnDims, scale: f32, causal: bool) -> Vec<f32> {
+pub fn attention_cpu(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    d: &AttnDims,
+    scale: f32,
+    causal: bool,
+) -> Vec<f32> {
     let hd = d.heads * d.d;
     // Keys and values per (batch, head) as dense [Sk, d] blocks.
     let per_head = |x: &[f32]| -> Vec<f32> {
@@ -172,7 +205,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -182,8 +217,17 @@ mod tests {
     fn segments_equal_concatenated_and_naive() {
         let (b, h, dd, s1, s2) = (2, 2, 4, 3, 2);
         let hd = h * dd;
-        let mk = |s: usize, seed| Tensor::from_f32(rnd(b * s * hd, seed), &[b, s, hd], &Device::Cpu).unwrap();
-        let (q1, q2, k1, k2, v1, v2) = (mk(s1, 1), mk(s2, 2), mk(s1, 3), mk(s2, 4), mk(s1, 5), mk(s2, 6));
+        let mk = |s: usize, seed| {
+            Tensor::from_f32(rnd(b * s * hd, seed), &[b, s, hd], &Device::Cpu).unwrap()
+        };
+        let (q1, q2, k1, k2, v1, v2) = (
+            mk(s1, 1),
+            mk(s2, 2),
+            mk(s1, 3),
+            mk(s2, 4),
+            mk(s1, 5),
+            mk(s2, 6),
+        );
         let o = AttnOpts::new(h, dd);
         let y = attention(&[&q1, &q2], &[&k1, &k2], &[&v1, &v2], &o).unwrap();
         let cat = |a: &Tensor, c: &Tensor| crate::ops::elementwise::concat(&[a, c], 1).unwrap();
@@ -191,29 +235,53 @@ mod tests {
         let y2 = attention(&[&q], &[&k], &[&v], &o).unwrap();
         assert_eq!(y.to_vec_f32().unwrap(), y2.to_vec_f32().unwrap());
         // Naive: per (b, h, i) softmax over all keys.
-        let (qv, kv, vv, yv) = (q.to_vec_f32().unwrap(), k.to_vec_f32().unwrap(), v.to_vec_f32().unwrap(), y.to_vec_f32().unwrap());
+        let (qv, kv, vv, yv) = (
+            q.to_vec_f32().unwrap(),
+            k.to_vec_f32().unwrap(),
+            v.to_vec_f32().unwrap(),
+            y.to_vec_f32().unwrap(),
+        );
         let s = s1 + s2;
         for bi in 0..b {
             for hh in 0..h {
                 for i in 0..s {
                     let sc: Vec<f64> = (0..s)
-                        .map(|j| (0..dd).map(|c| qv[(bi * s + i) * hd + hh * dd + c] as f64 * kv[(bi * s + j) * hd + hh * dd + c] as f64).sum::<f64>() * 0.5)
+                        .map(|j| {
+                            (0..dd)
+                                .map(|c| {
+                                    qv[(bi * s + i) * hd + hh * dd + c] as f64
+                                        * kv[(bi * s + j) * hd + hh * dd + c] as f64
+                                })
+                                .sum::<f64>()
+                                * 0.5
+                        })
                         .collect();
                     let m = sc.iter().cloned().fold(f64::MIN, f64::max);
                     let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for c in 0..dd {
-                        let want: f64 = (0..s).map(|j| e[j] / z * vv[(bi * s + j) * hd + hh * dd + c] as f64).sum();
+                        let want: f64 = (0..s)
+                            .map(|j| e[j] / z * vv[(bi * s + j) * hd + hh * dd + c] as f64)
+                            .sum();
                         let got = yv[(bi * s + i) * hd + hh * dd + c] as f64;
-                        assert!((got - want).abs() < 1e-5, "b{bi} h{hh} i{i} c{c}: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "b{bi} h{hh} i{i} c{c}: {got} vs {want}"
+                        );
                     }
                 }
             }
         }
         // Queries of the first segment only = first rows of the full output.
-        let y3 = attention(&[&q1], &[&k1, &k2], &[&v1, &v2], &o).unwrap().to_vec_f32().unwrap();
+        let y3 = attention(&[&q1], &[&k1, &k2], &[&v1, &v2], &o)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         for bi in 0..b {
-            assert_eq!(&y3[bi * s1 * hd..(bi + 1) * s1 * hd], &yv[bi * s * hd..(bi * s + s1) * hd]);
+            assert_eq!(
+                &y3[bi * s1 * hd..(bi + 1) * s1 * hd],
+                &yv[bi * s * hd..(bi * s + s1) * hd]
+            );
         }
     }
 
@@ -222,8 +290,14 @@ mod tests {
         let (b, h, dd, s) = (1, 1, 2, 3);
         let q = Tensor::from_f32(rnd(s * dd, 9), &[b, s, h * dd], &Device::Cpu).unwrap();
         let v = Tensor::from_f32(rnd(s * dd, 10), &[b, s, h * dd], &Device::Cpu).unwrap();
-        let o = AttnOpts { causal: true, ..AttnOpts::new(h, dd) };
-        let y = attention(&[&q], &[&q], &[&v], &o).unwrap().to_vec_f32().unwrap();
+        let o = AttnOpts {
+            causal: true,
+            ..AttnOpts::new(h, dd)
+        };
+        let y = attention(&[&q], &[&q], &[&v], &o)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         let vv = v.to_vec_f32().unwrap();
         assert_eq!(&y[..2], &vv[..2]);
     }

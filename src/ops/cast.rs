@@ -9,7 +9,9 @@ fn code(d: DType) -> Result<i32> {
         DType::F32 => Ok(0),
         DType::BF16 => Ok(1),
         DType::F16 => Ok(2),
-        DType::I8 => Err(Error::Other("cast: i8 is not a float type (use ops::quant)".into())),
+        DType::I8 => Err(Error::Other(
+            "cast: i8 is not a float type (use ops::quant)".into(),
+        )),
     }
 }
 
@@ -32,7 +34,12 @@ pub fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
                         grid_1d(n),
                         (256, 1, 1),
                         0,
-                        KernelArgs::new().ptr(t.dev_ptr()?).ptr(y.dev_ptr()?).i64(n as i64).i32(code(t.dtype())?).i32(code(dtype)?),
+                        KernelArgs::new()
+                            .ptr(t.dev_ptr()?)
+                            .ptr(y.dev_ptr()?)
+                            .i64(n as i64)
+                            .i32(code(t.dtype())?)
+                            .i32(code(dtype)?),
                     )?;
                 }
             }

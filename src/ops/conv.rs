@@ -94,21 +94,34 @@ pub fn conv_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) ->
     let (co, ci, kt, kh, kw) = match ws.len() {
         5 => (ws[0], ws[1], ws[2], ws[3], ws[4]),
         4 => (ws[0], ws[1], 1, ws[2], ws[3]),
-        _ => return Err(shape_err!("conv3d: weight must be [Co, Ci, kt, kh, kw] or [Co, Ci, kh, kw], got {ws:?}")),
+        _ => {
+            return Err(shape_err!(
+                "conv3d: weight must be [Co, Ci, kt, kh, kw] or [Co, Ci, kh, kw], got {ws:?}"
+            ))
+        }
     };
     if ci != xs[1] {
-        return Err(shape_err!("conv3d: weight {ws:?} expects {ci} input channels, x is {xs:?}"));
+        return Err(shape_err!(
+            "conv3d: weight {ws:?} expects {ci} input channels, x is {xs:?}"
+        ));
     }
     if kh % 2 == 0 || kw % 2 == 0 || kt == 0 {
-        return Err(shape_err!("conv3d: spatial kernel must be odd (same padding), weight {ws:?}"));
+        return Err(shape_err!(
+            "conv3d: spatial kernel must be odd (same padding), weight {ws:?}"
+        ));
     }
     if let Some(b) = bias {
         if b.shape() != [co] {
-            return Err(shape_err!("conv3d: bias {:?} does not match weight {ws:?}", b.shape()));
+            return Err(shape_err!(
+                "conv3d: bias {:?} does not match weight {ws:?}",
+                b.shape()
+            ));
         }
     }
     if o.interleave_time && co % 2 != 0 {
-        return Err(shape_err!("conv3d: time interleave needs an even C_out, weight {ws:?}"));
+        return Err(shape_err!(
+            "conv3d: time interleave needs an even C_out, weight {ws:?}"
+        ));
     }
     let d = ConvDims {
         b: xs[0],
@@ -125,15 +138,26 @@ pub fn conv_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) ->
     };
     if let Some(c) = o.ctx {
         if kt == 1 {
-            return Err(shape_err!("conv3d: a context of {:?} was given to a conv with k_t = 1", c.shape()));
+            return Err(shape_err!(
+                "conv3d: a context of {:?} was given to a conv with k_t = 1",
+                c.shape()
+            ));
         }
         if c.shape() != d.ctx_shape() {
-            return Err(shape_err!("conv3d: context {:?} must be {:?} for x {xs:?} and weight {ws:?}", c.shape(), d.ctx_shape()));
+            return Err(shape_err!(
+                "conv3d: context {:?} must be {:?} for x {xs:?} and weight {ws:?}",
+                c.shape(),
+                d.ctx_shape()
+            ));
         }
     }
     if let Some(r) = o.residual {
         if r.shape() != d.out_shape() {
-            return Err(shape_err!("conv3d: residual {:?} must match the output {:?}", r.shape(), d.out_shape()));
+            return Err(shape_err!(
+                "conv3d: residual {:?} must match the output {:?}",
+                r.shape(),
+                d.out_shape()
+            ));
         }
     }
     Ok(d)
@@ -150,7 +174,15 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) -> Re
             let bv = bias.map(|b| b.cpu_f32()).transpose()?;
             let cv = o.ctx.map(|c| c.cpu_f32()).transpose()?;
             let rv = o.residual.map(|r| r.cpu_f32()).transpose()?;
-            let y = conv3d_cpu(&xv, cv.as_deref(), &wv, bv.as_deref(), rv.as_deref(), &d, o.clamp);
+            let y = conv3d_cpu(
+                &xv,
+                cv.as_deref(),
+                &wv,
+                bv.as_deref(),
+                rv.as_deref(),
+                &d,
+                o.clamp,
+            );
             Tensor::from_f32(y, &d.out_shape(), &Device::Cpu)
         }
         Device::Cuda(_) => {
@@ -164,28 +196,55 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) -> Re
 
 /// GPU only: like [`conv3d`], but writes the output frames into `out` ([B, C, F, H, W], f32,
 /// contiguous, on the same GPU) starting at frame `t0` (e.g. a chunk straight into the video).
-pub fn conv3d_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts, out: &Tensor, t0: usize) -> Result<()> {
+pub fn conv3d_into(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    o: &ConvOpts,
+    out: &Tensor,
+    t0: usize,
+) -> Result<()> {
     let d = conv_dims(x, w, bias, o)?;
     if !x.device().is_cuda() || out.device() != x.device() {
-        return Err(Error::Other("conv3d_into: x and out must be on the same GPU (use conv3d on the CPU)".into()));
+        return Err(Error::Other(
+            "conv3d_into: x and out must be on the same GPU (use conv3d on the CPU)".into(),
+        ));
     }
     let os = d.out_shape();
     let s = out.shape();
-    if s.len() != 5 || s[0] != os[0] || s[1] != os[1] || s[3] != os[3] || s[4] != os[4] || t0 + os[2] > s[2] {
-        return Err(shape_err!("conv3d_into: output {os:?} does not fit into {s:?} at frame {t0}"));
+    if s.len() != 5
+        || s[0] != os[0]
+        || s[1] != os[1]
+        || s[3] != os[3]
+        || s[4] != os[4]
+        || t0 + os[2] > s[2]
+    {
+        return Err(shape_err!(
+            "conv3d_into: output {os:?} does not fit into {s:?} at frame {t0}"
+        ));
     }
     if out.dtype() != DType::F32 || !out.is_contiguous() {
-        return Err(shape_err!("conv3d_into: out must be a contiguous f32 tensor, got {:?} {}", s, out.dtype().name()));
+        return Err(shape_err!(
+            "conv3d_into: out must be a contiguous f32 tensor, got {:?} {}",
+            s,
+            out.dtype().name()
+        ));
     }
     if o.residual.is_some() {
-        return Err(Error::Other("conv3d_into: residual is not supported".into()));
+        return Err(Error::Other(
+            "conv3d_into: residual is not supported".into(),
+        ));
     }
     conv3d_cuda(x, w, bias, o, &d, out, s[2], t0)
 }
 
 fn f32_dense(t: &Tensor, what: &str) -> Result<Tensor> {
     if t.dtype() != DType::F32 {
-        return Err(shape_err!("conv3d: {what} must be f32 on the GPU (the VAE runs in f32), got {} {:?}", t.dtype().name(), t.shape()));
+        return Err(shape_err!(
+            "conv3d: {what} must be f32 on the GPU (the VAE runs in f32), got {} {:?}",
+            t.dtype().name(),
+            t.shape()
+        ));
     }
     t.contiguous()
 }
@@ -195,11 +254,25 @@ fn grid_1d(total: usize) -> (u32, u32, u32) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn conv3d_cuda(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts, d: &ConvDims, y: &Tensor, out_frames: usize, t0: usize) -> Result<()> {
+fn conv3d_cuda(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    o: &ConvOpts,
+    d: &ConvDims,
+    y: &Tensor,
+    out_frames: usize,
+    t0: usize,
+) -> Result<()> {
     let g = x.device().gpu().unwrap().clone();
     for t in [Some(w), bias, o.ctx, o.residual].into_iter().flatten() {
         if t.device() != x.device() {
-            return Err(Error::Other(format!("conv3d: operand {:?} is on {:?}, x on {:?}", t.shape(), t.device(), x.device())));
+            return Err(Error::Other(format!(
+                "conv3d: operand {:?} is on {:?}, x on {:?}",
+                t.shape(),
+                t.device(),
+                x.device()
+            )));
         }
     }
     let x = f32_dense(x, "x")?;
@@ -231,7 +304,22 @@ fn conv3d_cuda(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts, d: &
         .ptr(ptr(&bias)?)
         .ptr(ptr(&res)?)
         .ptr(y.dev_ptr()?);
-    for v in [d.b, d.ci, d.co, d.t, d.hin, d.win, d.kt, d.kh, d.kw, d.up, d.interleave as usize, out_frames, t0, clamp] {
+    for v in [
+        d.b,
+        d.ci,
+        d.co,
+        d.t,
+        d.hin,
+        d.win,
+        d.kt,
+        d.kh,
+        d.kw,
+        d.up,
+        d.interleave as usize,
+        out_frames,
+        t0,
+        clamp,
+    ] {
         a.i32(v as i32);
     }
     a.f32(lo).f32(hi);
@@ -246,20 +334,29 @@ fn conv3d_cuda(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts, d: &
 pub fn cache_update(ctx: Option<&Tensor>, x: &Tensor, nc: usize) -> Result<Tensor> {
     let xs = x.shape();
     if xs.len() != 5 {
-        return Err(shape_err!("cache_update: x must be [B, C, T, H, W], got {xs:?}"));
+        return Err(shape_err!(
+            "cache_update: x must be [B, C, T, H, W], got {xs:?}"
+        ));
     }
     let (b, c, t, hw) = (xs[0], xs[1], xs[2], xs[3] * xs[4]);
     let shape = [b, c, nc, xs[3], xs[4]];
     if let Some(cx) = ctx {
         if cx.shape() != shape {
-            return Err(shape_err!("cache_update: context {:?} must be {shape:?}", cx.shape()));
+            return Err(shape_err!(
+                "cache_update: context {:?} must be {shape:?}",
+                cx.shape()
+            ));
         }
     }
     match x.device() {
         Device::Cpu => {
             let xv = x.cpu_f32()?;
             let cv = ctx.map(|c| c.cpu_f32()).transpose()?;
-            Tensor::from_f32(cache_update_cpu(cv.as_deref(), &xv, b * c, t, nc, hw), &shape, &Device::Cpu)
+            Tensor::from_f32(
+                cache_update_cpu(cv.as_deref(), &xv, b * c, t, nc, hw),
+                &shape,
+                &Device::Cpu,
+            )
         }
         Device::Cuda(g) => {
             let x = f32_dense(x, "x")?;
@@ -279,14 +376,30 @@ pub fn cache_update(ctx: Option<&Tensor>, x: &Tensor, nc: usize) -> Result<Tenso
                 .i32(nc as i32)
                 .i64(hw as i64);
             // SAFETY: matches conv_cache_update's parameters.
-            unsafe { g.launch("conv3d", "conv_cache_update", grid_1d(total), (256, 1, 1), 0, &mut a)? };
+            unsafe {
+                g.launch(
+                    "conv3d",
+                    "conv_cache_update",
+                    grid_1d(total),
+                    (256, 1, 1),
+                    0,
+                    &mut a,
+                )?
+            };
             Ok(y)
         }
     }
 }
 
 /// CPU reference of [`cache_update`] on [BC, *, HW] slices.
-pub fn cache_update_cpu(ctx: Option<&[f32]>, x: &[f32], bc: usize, t: usize, nc: usize, hw: usize) -> Vec<f32> {
+pub fn cache_update_cpu(
+    ctx: Option<&[f32]>,
+    x: &[f32],
+    bc: usize,
+    t: usize,
+    nc: usize,
+    hw: usize,
+) -> Vec<f32> {
     let mut out = vec![0.0f32; bc * nc * hw];
     for i in 0..bc {
         for j in 0..nc {
@@ -314,7 +427,11 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     shape[s.len() - 2] = 2 * h;
     shape[s.len() - 1] = 2 * w;
     match x.device() {
-        Device::Cpu => Tensor::from_f32(upsample_nearest2x_cpu(&x.cpu_f32()?, f, h, w), &shape, &Device::Cpu),
+        Device::Cpu => Tensor::from_f32(
+            upsample_nearest2x_cpu(&x.cpu_f32()?, f, h, w),
+            &shape,
+            &Device::Cpu,
+        ),
         Device::Cuda(g) => {
             let x = f32_dense(x, "x")?;
             let y = Tensor::empty(&shape, DType::F32, x.device())?;
@@ -322,9 +439,22 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
                 return Ok(y);
             }
             let mut a = KernelArgs::new();
-            a.ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).i64(f as i64).i32(h as i32).i32(w as i32);
+            a.ptr(x.dev_ptr()?)
+                .ptr(y.dev_ptr()?)
+                .i64(f as i64)
+                .i32(h as i32)
+                .i32(w as i32);
             // SAFETY: matches upsample_nearest2x_f32's parameters.
-            unsafe { g.launch("conv3d", "upsample_nearest2x_f32", grid_1d(y.elem_count()), (256, 1, 1), 0, &mut a)? };
+            unsafe {
+                g.launch(
+                    "conv3d",
+                    "upsample_nearest2x_f32",
+                    grid_1d(y.elem_count()),
+                    (256, 1, 1),
+                    0,
+                    &mut a,
+                )?
+            };
             Ok(y)
         }
     }
@@ -349,12 +479,18 @@ pub fn upsample_nearest2x_cpu(x: &[f32], f: usize, h: usize, w: usize) -> Vec<f3
 pub fn interleave_time(x: &Tensor) -> Result<Tensor> {
     let s = x.shape();
     if s.len() != 5 || s[1] % 2 != 0 {
-        return Err(shape_err!("interleave_time: need [B, 2C, T, H, W], got {s:?}"));
+        return Err(shape_err!(
+            "interleave_time: need [B, 2C, T, H, W], got {s:?}"
+        ));
     }
     let (b, c, t, hw) = (s[0], s[1] / 2, s[2], s[3] * s[4]);
     let shape = [b, c, 2 * t, s[3], s[4]];
     match x.device() {
-        Device::Cpu => Tensor::from_f32(interleave_time_cpu(&x.cpu_f32()?, b, c, t, hw), &shape, &Device::Cpu),
+        Device::Cpu => Tensor::from_f32(
+            interleave_time_cpu(&x.cpu_f32()?, b, c, t, hw),
+            &shape,
+            &Device::Cpu,
+        ),
         Device::Cuda(g) => {
             let x = f32_dense(x, "x")?;
             let y = Tensor::empty(&shape, DType::F32, x.device())?;
@@ -362,9 +498,23 @@ pub fn interleave_time(x: &Tensor) -> Result<Tensor> {
                 return Ok(y);
             }
             let mut a = KernelArgs::new();
-            a.ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).i32(b as i32).i32(c as i32).i32(t as i32).i64(hw as i64);
+            a.ptr(x.dev_ptr()?)
+                .ptr(y.dev_ptr()?)
+                .i32(b as i32)
+                .i32(c as i32)
+                .i32(t as i32)
+                .i64(hw as i64);
             // SAFETY: matches interleave_time_f32's parameters.
-            unsafe { g.launch("conv3d", "interleave_time_f32", grid_1d(y.elem_count()), (256, 1, 1), 0, &mut a)? };
+            unsafe {
+                g.launch(
+                    "conv3d",
+                    "interleave_time_f32",
+                    grid_1d(y.elem_count()),
+                    (256, 1, 1),
+                    0,
+                    &mut a,
+                )?
+            };
             Ok(y)
         }
     }
@@ -416,7 +566,10 @@ pub fn conv3d_cpu(
     let tasks = d.b * d.t * strips_per_frame;
     let next = AtomicUsize::new(0);
     let yp = SendPtr(y.as_mut_ptr());
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(tasks);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(tasks);
     let work = || {
         let yp = &yp;
         let mut col = vec![0.0f32; k * rows * wd];
@@ -472,7 +625,16 @@ pub fn conv3d_cpu(
 }
 
 /// col[k][r*W + w] for output rows h0..h0+nr of frame t, batch b.
-fn im2col_strip(x: &[f32], ctx: Option<&[f32]>, d: &ConvDims, b: usize, t: usize, h0: usize, nr: usize, col: &mut [f32]) {
+fn im2col_strip(
+    x: &[f32],
+    ctx: Option<&[f32]>,
+    d: &ConvDims,
+    b: usize,
+    t: usize,
+    h0: usize,
+    nr: usize,
+    col: &mut [f32],
+) {
     let (h, wd) = (d.h(), d.w());
     let plane_in = d.hin * d.win;
     let n = nr * wd;
@@ -507,14 +669,19 @@ fn im2col_strip(x: &[f32], ctx: Option<&[f32]>, d: &ConvDims, b: usize, t: usize
                             row.fill(0.0);
                             continue;
                         }
-                        let srow = &src[(hs as usize >> d.up) * d.win..(hs as usize >> d.up) * d.win + d.win];
+                        let srow = &src
+                            [(hs as usize >> d.up) * d.win..(hs as usize >> d.up) * d.win + d.win];
                         if d.up == 0 && dw == 0 {
                             row.copy_from_slice(srow);
                             continue;
                         }
                         for (wo, v) in row.iter_mut().enumerate() {
                             let ws = wo as isize + dw;
-                            *v = if ws < 0 || ws >= wd as isize { 0.0 } else { srow[ws as usize >> d.up] };
+                            *v = if ws < 0 || ws >= wd as isize {
+                                0.0
+                            } else {
+                                srow[ws as usize >> d.up]
+                            };
                         }
                     }
                 }
@@ -538,9 +705,19 @@ pub fn gemm_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usi
                 let (c01, c23) = c[i * n..(i + 4) * n].split_at_mut(2 * n);
                 let (c0, c1) = c01.split_at_mut(n);
                 let (c2, c3) = c23.split_at_mut(n);
-                let (c0, c1, c2, c3) = (&mut c0[n0..n0 + nb], &mut c1[n0..n0 + nb], &mut c2[n0..n0 + nb], &mut c3[n0..n0 + nb]);
+                let (c0, c1, c2, c3) = (
+                    &mut c0[n0..n0 + nb],
+                    &mut c1[n0..n0 + nb],
+                    &mut c2[n0..n0 + nb],
+                    &mut c3[n0..n0 + nb],
+                );
                 for kk in k0..k0 + kb {
-                    let (a0, a1, a2, a3) = (a[i * k + kk], a[(i + 1) * k + kk], a[(i + 2) * k + kk], a[(i + 3) * k + kk]);
+                    let (a0, a1, a2, a3) = (
+                        a[i * k + kk],
+                        a[(i + 1) * k + kk],
+                        a[(i + 2) * k + kk],
+                        a[(i + 3) * k + kk],
+                    );
                     let br = &b[kk * n + n0..kk * n + n0 + nb];
                     for j in 0..nb {
                         let bv = br[j];
@@ -568,7 +745,13 @@ pub fn gemm_rows(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usi
 }
 
 /// Direct (naive) conv, for tests of [`conv3d_cpu`]: same arguments, no im2col.
-pub fn conv3d_naive(x: &[f32], ctx: Option<&[f32]>, w: &[f32], bias: Option<&[f32]>, d: &ConvDims) -> Vec<f32> {
+pub fn conv3d_naive(
+    x: &[f32],
+    ctx: Option<&[f32]>,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    d: &ConvDims,
+) -> Vec<f32> {
     let (h, wd) = (d.h(), d.w());
     let mut y = vec![0.0f32; d.out_shape().iter().product()];
     let nc = d.kt - 1;
@@ -585,25 +768,36 @@ pub fn conv3d_naive(x: &[f32], ctx: Option<&[f32]>, w: &[f32], bias: Option<&[f3
                                     for kw in 0..d.kw {
                                         let hs = oh as isize + kh as isize - (d.kh / 2) as isize;
                                         let ws = ow as isize + kw as isize - (d.kw / 2) as isize;
-                                        if hs < 0 || ws < 0 || hs >= h as isize || ws >= wd as isize {
+                                        if hs < 0 || ws < 0 || hs >= h as isize || ws >= wd as isize
+                                        {
                                             continue;
                                         }
-                                        let sp = (hs as usize >> d.up) * d.win + (ws as usize >> d.up);
+                                        let sp =
+                                            (hs as usize >> d.up) * d.win + (ws as usize >> d.up);
                                         let v = if ts >= 0 {
-                                            x[((b * d.ci + ci) * d.t + ts as usize) * d.hin * d.win + sp]
+                                            x[((b * d.ci + ci) * d.t + ts as usize) * d.hin * d.win
+                                                + sp]
                                         } else if let Some(c) = ctx {
-                                            c[((b * d.ci + ci) * nc + (nc as isize + ts) as usize) * d.hin * d.win + sp]
+                                            c[((b * d.ci + ci) * nc + (nc as isize + ts) as usize)
+                                                * d.hin
+                                                * d.win
+                                                + sp]
                                         } else {
                                             0.0
                                         };
-                                        let wv = w[co * d.k() + ((ci * d.kt + kt) * d.kh + kh) * d.kw + kw];
+                                        let wv = w[co * d.k()
+                                            + ((ci * d.kt + kt) * d.kh + kh) * d.kw
+                                            + kw];
                                         s += wv as f64 * v as f64;
                                     }
                                 }
                             }
                         }
-                        let (c_out, t_out, c_tot, t_tot) =
-                            if d.interleave { (co % (d.co / 2), 2 * t + co / (d.co / 2), d.co / 2, 2 * d.t) } else { (co, t, d.co, d.t) };
+                        let (c_out, t_out, c_tot, t_tot) = if d.interleave {
+                            (co % (d.co / 2), 2 * t + co / (d.co / 2), d.co / 2, 2 * d.t)
+                        } else {
+                            (co, t, d.co, d.t)
+                        };
                         y[((b * c_tot + c_out) * t_tot + t_out) * h * wd + oh * wd + ow] = s as f32;
                     }
                 }
@@ -618,10 +812,14 @@ mod tests {
     use super::*;
 
     fn rnd(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -629,11 +827,36 @@ mod tests {
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
-    fn dims(b: usize, ci: usize, co: usize, t: usize, h: usize, w: usize, k: (usize, usize, usize), up: usize, il: bool) -> ConvDims {
-        ConvDims { b, ci, co, t, hin: h, win: w, kt: k.0, kh: k.1, kw: k.2, up, interleave: il }
+    fn dims(
+        b: usize,
+        ci: usize,
+        co: usize,
+        t: usize,
+        h: usize,
+        w: usize,
+        k: (usize, usize, usize),
+        up: usize,
+        il: bool,
+    ) -> ConvDims {
+        ConvDims {
+            b,
+            ci,
+            co,
+            t,
+            hin: h,
+            win: w,
+            kt: k.0,
+            kh: k.1,
+            kw: k.2,
+            up,
+            interleave: il,
+        }
     }
 
     #[test]
@@ -673,13 +896,25 @@ mod tests {
         let xt = Tensor::from_f32(x.clone(), &[b, ci, tt, h, w], &Device::Cpu).unwrap();
         let wt = Tensor::from_f32(wt, &[co, ci, 3, 3, 3], &Device::Cpu).unwrap();
         let bt = Tensor::from_f32(bias, &[co], &Device::Cpu).unwrap();
-        let full = conv3d(&xt, &wt, Some(&bt), &ConvOpts::default()).unwrap().to_vec_f32().unwrap();
+        let full = conv3d(&xt, &wt, Some(&bt), &ConvOpts::default())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         let mut cache: Option<Tensor> = None;
         let mut outs = vec![Vec::new(); co];
         let mut t0 = 0;
         for &n in &chunks {
             let xc = xt.narrow(2, t0, n).unwrap().contiguous().unwrap();
-            let y = conv3d(&xc, &wt, Some(&bt), &ConvOpts { ctx: cache.as_ref(), ..Default::default() }).unwrap();
+            let y = conv3d(
+                &xc,
+                &wt,
+                Some(&bt),
+                &ConvOpts {
+                    ctx: cache.as_ref(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             cache = Some(cache_update(cache.as_ref(), &xc, 2).unwrap());
             let yv = y.to_vec_f32().unwrap();
             for c in 0..co {
@@ -694,16 +929,36 @@ mod tests {
     #[test]
     fn fused_upsample_and_interleave_match_explicit() {
         let (b, c, t, h, w) = (1, 4, 2, 3, 5);
-        let x = Tensor::from_f32(rnd(b * c * t * h * w, 21), &[b, c, t, h, w], &Device::Cpu).unwrap();
+        let x =
+            Tensor::from_f32(rnd(b * c * t * h * w, 21), &[b, c, t, h, w], &Device::Cpu).unwrap();
         let w2 = Tensor::from_f32(rnd(3 * c * 9, 22), &[3, c, 3, 3], &Device::Cpu).unwrap();
-        let fused = conv3d(&x, &w2, None, &ConvOpts { upsample2x: true, ..Default::default() }).unwrap();
+        let fused = conv3d(
+            &x,
+            &w2,
+            None,
+            &ConvOpts {
+                upsample2x: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let up = upsample_nearest2x(&x).unwrap();
         let expl = conv3d(&up, &w2, None, &ConvOpts::default()).unwrap();
         assert_eq!(fused.shape(), &[1, 3, 2, 6, 10]);
         assert!(max_diff(&fused.to_vec_f32().unwrap(), &expl.to_vec_f32().unwrap()) < 1e-6);
 
-        let wt = Tensor::from_f32(rnd(2 * c * c * 3, 23), &[2 * c, c, 3, 1, 1], &Device::Cpu).unwrap();
-        let fused = conv3d(&x, &wt, None, &ConvOpts { interleave_time: true, ..Default::default() }).unwrap();
+        let wt =
+            Tensor::from_f32(rnd(2 * c * c * 3, 23), &[2 * c, c, 3, 1, 1], &Device::Cpu).unwrap();
+        let fused = conv3d(
+            &x,
+            &wt,
+            None,
+            &ConvOpts {
+                interleave_time: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let expl = interleave_time(&conv3d(&x, &wt, None, &ConvOpts::default()).unwrap()).unwrap();
         assert_eq!(fused.shape(), &[1, c, 4, h, w]);
         assert!(max_diff(&fused.to_vec_f32().unwrap(), &expl.to_vec_f32().unwrap()) < 1e-6);
@@ -713,12 +968,24 @@ mod tests {
     fn residual_and_clamp() {
         let x = Tensor::from_f32(rnd(2 * 3 * 2 * 4, 31), &[1, 2, 3, 2, 4], &Device::Cpu).unwrap();
         let w = Tensor::from_f32(rnd(2 * 2, 32), &[2, 2, 1, 1, 1], &Device::Cpu).unwrap();
-        let plain = conv3d(&x, &w, None, &ConvOpts::default()).unwrap().to_vec_f32().unwrap();
-        let r = Tensor::from_f32(rnd(plain.len(), 33), &[1, 2, 3, 2, 4], &Device::Cpu).unwrap();
-        let y = conv3d(&x, &w, None, &ConvOpts { residual: Some(&r), clamp: Some((-0.5, 0.5)), ..Default::default() })
+        let plain = conv3d(&x, &w, None, &ConvOpts::default())
             .unwrap()
             .to_vec_f32()
             .unwrap();
+        let r = Tensor::from_f32(rnd(plain.len(), 33), &[1, 2, 3, 2, 4], &Device::Cpu).unwrap();
+        let y = conv3d(
+            &x,
+            &w,
+            None,
+            &ConvOpts {
+                residual: Some(&r),
+                clamp: Some((-0.5, 0.5)),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
         let rv = r.to_vec_f32().unwrap();
         for i in 0..y.len() {
             assert!((y[i] - (plain[i] + rv[i]).clamp(-0.5, 0.5)).abs() < 1e-6);

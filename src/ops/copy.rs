@@ -34,10 +34,18 @@ pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
     }
     let gpu = match (src.device().gpu(), dst.device().gpu()) {
         (Some(g), Some(_)) => g,
-        _ => return Err(Error::Other("copy_into: both tensors must be on the GPU".into())),
+        _ => {
+            return Err(Error::Other(
+                "copy_into: both tensors must be on the GPU".into(),
+            ))
+        }
     };
     if src.rank() > MAX_RANK {
-        return Err(shape_err!("copy: rank {} > {MAX_RANK} not supported ({:?})", src.rank(), src.shape()));
+        return Err(shape_err!(
+            "copy: rank {} > {MAX_RANK} not supported ({:?})",
+            src.rank(),
+            src.shape()
+        ));
     }
     let n = src.elem_count();
     if n == 0 {
@@ -54,7 +62,10 @@ pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
         ds[pad + i] = dst.strides()[i] as i64;
     }
     let mut a = KernelArgs::new();
-    a.ptr(src.dev_ptr()?).ptr(dst.dev_ptr()?).i64(n as i64).i32(src.dtype().size() as i32);
+    a.ptr(src.dev_ptr()?)
+        .ptr(dst.dev_ptr()?)
+        .i64(n as i64)
+        .i32(src.dtype().size() as i32);
     for v in shape.iter().chain(&ss).chain(&ds) {
         a.i64(*v);
     }

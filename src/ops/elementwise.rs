@@ -8,10 +8,18 @@ use crate::{kname, shape_err};
 
 fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
-        return Err(shape_err!("{op}: shapes {:?} and {:?} differ", a.shape(), b.shape()));
+        return Err(shape_err!(
+            "{op}: shapes {:?} and {:?} differ",
+            a.shape(),
+            b.shape()
+        ));
     }
     if a.device().is_cuda() && a.dtype() != b.dtype() {
-        return Err(Error::Other(format!("{op}: dtypes {} and {} differ", a.dtype().name(), b.dtype().name())));
+        return Err(Error::Other(format!(
+            "{op}: dtypes {} and {} differ",
+            a.dtype().name(),
+            b.dtype().name()
+        )));
     }
     Ok(())
 }
@@ -31,7 +39,10 @@ fn axpby(op: &str, a: &Tensor, b: Option<&Tensor>, alpha: f32, beta: f32) -> Res
             let y: Vec<f32> = match b {
                 Some(b) => {
                     let bv = b.cpu_f32()?;
-                    av.iter().zip(bv.iter()).map(|(x, y)| alpha * x + beta * y).collect()
+                    av.iter()
+                        .zip(bv.iter())
+                        .map(|(x, y)| alpha * x + beta * y)
+                        .collect()
                 }
                 None => av.iter().map(|x| alpha * x).collect(),
             };
@@ -49,7 +60,20 @@ fn axpby(op: &str, a: &Tensor, b: Option<&Tensor>, alpha: f32, beta: f32) -> Res
                     None => 0,
                 };
                 unsafe {
-                    gpu.launch("ops", name, grid_1d(n), (256, 1, 1), 0, KernelArgs::new().ptr(a.dev_ptr()?).ptr(bp).ptr(y.dev_ptr()?).i64(n as i64).f32(alpha).f32(beta))?;
+                    gpu.launch(
+                        "ops",
+                        name,
+                        grid_1d(n),
+                        (256, 1, 1),
+                        0,
+                        KernelArgs::new()
+                            .ptr(a.dev_ptr()?)
+                            .ptr(bp)
+                            .ptr(y.dev_ptr()?)
+                            .i64(n as i64)
+                            .f32(alpha)
+                            .f32(beta),
+                    )?;
                 }
             }
             Ok(y)
@@ -78,7 +102,10 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match common_gpu("mul", &[a, b])? {
         None => {
             let (av, bv) = (a.cpu_f32()?, b.cpu_f32()?);
-            host(av.iter().zip(bv.iter()).map(|(x, y)| x * y).collect(), a.shape())
+            host(
+                av.iter().zip(bv.iter()).map(|(x, y)| x * y).collect(),
+                a.shape(),
+            )
         }
         Some(gpu) => {
             let (a, b) = (a.contiguous()?, b.contiguous()?);
@@ -87,7 +114,18 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             if n > 0 {
                 let name = kname!("mul", float_dtype("mul", &a)?, "mul")?;
                 unsafe {
-                    gpu.launch("ops", name, grid_1d(n), (256, 1, 1), 0, KernelArgs::new().ptr(a.dev_ptr()?).ptr(b.dev_ptr()?).ptr(y.dev_ptr()?).i64(n as i64))?;
+                    gpu.launch(
+                        "ops",
+                        name,
+                        grid_1d(n),
+                        (256, 1, 1),
+                        0,
+                        KernelArgs::new()
+                            .ptr(a.dev_ptr()?)
+                            .ptr(b.dev_ptr()?)
+                            .ptr(y.dev_ptr()?)
+                            .i64(n as i64),
+                    )?;
                 }
             }
             Ok(y)
@@ -99,13 +137,21 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn add_bcast(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (ash, bsh) = (a.shape(), b.shape());
     if ash.len() != bsh.len() + 1 || &ash[1..] != bsh {
-        return Err(shape_err!("add_bcast: {bsh:?} does not broadcast over {ash:?} (expected [B, ..] + [..])"));
+        return Err(shape_err!(
+            "add_bcast: {bsh:?} does not broadcast over {ash:?} (expected [B, ..] + [..])"
+        ));
     }
     let period = b.elem_count();
     match common_gpu("add_bcast", &[a, b])? {
         None => {
             let (av, bv) = (a.cpu_f32()?, b.cpu_f32()?);
-            host(av.iter().enumerate().map(|(i, x)| x + bv[i % period.max(1)]).collect(), ash)
+            host(
+                av.iter()
+                    .enumerate()
+                    .map(|(i, x)| x + bv[i % period.max(1)])
+                    .collect(),
+                ash,
+            )
         }
         Some(gpu) => {
             let a = a.contiguous()?;
@@ -115,7 +161,19 @@ pub fn add_bcast(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             if n > 0 {
                 let name = kname!("add_bcast", float_dtype("add_bcast", &a)?, "add_bcast")?;
                 unsafe {
-                    gpu.launch("ops", name, grid_1d(n), (256, 1, 1), 0, KernelArgs::new().ptr(a.dev_ptr()?).ptr(b.dev_ptr()?).ptr(y.dev_ptr()?).i64(n as i64).i64(period as i64))?;
+                    gpu.launch(
+                        "ops",
+                        name,
+                        grid_1d(n),
+                        (256, 1, 1),
+                        0,
+                        KernelArgs::new()
+                            .ptr(a.dev_ptr()?)
+                            .ptr(b.dev_ptr()?)
+                            .ptr(y.dev_ptr()?)
+                            .i64(n as i64)
+                            .i64(period as i64),
+                    )?;
                 }
             }
             Ok(y)
@@ -129,7 +187,10 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     same_shape("gated_residual", x, y)?;
     let sh = x.shape();
     if sh.len() != 3 || gate.shape() != [sh[0], sh[2]] {
-        return Err(shape_err!("gated_residual: x {sh:?} needs [B, S, C] and gate [B, C], gate is {:?}", gate.shape()));
+        return Err(shape_err!(
+            "gated_residual: x {sh:?} needs [B, S, C] and gate [B, C], gate is {:?}",
+            gate.shape()
+        ));
     }
     let (s, c) = (sh[1], sh[2]);
     match common_gpu("gated_residual", &[x, y, gate])? {
@@ -149,7 +210,11 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
             let out = Tensor::empty(sh, x.dtype(), x.device())?;
             let n = x.elem_count();
             if n > 0 {
-                let name = kname!("gated_residual", float_dtype("gated_residual", &x)?, "gated_residual")?;
+                let name = kname!(
+                    "gated_residual",
+                    float_dtype("gated_residual", &x)?,
+                    "gated_residual"
+                )?;
                 unsafe {
                     gpu.launch(
                         "ops",
@@ -179,13 +244,20 @@ pub fn concat(ts: &[&Tensor], dim: usize) -> Result<Tensor> {
     let first = ts.first().ok_or_else(|| shape_err!("concat of nothing"))?;
     let r = first.rank();
     if dim >= r {
-        return Err(shape_err!("concat: dim {dim} out of range for {:?}", first.shape()));
+        return Err(shape_err!(
+            "concat: dim {dim} out of range for {:?}",
+            first.shape()
+        ));
     }
     let mut total = 0;
     for t in ts {
         let ok = t.rank() == r && (0..r).all(|i| i == dim || t.shape()[i] == first.shape()[i]);
         if !ok {
-            return Err(shape_err!("concat along {dim}: {:?} does not match {:?}", t.shape(), first.shape()));
+            return Err(shape_err!(
+                "concat along {dim}: {:?} does not match {:?}",
+                t.shape(),
+                first.shape()
+            ));
         }
         total += t.shape()[dim];
     }
@@ -253,8 +325,14 @@ mod tests {
     fn bcast_and_scaled() {
         let a = t(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]);
         let b = t(vec![10.0, 20.0], &[2]);
-        assert_eq!(add_bcast(&a, &b).unwrap().to_vec_f32().unwrap(), vec![11.0, 22.0, 13.0, 24.0]);
-        assert_eq!(add_scaled(&a, &a, -0.5).unwrap().to_vec_f32().unwrap(), vec![0.5, 1.0, 1.5, 2.0]);
+        assert_eq!(
+            add_bcast(&a, &b).unwrap().to_vec_f32().unwrap(),
+            vec![11.0, 22.0, 13.0, 24.0]
+        );
+        assert_eq!(
+            add_scaled(&a, &a, -0.5).unwrap().to_vec_f32().unwrap(),
+            vec![0.5, 1.0, 1.5, 2.0]
+        );
         assert!(add(&a, &b).is_err());
     }
 }

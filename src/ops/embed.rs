@@ -31,11 +31,26 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
             let table = table.contiguous()?;
             let y = Tensor::empty(&[ids.len(), c], table.dtype(), table.device())?;
             if !ids.is_empty() {
-                let idt = Tensor::from_f32(ids.iter().map(|&i| f32::from_bits(i)).collect(), &[ids.len()], &crate::Device::Cpu)?
-                    .to_device(table.device())?;
+                let idt = Tensor::from_f32(
+                    ids.iter().map(|&i| f32::from_bits(i)).collect(),
+                    &[ids.len()],
+                    &crate::Device::Cpu,
+                )?
+                .to_device(table.device())?;
                 let name = kname!("embedding", float_dtype("embedding", &table)?, "embedding")?;
                 unsafe {
-                    gpu.launch("ops", name, (ids.len() as u32, 1, 1), (128, 1, 1), 0, KernelArgs::new().ptr(table.dev_ptr()?).ptr(idt.dev_ptr()?).ptr(y.dev_ptr()?).i32(c as i32))?;
+                    gpu.launch(
+                        "ops",
+                        name,
+                        (ids.len() as u32, 1, 1),
+                        (128, 1, 1),
+                        0,
+                        KernelArgs::new()
+                            .ptr(table.dev_ptr()?)
+                            .ptr(idt.dev_ptr()?)
+                            .ptr(y.dev_ptr()?)
+                            .i32(c as i32),
+                    )?;
                 }
             }
             Ok(y)

@@ -61,16 +61,25 @@ pub fn linear_act(x: &Tensor, l: &Linear, act: Act) -> Result<Tensor> {
     let xs = x.shape();
     let (n, k) = (l.out_features(), l.in_features());
     if xs.is_empty() || xs[xs.len() - 1] != k {
-        return Err(shape_err!("linear: input {xs:?} does not end in {k} (weight {:?})", l.weight.shape()));
+        return Err(shape_err!(
+            "linear: input {xs:?} does not end in {k} (weight {:?})",
+            l.weight.shape()
+        ));
     }
     if let Some(b) = &l.bias {
         if b.shape() != [n] {
-            return Err(shape_err!("linear: bias {:?} does not match weight {:?}", b.shape(), l.weight.shape()));
+            return Err(shape_err!(
+                "linear: bias {:?} does not match weight {:?}",
+                b.shape(),
+                l.weight.shape()
+            ));
         }
     }
     let w = match &l.weight {
         Weight::Dense(w) => w,
-        Weight::Int8 { q, scale } => return crate::ops::quant::linear_int8(x, q, scale, l.bias.as_ref(), act),
+        Weight::Int8 { q, scale } => {
+            return crate::ops::quant::linear_int8(x, q, scale, l.bias.as_ref(), act)
+        }
     };
     let m: usize = xs[..xs.len() - 1].iter().product();
     let mut out_shape = xs.to_vec();
@@ -134,7 +143,11 @@ pub fn linear_act(x: &Tensor, l: &Linear, act: Act) -> Result<Tensor> {
 fn flat_rows(x: &Tensor) -> Result<Tensor> {
     let r = x.rank();
     if r <= 2 {
-        return if x.row_stride().is_ok() { Ok(x.clone()) } else { x.contiguous() };
+        return if x.row_stride().is_ok() {
+            Ok(x.clone())
+        } else {
+            x.contiguous()
+        };
     }
     let s = x.strides();
     let sh = x.shape();
@@ -153,30 +166,60 @@ fn flat_rows(x: &Tensor) -> Result<Tensor> {
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (ash, bsh) = (a.shape(), b.shape());
     let r = ash.len();
-    if !(r == 2 || r == 3) || bsh.len() != r || ash[r - 1] != bsh[r - 2] || (r == 3 && ash[0] != bsh[0]) {
-        return Err(shape_err!("matmul: shapes {ash:?} x {bsh:?} do not match ([B,M,K] x [B,K,N])"));
+    if !(r == 2 || r == 3)
+        || bsh.len() != r
+        || ash[r - 1] != bsh[r - 2]
+        || (r == 3 && ash[0] != bsh[0])
+    {
+        return Err(shape_err!(
+            "matmul: shapes {ash:?} x {bsh:?} do not match ([B,M,K] x [B,K,N])"
+        ));
     }
     let batch = if r == 3 { ash[0] } else { 1 };
     let (m, k, n) = (ash[r - 2], ash[r - 1], bsh[r - 1]);
-    let out_shape: Vec<usize> = if r == 3 { vec![batch, m, n] } else { vec![m, n] };
+    let out_shape: Vec<usize> = if r == 3 {
+        vec![batch, m, n]
+    } else {
+        vec![m, n]
+    };
     match common_gpu("matmul", &[a, b])? {
         None => {
             let av = a.cpu_f32()?;
             // b^T as [B, N, K] rows so the inner loop is a dense dot product.
-            let bt = if r == 3 { b.transpose(1, 2)? } else { b.transpose(0, 1)? };
+            let bt = if r == 3 {
+                b.transpose(1, 2)?
+            } else {
+                b.transpose(0, 1)?
+            };
             let btv = bt.to_vec_f32()?;
             let mut y = vec![0f32; batch * m * n];
             for bi in 0..batch {
-                let yb = linear_cpu(&av[bi * m * k..(bi + 1) * m * k], &btv[bi * n * k..(bi + 1) * n * k], None, m, k, n, Act::None);
+                let yb = linear_cpu(
+                    &av[bi * m * k..(bi + 1) * m * k],
+                    &btv[bi * n * k..(bi + 1) * n * k],
+                    None,
+                    m,
+                    k,
+                    n,
+                    Act::None,
+                );
                 y[bi * m * n..(bi + 1) * m * n].copy_from_slice(&yb);
             }
             host(y, &out_shape)
         }
         Some(gpu) => {
             if a.dtype() != b.dtype() {
-                return Err(Error::Other(format!("matmul: dtypes {} and {} differ", a.dtype().name(), b.dtype().name())));
+                return Err(Error::Other(format!(
+                    "matmul: dtypes {} and {} differ",
+                    a.dtype().name(),
+                    b.dtype().name()
+                )));
             }
-            let a = if a.is_contiguous() { a.clone() } else { a.contiguous()? };
+            let a = if a.is_contiguous() {
+                a.clone()
+            } else {
+                a.contiguous()?
+            };
             // b as stored: row-major [K, N] (plain) or [N, K] (a transposed view).
             let bs = b.strides();
             let (b, w_transposed) = if b.is_contiguous() {
@@ -215,7 +258,15 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// CPU reference: `y[m, n] = act(sum_k x[m, k] w[n, k] + b[n])`, f32, threaded over rows.
-pub fn linear_cpu(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize, act: Act) -> Vec<f32> {
+pub fn linear_cpu(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    act: Act,
+) -> Vec<f32> {
     assert_eq!(x.len(), m * k);
     assert_eq!(w.len(), n * k);
     let mut y = vec![0f32; m * n];
@@ -313,7 +364,11 @@ fn cuda_type(d: DType) -> Result<ltsys::cudaDataType> {
         DType::F32 => ltsys::cudaDataType::CUDA_R_32F,
         DType::BF16 => ltsys::cudaDataType::CUDA_R_16BF,
         DType::F16 => ltsys::cudaDataType::CUDA_R_16F,
-        DType::I8 => return Err(Error::Other("cuBLASLt GEMM: i8 operands go through ops::quant".into())),
+        DType::I8 => {
+            return Err(Error::Other(
+                "cuBLASLt GEMM: i8 operands go through ops::quant".into(),
+            ))
+        }
     })
 }
 
@@ -352,8 +407,11 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
     let blas = guard.as_ref().unwrap();
     let ty = cuda_type(c.dtype)?;
     unsafe {
-        let desc = lt::create_matmul_desc(ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F, ltsys::cudaDataType::CUDA_R_32F)
-            .map_err(lt_err("matmul desc"))?;
+        let desc = lt::create_matmul_desc(
+            ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            ltsys::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(lt_err("matmul desc"))?;
         let cleanup_desc = Guard(move || {
             let _ = lt::destroy_matmul_desc(desc);
         });
@@ -361,23 +419,47 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
         let op_t: i32 = 1;
         let op_n: i32 = 0;
         let ta = if c.w_transposed { op_t } else { op_n };
-        set_desc(desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &ta)?;
-        set_desc(desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &op_n)?;
+        set_desc(
+            desc,
+            ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+            &ta,
+        )?;
+        set_desc(
+            desc,
+            ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+            &op_n,
+        )?;
         let epi = match (c.bias.is_some(), c.gelu) {
             (false, false) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
             (true, false) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
             (false, true) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU,
             (true, true) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
         };
-        set_desc(desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi)?;
+        set_desc(
+            desc,
+            ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+            &epi,
+        )?;
         if let Some((bp, bdt)) = c.bias {
             let bptr = bp as *const c_void;
-            set_desc(desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bptr)?;
+            set_desc(
+                desc,
+                ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                &bptr,
+            )?;
             let bty = cuda_type(bdt)?;
-            set_desc(desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bty)?;
+            set_desc(
+                desc,
+                ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                &bty,
+            )?;
         }
         // A = W: stored row-major with row stride ldw = col-major with ld ldw.
-        let (a_rows, a_cols) = if c.w_transposed { (c.k, c.n) } else { (c.n, c.k) };
+        let (a_rows, a_cols) = if c.w_transposed {
+            (c.k, c.n)
+        } else {
+            (c.n, c.k)
+        };
         let la = layout(ty, a_rows, a_cols, c.ldw, c.batch, c.stride_w)?;
         let lb = layout(ty, c.k, c.m, c.lda, c.batch, c.stride_a)?;
         let ly = layout(ty, c.n, c.m, c.n, c.batch, c.stride_y)?;
@@ -398,8 +480,9 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
             std::mem::size_of::<usize>(),
         )
         .map_err(lt_err("workspace preference"))?;
-        let heur = lt::get_matmul_algo_heuristic(blas.handle, desc, la, lb, ly, ly, pref).map_err(|e| {
-            Error::Cuda(format!(
+        let heur = lt::get_matmul_algo_heuristic(blas.handle, desc, la, lb, ly, ly, pref).map_err(
+            |e| {
+                Error::Cuda(format!(
                 "cuBLASLt has no algorithm for a {} GEMM m={} n={} k={} (lda {}, ldw {}): {e:?}",
                 c.dtype.name(),
                 c.m,
@@ -408,7 +491,8 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
                 c.lda,
                 c.ldw
             ))
-        })?;
+            },
+        )?;
         let alpha = 1f32;
         let beta = 0f32;
         lt::matmul(
@@ -442,13 +526,30 @@ impl<F: FnMut()> Drop for Guard<F> {
     }
 }
 
-unsafe fn set_desc<T>(desc: ltsys::cublasLtMatmulDesc_t, attr: ltsys::cublasLtMatmulDescAttributes_t, v: &T) -> Result<()> {
-    lt::set_matmul_desc_attribute(desc, attr, v as *const T as *const c_void, std::mem::size_of::<T>())
-        .map_err(|e| Error::Cuda(format!("cuBLASLt set {attr:?}: {e:?}")))
+unsafe fn set_desc<T>(
+    desc: ltsys::cublasLtMatmulDesc_t,
+    attr: ltsys::cublasLtMatmulDescAttributes_t,
+    v: &T,
+) -> Result<()> {
+    lt::set_matmul_desc_attribute(
+        desc,
+        attr,
+        v as *const T as *const c_void,
+        std::mem::size_of::<T>(),
+    )
+    .map_err(|e| Error::Cuda(format!("cuBLASLt set {attr:?}: {e:?}")))
 }
 
-unsafe fn layout(ty: ltsys::cudaDataType, rows: usize, cols: usize, ld: usize, batch: usize, stride: usize) -> Result<ltsys::cublasLtMatrixLayout_t> {
-    let l = lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(lt_err("layout"))?;
+unsafe fn layout(
+    ty: ltsys::cudaDataType,
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    batch: usize,
+    stride: usize,
+) -> Result<ltsys::cublasLtMatrixLayout_t> {
+    let l = lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64)
+        .map_err(lt_err("layout"))?;
     if batch > 1 {
         let b = batch as i32;
         let s = stride as i64;
@@ -485,8 +586,12 @@ mod tests {
     #[test]
     fn linear_cpu_matches_naive() {
         let (m, k, n) = (7, 37, 13);
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 97) as f32 / 50.0 - 1.0).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 89) as f32 / 45.0 - 1.0).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 97) as f32 / 50.0 - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104729) % 89) as f32 / 45.0 - 1.0)
+            .collect();
         let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
         let y = linear_cpu(&x, &w, Some(&b), m, k, n, Act::Silu);
         for i in 0..m {
@@ -497,7 +602,11 @@ mod tests {
                 }
                 let z = (s + b[j] as f64) as f32;
                 let want = z / (1.0 + (-z).exp());
-                assert!((y[i * n + j] - want).abs() < 1e-4, "{i},{j}: {} vs {want}", y[i * n + j]);
+                assert!(
+                    (y[i * n + j] - want).abs() < 1e-4,
+                    "{i},{j}: {} vs {want}",
+                    y[i * n + j]
+                );
             }
         }
     }

@@ -25,7 +25,11 @@ pub(crate) fn common_gpu<'a>(op: &str, ts: &[&'a Tensor]) -> Result<Option<&'a A
     let first = ts[0].device();
     for t in ts {
         if t.device() != first {
-            return Err(Error::Other(format!("{op}: inputs are on different devices ({:?} and {:?})", first, t.device())));
+            return Err(Error::Other(format!(
+                "{op}: inputs are on different devices ({:?} and {:?})",
+                first,
+                t.device()
+            )));
         }
     }
     Ok(first.gpu())
@@ -45,7 +49,11 @@ macro_rules! kname {
             $crate::runtime::DType::F32 => Ok(concat!($base, "_f32")),
             $crate::runtime::DType::BF16 => Ok(concat!($base, "_bf16")),
             $crate::runtime::DType::F16 => Ok(concat!($base, "_f16")),
-            d => Err($crate::Error::Other(format!("{}: dtype {} is not supported on the GPU", $op, d.name()))),
+            d => Err($crate::Error::Other(format!(
+                "{}: dtype {} is not supported on the GPU",
+                $op,
+                d.name()
+            ))),
         }
     };
 }
@@ -60,7 +68,10 @@ pub(crate) fn grid_1d(n: usize) -> (u32, u32, u32) {
 /// `out` has `row_len` values per row and is split accordingly.
 pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows = if row_len == 0 { 0 } else { out.len() / row_len };
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(rows.max(1));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(rows.max(1));
     let work = rows * row_len;
     if threads <= 1 || work < 1 << 15 {
         f(0, out);
@@ -79,6 +90,9 @@ pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [
 pub(crate) fn float_dtype(op: &str, t: &Tensor) -> Result<DType> {
     match t.dtype() {
         d @ (DType::F32 | DType::BF16 | DType::F16) => Ok(d),
-        d => Err(Error::Other(format!("{op}: dtype {} is not a float type", d.name()))),
+        d => Err(Error::Other(format!(
+            "{op}: dtype {} is not a float type",
+            d.name()
+        ))),
     }
 }

@@ -17,7 +17,10 @@ fn rows_cols(op: &str, x: &Tensor) -> Result<(usize, usize)> {
 fn check_vec(op: &str, what: &str, t: Option<&Tensor>, c: usize) -> Result<()> {
     if let Some(t) = t {
         if t.shape() != [c] {
-            return Err(shape_err!("{op}: {what} is {:?}, expected [{c}]", t.shape()));
+            return Err(shape_err!(
+                "{op}: {what} is {:?}, expected [{c}]",
+                t.shape()
+            ));
         }
     }
     Ok(())
@@ -85,7 +88,14 @@ pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f32) 
                     (rows as u32, 1, 1),
                     (256, 1, 1),
                     0,
-                    KernelArgs::new().ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).ptr(wp).ptr(bp).i32(rows as i32).i32(c as i32).f32(eps),
+                    KernelArgs::new()
+                        .ptr(x.dev_ptr()?)
+                        .ptr(y.dev_ptr()?)
+                        .ptr(wp)
+                        .ptr(bp)
+                        .i32(rows as i32)
+                        .i32(c as i32)
+                        .f32(eps),
                 )?;
             }
             Ok(y)
@@ -98,12 +108,17 @@ pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f32) 
 pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
     let sh = x.shape();
     if sh.len() != 3 {
-        return Err(shape_err!("layer_norm_modulate: x must be [B, S, C], got {sh:?}"));
+        return Err(shape_err!(
+            "layer_norm_modulate: x must be [B, S, C], got {sh:?}"
+        ));
     }
     let (bsz, s, c) = (sh[0], sh[1], sh[2]);
     for (what, t) in [("shift", shift), ("scale", scale)] {
         if t.shape() != [bsz, c] {
-            return Err(shape_err!("layer_norm_modulate: {what} is {:?}, expected [{bsz}, {c}]", t.shape()));
+            return Err(shape_err!(
+                "layer_norm_modulate: {what} is {:?}, expected [{bsz}, {c}]",
+                t.shape()
+            ));
         }
     }
     match common_gpu("layer_norm_modulate", &[x, shift, scale])? {
@@ -189,7 +204,13 @@ pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f32) -> Result<Tensor> {
                     (rows as u32, 1, 1),
                     (if c <= 128 { 64 } else { 256 }, 1, 1),
                     0,
-                    KernelArgs::new().ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).ptr(wp).i32(rows as i32).i32(c as i32).f32(eps),
+                    KernelArgs::new()
+                        .ptr(x.dev_ptr()?)
+                        .ptr(y.dev_ptr()?)
+                        .ptr(wp)
+                        .i32(rows as i32)
+                        .i32(c as i32)
+                        .f32(eps),
                 )?;
             }
             Ok(y)
@@ -212,13 +233,21 @@ mod tests {
     #[test]
     fn layer_norm_modulate_equals_layer_norm_then_affine() {
         let (b, s, c) = (2, 3, 5);
-        let x: Vec<f32> = (0..b * s * c).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+        let x: Vec<f32> = (0..b * s * c)
+            .map(|i| ((i * 37) % 11) as f32 - 5.0)
+            .collect();
         let xt = Tensor::from_f32(x, &[b, s, c], &Device::Cpu).unwrap();
         let mod6: Vec<f32> = (0..b * 2 * c).map(|i| (i as f32) * 0.1 - 0.5).collect();
         let m = Tensor::from_f32(mod6.clone(), &[b, 2 * c], &Device::Cpu).unwrap();
         let (shift, scale) = (m.narrow(1, 0, c).unwrap(), m.narrow(1, c, c).unwrap());
-        let y = layer_norm_modulate(&xt, &shift, &scale, 1e-6).unwrap().to_vec_f32().unwrap();
-        let ln = layer_norm(&xt, None, None, 1e-6).unwrap().to_vec_f32().unwrap();
+        let y = layer_norm_modulate(&xt, &shift, &scale, 1e-6)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let ln = layer_norm(&xt, None, None, 1e-6)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         for i in 0..b * s * c {
             let (bi, j) = (i / (s * c), i % c);
             let want = ln[i] * (1.0 + mod6[bi * 2 * c + c + j]) + mod6[bi * 2 * c + j];

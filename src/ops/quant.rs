@@ -14,7 +14,12 @@ use crate::shape_err;
 
 /// Quantizes a row-major [n, k] matrix. `group`: scales per `group` input channels (must divide
 /// k), else one scale per row. Returns (q [n*k], scales [n * groups]).
-pub fn quantize_per_channel(w: &[f32], n: usize, k: usize, group: Option<usize>) -> (Vec<i8>, Vec<f32>) {
+pub fn quantize_per_channel(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    group: Option<usize>,
+) -> (Vec<i8>, Vec<f32>) {
     assert_eq!(w.len(), n * k);
     let g = group.unwrap_or(k).max(1);
     assert!(k % g == 0, "group {g} does not divide {k}");
@@ -42,7 +47,9 @@ pub fn quantize_per_channel(w: &[f32], n: usize, k: usize, group: Option<usize>)
 pub fn dequantize(q: &[i8], scales: &[f32], n: usize, k: usize) -> Vec<f32> {
     let groups = scales.len() / n.max(1);
     let g = k / groups.max(1);
-    (0..n * k).map(|i| q[i] as f32 * scales[(i / k) * groups + (i % k) / g]).collect()
+    (0..n * k)
+        .map(|i| q[i] as f32 * scales[(i / k) * groups + (i % k) / g])
+        .collect()
 }
 
 /// An INT8 weight from a dense [N, K] tensor (quantized on the host, placed on `t`'s device).
@@ -54,29 +61,47 @@ pub fn quantize_weight(t: &Tensor, group: Option<usize>) -> Result<Weight> {
     let (n, k) = (sh[0], sh[1]);
     if let Some(g) = group {
         if g == 0 || k % g != 0 {
-            return Err(Error::Input(format!("--group {g} must divide the input width {k}")));
+            return Err(Error::Input(format!(
+                "--group {g} must divide the input width {k}"
+            )));
         }
     }
     let (q, s) = quantize_per_channel(&t.to_vec_f32()?, n, k, group);
     let groups = s.len() / n;
     let dev = t.device();
     let q = Tensor::from_i8(q, &[n, k], dev)?;
-    let scale = if groups == 1 { Tensor::from_f32(s, &[n], dev)? } else { Tensor::from_f32(s, &[n, groups], dev)? };
+    let scale = if groups == 1 {
+        Tensor::from_f32(s, &[n], dev)?
+    } else {
+        Tensor::from_f32(s, &[n, groups], dev)?
+    };
     Ok(Weight::Int8 { q, scale })
 }
 
 fn check(x: &Tensor, q: &Tensor, scale: &Tensor) -> Result<(usize, usize, usize)> {
     let (qs, ss) = (q.shape(), scale.shape());
     if q.dtype() != DType::I8 || qs.len() != 2 {
-        return Err(shape_err!("linear_int8: q must be [N, K] i8, got {qs:?} {}", q.dtype().name()));
+        return Err(shape_err!(
+            "linear_int8: q must be [N, K] i8, got {qs:?} {}",
+            q.dtype().name()
+        ));
     }
     let (n, k) = (qs[0], qs[1]);
-    let groups = if ss.len() == 1 { 1 } else { ss.get(1).copied().unwrap_or(0) };
+    let groups = if ss.len() == 1 {
+        1
+    } else {
+        ss.get(1).copied().unwrap_or(0)
+    };
     if ss.first() != Some(&n) || ss.len() > 2 || groups == 0 || k % groups != 0 {
-        return Err(shape_err!("linear_int8: scale {ss:?} does not fit weight {qs:?} ([N] or [N, K/group])"));
+        return Err(shape_err!(
+            "linear_int8: scale {ss:?} does not fit weight {qs:?} ([N] or [N, K/group])"
+        ));
     }
     if x.shape().last() != Some(&k) {
-        return Err(shape_err!("linear_int8: input {:?} does not end in {k}", x.shape()));
+        return Err(shape_err!(
+            "linear_int8: input {:?} does not end in {k}",
+            x.shape()
+        ));
     }
     Ok((n, k, groups))
 }
@@ -110,16 +135,33 @@ fn w8a16_smem_bytes(grouped: bool) -> u32 {
 }
 
 /// `act(x dequant(q)^T + b)`: x [.., K], q [N, K] i8, scale [N] or [N, K/group] f32.
-pub fn linear_int8(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
+pub fn linear_int8(
+    x: &Tensor,
+    q: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+    act: Act,
+) -> Result<Tensor> {
     linear_int8_with(x, q, scale, bias, act, Int8Kernel::Auto)
 }
 
 /// [`linear_int8`] with a chosen GPU kernel (tests and benchmarks compare them).
-pub fn linear_int8_with(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Tensor>, act: Act, kernel: Int8Kernel) -> Result<Tensor> {
+pub fn linear_int8_with(
+    x: &Tensor,
+    q: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+    act: Act,
+    kernel: Int8Kernel,
+) -> Result<Tensor> {
     let (n, k, groups) = check(x, q, scale)?;
     if let Some(b) = bias {
         if b.shape() != [n] {
-            return Err(shape_err!("linear_int8: bias {:?} does not match weight {:?}", b.shape(), q.shape()));
+            return Err(shape_err!(
+                "linear_int8: bias {:?} does not match weight {:?}",
+                b.shape(),
+                q.shape()
+            ));
         }
     }
     let m = x.elem_count() / k.max(1);
@@ -146,7 +188,8 @@ pub fn linear_int8_with(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Te
                     }
                     for (i, o) in out.chunks_mut(n).enumerate() {
                         let xr = &xv[(r0 + i) * k..(r0 + i + 1) * k];
-                        let z = crate::ops::gemm::dot(xr, &wrow) + bv.as_ref().map_or(0.0, |b| b[j]);
+                        let z =
+                            crate::ops::gemm::dot(xr, &wrow) + bv.as_ref().map_or(0.0, |b| b[j]);
                         o[j] = act.apply(z);
                     }
                 }
@@ -159,7 +202,9 @@ pub fn linear_int8_with(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Te
             let kernel = match kernel {
                 Int8Kernel::Auto => {
                     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-                    let forced = *FORCED.get_or_init(|| std::env::var("CONTENTV_INT8_GEMM").is_ok_and(|v| v == "dequant"));
+                    let forced = *FORCED.get_or_init(|| {
+                        std::env::var("CONTENTV_INT8_GEMM").is_ok_and(|v| v == "dequant")
+                    });
                     if forced || !half || k % 8 != 0 || (k / groups) % 8 != 0 {
                         Int8Kernel::Dequant
                     } else if m <= GEMV_MAX_M {
@@ -174,16 +219,26 @@ pub fn linear_int8_with(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Te
                 return linear_int8_dequant(x, q, scale, bias, act, n, k, groups);
             }
             if !half {
-                return Err(Error::Other(format!("linear_int8: the W8A16 kernels take bf16/f16 activations, got {}", dt.name())));
+                return Err(Error::Other(format!(
+                    "linear_int8: the W8A16 kernels take bf16/f16 activations, got {}",
+                    dt.name()
+                )));
             }
             if k % 8 != 0 {
-                return Err(shape_err!("linear_int8: the W8A16 kernels need K % 8 == 0, got K = {k}"));
+                return Err(shape_err!(
+                    "linear_int8: the W8A16 kernels need K % 8 == 0, got K = {k}"
+                ));
             }
             if groups > 1 && (k / groups) % 8 != 0 {
-                return Err(shape_err!("linear_int8: group size {} must be a multiple of 8", k / groups));
+                return Err(shape_err!(
+                    "linear_int8: group size {} must be a multiple of 8",
+                    k / groups
+                ));
             }
             if kernel == Int8Kernel::Gemv && m > GEMV_MAX_M {
-                return Err(shape_err!("linear_int8: the GEMV kernel takes at most {GEMV_MAX_M} rows, got {m}"));
+                return Err(shape_err!(
+                    "linear_int8: the GEMV kernel takes at most {GEMV_MAX_M} rows, got {m}"
+                ));
             }
             let y = Tensor::empty(&out_shape, dt, x.device())?;
             if m == 0 || n == 0 {
@@ -200,7 +255,9 @@ pub fn linear_int8_with(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Te
                 q2 = dense_copy(&q2)?;
             }
             let s2 = scale.contiguous()?.to_dtype(DType::F32)?;
-            let b2 = bias.map(|b| b.contiguous()?.to_dtype(DType::F32)).transpose()?;
+            let b2 = bias
+                .map(|b| b.contiguous()?.to_dtype(DType::F32))
+                .transpose()?;
             let mut args = KernelArgs::new();
             args.ptr(x2.dev_ptr()?)
                 .i64(lda as i64)
@@ -214,13 +271,26 @@ pub fn linear_int8_with(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Te
                 .i32(k as i32)
                 .i32(act.code());
             if m > i32::MAX as usize || n > i32::MAX as usize || k > i32::MAX as usize {
-                return Err(shape_err!("linear_int8: [{m}, {k}] x [{n}, {k}] is too large"));
+                return Err(shape_err!(
+                    "linear_int8: [{m}, {k}] x [{n}, {k}] is too large"
+                ));
             }
             let bf = dt == DType::BF16;
             unsafe {
                 if kernel == Int8Kernel::Gemv {
-                    let name = if bf { "w8a16_gemv_bf16" } else { "w8a16_gemv_f16" };
-                    gpu.launch("gemm_int8", name, (n.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0, &mut args)?;
+                    let name = if bf {
+                        "w8a16_gemv_bf16"
+                    } else {
+                        "w8a16_gemv_f16"
+                    };
+                    gpu.launch(
+                        "gemm_int8",
+                        name,
+                        (n.div_ceil(8) as u32, 1, 1),
+                        (256, 1, 1),
+                        0,
+                        &mut args,
+                    )?;
                 } else {
                     let name = match (bf, groups > 1) {
                         (true, false) => "w8a16_mma_bf16",
@@ -230,9 +300,19 @@ pub fn linear_int8_with(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Te
                     };
                     let grid_y = m.div_ceil(128);
                     if grid_y > 65_535 {
-                        return Err(shape_err!("linear_int8: {m} rows exceed the grid (at most {} rows)", 65_535 * 128));
+                        return Err(shape_err!(
+                            "linear_int8: {m} rows exceed the grid (at most {} rows)",
+                            65_535 * 128
+                        ));
                     }
-                    gpu.launch("gemm_int8", name, (n.div_ceil(128) as u32, grid_y as u32, 1), (256, 1, 1), w8a16_smem_bytes(groups > 1), &mut args)?;
+                    gpu.launch(
+                        "gemm_int8",
+                        name,
+                        (n.div_ceil(128) as u32, grid_y as u32, 1),
+                        (256, 1, 1),
+                        w8a16_smem_bytes(groups > 1),
+                        &mut args,
+                    )?;
                 }
             }
             // Keep the inputs alive until the launch is queued (pool memory is stream-ordered).
@@ -245,8 +325,20 @@ pub fn linear_int8_with(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Te
 /// The fallback GPU path: dequantise into a dense weight of the activation dtype, then the
 /// dense linear (cuBLASLt).
 #[allow(clippy::too_many_arguments)]
-fn linear_int8_dequant(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Tensor>, act: Act, n: usize, k: usize, groups: usize) -> Result<Tensor> {
-    let gpu = x.device().gpu().ok_or_else(|| Error::Other("linear_int8_dequant: not a GPU tensor".into()))?;
+fn linear_int8_dequant(
+    x: &Tensor,
+    q: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+    act: Act,
+    n: usize,
+    k: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let gpu = x
+        .device()
+        .gpu()
+        .ok_or_else(|| Error::Other("linear_int8_dequant: not a GPU tensor".into()))?;
     let dt = x.dtype();
     let w = Tensor::empty(&[n, k], dt, x.device())?;
     let name = crate::kname!("linear_int8", dt, "dequant_i8")?;
@@ -259,11 +351,24 @@ fn linear_int8_dequant(x: &Tensor, q: &Tensor, scale: &Tensor, bias: Option<&Ten
             grid_1d(n * k),
             (256, 1, 1),
             0,
-            KernelArgs::new().ptr(q.dev_ptr()?).ptr(scale.dev_ptr()?).ptr(w.dev_ptr()?).i64(n as i64).i64(k as i64).i64(groups as i64),
+            KernelArgs::new()
+                .ptr(q.dev_ptr()?)
+                .ptr(scale.dev_ptr()?)
+                .ptr(w.dev_ptr()?)
+                .i64(n as i64)
+                .i64(k as i64)
+                .i64(groups as i64),
         )?;
     }
     let bias = bias.map(|b| b.to_dtype(dt)).transpose()?;
-    linear_act(x, &Linear { weight: Weight::Dense(w), bias }, act)
+    linear_act(
+        x,
+        &Linear {
+            weight: Weight::Dense(w),
+            bias,
+        },
+        act,
+    )
 }
 
 /// `x` viewed as [M, K] with one row stride (a contiguous copy if the batch dims do not
@@ -276,7 +381,8 @@ fn flat_rows(x: &Tensor) -> Result<Tensor> {
         return x.contiguous()?.reshape(&[1, k]);
     }
     let s = x.strides();
-    let ok = (k <= 1 || s[r - 1] == 1) && (0..r - 2).all(|i| sh[i + 1] == 1 || s[i] == s[i + 1] * sh[i + 1]);
+    let ok = (k <= 1 || s[r - 1] == 1)
+        && (0..r - 2).all(|i| sh[i + 1] == 1 || s[i] == s[i + 1] * sh[i + 1]);
     if !ok {
         let c = x.contiguous()?;
         let m = c.elem_count() / k.max(1);
@@ -302,7 +408,16 @@ fn dense_copy(t: &Tensor) -> Result<Tensor> {
 /// adaLN modulation, embeddings (T5's relative attention bias included), the context embedder,
 /// the final layer, CLIP and the VAE. `linear_name` is the key without `.weight`.
 pub fn int8_applies(linear_name: &str) -> bool {
-    const ATTN: [&str; 8] = ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"];
+    const ATTN: [&str; 8] = [
+        "to_q",
+        "to_k",
+        "to_v",
+        "add_q_proj",
+        "add_k_proj",
+        "add_v_proj",
+        "to_out.0",
+        "to_add_out",
+    ];
     const FF: [&str; 2] = ["0.proj", "2"];
     const T5_ATTN: [&str; 4] = ["q", "k", "v", "o"];
     const T5_FF: [&str; 4] = ["wi_0", "wi_1", "wi", "wo"];
@@ -316,7 +431,10 @@ pub fn int8_applies(linear_name: &str) -> bool {
         if let Some(l) = rest.strip_prefix("attn.") {
             return ATTN.contains(&l);
         }
-        if let Some(l) = rest.strip_prefix("ff.net.").or_else(|| rest.strip_prefix("ff_context.net.")) {
+        if let Some(l) = rest
+            .strip_prefix("ff.net.")
+            .or_else(|| rest.strip_prefix("ff_context.net."))
+        {
             return FF.contains(&l);
         }
         return false;
@@ -333,10 +451,19 @@ pub fn int8_applies(linear_name: &str) -> bool {
 }
 
 /// Host tensors of an INT8 weight (for writing a quantized checkpoint).
-pub fn quantize_host(w: &[f32], n: usize, k: usize, group: Option<usize>) -> Result<(Tensor, Tensor)> {
+pub fn quantize_host(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    group: Option<usize>,
+) -> Result<(Tensor, Tensor)> {
     let (q, s) = quantize_per_channel(w, n, k, group);
     let groups = s.len() / n.max(1);
-    let scale = if groups == 1 { Tensor::from_f32(s, &[n], &Device::Cpu)? } else { Tensor::from_f32(s, &[n, groups], &Device::Cpu)? };
+    let scale = if groups == 1 {
+        Tensor::from_f32(s, &[n], &Device::Cpu)?
+    } else {
+        Tensor::from_f32(s, &[n, groups], &Device::Cpu)?
+    };
     Ok((Tensor::from_i8(q, &[n, k], &Device::Cpu)?, scale))
 }
 
@@ -347,7 +474,9 @@ mod tests {
     #[test]
     fn round_trip_within_half_a_step() {
         let (n, k) = (5, 64);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1001) as f32 / 500.0 - 1.0).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 1001) as f32 / 500.0 - 1.0)
+            .collect();
         for group in [None, Some(16)] {
             let (q, s) = quantize_per_channel(&w, n, k, group);
             let d = dequantize(&q, &s, n, k);
@@ -364,15 +493,46 @@ mod tests {
     #[test]
     fn policy() {
         assert!(int8_applies("transformer_blocks.3.attn.to_q"));
-        assert!(int8_applies("transformer_blocks.37.ff_context.net.2") && int8_applies("transformer_blocks.0.ff.net.0.proj"));
-        assert!(!int8_applies("transformer_blocks.3.norm1.linear") && !int8_applies("norm_out.linear") && !int8_applies("context_embedder"));
-        assert!(int8_applies("encoder.block.5.layer.1.DenseReluDense.wo") && !int8_applies("text_model.encoder.layers.0.mlp.fc1"));
-        assert!(int8_applies("encoder.block.0.layer.0.SelfAttention.q") && int8_applies("encoder.block.23.layer.0.SelfAttention.o"));
-        assert!(!int8_applies("encoder.block.0.layer.0.SelfAttention.relative_attention_bias"), "an embedding, not a linear");
-        assert!(!int8_applies("transformer_blocks.3.attn.norm_q") && !int8_applies("transformer_blocks.3.attn.norm_added_k"));
-        assert!(int8_applies("transformer_blocks.36.attn.add_v_proj") && int8_applies("transformer_blocks.36.attn.to_add_out"));
-        assert!(!int8_applies("transformer_blocks.x.attn.to_q") && !int8_applies("encoder.final_layer_norm"));
-        for n in ["pos_embed.proj", "time_text_embed.timestep_embedder.linear_1", "context_embedder", "proj_out", "norm_out.linear"] {
+        assert!(
+            int8_applies("transformer_blocks.37.ff_context.net.2")
+                && int8_applies("transformer_blocks.0.ff.net.0.proj")
+        );
+        assert!(
+            !int8_applies("transformer_blocks.3.norm1.linear")
+                && !int8_applies("norm_out.linear")
+                && !int8_applies("context_embedder")
+        );
+        assert!(
+            int8_applies("encoder.block.5.layer.1.DenseReluDense.wo")
+                && !int8_applies("text_model.encoder.layers.0.mlp.fc1")
+        );
+        assert!(
+            int8_applies("encoder.block.0.layer.0.SelfAttention.q")
+                && int8_applies("encoder.block.23.layer.0.SelfAttention.o")
+        );
+        assert!(
+            !int8_applies("encoder.block.0.layer.0.SelfAttention.relative_attention_bias"),
+            "an embedding, not a linear"
+        );
+        assert!(
+            !int8_applies("transformer_blocks.3.attn.norm_q")
+                && !int8_applies("transformer_blocks.3.attn.norm_added_k")
+        );
+        assert!(
+            int8_applies("transformer_blocks.36.attn.add_v_proj")
+                && int8_applies("transformer_blocks.36.attn.to_add_out")
+        );
+        assert!(
+            !int8_applies("transformer_blocks.x.attn.to_q")
+                && !int8_applies("encoder.final_layer_norm")
+        );
+        for n in [
+            "pos_embed.proj",
+            "time_text_embed.timestep_embedder.linear_1",
+            "context_embedder",
+            "proj_out",
+            "norm_out.linear",
+        ] {
             assert!(!int8_applies(n), "{n}");
         }
     }

@@ -25,7 +25,11 @@ pub fn check(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), Stri
         let err = (g - w).abs();
         let bound = atol + rtol * w.abs();
         if !(err <= bound) {
-            let excess = if err.is_nan() { f32::INFINITY } else { err - bound };
+            let excess = if err.is_nan() {
+                f32::INFINITY
+            } else {
+                err - bound
+            };
             if worst.map_or(true, |(_, e)| excess > e) {
                 worst = Some((i, excess));
             }
@@ -33,6 +37,9 @@ pub fn check(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), Stri
     }
     match worst {
         None => Ok(()),
-        Some((i, _)) => Err(format!("element {i}: got {} want {} (atol {atol}, rtol {rtol})", got[i], want[i])),
+        Some((i, _)) => Err(format!(
+            "element {i}: got {} want {} (atol {atol}, rtol {rtol})",
+            got[i], want[i]
+        )),
     }
 }

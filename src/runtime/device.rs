@@ -96,15 +96,23 @@ pub fn gpu_unavailable_reason() -> Option<String> {
     if cfg!(no_kernels) || embedded::KERNEL_FATBINS.iter().all(|(_, b)| b.is_empty()) {
         return Some(NVCC_HINT.to_string());
     }
-    if std::env::var("CONTENTV_FORCE_CPU").map(|v| v == "1").unwrap_or(false) {
+    if std::env::var("CONTENTV_FORCE_CPU")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+    {
         return Some("CONTENTV_FORCE_CPU=1 is set".into());
     }
     // SAFETY: only dlopens the candidate library names.
     if !unsafe { sys::is_culib_present() } {
-        return Some("the CUDA driver library (libcuda.so.1) is not installed or not on the loader path".into());
+        return Some(
+            "the CUDA driver library (libcuda.so.1) is not installed or not on the loader path"
+                .into(),
+        );
     }
     if let Err(e) = cu::init() {
-        return Some(format!("cuInit failed ({e:?}): no usable NVIDIA driver or device"));
+        return Some(format!(
+            "cuInit failed ({e:?}): no usable NVIDIA driver or device"
+        ));
     }
     match CudaContext::device_count() {
         Ok(0) => Some("the CUDA driver reports no GPU".into()),
@@ -148,7 +156,11 @@ pub struct Gpu {
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Gpu({} {}, sm_{}{})", self.ordinal, self.name, self.compute_capability.0, self.compute_capability.1)
+        write!(
+            f,
+            "Gpu({} {}, sm_{}{})",
+            self.ordinal, self.name, self.compute_capability.0, self.compute_capability.1
+        )
     }
 }
 
@@ -161,7 +173,8 @@ impl Gpu {
         let copy = ctx.new_stream()?;
         let name = ctx.name()?;
         let compute_capability = ctx.compute_capability()?;
-        let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let sm_count =
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         let total_mem = ctx.total_mem()?;
         if compute_capability.0 < 8 {
             return Err(Error::NoGpu(format!(
@@ -219,20 +232,33 @@ impl Gpu {
             .iter()
             .find(|(n, _)| *n == module)
             .map(|(_, b)| *b)
-            .ok_or_else(|| Error::Cuda(format!("no kernel module named {module:?} (kernels/{module}.cu)")))?;
+            .ok_or_else(|| {
+                Error::Cuda(format!(
+                    "no kernel module named {module:?} (kernels/{module}.cu)"
+                ))
+            })?;
         if image.is_empty() {
             return Err(Error::NoGpu(NVCC_HINT.into()));
         }
         // cuModuleLoadData needs the image to stay valid during the call only; copy to be
         // sure of alignment.
         let owned: Vec<u8> = image.to_vec();
-        let m = unsafe { cu::module::load_data(owned.as_ptr() as *const c_void) }
-            .map_err(|e| Error::Cuda(format!("loading kernels/{module}.cu for {}: {e:?}", self.name)))?;
+        let m = unsafe { cu::module::load_data(owned.as_ptr() as *const c_void) }.map_err(|e| {
+            Error::Cuda(format!(
+                "loading kernels/{module}.cu for {}: {e:?}",
+                self.name
+            ))
+        })?;
         mods.insert(module, Module(m));
         Ok(Module(m))
     }
 
-    fn function(&self, module: &'static str, name: &'static str, smem: u32) -> Result<sys::CUfunction> {
+    fn function(
+        &self,
+        module: &'static str,
+        name: &'static str,
+        smem: u32,
+    ) -> Result<sys::CUfunction> {
         self.bind()?;
         let key = (module, name);
         {
@@ -245,8 +271,11 @@ impl Gpu {
         }
         let m = self.module(module)?;
         let cname = CString::new(name).unwrap();
-        let f = unsafe { cu::module::get_function(m.0, cname) }
-            .map_err(|e| Error::Cuda(format!("kernel {name} not found in kernels/{module}.cu: {e:?}")))?;
+        let f = unsafe { cu::module::get_function(m.0, cname) }.map_err(|e| {
+            Error::Cuda(format!(
+                "kernel {name} not found in kernels/{module}.cu: {e:?}"
+            ))
+        })?;
         let mut max = 48 * 1024;
         if smem > max {
             unsafe {
@@ -256,7 +285,11 @@ impl Gpu {
                     smem as i32,
                 )
             }
-            .map_err(|e| Error::Cuda(format!("{name}: cannot raise dynamic shared memory to {smem} B: {e:?}")))?;
+            .map_err(|e| {
+                Error::Cuda(format!(
+                    "{name}: cannot raise dynamic shared memory to {smem} B: {e:?}"
+                ))
+            })?;
             max = smem;
         }
         self.funcs.lock().unwrap().insert(key, (Func(f), max));
@@ -280,8 +313,11 @@ impl Gpu {
     ) -> Result<()> {
         let f = self.function(module, name, smem)?;
         let mut ptrs = args.pointers();
-        cu::launch_kernel(f, grid, block, smem, self.stream(), &mut ptrs)
-            .map_err(|e| Error::Cuda(format!("launching {name} grid {grid:?} block {block:?} smem {smem}: {e:?}")))
+        cu::launch_kernel(f, grid, block, smem, self.stream(), &mut ptrs).map_err(|e| {
+            Error::Cuda(format!(
+                "launching {name} grid {grid:?} block {block:?} smem {smem}: {e:?}"
+            ))
+        })
     }
 }
 
@@ -294,7 +330,9 @@ pub struct KernelArgs {
 
 impl KernelArgs {
     pub fn new() -> Self {
-        Self { vals: Vec::with_capacity(16) }
+        Self {
+            vals: Vec::with_capacity(16),
+        }
     }
     pub fn ptr(&mut self, p: u64) -> &mut Self {
         self.vals.push(p);
@@ -317,7 +355,10 @@ impl KernelArgs {
         self
     }
     fn pointers(&mut self) -> Vec<*mut c_void> {
-        self.vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect()
+        self.vals
+            .iter_mut()
+            .map(|v| v as *mut u64 as *mut c_void)
+            .collect()
     }
 }
 
@@ -328,7 +369,11 @@ unsafe impl Sync for Event {}
 
 impl Event {
     pub fn new(timing: bool) -> Result<Event> {
-        let flags = if timing { sys::CUevent_flags::CU_EVENT_DEFAULT } else { sys::CUevent_flags::CU_EVENT_DISABLE_TIMING };
+        let flags = if timing {
+            sys::CUevent_flags::CU_EVENT_DEFAULT
+        } else {
+            sys::CUevent_flags::CU_EVENT_DISABLE_TIMING
+        };
         Ok(Event(cu::event::create(flags)?))
     }
     pub fn record(&self, stream: sys::CUstream) -> Result<()> {
@@ -337,7 +382,13 @@ impl Event {
     }
     /// Makes `stream` wait for this event.
     pub fn wait_on(&self, stream: sys::CUstream) -> Result<()> {
-        unsafe { cu::stream::wait_event(stream, self.0, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)? };
+        unsafe {
+            cu::stream::wait_event(
+                stream,
+                self.0,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )?
+        };
         Ok(())
     }
     pub fn synchronize(&self) -> Result<()> {

@@ -62,7 +62,14 @@ pub fn size_class(bytes: usize) -> usize {
 
 impl Pool {
     pub fn new(ctx: Arc<CudaContext>) -> Pool {
-        Pool { ctx, inner: Mutex::new(Inner { free: BTreeMap::new(), stats: PoolStats::default(), limit: None }) }
+        Pool {
+            ctx,
+            inner: Mutex::new(Inner {
+                free: BTreeMap::new(),
+                stats: PoolStats::default(),
+                limit: None,
+            }),
+        }
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -105,11 +112,16 @@ impl Pool {
                     g.stats.cached -= size;
                     g.stats.in_use += size;
                     g.stats.peak_in_use = g.stats.peak_in_use.max(g.stats.in_use);
-                    return Ok(DeviceBuffer { ptr: p, size, pool: self.clone() });
+                    return Ok(DeviceBuffer {
+                        ptr: p,
+                        size,
+                        pool: self.clone(),
+                    });
                 }
             }
             if let Some(limit) = g.limit {
-                if g.stats.in_use + g.stats.cached + size > limit && g.stats.in_use + size <= limit {
+                if g.stats.in_use + g.stats.cached + size > limit && g.stats.in_use + size <= limit
+                {
                     drop(g);
                     self.empty_cache()?;
                 } else if g.stats.in_use + size > limit {
@@ -141,7 +153,11 @@ impl Pool {
         g.stats.driver_allocs += 1;
         g.stats.peak_in_use = g.stats.peak_in_use.max(g.stats.in_use);
         g.stats.peak_reserved = g.stats.peak_reserved.max(g.stats.in_use + g.stats.cached);
-        Ok(DeviceBuffer { ptr: p, size, pool: self.clone() })
+        Ok(DeviceBuffer {
+            ptr: p,
+            size,
+            pool: self.clone(),
+        })
     }
 
     fn release(&self, ptr: u64, size: usize) {
@@ -203,7 +219,10 @@ impl PinnedBuffer {
         ctx.bind_to_thread()?;
         let p = unsafe { cu::malloc_host(len.max(1), 0) }
             .map_err(|e| Error::Cuda(format!("cannot pin {len} bytes of host memory: {e:?}")))?;
-        Ok(PinnedBuffer { ptr: p as *mut u8, len })
+        Ok(PinnedBuffer {
+            ptr: p as *mut u8,
+            len,
+        })
     }
     pub fn as_slice(&self) -> &[u8] {
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }

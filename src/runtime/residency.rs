@@ -104,7 +104,13 @@ pub fn plan_budget(layer_bytes: &[u64], fixed: u64, budget: u64) -> BudgetPlan {
     let n = layer_bytes.len();
     let all: u64 = layer_bytes.iter().sum();
     if fixed + all <= budget {
-        return BudgetPlan { resident: vec![true; n], resident_bytes: all, ring_bytes: 0, fixed_bytes: fixed, fits: true };
+        return BudgetPlan {
+            resident: vec![true; n],
+            resident_bytes: all,
+            ring_bytes: 0,
+            fixed_bytes: fixed,
+            fits: true,
+        };
     }
     // k resident layers (a prefix): the ring holds two of the largest among the rest.
     let mut best: Option<BudgetPlan> = None;
@@ -114,7 +120,13 @@ pub fn plan_budget(layer_bytes: &[u64], fixed: u64, budget: u64) -> BudgetPlan {
         if fixed + res + ring <= budget {
             let mut resident = vec![false; n];
             resident[..k].iter_mut().for_each(|r| *r = true);
-            best = Some(BudgetPlan { resident, resident_bytes: res, ring_bytes: ring, fixed_bytes: fixed, fits: true });
+            best = Some(BudgetPlan {
+                resident,
+                resident_bytes: res,
+                ring_bytes: ring,
+                fixed_bytes: fixed,
+                fits: true,
+            });
             break;
         }
     }
@@ -157,9 +169,19 @@ fn layout_layer(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> 
     let dt = store.dtype();
     let mut entries = Vec::new();
     let mut off = 0;
-    let mut push = |key: String, shape: Vec<usize>, dtype: DType, kind: EntryKind, entries: &mut Vec<Entry>| {
+    let mut push = |key: String,
+                    shape: Vec<usize>,
+                    dtype: DType,
+                    kind: EntryKind,
+                    entries: &mut Vec<Entry>| {
         let n: usize = shape.iter().product();
-        entries.push(Entry { key, shape, dtype, offset: off, kind });
+        entries.push(Entry {
+            key,
+            shape,
+            dtype,
+            offset: off,
+            kind,
+        });
         off = (off + n * dtype.size()).div_ceil(ALIGN) * ALIGN;
     };
     for k in layer_keys(store, group, i) {
@@ -169,20 +191,39 @@ fn layout_layer(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> 
         let shape = store.shape_of(&k).unwrap_or_default();
         let stored = store.host_view(&k).map(|t| t.dtype()).unwrap_or(dt);
         let name = k.strip_suffix(".weight");
-        let quantize_now = name.is_some_and(|n| store.is_int8(n) && !store.contains(&format!("{n}.weight_scale"))) && shape.len() == 2;
+        let quantize_now = name
+            .is_some_and(|n| store.is_int8(n) && !store.contains(&format!("{n}.weight_scale")))
+            && shape.len() == 2;
         if quantize_now {
             let (nrows, k_in) = (shape[0], shape[1]);
-            let groups = store.int8_policy().and_then(|p| p.group).filter(|g| k_in % g == 0).map_or(1, |g| k_in / g);
-            let sshape = if groups == 1 { vec![nrows] } else { vec![nrows, groups] };
+            let groups = store
+                .int8_policy()
+                .and_then(|p| p.group)
+                .filter(|g| k_in % g == 0)
+                .map_or(1, |g| k_in / g);
+            let sshape = if groups == 1 {
+                vec![nrows]
+            } else {
+                vec![nrows, groups]
+            };
             push(k.clone(), shape, DType::I8, EntryKind::QuantQ, &mut entries);
-            push(format!("{}.weight_scale", name.unwrap()), sshape, DType::F32, EntryKind::QuantScale, &mut entries);
+            push(
+                format!("{}.weight_scale", name.unwrap()),
+                sshape,
+                DType::F32,
+                EntryKind::QuantScale,
+                &mut entries,
+            );
         } else if stored == DType::I8 || k.ends_with(".weight_scale") {
             push(k, shape, stored, EntryKind::Stored, &mut entries);
         } else {
             push(k, shape, dt, EntryKind::Dense, &mut entries);
         }
     }
-    LayerLayout { entries, bytes: off }
+    LayerLayout {
+        entries,
+        bytes: off,
+    }
 }
 
 struct LayerLayout {
@@ -233,7 +274,13 @@ pub struct Residency {
 /// Keys of layer `i` of `group` in the store, sorted.
 fn layer_keys(store: &WeightStore, group: &str, i: usize) -> Vec<String> {
     let p = format!("{group}.{i}.");
-    let mut v: Vec<String> = store.checkpoint().names().into_iter().filter(|k| k.starts_with(&p)).map(|k| k.to_string()).collect();
+    let mut v: Vec<String> = store
+        .checkpoint()
+        .names()
+        .into_iter()
+        .filter(|k| k.starts_with(&p))
+        .map(|k| k.to_string())
+        .collect();
     v.sort();
     v
 }
@@ -241,40 +288,88 @@ fn layer_keys(store: &WeightStore, group: &str, i: usize) -> Vec<String> {
 impl Residency {
     /// Plain residency: every layer resident (uploaded on first use, kept).
     pub fn resident(store: &Arc<WeightStore>, group: &str, layers: usize) -> Residency {
-        Residency { store: store.clone(), group: group.into(), layers, mode: Offload::None, resident: vec![true; layers], gpu: None }
+        Residency {
+            store: store.clone(),
+            group: group.into(),
+            layers,
+            mode: Offload::None,
+            resident: vec![true; layers],
+            gpu: None,
+        }
     }
 
     /// Bytes of each layer in the compute dtype.
     /// Device bytes of each layer (compute dtype, or INT8 + scales where quantized).
     pub fn layer_bytes(store: &WeightStore, group: &str, layers: usize) -> Vec<u64> {
-        (0..layers).map(|i| layout_layer(store, group, i, &[]).bytes as u64).collect()
+        (0..layers)
+            .map(|i| layout_layer(store, group, i, &[]).bytes as u64)
+            .collect()
     }
 
     /// Streaming residency: layers with `resident[i] == false` are streamed (all if `None`).
     /// On the GPU this pins the streamed layers' host copies (or falls back to staging).
-    pub fn streamed(store: &Arc<WeightStore>, group: &str, layers: usize, resident: Option<Vec<bool>>) -> Result<Residency> {
+    pub fn streamed(
+        store: &Arc<WeightStore>,
+        group: &str,
+        layers: usize,
+        resident: Option<Vec<bool>>,
+    ) -> Result<Residency> {
         Self::streamed_except(store, group, layers, resident, &[])
     }
 
     /// As [`Residency::streamed`], leaving keys that contain one of `except` out of the
     /// streamed copies (they are loaded on demand if asked for).
-    pub fn streamed_except(store: &Arc<WeightStore>, group: &str, layers: usize, resident: Option<Vec<bool>>, except: &[&str]) -> Result<Residency> {
+    pub fn streamed_except(
+        store: &Arc<WeightStore>,
+        group: &str,
+        layers: usize,
+        resident: Option<Vec<bool>>,
+        except: &[&str],
+    ) -> Result<Residency> {
         let resident = resident.unwrap_or_else(|| vec![false; layers]);
         let gpu = match store.device() {
             Device::Cpu => None,
-            Device::Cuda(g) => Some(Mutex::new(Self::setup_gpu(store, g, group, &resident, except)?)),
+            Device::Cuda(g) => Some(Mutex::new(Self::setup_gpu(
+                store, g, group, &resident, except,
+            )?)),
         };
-        Ok(Residency { store: store.clone(), group: group.into(), layers, mode: Offload::Sequential, resident, gpu })
+        Ok(Residency {
+            store: store.clone(),
+            group: group.into(),
+            layers,
+            mode: Offload::Sequential,
+            resident,
+            gpu,
+        })
     }
 
-    fn setup_gpu(store: &WeightStore, gpu: &Arc<Gpu>, group: &str, resident: &[bool], except: &[&str]) -> Result<GpuStream> {
-        let layouts: Vec<LayerLayout> = (0..resident.len()).map(|i| layout_layer(store, group, i, except)).collect();
-        let max = layouts.iter().zip(resident).filter(|(_, r)| !**r).map(|(l, _)| l.bytes).max().unwrap_or(0);
+    fn setup_gpu(
+        store: &WeightStore,
+        gpu: &Arc<Gpu>,
+        group: &str,
+        resident: &[bool],
+        except: &[&str],
+    ) -> Result<GpuStream> {
+        let layouts: Vec<LayerLayout> = (0..resident.len())
+            .map(|i| layout_layer(store, group, i, except))
+            .collect();
+        let max = layouts
+            .iter()
+            .zip(resident)
+            .filter(|(_, r)| !**r)
+            .map(|(l, _)| l.bytes)
+            .max()
+            .unwrap_or(0);
         // Pin every streamed layer; on failure fall back to staging buffers (with a warning).
         // Asking for more than half of the host's available memory is treated as a failure
         // up front: pinning it could stall the machine instead of failing.
         let mut host = Vec::new();
-        let want: usize = layouts.iter().zip(resident).filter(|(_, r)| !**r).map(|(l, _)| l.bytes).sum();
+        let want: usize = layouts
+            .iter()
+            .zip(resident)
+            .filter(|(_, r)| !**r)
+            .map(|(l, _)| l.bytes)
+            .sum();
         let mut pinned_ok = true;
         if let Some(avail) = host_available_bytes() {
             if want as u64 > avail / 2 {
@@ -316,7 +411,11 @@ impl Residency {
         if max > 0 {
             for _ in 0..2 {
                 let buf = gpu.alloc(max)?;
-                let staging = if pinned_ok { None } else { Some((PinnedBuffer::new(&gpu.ctx, max)?, Event::new(false)?)) };
+                let staging = if pinned_ok {
+                    None
+                } else {
+                    Some((PinnedBuffer::new(&gpu.ctx, max)?, Event::new(false)?))
+                };
                 slots.push(Slot {
                     storage: Arc::new(Storage::Cuda(buf)),
                     layer: None,
@@ -326,7 +425,13 @@ impl Residency {
                 });
             }
         }
-        Ok(GpuStream { gpu: gpu.clone(), layouts, host, slots, views: HashMap::new() })
+        Ok(GpuStream {
+            gpu: gpu.clone(),
+            layouts,
+            host,
+            slots,
+            views: HashMap::new(),
+        })
     }
 
     pub fn mode(&self) -> Offload {
@@ -343,7 +448,10 @@ impl Residency {
     /// Keep the guard while the layer computes.
     pub fn prepare(&self, i: usize) -> Result<LayerGuard<'_>> {
         if i >= self.layers {
-            return Err(Error::Other(format!("{}: layer {i} of {}", self.group, self.layers)));
+            return Err(Error::Other(format!(
+                "{}: layer {i} of {}",
+                self.group, self.layers
+            )));
         }
         if !self.is_resident(i) {
             if let Some(g) = &self.gpu {
@@ -351,7 +459,9 @@ impl Residency {
                 let views = s.acquire(&self.store, i)?;
                 self.store.install(views);
                 // The next streamed layer, wrapping to the first one for the next step.
-                let next = (i + 1..self.layers).chain(0..i).find(|&j| !self.is_resident(j));
+                let next = (i + 1..self.layers)
+                    .chain(0..i)
+                    .find(|&j| !self.is_resident(j));
                 if let Some(j) = next {
                     s.start_copy(&self.store, j)?;
                 }
@@ -394,7 +504,11 @@ fn fill_layer(store: &WeightStore, l: &LayerLayout, dst: &mut [u8]) -> Result<()
         match e.kind {
             EntryKind::Dense => {
                 let v = store.host_view(&e.key)?;
-                let bytes = if v.dtype() == dt { v.to_bytes()? } else { v.to_dtype(dt)?.to_bytes()? };
+                let bytes = if v.dtype() == dt {
+                    v.to_bytes()?
+                } else {
+                    v.to_dtype(dt)?.to_bytes()?
+                };
                 dst[e.offset..e.offset + bytes.len()].copy_from_slice(&bytes);
             }
             EntryKind::Stored => {
@@ -404,8 +518,17 @@ fn fill_layer(store: &WeightStore, l: &LayerLayout, dst: &mut [u8]) -> Result<()
             EntryKind::QuantQ => {
                 let se = &l.entries[i + 1];
                 let (n, k) = (e.shape[0], e.shape[1]);
-                let group = if se.shape.len() == 2 { Some(k / se.shape[1]) } else { None };
-                let (q, s) = crate::ops::quant::quantize_host(&store.host_view(&e.key)?.to_vec_f32()?, n, k, group)?;
+                let group = if se.shape.len() == 2 {
+                    Some(k / se.shape[1])
+                } else {
+                    None
+                };
+                let (q, s) = crate::ops::quant::quantize_host(
+                    &store.host_view(&e.key)?.to_vec_f32()?,
+                    n,
+                    k,
+                    group,
+                )?;
                 let (qb, sb) = (q.to_bytes()?, s.to_bytes()?);
                 dst[e.offset..e.offset + qb.len()].copy_from_slice(&qb);
                 dst[se.offset..se.offset + sb.len()].copy_from_slice(&sb);
@@ -443,7 +566,10 @@ impl GpuStream {
         match &self.host[layer] {
             HostLayer::Pinned(buf) => unsafe { cu::memcpy_htod_async(dst, buf.as_slice(), copy)? },
             HostLayer::Mapped => {
-                let (stage, done) = slot.staging.as_mut().ok_or_else(|| Error::Other("streaming: no staging buffer".into()))?;
+                let (stage, done) = slot
+                    .staging
+                    .as_mut()
+                    .ok_or_else(|| Error::Other("streaming: no staging buffer".into()))?;
                 done.synchronize()?; // the previous copy out of this staging buffer is finished
                 fill_layer(store, l, stage.as_mut_slice())?;
                 unsafe { cu::memcpy_htod_async(dst, &stage.as_slice()[..l.bytes], copy)? };
@@ -466,7 +592,13 @@ impl GpuStream {
         let _ = store;
         let mut views = HashMap::new();
         for e in &self.layouts[layer].entries {
-            let t = Tensor::view_in(self.slots[si].storage.clone(), e.dtype, &e.shape, e.offset / e.dtype.size(), &dev)?;
+            let t = Tensor::view_in(
+                self.slots[si].storage.clone(),
+                e.dtype,
+                &e.shape,
+                e.offset / e.dtype.size(),
+                &dev,
+            )?;
             views.insert(e.key.clone(), t);
         }
         self.views.insert(layer, views.clone());
@@ -520,12 +652,20 @@ mod tests {
         for budget in [3000u64, 5000, 8000, 12000, 16000, 17000] {
             let p = plan_budget(&layers, 1000, budget);
             assert!(p.fits, "budget {budget}");
-            assert!(p.total() <= budget, "budget {budget}: plan {} exceeds", p.total());
+            assert!(
+                p.total() <= budget,
+                "budget {budget}: plan {} exceeds",
+                p.total()
+            );
             // One more resident layer would not fit (unless all are resident already).
             if p.streamed_layers() > 0 {
                 let k = 38 - p.streamed_layers();
                 let more = 1000 + 426 * (k as u64 + 1) + if k + 1 < 38 { 2 * 426 } else { 0 };
-                assert!(more > budget, "budget {budget}: could keep {} resident", k + 1);
+                assert!(
+                    more > budget,
+                    "budget {budget}: could keep {} resident",
+                    k + 1
+                );
             }
         }
         let p = plan_budget(&layers, 1000, 1500);

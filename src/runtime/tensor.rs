@@ -64,7 +64,11 @@ pub enum Storage {
     F16(Vec<f16>),
     I8(Vec<i8>),
     /// Host bytes borrowed from a mapping (possibly unaligned), little-endian.
-    Mapped { backing: Arc<dyn Backing>, start: usize, len: usize },
+    Mapped {
+        backing: Arc<dyn Backing>,
+        start: usize,
+        len: usize,
+    },
     /// Device memory from the pool.
     Cuda(DeviceBuffer),
 }
@@ -82,7 +86,13 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({:?}, {}, {:?})", self.shape, self.dtype.name(), self.device)
+        write!(
+            f,
+            "Tensor({:?}, {}, {:?})",
+            self.shape,
+            self.dtype.name(),
+            self.device
+        )
     }
 }
 
@@ -96,9 +106,18 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
 
 fn f32_from_bytes(dtype: DType, b: &[u8]) -> Vec<f32> {
     match dtype {
-        DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::BF16 => b.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
-        DType::F16 => b.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+        DType::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::BF16 => b
+            .chunks_exact(2)
+            .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
+        DType::F16 => b
+            .chunks_exact(2)
+            .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
         DType::I8 => b.iter().map(|&x| x as i8 as f32).collect(),
     }
 }
@@ -107,7 +126,14 @@ impl Tensor {
     // ----- construction -------------------------------------------------------------------
 
     fn from_storage(storage: Storage, dtype: DType, shape: &[usize], device: Device) -> Tensor {
-        Tensor { storage: Arc::new(storage), dtype, shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0, device }
+        Tensor {
+            storage: Arc::new(storage),
+            dtype,
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+            offset: 0,
+            device,
+        }
     }
 
     fn check_len(shape: &[usize], len: usize) -> Result<()> {
@@ -141,24 +167,64 @@ impl Tensor {
 
     /// A dense view of `shape` at element offset `offset` inside a shared storage (a slot of the
     /// weight-streaming ring). The storage must be large enough (checked).
-    pub fn view_in(storage: Arc<Storage>, dtype: DType, shape: &[usize], offset: usize, device: &Device) -> Result<Tensor> {
-        let t = Tensor { storage, dtype, shape: shape.to_vec(), strides: contiguous_strides(shape), offset, device: device.clone() };
+    pub fn view_in(
+        storage: Arc<Storage>,
+        dtype: DType,
+        shape: &[usize],
+        offset: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let t = Tensor {
+            storage,
+            dtype,
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+            offset,
+            device: device.clone(),
+        };
         if offset + t.elem_count() > t.storage_elems() {
-            return Err(shape_err!("view {shape:?} at {offset} runs past its storage ({} elements)", t.storage_elems()));
+            return Err(shape_err!(
+                "view {shape:?} at {offset} runs past its storage ({} elements)",
+                t.storage_elems()
+            ));
         }
         Ok(t)
     }
 
     /// A zero-copy host view of `len` bytes at `start` of `backing` (e.g. an mmap).
-    pub fn from_mapped(backing: Arc<dyn Backing>, start: usize, len: usize, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+    pub fn from_mapped(
+        backing: Arc<dyn Backing>,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n * dtype.size() != len {
-            return Err(shape_err!("mapped view of {len} bytes cannot hold {shape:?} {}", dtype.name()));
+            return Err(shape_err!(
+                "mapped view of {len} bytes cannot hold {shape:?} {}",
+                dtype.name()
+            ));
         }
-        if start.checked_add(len).map_or(true, |e| e > backing.bytes().len()) {
-            return Err(shape_err!("mapped view {start}+{len} lies outside its backing of {} bytes", backing.bytes().len()));
+        if start
+            .checked_add(len)
+            .map_or(true, |e| e > backing.bytes().len())
+        {
+            return Err(shape_err!(
+                "mapped view {start}+{len} lies outside its backing of {} bytes",
+                backing.bytes().len()
+            ));
         }
-        Ok(Self::from_storage(Storage::Mapped { backing, start, len }, dtype, shape, Device::Cpu))
+        Ok(Self::from_storage(
+            Storage::Mapped {
+                backing,
+                start,
+                len,
+            },
+            dtype,
+            shape,
+            Device::Cpu,
+        ))
     }
 
     /// Uninitialised tensor (zeros on the CPU). On the GPU the memory comes from the pool.
@@ -181,7 +247,12 @@ impl Tensor {
                 if super::memory::poison_enabled() && n > 0 {
                     unsafe { cu::memset_d8_async(buf.ptr(), 0xFF, n * dtype.size(), g.stream())? };
                 }
-                Ok(Self::from_storage(Storage::Cuda(buf), dtype, shape, device.clone()))
+                Ok(Self::from_storage(
+                    Storage::Cuda(buf),
+                    dtype,
+                    shape,
+                    device.clone(),
+                ))
             }
         }
     }
@@ -257,9 +328,16 @@ impl Tensor {
     pub fn row_stride(&self) -> Result<usize> {
         let r = self.rank();
         if r == 0 || (self.shape[r - 1] > 1 && self.strides[r - 1] != 1) {
-            return Err(shape_err!("tensor {:?} has a non-dense last dim", self.shape));
+            return Err(shape_err!(
+                "tensor {:?} has a non-dense last dim",
+                self.shape
+            ));
         }
-        Ok(if r >= 2 { self.strides[r - 2] } else { self.shape[0] })
+        Ok(if r >= 2 {
+            self.strides[r - 2]
+        } else {
+            self.shape[0]
+        })
     }
 
     // ----- views --------------------------------------------------------------------------
@@ -268,7 +346,11 @@ impl Tensor {
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != self.elem_count() {
-            return Err(shape_err!("cannot reshape {:?} ({} elements) to {shape:?}", self.shape, self.elem_count()));
+            return Err(shape_err!(
+                "cannot reshape {:?} ({} elements) to {shape:?}",
+                self.shape,
+                self.elem_count()
+            ));
         }
         if !self.is_contiguous() {
             return self.contiguous()?.reshape(shape);
@@ -282,7 +364,11 @@ impl Tensor {
     /// View of `len` entries starting at `start` along `dim`.
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
         if dim >= self.rank() || start + len > self.shape[dim] {
-            return Err(shape_err!("narrow(dim {dim}, {start}..{}) out of range for {:?}", start + len, self.shape));
+            return Err(shape_err!(
+                "narrow(dim {dim}, {start}..{}) out of range for {:?}",
+                start + len,
+                self.shape
+            ));
         }
         let mut t = self.clone();
         t.offset += start * self.strides[dim];
@@ -294,9 +380,15 @@ impl Tensor {
     /// view's offset. Checked against the storage's size.
     pub fn as_strided(&self, shape: &[usize], strides: &[usize]) -> Result<Tensor> {
         if shape.len() != strides.len() {
-            return Err(shape_err!("as_strided: shape {shape:?} and strides {strides:?} differ in rank"));
+            return Err(shape_err!(
+                "as_strided: shape {shape:?} and strides {strides:?} differ in rank"
+            ));
         }
-        let last: usize = shape.iter().zip(strides).map(|(&n, &s)| n.saturating_sub(1) * s).sum();
+        let last: usize = shape
+            .iter()
+            .zip(strides)
+            .map(|(&n, &s)| n.saturating_sub(1) * s)
+            .sum();
         if shape.iter().all(|&n| n > 0) && self.offset + last >= self.storage_elems() {
             return Err(shape_err!(
                 "as_strided: view {shape:?} / {strides:?} at offset {} runs past the storage ({} elements)",
@@ -360,7 +452,11 @@ impl Tensor {
             Storage::BF16(v) => Some(bytemuck::cast_slice(v)),
             Storage::F16(v) => Some(bytemuck::cast_slice(v)),
             Storage::I8(v) => Some(bytemuck::cast_slice(v)),
-            Storage::Mapped { backing, start, len } => Some(&backing.bytes()[*start..*start + *len]),
+            Storage::Mapped {
+                backing,
+                start,
+                len,
+            } => Some(&backing.bytes()[*start..*start + *len]),
             Storage::Cuda(_) => None,
         }
     }
@@ -380,7 +476,12 @@ impl Tensor {
         let r = self.rank();
         let mut idx = vec![0usize; r];
         for _ in 0..n {
-            let off: usize = self.offset + idx.iter().zip(&self.strides).map(|(i, s)| i * s).sum::<usize>();
+            let off: usize = self.offset
+                + idx
+                    .iter()
+                    .zip(&self.strides)
+                    .map(|(i, s)| i * s)
+                    .sum::<usize>();
             f(off);
             for d in (0..r).rev() {
                 idx[d] += 1;
@@ -403,14 +504,20 @@ impl Tensor {
         let bytes = self.host_bytes().unwrap();
         let es = self.dtype.size();
         let mut out = Vec::with_capacity(self.elem_count());
-        self.for_each_offset(|o| out.extend(f32_from_bytes(self.dtype, &bytes[o * es..(o + 1) * es])));
+        self.for_each_offset(|o| {
+            out.extend(f32_from_bytes(self.dtype, &bytes[o * es..(o + 1) * es]))
+        });
         Ok(out)
     }
 
     /// Host f32 data without a copy when possible (host tensors; the CPU reference path).
     pub fn cpu_f32(&self) -> Result<Cow<'_, [f32]>> {
-        if let (true, Storage::F32(v), false) = (self.is_contiguous(), &*self.storage, self.device.is_cuda()) {
-            return Ok(Cow::Borrowed(&v[self.offset..self.offset + self.elem_count()]));
+        if let (true, Storage::F32(v), false) =
+            (self.is_contiguous(), &*self.storage, self.device.is_cuda())
+        {
+            return Ok(Cow::Borrowed(
+                &v[self.offset..self.offset + self.elem_count()],
+            ));
         }
         Ok(Cow::Owned(self.to_vec_f32()?))
     }
@@ -418,7 +525,11 @@ impl Tensor {
     /// Raw little-endian bytes of the elements, row-major (copies from device if needed).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         if let Device::Cuda(g) = &self.device {
-            let t = if self.is_contiguous() { self.clone() } else { self.contiguous()? };
+            let t = if self.is_contiguous() {
+                self.clone()
+            } else {
+                self.contiguous()?
+            };
             let mut out = vec![0u8; t.size_bytes()];
             if !out.is_empty() {
                 g.bind()?;
@@ -453,9 +564,24 @@ impl Tensor {
 
     fn host_from_bytes(bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let st = match dtype {
-            DType::F32 => Storage::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-            DType::BF16 => Storage::BF16(bytes.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect()),
-            DType::F16 => Storage::F16(bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect()),
+            DType::F32 => Storage::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            DType::BF16 => Storage::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                    .collect(),
+            ),
+            DType::F16 => Storage::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                    .collect(),
+            ),
             DType::I8 => Storage::I8(bytes.iter().map(|&b| b as i8).collect()),
         };
         Ok(Self::from_storage(st, dtype, shape, Device::Cpu))
@@ -473,14 +599,18 @@ impl Tensor {
             }
             Device::Cuda(g) => {
                 if self.device.is_cuda() {
-                    return Err(Error::Other("copies between two GPUs are not supported".into()));
+                    return Err(Error::Other(
+                        "copies between two GPUs are not supported".into(),
+                    ));
                 }
                 let t = Self::empty(&self.shape, self.dtype, device)?;
                 let n = self.size_bytes();
                 if n > 0 {
                     let src: Cow<[u8]> = if self.is_contiguous() {
                         let es = self.dtype.size();
-                        Cow::Borrowed(&self.host_bytes().unwrap()[self.offset * es..self.offset * es + n])
+                        Cow::Borrowed(
+                            &self.host_bytes().unwrap()[self.offset * es..self.offset * es + n],
+                        )
                     } else {
                         Cow::Owned(self.to_bytes()?)
                     };
@@ -506,7 +636,9 @@ impl Tensor {
                     DType::F32 => Storage::F32(v),
                     DType::BF16 => Storage::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
                     DType::F16 => Storage::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
-                    DType::I8 => return Err(Error::Other("use ops::quant to make INT8 weights".into())),
+                    DType::I8 => {
+                        return Err(Error::Other("use ops::quant to make INT8 weights".into()))
+                    }
                 };
                 Ok(Self::from_storage(st, dtype, &self.shape, Device::Cpu))
             }
@@ -517,16 +649,31 @@ impl Tensor {
     /// Copies `src` (same shape, dtype and device) into this tensor's memory.
     pub fn copy_from(&self, src: &Tensor) -> Result<()> {
         if src.shape != self.shape || src.dtype != self.dtype {
-            return Err(shape_err!("copy_from {:?} {} into {:?} {}", src.shape, src.dtype.name(), self.shape, self.dtype.name()));
+            return Err(shape_err!(
+                "copy_from {:?} {} into {:?} {}",
+                src.shape,
+                src.dtype.name(),
+                self.shape,
+                self.dtype.name()
+            ));
         }
         match (&self.device, &src.device) {
             (Device::Cuda(g), Device::Cuda(_)) if self.is_contiguous() && src.is_contiguous() => {
                 if self.size_bytes() > 0 {
-                    unsafe { cu::memcpy_dtod_async(self.dev_ptr()?, src.dev_ptr()?, self.size_bytes(), g.stream())? };
+                    unsafe {
+                        cu::memcpy_dtod_async(
+                            self.dev_ptr()?,
+                            src.dev_ptr()?,
+                            self.size_bytes(),
+                            g.stream(),
+                        )?
+                    };
                 }
                 Ok(())
             }
-            _ => Err(Error::Other("copy_from: only contiguous device-to-device copies are supported".into())),
+            _ => Err(Error::Other(
+                "copy_from: only contiguous device-to-device copies are supported".into(),
+            )),
         }
     }
 }

@@ -21,7 +21,10 @@ use crate::runtime::{DType, Device, Tensor};
 pub enum Weight {
     Dense(Tensor),
     /// `q` [N, K] i8, `scale` [N] (or [N, K/group]) f32: w = q * scale.
-    Int8 { q: Tensor, scale: Tensor },
+    Int8 {
+        q: Tensor,
+        scale: Tensor,
+    },
 }
 
 impl Weight {
@@ -35,7 +38,9 @@ impl Weight {
     pub fn dense(&self) -> Result<Tensor> {
         match self {
             Weight::Dense(t) => Ok(t.clone()),
-            Weight::Int8 { .. } => Err(Error::Other("dense() of an INT8 weight: use the W8A16 GEMM".into())),
+            Weight::Int8 { .. } => Err(Error::Other(
+                "dense() of an INT8 weight: use the W8A16 GEMM".into(),
+            )),
         }
     }
 }
@@ -92,7 +97,14 @@ impl WeightStore {
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
         let ckpt = ShardedCheckpoint::open_dir(dir)?;
         let dtype = if device.is_cuda() { dtype } else { DType::F32 };
-        Ok(Arc::new(WeightStore { ckpt, dir: dir.to_path_buf(), device: device.clone(), dtype, cache: Mutex::new(HashMap::new()), int8: Mutex::new(None) }))
+        Ok(Arc::new(WeightStore {
+            ckpt,
+            dir: dir.to_path_buf(),
+            device: device.clone(),
+            dtype,
+            cache: Mutex::new(HashMap::new()),
+            int8: Mutex::new(None),
+        }))
     }
 
     pub fn device(&self) -> &Device {
@@ -116,14 +128,21 @@ impl WeightStore {
     }
 
     pub fn root(self: &Arc<Self>) -> Prefix {
-        Prefix { store: self.clone(), prefix: String::new() }
+        Prefix {
+            store: self.clone(),
+            prefix: String::new(),
+        }
     }
 
     /// Zero-copy host view of a checkpoint tensor, in its stored dtype.
     pub fn host_view(&self, key: &str) -> Result<Tensor> {
         let (file, info) = self.ckpt.get(key)?;
         let dtype = st_to_dtype(info.dtype).ok_or_else(|| {
-            Error::Weights(format!("{}: tensor {key} has dtype {:?}, which the engine cannot use as a weight", file.path().display(), info.dtype))
+            Error::Weights(format!(
+                "{}: tensor {key} has dtype {:?}, which the engine cannot use as a weight",
+                file.path().display(),
+                info.dtype
+            ))
         })?;
         let backing: Arc<dyn Backing> = file.backing();
         Tensor::from_mapped(backing, info.start, info.len, dtype, &info.shape)
@@ -177,7 +196,8 @@ impl WeightStore {
 
     /// Whether the linear `name` (key without `.weight`) is delivered as INT8.
     pub fn is_int8(&self, name: &str) -> bool {
-        self.ckpt.contains(&format!("{name}.weight_scale")) || (self.int8_policy().is_some() && crate::ops::quant::int8_applies(name))
+        self.ckpt.contains(&format!("{name}.weight_scale"))
+            || (self.int8_policy().is_some() && crate::ops::quant::int8_applies(name))
     }
 
     /// The INT8 weight of linear `name` ([out, in]): stored pre-quantized (`.weight` i8 +
@@ -187,7 +207,9 @@ impl WeightStore {
         if self.ckpt.contains(&sk) {
             let q = self.load(&wk, &[out_f, in_f], DType::I8)?;
             let sshape = self.shape_of(&sk).unwrap_or_default();
-            let ok = sshape.first() == Some(&out_f) && (sshape.len() == 1 || (sshape.len() == 2 && sshape[1] > 0 && in_f % sshape[1] == 0));
+            let ok = sshape.first() == Some(&out_f)
+                && (sshape.len() == 1
+                    || (sshape.len() == 2 && sshape[1] > 0 && in_f % sshape[1] == 0));
             if !ok {
                 return Err(Error::Weights(format!(
                     "{}: {sk} has shape {sshape:?}, expected [{out_f}] or [{out_f}, groups]",
@@ -197,19 +219,37 @@ impl WeightStore {
             let scale = self.load(&sk, &sshape, DType::F32)?;
             return Ok(Weight::Int8 { q, scale });
         }
-        let (qk, sck) = (format!("{wk}@{}", DType::I8.name()), format!("{sk}@{}", DType::F32.name()));
+        let (qk, sck) = (
+            format!("{wk}@{}", DType::I8.name()),
+            format!("{sk}@{}", DType::F32.name()),
+        );
         {
             let c = self.cache.lock().unwrap();
             if let (Some(q), Some(s)) = (c.get(&qk), c.get(&sck)) {
-                return Ok(Weight::Int8 { q: q.clone(), scale: s.clone() });
+                return Ok(Weight::Int8 {
+                    q: q.clone(),
+                    scale: s.clone(),
+                });
             }
         }
         let (file, info) = self.ckpt.get(&wk)?;
         if info.shape != [out_f, in_f] {
-            return Err(Error::Weights(format!("{}: tensor {wk} has shape {:?}, expected [{out_f}, {in_f}]", file.path().display(), info.shape)));
+            return Err(Error::Weights(format!(
+                "{}: tensor {wk} has shape {:?}, expected [{out_f}, {in_f}]",
+                file.path().display(),
+                info.shape
+            )));
         }
-        let group = self.int8_policy().and_then(|p| p.group).filter(|g| in_f % g == 0);
-        let (q, s) = crate::ops::quant::quantize_host(&self.host_view(&wk)?.to_vec_f32()?, out_f, in_f, group)?;
+        let group = self
+            .int8_policy()
+            .and_then(|p| p.group)
+            .filter(|g| in_f % g == 0);
+        let (q, s) = crate::ops::quant::quantize_host(
+            &self.host_view(&wk)?.to_vec_f32()?,
+            out_f,
+            in_f,
+            group,
+        )?;
         let (q, s) = (q.to_device(&self.device)?, s.to_device(&self.device)?);
         let mut c = self.cache.lock().unwrap();
         c.insert(qk, q.clone());
@@ -224,7 +264,10 @@ impl WeightStore {
 
     /// Drops the delivered tensors whose key starts with `prefix` (a streamed layer).
     pub fn evict_prefix(&self, prefix: &str) {
-        self.cache.lock().unwrap().retain(|k, _| !k.starts_with(prefix));
+        self.cache
+            .lock()
+            .unwrap()
+            .retain(|k, _| !k.starts_with(prefix));
     }
 
     /// Hands out `views` (key -> tensor, in the tensor's dtype) for the following loads: the
@@ -246,8 +289,15 @@ pub struct Prefix {
 
 impl Prefix {
     pub fn pp(&self, name: impl std::fmt::Display) -> Prefix {
-        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
-        Prefix { store: self.store.clone(), prefix }
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Prefix {
+            store: self.store.clone(),
+            prefix,
+        }
     }
     pub fn key(&self, name: &str) -> String {
         if self.prefix.is_empty() {
@@ -279,7 +329,13 @@ impl Prefix {
     /// `{name}.weight` [out, in] and, if `bias`, `{name}.bias` [out].
     /// Delivered as INT8 when the checkpoint is pre-quantized (`.weight_scale` present) or the
     /// store quantizes on load and the linear is one INT8 applies to.
-    pub fn linear(&self, name: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Linear> {
+    pub fn linear(
+        &self,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Linear> {
         let p = self.pp(name);
         let full = self.key(name);
         let weight = if self.store.is_int8(&full) {
@@ -287,7 +343,11 @@ impl Prefix {
         } else {
             Weight::Dense(p.tensor("weight", &[out_features, in_features])?)
         };
-        let bias = if bias { Some(p.tensor("bias", &[out_features])?) } else { None };
+        let bias = if bias {
+            Some(p.tensor("bias", &[out_features])?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 }

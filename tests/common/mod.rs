@@ -83,12 +83,30 @@ fn to_f32(dtype: Dtype, d: &[u8]) -> Option<(Vec<f32>, Vec<i64>)> {
     let f: Vec<f32>;
     let mut ints = Vec::new();
     match dtype {
-        Dtype::F32 => f = d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F64 => {
-            f = d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+        Dtype::F32 => {
+            f = d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
         }
-        Dtype::F16 => f = d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => f = d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F64 => {
+            f = d
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect()
+        }
+        Dtype::F16 => {
+            f = d
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect()
+        }
+        Dtype::BF16 => {
+            f = d
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect()
+        }
         Dtype::U8 => {
             ints = d.iter().map(|&b| b as i64).collect();
             f = d.iter().map(|&b| b as f32).collect();
@@ -98,11 +116,17 @@ fn to_f32(dtype: Dtype, d: &[u8]) -> Option<(Vec<f32>, Vec<i64>)> {
             f = ints.iter().map(|&v| v as f32).collect();
         }
         Dtype::I32 => {
-            ints = d.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect();
+            ints = d
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect();
             f = ints.iter().map(|&v| v as f32).collect();
         }
         Dtype::I64 => {
-            ints = d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+            ints = d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             f = ints.iter().map(|&v| v as f32).collect();
         }
         Dtype::BOOL => {
@@ -119,13 +143,29 @@ impl Fixture {
     /// the file's format version first; panics with a hint how to regenerate if anything is missing or stale.
     pub fn load(name: &str) -> Fixture {
         let manifest = manifest();
-        let file = if name.ends_with(".safetensors") { name.to_string() } else { format!("{name}.safetensors") };
+        let file = if name.ends_with(".safetensors") {
+            name.to_string()
+        } else {
+            format!("{name}.safetensors")
+        };
         let path = fixtures_dir().join(&file);
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}\nregenerate with: {REGENERATE}", path.display()));
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
-            .unwrap_or_else(|e| panic!("{}: bad safetensors header: {e:?}\nregenerate with: {REGENERATE}", path.display()));
-        let fv = meta.metadata().as_ref().and_then(|m| m.get("format_version")).cloned();
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot read fixture {}: {e}\nregenerate with: {REGENERATE}",
+                path.display()
+            )
+        });
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{}: bad safetensors header: {e:?}\nregenerate with: {REGENERATE}",
+                path.display()
+            )
+        });
+        let fv = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("format_version"))
+            .cloned();
         if fv.as_deref() != Some(FORMAT_VERSION.to_string().as_str()) {
             panic!(
                 "{}: format_version {fv:?}, expected {FORMAT_VERSION}: stale fixture.\nregenerate with: {REGENERATE}",
@@ -135,15 +175,31 @@ impl Fixture {
         if manifest["files"].get(&file).is_none() {
             panic!("{file} is not listed in tests/fixtures/manifest.json: stale fixtures.\nregenerate with: {REGENERATE}");
         }
-        let st = SafeTensors::deserialize(&bytes)
-            .unwrap_or_else(|e| panic!("{}: cannot parse: {e:?}\nregenerate with: {REGENERATE}", path.display()));
+        let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{}: cannot parse: {e:?}\nregenerate with: {REGENERATE}",
+                path.display()
+            )
+        });
         let mut tensors = BTreeMap::new();
         for (k, v) in st.tensors() {
-            let (data, ints) = to_f32(v.dtype(), v.data())
-                .unwrap_or_else(|| panic!("{file}: tensor {k} has unsupported dtype {:?}", v.dtype()));
-            tensors.insert(k, FixtureTensor { shape: v.shape().to_vec(), dtype: v.dtype(), data, ints });
+            let (data, ints) = to_f32(v.dtype(), v.data()).unwrap_or_else(|| {
+                panic!("{file}: tensor {k} has unsupported dtype {:?}", v.dtype())
+            });
+            tensors.insert(
+                k,
+                FixtureTensor {
+                    shape: v.shape().to_vec(),
+                    dtype: v.dtype(),
+                    data,
+                    ints,
+                },
+            );
         }
-        Fixture { name: file, tensors }
+        Fixture {
+            name: file,
+            tensors,
+        }
     }
 
     /// The tensor `key`; panics listing the available names if it is absent.
@@ -174,7 +230,12 @@ impl Fixture {
     /// Exact values of an integer tensor (token ids, u8 frames).
     pub fn ints(&self, key: &str) -> &[i64] {
         let t = self.get(key);
-        assert!(!t.ints.is_empty() || t.numel() == 0, "{}: {key} is {:?}, not an integer tensor", self.name, t.dtype);
+        assert!(
+            !t.ints.is_empty() || t.numel() == 0,
+            "{}: {key} is {:?}, not an integer tensor",
+            self.name,
+            t.dtype
+        );
         &t.ints
     }
 
@@ -240,7 +301,13 @@ impl fmt::Display for CloseReport {
 
 /// Compares without panicking. Panics only if the lengths differ.
 pub fn compare(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> CloseReport {
-    assert_eq!(got.len(), want.len(), "{name}: length mismatch: got {} values, want {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{name}: length mismatch: got {} values, want {}",
+        got.len(),
+        want.len()
+    );
     let (mut max_abs, mut max_rel, mut sum_abs) = (0f64, 0f64, 0f64);
     let (mut dot, mut ng, mut nw) = (0f64, 0f64, 0f64);
     let (mut worst_index, mut used) = (0usize, -1f64);
@@ -259,7 +326,13 @@ pub fn compare(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> C
         }
         let d = (g64 - w64).abs();
         let tol = atol as f64 + rtol as f64 * w64.abs();
-        let u = if tol > 0.0 { d / tol } else if d == 0.0 { 0.0 } else { f64::INFINITY };
+        let u = if tol > 0.0 {
+            d / tol
+        } else if d == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        };
         if u > 1.0 {
             failures += 1;
         }
@@ -274,7 +347,11 @@ pub fn compare(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> C
         ng += g64 * g64;
         nw += w64 * w64;
     }
-    let cosine = if ng == 0.0 && nw == 0.0 { 1.0 } else { dot / (ng.sqrt() * nw.sqrt()).max(1e-300) };
+    let cosine = if ng == 0.0 && nw == 0.0 {
+        1.0
+    } else {
+        dot / (ng.sqrt() * nw.sqrt()).max(1e-300)
+    };
     CloseReport {
         name: name.to_string(),
         n: got.len(),
@@ -282,7 +359,11 @@ pub fn compare(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> C
         rtol,
         max_abs,
         max_rel,
-        mean_abs: if got.is_empty() { 0.0 } else { sum_abs / got.len() as f64 },
+        mean_abs: if got.is_empty() {
+            0.0
+        } else {
+            sum_abs / got.len() as f64
+        },
         cosine,
         worst_index,
         worst_got: got.get(worst_index).copied().unwrap_or(0.0),
@@ -312,7 +393,10 @@ pub fn bf16_atol(ref_bf16_err: f32, slack: f32) -> f32 {
 /// Max abs difference between two slices (lengths must match).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// A number from the manifest at a JSON pointer (e.g. "/transformer_bf16_error/output/max_abs").
@@ -320,7 +404,9 @@ pub fn manifest_f64(pointer: &str) -> f64 {
     manifest()
         .pointer(pointer)
         .and_then(|v| v.as_f64())
-        .unwrap_or_else(|| panic!("manifest has no number at {pointer}; regenerate with: {REGENERATE}"))
+        .unwrap_or_else(|| {
+            panic!("manifest has no number at {pointer}; regenerate with: {REGENERATE}")
+        })
 }
 
 /// The first CUDA device, or `None` after printing `SKIP: <reason>` (no GPU: the test passes

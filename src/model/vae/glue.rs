@@ -17,22 +17,45 @@ fn grid_1d(total: usize) -> (u32, u32, u32) {
 
 fn dense_f32(t: &Tensor, what: &str) -> Result<Tensor> {
     if t.dtype() != DType::F32 {
-        return Err(shape_err!("vae {what}: expected f32 on the GPU, got {} {:?}", t.dtype().name(), t.shape()));
+        return Err(shape_err!(
+            "vae {what}: expected f32 on the GPU, got {} {:?}",
+            t.dtype().name(),
+            t.shape()
+        ));
     }
     t.contiguous()
 }
 
 /// y[yoff + r*ysr + c*ysc] = x[xoff + r*xsr + c*xsc] on the GPU.
 #[allow(clippy::too_many_arguments)]
-fn copy2d(x: &Tensor, y: &Tensor, r: usize, c: usize, xo: (usize, usize, usize), yo: (usize, usize, usize)) -> Result<()> {
+fn copy2d(
+    x: &Tensor,
+    y: &Tensor,
+    r: usize,
+    c: usize,
+    xo: (usize, usize, usize),
+    yo: (usize, usize, usize),
+) -> Result<()> {
     let g = x.device().gpu().unwrap();
     let mut a = KernelArgs::new();
-    a.ptr(x.dev_ptr()?).ptr(y.dev_ptr()?).i64(r as i64).i64(c as i64);
+    a.ptr(x.dev_ptr()?)
+        .ptr(y.dev_ptr()?)
+        .i64(r as i64)
+        .i64(c as i64);
     for v in [xo.0, xo.1, xo.2, yo.0, yo.1, yo.2] {
         a.i64(v as i64);
     }
     // SAFETY: matches vae_copy2d_f32; the caller checks the index ranges.
-    unsafe { g.launch("conv3d", "vae_copy2d_f32", grid_1d(r * c), (256, 1, 1), 0, &mut a) }
+    unsafe {
+        g.launch(
+            "conv3d",
+            "vae_copy2d_f32",
+            grid_1d(r * c),
+            (256, 1, 1),
+            0,
+            &mut a,
+        )
+    }
 }
 
 /// `x / max(‖x‖₂ over C, 1e-12) * sqrt(C) * gamma` (then SiLU if `silu`) for x [B, C, T, H, W].
@@ -41,15 +64,28 @@ pub fn channel_rms_norm(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tensor
         Device::Cpu => {
             let s = x.shape();
             if s.len() != 5 || gamma.elem_count() != s[1] {
-                return Err(shape_err!("vae channel_rms_norm: x {s:?}, gamma {:?}", gamma.shape()));
+                return Err(shape_err!(
+                    "vae channel_rms_norm: x {s:?}, gamma {:?}",
+                    gamma.shape()
+                ));
             }
-            let y = channel_rms_norm_cpu(&x.cpu_f32()?, &gamma.cpu_f32()?, s[0], s[1], s[2] * s[3] * s[4], silu);
+            let y = channel_rms_norm_cpu(
+                &x.cpu_f32()?,
+                &gamma.cpu_f32()?,
+                s[0],
+                s[1],
+                s[2] * s[3] * s[4],
+                silu,
+            );
             Tensor::from_f32(y, s, &Device::Cpu)
         }
         Device::Cuda(g) => {
             let s = x.shape();
             if s.len() < 2 || gamma.elem_count() != s[1] {
-                return Err(shape_err!("vae channel_rms_norm: x {s:?}, gamma {:?}", gamma.shape()));
+                return Err(shape_err!(
+                    "vae channel_rms_norm: x {s:?}, gamma {:?}",
+                    gamma.shape()
+                ));
             }
             let x = dense_f32(x, "channel_rms_norm")?;
             let gm = dense_f32(gamma, "channel_rms_norm gamma")?;
@@ -60,16 +96,38 @@ pub fn channel_rms_norm(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tensor
                 return Ok(y);
             }
             let mut a = KernelArgs::new();
-            a.ptr(x.dev_ptr()?).ptr(gm.dev_ptr()?).ptr(y.dev_ptr()?).i32(b as i32).i32(c as i32).i64(n as i64).i32(silu as i32);
+            a.ptr(x.dev_ptr()?)
+                .ptr(gm.dev_ptr()?)
+                .ptr(y.dev_ptr()?)
+                .i32(b as i32)
+                .i32(c as i32)
+                .i64(n as i64)
+                .i32(silu as i32);
             // SAFETY: matches vae_channel_rms_norm_f32.
-            unsafe { g.launch("conv3d", "vae_channel_rms_norm_f32", grid_1d(b * n), (256, 1, 1), 0, &mut a)? };
+            unsafe {
+                g.launch(
+                    "conv3d",
+                    "vae_channel_rms_norm_f32",
+                    grid_1d(b * n),
+                    (256, 1, 1),
+                    0,
+                    &mut a,
+                )?
+            };
             Ok(y)
         }
     }
 }
 
 /// Host reference on [B, C, N] slices.
-pub fn channel_rms_norm_cpu(x: &[f32], gamma: &[f32], b: usize, c: usize, n: usize, silu: bool) -> Vec<f32> {
+pub fn channel_rms_norm_cpu(
+    x: &[f32],
+    gamma: &[f32],
+    b: usize,
+    c: usize,
+    n: usize,
+    silu: bool,
+) -> Vec<f32> {
     let mut y = vec![0.0f32; x.len()];
     let scale = (c as f32).sqrt();
     let mut ss = vec![0.0f32; n];
@@ -87,7 +145,11 @@ pub fn channel_rms_norm_cpu(x: &[f32], gamma: &[f32], b: usize, c: usize, n: usi
         let yb = &mut y[bb * c * n..(bb + 1) * c * n];
         for cc in 0..c {
             let g = gamma[cc];
-            for ((o, v), s) in yb[cc * n..(cc + 1) * n].iter_mut().zip(&xb[cc * n..(cc + 1) * n]).zip(&ss) {
+            for ((o, v), s) in yb[cc * n..(cc + 1) * n]
+                .iter_mut()
+                .zip(&xb[cc * n..(cc + 1) * n])
+                .zip(&ss)
+            {
                 let u = v * s * g;
                 *o = if silu { u / (1.0 + (-u).exp()) } else { u };
             }
@@ -102,7 +164,9 @@ pub fn channel_rms_norm_cpu(x: &[f32], gamma: &[f32], b: usize, c: usize, n: usi
 pub fn spatial_attention(qkv: &Tensor, precision: ConvPrecision) -> Result<Tensor> {
     let s = qkv.shape();
     if s.len() != 5 || s[1] % 3 != 0 {
-        return Err(shape_err!("vae attention: qkv must be [B, 3C, T, H, W], got {s:?}"));
+        return Err(shape_err!(
+            "vae attention: qkv must be [B, 3C, T, H, W], got {s:?}"
+        ));
     }
     let (b, c, t, h, w) = (s[0], s[1] / 3, s[2], s[3], s[4]);
     match qkv.device() {
@@ -116,7 +180,10 @@ pub fn spatial_attention(qkv: &Tensor, precision: ConvPrecision) -> Result<Tenso
             let n = h * w;
             let out = Tensor::empty(&[b, c, t, h, w], DType::F32, dev)?;
             let ts = t * n; // channel stride
-            let o = |prec| ConvOpts { precision: prec, ..Default::default() };
+            let o = |prec| ConvOpts {
+                precision: prec,
+                ..Default::default()
+            };
             for bb in 0..b {
                 for tt in 0..t {
                     let base = bb * 3 * c * ts + tt * n;
@@ -132,7 +199,16 @@ pub fn spatial_attention(qkv: &Tensor, precision: ConvPrecision) -> Result<Tenso
                     let mut a = KernelArgs::new();
                     a.ptr(st.dev_ptr()?).i32(n as i32).i32(n as i32);
                     // SAFETY: matches vae_softmax_dim0_f32; st is [N, N] contiguous.
-                    unsafe { g.launch("conv3d", "vae_softmax_dim0_f32", grid_1d(n), (256, 1, 1), 0, &mut a)? };
+                    unsafe {
+                        g.launch(
+                            "conv3d",
+                            "vae_softmax_dim0_f32",
+                            grid_1d(n),
+                            (256, 1, 1),
+                            0,
+                            &mut a,
+                        )?
+                    };
                     // O [C, N_queries] = v P^T: a 1x1 conv over N_keys input channels.
                     let oc = conv3d(&st, &v, None, &o(precision))?;
                     copy2d(&oc, &out, c, n, (0, n, 1), (bb * c * ts + tt * n, ts, 1))?;

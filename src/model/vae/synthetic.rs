@@ -9,7 +9,9 @@ use crate::runtime::{Device, Tensor};
 pub fn rnd(n: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| {
-            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
         })
         .collect()
@@ -21,9 +23,17 @@ pub fn tiny_weights(cfg: &VaeConfig, seed: u64) -> MapWeights {
     let mut m = HashMap::new();
     let mut put = |k: String, shape: &[usize], scale: f32, s: &mut u64| {
         let n = shape.iter().product();
-        m.insert(k, Tensor::from_f32(rnd(n, s, scale), shape, &Device::Cpu).unwrap());
+        m.insert(
+            k,
+            Tensor::from_f32(rnd(n, s, scale), shape, &Device::Cpu).unwrap(),
+        );
     };
-    let conv = |k: &str, co: usize, ci: usize, kk: &[usize], put: &mut dyn FnMut(String, &[usize], f32, &mut u64), s: &mut u64| {
+    let conv = |k: &str,
+                co: usize,
+                ci: usize,
+                kk: &[usize],
+                put: &mut dyn FnMut(String, &[usize], f32, &mut u64),
+                s: &mut u64| {
         let mut sh = vec![co, ci];
         sh.extend_from_slice(kk);
         let fan: usize = ci * kk.iter().product::<usize>();
@@ -33,12 +43,20 @@ pub fn tiny_weights(cfg: &VaeConfig, seed: u64) -> MapWeights {
     let z = cfg.z_dim;
     let dims = cfg.decoder_dims();
     let c = dims[0];
-    let gamma = |k: &str, c: usize, r: usize, put: &mut dyn FnMut(String, &[usize], f32, &mut u64), s: &mut u64| {
+    let gamma = |k: &str,
+                 c: usize,
+                 r: usize,
+                 put: &mut dyn FnMut(String, &[usize], f32, &mut u64),
+                 s: &mut u64| {
         let mut sh = vec![c];
         sh.extend(std::iter::repeat(1).take(r));
         put(format!("{k}.gamma"), &sh, 1.0, s);
     };
-    let res = |k: &str, ci: usize, co: usize, put: &mut dyn FnMut(String, &[usize], f32, &mut u64), s: &mut u64| {
+    let res = |k: &str,
+               ci: usize,
+               co: usize,
+               put: &mut dyn FnMut(String, &[usize], f32, &mut u64),
+               s: &mut u64| {
         gamma(&format!("{k}.norm1"), ci, 3, put, s);
         conv(&format!("{k}.conv1"), co, ci, &[3, 3, 3], put, s);
         gamma(&format!("{k}.norm2"), co, 3, put, s);
@@ -53,27 +71,71 @@ pub fn tiny_weights(cfg: &VaeConfig, seed: u64) -> MapWeights {
     res("decoder.mid_block.resnets.0", c, c, p, &mut s);
     res("decoder.mid_block.resnets.1", c, c, p, &mut s);
     gamma("decoder.mid_block.attentions.0.norm", c, 2, p, &mut s);
-    conv("decoder.mid_block.attentions.0.to_qkv", 3 * c, c, &[1, 1], p, &mut s);
-    conv("decoder.mid_block.attentions.0.proj", c, c, &[1, 1], p, &mut s);
+    conv(
+        "decoder.mid_block.attentions.0.to_qkv",
+        3 * c,
+        c,
+        &[1, 1],
+        p,
+        &mut s,
+    );
+    conv(
+        "decoder.mid_block.attentions.0.proj",
+        c,
+        c,
+        &[1, 1],
+        p,
+        &mut s,
+    );
     let tup = cfg.temperal_upsample();
     let n = cfg.dim_mult.len();
     for i in 0..n {
         let mut cur = if i >= 1 { dims[i] / 2 } else { dims[i] };
         let out = dims[i + 1];
         for k in 0..=cfg.num_res_blocks {
-            res(&format!("decoder.up_blocks.{i}.resnets.{k}"), cur, out, p, &mut s);
+            res(
+                &format!("decoder.up_blocks.{i}.resnets.{k}"),
+                cur,
+                out,
+                p,
+                &mut s,
+            );
             cur = out;
         }
         if i != n - 1 {
             if tup[i] {
-                conv(&format!("decoder.up_blocks.{i}.upsamplers.0.time_conv"), 2 * out, out, &[3, 1, 1], p, &mut s);
+                conv(
+                    &format!("decoder.up_blocks.{i}.upsamplers.0.time_conv"),
+                    2 * out,
+                    out,
+                    &[3, 1, 1],
+                    p,
+                    &mut s,
+                );
             }
-            conv(&format!("decoder.up_blocks.{i}.upsamplers.0.resample.1"), out / 2, out, &[3, 3], p, &mut s);
+            conv(
+                &format!("decoder.up_blocks.{i}.upsamplers.0.resample.1"),
+                out / 2,
+                out,
+                &[3, 3],
+                p,
+                &mut s,
+            );
         }
     }
     gamma("decoder.norm_out", *dims.last().unwrap(), 3, p, &mut s);
-    conv("decoder.conv_out", 3, *dims.last().unwrap(), &[3, 3, 3], p, &mut s);
-    MapWeights { tensors: m, device: Device::Cpu }
+    conv(
+        "decoder.conv_out",
+        3,
+        *dims.last().unwrap(),
+        &[3, 3, 3],
+        p,
+        &mut s,
+    );
+    MapWeights {
+        tensors: m,
+        device: Device::Cpu,
+    }
 }
 
 pub fn tiny_config() -> VaeConfig {

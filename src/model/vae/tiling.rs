@@ -16,7 +16,10 @@ pub struct TileConfig {
 
 impl Default for TileConfig {
     fn default() -> Self {
-        TileConfig { tile: 32, overlap: 8 }
+        TileConfig {
+            tile: 32,
+            overlap: 8,
+        }
     }
 }
 
@@ -36,7 +39,9 @@ impl TileConfig {
         let stride = self.tile - ov;
         let nt = (n - ov).div_ceil(stride).max(2);
         let span = n - self.tile;
-        let mut v: Vec<usize> = (0..nt).map(|i| (i * span + (nt - 1) / 2) / (nt - 1)).collect();
+        let mut v: Vec<usize> = (0..nt)
+            .map(|i| (i * span + (nt - 1) / 2) / (nt - 1))
+            .collect();
         v.dedup();
         v
     }
@@ -45,7 +50,12 @@ impl TileConfig {
 /// Blend weights along one axis for a tile covering pixels [a, b) with the previous tile
 /// ending at `prev_end` and the next starting at `next_start` (pixels): linear ramps over the
 /// overlaps, 1 elsewhere. Two overlapping ramps sum to 1.
-pub fn axis_weights(a: usize, b: usize, prev_end: Option<usize>, next_start: Option<usize>) -> Vec<f32> {
+pub fn axis_weights(
+    a: usize,
+    b: usize,
+    prev_end: Option<usize>,
+    next_start: Option<usize>,
+) -> Vec<f32> {
     (a..b)
         .map(|x| {
             let mut w = 1.0f32;
@@ -64,7 +74,13 @@ pub fn axis_weights(a: usize, b: usize, prev_end: Option<usize>, next_start: Opt
         .collect()
 }
 
-pub(crate) fn decode_tiled(dec: &VaeDecoder, latents: &Tensor, denorm: bool, tc: &TileConfig, out_shape: [usize; 5]) -> Result<Tensor> {
+pub(crate) fn decode_tiled(
+    dec: &VaeDecoder,
+    latents: &Tensor,
+    denorm: bool,
+    tc: &TileConfig,
+    out_shape: [usize; 5],
+) -> Result<Tensor> {
     if tc.tile == 0 {
         return Err(shape_err!("vae tiling: tile size must be > 0"));
     }
@@ -101,7 +117,9 @@ pub(crate) fn decode_tiled(dec: &VaeDecoder, latents: &Tensor, denorm: bool, tc:
                     crop.extend_from_slice(&lat[row..row + tw]);
                 }
             }
-            let tile = dec.decode_untiled(&crop, &[b, z, t, th, tw], denorm, None)?.to_vec_f32()?;
+            let tile = dec
+                .decode_untiled(&crop, &[b, z, t, th, tw], denorm, None)?
+                .to_vec_f32()?;
             let (ph, pw) = (th * sf, tw * sf);
             for bcf in 0..b * c * f {
                 for yy in 0..ph {
@@ -123,7 +141,9 @@ pub(crate) fn decode_tiled(dec: &VaeDecoder, latents: &Tensor, denorm: bool, tc:
     for (i, v) in acc.iter_mut().enumerate() {
         *v /= wsum[i % (oh * ow)];
     }
-    Tensor::from_f32(acc, &out_shape, &Device::Cpu)?.to_device(dec.device())?.to_dtype(DType::F32)
+    Tensor::from_f32(acc, &out_shape, &Device::Cpu)?
+        .to_device(dec.device())?
+        .to_dtype(DType::F32)
 }
 
 #[cfg(test)]
@@ -132,12 +152,18 @@ mod tests {
 
     #[test]
     fn starts_cover_and_overlap() {
-        let t = TileConfig { tile: 32, overlap: 8 };
+        let t = TileConfig {
+            tile: 32,
+            overlap: 8,
+        };
         assert_eq!(t.starts(20), vec![0]);
         assert_eq!(t.starts(32), vec![0]);
         assert_eq!(t.starts(54), vec![0, 22]);
         assert_eq!(t.starts(96), vec![0, 21, 43, 64]);
-        let t = TileConfig { tile: 8, overlap: 4 };
+        let t = TileConfig {
+            tile: 8,
+            overlap: 4,
+        };
         assert_eq!(t.starts(16), vec![0, 4, 8]);
         for n in 9..80 {
             let st = t.starts(n);
@@ -151,12 +177,20 @@ mod tests {
 
     #[test]
     fn weights_partition_unity() {
-        let t = TileConfig { tile: 8, overlap: 3 };
+        let t = TileConfig {
+            tile: 8,
+            overlap: 3,
+        };
         for n in [8usize, 9, 13, 20, 31] {
             let st = t.starts(n);
             let mut sum = vec![0.0f32; n * 8];
             for (i, &s) in st.iter().enumerate() {
-                let w = axis_weights(s * 8, (s + 8) * 8, (i > 0).then(|| (st[i - 1] + 8) * 8), st.get(i + 1).map(|&x| x * 8));
+                let w = axis_weights(
+                    s * 8,
+                    (s + 8) * 8,
+                    (i > 0).then(|| (st[i - 1] + 8) * 8),
+                    st.get(i + 1).map(|&x| x * 8),
+                );
                 for (k, v) in w.iter().enumerate() {
                     assert!(*v > 0.0 && *v <= 1.0);
                     sum[s * 8 + k] += v;
