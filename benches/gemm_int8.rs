@@ -14,18 +14,6 @@ use contentv::ops::quant::{
 };
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 
-fn rand_vec(n: usize, seed: u64, amp: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * amp
-        })
-        .collect()
-}
-
 fn main() {
     let Some(dev) = util::cuda_or_skip() else {
         return;
@@ -37,7 +25,7 @@ fn main() {
     );
     for (n, k) in [(2432usize, 2432usize), (9728, 2432)] {
         // Weights: INT8 (per output channel) and the dense bf16 of the same dequantised values.
-        let w = rand_vec(n * k, 1, 0.05);
+        let w = util::rand_vec(n * k, 1, 0.05);
         let (q, s) = quantize_per_channel(&w, n, k, None);
         let dq = dequantize(&q, &s, n, k);
         let qt = Tensor::from_i8(q, &[n, k], &dev).unwrap();
@@ -48,7 +36,7 @@ fn main() {
             .unwrap()
             .to_device(&dev)
             .unwrap();
-        let bias = Tensor::from_f32(rand_vec(n, 2, 0.1), &[n], &Device::Cpu)
+        let bias = Tensor::from_f32(util::rand_vec(n, 2, 0.1), &[n], &Device::Cpu)
             .unwrap()
             .to_dtype(DType::BF16)
             .unwrap()
@@ -59,7 +47,7 @@ fn main() {
             bias: Some(bias.clone()),
         };
         for m in [64usize, 1024, 41_472] {
-            let x = Tensor::from_f32(rand_vec(m * k, 3, 1.0), &[m, k], &Device::Cpu)
+            let x = Tensor::from_f32(util::rand_vec(m * k, 3, 1.0), &[m, k], &Device::Cpu)
                 .unwrap()
                 .to_dtype(DType::BF16)
                 .unwrap()

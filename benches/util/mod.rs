@@ -52,3 +52,16 @@ pub fn iters(full: usize) -> usize {
         full
     }
 }
+
+/// `n` values uniform in [-amp, amp) from a seeded xorshift64 (deterministic bench inputs).
+pub fn rand_vec(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * amp
+        })
+        .collect()
+}
