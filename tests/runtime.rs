@@ -4,28 +4,7 @@ use contentv::runtime::device::{gpu_available, gpu_unavailable_reason, Event};
 use contentv::runtime::memory::{size_class, PinnedBuffer};
 use contentv::{DType, Device, Tensor};
 
-fn gpu() -> Option<Device> {
-    if !gpu_available() {
-        return None;
-    }
-    Device::cuda(0).ok()
-}
-
-macro_rules! need_gpu {
-    ($name:expr) => {
-        match gpu() {
-            Some(d) => d,
-            None => {
-                println!(
-                    "SKIP {}: {}",
-                    $name,
-                    gpu_unavailable_reason().unwrap_or_else(|| "cuda init failed".into())
-                );
-                return;
-            }
-        }
-    };
-}
+mod common;
 
 #[test]
 fn probe_never_panics_and_best_falls_back() {
@@ -118,7 +97,9 @@ fn pool_size_classes() {
 
 #[test]
 fn gpu_round_trip_and_views() {
-    let dev = need_gpu!("gpu_round_trip_and_views");
+    let Some(dev) = common::cuda_or_skip() else {
+        return;
+    };
     let data: Vec<f32> = (0..1000).map(|i| (i as f32).sin()).collect();
     let t = Tensor::from_f32(data.clone(), &[10, 100], &dev).unwrap();
     assert!(t.device().is_cuda());
@@ -136,7 +117,9 @@ fn gpu_round_trip_and_views() {
 
 #[test]
 fn gpu_pool_reuses_memory() {
-    let dev = need_gpu!("gpu_pool_reuses_memory");
+    let Some(dev) = common::cuda_or_skip() else {
+        return;
+    };
     let g = dev.gpu().unwrap().clone();
     let _warm = Tensor::empty(&[1 << 20], DType::F32, &dev).unwrap();
     drop(_warm);
@@ -154,7 +137,9 @@ fn gpu_pool_reuses_memory() {
 
 #[test]
 fn gpu_pinned_and_events() {
-    let dev = need_gpu!("gpu_pinned_and_events");
+    let Some(dev) = common::cuda_or_skip() else {
+        return;
+    };
     let g = dev.gpu().unwrap().clone();
     let mut p = PinnedBuffer::new(&g.ctx, 1 << 20).unwrap();
     p.as_mut_slice().fill(7);
