@@ -11,7 +11,7 @@ use super::request::check_output_path;
 use super::Ui;
 use crate::error::Result;
 use crate::io::video::{self, FramesRef, VideoOptions};
-use crate::model::pipeline::{decode_with, load_latents, MemoryReport};
+use crate::model::pipeline::{decode_with, load_latents, LatentLayout, MemoryReport};
 
 pub fn run(a: &DecodeArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
@@ -29,6 +29,15 @@ pub fn run(a: &DecodeArgs, ui: &Ui) -> Result<()> {
     video::check_writable(&a.output)?;
     let dir = model_dir(&a.model.model, ui);
     check_model_dir(&dir, &["vae"])?;
+    LatentLayout::from_model_dir(&dir)?
+        .check_latent_shape(&lat.shape)
+        .map_err(|e| {
+            crate::error::Error::Input(format!(
+                "{}: {e} (the VAE in {} expects these)",
+                a.latents.display(),
+                dir.display()
+            ))
+        })?;
     let device = pick_device(a.model.device, ui)?;
     let t = Instant::now();
     let vae = load_vae(&dir, &device, &mem)?;

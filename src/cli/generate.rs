@@ -15,7 +15,9 @@ use super::request::{parse_shard, resolve, unix_time, Request, RequestFields};
 use super::Ui;
 use crate::error::{Error, Result};
 use crate::io::video::{self, FramesRef};
-use crate::model::pipeline::{load_init_noise, save_latents, GenerateParams, Pipeline, Progress};
+use crate::model::pipeline::{
+    load_init_noise, save_latents, GenerateParams, LatentLayout, Pipeline, Progress,
+};
 use crate::runtime::residency::MemoryOptions;
 
 /// Progress bars on stderr (hidden when stderr is not a terminal).
@@ -245,7 +247,8 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     let dir = model_dir(&a.model.model, ui);
     let mut defaults = RequestFields::from_args(a);
     tiny_defaults(a, &mut defaults, ui);
-    let req = resolve(defaults, &|seed| {
+    let layout = LatentLayout::from_model_dir(&dir)?;
+    let req = resolve(defaults, layout, &|seed| {
         PathBuf::from("outputs").join(format!("{}_{seed}.mp4", unix_time()))
     })?;
     for w in &req.warnings {
@@ -317,6 +320,8 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("outputs"));
     let mut defaults = RequestFields::from_args(a);
     tiny_defaults(a, &mut defaults, ui);
+    let dir = model_dir(&a.model.model, ui);
+    let layout = LatentLayout::from_model_dir(&dir)?;
     let mut items = Vec::new();
     let mut index = 0usize;
     for (ln, l) in text.lines().enumerate() {
@@ -330,7 +335,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
         }
         let default_out = out_dir.join(format!("{stem}_{i:05}.mp4"));
         let parsed = RequestFields::from_json_line(l)
-            .and_then(|f| resolve(f.or(&defaults), &|_| default_out.clone()));
+            .and_then(|f| resolve(f.or(&defaults), layout, &|_| default_out.clone()));
         items.push(BatchItem {
             index: i,
             line: ln + 1,
@@ -375,7 +380,6 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
             }
         }
     }
-    let dir = model_dir(&a.model.model, ui);
     let mut model_error: Option<String> = None;
     let mut load_s = 0.0;
     let mut device_str = String::new();

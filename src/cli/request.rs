@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::args::*;
 use crate::error::{Error, Result};
 use crate::io::video::{self, VideoOptions};
-use crate::model::pipeline::{round_frames, VideoGeometry};
+use crate::model::pipeline::{LatentLayout, VideoGeometry};
 
 /// The per-video fields; in a JSONL line each may be given (snake_case or kebab-case names).
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -154,6 +154,9 @@ pub struct Request {
     pub save_latents: Option<PathBuf>,
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// The model's latent layout the sizes were checked against.
+    #[serde(skip)]
+    pub layout: LatentLayout,
 }
 
 impl Request {
@@ -162,6 +165,7 @@ impl Request {
             frames: self.frames,
             height: self.height,
             width: self.width,
+            layout: self.layout,
         }
     }
     pub fn video_options(&self) -> VideoOptions {
@@ -201,7 +205,13 @@ pub const TINY_WIDTH: usize = 256;
 pub const TINY_HEIGHT: usize = 144;
 pub const TINY_STEPS: usize = 8;
 
-pub fn resolve(f: RequestFields, default_output: &dyn Fn(u64) -> PathBuf) -> Result<Request> {
+/// Merges and checks one request; sizes are checked against the model's `layout`
+/// ([`LatentLayout::from_model_dir`]).
+pub fn resolve(
+    f: RequestFields,
+    layout: LatentLayout,
+    default_output: &dyn Fn(u64) -> PathBuf,
+) -> Result<Request> {
     let mut warnings = Vec::new();
     let prompt = f.prompt.ok_or_else(|| {
         Error::Input("no prompt: pass --prompt \"...\" (or a \"prompt\" field)".into())
@@ -222,19 +232,21 @@ pub fn resolve(f: RequestFields, default_output: &dyn Fn(u64) -> PathBuf) -> Res
     if frames_requested > 1001 {
         return Err(Error::Input(format!("frames = {frames_requested} is too many (at most 1001; ContentV was trained on up to 125)")));
     }
-    let frames = round_frames(frames_requested);
+    let frames = layout.round_frames(frames_requested);
+    let tf = layout.time_factor;
     if frames != frames_requested {
         warnings.push(format!(
-            "frames must be 4k+1; {frames_requested} rounded down to {frames}"
+            "frames must be {tf}k+1; {frames_requested} rounded down to {frames}"
         ));
     }
     let width = f.width.unwrap_or(DEFAULT_WIDTH);
     let height = f.height.unwrap_or(DEFAULT_HEIGHT);
     for (name, v) in [("width", width), ("height", height)] {
-        if v == 0 || v % 16 != 0 {
+        let m = layout.size_multiple();
+        if v == 0 || v % m != 0 {
             return Err(Error::Input(format!(
-                "{name} must be a positive multiple of 16, got {v} (try {})",
-                (v / 16).max(1) * 16
+                "{name} must be a positive multiple of {m}, got {v} (try {})",
+                (v / m).max(1) * m
             )));
         }
         if v > 4096 {
@@ -305,6 +317,7 @@ pub fn resolve(f: RequestFields, default_output: &dyn Fn(u64) -> PathBuf) -> Res
         init_noise: f.init_noise,
         save_latents: f.save_latents,
         warnings,
+        layout,
     })
 }
 
@@ -374,7 +387,7 @@ mod tests {
         )
         .unwrap()
         .or(&d);
-        let r = resolve(l, &out).unwrap();
+        let r = resolve(l, LatentLayout::CONTENTV, &out).unwrap();
         assert_eq!(
             (
                 r.prompt.as_str(),
@@ -398,9 +411,13 @@ mod tests {
         assert!(RequestFields::from_json_line(r#"[1]"#).is_err());
         assert!(RequestFields::from_json_line(r#"{"prompt": 3}"#).is_err());
         let bad = |j: &str| {
-            resolve(RequestFields::from_json_line(j).unwrap(), &out)
-                .unwrap_err()
-                .to_string()
+            resolve(
+                RequestFields::from_json_line(j).unwrap(),
+                LatentLayout::CONTENTV,
+                &out,
+            )
+            .unwrap_err()
+            .to_string()
         };
         assert!(bad(r#"{"prompt":"a","frames":0}"#).contains("frames"));
         assert!(bad(r#"{"prompt":"a","width":100}"#).contains("multiple of 16"));

@@ -24,16 +24,135 @@ use crate::model::scheduler::{FlowMatchEuler, SchedulerConfig};
 use crate::model::vae::{to_uint8_frames, VaeDecoder, VideoFrames};
 use crate::runtime::{DType, Device, Tensor};
 
-/// Latent channels of the DiT / VAE.
-pub const LATENT_CHANNELS: usize = 16;
 /// Text tokens per prompt (77 CLIP + 256 T5) and their width.
 pub const TEXT_TOKENS: usize = 333;
 pub const TEXT_DIM: usize = 4096;
 pub const POOLED_DIM: usize = 2048;
-/// VAE factors (Wan2.1: temporal 4, spatial 8) and the DiT patch size.
-pub const TIME_FACTOR: usize = 4;
-pub const SPATIAL_FACTOR: usize = 8;
-pub const PATCH: usize = 2;
+
+/// How video sizes map to latents. ContentV-8B (Wan2.1 VAE, patch 2): 16 channels, 4x in time,
+/// 8x in space, so frames are 4k+1 and sizes multiples of 16. Other checkpoints of the same
+/// architecture may differ: the reference pipeline takes the factors from the VAE config
+/// (`2^sum(temperal_downsample)` in time, `2^len(temperal_downsample)` in space) and the patch
+/// from the transformer's, and so does [`LatentLayout::from_model_dir`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatentLayout {
+    /// latent channels (VAE z_dim = transformer in_channels)
+    pub channels: usize,
+    pub time_factor: usize,
+    pub spatial_factor: usize,
+    /// transformer patch size (per frame, square)
+    pub patch: usize,
+}
+
+impl Default for LatentLayout {
+    fn default() -> LatentLayout {
+        LatentLayout::CONTENTV
+    }
+}
+
+impl LatentLayout {
+    pub const CONTENTV: LatentLayout = LatentLayout {
+        channels: 16,
+        time_factor: 4,
+        spatial_factor: 8,
+        patch: 2,
+    };
+
+    /// Width and height must be multiples of this (VAE factor x patch).
+    pub fn size_multiple(&self) -> usize {
+        self.spatial_factor * self.patch
+    }
+
+    /// Rounds a frame count down to the nearest `time_factor * k + 1` (`n >= 1`): for
+    /// ContentV 126, 127, 128 -> 125.
+    ///
+    /// Note: the reference (CV L270-275) computes `n // 4 * 4 + 1`, which agrees for every `n`
+    /// except multiples of 4, where it rounds *up* by one (128 -> 129). contentv never makes
+    /// more frames than asked for.
+    pub fn round_frames(&self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (n - 1) / self.time_factor * self.time_factor + 1
+        }
+    }
+
+    /// Reads the layout of a model folder in diffusers layout from `vae/config.json`
+    /// (`z_dim`, `temperal_downsample`) and `transformer/config.json` (`in_channels`,
+    /// `patch_size`); a missing file or key takes the diffusers default (ContentV's values),
+    /// a malformed one is an error that names it.
+    pub fn from_model_dir(dir: &Path) -> Result<LatentLayout> {
+        let read = |sub: &str| -> Result<Option<(PathBuf, serde_json::Value)>> {
+            let path = dir.join(sub).join("config.json");
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                return Ok(None);
+            };
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Weights(format!("{}: invalid JSON: {e}", path.display())))?;
+            Ok(Some((path, v)))
+        };
+        let uint = |path: &Path, v: &serde_json::Value, key: &str, default: usize| match v.get(key)
+        {
+            None | Some(serde_json::Value::Null) => Ok(default),
+            Some(x) => x
+                .as_u64()
+                .filter(|&n| n >= 1 && n <= 1 << 16)
+                .map(|n| n as usize)
+                .ok_or_else(|| {
+                    Error::Weights(format!(
+                        "{}: \"{key}\" must be a positive integer, got {x}",
+                        path.display()
+                    ))
+                }),
+        };
+        let mut l = LatentLayout::CONTENTV;
+        let mut vae_channels = None;
+        if let Some((path, v)) = read("vae")? {
+            let z = uint(&path, &v, "z_dim", 16)?;
+            vae_channels = Some((path.clone(), z));
+            l.channels = z;
+            if let Some(td) = v.get("temperal_downsample") {
+                let flags: Option<Vec<bool>> = td
+                    .as_array()
+                    .and_then(|a| a.iter().map(|b| b.as_bool()).collect());
+                let flags = flags.filter(|f| f.len() <= 8).ok_or_else(|| {
+                    Error::Weights(format!(
+                        "{}: \"temperal_downsample\" must be a list of booleans, got {td}",
+                        path.display()
+                    ))
+                })?;
+                l.time_factor = 1 << flags.iter().filter(|&&b| b).count();
+                l.spatial_factor = 1 << flags.len();
+            }
+        }
+        if let Some((path, v)) = read("transformer")? {
+            l.patch = uint(&path, &v, "patch_size", 2)?;
+            let c = uint(&path, &v, "in_channels", 16)?;
+            if let Some((vae_path, z)) = &vae_channels {
+                if *z != c {
+                    return Err(Error::Weights(format!(
+                        "{} says in_channels {c} but {} says z_dim {z}: the transformer and the VAE do not belong together",
+                        path.display(),
+                        vae_path.display()
+                    )));
+                }
+            }
+            l.channels = c;
+        }
+        Ok(l)
+    }
+
+    /// Checks a latent shape [1, C, T, h, w] against this layout.
+    pub fn check_latent_shape(&self, s: &[usize]) -> Result<()> {
+        if s.len() != 5 || s[0] != 1 || s[1] != self.channels || s[2..].contains(&0) {
+            return Err(Error::Input(format!(
+                "latents must have shape [1, {}, T, h, w], got {s:?}",
+                self.channels
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Prompt embeddings: `ctx` [333, 4096] (or [1, 333, 4096]) and `pooled` [2048] (or [1, 2048]).
 #[derive(Clone, Debug)]
@@ -105,18 +224,33 @@ pub struct VideoGeometry {
     pub frames: usize,
     pub height: usize,
     pub width: usize,
+    pub layout: LatentLayout,
 }
 
 impl VideoGeometry {
-    /// Checks the size (multiples of 16, frames = 4k+1 and >= 1). Use
-    /// [`round_frames`] first to get the reference's rounding.
+    /// ContentV's geometry: see [`VideoGeometry::with_layout`].
     pub fn new(frames: usize, height: usize, width: usize) -> Result<VideoGeometry> {
-        if frames == 0 || frames % TIME_FACTOR != 1 {
+        VideoGeometry::with_layout(LatentLayout::CONTENTV, frames, height, width)
+    }
+
+    /// Checks the size (frames = time_factor k + 1 and >= 1; width and height multiples of
+    /// `layout.size_multiple()`). Use [`LatentLayout::round_frames`] first to get the
+    /// reference's rounding.
+    pub fn with_layout(
+        layout: LatentLayout,
+        frames: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<VideoGeometry> {
+        let tf = layout.time_factor;
+        if frames == 0 || (frames - 1) % tf != 0 {
             return Err(Error::Input(format!(
-                "the frame count must be 4k+1 (1, 5, 9, ..., 125), got {frames}"
+                "the frame count must be {tf}k+1 (1, {}, {}, ...), got {frames}",
+                1 + tf,
+                1 + 2 * tf
             )));
         }
-        let m = SPATIAL_FACTOR * PATCH;
+        let m = layout.size_multiple();
         if height == 0 || width == 0 || height % m != 0 || width % m != 0 {
             return Err(Error::Input(format!(
                 "width and height must be positive multiples of {m}, got {width}x{height}"
@@ -126,50 +260,37 @@ impl VideoGeometry {
             frames,
             height,
             width,
+            layout,
         })
     }
-    /// Latent shape [1, 16, T, h, w].
+
+    /// Latent shape [1, C, T, h, w].
     pub fn latent_shape(&self) -> [usize; 5] {
+        let l = &self.layout;
         [
             1,
-            LATENT_CHANNELS,
-            (self.frames - 1) / TIME_FACTOR + 1,
-            self.height / SPATIAL_FACTOR,
-            self.width / SPATIAL_FACTOR,
+            l.channels,
+            (self.frames - 1) / l.time_factor + 1,
+            self.height / l.spatial_factor,
+            self.width / l.spatial_factor,
         ]
     }
-    /// From a latent shape [1, 16, T, h, w].
-    pub fn from_latent_shape(s: &[usize]) -> Result<VideoGeometry> {
-        if s.len() != 5
-            || s[0] != 1
-            || s[1] != LATENT_CHANNELS
-            || s[2] == 0
-            || s[3] == 0
-            || s[4] == 0
-        {
-            return Err(Error::Input(format!(
-                "latents must have shape [1, 16, T, h, w], got {s:?}"
-            )));
-        }
-        VideoGeometry::new(
-            1 + TIME_FACTOR * (s[2] - 1),
-            s[3] * SPATIAL_FACTOR,
-            s[4] * SPATIAL_FACTOR,
+
+    /// From a latent shape [1, C, T, h, w].
+    pub fn from_latent_shape(layout: LatentLayout, s: &[usize]) -> Result<VideoGeometry> {
+        layout.check_latent_shape(s)?;
+        VideoGeometry::with_layout(
+            layout,
+            1 + layout.time_factor * (s[2] - 1),
+            s[3] * layout.spatial_factor,
+            s[4] * layout.spatial_factor,
         )
     }
 }
 
-/// Rounds a frame count down to the nearest 4k+1 (`n >= 1`): 126, 127, 128 -> 125.
-///
-/// Note: the reference (CV L270-275) computes `n // 4 * 4 + 1`, which agrees for every `n` except
-/// multiples of 4, where it rounds *up* by one (128 -> 129). contentv never makes more frames
-/// than asked for.
+/// [`LatentLayout::round_frames`] for ContentV (4k+1).
 pub fn round_frames(n: usize) -> usize {
-    if n == 0 {
-        0
-    } else {
-        (n - 1) / TIME_FACTOR * TIME_FACTOR + 1
-    }
+    LatentLayout::CONTENTV.round_frames(n)
 }
 
 // ----- initial noise ---------------------------------------------------------------------------
@@ -338,8 +459,12 @@ pub fn save_latents(
 /// Reads latents written by [`save_latents`] (any float dtype; tensor "latents").
 pub fn load_latents(path: &Path) -> Result<SavedLatents> {
     let (shape, data, metadata) = read_st_tensor(path, "latents")?;
-    VideoGeometry::from_latent_shape(&shape)
-        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    if shape.len() != 5 || shape[0] != 1 || shape.contains(&0) {
+        return Err(Error::Input(format!(
+            "{}: latents must have shape [1, C, T, h, w], got {shape:?}",
+            path.display()
+        )));
+    }
     Ok(SavedLatents {
         shape,
         data,
@@ -742,7 +867,11 @@ pub fn decode_with(
     latents: &[f32],
     shape: &[usize],
 ) -> Result<VideoFrames> {
-    VideoGeometry::from_latent_shape(shape)?;
+    if shape.len() != 5 || shape[0] != 1 || shape.contains(&0) {
+        return Err(Error::Input(format!(
+            "latents must have shape [1, C, T, h, w], got {shape:?}"
+        )));
+    }
     let x = Tensor::from_f32(latents.to_vec(), shape, device)?;
     let video = vae.decode(&x)?;
     to_uint8_frames(&video, 0)
@@ -868,10 +997,80 @@ mod tests {
         let g = VideoGeometry::new(125, 432, 768).unwrap();
         assert_eq!(g.latent_shape(), [1, 16, 32, 54, 96]);
         assert_eq!(
-            VideoGeometry::from_latent_shape(&[1, 16, 32, 54, 96]).unwrap(),
+            VideoGeometry::from_latent_shape(LatentLayout::CONTENTV, &[1, 16, 32, 54, 96]).unwrap(),
             g
         );
         assert!(VideoGeometry::new(124, 432, 768).is_err());
         assert!(VideoGeometry::new(125, 440, 768).is_err());
+    }
+
+    #[test]
+    fn layout_from_model_configs() {
+        let dir = std::env::temp_dir().join(format!("contentv-layout-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // No configs at all: ContentV's values.
+        assert_eq!(
+            LatentLayout::from_model_dir(&dir).unwrap(),
+            LatentLayout::CONTENTV
+        );
+        std::fs::create_dir_all(dir.join("vae")).unwrap();
+        std::fs::create_dir_all(dir.join("transformer")).unwrap();
+        std::fs::write(
+            dir.join("vae/config.json"),
+            r#"{"z_dim": 8, "temperal_downsample": [true, false, false, true]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("transformer/config.json"),
+            r#"{"in_channels": 8, "patch_size": 1}"#,
+        )
+        .unwrap();
+        let l = LatentLayout::from_model_dir(&dir).unwrap();
+        assert_eq!(
+            l,
+            LatentLayout {
+                channels: 8,
+                time_factor: 4,
+                spatial_factor: 16,
+                patch: 1
+            }
+        );
+        assert_eq!(l.size_multiple(), 16);
+        let g = VideoGeometry::with_layout(l, 9, 32, 48).unwrap();
+        assert_eq!(g.latent_shape(), [1, 8, 3, 2, 3]);
+        assert_eq!(
+            VideoGeometry::from_latent_shape(l, &[1, 8, 3, 2, 3]).unwrap(),
+            g
+        );
+        assert!(VideoGeometry::from_latent_shape(l, &[1, 16, 3, 2, 3]).is_err());
+
+        std::fs::write(
+            dir.join("vae/config.json"),
+            r#"{"z_dim": 16, "temperal_downsample": [false, false, true]}"#,
+        )
+        .unwrap();
+        let e = LatentLayout::from_model_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("in_channels 8") && e.contains("z_dim 16"), "{e}");
+        std::fs::write(
+            dir.join("transformer/config.json"),
+            r#"{"in_channels": 16, "patch_size": 2}"#,
+        )
+        .unwrap();
+        let l = LatentLayout::from_model_dir(&dir).unwrap();
+        assert_eq!((l.time_factor, l.spatial_factor), (2, 8));
+        assert_eq!(l.round_frames(10), 9);
+        assert!(VideoGeometry::with_layout(l, 7, 16, 16).is_ok());
+        assert!(VideoGeometry::with_layout(l, 8, 16, 16).is_err());
+
+        std::fs::write(dir.join("vae/config.json"), "{ not json").unwrap();
+        let e = LatentLayout::from_model_dir(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("vae/config.json") && e.contains("invalid JSON"),
+            "{e}"
+        );
+        std::fs::write(dir.join("vae/config.json"), r#"{"temperal_downsample": 3}"#).unwrap();
+        let e = LatentLayout::from_model_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("temperal_downsample"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
