@@ -79,17 +79,17 @@ fn expected(folder: &str, cfg: &Value) -> Vec<(String, Option<Vec<usize>>)> {
     let mut e: Vec<(String, Option<Vec<usize>>)> = Vec::new();
     match folder {
         "transformer" => {
-            let d = cu(cfg, "num_attention_heads", 38) * cu(cfg, "attention_head_dim", 64);
+            // SD3Transformer3DModel reads only these six keys (spec §5.1); joint_attention_dim
+            // (4096) and pooled_projection_dim (2048) are fixed by the class.
+            let hd = cu(cfg, "attention_head_dim", 64);
+            let d = cu(cfg, "num_attention_heads", 38) * hd;
             let p = cu(cfg, "patch_size", 2);
             let (cin, cout) = (cu(cfg, "in_channels", 16), cu(cfg, "out_channels", 16));
             e.push(("pos_embed.proj.weight".into(), Some(vec![d, cin, p, p])));
-            e.push((
-                "context_embedder.weight".into(),
-                Some(vec![d, cu(cfg, "joint_attention_dim", 4096)]),
-            ));
+            e.push(("context_embedder.weight".into(), Some(vec![d, 4096])));
             e.push((
                 "time_text_embed.text_embedder.linear_1.weight".into(),
-                Some(vec![d, cu(cfg, "pooled_projection_dim", 2048)]),
+                Some(vec![d, 2048]),
             ));
             e.push((
                 "time_text_embed.timestep_embedder.linear_1.weight".into(),
@@ -111,6 +111,10 @@ fn expected(folder: &str, cfg: &Value) -> Vec<(String, Option<Vec<usize>>)> {
                         Some(vec![d, d]),
                     ));
                 }
+                e.push((
+                    format!("transformer_blocks.{i}.attn.norm_q.weight"),
+                    Some(vec![hd]),
+                ));
                 e.push((
                     format!("transformer_blocks.{i}.attn.to_out.0.weight"),
                     Some(vec![d, d]),

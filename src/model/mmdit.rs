@@ -26,8 +26,6 @@ use crate::shape_err;
 /// ([`Denoiser::prepare_run`]) and streaming leaves them out of the per-step copies.
 const MODULATION_KEYS: &[&str] = &[".norm1.linear.", ".norm1_context.linear."];
 
-/// Head dim of every ContentV / SD3 attention.
-pub const HEAD_DIM: usize = 64;
 const LN_EPS: f32 = 1e-6;
 const QK_EPS: f32 = 1e-6;
 /// Timestep embedding width (sinusoidal features).
@@ -38,7 +36,10 @@ const TIME_FEATURES: usize = 256;
 pub struct TransformerConfig {
     pub layers: usize,
     pub heads: usize,
-    /// hidden width D = heads * 64
+    /// `attention_head_dim`: width of one attention head (64 for ContentV-8B); the q/k RMS
+    /// norms run over it and the attention scale is 1/sqrt(head_dim).
+    pub head_dim: usize,
+    /// hidden width D = heads * head_dim
     pub dim: usize,
     pub patch: usize,
     pub in_channels: usize,
@@ -55,6 +56,7 @@ impl TransformerConfig {
         TransformerConfig {
             layers: 38,
             heads: 38,
+            head_dim: 64,
             dim: 2432,
             patch: 2,
             in_channels: 16,
@@ -65,45 +67,72 @@ impl TransformerConfig {
         }
     }
 
-    /// Reads the architecture from the weights' shapes (the checkpoint's config.json keys
-    /// beyond the constructor's are ignored by diffusers too, spec §5.1).
+    /// Reads the architecture from the weights' shapes (the head dim from
+    /// `transformer_blocks.0.attn.norm_q.weight` [head_dim]) and, when the store's folder has a
+    /// `config.json`, checks it against that file's `SD3Transformer3DModel` arguments
+    /// ([`TransformerConfig::check_config_json`]).
     pub fn from_weights(p: &Prefix) -> Result<TransformerConfig> {
+        let dir = p.store().dir().to_path_buf();
         let shape = |k: &str| {
             p.shape_of(k).ok_or_else(|| {
                 Error::Weights(format!(
                     "{}: no tensor {k}: not a ContentV transformer checkpoint",
-                    p.store().dir().display()
+                    dir.display()
                 ))
             })
         };
+        let bad = |msg: String| Error::Weights(format!("{}: {msg}", dir.display()));
         let pe = shape("pos_embed.proj.weight")?;
-        if pe.len() != 4 || pe[2] != pe[3] {
-            return Err(Error::Weights(format!(
+        if pe.len() != 4 || pe[2] != pe[3] || pe[2] == 0 {
+            return Err(bad(format!(
                 "pos_embed.proj.weight has shape {pe:?}, expected [D, C, p, p]"
             )));
         }
         let (dim, in_channels, patch) = (pe[0], pe[1], pe[2]);
-        if dim % HEAD_DIM != 0 {
-            return Err(Error::Weights(format!(
-                "hidden width {dim} is not a multiple of the head dim {HEAD_DIM}"
-            )));
-        }
         let ctx = shape("context_embedder.weight")?;
         let pooled = shape("time_text_embed.text_embedder.linear_1.weight")?;
         let proj = shape("proj_out.weight")?;
         let ff = shape("transformer_blocks.0.ff.net.0.proj.weight")?;
+        let nq = shape("transformer_blocks.0.attn.norm_q.weight")?;
+        let head_dim = match nq[..] {
+            [hd] if hd > 0 => hd,
+            _ => {
+                return Err(bad(format!(
+                    "transformer_blocks.0.attn.norm_q.weight has shape {nq:?}, expected [head_dim] \
+                     (qk_norm rms_norm)"
+                )))
+            }
+        };
+        if dim % head_dim != 0 {
+            return Err(bad(format!(
+                "hidden width {dim} (pos_embed.proj.weight) is not a multiple of the head dim \
+                 {head_dim} (attn.norm_q.weight)"
+            )));
+        }
+        // The reference's get_3d_sincos_pos_embed splits D into D/4 temporal and 3D/8 + 3D/8
+        // spatial dims, each an even sin/cos pair: it rejects any D that is not a multiple of 16.
+        if dim % 16 != 0 {
+            return Err(bad(format!(
+                "hidden width {dim} is not a multiple of 16, which the 3D sin-cos position \
+                 embedding needs (D/4 temporal + 2 x 3D/8 spatial, each even)"
+            )));
+        }
+        if proj.len() != 2 || proj[0] % (patch * patch) != 0 || proj[0] == 0 {
+            return Err(bad(format!(
+                "proj_out.weight has shape {proj:?}, expected [p*p*C_out, D] with p = {patch}"
+            )));
+        }
         let mut layers = 0;
         while p.contains(&format!("transformer_blocks.{layers}.attn.to_q.weight")) {
             layers += 1;
         }
         if layers == 0 {
-            return Err(Error::Weights(
-                "no transformer_blocks.N in the checkpoint".into(),
-            ));
+            return Err(bad("no transformer_blocks.N in the checkpoint".into()));
         }
-        Ok(TransformerConfig {
+        let c = TransformerConfig {
             layers,
-            heads: dim / HEAD_DIM,
+            heads: dim / head_dim,
+            head_dim,
             dim,
             patch,
             in_channels,
@@ -111,7 +140,99 @@ impl TransformerConfig {
             joint_attention_dim: ctx[1],
             pooled_dim: pooled[1],
             ff_dim: ff[0],
-        })
+        };
+        let cfg = dir.join("config.json");
+        if cfg.is_file() {
+            c.check_config_json(&cfg)?;
+        }
+        Ok(c)
+    }
+
+    /// Checks the `SD3Transformer3DModel` arguments in a `transformer/config.json` (the only six
+    /// keys ContentV's class reads, spec §5.1: in_channels, out_channels, patch_size, num_layers,
+    /// num_attention_heads, attention_head_dim) against this (weight-derived) config. Keys the
+    /// file does not have are not checked; every other key is ignored, as diffusers does.
+    pub fn check_config_json(&self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Weights(format!("{}: not valid JSON: {e}", path.display())))?;
+        let get = |k: &str| -> Result<Option<usize>> {
+            match v.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| {
+                        Error::Weights(format!(
+                            "{}: \"{k}\" is {x}, expected a positive integer",
+                            path.display()
+                        ))
+                    }),
+            }
+        };
+        let mismatch = |what: String| {
+            Error::Weights(format!(
+                "{}: {what}; the weights in {} do not match this config",
+                path.display(),
+                path.parent()
+                    .map_or_else(String::new, |d| d.display().to_string())
+            ))
+        };
+        let heads = get("num_attention_heads")?;
+        let head_dim = get("attention_head_dim")?;
+        if let (Some(h), Some(hd)) = (heads, head_dim) {
+            if h * hd != self.dim {
+                return Err(mismatch(format!(
+                    "num_attention_heads {h} x attention_head_dim {hd} = {} but the hidden width \
+                     of the weights (pos_embed.proj.weight) is {}",
+                    h * hd,
+                    self.dim
+                )));
+            }
+        }
+        for (key, got, from) in [
+            (
+                "attention_head_dim",
+                self.head_dim,
+                "attn.norm_q.weight has that many entries",
+            ),
+            (
+                "num_attention_heads",
+                self.heads,
+                "hidden width / attn.norm_q.weight entries",
+            ),
+            (
+                "num_layers",
+                self.layers,
+                "transformer_blocks.N in the weights",
+            ),
+            (
+                "patch_size",
+                self.patch,
+                "pos_embed.proj.weight kernel size",
+            ),
+            (
+                "in_channels",
+                self.in_channels,
+                "pos_embed.proj.weight input channels",
+            ),
+            (
+                "out_channels",
+                self.out_channels,
+                "proj_out.weight rows / patch_size^2",
+            ),
+        ] {
+            if let Some(want) = get(key)? {
+                if want != got {
+                    return Err(mismatch(format!(
+                        "\"{key}\" is {want} but the weights say {got} ({from})"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -164,7 +285,7 @@ struct RunModulation {
 
 impl BlockWeights {
     fn load(b: &Prefix, c: &TransformerConfig) -> Result<BlockWeights> {
-        let d = c.dim;
+        let (d, hd) = (c.dim, c.head_dim);
         let context_pre_only = !b.contains("attn.to_add_out.weight");
         Ok(BlockWeights {
             to_q: b.linear("attn.to_q", d, d, true)?,
@@ -178,10 +299,10 @@ impl BlockWeights {
             },
             add_k: b.linear("attn.add_k_proj", d, d, true)?,
             add_v: b.linear("attn.add_v_proj", d, d, true)?,
-            norm_q: b.tensor("attn.norm_q.weight", &[HEAD_DIM])?,
-            norm_k: b.tensor("attn.norm_k.weight", &[HEAD_DIM])?,
-            norm_added_q: b.tensor("attn.norm_added_q.weight", &[HEAD_DIM])?,
-            norm_added_k: b.tensor("attn.norm_added_k.weight", &[HEAD_DIM])?,
+            norm_q: b.tensor("attn.norm_q.weight", &[hd])?,
+            norm_k: b.tensor("attn.norm_k.weight", &[hd])?,
+            norm_added_q: b.tensor("attn.norm_added_q.weight", &[hd])?,
+            norm_added_k: b.tensor("attn.norm_added_k.weight", &[hd])?,
             to_out: b.linear("attn.to_out.0", d, d, true)?,
             to_add_out: if context_pre_only {
                 None
@@ -271,6 +392,17 @@ impl Transformer {
             store.set_int8(Some(Int8Policy::default()));
         }
         let config = TransformerConfig::from_weights(&store.root())?;
+        // The GPU runs heads of 64 on the flash kernel and any other width on the generic one,
+        // which holds a query row in shared memory: say so here rather than at the first step.
+        if device.gpu().is_some() && config.head_dim > crate::ops::attention_cuda::NAIVE_MAX_D {
+            return Err(Error::Weights(format!(
+                "{}: attention head dim {} is larger than the CUDA attention kernels support ({}); \
+                 run on the CPU (--device cpu)",
+                dir.display(),
+                config.head_dim,
+                crate::ops::attention_cuda::NAIVE_MAX_D
+            )));
+        }
         let group = "transformer_blocks";
         let residency = if mem.streams() {
             let resident = match (mem.vram_budget, device.gpu()) {
@@ -359,8 +491,9 @@ impl Transformer {
         let xs = x.shape().to_vec();
         if xs.len() != 5 || xs[1] != c.in_channels || xs[3] % c.patch != 0 || xs[4] % c.patch != 0 {
             return Err(shape_err!(
-                "transformer: latents {xs:?} must be [B, {}, T, h, w] with h, w even",
-                c.in_channels
+                "transformer: latents {xs:?} must be [B, {}, T, h, w] with h, w multiples of the patch size {}",
+                c.in_channels,
+                c.patch
             ));
         }
         let (b, t, h, w) = (xs[0], xs[2], xs[3], xs[4]);
@@ -527,11 +660,12 @@ impl Transformer {
     }
 }
 
-/// `z` [B, S, D] through the block's projection to heads, with the per-head RMS norm.
-fn qk(z: &Tensor, l: &Linear, w: &Tensor, heads: usize) -> Result<Tensor> {
-    let y = linear(z, l)?; // [B, S, H*64]
+/// `z` [B, S, D] through the block's projection to heads, with the per-head RMS norm (over
+/// each head's `head_dim` values).
+fn qk(z: &Tensor, l: &Linear, w: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+    let y = linear(z, l)?; // [B, S, H*head_dim]
     let s = y.shape().to_vec();
-    norm::rms_norm(&y.reshape(&[s[0], s[1], heads, HEAD_DIM])?, Some(w), QK_EPS)?.reshape(&s)
+    norm::rms_norm(&y.reshape(&[s[0], s[1], heads, head_dim])?, Some(w), QK_EPS)?.reshape(&s)
 }
 
 /// One joint block: video tokens `x` [B, N, D], text tokens `c` [B, S, D], modulation `e`
@@ -544,27 +678,27 @@ fn joint_block(
     w: &BlockWeights,
     cfg: &TransformerConfig,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let (d, heads) = (cfg.dim, cfg.heads);
+    let (d, heads, hd) = (cfg.dim, cfg.heads, cfg.head_dim);
     let n = x.dim(1);
     // adaLN-Zero: e = (shift, scale, gate, shift_mlp, scale_mlp, gate_mlp), each [B, D].
     let ch = |t: &Tensor, k: usize| t.narrow(1, k * d, d);
     let xn = norm::layer_norm_modulate(x, &ch(e, 0)?, &ch(e, 1)?, LN_EPS)?;
     let cn = if w.context_pre_only {
         // AdaLayerNormContinuous: (scale, shift).
-        norm::layer_norm_modulate(c, &ch(&ec, 1)?, &ch(&ec, 0)?, LN_EPS)?
+        norm::layer_norm_modulate(c, &ch(ec, 1)?, &ch(ec, 0)?, LN_EPS)?
     } else {
-        norm::layer_norm_modulate(c, &ch(&ec, 0)?, &ch(&ec, 1)?, LN_EPS)?
+        norm::layer_norm_modulate(c, &ch(ec, 0)?, &ch(ec, 1)?, LN_EPS)?
     };
 
     // Joint attention over [video; text] keys and values, video queries first.
-    let q = qk(&xn, &w.to_q, &w.norm_q, heads)?;
-    let k = qk(&xn, &w.to_k, &w.norm_k, heads)?;
+    let q = qk(&xn, &w.to_q, &w.norm_q, heads, hd)?;
+    let k = qk(&xn, &w.to_k, &w.norm_k, heads, hd)?;
     let v = linear(&xn, &w.to_v)?;
-    let kc = qk(&cn, &w.add_k, &w.norm_added_k, heads)?;
+    let kc = qk(&cn, &w.add_k, &w.norm_added_k, heads, hd)?;
     let vc = linear(&cn, &w.add_v)?;
-    let opts = AttnOpts::new(heads, HEAD_DIM);
+    let opts = AttnOpts::new(heads, hd);
     let qc = match &w.add_q {
-        Some(l) => Some(qk(&cn, l, &w.norm_added_q, heads)?),
+        Some(l) => Some(qk(&cn, l, &w.norm_added_q, heads, hd)?),
         None => None,
     };
     let o = match &qc {
@@ -574,12 +708,12 @@ fn joint_block(
 
     // Video stream.
     let ox = o.narrow(1, 0, n)?;
-    let x = gated_residual(x, &linear(&ox, &w.to_out)?, &ch(&e, 2)?)?;
-    let z = norm::layer_norm_modulate(&x, &ch(&e, 3)?, &ch(&e, 4)?, LN_EPS)?;
+    let x = gated_residual(x, &linear(&ox, &w.to_out)?, &ch(e, 2)?)?;
+    let z = norm::layer_norm_modulate(&x, &ch(e, 3)?, &ch(e, 4)?, LN_EPS)?;
     let x = gated_residual(
         &x,
         &linear(&linear_act(&z, &w.ff1, Act::GeluTanh)?, &w.ff2)?,
-        &ch(&e, 5)?,
+        &ch(e, 5)?,
     )?;
     if w.context_pre_only {
         return Ok((x, None));
@@ -590,14 +724,14 @@ fn joint_block(
     let c = gated_residual(
         c,
         &linear(&oc, w.to_add_out.as_ref().unwrap())?,
-        &ch(&ec, 2)?,
+        &ch(ec, 2)?,
     )?;
-    let z = norm::layer_norm_modulate(&c, &ch(&ec, 3)?, &ch(&ec, 4)?, LN_EPS)?;
+    let z = norm::layer_norm_modulate(&c, &ch(ec, 3)?, &ch(ec, 4)?, LN_EPS)?;
     let (f1, f2) = w.ff_context.as_ref().unwrap();
     let c = gated_residual(
         &c,
         &linear(&linear_act(&z, f1, Act::GeluTanh)?, f2)?,
-        &ch(&ec, 5)?,
+        &ch(ec, 5)?,
     )?;
     Ok((x, Some(c)))
 }
@@ -652,8 +786,16 @@ fn sincos_1d(d: usize, pos: f64, out: &mut Vec<f32>) {
 
 /// The fixed 3D position table [T*H'*W', D] (spec §5.3): temporal part (D/4, position t), then
 /// the width part and the height part (3D/8 each, positions doubled: interpolation scale 0.5).
+/// The widths are split as diffusers' `get_3d_sincos_pos_embed` does (`D // 4` temporal,
+/// `3 * D // 4` spatial, halved for w and h); like it, D must be a multiple of 16 so that every
+/// part is an even sin/cos pair ([`TransformerConfig::from_weights`] checks that).
 pub fn pos_embed_3d(d: usize, t: usize, hp: usize, wp: usize) -> Vec<f32> {
-    let (dt, ds) = (d / 4, 3 * d / 8);
+    assert!(
+        d % 16 == 0,
+        "pos_embed_3d: width {d} is not a multiple of 16"
+    );
+    let dt = d / 4;
+    let ds = 3 * d / 4 / 2;
     let mut out = Vec::with_capacity(t * hp * wp * d);
     for ti in 0..t {
         for hi in 0..hp {
