@@ -23,7 +23,7 @@ const REGENERATE: &str = ".venv-ref/bin/python scripts/reference/make_variant_fi
 const FORMAT_VERSION: u64 = 1;
 /// Text tokens of the pipeline's prompt_embeds (77 CLIP + 256 T5).
 const TEXT_LEN: usize = 333;
-/// f32 against the f32 reference (as tests/parity_mmdit.rs).
+/// f32 against the f32 reference (as tests/parity_transformer.rs).
 const ATOL: f32 = 2e-4;
 const RTOL: f32 = 2e-4;
 
