@@ -19,11 +19,14 @@ __device__ void softmax_last_k(const T* x, T* y, int rows, int cols) {
     float m = -INFINITY;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, to_f(r[j]));
     m = block_max(m);
+    // A fully masked row (max -inf) gives zeros like the CPU reference (softmax_row), not NaN:
+    // subtract 0 instead (exp(-inf) = 0), and 1/0 is avoided below.
+    const float base = m == -INFINITY ? 0.f : m;
     float s = 0.f;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) s += __expf(to_f(r[j]) - m);
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) s += __expf(to_f(r[j]) - base);
     s = block_sum(s);
-    float inv = 1.f / s;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) o[j] = from_f<T>(__expf(to_f(r[j]) - m) * inv);
+    float inv = s > 0.f ? 1.f / s : 0.f;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) o[j] = from_f<T>(__expf(to_f(r[j]) - base) * inv);
 }
 
 // Mean and 1/sqrt(var + eps) of one row (two passes over global memory; rows are L1/L2 resident).
@@ -47,8 +50,8 @@ __device__ void layer_norm_k(const T* x, T* y, const float* w, const float* b, i
     float mean, inv;
     row_stats(r, c, eps, mean, inv);
     for (int j = threadIdx.x; j < c; j += blockDim.x) {
-        float v = rnd<T>((to_f(r[j]) - mean) * inv);  // F.layer_norm rounds once at the end
-        if (w) v = (to_f(r[j]) - mean) * inv * w[j] + (b ? b[j] : 0.f);
+        float v = (to_f(r[j]) - mean) * inv;  // F.layer_norm rounds once at the end (from_f)
+        if (w || b) v = v * (w ? w[j] : 1.f) + (b ? b[j] : 0.f);  // a bias without a weight counts too
         o[j] = from_f<T>(v);
     }
 }

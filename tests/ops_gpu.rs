@@ -391,6 +391,86 @@ fn channel_rms_norm_vae() {
     }
 }
 
+/// Regressions of the static kernel review (docs/kernel-review.md): a fully masked softmax
+/// row, LayerNorm with a bias but no weight, and GEMMs on a [B, 1, K] view whose size-1 dim
+/// carries a stride unrelated to the row stride (flat_rows used to read the wrong rows).
+#[test]
+fn kernel_review_regressions() {
+    use contentv::ops::quant::{linear_int8_with, quantize_per_channel, Int8Kernel};
+    let Some(dev) = gpu() else { return };
+    for dt in DTS {
+        // Row 1 is all -inf: zeros (CPU reference), not NaN.
+        let mut v = rnd(3 * 70, 50);
+        v[70..140].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+        let (h, g) = pair(v, &[3, 70], &dev, dt);
+        let got = act::softmax_last(&g).unwrap();
+        assert!(got.to_vec_f32().unwrap()[70..140].iter().all(|&x| x == 0.0));
+        check(
+            "softmax_last (masked row)",
+            &got,
+            &act::softmax_last(&h).unwrap(),
+            dt,
+            1,
+        );
+
+        let c = 300;
+        let (h, g) = pair(rnd(5 * c, 51), &[5, c], &dev, dt);
+        let (bh, bg) = pair(rnd(c, 52), &[c], &dev, dt);
+        check(
+            "layer_norm (bias, no weight)",
+            &norm::layer_norm(&g, None, Some(&bg), 1e-5).unwrap(),
+            &norm::layer_norm(&h, None, Some(&bh), 1e-5).unwrap(),
+            dt,
+            c,
+        );
+
+        let (k, n) = (64, 40);
+        let (xh, xg) = pair(rnd(2 * 5 * k, 53), &[2, 5, k], &dev, dt);
+        let (xh, xg) = (xh.narrow(1, 2, 1).unwrap(), xg.narrow(1, 2, 1).unwrap());
+        let w = rnd(n * k, 54);
+        let (wh, wg) = pair(w.clone(), &[n, k], &dev, dt);
+        let lh = Linear {
+            weight: Weight::Dense(wh),
+            bias: None,
+        };
+        let lg = Linear {
+            weight: Weight::Dense(wg),
+            bias: None,
+        };
+        let want = gemm::linear(&xh, &lh).unwrap();
+        check(
+            "linear on a [2, 1, K] view",
+            &gemm::linear(&xg, &lg).unwrap(),
+            &want,
+            dt,
+            k,
+        );
+        if dt == DType::BF16 {
+            let (q, sc) = quantize_per_channel(&w, n, k, None);
+            let (qh, sh) = (
+                Tensor::from_i8(q.clone(), &[n, k], &Device::Cpu).unwrap(),
+                host(sc.clone(), &[n]),
+            );
+            let want =
+                contentv::ops::quant::linear_int8(&xh, &qh, &sh, None, gemm::Act::None).unwrap();
+            let (qg, sg) = (
+                Tensor::from_i8(q, &[n, k], &dev).unwrap(),
+                Tensor::from_f32(sc, &[n], &dev).unwrap(),
+            );
+            for kernel in [Int8Kernel::Mma, Int8Kernel::Gemv] {
+                let got = linear_int8_with(&xg, &qg, &sg, None, gemm::Act::None, kernel).unwrap();
+                check(
+                    &format!("linear_int8 {kernel:?} on a [2, 1, K] view"),
+                    &got,
+                    &want,
+                    dt,
+                    k,
+                );
+            }
+        }
+    }
+}
+
 mod random_shapes {
     use super::*;
     use proptest::prelude::*;

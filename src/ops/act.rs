@@ -1,7 +1,7 @@
 //! Elementwise activations and the last-dim softmax. Kernels: kernels/ops.cu (`act_*`, `softmax_last_*`).
 use crate::error::Result;
 use crate::ops::gemm::Act;
-use crate::ops::{common_gpu, float_dtype, grid_1d, host};
+use crate::ops::{common_gpu, float_dtype, grid_1d, grid_rows, host};
 use crate::runtime::{KernelArgs, Tensor};
 use crate::{kname, shape_err};
 
@@ -80,7 +80,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
                     gpu.launch(
                         "ops",
                         name,
-                        (rows as u32, 1, 1),
+                        grid_rows("softmax_last", rows)?,
                         (256, 1, 1),
                         0,
                         KernelArgs::new()

@@ -284,7 +284,12 @@ fn conv3d_cuda(
     if n == 0 || d.co == 0 || d.b == 0 {
         return Ok(());
     }
-    if n > i32::MAX as usize || d.k() > i32::MAX as usize {
+    // gridDim.y = Co / 64 and gridDim.z = B are limited to 65535.
+    if n > i32::MAX as usize
+        || d.k() > i32::MAX as usize
+        || d.co.div_ceil(64) > 65_535
+        || d.b > 65_535
+    {
         return Err(shape_err!("conv3d: {d:?} is too large for one launch"));
     }
     let (bm, bn, name) = match o.precision {

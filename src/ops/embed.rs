@@ -1,6 +1,6 @@
 //! Embedding lookup: rows of a table gathered by token id. Kernel: kernels/ops.cu (`embedding_*`).
 use crate::error::{Error, Result};
-use crate::ops::{common_gpu, float_dtype, host};
+use crate::ops::{common_gpu, float_dtype, grid_rows, host};
 use crate::runtime::{KernelArgs, Tensor};
 use crate::{kname, shape_err};
 
@@ -30,7 +30,7 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
         Some(gpu) => {
             let table = table.contiguous()?;
             let y = Tensor::empty(&[ids.len(), c], table.dtype(), table.device())?;
-            if !ids.is_empty() {
+            if !ids.is_empty() && c > 0 {
                 let idt = Tensor::from_f32(
                     ids.iter().map(|&i| f32::from_bits(i)).collect(),
                     &[ids.len()],
@@ -42,7 +42,7 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
                     gpu.launch(
                         "ops",
                         name,
-                        (ids.len() as u32, 1, 1),
+                        grid_rows("embedding", ids.len())?,
                         (128, 1, 1),
                         0,
                         KernelArgs::new()

@@ -6,7 +6,7 @@ use std::ffi::c_void;
 use cudarc::cublaslt::{result as lt, sys as ltsys};
 
 use crate::error::{Error, Result};
-use crate::ops::{common_gpu, host, par_rows};
+use crate::ops::{common_gpu, flat_rows, host, par_rows};
 use crate::runtime::{DType, Gpu, Linear, Tensor, Weight};
 use crate::shape_err;
 
@@ -103,6 +103,8 @@ pub fn linear_act(x: &Tensor, l: &Linear, act: Act) -> Result<Tensor> {
             // Rows of x may be strided: flatten all but the last dim when the layout allows it.
             let x2 = flat_rows(x)?;
             let lda = x2.row_stride()?;
+            // W [N, K] with ld >= K (a size-1 N may carry any stride).
+            let w2 = flat_rows(w)?;
             let y = Tensor::empty(&out_shape, x.dtype(), x.device())?;
             let fused = matches!(act, Act::None | Act::GeluTanh);
             gemm_cuda(
@@ -113,8 +115,8 @@ pub fn linear_act(x: &Tensor, l: &Linear, act: Act) -> Result<Tensor> {
                     k,
                     a: x2.dev_ptr()?,
                     lda,
-                    w: w.dev_ptr()?,
-                    ldw: w.row_stride()?,
+                    w: w2.dev_ptr()?,
+                    ldw: w2.row_stride()?,
                     w_transposed: true,
                     y: y.dev_ptr()?,
                     bias: match &l.bias {
@@ -136,29 +138,6 @@ pub fn linear_act(x: &Tensor, l: &Linear, act: Act) -> Result<Tensor> {
             Ok(y)
         }
     }
-}
-
-/// `x` viewed as [M, K] with a single row stride (contiguous copy if the batch dims do not
-/// collapse onto one stride).
-fn flat_rows(x: &Tensor) -> Result<Tensor> {
-    let r = x.rank();
-    if r <= 2 {
-        return if x.row_stride().is_ok() {
-            Ok(x.clone())
-        } else {
-            x.contiguous()
-        };
-    }
-    let s = x.strides();
-    let sh = x.shape();
-    // Collapsible when every outer dim's stride equals the next dim's stride times its size.
-    let ok = s[r - 1] == 1 && (0..r - 2).all(|i| sh[i + 1] == 1 || s[i] == s[i + 1] * sh[i + 1]);
-    if !ok {
-        return x.contiguous();
-    }
-    // A 2D view over the same storage: [M, K] with row stride s[r-2].
-    let m: usize = sh[..r - 1].iter().product();
-    x.as_strided(&[m, sh[r - 1]], &[s[r - 2], 1])
 }
 
 /// Batched matmul: a [B?, M, K] x b [B?, K, N] -> [B?, M, N]. `b` may be a transposed view

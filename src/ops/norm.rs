@@ -1,7 +1,7 @@
 //! LayerNorm (optionally with affine), LayerNorm + adaLN modulation, RMSNorm. Statistics in f32.
 //! Kernels: kernels/ops.cu (`layer_norm_*`, `ln_modulate_*`, `rms_norm_*`), one block per row.
 use crate::error::Result;
-use crate::ops::{common_gpu, float_dtype, host, par_rows};
+use crate::ops::{common_gpu, float_dtype, grid_rows, host, par_rows};
 use crate::runtime::{DType, KernelArgs, Tensor};
 use crate::{kname, shape_err};
 
@@ -80,12 +80,15 @@ pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f32) 
             let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
             let (wp, _wk) = param_ptr(w)?;
             let (bp, _bk) = param_ptr(b)?;
+            if rows == 0 {
+                return Ok(y);
+            }
             let name = kname!("layer_norm", float_dtype("layer_norm", &x)?, "layer_norm")?;
             unsafe {
                 gpu.launch(
                     "ops",
                     name,
-                    (rows as u32, 1, 1),
+                    grid_rows("layer_norm", rows)?,
                     (256, 1, 1),
                     0,
                     KernelArgs::new()
@@ -145,12 +148,15 @@ pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32)
             let dt = float_dtype("layer_norm_modulate", &x)?;
             let (shift, scale) = (shift.to_dtype(dt)?, scale.to_dtype(dt)?);
             let y = Tensor::empty(sh, dt, x.device())?;
+            if bsz * s == 0 || c == 0 {
+                return Ok(y);
+            }
             let name = kname!("layer_norm_modulate", dt, "ln_modulate")?;
             unsafe {
                 gpu.launch(
                     "ops",
                     name,
-                    ((bsz * s) as u32, 1, 1),
+                    grid_rows("layer_norm_modulate", bsz * s)?,
                     (256, 1, 1),
                     0,
                     KernelArgs::new()
@@ -196,12 +202,15 @@ pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f32) -> Result<Tensor> {
             let x = x.contiguous()?;
             let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
             let (wp, _wk) = param_ptr(w)?;
+            if rows == 0 {
+                return Ok(y);
+            }
             let name = kname!("rms_norm", float_dtype("rms_norm", &x)?, "rms_norm")?;
             unsafe {
                 gpu.launch(
                     "ops",
                     name,
-                    (rows as u32, 1, 1),
+                    grid_rows("rms_norm", rows)?,
                     (if c <= 128 { 64 } else { 256 }, 1, 1),
                     0,
                     KernelArgs::new()

@@ -8,7 +8,7 @@
 //! into a dense weight for cuBLASLt (f32 activations, K % 8 != 0, `CONTENTV_INT8_GEMM=dequant`).
 use crate::error::{Error, Result};
 use crate::ops::gemm::{linear_act, Act};
-use crate::ops::{common_gpu, grid_1d, host, par_rows};
+use crate::ops::{common_gpu, flat_rows, grid_1d, host, par_rows};
 use crate::runtime::{DType, Device, KernelArgs, Linear, Tensor, Weight};
 use crate::shape_err;
 
@@ -369,27 +369,6 @@ fn linear_int8_dequant(
         },
         act,
     )
-}
-
-/// `x` viewed as [M, K] with one row stride (a contiguous copy if the batch dims do not
-/// collapse onto one stride).
-fn flat_rows(x: &Tensor) -> Result<Tensor> {
-    let r = x.rank();
-    let sh = x.shape();
-    let k = sh[r - 1];
-    if r == 1 {
-        return x.contiguous()?.reshape(&[1, k]);
-    }
-    let s = x.strides();
-    let ok = (k <= 1 || s[r - 1] == 1)
-        && (0..r - 2).all(|i| sh[i + 1] == 1 || s[i] == s[i + 1] * sh[i + 1]);
-    if !ok {
-        let c = x.contiguous()?;
-        let m = c.elem_count() / k.max(1);
-        return c.reshape(&[m, k]);
-    }
-    let m: usize = sh[..r - 1].iter().product();
-    x.as_strided(&[m, k], &[s[r - 2], 1])
 }
 
 /// A fresh, dense (pool-aligned) copy of a device tensor.

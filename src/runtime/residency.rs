@@ -241,8 +241,6 @@ enum HostLayer {
 
 struct Slot {
     storage: Arc<Storage>,
-    /// Layer currently (being) copied into this slot.
-    layer: Option<usize>,
     /// Recorded on the copy stream when the copy is done.
     ready: Event,
     /// Recorded on the compute stream when the layer's compute is done (slot reusable).
@@ -256,8 +254,58 @@ struct GpuStream {
     layouts: Vec<LayerLayout>,
     host: Vec<HostLayer>,
     slots: Vec<Slot>,
+    /// Which layer each slot holds and which slot computes.
+    ring: Ring,
     /// Layer -> views of its tensors in the slot it occupies (valid until the slot is reused).
     views: HashMap<usize, HashMap<String, Tensor>>,
+}
+
+/// Bookkeeping of the two-slot ring (pure, unit-tested): the layer each slot holds (or is
+/// being copied into it) and the slot of the layer acquired last, i.e. the one computing.
+///
+/// A new copy goes to the slot *not* holding the layer acquired last. (It used to go to slot
+/// `layer % 2`, which breaks when the streamed layers wrap around with an odd count: with a
+/// budget keeping layers 0..=34 resident, layer 37 computes in slot 1 while the prefetch of
+/// layer 35 for the next step also picked slot 1, overwriting 37's weights in use; the slot's
+/// `free` event was that of layer 35's previous use, so nothing ordered the copy after 37.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Ring {
+    held: [Option<usize>; 2],
+    current: Option<usize>,
+}
+
+impl Ring {
+    fn slot_of(&self, layer: usize) -> Option<usize> {
+        self.held.iter().position(|&l| l == Some(layer))
+    }
+    /// Where a copy of `layer` must go, or `None` if a slot already holds it.
+    fn target(&self, layer: usize) -> Option<usize> {
+        if self.slot_of(layer).is_some() {
+            return None;
+        }
+        Some(self.current.map_or(0, |c| 1 - c))
+    }
+    /// The copy of `layer` into slot `si` has been issued.
+    fn placed(&mut self, si: usize, layer: usize) {
+        self.held[si] = Some(layer);
+    }
+    /// `layer` (placed before) starts computing; returns its slot.
+    fn acquire(&mut self, layer: usize) -> Option<usize> {
+        let si = self.slot_of(layer)?;
+        self.current = Some(si);
+        Some(si)
+    }
+}
+
+impl Drop for GpuStream {
+    fn drop(&mut self) {
+        // A prefetch (the wrap-around copy of the first streamed layer) may still be writing a
+        // slot on the copy stream. The slots go back to the pool, whose memory is only ordered
+        // on the compute stream, and the pinned host buffers are freed: wait for the copies.
+        if self.gpu.bind().is_ok() {
+            let _ = self.gpu.copy.synchronize();
+        }
+    }
 }
 
 /// The residency of one layer loop (`transformer_blocks`, T5 `encoder.block`).
@@ -418,7 +466,6 @@ impl Residency {
                 };
                 slots.push(Slot {
                     storage: Arc::new(Storage::Cuda(buf)),
-                    layer: None,
                     ready: Event::new(false)?,
                     free: Event::new(false)?,
                     staging,
@@ -430,6 +477,7 @@ impl Residency {
             layouts,
             host,
             slots,
+            ring: Ring::default(),
             views: HashMap::new(),
         })
     }
@@ -543,15 +591,17 @@ fn fill_layer(store: &WeightStore, l: &LayerLayout, dst: &mut [u8]) -> Result<()
 
 impl GpuStream {
     fn slot_of(&self, layer: usize) -> Option<usize> {
-        self.slots.iter().position(|s| s.layer == Some(layer))
+        self.ring.slot_of(layer)
     }
 
-    /// Issues the copy of `layer` into the slot not holding the previous layer.
+    /// Issues the copy of `layer` into the slot not holding the layer acquired last.
     fn start_copy(&mut self, store: &WeightStore, layer: usize) -> Result<()> {
-        if self.slot_of(layer).is_some() || self.slots.is_empty() {
+        if self.slots.is_empty() {
             return Ok(());
         }
-        let si = layer % 2;
+        let Some(si) = self.ring.target(layer) else {
+            return Ok(()); // already there (or on its way)
+        };
         let gpu = self.gpu.clone();
         gpu.bind()?;
         let copy = gpu.copy.cu_stream();
@@ -577,7 +627,7 @@ impl GpuStream {
             }
         }
         slot.ready.record(copy)?;
-        slot.layer = Some(layer);
+        self.ring.placed(si, layer);
         self.views.remove(&layer);
         Ok(())
     }
@@ -585,7 +635,7 @@ impl GpuStream {
     /// Views of `layer`'s tensors, with the compute stream ordered after their copy.
     fn acquire(&mut self, store: &WeightStore, layer: usize) -> Result<HashMap<String, Tensor>> {
         self.start_copy(store, layer)?;
-        let si = self.slot_of(layer).unwrap();
+        let si = self.ring.acquire(layer).unwrap();
         let compute = self.gpu.stream();
         self.slots[si].ready.wait_on(compute)?;
         let dev = Device::Cuda(self.gpu.clone());
@@ -637,6 +687,40 @@ pub fn dtype_bytes(dt: DType, n: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Replays `Residency::prepare` (acquire layer i, then prefetch the next streamed layer,
+    /// wrapping around) over several steps for every split of resident / streamed layers.
+    #[test]
+    fn ring_never_overwrites_the_computing_layer() {
+        for layers in 1..9 {
+            for first_streamed in 0..layers {
+                let streamed = |j: usize| j >= first_streamed;
+                let mut ring = Ring::default();
+                for _step in 0..3 {
+                    for i in (0..layers).filter(|&i| streamed(i)) {
+                        if let Some(si) = ring.target(i) {
+                            ring.placed(si, i);
+                        }
+                        let si = ring.acquire(i).unwrap();
+                        let next = (i + 1..layers).chain(0..i).find(|&j| streamed(j));
+                        if let Some(j) = next {
+                            if let Some(sj) = ring.target(j) {
+                                assert_ne!(
+                                    sj, si,
+                                    "{layers} layers, streamed from {first_streamed}: prefetch of {j} into the slot of {i}"
+                                );
+                                ring.placed(sj, j);
+                            }
+                        }
+                        assert_eq!(ring.held[si], Some(i));
+                    }
+                }
+            }
+        }
+        // The old choice (slot = layer % 2) fails this for an odd number of streamed layers:
+        // layers 35, 36, 37 streamed -> 37 computes in slot 1 and 35 is prefetched into slot 1.
+        assert_eq!(37 % 2, 35 % 2);
+    }
 
     #[test]
     fn plan_all_resident_when_it_fits() {
