@@ -121,29 +121,7 @@ fn decode_matches_reference_frames() {
         &[frames.frames, frames.height, frames.width, 3][..],
         f.shape("f32.frames_u8")
     );
-    check_frames(&frames.data, want);
-}
-
-fn check_frames(got: &[u8], want: &[i64]) {
-    assert_eq!(got.len(), want.len());
-    let diffs: Vec<i64> = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as i64 - w).abs())
-        .collect();
-    let max = *diffs.iter().max().unwrap();
-    let off = diffs.iter().filter(|&&d| d > 0).count();
-    println!(
-        "frames: max |diff| {max}, {off} of {} values differ",
-        got.len()
-    );
-    // uint8 truncation: values at a level boundary may land one level apart.
-    assert!(max <= 1, "frames differ by up to {max} levels");
-    assert!(
-        off * 100 <= got.len(),
-        "{off} of {} frame values differ",
-        got.len()
-    );
+    common::check_frames("frames", &frames.data, want.iter().copied());
 }
 
 /// The whole loop with the real tiny models: 3 denoising steps from the fixture's noise, then the
@@ -194,7 +172,11 @@ fn three_steps_and_frames_match_reference_on_cpu() {
         assert_close(&format!("f32.{k}"), v, want, 2e-3 * scale.max(1.0), 1e-3);
     }
     let frames = pipe.decode(&x, &shape).unwrap();
-    check_frames(&frames.data, f.ints("f32.frames_u8"));
+    common::check_frames(
+        "frames",
+        &frames.data,
+        f.ints("f32.frames_u8").iter().copied(),
+    );
 }
 
 /// The whole pipeline on the GPU (bf16 encoders and DiT, bf16 latents, f32 VAE) against the

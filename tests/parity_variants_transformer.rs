@@ -135,17 +135,9 @@ impl Reference {
 }
 
 /// `ctx_values` of make_variant_fixtures.py: xorshift64 (13, 7, 17) from
-/// `(seed * 0x9E3779B97F4A7C15) | 1`, uniform in [-amp, amp).
+/// `(seed * 0x9E3779B97F4A7C15) | 1`, uniform in [-amp, amp): the tests' shared generator.
 fn ctx_values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
+    common::rand_vec(n, seed, amp)
 }
 
 /// Inputs of case `tag` ("b1" or "b2"): latent, timesteps, text context [B, 333, 4096], pooled.
