@@ -39,6 +39,15 @@ fn text_inputs(idx: &[usize]) -> (Vec<f32>, Vec<f32>) {
     (ctx, pool)
 }
 
+/// The fixture's batch-1 inputs on `dev`: latent, context [1, 333, 4096], pooled [1, 2048].
+fn batch1_inputs(f: &Fixture, dev: &Device) -> (Tensor, Tensor, Tensor) {
+    let x = Tensor::from_f32(f.f32("input.latent").to_vec(), f.shape("input.latent"), dev).unwrap();
+    let (ctx, pooled) = text_inputs(&[0]);
+    let ctx = Tensor::from_f32(ctx, &[1, 333, 4096], dev).unwrap();
+    let pooled = Tensor::from_f32(pooled, &[1, 2048], dev).unwrap();
+    (x, ctx, pooled)
+}
+
 fn cpu_model() -> Transformer {
     Transformer::load(&tiny_model_dir().join("transformer"), &Device::Cpu).unwrap()
 }
@@ -63,16 +72,8 @@ fn cpu_forward_matches_reference_f32() {
     let f = Fixture::load("transformer");
     let m = cpu_model();
     let dev = Device::Cpu;
-    let x = Tensor::from_f32(
-        f.f32("input.latent").to_vec(),
-        f.shape("input.latent"),
-        &dev,
-    )
-    .unwrap();
+    let (x, ctx, pooled) = batch1_inputs(&f, &dev);
     let ts = f.f32("input.timestep").to_vec();
-    let (ctx, pooled) = text_inputs(&[0]);
-    let ctx = Tensor::from_f32(ctx, &[1, 333, 4096], &dev).unwrap();
-    let pooled = Tensor::from_f32(pooled, &[1, 2048], &dev).unwrap();
     let mut taps: Vec<(String, Vec<f32>)> = Vec::new();
     let mut cb = |n: &str, t: &Tensor| taps.push((n.to_string(), t.to_vec_f32().unwrap()));
     let y = m
@@ -184,15 +185,7 @@ fn gpu_forward_matches_reference_bf16() {
     let dev = Device::cuda(0).unwrap();
     let f = Fixture::load("transformer");
     let m = Transformer::load(&tiny_model_dir().join("transformer"), &dev).unwrap();
-    let x = Tensor::from_f32(
-        f.f32("input.latent").to_vec(),
-        f.shape("input.latent"),
-        &dev,
-    )
-    .unwrap();
-    let (ctx, pooled) = text_inputs(&[0]);
-    let ctx = Tensor::from_f32(ctx, &[1, 333, 4096], &dev).unwrap();
-    let pooled = Tensor::from_f32(pooled, &[1, 2048], &dev).unwrap();
+    let (x, ctx, pooled) = batch1_inputs(&f, &dev);
     let y = m
         .forward(&x, f.f32("input.timestep"), &ctx, &pooled)
         .unwrap()
@@ -210,15 +203,7 @@ fn precomputed_run_modulation_gives_the_same_output() {
     let f = Fixture::load("transformer");
     let m = cpu_model();
     let dev = Device::Cpu;
-    let x = Tensor::from_f32(
-        f.f32("input.latent").to_vec(),
-        f.shape("input.latent"),
-        &dev,
-    )
-    .unwrap();
-    let (ctx, pooled) = text_inputs(&[0]);
-    let ctx = Tensor::from_f32(ctx, &[1, 333, 4096], &dev).unwrap();
-    let pooled = Tensor::from_f32(pooled, &[1, 2048], &dev).unwrap();
+    let (x, ctx, pooled) = batch1_inputs(&f, &dev);
     let steps: Vec<Vec<f32>> = vec![vec![1000.0], vec![f.f32("input.timestep")[0]], vec![250.0]];
     let plain: Vec<Vec<f32>> = steps
         .iter()
