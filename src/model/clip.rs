@@ -1,8 +1,11 @@
 //! CLIP text encoders (CLIP-L `text_encoder/`, OpenCLIP-bigG `text_encoder_2/`), spec §3:
-//! pre-LayerNorm layers with a causal mask, quick-GELU (CLIP-L) or erf GELU (bigG); the
-//! sequence output is the penultimate hidden state without the final norm; the pooled output
-//! is the final-norm EOS token times the projection (EOS = first occurrence of the highest id
-//! when the config's eos_token_id is 2, as transformers does, else the first EOS id).
+//! pre-LayerNorm layers with a causal mask, activation from `hidden_act` (quick-GELU for CLIP-L,
+//! erf GELU for bigG); the sequence output is the penultimate hidden state without the final
+//! norm (the embeddings for a 1-layer model); the pooled output is the final-norm EOS token
+//! times the projection (EOS = first occurrence of the highest id when the config's
+//! eos_token_id is 2, as transformers does, else the first occurrence of eos_token_id, or
+//! position 0 without one). Every size comes from config.json (transformers' defaults for
+//! missing keys) and is checked against the weight shapes.
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,7 +14,47 @@ use crate::ops::attention::{attention, AttnOpts};
 use crate::ops::elementwise::{add, add_bcast};
 use crate::ops::gemm::{linear, linear_act, Act};
 use crate::ops::{embed, norm};
-use crate::runtime::{DType, Device, Tensor, WeightStore};
+use crate::runtime::{DType, Device, Linear, Tensor, WeightStore};
+
+/// A feed-forward activation named in a transformers config (`ACT2FN` names). The GELU/SiLU
+/// family is fused into the GEMM; ReLU (T5 v1.0, some CLIPs) is applied on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextAct {
+    Fused(Act),
+    Relu,
+}
+
+impl TextAct {
+    /// transformers' `ACT2FN[name]`, for the names this engine implements.
+    pub fn from_name(name: &str) -> Option<TextAct> {
+        Some(match name {
+            "quick_gelu" => TextAct::Fused(Act::QuickGelu),
+            "gelu" | "gelu_python" => TextAct::Fused(Act::GeluErf),
+            // The tanh approximation, written three ways in transformers.
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => TextAct::Fused(Act::GeluTanh),
+            "silu" | "swish" => TextAct::Fused(Act::Silu),
+            "relu" => TextAct::Relu,
+            "linear" => TextAct::Fused(Act::None),
+            _ => return None,
+        })
+    }
+
+    /// The activation names [`from_name`](Self::from_name) accepts (for error messages).
+    pub const NAMES: &'static str =
+        "quick_gelu, gelu, gelu_python, gelu_new, gelu_pytorch_tanh, gelu_fast, silu, swish, relu, linear";
+}
+
+/// `act(x W^T + b)` for a [`TextAct`].
+pub fn linear_text_act(x: &Tensor, l: &Linear, act: TextAct) -> Result<Tensor> {
+    match act {
+        TextAct::Fused(a) => linear_act(x, l, a),
+        TextAct::Relu => {
+            let y = linear(x, l)?;
+            let v: Vec<f32> = y.to_vec_f32()?.into_iter().map(|v| v.max(0.0)).collect();
+            Tensor::from_f32(v, y.shape(), y.device())?.to_dtype(y.dtype())
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ClipConfig {
@@ -22,60 +65,96 @@ pub struct ClipConfig {
     pub max_positions: usize,
     pub projection: usize,
     pub eps: f32,
-    pub act: Act,
+    pub act: TextAct,
     pub eos_token_id: u32,
     pub vocab: usize,
 }
 
-fn cfg_usize(v: &serde_json::Value, k: &str, path: &Path) -> Result<usize> {
-    v.get(k)
-        .and_then(|x| x.as_u64())
-        .map(|x| x as usize)
-        .ok_or_else(|| Error::Weights(format!("{}: missing integer {k}", path.display())))
-}
-
 impl ClipConfig {
+    /// Reads `dir/config.json` (a `CLIPTextConfig`, or a `CLIPConfig` with a `text_config`).
+    /// Missing keys take `CLIPTextConfig`'s defaults, as transformers does (note
+    /// `eos_token_id` defaults to 49407, not the legacy 2, which changes the pooled token).
     pub fn from_dir(dir: &Path) -> Result<ClipConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read(&path)
             .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-        let v: serde_json::Value = serde_json::from_slice(&text)
+        Self::from_json(&text, &path)
+    }
+
+    /// Parses config.json text; `path` names the file in errors.
+    pub fn from_json(text: &[u8], path: &Path) -> Result<ClipConfig> {
+        let v: serde_json::Value = serde_json::from_slice(text)
             .map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", path.display())))?;
         // CLIPTextModelWithProjection configs may nest the text config.
         let v = v.get("text_config").cloned().unwrap_or(v);
-        let act = match v
-            .get("hidden_act")
-            .and_then(|a| a.as_str())
-            .unwrap_or("quick_gelu")
-        {
-            "quick_gelu" => Act::QuickGelu,
-            "gelu" => Act::GeluErf,
-            "gelu_new" | "gelu_pytorch_tanh" => Act::GeluTanh,
-            other => {
-                return Err(Error::Weights(format!(
-                    "{}: unsupported hidden_act {other:?}",
-                    path.display()
-                )))
+        let bad =
+            |k: &str, what: &str| Error::Weights(format!("{}: \"{k}\" {what}", path.display()));
+        let get = |k: &str| v.get(k).filter(|x| !x.is_null());
+        let u = |k: &str, def: usize| -> Result<usize> {
+            match get(k) {
+                None => Ok(def),
+                Some(x) => x
+                    .as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| bad(k, "must be a non-negative integer")),
             }
         };
-        Ok(ClipConfig {
-            hidden: cfg_usize(&v, "hidden_size", &path)?,
-            intermediate: cfg_usize(&v, "intermediate_size", &path)?,
-            layers: cfg_usize(&v, "num_hidden_layers", &path)?,
-            heads: cfg_usize(&v, "num_attention_heads", &path)?,
-            max_positions: v
-                .get("max_position_embeddings")
-                .and_then(|x| x.as_u64())
-                .unwrap_or(77) as usize,
-            projection: cfg_usize(&v, "projection_dim", &path)?,
-            eps: v
-                .get("layer_norm_eps")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(1e-5) as f32,
+        let act_name = match get("hidden_act") {
+            None => "quick_gelu",
+            Some(a) => a
+                .as_str()
+                .ok_or_else(|| bad("hidden_act", "must be a string"))?,
+        };
+        let act = TextAct::from_name(act_name).ok_or_else(|| {
+            bad(
+                "hidden_act",
+                &format!(
+                    "is {act_name:?}: not supported (supported: {})",
+                    TextAct::NAMES
+                ),
+            )
+        })?;
+        let eps = match get("layer_norm_eps") {
+            None => 1e-5,
+            Some(x) => x
+                .as_f64()
+                .ok_or_else(|| bad("layer_norm_eps", "must be a number"))?
+                as f32,
+        };
+        let eos = u("eos_token_id", 49407)?;
+        let c = ClipConfig {
+            hidden: u("hidden_size", 512)?,
+            intermediate: u("intermediate_size", 2048)?,
+            layers: u("num_hidden_layers", 12)?,
+            heads: u("num_attention_heads", 8)?,
+            max_positions: u("max_position_embeddings", 77)?,
+            projection: u("projection_dim", 512)?,
+            eps,
             act,
-            eos_token_id: v.get("eos_token_id").and_then(|x| x.as_u64()).unwrap_or(2) as u32,
-            vocab: cfg_usize(&v, "vocab_size", &path)?,
-        })
+            eos_token_id: u32::try_from(eos)
+                .map_err(|_| bad("eos_token_id", "does not fit in 32 bits"))?,
+            vocab: u("vocab_size", 49408)?,
+        };
+        if c.heads == 0 || c.hidden % c.heads != 0 {
+            return Err(bad(
+                "num_attention_heads",
+                &format!(
+                    "is {}: hidden_size {} must be a multiple of it (transformers refuses this too)",
+                    c.heads, c.hidden
+                ),
+            ));
+        }
+        for (k, x) in [
+            ("hidden_size", c.hidden),
+            ("num_hidden_layers", c.layers),
+            ("max_position_embeddings", c.max_positions),
+            ("vocab_size", c.vocab),
+        ] {
+            if x == 0 {
+                return Err(bad(k, "must be > 0"));
+            }
+        }
+        Ok(c)
     }
 }
 
@@ -113,10 +192,57 @@ impl ClipText {
             })?;
         if rows != [config.vocab, config.hidden] {
             return Err(Error::Weights(format!(
-                "{}: token embedding is {rows:?} but config.json says vocab {} x hidden {}",
+                "{}: token embedding is {rows:?} but config.json says vocab_size {} x hidden_size {}",
                 dir.display(),
                 config.vocab,
                 config.hidden
+            )));
+        }
+        // The other shapes that follow from config.json, checked up front for a clear message.
+        let l0 = "text_model.encoder.layers.0.mlp.fc1.weight";
+        for (key, want, keys) in [
+            (
+                "text_model.embeddings.position_embedding.weight",
+                vec![config.max_positions, config.hidden],
+                "max_position_embeddings x hidden_size",
+            ),
+            (
+                "text_projection.weight",
+                vec![config.projection, config.hidden],
+                "projection_dim x hidden_size",
+            ),
+            (
+                l0,
+                vec![config.intermediate, config.hidden],
+                "intermediate_size x hidden_size",
+            ),
+        ] {
+            match store.shape_of(key) {
+                Some(s) if s == want => {}
+                Some(s) => {
+                    return Err(Error::Weights(format!(
+                        "{}: {key} is {s:?} but config.json says {keys} = {want:?}",
+                        dir.display()
+                    )))
+                }
+                None if key == l0 => {}
+                None => {
+                    return Err(Error::Weights(format!(
+                    "{}: tensor {key} is missing (a CLIPTextModelWithProjection checkpoint has it)",
+                    dir.display()
+                )))
+                }
+            }
+        }
+        let last = format!(
+            "text_model.encoder.layers.{}.layer_norm1.weight",
+            config.layers.saturating_sub(1)
+        );
+        if !store.contains(&last) {
+            return Err(Error::Weights(format!(
+                "{}: the checkpoint has fewer encoder layers than num_hidden_layers = {} in config.json",
+                dir.display(),
+                config.layers
             )));
         }
         Ok(ClipText { config, store })
@@ -173,7 +299,7 @@ impl ClipText {
                 c.eps,
             )?;
             let m = l.pp("mlp");
-            let f = linear_act(&hn, &m.linear("fc1", h, c.intermediate, true)?, c.act)?;
+            let f = linear_text_act(&hn, &m.linear("fc1", h, c.intermediate, true)?, c.act)?;
             x = add(&x, &linear(&f, &m.linear("fc2", c.intermediate, h, true)?)?)?;
             if i + 2 == c.layers {
                 penultimate = Some(x.clone());

@@ -402,7 +402,7 @@ pub fn load_init_noise(path: &Path, expected: &[usize]) -> Result<Vec<f32>> {
     let (shape, data, _) = read_st_tensor(path, "noise")?;
     if shape != expected {
         return Err(Error::Input(format!(
-            "{}: tensor \"noise\" has shape {shape:?}, but this video size needs {expected:?} ([1, 16, (frames-1)/4+1, height/8, width/8])",
+            "{}: tensor \"noise\" has shape {shape:?}, but this video size and model need {expected:?} ([1, C, (frames-1)/time_factor+1, height/spatial_factor, width/spatial_factor])",
             path.display()
         )));
     }

@@ -1,14 +1,16 @@
-//! T5 v1.1 encoder (`text_encoder_3/`, T5-XXL), spec §3: RMSNorm (f32 variance, weight only),
-//! self-attention with unscaled scores plus the bucketed relative position bias of layer 0
-//! shared by all layers, gated tanh-GELU MLP, final RMSNorm, no attention mask. Layers run
-//! through the residency layer (resident or streamed).
+//! T5 encoder (`text_encoder_3/`, T5 v1.1 XXL in ContentV), spec §3: RMSNorm (f32 variance,
+//! weight only), self-attention with unscaled scores plus the bucketed relative position bias
+//! of layer 0 shared by all layers, feed-forward per `feed_forward_proj` (gated tanh-GELU for
+//! v1.1; non-gated ReLU for v1.0; any supported activation, see [`T5Config`]), final RMSNorm, no
+//! attention mask. Layers run through the residency layer (resident or streamed).
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::model::clip::{linear_text_act, TextAct};
 use crate::ops::attention::{attention, AttnOpts};
 use crate::ops::elementwise::{add, mul};
-use crate::ops::gemm::{linear, linear_act, Act};
+use crate::ops::gemm::linear;
 use crate::ops::{embed, norm};
 use crate::runtime::residency::{MemoryOptions, Residency};
 use crate::runtime::{DType, Device, Tensor, WeightStore};
@@ -24,57 +26,118 @@ pub struct T5Config {
     pub max_distance: usize,
     pub eps: f32,
     pub vocab: usize,
-    pub act: Act,
+    /// The feed-forward activation (`dense_act_fn`).
+    pub act: TextAct,
+    /// Gated feed-forward (`wi_0`, `wi_1`, `wo`; T5 v1.1) or not (`wi`, `wo`; T5 v1.0).
+    pub gated: bool,
 }
 
 impl T5Config {
+    /// Reads `dir/config.json` like transformers' `T5Config`: missing keys take its defaults
+    /// (note `feed_forward_proj` defaults to "relu", non-gated), `feed_forward_proj` is
+    /// "{act}" or "gated-{act}" ("gated-gelu" means gelu_new), and explicit `dense_act_fn` /
+    /// `is_gated_act` keys override what it implies (transformers sets them last).
     pub fn from_dir(dir: &Path) -> Result<T5Config> {
         let path = dir.join("config.json");
         let text = std::fs::read(&path)
             .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-        let v: serde_json::Value = serde_json::from_slice(&text)
+        Self::from_json(&text, &path)
+    }
+
+    /// Parses config.json text; `path` names the file in errors.
+    pub fn from_json(text: &[u8], path: &Path) -> Result<T5Config> {
+        let v: serde_json::Value = serde_json::from_slice(text)
             .map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", path.display())))?;
-        let u = |k: &str| {
-            v.get(k)
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
-                .ok_or_else(|| Error::Weights(format!("{}: missing integer {k}", path.display())))
-        };
-        let proj = v
-            .get("feed_forward_proj")
-            .and_then(|x| x.as_str())
-            .unwrap_or("gated-gelu");
-        let act = match proj {
-            "gated-gelu" => Act::GeluTanh,
-            "gated-silu" => Act::Silu,
-            other => {
-                return Err(Error::Weights(format!(
-                    "{}: feed_forward_proj {other:?} is not a gated T5 v1.1 encoder",
-                    path.display()
-                )))
+        let bad =
+            |k: &str, what: &str| Error::Weights(format!("{}: \"{k}\" {what}", path.display()));
+        let get = |k: &str| v.get(k).filter(|x| !x.is_null());
+        let u = |k: &str, def: usize| -> Result<usize> {
+            match get(k) {
+                None => Ok(def),
+                Some(x) => x
+                    .as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| bad(k, "must be a non-negative integer")),
             }
         };
-        Ok(T5Config {
-            d_model: u("d_model")?,
-            d_kv: u("d_kv")?,
-            d_ff: u("d_ff")?,
-            layers: u("num_layers")?,
-            heads: u("num_heads")?,
-            buckets: v
-                .get("relative_attention_num_buckets")
-                .and_then(|x| x.as_u64())
-                .unwrap_or(32) as usize,
-            max_distance: v
-                .get("relative_attention_max_distance")
-                .and_then(|x| x.as_u64())
-                .unwrap_or(128) as usize,
-            eps: v
-                .get("layer_norm_epsilon")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(1e-6) as f32,
-            vocab: u("vocab_size")?,
+        let proj = match get("feed_forward_proj") {
+            None => "relu",
+            Some(x) => x
+                .as_str()
+                .ok_or_else(|| bad("feed_forward_proj", "must be a string"))?,
+        };
+        let parts: Vec<&str> = proj.split('-').collect();
+        if parts.len() > 2 || (parts.len() > 1 && parts[0] != "gated") {
+            return Err(bad(
+                "feed_forward_proj",
+                &format!("is {proj:?}: must be \"{{ACT_FN}}\" or \"gated-{{ACT_FN}}\" (transformers refuses it too)"),
+            ));
+        }
+        let mut act_name = if proj == "gated-gelu" {
+            "gelu_new"
+        } else {
+            parts[parts.len() - 1]
+        };
+        let mut gated = parts[0] == "gated";
+        if let Some(x) = get("dense_act_fn") {
+            act_name = x
+                .as_str()
+                .ok_or_else(|| bad("dense_act_fn", "must be a string"))?;
+        }
+        if let Some(x) = get("is_gated_act") {
+            gated = x
+                .as_bool()
+                .ok_or_else(|| bad("is_gated_act", "must be true or false"))?;
+        }
+        let act = TextAct::from_name(act_name).ok_or_else(|| {
+            bad(
+                "feed_forward_proj",
+                &format!(
+                    "{proj:?} (dense_act_fn {act_name:?}): activation not supported (supported: {})",
+                    TextAct::NAMES
+                ),
+            )
+        })?;
+        let eps = match get("layer_norm_epsilon") {
+            None => 1e-6,
+            Some(x) => x
+                .as_f64()
+                .ok_or_else(|| bad("layer_norm_epsilon", "must be a number"))?
+                as f32,
+        };
+        let c = T5Config {
+            d_model: u("d_model", 512)?,
+            d_kv: u("d_kv", 64)?,
+            d_ff: u("d_ff", 2048)?,
+            layers: u("num_layers", 6)?,
+            heads: u("num_heads", 8)?,
+            buckets: u("relative_attention_num_buckets", 32)?,
+            max_distance: u("relative_attention_max_distance", 128)?,
+            eps,
+            vocab: u("vocab_size", 32128)?,
             act,
-        })
+            gated,
+        };
+        for (k, x) in [
+            ("d_model", c.d_model),
+            ("d_kv", c.d_kv),
+            ("d_ff", c.d_ff),
+            ("num_layers", c.layers),
+            ("num_heads", c.heads),
+        ] {
+            if x == 0 {
+                return Err(bad(k, "must be > 0"));
+            }
+        }
+        // Bidirectional buckets: half per direction, half of those exact, the rest logarithmic
+        // up to max_distance. Fewer than 4 buckets divide by zero in transformers.
+        if c.buckets < 4 {
+            return Err(bad(
+                "relative_attention_num_buckets",
+                &format!("is {}: at least 4 are needed", c.buckets),
+            ));
+        }
+        Ok(c)
     }
 }
 
@@ -87,20 +150,34 @@ pub struct T5Encoder {
 }
 
 /// Bidirectional relative position bucket of `rel = key - query` (transformers'
-/// `_relative_position_bucket`, f32 log as PyTorch computes it).
+/// `_relative_position_bucket`, f32 log as PyTorch computes it). Clamped at 0; see
+/// [`relative_bucket_signed`] for the exact value.
 pub fn relative_bucket(rel: i64, buckets: usize, max_distance: usize) -> usize {
-    let nb = buckets / 2;
-    let mut ret = if rel > 0 { nb } else { 0 };
-    let n = rel.unsigned_abs() as usize;
+    relative_bucket_signed(rel, buckets, max_distance).max(0) as usize
+}
+
+/// transformers' `_relative_position_bucket(bidirectional=True)` exactly, including its
+/// negative buckets when `max_distance` is below `buckets / 4` (transformers then fails in the
+/// embedding lookup; [`T5Encoder`] reports an error).
+pub fn relative_bucket_signed(rel: i64, buckets: usize, max_distance: usize) -> i64 {
+    let nb = (buckets / 2) as i64;
+    let ret = if rel > 0 { nb } else { 0 };
+    let n = rel.unsigned_abs() as i64;
     let max_exact = nb / 2;
     if n < max_exact {
-        ret += n;
-    } else {
-        let v = (n as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln()
-            * (nb - max_exact) as f32;
-        ret += (max_exact + v as usize).min(nb - 1);
+        return ret + n;
     }
-    ret
+    // torch.log(f32(n) / max_exact) / math.log(max_distance / max_exact) * (nb - max_exact):
+    // the f32 tensor op meets the Python (f64) log rounded to f32.
+    let denom = (max_distance as f64 / max_exact as f64).ln() as f32;
+    let v = (n as f32 / max_exact as f32).ln() / denom * (nb - max_exact) as f32;
+    // `.to(torch.long)` truncates toward zero; non-finite values become i64::MIN (x86).
+    let t = if v.is_finite() && v.abs() < 9.0e18 {
+        v as i64
+    } else {
+        i64::MIN
+    };
+    ret + max_exact.saturating_add(t).min(nb - 1)
 }
 
 impl T5Encoder {
@@ -132,6 +209,67 @@ impl T5Encoder {
                 "{}: {embed_key} is {shape:?}, config d_model is {}",
                 dir.display(),
                 config.d_model
+            )));
+        }
+        // The other shapes that follow from config.json, checked up front for a clear message.
+        let (d, inner) = (config.d_model, config.heads * config.d_kv);
+        let b0 = "encoder.block.0.layer";
+        let mut want = vec![
+            (
+                format!("{b0}.0.SelfAttention.relative_attention_bias.weight"),
+                vec![config.buckets, config.heads],
+                "relative_attention_num_buckets x num_heads",
+            ),
+            (
+                format!("{b0}.0.SelfAttention.q.weight"),
+                vec![inner, d],
+                "num_heads * d_kv x d_model",
+            ),
+            (
+                format!("{b0}.0.SelfAttention.o.weight"),
+                vec![d, inner],
+                "d_model x num_heads * d_kv",
+            ),
+        ];
+        let ffn = if config.gated {
+            ["wi_0", "wi_1"].as_slice()
+        } else {
+            ["wi"].as_slice()
+        };
+        for w in ffn {
+            want.push((
+                format!("{b0}.1.DenseReluDense.{w}.weight"),
+                vec![config.d_ff, d],
+                "d_ff x d_model",
+            ));
+        }
+        for (key, shape, keys) in want {
+            match store.shape_of(&key) {
+                Some(s) if s == shape => {}
+                Some(s) => {
+                    return Err(Error::Weights(format!(
+                        "{}: {key} is {s:?} but config.json says {keys} = {shape:?}",
+                        dir.display()
+                    )))
+                }
+                None => {
+                    return Err(Error::Weights(format!(
+                        "{}: tensor {key} is missing; config.json (feed_forward_proj / is_gated_act: {} feed-forward) does not match the checkpoint",
+                        dir.display(),
+                        if config.gated { "gated" } else { "non-gated" }
+                    )))
+                }
+            }
+        }
+        let last = format!(
+            "encoder.block.{}.layer.0.layer_norm.weight",
+            config.layers - 1
+        );
+        if !store.contains(&last) {
+            return Err(Error::Weights(format!(
+                "{}: the checkpoint has fewer blocks than num_layers = {} in config.json",
+                dir.display(),
+                config.layers
             )));
         }
         let residency = if mem.streams() {
@@ -177,7 +315,18 @@ impl T5Encoder {
         let mut bias = vec![0f32; c.heads * s * s];
         for i in 0..s {
             for j in 0..s {
-                let bk = relative_bucket(j as i64 - i as i64, c.buckets, c.max_distance);
+                let bk = relative_bucket_signed(j as i64 - i as i64, c.buckets, c.max_distance);
+                if bk < 0 || bk as usize >= c.buckets {
+                    return Err(Error::Weights(format!(
+                        "{}: relative_attention_max_distance {} is too small for relative_attention_num_buckets {}: \
+                         relative position {} falls in bucket {bk} (transformers fails here too)",
+                        self.store.dir().join("config.json").display(),
+                        c.max_distance,
+                        c.buckets,
+                        j as i64 - i as i64
+                    )));
+                }
+                let bk = bk as usize;
                 for h in 0..c.heads {
                     bias[(h * s + i) * s + j] = table[bk * c.heads + h];
                 }
@@ -227,12 +376,14 @@ impl T5Encoder {
             x = add(&x, &linear(&o, &sa.linear("o", inner, d, false)?)?)?;
             let h = norm::rms_norm(&x, Some(&f.tensor("layer_norm.weight", &[d])?), c.eps)?;
             let ff = f.pp("DenseReluDense");
-            let g = linear_act(&h, &ff.linear("wi_0", d, c.d_ff, false)?, c.act)?;
-            let u = linear(&h, &ff.linear("wi_1", d, c.d_ff, false)?)?;
-            x = add(
-                &x,
-                &linear(&mul(&g, &u)?, &ff.linear("wo", c.d_ff, d, false)?)?,
-            )?;
+            let hidden = if c.gated {
+                let g = linear_text_act(&h, &ff.linear("wi_0", d, c.d_ff, false)?, c.act)?;
+                let u = linear(&h, &ff.linear("wi_1", d, c.d_ff, false)?)?;
+                mul(&g, &u)?
+            } else {
+                linear_text_act(&h, &ff.linear("wi", d, c.d_ff, false)?, c.act)?
+            };
+            x = add(&x, &linear(&hidden, &ff.linear("wo", c.d_ff, d, false)?)?)?;
         }
         norm::rms_norm(
             &x,
@@ -244,7 +395,7 @@ impl T5Encoder {
 
 #[cfg(test)]
 mod tests {
-    use super::relative_bucket;
+    use super::{relative_bucket, relative_bucket_signed};
 
     #[test]
     fn buckets_match_transformers() {
@@ -266,6 +417,38 @@ mod tests {
         ];
         for (rel, want) in cases {
             assert_eq!(relative_bucket(rel, 32, 128), want, "rel {rel}");
+        }
+    }
+
+    #[test]
+    fn buckets_of_other_configs_match_transformers() {
+        // (buckets, max_distance, rel, transformers' value); 33 buckets: odd; 16 / 3 and 32 / 8:
+        // max_distance <= buckets / 4 gives transformers' degenerate (negative, NaN) buckets.
+        let cases: [(usize, usize, i64, i64); 17] = [
+            (33, 100, -2, 2),
+            (33, 100, 8, 24),
+            (33, 100, 28, 27),
+            (33, 100, 48, 29),
+            (33, 100, 97, 31),
+            (33, 100, 398, 31),
+            (16, 3, -400, -60),
+            (16, 3, -399, -59),
+            (16, 3, 4, 12),
+            (16, 3, 5, 9),
+            (16, 3, 7, 5),
+            (16, 3, 8, 3),
+            (16, 3, 14, -5),
+            (32, 8, -2, 2),
+            (32, 8, 6, 22),
+            (32, 8, 7, 23),
+            (32, 8, 8, -9223372036854775784),
+        ];
+        for (nb, md, rel, want) in cases {
+            assert_eq!(
+                relative_bucket_signed(rel, nb, md),
+                want,
+                "{nb} buckets, max distance {md}, rel {rel}"
+            );
         }
     }
 }

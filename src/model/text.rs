@@ -1,6 +1,7 @@
 //! Prompt embeddings (spec §3): CLIP-L and bigG penultimate states concatenated and zero-padded
-//! to the T5 width, followed by the T5 rows -> ctx [333, 4096]; pooled = [pool_L, pool_G]
-//! [2048]. Embeddings are cached by prompt, so a batch run encodes each distinct prompt once.
+//! to the T5 width (cut to it if wider, as diffusers' negative `F.pad` does), followed by the T5
+//! rows -> ctx [77 + 256, d_model] ([333, 4096] for ContentV); pooled = [pool_L, pool_G]
+//! ([2048]). Embeddings are cached by prompt, so a batch run encodes each distinct prompt once.
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -60,7 +61,10 @@ impl TextEncoders {
     /// Loads `tokenizer{,_2,_3}/` and `text_encoder{,_2,_3}/` of a model folder.
     pub fn load(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<TextEncoders> {
         let tok_l = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let tok_g = ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?;
+        let mut tok_g = ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?;
+        // The SD3 pipeline pads and truncates both CLIP prompts to `tokenizer.model_max_length`
+        // (its `tokenizer_max_length`); tokenizer_2's own value is not used.
+        tok_g.max_len = tok_l.max_len;
         let tok_t5 = T5Tokenizer::from_dir(&dir.join("tokenizer_3"), T5_TOKENS)?;
         let clip_l = ClipText::load(&dir.join("text_encoder"), device)?;
         let clip_g = ClipText::load(&dir.join("text_encoder_2"), device)?;
@@ -92,13 +96,6 @@ impl TextEncoders {
                 tok_t5.max_id(),
                 dir.join("text_encoder_3").display(),
                 t5.vocab_rows()
-            )));
-        }
-        let d = t5.config.d_model;
-        if clip_l.config.hidden + clip_g.config.hidden > d {
-            return Err(Error::Weights(format!(
-                "CLIP widths {} + {} exceed the T5 width {d}: not a ContentV / SD3 text stack",
-                clip_l.config.hidden, clip_g.config.hidden
             )));
         }
         Ok(TextEncoders {
@@ -158,11 +155,15 @@ impl TextEncoders {
             ],
             2,
         )?; // [1, 77, hl+hg]
-        let clip = if hl + hg < d {
-            let zeros = Tensor::zeros(&[1, s, d - hl - hg], clip.dtype(), &self.device)?;
-            concat(&[&clip, &zeros], 2)? // [1, 77, d]
-        } else {
-            clip
+            // diffusers: F.pad(clip, (0, d - (hl + hg))): zeros on the right, or (a negative pad)
+            // the rightmost columns cut off when the CLIP widths add up to more than the T5 width.
+        let clip = match (hl + hg).cmp(&d) {
+            std::cmp::Ordering::Less => {
+                let zeros = Tensor::zeros(&[1, s, d - hl - hg], clip.dtype(), &self.device)?;
+                concat(&[&clip, &zeros], 2)? // [1, 77, d]
+            }
+            std::cmp::Ordering::Equal => clip,
+            std::cmp::Ordering::Greater => clip.narrow(2, 0, d)?.contiguous()?,
         };
         let ctx = concat(&[&clip, &t5], 1)?; // [1, 333, d]
         let pooled = concat(&[&l.pooled, &g.pooled], 1)?; // [1, pl + pg]

@@ -11,7 +11,8 @@
 //! slot holding the last 2 frames of its input, so memory does not grow with the frame count;
 //! the result equals one causal conv over the whole sequence. upsample3d skips its time_conv
 //! on the first chunk (diffusers' "Rep" marker), so chunk 0 yields 1 frame and every later chunk
-//! 2^(temporal ups) frames: F = 1 + 4(T-1) for the real config.
+//! 2^(temporal ups) frames: F = 1 + 2^(temporal ups)(T-1), 1 + 4(T-1) for the real config.
+//! Spatial upsampling is 2^(len(dim_mult)-1); see [`VaeConfig`] for the config keys read.
 //!
 //! The latent de-normalisation `z = x * std + mean` (per channel; the pipeline's
 //! `x / (1/std) + mean`) is folded into `post_quant_conv` (a 1x1x1 conv, so this is exact up to
@@ -35,15 +36,27 @@ use crate::shape_err;
 pub use tiling::TileConfig;
 
 /// `vae/config.json` (the keys the decoder uses).
+///
+/// Every architecture parameter of diffusers' `AutoencoderKLWan` that shapes the decoder is read:
+/// `base_dim` (or `decoder_base_dim`, diffusers >= 0.35), `z_dim`, `dim_mult` (any length >= 1),
+/// `num_res_blocks`, `temperal_downsample` (any pattern; the decoder uses the reversed list),
+/// `latents_mean` / `latents_std` and `out_channels`. `attn_scales` only adds attention blocks to
+/// the *encoder* (diffusers' `WanDecoder3d` stores it but never uses it), so any value is
+/// accepted. `dropout` is inactive at inference. Wan2.2 features (`is_residual`, `patch_size`)
+/// are rejected with an error naming the key.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VaeConfig {
     pub base_dim: usize,
+    /// `decoder_base_dim` (newer diffusers; `None`: the decoder uses `base_dim`).
+    pub decoder_base_dim: Option<usize>,
     pub z_dim: usize,
     pub dim_mult: Vec<usize>,
     pub num_res_blocks: usize,
     pub temperal_downsample: Vec<bool>,
     pub latents_mean: Vec<f32>,
     pub latents_std: Vec<f32>,
+    /// Channels of `decoder.conv_out` (3 = RGB; newer diffusers' `out_channels`).
+    pub out_channels: usize,
 }
 
 impl VaeConfig {
@@ -51,6 +64,7 @@ impl VaeConfig {
     pub fn wan21() -> VaeConfig {
         VaeConfig {
             base_dim: 96,
+            decoder_base_dim: None,
             z_dim: 16,
             dim_mult: vec![1, 2, 4, 4],
             num_res_blocks: 2,
@@ -63,124 +77,207 @@ impl VaeConfig {
                 2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526,
                 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
             ],
+            out_channels: 3,
         }
     }
 
-    /// Parses a diffusers `config.json`; missing keys take the Wan2.1 defaults.
+    /// Parses a diffusers `config.json`; missing keys take the diffusers defaults (Wan2.1).
     pub fn from_json(text: &str) -> Result<VaeConfig> {
+        Self::from_json_at(text, "vae/config.json")
+    }
+
+    /// [`from_json`](Self::from_json) with `origin` (the file) named in every error.
+    pub fn from_json_at(text: &str, origin: &str) -> Result<VaeConfig> {
         let v: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Error::Weights(format!("vae config.json is not valid JSON: {e}")))?;
+            .map_err(|e| Error::Weights(format!("{origin}: not valid JSON: {e}")))?;
+        let bad = |k: &str, what: &str| Error::Weights(format!("{origin}: \"{k}\" {what}"));
         let d = VaeConfig::wan21();
+        // A key that is absent or null takes the default.
+        let get = |k: &str| v.get(k).filter(|x| !x.is_null());
         let usize_of = |k: &str, def: usize| -> Result<usize> {
-            match v.get(k) {
+            match get(k) {
                 None => Ok(def),
                 Some(x) => x
                     .as_u64()
                     .map(|x| x as usize)
-                    .ok_or_else(|| Error::Weights(format!("vae config: {k} must be an integer"))),
+                    .ok_or_else(|| bad(k, "must be a non-negative integer")),
             }
         };
-        let list = |k: &str| v.get(k).and_then(|x| x.as_array()).cloned();
+        let list = |k: &str| -> Result<Option<Vec<serde_json::Value>>> {
+            match get(k) {
+                None => Ok(None),
+                Some(x) => x
+                    .as_array()
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| bad(k, "must be a list")),
+            }
+        };
+        let floats = |k: &str, def: &Vec<f32>| -> Result<Vec<f32>> {
+            match list(k)? {
+                None => Ok(def.clone()),
+                Some(a) => a
+                    .iter()
+                    .map(|x| x.as_f64().map(|x| x as f32))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| bad(k, "must be a list of numbers")),
+            }
+        };
         let cfg = VaeConfig {
             base_dim: usize_of("base_dim", d.base_dim)?,
+            decoder_base_dim: match get("decoder_base_dim") {
+                None => None,
+                Some(_) => Some(usize_of("decoder_base_dim", 0)?),
+            },
             z_dim: usize_of("z_dim", d.z_dim)?,
             num_res_blocks: usize_of("num_res_blocks", d.num_res_blocks)?,
-            dim_mult: match list("dim_mult") {
+            dim_mult: match list("dim_mult")? {
                 None => d.dim_mult.clone(),
                 Some(a) => a
                     .iter()
                     .map(|x| x.as_u64().map(|x| x as usize))
                     .collect::<Option<_>>()
-                    .ok_or_else(|| Error::Weights("vae config: dim_mult".into()))?,
+                    .ok_or_else(|| bad("dim_mult", "must be a list of positive integers"))?,
             },
-            temperal_downsample: match list("temperal_downsample") {
+            temperal_downsample: match list("temperal_downsample")? {
                 None => d.temperal_downsample.clone(),
                 Some(a) => a
                     .iter()
                     .map(|x| x.as_bool())
                     .collect::<Option<_>>()
-                    .ok_or_else(|| Error::Weights("vae config: temperal_downsample".into()))?,
+                    .ok_or_else(|| bad("temperal_downsample", "must be a list of booleans"))?,
             },
-            latents_mean: match list("latents_mean") {
-                None => d.latents_mean.clone(),
-                Some(a) => a
-                    .iter()
-                    .map(|x| x.as_f64().map(|x| x as f32))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| Error::Weights("vae config: latents_mean".into()))?,
-            },
-            latents_std: match list("latents_std") {
-                None => d.latents_std.clone(),
-                Some(a) => a
-                    .iter()
-                    .map(|x| x.as_f64().map(|x| x as f32))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| Error::Weights("vae config: latents_std".into()))?,
-            },
+            latents_mean: floats("latents_mean", &d.latents_mean)?,
+            latents_std: floats("latents_std", &d.latents_std)?,
+            out_channels: usize_of("out_channels", d.out_channels)?,
         };
-        if let Some(a) = v.get("attn_scales").and_then(|x| x.as_array()) {
-            if !a.is_empty() {
-                return Err(Error::Weights(
-                    "vae config: attn_scales other than [] are not supported".into(),
+        // attn_scales: validated as a list of numbers, otherwise unused by the decoder.
+        if let Some(a) = list("attn_scales")? {
+            if a.iter().any(|x| !x.is_number()) {
+                return Err(bad("attn_scales", "must be a list of numbers"));
+            }
+        }
+        if get("is_residual")
+            .map(|x| x.as_bool().unwrap_or(true))
+            .unwrap_or(false)
+        {
+            return Err(bad(
+                "is_residual",
+                "is true: the Wan2.2 residual VAE is not supported (only the Wan2.1 decoder)",
+            ));
+        }
+        if let Some(p) = get("patch_size") {
+            if p.as_u64() != Some(1) {
+                return Err(bad(
+                    "patch_size",
+                    &format!("is {p}: patchified (Wan2.2) VAEs are not supported; use null"),
                 ));
             }
         }
-        if v.get("is_residual")
-            .and_then(|x| x.as_bool())
-            .unwrap_or(false)
-        {
-            return Err(Error::Weights(
-                "vae config: is_residual (Wan2.2 VAE) is not supported".into(),
-            ));
-        }
-        cfg.validate()?;
+        cfg.validate_at(origin)?;
         Ok(cfg)
     }
 
     pub fn from_file(path: &Path) -> Result<VaeConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
-        Self::from_json(&text)
+        Self::from_json_at(&text, &path.display().to_string())
     }
 
     fn validate(&self) -> Result<()> {
+        self.validate_at("vae config")
+    }
+
+    fn validate_at(&self, origin: &str) -> Result<()> {
         let n = self.dim_mult.len();
-        if n < 2 || self.temperal_downsample.len() != n - 1 {
-            return Err(Error::Weights(format!(
-                "vae config: dim_mult {:?} needs {} temperal_downsample entries, got {:?}",
-                self.dim_mult,
-                n.saturating_sub(1),
-                self.temperal_downsample
-            )));
+        let bad = |k: &str, what: String| Err(Error::Weights(format!("{origin}: \"{k}\" {what}")));
+        if n == 0 {
+            return bad("dim_mult", "must not be empty".into());
         }
-        if self.latents_mean.len() != self.z_dim || self.latents_std.len() != self.z_dim {
-            return Err(Error::Weights(format!(
-                "vae config: latents_mean/std must have z_dim = {} entries",
-                self.z_dim
-            )));
+        if self.dim_mult.contains(&0) {
+            return bad("dim_mult", format!("{:?} has a zero entry", self.dim_mult));
+        }
+        if self.dec_base() == 0 {
+            return bad("base_dim", "must be > 0".into());
+        }
+        if self.z_dim == 0 {
+            return bad("z_dim", "must be > 0".into());
+        }
+        if self.out_channels == 0 {
+            return bad("out_channels", "must be > 0".into());
+        }
+        // diffusers indexes temperal_downsample[i] for i < len(dim_mult) - 1 (the decoder in the
+        // reversed list): fewer entries fail there, more are ignored.
+        if self.temperal_downsample.len() < n - 1 {
+            return bad(
+                "temperal_downsample",
+                format!(
+                    "{:?} has {} entries, but dim_mult {:?} needs {}",
+                    self.temperal_downsample,
+                    self.temperal_downsample.len(),
+                    self.dim_mult,
+                    n - 1
+                ),
+            );
+        }
+        for (k, v) in [
+            ("latents_mean", &self.latents_mean),
+            ("latents_std", &self.latents_std),
+        ] {
+            if v.len() != self.z_dim {
+                return bad(
+                    k,
+                    format!(
+                        "has {} entries, but z_dim is {} (set both in config.json)",
+                        v.len(),
+                        self.z_dim
+                    ),
+                );
+            }
+        }
+        // Every upsampler halves its channels (Conv2d(C, C/2)); the next block's resnets take C/2.
+        let dims = self.decoder_dims();
+        for (i, &c) in dims[1..n].iter().enumerate() {
+            if c / 2 == 0 {
+                return bad(
+                    "dim_mult",
+                    format!("up block {i} has {c} channel(s): the upsampler would leave none"),
+                );
+            }
         }
         Ok(())
     }
 
-    /// Decoder channel ladder: [dim_mult[-1]] + reversed(dim_mult), times base_dim.
+    fn dec_base(&self) -> usize {
+        self.decoder_base_dim.unwrap_or(self.base_dim)
+    }
+
+    /// Decoder channel ladder: [dim_mult[-1]] + reversed(dim_mult), times the decoder base dim.
     pub fn decoder_dims(&self) -> Vec<usize> {
-        let mut d = vec![*self.dim_mult.last().unwrap() * self.base_dim];
-        d.extend(self.dim_mult.iter().rev().map(|m| m * self.base_dim));
+        let b = self.dec_base();
+        let mut d = vec![*self.dim_mult.last().unwrap() * b];
+        d.extend(self.dim_mult.iter().rev().map(|m| m * b));
         d
     }
-    /// The decoder's per-up-block temporal upsampling (reversed temperal_downsample).
+    /// The decoder's temporal upsampling per upsampler (up blocks 0..len(dim_mult)-1): the
+    /// reversed temperal_downsample, first len(dim_mult)-1 entries (as diffusers indexes it).
     pub fn temperal_upsample(&self) -> Vec<bool> {
-        self.temperal_downsample.iter().rev().copied().collect()
+        self.temperal_downsample
+            .iter()
+            .rev()
+            .take(self.dim_mult.len().saturating_sub(1))
+            .copied()
+            .collect()
     }
-    /// Output frames per latent frame after the first (2^temporal ups; 4 for Wan2.1).
+    /// Output frames per latent frame after the first: 2^(temporal upsamplers) (4 for Wan2.1).
     pub fn time_factor(&self) -> usize {
-        1 << self.temperal_downsample.iter().filter(|&&b| b).count()
+        1 << self.temperal_upsample().iter().filter(|&&b| b).count()
     }
-    /// Spatial factor (2^(levels-1); 8 for Wan2.1).
+    /// Spatial factor: 2^(len(dim_mult)-1) (8 for Wan2.1).
     pub fn spatial_factor(&self) -> usize {
         1 << (self.dim_mult.len() - 1)
     }
-    /// Decoded frames for `t_lat` latent frames: 1 + tf*(T-1).
+    /// Decoded frames for `t_lat` latent frames: 1 + time_factor*(T-1).
     pub fn frames_for(&self, t_lat: usize) -> usize {
         if t_lat == 0 {
             0
@@ -562,7 +659,7 @@ impl VaeDecoder {
         }
         let last = *dims.last().unwrap();
         let norm_out = l.gamma("decoder.norm_out", last, 3)?;
-        let conv_out = l.conv("decoder.conv_out", 3, last, &[3, 3, 3])?;
+        let conv_out = l.conv("decoder.conv_out", cfg.out_channels, last, &[3, 3, 3])?;
         let (n_slots, n_rep) = (l.slots, l.reps);
         Ok(VaeDecoder {
             cfg,
@@ -600,7 +697,9 @@ impl VaeDecoder {
         self.opts = opts;
     }
 
-    /// Output shape for latents [B, z, T, h, w]: [B, 3, 1 + 4(T-1), 8h, 8w].
+    /// Output shape for latents [B, z, T, h, w]: [B, out_channels, 1 + tf(T-1), sf*h, sf*w] with
+    /// tf = [`VaeConfig::time_factor`] and sf = [`VaeConfig::spatial_factor`] ([B, 3, 1 + 4(T-1), 8h, 8w]
+    /// for Wan2.1).
     pub fn output_shape(&self, latent_shape: &[usize]) -> Result<[usize; 5]> {
         let s = latent_shape;
         if s.len() != 5 || s[1] != self.cfg.z_dim {
@@ -610,11 +709,18 @@ impl VaeDecoder {
             ));
         }
         let f = self.cfg.spatial_factor();
-        Ok([s[0], 3, self.cfg.frames_for(s[2]), s[3] * f, s[4] * f])
+        Ok([
+            s[0],
+            self.cfg.out_channels,
+            self.cfg.frames_for(s[2]),
+            s[3] * f,
+            s[4] * f,
+        ])
     }
 
     /// Decodes DiT-space latents [B, z, T, h, w] (de-normalised here: z = x*std + mean) to a
-    /// video [B, 3, 1+4(T-1), 8h, 8w] in [-1, 1], f32, on the decoder's device.
+    /// video [B, 3, 1+4(T-1), 8h, 8w] in [-1, 1] (Wan2.1; see [`output_shape`](Self::output_shape)),
+    /// f32, on the decoder's device.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         self.decode_impl(latents, true)
     }

@@ -126,7 +126,7 @@ pub fn tiny_weights(cfg: &VaeConfig, seed: u64) -> MapWeights {
     gamma("decoder.norm_out", *dims.last().unwrap(), 3, p, &mut s);
     conv(
         "decoder.conv_out",
-        3,
+        cfg.out_channels,
         *dims.last().unwrap(),
         &[3, 3, 3],
         p,
@@ -141,11 +141,13 @@ pub fn tiny_weights(cfg: &VaeConfig, seed: u64) -> MapWeights {
 pub fn tiny_config() -> VaeConfig {
     VaeConfig {
         base_dim: 4,
+        decoder_base_dim: None,
         z_dim: 4,
         dim_mult: vec![1, 2, 2, 2],
         num_res_blocks: 1,
         temperal_downsample: vec![false, true, true],
         latents_mean: vec![0.1, -0.2, 0.3, 0.0],
         latents_std: vec![1.5, 0.5, 2.0, 1.0],
+        out_channels: 3,
     }
 }
