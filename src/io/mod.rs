@@ -1,3 +1,4 @@
-//! Input and output: safetensors checkpoints and video files.
+//! Input and output: safetensors checkpoints, component config.json files and video files.
+pub mod config;
 pub mod safetensors;
 pub mod video;

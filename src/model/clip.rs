@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::io::config::ConfigJson;
 use crate::ops::attention::{attention, AttnOpts};
 use crate::ops::elementwise::{add, add_bcast};
 use crate::ops::gemm::{linear, linear_act, Act};
@@ -83,28 +84,12 @@ impl ClipConfig {
 
     /// Parses config.json text; `path` names the file in errors.
     pub fn from_json(text: &[u8], path: &Path) -> Result<ClipConfig> {
-        let v: serde_json::Value = serde_json::from_slice(text)
-            .map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", path.display())))?;
         // CLIPTextModelWithProjection configs may nest the text config.
-        let v = v.get("text_config").cloned().unwrap_or(v);
-        let bad =
-            |k: &str, what: &str| Error::Weights(format!("{}: \"{k}\" {what}", path.display()));
-        let get = |k: &str| v.get(k).filter(|x| !x.is_null());
-        let u = |k: &str, def: usize| -> Result<usize> {
-            match get(k) {
-                None => Ok(def),
-                Some(x) => x
-                    .as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| bad(k, "must be a non-negative integer")),
-            }
-        };
-        let act_name = match get("hidden_act") {
-            None => "quick_gelu",
-            Some(a) => a
-                .as_str()
-                .ok_or_else(|| bad("hidden_act", "must be a string"))?,
-        };
+        let cfg =
+            ConfigJson::parse(text, &path.display().to_string())?.nested_or_self("text_config");
+        let bad = |k: &str, what: &str| cfg.bad(k, what);
+        let u = |k: &str, def: usize| cfg.usize_or(k, def);
+        let act_name = cfg.str_or("hidden_act", "quick_gelu")?;
         let act = TextAct::from_name(act_name).ok_or_else(|| {
             bad(
                 "hidden_act",
@@ -114,13 +99,7 @@ impl ClipConfig {
                 ),
             )
         })?;
-        let eps = match get("layer_norm_eps") {
-            None => 1e-5,
-            Some(x) => x
-                .as_f64()
-                .ok_or_else(|| bad("layer_norm_eps", "must be a number"))?
-                as f32,
-        };
+        let eps = cfg.f64_or("layer_norm_eps", 1e-5)? as f32;
         let eos = u("eos_token_id", 49407)?;
         let c = ClipConfig {
             hidden: u("hidden_size", 512)?,

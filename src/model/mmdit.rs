@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::io::config::ConfigJson;
 use crate::model::pipeline::Denoiser;
 use crate::ops::attention::{attention, AttnOpts};
 use crate::ops::elementwise::{add, add_bcast, gated_residual};
@@ -153,25 +154,8 @@ impl TransformerConfig {
     /// num_attention_heads, attention_head_dim) against this (weight-derived) config. Keys the
     /// file does not have are not checked; every other key is ignored, as diffusers does.
     pub fn check_config_json(&self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Weights(format!("{}: not valid JSON: {e}", path.display())))?;
-        let get = |k: &str| -> Result<Option<usize>> {
-            match v.get(k) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(x) => x
-                    .as_u64()
-                    .filter(|&n| n > 0)
-                    .map(|n| Some(n as usize))
-                    .ok_or_else(|| {
-                        Error::Weights(format!(
-                            "{}: \"{k}\" is {x}, expected a positive integer",
-                            path.display()
-                        ))
-                    }),
-            }
-        };
+        let cfg = ConfigJson::read(path)?;
+        let get = |k: &str| cfg.positive(k);
         let mismatch = |what: String| {
             Error::Weights(format!(
                 "{}: {what}; the weights in {} do not match this config",

@@ -20,6 +20,7 @@ use std::time::Instant;
 use half::bf16;
 
 use crate::error::{Error, Result};
+use crate::io::config::ConfigJson;
 use crate::model::scheduler::{FlowMatchEuler, SchedulerConfig};
 use crate::model::vae::{to_uint8_frames, VaeDecoder, VideoFrames};
 use crate::runtime::{DType, Device, Tensor};
@@ -82,58 +83,37 @@ impl LatentLayout {
     /// `patch_size`); a missing file or key takes the diffusers default (ContentV's values),
     /// a malformed one is an error that names it.
     pub fn from_model_dir(dir: &Path) -> Result<LatentLayout> {
-        let read = |sub: &str| -> Result<Option<(PathBuf, serde_json::Value)>> {
+        // A missing file takes the defaults (the model-folder check reports missing parts).
+        let read = |sub: &str| -> Result<Option<ConfigJson>> {
             let path = dir.join(sub).join("config.json");
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                return Ok(None);
-            };
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Weights(format!("{}: invalid JSON: {e}", path.display())))?;
-            Ok(Some((path, v)))
-        };
-        let uint = |path: &Path, v: &serde_json::Value, key: &str, default: usize| match v.get(key)
-        {
-            None | Some(serde_json::Value::Null) => Ok(default),
-            Some(x) => x
-                .as_u64()
-                .filter(|&n| n >= 1 && n <= 1 << 16)
-                .map(|n| n as usize)
-                .ok_or_else(|| {
-                    Error::Weights(format!(
-                        "{}: \"{key}\" must be a positive integer, got {x}",
-                        path.display()
-                    ))
-                }),
+            match std::fs::read(&path) {
+                Ok(text) => Ok(Some(ConfigJson::parse(&text, &path.display().to_string())?)),
+                Err(_) => Ok(None),
+            }
         };
         let mut l = LatentLayout::CONTENTV;
         let mut vae_channels = None;
-        if let Some((path, v)) = read("vae")? {
-            let z = uint(&path, &v, "z_dim", 16)?;
-            vae_channels = Some((path.clone(), z));
+        if let Some(v) = read("vae")? {
+            let z = v.positive("z_dim")?.unwrap_or(16);
             l.channels = z;
-            if let Some(td) = v.get("temperal_downsample") {
-                let flags: Option<Vec<bool>> = td
-                    .as_array()
-                    .and_then(|a| a.iter().map(|b| b.as_bool()).collect());
-                let flags = flags.filter(|f| f.len() <= 8).ok_or_else(|| {
-                    Error::Weights(format!(
-                        "{}: \"temperal_downsample\" must be a list of booleans, got {td}",
-                        path.display()
-                    ))
-                })?;
+            if let Some(flags) = v.bools("temperal_downsample")? {
+                if flags.len() > 8 {
+                    return Err(v.bad("temperal_downsample", "has more than 8 entries"));
+                }
                 l.time_factor = 1 << flags.iter().filter(|&&b| b).count();
                 l.spatial_factor = 1 << flags.len();
             }
+            vae_channels = Some((v, z));
         }
-        if let Some((path, v)) = read("transformer")? {
-            l.patch = uint(&path, &v, "patch_size", 2)?;
-            let c = uint(&path, &v, "in_channels", 16)?;
-            if let Some((vae_path, z)) = &vae_channels {
+        if let Some(t) = read("transformer")? {
+            l.patch = t.positive("patch_size")?.unwrap_or(2);
+            let c = t.positive("in_channels")?.unwrap_or(16);
+            if let Some((v, z)) = &vae_channels {
                 if *z != c {
                     return Err(Error::Weights(format!(
                         "{} says in_channels {c} but {} says z_dim {z}: the transformer and the VAE do not belong together",
-                        path.display(),
-                        vae_path.display()
+                        t.origin(),
+                        v.origin()
                     )));
                 }
             }
@@ -1065,7 +1045,7 @@ mod tests {
         std::fs::write(dir.join("vae/config.json"), "{ not json").unwrap();
         let e = LatentLayout::from_model_dir(&dir).unwrap_err().to_string();
         assert!(
-            e.contains("vae/config.json") && e.contains("invalid JSON"),
+            e.contains("vae/config.json") && e.contains("not valid JSON"),
             "{e}"
         );
         std::fs::write(dir.join("vae/config.json"), r#"{"temperal_downsample": 3}"#).unwrap();

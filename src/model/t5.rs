@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::io::config::ConfigJson;
 use crate::model::clip::{linear_text_act, TextAct};
 use crate::ops::attention::{attention, AttnOpts};
 use crate::ops::elementwise::{add, mul};
@@ -46,26 +47,10 @@ impl T5Config {
 
     /// Parses config.json text; `path` names the file in errors.
     pub fn from_json(text: &[u8], path: &Path) -> Result<T5Config> {
-        let v: serde_json::Value = serde_json::from_slice(text)
-            .map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", path.display())))?;
-        let bad =
-            |k: &str, what: &str| Error::Weights(format!("{}: \"{k}\" {what}", path.display()));
-        let get = |k: &str| v.get(k).filter(|x| !x.is_null());
-        let u = |k: &str, def: usize| -> Result<usize> {
-            match get(k) {
-                None => Ok(def),
-                Some(x) => x
-                    .as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| bad(k, "must be a non-negative integer")),
-            }
-        };
-        let proj = match get("feed_forward_proj") {
-            None => "relu",
-            Some(x) => x
-                .as_str()
-                .ok_or_else(|| bad("feed_forward_proj", "must be a string"))?,
-        };
+        let cfg = ConfigJson::parse(text, &path.display().to_string())?;
+        let bad = |k: &str, what: &str| cfg.bad(k, what);
+        let u = |k: &str, def: usize| cfg.usize_or(k, def);
+        let proj = cfg.str_or("feed_forward_proj", "relu")?;
         let parts: Vec<&str> = proj.split('-').collect();
         if parts.len() > 2 || (parts.len() > 1 && parts[0] != "gated") {
             return Err(bad(
@@ -79,16 +64,8 @@ impl T5Config {
             parts[parts.len() - 1]
         };
         let mut gated = parts[0] == "gated";
-        if let Some(x) = get("dense_act_fn") {
-            act_name = x
-                .as_str()
-                .ok_or_else(|| bad("dense_act_fn", "must be a string"))?;
-        }
-        if let Some(x) = get("is_gated_act") {
-            gated = x
-                .as_bool()
-                .ok_or_else(|| bad("is_gated_act", "must be true or false"))?;
-        }
+        act_name = cfg.str_or("dense_act_fn", act_name)?;
+        gated = cfg.bool_or("is_gated_act", gated)?;
         let act = TextAct::from_name(act_name).ok_or_else(|| {
             bad(
                 "feed_forward_proj",
@@ -98,13 +75,7 @@ impl T5Config {
                 ),
             )
         })?;
-        let eps = match get("layer_norm_epsilon") {
-            None => 1e-6,
-            Some(x) => x
-                .as_f64()
-                .ok_or_else(|| bad("layer_norm_epsilon", "must be a number"))?
-                as f32,
-        };
+        let eps = cfg.f64_or("layer_norm_epsilon", 1e-6)? as f32;
         let c = T5Config {
             d_model: u("d_model", 512)?,
             d_kv: u("d_kv", 64)?,

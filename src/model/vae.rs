@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::io::config::ConfigJson;
 use crate::ops::conv::{cache_update, conv3d, conv3d_into, ConvOpts, ConvPrecision};
 use crate::runtime::{DType, Device, Tensor};
 use crate::shape_err;
@@ -88,76 +89,33 @@ impl VaeConfig {
 
     /// [`from_json`](Self::from_json) with `origin` (the file) named in every error.
     pub fn from_json_at(text: &str, origin: &str) -> Result<VaeConfig> {
-        let v: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Error::Weights(format!("{origin}: not valid JSON: {e}")))?;
-        let bad = |k: &str, what: &str| Error::Weights(format!("{origin}: \"{k}\" {what}"));
+        let c = ConfigJson::parse(text.as_bytes(), origin)?;
+        let bad = |k: &str, what: &str| c.bad(k, what);
         let d = VaeConfig::wan21();
-        // A key that is absent or null takes the default.
-        let get = |k: &str| v.get(k).filter(|x| !x.is_null());
-        let usize_of = |k: &str, def: usize| -> Result<usize> {
-            match get(k) {
-                None => Ok(def),
-                Some(x) => x
-                    .as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| bad(k, "must be a non-negative integer")),
-            }
-        };
-        let list = |k: &str| -> Result<Option<Vec<serde_json::Value>>> {
-            match get(k) {
-                None => Ok(None),
-                Some(x) => x
-                    .as_array()
-                    .cloned()
-                    .map(Some)
-                    .ok_or_else(|| bad(k, "must be a list")),
-            }
-        };
         let floats = |k: &str, def: &Vec<f32>| -> Result<Vec<f32>> {
-            match list(k)? {
-                None => Ok(def.clone()),
-                Some(a) => a
-                    .iter()
-                    .map(|x| x.as_f64().map(|x| x as f32))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| bad(k, "must be a list of numbers")),
-            }
+            Ok(c.f64s(k)?
+                .map(|v| v.into_iter().map(|x| x as f32).collect())
+                .unwrap_or_else(|| def.clone()))
         };
         let cfg = VaeConfig {
-            base_dim: usize_of("base_dim", d.base_dim)?,
-            decoder_base_dim: match get("decoder_base_dim") {
+            base_dim: c.usize_or("base_dim", d.base_dim)?,
+            decoder_base_dim: match c.get("decoder_base_dim") {
                 None => None,
-                Some(_) => Some(usize_of("decoder_base_dim", 0)?),
+                Some(_) => Some(c.usize_or("decoder_base_dim", 0)?),
             },
-            z_dim: usize_of("z_dim", d.z_dim)?,
-            num_res_blocks: usize_of("num_res_blocks", d.num_res_blocks)?,
-            dim_mult: match list("dim_mult")? {
-                None => d.dim_mult.clone(),
-                Some(a) => a
-                    .iter()
-                    .map(|x| x.as_u64().map(|x| x as usize))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| bad("dim_mult", "must be a list of positive integers"))?,
-            },
-            temperal_downsample: match list("temperal_downsample")? {
-                None => d.temperal_downsample.clone(),
-                Some(a) => a
-                    .iter()
-                    .map(|x| x.as_bool())
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| bad("temperal_downsample", "must be a list of booleans"))?,
-            },
+            z_dim: c.usize_or("z_dim", d.z_dim)?,
+            num_res_blocks: c.usize_or("num_res_blocks", d.num_res_blocks)?,
+            dim_mult: c.usizes("dim_mult")?.unwrap_or_else(|| d.dim_mult.clone()),
+            temperal_downsample: c
+                .bools("temperal_downsample")?
+                .unwrap_or_else(|| d.temperal_downsample.clone()),
             latents_mean: floats("latents_mean", &d.latents_mean)?,
             latents_std: floats("latents_std", &d.latents_std)?,
-            out_channels: usize_of("out_channels", d.out_channels)?,
+            out_channels: c.usize_or("out_channels", d.out_channels)?,
         };
         // attn_scales: validated as a list of numbers, otherwise unused by the decoder.
-        if let Some(a) = list("attn_scales")? {
-            if a.iter().any(|x| !x.is_number()) {
-                return Err(bad("attn_scales", "must be a list of numbers"));
-            }
-        }
-        if get("is_residual")
+        c.f64s("attn_scales")?;
+        if c.get("is_residual")
             .map(|x| x.as_bool().unwrap_or(true))
             .unwrap_or(false)
         {
@@ -166,7 +124,7 @@ impl VaeConfig {
                 "is true: the Wan2.2 residual VAE is not supported (only the Wan2.1 decoder)",
             ));
         }
-        if let Some(p) = get("patch_size") {
+        if let Some(p) = c.get("patch_size") {
             if p.as_u64() != Some(1) {
                 return Err(bad(
                     "patch_size",
