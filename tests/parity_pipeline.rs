@@ -7,10 +7,8 @@
 mod common;
 
 use common::{assert_close, tiny_model_dir, Fixture};
-use contentv::model::pipeline::{
-    cfg_combine_bf16, cfg_combine_f32, decode_with, load_text_and_transformer, LatentPrecision,
-    Pipeline,
-};
+use contentv::cli::load::load_pipeline;
+use contentv::model::pipeline::{cfg_combine_bf16, cfg_combine_f32, decode_with, LatentPrecision};
 use contentv::model::scheduler::{FlowMatchEuler, SchedulerConfig};
 use contentv::model::vae::{VaeDecoder, VaeOptions};
 use contentv::runtime::Device;
@@ -133,18 +131,9 @@ fn three_steps_and_frames_match_reference_on_cpu() {
     let (prompt, negative) = prompts();
     let dir = tiny_model_dir();
     let device = Device::Cpu;
-    let (text, transformer) =
-        load_text_and_transformer(&dir, &device, &Default::default()).unwrap();
-    let vae = VaeDecoder::from_dir(&dir.join("vae"), &device, VaeOptions::default()).unwrap();
-    let pipe = Pipeline {
-        device: device.clone(),
-        text,
-        transformer,
-        vae: Box::new(vae),
-        scheduler: SchedulerConfig::from_model_dir(&dir).unwrap(),
-        precision: LatentPrecision::F32,
-        offload_models: false,
-    };
+    // The CLI's loader: f32 latents on the CPU, the reference's bf16 arithmetic on CUDA.
+    let (pipe, _) = load_pipeline(&dir, &device, &Default::default()).unwrap();
+    assert_eq!(pipe.precision, LatentPrecision::F32);
     let geom = contentv::model::pipeline::VideoGeometry::new(frames_n, h, w).unwrap();
     let shape = geom.latent_shape();
     assert_eq!(&shape[..], f.shape("noise"));
@@ -190,18 +179,9 @@ fn three_steps_and_frames_match_reference_on_gpu() {
     let (frames_n, h, w, g) = pipeline_params();
     let (prompt, negative) = prompts();
     let dir = tiny_model_dir();
-    let (text, transformer) =
-        load_text_and_transformer(&dir, &device, &Default::default()).unwrap();
-    let vae = VaeDecoder::from_dir(&dir.join("vae"), &device, VaeOptions::default()).unwrap();
-    let pipe = Pipeline {
-        device: device.clone(),
-        text,
-        transformer,
-        vae: Box::new(vae),
-        scheduler: SchedulerConfig::from_model_dir(&dir).unwrap(),
-        precision: LatentPrecision::Bf16,
-        offload_models: false,
-    };
+    // The CLI's loader: f32 latents on the CPU, the reference's bf16 arithmetic on CUDA.
+    let (pipe, _) = load_pipeline(&dir, &device, &Default::default()).unwrap();
+    assert_eq!(pipe.precision, LatentPrecision::Bf16);
     let params = contentv::model::pipeline::GenerateParams {
         prompt,
         negative_prompt: negative,

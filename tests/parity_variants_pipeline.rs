@@ -16,12 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{assert_close, repo_root, tiny_model_dir};
-use contentv::model::pipeline::{
-    load_text_and_transformer, GenerateParams, LatentLayout, LatentPrecision, Pipeline,
-    VideoGeometry,
-};
-use contentv::model::scheduler::SchedulerConfig;
-use contentv::model::vae::{VaeDecoder, VaeOptions};
+use contentv::cli::load::load_pipeline;
+use contentv::model::pipeline::{GenerateParams, LatentLayout, LatentPrecision, VideoGeometry};
 use contentv::runtime::Device;
 use safetensors::{Dtype, SafeTensors};
 
@@ -141,18 +137,9 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
         );
 
         let device = Device::Cpu;
-        let (text, transformer) =
-            load_text_and_transformer(&dir, &device, &Default::default()).unwrap();
-        let vae = VaeDecoder::from_dir(&dir.join("vae"), &device, VaeOptions::default()).unwrap();
-        let pipe = Pipeline {
-            device: device.clone(),
-            text,
-            transformer,
-            vae: Box::new(vae),
-            scheduler: SchedulerConfig::from_model_dir(&dir).unwrap(),
-            precision: LatentPrecision::F32,
-            offload_models: false,
-        };
+        // The CLI's loader: f32 latents on the CPU, the reference's bf16 arithmetic on CUDA.
+        let (pipe, _) = load_pipeline(&dir, &device, &Default::default()).unwrap();
+        assert_eq!(pipe.precision, LatentPrecision::F32);
         let steps = r.u("steps");
         let schedule =
             contentv::model::scheduler::FlowMatchEuler::from_config(&pipe.scheduler, steps, None)
