@@ -1,6 +1,6 @@
 //! Runtime: device probing never panics, tensor views on the host, and (with a GPU) the
 //! device round trips, the caching pool and pinned buffers.
-use contentv::runtime::device::{gpu_available, gpu_unavailable_reason, Event};
+use contentv::runtime::device::{gpu_unavailable_reason, Event};
 use contentv::runtime::memory::{size_class, PinnedBuffer};
 use contentv::{DType, Device, Tensor};
 
@@ -146,7 +146,7 @@ fn gpu_pinned_and_events() {
     let t = Tensor::empty(&[1 << 20], DType::I8, &dev).unwrap();
     let e0 = Event::new(true).unwrap();
     let e1 = Event::new(true).unwrap();
-    e0.record(g.copy.cu_stream()).unwrap();
+    e0.record(&g.copy).unwrap();
     unsafe {
         cudarc::driver::result::memcpy_htod_async(
             t.dev_ptr().unwrap(),
@@ -155,8 +155,8 @@ fn gpu_pinned_and_events() {
         )
         .unwrap();
     }
-    e1.record(g.copy.cu_stream()).unwrap();
-    e1.wait_on(g.stream()).unwrap();
+    e1.record(&g.copy).unwrap();
+    e1.wait_on(&g.compute).unwrap();
     let v = t.to_bytes().unwrap();
     assert!(v.iter().all(|&b| b == 7));
     e1.synchronize().unwrap();

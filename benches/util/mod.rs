@@ -34,9 +34,9 @@ pub fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f32 {
     let mut v = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
         let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
-        a.record(g.stream()).unwrap();
+        a.record(&g.compute).unwrap();
         f();
-        b.record(g.stream()).unwrap();
+        b.record(&g.compute).unwrap();
         b.synchronize().unwrap();
         v.push(a.elapsed_ms(&b).unwrap());
     }

@@ -472,7 +472,7 @@ impl Loader<'_> {
     }
     fn gamma(&mut self, key: &str, c: usize, rank: usize) -> Result<Tensor> {
         let mut shape = vec![c];
-        shape.extend(std::iter::repeat(1).take(rank));
+        shape.extend(std::iter::repeat_n(1, rank));
         self.w
             .tensor_f32(&format!("{key}.gamma"), &shape)?
             .reshape(&[c])

@@ -126,7 +126,7 @@ pub(crate) fn flat_rows(x: &Tensor) -> Result<Tensor> {
 /// Runs `f(row_start, rows_chunk)` over `rows` rows split across the host threads.
 /// `out` has `row_len` values per row and is split accordingly.
 pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let rows = if row_len == 0 { 0 } else { out.len() / row_len };
+    let rows = out.len().checked_div(row_len).unwrap_or(0);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

@@ -24,13 +24,16 @@ pub fn check(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), Stri
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
         let bound = atol + rtol * w.abs();
-        if !(err <= bound) {
+        // Written negated on purpose: a NaN on either side fails the check.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        let out_of_bounds = !(err <= bound);
+        if out_of_bounds {
             let excess = if err.is_nan() {
                 f32::INFINITY
             } else {
                 err - bound
             };
-            if worst.map_or(true, |(_, e)| excess > e) {
+            if worst.is_none_or(|(_, e)| excess > e) {
                 worst = Some((i, excess));
             }
         }

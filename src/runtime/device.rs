@@ -376,15 +376,18 @@ impl Event {
         };
         Ok(Event(cu::event::create(flags)?))
     }
-    pub fn record(&self, stream: sys::CUstream) -> Result<()> {
-        unsafe { cu::event::record(self.0, stream)? };
+    /// Records this event on `stream`.
+    pub fn record(&self, stream: &CudaStream) -> Result<()> {
+        // SAFETY: both handles are live (the event is owned by self, the stream borrowed).
+        unsafe { cu::event::record(self.0, stream.cu_stream())? };
         Ok(())
     }
     /// Makes `stream` wait for this event.
-    pub fn wait_on(&self, stream: sys::CUstream) -> Result<()> {
+    pub fn wait_on(&self, stream: &CudaStream) -> Result<()> {
+        // SAFETY: as in `record`.
         unsafe {
             cu::stream::wait_event(
-                stream,
+                stream.cu_stream(),
                 self.0,
                 sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
             )?

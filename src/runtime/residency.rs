@@ -325,7 +325,6 @@ fn layer_keys(store: &WeightStore, group: &str, i: usize) -> Vec<String> {
     let mut v: Vec<String> = store
         .checkpoint()
         .names()
-        .into_iter()
         .filter(|k| k.starts_with(&p))
         .map(|k| k.to_string())
         .collect();
@@ -604,10 +603,11 @@ impl GpuStream {
         };
         let gpu = self.gpu.clone();
         gpu.bind()?;
-        let copy = gpu.copy.cu_stream();
+        let copy_stream = gpu.copy.clone();
+        let copy = copy_stream.cu_stream();
         let slot = &mut self.slots[si];
         // The copy must not overwrite the slot before the compute that used it has finished.
-        slot.free.wait_on(copy)?;
+        slot.free.wait_on(&copy_stream)?;
         let dst = match &*slot.storage {
             Storage::Cuda(b) => b.ptr(),
             _ => unreachable!(),
@@ -623,10 +623,10 @@ impl GpuStream {
                 done.synchronize()?; // the previous copy out of this staging buffer is finished
                 fill_layer(store, l, stage.as_mut_slice())?;
                 unsafe { cu::memcpy_htod_async(dst, &stage.as_slice()[..l.bytes], copy)? };
-                done.record(copy)?;
+                done.record(&copy_stream)?;
             }
         }
-        slot.ready.record(copy)?;
+        slot.ready.record(&copy_stream)?;
         self.ring.placed(si, layer);
         self.views.remove(&layer);
         Ok(())
@@ -636,8 +636,7 @@ impl GpuStream {
     fn acquire(&mut self, store: &WeightStore, layer: usize) -> Result<HashMap<String, Tensor>> {
         self.start_copy(store, layer)?;
         let si = self.ring.acquire(layer).unwrap();
-        let compute = self.gpu.stream();
-        self.slots[si].ready.wait_on(compute)?;
+        self.slots[si].ready.wait_on(&self.gpu.compute)?;
         let dev = Device::Cuda(self.gpu.clone());
         let _ = store;
         let mut views = HashMap::new();
@@ -658,7 +657,7 @@ impl GpuStream {
     /// The compute of `layer` has been issued: its slot may be refilled after it.
     fn finish(&mut self, layer: usize) -> Result<()> {
         if let Some(si) = self.slot_of(layer) {
-            self.slots[si].free.record(self.gpu.stream())?;
+            self.slots[si].free.record(&self.gpu.compute)?;
         }
         self.views.remove(&layer);
         Ok(())

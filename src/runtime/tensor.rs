@@ -208,7 +208,7 @@ impl Tensor {
         }
         if start
             .checked_add(len)
-            .map_or(true, |e| e > backing.bytes().len())
+            .is_none_or(|e| e > backing.bytes().len())
         {
             return Err(shape_err!(
                 "mapped view {start}+{len} lies outside its backing of {} bytes",

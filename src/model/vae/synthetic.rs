@@ -49,7 +49,7 @@ pub fn tiny_weights(cfg: &VaeConfig, seed: u64) -> MapWeights {
                  put: &mut dyn FnMut(String, &[usize], f32, &mut u64),
                  s: &mut u64| {
         let mut sh = vec![c];
-        sh.extend(std::iter::repeat(1).take(r));
+        sh.extend(std::iter::repeat_n(1, r));
         put(format!("{k}.gamma"), &sh, 1.0, s);
     };
     let res = |k: &str,
