@@ -182,7 +182,7 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
                 &format!("{name} f32.{k}"),
                 v,
                 want,
-                2e-3 * scale.max(1.0),
+                2e-4 * scale.max(1.0),
                 1e-3,
             );
             checked += 1;
@@ -302,7 +302,7 @@ fn generate_command_on_variant_models() {
             &format!("{name} CLI latents"),
             &saved.data,
             want,
-            2e-3 * scale.max(1.0),
+            2e-4 * scale.max(1.0),
             1e-3,
         );
         let written = contentv::io::video::artifact_path(&video);
