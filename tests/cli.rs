@@ -693,3 +693,507 @@ fn memory_modes_generate_the_same_video() {
     assert!(cos > 0.999, "INT8 latents cosine {cos}");
     assert!(q != base, "--quantize int8 had no effect");
 }
+
+// ----- adversarial inputs ---------------------------------------------------------------------
+
+/// Runs `args`, asserts a clean failure (non-zero status, no panic) whose message contains
+/// `want` (case-insensitive). Returns the combined text.
+fn fails_with(args: &[&std::ffi::OsStr], want: &str) -> String {
+    let o = Command::new(BIN)
+        .args(args)
+        .env("CONTENTV_FORCE_CPU", "1")
+        .output()
+        .expect("cannot start the contentv binary");
+    let all = text(&o);
+    assert!(!o.status.success(), "{args:?} should fail:\n{all}");
+    assert!(
+        matches!(o.status.code(), Some(1) | Some(2)),
+        "{args:?}: not a clean error exit:\n{all}"
+    );
+    assert!(
+        !all.contains("panicked") && !all.contains("internal error"),
+        "{args:?} panicked:\n{all}"
+    );
+    assert!(
+        all.to_lowercase().contains(&want.to_lowercase()),
+        "{args:?}: the error should mention {want:?}:\n{all}"
+    );
+    all
+}
+
+fn os(v: &[&str]) -> Vec<std::ffi::OsString> {
+    v.iter().map(std::ffi::OsString::from).collect()
+}
+
+fn refs(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    v.iter().map(|s| s.as_os_str()).collect()
+}
+
+/// A copy of the tiny model made of hard links (cheap); replace a file with `replace` only
+/// (never write through a link: that would change the original).
+fn linked_tiny(dst: &Path) {
+    fn walk(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap().flatten() {
+            let to = dst.join(e.file_name());
+            if e.path().is_dir() {
+                walk(&e.path(), &to);
+            } else if std::fs::hard_link(e.path(), &to).is_err() {
+                std::fs::copy(e.path(), &to).unwrap();
+            }
+        }
+    }
+    walk(&tiny(), dst);
+}
+
+fn replace(p: &Path, bytes: &[u8]) {
+    std::fs::remove_file(p).unwrap();
+    std::fs::write(p, bytes).unwrap();
+}
+
+fn write_latents(p: &Path, shape: &[usize], fill: f32) {
+    let n: usize = shape.iter().product();
+    let data: Vec<u8> = (0..n).flat_map(|_| fill.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &data)
+        .unwrap();
+    std::fs::write(
+        p,
+        safetensors::serialize([("latents", view)], None).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn adversarial_flags_fail_cleanly_and_name_the_problem() {
+    let d = scratch("adversarial-flags");
+    let out = d.join("out/x.mp4");
+    let outs = out.to_str().unwrap().to_string();
+    let dir = d.join("a-folder.mp4");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ro = d.join("read-only.mp4");
+    std::fs::write(&ro, b"a finished video").unwrap();
+    let mut perm = std::fs::metadata(&ro).unwrap().permissions();
+    perm.set_readonly(true);
+    std::fs::set_permissions(&ro, perm).unwrap();
+    let long = d.join(format!("{}.mp4", "x".repeat(230)));
+    let jsonl = d.join("one.jsonl");
+    std::fs::write(&jsonl, "{\"prompt\": \"a\"}\n").unwrap();
+    let file = d.join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let base = tiny_args(&outs, "1");
+    let with = |extra: &[&str]| -> Vec<std::ffi::OsString> {
+        let mut a: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        for pair in extra.chunks(2) {
+            match a.iter().position(|s| s == pair[0]) {
+                Some(i) => a[i + 1] = pair[1].to_string(),
+                None => a.extend(pair.iter().map(|s| s.to_string())),
+            }
+        }
+        a.iter().map(std::ffi::OsString::from).collect()
+    };
+    let vae = tiny().join("vae");
+    let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
+        (with(&["--frames", "-1"]), "--frames"),
+        (with(&["--frames", "1.5"]), "whole number"),
+        (with(&["--seed", "-1"]), "--seed"),
+        (with(&["--seed", "18446744073709551616"]), "too large"),
+        (with(&["--crf", "-1"]), "--crf"),
+        (with(&["--vram-budget", "-1"]), "--vram-budget"),
+        (with(&["--vram-budget", "abc"]), "--vram-budget"),
+        (with(&["--guidance", "nan"]), "guidance"),
+        (with(&["--shift", "1e-30"]), "shift"),
+        (with(&["--fps", "1000"]), "fps"),
+        (with(&["--prompt", " \t\u{1}\u{7f} "]), "prompt is empty"),
+        (with(&["--output", dir.to_str().unwrap()]), "is a folder"),
+        (
+            with(&["--output", d.join(".mp4").to_str().unwrap()]),
+            "no name",
+        ),
+        (
+            with(&["--output", d.join("x.avi").to_str().unwrap()]),
+            ".mp4",
+        ),
+        (with(&["--output", ro.to_str().unwrap()]), "read-only"),
+        (with(&["--output", long.to_str().unwrap()]), "bytes long"),
+        (
+            with(&["--save-latents", &format!("{}/out/./x.mp4", d.display())]),
+            "output video itself",
+        ),
+        (
+            with(&["--model", vae.to_str().unwrap()]),
+            "single component",
+        ),
+        (with(&["--model", file.to_str().unwrap()]), "not a folder"),
+        (with(&["--init-noise", d.to_str().unwrap()]), "folder"),
+        (
+            os(&[
+                "generate",
+                "--prompts",
+                jsonl.to_str().unwrap(),
+                "--shard",
+                "1/1",
+            ]),
+            "counting from 0",
+        ),
+        (
+            os(&[
+                "generate",
+                "--prompts",
+                jsonl.to_str().unwrap(),
+                "--shard",
+                "-1/2",
+            ]),
+            "--shard",
+        ),
+        (
+            os(&["generate", "--prompts", d.to_str().unwrap()]),
+            "is a folder",
+        ),
+        (
+            os(&[
+                "generate",
+                "--prompts",
+                jsonl.to_str().unwrap(),
+                "--save-latents",
+                "l.safetensors",
+            ]),
+            "save_latents",
+        ),
+        (
+            os(&[
+                "generate",
+                "--prompts",
+                jsonl.to_str().unwrap(),
+                "--output-dir",
+                file.to_str().unwrap(),
+            ]),
+            "not a folder",
+        ),
+        (
+            os(&["info", "--model", file.to_str().unwrap()]),
+            "not a folder",
+        ),
+        (
+            os(&["info", "--model", vae.to_str().unwrap()]),
+            "single component",
+        ),
+    ];
+    for (args, want) in &cases {
+        fails_with(&refs(args), want);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        // a prompt that is not UTF-8: the message names the flag
+        let mut a = with(&[]);
+        let i = a.iter().position(|s| s == "--prompt").unwrap();
+        a[i + 1] = std::ffi::OsString::from_vec(b"caf\xe9".to_vec());
+        fails_with(&refs(&a), "--prompt");
+    }
+    assert!(!artifact_path(&out).exists());
+    assert!(
+        entries(&d.join("out")).is_empty(),
+        "{:?}",
+        entries(&d.join("out"))
+    );
+    let mut perm = std::fs::metadata(&ro).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&ro, perm).unwrap();
+}
+
+#[test]
+fn batch_file_quirks() {
+    let d = scratch("batch-quirks");
+    let jsonl = d.join("q.jsonl");
+    let vids = d.join("v");
+    let same = d.join("same.mp4");
+    let mut body: Vec<u8> = b"\xEF\xBB\xBF# a comment line\r\n".to_vec();
+    let lines = [
+        format!(
+            r#"{{"prompt": "one", "seed": 1, "output": "{}"}}"#,
+            same.display()
+        ), // 0 ok
+        "   \t".to_string(), // blank
+        "// another comment".to_string(),
+        r#"["prompt", "x"]"#.to_string(), // 1 not an object
+        r#"{"prompt": "a", "prompt": "b"}"#.to_string(), // 2 duplicate key
+        r#"{"prompt": "a", "promt": "b"}"#.to_string(), // 3 typo
+        r#"{"prompt": "a", "frames": "9"}"#.to_string(), // 4 string for a number
+        r#"{"prompt": "a", "seed": 99999999999999999999999}"#.to_string(), // 5 too large
+        r#"{"prompt": "two", "seed": 2, "frames": 1.0, "negative_prompt": null}"#.to_string(), // 6 ok
+        format!(r#"{{"prompt": "three", "output": "{}"}}"#, same.display()), // 7 same output
+    ];
+    for l in &lines {
+        body.extend_from_slice(l.as_bytes());
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"{\"prompt\": \"caf\xe9\"}\n"); // 8 not UTF-8
+    std::fs::write(&jsonl, &body).unwrap();
+    let o = run(&[
+        "generate",
+        "--device",
+        "cpu",
+        "--prompts",
+        jsonl.to_str().unwrap(),
+        "--output-dir",
+        vids.to_str().unwrap(),
+        "--frames",
+        "5",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--steps",
+        "1",
+        "--json",
+    ]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{all}");
+    assert!(
+        !all.contains("panicked") && !all.contains("internal error"),
+        "{all}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}\n{all}"));
+    assert_eq!(j["requests_in_file"], 9, "{j}");
+    let res = j["results"].as_array().unwrap();
+    let status = |i: usize| res[i]["status"].as_str().unwrap().to_string();
+    let error = |i: usize| res[i]["error"].as_str().unwrap_or("").to_string();
+    assert_eq!(status(0), "ok", "{j}");
+    assert_eq!(status(6), "ok", "{j}");
+    for (i, want) in [
+        (1, "JSON array"),
+        (2, "more than once"),
+        (3, "did you mean \"prompt\""),
+        (4, "without quotes"),
+        (5, "too large"),
+        (7, "also written by request 0"),
+        (8, "not UTF-8"),
+    ] {
+        assert_eq!(status(i), "failed", "request {i}: {j}");
+        assert!(
+            error(i).contains(want),
+            "request {i}: {} lacks {want:?}",
+            error(i)
+        );
+    }
+    assert_eq!(read_video(&artifact_path(&same)).unwrap().frames, 5);
+    let six = generate_default(&vids, &jsonl, 6);
+    assert_eq!(read_video(&artifact_path(&six)).unwrap().frames, 1);
+    // line 7 did not overwrite line 0's video
+    assert!(
+        entries(&d).iter().all(|n| !n.starts_with('.')),
+        "{:?}",
+        entries(&d)
+    );
+}
+
+fn generate_default(out_dir: &Path, jsonl: &Path, index: usize) -> PathBuf {
+    contentv::cli::generate::default_batch_output(out_dir, jsonl, index)
+}
+
+#[test]
+fn outputs_replace_cleanly_and_stale_partials_go() {
+    let d = scratch("outputs");
+    let out = d.join("v.mp4");
+    // a partial file left by a killed run of this host (that process id does not exist)
+    let stale = d.join(format!(
+        ".v.partial-2147483632-0-{}.mp4",
+        contentv::io::fsutil::host_tag()
+    ));
+    std::fs::write(&stale, b"half a video").unwrap();
+    let o = run(&tiny_args(out.to_str().unwrap(), "5"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!stale.exists(), "the stale partial file was not removed");
+    // an existing finished video is replaced (said so), no temporary file stays
+    let o = run(&tiny_args(out.to_str().unwrap(), "6"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("replaced"), "{}", text(&o));
+    assert_eq!(entries(&d), vec!["v.mp4".to_string()]);
+    // a missing output folder is created; a unicode name works; --json survives a file name
+    // that is not UTF-8
+    let nested = d.join("new/sub/vidéo 🎬.mp4");
+    let o = run(&tiny_args(nested.to_str().unwrap(), "7"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(artifact_path(&nested).exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        let mut name = d.clone().into_os_string().into_vec();
+        name.extend_from_slice(b"/n\xffme.mp4");
+        let bad = std::ffi::OsString::from_vec(name);
+        let mut a: Vec<std::ffi::OsString> = os(&tiny_args("x", "8"));
+        let i = a.iter().position(|s| s == "--output").unwrap();
+        a[i + 1] = bad.clone();
+        a.push("--json".into());
+        let o = Command::new(BIN)
+            .args(&a)
+            .env("CONTENTV_FORCE_CPU", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(j["output"].as_str().unwrap().contains('\u{FFFD}'), "{j}");
+        assert!(Path::new(&bad).exists());
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_leaves_no_file() {
+    let d = scratch("interrupt");
+    let out = d.join("i.mp4");
+    let mut a = tiny_args(out.to_str().unwrap(), "9");
+    let i = a.iter().position(|s| *s == "--steps").unwrap();
+    a[i + 1] = "1000";
+    let child = Command::new(BIN)
+        .args(&a)
+        .env("CONTENTV_FORCE_CPU", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let k = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
+    assert!(entries(&d).is_empty(), "{:?}", entries(&d));
+}
+
+#[test]
+fn bad_model_folders_and_latents_fail_cleanly() {
+    let d = scratch("bad-models");
+    let out = d.join("x.mp4");
+    let outs = out.to_str().unwrap().to_string();
+    let trunc = d.join("truncated");
+    linked_tiny(&trunc);
+    let st = trunc.join("transformer/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    replace(&st, &bytes[..bytes.len() / 2]);
+    let badcfg = d.join("bad-config");
+    linked_tiny(&badcfg);
+    replace(
+        &badcfg.join("transformer/config.json"),
+        b"{\"num_layers\": 2,",
+    );
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for (m, want) in [
+        (&trunc, "truncated"),
+        (&badcfg, "not valid JSON"),
+        (&empty, "none of the components"),
+    ] {
+        let mut a = tiny_args(&outs, "1");
+        a.extend(["--model", m.to_str().unwrap()]);
+        fails_with(&refs(&os(&a)), want);
+        fails_with(&refs(&os(&["info", "--model", m.to_str().unwrap()])), want);
+    }
+    // decode: bad latents files
+    let dec = |lat: &Path, o: &Path, want: &str| {
+        fails_with(
+            &refs(&os(&[
+                "decode",
+                "--device",
+                "cpu",
+                "--latents",
+                lat.to_str().unwrap(),
+                "--output",
+                o.to_str().unwrap(),
+            ])),
+            want,
+        )
+    };
+    let txt = d.join("text.safetensors");
+    std::fs::write(&txt, "this is not a safetensors file at all").unwrap();
+    dec(&txt, &out, "not a valid safetensors");
+    let rank4 = d.join("rank4.safetensors");
+    write_latents(&rank4, &[16, 2, 4, 4], 0.0);
+    dec(&rank4, &out, "shape");
+    let nan = d.join("nan.safetensors");
+    write_latents(&nan, &[1, 16, 2, 4, 4], f32::NAN);
+    dec(&nan, &out, "non-finite");
+    let tall = d.join("tall.safetensors");
+    write_latents(&tall, &[1, 16, 1, 600, 4], 0.0);
+    dec(&tall, &out, "at most");
+    dec(&d, &out, "folder");
+    let same = d.join("lat.mp4");
+    write_latents(&same, &[1, 16, 2, 4, 4], 0.0);
+    dec(&same, &same, "destroy");
+    assert!(!out.exists());
+    assert!(
+        entries(&d).iter().all(|n| !n.starts_with('.')),
+        "{:?}",
+        entries(&d)
+    );
+}
+
+#[test]
+fn quantize_never_destroys_its_input_or_unrelated_folders() {
+    let d = scratch("quantize-guard");
+    let model = d.join("model");
+    linked_tiny(&model);
+    let unrelated = d.join("my-data");
+    std::fs::create_dir_all(&unrelated).unwrap();
+    std::fs::write(unrelated.join("thesis.txt"), b"precious").unwrap();
+    let m = model.to_str().unwrap();
+    let q = |out: &str, force: bool| {
+        let mut a = vec!["quantize", "--model", m, "--out", out];
+        if force {
+            a.push("--force");
+        }
+        os(&a)
+    };
+    let inside = model.join("q8");
+    let dot = format!("{m}/.");
+    for (args, want) in [
+        (q(m, true), "--model folder itself"),
+        (q(&dot, true), "--model folder itself"),
+        (q(inside.to_str().unwrap(), false), "inside the --model"),
+        (
+            q(model.join("transformer").to_str().unwrap(), true),
+            "inside the --model",
+        ),
+        (q(d.to_str().unwrap(), true), "contains the --model"),
+        (q(unrelated.to_str().unwrap(), true), "nothing was deleted"),
+        (
+            q(unrelated.join("thesis.txt").to_str().unwrap(), true),
+            "is a file",
+        ),
+    ] {
+        fails_with(&refs(&args), want);
+    }
+    assert_eq!(
+        std::fs::read(unrelated.join("thesis.txt")).unwrap(),
+        b"precious"
+    );
+    assert!(!inside.exists());
+    assert!(
+        entries(&model).iter().all(|n| !n.starts_with('.')),
+        "{:?}",
+        entries(&model)
+    );
+    // --force replaces an earlier checkpoint (here a stand-in with model_index.json)
+    let old = d.join("int8");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("model_index.json"), b"{}").unwrap();
+    let o = run(&[
+        "quantize",
+        "--model",
+        m,
+        "--out",
+        old.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(old.join("transformer").is_dir() && old.join("vae").is_dir());
+    assert!(
+        entries(&d).iter().all(|n| !n.starts_with('.')),
+        "{:?}",
+        entries(&d)
+    );
+}

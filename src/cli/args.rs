@@ -56,7 +56,7 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Scales per GROUP input channels instead of one per output channel (a multiple of 8).
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", value_parser = whole::<usize>, allow_negative_numbers = true)]
     pub group: Option<usize>,
     /// Replace --out if it exists.
     #[arg(long)]
@@ -115,7 +115,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub vae_tiling: bool,
     /// Cap on GPU memory in GiB: keep as many transformer layers resident as fit, stream the rest.
-    #[arg(long, value_name = "GIB")]
+    #[arg(long, value_name = "GIB", value_parser = number::<f64>, allow_negative_numbers = true)]
     pub vram_budget: Option<f64>,
 }
 
@@ -131,35 +131,37 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "TEXT")]
     pub negative_prompt: Option<String>,
     /// Number of frames; must be 4k+1 (1, 5, 9, ..., 125), other values are rounded down [default: 125].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = whole::<usize>, allow_negative_numbers = true)]
     pub frames: Option<usize>,
     /// Frames per second of the output [default: 24].
-    #[arg(long)]
+    #[arg(long, value_parser = whole::<u32>, allow_negative_numbers = true)]
     pub fps: Option<u32>,
     /// Width in pixels, a multiple of 16 [default: 768].
-    #[arg(long)]
+    #[arg(long, value_parser = whole::<usize>, allow_negative_numbers = true)]
     pub width: Option<usize>,
     /// Height in pixels, a multiple of 16 [default: 432].
-    #[arg(long)]
+    #[arg(long, value_parser = whole::<usize>, allow_negative_numbers = true)]
     pub height: Option<usize>,
     /// Denoising steps [default: 50].
-    #[arg(long)]
+    #[arg(long, value_parser = whole::<usize>, allow_negative_numbers = true)]
     pub steps: Option<usize>,
     /// Classifier-free guidance scale; <= 1 turns guidance off (faster, no negative prompt) [default: 6.0].
-    #[arg(long, value_name = "SCALE", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SCALE", value_parser = number::<f32>, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Scheduler shift [default: "shift" in the model's scheduler/scheduler_config.json].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = number::<f32>, allow_negative_numbers = true)]
     pub shift: Option<f32>,
     /// Random seed for the initial noise [default: random, printed].
-    #[arg(long)]
+    #[arg(long, value_parser = whole::<u64>, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-    /// Output video [default: outputs/<unix-time>_<seed>.mp4]. Written under a temporary name
-    /// and renamed when complete. Builds without the `ffmpeg` feature write a folder of PNGs.
+    /// Output video [default: outputs/<unix-time>_<seed>.mp4]; its folder is created. Written
+    /// under a hidden temporary name and renamed when complete (an existing file of that name
+    /// is replaced then, unless it is read-only). Builds without the `ffmpeg` feature write a
+    /// folder of PNGs.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// x264 quality: constant rate factor 0 (lossless) ..= 51 (worst) [default: 18].
-    #[arg(long)]
+    #[arg(long, value_parser = whole::<u8>, allow_negative_numbers = true)]
     pub crf: Option<u8>,
     /// Use this initial noise instead of the seed: a safetensors file with one tensor "noise" of
     /// shape [1, 16, (frames-1)/4+1, height/8, width/8].
@@ -171,13 +173,15 @@ pub struct GenerateArgs {
 
     /// Batch mode: one request per line, a JSON object with any of the per-video options above
     /// as fields (prompt, negative_prompt, frames, fps, width, height, steps, guidance, shift,
-    /// seed, output, crf, init_noise, save_latents); flags given here are the defaults. The
-    /// model is loaded once. Requests whose output exists are skipped; a bad line fails alone.
+    /// seed, output, crf, init_noise, save_latents; null = not given); flags given here are the
+    /// defaults. UTF-8, blank lines and lines starting with # or // are skipped. The model is
+    /// loaded once. Requests whose output exists are skipped; a bad line fails alone; a file
+    /// that two lines would write belongs to the first of them (the later line fails).
     #[arg(long, value_name = "FILE.jsonl")]
     pub prompts: Option<PathBuf>,
-    /// Batch mode: take only the requests with index % N == I (index = 0-based line number
-    /// among non-empty lines), e.g. --shard 1/4.
-    #[arg(long, value_name = "I/N")]
+    /// Batch mode: take only the requests with index % N == I (index = 0-based number of the
+    /// request among the request lines), e.g. --shard 1/4.
+    #[arg(long, value_name = "I/N", allow_hyphen_values = true)]
     pub shard: Option<String>,
     /// Batch mode: folder for requests without an "output" field, named
     /// <jsonl-stem>_<index>.mp4 [default: outputs].
@@ -200,10 +204,10 @@ pub struct DecodeArgs {
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: PathBuf,
     /// Frames per second [default: the value stored with the latents, else 24].
-    #[arg(long)]
+    #[arg(long, value_parser = whole::<u32>, allow_negative_numbers = true)]
     pub fps: Option<u32>,
     /// x264 constant rate factor 0..=51 [default: 18].
-    #[arg(long)]
+    #[arg(long, value_parser = whole::<u8>, allow_negative_numbers = true)]
     pub crf: Option<u8>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
@@ -221,4 +225,49 @@ pub struct InfoArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses a whole number for a flag: clearer messages than the standard parser's.
+pub fn whole<T>(s: &str) -> Result<T, String>
+where
+    T: TryFrom<u64> + Bounded,
+{
+    let t = s.trim();
+    let what = "a whole number (0 or more)";
+    let too_big = || format!("too large (at most {})", T::MAX_U64);
+    if t.starts_with('-') && t.len() > 1 {
+        return Err(format!("negative; expected {what}"));
+    }
+    if t.is_empty() {
+        return Err(format!("empty; expected {what}"));
+    }
+    match t.strip_prefix('+').unwrap_or(t).parse::<u64>() {
+        Ok(v) => T::try_from(v).map_err(|_| too_big()),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Err(too_big()),
+        Err(_) => Err(format!("not {what}")),
+    }
+}
+
+/// The largest value of an unsigned integer type, for messages.
+pub trait Bounded {
+    const MAX_U64: u64;
+}
+impl Bounded for u8 {
+    const MAX_U64: u64 = u8::MAX as u64;
+}
+impl Bounded for u32 {
+    const MAX_U64: u64 = u32::MAX as u64;
+}
+impl Bounded for u64 {
+    const MAX_U64: u64 = u64::MAX;
+}
+impl Bounded for usize {
+    const MAX_U64: u64 = usize::MAX as u64;
+}
+
+/// Parses a number for a flag (range checks come later, with the flag's own limits).
+pub fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim()
+        .parse::<T>()
+        .map_err(|_| "not a number (e.g. 6 or 0.5)".to_string())
 }

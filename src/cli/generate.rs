@@ -9,11 +9,13 @@ use serde_json::{json, Value};
 
 use super::args::GenerateArgs;
 use super::load::{
-    check_memory_flags, check_model_dir, device_name, load_pipeline, model_dir, pick_device,
+    check_memory_flags, check_model_dir, check_safetensors, device_name, load_pipeline, model_dir,
+    pick_device,
 };
 use super::request::{parse_shard, resolve, unix_time, Request, RequestFields};
 use super::Ui;
 use crate::error::{Error, Result};
+use crate::io::fsutil;
 use crate::io::video::{self, FramesRef};
 use crate::model::pipeline::{
     load_init_noise, save_latents, GenerateParams, LatentLayout, Pipeline, Progress,
@@ -87,7 +89,10 @@ impl Bars {
 fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
     let geom = r.geometry();
     let init_noise = match &r.init_noise {
-        Some(p) => Some(load_init_noise(p, &geom.latent_shape())?),
+        Some(p) => {
+            check_safetensors(p, "init_noise")?;
+            Some(load_init_noise(p, &geom.latent_shape())?)
+        }
         None => None,
     };
     video::check_writable(&r.output)?;
@@ -172,7 +177,7 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         memory_text(&g.memory)
     ));
     Ok(json!({
-        "output": written,
+        "output": fsutil::lossy(&written),
         "prompt": r.prompt,
         "negative_prompt": r.negative_prompt,
         "seed": r.seed,
@@ -187,7 +192,7 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         "shift": g.schedule.shift,
         "crf": r.crf,
         "container": if video::writes_mp4() { "mp4" } else { "png-folder" },
-        "latents": r.save_latents,
+        "latents": r.save_latents.as_deref().map(fsutil::lossy),
         "timings_s": {
             "encode": tm.encode_s, "denoise": tm.denoise_s, "per_step": per_step, "steps": tm.step_s,
             "decode": tm.decode_s, "write": write_s,
@@ -212,6 +217,19 @@ fn memory_text(m: &crate::model::pipeline::MemoryReport) -> String {
         s += &format!(", host peak {:.0} MiB", b as f64 / (1u64 << 20) as f64);
     }
     s
+}
+
+/// The prompt for a progress line: at most 120 characters, quoted and escaped.
+fn short(p: &str) -> String {
+    if p.chars().count() > 120 {
+        format!(
+            "{:?}... ({} characters)",
+            p.chars().take(117).collect::<String>(),
+            p.chars().count()
+        )
+    } else {
+        format!("{p:?}")
+    }
 }
 
 pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -245,6 +263,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         ));
     }
     let dir = model_dir(&a.model.model, ui);
+    check_model_dir(&dir, &[])?;
     let mut defaults = RequestFields::from_args(a);
     tiny_defaults(a, &mut defaults, ui);
     let layout = LatentLayout::from_model_dir(&dir)?;
@@ -260,13 +279,20 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
             req.seed, req.seed
         ));
     }
-    check_model_dir(&dir, &[])?;
     if let Some(p) = &req.init_noise {
+        check_safetensors(p, "--init-noise")?;
         load_init_noise(p, &req.geometry().latent_shape())?; // fail before loading the model
     }
     video::check_writable(&req.output)?;
     if let Some(p) = &req.save_latents {
         video::check_writable(p)?;
+    }
+    let art = video::artifact_path(&req.output);
+    if art.exists() {
+        ui.note(&format!(
+            "{} exists: it will be replaced once the new video is complete",
+            art.display()
+        ));
     }
     let device = pick_device(a.model.device, ui)?;
     ui.info(&format!(
@@ -277,7 +303,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     let (pipe, load_s) = load_pipeline(&dir, &device, &mem)?;
     ui.info(&format!("loaded in {load_s:.2}s"));
     let mut s = run_request(&pipe, &req, ui)?;
-    s["model"] = json!(dir);
+    s["model"] = json!(fsutil::lossy(&dir));
     s["device"] = json!(device_name(&device));
     s["timings_s"]["load"] = json!(load_s);
     if a.json {
@@ -293,6 +319,70 @@ struct BatchItem {
     parsed: Result<Request>,
 }
 
+/// The largest batch file read (a guard against `--prompts /dev/zero` and the like).
+const MAX_BATCH_BYTES: u64 = 256 << 20;
+
+/// The request lines of a batch file: (1-based line number, text or why it cannot be read).
+/// Blank lines and comment lines (starting with `#` or `//`) are not requests; a UTF-8 byte
+/// order mark and CRLF line ends are accepted; a line that is not UTF-8 fails alone.
+pub fn batch_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<String, String>)>> {
+    use std::io::Read;
+    let cannot = |e: &dyn std::fmt::Display| {
+        Error::Input(format!(
+            "cannot read the batch file {}: {e}",
+            path.display()
+        ))
+    };
+    if path.is_dir() {
+        return Err(Error::Input(format!(
+            "the batch file {} is a folder; give a .jsonl file (one JSON object per line)",
+            path.display()
+        )));
+    }
+    let f = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_BATCH_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| cannot(&e))?;
+    if bytes.len() as u64 > MAX_BATCH_BYTES {
+        return Err(Error::Input(format!(
+            "the batch file {} is larger than {} MiB: split it into several files",
+            path.display(),
+            MAX_BATCH_BYTES >> 20
+        )));
+    }
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    if body.starts_with(b"\xFF\xFE") || body.starts_with(b"\xFE\xFF") {
+        return Err(Error::Input(format!(
+            "the batch file {} is UTF-16 text: save it as UTF-8",
+            path.display()
+        )));
+    }
+    let mut out = Vec::new();
+    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => t,
+            Err(e) => {
+                out.push((
+                    i + 1,
+                    Err(format!(
+                        "the line is not UTF-8 text (bad byte at column {}): save the file as UTF-8",
+                        e.valid_up_to() + 1
+                    )),
+                ));
+                continue;
+            }
+        };
+        let t = text.trim();
+        if t.is_empty() || t.starts_with('#') || t.starts_with("//") {
+            continue;
+        }
+        out.push((i + 1, Ok(text.to_string())));
+    }
+    Ok(out)
+}
+
 fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
     let path = a.prompts.as_ref().unwrap();
     if a.output.is_some() {
@@ -300,51 +390,81 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
             "--output names one video; in batch mode give each line an \"output\" field or use --output-dir".into(),
         ));
     }
+    if a.save_latents.is_some() {
+        return Err(Error::Input(
+            "--save-latents names one file, which every request of the batch would overwrite; give each line a \"save_latents\" field instead".into(),
+        ));
+    }
     let (shard_i, shard_n) = match &a.shard {
         Some(s) => parse_shard(s)?,
         None => (0, 1),
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::Input(format!(
-            "cannot read the batch file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "batch".into());
     let out_dir = a
         .output_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("outputs"));
+    if out_dir.exists() && !out_dir.is_dir() {
+        return Err(Error::Input(format!(
+            "--output-dir {} is a file, not a folder",
+            out_dir.display()
+        )));
+    }
+    let lines = batch_lines(path)?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "batch".into());
     let mut defaults = RequestFields::from_args(a);
     tiny_defaults(a, &mut defaults, ui);
     let dir = model_dir(&a.model.model, ui);
     let layout = LatentLayout::from_model_dir(&dir)?;
+    // Every line is parsed (it is cheap) so that every shard sees the same conflicts: a file
+    // written by two requests belongs to the first, the later one fails.
     let mut items = Vec::new();
-    let mut index = 0usize;
-    for (ln, l) in text.lines().enumerate() {
-        if l.trim().is_empty() {
+    let mut claimed: HashMap<PathBuf, (usize, usize)> = HashMap::new(); // path -> (index, line)
+    for (index, (ln, l)) in lines.iter().enumerate() {
+        let default_out = out_dir.join(format!("{stem}_{index:05}.mp4"));
+        let mut parsed = match l {
+            Ok(l) => RequestFields::from_json_line(l)
+                .and_then(|f| resolve(f.or(&defaults), layout, &|_| default_out.clone())),
+            Err(e) => Err(Error::Input(e.clone())),
+        };
+        if let Ok(r) = &parsed {
+            let mut writes = vec![video::artifact_path(&r.output)];
+            writes.extend(r.save_latents.clone());
+            let mut conflict = None;
+            for w in &writes {
+                let rw = fsutil::resolve(w);
+                if let Some((i, l)) = claimed.get(&rw) {
+                    conflict = Some(Error::Input(format!(
+                        "{} is also written by request {i} (line {l}); give this line its own \"output\" / \"save_latents\"",
+                        w.display()
+                    )));
+                    break;
+                }
+            }
+            match conflict {
+                Some(e) => parsed = Err(e),
+                None => {
+                    for w in writes {
+                        claimed.insert(fsutil::resolve(&w), (index, *ln));
+                    }
+                }
+            }
+        }
+        if index % shard_n != shard_i {
             continue;
         }
-        let i = index;
-        index += 1;
-        if i % shard_n != shard_i {
-            continue;
-        }
-        let default_out = out_dir.join(format!("{stem}_{i:05}.mp4"));
-        let parsed = RequestFields::from_json_line(l)
-            .and_then(|f| resolve(f.or(&defaults), layout, &|_| default_out.clone()));
         items.push(BatchItem {
-            index: i,
-            line: ln + 1,
+            index,
+            line: *ln,
             parsed,
         });
     }
+    let index = lines.len();
     if index == 0 {
         return Err(Error::Input(format!(
-            "the batch file {} has no requests (one JSON object per line)",
+            "the batch file {} has no requests (one JSON object per line, e.g. {{\"prompt\": \"a cat surfing\"}})",
             path.display()
         )));
     }
@@ -372,7 +492,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
                         it.line,
                         art.display()
                     ));
-                    results.push(json!({"index": it.index, "line": it.line, "status": "skipped", "output": art}));
+                    results.push(json!({"index": it.index, "line": it.line, "status": "skipped", "output": fsutil::lossy(&art)}));
                 } else {
                     results.push(Value::Null);
                     todo.push((k, r));
@@ -403,7 +523,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
                         todo.len(),
                         it.index,
                         it.line,
-                        r.prompt
+                        short(&r.prompt)
                     ));
                     for w in &r.warnings {
                         ui.warn(&format!("request {}: {w}", it.index));
@@ -450,7 +570,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
     }
     if a.json {
         let s = json!({
-            "batch": path, "shard": [shard_i, shard_n], "requests_in_file": index, "model": dir,
+            "batch": fsutil::lossy(path), "shard": [shard_i, shard_n], "requests_in_file": index, "model": fsutil::lossy(&dir),
             "device": device_str, "load_s": load_s,
             "ok": ok, "skipped": skipped, "failed": failed, "model_error": model_error, "results": results,
         });

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::args::InfoArgs;
-use super::load::{component_problem, model_dir, COMPONENTS};
+use super::load::{component_problem, layout_hint, model_dir, COMPONENTS};
 use super::Ui;
 use crate::error::{Error, Result};
 use crate::io::safetensors::ShardedCheckpoint;
@@ -38,7 +38,7 @@ fn dtype_size(d: &str) -> usize {
 /// All tensors of a component folder (single file or sharded with an index), through the
 /// checkpoint layer (`io::safetensors::ShardedCheckpoint`, which validates every header).
 pub fn read_component(dir: &Path) -> Result<BTreeMap<String, TensorInfo>> {
-    let ck = ShardedCheckpoint::open_dir(dir).map_err(|e| Error::Weights(e.to_string()))?;
+    let ck = ShardedCheckpoint::open_dir(dir).map_err(Error::from)?;
     let mut all = BTreeMap::new();
     for name in ck.names() {
         let (file, info) = ck.get(name).map_err(|e| Error::Weights(e.to_string()))?;
@@ -57,6 +57,14 @@ pub fn read_component(dir: &Path) -> Result<BTreeMap<String, TensorInfo>> {
         );
     }
     Ok(all)
+}
+
+/// An error's message without the "weights: " kind prefix (the report adds its own context).
+fn bare(e: &Error) -> String {
+    match e {
+        Error::Weights(s) | Error::Input(s) | Error::Other(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn read_config(dir: &Path) -> Result<Value> {
@@ -210,9 +218,21 @@ fn human_count(n: usize) -> String {
 
 pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
     let dir = model_dir(&a.model, ui);
-    if !dir.is_dir() {
+    if !dir.exists() {
         return Err(Error::Input(format!(
             "the model folder {} does not exist",
+            dir.display()
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(Error::Input(format!(
+            "the model path {} is not a folder: give the checkpoint's folder (the one with transformer/, vae/, ...)",
+            dir.display()
+        )));
+    }
+    if let Some(h) = layout_hint(&dir) {
+        return Err(Error::Input(format!(
+            "the model folder {} has none of the components of a ContentV checkpoint (transformer/, vae/, text_encoder/, ...): {h}",
             dir.display()
         )));
     }
@@ -244,12 +264,10 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
                     comps.insert(c.folder.into(), json!({"ok": true, "shift": s.shift}));
                 }
                 Err(e) => {
-                    problems.push(e.to_string());
+                    let e = bare(&e);
+                    problems.push(e.clone());
                     lines.push(format!("  {:<15} PROBLEM: {e}", c.folder));
-                    comps.insert(
-                        c.folder.into(),
-                        json!({"ok": false, "problem": e.to_string()}),
-                    );
+                    comps.insert(c.folder.into(), json!({"ok": false, "problem": e}));
                 }
             }
             continue;
@@ -258,12 +276,10 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
         let (cfg, tensors) = match res {
             Ok(x) => x,
             Err(e) => {
-                problems.push(e.to_string());
+                let e = bare(&e);
+                problems.push(e.clone());
                 lines.push(format!("  {:<15} PROBLEM: {e}", c.folder));
-                comps.insert(
-                    c.folder.into(),
-                    json!({"ok": false, "problem": e.to_string()}),
-                );
+                comps.insert(c.folder.into(), json!({"ok": false, "problem": e}));
                 continue;
             }
         };
@@ -416,7 +432,7 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
         lines.push(format!("status: {} problem(s)", problems.len()));
     }
     if a.json {
-        let j = json!({"model": dir, "ok": problems.is_empty(), "components": comps, "params_total": total, "weight_bytes": modes, "problems": problems});
+        let j = json!({"model": crate::io::fsutil::lossy(&dir), "ok": problems.is_empty(), "components": comps, "params_total": total, "weight_bytes": modes, "problems": problems});
         println!("{}", serde_json::to_string_pretty(&j).unwrap());
     } else {
         println!("{}", lines.join("\n"));

@@ -142,6 +142,12 @@ pub fn check_model_dir(dir: &Path, needed: &[&str]) -> Result<()> {
         .filter_map(|c| component_problem(dir, c))
         .collect();
     if !problems.is_empty() {
+        if let Some(h) = layout_hint(dir) {
+            return Err(Error::Input(format!(
+                "the model folder {} has none of the components of a ContentV checkpoint (transformer/, vae/, text_encoder/, ...): {h}",
+                dir.display()
+            )));
+        }
         return Err(Error::Input(format!(
             "the model folder {} is incomplete (expected the diffusers layout of ByteDance/ContentV-8B): {}",
             dir.display(),
@@ -149,6 +155,34 @@ pub fn check_model_dir(dir: &Path, needed: &[&str]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// When `dir` has none of the component folders, what it seems to be instead.
+pub fn layout_hint(dir: &Path) -> Option<String> {
+    if COMPONENTS.iter().any(|c| dir.join(c.folder).is_dir()) {
+        return None;
+    }
+    let has_weights = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                e.path()
+                    .extension()
+                    .is_some_and(|x| x == "safetensors" || x == "bin" || x == "gguf")
+            })
+        })
+        .unwrap_or(false);
+    let parent = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.parent().map(Path::to_path_buf));
+    Some(if has_weights || dir.join("config.json").is_file() {
+        format!(
+            "it looks like a single component (it holds weights or a config.json itself); pass the folder that contains transformer/, vae/, ... (perhaps {})",
+            parent.map_or("its parent".into(), |p| p.display().to_string())
+        )
+    } else {
+        "pass the folder of the downloaded ByteDance/ContentV-8B checkpoint (the one with model_index.json, transformer/, vae/, ...)".into()
+    })
 }
 
 /// Checks the memory flags and turns them into the loaders' [`MemoryOptions`].
@@ -254,4 +288,24 @@ pub fn load_pipeline(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result
     };
     device.synchronize()?;
     Ok((p, t.elapsed().as_secs_f64()))
+}
+
+/// Checks that `path` (given with `flag`) is a readable, well-formed safetensors file, with the
+/// hardened parser's message (truncation, bad header, ...) when it is not.
+pub fn check_safetensors(path: &Path, flag: &str) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::Input(format!(
+            "{flag} {} is a folder; give a .safetensors file",
+            path.display()
+        )));
+    }
+    if !path.exists() {
+        return Err(Error::Input(format!(
+            "{flag} {}: the file does not exist",
+            path.display()
+        )));
+    }
+    crate::io::safetensors::SafeTensorsFile::open(path)
+        .map(|_| ())
+        .map_err(|e| Error::Input(format!("{flag}: {e}")))
 }

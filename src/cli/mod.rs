@@ -36,6 +36,10 @@ impl Ui {
 
 /// Runs the command line; returns the process exit status.
 pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
+    if let Some(msg) = non_utf8_argument(&args) {
+        eprintln!("error: {msg}");
+        return 2;
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -44,6 +48,9 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
             return code;
         }
     };
+    // Ctrl-C, SIGTERM and SIGHUP remove the partial output being written (the next run that
+    // writes the same output removes what a SIGKILL left).
+    crate::io::fsutil::install_interrupt_cleanup();
     // A panic anywhere is a bug: report it as one line instead of a backtrace dump.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -75,4 +82,46 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
         }
         Err(_) => 70,
     }
+}
+
+/// A message naming the first argument that is not valid UTF-8 (and the flag it belongs to):
+/// clap's own message does not say which one. Paths that are not UTF-8 are accepted on Unix.
+fn non_utf8_argument(args: &[std::ffi::OsString]) -> Option<String> {
+    const PATH_FLAGS: [&str; 9] = [
+        "--model",
+        "--output",
+        "-o",
+        "--init-noise",
+        "--save-latents",
+        "--prompts",
+        "--output-dir",
+        "--latents",
+        "--out",
+    ];
+    for (i, a) in args.iter().enumerate().skip(1) {
+        if a.to_str().is_some() {
+            continue;
+        }
+        let prev = args[i - 1].to_str().unwrap_or("");
+        let shown = a.to_string_lossy();
+        // `--flag=value`: the flag is the part before '=' (ASCII, so it survives the lossy view)
+        let inline = shown
+            .strip_prefix("--")
+            .and_then(|r| r.split_once('='))
+            .map(|(f, _)| format!("--{f}"))
+            .or_else(|| (shown.starts_with("-o") && shown.len() > 2).then(|| "-o".to_string()));
+        let flag = inline.clone().unwrap_or_else(|| prev.to_string());
+        if cfg!(unix) && PATH_FLAGS.contains(&flag.as_str()) {
+            continue; // a file name in another encoding: fine on Unix
+        }
+        let what = if inline.is_some() || (prev.starts_with('-') && i > 1) {
+            format!("the value of {flag}")
+        } else {
+            format!("argument {i}")
+        };
+        return Some(format!(
+            "{what} is not valid UTF-8 text ({shown:?}, U+FFFD marks the bad bytes): pass text in UTF-8 (check the terminal's or the script's encoding)"
+        ));
+    }
+    None
 }

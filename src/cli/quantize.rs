@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::args::QuantizeArgs;
 use super::Ui;
 use crate::error::{Error, Result};
+use crate::io::fsutil;
 use crate::io::safetensors::{write_safetensors, SafeTensorsFile, StDtype};
 use crate::ops::quant::{int8_applies, quantize_per_channel};
 
@@ -159,6 +160,21 @@ fn quantize_component(src: &Path, dst: &Path, group: Option<usize>, ui: &Ui) -> 
     Ok(())
 }
 
+/// Whether `dir` is something `--force` may replace: an empty folder or a checkpoint (it has
+/// model_index.json or one of the component folders, as an earlier `quantize` writes).
+fn replaceable_checkpoint(dir: &Path) -> bool {
+    let Ok(mut rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    if rd.next().is_none() {
+        return true;
+    }
+    dir.join("model_index.json").is_file()
+        || super::load::COMPONENTS
+            .iter()
+            .any(|c| dir.join(c.folder).is_dir())
+}
+
 pub fn run(a: &QuantizeArgs, ui: &Ui) -> Result<()> {
     let src = &a.model;
     super::load::check_model_dir(src, &QUANTIZED)?;
@@ -170,31 +186,71 @@ pub fn run(a: &QuantizeArgs, ui: &Ui) -> Result<()> {
         }
     }
     let out = &a.out;
-    if out.exists() && !a.force {
+    if out.as_os_str().is_empty() || out.file_name().is_none() {
         return Err(Error::Input(format!(
-            "{} already exists: choose another --out or pass --force to replace it",
+            "--out {} does not name a new folder (e.g. {})",
+            out.display(),
+            Path::new("ContentV-8B-int8").display()
+        )));
+    }
+    // The input must survive whatever happens to --out.
+    if fsutil::same_path(out, src) {
+        return Err(Error::Input(format!(
+            "--out {} is the --model folder itself; writing there would destroy the checkpoint being read: choose another folder",
             out.display()
         )));
     }
-    if out
-        .canonicalize()
-        .ok()
-        .is_some_and(|o| src.canonicalize().ok() == Some(o))
-    {
-        return Err(Error::Input("--out must differ from --model".into()));
+    if fsutil::is_within(out, src) {
+        return Err(Error::Input(format!(
+            "--out {} lies inside the --model folder {}; choose a folder outside it (e.g. next to it)",
+            out.display(),
+            src.display()
+        )));
     }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| io_err(parent, "cannot create", e))?;
-    let tmp = parent.join(format!(
-        ".{}.partial-{}",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
+    if fsutil::is_within(src, out) {
+        return Err(Error::Input(format!(
+            "--out {} contains the --model folder {}; replacing it would destroy the checkpoint being read: choose another folder",
+            out.display(),
+            src.display()
+        )));
+    }
+    if out.exists() {
+        if !out.is_dir() {
+            return Err(Error::Input(format!(
+                "--out {} is a file; give a folder name",
+                out.display()
+            )));
+        }
+        let empty = std::fs::read_dir(out).is_ok_and(|mut rd| rd.next().is_none());
+        if !a.force && !empty {
+            return Err(Error::Input(format!(
+                "{} already exists: choose another --out or pass --force to replace it",
+                out.display()
+            )));
+        }
+        if !replaceable_checkpoint(out) {
+            return Err(Error::Input(format!(
+                "--out {} is a folder that is neither empty nor a checkpoint (no model_index.json, transformer/, vae/, ...); --force only replaces checkpoints, so nothing was deleted: choose another --out",
+                out.display()
+            )));
+        }
+    }
+    let parent = fsutil::parent_dir(out);
+    if parent.exists() && !parent.is_dir() {
+        return Err(Error::Input(format!(
+            "cannot create {}: {} is a file, not a folder",
+            out.display(),
+            parent.display()
+        )));
+    }
+    std::fs::create_dir_all(&parent).map_err(|e| io_err(&parent, "cannot create", e))?;
+    for p in fsutil::clean_stale_partials(out) {
+        ui.note(&format!(
+            "removed {}, left by an interrupted quantize",
+            p.display()
+        ));
+    }
+    let tmp = fsutil::partial_name(out, 0).expect("--out has a file name");
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, "cannot create", e))?;
@@ -218,10 +274,28 @@ pub fn run(a: &QuantizeArgs, ui: &Ui) -> Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| io_err(out, "cannot replace", e))?;
+    // Replace an existing --out only once the new one is complete, and keep the old one until
+    // the new one is in place.
+    let old = if out.exists() {
+        let old = fsutil::partial_name(out, 1).expect("--out has a file name");
+        if let Err(e) = std::fs::rename(out, &old) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(io_err(out, "cannot move aside the existing", e));
+        }
+        Some(old)
+    } else {
+        None
+    };
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        if let Some(old) = &old {
+            let _ = std::fs::rename(old, out);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io_err(out, "cannot move the result to", e));
     }
-    std::fs::rename(&tmp, out).map_err(|e| io_err(out, "cannot move the result to", e))?;
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
     ui.info(&format!("wrote the INT8 checkpoint {}", out.display()));
     Ok(())
 }

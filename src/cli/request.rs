@@ -1,19 +1,16 @@
 //! One generation request: flags and JSONL fields merged, defaults applied, everything checked.
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use super::args::*;
 use crate::error::{Error, Result};
+use crate::io::fsutil;
 use crate::io::video::{self, VideoOptions};
 use crate::model::pipeline::{LatentLayout, VideoGeometry};
 
 /// The per-video fields; in a JSONL line each may be given (snake_case or kebab-case names).
-#[derive(Deserialize, Debug, Default, Clone)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Clone)]
 pub struct RequestFields {
     pub prompt: Option<String>,
-    #[serde(alias = "negative-prompt")]
     pub negative_prompt: Option<String>,
     pub frames: Option<usize>,
     pub fps: Option<u32>,
@@ -25,22 +22,176 @@ pub struct RequestFields {
     pub seed: Option<u64>,
     pub output: Option<PathBuf>,
     pub crf: Option<u8>,
-    #[serde(alias = "init-noise")]
     pub init_noise: Option<PathBuf>,
-    #[serde(alias = "save-latents")]
     pub save_latents: Option<PathBuf>,
-    // Whole-run options: rejected with a clear message when they appear in a line.
-    model: Option<serde_json::Value>,
-    device: Option<serde_json::Value>,
-    offload: Option<serde_json::Value>,
-    quantize: Option<serde_json::Value>,
-    #[serde(alias = "vae-tiling")]
-    vae_tiling: Option<serde_json::Value>,
-    #[serde(alias = "vram-budget")]
-    vram_budget: Option<serde_json::Value>,
-    prompts: Option<serde_json::Value>,
-    shard: Option<serde_json::Value>,
-    json: Option<serde_json::Value>,
+}
+
+/// The fields a JSONL line may set.
+pub const LINE_FIELDS: [&str; 14] = [
+    "prompt",
+    "negative_prompt",
+    "frames",
+    "fps",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+    "shift",
+    "seed",
+    "output",
+    "crf",
+    "init_noise",
+    "save_latents",
+];
+
+/// Options that apply to the whole run: rejected in a line with a message saying so.
+const WHOLE_RUN_FIELDS: [&str; 11] = [
+    "model",
+    "device",
+    "offload",
+    "quantize",
+    "vae_tiling",
+    "vram_budget",
+    "prompts",
+    "shard",
+    "output_dir",
+    "json",
+    "force",
+];
+
+/// The keys of a JSON object in the order written, duplicates kept (serde_json's `Value`
+/// keeps only the last of duplicate keys).
+struct KeyList(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for KeyList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeyList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<KeyList, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(k);
+                }
+                Ok(KeyList(keys))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "true/false",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a JSON array",
+        serde_json::Value::Object(_) => "a JSON object",
+    }
+}
+
+/// Shortens a JSON value for a message.
+fn show(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(57).collect::<String>())
+    } else {
+        s
+    }
+}
+
+fn line_str(k: &str, v: &serde_json::Value) -> Result<String> {
+    v.as_str().map(str::to_string).ok_or_else(|| {
+        Error::Input(format!(
+            "field \"{k}\" must be a string, got {} ({})",
+            json_kind(v),
+            show(v)
+        ))
+    })
+}
+
+fn line_path(k: &str, v: &serde_json::Value) -> Result<PathBuf> {
+    let s = line_str(k, v)?;
+    if s.trim().is_empty() {
+        return Err(Error::Input(format!(
+            "field \"{k}\" is an empty string; give a file name or leave the field out"
+        )));
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// A whole number in `0..=max` (an integral float such as 9.0 is accepted; "9" is not).
+fn line_uint(k: &str, v: &serde_json::Value, max: u64) -> Result<u64> {
+    let bad = |what: String| {
+        Error::Input(format!(
+            "field \"{k}\" must be a whole number (0 or more), got {what}"
+        ))
+    };
+    let too_big = |n: &serde_json::Number| {
+        Error::Input(format!("field \"{k}\" = {n} is too large (at most {max})"))
+    };
+    match v {
+        serde_json::Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                return if u <= max { Ok(u) } else { Err(too_big(n)) };
+            }
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f >= 0.0 {
+                    return if f <= max as f64 && f < u64::MAX as f64 {
+                        Ok(f as u64)
+                    } else {
+                        Err(too_big(n))
+                    };
+                }
+            }
+            Err(bad(n.to_string()))
+        }
+        serde_json::Value::String(_) => Err(bad(format!(
+            "the string {} (write the number without quotes)",
+            show(v)
+        ))),
+        other => Err(bad(format!("{} ({})", json_kind(other), show(other)))),
+    }
+}
+
+/// Whether `a` and `b` differ by at most two single-character edits (typo suggestions).
+fn similar(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()] <= 2
+}
+
+fn line_float(k: &str, v: &serde_json::Value) -> Result<f32> {
+    match v.as_f64() {
+        Some(f) => Ok(f as f32),
+        None => Err(Error::Input(format!(
+            "field \"{k}\" must be a number, got {} ({}){}",
+            json_kind(v),
+            show(v),
+            if v.is_string() {
+                " (write the number without quotes)"
+            } else {
+                ""
+            }
+        ))),
+    }
 }
 
 impl RequestFields {
@@ -60,7 +211,6 @@ impl RequestFields {
             crf: a.crf,
             init_noise: a.init_noise.clone(),
             save_latents: a.save_latents.clone(),
-            ..Default::default()
         }
     }
 
@@ -76,37 +226,73 @@ impl RequestFields {
         before != (self.frames, self.width, self.height, self.steps)
     }
 
-    /// Parses one JSONL line.
+    /// Parses one JSONL line: a JSON object whose keys are among [`LINE_FIELDS`] (or their
+    /// kebab-case spellings); `null` counts as not given. Every error names the field.
     pub fn from_json_line(line: &str) -> Result<RequestFields> {
         let v: serde_json::Value =
             serde_json::from_str(line).map_err(|e| Error::Input(format!("not valid JSON: {e}")))?;
-        if !v.is_object() {
-            return Err(Error::Input(
-                "each line must be a JSON object like {\"prompt\": \"...\"}".into(),
-            ));
-        }
-        let f: RequestFields = serde_json::from_value(v).map_err(|e| {
-            Error::Input(format!(
-                "{e} (allowed fields: prompt, negative_prompt, frames, fps, width, height, steps, guidance, shift, seed, \
-                 output, crf, init_noise, save_latents)"
-            ))
-        })?;
-        let whole_run = [
-            ("model", f.model.is_some()),
-            ("device", f.device.is_some()),
-            ("offload", f.offload.is_some()),
-            ("quantize", f.quantize.is_some()),
-            ("vae_tiling", f.vae_tiling.is_some()),
-            ("vram_budget", f.vram_budget.is_some()),
-            ("prompts", f.prompts.is_some()),
-            ("shard", f.shard.is_some()),
-            ("json", f.json.is_some()),
-        ];
-        if let Some((k, _)) = whole_run.iter().find(|(_, set)| *set) {
+        let serde_json::Value::Object(map) = &v else {
             return Err(Error::Input(format!(
-                "field \"{k}\" applies to the whole run (the model is loaded once); pass --{} on the command line",
-                k.replace('_', "-")
+                "the line is {}, but each line must be a JSON object like {{\"prompt\": \"...\"}}",
+                json_kind(&v)
             )));
+        };
+        // Duplicate keys (serde_json keeps the last one silently); kebab and snake spellings
+        // of one field count as the same key.
+        let keys = serde_json::from_str::<KeyList>(line)
+            .map(|k| k.0)
+            .unwrap_or_default();
+        let mut seen: Vec<String> = Vec::new();
+        for k in &keys {
+            let n = k.replace('-', "_");
+            if seen.contains(&n) {
+                return Err(Error::Input(format!(
+                    "field \"{n}\" is given more than once; keep one"
+                )));
+            }
+            seen.push(n);
+        }
+        let mut f = RequestFields::default();
+        for (key, val) in map {
+            let k = key.replace('-', "_");
+            if WHOLE_RUN_FIELDS.contains(&k.as_str()) {
+                return Err(Error::Input(format!(
+                    "field \"{k}\" applies to the whole run (the model is loaded once); pass --{} on the command line",
+                    k.replace('_', "-")
+                )));
+            }
+            if !LINE_FIELDS.contains(&k.as_str()) {
+                let hint = LINE_FIELDS
+                    .iter()
+                    .find(|f| similar(f, &k))
+                    .map(|f| format!(" (did you mean \"{f}\"?)"))
+                    .unwrap_or_default();
+                return Err(Error::Input(format!(
+                    "unknown field \"{key}\"{hint}; the fields are: {}",
+                    LINE_FIELDS.join(", ")
+                )));
+            }
+            if val.is_null() {
+                continue;
+            }
+            let u = |max: u64| line_uint(&k, val, max);
+            match k.as_str() {
+                "prompt" => f.prompt = Some(line_str(&k, val)?),
+                "negative_prompt" => f.negative_prompt = Some(line_str(&k, val)?),
+                "frames" => f.frames = Some(u(usize::MAX as u64)? as usize),
+                "fps" => f.fps = Some(u(u32::MAX as u64)? as u32),
+                "width" => f.width = Some(u(usize::MAX as u64)? as usize),
+                "height" => f.height = Some(u(usize::MAX as u64)? as usize),
+                "steps" => f.steps = Some(u(usize::MAX as u64)? as usize),
+                "guidance" => f.guidance = Some(line_float(&k, val)?),
+                "shift" => f.shift = Some(line_float(&k, val)?),
+                "seed" => f.seed = Some(u(u64::MAX)?),
+                "output" => f.output = Some(line_path(&k, val)?),
+                "crf" => f.crf = Some(u(u8::MAX as u64)? as u8),
+                "init_noise" => f.init_noise = Some(line_path(&k, val)?),
+                "save_latents" => f.save_latents = Some(line_path(&k, val)?),
+                _ => unreachable!("every line field is handled"),
+            }
         }
         Ok(f)
     }
@@ -128,7 +314,6 @@ impl RequestFields {
             crf: self.crf.or(d.crf),
             init_noise: self.init_noise.or_else(|| d.init_noise.clone()),
             save_latents: self.save_latents.or_else(|| d.save_latents.clone()),
-            ..Default::default()
         }
     }
 }
@@ -216,8 +401,10 @@ pub fn resolve(
     let prompt = f.prompt.ok_or_else(|| {
         Error::Input("no prompt: pass --prompt \"...\" (or a \"prompt\" field)".into())
     })?;
-    if prompt.trim().is_empty() {
-        return Err(Error::Input("the prompt is empty".into()));
+    if prompt.chars().all(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::Input(
+            "the prompt is empty (it has no visible characters): describe the video, e.g. --prompt \"a cat surfing a wave\"".into(),
+        ));
     }
     let negative_prompt = f
         .negative_prompt
@@ -264,13 +451,14 @@ pub fn resolve(
     let guidance = f.guidance.unwrap_or(DEFAULT_GUIDANCE);
     if !guidance.is_finite() || !(0.0..=100.0).contains(&guidance) {
         return Err(Error::Input(format!(
-            "guidance must be between 0 and 100, got {guidance}"
+            "guidance must be between 0 and 100, got {guidance:?}"
         )));
     }
     if let Some(s) = f.shift {
-        if !s.is_finite() || s <= 0.0 || s > 1000.0 {
+        // Below about 1e-7 the f32 schedule divides by zero; nothing useful lies below 0.001.
+        if !s.is_finite() || !(0.001..=1000.0).contains(&s) {
             return Err(Error::Input(format!(
-                "shift must be a positive number (at most 1000), got {s}"
+                "shift must be a number from 0.001 to 1000, got {s:?}"
             )));
         }
     }
@@ -284,6 +472,12 @@ pub fn resolve(
     let output = f.output.unwrap_or_else(|| default_output(seed));
     check_output_path(&output)?;
     if let Some(p) = &f.init_noise {
+        if p.is_dir() {
+            return Err(Error::Input(format!(
+                "the initial-noise file {} is a folder; give the .safetensors file",
+                p.display()
+            )));
+        }
         if !p.is_file() {
             return Err(Error::Input(format!(
                 "the initial-noise file {} does not exist",
@@ -292,11 +486,27 @@ pub fn resolve(
         }
     }
     if let Some(p) = &f.save_latents {
-        if p.is_dir() {
+        if p.is_dir() || p.file_name().is_none() {
             return Err(Error::Input(format!(
-                "--save-latents {} is a folder; give a file name",
-                p.display()
+                "--save-latents {} is a folder; give a file name (e.g. {})",
+                p.display(),
+                p.join("latents.safetensors").display()
             )));
+        }
+        if fsutil::same_path(p, &video::artifact_path(&output)) {
+            return Err(Error::Input(format!(
+                "--save-latents {} is the output video itself; give the latents their own name (e.g. {})",
+                p.display(),
+                output.with_extension("latents.safetensors").display()
+            )));
+        }
+        if let Some(n) = &f.init_noise {
+            if fsutil::same_path(p, n) {
+                return Err(Error::Input(format!(
+                    "--save-latents {} is the --init-noise file; saving would overwrite that input",
+                    p.display()
+                )));
+            }
         }
     }
     Ok(Request {
@@ -325,8 +535,17 @@ pub fn resolve(
 pub fn check_output_path(p: &Path) -> Result<()> {
     if p.as_os_str().is_empty() || p.file_name().is_none() {
         return Err(Error::Input(format!(
-            "the output path {:?} has no file name",
+            "the output path {:?} has no file name (e.g. video.mp4)",
             p.display().to_string()
+        )));
+    }
+    let art = video::artifact_path(p);
+    let ends_with_slash = p.as_os_str().to_string_lossy().ends_with('/');
+    if video::writes_mp4() && (art.is_dir() || ends_with_slash) {
+        return Err(Error::Input(format!(
+            "the output {} is a folder; give a file name (e.g. {})",
+            p.display(),
+            p.join("video.mp4").display()
         )));
     }
     if video::writes_mp4() {
@@ -335,18 +554,22 @@ pub fn check_output_path(p: &Path) -> Result<()> {
             .map(|e| e.to_string_lossy().to_lowercase())
             .unwrap_or_default();
         if !VIDEO_EXTS.contains(&ext.as_str()) {
-            return Err(Error::Input(format!(
-                "the output {} must end in .mp4 (or .mov, .mkv)",
-                p.display()
-            )));
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            let bare = VIDEO_EXTS
+                .iter()
+                .any(|e| name.eq_ignore_ascii_case(&format!(".{e}")));
+            return Err(Error::Input(if bare {
+                format!(
+                    "the output {} has no name before the extension (e.g. video{name})",
+                    p.display()
+                )
+            } else {
+                format!(
+                    "the output {} must end in .mp4 (or .mov, .mkv): this build writes H.264 video in those containers",
+                    p.display()
+                )
+            }));
         }
-    }
-    let art = video::artifact_path(p);
-    if art.is_dir() && video::writes_mp4() {
-        return Err(Error::Input(format!(
-            "the output {} is a folder",
-            art.display()
-        )));
     }
     Ok(())
 }
@@ -355,7 +578,7 @@ pub fn check_output_path(p: &Path) -> Result<()> {
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     let bad = || {
         Error::Input(format!(
-            "--shard must look like I/N with 0 <= I < N (e.g. 0/4), got {s:?}"
+            "--shard must look like I/N with 0 <= I < N, counting from 0 (the 4 shards of a 4-way split are 0/4, 1/4, 2/4, 3/4), got {s:?}"
         ))
     };
     let (i, n) = s.split_once('/').ok_or_else(bad)?;

@@ -9,11 +9,14 @@
 //!
 //! Either way the video is written under a temporary name in the destination folder and renamed
 //! into place once complete, so a failure (or a crash) never leaves a partial file under the
-//! requested name; the temporary file is removed on failure.
+//! requested name; the temporary file is removed on failure, on SIGINT/SIGTERM/SIGHUP when the
+//! command line installed [`fsutil::install_interrupt_cleanup`], and otherwise (SIGKILL, power
+//! loss) by the next run that writes the same output ([`fsutil::clean_stale_partials`]).
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::fsutil;
 use crate::error::{Error, Result};
 
 /// Output settings.
@@ -98,10 +101,30 @@ pub fn check_options(o: &VideoOptions) -> Result<()> {
     Ok(())
 }
 
-/// Checks that the folder of `requested` exists (creating it if needed) and is writable, by
-/// creating and removing a probe file there. Call before expensive work.
+/// Checks, before expensive work, that the video for `requested` can be written: its folder
+/// exists (it is created if needed) and is writable (a probe file is created and removed
+/// there), and what is already at the path is a file that may be replaced (not a folder, not
+/// read-only). Replacing an existing finished video is allowed: the new one is written under a
+/// temporary name and renamed over it only when complete.
 pub fn check_writable(requested: &Path) -> Result<()> {
+    // Most file systems allow 255 bytes per name; the temporary name adds about 40.
+    if let Some(n) = requested.file_name() {
+        if n.len() > MAX_NAME_BYTES {
+            return Err(Error::Input(format!(
+                "the file name of {} is {} bytes long; keep it under {MAX_NAME_BYTES} bytes",
+                requested.display(),
+                n.len()
+            )));
+        }
+    }
     let dir = parent_dir(requested);
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::Input(format!(
+            "cannot write {}: {} is a file, not a folder",
+            requested.display(),
+            dir.display()
+        )));
+    }
     fs::create_dir_all(&dir).map_err(|e| {
         Error::Input(format!(
             "cannot create the output folder {}: {e}",
@@ -116,20 +139,50 @@ pub fn check_writable(requested: &Path) -> Result<()> {
     match fs::File::create(&probe) {
         Ok(_) => {
             let _ = fs::remove_file(&probe);
-            Ok(())
         }
-        Err(e) => Err(Error::Input(format!(
-            "the output folder {} is not writable: {e}",
-            dir.display()
-        ))),
+        Err(e) => {
+            return Err(Error::Input(format!(
+                "the output folder {} is not writable: {e}",
+                dir.display()
+            )))
+        }
     }
+    check_replaceable(requested)
+}
+
+/// Longest output file name accepted (bytes).
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// What is at `p` (if anything) may be replaced by a new file: not a folder, not read-only.
+pub fn check_replaceable(p: &Path) -> Result<()> {
+    let m = match fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Input(format!(
+                "cannot use the output path {}: {e}",
+                p.display()
+            )))
+        }
+    };
+    if m.is_dir() {
+        return Err(Error::Input(format!(
+            "{} is a folder; give a file name (e.g. {})",
+            p.display(),
+            p.join("video.mp4").display()
+        )));
+    }
+    if m.is_file() && m.permissions().readonly() {
+        return Err(Error::Input(format!(
+            "{} exists and is read-only, so it is not replaced: remove it, make it writable or choose another name",
+            p.display()
+        )));
+    }
+    Ok(())
 }
 
 fn parent_dir(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
+    fsutil::parent_dir(p)
 }
 
 fn unique() -> usize {
@@ -137,41 +190,29 @@ fn unique() -> usize {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A temporary path next to `final_path` that is removed on drop unless committed.
+/// A temporary path next to `final_path` that is removed on drop unless committed, and by the
+/// interrupt handler ([`fsutil::install_interrupt_cleanup`]) if the process is interrupted.
 struct TempTarget {
     tmp: PathBuf,
     final_path: PathBuf,
     committed: bool,
+    _guard: fsutil::InterruptGuard,
 }
 
 impl TempTarget {
     fn new(final_path: &Path) -> Result<TempTarget> {
-        let dir = parent_dir(final_path);
-        let name = final_path
-            .file_name()
-            .ok_or_else(|| {
-                Error::Input(format!(
-                    "the output path {} has no file name",
-                    final_path.display()
-                ))
-            })?
-            .to_string_lossy()
-            .to_string();
-        // Keep the extension last: FFmpeg picks the container from it.
-        let ext = final_path
-            .extension()
-            .map(|e| format!(".{}", e.to_string_lossy()))
-            .unwrap_or_default();
-        let stem = name.strip_suffix(&ext).unwrap_or(&name);
-        let tmp = dir.join(format!(
-            ".{stem}.partial-{}-{}{ext}",
-            std::process::id(),
-            unique()
-        ));
+        let tmp = fsutil::partial_name(final_path, unique()).ok_or_else(|| {
+            Error::Input(format!(
+                "the output path {} has no file name",
+                final_path.display()
+            ))
+        })?;
+        let _guard = fsutil::InterruptGuard::new(&tmp);
         Ok(TempTarget {
             tmp,
             final_path: final_path.to_path_buf(),
             committed: false,
+            _guard,
         })
     }
 
@@ -224,6 +265,13 @@ pub fn write_video(requested: &Path, frames: FramesRef, opts: &VideoOptions) -> 
             dir.display()
         ))
     })?;
+    if writes_mp4() {
+        check_replaceable(&out)?;
+    }
+    // Partial files of this output left by a killed run (same host, process gone).
+    for p in fsutil::clean_stale_partials(&out) {
+        eprintln!("note: removed {}, left by an interrupted run", p.display());
+    }
     let tmp = TempTarget::new(&out)?;
     if writes_mp4() {
         #[cfg(feature = "ffmpeg")]
