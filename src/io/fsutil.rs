@@ -322,6 +322,27 @@ pub fn install_interrupt_cleanup() {
     interrupt::install();
 }
 
+/// Writes `bytes` to `path` through a hidden partial file that is renamed into place when
+/// complete; the partial file is removed on an error or an interruption, and partial files of
+/// `path` left by killed runs of this host are cleaned up first.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    clean_stale_partials(path);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = partial_name(path, n).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path has no file name",
+        )
+    })?;
+    let _guard = InterruptGuard::new(&tmp);
+    let r = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
 /// A partial file removed if the process is interrupted while it is registered.
 pub struct InterruptGuard(Option<usize>);
 

@@ -14,7 +14,7 @@
 //! The models plug in through three small traits ([`Denoiser`], [`PromptEncoding`],
 //! [`FrameDecoder`]) so the loop can be tested with stand-ins.
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use half::bf16;
@@ -411,28 +411,18 @@ pub fn save_latents(
     meta.insert("format".into(), "contentv-latents".into());
     let buf = safetensors::serialize([("latents", view)], Some(meta))
         .map_err(|e| Error::Other(format!("latents: {e}")))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = crate::io::fsutil::parent_dir(path);
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::Input(format!("cannot create {}: {e}", dir.display())))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Input(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.partial-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let res = std::fs::write(&tmp, buf).and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Input(format!(
+    if path.file_name().is_none() {
+        return Err(Error::Input(format!("{} has no file name", path.display())));
+    }
+    crate::io::fsutil::write_file_atomically(path, &buf).map_err(|e| {
+        Error::Input(format!(
             "cannot write the latents to {}: {e}",
             path.display()
-        )));
-    }
+        ))
+    })?;
     Ok(())
 }
 

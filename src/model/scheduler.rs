@@ -123,9 +123,10 @@ impl SchedulerConfig {
 }
 
 fn check_shift(shift: f32) -> std::result::Result<(), String> {
-    if !shift.is_finite() || shift <= 0.0 || shift > 1000.0 {
+    // Below ~1e-7 the shifted sigmas divide by zero; the CLI's --shift takes the same range.
+    if !shift.is_finite() || !(1e-3..=1000.0).contains(&shift) {
         return Err(format!(
-            "shift must be a positive number (0 < shift <= 1000), got {shift}"
+            "shift must be a number from 0.001 to 1000, got {shift}"
         ));
     }
     Ok(())
@@ -256,5 +257,16 @@ mod tests {
             SchedulerConfig::from_json(r#"{"shift": 3.0, "use_dynamic_shifting": true}"#, "cfg")
                 .unwrap_err();
         assert!(e.to_string().contains("use_dynamic_shifting"));
+    }
+
+    #[test]
+    fn refuses_a_shift_that_breaks_the_schedule() {
+        for bad in ["1e-9", "0", "-1", "1e6"] {
+            let e = SchedulerConfig::from_json(&format!(r#"{{"shift": {bad}}}"#), "cfg")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("shift") && e.contains("0.001"), "{bad}: {e}");
+        }
+        assert!(SchedulerConfig::from_json(r#"{"shift": 0.001}"#, "cfg").is_ok());
     }
 }

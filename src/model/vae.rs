@@ -290,8 +290,12 @@ impl SafetensorsWeights {
         };
         let bytes =
             std::fs::read(&file).map_err(|e| Error::Weights(format!("{}: {e}", file.display())))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Weights(format!("{}: {e}", file.display())))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            Error::Weights(format!(
+                "{} is not a valid safetensors file ({e}); the download may be incomplete: fetch it again",
+                file.display()
+            ))
+        })?;
         let mut tensors = HashMap::new();
         for (name, v) in st.tensors() {
             let data = v.data();
