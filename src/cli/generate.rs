@@ -518,7 +518,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
                 for (n, (k, r)) in todo.iter().enumerate() {
                     let it = &items[*k];
                     ui.info(&format!(
-                        "[{}/{}] request {} (line {}): {:?}",
+                        "[{}/{}] request {} (line {}): {}",
                         n + 1,
                         todo.len(),
                         it.index,
