@@ -14,7 +14,7 @@
 //!   truncated to 255 + EOS, padded with id 0 to 256.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use fancy_regex::Regex;
 
@@ -149,18 +149,24 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
         )));
     }
     let merges = read_text(&merges_path)?;
+    // As CLIPTokenizer reads it: `read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]` (the first line is
+    // skipped whatever it holds, at most 48894 merges), each line split on whitespace.
     let mut ranks = HashMap::new();
     for (i, line) in merges
-        .lines()
-        .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+        .trim()
+        .split('\n')
+        .skip(1)
+        .take(MAX_CLIP_MERGES)
         .enumerate()
     {
-        let mut it = line.split(' ');
-        match (it.next(), it.next()) {
-            (Some(a), Some(b)) => {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts[..] {
+            [a, b] => {
                 ranks.insert((a.to_string(), b.to_string()), i);
             }
-            _ => {
+            // Python keeps the tuple, which no pair can ever match.
+            [] | [_, _, ..] => {}
+            [_] => {
                 return Err(Error::Input(format!(
                     "{}: line {:?} is not a merge pair",
                     merges_path.display(),
@@ -171,6 +177,16 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
     }
     Ok((encoder, ranks, vocab_path, Vec::new()))
 }
+
+/// CLIPTokenizer's split pattern, compiled by Python's `regex` with IGNORECASE. Under IGNORECASE that module
+/// matches the one-property sets `[\p{L}]` and `[\p{N}]` exactly (no case folding), while the negated set
+/// matches a character only when no case variant of it is a letter, number or space. The `regex` crate folds
+/// every class, so `\p{L}` and `\p{N}` are written case-sensitive here: otherwise U+0345 (combining ypogegrammeni,
+/// whose case variants include the letter iota) counts as a letter, where the reference drops it.
+const CLIP_PATTERN: &str = r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|(?-i:\p{L})+|(?-i:\p{N})|[^\s\p{L}\p{N}]+";
+
+/// Merges CLIPTokenizer reads from merges.txt (`49152 - 256 - 2`).
+const MAX_CLIP_MERGES: usize = 49152 - 256 - 2;
 
 /// GPT-2 / CLIP byte-to-unicode table.
 fn bytes_to_unicode() -> [char; 256] {
@@ -286,8 +302,10 @@ impl ClipTokenizer {
             encoder,
             ranks,
             byte_enc: bytes_to_unicode(),
-            pat: Regex::new(r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+").unwrap(),
-            control: Regex::new(r"^\p{C}$").unwrap(),
+            pat: Regex::new(CLIP_PATTERN).unwrap(),
+            // Python 3.11 (the reference) has Unicode 14.0 data: characters assigned since are category Cn there
+            // and count as control characters, so they are dropped too (regex-syntax knows Unicode 16).
+            control: Regex::new(r"^[\p{C}\P{Age:14.0}]$").unwrap(),
             space: Regex::new(r"^\p{Zs}$").unwrap(),
             specials,
             bos,
@@ -338,9 +356,7 @@ impl ClipTokenizer {
                 s.push(ch);
             }
         }
-        let mut n = tokenizers::NormalizedString::from(s.as_str());
-        n.nfc();
-        let s = n.get().to_string();
+        let s = nfc_unicode14(&s);
         s.split_whitespace()
             .map(|w| w.to_lowercase())
             .collect::<Vec<_>>()
@@ -392,6 +408,12 @@ impl ClipTokenizer {
     fn encode_piece(&self, text: &str, out: &mut Vec<u32>) {
         let clean = self.basic_clean(text);
         for m in self.pat.find_iter(&clean).flatten() {
+            // CLIPTokenizer's BPE cache starts with these two, unchanged (no `</w>`), so the lower-cased text of
+            // e.g. `<|ENDOFTEXT|>` (which the added-token split, being case-sensitive, left in place) is one token.
+            if matches!(m.as_str(), "<|startoftext|>" | "<|endoftext|>") {
+                out.push(self.encoder.get(m.as_str()).copied().unwrap_or(self.unk));
+                continue;
+            }
             let t: String = m
                 .as_str()
                 .bytes()
@@ -450,6 +472,171 @@ impl ClipTokenizer {
         (ids, raw.len() - keep)
     }
 }
+
+/// NFC as the reference computes it: Python 3.11's `unicodedata.normalize("NFC", ..)`, Unicode 14.0.
+///
+/// The `tokenizers` crate normalises with Unicode 9.0 data. Normalisation data of assigned characters never changes,
+/// so the two agree on every text without the few normalisation-relevant characters assigned in Unicode 10.0 to
+/// 14.0: 98 combining marks (non-zero combining class, which the 9.0 data takes for starters) and the Dives Akuru
+/// vowel sign O (U+11938 = U+11935 U+11930). (Characters assigned after 14.0 never get here: the reference drops
+/// them as unassigned.) Texts with one of those go through [`nfc_exact`] instead.
+fn nfc_unicode14(s: &str) -> String {
+    if s.is_ascii() || !s.chars().any(needs_unicode14_nfc) {
+        return crate_nfc(s);
+    }
+    nfc_exact(s)
+}
+
+fn crate_nfc(s: &str) -> String {
+    let mut n = tokenizers::NormalizedString::from(s);
+    n.nfc();
+    n.get().to_string()
+}
+
+/// Characters the Unicode 9.0 normaliser gets wrong (see [`nfc_unicode14`]).
+fn needs_unicode14_nfc(c: char) -> bool {
+    static AGE9: OnceLock<Regex> = OnceLock::new();
+    if matches!(c, '\u{11930}' | '\u{11935}' | '\u{11938}') {
+        return true;
+    }
+    ccc(c) != 0
+        && !AGE9
+            .get_or_init(|| Regex::new(r"^\p{Age:9.0}$").unwrap())
+            .is_match(c.encode_utf8(&mut [0; 4]))
+            .unwrap_or(false)
+}
+
+/// Canonical combining class (Unicode 14.0).
+fn ccc(c: char) -> u8 {
+    static TABLE: OnceLock<Vec<(u32, u32, u8)>> = OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        UNICODE14_CCC
+            .split(',')
+            .map(|item| {
+                let (range, class) = item.trim().split_once(':').unwrap();
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                let hex = |h: &str| u32::from_str_radix(h, 16).unwrap();
+                (hex(a), hex(b), class.parse().unwrap())
+            })
+            .collect()
+    });
+    let cp = c as u32;
+    match t.binary_search_by(|&(a, b, _)| {
+        if b < cp {
+            std::cmp::Ordering::Less
+        } else if a > cp {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    }) {
+        Ok(i) => t[i].2,
+        Err(_) => 0,
+    }
+}
+
+/// The primary composite of `a` and `b`, if any: the Unicode 9.0 normaliser knows all of them but U+11938.
+fn compose(a: char, b: char) -> Option<char> {
+    if (a, b) == ('\u{11935}', '\u{11930}') {
+        return Some('\u{11938}');
+    }
+    let mut pair = String::with_capacity(8);
+    pair.push(a);
+    pair.push(b);
+    let r = crate_nfc(&pair);
+    let mut it = r.chars();
+    match (it.next(), it.next()) {
+        (Some(x), None) => Some(x),
+        _ => None,
+    }
+}
+
+/// UAX #15 NFC with Unicode 14.0 combining classes: full canonical decomposition (the 9.0 data plus U+11938), canonical
+/// ordering, canonical composition.
+fn nfc_exact(s: &str) -> String {
+    let mut n =
+        tokenizers::NormalizedString::from(s.replace('\u{11938}', "\u{11935}\u{11930}").as_str());
+    n.nfd();
+    let mut chars: Vec<char> = n.get().chars().collect();
+    // Canonical ordering: a stable sort of each run of non-starters by combining class.
+    let mut i = 0;
+    while i < chars.len() {
+        let start = i;
+        while i < chars.len() && ccc(chars[i]) != 0 {
+            i += 1;
+        }
+        chars[start..i].sort_by_key(|&c| ccc(c));
+        i += 1;
+    }
+    // Canonical composition: each character joins the last starter unless a character between them (left
+    // uncomposed) is a starter or has a combining class at least its own.
+    let mut out: Vec<char> = Vec::with_capacity(chars.len());
+    let mut starter: Option<usize> = None;
+    let mut last_class: Option<u8> = None;
+    for c in chars {
+        let class = ccc(c);
+        if let Some(si) = starter {
+            if last_class.is_none_or(|l| l < class) {
+                if let Some(x) = compose(out[si], c) {
+                    out[si] = x;
+                    continue;
+                }
+            }
+        }
+        if class == 0 {
+            starter = Some(out.len());
+            last_class = None;
+        } else {
+            last_class = Some(class);
+        }
+        out.push(c);
+    }
+    out.into_iter().collect()
+}
+
+// Generated by scripts/reference/make_tokenizer_fuzz.py --ccc-table (unicodedata 14.0.0).
+const UNICODE14_CCC: &str = "\
+    300-314:230,315:232,316-319:220,31A:232,31B:216,31C-320:220,321-322:202,323-326:220,327-328:202,\
+    329-333:220,334-338:1,339-33C:220,33D-344:230,345:240,346:230,347-349:220,34A-34C:230,34D-34E:220,\
+    350-352:230,353-356:220,357:230,358:232,359-35A:220,35B:230,35C:233,35D-35E:234,35F:233,360-361:234,\
+    362:233,363-36F:230,483-487:230,591:220,592-595:230,596:220,597-599:230,59A:222,59B:220,59C-5A1:230,\
+    5A2-5A7:220,5A8-5A9:230,5AA:220,5AB-5AC:230,5AD:222,5AE:228,5AF:230,5B0:10,5B1:11,5B2:12,5B3:13,\
+    5B4:14,5B5:15,5B6:16,5B7:17,5B8:18,5B9-5BA:19,5BB:20,5BC:21,5BD:22,5BF:23,5C1:24,5C2:25,5C4:230,\
+    5C5:220,5C7:18,610-617:230,618:30,619:31,61A:32,64B:27,64C:28,64D:29,64E:30,64F:31,650:32,651:33,\
+    652:34,653-654:230,655-656:220,657-65B:230,65C:220,65D-65E:230,65F:220,670:35,6D6-6DC:230,\
+    6DF-6E2:230,6E3:220,6E4:230,6E7-6E8:230,6EA:220,6EB-6EC:230,6ED:220,711:36,730:230,731:220,\
+    732-733:230,734:220,735-736:230,737-739:220,73A:230,73B-73C:220,73D:230,73E:220,73F-741:230,742:220,\
+    743:230,744:220,745:230,746:220,747:230,748:220,749-74A:230,7EB-7F1:230,7F2:220,7F3:230,7FD:220,\
+    816-819:230,81B-823:230,825-827:230,829-82D:230,859-85B:220,898:230,899-89B:220,89C-89F:230,\
+    8CA-8CE:230,8CF-8D3:220,8D4-8E1:230,8E3:220,8E4-8E5:230,8E6:220,8E7-8E8:230,8E9:220,8EA-8EC:230,\
+    8ED-8EF:220,8F0:27,8F1:28,8F2:29,8F3-8F5:230,8F6:220,8F7-8F8:230,8F9-8FA:220,8FB-8FF:230,93C:7,\
+    94D:9,951:230,952:220,953-954:230,9BC:7,9CD:9,9FE:230,A3C:7,A4D:9,ABC:7,ACD:9,B3C:7,B4D:9,BCD:9,\
+    C3C:7,C4D:9,C55:84,C56:91,CBC:7,CCD:9,D3B-D3C:9,D4D:9,DCA:9,E38-E39:103,E3A:9,E48-E4B:107,\
+    EB8-EB9:118,EBA:9,EC8-ECB:122,F18-F19:220,F35:220,F37:220,F39:216,F71:129,F72:130,F74:132,\
+    F7A-F7D:130,F80:130,F82-F83:230,F84:9,F86-F87:230,FC6:220,1037:7,1039-103A:9,108D:220,135D-135F:230,\
+    1714-1715:9,1734:9,17D2:9,17DD:230,18A9:228,1939:222,193A:230,193B:220,1A17:230,1A18:220,1A60:9,\
+    1A75-1A7C:230,1A7F:220,1AB0-1AB4:230,1AB5-1ABA:220,1ABB-1ABC:230,1ABD:220,1ABF-1AC0:220,\
+    1AC1-1AC2:230,1AC3-1AC4:220,1AC5-1AC9:230,1ACA:220,1ACB-1ACE:230,1B34:7,1B44:9,1B6B:230,1B6C:220,\
+    1B6D-1B73:230,1BAA-1BAB:9,1BE6:7,1BF2-1BF3:9,1C37:7,1CD0-1CD2:230,1CD4:1,1CD5-1CD9:220,\
+    1CDA-1CDB:230,1CDC-1CDF:220,1CE0:230,1CE2-1CE8:1,1CED:220,1CF4:230,1CF8-1CF9:230,1DC0-1DC1:230,\
+    1DC2:220,1DC3-1DC9:230,1DCA:220,1DCB-1DCC:230,1DCD:234,1DCE:214,1DCF:220,1DD0:202,1DD1-1DF5:230,\
+    1DF6:232,1DF7-1DF8:228,1DF9:220,1DFA:218,1DFB:230,1DFC:233,1DFD:220,1DFE:230,1DFF:220,20D0-20D1:230,\
+    20D2-20D3:1,20D4-20D7:230,20D8-20DA:1,20DB-20DC:230,20E1:230,20E5-20E6:1,20E7:230,20E8:220,20E9:230,\
+    20EA-20EB:1,20EC-20EF:220,20F0:230,2CEF-2CF1:230,2D7F:9,2DE0-2DFF:230,302A:218,302B:228,302C:232,\
+    302D:222,302E-302F:224,3099-309A:8,A66F:230,A674-A67D:230,A69E-A69F:230,A6F0-A6F1:230,A806:9,A82C:9,\
+    A8C4:9,A8E0-A8F1:230,A92B-A92D:220,A953:9,A9B3:7,A9C0:9,AAB0:230,AAB2-AAB3:230,AAB4:220,\
+    AAB7-AAB8:230,AABE-AABF:230,AAC1:230,AAF6:9,ABED:9,FB1E:26,FE20-FE26:230,FE27-FE2D:220,\
+    FE2E-FE2F:230,101FD:220,102E0:220,10376-1037A:230,10A0D:220,10A0F:230,10A38:230,10A39:1,10A3A:220,\
+    10A3F:9,10AE5:230,10AE6:220,10D24-10D27:230,10EAB-10EAC:230,10F46-10F47:220,10F48-10F4A:230,\
+    10F4B:220,10F4C:230,10F4D-10F50:220,10F82:230,10F83:220,10F84:230,10F85:220,11046:9,11070:9,1107F:9,\
+    110B9:9,110BA:7,11100-11102:230,11133-11134:9,11173:7,111C0:9,111CA:7,11235:9,11236:7,112E9:7,\
+    112EA:9,1133B-1133C:7,1134D:9,11366-1136C:230,11370-11374:230,11442:9,11446:7,1145E:230,114C2:9,\
+    114C3:7,115BF:9,115C0:7,1163F:9,116B6:9,116B7:7,1172B:9,11839:9,1183A:7,1193D-1193E:9,11943:7,\
+    119E0:9,11A34:9,11A47:9,11A99:9,11C3F:9,11D42:7,11D44-11D45:9,11D97:9,16AF0-16AF4:1,16B30-16B36:230,\
+    16FF0-16FF1:6,1BC9E:1,1D165-1D166:216,1D167-1D169:1,1D16D:226,1D16E-1D172:216,1D17B-1D182:220,\
+    1D185-1D189:230,1D18A-1D18B:220,1D1AA-1D1AD:230,1D242-1D244:230,1E000-1E006:230,1E008-1E018:230,\
+    1E01B-1E021:230,1E023-1E024:230,1E026-1E02A:230,1E130-1E136:230,1E2AE:230,1E2EC-1E2EF:230,\
+    1E8D0-1E8D6:220,1E944-1E949:230,1E94A:7";
 
 /// CJK ideograph ranges of BERT's `_is_chinese_char`.
 fn is_cjk(cp: u32) -> bool {
