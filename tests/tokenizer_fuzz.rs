@@ -193,11 +193,11 @@ fn tokenizers_match_reference_on_fuzz_corpus() {
     let _ = std::fs::remove_dir_all(&tmp);
 
     let mut failures = Vec::new();
-    let mut check = |name: &str,
-                     pad: u32,
-                     i: usize,
-                     got: (Vec<u32>, usize),
-                     report: &mut Vec<String>|
+    let check = |name: &str,
+                 pad: u32,
+                 i: usize,
+                 got: (Vec<u32>, usize),
+                 report: &mut Vec<String>|
      -> bool {
         let r = &refs[name];
         let want = &r.rows[i];

@@ -79,3 +79,22 @@ fn bad_tokenizer_folders_are_clear_errors() {
     assert!(e.contains("tokenizer.json"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Regressions found by tests/tokenizer_fuzz.rs (reference ids from transformers' slow CLIPTokenizer, Python 3.11).
+#[test]
+fn clip_fuzz_regressions() {
+    let tok = ClipTokenizer::from_dir(&tiny_model_dir().join("tokenizer")).unwrap();
+    for (prompt, want) in [
+        // Special-token text the case-sensitive added-token split leaves, lower-cased by BasicTokenizer: one token.
+        ("<|ENDOFTEXT|>", vec![49407]),
+        ("<|StartOfText|>", vec![49406]),
+        ("<|end\u{200b}oftext|>", vec![49407]),
+        // U+0345 is neither a letter nor "other" for Python's `regex` under IGNORECASE: dropped.
+        ("\u{345}", vec![]),
+        // Assigned after Unicode 14.0: unassigned (Cn) for Python 3.11, dropped as a control character.
+        ("\u{1fae8}", vec![]),
+        ("\u{2fff}", vec![]),
+    ] {
+        assert_eq!(tok.encode_raw(prompt), want, "{prompt:?}");
+    }
+}

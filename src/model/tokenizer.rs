@@ -10,6 +10,10 @@
 //!   A folder with only a `tokenizer.json` works too: its BPE vocabulary, merges and added
 //!   tokens feed the same slow pipeline (the fast pipeline of tokenizer.json gives different
 //!   ids for some prompts, see the fixture manifest's `clip_slow_vs_fast_differences`).
+//!   Unicode behaviour follows the reference's Python 3.11 (Unicode 14.0 `unicodedata`):
+//!   characters assigned later are dropped as unassigned, and NFC uses Unicode 14.0 data.
+//!   tests/tokenizer_fuzz.rs checks all of this on a 2000-prompt corpus and, optionally, on every
+//!   code point.
 //! * T5 (`tokenizer_3/`): `tokenizer.json` with the `tokenizers` crate (Unigram + `</s>`),
 //!   truncated to 255 + EOS, padded with id 0 to 256.
 use std::collections::HashMap;
@@ -292,7 +296,7 @@ impl ClipTokenizer {
                 specials.push((pad_t, pad));
             }
         }
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         let max_len = cfg
             .get("model_max_length")
             .and_then(|v| v.as_u64())
@@ -325,8 +329,9 @@ impl ClipTokenizer {
             .unwrap_or(0)
     }
 
-    /// transformers' BasicTokenizer (lower case, no accent stripping, no punctuation split),
-    /// joined with single spaces.
+    /// transformers' BasicTokenizer as CLIPTokenizer builds it (`strip_accents=False`,
+    /// `do_split_on_punc=False`: lower case, accents kept, no punctuation split), joined with
+    /// single spaces.
     fn basic_clean(&self, text: &str) -> String {
         let mut s = String::with_capacity(text.len());
         for ch in text.chars() {
