@@ -5,7 +5,6 @@
 //! (defaults, overrides and errors) that need no fixture.
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use common::{assert_close, repo_root};
@@ -50,66 +49,35 @@ fn name(p: &Path) -> String {
     p.file_name().unwrap().to_string_lossy().into_owned()
 }
 
-/// reference.safetensors of a variant: name -> (shape, f32 values, integer values).
-struct Reference {
-    path: PathBuf,
-    t: HashMap<String, (Vec<usize>, Vec<f32>, Vec<i64>)>,
-}
+/// reference.safetensors of a variant.
+struct Reference(common::Fixture);
 
 impl Reference {
     fn load(variant: &Path) -> Reference {
-        let path = variant.join("reference.safetensors");
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}\nregenerate with: {REGENERATE}", path.display()));
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut t = HashMap::new();
-        for (k, v) in st.tensors() {
-            let d = v.data();
-            let (f, i): (Vec<f32>, Vec<i64>) = match v.dtype() {
-                safetensors::Dtype::F32 => (
-                    d.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                    Vec::new(),
-                ),
-                safetensors::Dtype::I64 => {
-                    let i: Vec<i64> = d
-                        .chunks_exact(8)
-                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                        .collect();
-                    (i.iter().map(|&x| x as f32).collect(), i)
-                }
-                other => panic!("{}: {k} has unexpected dtype {other:?}", path.display()),
-            };
-            t.insert(k, (v.shape().to_vec(), f, i));
-        }
-        Reference { path, t }
-    }
-    fn get(&self, k: &str) -> &(Vec<usize>, Vec<f32>, Vec<i64>) {
-        self.t.get(k).unwrap_or_else(|| {
-            panic!(
-                "{}: no tensor {k}\nregenerate with: {REGENERATE}",
-                self.path.display()
-            )
-        })
+        Reference(common::Fixture::from_file(
+            &variant.join("reference.safetensors"),
+            REGENERATE,
+        ))
     }
     fn has(&self, k: &str) -> bool {
-        self.t.contains_key(k)
+        self.0.has(k)
     }
     fn shape(&self, k: &str) -> &[usize] {
-        &self.get(k).0
+        self.0.shape(k)
     }
     fn f32(&self, k: &str) -> &[f32] {
-        &self.get(k).1
+        self.0.f32(k)
+    }
+    fn ints(&self, k: &str) -> &[i64] {
+        self.0.ints(k)
     }
     fn tensor(&self, k: &str) -> Tensor {
-        let (s, v, _) = self.get(k);
-        Tensor::from_f32(v.clone(), s, &Device::Cpu).unwrap()
+        Tensor::from_f32(self.f32(k).to_vec(), self.shape(k), &Device::Cpu).unwrap()
     }
     /// Rows of an integer [B, S] tensor as u32 token ids.
     fn ids(&self, k: &str) -> Vec<Vec<u32>> {
-        let (s, _, i) = self.get(k);
-        i.chunks(s[1])
+        self.ints(k)
+            .chunks(self.shape(k)[1])
             .map(|r| r.iter().map(|&x| x as u32).collect())
             .collect()
     }
@@ -179,7 +147,7 @@ fn clip_variants_match_transformers() {
         let mut i = 0;
         while r.has(&format!("s{i}.input_ids")) {
             let ids = r.ids(&format!("s{i}.input_ids"));
-            let pidx = &r.get(&format!("s{i}.pooled_index")).2;
+            let pidx = r.ints(&format!("s{i}.pooled_index"));
             for (row, &p) in ids.iter().zip(pidx) {
                 assert_eq!(
                     eos_position(row, c.eos_token_id) as i64,
@@ -251,7 +219,7 @@ fn t5_variants_match_transformers() {
         .unwrap_or_else(|e| panic!("{n}: load: {e}"));
         let c = enc.config.clone();
         // Relative position buckets for every distance in the table.
-        let b = &r.get("buckets").2;
+        let b = r.ints("buckets");
         let half = (b.len() / 2) as i64;
         for (k, &want) in b.iter().enumerate() {
             let rel = k as i64 - half;

@@ -11,7 +11,6 @@
 //!   time_factor k + 1 frames).
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,7 +18,7 @@ use common::{assert_close, repo_root, tiny_model_dir};
 use contentv::cli::load::load_pipeline;
 use contentv::model::pipeline::{GenerateParams, LatentLayout, LatentPrecision, VideoGeometry};
 use contentv::runtime::Device;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 const REGENERATE: &str = ".venv-ref/bin/python scripts/reference/make_variant_pipeline.py";
 const VARIANTS: &[&str] = &["pipeline_a", "pipeline_b"];
@@ -32,19 +31,15 @@ fn variant_dir(name: &str) -> PathBuf {
 }
 
 struct Reference {
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    fx: common::Fixture,
     meta: serde_json::Value,
 }
 
 impl Reference {
     fn load(name: &str) -> Reference {
         let path = variant_dir(name).join("reference.safetensors");
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "cannot read {}: {e}\nregenerate: {REGENERATE}",
-                path.display()
-            )
-        });
+        let fx = common::Fixture::from_file(&path, REGENERATE);
+        let bytes = std::fs::read(&path).unwrap();
         let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
         let meta: serde_json::Value = serde_json::from_str(
             header
@@ -54,26 +49,11 @@ impl Reference {
                 .expect("reference.safetensors has no config metadata"),
         )
         .unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let mut tensors = HashMap::new();
-        for (k, v) in st.tensors() {
-            let d = v.data();
-            let vals: Vec<f32> = match v.dtype() {
-                Dtype::F32 => d
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-                Dtype::U8 => d.iter().map(|&b| b as f32).collect(),
-                t => panic!("{k}: unexpected dtype {t:?}"),
-            };
-            tensors.insert(k.to_string(), (v.shape().to_vec(), vals));
-        }
-        Reference { tensors, meta }
+        Reference { fx, meta }
     }
-    fn get(&self, k: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.tensors
-            .get(k)
-            .unwrap_or_else(|| panic!("reference has no {k}; regenerate: {REGENERATE}"))
+    /// (shape, values as f32) of tensor `k`.
+    fn get(&self, k: &str) -> (&[usize], &[f32]) {
+        (self.fx.shape(k), self.fx.f32(k))
     }
     fn u(&self, k: &str) -> usize {
         self.meta[k].as_u64().unwrap() as usize
@@ -147,7 +127,7 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
         assert_close(
             &format!("{name} timesteps"),
             &schedule.timesteps,
-            &r.get("timesteps").1,
+            r.get("timesteps").1,
             1e-4,
             1e-6,
         );
@@ -176,7 +156,7 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
             if !(k.ends_with(".latents") || k.ends_with(".v")) {
                 continue;
             }
-            let want = &r.get(&format!("f32.{k}")).1;
+            let want = r.get(&format!("f32.{k}")).1;
             let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
             assert_close(
                 &format!("{name} f32.{k}"),
@@ -208,7 +188,7 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
                     guidance,
                     shift: None,
                     seed: 0,
-                    init_noise: Some(noise.clone()),
+                    init_noise: Some(noise.to_vec()),
                     rescue_latents: None,
                 },
                 &mut |_| {},

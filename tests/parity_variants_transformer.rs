@@ -16,7 +16,7 @@ use common::{assert_close, bf16_atol, repo_root};
 use contentv::model::mmdit::{pos_embed_3d, Transformer};
 use contentv::model::pipeline::Denoiser;
 use contentv::runtime::{Device, Tensor};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 const REGENERATE: &str = ".venv-ref/bin/python scripts/reference/make_variant_fixtures.py";
 /// `FORMAT_VERSION` of scripts/reference/make_fixtures.py (the variant script imports it).
@@ -58,10 +58,9 @@ fn variants() -> BTreeMap<String, serde_json::Value> {
     v
 }
 
-/// One variant's reference.safetensors: name -> (shape, values as f32 / i64).
+/// One variant's reference.safetensors (format version checked).
 struct Reference {
-    path: PathBuf,
-    t: BTreeMap<String, (Vec<usize>, Vec<f32>, Vec<i64>)>,
+    t: common::Fixture,
 }
 
 impl Reference {
@@ -85,49 +84,16 @@ impl Reference {
             "{}: stale; regenerate with: {REGENERATE}",
             path.display()
         );
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let mut t = BTreeMap::new();
-        for (k, v) in st.tensors() {
-            let d = v.data();
-            let (f, i): (Vec<f32>, Vec<i64>) = match v.dtype() {
-                Dtype::F32 => (
-                    d.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                    vec![],
-                ),
-                Dtype::BF16 => (
-                    d.chunks_exact(2)
-                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect(),
-                    vec![],
-                ),
-                Dtype::I64 => (
-                    vec![],
-                    d.chunks_exact(8)
-                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                ),
-                other => panic!("{}: {k} has dtype {other:?}", path.display()),
-            };
-            t.insert(k, (v.shape().to_vec(), f, i));
+        Reference {
+            t: common::Fixture::from_file(&path, REGENERATE),
         }
-        Reference { path, t }
     }
 
-    fn get(&self, k: &str) -> &(Vec<usize>, Vec<f32>, Vec<i64>) {
-        self.t.get(k).unwrap_or_else(|| {
-            panic!(
-                "{}: no tensor {k}; regenerate with: {REGENERATE}",
-                self.path.display()
-            )
-        })
-    }
     fn f32(&self, k: &str) -> &[f32] {
-        &self.get(k).1
+        self.t.f32(k)
     }
     fn shape(&self, k: &str) -> &[usize] {
-        &self.get(k).0
+        self.t.shape(k)
     }
     fn tensor(&self, k: &str, dev: &Device) -> Tensor {
         Tensor::from_f32(self.f32(k).to_vec(), self.shape(k), dev).unwrap()
@@ -142,7 +108,7 @@ fn ctx_values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
 
 /// Inputs of case `tag` ("b1" or "b2"): latent, timesteps, text context [B, 333, 4096], pooled.
 fn inputs(r: &Reference, tag: &str, dev: &Device) -> (Tensor, Vec<f32>, Tensor, Tensor) {
-    let seeds = &r.get(&format!("input.{tag}.ctx_seed")).2;
+    let seeds = r.t.ints(&format!("input.{tag}.ctx_seed"));
     let b = seeds.len();
     let mut ctx = Vec::with_capacity(b * TEXT_LEN * 4096);
     for (i, &s) in seeds.iter().enumerate() {
@@ -250,7 +216,7 @@ fn cpu_forward_matches_reference_f32() {
         let mut seen = 0;
         for (tap, v) in &taps {
             let key = format!("f32.b1.{tap}");
-            if r.t.contains_key(&key) {
+            if r.t.has(&key) {
                 assert_close(&format!("{name}: {key}"), v, r.f32(&key), ATOL, RTOL);
                 seen += 1;
             }

@@ -175,9 +175,26 @@ impl Fixture {
         if manifest["files"].get(&file).is_none() {
             panic!("{file} is not listed in tests/fixtures/manifest.json: stale fixtures.\nregenerate with: {REGENERATE}");
         }
-        let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| {
+        Fixture::parse(&bytes, &path, REGENERATE)
+    }
+
+    /// Any safetensors file as a fixture (no manifest or format-version check; the variant
+    /// fixtures carry their own). `regenerate` is the command printed when it is missing.
+    pub fn from_file(path: &std::path::Path, regenerate: &str) -> Fixture {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| {
             panic!(
-                "{}: cannot parse: {e:?}\nregenerate with: {REGENERATE}",
+                "cannot read {}: {e}\nregenerate with: {regenerate}",
+                path.display()
+            )
+        });
+        Fixture::parse(&bytes, path, regenerate)
+    }
+
+    fn parse(bytes: &[u8], path: &std::path::Path, regenerate: &str) -> Fixture {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let st = SafeTensors::deserialize(bytes).unwrap_or_else(|e| {
+            panic!(
+                "{}: cannot parse: {e:?}\nregenerate with: {regenerate}",
                 path.display()
             )
         });
@@ -197,7 +214,7 @@ impl Fixture {
             );
         }
         Fixture {
-            name: file,
+            name: path.display().to_string(),
             tensors,
         }
     }
