@@ -15,6 +15,47 @@ const N_VIDEO: usize = 41_472;
 const N_TEXT: usize = 333;
 const D: usize = 2432;
 
+/// Times 1 GiB host-to-device copies on the copy stream (events recorded on that stream).
+fn h2d_ceilings(dev: &Device, dst: &Tensor, it: usize) {
+    use contentv::runtime::device::Event;
+    use contentv::runtime::memory::PinnedBuffer;
+    use cudarc::driver::result as cu;
+    let g = dev.gpu().unwrap();
+    let bytes = dst.size_bytes();
+    let dptr = dst.dev_ptr().unwrap();
+    g.bind().unwrap();
+    let time = |src: &[u8]| -> f32 {
+        let mut v = Vec::new();
+        for i in 0..=it.max(1) {
+            let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
+            a.record(&g.copy).unwrap();
+            unsafe { cu::memcpy_htod_async(dptr, src, g.copy.cu_stream()).unwrap() };
+            b.record(&g.copy).unwrap();
+            b.synchronize().unwrap();
+            if i > 0 {
+                v.push(a.elapsed_ms(&b).unwrap());
+            }
+        }
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    match PinnedBuffer::new(&g.ctx, bytes) {
+        Ok(mut p) => {
+            p.as_mut_slice().fill(1);
+            let ms = time(p.as_slice());
+            report_bw(
+                "CEILING host-to-device 1 GiB, pinned (copy stream)",
+                ms,
+                bytes,
+            );
+        }
+        Err(e) => println!("CEILING host-to-device pinned: not measured ({e})"),
+    }
+    let pageable = vec![1u8; bytes];
+    let ms = time(&pageable);
+    report_bw("host-to-device 1 GiB, pageable (copy stream)", ms, bytes);
+}
+
 /// Compares a GPU result with the CPU reference on the same (bf16-rounded) inputs before timing.
 fn validate(name: &str, got: &Tensor, want: &Tensor, k: usize) -> bool {
     let (atol, rtol) = contentv::ops::tolerance::for_dtype(got.dtype(), k);
@@ -154,7 +195,12 @@ fn main() {
     let big2 = Tensor::empty(&[512 << 20], DType::BF16, &dev).unwrap();
     let ms = time_ms(&dev, it, || big2.copy_from(&big).unwrap());
     report_bw("CEILING device-to-device copy 1 GiB", ms, 2 << 30);
-    drop((big, big2));
+    drop(big);
+    // Host-to-device on the copy stream (what sequential offload streams through): from a
+    // page-locked buffer (contentv::runtime::memory::PinnedBuffer, as the residency layer
+    // uses) and, for comparison, from pageable memory. Bytes moved once (not read + written).
+    h2d_ceilings(&dev, &big2, it);
+    drop(big2);
     let ga = rand_bf16(&[8192, 8192], &dev, 1.0);
     let gw = Linear {
         weight: Weight::Dense(rand_bf16(&[8192, 8192], &dev, 0.01)),

@@ -1,0 +1,119 @@
+//! Wan2.1 VAE decode at the product's default size on the GPU, random weights of the real shapes
+//! (base_dim 96, dim_mult [1,2,4,4], 2 res blocks, temporal upsampling [T,T,F]):
+//! latents [1, 16, 32, 54, 96] -> video [1, 3, 125, 432, 768].
+//!
+//! Prints, per conv precision (f32 CUDA cores, bf16 tensor cores) and per mode (untiled, tiled
+//! 32/8 latent px): wall time of the whole decode (host de-normalisation and tile blending
+//! included, as `contentv generate` runs it), the pool's peak bytes in use and reserved, and
+//! the max abs difference of the bf16 and tiled outputs against the f32 untiled output.
+//!
+//! `CONTENTV_BENCH_VAE_FRAMES` sets the latent frames (default 32); `CONTENTV_BENCH_QUICK` runs
+//! 4 latent frames. Prints SKIP without a GPU.
+#[path = "util/mod.rs"]
+mod util;
+use std::time::Instant;
+
+use contentv::model::vae::synthetic::{rnd, tiny_weights};
+use contentv::model::vae::{TileConfig, VaeConfig, VaeDecoder, VaeOptions};
+use contentv::ops::conv::ConvPrecision;
+use contentv::runtime::{Device, Tensor};
+
+fn gib(b: usize) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+fn main() {
+    let Some(dev) = util::cuda_or_skip() else {
+        return;
+    };
+    let g = dev.gpu().unwrap().clone();
+    let t_lat: usize = std::env::var("CONTENTV_BENCH_VAE_FRAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if std::env::var("CONTENTV_BENCH_QUICK").is_ok() {
+            4
+        } else {
+            32
+        });
+    let (h, w) = (54, 96);
+    let cfg = VaeConfig::wan21();
+    let t = Instant::now();
+    let mut weights = tiny_weights(&cfg, 7);
+    weights.device = dev.clone();
+    let n_params: usize = weights.tensors.values().map(|t| t.elem_count()).sum();
+    let mut seed = 11u64;
+    let lat = Tensor::from_f32(
+        rnd(16 * t_lat * h * w, &mut seed, 1.5),
+        &[1, 16, t_lat, h, w],
+        &Device::Cpu,
+    )
+    .unwrap();
+    println!(
+        "Wan2.1 VAE decoder, random weights ({:.1} M params, made in {:.1} s); latents [1, 16, {t_lat}, {h}, {w}] -> {} frames of {}x{}",
+        n_params as f64 / 1e6,
+        t.elapsed().as_secs_f64(),
+        cfg.frames_for(t_lat),
+        h * 8,
+        w * 8
+    );
+    let mut reference: Option<Vec<f32>> = None;
+    let tiled = Some(TileConfig::default());
+    for (prec, tiling, name) in [
+        (ConvPrecision::F32, None, "f32 untiled"),
+        (ConvPrecision::Bf16, None, "bf16 untiled"),
+        (ConvPrecision::F32, tiled, "f32 tiled 32/8"),
+        (ConvPrecision::Bf16, tiled, "bf16 tiled 32/8"),
+    ] {
+        g.pool.empty_cache().unwrap();
+        g.pool.reset_peak();
+        let vae = VaeDecoder::load(
+            &weights,
+            cfg.clone(),
+            VaeOptions {
+                precision: prec,
+                tiling,
+            },
+        )
+        .unwrap();
+        let weights_bytes = g.pool.stats().in_use;
+        // Warm-up on one latent frame (module load, pool), outside the timing.
+        let warm = Tensor::from_f32(
+            rnd(16 * h * w, &mut seed, 1.5),
+            &[1, 16, 1, h, w],
+            &Device::Cpu,
+        )
+        .unwrap();
+        drop(vae.decode(&warm).unwrap());
+        dev.synchronize().unwrap();
+        g.pool.reset_peak();
+        let t = Instant::now();
+        let video = vae.decode(&lat).unwrap();
+        dev.synchronize().unwrap();
+        let s = t.elapsed().as_secs_f64();
+        let st = g.pool.stats();
+        let v = video.to_vec_f32().unwrap();
+        drop(video);
+        let err = match &reference {
+            None => {
+                reference = Some(v);
+                "reference".to_string()
+            }
+            Some(r) => {
+                let md = r
+                    .iter()
+                    .zip(&v)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                format!("max abs diff vs f32 untiled {md:.3e} (video in [-1, 1])")
+            }
+        };
+        println!(
+            "vae decode {name}: {s:.2} s ({:.1} ms/latent frame); pool after load {:.2} GiB; peak in use {:.2} GiB, reserved {:.2} GiB; {err}",
+            s * 1e3 / t_lat as f64,
+            gib(weights_bytes),
+            gib(st.peak_in_use),
+            gib(st.peak_reserved),
+        );
+        drop(vae);
+    }
+}
