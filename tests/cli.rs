@@ -1197,3 +1197,35 @@ fn quantize_never_destroys_its_input_or_unrelated_folders() {
         entries(&d)
     );
 }
+
+/// A checkpoint whose tokenizer_3/ holds only spiece.model (as some downloads and mirrors do)
+/// generates exactly what the same checkpoint with tokenizer.json generates.
+#[test]
+fn t5_tokenizer_from_spiece_model_alone() {
+    let d = scratch("spiece-only");
+    let model = d.join("model");
+    linked_tiny(&model);
+    std::fs::remove_file(model.join("tokenizer_3/tokenizer.json")).unwrap();
+    let (a, b) = (d.join("a.safetensors"), d.join("b.safetensors"));
+    for (m, lat) in [(tiny(), &a), (model.clone(), &b)] {
+        let out = d.join("v.mp4");
+        let mut args = tiny_args(out.to_str().unwrap(), "7");
+        args.extend([
+            "--model",
+            m.to_str().unwrap(),
+            "--save-latents",
+            lat.to_str().unwrap(),
+        ]);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let (a, b) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let lat = |bytes: &[u8]| {
+        let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        st.tensor("latents").unwrap().data().to_vec()
+    };
+    assert!(
+        lat(&a) == lat(&b),
+        "the latents differ between tokenizer.json and spiece.model"
+    );
+}

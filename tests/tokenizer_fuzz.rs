@@ -179,13 +179,31 @@ fn tokenizers_match_reference_on_fuzz_corpus() {
     tok_g.max_len = tok_l.max_len;
     let tmp = std::env::temp_dir().join(format!("contentv-tokfuzz-{}", std::process::id()));
     let like = t5_like_json();
+    // The tiny tokenizer_3 without its tokenizer.json: spiece.model + configs, converted by the
+    // engine as transformers converts it (src/model/spm.rs); must equal the t5_tiny reference.
+    let spm_dir = tmp.join("t5_tiny_spm");
+    std::fs::create_dir_all(&spm_dir).unwrap();
+    for f in [
+        "spiece.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        std::fs::copy(tiny().join("tokenizer_3").join(f), spm_dir.join(f)).unwrap();
+    }
     let t5s = [
         (
             "t5_tiny",
+            "t5_tiny",
             T5Tokenizer::from_dir(&tiny().join("tokenizer_3"), T5_TOKENS).unwrap(),
         ),
-        ("t5_like", t5_from_json(&tmp, "t5_like", &like)),
         (
+            "t5_tiny from spiece.model",
+            "t5_tiny",
+            T5Tokenizer::from_dir(&spm_dir, T5_TOKENS).unwrap(),
+        ),
+        ("t5_like", "t5_like", t5_from_json(&tmp, "t5_like", &like)),
+        (
+            "t5_like_legacy",
             "t5_like_legacy",
             t5_from_json(&tmp, "t5_like_legacy", &legacy_t5_json(like.clone())),
         ),
@@ -193,7 +211,8 @@ fn tokenizers_match_reference_on_fuzz_corpus() {
     let _ = std::fs::remove_dir_all(&tmp);
 
     let mut failures = Vec::new();
-    let check = |name: &str,
+    let check = |label: &str,
+                 name: &str,
                  pad: u32,
                  i: usize,
                  got: (Vec<u32>, usize),
@@ -208,7 +227,7 @@ fn tokenizers_match_reference_on_fuzz_corpus() {
         if report.len() < 8 {
             let at = got.0.iter().zip(want).position(|(a, b)| a != b);
             report.push(format!(
-                "{name} prompt {i} {:?}\n  first difference at {at:?}; dropped ours {} reference {want_dropped}\n  ours: {}\n  ref:  {}",
+                "{label} prompt {i} {:?}\n  first difference at {at:?}; dropped ours {} reference {want_dropped}\n  ours: {}\n  ref:  {}",
                 prompts[i],
                 got.1,
                 show(&got.0, pad),
@@ -224,6 +243,7 @@ fn tokenizers_match_reference_on_fuzz_corpus() {
             .filter(|&i| {
                 !check(
                     name,
+                    name,
                     tok.pad,
                     i,
                     tok.encode_padded_counted(&prompts[i]),
@@ -234,11 +254,12 @@ fn tokenizers_match_reference_on_fuzz_corpus() {
         summary.push(format!("{name}: {bad} / {} mismatches", prompts.len()));
         failures.extend(report);
     }
-    for (name, tok) in &t5s {
+    for (label, name, tok) in &t5s {
         let mut report = Vec::new();
         let bad = (0..prompts.len())
             .filter(|&i| {
                 !check(
+                    label,
                     name,
                     tok.pad,
                     i,
@@ -247,7 +268,7 @@ fn tokenizers_match_reference_on_fuzz_corpus() {
                 )
             })
             .count();
-        summary.push(format!("{name}: {bad} / {} mismatches", prompts.len()));
+        summary.push(format!("{label}: {bad} / {} mismatches", prompts.len()));
         failures.extend(report);
     }
     println!("{}", summary.join("\n"));

@@ -98,3 +98,110 @@ fn clip_fuzz_regressions() {
         assert_eq!(tok.encode_raw(prompt), want, "{prompt:?}");
     }
 }
+
+/// T5 tokenizer folders with only spiece.model (no tokenizer.json) and several
+/// tokenizer_config.json variants (extra ids, legacy / non-legacy prefix, no config, a special
+/// token outside the vocabulary): ids equal what transformers' T5TokenizerFast.from_pretrained
+/// gives for the same folder (tests/fixtures/tokenizer_fuzz/spm_variants.json, from
+/// scripts/reference/make_spm_variants.py).
+#[test]
+fn t5_from_spiece_model_matches_transformers_conversion() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tests/fixtures/tokenizer_fuzz/spm_variants.json"))
+            .expect("spm_variants.json (scripts/reference/make_spm_variants.py)"),
+    )
+    .unwrap();
+    let max_len = fx["max_length"].as_u64().unwrap() as usize;
+    let prompts: Vec<String> = fx["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let src = tiny_model_dir().join("tokenizer_3");
+    let variants = fx["variants"].as_object().unwrap();
+    assert!(variants.len() >= 5);
+    let mut failures = Vec::new();
+    for (name, v) in variants {
+        let d = std::env::temp_dir().join(format!("contentv-spm-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(src.join("spiece.model"), d.join("spiece.model")).unwrap();
+        if !v["tokenizer_config"].is_null() {
+            std::fs::write(
+                d.join("tokenizer_config.json"),
+                v["tokenizer_config"].to_string(),
+            )
+            .unwrap();
+        }
+        if v["special_tokens_map"].as_bool().unwrap() {
+            std::fs::copy(
+                src.join("special_tokens_map.json"),
+                d.join("special_tokens_map.json"),
+            )
+            .unwrap();
+        }
+        let tok = T5Tokenizer::from_dir(&d, max_len).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+        assert_eq!(tok.pad as u64, v["pad"].as_u64().unwrap(), "{name} pad");
+        assert_eq!(tok.eos as u64, v["eos"].as_u64().unwrap(), "{name} eos");
+        assert_eq!(
+            tok.max_id() as u64 + 1,
+            v["vocab_size"].as_u64().unwrap(),
+            "{name}: vocabulary size"
+        );
+        for (i, p) in prompts.iter().enumerate() {
+            let mut want: Vec<u32> = v["ids"][i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            want.resize(max_len, tok.pad);
+            let got = tok.encode_padded(p).unwrap();
+            if got != want {
+                failures.push(format!(
+                    "{name} prompt {i} {p:?}:\n  ours {:?}\n  ref  {:?}",
+                    &got[..24.min(got.len())],
+                    &want[..24.min(want.len())]
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn t5_folder_errors_name_the_file() {
+    let d = std::env::temp_dir().join(format!("contentv-spm-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let err = |d: &std::path::Path| match T5Tokenizer::from_dir(d, 256) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    };
+    let e = err(&d);
+    assert!(e.contains("neither tokenizer.json nor spiece.model"), "{e}");
+    // a truncated model: the first half of the tiny spiece.model
+    let full = std::fs::read(tiny_model_dir().join("tokenizer_3/spiece.model")).unwrap();
+    std::fs::write(d.join("spiece.model"), &full[..full.len() / 2]).unwrap();
+    let e = err(&d);
+    assert!(
+        e.contains("spiece.model") && e.contains("not a valid SentencePiece model"),
+        "{e}"
+    );
+    // not a protobuf at all
+    std::fs::write(d.join("spiece.model"), b"{\"model\": \"unigram\"}").unwrap();
+    let e = err(&d);
+    assert!(e.contains("spiece.model"), "{e}");
+    // a bad config value is named with its file and key
+    std::fs::write(d.join("spiece.model"), &full).unwrap();
+    std::fs::write(d.join("tokenizer_config.json"), "{\"extra_ids\": \"many\"}").unwrap();
+    let e = err(&d);
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("extra_ids"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

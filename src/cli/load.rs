@@ -72,12 +72,12 @@ pub const COMPONENTS: &[Component] = &[
     Component {
         folder: "tokenizer",
         what: "CLIP-L tokenizer",
-        files: &["vocab.json", "merges.txt"],
+        files: &["vocab.json|tokenizer.json", "merges.txt|tokenizer.json"],
     },
     Component {
         folder: "tokenizer_2",
         what: "CLIP-G tokenizer",
-        files: &["vocab.json", "merges.txt"],
+        files: &["vocab.json|tokenizer.json", "merges.txt|tokenizer.json"],
     },
     Component {
         folder: "tokenizer_3",

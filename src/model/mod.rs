@@ -4,6 +4,7 @@ pub mod clip;
 pub mod mmdit;
 pub mod pipeline;
 pub mod scheduler;
+pub mod spm;
 pub mod t5;
 pub mod text;
 pub mod tokenizer;

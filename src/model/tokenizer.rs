@@ -14,7 +14,8 @@
 //!   characters assigned later are dropped as unassigned, and NFC uses Unicode 14.0 data.
 //!   tests/tokenizer_fuzz.rs checks all of this on a 2000-prompt corpus and, optionally, on every
 //!   code point.
-//! * T5 (`tokenizer_3/`): `tokenizer.json` with the `tokenizers` crate (Unigram + `</s>`),
+//! * T5 (`tokenizer_3/`): `tokenizer.json` (or `spiece.model` alone, converted as transformers does:
+//!   [`crate::model::spm`]) with the `tokenizers` crate (Unigram + `</s>`),
 //!   truncated to 255 + EOS, padded with id 0 to 256.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -648,7 +649,8 @@ fn is_cjk(cp: u32) -> bool {
     matches!(cp, 0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0x2A700..=0x2B73F | 0x2B740..=0x2B81F | 0x2B820..=0x2CEAF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
 }
 
-/// The T5 tokenizer from `tokenizer.json`.
+/// The T5 tokenizer from `tokenizer.json`, or from `spiece.model` alone (converted like
+/// transformers' T5TokenizerFast, see [`crate::model::spm`]).
 pub struct T5Tokenizer {
     tok: tokenizers::Tokenizer,
     pub eos: u32,
@@ -666,20 +668,32 @@ impl T5Tokenizer {
                 dir.display()
             )));
         }
-        if !path.is_file() {
+        let spiece = dir.join("spiece.model");
+        let tok = if path.is_file() {
+            read_text(&path)?; // a clear error for unreadable / non-UTF-8 files
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| {
+                Error::Input(format!(
+                    "{}: not a valid tokenizer.json: {e}",
+                    path.display()
+                ))
+            })?
+        } else if spiece.is_file() {
+            // Converted as transformers' T5TokenizerFast does for such a folder.
+            let doc = crate::model::spm::t5_tokenizer_json(dir)?;
+            doc.to_string()
+                .parse::<tokenizers::Tokenizer>()
+                .map_err(|e| {
+                    Error::Input(format!(
+                        "{}: cannot build the tokenizer from it: {e}",
+                        spiece.display()
+                    ))
+                })?
+        } else {
             return Err(Error::Input(format!(
-                "{} is missing: the T5 tokenizer needs tokenizer.json (convert spiece.model with transformers' T5TokenizerFast \
-                 and save_pretrained)",
-                path.display()
+                "{}: the T5 tokenizer folder has neither tokenizer.json nor spiece.model",
+                dir.display()
             )));
-        }
-        read_text(&path)?; // a clear error for unreadable / non-UTF-8 files
-        let tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
-            Error::Input(format!(
-                "{}: not a valid tokenizer.json: {e}",
-                path.display()
-            ))
-        })?;
+        };
         let eos = tok.token_to_id("</s>").unwrap_or(1);
         let pad = tok.token_to_id("<pad>").unwrap_or(0);
         Ok(T5Tokenizer {
