@@ -75,13 +75,6 @@ impl Qkv {
     }
 }
 
-fn report(name: &str, ms: f32, flops: f64) {
-    println!(
-        "{name:<58} {ms:>9.3} ms  {:>7.1} TFLOP/s",
-        flops / (ms as f64 * 1e-3) / 1e12
-    );
-}
-
 fn main() {
     let Some(dev) = util::cuda_or_skip() else {
         return;
@@ -134,7 +127,7 @@ fn main() {
             "flash_attn_fwd_d64 B={b} H={HEADS} S={sv}+{st}{}",
             if causal { " causal" } else { "" }
         );
-        report(&name, ms, flops);
+        util::report_flops(&name, ms, flops);
     }
     // The generic kernel on a small shape, for scale.
     let x = Qkv::new(&dev, 1, &[2048, N_TEXT]);
@@ -142,7 +135,7 @@ fn main() {
     let ms = time_ms(&dev, 3, || {
         x.run(false, AttnKernel::Naive);
     });
-    report(
+    util::report_flops(
         &format!("attn_naive_bf16 B=1 H={HEADS} S=2048+{N_TEXT}"),
         ms,
         4.0 * HEADS as f64 * s * s * HEAD_DIM as f64,

@@ -216,7 +216,7 @@ fn main() {
         g.pool.reset_peak();
         let m = Transformer::load_with(&root.join("transformer"), &dev, &mem).unwrap();
         let ts = vec![500.0f32; b];
-        m.prepare_run(&[ts.clone()], &pooled).unwrap();
+        m.prepare_run(std::slice::from_ref(&ts), &pooled).unwrap();
         m.forward(&x, &ts, &ctx, &pooled).unwrap(); // warm-up (uploads, kernels, cuBLASLt heuristics)
         dev.synchronize().unwrap();
         let t = Instant::now();

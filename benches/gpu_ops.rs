@@ -9,7 +9,7 @@ mod util;
 use contentv::ops::conv::{conv3d, ConvOpts, ConvPrecision};
 use contentv::ops::{act, elementwise as ew, gemm, norm};
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
-use util::time_ms;
+use util::{report_bw, report_flops, time_ms};
 
 const N_VIDEO: usize = 41_472;
 const N_TEXT: usize = 333;
@@ -92,26 +92,12 @@ fn rand_bf16(shape: &[usize], dev: &Device, scale: f32) -> Tensor {
         .unwrap()
 }
 
-fn report_bw(name: &str, ms: f32, bytes: usize) {
-    println!(
-        "{name:<48} {ms:>9.3} ms  {:>8.1} GB/s",
-        bytes as f64 / (ms as f64 * 1e-3) / 1e9
-    );
-}
-fn report_flops(name: &str, ms: f32, flops: f64) {
-    println!(
-        "{name:<48} {ms:>9.3} ms  {:>8.1} TFLOP/s",
-        flops / (ms as f64 * 1e-3) / 1e12
-    );
-}
-
 fn main() {
     let Some(dev) = util::cuda_or_skip() else {
         return;
     };
     let g = dev.gpu().unwrap();
-    let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
-    let it = if quick { 3 } else { 15 };
+    let it = util::iters(15);
 
     // Validation on small inputs against the CPU reference, before any timing.
     {

@@ -34,6 +34,7 @@ struct Seg {
     dev: [Tensor; 3],
 }
 
+#[allow(clippy::too_many_arguments)]
 fn seg(
     b: usize,
     s: usize,

@@ -53,7 +53,7 @@ fn cpu_encoders_match_reference_f32() {
             ("clip_l", &te.clip_l, &t.clip_l),
             ("clip_g", &te.clip_g, &t.clip_g),
         ] {
-            let o = enc.forward(&[tk.clone()]).unwrap();
+            let o = enc.forward(std::slice::from_ref(tk)).unwrap();
             let hk = format!("f32.{name}.hidden_penultimate");
             let n = f.shape(&hk)[1] * f.shape(&hk)[2];
             assert_close(
@@ -74,7 +74,7 @@ fn cpu_encoders_match_reference_f32() {
         }
         let t5 = te
             .t5
-            .forward(&[t.t5.clone()])
+            .forward(std::slice::from_ref(&t.t5))
             .unwrap()
             .to_vec_f32()
             .unwrap();
@@ -251,7 +251,7 @@ fn gpu_encoders_match_reference_bf16() {
             ("clip_l", &te.clip_l, &t.clip_l),
             ("clip_g", &te.clip_g, &t.clip_g),
         ] {
-            let o = enc.forward(&[tk.clone()]).unwrap();
+            let o = enc.forward(std::slice::from_ref(tk)).unwrap();
             let hk = format!("bf16.{name}.hidden_penultimate");
             let n = f.shape(&hk)[1] * f.shape(&hk)[2];
             let tol = bf16_atol(err(&format!("{name}_hidden_penultimate")), 0.01);

@@ -162,7 +162,7 @@ fn clip_variants_match_transformers() {
             let (hs, ps) = (r.shape(&hk).to_vec(), r.shape(&pk).to_vec());
             let (hn, pn) = (hs[1] * hs[2], ps[1]);
             for (j, row) in ids.iter().enumerate() {
-                let o = enc.forward(&[row.clone()]).unwrap();
+                let o = enc.forward(std::slice::from_ref(row)).unwrap();
                 assert_eq!(o.penultimate.shape(), &[1, hs[1], hs[2]], "{n}");
                 assert_eq!(o.pooled.shape(), &[1, ps[1]], "{n}");
                 assert_close(
@@ -238,7 +238,7 @@ fn t5_variants_match_transformers() {
             let s = r.shape(&k).to_vec();
             let per = s[1] * s[2];
             for (j, row) in ids.iter().enumerate() {
-                let h = enc.forward(&[row.clone()]).unwrap();
+                let h = enc.forward(std::slice::from_ref(row)).unwrap();
                 assert_eq!(h.shape(), &[1, s[1], s[2]], "{n}");
                 assert_close(
                     &format!("{n} s{i} last_hidden_state[{j}]"),

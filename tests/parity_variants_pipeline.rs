@@ -112,7 +112,7 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
         let (noise_shape, noise) = r.get("noise");
         assert_eq!(
             &geom.latent_shape()[..],
-            &noise_shape[..],
+            noise_shape,
             "{name}: latent shape"
         );
 
@@ -172,7 +172,7 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
         let (fshape, want) = r.get("f32.frames_u8");
         assert_eq!(
             &[frames.frames, frames.height, frames.width, 3][..],
-            &fshape[..],
+            fshape,
             "{name}: frames shape"
         );
         common::check_frames(name, &frames.data, want.iter().map(|&v| v as i64));

@@ -44,6 +44,22 @@ pub fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f32 {
     v[v.len() / 2]
 }
 
+/// One result line: name, median ms, achieved TFLOP/s.
+pub fn report_flops(name: &str, ms: f32, flops: f64) {
+    println!(
+        "{name:<58} {ms:>9.3} ms  {:>8.1} TFLOP/s",
+        flops / (ms as f64 * 1e-3) / 1e12
+    );
+}
+
+/// One result line: name, median ms, achieved GB/s (`bytes` moved once).
+pub fn report_bw(name: &str, ms: f32, bytes: usize) {
+    println!(
+        "{name:<58} {ms:>9.3} ms  {:>8.1} GB/s",
+        bytes as f64 / (ms as f64 * 1e-3) / 1e9
+    );
+}
+
 /// Iterations: 3 with `CONTENTV_BENCH_QUICK`, else `full`.
 pub fn iters(full: usize) -> usize {
     if std::env::var("CONTENTV_BENCH_QUICK").is_ok() {

@@ -332,11 +332,20 @@ fn read_st_tensor(path: &Path, name: &str) -> Result<StTensor> {
             path.display()
         ))
     })?;
-    let v = st.tensor(name).map_err(|_| {
+    // A file with one tensor of another name (e.g. saved from Python as {"sample": z}) is
+    // taken as that tensor.
+    let mut names = st.names();
+    names.sort();
+    let key = if names.len() == 1 { names[0] } else { name };
+    let v = st.tensor(key).map_err(|_| {
         Error::Input(format!(
             "{} has no tensor named {name:?} (it has: {})",
             path.display(),
-            st.names().join(", ")
+            if names.is_empty() {
+                "no tensors".to_string()
+            } else {
+                names.join(", ")
+            }
         ))
     })?;
     let d = v.data();
@@ -377,7 +386,8 @@ fn read_st_tensor(path: &Path, name: &str) -> Result<StTensor> {
     ))
 }
 
-/// Reads `--init-noise FILE`: a safetensors file with one tensor "noise" of shape `expected`.
+/// Reads `--init-noise FILE`: a safetensors file with a tensor "noise" (or only one tensor, of
+/// any name) of shape `expected`.
 pub fn load_init_noise(path: &Path, expected: &[usize]) -> Result<Vec<f32>> {
     let (shape, data, _) = read_st_tensor(path, "noise")?;
     if shape != expected {
@@ -426,9 +436,13 @@ pub fn save_latents(
     Ok(())
 }
 
-/// Reads latents written by [`save_latents`] (any float dtype; tensor "latents").
+/// Reads latents written by [`save_latents`] (any float dtype; tensor "latents", or the only
+/// tensor of the file; [1, C, T, h, w] or [C, T, h, w]).
 pub fn load_latents(path: &Path) -> Result<SavedLatents> {
-    let (shape, data, metadata) = read_st_tensor(path, "latents")?;
+    let (mut shape, data, metadata) = read_st_tensor(path, "latents")?;
+    if shape.len() == 4 {
+        shape.insert(0, 1); // [C, T, h, w] without the batch dim
+    }
     if shape.len() != 5 || shape[0] != 1 || shape.contains(&0) {
         return Err(Error::Input(format!(
             "{}: latents must have shape [1, C, T, h, w], got {shape:?}",
@@ -850,6 +864,47 @@ pub fn decode_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_st(path: &Path, tensors: &[(&str, Vec<usize>)]) {
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, s)| {
+                let k: usize = s.iter().product();
+                let b = (0..k).flat_map(|i| (i as f32).to_le_bytes()).collect();
+                (n.to_string(), s.clone(), b)
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(n, s, b)| {
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap();
+                (n.clone(), v)
+            })
+            .collect();
+        std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn latents_files_from_other_tools_load() {
+        let d = std::env::temp_dir().join(format!("contentv-lat-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("x.safetensors");
+        // one tensor of another name, without the batch dim
+        write_st(&p, &[("sample", vec![16, 2, 3, 4])]);
+        let l = load_latents(&p).unwrap();
+        assert_eq!(l.shape, vec![1, 16, 2, 3, 4]);
+        assert_eq!(l.data[5], 5.0);
+        // several tensors and none named "latents": an error that lists them
+        write_st(&p, &[("a", vec![1]), ("b", vec![1])]);
+        let e = load_latents(&p).err().unwrap().to_string();
+        assert!(e.contains("\"latents\"") && e.contains("a, b"), "{e}");
+        // the only tensor of a noise file, of the expected shape
+        write_st(&p, &[("z", vec![1, 4, 2, 3, 3])]);
+        assert_eq!(load_init_noise(&p, &[1, 4, 2, 3, 3]).unwrap().len(), 72);
+        assert!(load_init_noise(&p, &[1, 4, 2, 3, 4]).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     struct ZeroText;
     impl PromptEncoding for ZeroText {

@@ -1,7 +1,7 @@
 //! Elementwise activations and the last-dim softmax. Kernels: kernels/ops.cu (`act_*`, `softmax_last_*`).
 use crate::error::Result;
 use crate::ops::gemm::Act;
-use crate::ops::{common_gpu, float_dtype, grid_1d, grid_rows, host};
+use crate::ops::{common_gpu, float_dtype, grid_rows, host};
 use crate::runtime::{KernelArgs, Tensor};
 use crate::{kname, shape_err};
 
@@ -19,12 +19,10 @@ pub fn apply(x: &Tensor, act: Act) -> Result<Tensor> {
             if n > 0 {
                 let name = kname!("act", float_dtype("act", &x)?, "act")?;
                 unsafe {
-                    gpu.launch(
+                    gpu.launch_1d(
                         "ops",
                         name,
-                        grid_1d(n),
-                        (256, 1, 1),
-                        0,
+                        n,
                         KernelArgs::new()
                             .ptr(x.dev_ptr()?)
                             .ptr(y.dev_ptr()?)

@@ -1,7 +1,6 @@
 //! Casts between f32, bf16 and f16 on the GPU (round to nearest even). Host tensors convert in
 //! [`Tensor::to_dtype`] directly. Kernel: kernels/ops.cu (`cast_any`).
 use crate::error::{Error, Result};
-use crate::ops::grid_1d;
 use crate::runtime::{DType, KernelArgs, Tensor};
 
 fn code(d: DType) -> Result<i32> {
@@ -28,12 +27,10 @@ pub fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
             let n = t.elem_count();
             if n > 0 {
                 unsafe {
-                    gpu.launch(
+                    gpu.launch_1d(
                         "ops",
                         "cast_any",
-                        grid_1d(n),
-                        (256, 1, 1),
-                        0,
+                        n,
                         KernelArgs::new()
                             .ptr(t.dev_ptr()?)
                             .ptr(y.dev_ptr()?)

@@ -2,7 +2,6 @@
 //! Host tensors are handled by [`Tensor`] itself. Kernel: kernels/ops.cu (`copy_nd`), rank <= 8,
 //! any element size of 1, 2 or 4 bytes.
 use crate::error::{Error, Result};
-use crate::ops::grid_1d;
 use crate::runtime::{KernelArgs, Tensor};
 use crate::shape_err;
 
@@ -69,5 +68,5 @@ pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
     for v in shape.iter().chain(&ss).chain(&ds) {
         a.i64(*v);
     }
-    unsafe { gpu.launch("ops", "copy_nd", grid_1d(n), (256, 1, 1), 0, &mut a) }
+    unsafe { gpu.launch_1d("ops", "copy_nd", n, &mut a) }
 }

@@ -2,7 +2,7 @@
 //! Kernels: kernels/ops.cu (`binary_*`, `add_bcast_*`, `axpby_*`, `gated_residual_*`); concat
 //! uses the strided copy of [`crate::ops::copy`].
 use crate::error::{Error, Result};
-use crate::ops::{common_gpu, float_dtype, grid_1d, host};
+use crate::ops::{common_gpu, float_dtype, host};
 use crate::runtime::{Device, KernelArgs, Tensor};
 use crate::{kname, shape_err};
 
@@ -60,12 +60,10 @@ fn axpby(op: &str, a: &Tensor, b: Option<&Tensor>, alpha: f32, beta: f32) -> Res
                     None => 0,
                 };
                 unsafe {
-                    gpu.launch(
+                    gpu.launch_1d(
                         "ops",
                         name,
-                        grid_1d(n),
-                        (256, 1, 1),
-                        0,
+                        n,
                         KernelArgs::new()
                             .ptr(a.dev_ptr()?)
                             .ptr(bp)
@@ -114,12 +112,10 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             if n > 0 {
                 let name = kname!("mul", float_dtype("mul", &a)?, "mul")?;
                 unsafe {
-                    gpu.launch(
+                    gpu.launch_1d(
                         "ops",
                         name,
-                        grid_1d(n),
-                        (256, 1, 1),
-                        0,
+                        n,
                         KernelArgs::new()
                             .ptr(a.dev_ptr()?)
                             .ptr(b.dev_ptr()?)
@@ -161,12 +157,10 @@ pub fn add_bcast(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             if n > 0 {
                 let name = kname!("add_bcast", float_dtype("add_bcast", &a)?, "add_bcast")?;
                 unsafe {
-                    gpu.launch(
+                    gpu.launch_1d(
                         "ops",
                         name,
-                        grid_1d(n),
-                        (256, 1, 1),
-                        0,
+                        n,
                         KernelArgs::new()
                             .ptr(a.dev_ptr()?)
                             .ptr(b.dev_ptr()?)
@@ -216,12 +210,10 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
                     "gated_residual"
                 )?;
                 unsafe {
-                    gpu.launch(
+                    gpu.launch_1d(
                         "ops",
                         name,
-                        grid_1d(n),
-                        (256, 1, 1),
-                        0,
+                        n,
                         KernelArgs::new()
                             .ptr(x.dev_ptr()?)
                             .ptr(y.dev_ptr()?)

@@ -58,12 +58,6 @@ macro_rules! kname {
     };
 }
 
-/// Grid for `n` elements with 256-thread blocks (grid-stride loops inside the kernels).
-pub(crate) fn grid_1d(n: usize) -> (u32, u32, u32) {
-    let blocks = n.div_ceil(256).clamp(1, 65535 * 8);
-    (blocks as u32, 1, 1)
-}
-
 /// One block per row: gridDim.x may be at most 2^31 - 1. `rows` must be > 0 (a grid of zero
 /// blocks is a launch error; callers skip empty launches).
 pub(crate) fn grid_rows(op: &str, rows: usize) -> Result<(u32, u32, u32)> {

@@ -8,7 +8,7 @@
 //! into a dense weight for cuBLASLt (f32 activations, K % 8 != 0, `CONTENTV_INT8_GEMM=dequant`).
 use crate::error::{Error, Result};
 use crate::ops::gemm::{linear_act, Act};
-use crate::ops::{common_gpu, flat_rows, grid_1d, host, par_rows};
+use crate::ops::{common_gpu, flat_rows, host, par_rows};
 use crate::runtime::{DType, Device, KernelArgs, Linear, Tensor, Weight};
 use crate::shape_err;
 
@@ -345,12 +345,10 @@ fn linear_int8_dequant(
     let scale = scale.contiguous()?.to_dtype(DType::F32)?;
     let q = q.contiguous()?;
     unsafe {
-        gpu.launch(
+        gpu.launch_1d(
             "gemm_int8",
             name,
-            grid_1d(n * k),
-            (256, 1, 1),
-            0,
+            n * k,
             KernelArgs::new()
                 .ptr(q.dev_ptr()?)
                 .ptr(scale.dev_ptr()?)

@@ -136,6 +136,9 @@ struct Module(sys::CUmodule);
 unsafe impl Send for Module {}
 unsafe impl Sync for Module {}
 
+/// Loaded kernels by (module, name), with their max threads per block.
+type FuncCache = HashMap<(&'static str, &'static str), (Func, u32)>;
+
 /// One GPU: context, streams, kernels, memory pool, BLAS handle.
 pub struct Gpu {
     pub ordinal: usize,
@@ -150,7 +153,7 @@ pub struct Gpu {
     pub copy: Arc<CudaStream>,
     pub pool: Arc<Pool>,
     modules: Mutex<HashMap<&'static str, Module>>,
-    funcs: Mutex<HashMap<(&'static str, &'static str), (Func, u32)>>,
+    funcs: Mutex<FuncCache>,
     pub(crate) blas: Mutex<Option<crate::ops::gemm::BlasLt>>,
 }
 
@@ -318,6 +321,26 @@ impl Gpu {
                 "launching {name} grid {grid:?} block {block:?} smem {smem}: {e:?}"
             ))
         })
+    }
+
+    /// Launches a 1-D elementwise kernel over `n` elements: 256-thread blocks, at most
+    /// 65,535 x 8 of them (the kernels loop grid-stride, so any `n` is covered); nothing when
+    /// `n == 0`.
+    ///
+    /// # Safety
+    /// As [`Gpu::launch`].
+    pub unsafe fn launch_1d(
+        &self,
+        module: &'static str,
+        name: &'static str,
+        n: usize,
+        args: &mut KernelArgs,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let blocks = n.div_ceil(256).min(65535 * 8) as u32;
+        self.launch(module, name, (blocks, 1, 1), (256, 1, 1), 0, args)
     }
 }
 

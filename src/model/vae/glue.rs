@@ -11,10 +11,6 @@ use crate::ops::conv::{conv3d, ConvOpts, ConvPrecision};
 use crate::runtime::{DType, Device, KernelArgs, Tensor};
 use crate::shape_err;
 
-fn grid_1d(total: usize) -> (u32, u32, u32) {
-    (total.div_ceil(256).clamp(1, 65535 * 8) as u32, 1, 1)
-}
-
 fn dense_f32(t: &Tensor, what: &str) -> Result<Tensor> {
     if t.dtype() != DType::F32 {
         return Err(shape_err!(
@@ -46,16 +42,7 @@ fn copy2d(
         a.i64(v as i64);
     }
     // SAFETY: matches vae_copy2d_f32; the caller checks the index ranges.
-    unsafe {
-        g.launch(
-            "conv3d",
-            "vae_copy2d_f32",
-            grid_1d(r * c),
-            (256, 1, 1),
-            0,
-            &mut a,
-        )
-    }
+    unsafe { g.launch_1d("conv3d", "vae_copy2d_f32", r * c, &mut a) }
 }
 
 /// `x / max(‖x‖₂ over C, 1e-12) * sqrt(C) * gamma` (then SiLU if `silu`) for x [B, C, T, H, W].
@@ -104,16 +91,7 @@ pub fn channel_rms_norm(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tensor
                 .i64(n as i64)
                 .i32(silu as i32);
             // SAFETY: matches vae_channel_rms_norm_f32.
-            unsafe {
-                g.launch(
-                    "conv3d",
-                    "vae_channel_rms_norm_f32",
-                    grid_1d(b * n),
-                    (256, 1, 1),
-                    0,
-                    &mut a,
-                )?
-            };
+            unsafe { g.launch_1d("conv3d", "vae_channel_rms_norm_f32", b * n, &mut a)? };
             Ok(y)
         }
     }
@@ -199,16 +177,7 @@ pub fn spatial_attention(qkv: &Tensor, precision: ConvPrecision) -> Result<Tenso
                     let mut a = KernelArgs::new();
                     a.ptr(st.dev_ptr()?).i32(n as i32).i32(n as i32);
                     // SAFETY: matches vae_softmax_dim0_f32; st is [N, N] contiguous.
-                    unsafe {
-                        g.launch(
-                            "conv3d",
-                            "vae_softmax_dim0_f32",
-                            grid_1d(n),
-                            (256, 1, 1),
-                            0,
-                            &mut a,
-                        )?
-                    };
+                    unsafe { g.launch_1d("conv3d", "vae_softmax_dim0_f32", n, &mut a)? };
                     // O [C, N_queries] = v P^T: a 1x1 conv over N_keys input channels.
                     let oc = conv3d(&st, &v, None, &o(precision))?;
                     copy2d(&oc, &out, c, n, (0, n, 1), (bb * c * ts + tt * n, ts, 1))?;

@@ -17,6 +17,9 @@ pub fn rnd(n: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// Stores one random tensor: (key, shape, scale, seed).
+type Put<'a> = &'a mut dyn FnMut(String, &[usize], f32, &mut u64);
+
 /// A random tiny Wan VAE decoder with the real key names and shapes.
 pub fn tiny_weights(cfg: &VaeConfig, seed: u64) -> MapWeights {
     let mut s = seed;
@@ -28,12 +31,7 @@ pub fn tiny_weights(cfg: &VaeConfig, seed: u64) -> MapWeights {
             Tensor::from_f32(rnd(n, s, scale), shape, &Device::Cpu).unwrap(),
         );
     };
-    let conv = |k: &str,
-                co: usize,
-                ci: usize,
-                kk: &[usize],
-                put: &mut dyn FnMut(String, &[usize], f32, &mut u64),
-                s: &mut u64| {
+    let conv = |k: &str, co: usize, ci: usize, kk: &[usize], put: Put, s: &mut u64| {
         let mut sh = vec![co, ci];
         sh.extend_from_slice(kk);
         let fan: usize = ci * kk.iter().product::<usize>();
@@ -43,20 +41,12 @@ pub fn tiny_weights(cfg: &VaeConfig, seed: u64) -> MapWeights {
     let z = cfg.z_dim;
     let dims = cfg.decoder_dims();
     let c = dims[0];
-    let gamma = |k: &str,
-                 c: usize,
-                 r: usize,
-                 put: &mut dyn FnMut(String, &[usize], f32, &mut u64),
-                 s: &mut u64| {
+    let gamma = |k: &str, c: usize, r: usize, put: Put, s: &mut u64| {
         let mut sh = vec![c];
         sh.extend(std::iter::repeat_n(1, r));
         put(format!("{k}.gamma"), &sh, 1.0, s);
     };
-    let res = |k: &str,
-               ci: usize,
-               co: usize,
-               put: &mut dyn FnMut(String, &[usize], f32, &mut u64),
-               s: &mut u64| {
+    let res = |k: &str, ci: usize, co: usize, put: Put, s: &mut u64| {
         gamma(&format!("{k}.norm1"), ci, 3, put, s);
         conv(&format!("{k}.conv1"), co, ci, &[3, 3, 3], put, s);
         gamma(&format!("{k}.norm2"), co, 3, put, s);
