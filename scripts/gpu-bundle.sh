@@ -86,6 +86,25 @@ if [ "$PHASE" = all ] || [ "$PHASE" = tests ]; then
     grep -E "err|max abs|cosine|PSNR| ms|GB/s|TFLOP" "$LOGS/$n.log" | grep -vE "^test .* ok$" | sed "s/^/$n: /" >> "$SUM"
     say "$n: $r in $(( $(date +%s) - s0 )) s"
   done
+  # The binary end to end on the GPU, built-in tiny model, every memory mode (PNG frames: the
+  # bundle is built without FFmpeg). Exit status, the --json summary and the stage timings.
+  C=.gpu-bundle/bin/bin-contentv
+  if [ -x "$C" ] && { [ -z "${ONLY:-}" ] || echo cli | grep -qE "$ONLY"; }; then
+    i=0
+    for mode in "" "--offload model" "--offload sequential" "--quantize int8" "--offload sequential --quantize int8 --vae-tiling" "--vram-budget 1"; do
+      i=$((i+1)); n="cli-$i"
+      echo "=== contentv generate --device cuda $mode"
+      if timeout 300 "$C" generate --device cuda --prompt "A young musician strumming an acoustic guitar" --seed 42 \
+           --output "$LOGS/$n/out.mp4" --save-latents "$LOGS/$n/latents.safetensors" --json $mode > "$LOGS/$n.log" 2>&1; then
+        pass+=("$n"); r=ok
+      else
+        fail+=("$n"); r=FAILED
+      fi
+      tail -n 4 "$LOGS/$n.log"
+      say "$n (generate --device cuda $mode): $r; $(grep -oE '"(encode|denoise|per_step|decode|gpu_peak_reserved_bytes)": *[0-9.]+' "$LOGS/$n.log" | tr '\n' ' ')"
+      rm -rf "$LOGS/$n"  # frames are noise; keep the log only
+    done
+  fi
 fi
 if [ "$PHASE" = all ] || [ "$PHASE" = bench ]; then
   for b in .gpu-bundle/bin/bench-*; do

@@ -527,12 +527,30 @@ fn bad_inputs_fail_cleanly_and_leave_no_file() {
         "{}",
         text(&o)
     );
+    // a file with two tensors, neither named "latents" (one tensor of any name is taken)
+    let two = d.join("two.safetensors");
+    {
+        let data = vec![0u8; 4 * 16];
+        let v = || {
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![1, 16, 1, 1, 1],
+                &data,
+            )
+            .unwrap()
+        };
+        std::fs::write(
+            &two,
+            safetensors::serialize([("noise", v()), ("other", v())], None).unwrap(),
+        )
+        .unwrap();
+    }
     let o = run(&[
         "decode",
         "--device",
         "cpu",
         "--latents",
-        noise.to_str().unwrap(),
+        two.to_str().unwrap(),
         "--output",
         &outs,
     ]);
@@ -1111,9 +1129,9 @@ fn bad_model_folders_and_latents_fail_cleanly() {
     let txt = d.join("text.safetensors");
     std::fs::write(&txt, "this is not a safetensors file at all").unwrap();
     dec(&txt, &out, "not a valid safetensors");
-    let rank4 = d.join("rank4.safetensors");
-    write_latents(&rank4, &[16, 2, 4, 4], 0.0);
-    dec(&rank4, &out, "shape");
+    let rank3 = d.join("rank3.safetensors");
+    write_latents(&rank3, &[16, 4, 4], 0.0);
+    dec(&rank3, &out, "shape");
     let nan = d.join("nan.safetensors");
     write_latents(&nan, &[1, 16, 2, 4, 4], f32::NAN);
     dec(&nan, &out, "non-finite");
@@ -1227,5 +1245,42 @@ fn t5_tokenizer_from_spiece_model_alone() {
     assert!(
         lat(&a) == lat(&b),
         "the latents differ between tokenizer.json and spiece.model"
+    );
+}
+
+/// `--model owner/name` finds a download in the Hugging Face cache (HF_HUB_CACHE), a cache
+/// entry folder resolves to its snapshot, and a repository id that is not there says how to
+/// get it.
+#[test]
+fn model_from_hugging_face_cache() {
+    let d = scratch("hf-cache");
+    let cache = d.join("hub");
+    let entry = cache.join("models--Acme--Tiny-Video");
+    linked_tiny(&entry.join("snapshots/0123abcd"));
+    std::fs::create_dir_all(entry.join("refs")).unwrap();
+    std::fs::write(entry.join("refs/main"), "0123abcd").unwrap();
+    let with_cache = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("CONTENTV_FORCE_CPU", "1")
+            .env("HF_HUB_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    let o = with_cache(&["info", "--model", "Acme/Tiny-Video"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("0123abcd"), "{}", text(&o));
+    let out = d.join("v.mp4");
+    let mut args = tiny_args(out.to_str().unwrap(), "3");
+    args.extend(["--model", entry.to_str().unwrap()]);
+    let o = with_cache(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("snapshot"), "{}", text(&o));
+    let o = with_cache(&["info", "--model", "Acme/Missing"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("huggingface-cli download Acme/Missing"),
+        "{}",
+        text(&o)
     );
 }

@@ -49,7 +49,7 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct QuantizeArgs {
-    /// The checkpoint to quantize (diffusers layout).
+    /// The checkpoint to quantize (diffusers layout, or a repository id in the Hugging Face cache).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// Where to write the INT8 checkpoint (must not exist unless --force).
@@ -98,8 +98,10 @@ pub enum Quantize {
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Model folder in diffusers layout (transformer/ vae/ text_encoder{,_2,_3}/ tokenizer{,_2,_3}/
-    /// scheduler/). Default: the built-in tiny random model (its video is noise); the
-    /// CONTENTV_TINY_MODEL environment variable overrides where that is.
+    /// scheduler/), or a repository id such as ByteDance/ContentV-8B already in the Hugging Face
+    /// cache (HF_HUB_CACHE / HF_HOME; nothing is downloaded). Default: the built-in tiny random
+    /// model (its video is noise); the CONTENTV_TINY_MODEL environment variable overrides where
+    /// that is.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Where to run.

@@ -218,12 +218,7 @@ fn human_count(n: usize) -> String {
 
 pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
     let dir = model_dir(&a.model, ui);
-    if !dir.exists() {
-        return Err(Error::Input(format!(
-            "the model folder {} does not exist",
-            dir.display()
-        )));
-    }
+    super::load::check_model_exists(&dir)?;
     if !dir.is_dir() {
         return Err(Error::Input(format!(
             "the model path {} is not a folder: give the checkpoint's folder (the one with transformer/, vae/, ...)",

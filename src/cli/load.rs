@@ -20,10 +20,111 @@ pub fn tiny_model_dir() -> PathBuf {
     }
 }
 
-/// The model folder to use; prints a note when it is the tiny default.
+/// The Hugging Face hub cache: `$HF_HUB_CACHE`, `$HUGGINGFACE_HUB_CACHE`, `$HF_HOME/hub`,
+/// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub` (huggingface_hub's order).
+pub fn hf_hub_cache() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("HF_HUB_CACHE")
+        .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
+        .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
+        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("huggingface/hub")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/hub")))
+}
+
+/// Whether `p` reads as a hub repository id (`owner/name`) rather than a path.
+fn looks_like_repo_id(p: &Path) -> bool {
+    let Some(s) = p.to_str() else {
+        return false;
+    };
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|x| {
+            !x.is_empty()
+                && *x != "."
+                && *x != ".."
+                && x.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+}
+
+/// A hub cache entry (`models--owner--name/`) -> its snapshot: the one `refs/main` names, else
+/// the only one. None when `dir` is not such an entry.
+fn hub_snapshot(dir: &Path) -> Option<PathBuf> {
+    let snaps = dir.join("snapshots");
+    if !snaps.is_dir() || dir.join("model_index.json").is_file() {
+        return None;
+    }
+    if let Ok(r) = std::fs::read_to_string(dir.join("refs/main")) {
+        let s = snaps.join(r.trim());
+        if !r.trim().is_empty() && s.is_dir() {
+            return Some(s);
+        }
+    }
+    let all: Vec<PathBuf> = std::fs::read_dir(&snaps)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    if all.len() == 1 {
+        all.into_iter().next()
+    } else {
+        None
+    }
+}
+
+/// `--model` as given, or where it points: a hub cache entry (`.../models--owner--name`) gives
+/// its snapshot, and a repository id (`ByteDance/ContentV-8B`) that is not a folder here is
+/// looked up in the hub cache (downloaded with `huggingface-cli download`). The note says what
+/// was resolved.
+pub fn resolve_model_path(p: &Path) -> (PathBuf, Option<String>) {
+    if p.is_dir() {
+        return match hub_snapshot(p) {
+            Some(s) => {
+                let note = format!(
+                    "{} is a Hugging Face cache entry: using its snapshot {}",
+                    p.display(),
+                    s.display()
+                );
+                (s, Some(note))
+            }
+            None => (p.to_path_buf(), None),
+        };
+    }
+    if !p.exists() && looks_like_repo_id(p) {
+        if let Some(cache) = hf_hub_cache() {
+            let entry = cache.join(format!(
+                "models--{}",
+                p.to_str().unwrap_or("").replace('/', "--")
+            ));
+            if let Some(s) = hub_snapshot(&entry) {
+                let note = format!(
+                    "{} from the Hugging Face cache: {}",
+                    p.display(),
+                    s.display()
+                );
+                return (s, Some(note));
+            }
+        }
+    }
+    (p.to_path_buf(), None)
+}
+
+/// The model folder to use; prints a note when it is the tiny default or was resolved through
+/// the Hugging Face cache ([`resolve_model_path`]).
 pub fn model_dir(arg: &Option<PathBuf>, ui: &Ui) -> PathBuf {
     match arg {
-        Some(p) => p.clone(),
+        Some(p) => {
+            let (d, note) = resolve_model_path(p);
+            if let Some(n) = note {
+                ui.note(&n);
+            }
+            d
+        }
         None => {
             let d = tiny_model_dir();
             ui.note(&format!(
@@ -122,14 +223,31 @@ pub fn component_problem(dir: &Path, c: &Component) -> Option<String> {
     None
 }
 
-/// Checks that `dir` exists and has the components named in `needed` (all if empty).
-pub fn check_model_dir(dir: &Path, needed: &[&str]) -> Result<()> {
+/// An error that says how to get the model when `dir` does not exist (with the hub cache for
+/// repository ids).
+pub fn check_model_exists(dir: &Path) -> Result<()> {
     if !dir.exists() {
+        if looks_like_repo_id(dir) {
+            return Err(Error::Input(format!(
+                "the model folder {} does not exist, and the Hugging Face cache ({}) has no download of {} \
+                 (nothing is downloaded here: fetch it with `huggingface-cli download {}`, or pass the folder)",
+                dir.display(),
+                hf_hub_cache().map_or("not found: HOME is unset".into(), |c| c.display().to_string()),
+                dir.display(),
+                dir.display()
+            )));
+        }
         return Err(Error::Input(format!(
             "the model folder {} does not exist",
             dir.display()
         )));
     }
+    Ok(())
+}
+
+/// Checks that `dir` exists and has the components named in `needed` (all if empty).
+pub fn check_model_dir(dir: &Path, needed: &[&str]) -> Result<()> {
+    check_model_exists(dir)?;
     if !dir.is_dir() {
         return Err(Error::Input(format!(
             "the model path {} is not a folder",

@@ -176,7 +176,11 @@ fn replaceable_checkpoint(dir: &Path) -> bool {
 }
 
 pub fn run(a: &QuantizeArgs, ui: &Ui) -> Result<()> {
-    let src = &a.model;
+    let (src, note) = super::load::resolve_model_path(&a.model);
+    if let Some(n) = note {
+        ui.note(&n);
+    }
+    let src = &src;
     super::load::check_model_dir(src, &QUANTIZED)?;
     if let Some(g) = a.group {
         if g == 0 || g % 8 != 0 {
