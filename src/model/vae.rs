@@ -90,6 +90,16 @@ impl VaeConfig {
     /// [`from_json`](Self::from_json) with `origin` (the file) named in every error.
     pub fn from_json_at(text: &str, origin: &str) -> Result<VaeConfig> {
         let c = ConfigJson::parse(text.as_bytes(), origin)?;
+        // Another VAE class (e.g. the image VAE `AutoencoderKL` of a Stable Diffusion 3
+        // checkpoint) cannot decode ContentV latents: say so instead of missing-tensor errors.
+        if let Some(class) = c.get("_class_name").and_then(|v| v.as_str()) {
+            if class != "AutoencoderKLWan" {
+                return Err(Error::Weights(format!(
+                    "{origin}: the VAE class is {class:?}; ContentV decodes with the Wan2.1 video VAE (AutoencoderKLWan). \
+                     Is this the folder of another model (e.g. Stable Diffusion 3.5)?"
+                )));
+            }
+        }
         let bad = |k: &str, what: &str| c.bad(k, what);
         let d = VaeConfig::wan21();
         let floats = |k: &str, def: &Vec<f32>| -> Result<Vec<f32>> {
@@ -1236,5 +1246,12 @@ mod tests {
         assert_eq!(c.decoder_dims(), vec![384, 384, 384, 192, 96]);
         assert_eq!(c.frames_for(32), 125);
         assert_eq!(c.spatial_factor(), 8);
+        // an image VAE (Stable Diffusion 3's vae/config.json) is named, not loaded
+        let sd3 = r#"{"_class_name":"AutoencoderKL","latent_channels":16,"block_out_channels":[128,256,512,512]}"#;
+        let e = VaeConfig::from_json(sd3).unwrap_err().to_string();
+        assert!(
+            e.contains("AutoencoderKL\"") && e.contains("AutoencoderKLWan"),
+            "{e}"
+        );
     }
 }
