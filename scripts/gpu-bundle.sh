@@ -64,7 +64,8 @@ set -o pipefail
 cd "$(dirname "$0")/.."
 export CONTENTV_ROOT="$PWD"
 PHASE="${PHASE:-all}"
-[ -d .gpu-bundle/bin ] || tar -C .gpu-bundle -xJf .gpu-bundle/bin.tar.xz
+# Unpacked outside the bundle, so a trial run here does not grow what the device tool carries.
+BIN=/tmp/contentv-gpu-bundle; rm -rf "$BIN"; mkdir -p "$BIN"; tar -C "$BIN" -xJf .gpu-bundle/bin.tar.xz || exit 1
 for d in $(python3 -c 'import nvidia, os; p=nvidia.__path__[0]; print(" ".join(os.path.join(p,x,"lib") for x in os.listdir(p)))' 2>/dev/null); do
   [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
@@ -76,7 +77,7 @@ say() { echo "$@" | tee -a "$SUM"; }
 say "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1); date: $(date -u +%FT%TZ); phase: $PHASE"
 pass=(); fail=()
 if [ "$PHASE" = all ] || [ "$PHASE" = tests ]; then
-  for t in .gpu-bundle/bin/test-*; do
+  for t in "$BIN"/bin/test-*; do
     n=$(basename "$t")
     if [ -n "${ONLY:-}" ] && ! echo "$n" | grep -qE "$ONLY"; then continue; fi
     echo "=== $n"; s0=$(date +%s)
@@ -88,7 +89,7 @@ if [ "$PHASE" = all ] || [ "$PHASE" = tests ]; then
   done
   # The binary end to end on the GPU, built-in tiny model, every memory mode (PNG frames: the
   # bundle is built without FFmpeg). Exit status, the --json summary and the stage timings.
-  C=.gpu-bundle/bin/bin-contentv
+  C="$BIN"/bin/bin-contentv
   if [ -x "$C" ] && { [ -z "${ONLY:-}" ] || echo cli | grep -qE "$ONLY"; }; then
     i=0
     for mode in "" "--offload model" "--offload sequential" "--quantize int8" "--offload sequential --quantize int8 --vae-tiling" "--vram-budget 1"; do
@@ -107,7 +108,7 @@ if [ "$PHASE" = all ] || [ "$PHASE" = tests ]; then
   fi
 fi
 if [ "$PHASE" = all ] || [ "$PHASE" = bench ]; then
-  for b in .gpu-bundle/bin/bench-*; do
+  for b in "$BIN"/bin/bench-*; do
     [ -x "$b" ] || continue
     n=$(basename "$b")
     if [ -n "${BENCH_ONLY:-}" ] && ! echo "$n" | grep -qE "$BENCH_ONLY"; then continue; fi
