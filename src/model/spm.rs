@@ -19,6 +19,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::model::tokenizer::{read_json_or_null, special_token, token_content};
 
 /// The parts of a SentencePiece `ModelProto` the conversion needs.
 #[derive(Debug, Default)]
@@ -183,15 +184,6 @@ fn base64(b: &[u8]) -> String {
     s
 }
 
-/// The content of a special-token entry (`"</s>"` or `{"content": "</s>"}`).
-fn content(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
-        _ => None,
-    }
-}
-
 /// The tokenizer.json document transformers builds from `dir/spiece.model` and the folder's
 /// tokenizer_config.json / special_tokens_map.json (both optional).
 pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
@@ -211,18 +203,8 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
             m.model_type
         )));
     }
-    let read = |name: &str| -> Result<Value> {
-        let p = dir.join(name);
-        if !p.is_file() {
-            return Ok(Value::Null);
-        }
-        let text = std::fs::read(&p)
-            .map_err(|e| Error::Input(format!("cannot read {}: {e}", p.display())))?;
-        serde_json::from_slice(&text)
-            .map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", p.display())))
-    };
-    let cfg = read("tokenizer_config.json")?;
-    let map = read("special_tokens_map.json")?;
+    let cfg = read_json_or_null(&dir.join("tokenizer_config.json"))?;
+    let map = read_json_or_null(&dir.join("special_tokens_map.json"))?;
     let cfg_path = dir.join("tokenizer_config.json");
     let bad = |key: &str, what: &str| {
         Error::Input(format!("{}: \"{key}\" must be {what}", cfg_path.display()))
@@ -252,12 +234,7 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
         (true, true) => "always",
         (true, false) => "first",
     };
-    let special = |name: &str, default: &str| -> String {
-        cfg.get(name)
-            .and_then(content)
-            .or_else(|| map.get(name).and_then(content))
-            .unwrap_or_else(|| default.to_string())
-    };
+    let special = |name: &str, default: &str| special_token(&cfg, &map, name, default);
 
     // Model vocabulary: the pieces, then the extra ids in reverse.
     let mut vocab: Vec<(String, f32)> = m.pieces.iter().map(|(p, s, _)| (p.clone(), *s)).collect();
@@ -331,7 +308,7 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
             .collect();
         entries.sort_by_key(|e| e.0);
         for (_, v) in entries {
-            if let Some(c) = content(v) {
+            if let Some(c) = token_content(v) {
                 add(c, false, Some(v), &mut added);
             }
         }
@@ -345,7 +322,7 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
         .get("additional_special_tokens")
         .or_else(|| map.get("additional_special_tokens"))
         .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(content).collect())
+        .map(|a| a.iter().filter_map(token_content).collect())
         .unwrap_or_default();
     let has_extra = listed.iter().any(|t| t.contains("<extra_id_"));
     specials.extend(listed);

@@ -37,8 +37,31 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
         .map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", path.display())))
 }
 
+/// A special token (`eos_token`, ...) as transformers resolves it: tokenizer_config.json, then
+/// special_tokens_map.json, then the class default.
+pub(crate) fn special_token(
+    cfg: &serde_json::Value,
+    map: &serde_json::Value,
+    name: &str,
+    default: &str,
+) -> String {
+    cfg.get(name)
+        .and_then(token_content)
+        .or_else(|| map.get(name).and_then(token_content))
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// [`read_json`] of an optional file: `Null` when `path` is not there.
+pub(crate) fn read_json_or_null(path: &Path) -> Result<serde_json::Value> {
+    if path.is_file() {
+        read_json(path)
+    } else {
+        Ok(serde_json::Value::Null)
+    }
+}
+
 /// The content of a special-token entry (`"!"` or `{"content": "!"}`).
-fn token_content(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn token_content(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
@@ -246,22 +269,9 @@ impl ClipTokenizer {
         let (encoder, ranks, vocab_path, json_added) = load_bpe(dir)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let map_path = dir.join("special_tokens_map.json");
-        let cfg = if cfg_path.is_file() {
-            read_json(&cfg_path)?
-        } else {
-            serde_json::Value::Null
-        };
-        let map = if map_path.is_file() {
-            read_json(&map_path)?
-        } else {
-            serde_json::Value::Null
-        };
-        let special = |name: &str, default: &str| -> String {
-            cfg.get(name)
-                .and_then(token_content)
-                .or_else(|| map.get(name).and_then(token_content))
-                .unwrap_or_else(|| default.to_string())
-        };
+        let cfg = read_json_or_null(&cfg_path)?;
+        let map = read_json_or_null(&map_path)?;
+        let special = |name: &str, default: &str| special_token(&cfg, &map, name, default);
         let id_of = |tok: &str| -> Result<u32> {
             encoder.get(tok).copied().ok_or_else(|| {
                 Error::Input(format!(
