@@ -62,6 +62,28 @@ fn tiny_args<'a>(out: &'a str, seed: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// A batch run of `jsonl` into `outdir`: 5 frames of 32x32, 1 step, CPU, JSON summary.
+fn run_batch(jsonl: &Path, outdir: &Path) -> Output {
+    run(&[
+        "generate",
+        "--device",
+        "cpu",
+        "--prompts",
+        jsonl.to_str().unwrap(),
+        "--output-dir",
+        outdir.to_str().unwrap(),
+        "--frames",
+        "5",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--steps",
+        "1",
+        "--json",
+    ])
+}
+
 /// Entries of `dir` (hidden ones included), sorted.
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -632,24 +654,7 @@ fn batch_mode_with_shards_covers_every_line_once() {
         }
     }
     // a re-run skips what exists
-    let o = run(&[
-        "generate",
-        "--device",
-        "cpu",
-        "--prompts",
-        jsonl.to_str().unwrap(),
-        "--output-dir",
-        outdir.to_str().unwrap(),
-        "--frames",
-        "5",
-        "--width",
-        "32",
-        "--height",
-        "32",
-        "--steps",
-        "1",
-        "--json",
-    ]);
+    let o = run_batch(&jsonl, &outdir);
     let j: serde_json::Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}\n{}", text(&o)));
     assert_eq!(j["skipped"], 4, "{j}");
@@ -948,24 +953,7 @@ fn batch_file_quirks() {
     }
     body.extend_from_slice(b"{\"prompt\": \"caf\xe9\"}\n"); // 8 not UTF-8
     std::fs::write(&jsonl, &body).unwrap();
-    let o = run(&[
-        "generate",
-        "--device",
-        "cpu",
-        "--prompts",
-        jsonl.to_str().unwrap(),
-        "--output-dir",
-        vids.to_str().unwrap(),
-        "--frames",
-        "5",
-        "--width",
-        "32",
-        "--height",
-        "32",
-        "--steps",
-        "1",
-        "--json",
-    ]);
+    let o = run_batch(&jsonl, &vids);
     let all = text(&o);
     assert_eq!(o.status.code(), Some(1), "{all}");
     assert!(
