@@ -36,6 +36,7 @@
 #include <math.h>
 
 #include "common.cuh"
+#include "ptx.cuh"
 
 // ------------------------------------------------------------------------------------------------
 // Segment lists
@@ -77,57 +78,6 @@ __device__ __forceinline__ const T* seg_row(const Segs& s, int b, int j) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// PTX wrappers (sm_80+)
-// ------------------------------------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-// 16-byte async copy global -> shared; with pred false the 16 bytes are zero-filled and nothing
-// is read (src-size 0).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
-    const int n = pred ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
-
-// c += a (16x16, row) * b (16x8, col); bf16 inputs, f32 accumulators.
-__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                          uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Two floats -> bf16x2 register, lo in the low half (the lower column index of a fragment).
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// 2^x (ex2.approx: ~2 ulp; exp2(-inf) = +0).
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// ------------------------------------------------------------------------------------------------
 // flash_attn_fwd_d64
 // ------------------------------------------------------------------------------------------------
 
@@ -154,7 +104,7 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS) flash_attn_fwd_d64(SEG
                                                                               const float* __restrict__ bias, int H, int Sq,
                                                                               int Sk, float scale_log2, int causal) {
     using namespace fa;
-    extern __shared__ __align__(128) unsigned char smem_raw[];
+    DYNAMIC_SMEM(smem_raw);
     __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
     __nv_bfloat16* sK = sQ + TILE_Q;   // 2 stages
     __nv_bfloat16* sV = sK + 2 * TILE_KV;  // 2 stages
@@ -248,8 +198,8 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS) flash_attn_fwd_d64(SEG
                 const int c = kk * 2 + ((lane >> 3) & 1);
                 uint32_t kb[4];
                 ldsm_x4(kb, kbase + (uint32_t)swz(r, c) * 2u);
-                mma_16816(s[2 * np], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[0], kb[1]);
-                mma_16816(s[2 * np + 1], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[2], kb[3]);
+                mma_16816_bf16(s[2 * np], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[0], kb[1]);
+                mma_16816_bf16(s[2 * np + 1], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[2], kb[3]);
             }
         }
 
@@ -326,10 +276,10 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS) flash_attn_fwd_d64(SEG
 #pragma unroll
         for (int ks2 = 0; ks2 < 4; ks2++) {  // 16 keys per k-step
             // A fragment of P (rows g / g+8, keys 16*ks2 + 2*t4 (+8)) = C fragments of key tiles 2ks2, 2ks2+1.
-            const uint32_t a0 = pack_bf16(s[2 * ks2][0], s[2 * ks2][1]);
-            const uint32_t a1 = pack_bf16(s[2 * ks2][2], s[2 * ks2][3]);
-            const uint32_t a2 = pack_bf16(s[2 * ks2 + 1][0], s[2 * ks2 + 1][1]);
-            const uint32_t a3 = pack_bf16(s[2 * ks2 + 1][2], s[2 * ks2 + 1][3]);
+            const uint32_t a0 = pack2<__nv_bfloat16>(s[2 * ks2][0], s[2 * ks2][1]);
+            const uint32_t a1 = pack2<__nv_bfloat16>(s[2 * ks2][2], s[2 * ks2][3]);
+            const uint32_t a2 = pack2<__nv_bfloat16>(s[2 * ks2 + 1][0], s[2 * ks2 + 1][1]);
+            const uint32_t a3 = pack2<__nv_bfloat16>(s[2 * ks2 + 1][2], s[2 * ks2 + 1][3]);
 #pragma unroll
             for (int dp = 0; dp < 4; dp++) {
                 // .trans matrices: 0 keys k..k+7 dims d0..+7, 1 keys k+8.. d0, 2 keys k.. d0+8, 3 keys k+8.. d0+8
@@ -338,8 +288,8 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS) flash_attn_fwd_d64(SEG
                 const int c = dp * 2 + (lane >> 4);
                 uint32_t vb[4];
                 ldsm_x4_t(vb, vbase + (uint32_t)swz(r, c) * 2u);
-                mma_16816(o[2 * dp], a0, a1, a2, a3, vb[0], vb[1]);
-                mma_16816(o[2 * dp + 1], a0, a1, a2, a3, vb[2], vb[3]);
+                mma_16816_bf16(o[2 * dp], a0, a1, a2, a3, vb[0], vb[1]);
+                mma_16816_bf16(o[2 * dp + 1], a0, a1, a2, a3, vb[2], vb[3]);
             }
         }
 
@@ -363,13 +313,13 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS) flash_attn_fwd_d64(SEG
         __nv_bfloat16* op = out + ((long long)b * Sq + qi0) * ld + hoff + 2 * t4;
 #pragma unroll
         for (int dt = 0; dt < 8; dt++)
-            *reinterpret_cast<uint32_t*>(op + dt * 8) = pack_bf16(o[dt][0] * inv[0], o[dt][1] * inv[0]);
+            *reinterpret_cast<uint32_t*>(op + dt * 8) = pack2<__nv_bfloat16>(o[dt][0] * inv[0], o[dt][1] * inv[0]);
     }
     if (qi1 < Sq) {
         __nv_bfloat16* op = out + ((long long)b * Sq + qi1) * ld + hoff + 2 * t4;
 #pragma unroll
         for (int dt = 0; dt < 8; dt++)
-            *reinterpret_cast<uint32_t*>(op + dt * 8) = pack_bf16(o[dt][2] * inv[1], o[dt][3] * inv[1]);
+            *reinterpret_cast<uint32_t*>(op + dt * 8) = pack2<__nv_bfloat16>(o[dt][2] * inv[1], o[dt][3] * inv[1]);
     }
 }
 

@@ -64,4 +64,10 @@ __device__ __forceinline__ float block_max(float v) {
     return warp_max(v);
 }
 
+// The block's dynamic shared memory as `unsigned char name[]`, 128-byte aligned. (A macro so
+// that the CPU emulation in tests/emu can hand out its own per-block buffer.)
+#ifndef CONTENTV_EMU
+#define DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
+
 #define GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)

@@ -19,8 +19,8 @@
 // conv_f32_simt: CUDA-core f32 FMA, 64x64x16 tiles (the exact reference path).
 // conv_bf16_mma: tensor cores (mma.sync m16n8k16 bf16 x bf16 -> f32), operands rounded to
 // bf16 while staging into shared memory, f32 accumulation; 64x128x32 tiles, 8 warps.
-#include <cuda_bf16.h>
-#include <stdint.h>
+#include "common.cuh"
+#include "ptx.cuh"
 
 struct ConvParams {
     const float* x;      // [B, Ci, T, Hin, Win]
@@ -210,14 +210,6 @@ extern "C" __global__ void __launch_bounds__(256) conv_f32_simt(CONV_KERNEL_ARGS
 #define T_BK 32
 #define T_LD 40
 
-__device__ __forceinline__ void mma_bf16_16816(float* c, const uint32_t* a, const uint32_t* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 extern "C" __global__ void __launch_bounds__(256) conv_bf16_mma(CONV_KERNEL_ARGS) {
     const ConvParams p = CONV_PARAMS_INIT;
     __shared__ __align__(16) __nv_bfloat16 As[T_BM * T_LD];
@@ -299,7 +291,7 @@ extern "C" __global__ void __launch_bounds__(256) conv_bf16_mma(CONV_KERNEL_ARGS
 #pragma unroll
             for (int i = 0; i < 2; i++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) mma_bf16_16816(acc[i][j], af[i], bfr[j]);
+                for (int j = 0; j < 4; j++) mma_16816_bf16(acc[i][j], af[i][0], af[i][1], af[i][2], af[i][3], bfr[j][0], bfr[j][1]);
         }
         __syncthreads();
     }

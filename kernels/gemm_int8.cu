@@ -24,6 +24,7 @@
 // - dequant_i8_{f32,bf16,f16}: Q -> dense weight in the activation dtype, for the fallback path
 //   (f32 activations, K % 8 != 0) that then runs the cuBLASLt GEMM.
 #include "common.cuh"
+#include "ptx.cuh"
 
 // ------------------------------------------------------------------------------------------
 // Dequantisation (fallback path)
@@ -43,66 +44,10 @@ extern "C" __global__ void dequant_i8_bf16(const int8_t* q, const float* s, __nv
 extern "C" __global__ void dequant_i8_f16(const int8_t* q, const float* s, __half* w, long long n, long long k, long long g) { dequant_k(q, s, w, n, k, g); }
 
 // ------------------------------------------------------------------------------------------
-// PTX helpers
+// Helpers and tile configuration (the PTX wrappers are in ptx.cuh)
 // ------------------------------------------------------------------------------------------
 
 namespace w8 {
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
-// cp.async with zero fill: copies `valid ? BYTES : 0` bytes and zeroes the rest of the BYTES.
-// Every wrapper clobbers "memory" (like kernels/attention.cu) so that the compiler never moves
-// the plain C++ shared-memory reads of the B fragments and scales across a copy or a wait.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 8 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 4 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-// Four 8x8 b16 matrices; lane l gives the address of row (l % 8) of matrix (l / 8).
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p))
-                 : "memory");
-}
-
-// D = A B + D, A 16x16 (row), B 16x8 (col), f32 accumulators.
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats -> packed pair of T (lo in the low 16 bits).
-template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
-template <> __device__ __forceinline__ unsigned pack2<__nv_bfloat16>(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<unsigned*>(&v);
-}
-template <> __device__ __forceinline__ unsigned pack2<__half>(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<unsigned*>(&v);
-}
 
 // Two consecutive int8 (little-endian 16-bit word) -> floats.
 __device__ __forceinline__ float2 i8x2_to_f(unsigned short v) {
@@ -136,7 +81,7 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
                                             const float* __restrict__ scale, int groups, const float* __restrict__ bias,
                                             T* __restrict__ Y, int M, int N, int K, int act) {
     using namespace w8;
-    extern __shared__ __align__(16) unsigned char smem[];
+    DYNAMIC_SMEM(smem);
     T* As = reinterpret_cast<T*>(smem);                                   // [STAGES][BM][A_LD]
     int8_t* Bs = reinterpret_cast<int8_t*>(smem + SMEM_A);                // [STAGES][BN][B_LD]
     float* Ss = reinterpret_cast<float*>(smem + SMEM_A + SMEM_B);         // [STAGES][BN][S_PER_ROW] (GROUPED)
@@ -209,7 +154,7 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
 #pragma unroll
             for (int i = 0; i < MI; i++) {
                 const int r = warp_m * WM + i * 16 + (lane & 15);
-                ldmatrix_x4(af[i], as + r * A_LD + kk + (lane >> 4) * 8);
+                ldsm_x4(af[i], as + r * A_LD + kk + (lane >> 4) * 8);
             }
             // B fragments (k16 x n8, "col" = Q's [n][k] rows): lane l holds column n = l / 4 and
             // k = (l % 4) * 2 + {0, 1} (b0) and the same + 8 (b1).
@@ -232,7 +177,7 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
                     b1 = pack2<T>(hi.x, hi.y);
                 }
 #pragma unroll
-                for (int i = 0; i < MI; i++) mma16816<T>(acc[i][j], af[i], b0, b1);
+                for (int i = 0; i < MI; i++) mma_16816<T>(acc[i][j], af[i], b0, b1);
             }
         }
     }

@@ -1,0 +1,260 @@
+// CPU emulation of the CUDA subset used by kernels/*.cu, so that CI (no GPU) runs the real
+// kernel sources on small shapes and compares them with plain references (tests/emu/*.cpp).
+//
+// Model: a kernel launch runs its blocks one after another; the threads of a block are fibers
+// (ucontext) on one OS thread, each running until it reaches a barrier or a warp collective and
+// then yielding. That schedule is adversarial on purpose: a thread runs as far ahead as the
+// synchronisation allows, so a missing __syncthreads or cp.async wait shows up as wrong data.
+//
+// Emulated with the PTX ISA semantics: __syncthreads, __syncwarp, __shfl_sync, __shfl_xor_sync,
+// ldmatrix .x4 (and .trans), mma.sync m16n8k16 (bf16 and f16 operands, f32 accumulators),
+// cp.async 4/8/16 bytes with zero fill, commit_group / wait_group (a copy lands when its group
+// is waited for, not earlier), bf16/f16 conversions with round to nearest even.
+//
+// Checked, each a test failure with the kernel, block and thread named: a warp collective with
+// a lane missing (exited or diverged) or lanes at different collectives, __syncthreads after
+// some threads exited, a deadlock, ldmatrix / cp.async addresses that are misaligned or outside
+// the launch's dynamic shared memory, cp.async reads outside every allocated device buffer,
+// copies still in flight when a thread exits. Device buffers end at a guard page (an
+// out-of-bounds access past the end faults), dynamic shared memory is poisoned with NaN bytes.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <vector>
+
+#define CONTENTV_EMU 1
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define DYNAMIC_SMEM(name) unsigned char* name = emu::dyn_smem()
+
+// ------------------------------------------------------------------------------------------
+// Vector types and conversions
+// ------------------------------------------------------------------------------------------
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+    dim3() = default;
+    dim3(unsigned a, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct __attribute__((aligned(8))) float2 { float x, y; };
+struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
+struct __attribute__((aligned(8))) uint2 { unsigned x, y; };
+struct __attribute__((aligned(16))) uint4 { unsigned x, y, z, w; };
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+
+struct __nv_bfloat16 { uint16_t bits; };
+struct __attribute__((aligned(4))) __nv_bfloat162 { __nv_bfloat16 x, y; };
+struct __half { uint16_t bits; };
+struct __attribute__((aligned(4))) __half2 { __half x, y; };
+
+namespace emu {
+inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+inline uint16_t f2bf(float f) {
+    uint32_t u = f2u(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+inline float bf2f(uint16_t h) { return u2f((uint32_t)h << 16); }
+inline float h2f(uint16_t h) {
+    uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0x1f) return u2f(s | 0x7f800000u | (m << 13));
+    if (e == 0) {
+        if (m == 0) return u2f(s);
+        float v = std::ldexp((float)m, -24);
+        return s ? -v : v;
+    }
+    return u2f(s | ((e + 112) << 23) | (m << 13));
+}
+inline uint16_t f2h(float f) {
+    uint32_t u = f2u(f), s = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(s | 0x7e00u);
+    if (a >= 0x477ff000u) return (uint16_t)(s | 0x7c00u);  // rounds to >= 65520: inf
+    if (a < 0x38800000u) {                                  // subnormal or zero: multiples of 2^-24
+        float v = std::nearbyint(u2f(a) * 16777216.0f);     // exact scaling, round to nearest even
+        return (uint16_t)(s | (uint32_t)v);
+    }
+    uint32_t r = a + 0xfffu + ((a >> 13) & 1u);
+    return (uint16_t)(s | ((r - 0x38000000u) >> 13));
+}
+}  // namespace emu
+
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16{emu::f2bf(f)}; }
+inline float __bfloat162float(__nv_bfloat16 h) { return emu::bf2f(h.bits); }
+inline __half __float2half_rn(float f) { return __half{emu::f2h(f)}; }
+inline float __half2float(__half h) { return emu::h2f(h.bits); }
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
+inline __half2 __floats2half2_rn(float a, float b) { return {__float2half_rn(a), __float2half_rn(b)}; }
+
+inline float __expf(float x) { return expf(x); }
+inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+template <typename T> inline T __ldg(const T* p) { return *p; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+
+// ------------------------------------------------------------------------------------------
+// Runtime (tests/emu/emu.cpp)
+// ------------------------------------------------------------------------------------------
+
+namespace emu {
+struct Fiber;
+extern Fiber* g_cur;
+extern dim3 g_block_idx, g_block_dim, g_grid_dim;
+const dim3& thread_idx();
+unsigned char* dyn_smem();
+
+[[noreturn]] void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+void syncthreads();
+// Warp collective: every lane posts `n` words and gets back the words of all 32 lanes
+// (out[lane * n + i]); `op` names the instruction (lanes must agree). n <= 8.
+void warp_exchange(int op, const uint32_t* in, int n, uint32_t* out);
+
+// cp.async: dst is an offset into the dynamic shared memory. When the copy lands is up to the
+// hardware, anywhere between the issue and the wait_group that covers it: lazy (the default)
+// lands it at the wait, which exposes reads before the wait; eager lands it at once, which
+// exposes refills of a buffer other warps may still read. The tests run in both modes.
+extern bool g_copy_eager;
+// Which ready thread runs next: the lowest (or highest) index lets one warp run as far ahead of
+// the others as the barriers allow, in both directions; round robin is closest to hardware.
+enum class Schedule { LowestFirst, HighestFirst, RoundRobin };
+extern Schedule g_schedule;
+void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes);
+void cp_async_commit_group();
+void cp_async_wait_group(int n);
+// Checks that [off, off + bytes) lies in the launch's dynamic shared memory, aligned to `align`.
+void check_smem(uint32_t off, int bytes, int align, const char* what);
+
+// Device memory: `bytes` ending at a guard page, registered for the cp.async range check.
+void* device_alloc(size_t bytes);
+void device_free(void* p);
+
+// Runs `kernel` for every block of `grid` with `block` threads and `dyn_smem` bytes of dynamic
+// shared memory. `name` appears in failure messages.
+void launch(const char* name, dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()>& kernel);
+}  // namespace emu
+
+#define threadIdx (emu::thread_idx())
+#define blockIdx (emu::g_block_idx)
+#define blockDim (emu::g_block_dim)
+#define gridDim (emu::g_grid_dim)
+
+inline void __syncthreads() { emu::syncthreads(); }
+
+namespace emu {
+enum Op { OP_SYNCWARP = 1, OP_SHFL, OP_SHFL_XOR, OP_LDSM, OP_LDSM_T, OP_MMA_BF16, OP_MMA_F16 };
+inline void check_full_mask(unsigned mask, const char* what) {
+    if (mask != 0xffffffffu) fail("%s with mask 0x%08x: the emulator supports full-warp masks only", what, mask);
+}
+int lane_id();
+}  // namespace emu
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    emu::check_full_mask(mask, "__syncwarp");
+    emu::warp_exchange(emu::OP_SYNCWARP, nullptr, 0, nullptr);
+}
+inline float __shfl_sync(unsigned mask, float v, int src) {
+    emu::check_full_mask(mask, "__shfl_sync");
+    uint32_t in = emu::f2u(v), all[32];
+    emu::warp_exchange(emu::OP_SHFL, &in, 1, all);
+    return emu::u2f(all[src & 31]);
+}
+inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
+    emu::check_full_mask(mask, "__shfl_xor_sync");
+    uint32_t in = emu::f2u(v), all[32];
+    emu::warp_exchange(emu::OP_SHFL_XOR, &in, 1, all);
+    return emu::u2f(all[(emu::lane_id() ^ lane_mask) & 31]);
+}
+
+// ------------------------------------------------------------------------------------------
+// The PTX wrappers of kernels/ptx.cuh
+// ------------------------------------------------------------------------------------------
+
+inline uint32_t smem_u32(const void* p) {
+    const unsigned char* base = emu::dyn_smem();
+    const unsigned char* q = static_cast<const unsigned char*>(p);
+    if (base == nullptr || q < base) emu::fail("shared-memory address of a pointer outside the dynamic shared memory");
+    return (uint32_t)(q - base);
+}
+inline void cp_async16(uint32_t dst, const void* src, bool pred) { emu::cp_async(dst, src, 16, pred ? 16 : 0); }
+inline void cp_async8(uint32_t dst, const void* src, bool pred) { emu::cp_async(dst, src, 8, pred ? 8 : 0); }
+inline void cp_async4(uint32_t dst, const void* src, bool pred) { emu::cp_async(dst, src, 4, pred ? 4 : 0); }
+inline void cp_async_commit() { emu::cp_async_commit_group(); }
+template <int N> inline void cp_async_wait() { emu::cp_async_wait_group(N); }
+
+namespace emu {
+inline void ldsm(uint32_t (&r)[4], uint32_t addr, bool trans) {
+    check_smem(addr, 16, 16, trans ? "ldmatrix.trans row" : "ldmatrix row");
+    uint32_t all[32];
+    warp_exchange(trans ? OP_LDSM_T : OP_LDSM, &addr, 1, all);
+    const int l = lane_id();
+    const unsigned char* sm = dyn_smem();
+    for (int j = 0; j < 4; j++) {
+        uint16_t e[2];
+        for (int h = 0; h < 2; h++) {
+            // Plain: row l / 4, column 2 (l % 4) + h of matrix j. Trans: row 2 (l % 4) + h, column l / 4.
+            const int row = trans ? 2 * (l & 3) + h : l >> 2;
+            const int col = trans ? l >> 2 : 2 * (l & 3) + h;
+            memcpy(&e[h], sm + all[j * 8 + row] + 2 * col, 2);
+        }
+        r[j] = (uint32_t)e[0] | ((uint32_t)e[1] << 16);
+    }
+}
+inline float lo_hi(uint32_t v, int hi, bool bf16) {
+    const uint16_t h = (uint16_t)(hi ? v >> 16 : v & 0xffff);
+    return bf16 ? bf2f(h) : h2f(h);
+}
+inline void mma(float (&c)[4], const uint32_t (&ab)[6], bool bf16) {
+    uint32_t all[32 * 6];
+    warp_exchange(bf16 ? OP_MMA_BF16 : OP_MMA_F16, ab, 6, all);
+    float A[16][16], B[16][8];
+    for (int L = 0; L < 32; L++) {
+        const uint32_t* p = all + L * 6;
+        const int g = L >> 2, t = L & 3;
+        for (int h = 0; h < 2; h++) {
+            A[g][2 * t + h] = lo_hi(p[0], h, bf16);
+            A[g + 8][2 * t + h] = lo_hi(p[1], h, bf16);
+            A[g][2 * t + 8 + h] = lo_hi(p[2], h, bf16);
+            A[g + 8][2 * t + 8 + h] = lo_hi(p[3], h, bf16);
+            B[2 * t + h][g] = lo_hi(p[4], h, bf16);
+            B[2 * t + 8 + h][g] = lo_hi(p[5], h, bf16);
+        }
+    }
+    const int l = lane_id(), g = l >> 2, t = l & 3;
+    for (int e = 0; e < 4; e++) {
+        const int row = g + (e >> 1) * 8, col = 2 * t + (e & 1);
+        double s = 0;  // products of 16-bit floats are exact in double
+        for (int k = 0; k < 16; k++) s += (double)A[row][k] * (double)B[k][col];
+        c[e] = (float)((double)c[e] + s);
+    }
+}
+}  // namespace emu
+
+inline void ldsm_x4(uint32_t (&r)[4], uint32_t addr) { emu::ldsm(r, addr, false); }
+inline void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) { emu::ldsm(r, addr, true); }
+inline void mma_16816_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    const uint32_t ab[6] = {a0, a1, a2, a3, b0, b1};
+    emu::mma(c, ab, true);
+}
+inline void mma_16816_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    const uint32_t ab[6] = {a0, a1, a2, a3, b0, b1};
+    emu::mma(c, ab, false);
+}
+inline float fast_exp2(float x) { return exp2f(x); }

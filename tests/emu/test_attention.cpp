@@ -1,0 +1,184 @@
+// kernels/attention.cu on the emulator: flash_attn_fwd_d64 and attn_naive_* against a
+// double-precision softmax(scale Q K^T + bias) V over segment lists (the joint [video; text]
+// layout of the MMDiT, fused-QKV row strides, padded batch strides, causal masks, T5 bias).
+#include "attention.cu"
+
+#include <memory>
+
+#include "harness.h"
+
+namespace {
+
+// One operand (q, k or v) as up to 4 segments; each segment its own buffer [B][bs] whose rows
+// (stride rs) hold H*D values at element offset `off` (a fused QKV row puts q, k, v side by side).
+template <typename T>
+struct Operand {
+    struct Seg {
+        int n;
+        long long rs, bs, off;
+        std::unique_ptr<DBuf<T>> buf;
+    };
+    std::vector<Seg> segs;
+    int rows() const {
+        int s = 0;
+        for (const Seg& g : segs) s += g.n;
+        return s;
+    }
+    // Row j (over the concatenation) of batch b.
+    const T* row(int b, int j) const {
+        for (const Seg& g : segs) {
+            if (j < g.n) return g.buf->p + g.off + (long long)b * g.bs + (long long)j * g.rs;
+            j -= g.n;
+        }
+        return nullptr;
+    }
+    const void* ptr(int i) const { return i < (int)segs.size() ? (const void*)(segs[(size_t)i].buf->p + segs[(size_t)i].off) : ptr(0); }
+    int len(int i) const { return i < (int)segs.size() ? segs[(size_t)i].n : 0; }
+    long long rs(int i) const { return i < (int)segs.size() ? segs[(size_t)i].rs : 0; }
+    long long bs(int i) const { return i < (int)segs.size() ? segs[(size_t)i].bs : 0; }
+};
+
+#define SEG_PASS(X)                                                                                                    \
+    X.ptr(0), X.ptr(1), X.ptr(2), X.ptr(3), X.len(0), X.len(1), X.len(2), X.len(3), X.rs(0), X.rs(1), X.rs(2), X.rs(3), \
+        X.bs(0), X.bs(1), X.bs(2), X.bs(3)
+
+struct SegSpec {
+    int n;
+    int row_pad;    // extra elements per row (rs = H*D + pad, a multiple of 8 for the flash kernel)
+    int batch_pad;  // extra rows' worth of elements per batch
+    int off;        // element offset of the operand inside its row
+};
+
+template <typename T>
+Operand<T> make_operand(Rng& rng, int B, int HD, const std::vector<SegSpec>& spec) {
+    Operand<T> o;
+    for (const SegSpec& s : spec) {
+        typename Operand<T>::Seg g;
+        g.n = s.n;
+        g.rs = HD + s.row_pad;
+        g.bs = (long long)s.n * g.rs + s.batch_pad;
+        g.off = s.off;
+        const size_t total = (size_t)(B * g.bs + g.off);
+        g.buf = std::make_unique<DBuf<T>>(total);
+        for (size_t i = 0; i < total; i++) (*g.buf)[i] = to_t<T>(rng.sym(2.f));
+        o.segs.push_back(std::move(g));
+    }
+    return o;
+}
+
+struct Case {
+    std::string name;
+    int B, H, D;
+    std::vector<SegSpec> q, kv;
+    bool causal, bias;
+};
+
+// Reference: softmax over keys in double from the stored (rounded) inputs.
+template <typename T>
+std::vector<double> reference(const Operand<T>& q, const Operand<T>& k, const Operand<T>& v, const float* bias, int B, int H, int D,
+                              float scale, bool causal) {
+    const int Sq = q.rows(), Sk = k.rows();
+    std::vector<double> out((size_t)B * Sq * H * D, 0.0), s((size_t)Sk);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < Sq; i++) {
+                const T* qr = q.row(b, i) + h * D;
+                double mx = -INFINITY;
+                for (int j = 0; j < Sk; j++) {
+                    if (causal && j > i) {
+                        s[(size_t)j] = -INFINITY;
+                        continue;
+                    }
+                    const T* kr = k.row(b, j) + h * D;
+                    double dot = 0;
+                    for (int c = 0; c < D; c++) dot += (double)to_float(qr[c]) * to_float(kr[c]);
+                    s[(size_t)j] = dot * scale + (bias ? bias[((size_t)h * Sq + i) * Sk + j] : 0.0);
+                    mx = std::max(mx, s[(size_t)j]);
+                }
+                double l = 0;
+                for (int j = 0; j < Sk; j++) l += s[(size_t)j] = std::exp(s[(size_t)j] - mx);
+                double* o = &out[(((size_t)b * Sq + i) * H + h) * D];
+                for (int j = 0; j < Sk; j++) {
+                    if (s[(size_t)j] == 0) continue;
+                    const T* vr = v.row(b, j) + h * D;
+                    for (int c = 0; c < D; c++) o[c] += s[(size_t)j] / l * to_float(vr[c]);
+                }
+            }
+    return out;
+}
+
+template <typename T>
+void run_case(const Case& c, bool flash, uint64_t seed) {
+    const std::string name = std::string(flash ? "attention/flash_d64 " : "attention/naive_") + (flash ? "" : tname<T>()) +
+                             (flash ? "" : " ") + c.name;
+    if (!selected(name)) return;
+    Rng rng(seed);
+    const int HD = c.H * c.D;
+    Operand<T> q = make_operand<T>(rng, c.B, HD, c.q);
+    Operand<T> k = make_operand<T>(rng, c.B, HD, c.kv);
+    Operand<T> v = make_operand<T>(rng, c.B, HD, c.kv);
+    const int Sq = q.rows(), Sk = k.rows();
+    std::unique_ptr<DBuf<float>> bias;
+    if (c.bias) {
+        bias = std::make_unique<DBuf<float>>((size_t)c.H * Sq * Sk);
+        for (size_t i = 0; i < bias->n; i++) (*bias)[i] = rng.sym(3.f);
+    }
+    const float* bp = bias ? bias->p : nullptr;
+    DBuf<T> out((size_t)c.B * Sq * HD);
+    const float scale = 1.f / std::sqrt((float)c.D);
+    if (flash) {
+        emu::launch("flash_attn_fwd_d64", dim3((unsigned)(Sq + fa::BM - 1) / fa::BM, (unsigned)c.H, (unsigned)c.B), dim3(fa::THREADS),
+                    fa::SMEM_BYTES, [&] {
+                        flash_attn_fwd_d64(SEG_PASS(q), SEG_PASS(k), SEG_PASS(v), reinterpret_cast<__nv_bfloat16*>(out.p), bp, c.H, Sq, Sk,
+                                           scale * fa::LOG2E, c.causal);
+                    });
+    } else {
+        auto kernel = [&] {
+            if constexpr (std::is_same<T, float>::value)
+                attn_naive_f32(SEG_PASS(q), SEG_PASS(k), SEG_PASS(v), out.p, bp, c.H, c.D, Sq, Sk, scale, c.causal);
+            else if constexpr (std::is_same<T, __nv_bfloat16>::value)
+                attn_naive_bf16(SEG_PASS(q), SEG_PASS(k), SEG_PASS(v), out.p, bp, c.H, c.D, Sq, Sk, scale, c.causal);
+            else
+                attn_naive_f16(SEG_PASS(q), SEG_PASS(k), SEG_PASS(v), out.p, bp, c.H, c.D, Sq, Sk, scale, c.causal);
+        };
+        emu::launch("attn_naive", dim3((unsigned)(Sq + naive::WARPS - 1) / naive::WARPS, (unsigned)c.H, (unsigned)c.B),
+                    dim3(naive::WARPS * 32), 0, kernel);
+    }
+    const std::vector<double> ref = reference(q, k, v, bp, c.B, c.H, c.D, scale, c.causal);
+    // Outputs are weighted means of |v| <= 2. The flash kernel rounds P to bf16 before P V
+    // (relative 2^-9 per weight) and the output to bf16; the naive kernels round the output.
+    const double atol = flash ? 2e-2 : 4 * eps_t<T>() + 1e-5;
+    const double rtol = flash ? 1e-2 : 2 * eps_t<T>();
+    expect_close(name, out.p, ref, atol, rtol);
+}
+
+}  // namespace
+
+void test_attention() {
+    // {n, row_pad, batch_pad, off}
+    const std::vector<Case> flash_cases = {
+        {"one tile", 1, 1, 64, {{64, 0, 0, 0}}, {{64, 0, 0, 0}}, false, false},
+        {"joint 45+13 x3 heads b2", 2, 3, 64, {{45, 0, 0, 0}, {13, 0, 0, 0}}, {{45, 0, 0, 0}, {13, 0, 0, 0}}, false, false},
+        // Video rows from a fused QKV projection (row stride 3*H*D, q/k/v at offsets 0 / H*D / 2*H*D
+        // are separate buffers here, same strides) plus padded batches; text segment of 33.
+        {"fused strides 150+33 b2", 2, 2, 64, {{150, 256, 24, 0}, {33, 0, 0, 0}}, {{150, 256, 24, 128}, {33, 8, 16, 8}}, false, false},
+        {"context_pre_only 100 x (100+29)", 1, 2, 64, {{100, 0, 0, 0}}, {{100, 0, 0, 0}, {29, 0, 0, 0}}, false, false},
+        {"causal 200 bias", 1, 2, 64, {{200, 0, 0, 0}}, {{200, 0, 0, 0}}, true, true},
+        {"bias 70 x (20+111)", 2, 1, 64, {{70, 0, 0, 0}}, {{20, 0, 0, 0}, {111, 0, 0, 0}}, false, true},
+        {"four segments", 1, 1, 64, {{10, 0, 0, 0}, {20, 8, 0, 0}, {30, 0, 8, 0}, {7, 0, 0, 8}}, {{1, 0, 0, 0}, {64, 0, 0, 0}, {3, 0, 0, 0}, {65, 0, 0, 0}}, false, false},
+        {"causal 130 x 130 b2", 2, 1, 64, {{130, 0, 0, 0}}, {{130, 0, 0, 0}}, true, false},
+    };
+    uint64_t seed = 1;
+    for (const Case& c : flash_cases) run_case<__nv_bfloat16>(c, true, seed++);
+
+    const std::vector<Case> naive_cases = {
+        {"d40 joint 9+5 b2", 2, 3, 40, {{9, 0, 0, 0}, {5, 0, 0, 0}}, {{9, 0, 0, 0}, {5, 0, 0, 0}}, false, false},
+        {"d64 causal bias 37", 1, 2, 64, {{37, 0, 0, 0}}, {{37, 0, 0, 0}}, true, true},
+        {"d80 strided 21 x (21+40)", 2, 1, 80, {{21, 16, 3, 0}}, {{21, 0, 0, 0}, {40, 4, 0, 0}}, false, true},
+    };
+    for (const Case& c : naive_cases) {
+        run_case<float>(c, false, seed++);
+        run_case<__nv_bfloat16>(c, false, seed++);
+        run_case<__half>(c, false, seed++);
+    }
+}
