@@ -8,6 +8,10 @@
 //! says nothing about speed, and it cannot see hardware-specific effects (the real tensor-core
 //! accumulation order, register or shared-memory limits): tests/attention_gpu.rs and
 //! tests/ops_gpu.rs run the same kernels on a GPU.
+//!
+//! `CONTENTV_EMU_ASAN=1` builds the emulator with AddressSanitizer and UndefinedBehaviorSanitizer
+//! (red zones on both sides of every device buffer, integer overflow in index math); about ten
+//! times slower, so it is not the default.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +25,10 @@ const SOURCES: &[&str] = &[
     "test_gemm_int8.cpp",
     "test_ops.cpp",
 ];
+
+fn asan() -> bool {
+    std::env::var("CONTENTV_EMU_ASAN").is_ok_and(|v| v == "1")
+}
 
 fn compiler() -> Option<String> {
     let mut cands = Vec::new();
@@ -46,16 +54,28 @@ fn binary() -> &'static Result<PathBuf, String> {
         };
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let emu = root.join("tests/emu");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernels_emu");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(if asan() {
+            "kernels_emu_asan"
+        } else {
+            "kernels_emu"
+        });
         std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-        let flags = [
+        let mut flags = vec![
             "-std=c++17",
-            "-O2",
             "-g",
             "-fno-strict-aliasing",
             "-Wall",
             "-Wno-unknown-pragmas",
         ];
+        if asan() {
+            flags.extend([
+                "-O1",
+                "-fsanitize=address,undefined",
+                "-fno-sanitize-recover=undefined",
+            ]);
+        } else {
+            flags.push("-O2");
+        }
         let include = [emu.join("include"), emu.clone(), root.join("kernels")];
         // One compiler process per source, in parallel.
         let jobs: Vec<_> = SOURCES
@@ -63,7 +83,7 @@ fn binary() -> &'static Result<PathBuf, String> {
             .map(|s| {
                 let obj = out.join(s.replace(".cpp", ".o"));
                 let mut cmd = Command::new(&cxx);
-                cmd.args(flags);
+                cmd.args(&flags);
                 for i in &include {
                     cmd.arg("-I").arg(i);
                 }
@@ -85,7 +105,13 @@ fn binary() -> &'static Result<PathBuf, String> {
             objs.push(obj);
         }
         let bin = out.join("kernels_emu");
+        let link_flags: &[&str] = if asan() {
+            &["-fsanitize=address,undefined"]
+        } else {
+            &[]
+        };
         let o = Command::new(&cxx)
+            .args(link_flags)
             .args(&objs)
             .arg("-o")
             .arg(&bin)
@@ -112,6 +138,8 @@ fn run(prefix: &str) {
     };
     let o = Command::new(bin)
         .arg(prefix)
+        // The fiber stacks live until exit on purpose.
+        .env("ASAN_OPTIONS", "detect_leaks=0")
         .output()
         .expect("running the emulator");
     let stdout = String::from_utf8_lossy(&o.stdout);

@@ -229,7 +229,21 @@ void cp_async_wait_group(int n) {
     }
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_ASAN 1
+#endif
+#endif
+
 void* device_alloc(size_t bytes) {
+#ifdef EMU_ASAN
+    // AddressSanitizer's red zones catch accesses on both sides of the buffer.
+    void* a = aligned_alloc(16, (bytes + 15) / 16 * 16);
+    g_allocs.push_back(Alloc{(uintptr_t)a, (uintptr_t)a + bytes, a, 0});
+    return a;
+#endif
     const size_t pg = page();
     const size_t usable = (bytes + 15) / 16 * 16;
     const size_t data_pages = (usable + pg - 1) / pg;
@@ -246,7 +260,10 @@ void* device_alloc(size_t bytes) {
 void device_free(void* p) {
     for (size_t i = 0; i < g_allocs.size(); i++)
         if (g_allocs[i].begin == (uintptr_t)p) {
-            munmap(g_allocs[i].map, g_allocs[i].map_bytes);
+            if (g_allocs[i].map_bytes == 0)
+                free(g_allocs[i].map);
+            else
+                munmap(g_allocs[i].map, g_allocs[i].map_bytes);
             g_allocs.erase(g_allocs.begin() + (long)i);
             return;
         }

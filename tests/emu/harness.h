@@ -55,6 +55,17 @@ template <typename T> inline double eps_t() { return 6e-8; }
 template <> inline double eps_t<__nv_bfloat16>() { return 1.0 / 256; }
 template <> inline double eps_t<__half>() { return 1.0 / 2048; }
 
+// The activation codes of common.cuh (0 none, 1 SiLU, 2 tanh-GELU, 3 erf-GELU, 4 quick-GELU).
+inline double act_ref(double x, int code) {
+    switch (code) {
+    case 1: return x / (1 + std::exp(-x));
+    case 2: return 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+    case 3: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
+    case 4: return x / (1 + std::exp(-1.702 * x));
+    default: return x;
+    }
+}
+
 int& failures();
 bool selected(const std::string& name);
 

@@ -167,6 +167,7 @@ void test_attention() {
         {"bias 70 x (20+111)", 2, 1, 64, {{70, 0, 0, 0}}, {{20, 0, 0, 0}, {111, 0, 0, 0}}, false, true},
         {"four segments", 1, 1, 64, {{10, 0, 0, 0}, {20, 8, 0, 0}, {30, 0, 8, 0}, {7, 0, 0, 8}}, {{1, 0, 0, 0}, {64, 0, 0, 0}, {3, 0, 0, 0}, {65, 0, 0, 0}}, false, false},
         {"causal 130 x 130 b2", 2, 1, 64, {{130, 0, 0, 0}}, {{130, 0, 0, 0}}, true, false},
+        {"long keys 140 x 1100 (18 tiles)", 1, 1, 64, {{140, 0, 0, 0}}, {{1000, 0, 0, 0}, {100, 0, 0, 0}}, false, true},
     };
     uint64_t seed = 1;
     for (const Case& c : flash_cases) run_case<__nv_bfloat16>(c, true, seed++);

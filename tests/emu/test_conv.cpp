@@ -93,7 +93,7 @@ void run_conv(const ConvCase& c, bool bf16, uint64_t seed) {
     }
     auto upload = [](const std::vector<float>& v) {
         auto d = std::make_unique<DBuf<float>>(v.size());
-        memcpy(d->p, v.data(), v.size() * sizeof(float));
+        if (!v.empty()) memcpy(d->p, v.data(), v.size() * sizeof(float));
         return d;
     };
     auto dx = upload(x), dctx = upload(ctx), dw = upload(w), dbias = upload(bias), dres = upload(resid);

@@ -9,16 +9,6 @@
 
 namespace {
 
-double act_ref(double x, int code) {
-    switch (code) {
-    case 1: return x / (1 + std::exp(-x));
-    case 2: return 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-    case 3: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
-    case 4: return x / (1 + std::exp(-1.702 * x));
-    default: return x;
-    }
-}
-
 struct GemmCase {
     int M, N, K, lda_pad, groups, act;
     bool bias;

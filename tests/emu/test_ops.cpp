@@ -30,16 +30,6 @@ double rtol_t() {
     return std::is_same<T, float>::value ? 1e-5 : 3 * eps_t<T>();
 }
 
-double act_ref(double x, int code) {
-    switch (code) {
-    case 1: return x / (1 + std::exp(-x));
-    case 2: return 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-    case 3: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
-    case 4: return x / (1 + std::exp(-1.702 * x));
-    default: return x;
-    }
-}
-
 #define PICK(NAME, T) (std::is_same<T, float>::value ? (void*)NAME##_f32 : std::is_same<T, __nv_bfloat16>::value ? (void*)NAME##_bf16 : (void*)NAME##_f16)
 
 template <typename T>
