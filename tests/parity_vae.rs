@@ -327,6 +327,19 @@ fn synthetic_decoder_gpu_matches_cpu() {
     w.device = dev.clone();
     let lat = synthetic_latents(3, 6, 5, 4);
     let want = cpu.decode(&lat).unwrap().to_vec_f32().unwrap();
+    // The bf16 tensor-core path against the CPU with the same operand rounding.
+    let cpu_bf16 = VaeDecoder::load(
+        &tiny_weights(&cfg, 3),
+        cfg.clone(),
+        VaeOptions {
+            precision: ConvPrecision::Bf16,
+            tiling: None,
+        },
+    )
+    .unwrap();
+    let want_bf16 = cpu_bf16.decode(&lat).unwrap().to_vec_f32().unwrap();
+    let (bf_vs_f32, _) = diff(&want_bf16, &want);
+    println!("synthetic decoder: CPU bf16 operands vs CPU f32: max abs {bf_vs_f32:.3e}");
     for prec in [ConvPrecision::F32, ConvPrecision::Bf16] {
         let g = VaeDecoder::load(
             &w,
@@ -339,13 +352,20 @@ fn synthetic_decoder_gpu_matches_cpu() {
         .unwrap();
         let got = g.decode(&lat.to_device(&dev).unwrap()).unwrap();
         assert!(got.device().is_cuda());
-        let (md, _) = diff(&got.to_vec_f32().unwrap(), &want);
-        println!("synthetic decoder {prec:?} GPU vs CPU: max abs err {md:.3e}");
+        let reference = if prec == ConvPrecision::F32 {
+            &want
+        } else {
+            &want_bf16
+        };
+        let (md, _) = diff(&got.to_vec_f32().unwrap(), reference);
+        println!("synthetic decoder {prec:?} GPU vs CPU {prec:?}: max abs err {md:.3e}");
         assert!(
             md < if prec == ConvPrecision::F32 {
                 1e-4
             } else {
-                5e-2
+                // Same operand rounding; only summation order differs, which can flip the
+                // bf16 rounding of an intermediate value: far below the bf16-vs-f32 error.
+                (bf_vs_f32 * 0.25).max(1e-3)
             },
             "{prec:?}: {md}"
         );

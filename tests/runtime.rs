@@ -95,11 +95,16 @@ fn pool_size_classes() {
     assert_eq!(size_class((2 << 20) + 1), 4 << 20);
 }
 
+/// The GPU tests of this file share one device and its pool; run them one at a time so that the
+/// pool's counters see only the test that reads them.
+static GPU_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn gpu_round_trip_and_views() {
     let Some(dev) = common::cuda_or_skip() else {
         return;
     };
+    let _one_at_a_time = GPU_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let data: Vec<f32> = (0..1000).map(|i| (i as f32).sin()).collect();
     let t = Tensor::from_f32(data.clone(), &[10, 100], &dev).unwrap();
     assert!(t.device().is_cuda());
@@ -120,6 +125,7 @@ fn gpu_pool_reuses_memory() {
     let Some(dev) = common::cuda_or_skip() else {
         return;
     };
+    let _one_at_a_time = GPU_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let g = dev.gpu().unwrap().clone();
     let _warm = Tensor::empty(&[1 << 20], DType::F32, &dev).unwrap();
     drop(_warm);
@@ -140,6 +146,7 @@ fn gpu_pinned_and_events() {
     let Some(dev) = common::cuda_or_skip() else {
         return;
     };
+    let _one_at_a_time = GPU_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let g = dev.gpu().unwrap().clone();
     let mut p = PinnedBuffer::new(&g.ctx, 1 << 20).unwrap();
     p.as_mut_slice().fill(7);

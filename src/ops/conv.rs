@@ -14,7 +14,9 @@ use crate::error::{Error, Result};
 use crate::runtime::{DType, Device, KernelArgs, Tensor};
 use crate::shape_err;
 
-/// Arithmetic of the GPU conv. The CPU reference is always f32.
+/// Arithmetic of the conv. On the CPU, `Bf16` rounds the operands (input, cached frames,
+/// weights) to bf16 before the f32 GEMM: the reference of the tensor-core kernel, equal to it up
+/// to summation order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ConvPrecision {
     /// f32 FMA on CUDA cores: matches the f32 reference up to summation order.
@@ -163,16 +165,31 @@ pub fn conv_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) ->
     Ok(d)
 }
 
+/// Rounds every value to the nearest bf16 (ties to even), kept as f32: the operand rounding of
+/// the tensor-core paths.
+pub fn round_to_bf16(v: &mut [f32]) {
+    for x in v {
+        *x = half::bf16::from_f32(*x).to_f32();
+    }
+}
+
 /// The conv (see the module docs and [`ConvOpts`]). Host tensors: f32 CPU reference. Device
 /// tensors: the CUDA kernel (all operands f32, contiguous or made so).
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) -> Result<Tensor> {
     let d = conv_dims(x, w, bias, o)?;
     match x.device() {
         Device::Cpu => {
-            let xv = x.cpu_f32()?;
-            let wv = w.cpu_f32()?;
+            let mut xv = x.cpu_f32()?;
+            let mut wv = w.cpu_f32()?;
             let bv = bias.map(|b| b.cpu_f32()).transpose()?;
-            let cv = o.ctx.map(|c| c.cpu_f32()).transpose()?;
+            let mut cv = o.ctx.map(|c| c.cpu_f32()).transpose()?;
+            if o.precision == ConvPrecision::Bf16 {
+                round_to_bf16(xv.to_mut());
+                round_to_bf16(wv.to_mut());
+                if let Some(c) = cv.as_mut() {
+                    round_to_bf16(c.to_mut());
+                }
+            }
             let rv = o.residual.map(|r| r.cpu_f32()).transpose()?;
             let y = conv3d_cpu(
                 &xv,

@@ -15,6 +15,55 @@ pub fn for_dtype(dtype: DType, k: usize) -> (f32, f32) {
     }
 }
 
+/// Per-element bounds for the adaLN modulation `y = n * (1 + scale) + shift` (n = LN(x)) against
+/// the f32 reference, when the kernel rounds like the PyTorch reference in a 16-bit dtype:
+/// `T(T(T(n) * T(1 + scale)) + shift)`. Four roundings of unit roundoff u (2^-8 for bf16, 2^-11
+/// for f16): three act on the product, whose size is `|y - shift|`, one on `|y|`. With
+/// cancellation (`|y|` much smaller than the product) this is far above `for_dtype`'s bound.
+/// `want` and `shift` are the f32 reference output and the shift broadcast to its shape.
+pub fn adaln_bounds(dtype: DType, want: &[f32], shift: &[f32], k: usize) -> Vec<f32> {
+    let (atol, rtol) = for_dtype(dtype, k);
+    let u = match dtype {
+        DType::BF16 => 2f32.powi(-8),
+        DType::F16 => 2f32.powi(-11),
+        _ => 0.0,
+    };
+    want.iter()
+        .zip(shift)
+        .map(|(&y, &sh)| atol + rtol * y.abs() + u * (3.0 * (y - sh).abs() + y.abs()))
+        .collect()
+}
+
+/// Whether `got` is within `bound[i]` of `want[i]` everywhere; returns the worst element.
+pub fn check_bounds(got: &[f32], want: &[f32], bound: &[f32]) -> Result<(), String> {
+    if got.len() != want.len() || got.len() != bound.len() {
+        return Err(format!(
+            "length {} vs {} vs {}",
+            got.len(),
+            want.len(),
+            bound.len()
+        ));
+    }
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, ((&g, &w), &b)) in got.iter().zip(want).zip(bound).enumerate() {
+        let err = (g - w).abs();
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        if !(err <= b) {
+            let excess = if err.is_nan() { f32::INFINITY } else { err - b };
+            if worst.is_none_or(|(_, e)| excess > e) {
+                worst = Some((i, excess));
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, _)) => Err(format!(
+            "element {i}: got {} want {} (bound {})",
+            got[i], want[i], bound[i]
+        )),
+    }
+}
+
 /// Whether `got` is within `(atol, rtol)` of `want` everywhere; returns the worst element.
 pub fn check(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), String> {
     if got.len() != want.len() {

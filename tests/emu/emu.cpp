@@ -9,6 +9,44 @@
 
 #include <algorithm>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_ASAN 1
+#endif
+#endif
+
+// Fiber switches: a six-register switch on x86-64 (swapcontext also saves the signal mask with
+// a system call each time, several times slower); ucontext elsewhere and under ASan.
+#if defined(__x86_64__) && !defined(EMU_ASAN)
+#define EMU_FAST_SWITCH 1
+extern "C" void emu_switch(void** save_sp, void* to_sp);
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+#endif
+
 namespace emu {
 
 namespace {
@@ -35,7 +73,11 @@ struct WarpSlot {
 }  // namespace
 
 struct Fiber {
+#ifdef EMU_FAST_SWITCH
+    void* sp = nullptr;
+#else
     ucontext_t ctx;
+#endif
     dim3 tid;
     int linear = 0, warp = 0, lane = 0;
     bool done = false;
@@ -53,7 +95,11 @@ dim3 g_block_idx, g_block_dim, g_grid_dim;
 
 namespace {
 
+#ifdef EMU_FAST_SWITCH
+void* g_sched_sp = nullptr;
+#else
 ucontext_t g_sched;
+#endif
 std::vector<Fiber> g_fibers;
 std::vector<char*> g_stacks;
 const char* g_kernel = "?";
@@ -76,7 +122,13 @@ std::vector<Alloc> g_allocs;
 
 size_t page() { return (size_t)sysconf(_SC_PAGESIZE); }
 
-void yield() { swapcontext(&g_cur->ctx, &g_sched); }
+void yield() {
+#ifdef EMU_FAST_SWITCH
+    emu_switch(&g_cur->sp, g_sched_sp);
+#else
+    swapcontext(&g_cur->ctx, &g_sched);
+#endif
+}
 
 void wait_barrier(Barrier& b, int expected) {
     const unsigned gen = b.gen;
@@ -140,8 +192,17 @@ void trampoline() {
     g_live--;
     g_warp_live[f.warp]--;
     release_if_complete(g_warp_bar[f.warp], g_warp_live[f.warp]);
-    // uc_link returns to the scheduler.
+    // uc_link returns to the scheduler (ucontext); fiber_entry switches back (fast switch).
 }
+
+#ifdef EMU_FAST_SWITCH
+void fiber_entry() {
+    trampoline();
+    void* dead;
+    emu_switch(&dead, g_sched_sp);  // never resumed
+    __builtin_unreachable();
+}
+#endif
 
 }  // namespace
 
@@ -229,14 +290,6 @@ void cp_async_wait_group(int n) {
     }
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define EMU_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EMU_ASAN 1
-#endif
-#endif
-
 void* device_alloc(size_t bytes) {
 #ifdef EMU_ASAN
     // AddressSanitizer's red zones catch accesses on both sides of the buffer.
@@ -311,11 +364,22 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, const std
                     f.tid = dim3((unsigned)i % block.x, (unsigned)i / block.x % block.y, (unsigned)i / (block.x * block.y));
                     f.warp = i / 32;
                     f.lane = i % 32;
+#ifdef EMU_FAST_SWITCH
+                    // The first switch pops six zero registers and "returns" into fiber_entry
+                    // with the stack aligned as after a call.
+                    uintptr_t top = ((uintptr_t)g_stacks[(size_t)i] + STACK_BYTES) & ~(uintptr_t)15;
+                    void** sp = (void**)(top - 64);
+                    for (int r = 0; r < 6; r++) sp[r] = nullptr;
+                    sp[6] = (void*)&fiber_entry;
+                    sp[7] = nullptr;
+                    f.sp = sp;
+#else
                     getcontext(&f.ctx);
                     f.ctx.uc_stack.ss_sp = g_stacks[(size_t)i];
                     f.ctx.uc_stack.ss_size = STACK_BYTES;
                     f.ctx.uc_link = &g_sched;
                     makecontext(&f.ctx, trampoline, 0);
+#endif
                 }
                 int last = n - 1;
                 while (g_live > 0) {
@@ -324,7 +388,11 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, const std
                         fail("deadlock: %d threads wait at barriers that can never complete (%d at __syncthreads)", g_live,
                              g_block_bar.arrived);
                     g_cur = &g_fibers[(size_t)i];
+#ifdef EMU_FAST_SWITCH
+                    emu_switch(&g_sched_sp, g_cur->sp);
+#else
                     swapcontext(&g_sched, &g_cur->ctx);
+#endif
                     g_cur = nullptr;
                     last = i;
                 }

@@ -149,7 +149,8 @@ pub fn spatial_attention(qkv: &Tensor, precision: ConvPrecision) -> Result<Tenso
     let (b, c, t, h, w) = (s[0], s[1] / 3, s[2], s[3], s[4]);
     match qkv.device() {
         Device::Cpu => {
-            let y = spatial_attention_cpu(&qkv.cpu_f32()?, b, c, t, h * w);
+            let bf16 = precision == ConvPrecision::Bf16;
+            let y = spatial_attention_cpu(&qkv.cpu_f32()?, b, c, t, h * w, bf16);
             Tensor::from_f32(y, &[b, c, t, h, w], &Device::Cpu)
         }
         Device::Cuda(g) => {
@@ -188,8 +189,23 @@ pub fn spatial_attention(qkv: &Tensor, precision: ConvPrecision) -> Result<Tenso
     }
 }
 
-/// Host reference of [`spatial_attention`] on a dense [B, 3C, T, N] slice.
-pub fn spatial_attention_cpu(qkv: &[f32], b: usize, c: usize, t: usize, n: usize) -> Vec<f32> {
+/// Host reference of [`spatial_attention`] on a dense [B, 3C, T, N] slice. `bf16`: the operands
+/// of the two GEMMs (q, k; probabilities, v) rounded to bf16 like the tensor-core path.
+pub fn spatial_attention_cpu(
+    qkv: &[f32],
+    b: usize,
+    c: usize,
+    t: usize,
+    n: usize,
+    bf16: bool,
+) -> Vec<f32> {
+    let r = |x: f32| {
+        if bf16 {
+            half::bf16::from_f32(x).to_f32()
+        } else {
+            x
+        }
+    };
     let mut y = vec![0.0f32; b * c * t * n];
     let at = |bb: usize, ch: usize, tt: usize, i: usize| qkv[((bb * 3 * c + ch) * t + tt) * n + i];
     let mut qt = vec![0.0f32; n * c];
@@ -201,9 +217,9 @@ pub fn spatial_attention_cpu(qkv: &[f32], b: usize, c: usize, t: usize, n: usize
         for tt in 0..t {
             for ch in 0..c {
                 for i in 0..n {
-                    qt[i * c + ch] = at(bb, ch, tt, i);
-                    kt[i * c + ch] = at(bb, c + ch, tt, i);
-                    vt[i * c + ch] = at(bb, 2 * c + ch, tt, i);
+                    qt[i * c + ch] = r(at(bb, ch, tt, i));
+                    kt[i * c + ch] = r(at(bb, c + ch, tt, i));
+                    vt[i * c + ch] = r(at(bb, 2 * c + ch, tt, i));
                 }
             }
             for i in 0..n {
@@ -222,7 +238,7 @@ pub fn spatial_attention_cpu(qkv: &[f32], b: usize, c: usize, t: usize, n: usize
                 }
                 o.fill(0.0);
                 for j in 0..n {
-                    let pj = p[j] / sum;
+                    let pj = r(p[j] / sum);
                     for (oc, vc) in o.iter_mut().zip(&vt[j * c..(j + 1) * c]) {
                         *oc += pj * vc;
                     }

@@ -1,0 +1,338 @@
+// The emulated device: a shared library that stands in for libcuda.so (the CUDA driver API
+// calls the engine makes through cudarc) and libcublasLt.so (the dense GEMMs), running the real
+// kernels of kernels/*.cu on the CPU emulation (../include/cuda_emu.h). With it on
+// LD_LIBRARY_PATH the engine's whole GPU path (device runtime, memory pool, streams and events,
+// module loading, every launcher and its argument list, cuBLASLt calls, weight streaming) runs
+// in CI without a GPU. tests/gpu_emulated.rs builds it and runs the GPU test binaries with it.
+//
+// Semantics: device memory is host memory (guard page after every allocation), every call is
+// synchronous (streams and events only keep the API contract), one launch at a time (a global
+// lock). cuDeviceGetName says what it is; nothing measured on it is a GPU number.
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <cmath>
+#include <mutex>
+#include <string>
+
+#include "cuda_emu.h"
+#include "registry.h"
+
+namespace emu {
+std::map<std::string, KernelEntry>& registry() {
+    static std::map<std::string, KernelEntry> r;
+    return r;
+}
+}  // namespace emu
+
+namespace {
+
+std::recursive_mutex g_lock;
+
+// Schedule of the emulated device: CONTENTV_EMU_SCHEDULE = roundrobin (default, the cheapest)
+// | lowest | highest; CONTENTV_EMU_COPIES = lazy (default) | eager. See cuda_emu.h.
+struct Config {
+    Config() {
+        const char* s = getenv("CONTENTV_EMU_SCHEDULE");
+        const std::string sched = s ? s : "roundrobin";
+        emu::g_schedule = sched == "lowest"    ? emu::Schedule::LowestFirst
+                          : sched == "highest" ? emu::Schedule::HighestFirst
+                                               : emu::Schedule::RoundRobin;
+        const char* c = getenv("CONTENTV_EMU_COPIES");
+        emu::g_copy_eager = c && std::string(c) == "eager";
+    }
+} g_config;
+#define LOCK std::lock_guard<std::recursive_mutex> guard(g_lock)
+
+constexpr int OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_FOUND = 500, INVALID_HANDLE = 400;
+
+size_t total_bytes() {
+    const char* v = getenv("CONTENTV_EMU_VRAM_GIB");
+    const double gib = v ? atof(v) : 16.0;
+    return (size_t)(gib * 1073741824.0);
+}
+size_t g_used = 0;
+std::map<unsigned long long, size_t> g_sizes;  // device allocations
+
+struct Func {
+    const emu::KernelEntry* k;
+    int max_dyn_smem = 48 * 1024;
+};
+std::map<std::string, Func*> g_funcs;
+
+double now_ms() {
+    timeval tv;
+    gettimeofday(&tv, nullptr);
+    return tv.tv_sec * 1e3 + tv.tv_usec * 1e-3;
+}
+
+int dev_alloc(unsigned long long* p, size_t bytes) {
+    if (bytes == 0) return INVALID_VALUE;
+    if (g_used + bytes > total_bytes()) return OUT_OF_MEMORY;
+    *p = (unsigned long long)emu::device_alloc(bytes);
+    g_sizes[*p] = bytes;
+    g_used += bytes;
+    return OK;
+}
+int dev_free(unsigned long long p) {
+    auto it = g_sizes.find(p);
+    if (it == g_sizes.end()) return INVALID_VALUE;
+    g_used -= it->second;
+    g_sizes.erase(it);
+    emu::device_free((void*)p);
+    return OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+// ---- init, device, context ------------------------------------------------------------------
+int cuInit(unsigned) { return OK; }
+int cuDriverGetVersion(int* v) { *v = 13000; return OK; }
+int cuDeviceGetCount(int* n) { *n = 1; return OK; }
+int cuDeviceGet(int* d, int ordinal) { if (ordinal != 0) return INVALID_VALUE; *d = 0; return OK; }
+int cuDeviceGetName(char* name, int len, int) {
+    snprintf(name, (size_t)len, "contentv CPU emulation (not a GPU)");
+    return OK;
+}
+int cuDeviceTotalMem_v2(size_t* b, int) { *b = total_bytes(); return OK; }
+int cuDeviceGetAttribute(int* v, int attr, int) {
+    switch (attr) {
+    case 1: *v = 1024; break;            // max threads per block
+    case 16: *v = 4; break;              // multiprocessors
+    case 75: *v = 9; break;              // compute capability 9.0
+    case 76: *v = 0; break;
+    case 97: *v = 227 * 1024; break;     // max shared memory per block (opt-in)
+    case 115: *v = 0; break;             // no memory pools: plain cuMemAlloc
+    default: *v = 0;
+    }
+    return OK;
+}
+static int g_ctx_dummy;
+int cuDevicePrimaryCtxRetain(void** ctx, int) { *ctx = &g_ctx_dummy; return OK; }
+int cuDevicePrimaryCtxRelease_v2(int) { return OK; }
+int cuCtxSetCurrent(void*) { return OK; }
+int cuCtxGetCurrent(void** ctx) { *ctx = &g_ctx_dummy; return OK; }
+int cuCtxPushCurrent_v2(void*) { return OK; }
+int cuCtxPopCurrent_v2(void** ctx) { if (ctx) *ctx = &g_ctx_dummy; return OK; }
+int cuCtxSynchronize() { return OK; }
+int cuCtxGetDevice(int* d) { *d = 0; return OK; }
+int cuGetErrorString(int e, const char** s) {
+    *s = e == OK ? "no error" : e == OUT_OF_MEMORY ? "out of memory (emulated device)" : "error (emulated device)";
+    return OK;
+}
+int cuGetErrorName(int e, const char** s) { return cuGetErrorString(e, s); }
+
+// ---- streams and events (all work is synchronous) -------------------------------------------
+int cuStreamCreate(void** s, unsigned) { *s = new int(0); return OK; }
+int cuStreamCreateWithPriority(void** s, unsigned, int) { *s = new int(0); return OK; }
+int cuStreamDestroy_v2(void* s) { delete static_cast<int*>(s); return OK; }
+int cuStreamSynchronize(void*) { return OK; }
+int cuStreamQuery(void*) { return OK; }
+int cuStreamWaitEvent(void*, void*, unsigned) { return OK; }
+int cuEventCreate(void** e, unsigned) { *e = new double(0); return OK; }
+int cuEventDestroy_v2(void* e) { delete static_cast<double*>(e); return OK; }
+int cuEventRecord(void* e, void*) { *static_cast<double*>(e) = now_ms(); return OK; }
+int cuEventRecordWithFlags(void* e, void* s, unsigned) { return cuEventRecord(e, s); }
+int cuEventSynchronize(void*) { return OK; }
+int cuEventQuery(void*) { return OK; }
+int cuEventElapsedTime(float* ms, void* a, void* b) {
+    *ms = (float)(*static_cast<double*>(b) - *static_cast<double*>(a));
+    return OK;
+}
+int cuEventElapsedTime_v2(float* ms, void* a, void* b) { return cuEventElapsedTime(ms, a, b); }
+
+// ---- memory ---------------------------------------------------------------------------------
+int cuMemAlloc_v2(unsigned long long* p, size_t bytes) { LOCK; return dev_alloc(p, bytes); }
+int cuMemFree_v2(unsigned long long p) { LOCK; return dev_free(p); }
+int cuMemAllocAsync(unsigned long long* p, size_t bytes, void*) { LOCK; return dev_alloc(p, bytes); }
+int cuMemFreeAsync(unsigned long long p, void*) { LOCK; return dev_free(p); }
+int cuMemGetInfo_v2(size_t* free_b, size_t* total) {
+    LOCK;
+    *total = total_bytes();
+    *free_b = *total - g_used;
+    return OK;
+}
+int cuMemAllocHost_v2(void** p, size_t bytes) { *p = malloc(bytes ? bytes : 1); return *p ? OK : OUT_OF_MEMORY; }
+int cuMemHostAlloc(void** p, size_t bytes, unsigned) { return cuMemAllocHost_v2(p, bytes); }
+int cuMemFreeHost(void* p) { free(p); return OK; }
+int cuMemHostRegister_v2(void*, size_t, unsigned) { return OK; }
+int cuMemHostUnregister(void*) { return OK; }
+int cuMemcpyHtoD_v2(unsigned long long d, const void* h, size_t n) { LOCK; memcpy((void*)d, h, n); return OK; }
+int cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { LOCK; memcpy(h, (const void*)d, n); return OK; }
+int cuMemcpyDtoD_v2(unsigned long long d, unsigned long long s, size_t n) { LOCK; memmove((void*)d, (const void*)s, n); return OK; }
+int cuMemcpyHtoDAsync_v2(unsigned long long d, const void* h, size_t n, void*) { return cuMemcpyHtoD_v2(d, h, n); }
+int cuMemcpyDtoHAsync_v2(void* h, unsigned long long d, size_t n, void*) { return cuMemcpyDtoH_v2(h, d, n); }
+int cuMemcpyDtoDAsync_v2(unsigned long long d, unsigned long long s, size_t n, void*) { return cuMemcpyDtoD_v2(d, s, n); }
+int cuMemsetD8_v2(unsigned long long d, unsigned char v, size_t n) { LOCK; memset((void*)d, v, n); return OK; }
+int cuMemsetD8Async(unsigned long long d, unsigned char v, size_t n, void*) { return cuMemsetD8_v2(d, v, n); }
+int cuMemsetD16_v2(unsigned long long d, unsigned short v, size_t n) {
+    LOCK;
+    for (size_t i = 0; i < n; i++) ((unsigned short*)d)[i] = v;
+    return OK;
+}
+int cuMemsetD16Async(unsigned long long d, unsigned short v, size_t n, void*) { return cuMemsetD16_v2(d, v, n); }
+int cuMemsetD32_v2(unsigned long long d, unsigned v, size_t n) {
+    LOCK;
+    for (size_t i = 0; i < n; i++) ((unsigned*)d)[i] = v;
+    return OK;
+}
+int cuMemsetD32Async(unsigned long long d, unsigned v, size_t n, void*) { return cuMemsetD32_v2(d, v, n); }
+
+// ---- modules and launches -------------------------------------------------------------------
+static int g_module_dummy;
+int cuModuleLoadData(void** m, const void* image) {
+    if (image == nullptr) return INVALID_VALUE;
+    *m = &g_module_dummy;  // the image is the real fatbin; its kernels are the emulated ones
+    return OK;
+}
+int cuModuleUnload(void*) { return OK; }
+int cuModuleGetFunction(void** f, void*, const char* name) {
+    LOCK;
+    auto it = g_funcs.find(name);
+    if (it == g_funcs.end()) {
+        auto k = emu::registry().find(name);
+        if (k == emu::registry().end()) return NOT_FOUND;
+        it = g_funcs.emplace(name, new Func{&k->second}).first;
+    }
+    *f = it->second;
+    return OK;
+}
+int cuFuncSetAttribute(void* f, int attr, int v) {
+    if (attr == 8) {
+        if (v > 227 * 1024) return INVALID_VALUE;
+        static_cast<Func*>(f)->max_dyn_smem = v;
+    }
+    return OK;
+}
+int cuFuncGetAttribute(int* v, int attr, void* f) {
+    *v = attr == 0 ? 1024 : attr == 8 ? static_cast<Func*>(f)->max_dyn_smem : 0;
+    return OK;
+}
+int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void*,
+                   void** params, void** extra) {
+    LOCK;
+    Func* fn = static_cast<Func*>(f);
+    if (extra != nullptr || params == nullptr) return INVALID_VALUE;
+    if ((int)smem > fn->max_dyn_smem) return INVALID_VALUE;  // like the hardware: opt in above 48 KiB
+    if ((unsigned long long)bx * by * bz > 1024 || gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535) return INVALID_VALUE;
+    emu::launch(fn->k->name, dim3(gx, gy, gz), dim3(bx, by, bz), smem, [&] { fn->k->invoke(fn->k->fn, params); });
+    return OK;
+}
+
+// ---- cuBLASLt (naive GEMM with the epilogues the engine uses) -------------------------------
+struct LtDesc {
+    int transa = 0, transb = 0, epilogue = 1;
+    const void* bias = nullptr;
+    int bias_type = -1;
+};
+struct LtLayout {
+    int type;
+    unsigned long long rows, cols;
+    long long ld;
+    int batch = 1;
+    long long stride = 0;
+};
+int cublasLtCreate(void** h) { *h = new int(0); return 0; }
+int cublasLtDestroy(void* h) { delete static_cast<int*>(h); return 0; }
+int cublasLtMatmulDescCreate(void** d, int compute, int scale) {
+    if (compute != 68 /* CUBLAS_COMPUTE_32F */ || scale != 0 /* CUDA_R_32F */) return 7;  // not supported
+    *d = new LtDesc();
+    return 0;
+}
+int cublasLtMatmulDescDestroy(void* d) { delete static_cast<LtDesc*>(d); return 0; }
+int cublasLtMatmulDescSetAttribute(void* dp, int attr, const void* buf, size_t size) {
+    LtDesc* d = static_cast<LtDesc*>(dp);
+    switch (attr) {
+    case 3: memcpy(&d->transa, buf, 4); break;
+    case 4: memcpy(&d->transb, buf, 4); break;
+    case 7: memcpy(&d->epilogue, buf, 4); break;
+    case 8: memcpy(&d->bias, buf, sizeof(void*)); break;
+    case 26: memcpy(&d->bias_type, buf, 4); break;
+    default: return 7;
+    }
+    (void)size;
+    return 0;
+}
+int cublasLtMatrixLayoutCreate(void** l, int type, unsigned long long rows, unsigned long long cols, long long ld) {
+    if (type != 0 && type != 2 && type != 14) return 7;
+    if (ld < (long long)rows) return 7;  // CUBLAS_STATUS_INVALID_VALUE
+    *l = new LtLayout{type, rows, cols, ld};
+    return 0;
+}
+int cublasLtMatrixLayoutDestroy(void* l) { delete static_cast<LtLayout*>(l); return 0; }
+int cublasLtMatrixLayoutSetAttribute(void* lp, int attr, const void* buf, size_t) {
+    LtLayout* l = static_cast<LtLayout*>(lp);
+    if (attr == 5) memcpy(&l->batch, buf, 4);
+    else if (attr == 6) memcpy(&l->stride, buf, 8);
+    else return 7;
+    return 0;
+}
+int cublasLtMatmulPreferenceCreate(void** p) { *p = new int(0); return 0; }
+int cublasLtMatmulPreferenceDestroy(void* p) { delete static_cast<int*>(p); return 0; }
+int cublasLtMatmulPreferenceSetAttribute(void*, int, const void*, size_t) { return 0; }
+struct HeurResult {
+    unsigned long long algo[8];
+    size_t workspace;
+    int state;
+    float waves;
+    int reserved[4];
+};
+int cublasLtMatmulAlgoGetHeuristic(void*, void*, void*, void*, void*, void*, void*, int requested, HeurResult* res, int* count) {
+    if (requested < 1) return 7;
+    memset(res, 0, sizeof(HeurResult));
+    *count = 1;
+    return 0;
+}
+
+static double load_elem(const void* p, int type, long long i) {
+    if (type == 0) return ((const float*)p)[i];
+    if (type == 14) return emu::bf2f(((const uint16_t*)p)[i]);
+    return emu::h2f(((const uint16_t*)p)[i]);
+}
+static void store_elem(void* p, int type, long long i, float v) {
+    if (type == 0) ((float*)p)[i] = v;
+    else if (type == 14) ((uint16_t*)p)[i] = emu::f2bf(v);
+    else ((uint16_t*)p)[i] = emu::f2h(v);
+}
+
+// D = alpha op(A) op(B) + beta C, column-major, then the epilogue (bias per row of D, GELU tanh).
+int cublasLtMatmul(void*, void* dp, const void* alpha, const void* A, void* la, const void* B, void* lb, const void* beta, const void* C,
+                   void* lc, void* D, void* ld, const void*, void*, size_t, void*) {
+    LOCK;
+    const LtDesc& d = *static_cast<LtDesc*>(dp);
+    const LtLayout &a = *static_cast<LtLayout*>(la), &b = *static_cast<LtLayout*>(lb), &c = *static_cast<LtLayout*>(lc),
+                   &o = *static_cast<LtLayout*>(ld);
+    const long long m = (long long)o.rows, n = (long long)o.cols;
+    const long long k = d.transa ? (long long)a.rows : (long long)a.cols;
+    const long long am = d.transa ? (long long)a.cols : (long long)a.rows;
+    const long long bk = d.transb ? (long long)b.cols : (long long)b.rows;
+    const long long bn = d.transb ? (long long)b.rows : (long long)b.cols;
+    if (am != m || bk != k || bn != n || (long long)c.rows != m || (long long)c.cols != n) return 7;
+    const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+    const bool bias = d.epilogue == 4 || d.epilogue == 36, gelu = d.epilogue == 32 || d.epilogue == 36;
+    if (d.epilogue != 1 && !bias && !gelu) return 7;
+    if (bias && d.bias == nullptr) return 7;
+    const int bias_type = d.bias_type < 0 ? o.type : d.bias_type;
+    for (int bt = 0; bt < o.batch; bt++)
+        for (long long j = 0; j < n; j++)
+            for (long long i = 0; i < m; i++) {
+                float s = 0.f;  // f32 accumulation like CUBLAS_COMPUTE_32F
+                for (long long p = 0; p < k; p++) {
+                    const long long ai = bt * a.stride + (d.transa ? i * a.ld + p : p * a.ld + i);
+                    const long long bi = bt * b.stride + (d.transb ? p * b.ld + j : j * b.ld + p);
+                    s += (float)(load_elem(A, a.type, ai) * load_elem(B, b.type, bi));
+                }
+                float v = al * s;
+                if (be != 0.f) v += be * (float)load_elem(C, c.type, bt * c.stride + j * c.ld + i);
+                if (bias) v += (float)load_elem(d.bias, bias_type, i);
+                if (gelu) v = 0.5f * v * (1.f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v)));
+                store_elem(D, o.type, bt * o.stride + j * o.ld + i, v);
+            }
+    return 0;
+}
+
+}  // extern "C"
