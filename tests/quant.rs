@@ -523,3 +523,157 @@ fn gpu_w8a16_kernels_match_cpu_reference() {
         &[4, 8]
     );
 }
+
+/// The tiny transformer grown to `layers` blocks (block 0 repeated, the original last block
+/// last) in a temporary folder: enough layers for a budget to leave 1..layers-1 of them streamed.
+fn deep_tiny_transformer(layers: usize) -> std::path::PathBuf {
+    use contentv::io::safetensors::{write_safetensors, SafeTensorsFile};
+    let src = tiny_model_dir().join("transformer");
+    let f = SafeTensorsFile::open(&src.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let mut out: Vec<(
+        String,
+        contentv::io::safetensors::StDtype,
+        Vec<usize>,
+        Vec<u8>,
+    )> = Vec::new();
+    for t in f.tensors() {
+        let bytes = f.bytes(&t.name).unwrap().to_vec();
+        match t.name.strip_prefix("transformer_blocks.") {
+            None => out.push((t.name.clone(), t.dtype, t.shape.clone(), bytes)),
+            Some(rest) => {
+                let (block, key) = rest.split_once('.').unwrap();
+                if block == "0" {
+                    for l in 0..layers - 1 {
+                        out.push((
+                            format!("transformer_blocks.{l}.{key}"),
+                            t.dtype,
+                            t.shape.clone(),
+                            bytes.clone(),
+                        ));
+                    }
+                } else {
+                    out.push((
+                        format!("transformer_blocks.{}.{key}", layers - 1),
+                        t.dtype,
+                        t.shape.clone(),
+                        bytes,
+                    ));
+                }
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "contentv-deep-tiny-{layers}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = std::fs::read_to_string(src.join("config.json"))
+        .unwrap()
+        .replace("\"num_layers\": 2", &format!("\"num_layers\": {layers}"));
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let views: Vec<_> = out
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice()))
+        .collect();
+    write_safetensors(
+        &dir.join("diffusion_pytorch_model.safetensors"),
+        &views,
+        None,
+    )
+    .unwrap();
+    dir
+}
+
+/// The streaming ring over several steps with every split of resident and streamed layers
+/// (the budget walks from "everything streamed" to "everything resident"): the prefetch wraps
+/// from the last layer to the first streamed one of the next forward, with odd and even
+/// streamed counts, and every result equals the resident run exactly.
+#[test]
+fn gpu_streaming_ring_every_budget_split() {
+    let Some(dev) = common::cuda_or_skip() else {
+        return;
+    };
+    let dir = deep_tiny_transformer(6);
+    // Small inputs: 16 latent tokens, 7 text tokens.
+    let x = Tensor::from_f32(rnd(16 * 8 * 8, 1), &[1, 16, 1, 8, 8], &dev).unwrap();
+    let ctx = Tensor::from_f32(rnd(7 * 4096, 2), &[1, 7, 4096], &dev).unwrap();
+    let pooled = Tensor::from_f32(rnd(2048, 3), &[1, 2048], &dev).unwrap();
+    let t = vec![700.0f32];
+    let forward = |mem: MemoryOptions| -> Option<(Vec<f32>, Vec<f32>)> {
+        let m = Transformer::load_with(&dir, &dev, &mem).ok()?;
+        let a = m
+            .forward(&x, &t, &ctx, &pooled)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let b = m
+            .forward(&x, &t, &ctx, &pooled)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        Some((a, b))
+    };
+    // First differing element (printing whole outputs would bury the message).
+    let same = |a: &[f32], b: &[f32], what: &str| {
+        if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+            panic!(
+                "{what}: differs from the resident run at element {i}: {:?} vs {:?}",
+                a.get(i),
+                b.get(i)
+            );
+        }
+    };
+    let (resident, again) = forward(MemoryOptions::default()).unwrap();
+    same(&again, &resident, "resident, second forward");
+    let streamed = forward(MemoryOptions {
+        offload: Offload::Sequential,
+        ..Default::default()
+    })
+    .unwrap();
+    same(&streamed.0, &resident, "sequential offload, first forward");
+    same(&streamed.1, &resident, "sequential offload, second forward");
+    // Budgets one layer apart around the plan's fixed part: each loads with a different split.
+    let layer = contentv::runtime::residency::Residency::layer_bytes(
+        &WeightStore::open(&dir, &Device::Cpu, contentv::runtime::DType::BF16).unwrap(),
+        "transformer_blocks",
+        6,
+    )[0];
+    let loads = |budget: u64| {
+        Transformer::load_with(
+            &dir,
+            &dev,
+            &MemoryOptions {
+                vram_budget: Some(budget),
+                ..Default::default()
+            },
+        )
+        .is_ok()
+    };
+    // The smallest budget that loads (everything streamed), to within a layer.
+    let mut lo = layer;
+    while !loads(lo) {
+        lo *= 2;
+    }
+    let mut start = lo / 2;
+    while start + layer / 2 < lo && !loads(start) {
+        start += layer / 2;
+    }
+    let mut splits = 0;
+    for step in 0..40u64 {
+        let budget = start + step * layer / 2;
+        if let Some((a, b)) = forward(MemoryOptions {
+            vram_budget: Some(budget),
+            ..Default::default()
+        }) {
+            same(&a, &resident, &format!("budget {budget}, first forward"));
+            same(&b, &resident, &format!("budget {budget}, second forward"));
+            splits += 1;
+            if splits >= 16 {
+                break;
+            }
+        }
+    }
+    println!("streaming ring: {splits} budgets ran, each equal to the resident run");
+    assert!(splits >= 8, "too few budgets loaded ({splits})");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -153,6 +153,11 @@ fn gpu_pinned_and_events() {
     let t = Tensor::empty(&[1 << 20], DType::I8, &dev).unwrap();
     let e0 = Event::new(true).unwrap();
     let e1 = Event::new(true).unwrap();
+    // t was allocated (and, in tests, poisoned) on the compute stream: the copy stream must
+    // not write it before that (the emulated device's copy-first order showed the race).
+    let allocated = Event::new(false).unwrap();
+    allocated.record(&g.compute).unwrap();
+    allocated.wait_on(&g.copy).unwrap();
     e0.record(&g.copy).unwrap();
     unsafe {
         cudarc::driver::result::memcpy_htod_async(

@@ -14,7 +14,12 @@
 #include <sys/time.h>
 
 #include <cmath>
+#include <algorithm>
+#include <deque>
+#include <functional>
+#include <memory>
 #include <mutex>
+#include <vector>
 #include <string>
 
 #include "cuda_emu.h"
@@ -31,6 +36,85 @@ namespace {
 
 std::recursive_mutex g_lock;
 
+
+#define LOCK std::lock_guard<std::recursive_mutex> guard(g_lock)
+
+// ---- streams -----------------------------------------------------------------------------
+// Work issued on a stream is queued and runs only when the host has to see it (a synchronising
+// call: stream/event/context sync, a synchronous memcpy, cuMemFree, ...). Then the queues are
+// drained in an order that respects every cuStreamWaitEvent and prefers one stream: the first
+// created (CONTENTV_EMU_STREAMS=compute-first, the default: a kernel that reads a buffer before
+// the copy that fills it, without waiting for the copy's event, reads stale data), or the last
+// created (copy-first: a copy into a buffer that a kernel still has to read, without waiting
+// for the kernel's event, overwrites it first). `sync` runs everything at issue.
+struct Op {
+    std::function<void()> run;
+    struct Stream* wait_stream = nullptr;  // runnable once wait_stream->executed >= wait_seq
+    unsigned long long wait_seq = 0;
+};
+struct Stream {
+    int id;
+    std::deque<Op> q;
+    unsigned long long issued = 0, executed = 0;
+};
+struct Event {
+    Stream* s = nullptr;
+    unsigned long long seq = 0;
+    double t = 0;
+};
+enum class StreamMode { ComputeFirst, CopyFirst, Sync };
+StreamMode g_stream_mode = StreamMode::ComputeFirst;
+std::vector<Stream*> g_streams;
+int g_next_stream = 0;
+
+bool runnable(const Op& op) { return op.wait_stream == nullptr || op.wait_stream->executed >= op.wait_seq; }
+
+void drain() {
+    for (;;) {
+        Stream* pick = nullptr;
+        bool pending = false;
+        for (Stream* st : g_streams) {
+            if (st->q.empty()) continue;
+            pending = true;
+            if (!runnable(st->q.front())) continue;
+            if (pick == nullptr || (g_stream_mode == StreamMode::CopyFirst ? st->id > pick->id : st->id < pick->id)) pick = st;
+        }
+        if (!pending) return;
+        if (pick == nullptr) emu::fail("stream deadlock: every queued operation waits for an event that can never complete");
+        Op op = std::move(pick->q.front());
+        pick->q.pop_front();
+        op.run();
+        pick->executed++;
+    }
+}
+
+// Queues `run` on stream `s` (the legacy null stream: drain everything, run now).
+void enqueue(void* s, std::function<void()> run, Stream* wait_stream = nullptr, unsigned long long wait_seq = 0) {
+    Stream* st = static_cast<Stream*>(s);
+    if (st == nullptr || g_stream_mode == StreamMode::Sync) {
+        if (st == nullptr) drain();
+        if (wait_stream && wait_stream->executed < wait_seq) drain();
+        run();
+        if (st) {
+            st->issued++;
+            st->executed++;
+        }
+        return;
+    }
+    st->q.push_back(Op{std::move(run), wait_stream, wait_seq});
+    st->issued++;
+}
+
+// Host memory from cuMemAllocHost / cuMemHostAlloc / cuMemHostRegister: async copies read or
+// write it when they run. Other (pageable) memory is staged at the call, like the driver does.
+std::map<uintptr_t, size_t> g_pinned;
+bool is_pinned(const void* p, size_t n) {
+    auto it = g_pinned.upper_bound((uintptr_t)p);
+    if (it == g_pinned.begin()) return false;
+    --it;
+    return (uintptr_t)p + n <= it->first + it->second;
+}
+
 // Schedule of the emulated device: CONTENTV_EMU_SCHEDULE = roundrobin (default, the cheapest)
 // | lowest | highest; CONTENTV_EMU_COPIES = lazy (default) | eager. See cuda_emu.h.
 struct Config {
@@ -42,9 +126,11 @@ struct Config {
                                                : emu::Schedule::RoundRobin;
         const char* c = getenv("CONTENTV_EMU_COPIES");
         emu::g_copy_eager = c && std::string(c) == "eager";
+        const char* m = getenv("CONTENTV_EMU_STREAMS");
+        const std::string mode = m ? m : "compute-first";
+        g_stream_mode = mode == "copy-first" ? StreamMode::CopyFirst : mode == "sync" ? StreamMode::Sync : StreamMode::ComputeFirst;
     }
 } g_config;
-#define LOCK std::lock_guard<std::recursive_mutex> guard(g_lock)
 
 constexpr int OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_FOUND = 500, INVALID_HANDLE = 400;
 
@@ -127,60 +213,128 @@ int cuGetErrorString(int e, const char** s) {
 int cuGetErrorName(int e, const char** s) { return cuGetErrorString(e, s); }
 
 // ---- streams and events (all work is synchronous) -------------------------------------------
-int cuStreamCreate(void** s, unsigned) { *s = new int(0); return OK; }
-int cuStreamCreateWithPriority(void** s, unsigned, int) { *s = new int(0); return OK; }
-int cuStreamDestroy_v2(void* s) { delete static_cast<int*>(s); return OK; }
-int cuStreamSynchronize(void*) { return OK; }
-int cuStreamQuery(void*) { return OK; }
-int cuStreamWaitEvent(void*, void*, unsigned) { return OK; }
-int cuEventCreate(void** e, unsigned) { *e = new double(0); return OK; }
-int cuEventDestroy_v2(void* e) { delete static_cast<double*>(e); return OK; }
-int cuEventRecord(void* e, void*) { *static_cast<double*>(e) = now_ms(); return OK; }
+int cuStreamCreate(void** s, unsigned) {
+    LOCK;
+    Stream* st = new Stream{g_next_stream++, {}, 0, 0};
+    g_streams.push_back(st);
+    *s = st;
+    return OK;
+}
+int cuStreamCreateWithPriority(void** s, unsigned f, int) { return cuStreamCreate(s, f); }
+int cuStreamDestroy_v2(void* s) {
+    LOCK;
+    drain();
+    g_streams.erase(std::find(g_streams.begin(), g_streams.end(), static_cast<Stream*>(s)));
+    delete static_cast<Stream*>(s);
+    return OK;
+}
+int cuStreamSynchronize(void*) { LOCK; drain(); return OK; }
+int cuStreamQuery(void*) { LOCK; drain(); return OK; }
+int cuStreamWaitEvent(void* s, void* e, unsigned) {
+    LOCK;
+    Event* ev = static_cast<Event*>(e);
+    if (ev->s != nullptr) enqueue(s, [] {}, ev->s, ev->seq);
+    return OK;
+}
+int cuEventCreate(void** e, unsigned) { *e = new Event(); return OK; }
+int cuEventDestroy_v2(void* e) { LOCK; delete static_cast<Event*>(e); return OK; }
+int cuEventRecord(void* e, void* s) {
+    LOCK;
+    Event* ev = static_cast<Event*>(e);
+    enqueue(s, [ev] { ev->t = now_ms(); });
+    ev->s = static_cast<Stream*>(s);
+    ev->seq = ev->s ? ev->s->issued : 0;
+    return OK;
+}
 int cuEventRecordWithFlags(void* e, void* s, unsigned) { return cuEventRecord(e, s); }
-int cuEventSynchronize(void*) { return OK; }
-int cuEventQuery(void*) { return OK; }
+int cuEventSynchronize(void*) { LOCK; drain(); return OK; }
+int cuEventQuery(void*) { LOCK; drain(); return OK; }
 int cuEventElapsedTime(float* ms, void* a, void* b) {
-    *ms = (float)(*static_cast<double*>(b) - *static_cast<double*>(a));
+    LOCK;
+    drain();
+    *ms = (float)(static_cast<Event*>(b)->t - static_cast<Event*>(a)->t);
     return OK;
 }
 int cuEventElapsedTime_v2(float* ms, void* a, void* b) { return cuEventElapsedTime(ms, a, b); }
 
 // ---- memory ---------------------------------------------------------------------------------
 int cuMemAlloc_v2(unsigned long long* p, size_t bytes) { LOCK; return dev_alloc(p, bytes); }
-int cuMemFree_v2(unsigned long long p) { LOCK; return dev_free(p); }
+int cuMemFree_v2(unsigned long long p) { LOCK; drain(); return dev_free(p); }
 int cuMemAllocAsync(unsigned long long* p, size_t bytes, void*) { LOCK; return dev_alloc(p, bytes); }
-int cuMemFreeAsync(unsigned long long p, void*) { LOCK; return dev_free(p); }
+int cuMemFreeAsync(unsigned long long p, void*) { LOCK; drain(); return dev_free(p); }
 int cuMemGetInfo_v2(size_t* free_b, size_t* total) {
     LOCK;
     *total = total_bytes();
     *free_b = *total - g_used;
     return OK;
 }
-int cuMemAllocHost_v2(void** p, size_t bytes) { *p = malloc(bytes ? bytes : 1); return *p ? OK : OUT_OF_MEMORY; }
+int cuMemAllocHost_v2(void** p, size_t bytes) {
+    LOCK;
+    *p = malloc(bytes ? bytes : 1);
+    if (!*p) return OUT_OF_MEMORY;
+    g_pinned[(uintptr_t)*p] = bytes;
+    return OK;
+}
 int cuMemHostAlloc(void** p, size_t bytes, unsigned) { return cuMemAllocHost_v2(p, bytes); }
-int cuMemFreeHost(void* p) { free(p); return OK; }
-int cuMemHostRegister_v2(void*, size_t, unsigned) { return OK; }
-int cuMemHostUnregister(void*) { return OK; }
-int cuMemcpyHtoD_v2(unsigned long long d, const void* h, size_t n) { LOCK; memcpy((void*)d, h, n); return OK; }
-int cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { LOCK; memcpy(h, (const void*)d, n); return OK; }
-int cuMemcpyDtoD_v2(unsigned long long d, unsigned long long s, size_t n) { LOCK; memmove((void*)d, (const void*)s, n); return OK; }
-int cuMemcpyHtoDAsync_v2(unsigned long long d, const void* h, size_t n, void*) { return cuMemcpyHtoD_v2(d, h, n); }
-int cuMemcpyDtoHAsync_v2(void* h, unsigned long long d, size_t n, void*) { return cuMemcpyDtoH_v2(h, d, n); }
-int cuMemcpyDtoDAsync_v2(unsigned long long d, unsigned long long s, size_t n, void*) { return cuMemcpyDtoD_v2(d, s, n); }
-int cuMemsetD8_v2(unsigned long long d, unsigned char v, size_t n) { LOCK; memset((void*)d, v, n); return OK; }
-int cuMemsetD8Async(unsigned long long d, unsigned char v, size_t n, void*) { return cuMemsetD8_v2(d, v, n); }
-int cuMemsetD16_v2(unsigned long long d, unsigned short v, size_t n) {
+int cuMemFreeHost(void* p) {
     LOCK;
-    for (size_t i = 0; i < n; i++) ((unsigned short*)d)[i] = v;
+    drain();
+    g_pinned.erase((uintptr_t)p);
+    free(p);
     return OK;
 }
-int cuMemsetD16Async(unsigned long long d, unsigned short v, size_t n, void*) { return cuMemsetD16_v2(d, v, n); }
-int cuMemsetD32_v2(unsigned long long d, unsigned v, size_t n) {
+int cuMemHostRegister_v2(void* p, size_t n, unsigned) { LOCK; g_pinned[(uintptr_t)p] = n; return OK; }
+int cuMemHostUnregister(void* p) { LOCK; drain(); g_pinned.erase((uintptr_t)p); return OK; }
+int cuMemcpyHtoD_v2(unsigned long long d, const void* h, size_t n) { LOCK; drain(); memcpy((void*)d, h, n); return OK; }
+int cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { LOCK; drain(); memcpy(h, (const void*)d, n); return OK; }
+int cuMemcpyDtoD_v2(unsigned long long d, unsigned long long s, size_t n) { LOCK; drain(); memmove((void*)d, (const void*)s, n); return OK; }
+int cuMemcpyHtoDAsync_v2(unsigned long long d, const void* h, size_t n, void* s) {
     LOCK;
-    for (size_t i = 0; i < n; i++) ((unsigned*)d)[i] = v;
+    if (is_pinned(h, n)) {
+        enqueue(s, [=] { memcpy((void*)d, h, n); });
+    } else {  // pageable: staged now
+        auto staged = std::make_shared<std::vector<unsigned char>>((const unsigned char*)h, (const unsigned char*)h + n);
+        enqueue(s, [=] { memcpy((void*)d, staged->data(), n); });
+    }
     return OK;
 }
-int cuMemsetD32Async(unsigned long long d, unsigned v, size_t n, void*) { return cuMemsetD32_v2(d, v, n); }
+int cuMemcpyDtoHAsync_v2(void* h, unsigned long long d, size_t n, void* s) {
+    LOCK;
+    if (is_pinned(h, n)) {
+        enqueue(s, [=] { memcpy(h, (const void*)d, n); });
+    } else {  // pageable: returns when the data is there
+        enqueue(s, [=] { memcpy(h, (const void*)d, n); });
+        drain();
+    }
+    return OK;
+}
+int cuMemcpyDtoDAsync_v2(unsigned long long d, unsigned long long src, size_t n, void* s) {
+    LOCK;
+    enqueue(s, [=] { memmove((void*)d, (const void*)src, n); });
+    return OK;
+}
+int cuMemsetD8Async(unsigned long long d, unsigned char v, size_t n, void* s) {
+    LOCK;
+    enqueue(s, [=] { memset((void*)d, v, n); });
+    return OK;
+}
+int cuMemsetD16Async(unsigned long long d, unsigned short v, size_t n, void* s) {
+    LOCK;
+    enqueue(s, [=] {
+        for (size_t i = 0; i < n; i++) ((unsigned short*)d)[i] = v;
+    });
+    return OK;
+}
+int cuMemsetD32Async(unsigned long long d, unsigned v, size_t n, void* s) {
+    LOCK;
+    enqueue(s, [=] {
+        for (size_t i = 0; i < n; i++) ((unsigned*)d)[i] = v;
+    });
+    return OK;
+}
+int cuMemsetD8_v2(unsigned long long d, unsigned char v, size_t n) { return cuMemsetD8Async(d, v, n, nullptr); }
+int cuMemsetD16_v2(unsigned long long d, unsigned short v, size_t n) { return cuMemsetD16Async(d, v, n, nullptr); }
+int cuMemsetD32_v2(unsigned long long d, unsigned v, size_t n) { return cuMemsetD32Async(d, v, n, nullptr); }
 
 // ---- modules and launches -------------------------------------------------------------------
 static int g_module_dummy;
@@ -212,14 +366,23 @@ int cuFuncGetAttribute(int* v, int attr, void* f) {
     *v = attr == 0 ? 1024 : attr == 8 ? static_cast<Func*>(f)->max_dyn_smem : 0;
     return OK;
 }
-int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void*,
+int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void* s,
                    void** params, void** extra) {
     LOCK;
     Func* fn = static_cast<Func*>(f);
     if (extra != nullptr || params == nullptr) return INVALID_VALUE;
     if ((int)smem > fn->max_dyn_smem) return INVALID_VALUE;  // like the hardware: opt in above 48 KiB
     if ((unsigned long long)bx * by * bz > 1024 || gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535) return INVALID_VALUE;
-    emu::launch(fn->k->name, dim3(gx, gy, gz), dim3(bx, by, bz), smem, [&] { fn->k->invoke(fn->k->fn, params); });
+    // The parameter values are read at the launch (the caller's storage may be gone when the
+    // kernel runs): every argument of the engine's KernelArgs sits in an 8-byte slot.
+    auto values = std::make_shared<std::vector<unsigned long long>>((size_t)fn->k->arity);
+    for (int i = 0; i < fn->k->arity; i++) memcpy(&(*values)[(size_t)i], params[i], 8);
+    const emu::KernelEntry* k = fn->k;
+    enqueue(s, [=] {
+        std::vector<void*> ptrs((size_t)k->arity);
+        for (int i = 0; i < k->arity; i++) ptrs[(size_t)i] = &(*values)[(size_t)i];
+        emu::launch(k->name, dim3(gx, gy, gz), dim3(bx, by, bz), smem, [&] { k->invoke(k->fn, ptrs.data()); });
+    });
     return OK;
 }
 
@@ -300,22 +463,18 @@ static void store_elem(void* p, int type, long long i, float v) {
 }
 
 // D = alpha op(A) op(B) + beta C, column-major, then the epilogue (bias per row of D, GELU tanh).
-int cublasLtMatmul(void*, void* dp, const void* alpha, const void* A, void* la, const void* B, void* lb, const void* beta, const void* C,
-                   void* lc, void* D, void* ld, const void*, void*, size_t, void*) {
-    LOCK;
-    const LtDesc& d = *static_cast<LtDesc*>(dp);
-    const LtLayout &a = *static_cast<LtLayout*>(la), &b = *static_cast<LtLayout*>(lb), &c = *static_cast<LtLayout*>(lc),
-                   &o = *static_cast<LtLayout*>(ld);
+static int matmul_now(bool run, const LtDesc& d, float al, float be, const void* A, const LtLayout& a, const void* B, const LtLayout& b,
+                      const void* C, const LtLayout& c, void* D, const LtLayout& o) {
     const long long m = (long long)o.rows, n = (long long)o.cols;
     const long long k = d.transa ? (long long)a.rows : (long long)a.cols;
     const long long am = d.transa ? (long long)a.cols : (long long)a.rows;
     const long long bk = d.transb ? (long long)b.cols : (long long)b.rows;
     const long long bn = d.transb ? (long long)b.rows : (long long)b.cols;
     if (am != m || bk != k || bn != n || (long long)c.rows != m || (long long)c.cols != n) return 7;
-    const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
     const bool bias = d.epilogue == 4 || d.epilogue == 36, gelu = d.epilogue == 32 || d.epilogue == 36;
     if (d.epilogue != 1 && !bias && !gelu) return 7;
     if (bias && d.bias == nullptr) return 7;
+    if (!run) return 0;
     const int bias_type = d.bias_type < 0 ? o.type : d.bias_type;
     for (int bt = 0; bt < o.batch; bt++)
         for (long long j = 0; j < n; j++)
@@ -332,6 +491,20 @@ int cublasLtMatmul(void*, void* dp, const void* alpha, const void* A, void* la, 
                 if (gelu) v = 0.5f * v * (1.f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v)));
                 store_elem(D, o.type, bt * o.stride + j * o.ld + i, v);
             }
+    return 0;
+}
+
+// Checked at the call (errors are returned then), computed when the stream runs it.
+int cublasLtMatmul(void*, void* dp, const void* alpha, const void* A, void* la, const void* B, void* lb, const void* beta, const void* C,
+                   void* lc, void* D, void* ld, const void*, void*, size_t, void* stream) {
+    LOCK;
+    const LtDesc d = *static_cast<LtDesc*>(dp);
+    const LtLayout a = *static_cast<LtLayout*>(la), b = *static_cast<LtLayout*>(lb), c = *static_cast<LtLayout*>(lc),
+                   o = *static_cast<LtLayout*>(ld);
+    const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+    const int err = matmul_now(false, d, al, be, A, a, B, b, C, c, D, o);
+    if (err) return err;
+    enqueue(stream, [=] { matmul_now(true, d, al, be, A, a, B, b, C, c, D, o); });
     return 0;
 }
 

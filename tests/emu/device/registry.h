@@ -14,6 +14,7 @@ struct KernelEntry {
     const char* name;
     void* fn;
     Invoker invoke;
+    int arity;  // number of parameters
 };
 std::map<std::string, KernelEntry>& registry();
 
@@ -27,7 +28,7 @@ void invoke_as(void* fn, void** p) {
 }
 template <typename... A>
 struct Registrar {
-    Registrar(const char* name, void (*fn)(A...)) { registry()[name] = KernelEntry{name, (void*)fn, &invoke_as<A...>}; }
+    Registrar(const char* name, void (*fn)(A...)) { registry()[name] = KernelEntry{name, (void*)fn, &invoke_as<A...>, (int)sizeof...(A)}; }
 };
 template <typename... A>
 Registrar<A...> make_registrar(const char* name, void (*fn)(A...)) {
