@@ -668,53 +668,75 @@ fn batch_mode_with_shards_covers_every_line_once() {
     );
 }
 
-/// Every memory mode runs end to end on the tiny model. Offload and streaming do not change
-/// the arithmetic (identical latents); INT8 stays close; the tiled VAE stays close.
-#[test]
-fn memory_modes_generate_the_same_video() {
-    let d = scratch("memory-modes");
+/// Every memory mode runs end to end on the tiny model on `device` ("cpu" or "cuda").
+/// Offload and streaming do not change the arithmetic (identical latents); INT8 stays close;
+/// the tiled VAE does not touch the latents. Returns the resident run's latents.
+fn memory_modes(device: &str) -> Vec<f32> {
+    let d = scratch(&format!("memory-modes-{device}"));
     let gen = |name: &str, extra: &[&str]| -> Vec<f32> {
         let out = d.join(format!("{name}.mp4"));
         let lat = d.join(format!("{name}.latents.safetensors"));
         let mut args = tiny_args(out.to_str().unwrap(), "77");
+        args[2] = device;
         args.extend(["--save-latents", lat.to_str().unwrap()]);
         args.extend_from_slice(extra);
-        let o = run(&args);
-        assert!(o.status.success(), "{extra:?}:\n{}", text(&o));
-        assert!(artifact_path(&out).exists(), "{extra:?}: no video");
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args);
+        if device == "cpu" {
+            cmd.env("CONTENTV_FORCE_CPU", "1");
+        }
+        let o = cmd.output().expect("cannot start the contentv binary");
+        assert!(o.status.success(), "{device} {extra:?}:\n{}", text(&o));
+        assert!(artifact_path(&out).exists(), "{device} {extra:?}: no video");
         contentv::model::pipeline::load_latents(&lat).unwrap().data
     };
     let base = gen("resident", &[]);
-    assert_eq!(
-        gen("model", &["--offload", "model"]),
-        base,
-        "--offload model changed the latents"
-    );
-    assert_eq!(
-        gen("sequential", &["--offload", "sequential"]),
-        base,
-        "--offload sequential changed the latents"
-    );
-    assert_eq!(
-        gen("budget", &["--vram-budget", "1"]),
-        base,
-        "--vram-budget changed the latents"
-    );
-    assert_eq!(
-        gen("tiled", &["--vae-tiling"]),
-        base,
-        "--vae-tiling changed the latents"
-    );
-    let q = gen("int8", &["--quantize", "int8", "--offload", "sequential"]);
-    let (mut dot, mut nq, mut nb) = (0f64, 0f64, 0f64);
-    for (a, b) in q.iter().zip(&base) {
-        dot += (*a as f64) * (*b as f64);
-        nq += (*a as f64).powi(2);
-        nb += (*b as f64).powi(2);
+    for (name, extra) in [
+        ("model", &["--offload", "model"][..]),
+        ("sequential", &["--offload", "sequential"]),
+        ("budget", &["--vram-budget", "1"]),
+        ("tiled", &["--vae-tiling"]),
+    ] {
+        assert!(
+            gen(name, extra) == base,
+            "{device}: {extra:?} changed the latents"
+        );
     }
-    let cos = dot / (nq.sqrt() * nb.sqrt());
-    assert!(cos > 0.999, "INT8 latents cosine {cos}");
-    assert!(q != base, "--quantize int8 had no effect");
+    let q = gen("int8", &["--quantize", "int8", "--offload", "sequential"]);
+    let cos = cosine(&q, &base);
+    assert!(cos > 0.999, "{device}: INT8 latents cosine {cos}");
+    assert!(q != base, "{device}: --quantize int8 had no effect");
+    base
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        dot += (*x as f64) * (*y as f64);
+        na += (*x as f64).powi(2);
+        nb += (*y as f64).powi(2);
+    }
+    dot / (na.sqrt() * nb.sqrt())
+}
+
+#[test]
+fn memory_modes_generate_the_same_video() {
+    memory_modes("cpu");
+}
+
+/// The same on the GPU (`contentv generate --device cuda` in every memory mode, weights
+/// streamed through the copy stream), and the GPU's bf16 latents close to the CPU's f32 ones.
+#[test]
+fn memory_modes_on_the_gpu() {
+    if let Some(why) = contentv::runtime::device::gpu_unavailable_reason() {
+        println!("SKIP: {why}");
+        return;
+    }
+    let gpu = memory_modes("cuda");
+    let cpu = memory_modes("cpu");
+    let cos = cosine(&gpu, &cpu);
+    println!("GPU (bf16) vs CPU (f32) latents: cosine {cos:.6}");
+    assert!(cos > 0.99, "GPU vs CPU latents cosine {cos}");
 }
 
 // ----- adversarial inputs ---------------------------------------------------------------------
