@@ -483,3 +483,19 @@ pub fn check_frames(what: &str, got: &[u8], want: impl IntoIterator<Item = i64>)
         got.len()
     );
 }
+
+/// Whether `dev` is the emulated CUDA device (tests/emu/device, the CPU emulation CI runs the
+/// GPU tests on): tests shrink their longest shapes there.
+pub fn is_emulated(dev: &contentv::Device) -> bool {
+    dev.gpu().is_some_and(|g| g.name.contains("emulation"))
+}
+
+/// A sequence length `n` as given on a GPU; on the emulated device, lengths above 200 are
+/// divided by 8 (and kept odd, so they still straddle tiles).
+pub fn emu_len(dev: &contentv::Device, n: usize) -> usize {
+    if is_emulated(dev) && n > 200 {
+        (n / 8) | 1
+    } else {
+        n
+    }
+}
