@@ -34,6 +34,25 @@ pub fn adaln_bounds(dtype: DType, want: &[f32], shift: &[f32], k: usize) -> Vec<
         .collect()
 }
 
+/// The element that exceeds its bound `bound(i, want[i])` by the most (a NaN on either side
+/// exceeds every bound), or `None`.
+fn worst(got: &[f32], want: &[f32], bound: impl Fn(usize, f32) -> f32) -> Option<usize> {
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        let b = bound(i, w);
+        // Written negated on purpose: a NaN on either side fails the check.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        if !(err <= b) {
+            let excess = if err.is_nan() { f32::INFINITY } else { err - b };
+            if worst.is_none_or(|(_, e)| excess > e) {
+                worst = Some((i, excess));
+            }
+        }
+    }
+    worst.map(|(i, _)| i)
+}
+
 /// Whether `got` is within `bound[i]` of `want[i]` everywhere; returns the worst element.
 pub fn check_bounds(got: &[f32], want: &[f32], bound: &[f32]) -> Result<(), String> {
     if got.len() != want.len() || got.len() != bound.len() {
@@ -44,20 +63,9 @@ pub fn check_bounds(got: &[f32], want: &[f32], bound: &[f32]) -> Result<(), Stri
             bound.len()
         ));
     }
-    let mut worst: Option<(usize, f32)> = None;
-    for (i, ((&g, &w), &b)) in got.iter().zip(want).zip(bound).enumerate() {
-        let err = (g - w).abs();
-        #[allow(clippy::neg_cmp_op_on_partial_ord)]
-        if !(err <= b) {
-            let excess = if err.is_nan() { f32::INFINITY } else { err - b };
-            if worst.is_none_or(|(_, e)| excess > e) {
-                worst = Some((i, excess));
-            }
-        }
-    }
-    match worst {
+    match worst(got, want, |i, _| bound[i]) {
         None => Ok(()),
-        Some((i, _)) => Err(format!(
+        Some(i) => Err(format!(
             "element {i}: got {} want {} (bound {})",
             got[i], want[i], bound[i]
         )),
@@ -69,29 +77,36 @@ pub fn check(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), Stri
     if got.len() != want.len() {
         return Err(format!("length {} vs {}", got.len(), want.len()));
     }
-    let mut worst: Option<(usize, f32)> = None;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        let bound = atol + rtol * w.abs();
-        // Written negated on purpose: a NaN on either side fails the check.
-        #[allow(clippy::neg_cmp_op_on_partial_ord)]
-        let out_of_bounds = !(err <= bound);
-        if out_of_bounds {
-            let excess = if err.is_nan() {
-                f32::INFINITY
-            } else {
-                err - bound
-            };
-            if worst.is_none_or(|(_, e)| excess > e) {
-                worst = Some((i, excess));
-            }
-        }
-    }
-    match worst {
+    match worst(got, want, |_, w| atol + rtol * w.abs()) {
         None => Ok(()),
-        Some((i, _)) => Err(format!(
+        Some(i) => Err(format!(
             "element {i}: got {} want {} (atol {atol}, rtol {rtol})",
             got[i], want[i]
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_fail_on_nan_and_name_the_worst_element() {
+        assert!(check(&[1.0, 2.0], &[1.0, 2.05], 0.1, 0.0).is_ok());
+        let e = check(&[1.0, 2.0, 3.0], &[1.2, 2.5, 3.0], 0.1, 0.0).unwrap_err();
+        assert!(e.starts_with("element 1:"), "{e}");
+        assert!(check(&[f32::NAN], &[0.0], 1.0, 1.0).is_err());
+        assert!(check(&[0.0], &[f32::NAN], 1.0, 1.0).is_err());
+        assert!(check_bounds(&[1.0, 5.0], &[1.0, 4.0], &[0.0, 2.0]).is_ok());
+        let e = check_bounds(&[1.0, 5.0], &[1.5, 4.0], &[0.1, 2.0]).unwrap_err();
+        assert!(e.starts_with("element 0:"), "{e}");
+        assert!(check_bounds(&[1.0], &[1.0, 2.0], &[1.0]).is_err());
+        // adaLN: the product's size widens the bound under cancellation.
+        let b = adaln_bounds(DType::BF16, &[0.01], &[-3.99], 1);
+        assert!(b[0] > 0.04, "{b:?}");
+        assert_eq!(
+            adaln_bounds(DType::F32, &[0.01], &[-3.99], 1)[0],
+            for_dtype(DType::F32, 1).0 + 1e-5 * 0.01
+        );
     }
 }
