@@ -62,9 +62,10 @@ fn tiny_args<'a>(out: &'a str, seed: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// A batch run of `jsonl` into `outdir`: 5 frames of 32x32, 1 step, CPU, JSON summary.
-fn run_batch(jsonl: &Path, outdir: &Path) -> Output {
-    run(&[
+/// A batch run of `jsonl` into `outdir`: 5 frames of 32x32, 1 step, CPU, JSON summary, plus
+/// `extra` flags.
+fn run_batch(jsonl: &Path, outdir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
         "generate",
         "--device",
         "cpu",
@@ -81,7 +82,9 @@ fn run_batch(jsonl: &Path, outdir: &Path) -> Output {
         "--steps",
         "1",
         "--json",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 /// Entries of `dir` (hidden ones included), sorted.
@@ -604,26 +607,7 @@ fn batch_mode_with_shards_covers_every_line_once() {
     let bad = [2usize, 3, 5];
     let mut seen: Vec<(usize, String)> = Vec::new();
     for shard in ["0/3", "1/3", "2/3"] {
-        let o = run(&[
-            "generate",
-            "--device",
-            "cpu",
-            "--prompts",
-            jsonl.to_str().unwrap(),
-            "--shard",
-            shard,
-            "--output-dir",
-            outdir.to_str().unwrap(),
-            "--frames",
-            "5",
-            "--width",
-            "32",
-            "--height",
-            "32",
-            "--steps",
-            "1",
-            "--json",
-        ]);
+        let o = run_batch(&jsonl, &outdir, &["--shard", shard]);
         let j: serde_json::Value =
             serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}\n{}", text(&o)));
         let (s_i, s_n): (usize, usize) = (shard[..1].parse().unwrap(), 3);
@@ -654,7 +638,7 @@ fn batch_mode_with_shards_covers_every_line_once() {
         }
     }
     // a re-run skips what exists
-    let o = run_batch(&jsonl, &outdir);
+    let o = run_batch(&jsonl, &outdir, &[]);
     let j: serde_json::Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}\n{}", text(&o)));
     assert_eq!(j["skipped"], 4, "{j}");
@@ -975,7 +959,7 @@ fn batch_file_quirks() {
     }
     body.extend_from_slice(b"{\"prompt\": \"caf\xe9\"}\n"); // 8 not UTF-8
     std::fs::write(&jsonl, &body).unwrap();
-    let o = run_batch(&jsonl, &vids);
+    let o = run_batch(&jsonl, &vids, &[]);
     let all = text(&o);
     assert_eq!(o.status.code(), Some(1), "{all}");
     assert!(

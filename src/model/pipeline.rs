@@ -656,7 +656,7 @@ impl Pipeline {
         bshape[0] = b;
         let mut x: Vec<f32> = noise.to_vec();
         if self.precision == LatentPrecision::Bf16 {
-            x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32());
+            crate::ops::cast::round_to_bf16(&mut x);
         }
         let steps = schedule.steps();
         let all_ts: Vec<Vec<f32>> = (0..steps).map(|i| vec![schedule.timesteps[i]; b]).collect();

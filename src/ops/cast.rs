@@ -3,6 +3,19 @@
 use crate::error::{Error, Result};
 use crate::runtime::{DType, KernelArgs, Tensor};
 
+/// `x` rounded to the nearest bf16 (ties to even), kept as f32: the operand rounding of the
+/// tensor-core paths, on the host.
+pub fn round_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+/// [`round_bf16`] over a slice, in place.
+pub fn round_to_bf16(v: &mut [f32]) {
+    for x in v {
+        *x = round_bf16(*x);
+    }
+}
+
 fn code(d: DType) -> Result<i32> {
     match d {
         DType::F32 => Ok(0),

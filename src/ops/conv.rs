@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
+use crate::ops::cast::round_to_bf16;
 use crate::runtime::{DType, Device, KernelArgs, Tensor};
 use crate::shape_err;
 
@@ -163,14 +164,6 @@ pub fn conv_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) ->
         }
     }
     Ok(d)
-}
-
-/// Rounds every value to the nearest bf16 (ties to even), kept as f32: the operand rounding of
-/// the tensor-core paths.
-pub fn round_to_bf16(v: &mut [f32]) {
-    for x in v {
-        *x = half::bf16::from_f32(*x).to_f32();
-    }
 }
 
 /// The conv (see the module docs and [`ConvOpts`]). Host tensors: f32 CPU reference. Device

@@ -7,6 +7,7 @@
 //! to switch to the shared `ops::norm::channel_rms_norm` / `ops::gemm::matmul` +
 //! `ops::act::softmax_last` once those support f32 on the device.
 use crate::error::Result;
+use crate::ops::cast::round_bf16;
 use crate::ops::conv::{conv3d, ConvOpts, ConvPrecision};
 use crate::runtime::{DType, Device, KernelArgs, Tensor};
 use crate::shape_err;
@@ -199,13 +200,7 @@ pub fn spatial_attention_cpu(
     n: usize,
     bf16: bool,
 ) -> Vec<f32> {
-    let r = |x: f32| {
-        if bf16 {
-            half::bf16::from_f32(x).to_f32()
-        } else {
-            x
-        }
-    };
+    let r = |x: f32| if bf16 { round_bf16(x) } else { x };
     let mut y = vec![0.0f32; b * c * t * n];
     let at = |bb: usize, ch: usize, tt: usize, i: usize| qkv[((bb * 3 * c + ch) * t + tt) * n + i];
     let mut qt = vec![0.0f32; n * c];
