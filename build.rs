@@ -1,164 +1,378 @@
-//! Compiles every `kernels/*.cu` into one fatbin per file (SASS for sm_80/86/89/90, sm_90a for
-//! files that use wgmma, plus compute_90 PTX) and embeds them through `$OUT_DIR/kernels.rs`.
+//! Compiles every `kernels/*.cu` with NVRTC into one image per target (SASS cubins for sm_80,
+//! sm_86, sm_89, sm_90, sm_100 and sm_120, sm_90a for files that use wgmma/setmaxnreg, and
+//! compute_120 PTX for newer GPUs) and embeds them through `$OUT_DIR/kernels.rs`. The runtime
+//! picks the image for the device's arch (src/runtime/device.rs).
 //!
-//! nvcc is looked up in this order: `$NVCC`, `$CUDA_HOME/bin/nvcc`, `$CUDA_PATH/bin/nvcc`,
-//! `nvcc` on PATH, `$CUDA_NVCC_VENV/.../nvidia/cu13/bin/nvcc`, then the project's pinned pip
-//! toolchain in `.toolchain/cuda-venv` (see scripts/install-cuda-toolchain.sh).
-//! Without nvcc the build succeeds with a warning and `cfg(no_kernels)`; using the GPU then fails
-//! with an error that says how to get nvcc.
+//! Why NVRTC 12.9 and not nvcc 13: kernels built by a CUDA 13 toolkit need an R580 driver, while
+//! most hosts run R535-R570 (CUDA 12.2-12.8). SASS built by CUDA 12.x runs on every driver from
+//! CUDA 12.0 on (minor-version compatibility), and the pip registry has no CUDA 12 nvcc driver
+//! program, only NVRTC. NVRTC is a library: it is loaded here at build time with libloading.
+//!
+//! NVRTC is looked up in this order: `$CONTENTV_NVRTC` (the library file), the project's pinned
+//! pip toolchain in `.toolchain/cuda12` (scripts/install-cuda-toolchain.sh), `$CUDA_HOME`,
+//! `$CUDA_PATH`, `/usr/local/cuda`. The CUDA headers (cuda_bf16.h, cuda_fp16.h) come from
+//! `$CONTENTV_CUDA_INCLUDE` or next to the library. Without NVRTC the build succeeds with a
+//! warning and `cfg(no_kernels)`; using the GPU then fails with an error that says how to get it.
+//!
+//! `CONTENTV_ARCHS=sm_90,compute_120` narrows the targets (quick local builds, the GPU bundle).
+//! Each image's `ptxas -v` report is embedded too (the static kernel gate, tests/kernel_gate.rs,
+//! reads it). Images are cached in `$OUT_DIR` by a hash of their sources and options.
+use std::collections::hash_map::DefaultHasher;
+use std::ffi::{c_char, c_int, CString};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::{Arc, Mutex};
 
-fn nvcc_works(p: &Path) -> bool {
-    Command::new(p)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+/// SASS targets of every file, then the PTX target (JIT on GPUs newer than the SASS list).
+const SASS: &[&str] = &["sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"];
+const PTX: &str = "compute_120";
+/// Compiler options of every image (the arch is added per image).
+const OPTIONS: &[&str] = &["-std=c++17", "-lineinfo", "--ptxas-options=-v"];
+
+type NvrtcProgram = *mut std::ffi::c_void;
+
+/// The NVRTC entry points the build uses (nvrtc.h, stable since CUDA 11.1).
+struct Nvrtc {
+    _lib: libloading::Library,
+    version: unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int,
+    create: unsafe extern "C" fn(
+        *mut NvrtcProgram,
+        *const c_char,
+        *const c_char,
+        c_int,
+        *const *const c_char,
+        *const *const c_char,
+    ) -> c_int,
+    compile: unsafe extern "C" fn(NvrtcProgram, c_int, *const *const c_char) -> c_int,
+    log_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> c_int,
+    log: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> c_int,
+    cubin_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> c_int,
+    cubin: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> c_int,
+    ptx_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> c_int,
+    ptx: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> c_int,
+    destroy: unsafe extern "C" fn(*mut NvrtcProgram) -> c_int,
 }
 
-fn glob_venv(venv: &Path) -> Option<PathBuf> {
-    let lib = venv.join("lib");
-    let rd = std::fs::read_dir(&lib).ok()?;
-    for e in rd.flatten() {
-        let cand = e.path().join("site-packages/nvidia/cu13/bin/nvcc");
-        if cand.exists() {
-            return Some(cand);
+impl Nvrtc {
+    fn load(path: &Path) -> Result<Nvrtc, String> {
+        // SAFETY: loading NVRTC runs its initialisers only; every symbol below is declared with
+        // the signature of nvrtc.h.
+        unsafe {
+            let lib = libloading::Library::new(path).map_err(|e| e.to_string())?;
+            macro_rules! sym {
+                ($n:literal) => {
+                    *lib.get(concat!($n, "\0").as_bytes()).map_err(|e| format!("{}: {e}", $n))?
+                };
+            }
+            Ok(Nvrtc {
+                version: sym!("nvrtcVersion"),
+                create: sym!("nvrtcCreateProgram"),
+                compile: sym!("nvrtcCompileProgram"),
+                log_size: sym!("nvrtcGetProgramLogSize"),
+                log: sym!("nvrtcGetProgramLog"),
+                cubin_size: sym!("nvrtcGetCUBINSize"),
+                cubin: sym!("nvrtcGetCUBIN"),
+                ptx_size: sym!("nvrtcGetPTXSize"),
+                ptx: sym!("nvrtcGetPTX"),
+                destroy: sym!("nvrtcDestroyProgram"),
+                _lib: lib,
+            })
+        }
+    }
+
+    fn version_of(&self) -> (i32, i32) {
+        let (mut a, mut b) = (0, 0);
+        // SAFETY: two out-pointers to live integers.
+        unsafe { (self.version)(&mut a, &mut b) };
+        (a, b)
+    }
+
+    /// Compiles `src` for `arch`; returns (image, log) or the log of the failure.
+    fn compile(
+        &self,
+        src: &str,
+        name: &str,
+        arch: &str,
+        includes: &[PathBuf],
+    ) -> Result<(Vec<u8>, String), String> {
+        let csrc = CString::new(src).map_err(|_| format!("{name}: NUL byte in the source"))?;
+        let cname = CString::new(name).unwrap();
+        let mut opts: Vec<CString> = vec![CString::new(format!("--gpu-architecture={arch}")).unwrap()];
+        opts.extend(OPTIONS.iter().map(|o| CString::new(*o).unwrap()));
+        for i in includes {
+            opts.push(CString::new(format!("-I{}", i.display())).unwrap());
+        }
+        let optp: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+        let mut prog: NvrtcProgram = std::ptr::null_mut();
+        // SAFETY: every pointer passed is a live NUL-terminated string or a buffer of the size
+        // NVRTC reported; the program is destroyed on every path.
+        unsafe {
+            let rc = (self.create)(
+                &mut prog,
+                csrc.as_ptr(),
+                cname.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            );
+            if rc != 0 {
+                return Err(format!("nvrtcCreateProgram failed ({rc})"));
+            }
+            let rc = (self.compile)(prog, optp.len() as c_int, optp.as_ptr());
+            let mut n = 0usize;
+            (self.log_size)(prog, &mut n);
+            let mut log = vec![0u8; n.max(1)];
+            (self.log)(prog, log.as_mut_ptr() as *mut c_char);
+            let log = String::from_utf8_lossy(&log)
+                .trim_end_matches('\0')
+                .to_string();
+            if rc != 0 {
+                (self.destroy)(&mut prog);
+                return Err(log);
+            }
+            let ptx = arch.starts_with("compute_");
+            let mut n = 0usize;
+            if ptx {
+                (self.ptx_size)(prog, &mut n);
+            } else {
+                (self.cubin_size)(prog, &mut n);
+            }
+            let mut img = vec![0u8; n];
+            if ptx {
+                (self.ptx)(prog, img.as_mut_ptr() as *mut c_char);
+                // cuModuleLoadData reads PTX up to its NUL: keep exactly one at the end.
+                while img.last() == Some(&0) {
+                    img.pop();
+                }
+                img.push(0);
+            } else {
+                (self.cubin)(prog, img.as_mut_ptr() as *mut c_char);
+            }
+            (self.destroy)(&mut prog);
+            Ok((img, log))
+        }
+    }
+}
+
+/// The first NVRTC library that loads, with the CUDA include folder that goes with it.
+fn find_nvrtc(root: &Path) -> Option<(Nvrtc, PathBuf, PathBuf)> {
+    let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    let mut cands: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
+    if let Some(p) = env("CONTENTV_NVRTC") {
+        cands.push((p, None));
+    }
+    // The pinned pip toolchain: nvidia/cuda_nvrtc/lib + nvidia/cuda_runtime/include.
+    let venv = env("CONTENTV_CUDA_TOOLCHAIN").unwrap_or_else(|| root.join(".toolchain/cuda12"));
+    if let Ok(rd) = std::fs::read_dir(venv.join("lib")) {
+        for e in rd.flatten() {
+            let nv = e.path().join("site-packages/nvidia");
+            cands.push((
+                nv.join("cuda_nvrtc/lib/libnvrtc.so.12"),
+                Some(nv.join("cuda_runtime/include")),
+            ));
+        }
+    }
+    for home in [env("CUDA_HOME"), env("CUDA_PATH"), Some("/usr/local/cuda".into())]
+        .into_iter()
+        .flatten()
+    {
+        for lib in ["lib64/libnvrtc.so", "lib/libnvrtc.so", "lib/x64/nvrtc.lib"] {
+            cands.push((home.join(lib), Some(home.join("include"))));
+        }
+    }
+    for (lib, inc) in cands {
+        if !lib.exists() {
+            continue;
+        }
+        let inc = env("CONTENTV_CUDA_INCLUDE").or(inc).unwrap_or_else(|| {
+            // A library given by path: a pip layout (nvidia/cuda_nvrtc/lib) or a CUDA install.
+            let up = lib.parent().and_then(|p| p.parent()).unwrap_or(Path::new("/"));
+            let pip = up.parent().map(|p| p.join("cuda_runtime/include"));
+            match pip {
+                Some(p) if p.join("cuda_bf16.h").exists() => p,
+                _ => up.join("include"),
+            }
+        });
+        match Nvrtc::load(&lib) {
+            Ok(n) if inc.join("cuda_bf16.h").exists() => return Some((n, lib, inc)),
+            Ok(_) => println!(
+                "cargo:warning=contentv: {} has no cuda_bf16.h next to {}; set CONTENTV_CUDA_INCLUDE",
+                inc.display(),
+                lib.display()
+            ),
+            Err(e) => println!("cargo:warning=contentv: cannot load {}: {e}", lib.display()),
         }
     }
     None
-}
-
-fn find_nvcc(root: &Path) -> Option<PathBuf> {
-    let mut cands: Vec<PathBuf> = Vec::new();
-    if let Ok(p) = std::env::var("NVCC") {
-        cands.push(p.into());
-    }
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Ok(p) = std::env::var(var) {
-            cands.push(Path::new(&p).join("bin/nvcc"));
-        }
-    }
-    if let Ok(path) = std::env::var("PATH") {
-        for d in std::env::split_paths(&path) {
-            cands.push(d.join("nvcc"));
-        }
-    }
-    if let Ok(v) = std::env::var("CUDA_NVCC_VENV") {
-        if let Some(p) = glob_venv(Path::new(&v)) {
-            cands.push(p);
-        }
-    }
-    if let Some(p) = glob_venv(&root.join(".toolchain/cuda-venv")) {
-        cands.push(p);
-    }
-    // Do not resolve symlinks away from their directory: nvcc finds its headers relative to itself.
-    cands.into_iter().find(|p| p.exists() && nvcc_works(p))
 }
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     for v in [
-        "NVCC",
+        "CONTENTV_NVRTC",
+        "CONTENTV_CUDA_INCLUDE",
+        "CONTENTV_CUDA_TOOLCHAIN",
+        "CONTENTV_ARCHS",
         "CUDA_HOME",
         "CUDA_PATH",
-        "CUDA_NVCC_VENV",
-        "PATH",
-        "CONTENTV_NVCC_FAST",
     ] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     println!("cargo:rerun-if-changed=kernels");
+    if root.join(".toolchain/cuda12").exists() {
+        println!("cargo:rerun-if-changed=.toolchain/cuda12");
+    }
     println!("cargo:rustc-check-cfg=cfg(no_kernels)");
 
     let kdir = root.join("kernels");
-    let mut cu: Vec<PathBuf> = std::fs::read_dir(&kdir)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&kdir)
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    cu.retain(|p| p.extension().map(|e| e == "cu").unwrap_or(false));
-    cu.sort();
-    for p in std::fs::read_dir(&kdir).into_iter().flatten().flatten() {
-        println!("cargo:rerun-if-changed={}", p.path().display());
+    files.sort();
+    for p in &files {
+        println!("cargo:rerun-if-changed={}", p.display());
     }
+    // Headers are shared by every file: they go into every image's cache key.
+    let mut headers = DefaultHasher::new();
+    for p in files.iter().filter(|p| p.extension().is_some_and(|e| e == "cuh")) {
+        std::fs::read(p).unwrap_or_default().hash(&mut headers);
+    }
+    let headers = headers.finish();
+    let cu: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
 
-    let nvcc = find_nvcc(&root);
-    if nvcc.is_none() {
+    let only: Option<Vec<String>> = std::env::var("CONTENTV_ARCHS")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.split(',').map(|a| a.trim().to_string()).collect());
+    let nvrtc = find_nvrtc(&root);
+    if nvrtc.is_none() {
         println!(
-            "cargo:warning=contentv: nvcc not found; building without CUDA kernels (CPU only). \
-             Run scripts/install-cuda-toolchain.sh or set NVCC to enable the GPU path."
+            "cargo:warning=contentv: NVRTC (CUDA 12.x) not found; building without CUDA kernels \
+             (CPU only). Run scripts/install-cuda-toolchain.sh or set CONTENTV_NVRTC to enable the GPU path."
         );
         println!("cargo:rustc-cfg=no_kernels");
     }
-    // CONTENTV_NVCC_FAST=1 builds sm_90 only (for quick local iteration).
-    let fast = std::env::var("CONTENTV_NVCC_FAST")
-        .map(|v| v == "1")
-        .unwrap_or(false);
 
-    let mut table = String::from(
-        "// generated by build.rs\npub static KERNEL_FATBINS: &[(&str, &[u8])] = &[\n",
-    );
-    // Compile in parallel: one nvcc per file.
-    let mut jobs = Vec::new();
+    // One job per (file, target); the slowest files first.
+    struct Job {
+        stem: String,
+        arch: String,
+        src: String,
+        key: u64,
+    }
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut table = String::from("// generated by build.rs\n");
+    let mut modules = String::from("pub static KERNEL_MODULES: &[(&str, &[(&str, &[u8])])] = &[\n");
+    let mut logs = String::from("pub static KERNEL_PTXAS_LOGS: &[(&str, &str, &str)] = &[\n");
     for f in &cu {
         let stem = f.file_stem().unwrap().to_string_lossy().to_string();
-        let fatbin = out.join(format!("{stem}.fatbin"));
-        if let Some(nvcc) = nvcc.clone() {
-            let src = std::fs::read_to_string(f).unwrap_or_default();
-            let wgmma = src.contains("wgmma");
-            let f = f.clone();
-            let kdir = kdir.clone();
-            let fatbin2 = fatbin.clone();
-            jobs.push(std::thread::spawn(move || {
-                let mut cmd = Command::new(&nvcc);
-                cmd.args([
-                    "--fatbin",
-                    "-O3",
-                    "-std=c++17",
-                    "-lineinfo",
-                    "--expt-relaxed-constexpr",
-                ])
-                .arg("-I")
-                .arg(&kdir);
-                let archs: &[&str] = if fast {
-                    &["90"]
-                } else {
-                    &["80", "86", "89", "90"]
-                };
-                for a in archs {
-                    cmd.arg("-gencode")
-                        .arg(format!("arch=compute_{a},code=sm_{a}"));
-                }
-                if wgmma {
-                    cmd.arg("-gencode").arg("arch=compute_90a,code=sm_90a");
-                }
-                cmd.arg("-gencode").arg("arch=compute_90,code=compute_90");
-                cmd.arg("-o").arg(&fatbin2).arg(&f);
-                let o = cmd.output().expect("spawning nvcc");
-                (f, o)
-            }));
-        } else {
-            std::fs::write(&fatbin, b"").unwrap();
+        let src = std::fs::read_to_string(f).unwrap_or_default();
+        let hopper = src.contains("wgmma") || src.contains("setmaxnreg");
+        let mut targets: Vec<&str> = SASS.to_vec();
+        if hopper {
+            targets.insert(4, "sm_90a");
         }
-        table.push_str(&format!(
-            "    ({stem:?}, include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}.fatbin\"))),\n"
-        ));
+        targets.push(PTX);
+        if let Some(o) = &only {
+            targets.retain(|t| o.iter().any(|x| x == t));
+        }
+        modules.push_str(&format!("    ({stem:?}, &[\n"));
+        for arch in targets {
+            let base = format!("{stem}.{arch}");
+            let ext = if arch.starts_with("compute_") { "ptx" } else { "cubin" };
+            if nvrtc.is_some() {
+                modules.push_str(&format!(
+                    "        ({arch:?}, include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{base}.{ext}\"))),\n"
+                ));
+                logs.push_str(&format!(
+                    "    ({stem:?}, {arch:?}, include_str!(concat!(env!(\"OUT_DIR\"), \"/{base}.log\"))),\n"
+                ));
+                let mut h = DefaultHasher::new();
+                (&src, headers, arch, OPTIONS).hash(&mut h);
+                jobs.push(Job {
+                    stem: stem.clone(),
+                    arch: arch.to_string(),
+                    src: src.clone(),
+                    key: h.finish(),
+                });
+            }
+        }
+        modules.push_str("    ]),\n");
     }
-    let mut failed = false;
-    for j in jobs {
-        let (f, o) = j.join().unwrap();
-        if !o.status.success() {
-            failed = true;
-            eprintln!(
-                "nvcc failed on {}:\n{}",
-                f.display(),
-                String::from_utf8_lossy(&o.stderr)
+    modules.push_str("];\n");
+    logs.push_str("];\n");
+
+    let mut toolkit = (0, 0);
+    if let Some((nv, lib, inc)) = nvrtc {
+        toolkit = nv.version_of();
+        if toolkit.0 >= 13 {
+            println!(
+                "cargo:warning=contentv: {} is NVRTC {}.{}: its images need a CUDA 13 driver (R580+). \
+                 scripts/install-cuda-toolchain.sh installs the pinned NVRTC 12.9.",
+                lib.display(),
+                toolkit.0,
+                toolkit.1
             );
         }
+        let stamp = format!("{lib:?}{toolkit:?}");
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.src.len()));
+        let nv = Arc::new(nv);
+        let queue = Arc::new(Mutex::new(jobs));
+        let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut handles = Vec::new();
+        for _ in 0..threads {
+            let (nv, queue, errors) = (nv.clone(), queue.clone(), errors.clone());
+            let (out, kdir, inc, stamp) = (out.clone(), kdir.clone(), inc.clone(), stamp.clone());
+            handles.push(std::thread::spawn(move || loop {
+                let Some(j) = queue.lock().unwrap().pop() else { break };
+                let base = format!("{}.{}", j.stem, j.arch);
+                let ext = if j.arch.starts_with("compute_") { "ptx" } else { "cubin" };
+                let (img, logf, keyf) = (
+                    out.join(format!("{base}.{ext}")),
+                    out.join(format!("{base}.log")),
+                    out.join(format!("{base}.key")),
+                );
+                let key = format!("{:x}{stamp}", j.key);
+                if img.exists() && std::fs::read_to_string(&keyf).ok().as_deref() == Some(&key) {
+                    continue;
+                }
+                let name = format!("kernels/{}.cu", j.stem);
+                match nv.compile(&j.src, &name, &j.arch, &[kdir.clone(), inc.clone()]) {
+                    Ok((bytes, log)) => {
+                        std::fs::write(&img, bytes).unwrap();
+                        std::fs::write(&logf, log).unwrap();
+                        std::fs::write(&keyf, key).unwrap();
+                    }
+                    Err(log) => errors.lock().unwrap().push(format!("{name} for {}:\n{log}", j.arch)),
+                }
+            }));
+        }
+        for h in handles {
+            h.join().expect("kernel compile thread");
+        }
+        let errors = errors.lock().unwrap();
+        if !errors.is_empty() {
+            for e in errors.iter() {
+                eprintln!("NVRTC failed on {e}");
+            }
+            panic!("NVRTC failed to compile {} kernel image(s) (see above)", errors.len());
+        }
     }
-    if failed {
-        panic!("nvcc failed to compile a kernel (see above)");
+    table.push_str(&format!(
+        "/// The CUDA version of the compiler that built the images ((0, 0): no kernels).\n\
+         pub static KERNEL_TOOLKIT: (i32, i32) = ({}, {});\n",
+        toolkit.0, toolkit.1
+    ));
+    table.push_str(&modules);
+    table.push_str(&logs);
+    // Rewritten only when it changes, so a build-script rerun does not recompile the crate.
+    let path = out.join("kernels.rs");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(table.as_str()) {
+        std::fs::write(path, table).unwrap();
     }
-    table.push_str("];\n");
-    std::fs::write(out.join("kernels.rs"), table).unwrap();
 }

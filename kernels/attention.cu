@@ -30,11 +30,6 @@
 // block, keys in chunks of 32 (one key per lane for the score, then the 32 probabilities are
 // broadcast for the P V update), online softmax in f32 with expf. Slow but simple; used for the
 // tiny test models and as a second opinion for the flash kernel.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-#include <math.h>
-
 #include "common.cuh"
 #include "ptx.cuh"
 

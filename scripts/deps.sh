@@ -2,7 +2,8 @@
 # Installs what a fresh Debian machine with only the Rust toolchain lacks:
 #   - FFmpeg dev libraries + pkg-config + clang (for ffmpeg-next's bindgen), ffmpeg (ffprobe in tests)
 #   - python3-venv (for the pip nvcc)
-#   - the pinned nvcc 13.0 from PyPI wheels into .toolchain/ (scripts/install-cuda-toolchain.sh)
+#   - the pinned CUDA 12.9 kernel compiler (NVRTC) from PyPI wheels into .toolchain/cuda12
+#     (scripts/install-cuda-toolchain.sh)
 # Safe to run repeatedly: it only installs what is missing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,6 +20,6 @@ if [ "${#need[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
-if [ "${CONTENTV_NO_NVCC:-0}" != 1 ]; then
+if [ "${CONTENTV_NO_CUDA_TOOLCHAIN:-0}" != 1 ]; then
   "$ROOT/scripts/install-cuda-toolchain.sh" >/dev/null
 fi

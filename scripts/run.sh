@@ -5,6 +5,5 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 scripts/deps.sh
-export CUDA_NVCC_VENV="$ROOT/.toolchain/cuda-venv"
 cargo build --release --quiet
 exec "$ROOT/target/release/contentv" "$@"

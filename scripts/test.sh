@@ -9,7 +9,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 scripts/deps.sh
-export CUDA_NVCC_VENV="$ROOT/.toolchain/cuda-venv"
 cargo build --release --all-targets
 mkdir -p target
 cargo test --release -- --nocapture 2>&1 | tee target/test.log

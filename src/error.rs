@@ -60,6 +60,25 @@ impl From<cudarc::driver::DriverError> for Error {
                 hint: "Try --offload sequential, --quantize int8 or --vae-tiling.".into(),
             };
         }
+        use cudarc::driver::sys::CUresult as R;
+        // A kernel that faulted is reported at the next synchronisation, by whatever call made
+        // it: say how to find the kernel.
+        let fault = matches!(
+            e.0,
+            R::CUDA_ERROR_ILLEGAL_ADDRESS
+                | R::CUDA_ERROR_LAUNCH_FAILED
+                | R::CUDA_ERROR_MISALIGNED_ADDRESS
+                | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+                | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+                | R::CUDA_ERROR_INVALID_PC
+                | R::CUDA_ERROR_LAUNCH_TIMEOUT
+        );
+        let synced = std::env::var("CONTENTV_SYNC_LAUNCHES").is_ok_and(|v| v == "1");
+        if fault && !synced {
+            return Error::Cuda(format!(
+                "{e:?}: a kernel faulted (run again with CONTENTV_SYNC_LAUNCHES=1 to name it)"
+            ));
+        }
         Error::Cuda(format!("{e:?}"))
     }
 }

@@ -26,7 +26,8 @@ pub const DEFAULT_CRF: u8 = 18;
         contentv generate --prompt \"test\" --frames 9 --width 64 --height 64 --steps 2   (built-in tiny model: noise)\n  \
         contentv generate --model DIR --prompts requests.jsonl --shard 0/2\n  \
         contentv decode --model DIR --latents run.safetensors --output run.mp4\n  \
-        contentv info --model DIR"
+        contentv info --model DIR\n  \
+        contentv device   (the GPU, its driver and the kernel images it loads)"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -45,6 +46,18 @@ pub enum Command {
     /// Write an INT8 weight-only copy of a checkpoint (transformer and T5 linears; the rest
     /// unchanged), loadable with --model like the original.
     Quantize(QuantizeArgs),
+    /// Check the GPU: name, arch, driver, the kernel image each module loads, cuBLASLt.
+    Device(DeviceArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// The GPU to check.
+    #[arg(long, default_value_t = 0)]
+    pub ordinal: usize,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

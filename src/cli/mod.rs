@@ -6,6 +6,7 @@
 //! are caught and reported as internal errors.
 pub mod args;
 pub mod decode;
+pub mod device;
 pub mod generate;
 pub mod info;
 pub mod load;
@@ -70,6 +71,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
         args::Command::Decode(a) => decode::run(a, &Ui { json: a.json }),
         args::Command::Info(a) => info::run(a, &Ui { json: a.json }),
         args::Command::Quantize(a) => quantize::run(a, &Ui { json: a.json }),
+        args::Command::Device(a) => device::run(a, &Ui { json: a.json }),
     });
     match res {
         Ok(Ok(())) => 0,

@@ -1,9 +1,9 @@
 //! Dense GEMM: `y = act(x W^T + b)` through cuBLASLt on the GPU (bf16 or f32 operands, f32
 //! accumulation, bias and tanh-GELU fused in the epilogue), with a plain threaded f32 CPU
 //! reference beside it. INT8 weights go to [`crate::ops::quant::linear_int8`].
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 
-use cudarc::cublaslt::{result as lt, sys as ltsys};
+use crate::runtime::blaslt as lt;
 
 use crate::error::{Error, Result};
 use crate::ops::{common_gpu, flat_rows, host, par_rows};
@@ -303,7 +303,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Cached cuBLASLt handle and workspace of one GPU.
 pub struct BlasLt {
-    handle: ltsys::cublasLtHandle_t,
+    lib: &'static lt::Lib,
+    handle: lt::Handle,
     workspace: crate::runtime::memory::DeviceBuffer,
 }
 // SAFETY: the handle is used under the Gpu's mutex, on the Gpu's compute stream only.
@@ -334,15 +335,20 @@ struct GemmCall {
     w_dtype: DType,
 }
 
-fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> Error + '_ {
-    move |e| Error::Cuda(format!("cuBLASLt {what}: {e:?}"))
+/// A cuBLASLt status as an error (0 is success).
+fn check(what: &str, status: lt::Status) -> Result<()> {
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(Error::Cuda(format!("cuBLASLt {what}: status {status}")))
+    }
 }
 
-fn cuda_type(d: DType) -> Result<ltsys::cudaDataType> {
+fn cuda_type(d: DType) -> Result<c_int> {
     Ok(match d {
-        DType::F32 => ltsys::cudaDataType::CUDA_R_32F,
-        DType::BF16 => ltsys::cudaDataType::CUDA_R_16BF,
-        DType::F16 => ltsys::cudaDataType::CUDA_R_16F,
+        DType::F32 => lt::CUDA_R_32F,
+        DType::BF16 => lt::CUDA_R_16BF,
+        DType::F16 => lt::CUDA_R_16F,
         DType::I8 => {
             return Err(Error::Other(
                 "cuBLASLt GEMM: i8 operands go through ops::quant".into(),
@@ -351,9 +357,9 @@ fn cuda_type(d: DType) -> Result<ltsys::cudaDataType> {
     })
 }
 
-/// Whether cuBLASLt can be loaded (cudarc panics on first use otherwise).
+/// Whether cuBLASLt can be loaded.
 pub fn cublaslt_available() -> bool {
-    unsafe { ltsys::is_culib_present() }
+    lt::lib().is_ok()
 }
 
 /// Row-major `Y = X op(W) (+ bias) (gelu)` expressed column-major: `Y^T [N, M] = op(W)^T X^T`,
@@ -369,69 +375,52 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
             c.w_dtype.name()
         )));
     }
-    if !cublaslt_available() {
-        return Err(Error::Cuda(
-            "libcublasLt.so was not found: install the CUDA runtime libraries (e.g. pip install nvidia-cublas) and \
-             add their lib folder to LD_LIBRARY_PATH"
-                .into(),
-        ));
-    }
+    let lib = lt::lib().map_err(Error::Cuda)?;
     gpu.bind()?;
     let mut guard = gpu.blas.lock().unwrap();
     if guard.is_none() {
-        let handle = lt::create_handle().map_err(lt_err("create handle"))?;
+        let mut handle: lt::Handle = std::ptr::null_mut();
+        // SAFETY: out-pointer to a live handle slot.
+        check("create handle", unsafe { (lib.create)(&mut handle) })?;
         let workspace = gpu.alloc(WORKSPACE)?;
-        *guard = Some(BlasLt { handle, workspace });
+        *guard = Some(BlasLt {
+            lib,
+            handle,
+            workspace,
+        });
     }
     let blas = guard.as_ref().unwrap();
     let ty = cuda_type(c.dtype)?;
+    // SAFETY: every descriptor is created here and destroyed by its guard; the pointers passed
+    // to cublasLtMatmul are device buffers of the sizes the layouts describe (the callers check
+    // shapes), and the matmul is queued on the compute stream like every kernel.
     unsafe {
-        let desc = lt::create_matmul_desc(
-            ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            ltsys::cudaDataType::CUDA_R_32F,
-        )
-        .map_err(lt_err("matmul desc"))?;
-        let cleanup_desc = Guard(move || {
-            let _ = lt::destroy_matmul_desc(desc);
+        let mut desc: lt::MatmulDesc = std::ptr::null_mut();
+        check(
+            "matmul desc",
+            (lib.desc_create)(&mut desc, lt::COMPUTE_32F, lt::CUDA_R_32F),
+        )?;
+        let _cleanup_desc = Guard(move || {
+            (lib.desc_destroy)(desc);
         });
         // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 (a 32-bit enum).
         let op_t: i32 = 1;
         let op_n: i32 = 0;
         let ta = if c.w_transposed { op_t } else { op_n };
-        set_desc(
-            desc,
-            ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-            &ta,
-        )?;
-        set_desc(
-            desc,
-            ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
-            &op_n,
-        )?;
+        set_desc(lib, desc, "transa", lt::DESC_TRANSA, &ta)?;
+        set_desc(lib, desc, "transb", lt::DESC_TRANSB, &op_n)?;
         let epi = match (c.bias.is_some(), c.gelu) {
-            (false, false) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
-            (true, false) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
-            (false, true) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU,
-            (true, true) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
+            (false, false) => lt::EPILOGUE_DEFAULT,
+            (true, false) => lt::EPILOGUE_BIAS,
+            (false, true) => lt::EPILOGUE_GELU,
+            (true, true) => lt::EPILOGUE_GELU_BIAS,
         };
-        set_desc(
-            desc,
-            ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-            &epi,
-        )?;
+        set_desc(lib, desc, "epilogue", lt::DESC_EPILOGUE, &epi)?;
         if let Some((bp, bdt)) = c.bias {
             let bptr = bp as *const c_void;
-            set_desc(
-                desc,
-                ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                &bptr,
-            )?;
+            set_desc(lib, desc, "bias pointer", lt::DESC_BIAS_POINTER, &bptr)?;
             let bty = cuda_type(bdt)?;
-            set_desc(
-                desc,
-                ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                &bty,
-            )?;
+            set_desc(lib, desc, "bias type", lt::DESC_BIAS_DATA_TYPE, &bty)?;
         }
         // A = W: stored row-major with row stride ldw = col-major with ld ldw.
         let (a_rows, a_cols) = if c.w_transposed {
@@ -439,61 +428,82 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
         } else {
             (c.n, c.k)
         };
-        let la = layout(ty, a_rows, a_cols, c.ldw, c.batch, c.stride_w)?;
-        let lb = layout(ty, c.k, c.m, c.lda, c.batch, c.stride_a)?;
-        let ly = layout(ty, c.n, c.m, c.n, c.batch, c.stride_y)?;
-        let _cl = Guard(move || {
-            let _ = lt::destroy_matrix_layout(la);
-            let _ = lt::destroy_matrix_layout(lb);
-            let _ = lt::destroy_matrix_layout(ly);
+        let la = layout(lib, ty, a_rows, a_cols, c.ldw, c.batch, c.stride_w)?;
+        let _cla = Guard(move || {
+            (lib.layout_destroy)(la);
         });
-        let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
+        let lb = layout(lib, ty, c.k, c.m, c.lda, c.batch, c.stride_a)?;
+        let _clb = Guard(move || {
+            (lib.layout_destroy)(lb);
+        });
+        let ly = layout(lib, ty, c.n, c.m, c.n, c.batch, c.stride_y)?;
+        let _cly = Guard(move || {
+            (lib.layout_destroy)(ly);
+        });
+        let mut pref: lt::Preference = std::ptr::null_mut();
+        check("preference", (lib.pref_create)(&mut pref))?;
         let _cp = Guard(move || {
-            let _ = lt::destroy_matmul_pref(pref);
+            (lib.pref_destroy)(pref);
         });
         let ws = WORKSPACE;
-        lt::set_matmul_pref_attribute(
+        check(
+            "workspace preference",
+            (lib.pref_set)(
+                pref,
+                lt::PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const usize as *const c_void,
+                std::mem::size_of::<usize>(),
+            ),
+        )?;
+        let mut heur: lt::HeuristicResult = std::mem::zeroed();
+        let mut found: c_int = 0;
+        let st = (lib.heuristic)(
+            blas.handle,
+            desc,
+            la,
+            lb,
+            ly,
+            ly,
             pref,
-            ltsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-            &ws as *const usize as *const c_void,
-            std::mem::size_of::<usize>(),
-        )
-        .map_err(lt_err("workspace preference"))?;
-        let heur = lt::get_matmul_algo_heuristic(blas.handle, desc, la, lb, ly, ly, pref).map_err(
-            |e| {
-                Error::Cuda(format!(
-                "cuBLASLt has no algorithm for a {} GEMM m={} n={} k={} (lda {}, ldw {}): {e:?}",
+            1,
+            &mut heur,
+            &mut found,
+        );
+        if st != 0 || found < 1 {
+            return Err(Error::Cuda(format!(
+                "cuBLASLt ({}) has no algorithm for a {} GEMM m={} n={} k={} (lda {}, ldw {}): status {st}",
+                lib.path,
                 c.dtype.name(),
                 c.m,
                 c.n,
                 c.k,
                 c.lda,
                 c.ldw
-            ))
-            },
-        )?;
+            )));
+        }
         let alpha = 1f32;
         let beta = 0f32;
-        lt::matmul(
-            blas.handle,
-            desc,
-            &alpha as *const f32 as *const c_void,
-            &beta as *const f32 as *const c_void,
-            c.w as *const c_void,
-            la,
-            c.a as *const c_void,
-            lb,
-            c.y as *const c_void,
-            ly,
-            c.y as *mut c_void,
-            ly,
-            &heur.algo,
-            blas.workspace.ptr() as *mut c_void,
-            ws,
-            gpu.stream() as ltsys::cudaStream_t,
-        )
-        .map_err(lt_err("matmul"))?;
-        drop(cleanup_desc);
+        check(
+            "matmul",
+            (lib.matmul)(
+                blas.handle,
+                desc,
+                &alpha as *const f32 as *const c_void,
+                c.w as *const c_void,
+                la,
+                c.a as *const c_void,
+                lb,
+                &beta as *const f32 as *const c_void,
+                c.y as *const c_void,
+                ly,
+                c.y as *mut c_void,
+                ly,
+                &heur.algo,
+                blas.workspace.ptr() as *mut c_void,
+                ws,
+                gpu.stream() as *mut c_void,
+            ),
+        )?;
     }
     Ok(())
 }
@@ -505,55 +515,73 @@ impl<F: FnMut()> Drop for Guard<F> {
     }
 }
 
+/// # Safety
+/// `desc` is live and `T` is the attribute's type.
 unsafe fn set_desc<T>(
-    desc: ltsys::cublasLtMatmulDesc_t,
-    attr: ltsys::cublasLtMatmulDescAttributes_t,
+    lib: &lt::Lib,
+    desc: lt::MatmulDesc,
+    what: &str,
+    attr: c_int,
     v: &T,
 ) -> Result<()> {
-    lt::set_matmul_desc_attribute(
-        desc,
-        attr,
-        v as *const T as *const c_void,
-        std::mem::size_of::<T>(),
+    check(
+        what,
+        (lib.desc_set)(
+            desc,
+            attr,
+            v as *const T as *const c_void,
+            std::mem::size_of::<T>(),
+        ),
     )
-    .map_err(|e| Error::Cuda(format!("cuBLASLt set {attr:?}: {e:?}")))
 }
 
+/// # Safety
+/// Creates a layout the caller destroys.
 unsafe fn layout(
-    ty: ltsys::cudaDataType,
+    lib: &lt::Lib,
+    ty: c_int,
     rows: usize,
     cols: usize,
     ld: usize,
     batch: usize,
     stride: usize,
-) -> Result<ltsys::cublasLtMatrixLayout_t> {
-    let l = lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64)
-        .map_err(lt_err("layout"))?;
+) -> Result<lt::Layout> {
+    let mut l: lt::Layout = std::ptr::null_mut();
+    check(
+        "layout",
+        (lib.layout_create)(&mut l, ty, rows as u64, cols as u64, ld as i64),
+    )?;
     if batch > 1 {
         let b = batch as i32;
         let s = stride as i64;
-        lt::set_matrix_layout_attribute(
-            l,
-            ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-            &b as *const i32 as *const c_void,
-            4,
+        let r = check(
+            "batch count",
+            (lib.layout_set)(l, lt::LAYOUT_BATCH_COUNT, &b as *const i32 as *const c_void, 4),
         )
-        .map_err(lt_err("batch count"))?;
-        lt::set_matrix_layout_attribute(
-            l,
-            ltsys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-            &s as *const i64 as *const c_void,
-            8,
-        )
-        .map_err(lt_err("batch stride"))?;
+        .and_then(|_| {
+            check(
+                "batch stride",
+                (lib.layout_set)(
+                    l,
+                    lt::LAYOUT_STRIDED_BATCH_OFFSET,
+                    &s as *const i64 as *const c_void,
+                    8,
+                ),
+            )
+        });
+        if let Err(e) = r {
+            (lib.layout_destroy)(l);
+            return Err(e);
+        }
     }
     Ok(l)
 }
 
 impl Drop for BlasLt {
     fn drop(&mut self) {
+        // SAFETY: the handle was created by this library and is dropped once.
         unsafe {
-            let _ = lt::destroy_handle(self.handle);
+            (self.lib.destroy)(self.handle);
         }
     }
 }

@@ -16,9 +16,124 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-/// How to get nvcc, shown whenever the GPU is used from a build without kernels.
-pub const NVCC_HINT: &str = "this binary was built without nvcc, so it has no CUDA kernels. \
-Run scripts/install-cuda-toolchain.sh (or set NVCC=/path/to/nvcc) and rebuild with cargo.";
+/// How to get the kernel compiler, shown whenever the GPU is used from a build without kernels.
+pub const NO_KERNELS_HINT: &str = "this binary was built without NVRTC, so it has no CUDA kernels. \
+Run scripts/install-cuda-toolchain.sh (or set CONTENTV_NVRTC=/path/to/libnvrtc.so.12) and rebuild with cargo.";
+
+/// The oldest driver API version the engine runs on: its SASS images are built by a CUDA 12.x
+/// compiler (minor-version compatible with every 12.x driver) and its driver bindings are those
+/// of CUDA 12.0.
+pub const MIN_DRIVER: i32 = 12000;
+
+/// `12080` as "12.8".
+pub fn cuda_version_str(v: i32) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+/// The CUDA version of the compiler that built the embedded kernels, as the driver API counts
+/// (12090 for 12.9); 0 without kernels.
+pub fn kernel_toolkit_version() -> i32 {
+    embedded::KERNEL_TOOLKIT.0 * 1000 + embedded::KERNEL_TOOLKIT.1 * 10
+}
+
+/// The embedded kernel images: (module, [(target, bytes)]), targets like "sm_90", "sm_90a",
+/// "compute_120" (PTX).
+pub fn kernel_images() -> &'static [(&'static str, &'static [(&'static str, &'static [u8])])] {
+    embedded::KERNEL_MODULES
+}
+
+/// The `ptxas -v` report of every embedded image: (module, target, report).
+pub fn kernel_ptxas_reports() -> &'static [(&'static str, &'static str, &'static str)] {
+    embedded::KERNEL_PTXAS_LOGS
+}
+
+/// The targets in a module's image list, e.g. "sm_80, sm_86, sm_90, compute_120 (PTX)".
+pub fn describe_targets(images: &[(&str, &[u8])]) -> String {
+    images
+        .iter()
+        .map(|(a, _)| {
+            if a.starts_with("compute_") {
+                format!("{a} (PTX)")
+            } else {
+                a.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Which image of a module a device of compute capability `cc` loads, as the driver would pick
+/// from a fatbin: SASS built for exactly this arch (the `a` variant first: it only runs on
+/// its own arch), else SASS of the same major arch and an older minor (binary compatible), else
+/// the newest PTX not newer than the device (JIT-compiled by the driver, which must then be at
+/// least as new as the compiler: `toolkit`), else an error naming the device's arch, the
+/// targets the build holds and what to do.
+pub fn pick_image<'a>(
+    images: &'a [(&'a str, &'a [u8])],
+    cc: (i32, i32),
+    driver: i32,
+    toolkit: i32,
+) -> std::result::Result<(&'a str, &'a [u8]), String> {
+    let want = cc.0 * 10 + cc.1;
+    let num = |a: &str, prefix: &str| -> Option<(i32, bool)> {
+        let rest = a.strip_prefix(prefix)?;
+        let (digits, arch_specific) = match rest.strip_suffix('a') {
+            Some(d) => (d, true),
+            None => (rest, false),
+        };
+        digits.parse::<i32>().ok().map(|n| (n, arch_specific))
+    };
+    let sass = |exact_a: bool| {
+        images.iter().find(|(a, _)| num(a, "sm_") == Some((want, exact_a)))
+    };
+    if let Some(&(a, b)) = sass(true).or_else(|| sass(false)) {
+        return Ok((a, b));
+    }
+    let compatible = images
+        .iter()
+        .filter_map(|&(a, b)| match num(a, "sm_") {
+            Some((n, false)) if n / 10 == want / 10 && n < want => Some((n, a, b)),
+            _ => None,
+        })
+        .max_by_key(|t| t.0);
+    if let Some((_, a, b)) = compatible {
+        return Ok((a, b));
+    }
+    let ptx = images
+        .iter()
+        .filter_map(|&(a, b)| match num(a, "compute_") {
+            Some((n, false)) if n <= want => Some((n, a, b)),
+            _ => None,
+        })
+        .max_by_key(|t| t.0);
+    let targets = describe_targets(images);
+    match ptx {
+        Some((_, a, b)) if driver >= toolkit => Ok((a, b)),
+        Some((_, a, _)) => Err(format!(
+            "this build has no SASS for sm_{want} (it holds {targets}); its {a} PTX needs a driver for \
+             CUDA {} or newer to be compiled for this GPU, and the driver supports CUDA {}: update the \
+             NVIDIA driver, or rebuild with CONTENTV_ARCHS including sm_{want}",
+            cuda_version_str(toolkit),
+            cuda_version_str(driver)
+        )),
+        None => Err(format!(
+            "this build has no kernel image for sm_{want} (it holds {targets}): rebuild from source \
+             with a CUDA compiler that knows sm_{want} (CONTENTV_NVRTC=/path/to/libnvrtc.so) and \
+             CONTENTV_ARCHS=sm_{want}"
+        )),
+    }
+}
+
+/// Whether every launch is followed by a synchronisation that names the kernel that faulted
+/// (`CONTENTV_SYNC_LAUNCHES=1`; for first bring-up on new hardware, slow).
+pub fn sync_launches() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("CONTENTV_SYNC_LAUNCHES")
+            .map(|v| v == "1")
+            .unwrap_or(false)
+    })
+}
 
 /// Where a computation runs. `Cpu` is the plain f32 reference path.
 #[derive(Clone)]
@@ -59,6 +174,9 @@ impl Device {
             return Ok(Device::Cuda(g.clone()));
         }
         let g = Arc::new(Gpu::new(ordinal)?);
+        // Every module is loaded up front: a build without an image for this GPU fails here,
+        // before any model is read, not at its first kernel.
+        g.load_modules()?;
         map.insert(ordinal, g.clone());
         Ok(Device::Cuda(g))
     }
@@ -93,8 +211,8 @@ impl Device {
 
 /// Why the GPU path cannot be used, or `None` if it can. Never panics.
 pub fn gpu_unavailable_reason() -> Option<String> {
-    if cfg!(no_kernels) || embedded::KERNEL_FATBINS.iter().all(|(_, b)| b.is_empty()) {
-        return Some(NVCC_HINT.to_string());
+    if cfg!(no_kernels) || embedded::KERNEL_MODULES.iter().all(|(_, imgs)| imgs.is_empty()) {
+        return Some(NO_KERNELS_HINT.to_string());
     }
     if std::env::var("CONTENTV_FORCE_CPU")
         .map(|v| v == "1")
@@ -112,6 +230,22 @@ pub fn gpu_unavailable_reason() -> Option<String> {
     if let Err(e) = cu::init() {
         return Some(format!(
             "cuInit failed ({e:?}): no usable NVIDIA driver or device"
+        ));
+    }
+    let mut driver = 0;
+    // SAFETY: out-pointer to a live integer; the driver library is present (checked above).
+    let r = unsafe { sys::cuDriverGetVersion(&mut driver) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Some(format!("cuDriverGetVersion failed ({r:?})"));
+    }
+    if driver < MIN_DRIVER {
+        return Some(format!(
+            "the NVIDIA driver supports CUDA {}, and contentv needs a driver for CUDA {} or newer \
+             (R525+; its kernels are built with CUDA {}): update the NVIDIA driver \
+             (nvidia-smi shows the installed version)",
+            cuda_version_str(driver),
+            cuda_version_str(MIN_DRIVER),
+            cuda_version_str(kernel_toolkit_version())
         ));
     }
     match CudaContext::device_count() {
@@ -146,13 +280,18 @@ pub struct Gpu {
     pub compute_capability: (i32, i32),
     pub sm_count: i32,
     pub total_mem: usize,
+    /// The driver's CUDA version as the driver API counts (12080 for 12.8).
+    pub driver_version: i32,
+    /// Shared memory a block may use after opting in (static + dynamic).
+    pub max_smem_optin: usize,
     pub ctx: Arc<CudaContext>,
     /// All compute is issued on this stream, in order.
     pub compute: Arc<CudaStream>,
     /// Weight uploads for streaming run here, ordered against `compute` with events.
     pub copy: Arc<CudaStream>,
     pub pool: Arc<Pool>,
-    modules: Mutex<HashMap<&'static str, Module>>,
+    /// Loaded modules with the target of the image each one loaded.
+    modules: Mutex<HashMap<&'static str, (Module, &'static str)>>,
     funcs: Mutex<FuncCache>,
     pub(crate) blas: Mutex<Option<crate::ops::gemm::BlasLt>>,
 }
@@ -179,9 +318,15 @@ impl Gpu {
         let sm_count =
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         let total_mem = ctx.total_mem()?;
+        let max_smem_optin = ctx.attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )? as usize;
+        let mut driver_version = 0;
+        // SAFETY: out-pointer to a live integer.
+        unsafe { sys::cuDriverGetVersion(&mut driver_version) }.result()?;
         if compute_capability.0 < 8 {
             return Err(Error::NoGpu(format!(
-                "{name} is sm_{}{}; contentv's kernels need sm_80 or newer (Ampere, Ada, Hopper)",
+                "{name} is sm_{}{}; contentv's kernels need sm_80 or newer (Ampere, Ada, Hopper, Blackwell)",
                 compute_capability.0, compute_capability.1
             )));
         }
@@ -192,6 +337,8 @@ impl Gpu {
             compute_capability,
             sm_count,
             total_mem,
+            driver_version,
+            max_smem_optin,
             ctx,
             compute,
             copy,
@@ -228,32 +375,59 @@ impl Gpu {
 
     fn module(&self, module: &'static str) -> Result<Module> {
         let mut mods = self.modules.lock().unwrap();
-        if let Some(m) = mods.get(module) {
+        if let Some((m, _)) = mods.get(module) {
             return Ok(*m);
         }
-        let image = embedded::KERNEL_FATBINS
+        let images = embedded::KERNEL_MODULES
             .iter()
             .find(|(n, _)| *n == module)
-            .map(|(_, b)| *b)
+            .map(|(_, imgs)| *imgs)
             .ok_or_else(|| {
                 Error::Cuda(format!(
                     "no kernel module named {module:?} (kernels/{module}.cu)"
                 ))
             })?;
-        if image.is_empty() {
-            return Err(Error::NoGpu(NVCC_HINT.into()));
+        if images.is_empty() {
+            return Err(Error::NoGpu(NO_KERNELS_HINT.into()));
         }
+        let cc = self.compute_capability;
+        let (target, image) = pick_image(
+            images,
+            cc,
+            self.driver_version,
+            kernel_toolkit_version(),
+        )
+        .map_err(|e| Error::NoGpu(format!("kernels/{module}.cu on {}: {e}", self.name)))?;
         // cuModuleLoadData needs the image to stay valid during the call only; copy to be
-        // sure of alignment.
+        // sure of alignment (cubins are ELF files read with 8-byte loads).
         let owned: Vec<u8> = image.to_vec();
+        // SAFETY: `owned` is a complete cubin or NUL-terminated PTX produced by build.rs.
         let m = unsafe { cu::module::load_data(owned.as_ptr() as *const c_void) }.map_err(|e| {
-            Error::Cuda(format!(
-                "loading kernels/{module}.cu for {}: {e:?}",
-                self.name
+            Error::NoGpu(format!(
+                "loading the {target} image of kernels/{module}.cu on {} (sm_{}{}, driver CUDA {}; \
+                 the build holds {}): {e:?}",
+                self.name,
+                cc.0,
+                cc.1,
+                cuda_version_str(self.driver_version),
+                describe_targets(images)
             ))
         })?;
-        mods.insert(module, Module(m));
+        mods.insert(module, (Module(m), target));
         Ok(Module(m))
+    }
+
+    /// Loads every embedded kernel module; returns (module, image target) for each, e.g.
+    /// ("attention", "sm_90").
+    pub fn load_modules(&self) -> Result<Vec<(&'static str, &'static str)>> {
+        self.bind()?;
+        let mut out = Vec::new();
+        for (name, _) in embedded::KERNEL_MODULES.iter() {
+            self.module(name)?;
+            let target = self.modules.lock().unwrap()[name].1;
+            out.push((*name, target));
+        }
+        Ok(out)
     }
 
     fn function(
@@ -279,8 +453,28 @@ impl Gpu {
                 "kernel {name} not found in kernels/{module}.cu: {e:?}"
             ))
         })?;
-        let mut max = 48 * 1024;
+        // Static and dynamic shared memory together must fit the block limit; above 48 KiB the
+        // kernel has to opt in to the dynamic part.
+        // SAFETY: `f` is a live function handle of a loaded module.
+        let static_smem = unsafe {
+            cu::function::get_function_attribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+            )
+        }
+        .map_err(|e| Error::Cuda(format!("{name}: cannot read its static shared memory: {e:?}")))?
+            as u32;
+        let total = static_smem as usize + smem as usize;
+        if total > self.max_smem_optin {
+            return Err(Error::Cuda(format!(
+                "{name} needs {static_smem} B static + {smem} B dynamic shared memory = {total} B, \
+                 more than the {} B a block may use on {}",
+                self.max_smem_optin, self.name
+            )));
+        }
+        let mut max = (48 * 1024u32).saturating_sub(static_smem);
         if smem > max {
+            // SAFETY: as above; the value was checked against the device limit.
             unsafe {
                 cu::function::set_function_attribute(
                     f,
@@ -320,7 +514,16 @@ impl Gpu {
             Error::Cuda(format!(
                 "launching {name} grid {grid:?} block {block:?} smem {smem}: {e:?}"
             ))
-        })
+        })?;
+        if sync_launches() {
+            self.compute.synchronize().map_err(|e| {
+                Error::Cuda(format!(
+                    "kernel {name} (kernels/{module}.cu) failed: {e:?} (grid {grid:?} block \
+                     {block:?} smem {smem}; CONTENTV_SYNC_LAUNCHES=1 synchronises after every launch)"
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// Launches a 1-D elementwise kernel over `n` elements: 256-thread blocks, at most
@@ -432,5 +635,65 @@ impl Drop for Event {
         unsafe {
             let _ = cu::event::destroy(self.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IMGS: &[(&str, &[u8])] = &[
+        ("sm_80", b"80"),
+        ("sm_86", b"86"),
+        ("sm_89", b"89"),
+        ("sm_90", b"90"),
+        ("sm_90a", b"90a"),
+        ("sm_100", b"100"),
+        ("sm_120", b"120"),
+        ("compute_120", b"ptx"),
+    ];
+
+    fn pick(cc: (i32, i32), driver: i32) -> std::result::Result<&'static str, String> {
+        pick_image(IMGS, cc, driver, 12090).map(|(a, _)| a)
+    }
+
+    #[test]
+    fn exact_sass_first_arch_specific_before_generic() {
+        assert_eq!(pick((8, 0), 12000).unwrap(), "sm_80");
+        assert_eq!(pick((8, 9), 12000).unwrap(), "sm_89");
+        assert_eq!(pick((9, 0), 12000).unwrap(), "sm_90a");
+        assert_eq!(pick((12, 0), 12080).unwrap(), "sm_120");
+        // without the `a` image, plain sm_90
+        let no_a: Vec<_> = IMGS.iter().copied().filter(|(a, _)| *a != "sm_90a").collect();
+        assert_eq!(pick_image(&no_a, (9, 0), 12000, 12090).unwrap().0, "sm_90");
+    }
+
+    #[test]
+    fn same_major_older_minor_sass_runs() {
+        assert_eq!(pick((8, 7), 12000).unwrap(), "sm_86");
+        assert_eq!(pick((10, 3), 12080).unwrap(), "sm_100");
+        assert_eq!(pick((12, 1), 12090).unwrap(), "sm_120");
+        // sm_90a never stands in for another arch
+        let only_a: &[(&str, &[u8])] = &[("sm_90a", b"x")];
+        assert!(pick_image(only_a, (9, 1), 13000, 12090).is_err());
+    }
+
+    #[test]
+    fn ptx_needs_a_driver_as_new_as_the_compiler() {
+        assert_eq!(pick((13, 0), 12090).unwrap(), "compute_120");
+        let e = pick((13, 0), 12080).unwrap_err();
+        assert!(e.contains("sm_130") && e.contains("CUDA 12.9") && e.contains("CUDA 12.8"), "{e}");
+        // PTX newer than the device is no use
+        let e = pick((11, 0), 13000).unwrap_err();
+        assert!(e.contains("sm_110") && e.contains("sm_80, sm_86") && e.contains("compute_120 (PTX)"), "{e}");
+        // an older GPU: nothing fits
+        assert!(pick((7, 5), 13000).is_err());
+    }
+
+    #[test]
+    fn versions_print_as_cuda_does() {
+        assert_eq!(cuda_version_str(12080), "12.8");
+        assert_eq!(cuda_version_str(13000), "13.0");
+        assert_eq!(cuda_version_str(11080), "11.8");
     }
 }

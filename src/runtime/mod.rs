@@ -1,5 +1,7 @@
 //! Runtime: devices and streams ([`device`]), device and pinned host memory ([`memory`]), the
-//! [`Tensor`] type ([`tensor`]), and weight residency ([`residency`]).
+//! [`Tensor`] type ([`tensor`]), weight residency ([`residency`]) and the cuBLASLt binding
+//! ([`blaslt`]).
+pub mod blaslt;
 pub mod device;
 pub mod memory;
 pub mod residency;

@@ -171,13 +171,71 @@ int dev_free(unsigned long long p) {
     return OK;
 }
 
+// The emulated driver and GPU: CONTENTV_EMU_DRIVER_VERSION (default 13000, the lent H200's
+// driver) and CONTENTV_EMU_ARCH (compute capability as "9.0" or "90", default 9.0), so the
+// engine's driver-version check and kernel-image choice are tested against drivers and GPUs
+// we do not have. Module loading checks the image against both, as the driver does.
+int env_int(const char* k, int dflt) {
+    const char* v = getenv(k);
+    return v && *v ? atoi(v) : dflt;
+}
+int driver_version() { return env_int("CONTENTV_EMU_DRIVER_VERSION", 13000); }
+void arch(int* major, int* minor) {
+    const char* v = getenv("CONTENTV_EMU_ARCH");
+    std::string a = v && *v ? v : "9.0";
+    size_t dot = a.find('.');
+    if (dot != std::string::npos) {
+        *major = atoi(a.substr(0, dot).c_str());
+        *minor = atoi(a.substr(dot + 1).c_str());
+    } else {
+        int n = atoi(a.c_str());
+        *major = n / 10;
+        *minor = n % 10;
+    }
+}
+int max_smem_optin() {
+    int ma, mi;
+    arch(&ma, &mi);
+    const int sm = ma * 10 + mi;
+    if (sm == 80 || sm == 87) return 163 * 1024;
+    if (sm == 90 || sm == 100 || sm == 103) return 227 * 1024;
+    return 99 * 1024;  // sm_86, sm_89, sm_120 and the rest
+}
+
+// A module keeps its image: a CUDA ELF cubin or NUL-terminated PTX, checked at load against the
+// emulated GPU and driver as the driver checks them (the kernels that run are the emulated
+// ones, but a kernel must be in the image to be found).
+constexpr int INVALID_IMAGE = 200, NO_BINARY_FOR_GPU = 209, UNSUPPORTED_PTX_VERSION = 222;
+struct Module {
+    std::string image;
+};
+// The driver version a PTX ISA version needs (PTX ISA notes: 8.0 came with CUDA 12.0, ...).
+int ptx_min_driver(int major, int minor) {
+    if (major < 8) return 11000;
+    if (major == 8) {
+        static const int v[] = {12000, 12010, 12020, 12030, 12040, 12050, 12070, 12080, 12090};
+        return minor <= 8 ? v[minor] : 12090;
+    }
+    return 13000 + (major - 9) * 1000 + minor * 10;
+}
+// A kernel fault, as the hardware reports it: CONTENTV_EMU_FAULT_KERNEL=<name> makes every
+// launch of that kernel fail with CUDA_ERROR_ILLEGAL_ADDRESS when it runs. The error is sticky:
+// every later synchronising call and launch returns it (the context is unusable), and which
+// kernel caused it is not said, so the engine's CONTENTV_SYNC_LAUNCHES=1 is what names it.
+constexpr int ILLEGAL_ADDRESS = 700;
+int g_sticky = OK;
+bool faults(const char* name) {
+    const char* f = getenv("CONTENTV_EMU_FAULT_KERNEL");
+    return f && *f && strcmp(f, name) == 0;
+}
 }  // namespace
 
 extern "C" {
 
+
 // ---- init, device, context ------------------------------------------------------------------
 int cuInit(unsigned) { return OK; }
-int cuDriverGetVersion(int* v) { *v = 13000; return OK; }
+int cuDriverGetVersion(int* v) { *v = driver_version(); return OK; }
 int cuDeviceGetCount(int* n) { *n = 1; return OK; }
 int cuDeviceGet(int* d, int ordinal) { if (ordinal != 0) return INVALID_VALUE; *d = 0; return OK; }
 int cuDeviceGetName(char* name, int len, int) {
@@ -189,9 +247,9 @@ int cuDeviceGetAttribute(int* v, int attr, int) {
     switch (attr) {
     case 1: *v = 1024; break;            // max threads per block
     case 16: *v = 4; break;              // multiprocessors
-    case 75: *v = 9; break;              // compute capability 9.0
-    case 76: *v = 0; break;
-    case 97: *v = 227 * 1024; break;     // max shared memory per block (opt-in)
+    case 75: { int mi; arch(v, &mi); break; }  // compute capability major
+    case 76: { int ma; arch(&ma, v); break; }  // and minor
+    case 97: *v = max_smem_optin(); break;     // max shared memory per block (opt-in)
     case 115: *v = 0; break;             // no memory pools: plain cuMemAlloc
     default: *v = 0;
     }
@@ -204,7 +262,7 @@ int cuCtxSetCurrent(void*) { return OK; }
 int cuCtxGetCurrent(void** ctx) { *ctx = &g_ctx_dummy; return OK; }
 int cuCtxPushCurrent_v2(void*) { return OK; }
 int cuCtxPopCurrent_v2(void** ctx) { if (ctx) *ctx = &g_ctx_dummy; return OK; }
-int cuCtxSynchronize() { return OK; }
+int cuCtxSynchronize() { LOCK; drain(); return g_sticky; }
 int cuCtxGetDevice(int* d) { *d = 0; return OK; }
 int cuGetErrorString(int e, const char** s) {
     *s = e == OK ? "no error" : e == OUT_OF_MEMORY ? "out of memory (emulated device)" : "error (emulated device)";
@@ -228,7 +286,7 @@ int cuStreamDestroy_v2(void* s) {
     delete static_cast<Stream*>(s);
     return OK;
 }
-int cuStreamSynchronize(void*) { LOCK; drain(); return OK; }
+int cuStreamSynchronize(void*) { LOCK; drain(); return g_sticky; }
 int cuStreamQuery(void*) { LOCK; drain(); return OK; }
 int cuStreamWaitEvent(void* s, void* e, unsigned) {
     LOCK;
@@ -247,7 +305,7 @@ int cuEventRecord(void* e, void* s) {
     return OK;
 }
 int cuEventRecordWithFlags(void* e, void* s, unsigned) { return cuEventRecord(e, s); }
-int cuEventSynchronize(void*) { LOCK; drain(); return OK; }
+int cuEventSynchronize(void*) { LOCK; drain(); return g_sticky; }
 int cuEventQuery(void*) { LOCK; drain(); return OK; }
 int cuEventElapsedTime(float* ms, void* a, void* b) {
     LOCK;
@@ -286,7 +344,7 @@ int cuMemFreeHost(void* p) {
 int cuMemHostRegister_v2(void* p, size_t n, unsigned) { LOCK; g_pinned[(uintptr_t)p] = n; return OK; }
 int cuMemHostUnregister(void* p) { LOCK; drain(); g_pinned.erase((uintptr_t)p); return OK; }
 int cuMemcpyHtoD_v2(unsigned long long d, const void* h, size_t n) { LOCK; drain(); memcpy((void*)d, h, n); return OK; }
-int cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { LOCK; drain(); memcpy(h, (const void*)d, n); return OK; }
+int cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { LOCK; drain(); if (g_sticky) return g_sticky; memcpy(h, (const void*)d, n); return OK; }
 int cuMemcpyDtoD_v2(unsigned long long d, unsigned long long s, size_t n) { LOCK; drain(); memmove((void*)d, (const void*)s, n); return OK; }
 int cuMemcpyHtoDAsync_v2(unsigned long long d, const void* h, size_t n, void* s) {
     LOCK;
@@ -337,15 +395,56 @@ int cuMemsetD16_v2(unsigned long long d, unsigned short v, size_t n) { return cu
 int cuMemsetD32_v2(unsigned long long d, unsigned v, size_t n) { return cuMemsetD32Async(d, v, n, nullptr); }
 
 // ---- modules and launches -------------------------------------------------------------------
-static int g_module_dummy;
 int cuModuleLoadData(void** m, const void* image) {
     if (image == nullptr) return INVALID_VALUE;
-    *m = &g_module_dummy;  // the image is the real fatbin; its kernels are the emulated ones
+    const unsigned char* b = static_cast<const unsigned char*>(image);
+    int ma, mi;
+    arch(&ma, &mi);
+    const int dev = ma * 10 + mi;
+    std::string bytes;
+    if (memcmp(b, "\x7f" "ELF", 4) == 0) {
+        // ELF64: e_ident[8] is the CUDA ELF ABI version; e_flags (offset 48) holds the SM.
+        const int abi = b[8];
+        unsigned flags;
+        memcpy(&flags, b + 48, 4);
+        int sm;
+        bool arch_specific = false;
+        if (abi >= 8) {
+            sm = (int)((flags >> 8) & 0xffff);
+        } else {
+            sm = (int)(flags & 0xff);
+            arch_specific = (flags & 0x800) != 0;
+        }
+        if (abi >= 8 && driver_version() < 12080) return INVALID_IMAGE;  // ELF ABI 8: CUDA 12.8+
+        const bool runs = sm == dev || (!arch_specific && sm / 10 == dev / 10 && sm % 10 <= dev % 10);
+        if (!runs) return NO_BINARY_FOR_GPU;
+        unsigned long long shoff;
+        unsigned short shentsize, shnum;
+        memcpy(&shoff, b + 40, 8);
+        memcpy(&shentsize, b + 58, 2);
+        memcpy(&shnum, b + 60, 2);
+        bytes.assign((const char*)b, (size_t)(shoff + (unsigned long long)shentsize * shnum));
+    } else {
+        const char* text = static_cast<const char*>(image);
+        bytes = text;
+        const size_t v = bytes.find(".version "), t = bytes.find(".target sm_");
+        if (v == std::string::npos || t == std::string::npos) return INVALID_IMAGE;
+        const int pmaj = atoi(bytes.c_str() + v + 9);
+        const int pmin = atoi(bytes.c_str() + bytes.find('.', v + 9) + 1);
+        if (driver_version() < ptx_min_driver(pmaj, pmin)) return UNSUPPORTED_PTX_VERSION;
+        if (atoi(bytes.c_str() + t + 11) > dev) return NO_BINARY_FOR_GPU;
+    }
+    *m = new Module{std::move(bytes)};
     return OK;
 }
-int cuModuleUnload(void*) { return OK; }
-int cuModuleGetFunction(void** f, void*, const char* name) {
+int cuModuleUnload(void* m) { delete static_cast<Module*>(m); return OK; }
+int cuModuleGetFunction(void** f, void* m, const char* name) {
     LOCK;
+    const std::string& img = static_cast<Module*>(m)->image;
+    // A cubin names its kernels in sections .text.<name>, PTX in `.entry <name>(`.
+    if (img.find(std::string(".text.") + name + '\0') == std::string::npos &&
+        img.find(std::string(".entry ") + name + '(') == std::string::npos)
+        return NOT_FOUND;
     auto it = g_funcs.find(name);
     if (it == g_funcs.end()) {
         auto k = emu::registry().find(name);
@@ -357,18 +456,21 @@ int cuModuleGetFunction(void** f, void*, const char* name) {
 }
 int cuFuncSetAttribute(void* f, int attr, int v) {
     if (attr == 8) {
-        if (v > 227 * 1024) return INVALID_VALUE;
+        if (v > max_smem_optin()) return INVALID_VALUE;
         static_cast<Func*>(f)->max_dyn_smem = v;
     }
     return OK;
 }
 int cuFuncGetAttribute(int* v, int attr, void* f) {
+    // 0: max threads per block, 1: static shared memory (the emulation allocates it itself;
+    // reported as 0), 8: max dynamic shared memory.
     *v = attr == 0 ? 1024 : attr == 8 ? static_cast<Func*>(f)->max_dyn_smem : 0;
     return OK;
 }
 int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void* s,
                    void** params, void** extra) {
     LOCK;
+    if (g_sticky) return g_sticky;
     Func* fn = static_cast<Func*>(f);
     if (extra != nullptr || params == nullptr) return INVALID_VALUE;
     if ((int)smem > fn->max_dyn_smem) return INVALID_VALUE;  // like the hardware: opt in above 48 KiB
@@ -378,7 +480,12 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
     auto values = std::make_shared<std::vector<unsigned long long>>((size_t)fn->k->arity);
     for (int i = 0; i < fn->k->arity; i++) memcpy(&(*values)[(size_t)i], params[i], 8);
     const emu::KernelEntry* k = fn->k;
+    const bool fault = faults(k->name);
     enqueue(s, [=] {
+        if (fault || g_sticky) {
+            g_sticky = ILLEGAL_ADDRESS;
+            return;
+        }
         std::vector<void*> ptrs((size_t)k->arity);
         for (int i = 0; i < k->arity; i++) ptrs[(size_t)i] = &(*values)[(size_t)i];
         emu::launch(k->name, dim3(gx, gy, gz), dim3(bx, by, bz), smem, [&] { k->invoke(k->fn, ptrs.data()); });
