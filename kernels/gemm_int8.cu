@@ -56,6 +56,9 @@ __device__ __forceinline__ float2 i8x2_to_f(unsigned short v) {
 
 // Tile configuration.
 constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 256;
+// Two CTAs per SM where shared memory allows (sm_80/90/100; the grouped kernel's 51 KiB fits
+// once on the 100 KiB SMs of sm_86/89/120): at most 128 registers per thread.
+constexpr int MIN_CTAS = 2;
 constexpr int WM = 64, WN = 32;             // warp tile: 2 warps along M, 4 along N
 constexpr int MI = WM / 16, NI = WN / 8;    // 4 x 4 mma tiles per warp
 constexpr int A_LD = BK + 8;                // bf16/f16 per smem row: 80 B, 16-B aligned, ldmatrix conflict-free
@@ -217,7 +220,7 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
 }
 
 #define W8A16_MMA(NAME, T, GROUPED)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(w8::THREADS) NAME(const T* X, long long lda, const int8_t* Q,          \
+    extern "C" __global__ void __launch_bounds__(w8::THREADS, w8::MIN_CTAS) NAME(const T* X, long long lda, const int8_t* Q,          \
                                                                   const float* scale, int groups, const float* bias,   \
                                                                   T* Y, int M, int N, int K, int act) {                \
         w8a16_mma_k<T, GROUPED>(X, lda, Q, scale, groups, bias, Y, M, N, K, act);                                      \

@@ -32,9 +32,9 @@ pub const MAX_SEGMENTS: usize = 4;
 pub const NAIVE_MAX_D: usize = 256;
 
 const FLASH_BM: usize = 128;
-const FLASH_THREADS: u32 = 256;
-const FLASH_SMEM: u32 = 48 * 1024;
-const NAIVE_ROWS: usize = 4;
+pub const FLASH_THREADS: u32 = 256;
+pub const FLASH_SMEM: u32 = 48 * 1024;
+pub const NAIVE_ROWS: usize = 4;
 
 /// Attention on the GPU: `softmax(scale * Q K^T + bias) V` over segment lists; see
 /// [`crate::ops::attention::attention`]. Output [B, ΣSq, H*d] in the inputs' dtype.

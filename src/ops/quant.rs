@@ -126,7 +126,8 @@ pub const GEMV_MAX_M: usize = 16;
 
 /// Dynamic shared memory of `w8a16_mma_*` (3 stages of a 128x32 activation tile, a 128x32
 /// int8 tile and, group-wise, 128x4 scales; padded rows). Same as the static_assert in the kernel.
-fn w8a16_smem_bytes(grouped: bool) -> u32 {
+/// Dynamic shared memory of the W8A16 tensor-core kernels (the static kernel gate checks it).
+pub fn w8a16_smem_bytes(grouped: bool) -> u32 {
     if grouped {
         52_224
     } else {

@@ -1,0 +1,460 @@
+//! The static kernel gate: what can be known about every kernel without a GPU, checked on every
+//! target the build embeds.
+//!
+//! From the `ptxas -v` report of each image (build.rs embeds it): registers, spill bytes, stack
+//! frame, static shared memory; with the launch configuration of each kernel (the table below,
+//! which every kernel must have an entry in) and each arch's limits: static + dynamic shared
+//! memory against the block limit, registers x threads against the register file, and the
+//! resulting CTAs per SM against what the kernel's design claims. From the SASS (nvdisasm of
+//! each cubin): tensor-core kernels contain HMMA, hot kernels no local-memory loads or stores.
+//!
+//! It prints one table and keeps the copy in docs/kernel-review.md current: regenerate it with
+//!   CONTENTV_GATE_WRITE=1 cargo test --release --test kernel_gate
+//! Without the kernel compiler the build has no images and this prints SKIP; without nvdisasm
+//! (scripts/install-cuda-toolchain.sh installs it) the SASS checks print SKIP.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use contentv::ops::attention_cuda::{FLASH_SMEM, FLASH_THREADS, NAIVE_ROWS};
+use contentv::ops::quant::w8a16_smem_bytes;
+use contentv::runtime::device::{kernel_images, kernel_ptxas_reports};
+
+/// How a kernel is launched and what its design promises.
+struct Launch {
+    /// Kernel names it covers: exact, or a prefix ending in `*`.
+    pattern: &'static str,
+    threads: u32,
+    dyn_smem: u32,
+    /// On the denoising step or the VAE decode path: no spills, no stack, no local memory.
+    hot: bool,
+    /// Uses mma.sync: its SASS must contain HMMA.
+    tensor_cores: bool,
+    /// CTAs per SM the design needs: (target, n) pairs, "*" for every other target.
+    min_ctas: &'static [(&'static str, u32)],
+}
+
+const ONE: &[(&str, u32)] = &[("*", 1)];
+const TWO: &[(&str, u32)] = &[("*", 2)];
+
+const fn k(
+    pattern: &'static str,
+    threads: u32,
+    dyn_smem: u32,
+    hot: bool,
+    tensor_cores: bool,
+    min_ctas: &'static [(&'static str, u32)],
+) -> Launch {
+    Launch {
+        pattern,
+        threads,
+        dyn_smem,
+        hot,
+        tensor_cores,
+        min_ctas,
+    }
+}
+
+/// Every kernel's launch: block size and dynamic shared memory as src/ops and src/model launch
+/// them (the rms_norm launcher uses 64 threads for rows of at most 128, 256 above).
+fn launches() -> Vec<Launch> {
+    vec![
+        // 2 CTAs on sm_80..sm_90 (126-128 registers). NVRTC 12.9 gives it 132-134 registers on
+        // sm_100/sm_120, so 1 CTA there; pinning it to 128 spills (up to 132 B, with LDL/STL in
+        // the loop) and spills on sm_90 too. Issue 17's kernels replace it on those archs.
+        k("flash_attn_fwd_d64", FLASH_THREADS, FLASH_SMEM, true, true, &[("sm_100", 1), ("sm_120", 1), ("*", 2)]),
+        k("attn_naive_*", (NAIVE_ROWS * 32) as u32, 0, false, false, ONE),
+        // 51 KiB of shared memory fits once on the 100 KiB SMs of sm_86/89/120.
+        k("w8a16_mma_group_*", 256, w8a16_smem_bytes(true), true, true, &[("sm_86", 1), ("sm_89", 1), ("sm_120", 1), ("*", 2)]),
+        k("w8a16_mma_*", 256, w8a16_smem_bytes(false), true, true, TWO),
+        k("w8a16_gemv_*", 256, 0, true, false, TWO),
+        k("dequant_i8_*", 256, 0, false, false, ONE),
+        k("conv_bf16_mma", 256, 0, true, true, TWO),
+        k("conv_f32_simt", 256, 0, true, false, TWO),
+        k("conv_cache_update", 256, 0, true, false, ONE),
+        k("upsample_nearest2x_f32", 256, 0, true, false, ONE),
+        k("interleave_time_f32", 256, 0, true, false, ONE),
+        k("vae_channel_rms_norm_f32", 256, 0, true, false, ONE),
+        k("vae_copy2d_f32", 256, 0, false, false, ONE),
+        k("vae_softmax_dim0_f32", 256, 0, false, false, ONE),
+        k("ln_modulate_*", 256, 0, true, false, ONE),
+        k("layer_norm_*", 256, 0, true, false, ONE),
+        k("rms_norm_*", 256, 0, true, false, ONE),
+        k("gated_residual_*", 256, 0, true, false, ONE),
+        k("act_*", 256, 0, true, false, ONE),
+        k("add_bcast_*", 256, 0, true, false, ONE),
+        k("mul_*", 256, 0, true, false, ONE),
+        k("axpby_*", 256, 0, true, false, ONE),
+        k("copy_nd", 256, 0, true, false, ONE),
+        k("cast_any", 256, 0, true, false, ONE),
+        k("softmax_last_*", 256, 0, false, false, ONE),
+        k("embedding_*", 128, 0, false, false, ONE),
+    ]
+}
+
+fn launch_of<'a>(all: &'a [Launch], name: &str) -> Option<&'a Launch> {
+    all.iter().find(|l| match l.pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == l.pattern,
+    })
+}
+
+/// Per-SM limits of an arch (CUDA C Programming Guide, compute capability table).
+struct Arch {
+    /// Shared memory per SM and the most one block may use (opt-in), bytes.
+    smem_sm: u32,
+    smem_block: u32,
+    max_threads: u32,
+    max_ctas: u32,
+}
+
+fn arch(target: &str) -> Arch {
+    let sm: u32 = target
+        .trim_start_matches("sm_")
+        .trim_end_matches('a')
+        .parse()
+        .unwrap();
+    let (smem_sm, smem_block, max_threads, max_ctas) = match sm {
+        80 => (164, 163, 2048, 32),
+        86 => (100, 99, 1536, 16),
+        89 => (100, 99, 1536, 24),
+        90 | 100 => (228, 227, 2048, 32),
+        120 => (100, 99, 1536, 32),
+        _ => panic!("kernel gate: no limits for {target}; add them"),
+    };
+    Arch {
+        smem_sm: smem_sm * 1024,
+        smem_block: smem_block * 1024,
+        max_threads,
+        max_ctas,
+    }
+}
+
+/// The CTAs per SM a launch claims on `target`.
+fn claim(l: &Launch, target: &str) -> u32 {
+    let t = target.trim_end_matches('a');
+    l.min_ctas
+        .iter()
+        .find(|(a, _)| *a == t)
+        .or_else(|| l.min_ctas.iter().find(|(a, _)| *a == "*"))
+        .map_or(1, |c| c.1)
+}
+
+#[derive(Default, Clone, Debug)]
+struct Ptxas {
+    regs: u32,
+    stack: u32,
+    spill_stores: u32,
+    spill_loads: u32,
+    smem: u32,
+}
+
+fn num_before(line: &str, unit: &str) -> Option<u32> {
+    let i = line.find(unit)?;
+    line[..i].split_whitespace().last()?.parse().ok()
+}
+
+/// Kernel name -> resources, from one image's `ptxas -v` report.
+fn parse_ptxas(log: &str) -> BTreeMap<String, Ptxas> {
+    let mut out = BTreeMap::new();
+    let mut cur: Option<String> = None;
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap().to_string();
+            out.insert(name.clone(), Ptxas::default());
+            cur = Some(name);
+            continue;
+        }
+        let Some(name) = &cur else { continue };
+        let p = out.get_mut(name).unwrap();
+        if line.contains("bytes stack frame") {
+            p.stack = num_before(line, "bytes stack frame").unwrap();
+            p.spill_stores = num_before(line, "bytes spill stores").unwrap();
+            p.spill_loads = num_before(line, "bytes spill loads").unwrap();
+        } else if line.contains("Used ") && line.contains(" registers") {
+            p.regs = num_before(line, "registers").unwrap();
+            p.smem = num_before(line, "bytes smem").unwrap_or(0);
+            cur = None;
+        }
+    }
+    out
+}
+
+/// CTAs per SM for this kernel on this arch, and what limits it.
+fn ctas_per_sm(p: &Ptxas, l: &Launch, a: &Arch) -> (u32, &'static str) {
+    let warps = l.threads.div_ceil(32);
+    // Registers are allocated per warp in units of 256 from four 16K partitions.
+    let per_warp = (p.regs.max(1) * 32).div_ceil(256) * 256;
+    let by_regs = (16384 / per_warp) * 4 / warps;
+    let smem = p.smem + l.dyn_smem;
+    let by_smem = if smem == 0 {
+        u32::MAX
+    } else {
+        a.smem_sm / (smem + 1024)
+    };
+    let by_threads = a.max_threads / l.threads;
+    [
+        (by_regs, "registers"),
+        (by_smem, "shared memory"),
+        (by_threads, "threads"),
+        (a.max_ctas, "CTA slots"),
+    ]
+    .into_iter()
+    .min_by_key(|t| t.0)
+    .unwrap()
+}
+
+fn nvdisasm() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("CONTENTV_NVDISASM") {
+        return Some(p.into());
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let lib = root.join(".toolchain/cuda12/lib");
+    for e in std::fs::read_dir(lib).ok()?.flatten() {
+        let p = e.path().join("site-packages/nvidia/cu13/bin/nvdisasm");
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Kernel name -> (HMMA count, HGMMA count, local loads/stores), from a cubin's SASS.
+fn sass_counts(tool: &PathBuf, cubin: &[u8], tag: &str) -> BTreeMap<String, (usize, usize, usize)> {
+    let path = std::env::temp_dir().join(format!("contentv-gate-{}-{tag}.cubin", std::process::id()));
+    std::fs::write(&path, cubin).unwrap();
+    let o = Command::new(tool).arg(&path).output().expect("running nvdisasm");
+    let _ = std::fs::remove_file(&path);
+    assert!(o.status.success(), "nvdisasm {tag}: {}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut out = BTreeMap::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with(".section\t") || t.starts_with(".section ") {
+            cur = t
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.trim_end_matches(',').split(',').next())
+                .and_then(|s| s.strip_prefix(".text."))
+                .map(String::from);
+            if let Some(c) = &cur {
+                out.insert(c.clone(), (0, 0, 0));
+            }
+            continue;
+        }
+        let Some(c) = &cur else { continue };
+        // an instruction line: /*0a30*/  HMMA.16816.F32 R72, ...
+        let Some(ins) = t.strip_prefix("/*").and_then(|r| r.split_once("*/")).map(|(_, r)| r) else {
+            continue;
+        };
+        let op = ins.split_whitespace().find(|w| !w.starts_with('@')).unwrap_or("");
+        let base = op.split('.').next().unwrap_or("");
+        let e = out.get_mut(c).unwrap();
+        match base {
+            "HMMA" => e.0 += 1,
+            "HGMMA" => e.1 += 1,
+            "LDL" | "STL" => e.2 += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn kernel_gate() {
+    let images = kernel_images();
+    let reports = kernel_ptxas_reports();
+    if images.iter().all(|(_, imgs)| imgs.is_empty()) {
+        println!("SKIP: kernel gate: this build has no kernel images (no NVRTC at build time)");
+        return;
+    }
+    let all = launches();
+    let tool = nvdisasm();
+    if tool.is_none() {
+        println!("SKIP: kernel gate SASS checks: nvdisasm not found (scripts/install-cuda-toolchain.sh; or CONTENTV_NVDISASM)");
+    }
+    let mut failures: Vec<String> = Vec::new();
+    // kernel -> target -> (ptxas, ctas, limiter, sass)
+    type Row = (Ptxas, u32, &'static str, Option<(usize, usize, usize)>);
+    let mut table: BTreeMap<(String, String), BTreeMap<String, Row>> = BTreeMap::new();
+    let mut targets: Vec<String> = Vec::new();
+    for (module, imgs) in images {
+        for (target, bytes) in imgs.iter() {
+            if target.starts_with("compute_") {
+                continue; // PTX: resources are decided when the driver compiles it
+            }
+            if !targets.iter().any(|t| t == target) {
+                targets.push(target.to_string());
+            }
+            let log = reports
+                .iter()
+                .find(|(m, t, _)| m == module && t == target)
+                .map(|r| r.2)
+                .unwrap_or_else(|| panic!("no ptxas report for {module} {target}"));
+            let res = parse_ptxas(log);
+            assert!(!res.is_empty(), "{module} {target}: the ptxas report names no kernel:\n{log}");
+            let sass = tool
+                .as_ref()
+                .map(|t| sass_counts(t, bytes, &format!("{module}.{target}")));
+            let a = arch(target);
+            for (name, p) in &res {
+                let Some(l) = launch_of(&all, name) else {
+                    failures.push(format!(
+                        "{name} (kernels/{module}.cu) has no entry in the gate's launch table (tests/kernel_gate.rs)"
+                    ));
+                    continue;
+                };
+                let at = format!("{name} on {target}");
+                if l.hot && (p.spill_stores > 0 || p.spill_loads > 0 || p.stack > 0) {
+                    failures.push(format!(
+                        "{at}: hot kernel spills ({} B stores, {} B loads) or has a {} B stack frame",
+                        p.spill_stores, p.spill_loads, p.stack
+                    ));
+                }
+                let smem = p.smem + l.dyn_smem;
+                if smem > a.smem_block {
+                    failures.push(format!(
+                        "{at}: {} B static + {} B dynamic shared memory exceeds the {} B block limit",
+                        p.smem, l.dyn_smem, a.smem_block
+                    ));
+                }
+                if p.regs * l.threads > 65536 {
+                    failures.push(format!(
+                        "{at}: {} registers x {} threads exceed the register file",
+                        p.regs, l.threads
+                    ));
+                }
+                let (ctas, limiter) = ctas_per_sm(p, l, &a);
+                let claim = claim(l, target);
+                if ctas < claim {
+                    failures.push(format!(
+                        "{at}: {ctas} CTA(s) per SM (limited by {limiter}: {} registers, {} B shared memory, \
+                         {} threads), its design needs {claim}",
+                        p.regs, smem, l.threads
+                    ));
+                }
+                let s = sass.as_ref().map(|m| m.get(name).copied().unwrap_or((0, 0, 0)));
+                if let Some((hmma, hgmma, local)) = s {
+                    if l.tensor_cores && hmma + hgmma == 0 {
+                        failures.push(format!("{at}: a tensor-core kernel without HMMA/HGMMA in its SASS"));
+                    }
+                    if l.hot && local > 0 {
+                        failures.push(format!("{at}: {local} local-memory loads/stores (LDL/STL) in a hot kernel"));
+                    }
+                }
+                table
+                    .entry((module.to_string(), name.clone()))
+                    .or_default()
+                    .insert(target.to_string(), (p.clone(), ctas, limiter, s));
+            }
+        }
+    }
+    // Every kernel in the launch table exists (a renamed kernel must not leave a stale entry).
+    for l in &all {
+        if !table.keys().any(|(_, n)| launch_of(std::slice::from_ref(l), n).is_some()) {
+            failures.push(format!("the gate's launch table names {} but no image has it", l.pattern));
+        }
+    }
+
+    // The table: one row per kernel; per target "registers r / CTAs per SM".
+    let mut md = String::new();
+    md.push_str(&format!(
+        "| kernel | module | block | smem static+dyn | hot | {} | spill/stack | HMMA (sm_90) | LDL/STL |\n",
+        targets.join(" | ")
+    ));
+    md.push_str(&format!("|---|---|---|---|---|{}---|---|---|\n", "---|".repeat(targets.len())));
+    for ((module, name), per) in &table {
+        let l = launch_of(&all, name).unwrap();
+        let any = per.values().next().unwrap();
+        let cells: Vec<String> = targets
+            .iter()
+            .map(|t| match per.get(t) {
+                Some((p, c, _, _)) => format!("{}r/{c}", p.regs),
+                None => "-".into(),
+            })
+            .collect();
+        let spill = per
+            .values()
+            .map(|(p, ..)| p.spill_stores + p.spill_loads + p.stack)
+            .max()
+            .unwrap_or(0);
+        let hmma = per
+            .get("sm_90")
+            .and_then(|r| r.3)
+            .map(|s| (s.0 + s.1).to_string())
+            .unwrap_or_else(|| "-".into());
+        let local = per
+            .values()
+            .filter_map(|r| r.3)
+            .map(|s| s.2)
+            .max()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into());
+        md.push_str(&format!(
+            "| {name} | {module} | {} | {}+{} | {} | {} | {spill} | {hmma} | {local} |\n",
+            l.threads,
+            any.0.smem,
+            l.dyn_smem,
+            if l.hot { "hot" } else { "" },
+            cells.join(" | ")
+        ));
+    }
+    println!("{md}");
+
+    // docs/kernel-review.md keeps the table of the full build (every target).
+    let full = targets.len() >= 6;
+    let doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/kernel-review.md");
+    let (begin, end) = ("<!-- kernel-gate:begin -->\n", "<!-- kernel-gate:end -->");
+    let text = std::fs::read_to_string(&doc).expect("docs/kernel-review.md");
+    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
+        panic!("docs/kernel-review.md lacks the {begin:?}...{end:?} markers");
+    };
+    let current = &text[b + begin.len()..e];
+    if std::env::var("CONTENTV_GATE_WRITE").is_ok_and(|v| v == "1") {
+        assert!(full, "regenerate the table from a build with every target (unset CONTENTV_ARCHS)");
+        let new = format!("{}{begin}{md}{}", &text[..b], &text[e..]);
+        std::fs::write(&doc, new).unwrap();
+        println!("kernel gate: wrote the table into {}", doc.display());
+    } else if full && tool.is_some() && current != md {
+        failures.push(
+            "docs/kernel-review.md's kernel table is out of date: regenerate it with \
+             CONTENTV_GATE_WRITE=1 cargo test --release --test kernel_gate"
+                .into(),
+        );
+    }
+    assert!(failures.is_empty(), "kernel gate:\n  {}", failures.join("\n  "));
+}
+
+#[test]
+fn occupancy_arithmetic() {
+    // flash attention: 128 registers x 256 threads, 48 KiB dynamic: 2 CTAs on sm_90, and one
+    // register more drops it to 1.
+    let l = k("x", 256, 48 * 1024, true, true, TWO);
+    let mut p = Ptxas {
+        regs: 128,
+        ..Default::default()
+    };
+    assert_eq!(ctas_per_sm(&p, &l, &arch("sm_90")).0, 2);
+    p.regs = 129;
+    assert_eq!(ctas_per_sm(&p, &l, &arch("sm_90")), (1, "registers"));
+    // 51 KiB + 1 KiB reserved fits once in the 100 KiB of sm_86.
+    let l = k("x", 256, 52_224, true, true, &[("sm_86", 1), ("*", 2)]);
+    assert_eq!((claim(&l, "sm_86"), claim(&l, "sm_90a")), (1, 2));
+    p.regs = 64;
+    assert_eq!(ctas_per_sm(&p, &l, &arch("sm_86")), (1, "shared memory"));
+    assert_eq!(ctas_per_sm(&p, &l, &arch("sm_80")).0, 3);
+    // small kernels are limited by threads or CTA slots
+    let l = k("x", 128, 0, false, false, ONE);
+    p.regs = 16;
+    assert_eq!(ctas_per_sm(&p, &l, &arch("sm_86")), (12, "threads"));
+    assert_eq!(ctas_per_sm(&p, &l, &arch("sm_90")), (16, "threads"));
+    // ptxas report parsing
+    let log = "ptxas info    : Compiling entry function 'f' for 'sm_90'\n\
+               ptxas info    : Function properties for f\n\
+               ptxas         .     8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n\
+               ptxas info    : Used 40 registers, used 1 barriers, 4096 bytes smem, 400 bytes cmem[0]\n";
+    let r = parse_ptxas(log);
+    let f = &r["f"];
+    assert_eq!((f.regs, f.stack, f.spill_stores, f.spill_loads, f.smem), (40, 8, 4, 4, 4096));
+}
