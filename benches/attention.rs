@@ -13,10 +13,18 @@ use contentv::runtime::{Device, Tensor};
 use half::bf16;
 use util::time_ms;
 
-const N_VIDEO: usize = 41_472;
-const N_TEXT: usize = 333;
-const HEADS: usize = 38;
 const HEAD_DIM: usize = 64;
+/// The production shape (432x768x125: 41,472 video tokens, 333 text tokens, 38 heads), or a
+/// tiny one in a rehearsal.
+fn n_video() -> usize {
+    util::scaled(41_472, 150)
+}
+fn n_text() -> usize {
+    util::scaled(333, 13)
+}
+fn heads() -> usize {
+    util::scaled(38, 2)
+}
 
 /// Uniform(-amp, amp) bf16 tensor on the GPU.
 fn rand_bf16(shape: &[usize], dev: &Device, amp: f32, seed: u64) -> Tensor {
@@ -40,7 +48,7 @@ struct Qkv {
 
 impl Qkv {
     fn new(dev: &Device, b: usize, lens: &[usize]) -> Qkv {
-        let hd = HEADS * HEAD_DIM;
+        let hd = heads() * HEAD_DIM;
         let segs = lens
             .iter()
             .enumerate()
@@ -65,7 +73,7 @@ impl Qkv {
             &self.side(0),
             &self.side(1),
             &self.side(2),
-            HEADS,
+            heads(),
             1.0 / (HEAD_DIM as f32).sqrt(),
             causal,
             None,
@@ -81,11 +89,11 @@ fn main() {
     };
     let g = dev.gpu().unwrap();
     let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
-    let it = if quick { 3 } else { 10 };
+    let it = if util::rehearsal() { 1 } else if quick { 3 } else { 10 };
 
     // Validation: flash against the generic kernel (f32 math) on a small joint shape.
     {
-        let x = Qkv::new(&dev, 1, &[1000, N_TEXT]);
+        let x = Qkv::new(&dev, 1, &[util::scaled(1000, 40), n_text()]);
         for causal in [false, true] {
             let f = x.run(causal, AttnKernel::Flash).to_vec_f32().unwrap();
             let n = x.run(causal, AttnKernel::Naive).to_vec_f32().unwrap();
@@ -103,19 +111,19 @@ fn main() {
     }
 
     let mut shapes: Vec<(usize, usize, usize, bool)> = vec![
-        (1, 4096, N_TEXT, false),
-        (1, 4096, N_TEXT, true),
-        (1, N_VIDEO, N_TEXT, false),
+        (1, util::scaled(4096, 64), n_text(), false),
+        (1, util::scaled(4096, 64), n_text(), true),
+        (1, n_video(), n_text(), false),
     ];
     if !quick {
-        shapes.push((2, N_VIDEO, N_TEXT, false));
+        shapes.push((2, n_video(), n_text(), false));
     }
     for (b, sv, st, causal) in shapes {
         let x = Qkv::new(&dev, b, &[sv, st]);
         let s = (sv + st) as f64;
         let flops = 4.0
             * b as f64
-            * HEADS as f64
+            * heads() as f64
             * s
             * s
             * HEAD_DIM as f64
@@ -124,21 +132,23 @@ fn main() {
             x.run(causal, AttnKernel::Flash);
         });
         let name = format!(
-            "flash_attn_fwd_d64 B={b} H={HEADS} S={sv}+{st}{}",
+            "flash_attn_fwd_d64 B={b} H={} S={sv}+{st}{}",
+            heads(),
             if causal { " causal" } else { "" }
         );
         util::report_flops(&name, ms, flops);
     }
     // The generic kernel on a small shape, for scale.
-    let x = Qkv::new(&dev, 1, &[2048, N_TEXT]);
-    let s = (2048 + N_TEXT) as f64;
+    let sn = util::scaled(2048, 32);
+    let x = Qkv::new(&dev, 1, &[sn, n_text()]);
+    let s = (sn + n_text()) as f64;
     let ms = time_ms(&dev, 3, || {
         x.run(false, AttnKernel::Naive);
     });
     util::report_flops(
-        &format!("attn_naive_bf16 B=1 H={HEADS} S=2048+{N_TEXT}"),
+        &format!("attn_naive_bf16 B=1 H={} S={sn}+{}", heads(), n_text()),
         ms,
-        4.0 * HEADS as f64 * s * s * HEAD_DIM as f64,
+        4.0 * heads() as f64 * s * s * HEAD_DIM as f64,
     );
     println!("pool: {:?}", g.pool.stats());
 }

@@ -23,7 +23,17 @@ fn main() {
         "{:<44} {:>10} {:>10} {:>10}",
         "GEMM", "ms", "TFLOP/s", "W GB/s"
     );
-    for (n, k) in [(2432usize, 2432usize), (9728, 2432)] {
+    let shapes = if util::rehearsal() {
+        vec![(128usize, 64usize), (256, 64)]
+    } else {
+        vec![(2432usize, 2432usize), (9728, 2432)]
+    };
+    let ms_list: Vec<usize> = if util::rehearsal() {
+        vec![8, 40, 72]
+    } else {
+        vec![64, 1024, 41_472]
+    };
+    for (n, k) in shapes {
         // Weights: INT8 (per output channel) and the dense bf16 of the same dequantised values.
         let w = util::rand_vec(n * k, 1, 0.05);
         let (q, s) = quantize_per_channel(&w, n, k, None);
@@ -46,7 +56,7 @@ fn main() {
             weight: Weight::Dense(dense_w),
             bias: Some(bias.clone()),
         };
-        for m in [64usize, 1024, 41_472] {
+        for &m in &ms_list {
             let x = Tensor::from_f32(util::rand_vec(m * k, 3, 1.0), &[m, k], &Device::Cpu)
                 .unwrap()
                 .to_dtype(DType::BF16)

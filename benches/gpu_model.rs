@@ -56,12 +56,21 @@ fn write(path: &Path, tensors: Vec<(String, Vec<usize>)>, rng: &mut Rng) {
     write_safetensors(path, &views, None).unwrap();
 }
 
+/// Widths: ContentV-8B's (2432 wide, 38 heads, T5-XXL 4096), or tiny ones in a rehearsal.
+fn width() -> usize {
+    util::scaled(2432, 128)
+}
+fn ctx_dim() -> usize {
+    util::scaled(4096, 64)
+}
+
 fn synth_transformer(dir: &Path, layers: usize, rng: &mut Rng) {
-    let d = 2432;
+    let d = width();
+    let c = ctx_dim();
     let mut t: Vec<(String, Vec<usize>)> = vec![
         ("pos_embed.proj.weight".into(), vec![d, 16, 2, 2]),
         ("pos_embed.proj.bias".into(), vec![d]),
-        ("context_embedder.weight".into(), vec![d, 4096]),
+        ("context_embedder.weight".into(), vec![d, c]),
         ("context_embedder.bias".into(), vec![d]),
         ("norm_out.linear.weight".into(), vec![2 * d, d]),
         ("norm_out.linear.bias".into(), vec![2 * d]),
@@ -110,14 +119,15 @@ fn synth_transformer(dir: &Path, layers: usize, rng: &mut Rng) {
 }
 
 fn synth_t5(dir: &Path, layers: usize, rng: &mut Rng) {
-    let (d, inner, ff) = (4096, 4096, 10240);
+    let (d, inner, ff) = (ctx_dim(), ctx_dim(), util::scaled(10240, 160));
+    let vocab = util::scaled(32128, 512);
     let mut t: Vec<(String, Vec<usize>)> = vec![
-        ("shared.weight".into(), vec![32128, d]),
+        ("shared.weight".into(), vec![vocab, d]),
         ("encoder.final_layer_norm.weight".into(), vec![d]),
     ];
     t.push((
         "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(),
-        vec![32, 64],
+        vec![32, inner / 64],
     ));
     for l in 0..layers {
         let p = format!("encoder.block.{l}.layer.");
@@ -132,7 +142,7 @@ fn synth_t5(dir: &Path, layers: usize, rng: &mut Rng) {
         t.push((format!("{p}1.layer_norm.weight"), vec![d]));
     }
     std::fs::create_dir_all(dir).unwrap();
-    let cfg = serde_json::json!({"d_model": d, "d_kv": 64, "d_ff": ff, "num_layers": layers, "num_heads": 64, "vocab_size": 32128,
+    let cfg = serde_json::json!({"d_model": d, "d_kv": 64, "d_ff": ff, "num_layers": layers, "num_heads": inner / 64, "vocab_size": vocab,
         "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu"});
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     write(&dir.join("model.safetensors"), t, rng);
@@ -167,8 +177,8 @@ fn main() {
     .unwrap();
     let ids: Vec<Vec<u32>> = (0..2)
         .map(|b| {
-            (0..256)
-                .map(|i| ((i * 7 + b * 13) % 32000) as u32)
+            (0..util::scaled(256, 16))
+                .map(|i| ((i * 7 + b * 13) % util::scaled(32000, 500)) as u32)
                 .collect()
         })
         .collect();
@@ -178,12 +188,12 @@ fn main() {
     t5.forward(&ids).unwrap();
     dev.synchronize().unwrap();
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    println!("T5-XXL-shaped encoder, 2 x 256 tokens, {layers} layers: {ms:.2} ms -> {:.1} ms for 24 layers (per-layer extrapolation)", ms / layers as f64 * 24.0);
+    println!("T5-XXL-shaped encoder, 2 x {} tokens, {layers} layers: {ms:.2} ms -> {:.1} ms for 24 layers (per-layer extrapolation)", ids[0].len(), ms / layers as f64 * 24.0);
     drop(t5);
 
-    let (b, tl, h, w) = (2, 32, 54, 96);
+    let (b, tl, h, w) = (2, util::scaled(32, 1), util::scaled(54, 4), util::scaled(96, 4));
     let x = Tensor::zeros(&[b, 16, tl, h, w], DType::BF16, &dev).unwrap();
-    let ctx = Tensor::zeros(&[b, 333, 4096], DType::BF16, &dev).unwrap();
+    let ctx = Tensor::zeros(&[b, util::scaled(333, 13), ctx_dim()], DType::BF16, &dev).unwrap();
     let pooled = Tensor::zeros(&[b, 2048], DType::BF16, &dev).unwrap();
     let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
     let modes: Vec<(&str, MemoryOptions)> = vec![
@@ -226,7 +236,8 @@ fn main() {
         m.end_run();
         let peak = g.pool.stats();
         println!(
-            "transformer forward B=2 41,805 tokens, {layers} layers, {name}: {:.3} s -> {:.2} s/step for 38 layers (per-layer extrapolation); pool {:?}",
+            "transformer forward B=2 {} tokens, {layers} layers, {name}: {:.3} s -> {:.2} s/step for 38 layers (per-layer extrapolation); pool {:?}",
+            tl * (h / 2) * (w / 2) + ctx.shape()[1],
             s,
             s / layers as f64 * 38.0,
             peak

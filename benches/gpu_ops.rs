@@ -11,9 +11,17 @@ use contentv::ops::{act, elementwise as ew, gemm, norm};
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 use util::{report_bw, report_flops, time_ms};
 
-const N_VIDEO: usize = 41_472;
-const N_TEXT: usize = 333;
-const D: usize = 2432;
+/// The production sizes (41,472 video + 333 text tokens, width 2432 = 38 heads x 64), or tiny
+/// ones in a rehearsal (util::rehearsal).
+fn n_video() -> usize {
+    util::scaled(41_472, 96)
+}
+fn n_text() -> usize {
+    util::scaled(333, 13)
+}
+fn width() -> usize {
+    util::scaled(2432, 128)
+}
 
 /// Times 1 GiB host-to-device copies on the copy stream (events recorded on that stream).
 fn h2d_ceilings(dev: &Device, dst: &Tensor, it: usize) {
@@ -44,7 +52,7 @@ fn h2d_ceilings(dev: &Device, dst: &Tensor, it: usize) {
             p.as_mut_slice().fill(1);
             let ms = time(p.as_slice());
             report_bw(
-                "CEILING host-to-device 1 GiB, pinned (copy stream)",
+                &format!("CEILING host-to-device {} MiB, pinned (copy stream)", bytes >> 20),
                 ms,
                 bytes,
             );
@@ -53,7 +61,11 @@ fn h2d_ceilings(dev: &Device, dst: &Tensor, it: usize) {
     }
     let pageable = vec![1u8; bytes];
     let ms = time(&pageable);
-    report_bw("host-to-device 1 GiB, pageable (copy stream)", ms, bytes);
+    report_bw(
+        &format!("host-to-device {} MiB, pageable (copy stream)", bytes >> 20),
+        ms,
+        bytes,
+    );
 }
 
 /// Compares a GPU result with the CPU reference on the same (bf16-rounded) inputs before timing.
@@ -98,14 +110,17 @@ fn main() {
     };
     let g = dev.gpu().unwrap();
     let it = util::iters(15);
+    let (nvid, ntxt, dm) = (n_video(), n_text(), width());
+    let heads = dm / 64;
+    let tok = |n: usize| util::scaled(n, 8); // validation rows
 
     // Validation on small inputs against the CPU reference, before any timing.
     {
         let hx = Tensor::from_f32(
-            (0..3 * 77 * 2432)
+            (0..3 * tok(77) * dm)
                 .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
                 .collect(),
-            &[3, 77, 2432],
+            &[3, tok(77), dm],
             &Device::Cpu,
         )
         .unwrap()
@@ -117,7 +132,7 @@ fn main() {
             .unwrap()
             .contiguous()
             .unwrap()
-            .reshape(&[3, 2 * 2432])
+            .reshape(&[3, 2 * dm])
             .unwrap();
         let gm = hm.to_device(&dev).unwrap();
         let mut ok = true;
@@ -125,19 +140,19 @@ fn main() {
             "layer_norm_modulate",
             &norm::layer_norm_modulate(
                 &gx,
-                &gm.narrow(1, 0, 2432).unwrap(),
-                &gm.narrow(1, 2432, 2432).unwrap(),
+                &gm.narrow(1, 0, dm).unwrap(),
+                &gm.narrow(1, dm, dm).unwrap(),
                 1e-6,
             )
             .unwrap(),
             &norm::layer_norm_modulate(
                 &hx,
-                &hm.narrow(1, 0, 2432).unwrap(),
-                &hm.narrow(1, 2432, 2432).unwrap(),
+                &hm.narrow(1, 0, dm).unwrap(),
+                &hm.narrow(1, dm, dm).unwrap(),
                 1e-6,
             )
             .unwrap(),
-            2432,
+            dm,
         );
         ok &= validate(
             "gelu_tanh",
@@ -151,7 +166,7 @@ fn main() {
             &ew::add(&hx, &hx).unwrap(),
             1,
         );
-        let hw = hx.narrow(0, 0, 1).unwrap().reshape(&[77, 2432]).unwrap();
+        let hw = hx.narrow(0, 0, 1).unwrap().reshape(&[tok(77), dm]).unwrap();
         let lh = Linear {
             weight: Weight::Dense(hw.clone()),
             bias: None,
@@ -164,7 +179,7 @@ fn main() {
             "linear",
             &gemm::linear(&gx, &lg).unwrap(),
             &gemm::linear(&hx, &lh).unwrap(),
-            2432,
+            dm,
         );
         println!(
             "validation: {}",
@@ -177,92 +192,95 @@ fn main() {
     }
 
     // Ceilings measured in this run: device-to-device copy bandwidth and a large bf16 GEMM.
-    let big = rand_bf16(&[512 << 20], &dev, 1.0); // 1 GiB
-    let big2 = Tensor::empty(&[512 << 20], DType::BF16, &dev).unwrap();
+    let elems = util::scaled(512 << 20, 1 << 16); // 1 GiB of bf16
+    let big = rand_bf16(&[elems], &dev, 1.0);
+    let big2 = Tensor::empty(&[elems], DType::BF16, &dev).unwrap();
     let ms = time_ms(&dev, it, || big2.copy_from(&big).unwrap());
-    report_bw("CEILING device-to-device copy 1 GiB", ms, 2 << 30);
+    report_bw(&format!("CEILING device-to-device copy {} MiB", elems * 2 >> 20), ms, 4 * elems);
     drop(big);
     // Host-to-device on the copy stream (what sequential offload streams through): from a
     // page-locked buffer (contentv::runtime::memory::PinnedBuffer, as the residency layer
     // uses) and, for comparison, from pageable memory. Bytes moved once (not read + written).
     h2d_ceilings(&dev, &big2, it);
     drop(big2);
-    let ga = rand_bf16(&[8192, 8192], &dev, 1.0);
+    let g8 = util::scaled(8192, 64);
+    let ga = rand_bf16(&[g8, g8], &dev, 1.0);
     let gw = Linear {
-        weight: Weight::Dense(rand_bf16(&[8192, 8192], &dev, 0.01)),
+        weight: Weight::Dense(rand_bf16(&[g8, g8], &dev, 0.01)),
         bias: None,
     };
     let ms = time_ms(&dev, it, || {
         gemm::linear(&ga, &gw).unwrap();
     });
     report_flops(
-        "CEILING cuBLASLt bf16 GEMM 8192^3",
+        &format!("CEILING cuBLASLt bf16 GEMM {g8}^3"),
         ms,
-        2.0 * 8192f64.powi(3),
+        2.0 * (g8 as f64).powi(3),
     );
     drop((ga, gw));
     let b = 2; // the CFG batch
-    let x = rand_bf16(&[b, N_VIDEO, D], &dev, 1.0);
-    let y = rand_bf16(&[b, N_VIDEO, D], &dev, 1.0);
-    let m6 = rand_bf16(&[b, 6 * D], &dev, 0.1);
-    let act_bytes = b * N_VIDEO * D * 2;
+    let x = rand_bf16(&[b, nvid, dm], &dev, 1.0);
+    let y = rand_bf16(&[b, nvid, dm], &dev, 1.0);
+    let m6 = rand_bf16(&[b, 6 * dm], &dev, 0.1);
+    let act_bytes = b * nvid * dm * 2;
 
     let ms = time_ms(&dev, it, || {
         norm::layer_norm_modulate(
             &x,
-            &m6.narrow(1, 0, D).unwrap(),
-            &m6.narrow(1, D, D).unwrap(),
+            &m6.narrow(1, 0, dm).unwrap(),
+            &m6.narrow(1, dm, dm).unwrap(),
             1e-6,
         )
         .unwrap();
     });
-    report_bw("layer_norm_modulate [2,41472,2432] bf16", ms, 2 * act_bytes);
+    report_bw(&format!("layer_norm_modulate [2,{nvid},{dm}] bf16"), ms, 2 * act_bytes);
     let ms = time_ms(&dev, it, || {
-        ew::gated_residual(&x, &y, &m6.narrow(1, 2 * D, D).unwrap()).unwrap();
+        ew::gated_residual(&x, &y, &m6.narrow(1, 2 * dm, dm).unwrap()).unwrap();
     });
-    report_bw("gated_residual [2,41472,2432] bf16", ms, 3 * act_bytes);
-    let q = x.reshape(&[b, N_VIDEO, 38, 64]).unwrap();
+    report_bw(&format!("gated_residual [2,{nvid},{dm}] bf16"), ms, 3 * act_bytes);
+    let q = x.reshape(&[b, nvid, heads, 64]).unwrap();
     let w64 = rand_bf16(&[64], &dev, 1.0);
     let ms = time_ms(&dev, it, || {
         norm::rms_norm(&q, Some(&w64), 1e-6).unwrap();
     });
-    report_bw("rms_norm q/k [2,41472,38,64] bf16", ms, 2 * act_bytes);
+    report_bw(&format!("rms_norm q/k [2,{nvid},{heads},64] bf16"), ms, 2 * act_bytes);
     let ms = time_ms(&dev, it, || {
         act::gelu_tanh(&x).unwrap();
     });
-    report_bw("gelu_tanh [2,41472,2432] bf16", ms, 2 * act_bytes);
+    report_bw(&format!("gelu_tanh [2,{nvid},{dm}] bf16"), ms, 2 * act_bytes);
     let ms = time_ms(&dev, it, || {
         ew::add(&x, &y).unwrap();
     });
-    report_bw("add [2,41472,2432] bf16", ms, 3 * act_bytes);
+    report_bw(&format!("add [2,{nvid},{dm}] bf16"), ms, 3 * act_bytes);
     let ms = time_ms(&dev, it, || {
         x.to_dtype(DType::F32).unwrap();
     });
-    report_bw("cast bf16->f32 [2,41472,2432]", ms, 3 * act_bytes);
-    let t = x.narrow(1, 0, 4096).unwrap().permute(&[0, 2, 1]).unwrap();
+    report_bw(&format!("cast bf16->f32 [2,{nvid},{dm}]"), ms, 3 * act_bytes);
+    let tn = util::scaled(4096, 64);
+    let t = x.narrow(1, 0, tn).unwrap().permute(&[0, 2, 1]).unwrap();
     let ms = time_ms(&dev, it, || {
         t.contiguous().unwrap();
     });
     report_bw(
-        "copy_nd transpose [2,2432,4096] bf16",
+        &format!("copy_nd transpose [2,{dm},{tn}] bf16"),
         ms,
-        2 * b * 4096 * D * 2,
+        2 * b * tn * dm * 2,
     );
 
     // GEMMs of one joint block (per CFG batch of 2): QKV/out projections and the MLP.
-    let m = b * (N_VIDEO + N_TEXT);
-    let xs = rand_bf16(&[m, D], &dev, 1.0);
+    let m = b * (nvid + ntxt);
+    let xs = rand_bf16(&[m, dm], &dev, 1.0);
     for (name, n, k, a) in [
         (
-            "linear to_q [83610x2432]x[2432x2432]",
-            D,
-            D,
+            format!("linear to_q [{m}x{dm}]x[{dm}x{dm}]"),
+            dm,
+            dm,
             gemm::Act::None,
         ),
         (
-            "linear ff.net.0 + gelu [83610x2432]x[2432x9728]",
-            4 * D,
-            D,
+            format!("linear ff.net.0 + gelu [{m}x{dm}]x[{dm}x{}]", 4 * dm),
+            4 * dm,
+            dm,
             gemm::Act::GeluTanh,
         ),
     ] {
@@ -275,10 +293,10 @@ fn main() {
         let ms = time_ms(&dev, it, || {
             gemm::linear_act(&xs, &l, a).unwrap();
         });
-        report_flops(name, ms, 2.0 * m as f64 * n as f64 * k as f64);
+        report_flops(&name, ms, 2.0 * m as f64 * n as f64 * k as f64);
     }
-    let h = rand_bf16(&[m, 4 * D], &dev, 0.1);
-    let w2 = rand_bf16(&[D, 4 * D], &dev, 0.02);
+    let h = rand_bf16(&[m, 4 * dm], &dev, 0.1);
+    let w2 = rand_bf16(&[dm, 4 * dm], &dev, 0.02);
     let l2 = Linear {
         weight: Weight::Dense(w2),
         bias: None,
@@ -287,12 +305,12 @@ fn main() {
         gemm::linear(&h, &l2).unwrap();
     });
     report_flops(
-        "linear ff.net.2 [83610x9728]x[9728x2432]",
+        &format!("linear ff.net.2 [{m}x{}]x[{}x{dm}]", 4 * dm, 4 * dm),
         ms,
-        2.0 * m as f64 * D as f64 * 4.0 * D as f64,
+        2.0 * m as f64 * dm as f64 * 4.0 * dm as f64,
     );
-    let ws = rand_bf16(&[6 * D, D], &dev, 0.02);
-    let tb = rand_bf16(&[b, D], &dev, 1.0);
+    let ws = rand_bf16(&[6 * dm, dm], &dev, 0.02);
+    let tb = rand_bf16(&[b, dm], &dev, 1.0);
     let l6 = Linear {
         weight: Weight::Dense(ws),
         bias: None,
@@ -301,9 +319,9 @@ fn main() {
         gemm::linear(&tb, &l6).unwrap();
     });
     report_bw(
-        "linear adaLN [2x2432]x[2432x14592] (weight-bound)",
+        &format!("linear adaLN [2x{dm}]x[{dm}x{}] (weight-bound)", 6 * dm),
         ms,
-        6 * D * D * 2,
+        6 * dm * dm * 2,
     );
 
     // VAE (f32, as the reference): a causal 3D conv of the first up block at the default
@@ -314,7 +332,14 @@ fn main() {
     for (name, ci, co, hh, ww) in [
         ("conv3d 384->384 k3 54x96", 384, 384, 54, 96),
         ("conv3d 96->96 k3 432x768", 96, 96, 432, 768),
-    ] {
+    ]
+    .map(|(n, ci, co, hh, ww)| {
+        if util::rehearsal() {
+            (n, ci / 24, co / 24, 4, 4)
+        } else {
+            (n, ci, co, hh, ww)
+        }
+    }) {
         let xin = Tensor::from_f32(
             vec![0.1; ci * 4 * hh * ww],
             &[1, ci, 4, hh, ww],
@@ -341,7 +366,7 @@ fn main() {
                 2.0 * (co * ci * 27 * 4 * hh * ww) as f64,
             );
         }
-        if ci == 96 {
+        if ci == util::scaled(96, 4) {
             let gamma = Tensor::from_f32(vec![1.0; ci], &[ci], &Device::Cpu)
                 .unwrap()
                 .to_device(&dev)
@@ -350,7 +375,7 @@ fn main() {
                 norm::channel_rms_norm(&xin, &gamma, true).unwrap();
             });
             report_bw(
-                "channel_rms_norm+silu [1,96,4,432,768] f32",
+                &format!("channel_rms_norm+silu [1,{ci},4,{hh},{ww}] f32"),
                 ms,
                 2 * ci * 4 * hh * ww * 4,
             );

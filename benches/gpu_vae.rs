@@ -30,26 +30,35 @@ fn main() {
     let t_lat: usize = std::env::var("CONTENTV_BENCH_VAE_FRAMES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(if std::env::var("CONTENTV_BENCH_QUICK").is_ok() {
+        .unwrap_or(if util::rehearsal() {
+            1
+        } else if std::env::var("CONTENTV_BENCH_QUICK").is_ok() {
             4
         } else {
             32
         });
-    let (h, w) = (54, 96);
-    let cfg = VaeConfig::wan21();
+    // A rehearsal decodes 2 latent frames of 4x4 with the tiny test VAE (same code paths).
+    let (h, w) = (util::scaled(54, 4), util::scaled(96, 4));
+    let cfg = if util::rehearsal() {
+        contentv::model::vae::synthetic::tiny_config()
+    } else {
+        VaeConfig::wan21()
+    };
     let t = Instant::now();
+    let zc = cfg.z_dim;
     let mut weights = tiny_weights(&cfg, 7);
     weights.device = dev.clone();
     let n_params: usize = weights.tensors.values().map(|t| t.elem_count()).sum();
     let mut seed = 11u64;
     let lat = Tensor::from_f32(
-        rnd(16 * t_lat * h * w, &mut seed, 1.5),
-        &[1, 16, t_lat, h, w],
+        rnd(zc * t_lat * h * w, &mut seed, 1.5),
+        &[1, zc, t_lat, h, w],
         &Device::Cpu,
     )
     .unwrap();
     println!(
-        "Wan2.1 VAE decoder, random weights ({:.1} M params, made in {:.1} s); latents [1, 16, {t_lat}, {h}, {w}] -> {} frames of {}x{}",
+        "{} VAE decoder, random weights ({:.1} M params, made in {:.1} s); latents [1, {zc}, {t_lat}, {h}, {w}] -> {} frames of {}x{}",
+        if util::rehearsal() { "tiny test" } else { "Wan2.1" },
         n_params as f64 / 1e6,
         t.elapsed().as_secs_f64(),
         cfg.frames_for(t_lat),
@@ -57,12 +66,21 @@ fn main() {
         w * 8
     );
     let mut reference: Option<Vec<f32>> = None;
-    let tiled = Some(TileConfig::default());
+    let tiled = Some(if util::rehearsal() {
+        TileConfig {
+            tile: 2,
+            overlap: 1,
+        }
+    } else {
+        TileConfig::default()
+    });
+    let tl = tiled.unwrap();
+    let tiled_name = |p: &str| format!("{p} tiled {}/{}", tl.tile, tl.overlap);
     for (prec, tiling, name) in [
-        (ConvPrecision::F32, None, "f32 untiled"),
-        (ConvPrecision::Bf16, None, "bf16 untiled"),
-        (ConvPrecision::F32, tiled, "f32 tiled 32/8"),
-        (ConvPrecision::Bf16, tiled, "bf16 tiled 32/8"),
+        (ConvPrecision::F32, None, "f32 untiled".to_string()),
+        (ConvPrecision::Bf16, None, "bf16 untiled".to_string()),
+        (ConvPrecision::F32, tiled, tiled_name("f32")),
+        (ConvPrecision::Bf16, tiled, tiled_name("bf16")),
     ] {
         g.pool.empty_cache().unwrap();
         g.pool.reset_peak();
@@ -78,8 +96,8 @@ fn main() {
         let weights_bytes = g.pool.stats().in_use;
         // Warm-up on one latent frame (module load, pool), outside the timing.
         let warm = Tensor::from_f32(
-            rnd(16 * h * w, &mut seed, 1.5),
-            &[1, 16, 1, h, w],
+            rnd(zc * h * w, &mut seed, 1.5),
+            &[1, zc, 1, h, w],
             &Device::Cpu,
         )
         .unwrap();

@@ -5,6 +5,9 @@ use contentv::runtime::Device;
 
 /// The first CUDA device, or `None` after printing `SKIP: <reason>`; prints the device line.
 pub fn cuda_or_skip() -> Option<Device> {
+    if rehearsal() {
+        println!("REHEARSAL: tiny sizes, one iteration; no number below is a measurement");
+    }
     if let Some(r) = gpu_unavailable_reason() {
         println!("SKIP: {r}");
         return None;
@@ -60,10 +63,27 @@ pub fn report_bw(name: &str, ms: f32, bytes: usize) {
     );
 }
 
-/// Iterations: 3 with `CONTENTV_BENCH_QUICK`, else `full`.
+/// Iterations: 1 in a rehearsal, 3 with `CONTENTV_BENCH_QUICK`, else `full`.
 pub fn iters(full: usize) -> usize {
-    if std::env::var("CONTENTV_BENCH_QUICK").is_ok() {
+    if rehearsal() {
+        1
+    } else if std::env::var("CONTENTV_BENCH_QUICK").is_ok() {
         3
+    } else {
+        full
+    }
+}
+
+/// `CONTENTV_BENCH_REHEARSAL=1`: every bench runs its code paths at tiny sizes, so the GPU check
+/// (scripts/gpu-check.sh) is rehearsed on the emulated device in CI. Its numbers mean nothing.
+pub fn rehearsal() -> bool {
+    std::env::var("CONTENTV_BENCH_REHEARSAL").is_ok_and(|v| v == "1")
+}
+
+/// `full`, or `tiny` in a rehearsal.
+pub fn scaled(full: usize, tiny: usize) -> usize {
+    if rehearsal() {
+        tiny
     } else {
         full
     }

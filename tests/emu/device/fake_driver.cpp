@@ -583,21 +583,30 @@ static int matmul_now(bool run, const LtDesc& d, float al, float be, const void*
     if (bias && d.bias == nullptr) return 7;
     if (!run) return 0;
     const int bias_type = d.bias_type < 0 ? o.type : d.bias_type;
-    for (int bt = 0; bt < o.batch; bt++)
+    // The operands are converted to f32 once per batch, k-contiguous (every storage type here
+    // is exact in f32), so the inner loop is a dot product of two rows; the arithmetic is
+    // unchanged: each product exact in double, rounded to f32, accumulated in f32.
+    std::vector<float> af((size_t)(m * k)), bf((size_t)(n * k));
+    for (int bt = 0; bt < o.batch; bt++) {
+        for (long long i = 0; i < m; i++)
+            for (long long p = 0; p < k; p++)
+                af[(size_t)(i * k + p)] = (float)load_elem(A, a.type, bt * a.stride + (d.transa ? i * a.ld + p : p * a.ld + i));
+        for (long long j = 0; j < n; j++)
+            for (long long p = 0; p < k; p++)
+                bf[(size_t)(j * k + p)] = (float)load_elem(B, b.type, bt * b.stride + (d.transb ? p * b.ld + j : j * b.ld + p));
         for (long long j = 0; j < n; j++)
             for (long long i = 0; i < m; i++) {
+                const float* ar = &af[(size_t)(i * k)];
+                const float* br = &bf[(size_t)(j * k)];
                 float s = 0.f;  // f32 accumulation like CUBLAS_COMPUTE_32F
-                for (long long p = 0; p < k; p++) {
-                    const long long ai = bt * a.stride + (d.transa ? i * a.ld + p : p * a.ld + i);
-                    const long long bi = bt * b.stride + (d.transb ? p * b.ld + j : j * b.ld + p);
-                    s += (float)(load_elem(A, a.type, ai) * load_elem(B, b.type, bi));
-                }
+                for (long long p = 0; p < k; p++) s += (float)((double)ar[p] * (double)br[p]);
                 float v = al * s;
                 if (be != 0.f) v += be * (float)load_elem(C, c.type, bt * c.stride + j * c.ld + i);
                 if (bias) v += (float)load_elem(d.bias, bias_type, i);
                 if (gelu) v = 0.5f * v * (1.f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v)));
                 store_elem(D, o.type, bt * o.stride + j * o.ld + i, v);
             }
+    }
     return 0;
 }
 
