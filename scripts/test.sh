@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README; .ci/run calls it): installs what is missing, then builds every
-# kernel with nvcc and runs the whole test suite. GPU tests print SKIP lines without a GPU;
-# then, without a GPU, the whole suite runs again on the emulated CUDA device (tests/emu/device:
-# the real kernels and the engine's CUDA path on the CPU), once with the compute stream
-# preferred and once (the stream-ordering tests) with the copy stream preferred.
+# kernel with NVRTC (CUDA 12.9) and runs the whole test suite, the static kernel gate included
+# (tests/kernel_gate.rs). GPU tests print SKIP lines without a GPU; then, without a GPU, the
+# whole suite runs again on the emulated CUDA device (tests/emu/device: the real kernels and the
+# engine's CUDA path on the CPU), once with the compute stream preferred and once (the
+# stream-ordering tests) with the copy stream preferred, and the GPU check
+# (scripts/gpu-check.sh) is rehearsed there at tiny sizes.
 # CONTENTV_SKIP_EMU_DEVICE=1 skips that second part.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,5 +26,7 @@ if [ "${CONTENTV_SKIP_EMU_DEVICE:-0}" != 1 ] && grep -q "^SKIP: the CUDA driver 
     cargo test --release --test runtime --test quant -- --nocapture 2>&1 | tee -a target/test-emu.log
   echo "---- skipped on the emulated device ----"
   grep -h "^SKIP" target/test-emu.log | sort | uniq -c || true
+  echo "---- the GPU check, rehearsed on the emulated device (tiny sizes) ----"
+  scripts/gpu-check.sh --rehearse 2>&1 | tee target/gpu-check-rehearsal.log | grep -E "^(GPU|generate|device|bench-[a-z_0-9]+: (ok|FAILED)|torch|sanitizer|test-.*FAILED)"
 fi
 echo "ALL TESTS PASSED"

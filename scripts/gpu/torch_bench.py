@@ -15,7 +15,7 @@ Sections (argv picks them; default all that import):
             random weights in bf16, 2 x 256 tokens
 
 `block` and `vae` need diffusers 0.33.1 (the reference's version), which the GPU machine lacks:
-scripts/gpu-bundle.sh carries its wheel (and huggingface_hub 0.30.2) and .gpu-bundle/run.sh puts
+scripts/gpu-check.sh carries its wheel (and huggingface_hub 0.30.2) and .gpu-check/run.sh puts
 them first on PYTHONPATH for those sections only.
 
 --quick: small shapes (a smoke test, also on CPU with --device cpu). Prints one line per
