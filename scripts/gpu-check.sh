@@ -66,6 +66,8 @@ for must in bin-contentv test-ops_gpu test-attention_gpu test-driver_compat benc
   [ -x "$B/bin/$must" ] || { echo "gpu-check: $must was not built" >&2; exit 1; }
 done
 cp scripts/gpu/check-run.sh "$B/run.sh"; chmod +x "$B/run.sh"
+# The binaries find the fixtures and the tiny model under the folder they were built in.
+echo "$ROOT" > "$B/root.txt"
 if [ $REHEARSE = 1 ]; then
   # Uncompressed and in place: the rehearsal runs it here.
   EMU="$(scripts/emu-device.sh)"

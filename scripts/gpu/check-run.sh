@@ -20,6 +20,16 @@ say() { echo "$@" | tee -a "$SUM"; }
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 fails=()
 
+# The binaries read fixtures and the tiny model from the folder they were built in: make that
+# path lead here when it is not this checkout.
+BUILT="$(cat .gpu-check/root.txt 2>/dev/null || true)"
+if [ -n "$BUILT" ] && [ "$(cd "$BUILT" 2>/dev/null && pwd -P)" != "$(pwd -P)" ]; then
+  if [ -e "$BUILT" ]; then
+    say "WARNING: $BUILT exists and is not this checkout: tests read their fixtures from there"
+  else
+    mkdir -p "$(dirname "$BUILT")" && ln -sfn "$PWD" "$BUILT"
+  fi
+fi
 # Binaries: packed (a real bundle) or in place (the rehearsal).
 if [ -f .gpu-check/bin.tar.xz ]; then
   BIN=/tmp/contentv-gpu-check-bin; rm -rf "$BIN"; mkdir -p "$BIN"
