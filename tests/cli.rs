@@ -206,8 +206,23 @@ fn generate_video_and_determinism() {
     }
     assert!(j["memory"]["host_peak_bytes"].as_u64().is_some());
 
-    let o = run(&tiny_args(b.to_str().unwrap(), "1234"));
+    let lat_b = d.join("b.latents.safetensors");
+    let mut args_b = tiny_args(b.to_str().unwrap(), "1234");
+    args_b.extend(["--save-latents", lat_b.to_str().unwrap()]);
+    let o = run(&args_b);
     assert!(o.status.success(), "{}", text(&o));
+    // Byte-reproducible: the same model, flags and seed give the same files (the latents'
+    // metadata in a fixed order, x264 with a fixed thread count).
+    assert!(
+        std::fs::read(&lat).unwrap() == std::fs::read(&lat_b).unwrap(),
+        "two identical runs wrote different latents files"
+    );
+    if writes_mp4() {
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "two identical runs wrote different MP4 files"
+        );
+    }
 
     let va = read_video(&artifact_path(&a)).unwrap();
     let vb = read_video(&artifact_path(&b)).unwrap();
@@ -1277,4 +1292,76 @@ fn model_from_hugging_face_cache() {
         "{}",
         text(&o)
     );
+}
+
+/// A path a run writes only ever replaces a previous output of the same kind: never a weights
+/// file, a config, the batch file, the init-noise file or a user's file (issue 16). Each refusal
+/// names the flag and the path and leaves the file as it was.
+#[test]
+fn outputs_never_replace_inputs_or_user_files() {
+    let d = scratch("no-overwrite");
+    let m = d.join("model");
+    linked_tiny(&m);
+    let weights = m.join("transformer/diffusion_pytorch_model.safetensors");
+    let config = m.join("transformer/config.json");
+    let jsonl = d.join("batch.jsonl");
+    std::fs::write(&jsonl, "{\"prompt\": \"a fox\"}\n").unwrap();
+    let notes = d.join("notes.txt");
+    std::fs::write(&notes, "my notes").unwrap();
+    let fake_mp4 = d.join("holiday.mp4");
+    std::fs::write(&fake_mp4, "not a video").unwrap();
+    let snapshot = |p: &Path| std::fs::read(p).unwrap();
+    let before: Vec<(PathBuf, Vec<u8>)> = [&weights, &config, &jsonl, &notes, &fake_mp4]
+        .iter()
+        .map(|p| (p.to_path_buf(), snapshot(p)))
+        .collect();
+    let out = d.join("v.mp4");
+    let model = m.to_str().unwrap();
+    let base = |output: &str| -> Vec<String> {
+        let mut a: Vec<String> = tiny_args(output, "3").into_iter().map(String::from).collect();
+        a.extend(["--model".into(), model.into()]);
+        a
+    };
+    for (flag, target) in [
+        ("--save-latents", &weights),
+        ("--save-latents", &config),
+        ("--save-latents", &jsonl),
+        ("--save-latents", &notes),
+    ] {
+        let mut a = base(out.to_str().unwrap());
+        a.extend([flag.to_string(), target.to_str().unwrap().to_string()]);
+        let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(2), "{flag} {}: {}", target.display(), text(&o));
+        let t = text(&o);
+        assert!(t.contains(flag) && t.contains(&target.display().to_string()) && t.contains("only replaces its own"), "{t}");
+        assert!(!out.exists(), "a refused run wrote its video");
+    }
+    // an existing file with a video name that is not a video
+    let o = run(&base(fake_mp4.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("is not a video"), "{}", text(&o));
+    // batch lines follow the same rule
+    let bad = d.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!(
+            "{{\"prompt\": \"a\", \"output\": {:?}, \"save_latents\": {:?}}}\n",
+            d.join("b.mp4").to_str().unwrap(),
+            notes.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let o = run_batch(&bad, &d.join("batch-out"), &["--model", model]);
+    assert!(text(&o).contains("only replaces its own"), "{}", text(&o));
+    for (p, bytes) in &before {
+        assert!(snapshot(p) == *bytes, "{} was changed", p.display());
+    }
+    // previous outputs of the same kind are replaced
+    let lat = d.join("run.latents.safetensors");
+    for _ in 0..2 {
+        let mut a = base(out.to_str().unwrap());
+        a.extend(["--save-latents".to_string(), lat.to_str().unwrap().to_string()]);
+        let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", text(&o));
+    }
 }

@@ -51,6 +51,11 @@ pub fn run(a: &DecodeArgs, ui: &Ui) -> Result<()> {
     };
     video::check_options(&opts)?;
     video::check_writable(&a.output)?;
+    video::check_previous_output(
+        &video::artifact_path(&a.output),
+        video::OutputKind::Video,
+        "--output",
+    )?;
     let dir = model_dir(&a.model.model, ui);
     check_model_dir(&dir, &["vae"])?;
     let layout = LatentLayout::from_model_dir(&dir)?;

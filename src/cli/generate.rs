@@ -16,7 +16,7 @@ use super::request::{parse_shard, resolve, unix_time, Request, RequestFields};
 use super::Ui;
 use crate::error::{Error, Result};
 use crate::io::fsutil;
-use crate::io::video::{self, FramesRef};
+use crate::io::video::{self, FramesRef, OutputKind};
 use crate::model::pipeline::{
     load_init_noise, save_latents, GenerateParams, LatentLayout, Pipeline, Progress,
 };
@@ -96,8 +96,10 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         None => None,
     };
     video::check_writable(&r.output)?;
+    video::check_previous_output(&video::artifact_path(&r.output), OutputKind::Video, "the output")?;
     if let Some(p) = &r.save_latents {
         video::check_writable(p)?;
+        video::check_previous_output(p, OutputKind::Latents, "--save-latents")?;
     }
     let params = GenerateParams {
         prompt: r.prompt.clone(),
@@ -284,8 +286,10 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         load_init_noise(p, &req.geometry().latent_shape())?; // fail before loading the model
     }
     video::check_writable(&req.output)?;
+    video::check_previous_output(&video::artifact_path(&req.output), OutputKind::Video, "the output")?;
     if let Some(p) = &req.save_latents {
         video::check_writable(p)?;
+        video::check_previous_output(p, OutputKind::Latents, "--save-latents")?;
     }
     let art = video::artifact_path(&req.output);
     if art.exists() {

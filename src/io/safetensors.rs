@@ -1354,6 +1354,7 @@ fn build_header(
 }
 
 /// The whole file in memory (for small files and tests; use [`write_safetensors`] for big ones).
+/// Metadata keys come out sorted, so the same tensors and metadata always give the same bytes.
 pub fn serialize_safetensors(
     tensors: &[(&str, StDtype, &[usize], &[u8])],
     metadata: Option<&BTreeMap<String, String>>,

@@ -84,6 +84,10 @@ pub fn artifact_path(requested: &Path) -> PathBuf {
     }
 }
 
+/// x264's thread count (see the encoder setup).
+#[cfg(feature = "ffmpeg")]
+const X264_THREADS: &str = "8";
+
 /// Checks that `fps` and `crf` are in range.
 pub fn check_options(o: &VideoOptions) -> Result<()> {
     if o.fps == 0 || o.fps > 240 {
@@ -148,6 +152,59 @@ pub fn check_writable(requested: &Path) -> Result<()> {
         }
     }
     check_replaceable(requested)
+}
+
+/// What a run writes, for the rule that a path a run writes may only replace a previous output
+/// of the same kind: never a model file, a batch file, an init-noise file or a user's file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// A video (an MP4/MOV/MKV file, or the PNG-frame folder of builds without FFmpeg).
+    Video,
+    /// A latents file of `generate --save-latents` (safetensors, metadata format
+    /// "contentv-latents").
+    Latents,
+}
+
+/// Ok if nothing is at `p`, or what is there is a previous output of `kind`; otherwise an error
+/// naming `flag` and the path. Reads at most the file's header.
+pub fn check_previous_output(p: &Path, kind: OutputKind, flag: &str) -> Result<()> {
+    let m = match fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::Input(format!("{flag} {}: {e}", p.display()))),
+    };
+    let (ours, what) = match kind {
+        OutputKind::Video if m.is_dir() => (p.join("video.json").is_file(), "PNG-frame folder"),
+        OutputKind::Video => (is_video_container(p), "video (MP4, MOV or MKV)"),
+        OutputKind::Latents => (
+            m.is_file()
+                && crate::io::safetensors::SafeTensorsFile::open(p).is_ok_and(|f| {
+                    f.metadata().get("format").map(String::as_str) == Some("contentv-latents")
+                }),
+            "latents file written by contentv",
+        ),
+    };
+    if ours {
+        return Ok(());
+    }
+    Err(Error::Input(format!(
+        "{flag} {} exists and is not a {what}; contentv only replaces its own previous outputs \
+         (this may be an input of the run or your own file): remove it or choose another name",
+        p.display()
+    )))
+}
+
+/// Whether the file starts like an ISO media file (MP4, MOV: a box whose type is `ftyp`,
+/// `moov`, `mdat`, `free`, `skip` or `wide`) or a Matroska/WebM file (the EBML magic).
+fn is_video_container(p: &Path) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 12];
+    let n = fs::File::open(p).and_then(|mut f| f.read(&mut b)).unwrap_or(0);
+    if n < 8 {
+        return false;
+    }
+    let boxes: [&[u8; 4]; 6] = [b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"];
+    boxes.iter().any(|t| &b[4..8] == *t) || b[..4] == [0x1A, 0x45, 0xDF, 0xA3]
 }
 
 /// Longest output file name accepted (bytes).
@@ -567,6 +624,10 @@ mod mp4 {
         let mut dict = Dictionary::new();
         dict.set("crf", &opts.crf.to_string());
         dict.set("preset", "medium");
+        // A fixed thread count: x264's output depends on it (frame threads change what rate
+        // control sees), and "auto" follows the core count, so the same run on another machine
+        // would give other bytes. 8 frame threads keep encoding far from the step's cost.
+        dict.set("threads", super::X264_THREADS);
         let mut enc = enc.open_with(dict).map_err(fe("opening libx264"))?;
         ost.set_parameters(&enc);
         ost.set_time_base(tb);

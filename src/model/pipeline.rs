@@ -414,13 +414,15 @@ pub fn save_latents(
     metadata: &HashMap<String, String>,
 ) -> Result<()> {
     let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
-            .map_err(|e| Error::Other(format!("latents: {e}")))?;
-    let mut meta = metadata.clone();
+    // Sorted metadata: the same run writes the same bytes.
+    let mut meta: std::collections::BTreeMap<String, String> =
+        metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     meta.insert("format".into(), "contentv-latents".into());
-    let buf = safetensors::serialize([("latents", view)], Some(meta))
-        .map_err(|e| Error::Other(format!("latents: {e}")))?;
+    let buf = crate::io::safetensors::serialize_safetensors(
+        &[("latents", crate::io::safetensors::StDtype::F32, shape, &bytes)],
+        Some(&meta),
+    )
+    .map_err(|e| Error::Other(format!("latents: {e}")))?;
     let dir = crate::io::fsutil::parent_dir(path);
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::Input(format!("cannot create {}: {e}", dir.display())))?;
