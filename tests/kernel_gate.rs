@@ -416,7 +416,7 @@ fn kernel_gate() {
         let new = format!("{}{begin}{md}{}", &text[..b], &text[e..]);
         std::fs::write(&doc, new).unwrap();
         println!("kernel gate: wrote the table into {}", doc.display());
-    } else if full && tool.is_some() && current != md {
+    } else if full && tool.is_some() && !same_table(current, &md) {
         failures.push(
             "docs/kernel-review.md's kernel table is out of date: regenerate it with \
              CONTENTV_GATE_WRITE=1 cargo test --release --test kernel_gate"
@@ -424,6 +424,30 @@ fn kernel_gate() {
         );
     }
     assert!(failures.is_empty(), "kernel gate:\n  {}", failures.join("\n  "));
+}
+
+/// Whether two gate tables agree: the same rows and cells, except that a register count may
+/// differ by 2 as long as the CTAs per SM agree (NVRTC 12.9 builds of the same source were seen
+/// to give a template kernel 121 or 122 registers from one build to the next).
+fn same_table(a: &str, b: &str) -> bool {
+    let (ra, rb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    if ra.len() != rb.len() {
+        return false;
+    }
+    ra.iter().zip(&rb).all(|(x, y)| {
+        let (cx, cy): (Vec<&str>, Vec<&str>) = (x.split('|').collect(), y.split('|').collect());
+        cx.len() == cy.len()
+            && cx.iter().zip(&cy).all(|(p, q)| {
+                let regs = |c: &str| -> Option<(i64, String)> {
+                    let (r, ctas) = c.trim().split_once("r/")?;
+                    Some((r.parse().ok()?, ctas.to_string()))
+                };
+                match (regs(p), regs(q)) {
+                    (Some((r1, c1)), Some((r2, c2))) => c1 == c2 && (r1 - r2).abs() <= 2,
+                    _ => p == q,
+                }
+            })
+    })
 }
 
 #[test]
@@ -457,4 +481,11 @@ fn occupancy_arithmetic() {
     let r = parse_ptxas(log);
     let f = &r["f"];
     assert_eq!((f.regs, f.stack, f.spill_stores, f.spill_loads, f.smem), (40, 8, 4, 4, 4096));
+    // the docs table tolerates register noise, not a CTA change or a new row
+    let t = "| k | m | 121r/2 | 0 |\n";
+    assert!(same_table(t, "| k | m | 122r/2 | 0 |\n"));
+    assert!(!same_table(t, "| k | m | 122r/1 | 0 |\n"));
+    assert!(!same_table(t, "| k | m | 130r/2 | 0 |\n"));
+    assert!(!same_table(t, "| k | m | 121r/2 | 8 |\n"));
+    assert!(!same_table(t, &format!("{t}{t}")));
 }
