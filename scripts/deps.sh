@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with only the Rust toolchain lacks:
 #   - FFmpeg dev libraries + pkg-config + clang (for ffmpeg-next's bindgen), ffmpeg (ffprobe in tests)
-#   - python3-venv (for the pip nvcc)
+#   - python3-venv (for the pip CUDA toolchain)
 #   - the pinned CUDA 12.9 kernel compiler (NVRTC) from PyPI wheels into .toolchain/cuda12
 #     (scripts/install-cuda-toolchain.sh)
 # Safe to run repeatedly: it only installs what is missing.
