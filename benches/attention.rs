@@ -13,18 +13,9 @@ use contentv::runtime::{Device, Tensor};
 use half::bf16;
 use util::time_ms;
 
+use util::{heads, n_text, n_video};
+
 const HEAD_DIM: usize = 64;
-/// The production shape (432x768x125: 41,472 video tokens, 333 text tokens, 38 heads), or a
-/// tiny one in a rehearsal.
-fn n_video() -> usize {
-    util::scaled(41_472, 150)
-}
-fn n_text() -> usize {
-    util::scaled(333, 13)
-}
-fn heads() -> usize {
-    util::scaled(38, 2)
-}
 
 /// Uniform(-amp, amp) bf16 tensor on the GPU.
 fn rand_bf16(shape: &[usize], dev: &Device, amp: f32, seed: u64) -> Tensor {

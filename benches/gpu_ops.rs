@@ -11,16 +11,11 @@ use contentv::ops::{act, elementwise as ew, gemm, norm};
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 use util::{report_bw, report_flops, time_ms};
 
-/// The production sizes (41,472 video + 333 text tokens, width 2432 = 38 heads x 64), or tiny
-/// ones in a rehearsal (util::rehearsal).
-fn n_video() -> usize {
-    util::scaled(41_472, 96)
-}
-fn n_text() -> usize {
-    util::scaled(333, 13)
-}
+use util::{heads, n_text, n_video};
+
+/// The model width: 38 heads x 64 = 2432 (tiny in a rehearsal).
 fn width() -> usize {
-    util::scaled(2432, 128)
+    heads() * 64
 }
 
 /// Times 1 GiB host-to-device copies on the copy stream (events recorded on that stream).
@@ -111,7 +106,7 @@ fn main() {
     let g = dev.gpu().unwrap();
     let it = util::iters(15);
     let (nvid, ntxt, dm) = (n_video(), n_text(), width());
-    let heads = dm / 64;
+    let heads = heads();
     let tok = |n: usize| util::scaled(n, 8); // validation rows
 
     // Validation on small inputs against the CPU reference, before any timing.

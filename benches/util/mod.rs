@@ -80,6 +80,18 @@ pub fn rehearsal() -> bool {
     std::env::var("CONTENTV_BENCH_REHEARSAL").is_ok_and(|v| v == "1")
 }
 
+/// The production transformer shape at the default size (432x768x125): 41,472 video tokens,
+/// 333 text tokens, 38 heads of 64; tiny in a rehearsal.
+pub fn n_video() -> usize {
+    scaled(41_472, 150)
+}
+pub fn n_text() -> usize {
+    scaled(333, 13)
+}
+pub fn heads() -> usize {
+    scaled(38, 2)
+}
+
 /// `full`, or `tiny` in a rehearsal.
 pub fn scaled(full: usize, tiny: usize) -> usize {
     if rehearsal() {
