@@ -1365,3 +1365,33 @@ fn outputs_never_replace_inputs_or_user_files() {
         assert!(o.status.success(), "{}", text(&o));
     }
 }
+
+/// An absurd layer count in a config.json is a reported problem, not an allocation: `info`
+/// runs under a 2 GiB address-space limit and names the key (issue 16).
+#[cfg(unix)]
+#[test]
+fn absurd_config_values_keep_memory_bounded() {
+    let d = scratch("absurd-config");
+    for (comp, key) in [
+        ("transformer", "num_layers"),
+        ("text_encoder", "num_hidden_layers"),
+        ("text_encoder_3", "num_layers"),
+    ] {
+        let m = d.join(comp);
+        linked_tiny(&m);
+        let cfg_path = m.join(comp).join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+        cfg[key] = serde_json::json!(1_000_000_000_000u64);
+        replace(&cfg_path, cfg.to_string().as_bytes());
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -v 2000000; exec {BIN} info --model \"$0\""))
+            .arg(&m)
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{comp}: {t}");
+        assert!(t.contains(&format!("{key} 1000000000000")) && t.contains("corrupt"), "{comp}: {t}");
+    }
+}

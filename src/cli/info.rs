@@ -82,15 +82,36 @@ fn cu(cfg: &Value, k: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Keys the engine needs in a component, with shapes from its config (None = any shape).
-fn expected(folder: &str, cfg: &Value) -> Vec<(String, Option<Vec<usize>>)> {
+/// Most layers a config may declare: the list of expected tensor names grows with it, so an
+/// absurd count (a corrupt or hostile config.json) is a problem, not an allocation.
+const MAX_LAYERS: usize = 4096;
+
+/// A layer count from the config, or 0 with a problem when it is beyond [`MAX_LAYERS`].
+fn layers(cfg: &Value, k: &str, default: usize, folder: &str, problems: &mut Vec<String>) -> usize {
+    let n = cu(cfg, k, default);
+    if n > MAX_LAYERS {
+        problems.push(format!(
+            "{folder}: config.json says {k} {n}, which no checkpoint of this model has (at most {MAX_LAYERS}); the file is corrupt or belongs to another model"
+        ));
+        return 0;
+    }
+    n
+}
+
+/// Keys the engine needs in a component, with shapes from its config (None = any shape);
+/// config values that cannot be right go to `problems`.
+fn expected(
+    folder: &str,
+    cfg: &Value,
+    problems: &mut Vec<String>,
+) -> Vec<(String, Option<Vec<usize>>)> {
     let mut e: Vec<(String, Option<Vec<usize>>)> = Vec::new();
     match folder {
         "transformer" => {
             // SD3Transformer3DModel reads only these six keys (spec §5.1); joint_attention_dim
             // (4096) and pooled_projection_dim (2048) are fixed by the class.
             let hd = cu(cfg, "attention_head_dim", 64);
-            let d = cu(cfg, "num_attention_heads", 38) * hd;
+            let d = cu(cfg, "num_attention_heads", 38).saturating_mul(hd);
             let p = cu(cfg, "patch_size", 2);
             let (cin, cout) = (cu(cfg, "in_channels", 16), cu(cfg, "out_channels", 16));
             e.push(("pos_embed.proj.weight".into(), Some(vec![d, cin, p, p])));
@@ -105,7 +126,7 @@ fn expected(folder: &str, cfg: &Value) -> Vec<(String, Option<Vec<usize>>)> {
             ));
             e.push(("norm_out.linear.weight".into(), Some(vec![2 * d, d])));
             e.push(("proj_out.weight".into(), Some(vec![p * p * cout, d])));
-            for i in 0..cu(cfg, "num_layers", 38) {
+            for i in 0..layers(cfg, "num_layers", 38, folder, problems) {
                 for w in [
                     "to_q",
                     "to_k",
@@ -162,7 +183,7 @@ fn expected(folder: &str, cfg: &Value) -> Vec<(String, Option<Vec<usize>>)> {
                 "text_projection.weight".into(),
                 Some(vec![cu(cfg, "projection_dim", 768), h]),
             ));
-            for i in 0..cu(cfg, "num_hidden_layers", 12) {
+            for i in 0..layers(cfg, "num_hidden_layers", 12, folder, problems) {
                 e.push((
                     format!("text_model.encoder.layers.{i}.self_attn.q_proj.weight"),
                     Some(vec![h, h]),
@@ -180,7 +201,7 @@ fn expected(folder: &str, cfg: &Value) -> Vec<(String, Option<Vec<usize>>)> {
                 "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(),
                 None,
             ));
-            for i in 0..cu(cfg, "num_layers", 24) {
+            for i in 0..layers(cfg, "num_layers", 24, folder, problems) {
                 e.push((
                     format!("encoder.block.{i}.layer.0.SelfAttention.q.weight"),
                     None,
@@ -310,7 +331,7 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
             *dtypes.entry(t.dtype.clone()).or_default() += t.numel();
         }
         let mut cprob = Vec::new();
-        for (k, shape) in expected(c.folder, &cfg) {
+        for (k, shape) in expected(c.folder, &cfg, &mut cprob) {
             match tensors.get(&k) {
                 None => cprob.push(format!("{}: tensor {k} is missing", c.folder)),
                 Some(t) => {
