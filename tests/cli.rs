@@ -1395,3 +1395,30 @@ fn absurd_config_values_keep_memory_bounded() {
         assert!(t.contains(&format!("{key} 1000000000000")) && t.contains("corrupt"), "{comp}: {t}");
     }
 }
+
+/// Flags that do nothing in a run say so in one line (issue 16).
+#[test]
+fn ineffective_flags_get_a_note() {
+    let d = scratch("ineffective-flags");
+    let out = d.join("v.mp4");
+    let lat = d.join("noise.latents.safetensors");
+    let mut a = tiny_args(out.to_str().unwrap(), "3");
+    a.extend(["--vram-budget", "4", "--save-latents", lat.to_str().unwrap()]);
+    let o = run(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("--vram-budget 4.0 has no effect on the CPU"), "{}", text(&o));
+    // the saved latents as initial noise: the seed does nothing, and no random seed is announced
+    let mut a = tiny_args(out.to_str().unwrap(), "9");
+    a.extend(["--init-noise", lat.to_str().unwrap()]);
+    let o = run(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("--seed 9 has no effect with --init-noise"), "{}", text(&o));
+    let mut a = tiny_args(out.to_str().unwrap(), "9");
+    let i = a.iter().position(|s| *s == "--seed").unwrap();
+    a.drain(i..i + 2);
+    a.extend(["--init-noise", lat.to_str().unwrap()]);
+    let o = run(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("random; pass --seed"), "{}", text(&o));
+    assert!(!text(&o).contains("has no effect"), "{}", text(&o));
+}

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::args::{DecodeArgs, DEFAULT_CRF, DEFAULT_FPS};
 use super::load::{
     check_memory_flags, check_model_dir, check_safetensors, device_name, load_vae, model_dir,
-    pick_device,
+    note_memory_flags, pick_device,
 };
 use super::request::check_output_path;
 use super::Ui;
@@ -80,6 +80,7 @@ pub fn run(a: &DecodeArgs, ui: &Ui) -> Result<()> {
         )));
     }
     let device = pick_device(a.model.device, ui)?;
+    note_memory_flags(&mem, &device, ui);
     let t = Instant::now();
     let vae = load_vae(&dir, &device, &mem)?;
     let load_s = t.elapsed().as_secs_f64();

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::args::GenerateArgs;
 use super::load::{
     check_memory_flags, check_model_dir, check_safetensors, device_name, load_pipeline, model_dir,
-    pick_device,
+    note_memory_flags, pick_device,
 };
 use super::request::{parse_shard, resolve, unix_time, Request, RequestFields};
 use super::Ui;
@@ -275,7 +275,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     for w in &req.warnings {
         ui.warn(w);
     }
-    if req.seed_was_random {
+    if req.seed_was_random && req.init_noise.is_none() {
         ui.info(&format!(
             "seed: {} (random; pass --seed {} to reproduce)",
             req.seed, req.seed
@@ -299,6 +299,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         ));
     }
     let device = pick_device(a.model.device, ui)?;
+    note_memory_flags(&mem, &device, ui);
     ui.info(&format!(
         "loading {} on {}",
         dir.display(),
@@ -511,6 +512,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
         let loaded = check_model_dir(&dir, &[])
             .and_then(|_| pick_device(a.model.device, ui))
             .and_then(|d| {
+                note_memory_flags(mem, &d, ui);
                 device_str = device_name(&d);
                 ui.info(&format!("loading {} on {}", dir.display(), device_str));
                 load_pipeline(&dir, &d, mem)

@@ -327,6 +327,22 @@ pub fn check_memory_flags(m: &ModelArgs) -> Result<MemoryOptions> {
     })
 }
 
+/// One-line notes for memory flags that do nothing in this run: a VRAM budget on the CPU, and
+/// how a budget combines with `--offload sequential` (the budget decides which layers stay
+/// resident; only the rest stream).
+pub fn note_memory_flags(mem: &MemoryOptions, device: &Device, ui: &Ui) {
+    if let Some(b) = mem.vram_budget {
+        let gib = b as f64 / (1u64 << 30) as f64;
+        if !device.is_cuda() {
+            ui.note(&format!("--vram-budget {gib:.1} has no effect on the CPU"));
+        } else if mem.offload == RtOffload::Sequential {
+            ui.note(&format!(
+                "--vram-budget {gib:.1} with --offload sequential: the budget decides which transformer layers stay resident; only the others stream"
+            ));
+        }
+    }
+}
+
 /// The device for `--device`.
 pub fn pick_device(choice: DeviceChoice, ui: &Ui) -> Result<Device> {
     match choice {

@@ -485,6 +485,11 @@ pub fn resolve(
             )));
         }
     }
+    if f.init_noise.is_some() && !seed_was_random {
+        warnings.push(format!(
+            "--seed {seed} has no effect with --init-noise: the starting noise comes from the file"
+        ));
+    }
     if let Some(p) = &f.save_latents {
         if p.is_dir() || p.file_name().is_none() {
             return Err(Error::Input(format!(
