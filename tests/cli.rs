@@ -1223,6 +1223,22 @@ fn quantize_never_destroys_its_input_or_unrelated_folders() {
         "{:?}",
         entries(&d)
     );
+    // The unchanged components are copies: editing them in place leaves the original alone.
+    for f in ["vae/config.json", "vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json"] {
+        let (orig, copy) = (model.join(f), old.join(f));
+        if !orig.exists() {
+            continue;
+        }
+        let before = std::fs::read(&orig).unwrap();
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&copy)
+            .unwrap()
+            .write_all(b"edited")
+            .unwrap();
+        assert!(std::fs::read(&orig).unwrap() == before, "editing {} changed the original", copy.display());
+    }
 }
 
 /// A checkpoint whose tokenizer_3/ holds only spiece.model (as some downloads and mirrors do)

@@ -101,6 +101,10 @@ pub fn quantize_file(src: &Path, dst: &Path, group: Option<usize>) -> Result<Vec
     Ok(added)
 }
 
+/// Copies the components that are not quantized. Real copies, never hard links: a hard link
+/// would let an in-place edit of the INT8 checkpoint change the original. `std::fs::copy` uses
+/// copy_file_range on Linux, which shares the data (a reflink) on file systems that can
+/// (Btrfs, XFS), so the copy costs no space there.
 fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(dst).map_err(|e| io_err(dst, "cannot create", e))?;
     for e in std::fs::read_dir(src).map_err(|e| io_err(src, "cannot read", e))? {
@@ -108,7 +112,7 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
         let (from, to) = (e.path(), dst.join(e.file_name()));
         if from.is_dir() {
             copy_tree(&from, &to)?;
-        } else if std::fs::hard_link(&from, &to).is_err() {
+        } else {
             std::fs::copy(&from, &to).map_err(|e| io_err(&from, "cannot copy", e))?;
         }
     }
