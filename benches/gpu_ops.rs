@@ -191,7 +191,7 @@ fn main() {
     let big = rand_bf16(&[elems], &dev, 1.0);
     let big2 = Tensor::empty(&[elems], DType::BF16, &dev).unwrap();
     let ms = time_ms(&dev, it, || big2.copy_from(&big).unwrap());
-    report_bw(&format!("CEILING device-to-device copy {} MiB", elems * 2 >> 20), ms, 4 * elems);
+    report_bw(&format!("CEILING device-to-device copy {} MiB", (elems * 2) >> 20), ms, 4 * elems);
     drop(big);
     // Host-to-device on the copy stream (what sequential offload streams through): from a
     // page-locked buffer (contentv::runtime::memory::PinnedBuffer, as the residency layer

@@ -66,15 +66,15 @@ fn main() {
         w * 8
     );
     let mut reference: Option<Vec<f32>> = None;
-    let tiled = Some(if util::rehearsal() {
+    let tl = if util::rehearsal() {
         TileConfig {
             tile: 2,
             overlap: 1,
         }
     } else {
         TileConfig::default()
-    });
-    let tl = tiled.unwrap();
+    };
+    let tiled = Some(tl);
     let tiled_name = |p: &str| format!("{p} tiled {}/{}", tl.tile, tl.overlap);
     for (prec, tiling, name) in [
         (ConvPrecision::F32, None, "f32 untiled".to_string()),

@@ -12,6 +12,11 @@ use cudarc::driver::{result as cu, sys, CudaContext, CudaStream};
 use super::memory::{DeviceBuffer, Pool};
 use crate::error::{Error, Result};
 
+/// One kernel image: its target ("sm_90", "sm_90a", "compute_120" for PTX) and its bytes.
+pub type KernelImage = (&'static str, &'static [u8]);
+/// One module (kernels/<name>.cu) and its images.
+pub type KernelModule = (&'static str, &'static [KernelImage]);
+
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
@@ -38,7 +43,7 @@ pub fn kernel_toolkit_version() -> i32 {
 
 /// The embedded kernel images: (module, [(target, bytes)]), targets like "sm_90", "sm_90a",
 /// "compute_120" (PTX).
-pub fn kernel_images() -> &'static [(&'static str, &'static [(&'static str, &'static [u8])])] {
+pub fn kernel_images() -> &'static [KernelModule] {
     embedded::KERNEL_MODULES
 }
 
