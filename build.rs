@@ -61,7 +61,8 @@ impl Nvrtc {
             let lib = libloading::Library::new(path).map_err(|e| e.to_string())?;
             macro_rules! sym {
                 ($n:literal) => {
-                    *lib.get(concat!($n, "\0").as_bytes()).map_err(|e| format!("{}: {e}", $n))?
+                    *lib.get(concat!($n, "\0").as_bytes())
+                        .map_err(|e| format!("{}: {e}", $n))?
                 };
             }
             Ok(Nvrtc {
@@ -97,7 +98,8 @@ impl Nvrtc {
     ) -> Result<(Vec<u8>, String), String> {
         let csrc = CString::new(src).map_err(|_| format!("{name}: NUL byte in the source"))?;
         let cname = CString::new(name).unwrap();
-        let mut opts: Vec<CString> = vec![CString::new(format!("--gpu-architecture={arch}")).unwrap()];
+        let mut opts: Vec<CString> =
+            vec![CString::new(format!("--gpu-architecture={arch}")).unwrap()];
         opts.extend(OPTIONS.iter().map(|o| CString::new(*o).unwrap()));
         for i in includes {
             opts.push(CString::new(format!("-I{}", i.display())).unwrap());
@@ -172,9 +174,13 @@ fn find_nvrtc(root: &Path) -> Option<(Nvrtc, PathBuf, PathBuf)> {
             ));
         }
     }
-    for home in [env("CUDA_HOME"), env("CUDA_PATH"), Some("/usr/local/cuda".into())]
-        .into_iter()
-        .flatten()
+    for home in [
+        env("CUDA_HOME"),
+        env("CUDA_PATH"),
+        Some("/usr/local/cuda".into()),
+    ]
+    .into_iter()
+    .flatten()
     {
         for lib in ["lib64/libnvrtc.so", "lib/libnvrtc.so", "lib/x64/nvrtc.lib"] {
             cands.push((home.join(lib), Some(home.join("include"))));
@@ -186,7 +192,10 @@ fn find_nvrtc(root: &Path) -> Option<(Nvrtc, PathBuf, PathBuf)> {
         }
         let inc = env("CONTENTV_CUDA_INCLUDE").or(inc).unwrap_or_else(|| {
             // A library given by path: a pip layout (nvidia/cuda_nvrtc/lib) or a CUDA install.
-            let up = lib.parent().and_then(|p| p.parent()).unwrap_or(Path::new("/"));
+            let up = lib
+                .parent()
+                .and_then(|p| p.parent())
+                .unwrap_or(Path::new("/"));
             let pip = up.parent().map(|p| p.join("cuda_runtime/include"));
             match pip {
                 Some(p) if p.join("cuda_bf16.h").exists() => p,
@@ -235,7 +244,10 @@ fn main() {
     }
     // Headers are shared by every file: they go into every image's cache key.
     let mut headers = DefaultHasher::new();
-    for p in files.iter().filter(|p| p.extension().is_some_and(|e| e == "cuh")) {
+    for p in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cuh"))
+    {
         std::fs::read(p).unwrap_or_default().hash(&mut headers);
     }
     let headers = headers.finish();
@@ -283,7 +295,11 @@ fn main() {
         modules.push_str(&format!("    ({stem:?}, &[\n"));
         for arch in targets {
             let base = format!("{stem}.{arch}");
-            let ext = if arch.starts_with("compute_") { "ptx" } else { "cubin" };
+            let ext = if arch.starts_with("compute_") {
+                "ptx"
+            } else {
+                "cubin"
+            };
             if nvrtc.is_some() {
                 modules.push_str(&format!(
                     "        ({arch:?}, include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{base}.{ext}\"))),\n"
@@ -329,9 +345,15 @@ fn main() {
             let (nv, queue, errors) = (nv.clone(), queue.clone(), errors.clone());
             let (out, kdir, inc, stamp) = (out.clone(), kdir.clone(), inc.clone(), stamp.clone());
             handles.push(std::thread::spawn(move || loop {
-                let Some(j) = queue.lock().unwrap().pop() else { break };
+                let Some(j) = queue.lock().unwrap().pop() else {
+                    break;
+                };
                 let base = format!("{}.{}", j.stem, j.arch);
-                let ext = if j.arch.starts_with("compute_") { "ptx" } else { "cubin" };
+                let ext = if j.arch.starts_with("compute_") {
+                    "ptx"
+                } else {
+                    "cubin"
+                };
                 let (img, logf, keyf) = (
                     out.join(format!("{base}.{ext}")),
                     out.join(format!("{base}.log")),
@@ -348,7 +370,10 @@ fn main() {
                         std::fs::write(&logf, log).unwrap();
                         std::fs::write(&keyf, key).unwrap();
                     }
-                    Err(log) => errors.lock().unwrap().push(format!("{name} for {}:\n{log}", j.arch)),
+                    Err(log) => errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("{name} for {}:\n{log}", j.arch)),
                 }
             }));
         }
@@ -360,7 +385,10 @@ fn main() {
             for e in errors.iter() {
                 eprintln!("NVRTC failed on {e}");
             }
-            panic!("NVRTC failed to compile {} kernel image(s) (see above)", errors.len());
+            panic!(
+                "NVRTC failed to compile {} kernel image(s) (see above)",
+                errors.len()
+            );
         }
     }
     table.push_str(&format!(

@@ -80,7 +80,13 @@ fn main() {
     };
     let g = dev.gpu().unwrap();
     let quick = std::env::var("CONTENTV_BENCH_QUICK").is_ok();
-    let it = if util::rehearsal() { 1 } else if quick { 3 } else { 10 };
+    let it = if util::rehearsal() {
+        1
+    } else if quick {
+        3
+    } else {
+        10
+    };
 
     // Validation: flash against the generic kernel (f32 math) on a small joint shape.
     {

@@ -191,7 +191,12 @@ fn main() {
     println!("T5-XXL-shaped encoder, 2 x {} tokens, {layers} layers: {ms:.2} ms -> {:.1} ms for 24 layers (per-layer extrapolation)", ids[0].len(), ms / layers as f64 * 24.0);
     drop(t5);
 
-    let (b, tl, h, w) = (2, util::scaled(32, 1), util::scaled(54, 4), util::scaled(96, 4));
+    let (b, tl, h, w) = (
+        2,
+        util::scaled(32, 1),
+        util::scaled(54, 4),
+        util::scaled(96, 4),
+    );
     let x = Tensor::zeros(&[b, 16, tl, h, w], DType::BF16, &dev).unwrap();
     let ctx = Tensor::zeros(&[b, util::scaled(333, 13), ctx_dim()], DType::BF16, &dev).unwrap();
     let pooled = Tensor::zeros(&[b, 2048], DType::BF16, &dev).unwrap();

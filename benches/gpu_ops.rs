@@ -47,7 +47,10 @@ fn h2d_ceilings(dev: &Device, dst: &Tensor, it: usize) {
             p.as_mut_slice().fill(1);
             let ms = time(p.as_slice());
             report_bw(
-                &format!("CEILING host-to-device {} MiB, pinned (copy stream)", bytes >> 20),
+                &format!(
+                    "CEILING host-to-device {} MiB, pinned (copy stream)",
+                    bytes >> 20
+                ),
                 ms,
                 bytes,
             );
@@ -191,7 +194,11 @@ fn main() {
     let big = rand_bf16(&[elems], &dev, 1.0);
     let big2 = Tensor::empty(&[elems], DType::BF16, &dev).unwrap();
     let ms = time_ms(&dev, it, || big2.copy_from(&big).unwrap());
-    report_bw(&format!("CEILING device-to-device copy {} MiB", (elems * 2) >> 20), ms, 4 * elems);
+    report_bw(
+        &format!("CEILING device-to-device copy {} MiB", (elems * 2) >> 20),
+        ms,
+        4 * elems,
+    );
     drop(big);
     // Host-to-device on the copy stream (what sequential offload streams through): from a
     // page-locked buffer (contentv::runtime::memory::PinnedBuffer, as the residency layer
@@ -228,21 +235,37 @@ fn main() {
         )
         .unwrap();
     });
-    report_bw(&format!("layer_norm_modulate [2,{nvid},{dm}] bf16"), ms, 2 * act_bytes);
+    report_bw(
+        &format!("layer_norm_modulate [2,{nvid},{dm}] bf16"),
+        ms,
+        2 * act_bytes,
+    );
     let ms = time_ms(&dev, it, || {
         ew::gated_residual(&x, &y, &m6.narrow(1, 2 * dm, dm).unwrap()).unwrap();
     });
-    report_bw(&format!("gated_residual [2,{nvid},{dm}] bf16"), ms, 3 * act_bytes);
+    report_bw(
+        &format!("gated_residual [2,{nvid},{dm}] bf16"),
+        ms,
+        3 * act_bytes,
+    );
     let q = x.reshape(&[b, nvid, heads, 64]).unwrap();
     let w64 = rand_bf16(&[64], &dev, 1.0);
     let ms = time_ms(&dev, it, || {
         norm::rms_norm(&q, Some(&w64), 1e-6).unwrap();
     });
-    report_bw(&format!("rms_norm q/k [2,{nvid},{heads},64] bf16"), ms, 2 * act_bytes);
+    report_bw(
+        &format!("rms_norm q/k [2,{nvid},{heads},64] bf16"),
+        ms,
+        2 * act_bytes,
+    );
     let ms = time_ms(&dev, it, || {
         act::gelu_tanh(&x).unwrap();
     });
-    report_bw(&format!("gelu_tanh [2,{nvid},{dm}] bf16"), ms, 2 * act_bytes);
+    report_bw(
+        &format!("gelu_tanh [2,{nvid},{dm}] bf16"),
+        ms,
+        2 * act_bytes,
+    );
     let ms = time_ms(&dev, it, || {
         ew::add(&x, &y).unwrap();
     });
@@ -250,7 +273,11 @@ fn main() {
     let ms = time_ms(&dev, it, || {
         x.to_dtype(DType::F32).unwrap();
     });
-    report_bw(&format!("cast bf16->f32 [2,{nvid},{dm}]"), ms, 3 * act_bytes);
+    report_bw(
+        &format!("cast bf16->f32 [2,{nvid},{dm}]"),
+        ms,
+        3 * act_bytes,
+    );
     let tn = util::scaled(4096, 64);
     let t = x.narrow(1, 0, tn).unwrap().permute(&[0, 2, 1]).unwrap();
     let ms = time_ms(&dev, it, || {

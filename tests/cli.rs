@@ -1224,7 +1224,11 @@ fn quantize_never_destroys_its_input_or_unrelated_folders() {
         entries(&d)
     );
     // The unchanged components are copies: editing them in place leaves the original alone.
-    for f in ["vae/config.json", "vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json"] {
+    for f in [
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "tokenizer/vocab.json",
+    ] {
         let (orig, copy) = (model.join(f), old.join(f));
         if !orig.exists() {
             continue;
@@ -1237,7 +1241,11 @@ fn quantize_never_destroys_its_input_or_unrelated_folders() {
             .unwrap()
             .write_all(b"edited")
             .unwrap();
-        assert!(std::fs::read(&orig).unwrap() == before, "editing {} changed the original", copy.display());
+        assert!(
+            std::fs::read(&orig).unwrap() == before,
+            "editing {} changed the original",
+            copy.display()
+        );
     }
 }
 
@@ -1334,7 +1342,10 @@ fn outputs_never_replace_inputs_or_user_files() {
     let out = d.join("v.mp4");
     let model = m.to_str().unwrap();
     let base = |output: &str| -> Vec<String> {
-        let mut a: Vec<String> = tiny_args(output, "3").into_iter().map(String::from).collect();
+        let mut a: Vec<String> = tiny_args(output, "3")
+            .into_iter()
+            .map(String::from)
+            .collect();
         a.extend(["--model".into(), model.into()]);
         a
     };
@@ -1347,13 +1358,27 @@ fn outputs_never_replace_inputs_or_user_files() {
         let mut a = base(out.to_str().unwrap());
         a.extend([flag.to_string(), target.to_str().unwrap().to_string()]);
         let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
-        assert_eq!(o.status.code(), Some(2), "{flag} {}: {}", target.display(), text(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{flag} {}: {}",
+            target.display(),
+            text(&o)
+        );
         let t = text(&o);
-        assert!(t.contains(flag) && t.contains(&target.display().to_string()) && t.contains("only replaces its own"), "{t}");
+        assert!(
+            t.contains(flag)
+                && t.contains(&target.display().to_string())
+                && t.contains("only replaces its own"),
+            "{t}"
+        );
         assert!(!out.exists(), "a refused run wrote its video");
     }
     // an existing file with a video name that is not a video
-    let o = run(&base(fake_mp4.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(&base(fake_mp4.to_str().unwrap())
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("is not a video"), "{}", text(&o));
     // batch lines follow the same rule
@@ -1376,7 +1401,10 @@ fn outputs_never_replace_inputs_or_user_files() {
     let lat = d.join("run.latents.safetensors");
     for _ in 0..2 {
         let mut a = base(out.to_str().unwrap());
-        a.extend(["--save-latents".to_string(), lat.to_str().unwrap().to_string()]);
+        a.extend([
+            "--save-latents".to_string(),
+            lat.to_str().unwrap().to_string(),
+        ]);
         let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(o.status.success(), "{}", text(&o));
     }
@@ -1408,7 +1436,10 @@ fn absurd_config_values_keep_memory_bounded() {
             .unwrap();
         let t = text(&o);
         assert_eq!(o.status.code(), Some(1), "{comp}: {t}");
-        assert!(t.contains(&format!("{key} 1000000000000")) && t.contains("corrupt"), "{comp}: {t}");
+        assert!(
+            t.contains(&format!("{key} 1000000000000")) && t.contains("corrupt"),
+            "{comp}: {t}"
+        );
     }
 }
 
@@ -1419,16 +1450,29 @@ fn ineffective_flags_get_a_note() {
     let out = d.join("v.mp4");
     let lat = d.join("noise.latents.safetensors");
     let mut a = tiny_args(out.to_str().unwrap(), "3");
-    a.extend(["--vram-budget", "4", "--save-latents", lat.to_str().unwrap()]);
+    a.extend([
+        "--vram-budget",
+        "4",
+        "--save-latents",
+        lat.to_str().unwrap(),
+    ]);
     let o = run(&a);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("--vram-budget 4.0 has no effect on the CPU"), "{}", text(&o));
+    assert!(
+        text(&o).contains("--vram-budget 4.0 has no effect on the CPU"),
+        "{}",
+        text(&o)
+    );
     // the saved latents as initial noise: the seed does nothing, and no random seed is announced
     let mut a = tiny_args(out.to_str().unwrap(), "9");
     a.extend(["--init-noise", lat.to_str().unwrap()]);
     let o = run(&a);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("--seed 9 has no effect with --init-noise"), "{}", text(&o));
+    assert!(
+        text(&o).contains("--seed 9 has no effect with --init-noise"),
+        "{}",
+        text(&o)
+    );
     let mut a = tiny_args(out.to_str().unwrap(), "9");
     let i = a.iter().position(|s| *s == "--seed").unwrap();
     a.drain(i..i + 2);

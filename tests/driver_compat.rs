@@ -60,9 +60,15 @@ fn device_report_names_gpu_driver_and_images() {
     assert_eq!(v["arch"], arch.as_str());
     let mods = v["modules"].as_array().unwrap();
     for m in ["attention", "conv3d", "gemm_int8", "ops"] {
-        assert!(mods.iter().any(|x| x["module"] == m), "module {m} missing: {out}");
+        assert!(
+            mods.iter().any(|x| x["module"] == m),
+            "module {m} missing: {out}"
+        );
     }
-    assert_eq!(v["kernels_cuda"], "12.9", "the images must come from the CUDA 12.9 compiler");
+    assert_eq!(
+        v["kernels_cuda"], "12.9",
+        "the images must come from the CUDA 12.9 compiler"
+    );
 }
 
 #[test]
@@ -82,7 +88,10 @@ fn old_driver_gets_one_clear_message() {
         assert_eq!(out.lines().count(), 1, "one message, no backtrace: {out}");
     }
     // The oldest supported driver runs the SASS images.
-    let (code, out) = device(&[("CONTENTV_EMU_DRIVER_VERSION", "12000"), ("CONTENTV_EMU_ARCH", "8.6")]);
+    let (code, out) = device(&[
+        ("CONTENTV_EMU_DRIVER_VERSION", "12000"),
+        ("CONTENTV_EMU_ARCH", "8.6"),
+    ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(r#""image":"sm_86""#), "{out}");
 }
@@ -105,7 +114,10 @@ fn each_arch_loads_its_image_or_is_named() {
         ("12.1", "12090", "sm_120"),
         ("13.0", "13000", "compute_120"),
     ] {
-        let (code, out) = device(&[("CONTENTV_EMU_ARCH", arch), ("CONTENTV_EMU_DRIVER_VERSION", drv)]);
+        let (code, out) = device(&[
+            ("CONTENTV_EMU_ARCH", arch),
+            ("CONTENTV_EMU_DRIVER_VERSION", drv),
+        ]);
         assert_eq!(code, 0, "sm {arch}, driver {drv}: {out}");
         let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).expect(&out);
         for m in v["modules"].as_array().unwrap() {
@@ -113,20 +125,30 @@ fn each_arch_loads_its_image_or_is_named() {
         }
     }
     // A GPU newer than every SASS target with a driver older than the PTX.
-    let (code, out) = device(&[("CONTENTV_EMU_ARCH", "13.0"), ("CONTENTV_EMU_DRIVER_VERSION", "12080")]);
+    let (code, out) = device(&[
+        ("CONTENTV_EMU_ARCH", "13.0"),
+        ("CONTENTV_EMU_DRIVER_VERSION", "12080"),
+    ]);
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("no SASS for sm_130") && out.contains("CUDA 12.9 or newer"), "{out}");
+    assert!(
+        out.contains("no SASS for sm_130") && out.contains("CUDA 12.9 or newer"),
+        "{out}"
+    );
     // An arch the build has nothing for: the device's arch and the build's targets are named.
     let (code, out) = device(&[("CONTENTV_EMU_ARCH", "11.0")]);
     assert_ne!(code, 0, "{out}");
     assert!(
-        out.contains("sm_110") && out.contains("sm_80, sm_86, sm_89, sm_90, sm_100, sm_120, compute_120 (PTX)"),
+        out.contains("sm_110")
+            && out.contains("sm_80, sm_86, sm_89, sm_90, sm_100, sm_120, compute_120 (PTX)"),
         "{out}"
     );
     // Too old for the kernels at all.
     let (code, out) = device(&[("CONTENTV_EMU_ARCH", "7.5")]);
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("sm_75") && out.contains("sm_80 or newer"), "{out}");
+    assert!(
+        out.contains("sm_75") && out.contains("sm_80 or newer"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -137,19 +159,41 @@ fn sync_launches_names_the_faulting_kernel() {
     let dir = tempdir();
     let out_path = dir.join("fault.mp4");
     let args = [
-        "generate", "--device", "cuda", "--prompt", "a fox", "--seed", "1", "--frames", "5",
-        "--width", "64", "--height", "64", "--steps", "1", "--output", out_path.to_str().unwrap(),
+        "generate",
+        "--device",
+        "cuda",
+        "--prompt",
+        "a fox",
+        "--seed",
+        "1",
+        "--frames",
+        "5",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "1",
+        "--output",
+        out_path.to_str().unwrap(),
     ];
     let fault = ("CONTENTV_EMU_FAULT_KERNEL", "layer_norm_bf16");
     let o = contentv(&[fault, ("CONTENTV_SYNC_LAUNCHES", "1")], &args);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("kernel layer_norm_bf16 (kernels/ops.cu) failed") && t.contains("ILLEGAL_ADDRESS"), "{t}");
+    assert!(
+        t.contains("kernel layer_norm_bf16 (kernels/ops.cu) failed")
+            && t.contains("ILLEGAL_ADDRESS"),
+        "{t}"
+    );
     // Without it the fault shows at a later synchronisation, and the message says how to find it.
     let o = contentv(&[fault], &args);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("ILLEGAL_ADDRESS") && t.contains("CONTENTV_SYNC_LAUNCHES=1"), "{t}");
+    assert!(
+        t.contains("ILLEGAL_ADDRESS") && t.contains("CONTENTV_SYNC_LAUNCHES=1"),
+        "{t}"
+    );
     assert!(!out_path.exists(), "no output after a failed run");
 }
 

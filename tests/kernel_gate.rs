@@ -62,10 +62,31 @@ fn launches() -> Vec<Launch> {
         // 2 CTAs on sm_80..sm_90 (126-128 registers). NVRTC 12.9 gives it 132-134 registers on
         // sm_100/sm_120, so 1 CTA there; pinning it to 128 spills (up to 132 B, with LDL/STL in
         // the loop) and spills on sm_90 too. Issue 17's kernels replace it on those archs.
-        k("flash_attn_fwd_d64", FLASH_THREADS, FLASH_SMEM, true, true, &[("sm_100", 1), ("sm_120", 1), ("*", 2)]),
-        k("attn_naive_*", (NAIVE_ROWS * 32) as u32, 0, false, false, ONE),
+        k(
+            "flash_attn_fwd_d64",
+            FLASH_THREADS,
+            FLASH_SMEM,
+            true,
+            true,
+            &[("sm_100", 1), ("sm_120", 1), ("*", 2)],
+        ),
+        k(
+            "attn_naive_*",
+            (NAIVE_ROWS * 32) as u32,
+            0,
+            false,
+            false,
+            ONE,
+        ),
         // 51 KiB of shared memory fits once on the 100 KiB SMs of sm_86/89/120.
-        k("w8a16_mma_group_*", 256, w8a16_smem_bytes(true), true, true, &[("sm_86", 1), ("sm_89", 1), ("sm_120", 1), ("*", 2)]),
+        k(
+            "w8a16_mma_group_*",
+            256,
+            w8a16_smem_bytes(true),
+            true,
+            true,
+            &[("sm_86", 1), ("sm_89", 1), ("sm_120", 1), ("*", 2)],
+        ),
         k("w8a16_mma_*", 256, w8a16_smem_bytes(false), true, true, TWO),
         k("w8a16_gemv_*", 256, 0, true, false, TWO),
         k("dequant_i8_*", 256, 0, false, false, ONE),
@@ -221,11 +242,19 @@ fn nvdisasm() -> Option<PathBuf> {
 
 /// Kernel name -> (HMMA count, HGMMA count, local loads/stores), from a cubin's SASS.
 fn sass_counts(tool: &PathBuf, cubin: &[u8], tag: &str) -> BTreeMap<String, (usize, usize, usize)> {
-    let path = std::env::temp_dir().join(format!("contentv-gate-{}-{tag}.cubin", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("contentv-gate-{}-{tag}.cubin", std::process::id()));
     std::fs::write(&path, cubin).unwrap();
-    let o = Command::new(tool).arg(&path).output().expect("running nvdisasm");
+    let o = Command::new(tool)
+        .arg(&path)
+        .output()
+        .expect("running nvdisasm");
     let _ = std::fs::remove_file(&path);
-    assert!(o.status.success(), "nvdisasm {tag}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "nvdisasm {tag}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let text = String::from_utf8_lossy(&o.stdout);
     let mut out = BTreeMap::new();
     let mut cur: Option<String> = None;
@@ -245,10 +274,17 @@ fn sass_counts(tool: &PathBuf, cubin: &[u8], tag: &str) -> BTreeMap<String, (usi
         }
         let Some(c) = &cur else { continue };
         // an instruction line: /*0a30*/  HMMA.16816.F32 R72, ...
-        let Some(ins) = t.strip_prefix("/*").and_then(|r| r.split_once("*/")).map(|(_, r)| r) else {
+        let Some(ins) = t
+            .strip_prefix("/*")
+            .and_then(|r| r.split_once("*/"))
+            .map(|(_, r)| r)
+        else {
             continue;
         };
-        let op = ins.split_whitespace().find(|w| !w.starts_with('@')).unwrap_or("");
+        let op = ins
+            .split_whitespace()
+            .find(|w| !w.starts_with('@'))
+            .unwrap_or("");
         let base = op.split('.').next().unwrap_or("");
         let e = out.get_mut(c).unwrap();
         match base {
@@ -293,7 +329,10 @@ fn kernel_gate() {
                 .map(|r| r.2)
                 .unwrap_or_else(|| panic!("no ptxas report for {module} {target}"));
             let res = parse_ptxas(log);
-            assert!(!res.is_empty(), "{module} {target}: the ptxas report names no kernel:\n{log}");
+            assert!(
+                !res.is_empty(),
+                "{module} {target}: the ptxas report names no kernel:\n{log}"
+            );
             let sass = tool
                 .as_ref()
                 .map(|t| sass_counts(t, bytes, &format!("{module}.{target}")));
@@ -334,13 +373,19 @@ fn kernel_gate() {
                         p.regs, smem, l.threads
                     ));
                 }
-                let s = sass.as_ref().map(|m| m.get(name).copied().unwrap_or((0, 0, 0)));
+                let s = sass
+                    .as_ref()
+                    .map(|m| m.get(name).copied().unwrap_or((0, 0, 0)));
                 if let Some((hmma, hgmma, local)) = s {
                     if l.tensor_cores && hmma + hgmma == 0 {
-                        failures.push(format!("{at}: a tensor-core kernel without HMMA/HGMMA in its SASS"));
+                        failures.push(format!(
+                            "{at}: a tensor-core kernel without HMMA/HGMMA in its SASS"
+                        ));
                     }
                     if l.hot && local > 0 {
-                        failures.push(format!("{at}: {local} local-memory loads/stores (LDL/STL) in a hot kernel"));
+                        failures.push(format!(
+                            "{at}: {local} local-memory loads/stores (LDL/STL) in a hot kernel"
+                        ));
                     }
                 }
                 table
@@ -352,8 +397,14 @@ fn kernel_gate() {
     }
     // Every kernel in the launch table exists (a renamed kernel must not leave a stale entry).
     for l in &all {
-        if !table.keys().any(|(_, n)| launch_of(std::slice::from_ref(l), n).is_some()) {
-            failures.push(format!("the gate's launch table names {} but no image has it", l.pattern));
+        if !table
+            .keys()
+            .any(|(_, n)| launch_of(std::slice::from_ref(l), n).is_some())
+        {
+            failures.push(format!(
+                "the gate's launch table names {} but no image has it",
+                l.pattern
+            ));
         }
     }
 
@@ -363,7 +414,10 @@ fn kernel_gate() {
         "| kernel | module | block | smem static+dyn | hot | {} | spill/stack | HMMA (sm_90) | LDL/STL |\n",
         targets.join(" | ")
     ));
-    md.push_str(&format!("|---|---|---|---|---|{}---|---|---|\n", "---|".repeat(targets.len())));
+    md.push_str(&format!(
+        "|---|---|---|---|---|{}---|---|---|\n",
+        "---|".repeat(targets.len())
+    ));
     for ((module, name), per) in &table {
         let l = launch_of(&all, name).unwrap();
         let any = per.values().next().unwrap();
@@ -412,7 +466,10 @@ fn kernel_gate() {
     };
     let current = &text[b + begin.len()..e];
     if std::env::var("CONTENTV_GATE_WRITE").is_ok_and(|v| v == "1") {
-        assert!(full, "regenerate the table from a build with every target (unset CONTENTV_ARCHS)");
+        assert!(
+            full,
+            "regenerate the table from a build with every target (unset CONTENTV_ARCHS)"
+        );
         let new = format!("{}{begin}{md}{}", &text[..b], &text[e..]);
         std::fs::write(&doc, new).unwrap();
         println!("kernel gate: wrote the table into {}", doc.display());
@@ -423,7 +480,11 @@ fn kernel_gate() {
                 .into(),
         );
     }
-    assert!(failures.is_empty(), "kernel gate:\n  {}", failures.join("\n  "));
+    assert!(
+        failures.is_empty(),
+        "kernel gate:\n  {}",
+        failures.join("\n  ")
+    );
 }
 
 /// Whether two gate tables agree: the same rows and cells, except that a register count may
@@ -480,7 +541,10 @@ fn occupancy_arithmetic() {
                ptxas info    : Used 40 registers, used 1 barriers, 4096 bytes smem, 400 bytes cmem[0]\n";
     let r = parse_ptxas(log);
     let f = &r["f"];
-    assert_eq!((f.regs, f.stack, f.spill_stores, f.spill_loads, f.smem), (40, 8, 4, 4, 4096));
+    assert_eq!(
+        (f.regs, f.stack, f.spill_stores, f.spill_loads, f.smem),
+        (40, 8, 4, 4, 4096)
+    );
     // the docs table tolerates register noise, not a CTA change or a new row
     let t = "| k | m | 121r/2 | 0 |\n";
     assert!(same_table(t, "| k | m | 122r/2 | 0 |\n"));

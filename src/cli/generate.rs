@@ -96,7 +96,11 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         None => None,
     };
     video::check_writable(&r.output)?;
-    video::check_previous_output(&video::artifact_path(&r.output), OutputKind::Video, "the output")?;
+    video::check_previous_output(
+        &video::artifact_path(&r.output),
+        OutputKind::Video,
+        "the output",
+    )?;
     if let Some(p) = &r.save_latents {
         video::check_writable(p)?;
         video::check_previous_output(p, OutputKind::Latents, "--save-latents")?;
@@ -286,7 +290,11 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         load_init_noise(p, &req.geometry().latent_shape())?; // fail before loading the model
     }
     video::check_writable(&req.output)?;
-    video::check_previous_output(&video::artifact_path(&req.output), OutputKind::Video, "the output")?;
+    video::check_previous_output(
+        &video::artifact_path(&req.output),
+        OutputKind::Video,
+        "the output",
+    )?;
     if let Some(p) = &req.save_latents {
         video::check_writable(p)?;
         video::check_previous_output(p, OutputKind::Latents, "--save-latents")?;

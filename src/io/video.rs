@@ -199,7 +199,9 @@ pub fn check_previous_output(p: &Path, kind: OutputKind, flag: &str) -> Result<(
 fn is_video_container(p: &Path) -> bool {
     use std::io::Read;
     let mut b = [0u8; 12];
-    let n = fs::File::open(p).and_then(|mut f| f.read(&mut b)).unwrap_or(0);
+    let n = fs::File::open(p)
+        .and_then(|mut f| f.read(&mut b))
+        .unwrap_or(0);
     if n < 8 {
         return false;
     }

@@ -415,11 +415,18 @@ pub fn save_latents(
 ) -> Result<()> {
     let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
     // Sorted metadata: the same run writes the same bytes.
-    let mut meta: std::collections::BTreeMap<String, String> =
-        metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut meta: std::collections::BTreeMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     meta.insert("format".into(), "contentv-latents".into());
     let buf = crate::io::safetensors::serialize_safetensors(
-        &[("latents", crate::io::safetensors::StDtype::F32, shape, &bytes)],
+        &[(
+            "latents",
+            crate::io::safetensors::StDtype::F32,
+            shape,
+            &bytes,
+        )],
         Some(&meta),
     )
     .map_err(|e| Error::Other(format!("latents: {e}")))?;

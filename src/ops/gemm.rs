@@ -556,7 +556,12 @@ unsafe fn layout(
         let s = stride as i64;
         let r = check(
             "batch count",
-            (lib.layout_set)(l, lt::LAYOUT_BATCH_COUNT, &b as *const i32 as *const c_void, 4),
+            (lib.layout_set)(
+                l,
+                lt::LAYOUT_BATCH_COUNT,
+                &b as *const i32 as *const c_void,
+                4,
+            ),
         )
         .and_then(|_| {
             check(

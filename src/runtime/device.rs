@@ -89,7 +89,9 @@ pub fn pick_image<'a>(
         digits.parse::<i32>().ok().map(|n| (n, arch_specific))
     };
     let sass = |exact_a: bool| {
-        images.iter().find(|(a, _)| num(a, "sm_") == Some((want, exact_a)))
+        images
+            .iter()
+            .find(|(a, _)| num(a, "sm_") == Some((want, exact_a)))
     };
     if let Some(&(a, b)) = sass(true).or_else(|| sass(false)) {
         return Ok((a, b));
@@ -216,7 +218,11 @@ impl Device {
 
 /// Why the GPU path cannot be used, or `None` if it can. Never panics.
 pub fn gpu_unavailable_reason() -> Option<String> {
-    if cfg!(no_kernels) || embedded::KERNEL_MODULES.iter().all(|(_, imgs)| imgs.is_empty()) {
+    if cfg!(no_kernels)
+        || embedded::KERNEL_MODULES
+            .iter()
+            .all(|(_, imgs)| imgs.is_empty())
+    {
         return Some(NO_KERNELS_HINT.to_string());
     }
     if std::env::var("CONTENTV_FORCE_CPU")
@@ -396,13 +402,8 @@ impl Gpu {
             return Err(Error::NoGpu(NO_KERNELS_HINT.into()));
         }
         let cc = self.compute_capability;
-        let (target, image) = pick_image(
-            images,
-            cc,
-            self.driver_version,
-            kernel_toolkit_version(),
-        )
-        .map_err(|e| Error::NoGpu(format!("kernels/{module}.cu on {}: {e}", self.name)))?;
+        let (target, image) = pick_image(images, cc, self.driver_version, kernel_toolkit_version())
+            .map_err(|e| Error::NoGpu(format!("kernels/{module}.cu on {}: {e}", self.name)))?;
         // cuModuleLoadData needs the image to stay valid during the call only; copy to be
         // sure of alignment (cubins are ELF files read with 8-byte loads).
         let owned: Vec<u8> = image.to_vec();
@@ -467,8 +468,11 @@ impl Gpu {
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
             )
         }
-        .map_err(|e| Error::Cuda(format!("{name}: cannot read its static shared memory: {e:?}")))?
-            as u32;
+        .map_err(|e| {
+            Error::Cuda(format!(
+                "{name}: cannot read its static shared memory: {e:?}"
+            ))
+        })? as u32;
         let total = static_smem as usize + smem as usize;
         if total > self.max_smem_optin {
             return Err(Error::Cuda(format!(
@@ -669,7 +673,11 @@ mod tests {
         assert_eq!(pick((9, 0), 12000).unwrap(), "sm_90a");
         assert_eq!(pick((12, 0), 12080).unwrap(), "sm_120");
         // without the `a` image, plain sm_90
-        let no_a: Vec<_> = IMGS.iter().copied().filter(|(a, _)| *a != "sm_90a").collect();
+        let no_a: Vec<_> = IMGS
+            .iter()
+            .copied()
+            .filter(|(a, _)| *a != "sm_90a")
+            .collect();
         assert_eq!(pick_image(&no_a, (9, 0), 12000, 12090).unwrap().0, "sm_90");
     }
 
@@ -687,10 +695,16 @@ mod tests {
     fn ptx_needs_a_driver_as_new_as_the_compiler() {
         assert_eq!(pick((13, 0), 12090).unwrap(), "compute_120");
         let e = pick((13, 0), 12080).unwrap_err();
-        assert!(e.contains("sm_130") && e.contains("CUDA 12.9") && e.contains("CUDA 12.8"), "{e}");
+        assert!(
+            e.contains("sm_130") && e.contains("CUDA 12.9") && e.contains("CUDA 12.8"),
+            "{e}"
+        );
         // PTX newer than the device is no use
         let e = pick((11, 0), 13000).unwrap_err();
-        assert!(e.contains("sm_110") && e.contains("sm_80, sm_86") && e.contains("compute_120 (PTX)"), "{e}");
+        assert!(
+            e.contains("sm_110") && e.contains("sm_80, sm_86") && e.contains("compute_120 (PTX)"),
+            "{e}"
+        );
         // an older GPU: nothing fits
         assert!(pick((7, 5), 13000).is_err());
     }
