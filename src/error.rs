@@ -83,12 +83,6 @@ impl From<cudarc::driver::DriverError> for Error {
     }
 }
 
-impl From<crate::io::safetensors::StError> for Error {
-    fn from(e: crate::io::safetensors::StError) -> Self {
-        Error::Weights(e.to_string())
-    }
-}
-
 /// Shorthand for a shape error.
 #[macro_export]
 macro_rules! shape_err {

@@ -1,6 +1,6 @@
 //! `contentv quantize --model DIR --out DIR`: writes an INT8 weight-only checkpoint in the same
 //! diffusers layout. In `transformer/` and `text_encoder_3/` the linears INT8 applies to
-//! ([`crate::ops::quant::int8_applies`]) become `<name>.weight` (i8 [N, K]) plus
+//! ([`crate::model::int8::int8_applies`]) become `<name>.weight` (i8 [N, K]) plus
 //! `<name>.weight_scale` (f32 [N], or [N, K/group]); every other tensor and every other
 //! component is copied unchanged. Shard by shard (memory stays bounded), into a temporary
 //! folder that is renamed to --out when complete.
@@ -12,7 +12,8 @@ use super::Ui;
 use crate::error::{Error, Result};
 use crate::io::fsutil;
 use crate::io::safetensors::{write_safetensors, SafeTensorsFile, StDtype};
-use crate::ops::quant::{int8_applies, quantize_per_channel};
+use crate::model::int8::int8_applies;
+use crate::ops::quant::quantize_per_channel;
 
 /// Components whose linears are quantized.
 const QUANTIZED: [&str; 2] = ["transformer", "text_encoder_3"];

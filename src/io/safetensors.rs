@@ -1409,3 +1409,9 @@ pub fn write_safetensors(
         )
     })
 }
+
+impl From<StError> for crate::error::Error {
+    fn from(e: StError) -> Self {
+        crate::error::Error::Weights(e.to_string())
+    }
+}

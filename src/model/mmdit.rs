@@ -373,7 +373,10 @@ impl Transformer {
     pub fn load_with(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<Transformer> {
         let store = WeightStore::open(dir, device, DType::BF16)?;
         if mem.int8 {
-            store.set_int8(Some(Int8Policy::default()));
+            store.set_int8(Some(Int8Policy {
+                group: None,
+                quantizable: crate::model::int8::int8_applies,
+            }));
         }
         let config = TransformerConfig::from_weights(&store.root())?;
         // The GPU runs heads of 64 on the flash kernel and any other width on the generic one,

@@ -665,7 +665,7 @@ impl Pipeline {
         bshape[0] = b;
         let mut x: Vec<f32> = noise.to_vec();
         if self.precision == LatentPrecision::Bf16 {
-            crate::ops::cast::round_to_bf16(&mut x);
+            crate::runtime::cast::round_to_bf16(&mut x);
         }
         let steps = schedule.steps();
         let all_ts: Vec<Vec<f32>> = (0..steps).map(|i| vec![schedule.timesteps[i]; b]).collect();

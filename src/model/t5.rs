@@ -162,7 +162,10 @@ impl T5Encoder {
         let config = T5Config::from_dir(dir)?;
         let store = WeightStore::open(dir, device, DType::BF16)?;
         if mem.int8 {
-            store.set_int8(Some(crate::runtime::weights::Int8Policy::default()));
+            store.set_int8(Some(crate::runtime::weights::Int8Policy {
+                group: None,
+                quantizable: crate::model::int8::int8_applies,
+            }));
         }
         let embed_key = if store.contains("shared.weight") {
             "shared.weight"

@@ -20,7 +20,6 @@
 //!
 //! Optional spatial tiling ([`TileConfig`]): tiles in latent space with overlap, each decoded
 //! over all frames with its own caches, blended linearly in pixel space.
-pub mod glue;
 #[doc(hidden)]
 pub mod synthetic;
 pub mod tiling;
@@ -31,6 +30,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::io::config::ConfigJson;
 use crate::ops::conv::{cache_update, conv3d, conv3d_into, ConvOpts, ConvPrecision};
+use crate::ops::vae_glue as glue;
 use crate::runtime::{DType, Device, Tensor};
 use crate::shape_err;
 

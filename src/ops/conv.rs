@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
-use crate::ops::cast::round_to_bf16;
+use crate::runtime::cast::round_to_bf16;
 use crate::runtime::{DType, Device, KernelArgs, Tensor};
 use crate::shape_err;
 

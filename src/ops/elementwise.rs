@@ -1,6 +1,6 @@
 //! Elementwise arithmetic, the gated residual of adaLN-Zero, and concatenation.
 //! Kernels: kernels/ops.cu (`binary_*`, `add_bcast_*`, `axpby_*`, `gated_residual_*`); concat
-//! uses the strided copy of [`crate::ops::copy`].
+//! uses the strided copy of [`crate::runtime::copy`].
 use crate::error::{Error, Result};
 use crate::ops::{common_gpu, float_dtype, host};
 use crate::runtime::{Device, KernelArgs, Tensor};
@@ -276,7 +276,7 @@ pub fn concat(ts: &[&Tensor], dim: usize) -> Result<Tensor> {
             for t in ts {
                 let len = t.shape()[dim];
                 let src = t.to_dtype(dt)?;
-                crate::ops::copy::copy_into(&src, &y.narrow(dim, at, len)?)?;
+                crate::runtime::copy::copy_into(&src, &y.narrow(dim, at, len)?)?;
                 at += len;
             }
             Ok(y)

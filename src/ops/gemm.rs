@@ -301,15 +301,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 // ----- cuBLASLt -------------------------------------------------------------------------------
 
-/// Cached cuBLASLt handle and workspace of one GPU.
-pub struct BlasLt {
-    lib: &'static lt::Lib,
-    handle: lt::Handle,
-    workspace: crate::runtime::memory::DeviceBuffer,
-}
-// SAFETY: the handle is used under the Gpu's mutex, on the Gpu's compute stream only.
-unsafe impl Send for BlasLt {}
-
 const WORKSPACE: usize = 32 << 20;
 
 struct GemmCall {
@@ -383,7 +374,7 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
         // SAFETY: out-pointer to a live handle slot.
         check("create handle", unsafe { (lib.create)(&mut handle) })?;
         let workspace = gpu.alloc(WORKSPACE)?;
-        *guard = Some(BlasLt {
+        *guard = Some(lt::BlasLt {
             lib,
             handle,
             workspace,
@@ -580,15 +571,6 @@ unsafe fn layout(
         }
     }
     Ok(l)
-}
-
-impl Drop for BlasLt {
-    fn drop(&mut self) {
-        // SAFETY: the handle was created by this library and is dropped once.
-        unsafe {
-            (self.lib.destroy)(self.handle);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,15 +5,14 @@
 pub mod act;
 pub mod attention;
 pub mod attention_cuda;
-pub mod cast;
 pub mod conv;
-pub mod copy;
 pub mod elementwise;
 pub mod embed;
 pub mod gemm;
 pub mod norm;
 pub mod quant;
 pub mod tolerance;
+pub mod vae_glue;
 
 use std::sync::Arc;
 

@@ -229,9 +229,9 @@ pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f32) -> Result<Tensor> {
 
 /// Wan VAE channel RMS norm: `x / max(‖x‖₂ over C, 1e-12) * sqrt(C) * gamma` (then SiLU if
 /// asked) for x [B, C, ...] in f32. Kernel `vae_channel_rms_norm_f32` (kernels/conv3d.cu),
-/// CPU reference [`crate::model::vae::glue::channel_rms_norm_cpu`]; the VAE calls it here.
+/// CPU reference [`crate::ops::vae_glue::channel_rms_norm_cpu`].
 pub fn channel_rms_norm(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tensor> {
-    crate::model::vae::glue::channel_rms_norm(x, gamma, silu)
+    crate::ops::vae_glue::channel_rms_norm(x, gamma, silu)
 }
 
 #[cfg(test)]

@@ -9,48 +9,10 @@
 use crate::error::{Error, Result};
 use crate::ops::gemm::{linear_act, Act};
 use crate::ops::{common_gpu, flat_rows, host, par_rows};
-use crate::runtime::{DType, Device, KernelArgs, Linear, Tensor, Weight};
+use crate::runtime::{DType, KernelArgs, Linear, Tensor, Weight};
 use crate::shape_err;
 
-/// Quantizes a row-major [n, k] matrix. `group`: scales per `group` input channels (must divide
-/// k), else one scale per row. Returns (q [n*k], scales [n * groups]).
-pub fn quantize_per_channel(
-    w: &[f32],
-    n: usize,
-    k: usize,
-    group: Option<usize>,
-) -> (Vec<i8>, Vec<f32>) {
-    assert_eq!(w.len(), n * k);
-    let g = group.unwrap_or(k).max(1);
-    assert!(k % g == 0, "group {g} does not divide {k}");
-    let groups = k / g;
-    let mut q = vec![0i8; n * k];
-    let mut s = vec![0f32; n * groups];
-    for r in 0..n {
-        for gi in 0..groups {
-            let row = &w[r * k + gi * g..r * k + (gi + 1) * g];
-            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            s[r * groups + gi] = scale;
-            if scale > 0.0 {
-                let inv = 1.0 / scale;
-                for (j, v) in row.iter().enumerate() {
-                    q[r * k + gi * g + j] = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                }
-            }
-        }
-    }
-    (q, s)
-}
-
-/// `q * scale` back to f32 [n*k].
-pub fn dequantize(q: &[i8], scales: &[f32], n: usize, k: usize) -> Vec<f32> {
-    let groups = scales.len() / n.max(1);
-    let g = k / groups.max(1);
-    (0..n * k)
-        .map(|i| q[i] as f32 * scales[(i / k) * groups + (i % k) / g])
-        .collect()
-}
+pub use crate::runtime::int8::{dequantize, quantize_host, quantize_per_channel};
 
 /// An INT8 weight from a dense [N, K] tensor (quantized on the host, placed on `t`'s device).
 pub fn quantize_weight(t: &Tensor, group: Option<usize>) -> Result<Weight> {
@@ -378,73 +340,6 @@ fn dense_copy(t: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-/// Which linears of a checkpoint INT8 applies to: the transformer's attention and MLP linears
-/// (`transformer_blocks.{i}.attn.{to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,
-/// to_add_out}`, `ff.net.{0.proj,2}`, `ff_context.net.{0.proj,2}`) and T5's
-/// (`encoder.block.{i}.layer.0.SelfAttention.{q,k,v,o}`, `layer.1.DenseReluDense.{wi_0,wi_1,
-/// wi,wo}`). Everything else stays in bf16 / f32: norms (and the attention's q/k RMSNorms),
-/// adaLN modulation, embeddings (T5's relative attention bias included), the context embedder,
-/// the final layer, CLIP and the VAE. `linear_name` is the key without `.weight`.
-pub fn int8_applies(linear_name: &str) -> bool {
-    const ATTN: [&str; 8] = [
-        "to_q",
-        "to_k",
-        "to_v",
-        "add_q_proj",
-        "add_k_proj",
-        "add_v_proj",
-        "to_out.0",
-        "to_add_out",
-    ];
-    const FF: [&str; 2] = ["0.proj", "2"];
-    const T5_ATTN: [&str; 4] = ["q", "k", "v", "o"];
-    const T5_FF: [&str; 4] = ["wi_0", "wi_1", "wi", "wo"];
-    // `<prefix>.<index>.<rest>` with a numeric index.
-    fn block<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
-        let rest = name.strip_prefix(prefix)?;
-        let (idx, rest) = rest.split_once('.')?;
-        (!idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit())).then_some(rest)
-    }
-    if let Some(rest) = block(linear_name, "transformer_blocks.") {
-        if let Some(l) = rest.strip_prefix("attn.") {
-            return ATTN.contains(&l);
-        }
-        if let Some(l) = rest
-            .strip_prefix("ff.net.")
-            .or_else(|| rest.strip_prefix("ff_context.net."))
-        {
-            return FF.contains(&l);
-        }
-        return false;
-    }
-    if let Some(rest) = block(linear_name, "encoder.block.") {
-        if let Some(l) = rest.strip_prefix("layer.0.SelfAttention.") {
-            return T5_ATTN.contains(&l);
-        }
-        if let Some(l) = rest.strip_prefix("layer.1.DenseReluDense.") {
-            return T5_FF.contains(&l);
-        }
-    }
-    false
-}
-
-/// Host tensors of an INT8 weight (for writing a quantized checkpoint).
-pub fn quantize_host(
-    w: &[f32],
-    n: usize,
-    k: usize,
-    group: Option<usize>,
-) -> Result<(Tensor, Tensor)> {
-    let (q, s) = quantize_per_channel(w, n, k, group);
-    let groups = s.len() / n.max(1);
-    let scale = if groups == 1 {
-        Tensor::from_f32(s, &[n], &Device::Cpu)?
-    } else {
-        Tensor::from_f32(s, &[n, groups], &Device::Cpu)?
-    };
-    Ok((Tensor::from_i8(q, &[n, k], &Device::Cpu)?, scale))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,52 +361,5 @@ mod tests {
         }
         let (q, s) = quantize_per_channel(&[0.0; 8], 2, 4, None);
         assert!(q.iter().all(|&v| v == 0) && s.iter().all(|&v| v == 0.0));
-    }
-
-    #[test]
-    fn policy() {
-        assert!(int8_applies("transformer_blocks.3.attn.to_q"));
-        assert!(
-            int8_applies("transformer_blocks.37.ff_context.net.2")
-                && int8_applies("transformer_blocks.0.ff.net.0.proj")
-        );
-        assert!(
-            !int8_applies("transformer_blocks.3.norm1.linear")
-                && !int8_applies("norm_out.linear")
-                && !int8_applies("context_embedder")
-        );
-        assert!(
-            int8_applies("encoder.block.5.layer.1.DenseReluDense.wo")
-                && !int8_applies("text_model.encoder.layers.0.mlp.fc1")
-        );
-        assert!(
-            int8_applies("encoder.block.0.layer.0.SelfAttention.q")
-                && int8_applies("encoder.block.23.layer.0.SelfAttention.o")
-        );
-        assert!(
-            !int8_applies("encoder.block.0.layer.0.SelfAttention.relative_attention_bias"),
-            "an embedding, not a linear"
-        );
-        assert!(
-            !int8_applies("transformer_blocks.3.attn.norm_q")
-                && !int8_applies("transformer_blocks.3.attn.norm_added_k")
-        );
-        assert!(
-            int8_applies("transformer_blocks.36.attn.add_v_proj")
-                && int8_applies("transformer_blocks.36.attn.to_add_out")
-        );
-        assert!(
-            !int8_applies("transformer_blocks.x.attn.to_q")
-                && !int8_applies("encoder.final_layer_norm")
-        );
-        for n in [
-            "pos_embed.proj",
-            "time_text_embed.timestep_embedder.linear_1",
-            "context_embedder",
-            "proj_out",
-            "norm_out.linear",
-        ] {
-            assert!(!int8_applies(n), "{n}");
-        }
     }
 }

@@ -159,3 +159,22 @@ pub fn lib() -> Result<&'static Lib, String> {
     .as_ref()
     .map_err(|e| e.clone())
 }
+
+/// The cached cuBLASLt handle and workspace of one GPU (created by the first GEMM, kept in
+/// [`crate::runtime::Gpu`], destroyed with it).
+pub struct BlasLt {
+    pub lib: &'static Lib,
+    pub handle: Handle,
+    pub workspace: crate::runtime::memory::DeviceBuffer,
+}
+// SAFETY: the handle is used under the Gpu's mutex, on the Gpu's compute stream only.
+unsafe impl Send for BlasLt {}
+
+impl Drop for BlasLt {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by this library and is dropped once.
+        unsafe {
+            (self.lib.destroy)(self.handle);
+        }
+    }
+}

@@ -304,7 +304,7 @@ pub struct Gpu {
     /// Loaded modules with the target of the image each one loaded.
     modules: Mutex<HashMap<&'static str, (Module, &'static str)>>,
     funcs: Mutex<FuncCache>,
-    pub(crate) blas: Mutex<Option<crate::ops::gemm::BlasLt>>,
+    pub(crate) blas: Mutex<Option<crate::runtime::blaslt::BlasLt>>,
 }
 
 impl std::fmt::Debug for Gpu {

@@ -2,7 +2,10 @@
 //! [`Tensor`] type ([`tensor`]), weight residency ([`residency`]) and the cuBLASLt binding
 //! ([`blaslt`]).
 pub mod blaslt;
+pub mod cast;
+pub mod copy;
 pub mod device;
+pub mod int8;
 pub mod memory;
 pub mod residency;
 pub mod tensor;

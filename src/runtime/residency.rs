@@ -570,7 +570,7 @@ fn fill_layer(store: &WeightStore, l: &LayerLayout, dst: &mut [u8]) -> Result<()
                 } else {
                     None
                 };
-                let (q, s) = crate::ops::quant::quantize_host(
+                let (q, s) = crate::runtime::int8::quantize_host(
                     &store.host_view(&e.key)?.to_vec_f32()?,
                     n,
                     k,

@@ -558,7 +558,7 @@ impl Tensor {
                 let bytes = self.to_bytes()?;
                 Self::host_from_bytes(&bytes, self.dtype, &self.shape)
             }
-            Device::Cuda(_) => crate::ops::copy::contiguous(self),
+            Device::Cuda(_) => crate::runtime::copy::contiguous(self),
         }
     }
 
@@ -642,7 +642,7 @@ impl Tensor {
                 };
                 Ok(Self::from_storage(st, dtype, &self.shape, Device::Cpu))
             }
-            Device::Cuda(_) => crate::ops::cast::cast(self, dtype),
+            Device::Cuda(_) => crate::runtime::cast::cast(self, dtype),
         }
     }
 

@@ -80,16 +80,19 @@ pub struct WeightStore {
     dtype: DType,
     /// Tensors already delivered (so a weight is uploaded once), keyed `{key}@{dtype}`.
     cache: Mutex<HashMap<String, Tensor>>,
-    /// INT8 weight-only quantization on load (`--quantize int8`), for the linears that
-    /// [`crate::ops::quant::int8_applies`] selects.
+    /// INT8 weight-only quantization on load (`--quantize int8`), for the linears the model's
+    /// predicate ([`Int8Policy::quantizable`]) selects.
     int8: Mutex<Option<Int8Policy>>,
 }
 
 /// Quantize-on-load settings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Int8Policy {
     /// Scales per `group` input channels; `None`: per output channel.
     pub group: Option<usize>,
+    /// Which linears (keys without `.weight`) may be quantized: declared by the model that
+    /// asks for INT8 (e.g. [`crate::model::int8::int8_applies`]); the runtime knows no names.
+    pub quantizable: fn(&str) -> bool,
 }
 
 impl WeightStore {
@@ -197,7 +200,7 @@ impl WeightStore {
     /// Whether the linear `name` (key without `.weight`) is delivered as INT8.
     pub fn is_int8(&self, name: &str) -> bool {
         self.ckpt.contains(&format!("{name}.weight_scale"))
-            || (self.int8_policy().is_some() && crate::ops::quant::int8_applies(name))
+            || self.int8_policy().is_some_and(|p| (p.quantizable)(name))
     }
 
     /// The INT8 weight of linear `name` ([out, in]): stored pre-quantized (`.weight` i8 +
@@ -244,7 +247,7 @@ impl WeightStore {
             .int8_policy()
             .and_then(|p| p.group)
             .filter(|g| in_f % g == 0);
-        let (q, s) = crate::ops::quant::quantize_host(
+        let (q, s) = crate::runtime::int8::quantize_host(
             &self.host_view(&wk)?.to_vec_f32()?,
             out_f,
             in_f,

@@ -7,8 +7,8 @@
 //! to switch to the shared `ops::norm::channel_rms_norm` / `ops::gemm::matmul` +
 //! `ops::act::softmax_last` once those support f32 on the device.
 use crate::error::Result;
-use crate::ops::cast::round_bf16;
 use crate::ops::conv::{conv3d, ConvOpts, ConvPrecision};
+use crate::runtime::cast::round_bf16;
 use crate::runtime::{DType, Device, KernelArgs, Tensor};
 use crate::shape_err;
 
