@@ -1272,8 +1272,9 @@ fn t5_tokenizer_from_spiece_model_alone() {
     }
     let (a, b) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let lat = |bytes: &[u8]| {
-        let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
-        st.tensor("latents").unwrap().data().to_vec()
+        let st = contentv::io::safetensors::SafeTensorsFile::from_bytes("latents", bytes.to_vec())
+            .unwrap();
+        st.bytes("latents").unwrap().to_vec()
     };
     assert!(
         lat(&a) == lat(&b),

@@ -4,17 +4,17 @@
 mod common;
 
 use common::*;
-use safetensors::Dtype;
+use contentv::io::safetensors::StDtype;
 
-fn dtype_name(d: Dtype) -> &'static str {
+fn dtype_name(d: StDtype) -> &'static str {
     match d {
-        Dtype::F32 => "float32",
-        Dtype::F16 => "float16",
-        Dtype::BF16 => "bfloat16",
-        Dtype::I64 => "int64",
-        Dtype::I32 => "int32",
-        Dtype::U8 => "uint8",
-        Dtype::F64 => "float64",
+        StDtype::F32 => "float32",
+        StDtype::F16 => "float16",
+        StDtype::BF16 => "bfloat16",
+        StDtype::I64 => "int64",
+        StDtype::I32 => "int32",
+        StDtype::U8 => "uint8",
+        StDtype::F64 => "float64",
         _ => "other",
     }
 }

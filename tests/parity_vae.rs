@@ -1,6 +1,7 @@
 //! Wan2.1 VAE decoder: the conv op (CUDA vs the CPU reference), the decoder on a synthetic tiny
 //! VAE (CUDA vs CPU), and parity with the diffusers fixtures (CPU always; CUDA when a GPU is
 //! present). Tests that need a GPU print a SKIP line without one.
+use contentv::io::safetensors::SafeTensorsFile;
 use contentv::model::vae::synthetic::{rnd, tiny_config, tiny_weights};
 use contentv::model::vae::{to_uint8_frames, TileConfig, VaeDecoder, VaeOptions};
 use contentv::ops::conv::{
@@ -421,27 +422,12 @@ impl Fixture {
             );
             return None;
         };
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let st = SafeTensorsFile::from_bytes(&path.display().to_string(), bytes)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut tensors = std::collections::HashMap::new();
-        for (k, v) in st.tensors() {
-            let d = v.data();
-            let f: Vec<f32> = match v.dtype() {
-                safetensors::Dtype::F32 => d
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                safetensors::Dtype::BF16 => d
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                safetensors::Dtype::F16 => d
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                safetensors::Dtype::U8 => d.iter().map(|&b| b as f32).collect(),
-                _ => continue,
-            };
-            tensors.insert(k, (v.shape().to_vec(), f));
+        for v in st.tensors() {
+            let f = st.to_f32(&v.name).unwrap_or_else(|e| panic!("{e}"));
+            tensors.insert(v.name.clone(), (v.shape.clone(), f));
         }
         Some(Fixture { tensors })
     }

@@ -600,7 +600,9 @@ fn gpu_streaming_ring_every_budget_split() {
     let pooled = Tensor::from_f32(rnd(2048, 3), &[1, 2048], &dev).unwrap();
     let t = vec![700.0f32];
     let forward = |mem: MemoryOptions| -> Option<(Vec<f32>, Vec<f32>)> {
-        let m = Transformer::load_with(&dir, &dev, &mem).ok()?;
+        let m = Transformer::load_with(&dir, &dev, &mem)
+            .map_err(|e| println!("load with {mem:?}: {e}"))
+            .ok()?;
         let a = m
             .forward(&x, &t, &ctx, &pooled)
             .unwrap()
@@ -676,4 +678,83 @@ fn gpu_streaming_ring_every_budget_split() {
     println!("streaming ring: {splits} budgets ran, each equal to the resident run");
     assert!(splits >= 8, "too few budgets loaded ({splits})");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The memory plan follows the request: under one budget, a small video keeps every layer
+/// resident while a large one streams some (or is refused), and `--offload sequential` streams
+/// every layer whatever the size. (Plans are made on the GPU only: the emulated one in CI.)
+#[test]
+fn gpu_budget_plan_follows_the_request_size() {
+    use contentv::model::mmdit::{activation_bytes, LAYER_GROUP};
+    use contentv::runtime::planner::{plan_layers, Placement};
+    let Some(dev) = common::cuda_or_skip() else {
+        return;
+    };
+    let dir = deep_tiny_transformer(5); // not 6: another test removes that one
+    let mem = |budget| MemoryOptions {
+        vram_budget: Some(budget),
+        ..Default::default()
+    };
+    let (store, cfg) = Transformer::open(&dir, &dev, &MemoryOptions::default()).unwrap();
+    let layer_total: u64 =
+        contentv::runtime::residency::Residency::layer_bytes(&store, LAYER_GROUP, cfg.layers)
+            .iter()
+            .sum();
+    let small = activation_bytes(&cfg, 1, 16);
+    let large = activation_bytes(&cfg, 2, 64 * 64);
+    assert!(
+        large > small + layer_total,
+        "the sizes must matter for this test"
+    );
+    // A budget where the small request fits with every layer resident and the large does not.
+    let budget = layer_total * 2 + small + (1 << 20);
+    let p_small = plan_layers(&store, LAYER_GROUP, cfg.layers, &mem(budget), small).unwrap();
+    assert_eq!(
+        p_small.placement,
+        Placement::Resident,
+        "{:?}",
+        p_small.describe()
+    );
+    match plan_layers(&store, LAYER_GROUP, cfg.layers, &mem(budget), large) {
+        Ok(p) => {
+            let Placement::Streamed {
+                resident: Some(res),
+            } = &p.placement
+            else {
+                panic!("large request: {:?}", p.placement)
+            };
+            assert!(res.iter().any(|r| !r), "{:?}", p.describe());
+        }
+        Err(e) => assert!(e.to_string().contains("--vram-budget"), "{e}"),
+    }
+    let seq = MemoryOptions {
+        offload: Offload::Sequential,
+        ..Default::default()
+    };
+    let p = plan_layers(&store, LAYER_GROUP, cfg.layers, &seq, small).unwrap();
+    assert_eq!(p.placement, Placement::Streamed { resident: None });
+    assert!(p.describe().unwrap().contains("streamed"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without a budget (or on the CPU, where there is no device memory to plan) every layer is
+/// resident, and the plan has nothing to say.
+#[test]
+fn plan_without_budget_is_resident() {
+    use contentv::model::mmdit::{activation_bytes, LAYER_GROUP};
+    use contentv::runtime::planner::{plan_layers, Placement};
+    let dir = tiny_model_dir().join("transformer");
+    let (store, cfg) = Transformer::open(&dir, &Device::Cpu, &MemoryOptions::default()).unwrap();
+    let act = activation_bytes(&cfg, 2, 1000);
+    for mem in [
+        MemoryOptions::default(),
+        MemoryOptions {
+            vram_budget: Some(1),
+            ..Default::default()
+        },
+    ] {
+        let p = plan_layers(&store, LAYER_GROUP, cfg.layers, &mem, act).unwrap();
+        assert_eq!(p.placement, Placement::Resident);
+        assert_eq!(p.describe(), None);
+    }
 }

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use super::args::GenerateArgs;
 use super::load::{
-    check_memory_flags, check_model_dir, check_safetensors, device_name, load_pipeline, model_dir,
-    note_memory_flags, pick_device,
+    check_memory_flags, check_model_dir, check_safetensors, device_name, load_pipeline_for,
+    model_dir, note_memory_flags, pick_device, RunSize,
 };
 use super::request::{parse_shard, resolve, unix_time, Request, RequestFields};
 use super::Ui;
@@ -313,7 +313,15 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         dir.display(),
         device_name(&device)
     ));
-    let (pipe, load_s) = load_pipeline(&dir, &device, &mem)?;
+    let (pipe, load_s, plan) = load_pipeline_for(
+        &dir,
+        &device,
+        &mem,
+        RunSize::of(&req.geometry(), req.guidance),
+    )?;
+    if let Some(line) = plan.describe() {
+        ui.info(&line);
+    }
     ui.info(&format!("loaded in {load_s:.2}s"));
     let mut s = run_request(&pipe, &req, ui)?;
     s["model"] = json!(fsutil::lossy(&dir));
@@ -523,11 +531,25 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
                 note_memory_flags(mem, &d, ui);
                 device_str = device_name(&d);
                 ui.info(&format!("loading {} on {}", dir.display(), device_str));
-                load_pipeline(&dir, &d, mem)
+                // Plan memory for the largest request of the batch.
+                let size = todo
+                    .iter()
+                    .map(|(_, r)| RunSize::of(&r.geometry(), r.guidance))
+                    .fold(
+                        RunSize {
+                            batch: 1,
+                            video_tokens: 0,
+                        },
+                        RunSize::max,
+                    );
+                load_pipeline_for(&dir, &d, mem, size)
             });
         match loaded {
-            Ok((pipe, s)) => {
+            Ok((pipe, s, plan)) => {
                 load_s = s;
+                if let Some(line) = plan.describe() {
+                    ui.info(&line);
+                }
                 ui.info(&format!("loaded in {s:.2}s"));
                 for (n, (k, r)) in todo.iter().enumerate() {
                     let it = &items[*k];

@@ -5,10 +5,13 @@ use std::time::Instant;
 use super::args::{DeviceChoice, ModelArgs, Offload, Quantize};
 use super::Ui;
 use crate::error::{Error, Result};
-use crate::model::pipeline::{LatentPrecision, Pipeline};
+use crate::model::mmdit::{self, Transformer};
+use crate::model::pipeline::{LatentPrecision, Pipeline, VideoGeometry};
 use crate::model::scheduler::SchedulerConfig;
+use crate::model::text::TextEncoders;
 use crate::model::vae::tiling::TileConfig;
 use crate::model::vae::{VaeDecoder, VaeOptions};
+use crate::runtime::planner::{plan_layers, LayerPlan};
 use crate::runtime::residency::{MemoryOptions, Offload as RtOffload};
 use crate::runtime::Device;
 
@@ -395,8 +398,56 @@ pub fn load_vae(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<VaeD
     VaeDecoder::from_dir(&dir.join("vae"), device, opts)
 }
 
-/// Loads every model of the pipeline. Returns it and the load time in seconds.
+/// The largest request a loaded pipeline will run: what the memory plan sizes activations for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunSize {
+    /// Transformer batch: 2 with classifier-free guidance, 1 without.
+    pub batch: usize,
+    /// Video tokens per entry (latent frames x patches per frame).
+    pub video_tokens: usize,
+}
+
+impl RunSize {
+    /// The default request (125 frames at 432x768 with guidance).
+    pub const DEFAULT: RunSize = RunSize {
+        batch: 2,
+        video_tokens: crate::model::mmdit::DEFAULT_VIDEO_TOKENS,
+    };
+
+    /// The size of one request.
+    pub fn of(g: &VideoGeometry, guidance: f32) -> RunSize {
+        let [_, _, t, h, w] = g.latent_shape();
+        let p = g.layout.patch.max(1);
+        RunSize {
+            batch: if guidance > 1.0 { 2 } else { 1 },
+            video_tokens: t * (h / p) * (w / p),
+        }
+    }
+
+    /// The larger of two sizes (per field: the plan must hold either).
+    pub fn max(self, o: RunSize) -> RunSize {
+        RunSize {
+            batch: self.batch.max(o.batch),
+            video_tokens: self.video_tokens.max(o.video_tokens),
+        }
+    }
+}
+
+/// Loads every model of the pipeline, planned for the default request (tests; the CLI uses
+/// [`load_pipeline_for`] with the real one). Returns it and the load time in seconds.
 pub fn load_pipeline(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<(Pipeline, f64)> {
+    load_pipeline_for(dir, device, mem, RunSize::DEFAULT).map(|(p, t, _)| (p, t))
+}
+
+/// Loads every model of the pipeline with the transformer's layers placed by the runtime's
+/// planner for requests up to `size` (next to the VAE, which stays on the device). Returns the
+/// pipeline, the load time in seconds and the plan (for the caller to print).
+pub fn load_pipeline_for(
+    dir: &Path,
+    device: &Device,
+    mem: &MemoryOptions,
+    size: RunSize,
+) -> Result<(Pipeline, f64, LayerPlan)> {
     let t = Instant::now();
     if let (Some(g), Some(budget)) = (device.gpu(), mem.vram_budget) {
         // Every device allocation (weights, ring, activations) counts against the budget.
@@ -404,7 +455,12 @@ pub fn load_pipeline(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result
     }
     let scheduler = SchedulerConfig::from_model_dir(dir)?;
     let vae = load_vae(dir, device, mem)?;
-    let (text, transformer) = crate::model::pipeline::load_text_and_transformer(dir, device, mem)?;
+    let text = TextEncoders::load(dir, device, mem)?;
+    let (store, config) = Transformer::open(&dir.join("transformer"), device, mem)?;
+    let other =
+        mmdit::activation_bytes(&config, size.batch, size.video_tokens) + vae.weight_bytes();
+    let plan = plan_layers(&store, mmdit::LAYER_GROUP, config.layers, mem, other)?;
+    let transformer = Transformer::place(store, config, &plan)?;
     let precision = if device.is_cuda() {
         LatentPrecision::Bf16
     } else {
@@ -413,15 +469,15 @@ pub fn load_pipeline(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result
     let offload_models = mem.offload == crate::runtime::residency::Offload::Model;
     let p = Pipeline {
         device: device.clone(),
-        text,
-        transformer,
+        text: Box::new(text),
+        transformer: Box::new(transformer),
         vae: Box::new(vae),
         scheduler,
         precision,
         offload_models,
     };
     device.synchronize()?;
-    Ok((p, t.elapsed().as_secs_f64()))
+    Ok((p, t.elapsed().as_secs_f64(), plan))
 }
 
 /// Checks that `path` (given with `flag`) is a readable, well-formed safetensors file, with the

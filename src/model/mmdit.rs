@@ -10,14 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::io::config::ConfigJson;
-use crate::model::pipeline::Denoiser;
+use crate::model::interfaces::Denoiser;
 use crate::ops::attention::{attention, AttnOpts};
 use crate::ops::elementwise::{add, add_bcast, gated_residual};
 use crate::ops::gemm::{linear, linear_act, Act};
 use crate::ops::{act, norm};
-use crate::runtime::residency::{
-    plan_budget, transformer_activation_bytes, MemoryOptions, Residency,
-};
+use crate::runtime::planner::{plan_layers, LayerPlan};
+use crate::runtime::residency::{MemoryOptions, Residency};
 use crate::runtime::weights::Int8Policy;
 use crate::runtime::{DType, Device, Linear, Prefix, Tensor, Weight, WeightStore};
 use crate::shape_err;
@@ -363,14 +362,50 @@ pub struct Transformer {
     run: Mutex<Option<RunModulation>>,
 }
 
+/// The checkpoint prefix of the transformer's layer loop.
+pub const LAYER_GROUP: &str = "transformer_blocks";
+
+/// Video tokens of the default request (125 frames at 432x768: 32 latent frames of 27 x 48
+/// patches = 41,472), used where no request is known yet.
+pub const DEFAULT_VIDEO_TOKENS: usize = 41_472;
+
+/// Estimated peak activation bytes of one forward for `batch` entries of `video_tokens` video
+/// tokens (plus the text tokens), bf16: the residual streams, q/k/v, the attention output and
+/// the MLP hidden layer (4x width).
+pub fn activation_bytes(config: &TransformerConfig, batch: usize, video_tokens: usize) -> u64 {
+    let s = video_tokens + crate::model::interfaces::TEXT_TOKENS;
+    (batch * s * config.dim * 2 * (2 + 3 + 1 + 4 + 1)) as u64
+}
+
 impl Transformer {
     /// Loads `dir` (the checkpoint's `transformer/` folder) for `device`: bf16 on the GPU, f32 on the CPU.
     pub fn load(dir: &Path, device: &Device) -> Result<Transformer> {
         Self::load_with(dir, device, &MemoryOptions::default())
     }
 
-    /// As [`Transformer::load`], with the run's memory options (streaming, budget, INT8).
+    /// As [`Transformer::load`], with the run's memory options (streaming, budget, INT8),
+    /// planned for the default request (batch 2, [`DEFAULT_VIDEO_TOKENS`]). The CLI plans with
+    /// the real request instead: [`Transformer::open`], `runtime::planner::plan_layers`,
+    /// [`Transformer::place`].
     pub fn load_with(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<Transformer> {
+        let (store, config) = Self::open(dir, device, mem)?;
+        let plan = plan_layers(
+            &store,
+            LAYER_GROUP,
+            config.layers,
+            mem,
+            activation_bytes(&config, 2, DEFAULT_VIDEO_TOKENS),
+        )?;
+        Self::place(store, config, &plan)
+    }
+
+    /// Opens the checkpoint and reads the architecture: the weight store (with the model's
+    /// INT8 policy when `mem.int8`) and the config. Nothing is uploaded yet.
+    pub fn open(
+        dir: &Path,
+        device: &Device,
+        mem: &MemoryOptions,
+    ) -> Result<(Arc<WeightStore>, TransformerConfig)> {
         let store = WeightStore::open(dir, device, DType::BF16)?;
         if mem.int8 {
             store.set_int8(Some(Int8Policy {
@@ -390,48 +425,28 @@ impl Transformer {
                 crate::ops::attention_cuda::NAIVE_MAX_D
             )));
         }
-        let group = "transformer_blocks";
-        let residency = if mem.streams() {
-            let resident = match (mem.vram_budget, device.gpu()) {
-                (Some(budget), Some(_)) => {
-                    let layers = Residency::layer_bytes(&store, group, config.layers);
-                    let all: u64 = store
-                        .checkpoint()
-                        .names()
-                        .filter_map(|k| store.shape_of(k))
-                        .map(|s| s.iter().product::<usize>() as u64 * store.dtype().size() as u64)
-                        .sum();
-                    let fixed = all - layers.iter().sum::<u64>()
-                        + transformer_activation_bytes(2, 41_805, config.dim);
-                    let plan = plan_budget(&layers, fixed, budget);
-                    eprintln!("{}", plan.describe(budget));
-                    if !plan.fits {
-                        return Err(Error::OutOfMemory {
-                            requested: plan.total() as usize,
-                            hint: format!(
-                                "--vram-budget {:.1} GiB is too small even when every transformer layer is streamed; \
-                                 raise it or add --quantize int8",
-                                budget as f64 / (1u64 << 30) as f64
-                            ),
-                        });
-                    }
-                    Some(plan.resident)
-                }
-                _ => None,
-            };
-            if mem.offload != crate::runtime::residency::Offload::Sequential && resident.is_none() {
-                Residency::resident(&store, group, config.layers)
-            } else {
-                Residency::streamed_except(&store, group, config.layers, resident, MODULATION_KEYS)?
-            }
-        } else {
-            Residency::resident(&store, group, config.layers)
-        };
+        Ok((store, config))
+    }
+
+    /// The transformer with its layers placed as `plan` says (a plan for [`LAYER_GROUP`]).
+    pub fn place(
+        store: Arc<WeightStore>,
+        config: TransformerConfig,
+        plan: &LayerPlan,
+    ) -> Result<Transformer> {
+        if plan.group != LAYER_GROUP || plan.layers != config.layers {
+            return Err(Error::Other(format!(
+                "transformer: a plan for {} x {} does not fit {LAYER_GROUP} x {}",
+                plan.layers, plan.group, config.layers
+            )));
+        }
+        let residency = Residency::from_plan(&store, plan, MODULATION_KEYS)?;
+        let device = store.device().clone();
         Ok(Transformer {
             config,
             store,
             residency,
-            device: device.clone(),
+            device,
             pe_cache: Mutex::new(HashMap::new()),
             run: Mutex::new(None),
         })

@@ -2,6 +2,7 @@
 //! 3D MMDiT transformer, the Wan2.1 VAE decoder, the flow-matching scheduler, the pipeline.
 pub mod clip;
 pub mod int8;
+pub mod interfaces;
 pub mod mmdit;
 pub mod pipeline;
 pub mod scheduler;

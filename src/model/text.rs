@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::model::clip::ClipText;
-use crate::model::pipeline::{PromptEmbeds, PromptEncoding};
+use crate::model::interfaces::{PromptEmbeds, PromptEncoding};
 use crate::model::t5::T5Encoder;
 use crate::model::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::ops::elementwise::concat;

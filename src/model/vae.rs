@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::io::config::ConfigJson;
 use crate::ops::conv::{cache_update, conv3d, conv3d_into, ConvOpts, ConvPrecision};
 use crate::ops::vae_glue as glue;
-use crate::runtime::{DType, Device, Tensor};
+use crate::runtime::{DType, Device, Tensor, WeightStore};
 use crate::shape_err;
 
 pub use tiling::TileConfig;
@@ -263,100 +263,17 @@ pub trait VaeWeights {
     fn contains(&self, key: &str) -> bool;
 }
 
-/// A `*.safetensors` file (or a directory holding one), read whole into host memory and
-/// delivered on `device` in f32. For the VAE (0.5 GB) this needs no sharding or residency.
-pub struct SafetensorsWeights {
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-    device: Device,
-    path: String,
-}
-
-impl SafetensorsWeights {
-    pub fn open(path: &Path, device: &Device) -> Result<SafetensorsWeights> {
-        let file = if path.is_dir() {
-            let mut c: Vec<_> = std::fs::read_dir(path)?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().map(|e| e == "safetensors").unwrap_or(false))
-                .collect();
-            c.sort();
-            match c.len() {
-                1 => c.remove(0),
-                0 => {
-                    return Err(Error::Weights(format!(
-                        "{}: no *.safetensors file",
-                        path.display()
-                    )))
-                }
-                _ => {
-                    return Err(Error::Weights(format!(
-                        "{}: several *.safetensors files; pass one",
-                        path.display()
-                    )))
-                }
-            }
-        } else {
-            path.to_path_buf()
-        };
-        let bytes =
-            std::fs::read(&file).map_err(|e| Error::Weights(format!("{}: {e}", file.display())))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-            Error::Weights(format!(
-                "{} is not a valid safetensors file ({e}); the download may be incomplete: fetch it again",
-                file.display()
-            ))
-        })?;
-        let mut tensors = HashMap::new();
-        for (name, v) in st.tensors() {
-            let data = v.data();
-            let f: Vec<f32> = match v.dtype() {
-                safetensors::Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                safetensors::Dtype::BF16 => data
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                safetensors::Dtype::F16 => data
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                safetensors::Dtype::F64 => data
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                    .collect(),
-                _ => continue,
-            };
-            tensors.insert(name, (v.shape().to_vec(), f));
-        }
-        Ok(SafetensorsWeights {
-            tensors,
-            device: device.clone(),
-            path: file.display().to_string(),
-        })
-    }
-}
-
-impl VaeWeights for SafetensorsWeights {
+/// The VAE's checkpoint through the engine's one weight path ([`WeightStore`]: memory-mapped,
+/// bounds-checked, counted), delivered in f32 on the store's device.
+impl VaeWeights for WeightStore {
     fn device(&self) -> Device {
-        self.device.clone()
+        WeightStore::device(self).clone()
     }
     fn tensor_f32(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
-        let (s, d) = self
-            .tensors
-            .get(key)
-            .ok_or_else(|| Error::Weights(format!("{}: tensor {key} is missing", self.path)))?;
-        if s != shape {
-            return Err(Error::Weights(format!(
-                "{}: tensor {key} has shape {s:?}, expected {shape:?} (does config.json match?)",
-                self.path
-            )));
-        }
-        Tensor::from_f32(d.clone(), shape, &self.device)
+        self.load(key, shape, DType::F32)
     }
     fn contains(&self, key: &str) -> bool {
-        self.tensors.contains_key(key)
+        WeightStore::contains(self, key)
     }
 }
 
@@ -457,22 +374,31 @@ pub struct VaeDecoder {
     conv_out: Conv,
     n_slots: usize,
     n_rep: usize,
+    /// Device bytes of the weights (f32), for the memory plan.
+    weight_bytes: u64,
 }
 
 struct Loader<'a> {
     w: &'a dyn VaeWeights,
     slots: usize,
     reps: usize,
+    /// f32 bytes delivered so far (the decoder's weight footprint on its device).
+    bytes: u64,
 }
 
 impl Loader<'_> {
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.w.tensor_f32(key, shape)?;
+        self.bytes += (t.elem_count() * 4) as u64;
+        Ok(t)
+    }
     fn conv(&mut self, key: &str, co: usize, ci: usize, k: &[usize]) -> Result<Conv> {
         let mut shape = vec![co, ci];
         shape.extend_from_slice(k);
-        let w = self.w.tensor_f32(&format!("{key}.weight"), &shape)?;
+        let w = self.get(&format!("{key}.weight"), &shape)?;
         let bk = format!("{key}.bias");
         let b = if self.w.contains(&bk) {
-            Some(self.w.tensor_f32(&bk, &[co])?)
+            Some(self.get(&bk, &[co])?)
         } else {
             None
         };
@@ -487,9 +413,7 @@ impl Loader<'_> {
     fn gamma(&mut self, key: &str, c: usize, rank: usize) -> Result<Tensor> {
         let mut shape = vec![c];
         shape.extend(std::iter::repeat_n(1, rank));
-        self.w
-            .tensor_f32(&format!("{key}.gamma"), &shape)?
-            .reshape(&[c])
+        self.get(&format!("{key}.gamma"), &shape)?.reshape(&[c])
     }
     fn resblock(&mut self, key: &str, ci: usize, co: usize) -> Result<ResBlock> {
         // Slot order follows diffusers' call order: conv1, conv2 (the shortcut is 1x1x1).
@@ -533,6 +457,7 @@ impl VaeDecoder {
             w,
             slots: 0,
             reps: 0,
+            bytes: 0,
         };
         let z = cfg.z_dim;
         let dims = cfg.decoder_dims();
@@ -632,8 +557,9 @@ impl VaeDecoder {
         let last = *dims.last().unwrap();
         let norm_out = l.gamma("decoder.norm_out", last, 3)?;
         let conv_out = l.conv("decoder.conv_out", cfg.out_channels, last, &[3, 3, 3])?;
-        let (n_slots, n_rep) = (l.slots, l.reps);
+        let (n_slots, n_rep, weight_bytes) = (l.slots, l.reps, l.bytes);
         Ok(VaeDecoder {
+            weight_bytes,
             cfg,
             opts,
             device,
@@ -652,12 +578,20 @@ impl VaeDecoder {
     /// Loads from a `vae/` directory: `config.json` + one `*.safetensors`.
     pub fn from_dir(dir: &Path, device: &Device, opts: VaeOptions) -> Result<VaeDecoder> {
         let cfg = VaeConfig::from_file(&dir.join("config.json"))?;
-        let w = SafetensorsWeights::open(dir, device)?;
-        Self::load(&w, cfg, opts)
+        let store = WeightStore::open(dir, device, DType::F32)?;
+        let dec = Self::load(&*store, cfg, opts)?;
+        // The decoder holds what it uses (some tensors are rearranged at load): drop the
+        // store's copies so each weight is on the device once.
+        store.release_all();
+        Ok(dec)
     }
 
     pub fn config(&self) -> &VaeConfig {
         &self.cfg
+    }
+    /// Device bytes of the decoder's weights (f32).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
     pub fn device(&self) -> &Device {
         &self.device
@@ -1004,6 +938,15 @@ pub fn to_u8(x: f32) -> u8 {
         0
     } else {
         v as u8
+    }
+}
+
+impl crate::model::interfaces::FrameDecoder for VaeDecoder {
+    fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        VaeDecoder::decode(self, latents)
+    }
+    fn decode_low_memory(&self, latents: &Tensor) -> Result<Tensor> {
+        VaeDecoder::decode_tiled(self, latents)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod copy;
 pub mod device;
 pub mod int8;
 pub mod memory;
+pub mod planner;
 pub mod residency;
 pub mod tensor;
 pub mod weights;

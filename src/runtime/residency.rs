@@ -13,7 +13,7 @@
 //!   layer i computes, ordered by events (no allocation and no device synchronisation per
 //!   layer). When the host cannot pin that much, a warning is printed and two pinned staging
 //!   buffers are used instead (the host copies from the memory map into them).
-//! - A VRAM budget ([`plan_budget`]) keeps the first layers resident and streams the rest.
+//! - A VRAM budget (`runtime::planner`) keeps the first layers resident and streams the rest.
 //!
 //! On the CPU, `Sequential` drops a layer's weights after use and maps them again next time
 //! (the same arithmetic as resident, less memory), which is what the CPU tests exercise.
@@ -56,87 +56,6 @@ impl MemoryOptions {
     pub fn streams(&self) -> bool {
         self.offload == Offload::Sequential || self.vram_budget.is_some()
     }
-}
-
-/// A budget plan for one layer loop.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BudgetPlan {
-    /// Per layer: resident (uploaded once) or streamed through the ring.
-    pub resident: Vec<bool>,
-    /// Device bytes of the resident layers.
-    pub resident_bytes: u64,
-    /// Device bytes of the streaming ring (two slots of the largest streamed layer; 0 if none).
-    pub ring_bytes: u64,
-    /// Bytes outside the loop (embeddings, final layer, ...) plus the activation estimate.
-    pub fixed_bytes: u64,
-    /// Whether the plan fits the budget (false: even full streaming does not fit).
-    pub fits: bool,
-}
-
-impl BudgetPlan {
-    pub fn total(&self) -> u64 {
-        self.resident_bytes + self.ring_bytes + self.fixed_bytes
-    }
-    pub fn streamed_layers(&self) -> usize {
-        self.resident.iter().filter(|r| !**r).count()
-    }
-    /// One line for the user.
-    pub fn describe(&self, budget: u64) -> String {
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        format!(
-            "VRAM plan: {} of {} layers resident ({:.2} GiB), {} streamed through a {:.2} GiB ring, {:.2} GiB other weights + activations: {:.2} of {:.2} GiB{}",
-            self.resident.len() - self.streamed_layers(),
-            self.resident.len(),
-            gib(self.resident_bytes),
-            self.streamed_layers(),
-            gib(self.ring_bytes),
-            gib(self.fixed_bytes),
-            gib(self.total()),
-            gib(budget),
-            if self.fits { "" } else { " (DOES NOT FIT)" }
-        )
-    }
-}
-
-/// Keeps layers resident from the first while they fit in `budget` next to `fixed` bytes and
-/// the ring needed for the rest; streams the others. All layers resident needs no ring.
-pub fn plan_budget(layer_bytes: &[u64], fixed: u64, budget: u64) -> BudgetPlan {
-    let n = layer_bytes.len();
-    let all: u64 = layer_bytes.iter().sum();
-    if fixed + all <= budget {
-        return BudgetPlan {
-            resident: vec![true; n],
-            resident_bytes: all,
-            ring_bytes: 0,
-            fixed_bytes: fixed,
-            fits: true,
-        };
-    }
-    // k resident layers (a prefix): the ring holds two of the largest among the rest.
-    let mut best: Option<BudgetPlan> = None;
-    for k in (0..n).rev() {
-        let res: u64 = layer_bytes[..k].iter().sum();
-        let ring = 2 * layer_bytes[k..].iter().copied().max().unwrap_or(0);
-        if fixed + res + ring <= budget {
-            let mut resident = vec![false; n];
-            resident[..k].iter_mut().for_each(|r| *r = true);
-            best = Some(BudgetPlan {
-                resident,
-                resident_bytes: res,
-                ring_bytes: ring,
-                fixed_bytes: fixed,
-                fits: true,
-            });
-            break;
-        }
-    }
-    best.unwrap_or_else(|| BudgetPlan {
-        resident: vec![false; n],
-        resident_bytes: 0,
-        ring_bytes: 2 * layer_bytes.iter().copied().max().unwrap_or(0),
-        fixed_bytes: fixed,
-        fits: false,
-    })
 }
 
 const ALIGN: usize = 256;
@@ -351,6 +270,23 @@ impl Residency {
         (0..layers)
             .map(|i| layout_layer(store, group, i, &[]).bytes as u64)
             .collect()
+    }
+
+    /// The residency a [`LayerPlan`](super::planner::LayerPlan) says, leaving keys that
+    /// contain one of `except` out of the streamed copies (see [`Residency::streamed_except`]).
+    pub fn from_plan(
+        store: &Arc<WeightStore>,
+        plan: &super::planner::LayerPlan,
+        except: &[&str],
+    ) -> Result<Residency> {
+        match &plan.placement {
+            super::planner::Placement::Resident => {
+                Ok(Self::resident(store, &plan.group, plan.layers))
+            }
+            super::planner::Placement::Streamed { resident } => {
+                Self::streamed_except(store, &plan.group, plan.layers, resident.clone(), except)
+            }
+        }
     }
 
     /// Streaming residency: layers with `resident[i] == false` are streamed (all if `None`).
@@ -672,17 +608,6 @@ pub fn host_available_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Estimated peak activation bytes of one transformer forward (batch `b`, `s` tokens, width
-/// `d`, bf16): the residual streams, q/k/v, the attention output and the MLP hidden layer.
-pub fn transformer_activation_bytes(b: usize, s: usize, d: usize) -> u64 {
-    (b * s * d * 2 * (2 + 3 + 1 + 4 + 1)) as u64
-}
-
-/// dtype helper for planners: bytes of `n` elements of the store's compute dtype.
-pub fn dtype_bytes(dt: DType, n: usize) -> u64 {
-    (n * dt.size()) as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,39 +644,5 @@ mod tests {
         // The old choice (slot = layer % 2) fails this for an odd number of streamed layers:
         // layers 35, 36, 37 streamed -> 37 computes in slot 1 and 35 is prefetched into slot 1.
         assert_eq!(37 % 2, 35 % 2);
-    }
-
-    #[test]
-    fn plan_all_resident_when_it_fits() {
-        let p = plan_budget(&[10, 10, 10], 5, 100);
-        assert_eq!(p.resident, vec![true; 3]);
-        assert_eq!(p.ring_bytes, 0);
-        assert!(p.fits && p.total() == 35);
-    }
-
-    #[test]
-    fn plan_fits_and_uses_the_budget() {
-        let layers = vec![426u64; 38];
-        for budget in [3000u64, 5000, 8000, 12000, 16000, 17000] {
-            let p = plan_budget(&layers, 1000, budget);
-            assert!(p.fits, "budget {budget}");
-            assert!(
-                p.total() <= budget,
-                "budget {budget}: plan {} exceeds",
-                p.total()
-            );
-            // One more resident layer would not fit (unless all are resident already).
-            if p.streamed_layers() > 0 {
-                let k = 38 - p.streamed_layers();
-                let more = 1000 + 426 * (k as u64 + 1) + if k + 1 < 38 { 2 * 426 } else { 0 };
-                assert!(
-                    more > budget,
-                    "budget {budget}: could keep {} resident",
-                    k + 1
-                );
-            }
-        }
-        let p = plan_budget(&layers, 1000, 1500);
-        assert!(!p.fits);
     }
 }

@@ -110,6 +110,20 @@ impl WeightStore {
         }))
     }
 
+    /// Opens one safetensors file as a store (latents and noise files, single-file weights).
+    pub fn open_file(path: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
+        let ckpt = ShardedCheckpoint::open_files(&[path.to_path_buf()])?;
+        let dtype = if device.is_cuda() { dtype } else { DType::F32 };
+        Ok(Arc::new(WeightStore {
+            ckpt,
+            dir: path.to_path_buf(),
+            device: device.clone(),
+            dtype,
+            cache: Mutex::new(HashMap::new()),
+            int8: Mutex::new(None),
+        }))
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use safetensors::{Dtype, SafeTensors};
+use contentv::io::safetensors::{decode_f32, SafeTensorsFile, StDtype};
 
 /// The fixture format these helpers understand (`format_version` in tests/fixtures/manifest.json and
 /// in every fixture file's safetensors metadata).
@@ -60,7 +60,7 @@ pub fn manifest() -> &'static serde_json::Value {
 pub struct FixtureTensor {
     pub shape: Vec<usize>,
     /// dtype as stored in the file
-    pub dtype: Dtype,
+    pub dtype: StDtype,
     /// values as f32 (exact for f16/bf16/f32, integers below 2^24 and u8)
     pub data: Vec<f32>,
     /// exact values for integer dtypes (empty for floats)
@@ -79,62 +79,17 @@ pub struct Fixture {
     pub tensors: BTreeMap<String, FixtureTensor>,
 }
 
-fn to_f32(dtype: Dtype, d: &[u8]) -> Option<(Vec<f32>, Vec<i64>)> {
-    let f: Vec<f32>;
-    let mut ints = Vec::new();
-    match dtype {
-        Dtype::F32 => {
-            f = d
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        }
-        Dtype::F64 => {
-            f = d
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                .collect()
-        }
-        Dtype::F16 => {
-            f = d
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect()
-        }
-        Dtype::BF16 => {
-            f = d
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect()
-        }
-        Dtype::U8 => {
-            ints = d.iter().map(|&b| b as i64).collect();
-            f = d.iter().map(|&b| b as f32).collect();
-        }
-        Dtype::I8 => {
-            ints = d.iter().map(|&b| b as i8 as i64).collect();
-            f = ints.iter().map(|&v| v as f32).collect();
-        }
-        Dtype::I32 => {
-            ints = d
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .collect();
-            f = ints.iter().map(|&v| v as f32).collect();
-        }
-        Dtype::I64 => {
-            ints = d
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            f = ints.iter().map(|&v| v as f32).collect();
-        }
-        Dtype::BOOL => {
-            ints = d.iter().map(|&b| (b != 0) as i64).collect();
-            f = ints.iter().map(|&v| v as f32).collect();
+/// Values of a fixture tensor as f32 and, for integer dtypes, as exact integers (fixtures hold
+/// token ids and sizes, all far below 2^24). Decoded by the engine's own safetensors reader.
+fn to_f32(dtype: StDtype, d: &[u8]) -> Option<(Vec<f32>, Vec<i64>)> {
+    let f = decode_f32(dtype, d);
+    let ints = match dtype {
+        StDtype::F64 | StDtype::F32 | StDtype::F16 | StDtype::BF16 => Vec::new(),
+        StDtype::U8 | StDtype::I8 | StDtype::I16 | StDtype::I32 | StDtype::I64 | StDtype::Bool => {
+            f.iter().map(|&v| v as i64).collect()
         }
         _ => return None,
-    }
+    };
     Some((f, ints))
 }
 
@@ -155,17 +110,9 @@ impl Fixture {
                 path.display()
             )
         });
-        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| {
-            panic!(
-                "{}: bad safetensors header: {e:?}\nregenerate with: {REGENERATE}",
-                path.display()
-            )
-        });
-        let fv = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("format_version"))
-            .cloned();
+        let st = SafeTensorsFile::from_bytes(&path.display().to_string(), bytes.clone())
+            .unwrap_or_else(|e| panic!("{e}\nregenerate with: {REGENERATE}"));
+        let fv = st.metadata().get("format_version").cloned();
         if fv.as_deref() != Some(FORMAT_VERSION.to_string().as_str()) {
             panic!(
                 "{}: format_version {fv:?}, expected {FORMAT_VERSION}: stale fixture.\nregenerate with: {REGENERATE}",
@@ -192,22 +139,22 @@ impl Fixture {
 
     fn parse(bytes: &[u8], path: &std::path::Path, regenerate: &str) -> Fixture {
         let file = path.file_name().unwrap().to_string_lossy().into_owned();
-        let st = SafeTensors::deserialize(bytes).unwrap_or_else(|e| {
-            panic!(
-                "{}: cannot parse: {e:?}\nregenerate with: {regenerate}",
-                path.display()
-            )
-        });
+        let st = SafeTensorsFile::from_bytes(&path.display().to_string(), bytes.to_vec())
+            .unwrap_or_else(|e| panic!("{e}\nregenerate with: {regenerate}"));
         let mut tensors = BTreeMap::new();
-        for (k, v) in st.tensors() {
-            let (data, ints) = to_f32(v.dtype(), v.data()).unwrap_or_else(|| {
-                panic!("{file}: tensor {k} has unsupported dtype {:?}", v.dtype())
+        for v in st.tensors() {
+            let raw = st.bytes(&v.name).unwrap_or_else(|e| panic!("{e}"));
+            let (data, ints) = to_f32(v.dtype, raw).unwrap_or_else(|| {
+                panic!(
+                    "{file}: tensor {} has unsupported dtype {:?}",
+                    v.name, v.dtype
+                )
             });
             tensors.insert(
-                k,
+                v.name.clone(),
                 FixtureTensor {
-                    shape: v.shape().to_vec(),
-                    dtype: v.dtype(),
+                    shape: v.shape.clone(),
+                    dtype: v.dtype,
                     data,
                     ints,
                 },

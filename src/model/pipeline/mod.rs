@@ -12,182 +12,33 @@
 //!   Box-Muller, see docs/pipeline.md), or a file given by the caller (`--init-noise`).
 //!
 //! The models plug in through three small traits ([`Denoiser`], [`PromptEncoding`],
-//! [`FrameDecoder`]) so the loop can be tested with stand-ins.
+//! [`FrameDecoder`], in `model::interfaces`) so the loop can be tested with stand-ins.
+//!
+//! This file is the denoising loop; the video geometry ([`geometry`]), the initial noise
+//! ([`noise`]), latents files ([`latents`]) and progress / timing / memory reports
+//! ([`progress`]) have their own files.
+pub mod geometry;
+pub mod latents;
+pub mod noise;
+pub mod progress;
+
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Instant;
 
 use half::bf16;
 
 use crate::error::{Error, Result};
-use crate::io::config::ConfigJson;
 use crate::model::scheduler::{FlowMatchEuler, SchedulerConfig};
-use crate::model::vae::{to_uint8_frames, VaeDecoder, VideoFrames};
+use crate::model::vae::{to_uint8_frames, VideoFrames};
 use crate::runtime::{DType, Device, Tensor};
 
-/// Text tokens per prompt (77 CLIP + 256 T5) and their width.
-pub const TEXT_TOKENS: usize = 333;
-pub const TEXT_DIM: usize = 4096;
-pub const POOLED_DIM: usize = 2048;
-
-/// How video sizes map to latents. ContentV-8B (Wan2.1 VAE, patch 2): 16 channels, 4x in time,
-/// 8x in space, so frames are 4k+1 and sizes multiples of 16. Other checkpoints of the same
-/// architecture may differ: the reference pipeline takes the factors from the VAE config
-/// (`2^sum(temperal_downsample)` in time, `2^len(temperal_downsample)` in space) and the patch
-/// from the transformer's, and so does [`LatentLayout::from_model_dir`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LatentLayout {
-    /// latent channels (VAE z_dim = transformer in_channels)
-    pub channels: usize,
-    pub time_factor: usize,
-    pub spatial_factor: usize,
-    /// transformer patch size (per frame, square)
-    pub patch: usize,
-}
-
-impl Default for LatentLayout {
-    fn default() -> LatentLayout {
-        LatentLayout::CONTENTV
-    }
-}
-
-impl LatentLayout {
-    pub const CONTENTV: LatentLayout = LatentLayout {
-        channels: 16,
-        time_factor: 4,
-        spatial_factor: 8,
-        patch: 2,
-    };
-
-    /// Width and height must be multiples of this (VAE factor x patch).
-    pub fn size_multiple(&self) -> usize {
-        self.spatial_factor * self.patch
-    }
-
-    /// Rounds a frame count down to the nearest `time_factor * k + 1` (`n >= 1`): for
-    /// ContentV 126, 127, 128 -> 125.
-    ///
-    /// Note: the reference (CV L270-275) computes `n // 4 * 4 + 1`, which agrees for every `n`
-    /// except multiples of 4, where it rounds *up* by one (128 -> 129). contentv never makes
-    /// more frames than asked for.
-    pub fn round_frames(&self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (n - 1) / self.time_factor * self.time_factor + 1
-        }
-    }
-
-    /// Reads the layout of a model folder in diffusers layout from `vae/config.json`
-    /// (`z_dim`, `temperal_downsample`) and `transformer/config.json` (`in_channels`,
-    /// `patch_size`); a missing file or key takes the diffusers default (ContentV's values),
-    /// a malformed one is an error that names it.
-    pub fn from_model_dir(dir: &Path) -> Result<LatentLayout> {
-        // A missing file takes the defaults (the model-folder check reports missing parts).
-        let read = |sub: &str| -> Result<Option<ConfigJson>> {
-            let path = dir.join(sub).join("config.json");
-            match std::fs::read(&path) {
-                Ok(text) => Ok(Some(ConfigJson::parse(&text, &path.display().to_string())?)),
-                Err(_) => Ok(None),
-            }
-        };
-        let mut l = LatentLayout::CONTENTV;
-        let mut vae_channels = None;
-        if let Some(v) = read("vae")? {
-            let z = v.positive("z_dim")?.unwrap_or(16);
-            l.channels = z;
-            if let Some(flags) = v.bools("temperal_downsample")? {
-                if flags.len() > 8 {
-                    return Err(v.bad("temperal_downsample", "has more than 8 entries"));
-                }
-                l.time_factor = 1 << flags.iter().filter(|&&b| b).count();
-                l.spatial_factor = 1 << flags.len();
-            }
-            vae_channels = Some((v, z));
-        }
-        if let Some(t) = read("transformer")? {
-            l.patch = t.positive("patch_size")?.unwrap_or(2);
-            let c = t.positive("in_channels")?.unwrap_or(16);
-            if let Some((v, z)) = &vae_channels {
-                if *z != c {
-                    return Err(Error::Weights(format!(
-                        "{} says in_channels {c} but {} says z_dim {z}: the transformer and the VAE do not belong together",
-                        t.origin(),
-                        v.origin()
-                    )));
-                }
-            }
-            l.channels = c;
-        }
-        Ok(l)
-    }
-
-    /// Checks a latent shape [1, C, T, h, w] against this layout.
-    pub fn check_latent_shape(&self, s: &[usize]) -> Result<()> {
-        if s.len() != 5 || s[0] != 1 || s[1] != self.channels || s[2..].contains(&0) {
-            return Err(Error::Input(format!(
-                "latents must have shape [1, {}, T, h, w], got {s:?}",
-                self.channels
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// Prompt embeddings: `ctx` [333, 4096] (or [1, 333, 4096]) and `pooled` [2048] (or [1, 2048]).
-#[derive(Clone, Debug)]
-pub struct PromptEmbeds {
-    pub ctx: Tensor,
-    pub pooled: Tensor,
-}
-
-/// Text side: one prompt to its embeddings.
-pub trait PromptEncoding {
-    fn encode(&self, prompt: &str) -> Result<PromptEmbeds>;
-}
-
-/// The transformer: velocity for latents `x` [B, 16, T, h, w], one timestep per batch entry,
-/// context [B, 333, 4096], pooled [B, 2048]. Returns [B, 16, T, h, w].
-pub trait Denoiser {
-    fn forward(
-        &self,
-        x: &Tensor,
-        timesteps: &[f32],
-        ctx: &Tensor,
-        pooled: &Tensor,
-    ) -> Result<Tensor>;
-    /// The dtype the latents are fed in (f32 on the CPU reference path, bf16 on the GPU).
-    fn input_dtype(&self) -> DType {
-        DType::F32
-    }
-    /// Frees the device memory of the weights (they are loaded again on the next forward).
-    fn release(&self) {}
-    /// Called before a denoising run with every step's timesteps and the pooled text
-    /// [B, pooled]: a model may precompute what depends on them alone (the adaLN modulation).
-    fn prepare_run(&self, _timesteps: &[Vec<f32>], _pooled: &Tensor) -> Result<()> {
-        Ok(())
-    }
-    /// Called after the run: drop what `prepare_run` computed.
-    fn end_run(&self) {}
-}
-
-/// The VAE: DiT-space latents [1, 16, T, h, w] (de-normalised inside) to video [1, 3, F, H, W] in [-1, 1].
-pub trait FrameDecoder {
-    fn decode(&self, latents: &Tensor) -> Result<Tensor>;
-    /// A decode that needs less memory (spatial tiles), tried after an out-of-memory error.
-    fn decode_low_memory(&self, latents: &Tensor) -> Result<Tensor> {
-        self.decode(latents)
-    }
-}
-
-impl FrameDecoder for VaeDecoder {
-    fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        VaeDecoder::decode(self, latents)
-    }
-    fn decode_low_memory(&self, latents: &Tensor) -> Result<Tensor> {
-        VaeDecoder::decode_tiled(self, latents)
-    }
-}
+pub use crate::model::interfaces::{
+    Denoiser, FrameDecoder, PromptEmbeds, PromptEncoding, POOLED_DIM, TEXT_DIM, TEXT_TOKENS,
+};
+pub use geometry::{round_frames, LatentLayout, VideoGeometry};
+pub use latents::{load_latents, save_latents, SavedLatents};
+pub use noise::{initial_noise, load_init_noise, splitmix64};
+pub use progress::{host_peak_bytes, MemoryReport, Progress, Recorder, Timings};
 
 /// How the latents are rounded between steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,273 +47,6 @@ pub enum LatentPrecision {
     F32,
     /// Exactly the reference's bf16 arithmetic (latents stored in bf16).
     Bf16,
-}
-
-/// Sizes derived from the requested video size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VideoGeometry {
-    pub frames: usize,
-    pub height: usize,
-    pub width: usize,
-    pub layout: LatentLayout,
-}
-
-impl VideoGeometry {
-    /// ContentV's geometry: see [`VideoGeometry::with_layout`].
-    pub fn new(frames: usize, height: usize, width: usize) -> Result<VideoGeometry> {
-        VideoGeometry::with_layout(LatentLayout::CONTENTV, frames, height, width)
-    }
-
-    /// Checks the size (frames = time_factor k + 1 and >= 1; width and height multiples of
-    /// `layout.size_multiple()`). Use [`LatentLayout::round_frames`] first to get the
-    /// reference's rounding.
-    pub fn with_layout(
-        layout: LatentLayout,
-        frames: usize,
-        height: usize,
-        width: usize,
-    ) -> Result<VideoGeometry> {
-        let tf = layout.time_factor;
-        if frames == 0 || (frames - 1) % tf != 0 {
-            return Err(Error::Input(format!(
-                "the frame count must be {tf}k+1 (1, {}, {}, ...), got {frames}",
-                1 + tf,
-                1 + 2 * tf
-            )));
-        }
-        let m = layout.size_multiple();
-        if height == 0 || width == 0 || height % m != 0 || width % m != 0 {
-            return Err(Error::Input(format!(
-                "width and height must be positive multiples of {m}, got {width}x{height}"
-            )));
-        }
-        Ok(VideoGeometry {
-            frames,
-            height,
-            width,
-            layout,
-        })
-    }
-
-    /// Latent shape [1, C, T, h, w].
-    pub fn latent_shape(&self) -> [usize; 5] {
-        let l = &self.layout;
-        [
-            1,
-            l.channels,
-            (self.frames - 1) / l.time_factor + 1,
-            self.height / l.spatial_factor,
-            self.width / l.spatial_factor,
-        ]
-    }
-
-    /// From a latent shape [1, C, T, h, w].
-    pub fn from_latent_shape(layout: LatentLayout, s: &[usize]) -> Result<VideoGeometry> {
-        layout.check_latent_shape(s)?;
-        VideoGeometry::with_layout(
-            layout,
-            1 + layout.time_factor * (s[2] - 1),
-            s[3] * layout.spatial_factor,
-            s[4] * layout.spatial_factor,
-        )
-    }
-}
-
-/// [`LatentLayout::round_frames`] for ContentV (4k+1).
-pub fn round_frames(n: usize) -> usize {
-    LatentLayout::CONTENTV.round_frames(n)
-}
-
-// ----- initial noise ---------------------------------------------------------------------------
-
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// The `k`-th output (0-based) of splitmix64 started at state `seed` (Steele, Lea & Flood 2014):
-/// `z = seed + (k+1) * 0x9E3779B97F4A7C15`, then the mix
-/// `z = (z ^ z>>30) * 0xBF58476D1CE4E5B9; z = (z ^ z>>27) * 0x94D049BB133111EB; z ^ z>>31`.
-/// Counter-based: any element can be computed independently.
-pub fn splitmix64(seed: u64, k: u64) -> u64 {
-    let mut z = seed.wrapping_add(k.wrapping_add(1).wrapping_mul(GOLDEN));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Deterministic standard-normal noise, `n` values, for `seed`. Documented in docs/pipeline.md:
-///
-/// for each pair p = 0, 1, ...: `a = splitmix64(seed, 2p)`, `b = splitmix64(seed, 2p+1)`,
-/// `u1 = ((a >> 11) + 1) / 2^53` in (0, 1], `u2 = (b >> 11) / 2^53` in [0, 1),
-/// `r = sqrt(-2 ln u1)`; element 2p = `r cos(2 pi u2)`, element 2p+1 = `r sin(2 pi u2)` (f64),
-/// each rounded to bf16 (the reference draws its noise in bf16) and returned as f32.
-/// Elements are in row-major order of the latent shape [1, 16, T, h, w].
-pub fn initial_noise(seed: u64, n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n + 1);
-    let scale = 1.0 / (1u64 << 53) as f64;
-    for p in 0..n.div_ceil(2) as u64 {
-        let a = splitmix64(seed, 2 * p);
-        let b = splitmix64(seed, 2 * p + 1);
-        let u1 = ((a >> 11) + 1) as f64 * scale;
-        let u2 = (b >> 11) as f64 * scale;
-        let r = (-2.0 * u1.ln()).sqrt();
-        let th = 2.0 * std::f64::consts::PI * u2;
-        out.push(bf16::from_f64(r * th.cos()).to_f32());
-        out.push(bf16::from_f64(r * th.sin()).to_f32());
-    }
-    out.truncate(n);
-    out
-}
-
-// ----- safetensors files (init noise, saved latents) -------------------------------------------
-
-/// (shape, values, file metadata)
-type StTensor = (Vec<usize>, Vec<f32>, HashMap<String, String>);
-
-fn read_st_tensor(path: &Path, name: &str) -> Result<StTensor> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-        Error::Input(format!(
-            "{} is not a valid safetensors file: {e}",
-            path.display()
-        ))
-    })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        Error::Input(format!(
-            "{} is not a valid safetensors file: {e}",
-            path.display()
-        ))
-    })?;
-    // A file with one tensor of another name (e.g. saved from Python as {"sample": z}) is
-    // taken as that tensor.
-    let mut names = st.names();
-    names.sort();
-    let key = if names.len() == 1 { names[0] } else { name };
-    let v = st.tensor(key).map_err(|_| {
-        Error::Input(format!(
-            "{} has no tensor named {name:?} (it has: {})",
-            path.display(),
-            if names.is_empty() {
-                "no tensors".to_string()
-            } else {
-                names.join(", ")
-            }
-        ))
-    })?;
-    let d = v.data();
-    let data: Vec<f32> = match v.dtype() {
-        safetensors::Dtype::F32 => d
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        safetensors::Dtype::BF16 => d
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        safetensors::Dtype::F16 => d
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        safetensors::Dtype::F64 => d
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-            .collect(),
-        other => {
-            return Err(Error::Input(format!(
-                "{}: tensor {name:?} has dtype {other:?}; expected a float type",
-                path.display()
-            )))
-        }
-    };
-    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-        return Err(Error::Input(format!(
-            "{}: tensor {name:?} has a non-finite value at element {i}",
-            path.display()
-        )));
-    }
-    Ok((
-        v.shape().to_vec(),
-        data,
-        meta.metadata().clone().unwrap_or_default(),
-    ))
-}
-
-/// Reads `--init-noise FILE`: a safetensors file with a tensor "noise" (or only one tensor, of
-/// any name) of shape `expected`.
-pub fn load_init_noise(path: &Path, expected: &[usize]) -> Result<Vec<f32>> {
-    let (shape, data, _) = read_st_tensor(path, "noise")?;
-    if shape != expected {
-        return Err(Error::Input(format!(
-            "{}: tensor \"noise\" has shape {shape:?}, but this video size and model need {expected:?} ([1, C, (frames-1)/time_factor+1, height/spatial_factor, width/spatial_factor])",
-            path.display()
-        )));
-    }
-    Ok(data)
-}
-
-/// Saved latents: DiT-space latents [1, 16, T, h, w] (before de-normalisation) and metadata.
-pub struct SavedLatents {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-    pub metadata: HashMap<String, String>,
-}
-
-/// Writes latents (f32, tensor "latents") to `path` atomically (temporary name, then rename).
-pub fn save_latents(
-    path: &Path,
-    shape: &[usize],
-    data: &[f32],
-    metadata: &HashMap<String, String>,
-) -> Result<()> {
-    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    // Sorted metadata: the same run writes the same bytes.
-    let mut meta: std::collections::BTreeMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    meta.insert("format".into(), "contentv-latents".into());
-    let buf = crate::io::safetensors::serialize_safetensors(
-        &[(
-            "latents",
-            crate::io::safetensors::StDtype::F32,
-            shape,
-            &bytes,
-        )],
-        Some(&meta),
-    )
-    .map_err(|e| Error::Other(format!("latents: {e}")))?;
-    let dir = crate::io::fsutil::parent_dir(path);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::Input(format!("cannot create {}: {e}", dir.display())))?;
-    if path.file_name().is_none() {
-        return Err(Error::Input(format!("{} has no file name", path.display())));
-    }
-    crate::io::fsutil::write_file_atomically(path, &buf).map_err(|e| {
-        Error::Input(format!(
-            "cannot write the latents to {}: {e}",
-            path.display()
-        ))
-    })?;
-    Ok(())
-}
-
-/// Reads latents written by [`save_latents`] (any float dtype; tensor "latents", or the only
-/// tensor of the file; [1, C, T, h, w] or [C, T, h, w]).
-pub fn load_latents(path: &Path) -> Result<SavedLatents> {
-    let (mut shape, data, metadata) = read_st_tensor(path, "latents")?;
-    if shape.len() == 4 {
-        shape.insert(0, 1); // [C, T, h, w] without the batch dim
-    }
-    if shape.len() != 5 || shape[0] != 1 || shape.contains(&0) {
-        return Err(Error::Input(format!(
-            "{}: latents must have shape [1, C, T, h, w], got {shape:?}",
-            path.display()
-        )));
-    }
-    Ok(SavedLatents {
-        shape,
-        data,
-        metadata,
-    })
 }
 
 // ----- guidance --------------------------------------------------------------------------------
@@ -484,19 +68,6 @@ pub fn cfg_combine_bf16(v_u: &mut [f32], v_c: &[f32], g: f32) {
 
 // ----- the pipeline ----------------------------------------------------------------------------
 
-/// Receives (name, values) of loop intermediates.
-pub type Recorder<'a> = &'a mut dyn FnMut(&str, &[f32]);
-
-/// Progress events for the caller's bars.
-#[derive(Clone, Copy, Debug)]
-pub enum Progress {
-    EncodeStart,
-    DenoiseStart { steps: usize },
-    Step { index: usize, steps: usize },
-    DecodeStart,
-    DecodeDone,
-}
-
 /// One generation request, already validated.
 #[derive(Clone, Debug)]
 pub struct GenerateParams {
@@ -512,48 +83,6 @@ pub struct GenerateParams {
     pub init_noise: Option<Vec<f32>>,
     /// Where to save the latents if the decode fails (so `contentv decode` can finish the run).
     pub rescue_latents: Option<std::path::PathBuf>,
-}
-
-/// Wall-clock seconds per stage.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Timings {
-    pub encode_s: f64,
-    pub denoise_s: f64,
-    pub step_s: Vec<f64>,
-    pub decode_s: f64,
-}
-
-/// Peak memory: the process's host peak (VmHWM) and, on CUDA, the pool's peaks.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct MemoryReport {
-    pub host_peak_bytes: Option<u64>,
-    pub gpu_peak_in_use_bytes: Option<u64>,
-    pub gpu_peak_reserved_bytes: Option<u64>,
-    pub gpu_total_bytes: Option<u64>,
-}
-
-impl MemoryReport {
-    pub fn now(device: &Device) -> MemoryReport {
-        let mut m = MemoryReport {
-            host_peak_bytes: host_peak_bytes(),
-            ..Default::default()
-        };
-        if let Some(g) = device.gpu() {
-            let s = g.pool.stats();
-            m.gpu_peak_in_use_bytes = Some(s.peak_in_use as u64);
-            m.gpu_peak_reserved_bytes = Some(s.peak_reserved as u64);
-            m.gpu_total_bytes = Some(g.total_mem as u64);
-        }
-        m
-    }
-}
-
-/// Peak resident set of this process (Linux `VmHWM`), if known.
-pub fn host_peak_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Result of a generation.
@@ -840,19 +369,6 @@ impl Pipeline {
     }
 }
 
-/// Loads the prompt encoder (CLIP-L, CLIP-G, T5 + tokenizers) and the transformer from a model
-/// folder in diffusers layout.
-pub fn load_text_and_transformer(
-    dir: &Path,
-    device: &Device,
-    mem: &crate::runtime::residency::MemoryOptions,
-) -> Result<(Box<dyn PromptEncoding>, Box<dyn Denoiser>)> {
-    let text = crate::model::text::TextEncoders::load(dir, device, mem)?;
-    let transformer =
-        crate::model::mmdit::Transformer::load_with(&dir.join("transformer"), device, mem)?;
-    Ok((Box::new(text), Box::new(transformer)))
-}
-
 /// VAE decode with any [`FrameDecoder`] (the `decode` command uses it without the other models).
 pub fn decode_with(
     vae: &dyn FrameDecoder,
@@ -873,6 +389,7 @@ pub fn decode_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn write_st(path: &Path, tensors: &[(&str, Vec<usize>)]) {
         let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
