@@ -1075,6 +1075,17 @@ fn conversions_other_dtypes() {
                 &i8s.iter().map(|&x| x as u8).collect::<Vec<_>>(),
             ),
             ("u8", StDtype::U8, &[2], &u8s),
+            (
+                "u16",
+                StDtype::U16,
+                &[2],
+                &[0u16, 65535]
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<_>>(),
+            ),
+            ("u32", StDtype::U32, &[1], &4_000_000_000u32.to_le_bytes()),
+            ("u64", StDtype::U64, &[1], &(1u64 << 40).to_le_bytes()),
             ("bool", StDtype::Bool, &[3], &bools),
             ("e4m3", StDtype::F8E4M3, &[6], &e4m3),
             ("e5m2", StDtype::F8E5M2, &[3], &e5m2),
@@ -1095,6 +1106,10 @@ fn conversions_other_dtypes() {
     assert_eq!(f.to_f32("i16").unwrap(), vec![-32768.0, 32767.0]);
     assert_eq!(f.to_f32("i8").unwrap(), vec![-128.0, 5.0]);
     assert_eq!(f.to_f32("u8").unwrap(), vec![0.0, 255.0]);
+    // The unsigned types of the format (token-id files use U16) are valid files too.
+    assert_eq!(f.to_f32("u16").unwrap(), vec![0.0, 65535.0]);
+    assert_eq!(f.to_f32("u32").unwrap(), vec![4_000_000_000.0]);
+    assert_eq!(f.to_f32("u64").unwrap(), vec![(1u64 << 40) as f32]);
     assert_eq!(f.to_f32("bool").unwrap(), vec![0.0, 1.0, 1.0]);
     let e = f.to_f32("e4m3").unwrap();
     assert_eq!(&e[..5], &[0.0, 1.0, -1.0, 448.0, 2f32.powi(-9)]);

@@ -59,6 +59,9 @@ pub enum StDtype {
     I32,
     I16,
     I8,
+    U64,
+    U32,
+    U16,
     U8,
     Bool,
     /// 8-bit float, 4 exponent and 3 mantissa bits, no infinities (the "fn" variant).
@@ -69,7 +72,7 @@ pub enum StDtype {
 
 impl StDtype {
     /// Every dtype, in declaration order.
-    pub const ALL: [StDtype; 12] = [
+    pub const ALL: [StDtype; 15] = [
         StDtype::F64,
         StDtype::F32,
         StDtype::F16,
@@ -78,6 +81,9 @@ impl StDtype {
         StDtype::I32,
         StDtype::I16,
         StDtype::I8,
+        StDtype::U64,
+        StDtype::U32,
+        StDtype::U16,
         StDtype::U8,
         StDtype::Bool,
         StDtype::F8E4M3,
@@ -87,9 +93,9 @@ impl StDtype {
     /// Bytes per element.
     pub const fn size_of(self) -> usize {
         match self {
-            StDtype::F64 | StDtype::I64 => 8,
-            StDtype::F32 | StDtype::I32 => 4,
-            StDtype::F16 | StDtype::BF16 | StDtype::I16 => 2,
+            StDtype::F64 | StDtype::I64 | StDtype::U64 => 8,
+            StDtype::F32 | StDtype::I32 | StDtype::U32 => 4,
+            StDtype::F16 | StDtype::BF16 | StDtype::I16 | StDtype::U16 => 2,
             StDtype::I8 | StDtype::U8 | StDtype::Bool | StDtype::F8E4M3 | StDtype::F8E5M2 => 1,
         }
     }
@@ -105,6 +111,9 @@ impl StDtype {
             StDtype::I32 => "I32",
             StDtype::I16 => "I16",
             StDtype::I8 => "I8",
+            StDtype::U64 => "U64",
+            StDtype::U32 => "U32",
+            StDtype::U16 => "U16",
             StDtype::U8 => "U8",
             StDtype::Bool => "BOOL",
             StDtype::F8E4M3 => "F8_E4M3",
@@ -806,6 +815,18 @@ pub fn decode_f32(dtype: StDtype, bytes: &[u8]) -> Vec<f32> {
             .map(|c| i16::from_le_bytes(le(c)) as f32)
             .collect(),
         StDtype::I8 => bytes.iter().map(|&b| b as i8 as f32).collect(),
+        StDtype::U64 => bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(le(c)) as f32)
+            .collect(),
+        StDtype::U32 => bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(le(c)) as f32)
+            .collect(),
+        StDtype::U16 => bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes(le(c)) as f32)
+            .collect(),
         StDtype::U8 => bytes.iter().map(|&b| b as f32).collect(),
         StDtype::Bool => bytes
             .iter()

@@ -85,9 +85,15 @@ fn to_f32(dtype: StDtype, d: &[u8]) -> Option<(Vec<f32>, Vec<i64>)> {
     let f = decode_f32(dtype, d);
     let ints = match dtype {
         StDtype::F64 | StDtype::F32 | StDtype::F16 | StDtype::BF16 => Vec::new(),
-        StDtype::U8 | StDtype::I8 | StDtype::I16 | StDtype::I32 | StDtype::I64 | StDtype::Bool => {
-            f.iter().map(|&v| v as i64).collect()
-        }
+        StDtype::U8
+        | StDtype::U16
+        | StDtype::U32
+        | StDtype::U64
+        | StDtype::I8
+        | StDtype::I16
+        | StDtype::I32
+        | StDtype::I64
+        | StDtype::Bool => f.iter().map(|&v| v as i64).collect(),
         _ => return None,
     };
     Some((f, ints))
