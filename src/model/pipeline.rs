@@ -144,6 +144,11 @@ pub struct PromptEmbeds {
 /// Text side: one prompt to its embeddings.
 pub trait PromptEncoding {
     fn encode(&self, prompt: &str) -> Result<PromptEmbeds>;
+    /// [`Self::encode`] of the text called `which` in messages ("negative prompt").
+    fn encode_as(&self, prompt: &str, which: &str) -> Result<PromptEmbeds> {
+        let _ = which;
+        self.encode(prompt)
+    }
 }
 
 /// The transformer: velocity for latents `x` [B, 16, T, h, w], one timestep per batch entry,
@@ -766,7 +771,7 @@ impl Pipeline {
         let t = Instant::now();
         let cond = self.text.encode(&p.prompt)?;
         let uncond = if p.guidance > 1.0 {
-            Some(self.text.encode(&p.negative_prompt)?)
+            Some(self.text.encode_as(&p.negative_prompt, "negative prompt")?)
         } else {
             None
         };
