@@ -1483,3 +1483,44 @@ fn ineffective_flags_get_a_note() {
     assert!(!text(&o).contains("random; pass --seed"), "{}", text(&o));
     assert!(!text(&o).contains("has no effect"), "{}", text(&o));
 }
+
+/// Truncation warnings say which prompt was cut, by which encoder and to how many tokens
+/// (issue 16: a long negative prompt was reported as "the prompt").
+#[test]
+fn long_negative_prompt_warning_names_the_negative_prompt() {
+    let d = scratch("long-negative");
+    let out = d.join("n.mp4");
+    let long = "blurry, low quality, distorted, ".repeat(20);
+    let mut a = tiny_args(out.to_str().unwrap(), "3");
+    a.extend(["--negative-prompt", long.as_str(), "--guidance", "6"]);
+    let o = run(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the negative prompt is longer than the CLIP-L (tokenizer/) text encoder accepts (77 tokens)"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        err.contains("the negative prompt is longer than the OpenCLIP-bigG (tokenizer_2/) text encoder accepts (77 tokens)"),
+        "{}",
+        text(&o)
+    );
+    assert!(!err.contains("the prompt is longer"), "{}", text(&o));
+    // the (short) prompt itself draws no warning; a long prompt is called "the prompt"
+    let out2 = d.join("p.mp4");
+    let mut a = tiny_args(out2.to_str().unwrap(), "3");
+    let i = a.iter().position(|s| *s == "a red ball bouncing").unwrap();
+    a[i] = long.as_str();
+    a.extend(["--guidance", "1"]);
+    let o = run(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "the prompt is longer than the CLIP-L (tokenizer/) text encoder accepts (77 tokens)"
+        ) && !err.contains("negative prompt is longer"),
+        "{}",
+        text(&o)
+    );
+}

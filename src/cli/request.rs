@@ -59,13 +59,27 @@ const WHOLE_RUN_FIELDS: [&str; 11] = [
     "force",
 ];
 
-/// The keys of a JSON object in the order written, duplicates kept (serde_json's `Value`
-/// keeps only the last of duplicate keys).
+/// Bounds of the per-video values, shared by the JSONL reader and [`resolve`].
+pub const MAX_FRAMES: usize = 1001;
+pub const MAX_SIZE: usize = 4096;
+pub const MAX_STEPS: usize = 1000;
+pub const MAX_GUIDANCE: f32 = 100.0;
+pub const MIN_SHIFT: f32 = 0.001;
+pub const MAX_SHIFT: f32 = 1000.0;
+
+/// The keys of a JSON object in the order written, duplicates kept (a derived struct stops at
+/// the first duplicate with serde's own wording; this pass gives the messages of
+/// [`RequestFields::from_json_line`] for names: unknown, whole-run, duplicate).
 struct KeyList(Vec<String>);
 
 impl<'de> serde::Deserialize<'de> for KeyList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct V;
+        fn not_object<E: serde::de::Error>(kind: &str) -> E {
+            E::custom(format!(
+                "the line is {kind}, but each line must be a JSON object like {{\"prompt\": \"...\"}}"
+            ))
+        }
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = KeyList;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -82,8 +96,32 @@ impl<'de> serde::Deserialize<'de> for KeyList {
                 }
                 Ok(KeyList(keys))
             }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                _: A,
+            ) -> std::result::Result<KeyList, A::Error> {
+                Err(not_object("a JSON array"))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<KeyList, E> {
+                Err(not_object("a string"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<KeyList, E> {
+                Err(not_object("true/false"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> std::result::Result<KeyList, E> {
+                Err(not_object("a number"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> std::result::Result<KeyList, E> {
+                Err(not_object("a number"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<KeyList, E> {
+                Err(not_object("a number"))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<KeyList, E> {
+                Err(not_object("null"))
+            }
         }
-        d.deserialize_map(V)
+        d.deserialize_any(V)
     }
 }
 
@@ -108,58 +146,198 @@ fn show(v: &serde_json::Value) -> String {
     }
 }
 
-fn line_str(k: &str, v: &serde_json::Value) -> Result<String> {
-    v.as_str().map(str::to_string).ok_or_else(|| {
-        Error::Input(format!(
-            "field \"{k}\" must be a string, got {} ({})",
-            json_kind(v),
-            show(v)
-        ))
-    })
-}
-
-fn line_path(k: &str, v: &serde_json::Value) -> Result<PathBuf> {
-    let s = line_str(k, v)?;
-    if s.trim().is_empty() {
-        return Err(Error::Input(format!(
-            "field \"{k}\" is an empty string; give a file name or leave the field out"
-        )));
-    }
-    Ok(PathBuf::from(s))
-}
-
-/// A whole number in `0..=max` (an integral float such as 9.0 is accepted; "9" is not).
-fn line_uint(k: &str, v: &serde_json::Value, max: u64) -> Result<u64> {
-    let bad = |what: String| {
-        Error::Input(format!(
-            "field \"{k}\" must be a whole number (0 or more), got {what}"
-        ))
-    };
-    let too_big = |n: &serde_json::Number| {
-        Error::Input(format!("field \"{k}\" = {n} is too large (at most {max})"))
-    };
+/// What a value that is not of the expected type is, for a message.
+fn got(v: &serde_json::Value) -> String {
     match v {
-        serde_json::Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                return if u <= max { Ok(u) } else { Err(too_big(n)) };
-            }
-            if let Some(f) = n.as_f64() {
-                if f.fract() == 0.0 && f >= 0.0 {
-                    return if f <= max as f64 && f < u64::MAX as f64 {
-                        Ok(f as u64)
-                    } else {
-                        Err(too_big(n))
-                    };
-                }
-            }
-            Err(bad(n.to_string()))
+        serde_json::Value::String(_) => {
+            format!("the string {} (write the number without quotes)", show(v))
         }
-        serde_json::Value::String(_) => Err(bad(format!(
-            "the string {} (write the number without quotes)",
-            show(v)
-        ))),
-        other => Err(bad(format!("{} ({})", json_kind(other), show(other)))),
+        serde_json::Value::Number(_) => show(v),
+        other => format!("{} ({})", json_kind(other), show(other)),
     }
+}
+
+/// The checks of one JSONL field: each turns the JSON value written (null is "not given") into
+/// the field's type, and its messages name the field and what was expected.
+mod field {
+    use super::{got, json_kind, show};
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+    use std::path::PathBuf;
+
+    fn value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        Ok(Option::<Value>::deserialize(d)?.filter(|v| !v.is_null()))
+    }
+
+    pub fn text<'de, D: Deserializer<'de>>(d: D, k: &str) -> Result<Option<String>, D::Error> {
+        match value(d)? {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(D::Error::custom(format!(
+                "field \"{k}\": expected a string, got {} ({})",
+                json_kind(&v),
+                show(&v)
+            ))),
+        }
+    }
+
+    pub fn path<'de, D: Deserializer<'de>>(d: D, k: &str) -> Result<Option<PathBuf>, D::Error> {
+        match text(d, k)? {
+            None => Ok(None),
+            Some(s) if s.trim().is_empty() => Err(D::Error::custom(format!(
+                "field \"{k}\" is an empty string; give a file name or leave the field out"
+            ))),
+            Some(s) => Ok(Some(PathBuf::from(s))),
+        }
+    }
+
+    /// A whole number in `min..=max` (an integral float such as 9.0 is accepted; "9" is not).
+    pub fn whole<'de, D: Deserializer<'de>>(
+        d: D,
+        k: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<u64>, D::Error> {
+        let Some(v) = value(d)? else { return Ok(None) };
+        let expected = format!("a whole number {min}..={max}");
+        let range = |n: &serde_json::Number, small: bool| {
+            D::Error::custom(format!(
+                "field \"{k}\" = {n} is too {}: expected {expected}",
+                if small { "small" } else { "large" }
+            ))
+        };
+        if let Value::Number(n) = &v {
+            let u = match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), _, _) => Some(u),
+                (None, Some(_), _) => return Err(range(n, true)),
+                (None, None, Some(f)) if f.fract() == 0.0 => {
+                    if f < 0.0 {
+                        return Err(range(n, true));
+                    }
+                    if f >= u64::MAX as f64 {
+                        return Err(range(n, false));
+                    }
+                    Some(f as u64)
+                }
+                _ => None,
+            };
+            if let Some(u) = u {
+                return if u < min {
+                    Err(range(n, true))
+                } else if u > max {
+                    Err(range(n, false))
+                } else {
+                    Ok(Some(u))
+                };
+            }
+        }
+        Err(D::Error::custom(format!(
+            "field \"{k}\": expected {expected}, got {}",
+            got(&v)
+        )))
+    }
+
+    /// A finite number in `min..=max`.
+    pub fn number<'de, D: Deserializer<'de>>(
+        d: D,
+        k: &str,
+        min: f32,
+        max: f32,
+    ) -> Result<Option<f32>, D::Error> {
+        let Some(v) = value(d)? else { return Ok(None) };
+        let expected = format!("a number from {min} to {max}");
+        match v.as_f64() {
+            Some(f) if (min as f64..=max as f64).contains(&f) => Ok(Some(f as f32)),
+            Some(_) => Err(D::Error::custom(format!(
+                "field \"{k}\" = {} is out of range: expected {expected}",
+                show(&v)
+            ))),
+            None => Err(D::Error::custom(format!(
+                "field \"{k}\": expected {expected}, got {}",
+                got(&v)
+            ))),
+        }
+    }
+}
+
+/// Field checkers named for `#[serde(deserialize_with)]`, one per field.
+macro_rules! checkers {
+    ($($name:ident: $t:ty = $f:ident($($arg:expr),*);)*) => {
+        mod check {
+            use super::*;
+            $(pub fn $name<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<$t>, D::Error> {
+                Ok(field::$f(d, stringify!($name) $(, $arg)*)?.map(|v| v as $t))
+            })*
+        }
+    };
+}
+
+checkers! {
+    prompt: String = text();
+    negative_prompt: String = text();
+    frames: usize = whole(1, MAX_FRAMES as u64);
+    fps: u32 = whole(1, video::MAX_FPS as u64);
+    width: usize = whole(1, MAX_SIZE as u64);
+    height: usize = whole(1, MAX_SIZE as u64);
+    steps: usize = whole(1, MAX_STEPS as u64);
+    guidance: f32 = number(0.0, MAX_GUIDANCE);
+    shift: f32 = number(MIN_SHIFT, MAX_SHIFT);
+    seed: u64 = whole(0, u64::MAX);
+    output: PathBuf = path();
+    crf: u8 = whole(0, video::MAX_CRF as u64);
+    init_noise: PathBuf = path();
+    save_latents: PathBuf = path();
+}
+
+/// One JSONL line: the fields of [`LINE_FIELDS`], each also under its kebab-case name.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    #[serde(default, deserialize_with = "check::prompt")]
+    prompt: Option<String>,
+    #[serde(
+        default,
+        alias = "negative-prompt",
+        deserialize_with = "check::negative_prompt"
+    )]
+    negative_prompt: Option<String>,
+    #[serde(default, deserialize_with = "check::frames")]
+    frames: Option<usize>,
+    #[serde(default, deserialize_with = "check::fps")]
+    fps: Option<u32>,
+    #[serde(default, deserialize_with = "check::width")]
+    width: Option<usize>,
+    #[serde(default, deserialize_with = "check::height")]
+    height: Option<usize>,
+    #[serde(default, deserialize_with = "check::steps")]
+    steps: Option<usize>,
+    #[serde(default, deserialize_with = "check::guidance")]
+    guidance: Option<f32>,
+    #[serde(default, deserialize_with = "check::shift")]
+    shift: Option<f32>,
+    #[serde(default, deserialize_with = "check::seed")]
+    seed: Option<u64>,
+    #[serde(default, deserialize_with = "check::output")]
+    output: Option<PathBuf>,
+    #[serde(default, deserialize_with = "check::crf")]
+    crf: Option<u8>,
+    #[serde(default, alias = "init-noise", deserialize_with = "check::init_noise")]
+    init_noise: Option<PathBuf>,
+    #[serde(
+        default,
+        alias = "save-latents",
+        deserialize_with = "check::save_latents"
+    )]
+    save_latents: Option<PathBuf>,
+}
+
+/// serde_json's message without the position it appends (" at line 1 column N": every JSONL
+/// line is parsed alone, and the caller names the file's line).
+fn json_message(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    s.strip_suffix(&at).map(str::to_string).unwrap_or(s)
 }
 
 /// Whether `a` and `b` differ by at most two single-character edits (typo suggestions).
@@ -176,22 +354,6 @@ fn similar(a: &str, b: &str) -> bool {
         prev = cur;
     }
     prev[b.len()] <= 2
-}
-
-fn line_float(k: &str, v: &serde_json::Value) -> Result<f32> {
-    match v.as_f64() {
-        Some(f) => Ok(f as f32),
-        None => Err(Error::Input(format!(
-            "field \"{k}\" must be a number, got {} ({}){}",
-            json_kind(v),
-            show(v),
-            if v.is_string() {
-                " (write the number without quotes)"
-            } else {
-                ""
-            }
-        ))),
-    }
 }
 
 impl RequestFields {
@@ -229,31 +391,17 @@ impl RequestFields {
     /// Parses one JSONL line: a JSON object whose keys are among [`LINE_FIELDS`] (or their
     /// kebab-case spellings); `null` counts as not given. Every error names the field.
     pub fn from_json_line(line: &str) -> Result<RequestFields> {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| Error::Input(format!("not valid JSON: {e}")))?;
-        let serde_json::Value::Object(map) = &v else {
-            return Err(Error::Input(format!(
-                "the line is {}, but each line must be a JSON object like {{\"prompt\": \"...\"}}",
-                json_kind(&v)
-            )));
-        };
-        // Duplicate keys (serde_json keeps the last one silently); kebab and snake spellings
-        // of one field count as the same key.
-        let keys = serde_json::from_str::<KeyList>(line)
-            .map(|k| k.0)
-            .unwrap_or_default();
+        // The names first (whole-run options, typos, duplicates), in the order written: the
+        // derived reader below would only say "unknown field" or "duplicate field".
+        let keys = serde_json::from_str::<KeyList>(line).map_err(|e| {
+            Error::Input(if e.is_data() {
+                json_message(&e)
+            } else {
+                format!("not valid JSON: {e}")
+            })
+        })?;
         let mut seen: Vec<String> = Vec::new();
-        for k in &keys {
-            let n = k.replace('-', "_");
-            if seen.contains(&n) {
-                return Err(Error::Input(format!(
-                    "field \"{n}\" is given more than once; keep one"
-                )));
-            }
-            seen.push(n);
-        }
-        let mut f = RequestFields::default();
-        for (key, val) in map {
+        for key in &keys.0 {
             let k = key.replace('-', "_");
             if WHOLE_RUN_FIELDS.contains(&k.as_str()) {
                 return Err(Error::Input(format!(
@@ -272,29 +420,31 @@ impl RequestFields {
                     LINE_FIELDS.join(", ")
                 )));
             }
-            if val.is_null() {
-                continue;
+            // kebab and snake spellings of one field count as the same key
+            if seen.contains(&k) {
+                return Err(Error::Input(format!(
+                    "field \"{k}\" is given more than once; keep one"
+                )));
             }
-            let u = |max: u64| line_uint(&k, val, max);
-            match k.as_str() {
-                "prompt" => f.prompt = Some(line_str(&k, val)?),
-                "negative_prompt" => f.negative_prompt = Some(line_str(&k, val)?),
-                "frames" => f.frames = Some(u(usize::MAX as u64)? as usize),
-                "fps" => f.fps = Some(u(u32::MAX as u64)? as u32),
-                "width" => f.width = Some(u(usize::MAX as u64)? as usize),
-                "height" => f.height = Some(u(usize::MAX as u64)? as usize),
-                "steps" => f.steps = Some(u(usize::MAX as u64)? as usize),
-                "guidance" => f.guidance = Some(line_float(&k, val)?),
-                "shift" => f.shift = Some(line_float(&k, val)?),
-                "seed" => f.seed = Some(u(u64::MAX)?),
-                "output" => f.output = Some(line_path(&k, val)?),
-                "crf" => f.crf = Some(u(u8::MAX as u64)? as u8),
-                "init_noise" => f.init_noise = Some(line_path(&k, val)?),
-                "save_latents" => f.save_latents = Some(line_path(&k, val)?),
-                _ => unreachable!("every line field is handled"),
-            }
+            seen.push(k);
         }
-        Ok(f)
+        let l: Line = serde_json::from_str(line).map_err(|e| Error::Input(json_message(&e)))?;
+        Ok(RequestFields {
+            prompt: l.prompt,
+            negative_prompt: l.negative_prompt,
+            frames: l.frames,
+            fps: l.fps,
+            width: l.width,
+            height: l.height,
+            steps: l.steps,
+            guidance: l.guidance,
+            shift: l.shift,
+            seed: l.seed,
+            output: l.output,
+            crf: l.crf,
+            init_noise: l.init_noise,
+            save_latents: l.save_latents,
+        })
     }
 
     /// `self` with every unset field taken from `defaults`.
@@ -416,8 +566,8 @@ pub fn resolve(
             "frames must be at least 1 (4k+1: 1, 5, 9, ..., 125)".into(),
         ));
     }
-    if frames_requested > 1001 {
-        return Err(Error::Input(format!("frames = {frames_requested} is too many (at most 1001; ContentV was trained on up to 125)")));
+    if frames_requested > MAX_FRAMES {
+        return Err(Error::Input(format!("frames = {frames_requested} is too many (at most {MAX_FRAMES}; ContentV was trained on up to 125)")));
     }
     let frames = layout.round_frames(frames_requested);
     let tf = layout.time_factor;
@@ -436,29 +586,29 @@ pub fn resolve(
                 (v / m).max(1) * m
             )));
         }
-        if v > 4096 {
+        if v > MAX_SIZE {
             return Err(Error::Input(format!(
-                "{name} = {v} is too large (at most 4096)"
+                "{name} = {v} is too large (at most {MAX_SIZE})"
             )));
         }
     }
     let steps = f.steps.unwrap_or(DEFAULT_STEPS);
-    if steps == 0 || steps > 1000 {
+    if steps == 0 || steps > MAX_STEPS {
         return Err(Error::Input(format!(
-            "steps must be between 1 and 1000, got {steps}"
+            "steps must be between 1 and {MAX_STEPS}, got {steps}"
         )));
     }
     let guidance = f.guidance.unwrap_or(DEFAULT_GUIDANCE);
-    if !guidance.is_finite() || !(0.0..=100.0).contains(&guidance) {
+    if !guidance.is_finite() || !(0.0..=MAX_GUIDANCE).contains(&guidance) {
         return Err(Error::Input(format!(
-            "guidance must be between 0 and 100, got {guidance:?}"
+            "guidance must be between 0 and {MAX_GUIDANCE}, got {guidance:?}"
         )));
     }
     if let Some(s) = f.shift {
         // Below about 1e-7 the f32 schedule divides by zero; nothing useful lies below 0.001.
-        if !s.is_finite() || !(0.001..=1000.0).contains(&s) {
+        if !s.is_finite() || !(MIN_SHIFT..=MAX_SHIFT).contains(&s) {
             return Err(Error::Input(format!(
-                "shift must be a number from 0.001 to 1000, got {s:?}"
+                "shift must be a number from {MIN_SHIFT} to {MAX_SHIFT}, got {s:?}"
             )));
         }
     }
@@ -638,14 +788,13 @@ mod tests {
             .contains("promt"));
         assert!(RequestFields::from_json_line(r#"[1]"#).is_err());
         assert!(RequestFields::from_json_line(r#"{"prompt": 3}"#).is_err());
+        // Range errors come from the line reader (with the field's bounds) or, for what
+        // depends on the model (multiples of 16), from `resolve`.
         let bad = |j: &str| {
-            resolve(
-                RequestFields::from_json_line(j).unwrap(),
-                LatentLayout::CONTENTV,
-                &out,
-            )
-            .unwrap_err()
-            .to_string()
+            RequestFields::from_json_line(j)
+                .and_then(|f| resolve(f, LatentLayout::CONTENTV, &out))
+                .unwrap_err()
+                .to_string()
         };
         assert!(bad(r#"{"prompt":"a","frames":0}"#).contains("frames"));
         assert!(bad(r#"{"prompt":"a","width":100}"#).contains("multiple of 16"));
@@ -656,5 +805,129 @@ mod tests {
         assert!(
             parse_shard("4/4").is_err() && parse_shard("x").is_err() && parse_shard("0/0").is_err()
         );
+    }
+
+    fn line_err(j: &str) -> String {
+        RequestFields::from_json_line(j).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn line_errors_name_the_field_and_what_was_expected() {
+        // unknown field, with and without a suggestion; kebab spelling of a typo
+        let e = line_err(r#"{"prompt": "a", "stpes": 3}"#);
+        assert!(
+            e.contains("unknown field \"stpes\" (did you mean \"steps\"?)"),
+            "{e}"
+        );
+        assert!(e.contains("the fields are: prompt, negative_prompt"), "{e}");
+        let e = line_err(r#"{"prompt": "a", "colour": 3}"#);
+        assert!(
+            e.contains("unknown field \"colour\"; the fields are"),
+            "{e}"
+        );
+        let e = line_err(r#"{"prompt": "a", "init-nosie": "x"}"#);
+        assert!(e.contains("did you mean \"init_noise\""), "{e}");
+        // whole-run option
+        let e = line_err(r#"{"prompt": "a", "vram-budget": 3}"#);
+        assert!(e.contains("--vram-budget on the command line"), "{e}");
+        // wrong types, naming the field, the expected range and what was given
+        let e = line_err(r#"{"prompt": "a", "steps": "abc"}"#);
+        assert_eq!(
+            e,
+            "field \"steps\": expected a whole number 1..=1000, got the string \"abc\" (write the number without quotes)"
+        );
+        let e = line_err(r#"{"prompt": "a", "frames": 2.5}"#);
+        assert!(
+            e.contains("field \"frames\": expected a whole number 1..=1001, got 2.5"),
+            "{e}"
+        );
+        let e = line_err(r#"{"prompt": "a", "seed": [1]}"#);
+        assert!(
+            e.contains("field \"seed\": expected a whole number")
+                && e.contains("a JSON array ([1])"),
+            "{e}"
+        );
+        let e = line_err(r#"{"prompt": 3}"#);
+        assert!(
+            e.contains("field \"prompt\": expected a string, got a number (3)"),
+            "{e}"
+        );
+        let e = line_err(r#"{"prompt": "a", "guidance": true}"#);
+        assert!(
+            e.contains("field \"guidance\": expected a number from 0 to 100, got true/false"),
+            "{e}"
+        );
+        let e = line_err(r#"{"prompt": "a", "output": "  "}"#);
+        assert!(e.contains("field \"output\" is an empty string"), "{e}");
+        // out of range, with the real bounds
+        let e = line_err(r#"{"prompt": "a", "steps": 1001}"#);
+        assert!(
+            e.contains("field \"steps\" = 1001 is too large: expected a whole number 1..=1000"),
+            "{e}"
+        );
+        let e = line_err(r#"{"prompt": "a", "steps": 0}"#);
+        assert!(e.contains("field \"steps\" = 0 is too small"), "{e}");
+        let e = line_err(r#"{"prompt": "a", "fps": -3}"#);
+        assert!(
+            e.contains("field \"fps\" = -3 is too small: expected a whole number 1..=240"),
+            "{e}"
+        );
+        let e = line_err(r#"{"prompt": "a", "crf": 52}"#);
+        assert!(
+            e.contains("field \"crf\" = 52 is too large: expected a whole number 0..=51"),
+            "{e}"
+        );
+        let e = line_err(r#"{"prompt": "a", "width": 8192}"#);
+        assert!(
+            e.contains("field \"width\" = 8192 is too large: expected a whole number 1..=4096"),
+            "{e}"
+        );
+        let e = line_err(r#"{"prompt": "a", "shift": 0}"#);
+        assert!(
+            e.contains("field \"shift\" = 0 is out of range: expected a number from 0.001 to 1000"),
+            "{e}"
+        );
+        let e = line_err(r#"{"prompt": "a", "seed": 99999999999999999999999}"#);
+        assert!(
+            e.contains("field \"seed\"") && e.contains("too large"),
+            "{e}"
+        );
+        // duplicates, also across spellings
+        let e = line_err(r#"{"prompt": "a", "prompt": "b"}"#);
+        assert_eq!(e, "field \"prompt\" is given more than once; keep one");
+        let e = line_err(r#"{"prompt": "a", "save_latents": "x", "save-latents": "y"}"#);
+        assert!(
+            e.contains("\"save_latents\" is given more than once"),
+            "{e}"
+        );
+        // not an object, not JSON
+        for (j, kind) in [
+            ("[1]", "a JSON array"),
+            ("\"a\"", "a string"),
+            ("3", "a number"),
+            ("null", "null"),
+        ] {
+            let e = line_err(j);
+            assert!(
+                e.starts_with(&format!(
+                    "the line is {kind}, but each line must be a JSON object"
+                )),
+                "{j}: {e}"
+            );
+        }
+        let e = line_err(r#"{"prompt": "a" "seed": 3}"#);
+        assert!(e.starts_with("not valid JSON: expected `,` or `}`"), "{e}");
+        // no position suffix of the one-line parse
+        assert!(!line_err(r#"{"prompt": "a", "steps": 0}"#).contains("column"));
+        // good values: null is "not given", integral floats and kebab names are accepted
+        let f = RequestFields::from_json_line(
+            r#"{"prompt": "a", "steps": 4.0, "negative-prompt": null, "seed": 18446744073709551615, "guidance": 0, "init-noise": "n.safetensors"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (f.steps, f.negative_prompt, f.seed, f.guidance),
+            (Some(4), None, Some(u64::MAX), Some(0.0))
+        );
+        assert_eq!(f.init_noise, Some(PathBuf::from("n.safetensors")));
     }
 }

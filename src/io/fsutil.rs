@@ -88,12 +88,10 @@ pub fn host_tag() -> &'static str {
 
 #[cfg(unix)]
 fn hostname() -> Option<String> {
-    extern "C" {
-        fn gethostname(name: *mut std::os::raw::c_char, len: usize) -> std::os::raw::c_int;
-    }
     let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; the result is NUL-terminated or truncated.
-    let r = unsafe { gethostname(buf.as_mut_ptr() as *mut _, buf.len() - 1) };
+    // SAFETY: `buf` is valid for writes of `buf.len() - 1` bytes and outlives the call; the last
+    // byte stays 0, so the result is NUL-terminated even when the name was truncated.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
     if r != 0 {
         return None;
     }
@@ -110,21 +108,19 @@ fn hostname() -> Option<String> {
 pub fn pid_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
-        extern "C" {
-            fn kill(pid: i32, sig: std::os::raw::c_int) -> std::os::raw::c_int;
-        }
-        let Ok(p) = i32::try_from(pid) else {
+        let Ok(p) = libc::pid_t::try_from(pid) else {
             return true;
         };
         if p <= 0 {
             return true;
         }
-        // SAFETY: signal 0 only checks whether the process exists.
-        if unsafe { kill(p, 0) } == 0 {
+        // SAFETY: kill with signal 0 sends nothing; it only checks that process `p` (> 0, so
+        // never a process group) exists. It touches no memory of ours.
+        if unsafe { libc::kill(p, 0) } == 0 {
             return true;
         }
         // ESRCH: no such process; EPERM: it exists but belongs to someone else.
-        std::io::Error::last_os_error().raw_os_error() != Some(3)
+        std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
     }
     #[cfg(not(unix))]
     {
@@ -231,26 +227,24 @@ mod interrupt {
     use std::os::raw::{c_char, c_int};
     use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
-    extern "C" {
-        fn signal(signum: c_int, handler: usize) -> usize;
-        fn unlink(path: *const c_char) -> c_int;
-        fn write(fd: c_int, buf: *const u8, n: usize) -> isize;
-        fn _exit(status: c_int) -> !;
-    }
-
     const SLOTS: usize = 64;
     #[allow(clippy::declare_interior_mutable_const)]
     const NULL: AtomicPtr<c_char> = AtomicPtr::new(std::ptr::null_mut());
     static PATHS: [AtomicPtr<c_char>; SLOTS] = [NULL; SLOTS];
     static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+    /// The signals that remove the partial files.
+    const SIGNALS: [c_int; 3] = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM];
+
     extern "C" fn on_signal(sig: c_int) {
-        // Only async-signal-safe calls here: atomic loads, unlink, write, _exit.
+        // Only async-signal-safe calls here (POSIX signal-safety(7)): atomic loads, unlink,
+        // write, _exit. No allocation, no locks, no std I/O.
         let mut n = 0;
         for s in PATHS.iter() {
             let p = s.load(Ordering::SeqCst);
-            // SAFETY: registered pointers are leaked NUL-terminated strings, never freed.
-            if !p.is_null() && unsafe { unlink(p) } == 0 {
+            // SAFETY: a non-null slot holds a NUL-terminated string from `CString::into_raw`
+            // that is never freed (see `unregister`), so the pointer is valid here.
+            if !p.is_null() && unsafe { libc::unlink(p) } == 0 {
                 n += 1;
             }
         }
@@ -259,10 +253,12 @@ mod interrupt {
         } else {
             b"\ncontentv: interrupted\n"
         };
-        // SAFETY: write and _exit are async-signal-safe.
+        // SAFETY: `msg` is a static byte string valid for `msg.len()` bytes; write and _exit
+        // are async-signal-safe. _exit ends the process without running atexit handlers or
+        // destructors, which could deadlock inside a signal handler.
         unsafe {
-            write(2, msg.as_ptr(), msg.len());
-            _exit(128 + sig);
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(128 + sig);
         }
     }
 
@@ -270,11 +266,18 @@ mod interrupt {
         if INSTALLED.swap(true, Ordering::SeqCst) {
             return;
         }
-        for sig in [1, 2, 15] {
-            // SIGHUP, SIGINT, SIGTERM (the same numbers on every Unix).
-            // SAFETY: installing a handler that only makes async-signal-safe calls.
+        for sig in SIGNALS {
+            // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no flags); the
+            // fields set below are a plain handler (no SA_SIGINFO) of the signature
+            // `extern "C" fn(c_int)` that sigaction expects, and the handler only makes
+            // async-signal-safe calls. `act` lives across the call; the old action is not
+            // asked for (null). SA_RESTART is what glibc's `signal()`, used before, sets.
             unsafe {
-                signal(sig, on_signal as extern "C" fn(c_int) as usize);
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = on_signal as extern "C" fn(c_int) as libc::sighandler_t;
+                act.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut act.sa_mask);
+                libc::sigaction(sig, &act, std::ptr::null_mut());
             }
         }
     }
@@ -294,7 +297,8 @@ mod interrupt {
             }
         }
         // All slots busy: not registered (the next run still removes the file).
-        // SAFETY: `p` came from `into_raw` above and was not published.
+        // SAFETY: `p` came from `into_raw` above and was never published to a slot, so this
+        // is its only owner.
         drop(unsafe { std::ffi::CString::from_raw(p) });
         None
     }

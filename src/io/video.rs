@@ -88,17 +88,21 @@ pub fn artifact_path(requested: &Path) -> PathBuf {
 #[cfg(feature = "ffmpeg")]
 const X264_THREADS: &str = "8";
 
+/// The largest frame rate and x264 quality value accepted.
+pub const MAX_FPS: u32 = 240;
+pub const MAX_CRF: u8 = 51;
+
 /// Checks that `fps` and `crf` are in range.
 pub fn check_options(o: &VideoOptions) -> Result<()> {
-    if o.fps == 0 || o.fps > 240 {
+    if o.fps == 0 || o.fps > MAX_FPS {
         return Err(Error::Input(format!(
-            "--fps must be between 1 and 240, got {}",
+            "--fps must be between 1 and {MAX_FPS}, got {}",
             o.fps
         )));
     }
-    if o.crf > 51 {
+    if o.crf > MAX_CRF {
         return Err(Error::Input(format!(
-            "--crf must be between 0 and 51, got {}",
+            "--crf must be between 0 and {MAX_CRF}, got {}",
             o.crf
         )));
     }
@@ -346,7 +350,7 @@ pub fn write_png_folder(dir: &Path, frames: FramesRef, opts: &VideoOptions) -> R
     frames.check()?;
     fs::create_dir_all(dir)?;
     for i in 0..frames.frames {
-        let png = encode_png_rgb(frames.frame(i), frames.width, frames.height);
+        let png = encode_png_rgb(frames.frame(i), frames.width, frames.height)?;
         fs::write(dir.join(format!("frame_{i:05}.png")), png)?;
     }
     let meta = serde_json::json!({
@@ -361,154 +365,58 @@ pub fn write_png_folder(dir: &Path, frames: FramesRef, opts: &VideoOptions) -> R
     Ok(())
 }
 
-// ----- minimal PNG ---------------------------------------------------------------------------
+// ----- PNG frames (the `png` crate) ---------------------------------------------------------
 
-fn crc32_table() -> &'static [u32; 256] {
-    static T: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    T.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (n, e) in t.iter_mut().enumerate() {
-            let mut c = n as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *e = c;
-        }
-        t
-    })
+/// An 8-bit RGB PNG of `rgb` (H*W*3 bytes, rows top to bottom). Fixed settings (fdeflate's
+/// fast DEFLATE, adaptive row filters, no time or text chunks): the same frame gives the same
+/// bytes on every run with a given `png` version (pinned in Cargo.lock).
+pub fn encode_png_rgb(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::Input(format!("cannot encode a {width}x{height} PNG frame: {e}"))
+    };
+    if rgb.len() != width * height * 3 {
+        return Err(bad(&format!(
+            "{} bytes of pixels, expected {}",
+            rgb.len(),
+            width * height * 3
+        )));
+    }
+    let (w, h) = (
+        u32::try_from(width).map_err(|e| bad(&e))?,
+        u32::try_from(height).map_err(|e| bad(&e))?,
+    );
+    let mut out = Vec::with_capacity(rgb.len() / 2 + 1024);
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_deflate_compression(png::DeflateCompression::FdeflateUltraFast);
+    enc.set_filter(png::Filter::Adaptive);
+    let mut writer = enc.write_header().map_err(|e| bad(&e))?;
+    writer.write_image_data(rgb).map_err(|e| bad(&e))?;
+    writer.finish().map_err(|e| bad(&e))?;
+    Ok(out)
 }
 
-/// CRC-32 (ISO-HDLC, as PNG and zlib use).
-pub fn crc32(parts: &[&[u8]]) -> u32 {
-    let t = crc32_table();
-    let mut c = 0xFFFF_FFFFu32;
-    for p in parts {
-        for &b in *p {
-            c = t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
-        }
+/// Decodes an 8-bit RGB PNG (what [`encode_png_rgb`] writes) to (width, height, rgb). Other
+/// colour types and depths are refused; the `png` crate's default limits bound the memory.
+pub fn decode_png_rgb(png_bytes: &[u8]) -> Result<(usize, usize, Vec<u8>)> {
+    let bad = |e: &dyn std::fmt::Display| Error::Input(format!("not a readable PNG frame: {e}"));
+    let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes))
+        .read_info()
+        .map_err(|e| bad(&e))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| bad(&"the image is too large"))?;
+    let mut buf = vec![0u8; size];
+    let info = reader.next_frame(&mut buf).map_err(|e| bad(&e))?;
+    if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
+        return Err(bad(&format!(
+            "{:?} {:?}, expected 8-bit RGB",
+            info.color_type, info.bit_depth
+        )));
     }
-    c ^ 0xFFFF_FFFF
-}
-
-fn adler32(data: &[u8]) -> u32 {
-    let (mut a, mut b) = (1u32, 0u32);
-    for chunk in data.chunks(5552) {
-        for &x in chunk {
-            a += x as u32;
-            b += a;
-        }
-        a %= 65521;
-        b %= 65521;
-    }
-    (b << 16) | a
-}
-
-/// zlib stream of `data` in stored (uncompressed) deflate blocks.
-fn zlib_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 65535 * 5 + 16);
-    out.extend_from_slice(&[0x78, 0x01]);
-    let mut chunks = data.chunks(65535).peekable();
-    if chunks.peek().is_none() {
-        out.extend_from_slice(&[1, 0, 0, 0xFF, 0xFF]);
-    }
-    while let Some(c) = chunks.next() {
-        let last = chunks.peek().is_none();
-        out.push(last as u8);
-        let len = c.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(c);
-    }
-    out.extend_from_slice(&adler32(data).to_be_bytes());
-    out
-}
-
-fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    out.extend_from_slice(&crc32(&[kind, data]).to_be_bytes());
-}
-
-/// An 8-bit RGB PNG of `rgb` (H*W*3 bytes, rows top to bottom).
-pub fn encode_png_rgb(rgb: &[u8], width: usize, height: usize) -> Vec<u8> {
-    assert_eq!(rgb.len(), width * height * 3, "encode_png_rgb: data size");
-    let mut raw = Vec::with_capacity(height * (1 + width * 3));
-    for row in rgb.chunks_exact(width * 3) {
-        raw.push(0); // filter: none
-        raw.extend_from_slice(row);
-    }
-    let mut out = vec![0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n'];
-    let mut ihdr = Vec::with_capacity(13);
-    ihdr.extend_from_slice(&(width as u32).to_be_bytes());
-    ihdr.extend_from_slice(&(height as u32).to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8 bit, RGB, deflate, adaptive filter, no interlace
-    png_chunk(&mut out, b"IHDR", &ihdr);
-    png_chunk(&mut out, b"IDAT", &zlib_stored(&raw));
-    png_chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-/// Decodes a PNG written by [`encode_png_rgb`] (stored blocks, RGB8, filter 0 only) back to
-/// (width, height, rgb). For tests and `contentv` round trips; not a general PNG decoder.
-pub fn decode_own_png(png: &[u8]) -> Result<(usize, usize, Vec<u8>)> {
-    let bad = |m: &str| Error::Input(format!("not a contentv PNG: {m}"));
-    if png.len() < 8 || &png[..8] != b"\x89PNG\r\n\x1a\n" {
-        return Err(bad("signature"));
-    }
-    let (mut pos, mut w, mut h, mut z) = (8usize, 0usize, 0usize, Vec::new());
-    while pos + 12 <= png.len() {
-        let len = u32::from_be_bytes(png[pos..pos + 4].try_into().unwrap()) as usize;
-        let kind = &png[pos + 4..pos + 8];
-        let data = png
-            .get(pos + 8..pos + 8 + len)
-            .ok_or_else(|| bad("truncated chunk"))?;
-        match kind {
-            b"IHDR" => {
-                w = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
-                h = u32::from_be_bytes(data[4..8].try_into().unwrap()) as usize;
-                if data[8] != 8 || data[9] != 2 {
-                    return Err(bad("not RGB8"));
-                }
-            }
-            b"IDAT" => z.extend_from_slice(data),
-            b"IEND" => break,
-            _ => {}
-        }
-        pos += 12 + len;
-    }
-    let mut raw = Vec::new();
-    let mut p = 2usize;
-    loop {
-        let hdr = *z.get(p).ok_or_else(|| bad("truncated zlib"))?;
-        if hdr & 0b110 != 0 {
-            return Err(bad("compressed deflate block"));
-        }
-        let len = u16::from_le_bytes([z[p + 1], z[p + 2]]) as usize;
-        raw.extend_from_slice(
-            z.get(p + 5..p + 5 + len)
-                .ok_or_else(|| bad("truncated block"))?,
-        );
-        p += 5 + len;
-        if hdr & 1 == 1 {
-            break;
-        }
-    }
-    let mut rgb = Vec::with_capacity(w * h * 3);
-    for row in raw.chunks_exact(1 + w * 3) {
-        if row[0] != 0 {
-            return Err(bad("filtered row"));
-        }
-        rgb.extend_from_slice(&row[1..]);
-    }
-    if rgb.len() != w * h * 3 {
-        return Err(bad("size mismatch"));
-    }
-    Ok((w, h, rgb))
+    buf.truncate(info.buffer_size());
+    Ok((info.width as usize, info.height as usize, buf))
 }
 
 /// A decoded video (for tests and round trips).
@@ -537,7 +445,9 @@ pub fn read_video(path: &Path) -> Result<DecodedVideo> {
         let fps = meta["fps"].as_f64().unwrap_or(0.0);
         let (mut w, mut h, mut rgb) = (0, 0, Vec::new());
         for i in 0..n {
-            let (fw, fh, d) = decode_own_png(&fs::read(path.join(format!("frame_{i:05}.png")))?)?;
+            let frame = path.join(format!("frame_{i:05}.png"));
+            let (fw, fh, d) = decode_png_rgb(&fs::read(&frame)?)
+                .map_err(|e| Error::Input(format!("{}: {e}", frame.display())))?;
             (w, h) = (fw, fh);
             rgb.extend_from_slice(&d);
         }
@@ -765,16 +675,71 @@ mod mp4 {
 mod tests {
     use super::*;
 
+    /// Frames written through [`write_video`] decode back, with the `png` crate, to the same
+    /// pixels; the bytes are the same on a second write (fixed settings); nothing but the final
+    /// folder is left in the destination.
     #[test]
-    fn png_round_trip_and_crc() {
-        assert_eq!(crc32(&[b"123456789"]), 0xCBF4_3926);
-        assert_eq!(adler32(b"Wikipedia"), 0x11E6_0398);
-        let (w, h) = (300, 250); // > 65535 bytes of raw data: several stored blocks
-        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
-        let png = encode_png_rgb(&rgb, w, h);
-        let (w2, h2, back) = decode_own_png(&png).unwrap();
-        assert_eq!((w2, h2), (w, h));
-        assert_eq!(back, rgb);
+    fn png_frames_round_trip_and_are_reproducible() {
+        let d = std::env::temp_dir().join(format!("contentv-png-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        // > 64 KiB per frame, a smooth ramp and noise (filters and DEFLATE both matter)
+        let (f, w, h) = (3usize, 300usize, 250usize);
+        let rgb: Vec<u8> = (0..f * w * h * 3)
+            .map(|i| {
+                if i % 7 == 0 {
+                    (i.wrapping_mul(2654435761) >> 13) as u8
+                } else {
+                    (i / 3 % w) as u8
+                }
+            })
+            .collect();
+        let frames = FramesRef {
+            data: &rgb,
+            frames: f,
+            height: h,
+            width: w,
+        };
+        let opts = VideoOptions::default();
+        let one = write_png_folder_bytes(&d.join("a"), frames, &opts);
+        let two = write_png_folder_bytes(&d.join("b"), frames, &opts);
+        assert_eq!(one, two, "the same frames give the same bytes");
+        for (i, bytes) in one.iter().enumerate() {
+            let mut dec = png::Decoder::new(std::io::Cursor::new(bytes.as_slice()))
+                .read_info()
+                .unwrap();
+            let mut buf = vec![0u8; dec.output_buffer_size().unwrap()];
+            let info = dec.next_frame(&mut buf).unwrap();
+            assert_eq!((info.width, info.height), (w as u32, h as u32));
+            assert_eq!(info.color_type, png::ColorType::Rgb);
+            assert_eq!(&buf[..info.buffer_size()], frames.frame(i), "frame {i}");
+            assert!(bytes.len() < w * h * 3, "frame {i} is compressed");
+        }
+        if !writes_mp4() {
+            let out = write_video(&d.join("v.mp4"), frames, &opts).unwrap();
+            assert_eq!(out, d.join("v"));
+            let v = read_video(&out).unwrap();
+            assert_eq!((v.frames, v.width, v.height), (f, w, h));
+            assert_eq!(v.rgb, rgb);
+            let mut names: Vec<String> = fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["a", "b", "v"], "no partial folder left");
+        }
+        // a frame that is not what it claims to be is an error, not a panic
+        assert!(encode_png_rgb(&rgb[..10], w, h).is_err());
+        assert!(decode_png_rgb(&one[0][..one[0].len() / 2]).is_err());
+        assert!(decode_png_rgb(b"not a png").is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    fn write_png_folder_bytes(dir: &Path, frames: FramesRef, opts: &VideoOptions) -> Vec<Vec<u8>> {
+        write_png_folder(dir, frames, opts).unwrap();
+        (0..frames.frames)
+            .map(|i| fs::read(dir.join(format!("frame_{i:05}.png"))).unwrap())
+            .collect()
     }
 
     #[test]

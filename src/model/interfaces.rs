@@ -21,6 +21,11 @@ pub struct PromptEmbeds {
 /// Text side: one prompt to its embeddings.
 pub trait PromptEncoding {
     fn encode(&self, prompt: &str) -> Result<PromptEmbeds>;
+    /// [`Self::encode`] of the text called `which` in messages ("negative prompt").
+    fn encode_as(&self, prompt: &str, which: &str) -> Result<PromptEmbeds> {
+        let _ = which;
+        self.encode(prompt)
+    }
 }
 
 /// The transformer: velocity for latents `x` [B, 16, T, h, w], one timestep per batch entry,

@@ -19,7 +19,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::model::tokenizer::{read_json_or_null, special_token, token_content};
+use crate::model::tokenizer::{damaged, read_json_or_null, special_token, token_content};
 
 /// The parts of a SentencePiece `ModelProto` the conversion needs.
 #[derive(Debug, Default)]
@@ -31,6 +31,9 @@ pub struct SpmModel {
     pub unk_id: u64,
     pub byte_fallback: bool,
     pub precompiled_charsmap: Vec<u8>,
+    /// Whether the trainer and normalizer specs (written after the pieces) were present.
+    pub has_trainer_spec: bool,
+    pub has_normalizer_spec: bool,
 }
 
 /// A protobuf reader over one message's bytes.
@@ -137,6 +140,7 @@ impl SpmModel {
                     m.pieces.push((piece, score, ty));
                 }
                 (2, PbVal::Bytes(t)) => {
+                    m.has_trainer_spec = true;
                     let mut r = Pb { b: t, at: 0 };
                     while let Some((f, v)) = r.next()? {
                         match (f, v) {
@@ -148,6 +152,7 @@ impl SpmModel {
                     }
                 }
                 (3, PbVal::Bytes(n)) => {
+                    m.has_normalizer_spec = true;
                     let mut r = Pb { b: n, at: 0 };
                     while let Some((f, v)) = r.next()? {
                         if let (2, PbVal::Bytes(c)) = (f, v) {
@@ -190,12 +195,19 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
     let path = dir.join("spiece.model");
     let bytes = std::fs::read(&path)
         .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-    let m = SpmModel::parse(&bytes).map_err(|e| {
-        Error::Input(format!(
-            "{}: not a valid SentencePiece model: {e}",
-            path.display()
-        ))
-    })?;
+    let m = SpmModel::parse(&bytes)
+        .map_err(|e| damaged(&path, &format!("not a valid SentencePiece model ({e})")))?;
+    // SentencePiece writes the pieces first, then the trainer and normalizer specs: a file cut
+    // short at the end of a piece parses, but lacks them (and the pieces after the cut).
+    if !m.has_trainer_spec || !m.has_normalizer_spec {
+        return Err(damaged(
+            &path,
+            &format!(
+                "the model ends after {} pieces without its trainer and normalizer settings: the file is cut short",
+                m.pieces.len()
+            ),
+        ));
+    }
     if m.model_type != 1 {
         return Err(Error::Input(format!(
             "{}: a SentencePiece model of type {} (2 = BPE, 3 = word, 4 = char); the T5 tokenizer is a unigram model (type 1)",
@@ -247,13 +259,15 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
     for (i, (p, _)) in vocab.iter().enumerate() {
         index.entry(p.as_str()).or_insert(i as u32);
     }
-    if m.unk_id as usize >= vocab.len() {
-        return Err(Error::Input(format!(
-            "{}: unk_id {} is outside the {} pieces",
-            path.display(),
-            m.unk_id,
-            m.pieces.len()
-        )));
+    if m.pieces.get(m.unk_id as usize).map(|p| p.2) != Some(2) {
+        return Err(damaged(
+            &path,
+            &format!(
+                "unk_id {} is not the unknown piece (type 2) among the {} pieces",
+                m.unk_id,
+                m.pieces.len()
+            ),
+        ));
     }
 
     // Added tokens, in the order transformers adds them.
@@ -335,11 +349,20 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
 
     let eos_t = special("eos_token", "</s>");
     let eos = *index.get(eos_t.as_str()).ok_or_else(|| {
-        Error::Input(format!(
-            "{}: the end-of-sequence token {eos_t:?} is not a piece of the model",
-            path.display()
-        ))
+        damaged(
+            &path,
+            &format!("the end-of-sequence token {eos_t:?} is not a piece of the model"),
+        )
     })?;
+    for (name, default) in [("pad_token", "<pad>"), ("unk_token", "<unk>")] {
+        let t = special(name, default);
+        if !index.contains_key(t.as_str()) {
+            return Err(damaged(
+                &path,
+                &format!("the special token {t:?} ({name}) is not a piece of the model"),
+            ));
+        }
+    }
     let mut normalizers = Vec::new();
     if !m.precompiled_charsmap.is_empty() {
         normalizers.push(

@@ -43,6 +43,11 @@ pub struct PromptTokens {
 impl PromptTokens {
     /// One line per tokenizer that truncated the prompt, saying how many tokens were dropped.
     pub fn warnings(&self) -> Vec<String> {
+        self.warnings_for("prompt")
+    }
+
+    /// [`Self::warnings`] for the prompt called `which` ("prompt", "negative prompt").
+    pub fn warnings_for(&self, which: &str) -> Vec<String> {
         let limits = [
             ("CLIP-L (tokenizer/)", self.clip_l.len()),
             ("OpenCLIP-bigG (tokenizer_2/)", self.clip_g.len()),
@@ -52,7 +57,7 @@ impl PromptTokens {
             .iter()
             .zip(self.dropped)
             .filter(|(_, n)| *n > 0)
-            .map(|((name, len), n)| format!("the prompt is longer than {name} accepts ({len} tokens): {n} tokens were dropped"))
+            .map(|((name, len), n)| format!("the {which} is longer than the {name} text encoder accepts ({len} tokens): its last {n} tokens were dropped"))
             .collect()
     }
 }
@@ -132,8 +137,13 @@ impl TextEncoders {
 
     /// Encodes without the cache.
     pub fn encode_uncached(&self, prompt: &str) -> Result<PromptEmbeds> {
+        self.encode_uncached_as(prompt, "prompt")
+    }
+
+    /// [`Self::encode_uncached`]; truncation warnings call the text `which`.
+    pub fn encode_uncached_as(&self, prompt: &str, which: &str) -> Result<PromptEmbeds> {
         let t = self.tokens(prompt)?;
-        for w in t.warnings() {
+        for w in t.warnings_for(which) {
             eprintln!("warning: {w}");
         }
         if let Some(&bad) = t.t5.iter().find(|&&i| i as usize >= self.t5.vocab_rows()) {
@@ -176,14 +186,41 @@ impl TextEncoders {
 
 impl PromptEncoding for TextEncoders {
     fn encode(&self, prompt: &str) -> Result<PromptEmbeds> {
+        self.encode_as(prompt, "prompt")
+    }
+
+    fn encode_as(&self, prompt: &str, which: &str) -> Result<PromptEmbeds> {
         if let Some(e) = self.cache.lock().unwrap().get(prompt) {
             return Ok(e.clone());
         }
-        let e = self.encode_uncached(prompt)?;
+        let e = self.encode_uncached_as(prompt, which)?;
         self.cache
             .lock()
             .unwrap()
             .insert(prompt.to_string(), e.clone());
         Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_warnings_name_the_prompt_the_encoder_and_the_limit() {
+        let t = PromptTokens {
+            clip_l: vec![0; 77],
+            clip_g: vec![0; 77],
+            t5: vec![0; 256],
+            dropped: [3, 0, 5],
+        };
+        assert_eq!(
+            t.warnings_for("negative prompt"),
+            [
+                "the negative prompt is longer than the CLIP-L (tokenizer/) text encoder accepts (77 tokens): its last 3 tokens were dropped",
+                "the negative prompt is longer than the T5 (tokenizer_3/) text encoder accepts (256 tokens): its last 5 tokens were dropped",
+            ]
+        );
+        assert!(t.warnings()[0].starts_with("the prompt is longer than the CLIP-L"));
     }
 }

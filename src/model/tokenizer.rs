@@ -14,6 +14,9 @@
 //!   characters assigned later are dropped as unassigned, and NFC uses Unicode 14.0 data.
 //!   tests/tokenizer_fuzz.rs checks all of this on a 2000-prompt corpus and, optionally, on every
 //!   code point.
+//! * Damaged files are errors, not wrong ids: the vocabulary and merges must belong together
+//!   (`check_bpe`), the T5 special tokens must be in the vocabulary and encodings must end with
+//!   EOS, and every message names the file and says to download the folder again.
 //! * T5 (`tokenizer_3/`): `tokenizer.json` (or `spiece.model` alone, converted as transformers does:
 //!   [`crate::model::spm`]) with the `tokenizers` crate (Unigram + `</s>`),
 //!   truncated to 255 + EOS, padded with id 0 to 256.
@@ -28,13 +31,26 @@ use crate::error::{Error, Result};
 fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes)
-        .map_err(|_| Error::Input(format!("{} is not valid UTF-8 text", path.display())))
+    String::from_utf8(bytes).map_err(|_| damaged(path, "not valid UTF-8 text"))
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&read_text(path)?)
-        .map_err(|e| Error::Input(format!("{} is not valid JSON: {e}", path.display())))
+        .map_err(|e| damaged(path, &format!("not valid JSON ({e})")))
+}
+
+/// A tokenizer file that is empty, cut short or does not fit the other files of its folder:
+/// the message names the file and the problem, and says to fetch the folder again.
+pub(crate) fn damaged(path: &Path, problem: &str) -> Error {
+    let folder = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|f| format!("{}/", f.to_string_lossy()))
+        .unwrap_or_else(|| "tokenizer".into());
+    Error::Input(format!(
+        "{}: {problem}. The tokenizer file is damaged, incomplete or from another model: download the model's {folder} files again",
+        path.display()
+    ))
 }
 
 /// A special token (`eos_token`, ...) as transformers resolves it: tokenizer_config.json, then
@@ -69,12 +85,17 @@ pub(crate) fn token_content(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-type BpeData = (
-    HashMap<String, u32>,
-    HashMap<(String, String), usize>,
-    PathBuf,
-    Vec<(String, u32)>,
-);
+/// What [`load_bpe`] read.
+struct BpeData {
+    encoder: HashMap<String, u32>,
+    ranks: HashMap<(String, String), usize>,
+    /// The files the vocabulary and the merges came from (both tokenizer.json, or vocab.json
+    /// and merges.txt).
+    vocab_path: PathBuf,
+    merges_path: PathBuf,
+    /// Added tokens of a tokenizer.json.
+    added: Vec<(String, u32)>,
+}
 
 /// Vocabulary and merge ranks of a CLIP tokenizer folder: `vocab.json` + `merges.txt`, or,
 /// when those are absent, the BPE model inside `tokenizer.json` (its vocabulary, merges and
@@ -86,12 +107,17 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
     if !vocab_path.is_file() && json_path.is_file() {
         let j = read_json(&json_path)?;
         let bad = |what: &str| {
-            Error::Input(format!(
-                "{}: {what} (expected a BPE tokenizer.json, or vocab.json + merges.txt)",
-                json_path.display()
-            ))
+            damaged(
+                &json_path,
+                &format!("{what} (expected a BPE tokenizer.json, or vocab.json + merges.txt)"),
+            )
         };
         let model = j.get("model").ok_or_else(|| bad("no model"))?;
+        if let Some(t) = model.get("type").and_then(|t| t.as_str()) {
+            if t != "BPE" {
+                return Err(bad(&format!("the model is {t}, not BPE")));
+            }
+        }
         let vocab = model
             .get("vocab")
             .and_then(|v| v.as_object())
@@ -144,7 +170,13 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
         for (c, id) in &added {
             encoder.entry(c.clone()).or_insert(*id);
         }
-        return Ok((encoder, ranks, json_path, added));
+        return Ok(BpeData {
+            encoder,
+            ranks,
+            vocab_path: json_path.clone(),
+            merges_path: json_path,
+            added,
+        });
     }
     if !vocab_path.is_file() {
         return Err(Error::Input(format!(
@@ -153,20 +185,15 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
         )));
     }
     let vocab = read_json(&vocab_path)?;
-    let obj = vocab.as_object().ok_or_else(|| {
-        Error::Input(format!(
-            "{}: expected an object of token -> id",
-            vocab_path.display()
-        ))
-    })?;
+    let obj = vocab
+        .as_object()
+        .ok_or_else(|| damaged(&vocab_path, "expected an object of token -> id"))?;
     let mut encoder = HashMap::with_capacity(obj.len());
     for (k, v) in obj {
-        let id = v.as_u64().ok_or_else(|| {
-            Error::Input(format!(
-                "{}: id of {k:?} is not an integer",
-                vocab_path.display()
-            ))
-        })?;
+        let id = v
+            .as_u64()
+            .filter(|&id| id <= u32::MAX as u64)
+            .ok_or_else(|| damaged(&vocab_path, &format!("the id of {k:?} is not an integer")))?;
         encoder.insert(k.clone(), id as u32);
     }
     let merges_path = dir.join("merges.txt");
@@ -177,8 +204,10 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
         )));
     }
     let merges = read_text(&merges_path)?;
-    // As CLIPTokenizer reads it: `read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]` (the first line is
-    // skipped whatever it holds, at most 48894 merges), each line split on whitespace.
+    // As CLIPTokenizer reads it: `read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]` (the first line, the
+    // `#version` header, is skipped whatever it holds; at most 48894 merges), each line split on whitespace.
+    // Python would keep a line that is not two tokens as a tuple no pair matches; such a line
+    // only appears in a damaged file, so it is an error here.
     let mut ranks = HashMap::new();
     for (i, line) in merges
         .trim()
@@ -188,22 +217,101 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
         .enumerate()
     {
         let parts: Vec<&str> = line.split_whitespace().collect();
-        match parts[..] {
-            [a, b] => {
-                ranks.insert((a.to_string(), b.to_string()), i);
+        let [a, b] = parts[..] else {
+            return Err(damaged(
+                &merges_path,
+                &format!(
+                    "line {} ({line:?}) is not a merge pair (two tokens separated by a space)",
+                    i + 2
+                ),
+            ));
+        };
+        ranks.insert((a.to_string(), b.to_string()), i);
+    }
+    Ok(BpeData {
+        encoder,
+        ranks,
+        vocab_path,
+        merges_path,
+        added: Vec::new(),
+    })
+}
+
+/// Checks that the vocabulary and the merges belong together, as they do in every CLIP
+/// tokenizer: every byte token (and its `</w>` form) is in the vocabulary, every merge joins two
+/// tokens of the vocabulary into a third, and every other token of the vocabulary is the result
+/// of a merge or a special / added token (`exempt`). A merges file cut short (even at a line
+/// end) leaves tokens no merge produces; a vocabulary from another tokenizer lacks tokens the
+/// merges use. Either would give wrong ids without an error.
+fn check_bpe(d: &BpeData, byte_enc: &[char; 256], exempt: &[&str]) -> Result<()> {
+    if d.ranks.is_empty() {
+        return Err(damaged(
+            &d.merges_path,
+            "there are no merges (the file is empty or cut short)",
+        ));
+    }
+    let mut base = std::collections::HashSet::with_capacity(512);
+    for c in byte_enc {
+        for t in [c.to_string(), format!("{c}</w>")] {
+            if !d.encoder.contains_key(&t) {
+                return Err(damaged(
+                    &d.vocab_path,
+                    &format!("the byte token {t:?} is missing from the vocabulary"),
+                ));
             }
-            // Python keeps the tuple, which no pair can ever match.
-            [] | [_, _, ..] => {}
-            [_] => {
-                return Err(Error::Input(format!(
-                    "{}: line {:?} is not a merge pair",
-                    merges_path.display(),
-                    line
-                )))
-            }
+            base.insert(t);
         }
     }
-    Ok((encoder, ranks, vocab_path, Vec::new()))
+    let mut merges: Vec<(&(String, String), &usize)> = d.ranks.iter().collect();
+    merges.sort_by_key(|m| *m.1);
+    let mut produced = std::collections::HashSet::with_capacity(merges.len());
+    for ((a, b), rank) in merges {
+        let joined = format!("{a}{b}");
+        for t in [a, b, &joined] {
+            if !d.encoder.contains_key(t) {
+                return Err(damaged(
+                    &d.merges_path,
+                    &format!(
+                        "merge {} ({a:?} + {b:?}) uses or produces {t:?}, which is not in the vocabulary of {}",
+                        rank + 1,
+                        d.vocab_path.display()
+                    ),
+                ));
+            }
+        }
+        produced.insert(joined);
+    }
+    let mut orphans: Vec<(&u32, &str)> = d
+        .encoder
+        .iter()
+        .filter(|(t, _)| {
+            !produced.contains(*t) && !base.contains(*t) && !exempt.contains(&t.as_str())
+        })
+        .map(|(t, id)| (id, t.as_str()))
+        .collect();
+    if !orphans.is_empty() {
+        orphans.sort();
+        let first: Vec<String> = orphans
+            .iter()
+            .take(3)
+            .map(|o| format!("{:?}", o.1))
+            .collect();
+        return Err(damaged(
+            &d.merges_path,
+            &format!(
+                "{} of the vocabulary ({}{}) {} from no merge: the merges are cut short or belong to another vocabulary",
+                if orphans.len() == 1 {
+                    "1 token".to_string()
+                } else {
+                    format!("{} tokens", orphans.len())
+                },
+                first.join(", "),
+                if orphans.len() > 3 { ", ..." } else { "" },
+                if orphans.len() == 1 { "comes" } else { "come" }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// CLIPTokenizer's split pattern, compiled by Python's `regex` with IGNORECASE. Under IGNORECASE that module
@@ -266,18 +374,18 @@ impl ClipTokenizer {
                 dir.display()
             )));
         }
-        let (encoder, ranks, vocab_path, json_added) = load_bpe(dir)?;
+        let bpe = load_bpe(dir)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let map_path = dir.join("special_tokens_map.json");
         let cfg = read_json_or_null(&cfg_path)?;
         let map = read_json_or_null(&map_path)?;
         let special = |name: &str, default: &str| special_token(&cfg, &map, name, default);
         let id_of = |tok: &str| -> Result<u32> {
-            encoder.get(tok).copied().ok_or_else(|| {
-                Error::Input(format!(
-                    "{}: special token {tok:?} is not in the vocabulary",
-                    vocab_path.display()
-                ))
+            bpe.encoder.get(tok).copied().ok_or_else(|| {
+                damaged(
+                    &bpe.vocab_path,
+                    &format!("the special token {tok:?} is not in the vocabulary"),
+                )
             })
         };
         let (bos_t, eos_t, pad_t) = (
@@ -298,9 +406,9 @@ impl ClipTokenizer {
                 }
             }
         } else {
-            for (c, id) in json_added {
-                if !specials.iter().any(|(s, _)| s == &c) {
-                    specials.push((c, id));
+            for (c, id) in &bpe.added {
+                if !specials.iter().any(|(s, _)| s == c) {
+                    specials.push((c.clone(), *id));
                 }
             }
             if !specials.iter().any(|(s, _)| s == &pad_t) {
@@ -308,6 +416,13 @@ impl ClipTokenizer {
             }
         }
         specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        let byte_enc = bytes_to_unicode();
+        let unk_t = special("unk_token", "<|endoftext|>");
+        let mut exempt: Vec<&str> = specials.iter().map(|s| s.0.as_str()).collect();
+        exempt.push(&unk_t);
+        exempt.extend(bpe.added.iter().map(|a| a.0.as_str()));
+        check_bpe(&bpe, &byte_enc, &exempt)?;
+        let BpeData { encoder, ranks, .. } = bpe;
         let max_len = cfg
             .get("model_max_length")
             .and_then(|v| v.as_u64())
@@ -316,7 +431,7 @@ impl ClipTokenizer {
         Ok(ClipTokenizer {
             encoder,
             ranks,
-            byte_enc: bytes_to_unicode(),
+            byte_enc,
             pat: Regex::new(CLIP_PATTERN).unwrap(),
             // Python 3.11 (the reference) has Unicode 14.0 data: characters assigned since are category Cn there
             // and count as control characters, so they are dropped too (regex-syntax knows Unicode 16).
@@ -679,33 +794,64 @@ impl T5Tokenizer {
             )));
         }
         let spiece = dir.join("spiece.model");
-        let tok = if path.is_file() {
+        let (tok, source) = if path.is_file() {
             read_text(&path)?; // a clear error for unreadable / non-UTF-8 files
-            tokenizers::Tokenizer::from_file(&path).map_err(|e| {
-                Error::Input(format!(
-                    "{}: not a valid tokenizer.json: {e}",
-                    path.display()
-                ))
-            })?
+            let tok = tokenizers::Tokenizer::from_file(&path)
+                .map_err(|e| damaged(&path, &format!("not a valid tokenizer.json ({e})")))?;
+            (tok, path.clone())
         } else if spiece.is_file() {
             // Converted as transformers' T5TokenizerFast does for such a folder.
             let doc = crate::model::spm::t5_tokenizer_json(dir)?;
-            doc.to_string()
+            let tok = doc
+                .to_string()
                 .parse::<tokenizers::Tokenizer>()
                 .map_err(|e| {
-                    Error::Input(format!(
-                        "{}: cannot build the tokenizer from it: {e}",
-                        spiece.display()
-                    ))
-                })?
+                    damaged(
+                        &spiece,
+                        &format!("cannot build the tokenizer from it ({e})"),
+                    )
+                })?;
+            (tok, spiece)
         } else {
             return Err(Error::Input(format!(
                 "{}: the T5 tokenizer folder has neither tokenizer.json nor spiece.model",
                 dir.display()
             )));
         };
-        let eos = tok.token_to_id("</s>").unwrap_or(1);
-        let pad = tok.token_to_id("<pad>").unwrap_or(0);
+        if !matches!(tok.get_model(), tokenizers::ModelWrapper::Unigram(_)) {
+            return Err(damaged(
+                &source,
+                "the model is not a Unigram (SentencePiece) model, which the T5 tokenizer is",
+            ));
+        }
+        // The special tokens as transformers resolves them; each must be a token of the file
+        // (a missing one would silently become some other id).
+        let cfg = read_json_or_null(&dir.join("tokenizer_config.json"))?;
+        let map = read_json_or_null(&dir.join("special_tokens_map.json"))?;
+        let id_of = |name: &str, default: &str| -> Result<u32> {
+            let t = special_token(&cfg, &map, name, default);
+            tok.token_to_id(&t).ok_or_else(|| {
+                damaged(
+                    &source,
+                    &format!("the special token {t:?} ({name}) is not in the vocabulary"),
+                )
+            })
+        };
+        let eos = id_of("eos_token", "</s>")?;
+        let pad = id_of("pad_token", "<pad>")?;
+        id_of("unk_token", "<unk>")?;
+        // Every encoding ends with the EOS (the post-processor appends it).
+        let probe = tok
+            .encode("a", true)
+            .map_err(|e| damaged(&source, &format!("cannot tokenize a test text ({e})")))?;
+        if probe.get_ids().last() != Some(&eos) {
+            return Err(damaged(
+                &source,
+                &format!(
+                    "an encoding does not end with the end-of-sequence token (id {eos}): the post-processor that appends it is missing or wrong"
+                ),
+            ));
+        }
         Ok(T5Tokenizer {
             tok,
             eos,

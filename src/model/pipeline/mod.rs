@@ -295,7 +295,7 @@ impl Pipeline {
         let t = Instant::now();
         let cond = self.text.encode(&p.prompt)?;
         let uncond = if p.guidance > 1.0 {
-            Some(self.text.encode(&p.negative_prompt)?)
+            Some(self.text.encode_as(&p.negative_prompt, "negative prompt")?)
         } else {
             None
         };
