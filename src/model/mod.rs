@@ -1,6 +1,7 @@
 //! Models: text encoders (CLIP-L, OpenCLIP-bigG, T5-XXL) and their tokenizers, the ContentV
 //! 3D MMDiT transformer, the Wan2.1 VAE decoder, the flow-matching scheduler, the pipeline.
 pub mod clip;
+pub mod inventory;
 pub mod mmdit;
 pub mod pipeline;
 pub mod scheduler;
