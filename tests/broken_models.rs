@@ -310,12 +310,14 @@ fn apply(m: &Path, d: &Damage) -> (bool, String) {
     }
 }
 
-/// Runs the binary under a 4 GiB address-space limit, on the CPU.
+/// Runs the binary (`$BROKEN_MODELS_BIN` if set: to explore another build) under a 4 GiB
+/// address-space limit, on the CPU.
 fn run(args: &[&str]) -> Output {
+    let bin = std::env::var("BROKEN_MODELS_BIN").unwrap_or_else(|_| BIN.to_string());
     Command::new("sh")
         .arg("-c")
         .arg("ulimit -v 4194304; exec \"$0\" \"$@\"")
-        .arg(BIN)
+        .arg(bin)
         .args(args)
         .env("CONTENTV_FORCE_CPU", "1")
         .output()
@@ -635,6 +637,70 @@ fn absurd_config_values_quote_the_real_bound() {
         o.insert(key.into(), serde_json::Value::String("@@".into()));
         let t = serde_json::Value::Object(o).to_string().replace("\"@@\"", value);
         std::fs::write(&p, t).unwrap();
+        all_refuse(&m, want);
+    }
+    let _ = std::fs::remove_dir_all(&case);
+}
+
+/// Regressions the property test found (run against the build before the shared checks, with
+/// `BROKEN_MODELS_BIN`): `info` said "status: ok" while `generate` failed, and `quantize` wrote
+/// an INT8 checkpoint from a model that `generate` refuses. Each case: all three refuse, naming
+/// the problem.
+#[test]
+fn info_and_quantize_see_what_generate_sees() {
+    let case = case_dir("regressions");
+    let m = case.join("model");
+    type Edit = fn(&Path);
+    fn set(m: &Path, comp: &str, key: &str, v: serde_json::Value) {
+        let p = m.join(comp).join("config.json");
+        let mut o: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        o[key] = v;
+        std::fs::write(&p, o.to_string()).unwrap();
+    }
+    let cases: [(Edit, &str); 7] = [
+        // info did not load the tokenizers (a flipped byte in tokenizer_config.json)
+        (
+            |m| std::fs::write(m.join("tokenizer/tokenizer_config.json"), "{\"x\": ").unwrap(),
+            "tokenizer_config.json is not valid JSON",
+        ),
+        // info listed 4 VAE tensors only
+        (
+            |m| set(m, "vae", "num_res_blocks", 3.into()),
+            "decoder.up_blocks.0.resnets.3.norm1.gamma: missing from the checkpoint",
+        ),
+        // the T5 position buckets failed at the first prompt, not at load
+        (
+            |m| set(m, "text_encoder_3", "relative_attention_max_distance", 3.into()),
+            "relative_attention_max_distance 3 is too small",
+        ),
+        // a negative epsilon: generate failed with "non-finite value" naming no file
+        (
+            |m| set(m, "text_encoder", "layer_norm_eps", (-1).into()),
+            "layer_norm_eps -1 is not a usable epsilon",
+        ),
+        // quantize checked only transformer/ and text_encoder_3/ ...
+        (
+            |m| std::fs::remove_dir_all(m.join("tokenizer")).unwrap(),
+            "tokenizer/ (CLIP-L tokenizer) is missing",
+        ),
+        (
+            |m| {
+                let p = m.join("text_encoder/model.safetensors");
+                let mut b = std::fs::read(&p).unwrap();
+                b.extend([7u8; 1440]);
+                std::fs::write(&p, b).unwrap();
+            },
+            "1440 trailing bytes after the last tensor",
+        ),
+        (
+            |m| set(m, "text_encoder", "vocab_size", 3.into()),
+            "text_model.embeddings.token_embedding.weight: the checkpoint has [49408, 16], the config needs [3, 16]",
+        ),
+    ];
+    for (edit, want) in cases {
+        let _ = std::fs::remove_dir_all(&case);
+        copy_dir(&tiny(), &m);
+        edit(&m);
         all_refuse(&m, want);
     }
     let _ = std::fs::remove_dir_all(&case);
