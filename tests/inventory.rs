@@ -148,7 +148,7 @@ fn problems_are_listed_together_with_the_stored_shape() {
         d + 16,
         d + 16
     );
-    assert!(p.iter().any(|x| *x == want), "{want} not in {p:#?}");
+    assert!(p.contains(&want), "{want} not in {p:#?}");
     assert!(p.len() > 20, "{}", p.len());
     let e = other.check(&dir, &ck).unwrap_err().to_string();
     assert!(e.contains("more") && e.contains(&want), "{e}");

@@ -240,8 +240,8 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
                     comps.insert(c.folder.into(), j);
                     continue;
                 }
-                (Some(p), true) => ("MISSING", p),
-                (Some(p), false) => ("PROBLEM", p),
+                (Some(p), true) if p.contains(" is missing") => ("MISSING", p),
+                (Some(p), _) => ("PROBLEM", p),
             };
             lines.push(format!("  {:<15} {word}: {j}", c.folder));
             comps.insert(
