@@ -3,14 +3,20 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::args::InfoArgs;
-use super::load::{component_problem, layout_hint, model_dir, COMPONENTS};
+use super::load::{component_problem, layout_hint, model_dir, Component, COMPONENTS};
 use super::Ui;
 use crate::error::{Error, Result};
 use crate::io::safetensors::ShardedCheckpoint;
+use crate::model::clip::ClipConfig;
+use crate::model::inventory;
+use crate::model::pipeline::LatentLayout;
 use crate::model::scheduler::SchedulerConfig;
+use crate::model::t5::T5Config;
+use crate::model::text::{check_vocabularies as text_vocab_check, load_tokenizers, T5_TOKENS};
+use crate::model::tokenizer::{ClipTokenizer, T5Tokenizer};
 
 /// One tensor as the safetensors header describes it.
 #[derive(Clone, Debug)]
@@ -67,154 +73,112 @@ fn bare(e: &Error) -> String {
     }
 }
 
-fn read_config(dir: &Path) -> Result<Value> {
-    let p = dir.join("config.json");
-    let t =
-        std::fs::read_to_string(&p).map_err(|e| Error::Weights(format!("{}: {e}", p.display())))?;
-    serde_json::from_str(&t)
-        .map_err(|e| Error::Weights(format!("{}: not valid JSON: {e}", p.display())))
+/// What the checks found in one component folder.
+pub struct ComponentCheck {
+    /// Everything wrong with it (empty: generate loads it).
+    pub problems: Vec<String>,
+    /// Its tensors (weight components whose checkpoint opened).
+    pub tensors: Option<BTreeMap<String, TensorInfo>>,
+    /// The scheduler's shift.
+    pub shift: Option<f32>,
+    /// Whether the component folder or a required file is absent or of the wrong type.
+    pub missing: bool,
 }
 
-fn cu(cfg: &Value, k: &str, default: usize) -> usize {
-    cfg.get(k)
-        .and_then(|v| v.as_u64())
-        .map(|v| v as usize)
-        .unwrap_or(default)
-}
-
-/// Most layers a config may declare: the list of expected tensor names grows with it, so an
-/// absurd count (a corrupt or hostile config.json) is a problem, not an allocation.
-const MAX_LAYERS: usize = 4096;
-
-/// A layer count from the config, or 0 with a problem when it is beyond [`MAX_LAYERS`].
-fn layers(cfg: &Value, k: &str, default: usize, folder: &str, problems: &mut Vec<String>) -> usize {
-    let n = cu(cfg, k, default);
-    if n > MAX_LAYERS {
-        problems.push(format!(
-            "{folder}: config.json says {k} {n}, which no checkpoint of this model has (at most {MAX_LAYERS}); the file is corrupt or belongs to another model"
-        ));
-        return 0;
+/// Checks `dir/c.folder` with the code `generate` loads it with: the same file checks
+/// ([`component_problem`]), the loaders' config parsers (bounds included), the component's
+/// tensor inventory ([`crate::model::inventory`]) against the checkpoint headers, the
+/// tokenizers' own loaders, the scheduler config reader. What it does not read: tensor data
+/// (a flipped byte inside a tensor's values is invisible here; `generate` may still run).
+pub fn check_component(dir: &Path, c: &Component) -> ComponentCheck {
+    let mut r = ComponentCheck {
+        problems: Vec::new(),
+        tensors: None,
+        shift: None,
+        missing: false,
+    };
+    if let Some(p) = component_problem(dir, c) {
+        r.problems.push(p);
+        r.missing = true;
+        return r;
     }
-    n
+    let cdir = dir.join(c.folder);
+    let res: Result<()> = match c.folder {
+        "tokenizer" | "tokenizer_2" => ClipTokenizer::from_dir(&cdir).map(|_| ()),
+        "tokenizer_3" => T5Tokenizer::from_dir(&cdir, T5_TOKENS).map(|_| ()),
+        "scheduler" => SchedulerConfig::from_model_dir(dir).map(|s| r.shift = Some(s.shift)),
+        _ => read_component(&cdir).and_then(|t| {
+            r.tensors = Some(t);
+            let inv = inventory::for_component(c.folder, &cdir)?;
+            let ck = ShardedCheckpoint::open_dir(&cdir).map_err(Error::from)?;
+            r.problems.extend(
+                inv.problems(&ck)
+                    .into_iter()
+                    .map(|p| format!("{}: {p}", c.folder)),
+            );
+            Ok(())
+        }),
+    };
+    if let Err(e) = res {
+        r.problems.push(bare(&e));
+    }
+    r
 }
 
-/// Keys the engine needs in a component, with shapes from its config (None = any shape);
-/// config values that cannot be right go to `problems`.
-fn expected(
-    folder: &str,
-    cfg: &Value,
-    problems: &mut Vec<String>,
-) -> Vec<(String, Option<Vec<usize>>)> {
-    let mut e: Vec<(String, Option<Vec<usize>>)> = Vec::new();
-    match folder {
-        "transformer" => {
-            // SD3Transformer3DModel reads only these six keys (spec §5.1); joint_attention_dim
-            // (4096) and pooled_projection_dim (2048) are fixed by the class.
-            let hd = cu(cfg, "attention_head_dim", 64);
-            let d = cu(cfg, "num_attention_heads", 38).saturating_mul(hd);
-            let p = cu(cfg, "patch_size", 2);
-            let (cin, cout) = (cu(cfg, "in_channels", 16), cu(cfg, "out_channels", 16));
-            e.push(("pos_embed.proj.weight".into(), Some(vec![d, cin, p, p])));
-            e.push(("context_embedder.weight".into(), Some(vec![d, 4096])));
-            e.push((
-                "time_text_embed.text_embedder.linear_1.weight".into(),
-                Some(vec![d, 2048]),
-            ));
-            e.push((
-                "time_text_embed.timestep_embedder.linear_1.weight".into(),
-                Some(vec![d, 256]),
-            ));
-            e.push(("norm_out.linear.weight".into(), Some(vec![2 * d, d])));
-            e.push(("proj_out.weight".into(), Some(vec![p * p * cout, d])));
-            for i in 0..layers(cfg, "num_layers", 38, folder, problems) {
-                for w in [
-                    "to_q",
-                    "to_k",
-                    "to_v",
-                    "add_q_proj",
-                    "add_k_proj",
-                    "add_v_proj",
-                ] {
-                    e.push((
-                        format!("transformer_blocks.{i}.attn.{w}.weight"),
-                        Some(vec![d, d]),
-                    ));
-                }
-                e.push((
-                    format!("transformer_blocks.{i}.attn.norm_q.weight"),
-                    Some(vec![hd]),
-                ));
-                e.push((
-                    format!("transformer_blocks.{i}.attn.to_out.0.weight"),
-                    Some(vec![d, d]),
-                ));
-                e.push((
-                    format!("transformer_blocks.{i}.norm1.linear.weight"),
-                    Some(vec![6 * d, d]),
-                ));
-                e.push((
-                    format!("transformer_blocks.{i}.ff.net.0.proj.weight"),
-                    Some(vec![4 * d, d]),
-                ));
-            }
-        }
-        "vae" => {
-            let z = cu(cfg, "z_dim", 16);
-            e.push(("post_quant_conv.weight".into(), Some(vec![z, z, 1, 1, 1])));
-            e.push(("decoder.conv_in.weight".into(), None));
-            e.push((
-                "decoder.conv_out.weight".into(),
-                Some(vec![3, cu(cfg, "base_dim", 96), 3, 3, 3]),
-            ));
-            e.push(("decoder.norm_out.gamma".into(), None));
-        }
-        "text_encoder" | "text_encoder_2" => {
-            let h = cu(cfg, "hidden_size", 768);
-            e.push((
-                "text_model.embeddings.token_embedding.weight".into(),
-                Some(vec![cu(cfg, "vocab_size", 49408), h]),
-            ));
-            e.push((
-                "text_model.embeddings.position_embedding.weight".into(),
-                Some(vec![cu(cfg, "max_position_embeddings", 77), h]),
-            ));
-            e.push(("text_model.final_layer_norm.weight".into(), Some(vec![h])));
-            e.push((
-                "text_projection.weight".into(),
-                Some(vec![cu(cfg, "projection_dim", 768), h]),
-            ));
-            for i in 0..layers(cfg, "num_hidden_layers", 12, folder, problems) {
-                e.push((
-                    format!("text_model.encoder.layers.{i}.self_attn.q_proj.weight"),
-                    Some(vec![h, h]),
-                ));
-            }
-        }
-        "text_encoder_3" => {
-            let d = cu(cfg, "d_model", 4096);
-            e.push((
-                "shared.weight".into(),
-                Some(vec![cu(cfg, "vocab_size", 32128), d]),
-            ));
-            e.push(("encoder.final_layer_norm.weight".into(), Some(vec![d])));
-            e.push((
-                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(),
-                None,
-            ));
-            for i in 0..layers(cfg, "num_layers", 24, folder, problems) {
-                e.push((
-                    format!("encoder.block.{i}.layer.0.SelfAttention.q.weight"),
-                    None,
-                ));
-                e.push((
-                    format!("encoder.block.{i}.layer.1.DenseReluDense.wo.weight"),
-                    None,
-                ));
-            }
-        }
-        _ => {}
+/// Every problem `generate` would meet loading the model in `dir` (in component order, then the
+/// cross-component vocabulary check), found without loading any weights. `info` reports them;
+/// `quantize` refuses to write anything when there is one.
+pub fn check_model(dir: &Path) -> Vec<(&'static Component, ComponentCheck)> {
+    COMPONENTS
+        .iter()
+        .map(|c| (c, check_component(dir, c)))
+        .collect()
+}
+
+/// The checks across components `generate` makes: the latent layout from the VAE and
+/// transformer configs (`LatentLayout::from_model_dir`), and the tokenizers' vocabularies
+/// against the encoders' tables (as `TextEncoders::load`, when every text component is
+/// otherwise fine).
+pub fn check_cross(dir: &Path, checks: &[(&'static Component, ComponentCheck)]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Err(e) = LatentLayout::from_model_dir(dir) {
+        out.push(bare(&e));
     }
-    e
+    let text = [
+        "tokenizer",
+        "tokenizer_2",
+        "tokenizer_3",
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_3",
+    ];
+    if checks
+        .iter()
+        .any(|(c, r)| text.contains(&c.folder) && !r.problems.is_empty())
+    {
+        return out;
+    }
+    let res = (|| -> Result<()> {
+        let toks = load_tokenizers(dir)?;
+        let l = ClipConfig::from_dir(&dir.join("text_encoder"))?;
+        let g = ClipConfig::from_dir(&dir.join("text_encoder_2"))?;
+        let t5 = T5Config::from_dir(&dir.join("text_encoder_3"))?;
+        // The inventory holds the T5 embedding to [vocab_size, d_model].
+        text_vocab_check(dir, (&toks.0, &toks.1, &toks.2), l.vocab, g.vocab, t5.vocab)
+    })();
+    out.extend(res.err().map(|e| bare(&e)));
+    out
+}
+
+/// All problems of the model in `dir`, as [`check_model`] and [`check_cross`] find them.
+pub fn model_problems(dir: &Path) -> Vec<String> {
+    let checks = check_model(dir);
+    let mut p: Vec<String> = checks
+        .iter()
+        .flat_map(|(_, r)| r.problems.iter().cloned())
+        .collect();
+    p.extend(check_cross(dir, &checks));
+    p
 }
 
 fn gib(b: f64) -> String {
@@ -257,53 +221,40 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
     let mut comps = serde_json::Map::new();
     let mut params: BTreeMap<&str, usize> = BTreeMap::new();
     let mut lines = vec![format!("model folder: {}", dir.display())];
-    for c in COMPONENTS {
-        let cdir = dir.join(c.folder);
-        if let Some(p) = component_problem(&dir, c) {
-            problems.push(p.clone());
-            lines.push(format!("  {:<15} MISSING: {p}", c.folder));
-            comps.insert(c.folder.into(), json!({"ok": false, "problem": p}));
-            continue;
-        }
-        if c.folder.starts_with("tokenizer") {
-            lines.push(format!("  {:<15} ok ({})", c.folder, c.what));
-            comps.insert(c.folder.into(), json!({"ok": true}));
-            continue;
-        }
-        if c.folder == "scheduler" {
-            match SchedulerConfig::from_model_dir(&dir) {
-                Ok(s) => {
-                    lines.push(format!(
-                        "  {:<15} ok: FlowMatchEulerDiscrete, shift {}",
-                        c.folder, s.shift
-                    ));
-                    comps.insert(c.folder.into(), json!({"ok": true, "shift": s.shift}));
+    let checks = check_model(&dir);
+    for (c, r) in &checks {
+        let cprob = &r.problems;
+        problems.extend(cprob.iter().cloned());
+        let Some(tensors) = &r.tensors else {
+            let (word, j) = match (cprob.first(), r.missing) {
+                (None, _) => {
+                    let what = match r.shift {
+                        Some(s) => format!("FlowMatchEulerDiscrete, shift {s}"),
+                        None => c.what.to_string(),
+                    };
+                    lines.push(format!("  {:<15} ok ({what})", c.folder));
+                    let mut j = json!({"ok": true});
+                    if let Some(s) = r.shift {
+                        j["shift"] = json!(s);
+                    }
+                    comps.insert(c.folder.into(), j);
+                    continue;
                 }
-                Err(e) => {
-                    let e = bare(&e);
-                    problems.push(e.clone());
-                    lines.push(format!("  {:<15} PROBLEM: {e}", c.folder));
-                    comps.insert(c.folder.into(), json!({"ok": false, "problem": e}));
-                }
-            }
+                (Some(p), true) if p.contains(" is missing") => ("MISSING", p),
+                (Some(p), _) => ("PROBLEM", p),
+            };
+            lines.push(format!("  {:<15} {word}: {j}", c.folder));
+            comps.insert(
+                c.folder.into(),
+                json!({"ok": false, "problem": j, "problems": cprob}),
+            );
             continue;
-        }
-        let res = read_config(&cdir).and_then(|cfg| read_component(&cdir).map(|t| (cfg, t)));
-        let (cfg, tensors) = match res {
-            Ok(x) => x,
-            Err(e) => {
-                let e = bare(&e);
-                problems.push(e.clone());
-                lines.push(format!("  {:<15} PROBLEM: {e}", c.folder));
-                comps.insert(c.folder.into(), json!({"ok": false, "problem": e}));
-                continue;
-            }
         };
         let n: usize = tensors.values().map(|t| t.numel()).sum();
         if c.folder == "transformer" {
             // Largest streamed layer (modulation linears excluded: computed once per run).
             let mut per: BTreeMap<usize, usize> = BTreeMap::new();
-            for (k, t) in &tensors {
+            for (k, t) in tensors {
                 if let Some(rest) = k.strip_prefix("transformer_blocks.") {
                     let i: usize = rest
                         .split('.')
@@ -329,31 +280,6 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
         let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
         for t in tensors.values() {
             *dtypes.entry(t.dtype.clone()).or_default() += t.numel();
-        }
-        let mut cprob = Vec::new();
-        for (k, shape) in expected(c.folder, &cfg, &mut cprob) {
-            match tensors.get(&k) {
-                None => cprob.push(format!("{}: tensor {k} is missing", c.folder)),
-                Some(t) => {
-                    if let Some(s) = shape {
-                        if t.shape != s {
-                            cprob.push(format!(
-                                "{}: tensor {k} has shape {:?}, config.json implies {s:?}",
-                                c.folder, t.shape
-                            ));
-                        }
-                    }
-                    let int8 = t.dtype == "I8"
-                        && k.strip_suffix(".weight")
-                            .is_some_and(|n| tensors.contains_key(&format!("{n}.weight_scale")));
-                    if !int8 && !matches!(t.dtype.as_str(), "F32" | "BF16" | "F16") {
-                        cprob.push(format!(
-                            "{}: tensor {k} has dtype {}, expected F32/BF16/F16",
-                            c.folder, t.dtype
-                        ));
-                    }
-                }
-            }
         }
         params.insert(c.folder, n);
         lines.push(format!(
@@ -387,8 +313,11 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
                 .map(|(k, t)| json!({"name": k, "dtype": t.dtype, "shape": t.shape}))
                 .collect();
         }
-        problems.extend(cprob);
         comps.insert(c.folder.into(), cj);
+    }
+    for p in check_cross(&dir, &checks) {
+        lines.push(format!("  PROBLEM: {p}"));
+        problems.push(p);
     }
     // Cross-component checks (spec 8.11): CLIP projections add up to 2048, T5 width = 4096.
     let total: usize = params.values().sum();

@@ -5,6 +5,7 @@ use std::time::Instant;
 use super::args::{DeviceChoice, ModelArgs, Offload, Quantize};
 use super::Ui;
 use crate::error::{Error, Result};
+pub use crate::io::fsutil::path_kind_problem;
 use crate::model::mmdit::{self, Transformer};
 use crate::model::pipeline::{LatentPrecision, Pipeline, VideoGeometry};
 use crate::model::scheduler::SchedulerConfig;
@@ -198,23 +199,60 @@ pub const COMPONENTS: &[Component] = &[
 /// `None` if `dir/component` has what it needs, else the reason.
 pub fn component_problem(dir: &Path, c: &Component) -> Option<String> {
     let d = dir.join(c.folder);
-    if !d.is_dir() {
-        return Some(format!("{}/ ({}) is missing", c.folder, c.what));
+    if let Some(p) = path_kind_problem(&d, true) {
+        let fix = if p == "is missing" {
+            ""
+        } else {
+            ": replace it with the folder of the checkpoint"
+        };
+        return Some(format!("{}/ ({}) {p}{fix}", c.folder, c.what));
     }
     for f in c.files {
+        // The first alternative that exists with the wrong type, for the message.
+        let mut wrong: Option<String> = None;
         let ok = f.split('|').any(|alt| {
             if let Some(ext) = alt.strip_prefix("*.") {
-                std::fs::read_dir(&d)
-                    .map(|rd| {
-                        rd.flatten()
-                            .any(|e| e.path().extension().map(|x| x == ext).unwrap_or(false))
-                    })
-                    .unwrap_or(false)
+                let Ok(rd) = std::fs::read_dir(&d) else {
+                    return false;
+                };
+                let mut any = false;
+                for e in rd.flatten() {
+                    let path = e.path();
+                    if path.extension().is_some_and(|x| x == ext)
+                        && !e.file_name().to_string_lossy().starts_with('.')
+                    {
+                        match path_kind_problem(&path, false) {
+                            None => any = true,
+                            Some(p) => {
+                                wrong.get_or_insert(format!(
+                                    "{}/{} {p}",
+                                    c.folder,
+                                    e.file_name().to_string_lossy()
+                                ));
+                            }
+                        }
+                    }
+                }
+                any
             } else {
-                d.join(alt).is_file()
+                match path_kind_problem(&d.join(alt), false) {
+                    None => true,
+                    Some(p) => {
+                        if p != "is missing" {
+                            wrong.get_or_insert(format!("{}/{alt} {p}", c.folder));
+                        }
+                        false
+                    }
+                }
             }
         });
         if !ok {
+            if let Some(w) = wrong {
+                return Some(format!(
+                    "{w} ({}): replace it with the file of the checkpoint",
+                    c.what
+                ));
+            }
             return Some(format!(
                 "{}/{} ({}) is missing",
                 c.folder,
@@ -230,6 +268,12 @@ pub fn component_problem(dir: &Path, c: &Component) -> Option<String> {
 /// repository ids).
 pub fn check_model_exists(dir: &Path) -> Result<()> {
     if !dir.exists() {
+        if let Some(p) = path_kind_problem(dir, true).filter(|p| p != "is missing") {
+            return Err(Error::Input(format!(
+                "the model folder {} {p}",
+                dir.display()
+            )));
+        }
         if looks_like_repo_id(dir) {
             return Err(Error::Input(format!(
                 "the model folder {} does not exist, and the Hugging Face cache ({}) has no download of {} \
@@ -251,9 +295,9 @@ pub fn check_model_exists(dir: &Path) -> Result<()> {
 /// Checks that `dir` exists and has the components named in `needed` (all if empty).
 pub fn check_model_dir(dir: &Path, needed: &[&str]) -> Result<()> {
     check_model_exists(dir)?;
-    if !dir.is_dir() {
+    if let Some(p) = path_kind_problem(dir, true) {
         return Err(Error::Input(format!(
-            "the model path {} is not a folder",
+            "the model path {} {p}",
             dir.display()
         )));
     }
@@ -490,10 +534,10 @@ pub fn check_safetensors(path: &Path, flag: &str) -> Result<()> {
         )));
     }
     if !path.exists() {
-        return Err(Error::Input(format!(
-            "{flag} {}: the file does not exist",
-            path.display()
-        )));
+        return Err(Error::Input(match path_kind_problem(path, false) {
+            Some(p) if p != "is missing" => format!("{flag} {} {p}", path.display()),
+            _ => format!("{flag} {}: the file does not exist", path.display()),
+        }));
     }
     crate::io::safetensors::SafeTensorsFile::open(path)
         .map(|_| ())

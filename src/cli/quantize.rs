@@ -186,7 +186,7 @@ pub fn run(a: &QuantizeArgs, ui: &Ui) -> Result<()> {
         ui.note(&n);
     }
     let src = &src;
-    super::load::check_model_dir(src, &QUANTIZED)?;
+    super::load::check_model_dir(src, &[])?;
     if let Some(g) = a.group {
         if g == 0 || g % 8 != 0 {
             return Err(Error::Input(format!(
@@ -243,6 +243,15 @@ pub fn run(a: &QuantizeArgs, ui: &Ui) -> Result<()> {
                 out.display()
             )));
         }
+    }
+    // Nothing is written from a model `generate` would refuse (the checks `info` reports).
+    let problems = super::info::model_problems(src);
+    if !problems.is_empty() {
+        return Err(Error::Weights(format!(
+            "the model folder {} cannot be loaded (`contentv generate` would refuse it; `contentv info` lists the same), so nothing was written: {}",
+            src.display(),
+            crate::model::inventory::summary(&problems)
+        )));
     }
     let parent = fsutil::parent_dir(out);
     if parent.exists() && !parent.is_dir() {

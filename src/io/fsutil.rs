@@ -364,6 +364,30 @@ impl Drop for InterruptGuard {
     }
 }
 
+/// Why `p` is not a usable file (`want_dir` false) or folder (`want_dir` true), worded as the
+/// rest of a sentence that starts with the path ("is missing", "is a folder, not a file", "is a
+/// symbolic link to X, which does not exist ..."): `None` when it is one. A path that exists
+/// with the wrong type is reported as such, not as missing.
+pub fn path_kind_problem(p: &Path, want_dir: bool) -> Option<String> {
+    let want = if want_dir { "folder" } else { "file" };
+    match std::fs::symlink_metadata(p) {
+        Err(_) => Some("is missing".into()),
+        Ok(m) => match std::fs::metadata(p) {
+            Err(_) if m.file_type().is_symlink() => Some(format!(
+                "is a symbolic link to {}, which does not exist (a dangling link), not a {want}",
+                std::fs::read_link(p).map_or_else(|_| "?".into(), |t| t.display().to_string())
+            )),
+            Err(e) => Some(format!("cannot be read: {e}")),
+            Ok(t) if t.is_dir() && !want_dir => Some("is a folder, not a file".into()),
+            Ok(t) if t.is_file() && want_dir => Some("is a file, not a folder".into()),
+            Ok(t) if !t.is_dir() && !t.is_file() => {
+                Some(format!("is neither a file nor a folder, not a {want}"))
+            }
+            Ok(_) => None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

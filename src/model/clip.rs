@@ -133,6 +133,7 @@ impl ClipConfig {
                 return Err(bad(k, "must be > 0"));
             }
         }
+        crate::model::inventory::clip_bounds(cfg.origin(), &c)?;
         Ok(c)
     }
 }
@@ -161,6 +162,8 @@ impl ClipText {
         }
         let config = ClipConfig::from_dir(dir)?;
         let store = WeightStore::open(dir, device, DType::BF16)?;
+        crate::model::inventory::clip(&config, &|k| store.contains(k), dir)?
+            .check(dir, store.checkpoint())?;
         let rows = store
             .shape_of("text_model.embeddings.token_embedding.weight")
             .ok_or_else(|| {

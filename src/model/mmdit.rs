@@ -154,6 +154,9 @@ impl TransformerConfig {
     /// file does not have are not checked; every other key is ignored, as diffusers does.
     pub fn check_config_json(&self, path: &Path) -> Result<()> {
         let cfg = ConfigJson::read(path)?;
+        crate::model::inventory::transformer_bounds(cfg.origin(), &|k| {
+            cfg.positive(k).ok().flatten()
+        })?;
         let get = |k: &str| cfg.positive(k);
         let mismatch = |what: String| {
             Error::Weights(format!(
@@ -166,11 +169,11 @@ impl TransformerConfig {
         let heads = get("num_attention_heads")?;
         let head_dim = get("attention_head_dim")?;
         if let (Some(h), Some(hd)) = (heads, head_dim) {
-            if h * hd != self.dim {
+            if h.checked_mul(hd) != Some(self.dim) {
                 return Err(mismatch(format!(
                     "num_attention_heads {h} x attention_head_dim {hd} = {} but the hidden width \
                      of the weights (pos_embed.proj.weight) is {}",
-                    h * hd,
+                    h as u128 * hd as u128,
                     self.dim
                 )));
             }
@@ -414,6 +417,8 @@ impl Transformer {
             }));
         }
         let config = TransformerConfig::from_weights(&store.root())?;
+        crate::model::inventory::transformer(&config, &|k| store.contains(k), dir)?
+            .check(dir, store.checkpoint())?;
         // The GPU runs heads of 64 on the flash kernel and any other width on the generic one,
         // which holds a query row in shared memory: say so here rather than at the first step.
         if device.gpu().is_some() && config.head_dim > crate::ops::attention_cuda::NAIVE_MAX_D {

@@ -3,6 +3,7 @@
 pub mod clip;
 pub mod int8;
 pub mod interfaces;
+pub mod inventory;
 pub mod mmdit;
 pub mod pipeline;
 pub mod scheduler;

@@ -100,6 +100,7 @@ impl T5Config {
                 return Err(bad(k, "must be > 0"));
             }
         }
+        crate::model::inventory::t5_bounds(cfg.origin(), &c)?;
         // Bidirectional buckets: half per direction, half of those exact, the rest logarithmic
         // up to max_distance. Fewer than 4 buckets divide by zero in transformers.
         if c.buckets < 4 {
@@ -167,6 +168,8 @@ impl T5Encoder {
                 quantizable: crate::model::int8::int8_applies,
             }));
         }
+        crate::model::inventory::t5(&config, &|k| store.contains(k), dir)?
+            .check(dir, store.checkpoint())?;
         let embed_key = if store.contains("shared.weight") {
             "shared.weight"
         } else if store.contains("encoder.embed_tokens.weight") {

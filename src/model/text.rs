@@ -62,47 +62,63 @@ impl PromptTokens {
     }
 }
 
+/// The three tokenizers of a model folder (`tokenizer{,_2,_3}/`). The SD3 pipeline pads and
+/// truncates both CLIP prompts to `tokenizer.model_max_length` (its `tokenizer_max_length`);
+/// tokenizer_2's own value is not used.
+pub fn load_tokenizers(dir: &Path) -> Result<(ClipTokenizer, ClipTokenizer, T5Tokenizer)> {
+    let tok_l = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+    let mut tok_g = ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?;
+    tok_g.max_len = tok_l.max_len;
+    let tok_t5 = T5Tokenizer::from_dir(&dir.join("tokenizer_3"), T5_TOKENS)?;
+    Ok((tok_l, tok_g, tok_t5))
+}
+
+/// A tokenizer that can produce ids past its encoder's embedding table is the wrong tokenizer
+/// (`clip_l`, `clip_g`: the CLIP configs' vocab_size; `t5_rows`: the T5 embedding's rows).
+pub fn check_vocabularies(
+    dir: &Path,
+    (tok_l, tok_g, tok_t5): (&ClipTokenizer, &ClipTokenizer, &T5Tokenizer),
+    clip_l: usize,
+    clip_g: usize,
+    t5_rows: usize,
+) -> Result<()> {
+    for (name, tv, ev) in [
+        ("tokenizer", tok_l.vocab_size(), clip_l),
+        ("tokenizer_2", tok_g.vocab_size(), clip_g),
+    ] {
+        if tv > ev {
+            return Err(Error::Input(format!(
+                "{}: the vocabulary has {tv} tokens but the encoder's embedding table has {ev} rows: mismatched tokenizer and text encoder",
+                dir.join(name).display()
+            )));
+        }
+    }
+    if tok_t5.max_id() as usize >= t5_rows {
+        return Err(Error::Input(format!(
+            "{}: the tokenizer can produce token id {} but the T5 embedding table of {} has {} rows: mismatched tokenizer and text encoder",
+            dir.join("tokenizer_3").display(),
+            tok_t5.max_id(),
+            dir.join("text_encoder_3").display(),
+            t5_rows
+        )));
+    }
+    Ok(())
+}
+
 impl TextEncoders {
     /// Loads `tokenizer{,_2,_3}/` and `text_encoder{,_2,_3}/` of a model folder.
     pub fn load(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<TextEncoders> {
-        let tok_l = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let mut tok_g = ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?;
-        // The SD3 pipeline pads and truncates both CLIP prompts to `tokenizer.model_max_length`
-        // (its `tokenizer_max_length`); tokenizer_2's own value is not used.
-        tok_g.max_len = tok_l.max_len;
-        let tok_t5 = T5Tokenizer::from_dir(&dir.join("tokenizer_3"), T5_TOKENS)?;
+        let (tok_l, tok_g, tok_t5) = load_tokenizers(dir)?;
         let clip_l = ClipText::load(&dir.join("text_encoder"), device)?;
         let clip_g = ClipText::load(&dir.join("text_encoder_2"), device)?;
         let t5 = T5Encoder::load(&dir.join("text_encoder_3"), device, mem)?;
-        // A tokenizer that can produce ids past the embedding table is the wrong tokenizer.
-        for (name, tv, ev) in [
-            (
-                "tokenizer/ vs text_encoder/",
-                tok_l.vocab_size(),
-                clip_l.config.vocab,
-            ),
-            (
-                "tokenizer_2/ vs text_encoder_2/",
-                tok_g.vocab_size(),
-                clip_g.config.vocab,
-            ),
-        ] {
-            if tv > ev {
-                return Err(Error::Input(format!(
-                    "{}: the vocabulary has {tv} tokens but the encoder's embedding table has {ev} rows: mismatched tokenizer and text encoder",
-                    dir.join(name.split(' ').next().unwrap()).display()
-                )));
-            }
-        }
-        if tok_t5.max_id() as usize >= t5.vocab_rows() {
-            return Err(Error::Input(format!(
-                "{}: the tokenizer can produce token id {} but the T5 embedding table of {} has {} rows: mismatched tokenizer and text encoder",
-                dir.join("tokenizer_3").display(),
-                tok_t5.max_id(),
-                dir.join("text_encoder_3").display(),
-                t5.vocab_rows()
-            )));
-        }
+        check_vocabularies(
+            dir,
+            (&tok_l, &tok_g, &tok_t5),
+            clip_l.config.vocab,
+            clip_g.config.vocab,
+            t5.vocab_rows(),
+        )?;
         Ok(TextEncoders {
             tok_l,
             tok_g,

@@ -69,10 +69,10 @@ pub(crate) fn special_token(
 
 /// [`read_json`] of an optional file: `Null` when `path` is not there.
 pub(crate) fn read_json_or_null(path: &Path) -> Result<serde_json::Value> {
-    if path.is_file() {
-        read_json(path)
-    } else {
-        Ok(serde_json::Value::Null)
+    match crate::io::fsutil::path_kind_problem(path, false) {
+        None => read_json(path),
+        Some(p) if p == "is missing" => Ok(serde_json::Value::Null),
+        Some(p) => Err(Error::Input(format!("{} {p}", path.display()))),
     }
 }
 

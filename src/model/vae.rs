@@ -157,6 +157,7 @@ impl VaeConfig {
     }
 
     fn validate_at(&self, origin: &str) -> Result<()> {
+        crate::model::inventory::vae_bounds(origin, self)?;
         let n = self.dim_mult.len();
         let bad = |k: &str, what: String| Err(Error::Weights(format!("{origin}: \"{k}\" {what}")));
         if n == 0 {
@@ -578,6 +579,7 @@ impl VaeDecoder {
     /// Loads from a `vae/` directory: `config.json` + one `*.safetensors`.
     pub fn from_dir(dir: &Path, device: &Device, opts: VaeOptions) -> Result<VaeDecoder> {
         let cfg = VaeConfig::from_file(&dir.join("config.json"))?;
+        crate::model::inventory::vae(&cfg, dir)?.check_dir(dir)?;
         let store = WeightStore::open(dir, device, DType::F32)?;
         let dec = Self::load(&*store, cfg, opts)?;
         // The decoder holds what it uses (some tensors are rearranged at load): drop the

@@ -7,7 +7,7 @@
 //! let blk = store.root().pp("transformer_blocks").pp(0);
 //! let wq = blk.linear("attn.to_q", 2432, 2432, true)?;   // spells attn.to_q.weight / .bias
 //! ```
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -85,6 +85,24 @@ pub struct WeightStore {
     int8: Mutex<Option<Int8Policy>>,
 }
 
+/// Keys read from any store while recording is on, as (component folder, key): the test that
+/// the tensor inventory (`model::inventory`) is complete turns it on ([`record_reads`]).
+static READS: Mutex<Option<BTreeSet<(PathBuf, String)>>> = Mutex::new(None);
+
+/// Starts (`true`, empty) or stops recording the keys the stores read; returns what was recorded.
+pub fn record_reads(on: bool) -> BTreeSet<(PathBuf, String)> {
+    let mut r = READS.lock().unwrap();
+    let old = r.take().unwrap_or_default();
+    *r = on.then(BTreeSet::new);
+    old
+}
+
+fn note_read(dir: &Path, key: &str) {
+    if let Some(r) = READS.lock().unwrap().as_mut() {
+        r.insert((dir.to_path_buf(), key.to_string()));
+    }
+}
+
 /// Quantize-on-load settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Int8Policy {
@@ -153,6 +171,7 @@ impl WeightStore {
 
     /// Zero-copy host view of a checkpoint tensor, in its stored dtype.
     pub fn host_view(&self, key: &str) -> Result<Tensor> {
+        note_read(&self.dir, key);
         let (file, info) = self.ckpt.get(key)?;
         let dtype = st_to_dtype(info.dtype).ok_or_else(|| {
             Error::Weights(format!(
@@ -167,6 +186,7 @@ impl WeightStore {
 
     /// The tensor `key`, checked against `shape`, on the store's device in `dtype`.
     pub fn load(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        note_read(&self.dir, key);
         let ck = format!("{key}@{}", dtype.name());
         if let Some(t) = self.cache.lock().unwrap().get(&ck) {
             return Ok(t.clone());
