@@ -4,9 +4,9 @@
 //! reference's untruncated length).
 use std::path::{Path, PathBuf};
 
+use contentv::io::safetensors::{SafeTensorsFile, StDtype};
 use contentv::model::text::T5_TOKENS;
 use contentv::model::tokenizer::{ClipTokenizer, T5Tokenizer};
-use safetensors::{Dtype, SafeTensors};
 
 const REGENERATE: &str = ".venv-ref/bin/python scripts/reference/make_tokenizer_fuzz.py";
 
@@ -42,23 +42,21 @@ struct Reference {
     max_len: usize,
 }
 
-fn ints(st: &SafeTensors, name: &str) -> Vec<i64> {
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("{name}: {e}\nregenerate with: {REGENERATE}"));
-    let b = t.data();
-    match t.dtype() {
-        Dtype::U16 => b
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]) as i64)
-            .collect(),
-        Dtype::U8 => b.iter().map(|&v| v as i64).collect(),
-        Dtype::I32 => b
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-            .collect(),
-        d => panic!("{name}: unexpected dtype {d:?}"),
-    }
+fn ints(st: &SafeTensorsFile, name: &str) -> Vec<i64> {
+    let info = st
+        .get(name)
+        .unwrap_or_else(|e| panic!("{e}\nregenerate with: {REGENERATE}"));
+    assert!(
+        matches!(info.dtype, StDtype::U16 | StDtype::U8 | StDtype::I32),
+        "{name}: unexpected dtype {}",
+        info.dtype
+    );
+    // Token ids and lengths are far below 2^24: exact in f32.
+    st.to_f32(name)
+        .unwrap()
+        .into_iter()
+        .map(|v| v as i64)
+        .collect()
 }
 
 fn references(n: usize) -> std::collections::HashMap<String, Reference> {
@@ -69,10 +67,10 @@ fn references(n: usize) -> std::collections::HashMap<String, Reference> {
             path.display()
         )
     });
-    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let st = SafeTensorsFile::from_bytes(&path.display().to_string(), bytes)
+        .unwrap_or_else(|e| panic!("{e}\nregenerate with: {REGENERATE}"));
     let meta: std::collections::HashMap<String, String> =
-        serde_json::from_str(&meta.metadata().as_ref().unwrap()["fuzz"]).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+        serde_json::from_str(&st.metadata()["fuzz"]).unwrap();
     let mut out = std::collections::HashMap::new();
     for name in ["clip_l", "t5_like", "t5_tiny", "clip_g", "t5_like_legacy"] {
         let pad = meta[&format!("{name}.pad")].parse::<u32>().unwrap();
