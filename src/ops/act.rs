@@ -2,8 +2,11 @@
 use crate::error::Result;
 use crate::ops::gemm::Act;
 use crate::ops::{common_gpu, float_dtype, grid_rows, host};
-use crate::runtime::{KernelArgs, Tensor};
-use crate::{kname, shape_err};
+use crate::runtime::kernels::{
+    Activation, ActivationArgs, DevPtr, DevPtrMut, LaunchCfg, SoftmaxLast, SoftmaxLastArgs,
+};
+use crate::runtime::Tensor;
+use crate::shape_err;
 
 /// `act(x)` elementwise; any shape; output contiguous.
 pub fn apply(x: &Tensor, act: Act) -> Result<Tensor> {
@@ -16,21 +19,15 @@ pub fn apply(x: &Tensor, act: Act) -> Result<Tensor> {
             let x = x.contiguous()?;
             let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
             let n = x.elem_count();
-            if n > 0 {
-                let name = kname!("act", float_dtype("act", &x)?, "act")?;
-                unsafe {
-                    gpu.launch_1d(
-                        "ops",
-                        name,
-                        n,
-                        KernelArgs::new()
-                            .ptr(x.dev_ptr()?)
-                            .ptr(y.dev_ptr()?)
-                            .i64(n as i64)
-                            .i32(act.code()),
-                    )?;
-                }
-            }
+            let k = Activation::for_dtype("act", float_dtype("act", &x)?)?;
+            let args = ActivationArgs {
+                x: DevPtr::of(&x)?,
+                y: DevPtrMut::of(&y)?,
+                n: n as i64,
+                code: act.code(),
+            };
+            // SAFETY: x (contiguous) and y (fresh, x's shape and dtype) hold n elements on `gpu`.
+            unsafe { k.launch(gpu, LaunchCfg::grid_stride(n), args)? };
             Ok(y)
         }
     }
@@ -69,25 +66,17 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
             let x = x.contiguous()?;
             let y = Tensor::empty(sh, x.dtype(), x.device())?;
             if rows > 0 && cols > 0 {
-                let name = kname!(
-                    "softmax_last",
-                    float_dtype("softmax_last", &x)?,
-                    "softmax_last"
-                )?;
-                unsafe {
-                    gpu.launch(
-                        "ops",
-                        name,
-                        grid_rows("softmax_last", rows)?,
-                        (256, 1, 1),
-                        0,
-                        KernelArgs::new()
-                            .ptr(x.dev_ptr()?)
-                            .ptr(y.dev_ptr()?)
-                            .i32(rows as i32)
-                            .i32(cols as i32),
-                    )?;
-                }
+                let k = SoftmaxLast::for_dtype("softmax_last", float_dtype("softmax_last", &x)?)?;
+                let cfg = LaunchCfg::new(grid_rows("softmax_last", rows)?, (256, 1, 1), 0);
+                let args = SoftmaxLastArgs {
+                    x: DevPtr::of(&x)?,
+                    y: DevPtrMut::of(&y)?,
+                    rows: rows as i32,
+                    cols: cols as i32,
+                };
+                // SAFETY: x (contiguous) and y (fresh, same shape) hold rows x cols elements on
+                // `gpu`; grid_rows bounds rows to i32.
+                unsafe { k.launch(gpu, cfg, args)? };
             }
             Ok(y)
         }

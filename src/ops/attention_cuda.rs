@@ -11,7 +11,11 @@
 //! last dim dense); they are concatenated along the sequence inside the kernels.
 use crate::error::{Error, Result};
 use crate::ops::attention::{attn_dims, AttnDims, AttnOpts};
-use crate::runtime::{DType, KernelArgs, Tensor};
+use crate::runtime::kernels::{
+    AttnNaive, AttnNaiveArgs, DevPtr, DevPtrMut, FlashAttnD64, FlashAttnD64Args, LaunchCfg,
+    SegArgs, SEGMENTS,
+};
+use crate::runtime::{DType, Tensor};
 use crate::shape_err;
 
 /// Which kernel [`attention_cuda_with`] runs.
@@ -27,7 +31,7 @@ pub enum AttnKernel {
 }
 
 /// Segments per side the kernels take.
-pub const MAX_SEGMENTS: usize = 4;
+pub const MAX_SEGMENTS: usize = SEGMENTS;
 /// Largest head dim of the generic kernel.
 pub const NAIVE_MAX_D: usize = 256;
 
@@ -50,9 +54,11 @@ pub fn attention_cuda(
     attention_cuda_with(q, k, v, heads, scale, causal, bias, AttnKernel::Auto)
 }
 
-/// One segment as the kernels see it.
-#[derive(Clone, Copy, Default)]
+/// One segment as the kernels see it: the tensor (a view, or the copy made for the kernel)
+/// and its geometry.
+#[derive(Clone)]
 struct Seg {
+    t: Tensor,
     ptr: u64,
     len: usize,
     /// Elements between rows.
@@ -62,14 +68,8 @@ struct Seg {
 }
 
 /// The non-empty segments of one side, with strides; made contiguous where `aligned` is asked
-/// and the view is not 16-byte aligned. `keep` holds the copies alive until the launch.
-fn segments(
-    what: &str,
-    segs: &[&Tensor],
-    dt: DType,
-    aligned: bool,
-    keep: &mut Vec<Tensor>,
-) -> Result<Vec<Seg>> {
+/// and the view is not 16-byte aligned.
+fn segments(what: &str, segs: &[&Tensor], dt: DType, aligned: bool) -> Result<Vec<Seg>> {
     let mut out = Vec::new();
     for t in segs {
         if t.dtype() != dt {
@@ -86,6 +86,7 @@ fn segments(
         }
         let desc = |t: &Tensor| -> Result<Seg> {
             Ok(Seg {
+                t: t.clone(),
                 ptr: t.dev_ptr()?,
                 len: t.shape()[1],
                 rs: t.row_stride()?,
@@ -97,9 +98,7 @@ fn segments(
             // A non-dense last dim: gather first.
             Err(_) => {
                 let c = t.contiguous()?;
-                let s = desc(&c)?;
-                keep.push(c);
-                s
+                desc(&c)?
             }
         };
         if sh[0] == 1 {
@@ -118,7 +117,6 @@ fn segments(
             if sh[0] == 1 {
                 s.bs = 0;
             }
-            keep.push(c);
             if !is_aligned(&s) {
                 return Err(shape_err!(
                     "attention: {what} segment {sh:?} is not 16-byte aligned even when copied"
@@ -138,28 +136,24 @@ fn segments(
     Ok(out)
 }
 
-/// Pushes one side's segments in the order of `SEG_ARGS` (kernels/attention.cu): 4 pointers,
-/// 4 lengths, 4 row strides, 4 batch strides (unused entries: null / 0).
-fn push_segs(a: &mut KernelArgs, segs: &[Seg]) {
-    let mut s = [Seg::default(); MAX_SEGMENTS];
-    s[..segs.len()].copy_from_slice(segs);
+/// One side's segments as `SEG_ARGS` (kernels/attention.cu) takes them: 4 pointers, 4
+/// lengths, 4 row strides, 4 batch strides (unused entries: length 0, strides 0).
+fn seg_args(segs: &[Seg]) -> Result<SegArgs<'_>> {
     // Unused pointers repeat the first one (never dereferenced; the kernels read row 0 of it for
     // zero-filled copies).
-    for x in s.iter_mut().skip(segs.len()) {
-        x.ptr = segs[0].ptr;
+    let mut a = SegArgs {
+        ptrs: [DevPtr::of(&segs[0].t)?; MAX_SEGMENTS],
+        lens: [0; MAX_SEGMENTS],
+        row_strides: [0; MAX_SEGMENTS],
+        batch_strides: [0; MAX_SEGMENTS],
+    };
+    for (i, s) in segs.iter().enumerate() {
+        a.ptrs[i] = DevPtr::of(&s.t)?;
+        a.lens[i] = s.len as i32;
+        a.row_strides[i] = s.rs as i64;
+        a.batch_strides[i] = s.bs as i64;
     }
-    for x in &s {
-        a.ptr(x.ptr);
-    }
-    for x in &s {
-        a.i32(x.len as i32);
-    }
-    for x in &s {
-        a.i64(x.rs as i64);
-    }
-    for x in &s {
-        a.i64(x.bs as i64);
-    }
+    Ok(a)
 }
 
 /// [`attention_cuda`] with an explicit kernel choice.
@@ -228,10 +222,9 @@ pub fn attention_cuda_with(
     if d.sq > i32::MAX as usize || d.sk > i32::MAX as usize || d.heads > 65535 || d.b > 65535 {
         return Err(shape_err!("attention: {d:?} is too large for one launch"));
     }
-    let mut keep = Vec::new();
-    let qs = segments("query", q, dt, flash, &mut keep)?;
-    let ks = segments("key", k, dt, flash, &mut keep)?;
-    let vs = segments("value", v, dt, flash, &mut keep)?;
+    let qs = segments("query", q, dt, flash)?;
+    let ks = segments("key", k, dt, flash)?;
+    let vs = segments("value", v, dt, flash)?;
     let bias_t = match bias {
         Some(b) => {
             let b = if b.dtype() == DType::F32 {
@@ -244,54 +237,60 @@ pub fn attention_cuda_with(
         None => None,
     };
 
-    let mut a = KernelArgs::new();
-    push_segs(&mut a, &qs);
-    push_segs(&mut a, &ks);
-    push_segs(&mut a, &vs);
-    a.ptr(out.dev_ptr()?)
-        .ptr(bias_t.as_ref().map_or(Ok(0), |b| b.dev_ptr())?)
-        .i32(d.heads as i32);
+    let (qa, ka, va) = (seg_args(&qs)?, seg_args(&ks)?, seg_args(&vs)?);
+    let (out_p, bias_p) = (DevPtrMut::of(&out)?, DevPtr::opt(bias_t.as_ref())?);
     if flash {
-        a.i32(d.sq as i32)
-            .i32(d.sk as i32)
-            .f32(scale * std::f32::consts::LOG2_E)
-            .i32(causal as i32);
         let grid = (d.sq.div_ceil(FLASH_BM) as u32, d.heads as u32, d.b as u32);
-        // SAFETY: the argument list matches flash_attn_fwd_d64 (SEG_ARGS(q), SEG_ARGS(k), SEG_ARGS(v),
-        // out, bias, H, Sq, Sk, scale_log2, causal); every segment holds B x len rows of H*64
-        // elements at the strides given, 16-byte aligned (checked above); out is [B, Sq, H*64];
-        // the buffers (and the copies in `keep`) outlive the stream-ordered launch.
+        let args = FlashAttnD64Args {
+            q: qa,
+            k: ka,
+            v: va,
+            out: out_p,
+            bias: bias_p,
+            h: d.heads as i32,
+            sq: d.sq as i32,
+            sk: d.sk as i32,
+            scale_log2: scale * std::f32::consts::LOG2_E,
+            causal: causal as i32,
+        };
+        // SAFETY: every segment holds B x len rows of H*64 bf16 elements at the strides given,
+        // 16-byte aligned (segments checked it) and non-empty; out is [B, Sq, H*64] bf16;
+        // bias (contiguous f32) is the [Sq, Sk] of attn_dims or null; the grid covers Sq
+        // (FLASH_BM rows per block) x H x B, all bounded above.
         unsafe {
-            gpu.launch(
-                "attention",
-                "flash_attn_fwd_d64",
-                grid,
-                (FLASH_THREADS, 1, 1),
-                FLASH_SMEM,
-                &mut a,
+            FlashAttnD64::KERNEL.launch(
+                &gpu,
+                LaunchCfg::new(grid, (FLASH_THREADS, 1, 1), FLASH_SMEM),
+                args,
             )?
         };
     } else {
-        a.i32(d.d as i32)
-            .i32(d.sq as i32)
-            .i32(d.sk as i32)
-            .f32(scale)
-            .i32(causal as i32);
-        let name = crate::kname!("attention", dt, "attn_naive")?;
+        let k = AttnNaive::for_dtype("attention", dt)?;
         let grid = (d.sq.div_ceil(NAIVE_ROWS) as u32, d.heads as u32, d.b as u32);
-        // SAFETY: matches ATTN_NAIVE's parameters (SEG_ARGS x 3, out, bias, H, D, Sq, Sk, scale,
-        // causal); buffers as above.
+        let args = AttnNaiveArgs {
+            q: qa,
+            k: ka,
+            v: va,
+            out: out_p,
+            bias: bias_p,
+            h: d.heads as i32,
+            d: d.d as i32,
+            sq: d.sq as i32,
+            sk: d.sk as i32,
+            scale,
+            causal: causal as i32,
+        };
+        // SAFETY: as for the flash kernel, with any alignment, dtype dt and head dim
+        // d <= NAIVE_MAX_D (checked above).
         unsafe {
-            gpu.launch(
-                "attention",
-                name,
-                grid,
-                ((NAIVE_ROWS * 32) as u32, 1, 1),
-                0,
-                &mut a,
+            k.launch(
+                &gpu,
+                LaunchCfg::new(grid, ((NAIVE_ROWS * 32) as u32, 1, 1), 0),
+                args,
             )?
         };
     }
-    drop(keep); // pool memory is stream-ordered: freeing after the launch is fine
+    // The segments' tensors (copies included) may go now: pool memory is stream-ordered.
+    drop((qs, ks, vs));
     Ok(out)
 }

@@ -12,7 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 use crate::runtime::cast::round_to_bf16;
-use crate::runtime::{DType, Device, KernelArgs, Tensor};
+use crate::runtime::kernels::{
+    Conv3d, Conv3dArgs, ConvCacheUpdate, ConvCacheUpdateArgs, DevPtr, DevPtrMut, InterleaveTime,
+    InterleaveTimeArgs, LaunchCfg, UpsampleNearest2x, UpsampleNearest2xArgs,
+};
+use crate::runtime::{DType, Device, Tensor};
 use crate::shape_err;
 
 /// Arithmetic of the conv. On the CPU, `Bf16` rounds the operands (input, cached frames,
@@ -298,44 +302,43 @@ fn conv3d_cuda(
     {
         return Err(shape_err!("conv3d: {d:?} is too large for one launch"));
     }
-    let (bm, bn, name) = match o.precision {
-        ConvPrecision::F32 => (64, 64, "conv_f32_simt"),
-        ConvPrecision::Bf16 => (64, 128, "conv_bf16_mma"),
+    let (bm, bn, kern) = match o.precision {
+        ConvPrecision::F32 => (64, 64, Conv3d::F32_SIMT),
+        ConvPrecision::Bf16 => (64, 128, Conv3d::BF16_MMA),
     };
     let grid = (n.div_ceil(bn) as u32, d.co.div_ceil(bm) as u32, d.b as u32);
-    let ptr = |t: &Option<Tensor>| -> Result<u64> { t.as_ref().map_or(Ok(0), |t| t.dev_ptr()) };
     let (clamp, lo, hi) = match o.clamp {
         Some((lo, hi)) => (1, lo, hi),
         None => (0, 0.0, 0.0),
     };
-    let mut a = KernelArgs::new();
-    a.ptr(x.dev_ptr()?)
-        .ptr(ptr(&ctx)?)
-        .ptr(w.dev_ptr()?)
-        .ptr(ptr(&bias)?)
-        .ptr(ptr(&res)?)
-        .ptr(y.dev_ptr()?);
-    for v in [
-        d.b,
-        d.ci,
-        d.co,
-        d.t,
-        d.hin,
-        d.win,
-        d.kt,
-        d.kh,
-        d.kw,
-        d.up,
-        d.interleave as usize,
-        out_frames,
-        t0,
-        clamp,
-    ] {
-        a.i32(v as i32);
-    }
-    a.f32(lo).f32(hi);
-    // SAFETY: the argument list matches CONV_KERNEL_ARGS; all buffers outlive the stream-ordered launch.
-    unsafe { g.launch("conv3d", name, grid, (256, 1, 1), 0, &mut a) }
+    let args = Conv3dArgs {
+        x: DevPtr::of(&x)?,
+        ctx: DevPtr::opt(ctx.as_ref())?,
+        w: DevPtr::of(&w)?,
+        bias: DevPtr::opt(bias.as_ref())?,
+        resid: DevPtr::opt(res.as_ref())?,
+        y: DevPtrMut::of(y)?,
+        b: d.b as i32,
+        ci: d.ci as i32,
+        co: d.co as i32,
+        t: d.t as i32,
+        hin: d.hin as i32,
+        win: d.win as i32,
+        kt: d.kt as i32,
+        kh: d.kh as i32,
+        kw: d.kw as i32,
+        up: d.up as i32,
+        interleave: d.interleave as i32,
+        out_frames: out_frames as i32,
+        out_t0: t0 as i32,
+        do_clamp: clamp,
+        lo,
+        hi,
+    };
+    // SAFETY: x, w and the optional ctx / bias / residual are dense f32 of the shapes the
+    // callers checked against `d` (conv_dims), y holds the `out_frames` output frames, all on
+    // x's device (checked above); the sizes fit i32 and the grid (checked above).
+    unsafe { kern.launch(&g, LaunchCfg::new(grid, (256, 1, 1), 0), args) }
 }
 
 // ----- small helpers ---------------------------------------------------------------------------
@@ -377,17 +380,19 @@ pub fn cache_update(ctx: Option<&Tensor>, x: &Tensor, nc: usize) -> Result<Tenso
             if total == 0 {
                 return Ok(y);
             }
-            let mut a = KernelArgs::new();
-            a.ptr(cx.as_ref().map_or(Ok(0), |c| c.dev_ptr())?)
-                .ptr(x.dev_ptr()?)
-                .ptr(y.dev_ptr()?)
-                .i32(b as i32)
-                .i32(c as i32)
-                .i32(t as i32)
-                .i32(nc as i32)
-                .i64(hw as i64);
-            // SAFETY: matches conv_cache_update's parameters.
-            unsafe { g.launch_1d("conv3d", "conv_cache_update", total, &mut a)? };
+            let args = ConvCacheUpdateArgs {
+                ctx: DevPtr::opt(cx.as_ref())?,
+                x: DevPtr::of(&x)?,
+                out: DevPtrMut::of(&y)?,
+                b: b as i32,
+                c: c as i32,
+                t: t as i32,
+                nc: nc as i32,
+                hw: hw as i64,
+            };
+            // SAFETY: x is dense [B, C, T, H, W], the context (or null) and y dense
+            // [B, C, nc, H, W] (checked above), f32 on x's GPU.
+            unsafe { ConvCacheUpdate::KERNEL.launch(g, LaunchCfg::grid_stride(total), args)? };
             Ok(y)
         }
     }
@@ -440,14 +445,16 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
             if y.elem_count() == 0 {
                 return Ok(y);
             }
-            let mut a = KernelArgs::new();
-            a.ptr(x.dev_ptr()?)
-                .ptr(y.dev_ptr()?)
-                .i64(f as i64)
-                .i32(h as i32)
-                .i32(w as i32);
-            // SAFETY: matches upsample_nearest2x_f32's parameters.
-            unsafe { g.launch_1d("conv3d", "upsample_nearest2x_f32", y.elem_count(), &mut a)? };
+            let args = UpsampleNearest2xArgs {
+                x: DevPtr::of(&x)?,
+                y: DevPtrMut::of(&y)?,
+                bct: f as i64,
+                h: h as i32,
+                w: w as i32,
+            };
+            // SAFETY: x is dense [f, h, w] f32 and y (fresh) [f, 2h, 2w] on x's GPU.
+            let cfg = LaunchCfg::grid_stride(y.elem_count());
+            unsafe { UpsampleNearest2x::KERNEL.launch(g, cfg, args)? };
             Ok(y)
         }
     }
@@ -490,15 +497,17 @@ pub fn interleave_time(x: &Tensor) -> Result<Tensor> {
             if y.elem_count() == 0 {
                 return Ok(y);
             }
-            let mut a = KernelArgs::new();
-            a.ptr(x.dev_ptr()?)
-                .ptr(y.dev_ptr()?)
-                .i32(b as i32)
-                .i32(c as i32)
-                .i32(t as i32)
-                .i64(hw as i64);
-            // SAFETY: matches interleave_time_f32's parameters.
-            unsafe { g.launch_1d("conv3d", "interleave_time_f32", y.elem_count(), &mut a)? };
+            let args = InterleaveTimeArgs {
+                x: DevPtr::of(&x)?,
+                y: DevPtrMut::of(&y)?,
+                b: b as i32,
+                c: c as i32,
+                t: t as i32,
+                hw: hw as i64,
+            };
+            // SAFETY: x is dense [B, 2C, T, H, W] f32 and y (fresh) [B, C, 2T, H, W] on x's GPU.
+            let cfg = LaunchCfg::grid_stride(y.elem_count());
+            unsafe { InterleaveTime::KERNEL.launch(g, cfg, args)? };
             Ok(y)
         }
     }
@@ -523,6 +532,9 @@ pub fn interleave_time_cpu(x: &[f32], b: usize, c: usize, t: usize, hw: usize) -
 // ----- CPU reference conv ----------------------------------------------------------------------
 
 struct SendPtr(*mut f32);
+// SAFETY: SendPtr carries the output pointer of conv3d_cpu into its worker threads, which
+// write disjoint elements (each strip owns its output rows) while the output slice is
+// borrowed mutably by the caller for the whole scope.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 

@@ -3,8 +3,12 @@
 //! uses the strided copy of [`crate::runtime::copy`].
 use crate::error::{Error, Result};
 use crate::ops::{common_gpu, float_dtype, host};
-use crate::runtime::{Device, KernelArgs, Tensor};
-use crate::{kname, shape_err};
+use crate::runtime::kernels::{
+    AddBcast, AddBcastArgs, Axpby, AxpbyArgs, DevPtr, DevPtrMut, GatedResidual, GatedResidualArgs,
+    LaunchCfg, Mul, MulArgs,
+};
+use crate::runtime::{Device, Tensor};
+use crate::shape_err;
 
 fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
@@ -53,27 +57,18 @@ fn axpby(op: &str, a: &Tensor, b: Option<&Tensor>, alpha: f32, beta: f32) -> Res
             let b = b.map(|b| b.contiguous()).transpose()?;
             let y = Tensor::empty(a.shape(), a.dtype(), a.device())?;
             let n = a.elem_count();
-            if n > 0 {
-                let name = kname!(op, float_dtype(op, &a)?, "axpby")?;
-                let bp = match &b {
-                    Some(b) => b.dev_ptr()?,
-                    None => 0,
-                };
-                unsafe {
-                    gpu.launch_1d(
-                        "ops",
-                        name,
-                        n,
-                        KernelArgs::new()
-                            .ptr(a.dev_ptr()?)
-                            .ptr(bp)
-                            .ptr(y.dev_ptr()?)
-                            .i64(n as i64)
-                            .f32(alpha)
-                            .f32(beta),
-                    )?;
-                }
-            }
+            let k = Axpby::for_dtype(op, float_dtype(op, &a)?)?;
+            let args = AxpbyArgs {
+                a: DevPtr::of(&a)?,
+                b: DevPtr::opt(b.as_ref())?,
+                y: DevPtrMut::of(&y)?,
+                n: n as i64,
+                alpha,
+                beta,
+            };
+            // SAFETY: a, b (contiguous, same shape and dtype: same_shape) and y (fresh, a's
+            // shape) hold n elements on `gpu` (common_gpu); b may be null.
+            unsafe { k.launch(gpu, LaunchCfg::grid_stride(n), args)? };
             Ok(y)
         }
     }
@@ -109,21 +104,16 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             let (a, b) = (a.contiguous()?, b.contiguous()?);
             let y = Tensor::empty(a.shape(), a.dtype(), a.device())?;
             let n = a.elem_count();
-            if n > 0 {
-                let name = kname!("mul", float_dtype("mul", &a)?, "mul")?;
-                unsafe {
-                    gpu.launch_1d(
-                        "ops",
-                        name,
-                        n,
-                        KernelArgs::new()
-                            .ptr(a.dev_ptr()?)
-                            .ptr(b.dev_ptr()?)
-                            .ptr(y.dev_ptr()?)
-                            .i64(n as i64),
-                    )?;
-                }
-            }
+            let k = Mul::for_dtype("mul", float_dtype("mul", &a)?)?;
+            let args = MulArgs {
+                a: DevPtr::of(&a)?,
+                b: DevPtr::of(&b)?,
+                y: DevPtrMut::of(&y)?,
+                n: n as i64,
+            };
+            // SAFETY: a, b (contiguous, same shape and dtype: same_shape) and y (fresh, a's
+            // shape) hold n elements on `gpu` (common_gpu).
+            unsafe { k.launch(gpu, LaunchCfg::grid_stride(n), args)? };
             Ok(y)
         }
     }
@@ -154,22 +144,17 @@ pub fn add_bcast(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             let b = b.contiguous()?.to_dtype(a.dtype())?;
             let y = Tensor::empty(ash, a.dtype(), a.device())?;
             let n = a.elem_count();
-            if n > 0 {
-                let name = kname!("add_bcast", float_dtype("add_bcast", &a)?, "add_bcast")?;
-                unsafe {
-                    gpu.launch_1d(
-                        "ops",
-                        name,
-                        n,
-                        KernelArgs::new()
-                            .ptr(a.dev_ptr()?)
-                            .ptr(b.dev_ptr()?)
-                            .ptr(y.dev_ptr()?)
-                            .i64(n as i64)
-                            .i64(period as i64),
-                    )?;
-                }
-            }
+            let k = AddBcast::for_dtype("add_bcast", float_dtype("add_bcast", &a)?)?;
+            let args = AddBcastArgs {
+                a: DevPtr::of(&a)?,
+                b: DevPtr::of(&b)?,
+                y: DevPtrMut::of(&y)?,
+                n: n as i64,
+                period: period as i64,
+            };
+            // SAFETY: a and y (fresh, a's shape) hold n elements, b (contiguous, a's dtype)
+            // `period` = its element count; all on `gpu` (common_gpu).
+            unsafe { k.launch(gpu, LaunchCfg::grid_stride(n), args)? };
             Ok(y)
         }
     }
@@ -203,29 +188,21 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
             let gate = gate.to_dtype(x.dtype())?;
             let out = Tensor::empty(sh, x.dtype(), x.device())?;
             let n = x.elem_count();
-            if n > 0 {
-                let name = kname!(
-                    "gated_residual",
-                    float_dtype("gated_residual", &x)?,
-                    "gated_residual"
-                )?;
-                unsafe {
-                    gpu.launch_1d(
-                        "ops",
-                        name,
-                        n,
-                        KernelArgs::new()
-                            .ptr(x.dev_ptr()?)
-                            .ptr(y.dev_ptr()?)
-                            .ptr(gate.dev_ptr()?)
-                            .i64(gate.row_stride()? as i64)
-                            .ptr(out.dev_ptr()?)
-                            .i64(n as i64)
-                            .i64(s as i64)
-                            .i64(c as i64),
-                    )?;
-                }
-            }
+            let k = GatedResidual::for_dtype("gated_residual", float_dtype("gated_residual", &x)?)?;
+            let args = GatedResidualArgs {
+                x: DevPtr::of(&x)?,
+                y: DevPtr::of(&y)?,
+                gate: DevPtr::of(&gate)?,
+                gate_ld: gate.row_stride()? as i64,
+                out: DevPtrMut::of(&out)?,
+                n: n as i64,
+                s: s as i64,
+                c: c as i64,
+            };
+            // SAFETY: x, y (contiguous [B, S, C], same dtype) and out (fresh) hold n = B S C
+            // elements; gate is a [B, C] view of x's dtype whose rows lie at gate_ld (row_stride
+            // checks the last dim is dense); all on `gpu` (common_gpu).
+            unsafe { k.launch(gpu, LaunchCfg::grid_stride(n), args)? };
             Ok(out)
         }
     }

@@ -1,8 +1,9 @@
 //! Embedding lookup: rows of a table gathered by token id. Kernel: kernels/ops.cu (`embedding_*`).
 use crate::error::{Error, Result};
 use crate::ops::{common_gpu, float_dtype, grid_rows, host};
-use crate::runtime::{KernelArgs, Tensor};
-use crate::{kname, shape_err};
+use crate::runtime::kernels::{DevPtr, DevPtrMut, Embedding, EmbeddingArgs, LaunchCfg};
+use crate::runtime::Tensor;
+use crate::shape_err;
 
 /// `table` [V, C], ids -> [n, C]. An id >= V is an error naming the table size (a tokenizer
 /// whose vocabulary does not match the encoder).
@@ -37,21 +38,18 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
                     &crate::Device::Cpu,
                 )?
                 .to_device(table.device())?;
-                let name = kname!("embedding", float_dtype("embedding", &table)?, "embedding")?;
-                unsafe {
-                    gpu.launch(
-                        "ops",
-                        name,
-                        grid_rows("embedding", ids.len())?,
-                        (128, 1, 1),
-                        0,
-                        KernelArgs::new()
-                            .ptr(table.dev_ptr()?)
-                            .ptr(idt.dev_ptr()?)
-                            .ptr(y.dev_ptr()?)
-                            .i32(c as i32),
-                    )?;
-                }
+                let k = Embedding::for_dtype("embedding", float_dtype("embedding", &table)?)?;
+                let cfg = LaunchCfg::new(grid_rows("embedding", ids.len())?, (128, 1, 1), 0);
+                let args = EmbeddingArgs {
+                    table: DevPtr::of(&table)?,
+                    ids: DevPtr::of(&idt)?,
+                    y: DevPtrMut::of(&y)?,
+                    c: c as i32,
+                };
+                // SAFETY: table is [V, C] contiguous and every id is < V (checked above); idt
+                // holds one u32 per block and y [ids.len(), C] one row per block; all on `gpu`
+                // (table's device).
+                unsafe { k.launch(gpu, cfg, args)? };
             }
             Ok(y)
         }

@@ -39,24 +39,6 @@ pub(crate) fn host(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_f32(v, shape, &Device::Cpu)
 }
 
-/// Kernel name for the dtype: `$base` followed by `_f32` / `_bf16` / `_f16`.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! kname {
-    ($op:expr, $dt:expr, $base:literal) => {
-        match $dt {
-            $crate::runtime::DType::F32 => Ok(concat!($base, "_f32")),
-            $crate::runtime::DType::BF16 => Ok(concat!($base, "_bf16")),
-            $crate::runtime::DType::F16 => Ok(concat!($base, "_f16")),
-            d => Err($crate::Error::Other(format!(
-                "{}: dtype {} is not supported on the GPU",
-                $op,
-                d.name()
-            ))),
-        }
-    };
-}
-
 /// One block per row: gridDim.x may be at most 2^31 - 1. `rows` must be > 0 (a grid of zero
 /// blocks is a launch error; callers skip empty launches).
 pub(crate) fn grid_rows(op: &str, rows: usize) -> Result<(u32, u32, u32)> {

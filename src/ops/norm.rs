@@ -2,8 +2,12 @@
 //! Kernels: kernels/ops.cu (`layer_norm_*`, `ln_modulate_*`, `rms_norm_*`), one block per row.
 use crate::error::Result;
 use crate::ops::{common_gpu, float_dtype, grid_rows, host, par_rows};
-use crate::runtime::{DType, KernelArgs, Tensor};
-use crate::{kname, shape_err};
+use crate::runtime::kernels::{
+    DevPtr, DevPtrMut, LaunchCfg, LayerNorm, LayerNormArgs, LnModulate, LnModulateArgs, RmsNorm,
+    RmsNormArgs,
+};
+use crate::runtime::{DType, Tensor};
+use crate::shape_err;
 
 fn rows_cols(op: &str, x: &Tensor) -> Result<(usize, usize)> {
     let sh = x.shape();
@@ -36,14 +40,8 @@ fn ln_stats(r: &[f32], eps: f32) -> (f32, f32) {
 }
 
 /// Optional gain/bias on the device as f32 (the kernels read f32 parameters).
-fn param_ptr(t: Option<&Tensor>) -> Result<(u64, Option<Tensor>)> {
-    match t {
-        None => Ok((0, None)),
-        Some(t) => {
-            let f = t.contiguous()?.to_dtype(DType::F32)?;
-            Ok((f.dev_ptr()?, Some(f)))
-        }
-    }
+fn param_f32(t: Option<&Tensor>) -> Result<Option<Tensor>> {
+    t.map(|t| t.contiguous()?.to_dtype(DType::F32)).transpose()
 }
 
 /// `LN(x) * w + b` over the last dim; `w`, `b` optional [C].
@@ -78,29 +76,24 @@ pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f32) 
         Some(gpu) => {
             let x = x.contiguous()?;
             let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
-            let (wp, _wk) = param_ptr(w)?;
-            let (bp, _bk) = param_ptr(b)?;
+            let (w, b) = (param_f32(w)?, param_f32(b)?);
             if rows == 0 {
                 return Ok(y);
             }
-            let name = kname!("layer_norm", float_dtype("layer_norm", &x)?, "layer_norm")?;
-            unsafe {
-                gpu.launch(
-                    "ops",
-                    name,
-                    grid_rows("layer_norm", rows)?,
-                    (256, 1, 1),
-                    0,
-                    KernelArgs::new()
-                        .ptr(x.dev_ptr()?)
-                        .ptr(y.dev_ptr()?)
-                        .ptr(wp)
-                        .ptr(bp)
-                        .i32(rows as i32)
-                        .i32(c as i32)
-                        .f32(eps),
-                )?;
-            }
+            let k = LayerNorm::for_dtype("layer_norm", float_dtype("layer_norm", &x)?)?;
+            let cfg = LaunchCfg::new(grid_rows("layer_norm", rows)?, (256, 1, 1), 0);
+            let args = LayerNormArgs {
+                x: DevPtr::of(&x)?,
+                y: DevPtrMut::of(&y)?,
+                w: DevPtr::opt(w.as_ref())?,
+                b: DevPtr::opt(b.as_ref())?,
+                rows: rows as i32,
+                c: c as i32,
+                eps,
+            };
+            // SAFETY: x (contiguous) and y (fresh, same shape) hold rows x c elements; w and b
+            // are [c] f32 (check_vec, param_f32) or null; grid_rows bounds rows to i32.
+            unsafe { k.launch(gpu, cfg, args)? };
             Ok(y)
         }
     }
@@ -151,26 +144,23 @@ pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32)
             if bsz * s == 0 || c == 0 {
                 return Ok(y);
             }
-            let name = kname!("layer_norm_modulate", dt, "ln_modulate")?;
-            unsafe {
-                gpu.launch(
-                    "ops",
-                    name,
-                    grid_rows("layer_norm_modulate", bsz * s)?,
-                    (256, 1, 1),
-                    0,
-                    KernelArgs::new()
-                        .ptr(x.dev_ptr()?)
-                        .ptr(y.dev_ptr()?)
-                        .ptr(shift.dev_ptr()?)
-                        .i64(shift.row_stride()? as i64)
-                        .ptr(scale.dev_ptr()?)
-                        .i64(scale.row_stride()? as i64)
-                        .i32(s as i32)
-                        .i32(c as i32)
-                        .f32(eps),
-                )?;
-            }
+            let k = LnModulate::for_dtype("layer_norm_modulate", dt)?;
+            let cfg = LaunchCfg::new(grid_rows("layer_norm_modulate", bsz * s)?, (256, 1, 1), 0);
+            let args = LnModulateArgs {
+                x: DevPtr::of(&x)?,
+                y: DevPtrMut::of(&y)?,
+                shift: DevPtr::of(&shift)?,
+                shl: shift.row_stride()? as i64,
+                scale: DevPtr::of(&scale)?,
+                scl: scale.row_stride()? as i64,
+                s: s as i32,
+                c: c as i32,
+                eps,
+            };
+            // SAFETY: x (contiguous) and y (fresh) are [B, S, C]; shift and scale are [B, C]
+            // views of dtype dt with dense rows at their row strides (row_stride checks); all
+            // on `gpu` (common_gpu); grid_rows bounds B S to i32.
+            unsafe { k.launch(gpu, cfg, args)? };
             Ok(y)
         }
     }
@@ -201,27 +191,24 @@ pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f32) -> Result<Tensor> {
         Some(gpu) => {
             let x = x.contiguous()?;
             let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
-            let (wp, _wk) = param_ptr(w)?;
+            let w = param_f32(w)?;
             if rows == 0 {
                 return Ok(y);
             }
-            let name = kname!("rms_norm", float_dtype("rms_norm", &x)?, "rms_norm")?;
-            unsafe {
-                gpu.launch(
-                    "ops",
-                    name,
-                    grid_rows("rms_norm", rows)?,
-                    (if c <= 128 { 64 } else { 256 }, 1, 1),
-                    0,
-                    KernelArgs::new()
-                        .ptr(x.dev_ptr()?)
-                        .ptr(y.dev_ptr()?)
-                        .ptr(wp)
-                        .i32(rows as i32)
-                        .i32(c as i32)
-                        .f32(eps),
-                )?;
-            }
+            let k = RmsNorm::for_dtype("rms_norm", float_dtype("rms_norm", &x)?)?;
+            let block = (if c <= 128 { 64 } else { 256 }, 1, 1);
+            let cfg = LaunchCfg::new(grid_rows("rms_norm", rows)?, block, 0);
+            let args = RmsNormArgs {
+                x: DevPtr::of(&x)?,
+                y: DevPtrMut::of(&y)?,
+                w: DevPtr::opt(w.as_ref())?,
+                rows: rows as i32,
+                c: c as i32,
+                eps,
+            };
+            // SAFETY: x (contiguous) and y (fresh, same shape) hold rows x c elements; w is
+            // [c] f32 (check_vec, param_f32) or null; grid_rows bounds rows to i32.
+            unsafe { k.launch(gpu, cfg, args)? };
             Ok(y)
         }
     }

@@ -9,7 +9,10 @@
 use crate::error::{Error, Result};
 use crate::ops::gemm::{linear_act, Act};
 use crate::ops::{common_gpu, flat_rows, host, par_rows};
-use crate::runtime::{DType, KernelArgs, Linear, Tensor, Weight};
+use crate::runtime::kernels::{
+    DequantI8, DequantI8Args, DevPtr, DevPtrMut, LaunchCfg, W8a16, W8a16Args,
+};
+use crate::runtime::{DType, Linear, Tensor, Weight};
 use crate::shape_err;
 
 pub use crate::runtime::int8::{dequantize, quantize_host, quantize_per_channel};
@@ -221,65 +224,58 @@ pub fn linear_int8_with(
             let b2 = bias
                 .map(|b| b.contiguous()?.to_dtype(DType::F32))
                 .transpose()?;
-            let mut args = KernelArgs::new();
-            args.ptr(x2.dev_ptr()?)
-                .i64(lda as i64)
-                .ptr(q2.dev_ptr()?)
-                .ptr(s2.dev_ptr()?)
-                .i32(groups as i32)
-                .ptr(b2.as_ref().map(|b| b.dev_ptr()).transpose()?.unwrap_or(0))
-                .ptr(y.dev_ptr()?)
-                .i32(m as i32)
-                .i32(n as i32)
-                .i32(k as i32)
-                .i32(act.code());
+            let args = W8a16Args {
+                x: DevPtr::of(&x2)?,
+                lda: lda as i64,
+                q: DevPtr::of(&q2)?,
+                scale: DevPtr::of(&s2)?,
+                groups: groups as i32,
+                bias: DevPtr::opt(b2.as_ref())?,
+                y: DevPtrMut::of(&y)?,
+                m: m as i32,
+                n: n as i32,
+                k: k as i32,
+                act: act.code(),
+            };
             if m > i32::MAX as usize || n > i32::MAX as usize || k > i32::MAX as usize {
                 return Err(shape_err!(
                     "linear_int8: [{m}, {k}] x [{n}, {k}] is too large"
                 ));
             }
             let bf = dt == DType::BF16;
-            unsafe {
-                if kernel == Int8Kernel::Gemv {
-                    let name = if bf {
-                        "w8a16_gemv_bf16"
-                    } else {
-                        "w8a16_gemv_f16"
-                    };
-                    gpu.launch(
-                        "gemm_int8",
-                        name,
-                        (n.div_ceil(8) as u32, 1, 1),
-                        (256, 1, 1),
-                        0,
-                        &mut args,
-                    )?;
+            let (kern, cfg) = if kernel == Int8Kernel::Gemv {
+                let kern = if bf {
+                    W8a16::GEMV_BF16
                 } else {
-                    let name = match (bf, groups > 1) {
-                        (true, false) => "w8a16_mma_bf16",
-                        (false, false) => "w8a16_mma_f16",
-                        (true, true) => "w8a16_mma_group_bf16",
-                        (false, true) => "w8a16_mma_group_f16",
-                    };
-                    let grid_y = m.div_ceil(128);
-                    if grid_y > 65_535 {
-                        return Err(shape_err!(
-                            "linear_int8: {m} rows exceed the grid (at most {} rows)",
-                            65_535 * 128
-                        ));
-                    }
-                    gpu.launch(
-                        "gemm_int8",
-                        name,
-                        (n.div_ceil(128) as u32, grid_y as u32, 1),
-                        (256, 1, 1),
-                        w8a16_smem_bytes(groups > 1),
-                        &mut args,
-                    )?;
+                    W8a16::GEMV_F16
+                };
+                let cfg = LaunchCfg::new((n.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0);
+                (kern, cfg)
+            } else {
+                let kern = match (bf, groups > 1) {
+                    (true, false) => W8a16::MMA_BF16,
+                    (false, false) => W8a16::MMA_F16,
+                    (true, true) => W8a16::MMA_GROUP_BF16,
+                    (false, true) => W8a16::MMA_GROUP_F16,
+                };
+                let grid_y = m.div_ceil(128);
+                if grid_y > 65_535 {
+                    return Err(shape_err!(
+                        "linear_int8: {m} rows exceed the grid (at most {} rows)",
+                        65_535 * 128
+                    ));
                 }
-            }
-            // Keep the inputs alive until the launch is queued (pool memory is stream-ordered).
-            drop((x2, q2, s2, b2));
+                let grid = (n.div_ceil(128) as u32, grid_y as u32, 1);
+                (
+                    kern,
+                    LaunchCfg::new(grid, (256, 1, 1), w8a16_smem_bytes(groups > 1)),
+                )
+            };
+            // SAFETY: x2 is [m, k] rows at stride lda (flat_rows; 16-byte aligned, lda % 8 == 0,
+            // else copied), q2 [n, k] i8 contiguous and 8-byte aligned, s2 [n, groups] f32, b2
+            // [n] f32 or null, y fresh [m, n] of dt; the GEMV kernel only for m <= GEMV_MAX_M;
+            // K and the group size are multiples of 8 (checked above); all on `gpu`.
+            unsafe { kern.launch(gpu, cfg, args)? };
             Ok(y)
         }
     }
@@ -304,23 +300,20 @@ fn linear_int8_dequant(
         .ok_or_else(|| Error::Other("linear_int8_dequant: not a GPU tensor".into()))?;
     let dt = x.dtype();
     let w = Tensor::empty(&[n, k], dt, x.device())?;
-    let name = crate::kname!("linear_int8", dt, "dequant_i8")?;
+    let kern = DequantI8::for_dtype("linear_int8", dt)?;
     let scale = scale.contiguous()?.to_dtype(DType::F32)?;
     let q = q.contiguous()?;
-    unsafe {
-        gpu.launch_1d(
-            "gemm_int8",
-            name,
-            n * k,
-            KernelArgs::new()
-                .ptr(q.dev_ptr()?)
-                .ptr(scale.dev_ptr()?)
-                .ptr(w.dev_ptr()?)
-                .i64(n as i64)
-                .i64(k as i64)
-                .i64(groups as i64),
-        )?;
-    }
+    let args = DequantI8Args {
+        q: DevPtr::of(&q)?,
+        s: DevPtr::of(&scale)?,
+        w: DevPtrMut::of(&w)?,
+        n: n as i64,
+        k: k as i64,
+        g: groups as i64,
+    };
+    // SAFETY: q [n, k] i8 and w (fresh) [n, k] contiguous, scale [n, groups] f32 (the caller
+    // checked the shapes), all on `gpu` (x's device).
+    unsafe { kern.launch(gpu, LaunchCfg::grid_stride(n * k), args)? };
     let bias = bias.map(|b| b.to_dtype(dt)).transpose()?;
     linear_act(
         x,

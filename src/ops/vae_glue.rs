@@ -9,7 +9,11 @@
 use crate::error::Result;
 use crate::ops::conv::{conv3d, ConvOpts, ConvPrecision};
 use crate::runtime::cast::round_bf16;
-use crate::runtime::{DType, Device, KernelArgs, Tensor};
+use crate::runtime::kernels::{
+    DevPtr, DevPtrMut, LaunchCfg, VaeChannelRmsNorm, VaeChannelRmsNormArgs, VaeCopy2d,
+    VaeCopy2dArgs, VaeSoftmaxDim0, VaeSoftmaxDim0Args,
+};
+use crate::runtime::{DType, Device, Tensor};
 use crate::shape_err;
 
 fn dense_f32(t: &Tensor, what: &str) -> Result<Tensor> {
@@ -34,16 +38,21 @@ fn copy2d(
     yo: (usize, usize, usize),
 ) -> Result<()> {
     let g = x.device().gpu().unwrap();
-    let mut a = KernelArgs::new();
-    a.ptr(x.dev_ptr()?)
-        .ptr(y.dev_ptr()?)
-        .i64(r as i64)
-        .i64(c as i64);
-    for v in [xo.0, xo.1, xo.2, yo.0, yo.1, yo.2] {
-        a.i64(v as i64);
-    }
-    // SAFETY: matches vae_copy2d_f32; the caller checks the index ranges.
-    unsafe { g.launch_1d("conv3d", "vae_copy2d_f32", r * c, &mut a) }
+    let args = VaeCopy2dArgs {
+        x: DevPtr::of(x)?,
+        y: DevPtrMut::of(y)?,
+        r: r as i64,
+        cc: c as i64,
+        xoff: xo.0 as i64,
+        xsr: xo.1 as i64,
+        xsc: xo.2 as i64,
+        yoff: yo.0 as i64,
+        ysr: yo.1 as i64,
+        ysc: yo.2 as i64,
+    };
+    // SAFETY: x and y are dense f32 on one GPU, distinct buffers; the caller (spatial_attention)
+    // derives r, c and the offsets and strides from their shapes, so every index lies inside.
+    unsafe { VaeCopy2d::KERNEL.launch(g, LaunchCfg::grid_stride(r * c), args) }
 }
 
 /// `x / max(‖x‖₂ over C, 1e-12) * sqrt(C) * gamma` (then SiLU if `silu`) for x [B, C, T, H, W].
@@ -83,16 +92,18 @@ pub fn channel_rms_norm(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tensor
             if b * n == 0 {
                 return Ok(y);
             }
-            let mut a = KernelArgs::new();
-            a.ptr(x.dev_ptr()?)
-                .ptr(gm.dev_ptr()?)
-                .ptr(y.dev_ptr()?)
-                .i32(b as i32)
-                .i32(c as i32)
-                .i64(n as i64)
-                .i32(silu as i32);
-            // SAFETY: matches vae_channel_rms_norm_f32.
-            unsafe { g.launch_1d("conv3d", "vae_channel_rms_norm_f32", b * n, &mut a)? };
+            let args = VaeChannelRmsNormArgs {
+                x: DevPtr::of(&x)?,
+                gamma: DevPtr::of(&gm)?,
+                y: DevPtrMut::of(&y)?,
+                b: b as i32,
+                c: c as i32,
+                n: n as i64,
+                silu: silu as i32,
+            };
+            // SAFETY: x (dense) and y (fresh) are [B, C, n] f32, gamma holds C (checked above).
+            let cfg = LaunchCfg::grid_stride(b * n);
+            unsafe { VaeChannelRmsNorm::KERNEL.launch(g, cfg, args)? };
             Ok(y)
         }
     }
@@ -176,10 +187,14 @@ pub fn spatial_attention(qkv: &Tensor, precision: ConvPrecision) -> Result<Tenso
                     copy2d(&qkv, &v, c, n, (base + 2 * c * ts, ts, 1), (0, n, 1))?;
                     // S^T [N_keys, N_queries] = k^T q, softmax over the keys (dim 0).
                     let st = conv3d(&q, &kt, None, &o(precision))?;
-                    let mut a = KernelArgs::new();
-                    a.ptr(st.dev_ptr()?).i32(n as i32).i32(n as i32);
-                    // SAFETY: matches vae_softmax_dim0_f32; st is [N, N] contiguous.
-                    unsafe { g.launch_1d("conv3d", "vae_softmax_dim0_f32", n, &mut a)? };
+                    let args = VaeSoftmaxDim0Args {
+                        s: DevPtrMut::of(&st)?,
+                        j: n as i32,
+                        i: n as i32,
+                    };
+                    // SAFETY: st is a fresh [N, N] f32 conv output, contiguous, on `g`.
+                    let cfg = LaunchCfg::grid_stride(n);
+                    unsafe { VaeSoftmaxDim0::KERNEL.launch(g, cfg, args)? };
                     // O [C, N_queries] = v P^T: a 1x1 conv over N_keys input channels.
                     let oc = conv3d(&st, &v, None, &o(precision))?;
                     copy2d(&oc, &out, c, n, (0, n, 1), (bb * c * ts + tt * n, ts, 1))?;

@@ -1,7 +1,8 @@
 //! Casts between f32, bf16 and f16 on the GPU (round to nearest even). Host tensors convert in
 //! [`Tensor::to_dtype`] directly. Kernel: kernels/ops.cu (`cast_any`).
 use crate::error::{Error, Result};
-use crate::runtime::{DType, KernelArgs, Tensor};
+use crate::runtime::kernels::{CastAny, CastAnyArgs, DevPtr, DevPtrMut, LaunchCfg};
+use crate::runtime::{DType, Tensor};
 
 /// `x` rounded to the nearest bf16 (ties to even), kept as f32: the operand rounding of the
 /// tensor-core paths, on the host.
@@ -38,21 +39,16 @@ pub fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
             let t = t.contiguous()?;
             let y = Tensor::empty(t.shape(), dtype, t.device())?;
             let n = t.elem_count();
-            if n > 0 {
-                unsafe {
-                    gpu.launch_1d(
-                        "ops",
-                        "cast_any",
-                        n,
-                        KernelArgs::new()
-                            .ptr(t.dev_ptr()?)
-                            .ptr(y.dev_ptr()?)
-                            .i64(n as i64)
-                            .i32(code(t.dtype())?)
-                            .i32(code(dtype)?),
-                    )?;
-                }
-            }
+            let args = CastAnyArgs {
+                x: DevPtr::of(&t)?,
+                y: DevPtrMut::of(&y)?,
+                n: n as i64,
+                sdt: code(t.dtype())?,
+                ddt: code(dtype)?,
+            };
+            // SAFETY: t (contiguous) and y (fresh, same shape) hold n elements of the dtypes
+            // the codes name, on the same GPU.
+            unsafe { CastAny::KERNEL.launch(gpu, LaunchCfg::grid_stride(n), args)? };
             Ok(y)
         }
     }

@@ -2,7 +2,8 @@
 //! Host tensors are handled by [`Tensor`] itself. Kernel: kernels/ops.cu (`copy_nd`), rank <= 8,
 //! any element size of 1, 2 or 4 bytes.
 use crate::error::{Error, Result};
-use crate::runtime::{KernelArgs, Tensor};
+use crate::runtime::kernels::{CopyNd, CopyNdArgs, DevPtr, DevPtrMut, LaunchCfg};
+use crate::runtime::Tensor;
 use crate::shape_err;
 
 const MAX_RANK: usize = 8;
@@ -32,10 +33,10 @@ pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
         ));
     }
     let gpu = match (src.device().gpu(), dst.device().gpu()) {
-        (Some(g), Some(_)) => g,
+        (Some(g), Some(_)) if src.device() == dst.device() => g,
         _ => {
             return Err(Error::Other(
-                "copy_into: both tensors must be on the GPU".into(),
+                "copy_into: both tensors must be on the same GPU".into(),
             ))
         }
     };
@@ -60,13 +61,17 @@ pub fn copy_into(src: &Tensor, dst: &Tensor) -> Result<()> {
         ss[pad + i] = src.strides()[i] as i64;
         ds[pad + i] = dst.strides()[i] as i64;
     }
-    let mut a = KernelArgs::new();
-    a.ptr(src.dev_ptr()?)
-        .ptr(dst.dev_ptr()?)
-        .i64(n as i64)
-        .i32(src.dtype().size() as i32);
-    for v in shape.iter().chain(&ss).chain(&ds) {
-        a.i64(*v);
-    }
-    unsafe { gpu.launch_1d("ops", "copy_nd", n, &mut a) }
+    let args = CopyNdArgs {
+        src: DevPtr::of(src)?,
+        dst: DevPtrMut::of(dst)?,
+        n: n as i64,
+        esize: src.dtype().size() as i32,
+        shape,
+        src_strides: ss,
+        dst_strides: ds,
+    };
+    // SAFETY: both tensors are views of their own storage with this shape and their strides,
+    // so every index of the shape lies inside them; both are on this GPU (checked above).
+    // A dst that overlaps src is the caller's to avoid, as for any copy.
+    unsafe { CopyNd::KERNEL.launch(gpu, LaunchCfg::grid_stride(n), args) }
 }

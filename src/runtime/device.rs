@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{result as cu, sys, CudaContext, CudaStream};
 
+use super::kernels::LaunchCfg;
 use super::memory::{DeviceBuffer, Pool};
 use crate::error::{Error, Result};
 
@@ -278,6 +279,7 @@ unsafe impl Send for Func {}
 unsafe impl Sync for Func {}
 #[derive(Clone, Copy)]
 struct Module(sys::CUmodule);
+// SAFETY: as for Func: a CUmodule handle is valid in every thread that has the context current.
 unsafe impl Send for Module {}
 unsafe impl Sync for Module {}
 
@@ -321,6 +323,8 @@ impl Gpu {
     fn new(ordinal: usize) -> Result<Gpu> {
         let ctx = CudaContext::new(ordinal)?;
         // The engine orders its own work (one compute stream, events to the copy stream).
+        // SAFETY: called right after the context is made, before any stream or buffer exists, so no
+        // cudarc object relies on event tracking; the engine orders its streams itself (events).
         unsafe { ctx.disable_event_tracking() };
         let compute = ctx.new_stream()?;
         let copy = ctx.new_stream()?;
@@ -454,6 +458,7 @@ impl Gpu {
         }
         let m = self.module(module)?;
         let cname = CString::new(name).unwrap();
+        // SAFETY: `m` is a loaded module of this context; `cname` is a NUL-terminated string.
         let f = unsafe { cu::module::get_function(m.0, cname) }.map_err(|e| {
             Error::Cuda(format!(
                 "kernel {name} not found in kernels/{module}.cu: {e:?}"
@@ -502,28 +507,40 @@ impl Gpu {
         Ok(f)
     }
 
-    /// Launches `module::name` on the compute stream.
+    /// Queues `module::name` on the compute stream with its arguments in 8-byte `slots`
+    /// (nothing for an empty grid). Only the typed launchers of [`super::kernels`] call this.
     ///
     /// # Safety
-    /// The arguments must match the kernel's parameter list, and every pointer must stay valid
-    /// until the kernel has run (pool memory is stream-ordered, so dropping a buffer after the
-    /// launch is fine).
-    pub unsafe fn launch(
+    /// `slots` hold the kernel's parameters in order, each in its own slot (little-endian, so
+    /// a pointer to the slot is a pointer to the value), and every pointer among them stays
+    /// valid for what the kernel addresses until the kernel has run (pool memory is
+    /// stream-ordered, so dropping a buffer after the launch is fine).
+    pub(super) unsafe fn launch_slots(
         &self,
         module: &'static str,
         name: &'static str,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: u32,
-        args: &mut KernelArgs,
+        cfg: LaunchCfg,
+        slots: &mut [u64],
     ) -> Result<()> {
+        let LaunchCfg { grid, block, smem } = cfg;
+        if cfg.is_empty() {
+            return Ok(());
+        }
         let f = self.function(module, name, smem)?;
-        let mut ptrs = args.pointers();
-        cu::launch_kernel(f, grid, block, smem, self.stream(), &mut ptrs).map_err(|e| {
-            Error::Cuda(format!(
-                "launching {name} grid {grid:?} block {block:?} smem {smem}: {e:?}"
-            ))
-        })?;
+        let mut ptrs: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|v| v as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: `f` is a live function of a loaded module; `ptrs` point at the slots, which
+        // outlive the call (the driver copies the values when queuing) and match the kernel's
+        // parameter list (this fn's contract), as do the pointers in them.
+        unsafe { cu::launch_kernel(f, grid, block, smem, self.stream(), &mut ptrs) }.map_err(
+            |e| {
+                Error::Cuda(format!(
+                    "launching {name} grid {grid:?} block {block:?} smem {smem}: {e:?}"
+                ))
+            },
+        )?;
         if sync_launches() {
             self.compute.synchronize().map_err(|e| {
                 Error::Cuda(format!(
@@ -534,71 +551,12 @@ impl Gpu {
         }
         Ok(())
     }
-
-    /// Launches a 1-D elementwise kernel over `n` elements: 256-thread blocks, at most
-    /// 65,535 x 8 of them (the kernels loop grid-stride, so any `n` is covered); nothing when
-    /// `n == 0`.
-    ///
-    /// # Safety
-    /// As [`Gpu::launch`].
-    pub unsafe fn launch_1d(
-        &self,
-        module: &'static str,
-        name: &'static str,
-        n: usize,
-        args: &mut KernelArgs,
-    ) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let blocks = n.div_ceil(256).min(65535 * 8) as u32;
-        self.launch(module, name, (blocks, 1, 1), (256, 1, 1), 0, args)
-    }
-}
-
-/// Kernel arguments, each stored in an 8-byte slot (all our kernel parameters are pointers,
-/// 32/64-bit integers or f32). Little-endian: a pointer to the slot is a pointer to the value.
-#[derive(Default)]
-pub struct KernelArgs {
-    vals: Vec<u64>,
-}
-
-impl KernelArgs {
-    pub fn new() -> Self {
-        Self {
-            vals: Vec::with_capacity(16),
-        }
-    }
-    pub fn ptr(&mut self, p: u64) -> &mut Self {
-        self.vals.push(p);
-        self
-    }
-    pub fn i32(&mut self, v: i32) -> &mut Self {
-        self.vals.push(v as u32 as u64);
-        self
-    }
-    pub fn u32(&mut self, v: u32) -> &mut Self {
-        self.vals.push(v as u64);
-        self
-    }
-    pub fn i64(&mut self, v: i64) -> &mut Self {
-        self.vals.push(v as u64);
-        self
-    }
-    pub fn f32(&mut self, v: f32) -> &mut Self {
-        self.vals.push(v.to_bits() as u64);
-        self
-    }
-    fn pointers(&mut self) -> Vec<*mut c_void> {
-        self.vals
-            .iter_mut()
-            .map(|v| v as *mut u64 as *mut c_void)
-            .collect()
-    }
 }
 
 /// Events on the GPU for timing and cross-stream ordering.
 pub struct Event(pub sys::CUevent);
+// SAFETY: a CUevent is a driver handle usable from any thread with the context current;
+// Event owns it and destroys it once.
 unsafe impl Send for Event {}
 unsafe impl Sync for Event {}
 
@@ -630,17 +588,21 @@ impl Event {
         Ok(())
     }
     pub fn synchronize(&self) -> Result<()> {
+        // SAFETY: the event is live (owned by self).
         unsafe { cu::event::synchronize(self.0)? };
         Ok(())
     }
     /// Milliseconds from `self` to `end` (both must have completed).
     pub fn elapsed_ms(&self, end: &Event) -> Result<f32> {
+        // SAFETY: both events are live (owned by self and end); the driver reports an error if
+        // either has not completed or was made without timing.
         Ok(unsafe { cu::event::elapsed(self.0, end.0)? })
     }
 }
 
 impl Drop for Event {
     fn drop(&mut self) {
+        // SAFETY: the event is owned by self and destroyed exactly once, here.
         unsafe {
             let _ = cu::event::destroy(self.0);
         }

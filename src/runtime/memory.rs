@@ -96,6 +96,8 @@ impl Pool {
         let free = std::mem::take(&mut g.free);
         for (size, ptrs) in free {
             for p in ptrs {
+                // SAFETY: `p` came from cuMemAlloc, is in the free list (no buffer owns it) and the
+                // context was synchronised above, so no queued work still uses it.
                 unsafe { cu::free_sync(p) }?;
                 g.stats.cached -= size;
             }
@@ -136,11 +138,13 @@ impl Pool {
                 }
             }
         }
+        // SAFETY: a plain allocation on the bound context; the result is checked.
         let p = match unsafe { cu::malloc_sync(size) } {
             Ok(p) => p,
             Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
                 // Give the cache back and try once more.
                 self.empty_cache()?;
+                // SAFETY: as above.
                 unsafe { cu::malloc_sync(size) }.map_err(|_| Error::OutOfMemory {
                     requested: bytes,
                     hint: "Try --offload sequential, --quantize int8, --vae-tiling or a smaller --width/--height/--frames.".into(),
@@ -209,6 +213,9 @@ pub struct PinnedBuffer {
     len: usize,
 }
 
+// SAFETY: the buffer exclusively owns its page-locked allocation (freed once, in Drop); the
+// raw pointer is only read through &self and written through &mut self, so it may move
+// between and be shared by threads like a Box<[u8]>.
 unsafe impl Send for PinnedBuffer {}
 unsafe impl Sync for PinnedBuffer {}
 
@@ -217,6 +224,7 @@ impl PinnedBuffer {
     /// when the host cannot pin that much; callers fall back to pageable memory.
     pub fn new(ctx: &CudaContext, len: usize) -> Result<PinnedBuffer> {
         ctx.bind_to_thread()?;
+        // SAFETY: allocates page-locked host memory on the bound context; the result is checked.
         let p = unsafe { cu::malloc_host(len.max(1), 0) }
             .map_err(|e| Error::Cuda(format!("cannot pin {len} bytes of host memory: {e:?}")))?;
         Ok(PinnedBuffer {
@@ -225,9 +233,13 @@ impl PinnedBuffer {
         })
     }
     pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr points at len bytes (at least, cuMemHostAlloc) owned by self for its whole
+        // life: pages the driver mapped, plain bytes for Rust (u8 has no invalid values); the
+        // slice borrows &self, so it cannot outlive the buffer or overlap a &mut borrow.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as `as_slice`, with exclusive access through &mut self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
     pub fn len(&self) -> usize {
@@ -243,6 +255,8 @@ impl PinnedBuffer {
 
 impl Drop for PinnedBuffer {
     fn drop(&mut self) {
+        // SAFETY: ptr came from cuMemHostAlloc and is freed exactly once, here; no slice of it
+        // outlives self.
         unsafe {
             let _ = cu::free_host(self.ptr as *mut std::ffi::c_void);
         }

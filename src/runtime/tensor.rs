@@ -245,6 +245,10 @@ impl Tensor {
             Device::Cuda(g) => {
                 let buf = g.alloc(n * dtype.size())?;
                 if super::memory::poison_enabled() && n > 0 {
+                    // SAFETY: `buf` was just allocated with n * dtype.size() bytes on g; the memset is queued
+                    // on g's compute stream, before any use of the buffer.
+                    // SAFETY: `buf` was just allocated with n * dtype.size() bytes on g; the memset is queued
+                    // on g's compute stream, before any use of the buffer.
                     unsafe { cu::memset_d8_async(buf.ptr(), 0xFF, n * dtype.size(), g.stream())? };
                 }
                 Ok(Self::from_storage(
@@ -262,6 +266,8 @@ impl Tensor {
         if let Device::Cuda(g) = device {
             let bytes = t.elem_count() * dtype.size();
             if bytes > 0 {
+                // SAFETY: `t` is a fresh contiguous buffer of `bytes` bytes on g; queued on its compute
+                // stream before any use.
                 unsafe { cu::memset_d8_async(t.dev_ptr()?, 0, bytes, g.stream())? };
             }
         }
@@ -533,6 +539,8 @@ impl Tensor {
             let mut out = vec![0u8; t.size_bytes()];
             if !out.is_empty() {
                 g.bind()?;
+                // SAFETY: `t` is contiguous with t.size_bytes() == out.len() bytes on g; the stream is
+                // synchronised right after, before `out` is read or dropped.
                 unsafe { cu::memcpy_dtoh_async(&mut out[..], t.dev_ptr()?, g.stream())? };
                 g.compute.synchronize()?;
             }
@@ -615,6 +623,8 @@ impl Tensor {
                         Cow::Owned(self.to_bytes()?)
                     };
                     g.bind()?;
+                    // SAFETY: `t` is a fresh contiguous buffer of src.len() bytes on g; `src` outlives the
+                    // synchronisation right after.
                     // Pageable source: the driver stages it; the call returns once the source may be reused.
                     unsafe { cu::memcpy_htod_async(t.dev_ptr()?, &src[..], g.stream())? };
                     g.compute.synchronize()?;
@@ -660,6 +670,8 @@ impl Tensor {
         match (&self.device, &src.device) {
             (Device::Cuda(g), Device::Cuda(_)) if self.is_contiguous() && src.is_contiguous() => {
                 if self.size_bytes() > 0 {
+                    // SAFETY: both tensors are contiguous device memory of size_bytes() bytes (same shape and
+                    // dtype, checked above); the copy is stream-ordered with the work that uses them.
                     unsafe {
                         cu::memcpy_dtod_async(
                             self.dev_ptr()?,

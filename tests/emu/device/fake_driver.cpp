@@ -476,7 +476,7 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
     if ((int)smem > fn->max_dyn_smem) return INVALID_VALUE;  // like the hardware: opt in above 48 KiB
     if ((unsigned long long)bx * by * bz > 1024 || gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535) return INVALID_VALUE;
     // The parameter values are read at the launch (the caller's storage may be gone when the
-    // kernel runs): every argument of the engine's KernelArgs sits in an 8-byte slot.
+    // kernel runs): every argument of the engine's launchers (runtime::kernels) sits in an 8-byte slot.
     auto values = std::make_shared<std::vector<unsigned long long>>((size_t)fn->k->arity);
     for (int i = 0; i < fn->k->arity; i++) memcpy(&(*values)[(size_t)i], params[i], 8);
     const emu::KernelEntry* k = fn->k;
