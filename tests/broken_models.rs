@@ -661,7 +661,7 @@ fn info_and_quantize_see_what_generate_sees() {
         // info did not load the tokenizers (a flipped byte in tokenizer_config.json)
         (
             |m| std::fs::write(m.join("tokenizer/tokenizer_config.json"), "{\"x\": ").unwrap(),
-            "tokenizer_config.json is not valid JSON",
+            "tokenizer_config.json: not valid JSON",
         ),
         // info listed 4 VAE tensors only
         (

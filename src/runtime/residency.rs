@@ -550,6 +550,9 @@ impl GpuStream {
         };
         let l = &self.layouts[layer];
         match &self.host[layer] {
+            // SAFETY: `dst` is the slot's device buffer, at least `max` >= this layer's bytes
+            // long, and the copy stream waited on the slot's `free` event, so no kernel still
+            // reads it; the pinned host buffer lives in `self.host` as long as the residency.
             HostLayer::Pinned(buf) => unsafe { cu::memcpy_htod_async(dst, buf.as_slice(), copy)? },
             HostLayer::Mapped => {
                 let (stage, done) = slot
@@ -558,6 +561,8 @@ impl GpuStream {
                     .ok_or_else(|| Error::Other("streaming: no staging buffer".into()))?;
                 done.synchronize()?; // the previous copy out of this staging buffer is finished
                 fill_layer(store, l, stage.as_mut_slice())?;
+                // SAFETY: as above for `dst`; the staging buffer is the slot's own and was
+                // filled just now, after the event of its previous copy completed.
                 unsafe { cu::memcpy_htod_async(dst, &stage.as_slice()[..l.bytes], copy)? };
                 done.record(&copy_stream)?;
             }
