@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence};
+use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_contentv");
 
@@ -252,6 +252,13 @@ fn apply(m: &Path, d: &Damage) -> (bool, String) {
         }
         Damage::Retype { entry: e } => {
             let p = entry(*e);
+            // An earlier damage may have removed or retyped the folder this lived in.
+            if !p
+                .parent()
+                .is_some_and(|d| std::fs::symlink_metadata(d).is_ok_and(|t| t.is_dir()))
+            {
+                return (false, "no-op".into());
+            }
             let was_dir = std::fs::symlink_metadata(&p).is_ok_and(|t| t.is_dir());
             remove(&p);
             if was_dir {
@@ -266,6 +273,13 @@ fn apply(m: &Path, d: &Damage) -> (bool, String) {
         }
         Damage::Link { entry: e, to } => {
             let p = entry(*e);
+            // An earlier damage may have removed or retyped the folder this lived in.
+            if !p
+                .parent()
+                .is_some_and(|d| std::fs::symlink_metadata(d).is_ok_and(|t| t.is_dir()))
+            {
+                return (false, "no-op".into());
+            }
             remove(&p);
             let target = match to {
                 Some(t) => file(*t),
@@ -404,14 +418,22 @@ fn generate(m: &Path, out: &Path) -> Output {
     ])
 }
 
-/// `cases` cases, or `$BROKEN_MODELS_CASES` (for longer explorations).
+/// `cases` cases, or `$BROKEN_MODELS_CASES` (for longer explorations), from a fixed seed so that
+/// CI runs the same cases every time; `BROKEN_MODELS_SEED=<n>` picks another one and
+/// `BROKEN_MODELS_SEED=random` a fresh one per run (explorations; a failure prints its damage).
 fn config(cases: u32) -> Config {
     let cases = std::env::var("BROKEN_MODELS_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(cases);
+    let rng_seed = match std::env::var("BROKEN_MODELS_SEED").ok().as_deref() {
+        Some("random") => RngSeed::Random,
+        Some(n) => RngSeed::Fixed(n.parse().expect("BROKEN_MODELS_SEED: a number or random")),
+        None => RngSeed::Fixed(0x5EED_C0DE),
+    };
     Config {
         cases,
+        rng_seed,
         max_shrink_iters: 24,
         failure_persistence: Some(Box::new(FileFailurePersistence::Off)),
         ..Config::default()
