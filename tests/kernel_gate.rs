@@ -504,7 +504,11 @@ fn same_table(a: &str, b: &str) -> bool {
                     Some((r.parse().ok()?, ctas.to_string()))
                 };
                 match (regs(p), regs(q)) {
-                    (Some((r1, c1)), Some((r2, c2))) => c1 == c2 && (r1 - r2).abs() <= 2,
+                    // Occupancy must match exactly; register counts may move a little: NVRTC
+                    // 12.9's allocation differs between builds of the same source (seen: the
+                    // grouped W8A16 kernel at 120 and 127 registers on sm_90, both 2 CTAs/SM).
+                    // The hard checks above (claims, spills, register file) are exact.
+                    (Some((r1, c1)), Some((r2, c2))) => c1 == c2 && (r1 - r2).abs() <= 8,
                     _ => p == q,
                 }
             })
@@ -548,6 +552,7 @@ fn occupancy_arithmetic() {
     // the docs table tolerates register noise, not a CTA change or a new row
     let t = "| k | m | 121r/2 | 0 |\n";
     assert!(same_table(t, "| k | m | 122r/2 | 0 |\n"));
+    assert!(same_table(t, "| k | m | 127r/2 | 0 |\n"));
     assert!(!same_table(t, "| k | m | 122r/1 | 0 |\n"));
     assert!(!same_table(t, "| k | m | 130r/2 | 0 |\n"));
     assert!(!same_table(t, "| k | m | 121r/2 | 8 |\n"));

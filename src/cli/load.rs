@@ -6,12 +6,13 @@ use super::args::{DeviceChoice, ModelArgs, Offload, Quantize};
 use super::Ui;
 use crate::error::{Error, Result};
 pub use crate::io::fsutil::path_kind_problem;
+use crate::model::interfaces::FrameDecoder;
 use crate::model::mmdit::{self, Transformer};
 use crate::model::pipeline::{LatentPrecision, Pipeline, VideoGeometry};
 use crate::model::scheduler::SchedulerConfig;
 use crate::model::text::TextEncoders;
 use crate::model::vae::tiling::TileConfig;
-use crate::model::vae::{VaeDecoder, VaeOptions};
+use crate::model::vae::{OnDemandVae, VaeDecoder, VaeOptions};
 use crate::runtime::planner::{plan_layers, LayerPlan};
 use crate::runtime::residency::{MemoryOptions, Offload as RtOffload};
 use crate::runtime::Device;
@@ -419,6 +420,11 @@ pub const VAE_TILING_BELOW: u64 = 12 << 30;
 
 /// Loads the VAE decoder alone (for `decode`).
 pub fn load_vae(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<VaeDecoder> {
+    VaeDecoder::from_dir(&dir.join("vae"), device, vae_options(device, mem))
+}
+
+/// The VAE's options for a run: tiled with `--vae-tiling`, or by itself under a small budget.
+fn vae_options(device: &Device, mem: &MemoryOptions) -> VaeOptions {
     // An untiled decode of the default size keeps a few GiB of f32 activations alive; under a
     // tight budget the engine tiles by itself (and says so).
     let auto = !mem.vae_tiling
@@ -431,15 +437,14 @@ pub fn load_vae(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<VaeD
         );
     }
     let tiled = mem.vae_tiling || auto;
-    let opts = VaeOptions {
+    VaeOptions {
         tiling: if tiled {
             Some(TileConfig::default())
         } else {
             None
         },
         ..VaeOptions::default()
-    };
-    VaeDecoder::from_dir(&dir.join("vae"), device, opts)
+    }
 }
 
 /// The largest request a loaded pipeline will run: what the memory plan sizes activations for.
@@ -498,11 +503,22 @@ pub fn load_pipeline_for(
         g.pool.set_limit(Some(budget as usize));
     }
     let scheduler = SchedulerConfig::from_model_dir(dir)?;
-    let vae = load_vae(dir, device, mem)?;
+    // Model offload: the VAE is on the device only while it decodes (checked now); otherwise it
+    // stays there, next to the transformer, and counts in the plan.
+    let (vae, vae_bytes): (Box<dyn FrameDecoder>, u64) = if mem.offload == RtOffload::Model {
+        let opts = vae_options(device, mem);
+        (
+            Box::new(OnDemandVae::new(&dir.join("vae"), device, opts)?),
+            0,
+        )
+    } else {
+        let v = load_vae(dir, device, mem)?;
+        let b = v.weight_bytes();
+        (Box::new(v), b)
+    };
     let text = TextEncoders::load(dir, device, mem)?;
     let (store, config) = Transformer::open(&dir.join("transformer"), device, mem)?;
-    let other =
-        mmdit::activation_bytes(&config, size.batch, size.video_tokens) + vae.weight_bytes();
+    let other = mmdit::activation_bytes(&config, size.batch, size.video_tokens) + vae_bytes;
     let plan = plan_layers(&store, mmdit::LAYER_GROUP, config.layers, mem, other)?;
     let transformer = Transformer::place(store, config, &plan)?;
     let precision = if device.is_cuda() {
@@ -515,7 +531,7 @@ pub fn load_pipeline_for(
         device: device.clone(),
         text: Box::new(text),
         transformer: Box::new(transformer),
-        vae: Box::new(vae),
+        vae,
         scheduler,
         precision,
         offload_models,

@@ -943,6 +943,38 @@ pub fn to_u8(x: f32) -> u8 {
     }
 }
 
+/// The VAE under model offload (`--offload model`): nothing on the device while the other
+/// models work; each decode loads the weights through the store (from the memory map, so a
+/// repeated decode reads the page cache), decodes and frees them, as the reference's model CPU
+/// offload moves the VAE to the GPU only for the decode.
+pub struct OnDemandVae {
+    dir: std::path::PathBuf,
+    device: Device,
+    opts: VaeOptions,
+}
+
+impl OnDemandVae {
+    /// `dir` is the `vae/` folder; it is checked (and loaded once, then freed) here, so a
+    /// broken VAE fails before the denoising, not after it.
+    pub fn new(dir: &Path, device: &Device, opts: VaeOptions) -> Result<OnDemandVae> {
+        drop(VaeDecoder::from_dir(dir, device, opts)?);
+        Ok(OnDemandVae {
+            dir: dir.to_path_buf(),
+            device: device.clone(),
+            opts,
+        })
+    }
+}
+
+impl crate::model::interfaces::FrameDecoder for OnDemandVae {
+    fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        VaeDecoder::from_dir(&self.dir, &self.device, self.opts)?.decode(latents)
+    }
+    fn decode_low_memory(&self, latents: &Tensor) -> Result<Tensor> {
+        VaeDecoder::from_dir(&self.dir, &self.device, self.opts)?.decode_tiled(latents)
+    }
+}
+
 impl crate::model::interfaces::FrameDecoder for VaeDecoder {
     fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         VaeDecoder::decode(self, latents)
