@@ -954,10 +954,12 @@ pub struct OnDemandVae {
 }
 
 impl OnDemandVae {
-    /// `dir` is the `vae/` folder; it is checked (and loaded once, then freed) here, so a
-    /// broken VAE fails before the denoising, not after it.
+    /// `dir` is the `vae/` folder. Its config and every tensor's key and shape are checked here
+    /// (the inventory the loader itself checks), without uploading anything, so a broken VAE
+    /// fails before the denoising, not after it.
     pub fn new(dir: &Path, device: &Device, opts: VaeOptions) -> Result<OnDemandVae> {
-        drop(VaeDecoder::from_dir(dir, device, opts)?);
+        let cfg = VaeConfig::from_file(&dir.join("config.json"))?;
+        crate::model::inventory::vae(&cfg, dir)?.check_dir(dir)?;
         Ok(OnDemandVae {
             dir: dir.to_path_buf(),
             device: device.clone(),
