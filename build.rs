@@ -1,6 +1,6 @@
 //! Compiles every `kernels/*.cu` with NVRTC into one image per target (SASS cubins for sm_80,
-//! sm_86, sm_89, sm_90, sm_100 and sm_120, sm_90a for files that use wgmma/setmaxnreg, and
-//! compute_120 PTX for newer GPUs) and embeds them through `$OUT_DIR/kernels.rs`. The runtime
+//! sm_86, sm_89, sm_90, sm_100 and sm_120 and compute_120 PTX for newer GPUs; files that use wgmma/setmaxnreg
+//! are built for sm_90a only) and embeds them through `$OUT_DIR/kernels.rs`. The runtime
 //! picks the image for the device's arch (src/runtime/device.rs).
 //!
 //! Why NVRTC 12.9 and not nvcc 13: kernels built by a CUDA 13 toolkit need an R580 driver, while
@@ -215,6 +215,15 @@ fn find_nvrtc(root: &Path) -> Option<(Nvrtc, PathBuf, PathBuf)> {
     None
 }
 
+/// The project headers a source names in `#include "..."` lines.
+fn includes(src: &str) -> Vec<String> {
+    src.lines()
+        .filter_map(|l| l.trim().strip_prefix("#include"))
+        .filter_map(|r| r.trim().strip_prefix('"')?.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
@@ -242,15 +251,23 @@ fn main() {
     for p in &files {
         println!("cargo:rerun-if-changed={}", p.display());
     }
-    // Headers are shared by every file: they go into every image's cache key.
-    let mut headers = DefaultHasher::new();
-    for p in files
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "cuh"))
-    {
-        std::fs::read(p).unwrap_or_default().hash(&mut headers);
-    }
-    let headers = headers.finish();
+    // A file's cache key covers the headers it includes (transitively): a new header for one
+    // kernel does not rebuild the others.
+    let header_hash = |src: &str| -> u64 {
+        let mut h = DefaultHasher::new();
+        let mut seen: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = includes(src);
+        while let Some(name) = todo.pop() {
+            if seen.contains(&name) {
+                continue;
+            }
+            let text = std::fs::read_to_string(kdir.join(&name)).unwrap_or_default();
+            todo.extend(includes(&text));
+            (&name, &text).hash(&mut h);
+            seen.push(name);
+        }
+        h.finish()
+    };
     let cu: Vec<PathBuf> = files
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
@@ -283,12 +300,17 @@ fn main() {
     for f in &cu {
         let stem = f.file_stem().unwrap().to_string_lossy().to_string();
         let src = std::fs::read_to_string(f).unwrap_or_default();
+        // A file that uses wgmma or setmaxnreg is Hopper-only: sm_90a SASS and nothing else
+        // (no PTX: compute_90a code runs on no other arch). The runtime treats such a module
+        // as absent on other GPUs and dispatches to the portable kernels.
         let hopper = src.contains("wgmma") || src.contains("setmaxnreg");
-        let mut targets: Vec<&str> = SASS.to_vec();
-        if hopper {
-            targets.insert(4, "sm_90a");
-        }
-        targets.push(PTX);
+        let mut targets: Vec<&str> = if hopper {
+            vec!["sm_90a"]
+        } else {
+            let mut t = SASS.to_vec();
+            t.push(PTX);
+            t
+        };
         if let Some(o) = &only {
             targets.retain(|t| o.iter().any(|x| x == t));
         }
@@ -308,7 +330,7 @@ fn main() {
                     "    ({stem:?}, {arch:?}, include_str!(concat!(env!(\"OUT_DIR\"), \"/{base}.log\"))),\n"
                 ));
                 let mut h = DefaultHasher::new();
-                (&src, headers, arch, OPTIONS).hash(&mut h);
+                (&src, header_hash(&src), arch, OPTIONS).hash(&mut h);
                 jobs.push(Job {
                     stem: stem.clone(),
                     arch: arch.to_string(),

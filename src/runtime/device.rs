@@ -388,6 +388,29 @@ impl Gpu {
         self.pool.alloc(bytes)
     }
 
+    /// False only for a module whose images are all arch-specific (`sm_90a`) and none is for
+    /// this GPU: such a module (the Hopper attention) is optional and its kernels are not used
+    /// here. Every portable module has an image or fails to load with the reason.
+    fn has_module_image(&self, images: &[KernelImage]) -> bool {
+        let specific = !images.is_empty() && images.iter().all(|(a, _)| a.ends_with('a'));
+        !specific
+            || pick_image(
+                images,
+                self.compute_capability,
+                self.driver_version,
+                kernel_toolkit_version(),
+            )
+            .is_ok()
+    }
+
+    /// Whether the embedded module `module` (kernels/<module>.cu) has an image this GPU runs.
+    pub fn has_module(&self, module: &str) -> bool {
+        embedded::KERNEL_MODULES
+            .iter()
+            .find(|(n, _)| *n == module)
+            .is_some_and(|(_, imgs)| !imgs.is_empty() && self.has_module_image(imgs))
+    }
+
     fn module(&self, module: &'static str) -> Result<Module> {
         let mut mods = self.modules.lock().unwrap();
         if let Some((m, _)) = mods.get(module) {
@@ -432,7 +455,10 @@ impl Gpu {
     pub fn load_modules(&self) -> Result<Vec<(&'static str, &'static str)>> {
         self.bind()?;
         let mut out = Vec::new();
-        for (name, _) in embedded::KERNEL_MODULES.iter() {
+        for (name, images) in embedded::KERNEL_MODULES.iter() {
+            if !self.has_module_image(images) {
+                continue; // an arch-specific module (sm_90a) on another GPU: not used here
+            }
             self.module(name)?;
             let target = self.modules.lock().unwrap()[name].1;
             out.push((*name, target));
