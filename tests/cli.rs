@@ -1524,3 +1524,52 @@ fn long_negative_prompt_warning_names_the_negative_prompt() {
         text(&o)
     );
 }
+
+#[test]
+fn roofline_prints_a_step_and_a_decode() {
+    let o = run(&["roofline", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["video_tokens"], 41_472);
+    assert_eq!(v["batch"], 2);
+    let tf = v["step_tflop"].as_f64().unwrap();
+    assert!((tf - 1743.0).abs() < 15.0, "{tf}");
+    assert!(v["decode"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"].as_str().unwrap().contains("conv")));
+    // A smaller size on another GPU, as a table.
+    let o = run(&[
+        "roofline",
+        "--frames",
+        "9",
+        "--width",
+        "256",
+        "--height",
+        "128",
+        "--gpu",
+        "4090",
+        "--no-guidance",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("RTX 4090") && t.contains("joint attention") && t.contains("batch 1"),
+        "{t}"
+    );
+    // Bad input is an error naming the flag or the value.
+    let o = run(&["roofline", "--gpu", "v100"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("v100") && text(&o).contains("h100"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["roofline", "--frames", "8"]);
+    assert!(
+        !o.status.success() && text(&o).contains("4k+1"),
+        "{}",
+        text(&o)
+    );
+}

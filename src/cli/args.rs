@@ -48,6 +48,37 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Check the GPU: name, arch, driver, the kernel image each module loads, cuBLASLt.
     Device(DeviceArgs),
+    /// Every GEMM, attention, convolution and memory-bound op of a denoising step and of the
+    /// VAE decode, with FLOPs, bytes and the time each needs at a GPU's datasheet ceilings.
+    Roofline(RooflineArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RooflineArgs {
+    /// Number of frames (4k+1).
+    #[arg(long, default_value_t = 125, value_parser = whole::<usize>)]
+    pub frames: usize,
+    /// Width in pixels (a multiple of 16).
+    #[arg(long, default_value_t = 768, value_parser = whole::<usize>)]
+    pub width: usize,
+    /// Height in pixels (a multiple of 16).
+    #[arg(long, default_value_t = 432, value_parser = whole::<usize>)]
+    pub height: usize,
+    /// Denoising steps (for the total).
+    #[arg(long, default_value_t = 50, value_parser = whole::<usize>)]
+    pub steps: usize,
+    /// The GPU whose datasheet ceilings to use: h100, h200, h100-pcie, a100, l40s, 4090.
+    #[arg(long, default_value = "h100")]
+    pub gpu: String,
+    /// Batch 1 (guidance scale <= 1) instead of the joint cond/uncond batch of 2.
+    #[arg(long)]
+    pub no_guidance: bool,
+    /// Arithmetic of the VAE convolutions (f32 on CUDA cores is the engine's GPU default).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub vae_precision: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -12,6 +12,7 @@ pub mod info;
 pub mod load;
 pub mod quantize;
 pub mod request;
+pub mod roofline;
 
 use clap::Parser;
 
@@ -72,6 +73,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
         args::Command::Info(a) => info::run(a, &Ui { json: a.json }),
         args::Command::Quantize(a) => quantize::run(a, &Ui { json: a.json }),
         args::Command::Device(a) => device::run(a, &Ui { json: a.json }),
+        args::Command::Roofline(a) => roofline::run(a, &Ui { json: a.json }),
     });
     match res {
         Ok(Ok(())) => 0,

@@ -29,7 +29,7 @@ const MODULATION_KEYS: &[&str] = &[".norm1.linear.", ".norm1_context.linear."];
 const LN_EPS: f32 = 1e-6;
 const QK_EPS: f32 = 1e-6;
 /// Timestep embedding width (sinusoidal features).
-const TIME_FEATURES: usize = 256;
+pub const TIME_FEATURES: usize = 256;
 
 /// Architecture of the transformer.
 #[derive(Clone, Debug, PartialEq, Eq)]

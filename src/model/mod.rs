@@ -6,6 +6,7 @@ pub mod interfaces;
 pub mod inventory;
 pub mod mmdit;
 pub mod pipeline;
+pub mod roofline;
 pub mod scheduler;
 pub mod spm;
 pub mod t5;

@@ -105,6 +105,10 @@ pub fn attn_dims(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts) -> R
 /// Attention over segment lists; see the module docs.
 pub fn attention(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts) -> Result<Tensor> {
     let d = attn_dims(q, k, v, o)?;
+    super::trace::record(
+        super::trace::OpClass::Attention,
+        4.0 * (d.b * d.heads * d.d) as f64 * d.sq as f64 * d.sk as f64,
+    );
     let mut all: Vec<&Tensor> = q.iter().chain(k).chain(v).copied().collect();
     if let Some(b) = o.bias {
         all.push(b);

@@ -67,6 +67,13 @@ pub struct ConvDims {
     pub interleave: bool,
 }
 
+/// The convolution's multiply-adds for ops::trace: every output element (before the time
+/// interleave) takes Cin x kt x kh x kw of them.
+fn record_conv(d: &ConvDims) {
+    let outs = (d.b * d.co * d.t) as f64 * (d.h() * d.w()) as f64;
+    super::trace::record(super::trace::OpClass::Conv, 2.0 * outs * d.k() as f64);
+}
+
 impl ConvDims {
     pub fn h(&self) -> usize {
         self.hin << self.up
@@ -174,6 +181,7 @@ pub fn conv_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) ->
 /// tensors: the CUDA kernel (all operands f32, contiguous or made so).
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) -> Result<Tensor> {
     let d = conv_dims(x, w, bias, o)?;
+    record_conv(&d);
     match x.device() {
         Device::Cpu => {
             let mut xv = x.cpu_f32()?;
@@ -219,6 +227,7 @@ pub fn conv3d_into(
     t0: usize,
 ) -> Result<()> {
     let d = conv_dims(x, w, bias, o)?;
+    record_conv(&d);
     if !x.device().is_cuda() || out.device() != x.device() {
         return Err(Error::Other(
             "conv3d_into: x and out must be on the same GPU (use conv3d on the CPU)".into(),

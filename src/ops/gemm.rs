@@ -75,6 +75,11 @@ pub fn linear_act(x: &Tensor, l: &Linear, act: Act) -> Result<Tensor> {
             ));
         }
     }
+    let rows: usize = xs[..xs.len() - 1].iter().product();
+    super::trace::record(
+        super::trace::OpClass::Gemm,
+        2.0 * rows as f64 * n as f64 * k as f64,
+    );
     let w = match &l.weight {
         Weight::Dense(w) => w,
         Weight::Int8 { q, scale } => {

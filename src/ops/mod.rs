@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod norm;
 pub mod quant;
 pub mod tolerance;
+pub mod trace;
 pub mod vae_glue;
 
 use std::sync::Arc;

@@ -159,6 +159,11 @@ pub fn spatial_attention(qkv: &Tensor, precision: ConvPrecision) -> Result<Tenso
         ));
     }
     let (b, c, t, h, w) = (s[0], s[1] / 3, s[2], s[3], s[4]);
+    // Per frame: one head of width C over the H W positions.
+    super::trace::record(
+        super::trace::OpClass::Attention,
+        4.0 * (b * t * c) as f64 * (h * w) as f64 * (h * w) as f64,
+    );
     match qkv.device() {
         Device::Cpu => {
             let bf16 = precision == ConvPrecision::Bf16;

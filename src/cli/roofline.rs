@@ -1,0 +1,296 @@
+//! `contentv roofline`: every GEMM, attention, convolution and memory-bound op of one
+//! denoising step and of the VAE decode at a video size, with FLOPs, bytes and the time each
+//! needs at a GPU's ceilings (datasheet peak tensor / f32 rate and memory bandwidth; each op
+//! takes max(FLOPs / peak, bytes / bandwidth)). The sum is the floor of a step, to be set next
+//! to the goal (3.2 s per step at the default size on an H100) and to measured times.
+//!
+//! The rows come from model::roofline, which tests/roofline.rs checks against the ops a real
+//! forward and decode perform. Times here are predictions from datasheet numbers, not
+//! measurements.
+use serde::Serialize;
+
+use super::args::RooflineArgs;
+use super::Ui;
+use crate::error::{Error, Result};
+use crate::model::interfaces::TEXT_TOKENS;
+use crate::model::mmdit::TransformerConfig;
+use crate::model::pipeline::geometry::VideoGeometry;
+use crate::model::roofline::{decode_rows, step_rows, Kind, Row, StepShape};
+use crate::model::vae::VaeConfig;
+
+/// A GPU's datasheet ceilings (dense, no sparsity).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Ceilings {
+    pub name: &'static str,
+    /// bf16 tensor-core rate with f32 accumulation, TFLOP/s.
+    pub tensor_tflops: f64,
+    /// f32 CUDA-core rate (FMA = 2 FLOPs), TFLOP/s.
+    pub fp32_tflops: f64,
+    /// Memory bandwidth, GB/s.
+    pub mem_gbs: f64,
+}
+
+/// Datasheet ceilings of the GPUs users run (NVIDIA product sheets; docs/perf.md cites them).
+pub const GPUS: &[(&str, Ceilings)] = &[
+    (
+        "h100",
+        Ceilings {
+            name: "H100 SXM",
+            tensor_tflops: 989.4,
+            fp32_tflops: 66.9,
+            mem_gbs: 3350.0,
+        },
+    ),
+    (
+        "h200",
+        Ceilings {
+            name: "H200 SXM",
+            tensor_tflops: 989.4,
+            fp32_tflops: 66.9,
+            mem_gbs: 4800.0,
+        },
+    ),
+    (
+        "h100-pcie",
+        Ceilings {
+            name: "H100 PCIe",
+            tensor_tflops: 756.0,
+            fp32_tflops: 51.2,
+            mem_gbs: 2000.0,
+        },
+    ),
+    (
+        "a100",
+        Ceilings {
+            name: "A100 SXM 80GB",
+            tensor_tflops: 312.0,
+            fp32_tflops: 19.5,
+            mem_gbs: 2039.0,
+        },
+    ),
+    (
+        "l40s",
+        Ceilings {
+            name: "L40S",
+            tensor_tflops: 362.1,
+            fp32_tflops: 91.6,
+            mem_gbs: 864.0,
+        },
+    ),
+    (
+        "4090",
+        Ceilings {
+            name: "RTX 4090",
+            tensor_tflops: 165.2,
+            fp32_tflops: 82.6,
+            mem_gbs: 1008.0,
+        },
+    ),
+];
+
+/// The goal per step at the default size on an H100 (issue: FlashAttention-3-class stacks).
+pub const GOAL_STEP_S: f64 = 3.2;
+
+fn ceilings(name: &str) -> Result<Ceilings> {
+    let key = name.trim().to_ascii_lowercase();
+    GPUS.iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| {
+            let names: Vec<&str> = GPUS.iter().map(|(k, _)| *k).collect();
+            Error::Input(format!(
+                "--gpu {name:?} is not in the table; use one of {}",
+                names.join(", ")
+            ))
+        })
+}
+
+/// One row with its prediction.
+#[derive(Debug, Serialize)]
+struct Predicted {
+    name: String,
+    unit: &'static str,
+    calls: usize,
+    gflop: f64,
+    gbytes: f64,
+    bound: &'static str,
+    ms: f64,
+}
+
+fn predict(rows: &[Row], g: &Ceilings) -> Vec<Predicted> {
+    rows.iter()
+        .map(|r| {
+            let (unit, peak) = match r.kind {
+                Kind::Tensor(_) => ("tensor", g.tensor_tflops),
+                Kind::Fp32(_) => ("fp32", g.fp32_tflops),
+                Kind::Memory => ("memory", f64::INFINITY),
+            };
+            let compute = r.flops / (peak * 1e12);
+            let memory = r.bytes / (g.mem_gbs * 1e9);
+            Predicted {
+                name: r.name.clone(),
+                unit,
+                calls: r.calls,
+                gflop: r.flops / 1e9,
+                gbytes: r.bytes / 1e9,
+                bound: if compute >= memory {
+                    "compute"
+                } else {
+                    "memory"
+                },
+                ms: compute.max(memory) * 1e3,
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    gpu: Ceilings,
+    frames: usize,
+    width: usize,
+    height: usize,
+    batch: usize,
+    video_tokens: usize,
+    text_tokens: usize,
+    vae_precision: &'static str,
+    step: Vec<Predicted>,
+    step_s: f64,
+    step_tflop: f64,
+    decode: Vec<Predicted>,
+    decode_s: f64,
+    decode_tflop: f64,
+}
+
+pub fn run(a: &RooflineArgs, ui: &Ui) -> Result<()> {
+    let g = ceilings(&a.gpu)?;
+    let geo = VideoGeometry::new(a.frames, a.height, a.width)?;
+    let [_, _, t, h, w] = geo.latent_shape();
+    let cfg = TransformerConfig::contentv_8b();
+    let p = cfg.patch;
+    if h % p != 0 || w % p != 0 {
+        return Err(Error::Input(format!(
+            "the latent size {h}x{w} is not a multiple of the patch size {p}"
+        )));
+    }
+    let shape = StepShape {
+        batch: if a.no_guidance { 1 } else { 2 },
+        video_tokens: t * (h / p) * (w / p),
+        text_tokens: TEXT_TOKENS,
+    };
+    let bf16 = a.vae_precision == "bf16";
+    let step = predict(&step_rows(&cfg, shape), &g);
+    let decode = predict(&decode_rows(&VaeConfig::wan21(), t, h, w, bf16), &g);
+    let sum = |v: &[Predicted]| v.iter().map(|r| r.ms).sum::<f64>() / 1e3;
+    let tflop = |v: &[Predicted]| v.iter().map(|r| r.gflop).sum::<f64>() / 1e3;
+    let report = Report {
+        gpu: g,
+        frames: a.frames,
+        width: a.width,
+        height: a.height,
+        batch: shape.batch,
+        video_tokens: shape.video_tokens,
+        text_tokens: shape.text_tokens,
+        vae_precision: if bf16 { "bf16" } else { "f32" },
+        step_s: sum(&step),
+        step_tflop: tflop(&step),
+        decode_s: sum(&decode),
+        decode_tflop: tflop(&decode),
+        step,
+        decode,
+    };
+    if ui.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?
+        );
+        return Ok(());
+    }
+    print!("{}", render(&report, a.steps));
+    Ok(())
+}
+
+fn table(rows: &[Predicted]) -> String {
+    let total: f64 = rows.iter().map(|r| r.ms).sum();
+    let mut s = format!(
+        "  {:<36} {:>6} {:>11} {:>9} {:>7} {:>8} {:>10} {:>6}\n",
+        "op", "calls", "GFLOP", "GB", "unit", "bound", "ms", "share"
+    );
+    let mut order: Vec<&Predicted> = rows.iter().collect();
+    order.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    for r in order {
+        s.push_str(&format!(
+            "  {:<36} {:>6} {:>11.1} {:>9.2} {:>7} {:>8} {:>10.2} {:>5.1}%\n",
+            r.name,
+            r.calls,
+            r.gflop,
+            r.gbytes,
+            r.unit,
+            r.bound,
+            r.ms,
+            100.0 * r.ms / total.max(f64::MIN_POSITIVE)
+        ));
+    }
+    s
+}
+
+fn render(r: &Report, steps: usize) -> String {
+    let g = &r.gpu;
+    let mut s = format!(
+        "roofline of ContentV-8B at {}x{}x{} ({} video + {} text tokens, batch {}) on {} \
+         (datasheet: {} TFLOP/s bf16 tensor, {} TFLOP/s f32, {} GB/s; predictions, not measurements)\n\n",
+        r.width, r.height, r.frames, r.video_tokens, r.text_tokens, r.batch, g.name, g.tensor_tflops, g.fp32_tflops, g.mem_gbs
+    );
+    s.push_str(&format!(
+        "one denoising step: {:.1} TFLOP, {:.2} s at the ceilings\n",
+        r.step_tflop, r.step_s
+    ));
+    s.push_str(&table(&r.step));
+    s.push_str(&format!(
+        "\nVAE decode ({} convolutions): {:.1} TFLOP, {:.2} s at the ceilings\n",
+        r.vae_precision, r.decode_tflop, r.decode_s
+    ));
+    s.push_str(&table(&r.decode));
+    s.push_str(&format!(
+        "\n{steps} steps + decode: {:.1} s at the ceilings. Goal at the default size on an H100: {GOAL_STEP_S} s \
+         per step (FlashAttention-3-class); diffusers-class stacks about 4.6 s.\n",
+        r.step_s * steps as f64 + r.decode_s
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_gpu_names_the_choices() {
+        let e = ceilings("v100").unwrap_err().to_string();
+        assert!(
+            e.contains("v100") && e.contains("h100") && e.contains("4090"),
+            "{e}"
+        );
+        assert_eq!(ceilings(" H200 ").unwrap().name, "H200 SXM");
+    }
+
+    #[test]
+    fn default_step_matches_the_anchors_arithmetic() {
+        // anchors.md section 3: 1743 TFLOP per step at 432x768x125 with CFG (41,805 tokens;
+        // GEMMs 2 N 12 d^2 per stream and block, attention 4 N^2 d per block).
+        let cfg = TransformerConfig::contentv_8b();
+        let rows = step_rows(
+            &cfg,
+            StepShape {
+                batch: 2,
+                video_tokens: 41_472,
+                text_tokens: 333,
+            },
+        );
+        let tf: f64 = rows.iter().map(|r| r.flops).sum::<f64>() / 1e12;
+        assert!((tf - 1743.0).abs() < 15.0, "{tf} TFLOP");
+        let g = ceilings("h100").unwrap();
+        let t: f64 = predict(&rows, &g).iter().map(|r| r.ms).sum::<f64>() / 1e3;
+        // anchors.md: 1.76 s per step with everything at 989 TFLOP/s; memory-bound ops add a bit.
+        assert!(t > 1.74 && t < 2.1, "{t} s");
+    }
+}
