@@ -36,7 +36,7 @@ pub const MAX_SEGMENTS: usize = SEGMENTS;
 pub const NAIVE_MAX_D: usize = 256;
 
 const FLASH_BM: usize = 128;
-pub const FLASH_THREADS: u32 = 256;
+pub const FLASH_THREADS: u32 = 128;
 pub const FLASH_SMEM: u32 = 48 * 1024;
 pub const NAIVE_ROWS: usize = 4;
 
