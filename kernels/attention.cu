@@ -112,7 +112,7 @@ __device__ __forceinline__ void seg_pick(const Segs& s, int i, const void*& p, i
 // pointer is set once per segment and advanced by len * rs per tile.
 struct KvSide {
     const __nv_bfloat16* p;  // row r0 of the next tile, + head offset + chunk
-    long long rs;            // row stride (elements)
+    int rs;                  // row stride (elements; the launcher keeps 48 * rs < 2^31)
     int left;                // rows left in the segment
     int seg;                 // segment index (4: past the end)
 };
@@ -122,9 +122,10 @@ __device__ __forceinline__ void kv_next_seg(const Segs& s, KvSide& x, int b, int
     while (x.left == 0 && x.seg < 3) {
         x.seg++;
         const void* p;
-        long long bs;
-        seg_pick(s, x.seg, p, x.left, x.rs, bs);
-        x.p = reinterpret_cast<const __nv_bfloat16*>(p) + (long long)b * bs + (long long)r0 * x.rs + col;
+        long long rs, bs;
+        seg_pick(s, x.seg, p, x.left, rs, bs);
+        x.rs = (int)rs;
+        x.p = reinterpret_cast<const __nv_bfloat16*>(p) + (long long)b * bs + r0 * x.rs + col;
     }
     if (x.left == 0) x.seg = 4;
 }
@@ -180,11 +181,11 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS, fa::MIN_CTAS)
             const bool ok = r < len;
             const uint32_t off = (uint32_t)swz(r, lc) * 2u;
             // Rows past the tile are zero-filled (nothing read; src only has to be valid).
-            cp_async16(kst + off, ok ? kx.p + (long long)(16 * it) * kx.rs : (const __nv_bfloat16*)kp0, ok);
-            cp_async16(vst + off, ok ? vx.p + (long long)(16 * it) * vx.rs : (const __nv_bfloat16*)vp0, ok);
+            cp_async16(kst + off, ok ? kx.p + 16 * it * kx.rs : (const __nv_bfloat16*)kp0, ok);
+            cp_async16(vst + off, ok ? vx.p + 16 * it * vx.rs : (const __nv_bfloat16*)vp0, ok);
         }
-        kx.p += (long long)len * kx.rs;
-        vx.p += (long long)len * vx.rs;
+        kx.p += len * kx.rs;
+        vx.p += len * vx.rs;
         kx.left -= len;
         vx.left -= len;
         lpos += len;
