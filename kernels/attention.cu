@@ -8,23 +8,32 @@
 // Output [B, Sq, H*d], contiguous. Bias (optional, may be null): f32 [H, Sq, Sk], broadcast over
 // the batch (T5 relative positions). Causal: key j is masked for query i when j > i.
 //
-// flash_attn_fwd_d64 (bf16, d = 64): FlashAttention-2 forward.
-//   * CTA = 128 query rows of one (head, batch), 8 warps x 16 rows; grid (ceil(Sq/128), H, B).
-//   * Key/value tiles of 64 rows, cp.async double-buffered in shared memory (2 stages each);
-//     the Q tile is loaded once and kept in registers as mma A-fragments.
+// flash_attn_fwd_d64 (bf16, d = 64): FlashAttention-2 forward (issue 17's mma.sync kernel).
+//   * CTA = 128 query rows of one (head, batch), 4 warps x 32 rows (two m16 row blocks per warp
+//     share every K/V ldmatrix: one ldmatrix.x4 per four mma); grid (ceil(Sq/128), H, B);
+//     __launch_bounds__(128, 2): two CTAs per SM on every arch (<= 255 registers, no spills:
+//     tests/kernel_gate.rs).
+//   * Key/value tiles of (at most) 64 rows in a 3-stage cp.async ring; the Q tile is staged in
+//     the third stage, read once into registers as mma A-fragments before that stage is first
+//     refilled. One __syncthreads per tile: wait_group 1, barrier, then the refill of the stage
+//     every warp finished in the previous iteration (tile t+2), then the math of tile t.
+//   * Tiles never straddle a segment boundary (of K or of V): the key walk goes segment by
+//     segment, the last tile of a segment partial. Every thread sets its K/V row pointers once
+//     per segment and advances them by len * row_stride per tile (no per-chunk segment search).
+//     The position of a key (causal mask, bias column) is the tile's start over the
+//     concatenation + its column.
 //   * S = Q K^T and O += P V with mma.sync m16n8k16 (bf16 x bf16 -> f32). K is read with
 //     ldmatrix (its [key][d] rows are the "col" B operand of Q K^T); V with ldmatrix.trans.
 //   * Online softmax in the exp2 domain (scores pre-multiplied by scale*log2(e)), running max and
 //     sum per row, the quad of 4 threads that shares a row reduces with shfl_xor 1, 2. P is
 //     rounded to bf16 in registers: the C-fragment of the two m16n8 score tiles of 16 keys is
 //     exactly the A-fragment of the P V mma.
-//   * Keys >= Sk are masked to -inf and their K/V rows zero-filled (cp.async src-size 0), so
-//     garbage (NaN poison) never reaches the accumulators; queries >= Sq are zero-filled and not
-//     stored. A tile may straddle two segments: every 16-byte chunk picks its segment by the key
-//     index.
+//   * Keys past a tile's length are masked to -inf and their K/V rows zero-filled (cp.async
+//     src-size 0), so garbage (NaN poison) never reaches the accumulators; queries >= Sq are
+//     zero-filled and not stored.
 //   * Shared memory rows are 64 bf16 = 8 chunks of 16 B, XOR-swizzled (chunk ^ (row & 7)), so
 //     the cp.async stores and ldmatrix loads of 8 rows are bank-conflict free. 48 KiB total
-//     (Q 16 KiB + K 2x8 KiB + V 2x8 KiB).
+//     (3 stages x (K 8 KiB + V 8 KiB); Q's 16 KiB reuse stage 2).
 //
 // attn_naive_{f32,bf16,f16} (any d <= 256): one warp per (query row, head, batch), 4 warps per
 // block, keys in chunks of 32 (one key per lane for the score, then the 32 probabilities are
