@@ -59,16 +59,16 @@ const fn k(
 /// them (the rms_norm launcher uses 64 threads for rows of at most 128, 256 above).
 fn launches() -> Vec<Launch> {
     vec![
-        // 2 CTAs on sm_80..sm_90 (126-128 registers). NVRTC 12.9 gives it 132-134 registers on
-        // sm_100/sm_120, so 1 CTA there; pinning it to 128 spills (up to 132 B, with LDL/STL in
-        // the loop) and spills on sm_90 too. Issue 17's kernels replace it on those archs.
+        // 4 warps x 32 query rows, pinned with __launch_bounds__(128, 2): at most 255 registers
+        // (it takes 245-255), 2 CTAs (8 warps) per SM on every arch, 2 x 49 KiB of shared memory
+        // fits even the 100 KiB SMs of sm_86/89/120.
         k(
             "flash_attn_fwd_d64",
             FLASH_THREADS,
             FLASH_SMEM,
             true,
             true,
-            &[("sm_100", 1), ("sm_120", 1), ("*", 2)],
+            TWO,
         ),
         k(
             "attn_naive_*",

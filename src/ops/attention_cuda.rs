@@ -36,9 +36,12 @@ pub const MAX_SEGMENTS: usize = SEGMENTS;
 pub const NAIVE_MAX_D: usize = 256;
 
 const FLASH_BM: usize = 128;
-pub const FLASH_THREADS: u32 = 256;
+pub const FLASH_THREADS: u32 = 128;
 pub const FLASH_SMEM: u32 = 48 * 1024;
 pub const NAIVE_ROWS: usize = 4;
+/// Largest row stride (elements) the flash kernel takes as is (its per-tile row offsets are
+/// 32-bit); larger strides are made contiguous first.
+const FLASH_MAX_ROW_STRIDE: usize = 1 << 24;
 
 /// Attention on the GPU: `softmax(scale * Q K^T + bias) V` over segment lists; see
 /// [`crate::ops::attention::attention`]. Output [B, ΣSq, H*d] in the inputs' dtype.
@@ -104,7 +107,11 @@ fn segments(what: &str, segs: &[&Tensor], dt: DType, aligned: bool) -> Result<Ve
         if sh[0] == 1 {
             s.bs = 0; // never used; keeps the alignment check honest
         }
-        let is_aligned = |s: &Seg| s.ptr % 16 == 0 && s.rs % 8 == 0 && s.bs % 8 == 0;
+        // The flash kernel also keeps row offsets within a 64-row tile in 32 bits (48 * rs <
+        // 2^31); a contiguous copy has rs = H*d <= 65535 * 64, which always fits.
+        let is_aligned = |s: &Seg| {
+            s.ptr % 16 == 0 && s.rs % 8 == 0 && s.bs % 8 == 0 && s.rs <= FLASH_MAX_ROW_STRIDE
+        };
         if aligned && !is_aligned(&s) {
             let mut c = t.contiguous()?;
             if c.dev_ptr()? % 16 != 0 {

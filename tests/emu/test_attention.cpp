@@ -71,6 +71,7 @@ struct Case {
     int B, H, D;
     std::vector<SegSpec> q, kv;
     bool causal, bias;
+    std::vector<SegSpec> v = {};  // the values' segments when they differ from the keys' (same total)
 };
 
 // Reference: softmax over keys in double from the stored (rounded) inputs.
@@ -116,7 +117,7 @@ void run_case(const Case& c, bool flash, uint64_t seed) {
     const int HD = c.H * c.D;
     Operand<T> q = make_operand<T>(rng, c.B, HD, c.q);
     Operand<T> k = make_operand<T>(rng, c.B, HD, c.kv);
-    Operand<T> v = make_operand<T>(rng, c.B, HD, c.kv);
+    Operand<T> v = make_operand<T>(rng, c.B, HD, c.v.empty() ? c.kv : c.v);
     const int Sq = q.rows(), Sk = k.rows();
     std::unique_ptr<DBuf<float>> bias;
     if (c.bias) {
@@ -168,9 +169,28 @@ void test_attention() {
         {"four segments", 1, 1, 64, {{10, 0, 0, 0}, {20, 8, 0, 0}, {30, 0, 8, 0}, {7, 0, 0, 8}}, {{1, 0, 0, 0}, {64, 0, 0, 0}, {3, 0, 0, 0}, {65, 0, 0, 0}}, false, false},
         {"causal 130 x 130 b2", 2, 1, 64, {{130, 0, 0, 0}}, {{130, 0, 0, 0}}, true, false},
         {"long keys 140 x 1100 (18 tiles)", 1, 1, 64, {{140, 0, 0, 0}}, {{1000, 0, 0, 0}, {100, 0, 0, 0}}, false, true},
+        // Key tiles restart at every segment (of K or of V): segments shorter than a tile, exact
+        // multiples of BN = 64, and K and V cut at different places.
+        {"segments 64+128+64 (BN multiples) x 256 queries", 1, 1, 64, {{128, 0, 0, 0}, {128, 0, 0, 0}}, {{64, 0, 0, 0}, {128, 8, 0, 0}, {64, 0, 8, 0}}, false, false},
+        {"four short segments 5+70+2+130 strided bias", 1, 2, 64, {{33, 0, 0, 0}}, {{5, 8, 0, 0}, {70, 0, 16, 0}, {2, 0, 0, 8}, {130, 24, 0, 0}}, false, true},
+        {"three segments 63+1+65 b2", 2, 1, 64, {{40, 0, 0, 0}, {9, 0, 0, 0}}, {{63, 0, 0, 0}, {1, 0, 0, 0}, {65, 0, 0, 0}}, false, false},
+        {"k 45+13, v 20+38 (different cuts)", 1, 2, 64, {{30, 0, 0, 0}}, {{45, 0, 0, 0}, {13, 8, 0, 0}}, false, false, {{20, 0, 8, 0}, {38, 0, 0, 0}}},
+        {"k 100, v 1+64+35", 1, 1, 64, {{17, 0, 0, 0}}, {{100, 0, 0, 0}}, false, true, {{1, 0, 0, 0}, {64, 8, 0, 0}, {35, 0, 0, 0}}},
+        // Causal with Sq != Sk (key j masked for query i when j > i, positions over the
+        // concatenation): fewer queries than keys, more queries than keys, with bias and segments.
+        {"causal 100 x 300 segments", 1, 1, 64, {{60, 0, 0, 0}, {40, 0, 0, 0}}, {{200, 0, 0, 0}, {100, 8, 0, 0}}, true, false},
+        {"causal 300 x 70 bias", 1, 1, 64, {{300, 0, 0, 0}}, {{50, 0, 0, 0}, {20, 0, 0, 0}}, true, true},
+        {"causal 150 x (64+1+90) bias b2", 2, 1, 64, {{150, 0, 0, 0}}, {{64, 0, 0, 0}, {1, 0, 0, 0}, {90, 8, 8, 0}}, true, true},
     };
     uint64_t seed = 1;
     for (const Case& c : flash_cases) run_case<__nv_bfloat16>(c, true, seed++);
+    // A two-segment key list whose boundary falls at every offset class of a tile (the first
+    // segment's length mod 64), with a partial second segment; one CTA of 20 queries.
+    for (int n1 : {1, 7, 16, 31, 33, 50, 63, 64, 65, 100}) {
+        const Case c{"boundary at " + std::to_string(n1) + " of (" + std::to_string(n1) + "+37)", 1, 1, 64, {{20, 0, 0, 0}},
+                     {{n1, 0, 0, 0}, {37, 8, 0, 0}}, false, n1 % 2 == 1};
+        run_case<__nv_bfloat16>(c, true, seed++);
+    }
 
     const std::vector<Case> naive_cases = {
         {"d40 joint 9+5 b2", 2, 3, 40, {{9, 0, 0, 0}, {5, 0, 0, 0}}, {{9, 0, 0, 0}, {5, 0, 0, 0}}, false, false},
