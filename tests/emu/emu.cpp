@@ -196,6 +196,11 @@ void wait_barrier(Barrier& b, int expected) {
 std::map<uint32_t, MBar> g_mbars;  // the block's mbarriers by shared-memory offset
 std::deque<TmaCopy> g_tma;          // bulk tensor copies in flight (lazy mode), oldest first
 WarpGroup g_wg[MAX_THREADS / 128];
+struct NamedBar {
+    Barrier b;
+    int expected = 0;  // the thread count of the phase in progress (0: none arrived yet)
+};
+NamedBar g_named[16];
 
 bool runnable(const Fiber& f) {
     if (f.done) return false;
@@ -794,6 +799,27 @@ void setmaxnreg(int n, bool inc) {
     }
 }
 
+void named_bar(int id, int n, bool sync) {
+    const char* what = sync ? "bar.sync" : "bar.arrive";
+    const int nthreads = (int)(g_block_dim.x * g_block_dim.y * g_block_dim.z);
+    if (id < 1 || id > 15) fail("%s with barrier id %d: named barriers are 1..15 (0 is __syncthreads)", what, id);
+    if (n <= 0 || n % 32 || n > nthreads) fail("%s %d, %d: the thread count must be a positive multiple of 32 up to the block's %d", what, id, n, nthreads);
+    NamedBar& nb = g_named[id];
+    if (nb.b.arrived == 0) nb.expected = n;
+    else if (nb.expected != n) fail("%s %d, %d while the barrier's current phase counts %d threads", what, id, n, nb.expected);
+    if (++nb.b.arrived == n) {
+        nb.b.arrived = 0;
+        nb.b.gen++;
+        return;
+    }
+    if (!sync) return;
+    const unsigned gen = nb.b.gen;
+    g_cur->wait_bar = &nb.b;
+    g_cur->wait_gen = gen;
+    while (nb.b.gen == gen) yield();
+    g_cur->wait_bar = nullptr;
+}
+
 void wgmma_fence() {
     warp_exchange(OP_WG_FENCE, nullptr, 0, nullptr);
     if (g_cur->lane == 0) wg_log(OP_WG_FENCE, 0, 0, 0, "wgmma.fence");
@@ -929,6 +955,7 @@ void launch_blocks(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, co
                 g_block_bar = Barrier{};
                 g_mbars.clear();
                 g_tma.clear();
+                for (NamedBar& nb : g_named) nb = NamedBar{};
                 for (WarpGroup& G : g_wg) G = WarpGroup{};
                 for (int i = 0; i < n; i++) {
                     Fiber& f = g_fibers[(size_t)i];
@@ -978,8 +1005,13 @@ void launch_blocks(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, co
                                  "progress, %d arrivals and %lld transaction bytes pending, no bulk copy in flight)",
                                  g_live, g_block_bar.arrived, on_mbar, ex->linear, ex->mbar_parity, ex->mbar_wait->offset,
                                  ex->mbar_wait->phase, ex->mbar_wait->pending, ex->mbar_wait->tx);
-                        fail("deadlock: %d threads wait at barriers that can never complete (%d at __syncthreads)", g_live,
-                             g_block_bar.arrived);
+                        int named = 0;
+                        for (const Fiber& f : g_fibers)
+                            for (const NamedBar& nb : g_named)
+                                if (!f.done && f.wait_bar == &nb.b) named++;
+                        fail("deadlock: %d threads wait at barriers that can never complete (%d at __syncthreads, %d at named "
+                             "barriers)",
+                             g_live, g_block_bar.arrived, named);
                     }
                     g_cur = &g_fibers[(size_t)i];
 #ifdef EMU_FAST_SWITCH
@@ -997,6 +1029,10 @@ void launch_blocks(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, co
                 if (!g_tma.empty())
                     fail("block ends with %zu bulk tensor copies in flight (into shared offset %u): every copy must be waited for",
                          g_tma.size(), g_tma.front().dst);
+                for (int id = 1; id < 16; id++)
+                    if (g_named[id].b.arrived)
+                        fail("block ends with %d of %d threads arrived at named barrier %d: bar.sync / bar.arrive counts do not balance",
+                             g_named[id].b.arrived, g_named[id].expected, id);
                 for (int wg = 0; wg < (n + 127) / 128; wg++)
                     for (int w = 1; w < 4; w++)
                         if (g_wg[wg].pos[w] != g_wg[wg].pos[0])

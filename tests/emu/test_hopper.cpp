@@ -567,6 +567,51 @@ void test_warpgroup_rules() {
                                                                                      setmaxnreg_dec<40>();
                                                                                      setmaxnreg_inc<32>();
                                                                                  }); });
+    {
+        // Ping-pong of two warpgroups on named barriers 1 and 2 (the FA3 schedule): each round,
+        // warpgroup A waits (bar.sync 1, 256) for B's arrival (bar.arrive 1, 256) and vice versa
+        // on barrier 2; what one wrote before arriving is visible to the other after its sync.
+        const std::string name = "hopper/named barriers: ping-pong of two warpgroups";
+        if (selected(name)) {
+            int wrong = 0;
+            emu::launch("pingpong", dim3(1), dim3(256), 64, [&] {
+                DYNAMIC_SMEM(sm);
+                int* turn = reinterpret_cast<int*>(sm);
+                const int wg = (int)threadIdx.x / 128;
+                if (threadIdx.x == 0) *turn = 0;
+                __syncthreads();
+                for (int r = 0; r < 4; r++) {
+                    if (wg == 0) {
+                        if (r > 0) named_bar_sync(1, 256);  // B's round r - 1 is done
+                        if (*turn != 2 * r) wrong++;
+                        named_bar_sync(3, 128);
+                        if (threadIdx.x == 0) *turn = 2 * r + 1;
+                        named_bar_arrive(2, 256);
+                    } else {
+                        named_bar_sync(2, 256);  // A's round r is done
+                        if (*turn != 2 * r + 1) wrong++;
+                        named_bar_sync(4, 128);
+                        if (threadIdx.x == 128) *turn = 2 * r + 2;
+                        if (r < 3) named_bar_arrive(1, 256);
+                    }
+                }
+            });
+            report(name, wrong == 0, wrong ? std::to_string(wrong) + " threads saw the other warpgroup's turn too early" : "4 rounds in order");
+        }
+    }
+    expect_error("hopper/named barrier error: id 0", "named barriers are 1..15",
+                 [] { emu::launch("k", dim3(1), dim3(64), 0, [] { named_bar_sync(0, 64); }); });
+    expect_error("hopper/named barrier error: count not a multiple of 32", "multiple of 32",
+                 [] { emu::launch("k", dim3(1), dim3(64), 0, [] { named_bar_sync(1, 48); }); });
+    expect_error("hopper/named barrier error: counts disagree", "current phase counts",
+                 [] { emu::launch("k", dim3(1), dim3(64), 0, [] { named_bar_sync(1, threadIdx.x < 32 ? 64 : 32); }); });
+    expect_error("hopper/named barrier error: too few threads arrive", "deadlock", [] { emu::launch("k", dim3(1), dim3(128), 0, [] {
+                                                                                      if (threadIdx.x < 64) named_bar_sync(1, 128);
+                                                                                  }); });
+    expect_error("hopper/named barrier error: unbalanced arrivals at exit", "do not balance",
+                 [] { emu::launch("k", dim3(1), dim3(128), 0, [] {
+                      if (threadIdx.x < 64) named_bar_arrive(1, 128);
+                  }); });
     // wgmma misuse on a trivial operand (K-major no swizzle, everything at offset 0).
     const uint64_t desc = wgmma_desc(0, 128, 256, WGMMA_SW_NONE);
     auto wg = [=](const char* kname, const std::function<void(float (&)[32])>& body) {

@@ -40,6 +40,9 @@ void fence_proxy_async();
 // ---- warp and warpgroup control ----
 bool elect_one();
 void setmaxnreg(int n, bool inc);
+// bar.sync / bar.arrive with a barrier id (1..15; 0 is __syncthreads) and a thread count (a
+// multiple of 32): each thread counts one; the barrier completes when `n` threads arrived.
+void named_bar(int id, int n, bool sync);
 
 // ---- wgmma ----
 void wgmma_fence();
@@ -70,6 +73,10 @@ template <int N>
 inline void setmaxnreg_inc() { emu::setmaxnreg(N, true); }
 template <int N>
 inline void setmaxnreg_dec() { emu::setmaxnreg(N, false); }
+
+// Named barriers (kernels/hopper.cuh): bar.sync id, n and bar.arrive id, n.
+inline void named_bar_sync(int id, int n) { emu::named_bar(id, n, true); }
+inline void named_bar_arrive(int id, int n) { emu::named_bar(id, n, false); }
 
 inline void wgmma_fence() { emu::wgmma_fence(); }
 inline void wgmma_commit() { emu::wgmma_commit(); }
