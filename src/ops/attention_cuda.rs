@@ -28,6 +28,9 @@ pub enum AttnKernel {
     Flash,
     /// The generic kernel.
     Naive,
+    /// The FlashAttention-3-style sm_90a kernel ([`crate::ops::attention_hopper`]; an error if
+    /// the inputs do not qualify like [`AttnKernel::Flash`] or the GPU has no sm_90a image).
+    Hopper,
 }
 
 /// Segments per side the kernels take.
@@ -57,14 +60,14 @@ pub fn attention_cuda(
 /// One segment as the kernels see it: the tensor (a view, or the copy made for the kernel)
 /// and its geometry.
 #[derive(Clone)]
-struct Seg {
-    t: Tensor,
-    ptr: u64,
-    len: usize,
+pub(crate) struct Seg {
+    pub(crate) t: Tensor,
+    pub(crate) ptr: u64,
+    pub(crate) len: usize,
     /// Elements between rows.
-    rs: usize,
+    pub(crate) rs: usize,
     /// Elements between batches.
-    bs: usize,
+    pub(crate) bs: usize,
 }
 
 /// The non-empty segments of one side, with strides; made contiguous where `aligned` is asked
@@ -196,8 +199,8 @@ pub fn attention_cuda_with(
     let flash_ok = dt == DType::BF16 && d.d == 64;
     let flash = match kernel {
         AttnKernel::Auto => flash_ok,
-        AttnKernel::Flash if flash_ok => true,
-        AttnKernel::Flash => {
+        AttnKernel::Flash | AttnKernel::Hopper if flash_ok => true,
+        AttnKernel::Flash | AttnKernel::Hopper => {
             return Err(shape_err!(
                 "attention: the flash kernel needs bf16 and head dim 64, got {} and d = {}",
                 dt.name(),
@@ -239,7 +242,11 @@ pub fn attention_cuda_with(
 
     let (qa, ka, va) = (seg_args(&qs)?, seg_args(&ks)?, seg_args(&vs)?);
     let (out_p, bias_p) = (DevPtrMut::of(&out)?, DevPtr::opt(bias_t.as_ref())?);
-    if flash {
+    if flash && kernel == AttnKernel::Hopper {
+        crate::ops::attention_hopper::attention_hopper(
+            &gpu, &qs, &ks, &vs, out_p, bias_p, &d, scale, causal,
+        )?;
+    } else if flash {
         let grid = (d.sq.div_ceil(FLASH_BM) as u32, d.heads as u32, d.b as u32);
         let args = FlashAttnD64Args {
             q: qa,
