@@ -23,6 +23,7 @@ const SOURCES: &[&str] = &[
     "test_attention.cpp",
     "test_conv.cpp",
     "test_gemm_int8.cpp",
+    "test_hopper.cpp",
     "test_ops.cpp",
 ];
 
@@ -174,6 +175,11 @@ fn emulated_conv_kernels() {
 #[test]
 fn emulated_w8a16_kernels() {
     run("w8a16/");
+}
+
+#[test]
+fn emulated_hopper_subset() {
+    run("hopper/");
 }
 
 #[test]

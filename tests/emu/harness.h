@@ -109,4 +109,5 @@ bool expect_close(const std::string& name, const T* got, const std::vector<doubl
 void test_attention();
 void test_conv();
 void test_gemm_int8();
+void test_hopper();
 void test_ops();

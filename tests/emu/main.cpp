@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
         test_attention();
         test_conv();
         test_gemm_int8();
+        test_hopper();
     }
     if (failures()) {
         printf("%d emulated kernel case(s) FAILED\n", failures());

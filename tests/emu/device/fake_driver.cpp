@@ -476,10 +476,17 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
     if ((int)smem > fn->max_dyn_smem) return INVALID_VALUE;  // like the hardware: opt in above 48 KiB
     if ((unsigned long long)bx * by * bz > 1024 || gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535) return INVALID_VALUE;
     // The parameter values are read at the launch (the caller's storage may be gone when the
-    // kernel runs): every argument of the engine's launchers (runtime::kernels) sits in an 8-byte slot.
-    auto values = std::make_shared<std::vector<unsigned long long>>((size_t)fn->k->arity);
-    for (int i = 0; i < fn->k->arity; i++) memcpy(&(*values)[(size_t)i], params[i], 8);
+    // kernel runs), each with its own size (8 bytes for the scalars and pointers, 128 for a
+    // tensor map), in 64-byte aligned slots.
     const emu::KernelEntry* k = fn->k;
+    size_t total = 0;
+    std::vector<size_t> offs((size_t)k->arity);
+    for (int i = 0; i < k->arity; i++) {
+        offs[(size_t)i] = total;
+        total += (k->sizes[i] + 63) / 64 * 64;
+    }
+    std::shared_ptr<unsigned char> values(static_cast<unsigned char*>(aligned_alloc(64, total + 64)), free);
+    for (int i = 0; i < k->arity; i++) memcpy(values.get() + offs[(size_t)i], params[i], k->sizes[i]);
     const bool fault = faults(k->name);
     enqueue(s, [=] {
         if (fault || g_sticky) {
@@ -487,10 +494,21 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
             return;
         }
         std::vector<void*> ptrs((size_t)k->arity);
-        for (int i = 0; i < k->arity; i++) ptrs[(size_t)i] = &(*values)[(size_t)i];
+        for (int i = 0; i < k->arity; i++) ptrs[(size_t)i] = values.get() + offs[(size_t)i];
         emu::launch(k->name, dim3(gx, gy, gz), dim3(bx, by, bz), smem, [&] { k->invoke(k->fn, ptrs.data()); });
     });
     return OK;
+}
+
+// cuTensorMapEncodeTiled (CUDA 12.0): the emulator's encoder with the driver's validity rules
+// (tests/emu/emu.cpp); the 128 bytes are what the emulated cp.async.bulk.tensor reads.
+int cuTensorMapEncodeTiled(void* tensorMap, int tensorDataType, unsigned tensorRank, void* globalAddress, const unsigned long long* globalDim,
+                           const unsigned long long* globalStrides, const unsigned* boxDim, const unsigned* elementStrides, int interleave,
+                           int swizzle, int l2Promotion, int oobFill) {
+    LOCK;
+    static_assert(sizeof(unsigned long long) == sizeof(uint64_t), "cuuint64_t");
+    return emu::tensor_map_encode_tiled(tensorMap, tensorDataType, tensorRank, globalAddress, (const uint64_t*)globalDim,
+                                        (const uint64_t*)globalStrides, boxDim, elementStrides, interleave, swizzle, l2Promotion, oobFill);
 }
 
 // ---- cuBLASLt (naive GEMM with the epilogues the engine uses) -------------------------------

@@ -14,7 +14,8 @@ struct KernelEntry {
     const char* name;
     void* fn;
     Invoker invoke;
-    int arity;  // number of parameters
+    int arity;            // number of parameters
+    const size_t* sizes;  // their sizes in bytes (a tensor map: 128)
 };
 std::map<std::string, KernelEntry>& registry();
 
@@ -27,8 +28,14 @@ void invoke_as(void* fn, void** p) {
     call_unpacked(reinterpret_cast<void (*)(A...)>(fn), p, std::index_sequence_for<A...>{});
 }
 template <typename... A>
+struct ParamSizes {
+    static constexpr size_t v[sizeof...(A) + 1] = {sizeof(std::remove_cv_t<std::remove_reference_t<A>>)..., 0};
+};
+template <typename... A>
 struct Registrar {
-    Registrar(const char* name, void (*fn)(A...)) { registry()[name] = KernelEntry{name, (void*)fn, &invoke_as<A...>, (int)sizeof...(A)}; }
+    Registrar(const char* name, void (*fn)(A...)) {
+        registry()[name] = KernelEntry{name, (void*)fn, &invoke_as<A...>, (int)sizeof...(A), ParamSizes<A...>::v};
+    }
 };
 template <typename... A>
 Registrar<A...> make_registrar(const char* name, void (*fn)(A...)) {

@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <string>
 #include <vector>
 
 #define CONTENTV_EMU 1
@@ -121,6 +122,12 @@ const dim3& thread_idx();
 unsigned char* dyn_smem();
 
 [[noreturn]] void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// Tests of the emulator's own checks: with g_fail_throws set, fail() makes the launch throw
+// Failure (the kernel's threads are abandoned) instead of ending the process.
+struct Failure {
+    std::string msg;
+};
+extern bool g_fail_throws;
 
 void syncthreads();
 // Warp collective: every lane posts `n` words and gets back the words of all 32 lanes
@@ -149,6 +156,7 @@ void device_free(void* p);
 // Runs `kernel` for every block of `grid` with `block` threads and `dyn_smem` bytes of dynamic
 // shared memory. `name` appears in failure messages.
 void launch(const char* name, dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()>& kernel);
+void launch_blocks(const char* name, dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()>& kernel);
 }  // namespace emu
 
 #define threadIdx (emu::thread_idx())
@@ -159,7 +167,10 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_smem, const std:
 inline void __syncthreads() { emu::syncthreads(); }
 
 namespace emu {
-enum Op { OP_SYNCWARP = 1, OP_SHFL, OP_SHFL_XOR, OP_LDSM, OP_LDSM_T, OP_MMA_BF16, OP_MMA_F16 };
+enum Op {
+    OP_SYNCWARP = 1, OP_SHFL, OP_SHFL_XOR, OP_LDSM, OP_LDSM_T, OP_MMA_BF16, OP_MMA_F16,
+    OP_ELECT, OP_SETMAXNREG, OP_WG_FENCE, OP_WG_COMMIT, OP_WG_WAIT, OP_WGMMA
+};
 inline void check_full_mask(unsigned mask, const char* what) {
     if (mask != 0xffffffffu) fail("%s with mask 0x%08x: the emulator supports full-warp masks only", what, mask);
 }
@@ -258,3 +269,5 @@ inline void mma_16816_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, 
     emu::mma(c, ab, false);
 }
 inline float fast_exp2(float x) { return exp2f(x); }
+
+#include "cuda_emu_hopper.h"
