@@ -408,7 +408,7 @@ fn kernel_gate() {
                     .as_ref()
                     .map(|m| m.get(name).copied().unwrap_or((0, 0, 0)));
                 if WGMMA_KERNELS.contains(&name.as_str()) {
-                    if target != "sm_90a" {
+                    if *target != "sm_90a" {
                         failures.push(format!("{at}: a wgmma kernel built for {target} (sm_90a only)"));
                     }
                     for w in &wgmma_problems {
