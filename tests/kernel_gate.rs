@@ -409,7 +409,9 @@ fn kernel_gate() {
                     .map(|m| m.get(name).copied().unwrap_or((0, 0, 0)));
                 if WGMMA_KERNELS.contains(&name.as_str()) {
                     if *target != "sm_90a" {
-                        failures.push(format!("{at}: a wgmma kernel built for {target} (sm_90a only)"));
+                        failures.push(format!(
+                            "{at}: a wgmma kernel built for {target} (sm_90a only)"
+                        ));
                     }
                     for w in &wgmma_problems {
                         failures.push(format!("{at}: ptxas: {w}"));

@@ -52,7 +52,12 @@ fn seg_map(what: &str, s: &Seg, b: usize, hd: usize) -> Result<TmaDesc> {
 }
 
 /// The maps of one side (unused entries repeat the first) and the segment lengths.
-fn side(what: &str, segs: &[Seg], b: usize, hd: usize) -> Result<([TmaDesc; SEGMENTS], [i32; SEGMENTS])> {
+fn side(
+    what: &str,
+    segs: &[Seg],
+    b: usize,
+    hd: usize,
+) -> Result<([TmaDesc; SEGMENTS], [i32; SEGMENTS])> {
     if segs.is_empty() || segs.len() > SEGMENTS {
         return Err(shape_err!(
             "attention (hopper): {what} has {} non-empty segments, 1 to {SEGMENTS} wanted",
@@ -63,7 +68,11 @@ fn side(what: &str, segs: &[Seg], b: usize, hd: usize) -> Result<([TmaDesc; SEGM
     let mut maps = [first; SEGMENTS];
     let mut lens = [0i32; SEGMENTS];
     for (i, s) in segs.iter().enumerate() {
-        maps[i] = if i == 0 { first } else { seg_map(what, s, b, hd)? };
+        maps[i] = if i == 0 {
+            first
+        } else {
+            seg_map(what, s, b, hd)?
+        };
         lens[i] = s.len as i32;
     }
     Ok((maps, lens))
@@ -110,7 +119,9 @@ pub(crate) fn attention_hopper(
     }
     let tiles: usize = qs.iter().map(|s| s.len.div_ceil(HOPPER_BM)).sum();
     if tiles > i32::MAX as usize {
-        return Err(shape_err!("attention (hopper): {d:?} is too large for one launch"));
+        return Err(shape_err!(
+            "attention (hopper): {d:?} is too large for one launch"
+        ));
     }
     let grid = (tiles as u32, d.heads as u32, d.b as u32);
     let args = FlashAttnHopperArgs {

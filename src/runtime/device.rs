@@ -557,13 +557,11 @@ impl Gpu {
         // SAFETY: `f` is a live function of a loaded module; `params` point at the values,
         // which outlive the call (the driver copies them when queuing) and match the kernel's
         // parameter list (this fn's contract), as do the pointers in them.
-        unsafe { cu::launch_kernel(f, grid, block, smem, self.stream(), params) }.map_err(
-            |e| {
-                Error::Cuda(format!(
-                    "launching {name} grid {grid:?} block {block:?} smem {smem}: {e:?}"
-                ))
-            },
-        )?;
+        unsafe { cu::launch_kernel(f, grid, block, smem, self.stream(), params) }.map_err(|e| {
+            Error::Cuda(format!(
+                "launching {name} grid {grid:?} block {block:?} smem {smem}: {e:?}"
+            ))
+        })?;
         if sync_launches() {
             self.compute.synchronize().map_err(|e| {
                 Error::Cuda(format!(

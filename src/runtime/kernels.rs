@@ -278,7 +278,10 @@ impl TmaDesc {
         if dims.iter().any(|d| *d == 0 || *d > 1 << 32) {
             return bad("a dim is 0 or above 2^32".into());
         }
-        if box_dims.iter().any(|b| *b == 0 || *b > 256) || (box_dims[0] * 2) % 16 != 0 || box_dims[0] * 2 > 128 {
+        if box_dims.iter().any(|b| *b == 0 || *b > 256)
+            || (box_dims[0] * 2) % 16 != 0
+            || box_dims[0] * 2 > 128
+        {
             return bad("the box does not fit the 128-byte swizzle".into());
         }
         let mut map = sys::CUtensorMap { opaque: [0; 16] };
