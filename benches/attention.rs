@@ -3,7 +3,9 @@
 //! (S = 41,805), 38 heads of 64, batch 1 and 2 (CFG), plus smaller shapes. Timed with CUDA events
 //! on the compute stream (median of several runs after a warm-up); reports ms and TFLOP/s with
 //! 4*B*H*Sq*Sk*64 flops (half that when causal). Before timing, the flash kernel is checked
-//! against the generic kernel on a small shape. Prints SKIP and exits 0 without a GPU.
+//! against the generic kernel on a small shape. On an sm_90 GPU with the sm_90a image the
+//! FlashAttention-3-style kernel (kernels/attention_hopper.cu, `flash_attn_hopper_d64`) is
+//! checked and timed next to it on the same shapes. Prints SKIP and exits 0 without a GPU.
 //!
 //! Run: `cargo bench --bench attention` (CONTENTV_BENCH_QUICK=1: fewer runs, no B=2 production shape).
 #[path = "util/mod.rs"]
@@ -88,21 +90,31 @@ fn main() {
         10
     };
 
-    // Validation: flash against the generic kernel (f32 math) on a small joint shape.
+    let hopper = contentv::ops::attention_hopper::hopper_available(g);
+    let mut kernels = vec![(AttnKernel::Flash, "flash_attn_fwd_d64")];
+    if hopper {
+        kernels.push((AttnKernel::Hopper, "flash_attn_hopper_d64"));
+    } else {
+        println!("flash_attn_hopper_d64: not timed (needs sm_90 and the sm_90a image)");
+    }
+
+    // Validation: each kernel against the generic kernel (f32 math) on a small joint shape.
     {
         let x = Qkv::new(&dev, 1, &[util::scaled(1000, 40), n_text()]);
         for causal in [false, true] {
-            let f = x.run(causal, AttnKernel::Flash).to_vec_f32().unwrap();
             let n = x.run(causal, AttnKernel::Naive).to_vec_f32().unwrap();
-            let (atol, rtol) =
-                contentv::ops::tolerance::for_dtype(contentv::runtime::DType::BF16, 1333);
-            match contentv::ops::tolerance::check(&f, &n, 2.0 * atol, 2.0 * rtol) {
-                Ok(()) => {
-                    println!("validation (causal {causal}): flash matches the generic kernel")
+            for &(kernel, kname) in &kernels {
+                let f = x.run(causal, kernel).to_vec_f32().unwrap();
+                let (atol, rtol) =
+                    contentv::ops::tolerance::for_dtype(contentv::runtime::DType::BF16, 1333);
+                match contentv::ops::tolerance::check(&f, &n, 2.0 * atol, 2.0 * rtol) {
+                    Ok(()) => println!(
+                        "validation (causal {causal}): {kname} matches the generic kernel"
+                    ),
+                    Err(e) => println!(
+                        "INVALID {kname} (causal {causal}): {e} (its timings below are of a wrong kernel)"
+                    ),
                 }
-                Err(e) => println!(
-                    "INVALID flash (causal {causal}): {e} (timings below are of a wrong kernel)"
-                ),
             }
         }
     }
@@ -125,15 +137,17 @@ fn main() {
             * s
             * HEAD_DIM as f64
             * if causal { 0.5 } else { 1.0 };
-        let ms = time_ms(&dev, it, || {
-            x.run(causal, AttnKernel::Flash);
-        });
-        let name = format!(
-            "flash_attn_fwd_d64 B={b} H={} S={sv}+{st}{}",
-            heads(),
-            if causal { " causal" } else { "" }
-        );
-        util::report_flops(&name, ms, flops);
+        for &(kernel, kname) in &kernels {
+            let ms = time_ms(&dev, it, || {
+                x.run(causal, kernel);
+            });
+            let name = format!(
+                "{kname} B={b} H={} S={sv}+{st}{}",
+                heads(),
+                if causal { " causal" } else { "" }
+            );
+            util::report_flops(&name, ms, flops);
+        }
     }
     // The generic kernel on a small shape, for scale.
     let sn = util::scaled(2048, 32);

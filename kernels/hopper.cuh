@@ -94,6 +94,13 @@ __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.
 template <int N>
 __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 
+// ---- named barriers (bar.sync / bar.arrive) ----
+// Barrier `id` (1..15; 0 is __syncthreads) of `n` threads (a multiple of 32, counted per warp):
+// it completes once n threads have arrived, by sync or arrive, and then resets. sync arrives and
+// waits for the completion; arrive does not wait (the producer side of a ping-pong).
+__device__ __forceinline__ void named_bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void named_bar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+
 // ---- wgmma (warpgroup: 4 consecutive warps, the first a multiple of 4) ----
 // Before the first wgmma.mma_async of a sequence, and whenever its register operands
 // (accumulators, A fragments) were written by other instructions in between.

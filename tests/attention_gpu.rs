@@ -286,6 +286,76 @@ fn flash_odd_segments() {
     }
 }
 
+/// Whether the Hopper kernel runs here (an sm_90 device with the sm_90a image: a real H100/H200,
+/// or the emulated device at its default arch 9.0); prints SKIP otherwise.
+fn hopper_here(dev: &Device) -> bool {
+    let Device::Cuda(g) = dev else { return false };
+    let ok = contentv::ops::attention_hopper::hopper_available(g);
+    if !ok {
+        println!("SKIP: the Hopper kernel needs sm_90 and the sm_90a image of kernels/attention_hopper.cu");
+    }
+    ok
+}
+
+/// The FlashAttention-3-style sm_90a kernel on the cases of the flash kernel: joint
+/// [video; text], 38 heads, batch 2, fused (strided) rows, video-only queries, a peaky softmax,
+/// causal, bias, odd and empty segments, four segments.
+#[test]
+fn hopper_joint_causal_bias_odd() {
+    let Some(dev) = gpu() else { return };
+    if !hopper_here(&dev) {
+        return;
+    }
+    for c in [
+        Case::new(1, 1, 64, VIDEO_TEXT),
+        Case {
+            q_amp: 4.0,
+            ..Case::new(2, 38, 64, &[1000, 77])
+        },
+        Case {
+            fused: true,
+            ..Case::new(2, 2, 64, &[1537, 333])
+        },
+        Case {
+            q_segs: 1,
+            ..Case::new(2, 3, 64, &[1000, 333])
+        },
+        Case {
+            q_amp: 24.0,
+            ..Case::new(1, 2, 64, &[1000, 333])
+        },
+        Case {
+            causal: true,
+            ..Case::new(2, 2, 64, &[1000, 333])
+        },
+        Case {
+            bias: true,
+            causal: true,
+            q_amp: 4.0,
+            ..Case::new(1, 3, 64, &[200, 57])
+        },
+        Case {
+            bias: true,
+            fused: true,
+            ..Case::new(2, 38, 64, &[45, 77])
+        },
+        Case::new(1, 1, 64, &[1]),
+        Case::new(2, 1, 64, &[3, 5]),
+        Case::new(1, 2, 64, &[63, 65, 1]),
+        Case {
+            causal: true,
+            ..Case::new(2, 2, 64, &[17, 128, 64, 129])
+        },
+        Case::new(1, 2, 64, &[129, 0]),
+        Case {
+            fused: true,
+            ..Case::new(1, 2, 64, &[127, 0, 333])
+        },
+    ] {
+        run_case(&dev, c, DType::BF16, AttnKernel::Hopper);
+    }
+}
+
 #[test]
 fn naive_all_dtypes_and_head_dims() {
     let Some(dev) = gpu() else { return };

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use contentv::ops::attention_cuda::{FLASH_SMEM, FLASH_THREADS, NAIVE_ROWS};
+use contentv::ops::attention_hopper::{HOPPER_SMEM, HOPPER_THREADS};
 use contentv::ops::quant::w8a16_smem_bytes;
 use contentv::runtime::device::{kernel_images, kernel_ptxas_reports};
 
@@ -70,6 +71,16 @@ fn launches() -> Vec<Launch> {
             true,
             TWO,
         ),
+        // 3 warpgroups (producer + 2 consumers), 168 registers at launch (setmaxnreg moves them:
+        // producer 24, consumers 240), ~113 KiB of shared memory: 1 CTA per SM by design.
+        k(
+            "flash_attn_hopper_d64",
+            HOPPER_THREADS,
+            HOPPER_SMEM,
+            true,
+            true,
+            ONE,
+        ),
         k(
             "attn_naive_*",
             (NAIVE_ROWS * 32) as u32,
@@ -111,6 +122,25 @@ fn launches() -> Vec<Launch> {
         k("softmax_last_*", 256, 0, false, false, ONE),
         k("embedding_*", 128, 0, false, false, ONE),
     ]
+}
+
+/// Kernels built on wgmma (sm_90a): HGMMA must be in their SASS, and ptxas must neither ignore
+/// their setmaxnreg nor serialize their wgmma (its infos C7510 / C7520 / "setmaxnreg ignored").
+const WGMMA_KERNELS: &[&str] = &["flash_attn_hopper_d64"];
+
+/// The ptxas messages that mean a wgmma kernel lost its design: the register reallocation
+/// ignored, or the wgmma pipeline serialized.
+fn wgmma_report_problems(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| {
+            let t = l.to_ascii_lowercase();
+            (t.contains("setmaxnreg") && (t.contains("ignor") || t.contains("warning")))
+                || t.contains("c7510")
+                || t.contains("c7520")
+                || (t.contains("wgmma") && t.contains("serializ"))
+        })
+        .map(|l| l.trim().to_string())
+        .collect()
 }
 
 fn launch_of<'a>(all: &'a [Launch], name: &str) -> Option<&'a Launch> {
@@ -337,6 +367,7 @@ fn kernel_gate() {
                 .as_ref()
                 .map(|t| sass_counts(t, bytes, &format!("{module}.{target}")));
             let a = arch(target);
+            let wgmma_problems = wgmma_report_problems(log);
             for (name, p) in &res {
                 let Some(l) = launch_of(&all, name) else {
                     failures.push(format!(
@@ -376,6 +407,19 @@ fn kernel_gate() {
                 let s = sass
                     .as_ref()
                     .map(|m| m.get(name).copied().unwrap_or((0, 0, 0)));
+                if WGMMA_KERNELS.contains(&name.as_str()) {
+                    if *target != "sm_90a" {
+                        failures.push(format!(
+                            "{at}: a wgmma kernel built for {target} (sm_90a only)"
+                        ));
+                    }
+                    for w in &wgmma_problems {
+                        failures.push(format!("{at}: ptxas: {w}"));
+                    }
+                    if let Some((_, 0, _)) = s {
+                        failures.push(format!("{at}: a wgmma kernel without HGMMA in its SASS"));
+                    }
+                }
                 if let Some((hmma, hgmma, local)) = s {
                     if l.tensor_cores && hmma + hgmma == 0 {
                         failures.push(format!(
@@ -435,6 +479,7 @@ fn kernel_gate() {
             .unwrap_or(0);
         let hmma = per
             .get("sm_90")
+            .or_else(|| per.get("sm_90a"))
             .and_then(|r| r.3)
             .map(|s| (s.0 + s.1).to_string())
             .unwrap_or_else(|| "-".into());
@@ -538,6 +583,19 @@ fn occupancy_arithmetic() {
     p.regs = 16;
     assert_eq!(ctas_per_sm(&p, &l, &arch("sm_86")), (12, "threads"));
     assert_eq!(ctas_per_sm(&p, &l, &arch("sm_90")), (16, "threads"));
+    // the wgmma kernel's design claims: 168 registers x 384 threads, 113 KiB: 1 CTA on sm_90a
+    let l = k("x", HOPPER_THREADS, HOPPER_SMEM, true, true, ONE);
+    p.regs = 168;
+    assert_eq!(ctas_per_sm(&p, &l, &arch("sm_90a")).0, 1);
+    assert!(wgmma_report_problems("ptxas info    : Used 168 registers").is_empty());
+    assert_eq!(
+        wgmma_report_problems(
+            "ptxas info    : (C7510) Potential Performance Loss: wgmma.mma_async instructions are serialized\n\
+             ptxas warning : setmaxnreg ignored; unable to determine register count at entry"
+        )
+        .len(),
+        2
+    );
     // ptxas report parsing
     let log = "ptxas info    : Compiling entry function 'f' for 'sm_90'\n\
                ptxas info    : Function properties for f\n\

@@ -311,6 +311,9 @@ fn classify(p: &[Tok]) -> CParam {
             "unsigned" | "unsigned int" | "uint32_t" => Ok(ParamKind::U32),
             "long long" | "long long int" | "int64_t" => Ok(ParamKind::I64),
             "float" => Ok(ParamKind::F32),
+            // A CUtensorMap by value: only as a __grid_constant__ parameter (TMA reads it
+            // through its generic address, kernels/hopper.cuh).
+            "__grid_constant__ TmaDesc" => Ok(ParamKind::TmaDesc),
             other => Err(format!(
                 "parameter `{text}` is passed by value as `{other}`, which the typed launchers \
                  do not support (add a KernelArg type for it)"
@@ -585,6 +588,7 @@ fn the_embedded_images_hold_exactly_the_source_kernels() {
                             ParamKind::ConstPtr | ParamKind::MutPtr | ParamKind::I64 => "64",
                             ParamKind::I32 | ParamKind::U32 => "32",
                             ParamKind::F32 => "f32",
+                            ParamKind::TmaDesc => "map128",
                         })
                         .collect();
                     assert_eq!(entries[*n], widths, "{rust} ({n}): PTX parameter widths");
@@ -623,6 +627,7 @@ fn ptx_entries(ptx: &str) -> BTreeMap<String, Vec<&'static str>> {
                     ".u64" | ".s64" | ".b64" => "64",
                     ".u32" | ".s32" | ".b32" => "32",
                     ".f32" => "f32",
+                    ".align" if p.contains(".b8") && p.trim_end().ends_with("[128]") => "map128",
                     other => panic!("{name}: PTX parameter type {other} ({p})"),
                 }
             })

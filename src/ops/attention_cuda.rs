@@ -1,16 +1,24 @@
-//! CUDA launchers of the attention kernels (kernels/attention.cu); semantics in
-//! [`crate::ops::attention`].
+//! CUDA launchers of the attention kernels; semantics in [`crate::ops::attention`].
 //!
-//! * `flash_attn_fwd_d64`: bf16, head dim 64, FlashAttention-2 forward on tensor cores (online
-//!   softmax, S x S never stored). Needs 16-byte aligned rows (base pointer, row and batch
-//!   strides multiples of 8 elements); other segments are made contiguous first.
+//! * `flash_attn_hopper_d64` (kernels/attention_hopper.cu, sm_90a only; launcher in
+//!   [`crate::ops::attention_hopper`]): bf16, head dim 64, the FlashAttention-3 design (TMA,
+//!   mbarrier ring, wgmma, ping-pong consumers).
+//! * `flash_attn_fwd_d64` (kernels/attention.cu): bf16, head dim 64, mma.sync m16n8k16 with 32
+//!   query rows per warp (the FlashAttention-2 design), every arch from sm_80.
 //! * `attn_naive_{f32,bf16,f16}`: any head dim <= 256, one warp per query row, f32 math. Used
 //!   for every other case and as a second opinion ([`AttnKernel::Naive`]).
+//!
+//! [`AttnKernel::Auto`] takes the flash kernel [`crate::ops::attention_select`] chose for the GPU
+//! (Hopper on sm_90, mma elsewhere, `CONTENTV_ATTENTION` to force one, a self-check on first
+//! use) for bf16 with head dim 64, the generic kernel otherwise. The flash kernels need 16-byte
+//! aligned rows (base pointer, row and batch strides multiples of 8 elements); other segments
+//! are made contiguous first.
 //!
 //! Each side (q, k, v) may have up to 4 non-empty segments [B, S_i, H*d] (rows may be strided,
 //! last dim dense); they are concatenated along the sequence inside the kernels.
 use crate::error::{Error, Result};
 use crate::ops::attention::{attn_dims, AttnDims, AttnOpts};
+use crate::ops::attention_select::{self, Choice};
 use crate::runtime::kernels::{
     AttnNaive, AttnNaiveArgs, DevPtr, DevPtrMut, FlashAttnD64, FlashAttnD64Args, LaunchCfg,
     SegArgs, SEGMENTS,
@@ -21,13 +29,17 @@ use crate::shape_err;
 /// Which kernel [`attention_cuda_with`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttnKernel {
-    /// Flash for bf16 with head dim 64, naive otherwise.
+    /// The GPU's flash kernel (ops::attention_select) for bf16 with head dim 64, naive
+    /// otherwise.
     #[default]
     Auto,
-    /// The flash kernel (an error if the inputs do not qualify).
+    /// The mma.sync flash kernel (an error if the inputs do not qualify).
     Flash,
     /// The generic kernel.
     Naive,
+    /// The FlashAttention-3-style sm_90a kernel ([`crate::ops::attention_hopper`]; an error if
+    /// the inputs do not qualify like [`AttnKernel::Flash`] or the GPU has no sm_90a image).
+    Hopper,
 }
 
 /// Segments per side the kernels take.
@@ -60,14 +72,14 @@ pub fn attention_cuda(
 /// One segment as the kernels see it: the tensor (a view, or the copy made for the kernel)
 /// and its geometry.
 #[derive(Clone)]
-struct Seg {
-    t: Tensor,
-    ptr: u64,
-    len: usize,
+pub(crate) struct Seg {
+    pub(crate) t: Tensor,
+    pub(crate) ptr: u64,
+    pub(crate) len: usize,
     /// Elements between rows.
-    rs: usize,
+    pub(crate) rs: usize,
     /// Elements between batches.
-    bs: usize,
+    pub(crate) bs: usize,
 }
 
 /// The non-empty segments of one side, with strides; made contiguous where `aligned` is asked
@@ -201,10 +213,28 @@ pub fn attention_cuda_with(
         ));
     }
     let flash_ok = dt == DType::BF16 && d.d == 64;
+    // Auto: the flash kernel chosen for this GPU (ops::attention_select: the arch's default or
+    // CONTENTV_ATTENTION, confirmed by a self-check on first use) where a flash kernel applies.
+    let kernel = match kernel {
+        AttnKernel::Auto if flash_ok => match attention_select::selected(&gpu, |c, q, k, v| {
+            let k_of = match c {
+                Choice::Hopper => AttnKernel::Hopper,
+                Choice::Mma => AttnKernel::Flash,
+                Choice::Naive => AttnKernel::Naive,
+            };
+            attention_cuda_with(q, k, v, 2, 0.125, false, None, k_of)
+        })? {
+            Choice::Hopper => AttnKernel::Hopper,
+            Choice::Mma => AttnKernel::Flash,
+            Choice::Naive => AttnKernel::Naive,
+        },
+        AttnKernel::Auto => AttnKernel::Naive,
+        k => k,
+    };
     let flash = match kernel {
-        AttnKernel::Auto => flash_ok,
-        AttnKernel::Flash if flash_ok => true,
-        AttnKernel::Flash => {
+        AttnKernel::Auto => unreachable!("resolved above"),
+        AttnKernel::Flash | AttnKernel::Hopper if flash_ok => true,
+        AttnKernel::Flash | AttnKernel::Hopper => {
             return Err(shape_err!(
                 "attention: the flash kernel needs bf16 and head dim 64, got {} and d = {}",
                 dt.name(),
@@ -246,7 +276,11 @@ pub fn attention_cuda_with(
 
     let (qa, ka, va) = (seg_args(&qs)?, seg_args(&ks)?, seg_args(&vs)?);
     let (out_p, bias_p) = (DevPtrMut::of(&out)?, DevPtr::opt(bias_t.as_ref())?);
-    if flash {
+    if flash && kernel == AttnKernel::Hopper {
+        crate::ops::attention_hopper::attention_hopper(
+            &gpu, &qs, &ks, &vs, out_p, bias_p, &d, scale, causal,
+        )?;
+    } else if flash {
         let grid = (d.sq.div_ceil(FLASH_BM) as u32, d.heads as u32, d.b as u32);
         let args = FlashAttnD64Args {
             q: qa,

@@ -5,6 +5,7 @@
 pub mod act;
 pub mod attention;
 pub mod attention_cuda;
+pub mod attention_hopper;
 pub mod attention_select;
 pub mod conv;
 pub mod elementwise;

@@ -533,40 +533,35 @@ impl Gpu {
         Ok(f)
     }
 
-    /// Queues `module::name` on the compute stream with its arguments in 8-byte `slots`
-    /// (nothing for an empty grid). Only the typed launchers of [`super::kernels`] call this.
+    /// Queues `module::name` on the compute stream with its arguments: `params[i]` points at
+    /// the value of parameter i (nothing for an empty grid). Only the typed launchers of
+    /// [`super::kernels`] call this.
     ///
     /// # Safety
-    /// `slots` hold the kernel's parameters in order, each in its own slot (little-endian, so
-    /// a pointer to the slot is a pointer to the value), and every pointer among them stays
-    /// valid for what the kernel addresses until the kernel has run (pool memory is
-    /// stream-ordered, so dropping a buffer after the launch is fine).
+    /// `params` point at the kernel's parameters in order, each at a live value of the
+    /// parameter's size and alignment, and every device pointer among them stays valid for
+    /// what the kernel addresses until the kernel has run (pool memory is stream-ordered, so
+    /// dropping a buffer after the launch is fine).
     pub(super) unsafe fn launch_slots(
         &self,
         module: &'static str,
         name: &'static str,
         cfg: LaunchCfg,
-        slots: &mut [u64],
+        params: &mut [*mut c_void],
     ) -> Result<()> {
         let LaunchCfg { grid, block, smem } = cfg;
         if cfg.is_empty() {
             return Ok(());
         }
         let f = self.function(module, name, smem)?;
-        let mut ptrs: Vec<*mut c_void> = slots
-            .iter_mut()
-            .map(|v| v as *mut u64 as *mut c_void)
-            .collect();
-        // SAFETY: `f` is a live function of a loaded module; `ptrs` point at the slots, which
-        // outlive the call (the driver copies the values when queuing) and match the kernel's
+        // SAFETY: `f` is a live function of a loaded module; `params` point at the values,
+        // which outlive the call (the driver copies them when queuing) and match the kernel's
         // parameter list (this fn's contract), as do the pointers in them.
-        unsafe { cu::launch_kernel(f, grid, block, smem, self.stream(), &mut ptrs) }.map_err(
-            |e| {
-                Error::Cuda(format!(
-                    "launching {name} grid {grid:?} block {block:?} smem {smem}: {e:?}"
-                ))
-            },
-        )?;
+        unsafe { cu::launch_kernel(f, grid, block, smem, self.stream(), params) }.map_err(|e| {
+            Error::Cuda(format!(
+                "launching {name} grid {grid:?} block {block:?} smem {smem}: {e:?}"
+            ))
+        })?;
         if sync_launches() {
             self.compute.synchronize().map_err(|e| {
                 Error::Cuda(format!(

@@ -9,10 +9,12 @@
 //! * an argument struct (`ActivationArgs`) whose fields are the kernel's parameters in order, with
 //!   types that say what each one is: [`DevPtr`] (a `const T*`), [`DevPtrMut`] (a `T*`), `i32`
 //!   (`int`), `u32` (`unsigned`), `i64` (`long long`), `f32` (`float`), arrays of those for
-//!   runs of parameters, [`SegArgs`] for attention's `SEG_ARGS`.
+//!   runs of parameters, [`SegArgs`] for attention's `SEG_ARGS`, [`TmaDesc`] for a
+//!   `const __grid_constant__ TmaDesc` (a CUtensorMap passed by value, kernels/hopper.cuh).
 //!
 //! `Activation::F32.launch(gpu, cfg, ActivationArgs { x, y, n, code })` pushes the fields in declaration
-//! order into 8-byte slots and queues the kernel on the compute stream. A missing, extra or
+//! order into slots (8 bytes each; a [`TmaDesc`] is one 128-byte, 64-byte aligned slot) and
+//! queues the kernel on the compute stream. A missing, extra or
 //! mistyped argument, or a pointer where a scalar goes, does not compile; fields are named at
 //! the call site, so two arguments cannot be swapped silently. tests/kernel_signatures.rs
 //! parses every `extern "C" __global__` kernel of kernels/*.cu (macros expanded) and checks
@@ -33,6 +35,10 @@
 //! its declaration says it may**. Every call site states why that holds in a `// SAFETY:`
 //! comment.
 use std::marker::PhantomData;
+
+use std::ffi::c_void;
+
+use cudarc::driver::sys;
 
 use crate::error::{Error, Result};
 use crate::runtime::{DType, Gpu, Tensor};
@@ -121,6 +127,8 @@ pub enum ParamKind {
     I64,
     /// `float`
     F32,
+    /// `const __grid_constant__ TmaDesc` (128 bytes by value)
+    TmaDesc,
 }
 
 /// One kernel parameter as the Rust declaration has it.
@@ -134,13 +142,48 @@ pub struct ParamDesc {
     pub kind: ParamKind,
 }
 
-/// Argument slots of one launch: each parameter in an 8-byte slot (little-endian: a pointer to
-/// the slot is a pointer to the value, whatever its size). Only this module fills them.
-pub struct Slots(Vec<u64>);
+/// One parameter's storage: a scalar or pointer in 8 bytes (little-endian: a pointer to the
+/// slot is a pointer to the value, whatever its size), or a tensor map (128 bytes, boxed so
+/// that its 64-byte alignment holds).
+enum Slot {
+    Word(u64),
+    Map(Box<sys::CUtensorMap>),
+}
+
+/// Argument slots of one launch, one per kernel parameter. Only this module fills them.
+pub struct Slots(Vec<Slot>);
 
 impl Slots {
     fn new() -> Slots {
         Slots(Vec::with_capacity(32))
+    }
+
+    fn word(&mut self, v: u64) {
+        self.0.push(Slot::Word(v));
+    }
+
+    /// The pointer array cuLaunchKernel takes: one pointer to each parameter's value. Valid
+    /// while `self` is neither moved nor dropped (the boxed maps and the vector's words do not
+    /// move while it is borrowed).
+    fn param_ptrs(&mut self) -> Vec<*mut c_void> {
+        self.0
+            .iter_mut()
+            .map(|s| match s {
+                Slot::Word(v) => v as *mut u64 as *mut c_void,
+                Slot::Map(m) => &mut **m as *mut sys::CUtensorMap as *mut c_void,
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
+    fn words(&self) -> Vec<u64> {
+        self.0
+            .iter()
+            .map(|s| match s {
+                Slot::Word(v) => *v,
+                Slot::Map(m) => m.opaque[0],
+            })
+            .collect()
     }
 }
 
@@ -164,7 +207,7 @@ macro_rules! scalar_arg {
         impl KernelArg for $t {
             fn push(&self, slots: &mut Slots) {
                 let $v = *self;
-                slots.0.push($slot);
+                slots.word($slot);
             }
             fn kinds(field: &'static str, whole: bool, out: &mut Vec<ParamDesc>) {
                 out.push(ParamDesc {
@@ -194,6 +237,92 @@ impl<T: KernelArg, const N: usize> KernelArg for [T; N] {
         for _ in 0..N {
             T::kinds(field, false, out);
         }
+    }
+}
+
+/// A CUtensorMap (made by cuTensorMapEncodeTiled, see `ops::attention_hopper`) passed by value
+/// to a `const __grid_constant__ TmaDesc` parameter (kernels/hopper.cuh). It holds a global
+/// address: the tensor it describes must outlive the launch like any pointer argument, which
+/// the launcher's `// SAFETY:` states (the map does not borrow it).
+#[derive(Clone, Copy, Debug)]
+pub struct TmaDesc(pub sys::CUtensorMap);
+
+impl TmaDesc {
+    /// The tensor map of a rank-3 bf16 tensor at device address `addr` with `dims` (innermost
+    /// first, elements) and the byte strides of dims 1 and 2, read in boxes of `box_dims`
+    /// elements, SWIZZLE_128B in shared memory, out-of-bounds elements zero-filled, 128-byte
+    /// L2 promotion (cuTensorMapEncodeTiled). An error (a shape error naming `what`) for what
+    /// the driver rejects: the address must be 16-byte aligned, the strides multiples of 16
+    /// below 2^40, every dim in [1, 2^32], every box dim in [1, 256] with box_dims[0] x 2 bytes
+    /// a multiple of 16 and at most 128 (the swizzle span).
+    pub fn tiled_bf16_3d(
+        what: &str,
+        addr: u64,
+        dims: [u64; 3],
+        strides: [u64; 2],
+        box_dims: [u32; 3],
+    ) -> Result<TmaDesc> {
+        let bad = |why: String| {
+            Err(crate::shape_err!(
+                "{what}: no tensor map for address {addr:#x} dims {dims:?} strides {strides:?} \
+                 box {box_dims:?}: {why}"
+            ))
+        };
+        // The driver's rules, checked first so that the error says which one.
+        if addr % 16 != 0 {
+            return bad("the address is not 16-byte aligned".into());
+        }
+        if let Some(s) = strides.iter().find(|s| **s % 16 != 0 || **s >= 1 << 40) {
+            return bad(format!("stride {s} is not a multiple of 16 below 2^40"));
+        }
+        if dims.iter().any(|d| *d == 0 || *d > 1 << 32) {
+            return bad("a dim is 0 or above 2^32".into());
+        }
+        if box_dims.iter().any(|b| *b == 0 || *b > 256)
+            || (box_dims[0] * 2) % 16 != 0
+            || box_dims[0] * 2 > 128
+        {
+            return bad("the box does not fit the 128-byte swizzle".into());
+        }
+        let mut map = sys::CUtensorMap { opaque: [0; 16] };
+        let elem_strides = [1u32; 3];
+        // SAFETY: every pointer is to a live local array of the length the rank (3) implies
+        // (strides: rank - 1); `map` is a writable 64-byte aligned CUtensorMap. The call only
+        // encodes: it reads no device memory.
+        let rc = unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut map,
+                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                3,
+                addr as *mut c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                box_dims.as_ptr(),
+                elem_strides.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        if rc != sys::CUresult::CUDA_SUCCESS {
+            return bad(format!("cuTensorMapEncodeTiled returned {rc:?}"));
+        }
+        Ok(TmaDesc(map))
+    }
+}
+
+impl sealed::Sealed for TmaDesc {}
+impl KernelArg for TmaDesc {
+    fn push(&self, slots: &mut Slots) {
+        slots.0.push(Slot::Map(Box::new(self.0)));
+    }
+    fn kinds(field: &'static str, whole: bool, out: &mut Vec<ParamDesc>) {
+        out.push(ParamDesc {
+            field,
+            whole,
+            kind: ParamKind::TmaDesc,
+        });
     }
 }
 
@@ -317,7 +446,7 @@ macro_rules! kernels {
                     // the pointers are valid for the launch (they borrow live tensors, and pool
                     // memory is stream-ordered) and cover what the kernel addresses (this fn's
                     // contract).
-                    unsafe { gpu.launch_slots($module, self.0, cfg, &mut slots.0) }
+                    unsafe { gpu.launch_slots($module, self.0, cfg, &mut slots.param_ptrs()) }
                 }
             }
 
@@ -421,6 +550,19 @@ kernels! {
         (q: SegArgs<'a>, k: SegArgs<'a>, v: SegArgs<'a>, out: DevPtrMut<'a>, bias: DevPtr<'a>,
          h: i32, d: i32, sq: i32, sk: i32, scale: f32, causal: i32);
 
+    // ----- kernels/attention_hopper.cu (sm_90a only) -----------------------------------------
+
+    /// FlashAttention-3-style forward for Hopper (sm_90a), bf16, head dim 64, semantics of
+    /// [`FlashAttnD64`]: `tq`, `tk`, `tv` are tensor maps of the q, k, v segments (rank 3
+    /// {h*64, rows, B}, box {64, 128, 1}, SWIZZLE_128B; unused entries repeat the first), `qn`,
+    /// `kn` their lengths (0: unused; v has k's), out [B, sq, h*64], bias [h, sq, sk] f32 or
+    /// null. Grid (query tiles of 128 per segment, h, B), 384 threads,
+    /// `attention_hopper::SMEM_BYTES` dynamic shared memory.
+    FlashAttnHopper / FlashAttnHopperArgs<'a> = "attention_hopper" :: ["flash_attn_hopper_d64"]
+        (tq: [TmaDesc; SEGMENTS], tk: [TmaDesc; SEGMENTS], tv: [TmaDesc; SEGMENTS],
+         qn: [i32; SEGMENTS], kn: [i32; SEGMENTS], out: DevPtrMut<'a>, bias: DevPtr<'a>, h: i32,
+         sq: i32, sk: i32, scale_log2: f32, causal: i32);
+
     // ----- kernels/conv3d.cu ----------------------------------------------------------------
 
     /// Implicit-GEMM 3-D convolution (`CONV_KERNEL_ARGS`), f32: x [B, ci, t, hin, win], ctx
@@ -504,7 +646,7 @@ mod tests {
         KernelArg::push(&a.ddt, &mut s);
         KernelArg::push(&1.5f32, &mut s);
         assert_eq!(
-            s.0,
+            s.words(),
             vec![
                 0x1000,
                 0x2000,

@@ -1,7 +1,10 @@
-// kernels/attention.cu on the emulator: flash_attn_fwd_d64 and attn_naive_* against a
-// double-precision softmax(scale Q K^T + bias) V over segment lists (the joint [video; text]
-// layout of the MMDiT, fused-QKV row strides, padded batch strides, causal masks, T5 bias).
+// kernels/attention.cu and kernels/attention_hopper.cu on the emulator: flash_attn_fwd_d64,
+// flash_attn_hopper_d64 (wgmma / TMA / mbarriers on the emulated Hopper subset) and attn_naive_*
+// against a double-precision softmax(scale Q K^T + bias) V over segment lists (the joint
+// [video; text] layout of the MMDiT, fused-QKV row strides, padded batch strides, causal masks,
+// T5 bias).
 #include "attention.cu"
+#include "attention_hopper.cu"
 
 #include <memory>
 
@@ -153,6 +156,62 @@ void run_case(const Case& c, bool flash, uint64_t seed) {
     expect_close(name, out.p, ref, atol, rtol);
 }
 
+// The tensor map of one segment as the launcher (src/ops/attention_hopper.rs) makes it: rank 3
+// {H*D, n, B}, byte strides {rs, bs}, box {64, 128, 1}, bf16, SWIZZLE_128B, OOB zero fill.
+TmaDesc seg_map(const Operand<__nv_bfloat16>& o, int i, int B, int HD) {
+    const int s = i < (int)o.segs.size() ? i : 0;
+    const auto& g = o.segs[(size_t)s];
+    const uint64_t dims[3] = {(uint64_t)HD, (uint64_t)g.n, (uint64_t)B};
+    const uint64_t strides[2] = {(uint64_t)g.rs * 2, (uint64_t)g.bs * 2};
+    const uint32_t box[3] = {64, (uint32_t)fa3::BN, 1};
+    const uint32_t es[3] = {1, 1, 1};
+    // Encoded into an explicitly aligned buffer (the driver wants 64 bytes; g++ does not
+    // always align a TmaDesc temporary).
+    alignas(64) unsigned char buf[128];
+    const int rc = emu::tensor_map_encode_tiled(buf, emu::TMAP_BFLOAT16, 3, (void*)(g.buf->p + g.off), dims, strides, box, es, 0,
+                                                emu::TMAP_SWIZZLE_128B, 2, 0);
+    if (rc != 0) emu::fail("attention/hopper: the tensor map of segment %d was rejected (%d)", s, rc);
+    TmaDesc m;
+    memcpy(&m, buf, sizeof m);
+    return m;
+}
+
+void run_hopper_case(const Case& c, uint64_t seed) {
+    using T = __nv_bfloat16;
+    const std::string name = "attention/hopper_d64 " + c.name;
+    if (!selected(name)) return;
+    Rng rng(seed);
+    const int HD = c.H * c.D;
+    Operand<T> q = make_operand<T>(rng, c.B, HD, c.q);
+    Operand<T> k = make_operand<T>(rng, c.B, HD, c.kv);
+    Operand<T> v = make_operand<T>(rng, c.B, HD, c.kv);
+    const int Sq = q.rows(), Sk = k.rows();
+    std::unique_ptr<DBuf<float>> bias;
+    if (c.bias) {
+        bias = std::make_unique<DBuf<float>>((size_t)c.H * Sq * Sk);
+        for (size_t i = 0; i < bias->n; i++) (*bias)[i] = rng.sym(3.f);
+    }
+    const float* bp = bias ? bias->p : nullptr;
+    DBuf<T> out((size_t)c.B * Sq * HD);
+    const float scale = 1.f / std::sqrt((float)c.D);
+    TmaDesc tq[4], tk[4], tv[4];
+    for (int i = 0; i < 4; i++) {
+        tq[i] = seg_map(q, i, c.B, HD);
+        tk[i] = seg_map(k, i, c.B, HD);
+        tv[i] = seg_map(v, i, c.B, HD);
+    }
+    unsigned tiles = 0;
+    for (const auto& g : q.segs) tiles += (unsigned)((g.n + fa3::BM - 1) / fa3::BM);
+    emu::launch("flash_attn_hopper_d64", dim3(tiles, (unsigned)c.H, (unsigned)c.B), dim3(fa3::THREADS), fa3::SMEM_BYTES, [&] {
+        flash_attn_hopper_d64(tq[0], tq[1], tq[2], tq[3], tk[0], tk[1], tk[2], tk[3], tv[0], tv[1], tv[2], tv[3], q.len(0), q.len(1),
+                              q.len(2), q.len(3), k.len(0), k.len(1), k.len(2), k.len(3), reinterpret_cast<__nv_bfloat16*>(out.p), bp, c.H,
+                              Sq, Sk, scale * fa3::LOG2E, c.causal);
+    });
+    const std::vector<double> ref = reference(q, k, v, bp, c.B, c.H, c.D, scale, c.causal);
+    // As the flash kernel: P rounded to bf16 before P V, the output to bf16.
+    expect_close(name, out.p, ref, 2e-2, 1e-2);
+}
+
 }  // namespace
 
 void test_attention() {
@@ -191,6 +250,15 @@ void test_attention() {
                      {{n1, 0, 0, 0}, {37, 8, 0, 0}}, false, n1 % 2 == 1};
         run_case<__nv_bfloat16>(c, true, seed++);
     }
+
+    // The Hopper kernel: every flash case (its tiles are per segment, 128 keys), plus tiles
+    // that end exactly at a segment end, more tiles than ring stages with a causal skip, and the
+    // production layout at reduced length (38 heads, batch 2, [video; text] keys).
+    std::vector<Case> hopper_cases = flash_cases;
+    hopper_cases.push_back({"exact tiles 256 x (128+128) b2", 2, 2, 64, {{256, 0, 0, 0}}, {{128, 0, 0, 0}, {128, 0, 0, 0}}, false, false});
+    hopper_cases.push_back({"causal 2 query tiles x 7 key tiles", 1, 1, 64, {{200, 0, 0, 0}, {60, 0, 0, 0}}, {{700, 0, 0, 0}, {90, 0, 0, 0}}, true, false});
+    hopper_cases.push_back({"production layout 38 heads b2 [150; 77]", 2, 38, 64, {{150, 0, 0, 0}, {77, 0, 0, 0}}, {{150, 0, 0, 0}, {77, 0, 0, 0}}, false, false});
+    for (const Case& c : hopper_cases) run_hopper_case(c, seed++);
 
     const std::vector<Case> naive_cases = {
         {"d40 joint 9+5 b2", 2, 3, 40, {{9, 0, 0, 0}, {5, 0, 0, 0}}, {{9, 0, 0, 0}, {5, 0, 0, 0}}, false, false},
