@@ -3,6 +3,8 @@
 //! collectives, ldmatrix / mma.sync / cp.async with their PTX semantics, four adversarial
 //! schedules) and compares every kernel with a double-precision reference on small shapes:
 //! odd sizes, partial tiles, segment lists, strides, masks. See tests/emu/include/cuda_emu.h.
+//! The Hopper subset (mbarrier, TMA, wgmma, elect, setmaxnreg, named barriers) is checked on its
+//! own against hand-worked cases and mutations (tests/emu/test_hopper.cpp, `hopper/` cases).
 //!
 //! This checks the kernels' index math, fragment layouts, synchronisation and tails in CI; it
 //! says nothing about speed, and it cannot see hardware-specific effects (the real tensor-core

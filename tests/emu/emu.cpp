@@ -169,6 +169,7 @@ struct Alloc {
     size_t map_bytes;
 };
 std::vector<Alloc> g_allocs;
+Alloc g_last_alloc{0, 0, nullptr, 0};  // the buffer a bulk copy read last (reset when freed)
 
 size_t page() { return (size_t)sysconf(_SC_PAGESIZE); }
 
@@ -397,6 +398,7 @@ void* device_alloc(size_t bytes) {
 void device_free(void* p) {
     for (size_t i = 0; i < g_allocs.size(); i++)
         if (g_allocs[i].begin == (uintptr_t)p) {
+            g_last_alloc = Alloc{0, 0, nullptr, 0};
             if (g_allocs[i].map_bytes == 0)
                 free(g_allocs[i].map);
             else
@@ -486,12 +488,11 @@ int tmap_swizzle_bits(int sw) { return sw == 3 ? 3 : sw == 2 ? 2 : sw == 1 ? 1 :
 // wgmma descriptor swizzle mode (0 none, 1 128B, 2 64B, 3 32B) -> Swizzle bits.
 int desc_swizzle_bits(int sw) { return sw == 1 ? 3 : sw == 2 ? 2 : sw == 3 ? 1 : 0; }
 
-const Alloc* g_last_alloc = nullptr;
 bool in_device_buffer(uintptr_t a, size_t n) {
-    if (g_last_alloc && a >= g_last_alloc->begin && a + n <= g_last_alloc->end) return true;
+    if (a >= g_last_alloc.begin && a + n <= g_last_alloc.end) return true;
     for (const Alloc& al : g_allocs)
         if (a >= al.begin && a + n <= al.end) {
-            g_last_alloc = &al;
+            g_last_alloc = al;
             return true;
         }
     return false;
@@ -985,9 +986,13 @@ void launch_blocks(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, co
                 while (g_live > 0) {
                     const int i = choose(n, last);
                     if (i < 0 && !g_tma.empty()) {
-                        // Lazy bulk copies land at the latest possible point: when nothing else can run.
-                        TmaCopy c = std::move(g_tma.front());
-                        g_tma.pop_front();
+                        // Lazy bulk copies land at the latest possible point, when nothing else can
+                        // run: the oldest first, or on round robin the newest (copies may complete in
+                        // any order).
+                        const bool newest = g_schedule == Schedule::RoundRobin;
+                        TmaCopy c = std::move(newest ? g_tma.back() : g_tma.front());
+                        if (newest) g_tma.pop_back();
+                        else g_tma.pop_front();
                         tma_land(c);
                         continue;
                     }

@@ -15,6 +15,7 @@
 
 #include <functional>
 
+#include "device/registry.h"
 #include "harness.h"
 
 namespace {
@@ -663,6 +664,30 @@ void test_warpgroup_rules() {
                      wgmma_wait<0>();
                  }));
     {
+        // The shared operands are read at the wait: B overwritten between issue and wait (a
+        // refill before the consumers released the buffer) changes the result.
+        const std::string name = "hopper/wgmma: shared operands are read at the wait";
+        if (selected(name)) {
+            bool all = true;
+            emu::launch("k", dim3(1), dim3(128), 8192, [&] {
+                DYNAMIC_SMEM(sm);
+                const uint16_t one = emu::f2bf(1.f), two = emu::f2bf(2.f);
+                for (int i = (int)threadIdx.x; i < 4096; i += 128) memcpy(sm + 2 * i, &one, 2);
+                __syncthreads();
+                float d[32];
+                wgmma_fence();
+                wgmma_m64n64k16_ss<0>(d, desc, wgmma_desc(2048, 128, 256, WGMMA_SW_NONE), 0);
+                wgmma_commit();
+                __syncthreads();
+                for (int i = 1024 + (int)threadIdx.x; i < 4096; i += 128) memcpy(sm + 2 * i, &two, 2);  // B := 2
+                __syncthreads();
+                wgmma_wait<0>();
+                for (float v : d) all = all && v == 32.f;  // 16 products 1 x 2
+            });
+            report(name, all, all ? "B written after issue and before the wait is what the mma saw" : "the mma read B at issue");
+        }
+    }
+    {
         const std::string name = "hopper/wgmma: accumulators are NaN before the wait";
         if (selected(name)) {
             bool nan_before = true, finite_after = true;
@@ -889,6 +914,16 @@ void test_mutations() {
 }  // namespace
 
 void test_hopper() {
+    {
+        // The emulated driver copies each kernel parameter with its own size: a tensor map is
+        // 128 bytes passed by value (cuLaunchKernel's params[i] points at the 128 bytes).
+        const std::string name = "hopper/emulated driver: parameter sizes with a tensor map";
+        if (selected(name)) {
+            using P = emu::ParamSizes<const __nv_bfloat16*, const TmaDesc, int, float>;
+            const bool ok = P::v[0] == 8 && P::v[1] == 128 && P::v[2] == 4 && P::v[3] == 4 && alignof(TmaDesc) == 64;
+            report(name, ok, "pointer 8, TmaDesc 128 (64-byte aligned), int 4, float 4");
+        }
+    }
     test_wgmma_layouts();
     test_tma_boxes();
     test_demo_gemm();

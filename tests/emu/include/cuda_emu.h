@@ -17,6 +17,56 @@
 // the launch's dynamic shared memory, cp.async reads outside every allocated device buffer,
 // copies still in flight when a thread exits. Device buffers end at a guard page (an
 // out-of-bounds access past the end faults), dynamic shared memory is poisoned with NaN bytes.
+//
+// Hopper subset (kernels/hopper.cuh; include/cuda_emu_hopper.h, runtime in emu.cpp), from the
+// PTX ISA; tests/emu/test_hopper.cpp checks it against hand-placed cases and mutations:
+//   - mbarrier init / arrive / arrive.expect_tx / try_wait.parity: state in a side table keyed
+//     by the shared offset (phase, pending arrivals, transaction bytes); a phase completes when
+//     both reach 0; try_wait.parity(p) is true once the phase of parity p completed (p = 1 is
+//     true at once on a fresh barrier). A waiting thread blocks (yields) until then: the time
+//     limit of the real try_wait never expires here. Checked: 8-byte aligned and inside the
+//     dynamic shared memory (static __shared__ is a host static here: mbarriers, TMA
+//     destinations and wgmma operands must be in dynamic shared memory), use before init, a plain
+//     store over a live barrier (its 8 bytes hold a marker), more arrivals than the count,
+//     transaction underflow (a copy completing bytes no expect_tx announced, e.g. a missing
+//     expect_tx or the copy issued before it), tx-count above 2^20 - 1, parity not 0 or 1,
+//     deadlock (every live thread blocked and no copy in flight) naming a waiting thread and
+//     the barrier's state. fence.mbarrier_init is recorded: a bulk copy completing on a barrier
+//     whose initialising thread did not fence after the init fails. fence.proxy.async is
+//     accepted and not checked (plain shared-memory stores cannot be tracked).
+//   - cp.async.bulk.tensor (tma_load_3d) with maps from emu::tensor_map_encode_tiled (the
+//     emulated driver's cuTensorMapEncodeTiled: the driver's validity rules and CUresult codes;
+//     interleaved layouts are valid but not emulated: 801): box with element strides, zero (or
+//     NaN-request) fill of out-of-bounds elements, the full box's bytes completed on the
+//     barrier, the 32/64/128-byte swizzle (Swizzle<1|2|3,4,3> on the shared address: 16-byte
+//     chunk bits XOR the 128-byte line bits; box rows are packed at boxDim[0] x element bytes).
+//     Lazy mode: a copy lands (bytes written, then complete_tx) only when no thread can run,
+//     oldest first (newest first on round robin); eager mode: at issue. Checked: destination
+//     aligned to 128 bytes (256 / 512 / 1024 with 32B / 64B / 128B swizzle) and inside shared
+//     memory, not over a live mbarrier, the map's rank, every element read inside a device
+//     buffer, no copy in flight at block end.
+//   - elect.sync (warp collective; the leader is lane 0, lane 31 or changing with the schedule),
+//     setmaxnreg.inc/.dec (all 128 threads of a full warpgroup, N a multiple of 8 in [24, 256],
+//     inc not below / dec not above the warpgroup's last value), bar.sync / bar.arrive with a
+//     named barrier id 1..15 and a thread count (multiple of 32, one per thread, the same count
+//     for a phase; pending arrivals at block end fail).
+//   - wgmma.mma_async m64nNk16 (any N multiple of 8 up to 256; bf16 x bf16 -> f32), A from
+//     shared memory or registers (per warp the m16n8k16 A fragment), B K-major or MN-major; the
+//     shared-memory matrix descriptor (start, LBO, SBO, swizzle; reserved bits and a non-zero
+//     base offset fail) read with the canonical layouts of the PTX ISA. Asynchrony: on issue
+//     the accumulators become NaN; wgmma.wait_group computes the retired groups in issue order
+//     (chaining ops on the same accumulators), reading the shared operands then, so a missing
+//     wait reads NaN and an operand overwritten before the wait gives wrong data. Each warp
+//     computes its own 16 rows at its own wait (so a buffer must stay intact until every warp of
+//     the warpgroup has waited). Checked: every warp of the warpgroup executes the same sequence
+//     of fence / mma (shape, scale-d, descriptors) / commit / wait (a warp that exited before an
+//     instruction the others executed, or different counts at block end, fail); a wgmma.fence
+//     before the first mma_async after each wait_group; no pending or uncommitted wgmma at
+//     thread exit; accumulators overlapping a pending op of another shape; operand reads past
+//     the shared memory. Products are exact (double); the accumulation is rounded to f32 once
+//     per k16 step, not in the tensor core's order.
+// Not emulated: clusters and multicast, TMA stores, im2col maps, stmatrix, the .sp variants,
+// other wgmma types (f16 / tf32 / fp8 / int8 would be a line each in wgmma_operand).
 #pragma once
 #include <math.h>
 #include <stdint.h>
