@@ -12,7 +12,7 @@ OUT="${CONTENTV_EMU_DEVICE_DIR:-$ROOT/target/emu-device}"
 CXX="${CXX:-$(command -v c++ || command -v g++ || command -v clang++ || true)}"
 if [ -z "$CXX" ]; then echo "emu-device: no C++ compiler (set CXX or install g++ or clang)" >&2; exit 1; fi
 mkdir -p "$OUT/obj"
-FLAGS=(-std=c++17 -O2 -g -fPIC -fno-strict-aliasing -Wall -Wno-unknown-pragmas)
+FLAGS=(-std=c++17 -O2 -g -fPIC -fno-strict-aliasing -Wall -Wno-unknown-pragmas -Wno-psabi)
 if [ "${CONTENTV_EMU_ASAN:-0}" = 1 ]; then FLAGS+=(-fsanitize=address); fi
 E="$ROOT/tests/emu"
 pids=()

@@ -69,6 +69,7 @@ fn binary() -> &'static Result<PathBuf, String> {
             "-fno-strict-aliasing",
             "-Wall",
             "-Wno-unknown-pragmas",
+            "-Wno-psabi",
         ];
         if asan() {
             flags.extend([
