@@ -852,3 +852,231 @@ fn load_fifty_clients() {
         .unwrap();
     assert!(hwm_kb < 2 << 20, "server peak RSS {hwm_kb} kB");
 }
+
+// ----- the page in a real browser (headless Chromium over WebDriver) ---------------------------
+
+/// A W3C WebDriver session on chromedriver, spoken over the raw HTTP client above.
+struct Browser {
+    driver: Child,
+    addr: String,
+    session: String,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    fn find_tools() -> Option<(PathBuf, PathBuf)> {
+        let which = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                std::env::var_os("PATH").and_then(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join(n))
+                        .find(|f| f.is_file())
+                })
+            })
+        };
+        Some((
+            which(&["chromedriver"])?,
+            which(&["chromium", "chromium-browser", "google-chrome"])?,
+        ))
+    }
+
+    fn start(driver: &Path, chrome: &Path) -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start chromedriver");
+        let addr = format!("127.0.0.1:{port}");
+        let t = Instant::now();
+        while TcpStream::connect(&addr).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(30), "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": chrome.to_str().unwrap(),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,1000", "--autoplay-policy=no-user-gesture-required"]}}}});
+        let mut b = Browser {
+            driver: child,
+            addr,
+            session: String::new(),
+        };
+        let v = b.call("POST", "/session", Some(caps));
+        b.session = v["sessionId"].as_str().expect("no session").to_string();
+        b
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let p = if self.session.is_empty() {
+            path.to_string()
+        } else {
+            format!("/session/{}{path}", self.session)
+        };
+        let b = body.map(|v| v.to_string().into_bytes());
+        let r = request(&self.addr, method, &p, &[], b.as_deref());
+        assert_eq!(r.status, 200, "WebDriver {method} {p}: {}", r.text());
+        r.json()["value"].clone()
+    }
+
+    fn run(&self, script: &str) -> Value {
+        self.call("POST", "/execute/sync", Some(json!({"script": script, "args": []})))
+    }
+
+    fn element(&self, css: &str) -> String {
+        let v = self.call("POST", "/element", Some(json!({"using": "css selector", "value": css})));
+        v[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    fn fill(&self, css: &str, text: &str) {
+        let e = self.element(css);
+        self.call("POST", &format!("/element/{e}/clear"), Some(json!({})));
+        self.call("POST", &format!("/element/{e}/value"), Some(json!({"text": text})));
+    }
+
+    /// Clicks the element; again if the page re-rendered it in between (a stale element).
+    fn click(&self, css: &str) {
+        for _ in 0..50 {
+            let e = self.element(css);
+            let p = format!("/session/{}/element/{e}/click", self.session);
+            let r = request(&self.addr, "POST", &p, &[], Some(b"{}"));
+            if r.status == 200 {
+                return;
+            }
+            assert!(r.text().contains("stale element"), "click {css}: {}", r.text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{css} stayed stale");
+    }
+
+    /// Polls `script` until it returns something truthy.
+    fn until(&self, what: &str, timeout: Duration, script: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            let v = self.run(script);
+            if !(v.is_null() || v == false) {
+                return v;
+            }
+            assert!(t.elapsed() < timeout, "the page never showed {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = request(&self.addr, "DELETE", &format!("/session/{}", self.session), &[], None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let b: Vec<u8> = s.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()).collect();
+    let mut out = Vec::new();
+    for c in b.chunks(4) {
+        let mut n = 0u32;
+        for (i, &x) in c.iter().enumerate() {
+            n |= (val(x) as u32) << (18 - 6 * i);
+        }
+        for i in 0..c.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+/// The page in headless Chromium: fill the form, Generate, the progress bar moves and a preview
+/// appears, the finished video loads and plays (readyState >= 2, duration = frames / fps), a
+/// second job is cancelled from the page; a screenshot is saved with the test's output
+/// (target/tmp/serve-tests/browser/page.png). Skipped (and says so) without chromium and
+/// chromedriver, unless CONTENTV_REQUIRE_BROWSER=1 (scripts/test.sh, which installs them).
+#[test]
+fn page_in_a_real_browser() {
+    let Some((driver, chrome)) = Browser::find_tools() else {
+        if std::env::var("CONTENTV_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+            panic!("CONTENTV_REQUIRE_BROWSER=1 but chromium / chromedriver are not installed (scripts/deps.sh installs them)");
+        }
+        println!("SKIP: chromium and chromedriver are not installed: the browser test of the page did not run");
+        return;
+    };
+    let d = scratch("browser");
+    let srv = Server::start(&d, &[]);
+    let b = Browser::start(&driver, &chrome);
+    b.call("POST", "/url", Some(json!({"url": format!("http://{}/", srv.addr)})));
+    b.until("the server's settings", Duration::from_secs(20), "return document.getElementById('server').textContent.includes('device:')");
+    b.fill("#prompt", "a red ball bouncing");
+    b.fill("#width", "48");
+    b.fill("#height", "32");
+    b.fill("#num_frames", "9");
+    b.fill("#fps", "12");
+    b.fill("#num_inference_steps", "8");
+    b.fill("#seed", "3");
+    b.click("#generate");
+    // progress and a preview while it runs
+    let mut progress_seen = Vec::new();
+    let mut preview = false;
+    let t = Instant::now();
+    loop {
+        let v = b.run("const f = document.querySelector('.job .fill'); const p = document.querySelector('.job img.preview');
+            const c = document.querySelector('.card video');
+            return [f ? parseFloat(f.style.width) : null, !!(p && p.naturalWidth > 0), !!c];");
+        if let Some(x) = v[0].as_f64() {
+            progress_seen.push(x);
+        }
+        preview |= v[1] == true;
+        if v[2] == true {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "the video never reached the gallery");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(
+        progress_seen.iter().any(|&p| p > 0.0 && p < 100.0),
+        "the progress bar never moved: {progress_seen:?}"
+    );
+    assert!(preview, "no preview appeared");
+    // the video loads and plays
+    let v = b.until(
+        "the video playing",
+        Duration::from_secs(30),
+        "const v = document.querySelector('.card video');
+         if (v.paused) v.play().catch(() => {});
+         return v.readyState >= 2 && v.currentTime > 0 ? [v.readyState, v.duration, v.currentTime] : null;",
+    );
+    let duration = v[1].as_f64().unwrap();
+    assert!((duration - 9.0 / 12.0).abs() < 0.1, "duration {duration}");
+    assert!(b.run("return document.querySelector('.card code').textContent").as_str().unwrap().contains("contentv generate"));
+    // a second job, cancelled from the page
+    b.fill("#prompt", "to be cancelled");
+    b.fill("#num_inference_steps", "1000");
+    b.click("#generate");
+    b.until("the running job", Duration::from_secs(30), "const s = document.querySelector('.job[data-status=\"in_progress\"] .cancel'); return !!s;");
+    b.click(".job .cancel");
+    b.until("the cancelled job in the gallery", Duration::from_secs(30),
+        "return [...document.querySelectorAll('.card .err')].some(e => e.textContent.startsWith('cancelled'));");
+    let l = srv.get("/v1/videos").json();
+    let st: Vec<&str> = l["data"].as_array().unwrap().iter().map(|v| v["status"].as_str().unwrap()).collect();
+    assert_eq!(st, ["cancelled", "completed"]);
+    // the screenshot
+    let png = base64_decode(b.call("GET", "/screenshot", None).as_str().unwrap());
+    assert!(png.starts_with(b"\x89PNG"));
+    std::fs::write(d.join("page.png"), &png).unwrap();
+    println!("screenshot: {}", d.join("page.png").display());
+}
