@@ -896,7 +896,10 @@ impl Browser {
         let addr = format!("127.0.0.1:{port}");
         let t = Instant::now();
         while TcpStream::connect(&addr).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(30), "chromedriver did not start");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "chromedriver did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
@@ -926,18 +929,30 @@ impl Browser {
     }
 
     fn run(&self, script: &str) -> Value {
-        self.call("POST", "/execute/sync", Some(json!({"script": script, "args": []})))
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
     }
 
     fn element(&self, css: &str) -> String {
-        let v = self.call("POST", "/element", Some(json!({"using": "css selector", "value": css})));
+        let v = self.call(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
         v[ELEMENT].as_str().unwrap().to_string()
     }
 
     fn fill(&self, css: &str, text: &str) {
         let e = self.element(css);
         self.call("POST", &format!("/element/{e}/clear"), Some(json!({})));
-        self.call("POST", &format!("/element/{e}/value"), Some(json!({"text": text})));
+        self.call(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        );
     }
 
     /// Clicks the element; again if the page re-rendered it in between (a stale element).
@@ -949,7 +964,11 @@ impl Browser {
             if r.status == 200 {
                 return;
             }
-            assert!(r.text().contains("stale element"), "click {css}: {}", r.text());
+            assert!(
+                r.text().contains("stale element"),
+                "click {css}: {}",
+                r.text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("{css} stayed stale");
@@ -972,7 +991,13 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
-            let _ = request(&self.addr, "DELETE", &format!("/session/{}", self.session), &[], None);
+            let _ = request(
+                &self.addr,
+                "DELETE",
+                &format!("/session/{}", self.session),
+                &[],
+                None,
+            );
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
@@ -988,7 +1013,10 @@ fn base64_decode(s: &str) -> Vec<u8> {
         b'/' => 63,
         _ => panic!("not base64: {c}"),
     };
-    let b: Vec<u8> = s.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()).collect();
+    let b: Vec<u8> = s
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+        .collect();
     let mut out = Vec::new();
     for c in b.chunks(4) {
         let mut n = 0u32;
@@ -1019,8 +1047,16 @@ fn page_in_a_real_browser() {
     let d = scratch("browser");
     let srv = Server::start(&d, &[]);
     let b = Browser::start(&driver, &chrome);
-    b.call("POST", "/url", Some(json!({"url": format!("http://{}/", srv.addr)})));
-    b.until("the server's settings", Duration::from_secs(20), "return document.getElementById('server').textContent.includes('device:')");
+    b.call(
+        "POST",
+        "/url",
+        Some(json!({"url": format!("http://{}/", srv.addr)})),
+    );
+    b.until(
+        "the server's settings",
+        Duration::from_secs(20),
+        "return document.getElementById('server').textContent.includes('device:')",
+    );
     b.fill("#prompt", "a red ball bouncing");
     b.fill("#width", "48");
     b.fill("#height", "32");
@@ -1044,7 +1080,10 @@ fn page_in_a_real_browser() {
         if v[2] == true {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(120), "the video never reached the gallery");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the video never reached the gallery"
+        );
         std::thread::sleep(Duration::from_millis(30));
     }
     assert!(
@@ -1062,7 +1101,11 @@ fn page_in_a_real_browser() {
     );
     let duration = v[1].as_f64().unwrap();
     assert!((duration - 9.0 / 12.0).abs() < 0.1, "duration {duration}");
-    assert!(b.run("return document.querySelector('.card code').textContent").as_str().unwrap().contains("contentv generate"));
+    assert!(b
+        .run("return document.querySelector('.card code').textContent")
+        .as_str()
+        .unwrap()
+        .contains("contentv generate"));
     // a second job, cancelled from the page
     b.fill("#prompt", "to be cancelled");
     b.fill("#num_inference_steps", "1000");
@@ -1072,7 +1115,12 @@ fn page_in_a_real_browser() {
     b.until("the cancelled job in the gallery", Duration::from_secs(30),
         "return [...document.querySelectorAll('.card .err')].some(e => e.textContent.startsWith('cancelled'));");
     let l = srv.get("/v1/videos").json();
-    let st: Vec<&str> = l["data"].as_array().unwrap().iter().map(|v| v["status"].as_str().unwrap()).collect();
+    let st: Vec<&str> = l["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["status"].as_str().unwrap())
+        .collect();
     assert_eq!(st, ["cancelled", "completed"]);
     // the screenshot
     let png = base64_decode(b.call("GET", "/screenshot", None).as_str().unwrap());
