@@ -502,6 +502,7 @@ async fn events(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
     let Some((first, done)) = snapshot_event(&s, &id) else {
         return not_found(&id);
     };
+    let last_pos = State::queue_position(&s.state.lock(), &id);
     struct St {
         s: S,
         id: String,
@@ -511,7 +512,7 @@ async fn events(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
         last_pos: Option<usize>,
     }
     let init = St {
-        last_pos: None,
+        last_pos,
         s,
         id,
         rx,
