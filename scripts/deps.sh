@@ -2,6 +2,7 @@
 # Installs what a fresh Debian machine with only the Rust toolchain lacks:
 #   - FFmpeg dev libraries + pkg-config + clang (for ffmpeg-next's bindgen), ffmpeg (ffprobe in tests)
 #   - python3-venv (for the pip CUDA toolchain)
+#   - chromium + chromium-driver (the headless browser test of `contentv serve`'s page)
 #   - the pinned CUDA 12.9 kernel compiler (NVRTC) from PyPI wheels into .toolchain/cuda12
 #     (scripts/install-cuda-toolchain.sh)
 # Safe to run repeatedly: it only installs what is missing.
@@ -15,6 +16,9 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v clang >/dev/null || need+=(clang)
 command -v ffprobe >/dev/null || need+=(ffmpeg)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# the browser test of `contentv serve`'s page (tests/serve.rs: page_in_a_real_browser)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "deps: installing ${need[*]}" >&2
   $SUDO apt-get update -qq

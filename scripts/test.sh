@@ -13,7 +13,8 @@ cd "$ROOT"
 scripts/deps.sh
 cargo build --release --all-targets
 mkdir -p target
-cargo test --release -- --nocapture 2>&1 | tee target/test.log
+# deps.sh installed chromium: the browser test of the server's page must run, not skip
+CONTENTV_REQUIRE_BROWSER=1 cargo test --release -- --nocapture 2>&1 | tee target/test.log
 echo "---- skipped (no GPU or missing input) ----"
 grep -h "^SKIP" target/test.log | sort | uniq -c || true
 # No CUDA driver here (the GPU tests said so): run them on the emulated device.

@@ -20,6 +20,8 @@ pub enum Error {
     /// Bad user input (flags, prompts, files).
     Input(String),
     Io(std::io::Error),
+    /// The run was cancelled by its caller (the server's DELETE) at a step boundary.
+    Cancelled,
     Other(String),
 }
 
@@ -39,6 +41,7 @@ impl fmt::Display for Error {
             Error::Weights(s) => write!(f, "weights: {s}"),
             Error::Input(s) => write!(f, "{s}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Cancelled => write!(f, "cancelled"),
             Error::Other(s) => write!(f, "{s}"),
         }
     }

@@ -63,6 +63,7 @@ fn inventory_is_exactly_what_the_loaders_read() {
         seed: 0,
         init_noise: None,
         rescue_latents: None,
+        cancel: None,
     };
     pipe.generate(&params, &mut |_| {}).unwrap();
     let reads = record_reads(false);

@@ -31,6 +31,7 @@ fn gpu_model_offload_keeps_the_vae_off_the_device() {
         seed: 7,
         init_noise: None,
         rescue_latents: None,
+        cancel: None,
     };
     let mut frames = Vec::new();
     for offload in [Offload::None, Offload::Model] {

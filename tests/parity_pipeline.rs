@@ -192,6 +192,7 @@ fn three_steps_and_frames_match_reference_on_gpu() {
         seed: 0,
         init_noise: Some(f.f32("noise").to_vec()),
         rescue_latents: None,
+        cancel: None,
     };
     let out = pipe.generate(&params, &mut |_| {}).unwrap();
     let err = common::manifest_f64("/pipeline_bf16_vs_f32/step2.latents/max_abs") as f32;

@@ -190,6 +190,7 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
                     seed: 0,
                     init_noise: Some(noise.to_vec()),
                     rescue_latents: None,
+                    cancel: None,
                 },
                 &mut |_| {},
             )

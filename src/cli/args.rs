@@ -48,9 +48,46 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Check the GPU: name, arch, driver, the kernel image each module loads, cuBLASLt.
     Device(DeviceArgs),
+    /// Serve a web page and an OpenAI-style video API (POST /v1/videos ...): the model is
+    /// loaded once, jobs run one at a time, the queue and the videos live under --data-dir.
+    Serve(Box<ServeArgs>),
     /// Every GEMM, attention, convolution and memory-bound op of a denoising step and of the
     /// VAE decode, with FLOPs, bytes and the time each needs at a GPU's datasheet ceilings.
     Roofline(RooflineArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on. Anything but a loopback address needs --api-key (or --insecure).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed).
+    #[arg(long, default_value_t = 7860, value_parser = whole::<u16>, allow_negative_numbers = true)]
+    pub port: u16,
+    /// Folder of the jobs and videos [default: $XDG_DATA_HOME/contentv, else
+    /// ~/.local/share/contentv, else ./contentv-data]. Created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Require `Authorization: Bearer KEY` on the API (the CONTENTV_API_KEY environment
+    /// variable also sets it).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "CONTENTV_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// Allow a non-loopback --host without --api-key (anyone who can reach it can use it).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Most jobs waiting in the queue (not counting the running one); more get HTTP 429.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = whole::<usize>, allow_negative_numbers = true)]
+    pub max_queue: usize,
+    /// Largest request body in bytes (larger gets HTTP 413).
+    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = whole::<usize>, allow_negative_numbers = true)]
+    pub max_body: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -300,6 +337,9 @@ pub trait Bounded {
 }
 impl Bounded for u8 {
     const MAX_U64: u64 = u8::MAX as u64;
+}
+impl Bounded for u16 {
+    const MAX_U64: u64 = u16::MAX as u64;
 }
 impl Bounded for u32 {
     const MAX_U64: u64 = u32::MAX as u64;

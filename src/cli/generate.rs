@@ -115,6 +115,7 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         seed: r.seed,
         init_noise,
         rescue_latents: Some(r.output.with_extension("latents.safetensors")),
+        cancel: None,
     };
     let mut bars = Bars::new();
     let res = catch_unwind(AssertUnwindSafe(|| {

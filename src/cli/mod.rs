@@ -1,5 +1,5 @@
 //! The `contentv` command line: `generate` (one video or a JSONL batch), `decode` (saved
-//! latents to video), `info` (check a model folder).
+//! latents to video), `info` (check a model folder), `serve` (web page and video API).
 //!
 //! Messages go to stderr; `--json` puts a machine-readable summary on stdout. Every error is
 //! a message and a non-zero exit status (1 for run-time errors, 2 for bad arguments); panics
@@ -13,6 +13,7 @@ pub mod load;
 pub mod quantize;
 pub mod request;
 pub mod roofline;
+pub mod serve;
 
 use clap::Parser;
 
@@ -74,6 +75,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
         args::Command::Quantize(a) => quantize::run(a, &Ui { json: a.json }),
         args::Command::Device(a) => device::run(a, &Ui { json: a.json }),
         args::Command::Roofline(a) => roofline::run(a, &Ui { json: a.json }),
+        args::Command::Serve(a) => serve::run(a, &Ui { json: false }),
     });
     match res {
         Ok(Ok(())) => 0,
@@ -91,7 +93,8 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
 /// A message naming the first argument that is not valid UTF-8 (and the flag it belongs to):
 /// clap's own message does not say which one. Paths that are not UTF-8 are accepted on Unix.
 fn non_utf8_argument(args: &[std::ffi::OsString]) -> Option<String> {
-    const PATH_FLAGS: [&str; 9] = [
+    const PATH_FLAGS: [&str; 10] = [
+        "--data-dir",
         "--model",
         "--output",
         "-o",

@@ -318,6 +318,19 @@ impl Drop for TempTarget {
 /// Writes the video for the request `requested` (see [`artifact_path`]) and returns the path
 /// written. Nothing appears under that path unless the whole video was written.
 pub fn write_video(requested: &Path, frames: FramesRef, opts: &VideoOptions) -> Result<PathBuf> {
+    write_video_tagged(requested, frames, opts, &[])
+}
+
+/// [`write_video`] with metadata tags (key, value): in the MP4 container's metadata (the
+/// `mov` muxer keeps `title`, `comment`, `description` and the other iTunes-style keys it
+/// knows; ffprobe shows them under `format.tags`), or under `"tags"` in a PNG folder's
+/// `video.json`.
+pub fn write_video_tagged(
+    requested: &Path,
+    frames: FramesRef,
+    opts: &VideoOptions,
+    tags: &[(String, String)],
+) -> Result<PathBuf> {
     frames.check()?;
     check_options(opts)?;
     let out = artifact_path(requested);
@@ -338,9 +351,20 @@ pub fn write_video(requested: &Path, frames: FramesRef, opts: &VideoOptions) -> 
     let tmp = TempTarget::new(&out)?;
     if writes_mp4() {
         #[cfg(feature = "ffmpeg")]
-        mp4::write(&tmp.tmp, frames, opts)?;
+        mp4::write(&tmp.tmp, frames, opts, tags)?;
     } else {
         write_png_folder(&tmp.tmp, frames, opts)?;
+        if !tags.is_empty() {
+            let p = tmp.tmp.join("video.json");
+            let mut meta: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p)?)
+                .map_err(|e| Error::Other(format!("{}: {e}", p.display())))?;
+            meta["tags"] = tags
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            fs::write(&p, serde_json::to_string_pretty(&meta).unwrap())?;
+        }
     }
     tmp.commit()
 }
@@ -433,6 +457,8 @@ pub struct DecodedVideo {
     pub pixel_format: String,
     /// RGB24 [F, H, W, 3].
     pub rgb: Vec<u8>,
+    /// Metadata tags (the container's, or `video.json`'s "tags"), sorted by key.
+    pub tags: Vec<(String, String)>,
 }
 
 /// Reads a video written by [`write_video`]: an MP4 (ffmpeg feature) or a PNG folder.
@@ -460,6 +486,14 @@ pub fn read_video(path: &Path) -> Result<DecodedVideo> {
             codec: "png".into(),
             pixel_format: "rgb24".into(),
             rgb,
+            tags: meta["tags"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     #[cfg(feature = "ffmpeg")]
@@ -504,7 +538,12 @@ mod mp4 {
         .map_err(|e| Error::Other(format!("cannot initialise FFmpeg: {e}")))
     }
 
-    pub fn write(path: &Path, frames: FramesRef, opts: &VideoOptions) -> Result<()> {
+    pub fn write(
+        path: &Path,
+        frames: FramesRef,
+        opts: &VideoOptions,
+        tags: &[(String, String)],
+    ) -> Result<()> {
         init()?;
         let (w, h) = (frames.width as u32, frames.height as u32);
         if w % 2 != 0 || h % 2 != 0 {
@@ -513,6 +552,13 @@ mod mp4 {
             )));
         }
         let mut octx = format::output(&path).map_err(fe("opening the output"))?;
+        if !tags.is_empty() {
+            let mut md = Dictionary::new();
+            for (k, v) in tags {
+                md.set(k, v);
+            }
+            octx.set_metadata(md);
+        }
         let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
         let codec = encoder::find_by_name("libx264")
             .or_else(|| encoder::find(codec::Id::H264))
@@ -667,6 +713,15 @@ mod mp4 {
             codec: codec_name,
             pixel_format,
             rgb: out,
+            tags: {
+                let mut t: Vec<(String, String)> = ictx
+                    .metadata()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                t.sort();
+                t
+            },
         })
     }
 }

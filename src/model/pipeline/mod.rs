@@ -20,6 +20,7 @@
 pub mod geometry;
 pub mod latents;
 pub mod noise;
+pub mod preview;
 pub mod progress;
 
 use std::collections::HashMap;
@@ -83,6 +84,24 @@ pub struct GenerateParams {
     pub init_noise: Option<Vec<f32>>,
     /// Where to save the latents if the decode fails (so `contentv decode` can finish the run).
     pub rescue_latents: Option<std::path::PathBuf>,
+    /// Set from another thread to stop the run at the next step boundary (before the prompt
+    /// encode, before each denoising step, before the decode): the run then returns
+    /// [`Error::Cancelled`] and frees what it holds. `None`: not cancellable.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl GenerateParams {
+    fn check_cancel(&self) -> Result<()> {
+        check_cancel(self.cancel.as_deref())
+    }
+}
+
+/// `Err(Error::Cancelled)` once `flag` is set.
+fn check_cancel(flag: Option<&std::sync::atomic::AtomicBool>) -> Result<()> {
+    match flag {
+        Some(f) if f.load(std::sync::atomic::Ordering::SeqCst) => Err(Error::Cancelled),
+        _ => Ok(()),
+    }
 }
 
 /// Result of a generation.
@@ -173,8 +192,29 @@ impl Pipeline {
         schedule: &FlowMatchEuler,
         guidance: f32,
         progress: &mut dyn FnMut(Progress),
+        record: Option<Recorder>,
+        step_times: &mut Vec<f64>,
+    ) -> Result<Vec<f32>> {
+        self.denoise_cancellable(
+            noise, shape, cond, uncond, schedule, guidance, progress, record, step_times, None,
+        )
+    }
+
+    /// [`Pipeline::denoise`] that stops with [`Error::Cancelled`] before a step once `cancel`
+    /// is set.
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise_cancellable(
+        &self,
+        noise: &[f32],
+        shape: &[usize; 5],
+        cond: &PromptEmbeds,
+        uncond: Option<&PromptEmbeds>,
+        schedule: &FlowMatchEuler,
+        guidance: f32,
+        progress: &mut dyn FnMut(Progress),
         mut record: Option<Recorder>,
         step_times: &mut Vec<f64>,
+        cancel: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();
         if noise.len() != n {
@@ -202,6 +242,7 @@ impl Pipeline {
         let _run = EndRun(self.transformer.as_ref());
         progress(Progress::DenoiseStart { steps });
         for i in 0..steps {
+            check_cancel(cancel)?;
             let t0 = Instant::now();
             let mut xb = Vec::with_capacity(n * b);
             for _ in 0..b {
@@ -250,8 +291,17 @@ impl Pipeline {
             if let Some(r) = record.as_mut() {
                 r(&format!("step{i}.latents"), &x);
             }
-            step_times.push(t0.elapsed().as_secs_f64());
-            progress(Progress::Step { index: i, steps });
+            let seconds = t0.elapsed().as_secs_f64();
+            step_times.push(seconds);
+            progress(Progress::Step {
+                index: i,
+                steps,
+                seconds,
+                latents: &x,
+                velocity: &v,
+                sigma: schedule.sigmas.get(i + 1).copied().unwrap_or(0.0),
+                shape: *shape,
+            });
         }
         Ok(x)
     }
@@ -291,6 +341,7 @@ impl Pipeline {
         }
         let mut timings = Timings::default();
 
+        p.check_cancel()?;
         progress(Progress::EncodeStart);
         let t = Instant::now();
         let cond = self.text.encode(&p.prompt)?;
@@ -304,7 +355,7 @@ impl Pipeline {
 
         let t = Instant::now();
         let mut step_s = Vec::new();
-        let latents = self.denoise(
+        let latents = self.denoise_cancellable(
             &noise,
             &shape,
             &cond,
@@ -314,6 +365,7 @@ impl Pipeline {
             progress,
             None,
             &mut step_s,
+            p.cancel.as_deref(),
         )?;
         timings.denoise_s = t.elapsed().as_secs_f64();
         timings.step_s = step_s;
@@ -321,6 +373,7 @@ impl Pipeline {
         if self.offload_models {
             self.transformer.release();
         }
+        p.check_cancel()?;
 
         progress(Progress::DecodeStart);
         let t = Instant::now();
@@ -502,6 +555,7 @@ mod tests {
             seed: 1,
             init_noise: None,
             rescue_latents: Some(rescue.clone()),
+            cancel: None,
         };
         let g = pipe(true).generate(&params, &mut |_| {}).unwrap();
         assert_eq!(g.frames.frames, 5);

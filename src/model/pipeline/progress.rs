@@ -5,12 +5,26 @@ use crate::runtime::Device;
 /// Receives (name, values) of loop intermediates.
 pub type Recorder<'a> = &'a mut dyn FnMut(&str, &[f32]);
 
-/// Progress events for the caller's bars.
+/// Progress events for the caller's bars (and the server's live previews).
 #[derive(Clone, Copy, Debug)]
-pub enum Progress {
+pub enum Progress<'a> {
     EncodeStart,
-    DenoiseStart { steps: usize },
-    Step { index: usize, steps: usize },
+    DenoiseStart {
+        steps: usize,
+    },
+    /// Step `index` (0-based) of `steps` is done. `seconds`: its wall-clock time. `latents` are
+    /// the DiT-space latents after the step, `velocity` the (guided) velocity of the step, both
+    /// [1, 16, T, h, w] of `shape`; `sigma` the noise level the latents are now at, so
+    /// `latents - sigma * velocity` is the step's estimate of the clean latents (for previews).
+    Step {
+        index: usize,
+        steps: usize,
+        seconds: f64,
+        latents: &'a [f32],
+        velocity: &'a [f32],
+        sigma: f32,
+        shape: [usize; 5],
+    },
     DecodeStart,
     DecodeDone,
 }

@@ -1,0 +1,588 @@
+//! The HTTP side: routes, authentication, errors in OpenAI's shape, the event streams.
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxState};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::job::{new_id, valid_id, BadRequest, Checker, Job, Status};
+use super::state::State;
+use crate::cli::request::unix_time;
+
+/// The page (plain HTML, CSS and JavaScript; nothing loaded from elsewhere).
+pub const PAGE: &str = include_str!("page.html");
+
+pub struct Server {
+    pub state: Arc<State>,
+    pub checker: Checker,
+    pub api_key: Option<String>,
+    pub model: String,
+    /// The server's settings for the page (model, device, memory mode).
+    pub info: Value,
+    pub max_queue: usize,
+    pub max_body: usize,
+}
+
+type S = Arc<Server>;
+
+/// An error answer: `{"error": {"message", "type", "param", "code"}}`.
+pub fn error(status: StatusCode, message: &str, param: Option<&str>, code: &str) -> Response {
+    let kind = match status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        StatusCode::NOT_FOUND => "not_found_error",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+        s if s.is_server_error() => "server_error",
+        _ => "invalid_request_error",
+    };
+    let mut r = (
+        status,
+        axum::Json(
+            json!({"error": {"message": message, "type": kind, "param": param, "code": code}}),
+        ),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+fn not_found(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("no video with id {id:?}"),
+        Some("id"),
+        "not_found",
+    )
+}
+
+/// Equal in time independent of where the strings differ (the length is not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0 && a.len() == b.len()
+}
+
+async fn auth(AxState(s): AxState<S>, req: Request, next: Next) -> Response {
+    if let Some(key) = &s.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API key: send `Authorization: Bearer KEY`",
+                None,
+                "invalid_api_key",
+            );
+        }
+    }
+    next.run(req).await
+}
+
+pub fn router(s: S) -> Router {
+    let api = Router::new()
+        .route("/v1/videos", get(list).post(create))
+        .route("/v1/videos/{id}", get(retrieve).delete(delete))
+        .route("/v1/videos/{id}/content", get(content))
+        .route("/v1/videos/{id}/events", get(events))
+        .route("/v1/server", get(server_info))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(s.clone(), auth));
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route", None, "not_found") })
+        .layer(DefaultBodyLimit::max(s.max_body))
+        .with_state(s)
+}
+
+async fn health(AxState(s): AxState<S>) -> Response {
+    let g = s.state.lock();
+    axum::Json(json!({
+        "status": "ok",
+        "model_state": g.model_state,
+        "queue_length": g.queue.len(),
+        "running": g.running.is_some(),
+    }))
+    .into_response()
+}
+
+async fn server_info(AxState(s): AxState<S>) -> Response {
+    let mut v = s.info.clone();
+    v["model_id"] = json!(s.model);
+    let d = &s.checker.defaults;
+    v["defaults"] = json!({
+        "num_frames": d.frames.unwrap_or(crate::cli::args::DEFAULT_FRAMES),
+        "width": d.width.unwrap_or(crate::cli::args::DEFAULT_WIDTH),
+        "height": d.height.unwrap_or(crate::cli::args::DEFAULT_HEIGHT),
+        "num_inference_steps": d.steps.unwrap_or(crate::cli::args::DEFAULT_STEPS),
+        "fps": crate::cli::args::DEFAULT_FPS,
+        "guidance_scale": crate::cli::args::DEFAULT_GUIDANCE,
+        "negative_prompt": crate::cli::args::DEFAULT_NEGATIVE_PROMPT,
+        "size_multiple": s.checker.layout.size_multiple(),
+    });
+    axum::Json(v).into_response()
+}
+
+async fn create(AxState(s): AxState<S>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than {} bytes", s.max_body),
+                None,
+                "body_too_large",
+            )
+        }
+        Err(e) => return error(e.status(), &e.body_text(), None, "bad_body"),
+    };
+    let (params, warnings) = match s.checker.check(&body) {
+        Ok(p) => p,
+        Err(BadRequest {
+            message,
+            param,
+            code,
+        }) => return error(StatusCode::BAD_REQUEST, &message, param.as_deref(), code),
+    };
+    let id = match new_id() {
+        Ok(i) => i,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("no random id: {e}"),
+                None,
+                "server_error",
+            )
+        }
+    };
+    let st = &s.state;
+    let (job, pos) = {
+        let mut g = st.lock();
+        if g.queue.len() >= s.max_queue {
+            g.counters.rejected_full += 1;
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "the queue is full ({} jobs waiting); try again later",
+                    g.queue.len()
+                ),
+                None,
+                "queue_full",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            return r;
+        }
+        let job = Job {
+            id: id.clone(),
+            seq: g.next_seq,
+            created_at: unix_time(),
+            started_at: None,
+            completed_at: None,
+            status: Status::Queued,
+            params,
+            warnings,
+            error: None,
+            attempts: 0,
+            timings: None,
+            live: Default::default(),
+        };
+        // Saved before it is queued: an accepted job is on disk.
+        if let Err(e) = st.save(&job) {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot save the job: {e}"),
+                None,
+                "server_error",
+            );
+        }
+        g.next_seq += 1;
+        g.counters.submitted += 1;
+        g.jobs.insert(id.clone(), job.clone());
+        g.queue.push_back(id.clone());
+        (job, g.queue.len())
+    };
+    st.wake.notify_all();
+    st.emit(&id, "queue", json!({"queue_position": pos}));
+    (StatusCode::OK, axum::Json(job.to_api(&s.model, Some(pos)))).into_response()
+}
+
+fn object(s: &Server, id: &str) -> Option<Value> {
+    let g = s.state.lock();
+    let j = g.jobs.get(id)?;
+    Some(j.to_api(&s.model, State::queue_position(&g, id)))
+}
+
+async fn retrieve(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
+    match object(&s, &id) {
+        Some(v) => axum::Json(v).into_response(),
+        None => not_found(&id),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    limit: Option<String>,
+    after: Option<String>,
+    order: Option<String>,
+}
+
+async fn list(AxState(s): AxState<S>, Query(q): Query<ListQuery>) -> Response {
+    let limit = match q.limit.as_deref().map(str::parse::<usize>) {
+        None => 20,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit must be a whole number from 1 to 100",
+                Some("limit"),
+                "invalid_value",
+            )
+        }
+    };
+    let asc = match q.order.as_deref() {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "order must be \"asc\" or \"desc\"",
+                Some("order"),
+                "invalid_value",
+            )
+        }
+    };
+    let g = s.state.lock();
+    let mut all: Vec<&Job> = g.jobs.values().collect();
+    all.sort_by_key(|j| j.seq);
+    if !asc {
+        all.reverse();
+    }
+    let start = match &q.after {
+        None => 0,
+        Some(a) => match all.iter().position(|j| &j.id == a) {
+            Some(i) => i + 1,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("after = {a:?} is not the id of a video"),
+                    Some("after"),
+                    "invalid_value",
+                )
+            }
+        },
+    };
+    let page: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|j| j.to_api(&s.model, State::queue_position(&g, &j.id)))
+        .collect();
+    let has_more = start + page.len() < all.len();
+    axum::Json(json!({
+        "object": "list",
+        "first_id": page.first().map(|v| v["id"].clone()),
+        "last_id": page.last().map(|v| v["id"].clone()),
+        "has_more": has_more,
+        "data": page,
+    }))
+    .into_response()
+}
+
+async fn delete(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
+    let st = &s.state;
+    let mut g = st.lock();
+    let Some(status) = g.jobs.get(&id).map(|j| j.status) else {
+        return not_found(&id);
+    };
+    match status {
+        Status::Queued => {
+            g.queue.retain(|q| q != &id);
+            g.counters.cancelled += 1;
+            let j = g.jobs.get_mut(&id).expect("checked above");
+            j.status = Status::Cancelled;
+            j.completed_at = Some(unix_time());
+            j.error = Some(super::job::JobError {
+                code: "cancelled".into(),
+                message: "cancelled before it started".into(),
+            });
+            let snap = j.clone();
+            drop(g);
+            if let Err(e) = st.save(&snap) {
+                eprintln!("warning: cannot save job {id}: {e}");
+            }
+            st.emit(&id, "cancelled", json!({"status": "cancelled"}));
+            axum::Json(snap.to_api(&s.model, None)).into_response()
+        }
+        Status::InProgress => {
+            if let Some((rid, flag)) = &g.running {
+                if rid == &id {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let j = g.jobs.get_mut(&id).expect("checked above");
+            j.live.cancel_requested = true;
+            let v = j.to_api(&s.model, None);
+            (StatusCode::ACCEPTED, axum::Json(v)).into_response()
+        }
+        _ => {
+            g.jobs.remove(&id);
+            drop(g);
+            st.remove_files(&id);
+            axum::Json(json!({"id": id, "object": "video.deleted", "deleted": true}))
+                .into_response()
+        }
+    }
+}
+
+async fn content(
+    AxState(s): AxState<S>,
+    Path(id): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    req: Request,
+) -> Response {
+    let status = s.state.lock().jobs.get(&id).map(|j| j.status);
+    match status {
+        None => return not_found(&id),
+        Some(Status::Completed) => {}
+        Some(st) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("the video is not ready (status {})", st.name()),
+                Some("id"),
+                "video_not_ready",
+            )
+        }
+    }
+    // Only ids of the server's own shape name files (checked again: the id came from a URL).
+    if !valid_id(&id) {
+        return not_found(&id);
+    }
+    let path = s.state.video_path(&id);
+    if !crate::io::video::writes_mp4() {
+        // PNG builds: one frame per request, `?frame=N`.
+        let n: usize = q.get("frame").and_then(|f| f.parse().ok()).unwrap_or(0);
+        return match std::fs::read(path.join(format!("frame_{n:05}.png"))) {
+            Ok(b) => ([(header::CONTENT_TYPE, "image/png")], b).into_response(),
+            Err(_) => error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "this build writes PNG frames (no `ffmpeg` feature); frame {n} does not exist"
+                ),
+                Some("frame"),
+                "not_found",
+            ),
+        };
+    }
+    use tower::ServiceExt;
+    match tower_http::services::ServeFile::new(&path)
+        .oneshot(req)
+        .await
+    {
+        Ok(mut r) => {
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+            r.map(Body::new)
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot read the video: {e}"),
+            None,
+            "server_error",
+        ),
+    }
+}
+
+async fn metrics(AxState(s): AxState<S>) -> Response {
+    let g = s.state.lock();
+    let c = &g.counters;
+    let mut t = String::new();
+    let mut m = |name: &str, kind: &str, help: &str, v: String| {
+        t += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
+    };
+    m(
+        "contentv_queue_length",
+        "gauge",
+        "Jobs waiting in the queue.",
+        g.queue.len().to_string(),
+    );
+    m(
+        "contentv_jobs_running",
+        "gauge",
+        "Jobs running (0 or 1).",
+        u8::from(g.running.is_some()).to_string(),
+    );
+    m(
+        "contentv_jobs_submitted_total",
+        "counter",
+        "Jobs accepted since the server started.",
+        c.submitted.to_string(),
+    );
+    m(
+        "contentv_jobs_completed_total",
+        "counter",
+        "Jobs completed since the server started.",
+        c.completed.to_string(),
+    );
+    m(
+        "contentv_jobs_failed_total",
+        "counter",
+        "Jobs failed since the server started.",
+        c.failed.to_string(),
+    );
+    m(
+        "contentv_jobs_cancelled_total",
+        "counter",
+        "Jobs cancelled since the server started.",
+        c.cancelled.to_string(),
+    );
+    m(
+        "contentv_jobs_rejected_queue_full_total",
+        "counter",
+        "Requests refused with 429 (queue full).",
+        c.rejected_full.to_string(),
+    );
+    t += "# HELP contentv_step_seconds Wall-clock seconds per denoising step.\n# TYPE contentv_step_seconds summary\n";
+    t += &format!(
+        "contentv_step_seconds_sum {}\ncontentv_step_seconds_count {}\n",
+        c.step_seconds, c.steps
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        t,
+    )
+        .into_response()
+}
+
+/// The job's state as one event: where it is now (sent first on every stream).
+fn snapshot_event(s: &Server, id: &str) -> Option<(Event, bool)> {
+    let g = s.state.lock();
+    let j = g.jobs.get(id)?;
+    let pos = State::queue_position(&g, id);
+    let v = j.to_api(&s.model, pos);
+    let (kind, done) = match j.status {
+        Status::Queued => ("queue", false),
+        Status::InProgress => ("progress", false),
+        Status::Completed => ("completed", true),
+        Status::Failed => ("failed", true),
+        Status::Cancelled => ("cancelled", true),
+    };
+    let data = if kind == "queue" {
+        json!({"queue_position": pos, "video": v})
+    } else {
+        json!({"video": v})
+    };
+    Some((Event::default().event(kind).data(data.to_string()), done))
+}
+
+async fn events(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
+    // Subscribe before the snapshot: nothing between them is missed.
+    let rx = s.state.events.subscribe();
+    let Some((first, done)) = snapshot_event(&s, &id) else {
+        return not_found(&id);
+    };
+    let last_pos = State::queue_position(&s.state.lock(), &id);
+    struct St {
+        s: S,
+        id: String,
+        rx: tokio::sync::broadcast::Receiver<super::state::JobEvent>,
+        first: Option<Event>,
+        done: bool,
+        last_pos: Option<usize>,
+    }
+    let init = St {
+        last_pos,
+        s,
+        id,
+        rx,
+        first: Some(first),
+        done,
+    };
+    let stream = futures_util::stream::unfold(init, |mut st| async move {
+        if let Some(f) = st.first.take() {
+            return Some((Ok::<Event, Infallible>(f), st));
+        }
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.rx.recv().await {
+                Ok(ev) if ev.id == st.id => {
+                    let terminal = matches!(ev.kind, "completed" | "failed" | "cancelled");
+                    if terminal {
+                        st.done = true;
+                        // the final object, with everything
+                        if let Some((e, _)) = snapshot_event(&st.s, &st.id) {
+                            return Some((Ok(e), st));
+                        }
+                    }
+                    let e = Event::default().event(ev.kind).data(ev.data.to_string());
+                    return Some((Ok(e), st));
+                }
+                Ok(_) => {
+                    // Another job moved: this one's queue position may have changed.
+                    let pos = {
+                        let g = st.s.state.lock();
+                        State::queue_position(&g, &st.id)
+                    };
+                    if pos.is_some() && pos != st.last_pos {
+                        st.last_pos = pos;
+                        let e = Event::default()
+                            .event("queue")
+                            .data(json!({"queue_position": pos}).to_string());
+                        return Some((Ok(e), st));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Too slow a reader: send where the job is now instead.
+                    let (e, done) = snapshot_event(&st.s, &st.id)?;
+                    st.done = done;
+                    return Some((Ok(e), st));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let mut r = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq_is_equality() {
+        use super::constant_time_eq as eq;
+        assert!(eq(b"secret", b"secret"));
+        assert!(!eq(b"secret", b"secreT"));
+        assert!(!eq(b"secret", b"secre"));
+        assert!(!eq(b"", b"x"));
+        assert!(eq(b"", b""));
+        // lengths that differ by a multiple of 256
+        assert!(!eq(&[0u8; 256], b""));
+    }
+}

@@ -1,0 +1,505 @@
+//! One job of the server: the API request turned into the CLI's request fields (checked by the
+//! CLI's own code, [`crate::cli::request`]), the record kept on disk, and the video object the
+//! API answers.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::cli::request::{resolve, RequestFields};
+use crate::error::Error;
+use crate::model::pipeline::{LatentLayout, VideoGeometry};
+
+/// The fields of `POST /v1/videos`.
+pub const API_FIELDS: [&str; 11] = [
+    "prompt",
+    "negative_prompt",
+    "size",
+    "num_frames",
+    "seconds",
+    "fps",
+    "num_inference_steps",
+    "guidance_scale",
+    "shift",
+    "seed",
+    "model",
+];
+
+/// A 400 answer: the message and the request field it is about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRequest {
+    pub message: String,
+    pub param: Option<String>,
+    pub code: &'static str,
+}
+
+impl BadRequest {
+    fn new(message: impl Into<String>, param: Option<&str>, code: &'static str) -> BadRequest {
+        BadRequest {
+            message: message.into(),
+            param: param.map(str::to_string),
+            code,
+        }
+    }
+}
+
+/// The resolved parameters of a job (what it runs with; the seed is drawn at submission).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Params {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub frames_requested: usize,
+    pub frames: usize,
+    pub width: usize,
+    pub height: usize,
+    pub fps: u32,
+    pub steps: usize,
+    pub guidance: f32,
+    pub shift: Option<f32>,
+    pub seed: u64,
+    pub seed_was_random: bool,
+    pub crf: u8,
+}
+
+impl Params {
+    pub fn geometry(&self, layout: LatentLayout) -> VideoGeometry {
+        VideoGeometry {
+            frames: self.frames,
+            height: self.height,
+            width: self.width,
+            layout,
+        }
+    }
+    pub fn seconds(&self) -> f64 {
+        self.frames as f64 / self.fps as f64
+    }
+    /// The `contentv generate` command line that makes the same video (without the memory
+    /// flags and --model, which are the server's).
+    pub fn command_line(&self) -> String {
+        let mut s = format!(
+            "contentv generate --prompt {} --negative-prompt {} --frames {} --width {} --height {} --fps {} --steps {} --guidance {} --seed {}",
+            shell_quote(&self.prompt),
+            shell_quote(&self.negative_prompt),
+            self.frames,
+            self.width,
+            self.height,
+            self.fps,
+            self.steps,
+            self.guidance,
+            self.seed
+        );
+        if let Some(sh) = self.shift {
+            s += &format!(" --shift {sh}");
+        }
+        s
+    }
+}
+
+/// `s` in single quotes for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The name of the request field a CLI message is about: `field "X"` (the JSONL reader's
+/// messages) or the flag name a message of [`resolve`] starts with; mapped back to the API's
+/// names.
+fn api_param(msg: &str, used_seconds: bool) -> Option<&'static str> {
+    let cli = if let Some(rest) = msg.strip_prefix("field \"") {
+        rest.split('"').next().unwrap_or("")
+    } else {
+        let first = msg
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|w| !w.is_empty())
+            .unwrap_or("");
+        const NAMES: [&str; 8] = [
+            "frames", "fps", "width", "height", "steps", "guidance", "shift", "seed",
+        ];
+        if !NAMES.contains(&first) && msg.contains("prompt") {
+            "prompt"
+        } else {
+            first
+        }
+    };
+    Some(match cli {
+        "prompt" => "prompt",
+        "negative_prompt" => "negative_prompt",
+        "frames" if used_seconds => "seconds",
+        "frames" => "num_frames",
+        "fps" => "fps",
+        "width" | "height" => "size",
+        "steps" => "num_inference_steps",
+        "guidance" => "guidance_scale",
+        "shift" => "shift",
+        "seed" => "seed",
+        _ => return None,
+    })
+}
+
+/// What the server needs to check a request: the model's layout, its names, the defaults.
+pub struct Checker {
+    pub layout: LatentLayout,
+    /// Accepted values of "model" (lowercase).
+    pub model_names: Vec<String>,
+    /// The defaults of unset fields (the tiny model's small sizes without --model).
+    pub defaults: RequestFields,
+}
+
+impl Checker {
+    /// Turns a request body into checked parameters, with the CLI's checks and messages; the
+    /// error names the API field.
+    pub fn check(&self, body: &[u8]) -> Result<(Params, Vec<String>), BadRequest> {
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            BadRequest::new(
+                format!("the body is not valid JSON: {e}"),
+                None,
+                "invalid_json",
+            )
+        })?;
+        let Value::Object(obj) = v else {
+            return Err(BadRequest::new(
+                "the body must be a JSON object like {\"prompt\": \"...\"}",
+                None,
+                "invalid_json",
+            ));
+        };
+        for k in obj.keys() {
+            if !API_FIELDS.contains(&k.as_str()) {
+                return Err(BadRequest::new(
+                    format!(
+                        "unknown field \"{k}\"; the fields are: {}",
+                        API_FIELDS.join(", ")
+                    ),
+                    Some(k),
+                    "unknown_parameter",
+                ));
+            }
+        }
+        let given = |k: &str| obj.get(k).filter(|v| !v.is_null());
+        if let Some(m) = given("model") {
+            let ok = m
+                .as_str()
+                .is_some_and(|s| self.model_names.contains(&s.to_lowercase()));
+            if !ok {
+                return Err(BadRequest::new(
+                    format!(
+                        "field \"model\" = {m}: this server runs \"{}\" (or leave the field out)",
+                        self.model_names[0]
+                    ),
+                    Some("model"),
+                    "model_not_found",
+                ));
+            }
+        }
+        // The CLI's field names, for its line reader.
+        let mut line = Map::new();
+        for (api, cli) in [
+            ("prompt", "prompt"),
+            ("negative_prompt", "negative_prompt"),
+            ("num_frames", "frames"),
+            ("fps", "fps"),
+            ("num_inference_steps", "steps"),
+            ("guidance_scale", "guidance"),
+            ("shift", "shift"),
+            ("seed", "seed"),
+        ] {
+            if let Some(v) = obj.get(api) {
+                line.insert(cli.into(), v.clone());
+            }
+        }
+        if let Some(s) = given("size") {
+            let bad = || {
+                BadRequest::new(
+                    format!("field \"size\" = {s}: expected \"WIDTHxHEIGHT\", e.g. \"768x432\""),
+                    Some("size"),
+                    "invalid_value",
+                )
+            };
+            let (w, h) = s.as_str().and_then(|t| t.split_once('x')).ok_or_else(bad)?;
+            let w: u64 = w.trim().parse().map_err(|_| bad())?;
+            let h: u64 = h.trim().parse().map_err(|_| bad())?;
+            line.insert("width".into(), w.into());
+            line.insert("height".into(), h.into());
+        }
+        let used_seconds = given("seconds").is_some();
+        let mut fields = RequestFields::from_json_line(&Value::Object(line).to_string())
+            .map_err(|e| msg_error(e, used_seconds))?;
+        if let Some(s) = given("seconds") {
+            if given("num_frames").is_some() {
+                return Err(BadRequest::new(
+                    "give either \"num_frames\" or \"seconds\", not both",
+                    Some("seconds"),
+                    "invalid_value",
+                ));
+            }
+            // OpenAI's API sends seconds as a string ("4"); a number is accepted too.
+            let secs = match s {
+                Value::String(t) => t.trim().parse::<f64>().ok(),
+                other => other.as_f64(),
+            }
+            .filter(|x| x.is_finite() && *x > 0.0 && *x <= 600.0)
+            .ok_or_else(|| {
+                BadRequest::new(
+                    format!("field \"seconds\" = {s}: expected a number of seconds, more than 0 and at most 600"),
+                    Some("seconds"),
+                    "invalid_value",
+                )
+            })?;
+            let fps = fields
+                .fps
+                .or(self.defaults.fps)
+                .unwrap_or(crate::cli::args::DEFAULT_FPS);
+            fields.frames = Some((secs * fps as f64).round() as usize + 1);
+        }
+        let fields = fields.or(&self.defaults);
+        let r = resolve(fields, self.layout, &|_| {
+            Path::new("video.mp4").to_path_buf()
+        })
+        .map_err(|e| msg_error(e, used_seconds))?;
+        Ok((
+            Params {
+                prompt: r.prompt,
+                negative_prompt: r.negative_prompt,
+                frames_requested: r.frames_requested,
+                frames: r.frames,
+                width: r.width,
+                height: r.height,
+                fps: r.fps,
+                steps: r.steps,
+                guidance: r.guidance,
+                shift: r.shift,
+                seed: r.seed,
+                seed_was_random: r.seed_was_random,
+                crf: r.crf,
+            },
+            r.warnings,
+        ))
+    }
+}
+
+fn msg_error(e: Error, used_seconds: bool) -> BadRequest {
+    let m = e.to_string();
+    let param = api_param(&m, used_seconds);
+    BadRequest {
+        message: m,
+        param: param.map(str::to_string),
+        code: "invalid_value",
+    }
+}
+
+/// Where a job is.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn finished(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::InProgress => "in_progress",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A job as kept on disk (`jobs/<id>.json`) and in memory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    /// Submission order (for the queue and the newest-first list).
+    pub seq: u64,
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    pub completed_at: Option<u64>,
+    pub status: Status,
+    pub params: Params,
+    pub warnings: Vec<String>,
+    pub error: Option<JobError>,
+    /// How many times the job was started (a restart while running re-queues it once).
+    pub attempts: u32,
+    /// Timings of the finished run (encode, denoise, per step, decode, write).
+    pub timings: Option<Value>,
+    /// Live state, not saved.
+    #[serde(skip)]
+    pub live: Live,
+}
+
+/// What changes with every step (kept in memory only).
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    pub progress: u32,
+    pub step: usize,
+    pub step_seconds_sum: f64,
+    pub phase: &'static str,
+    pub cancel_requested: bool,
+}
+
+impl Live {
+    pub fn seconds_per_step(&self) -> Option<f64> {
+        (self.step > 0).then(|| self.step_seconds_sum / self.step as f64)
+    }
+}
+
+impl Job {
+    /// The progress 0..=100 after `done` of `steps` steps: the steps span 1..=95 (encoding
+    /// before them, decoding and writing after).
+    pub fn step_progress(done: usize, steps: usize) -> u32 {
+        (1 + (94 * done) / steps.max(1)) as u32
+    }
+
+    pub fn eta_seconds(&self) -> Option<f64> {
+        let per = self.live.seconds_per_step()?;
+        Some(per * self.params.steps.saturating_sub(self.live.step) as f64)
+    }
+
+    /// The API's video object.
+    pub fn to_api(&self, model: &str, queue_position: Option<usize>) -> Value {
+        let p = &self.params;
+        let progress = match self.status {
+            Status::Completed => 100,
+            Status::Queued => 0,
+            _ => self.live.progress,
+        };
+        json!({
+            "id": self.id,
+            "object": "video",
+            "model": model,
+            "status": self.status.name(),
+            "progress": progress,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "expires_at": null,
+            "size": format!("{}x{}", p.width, p.height),
+            "seconds": format!("{:.3}", p.seconds()),
+            "error": self.error,
+            "prompt": p.prompt,
+            "negative_prompt": p.negative_prompt,
+            "num_frames": p.frames,
+            "num_frames_requested": p.frames_requested,
+            "fps": p.fps,
+            "num_inference_steps": p.steps,
+            "guidance_scale": p.guidance,
+            "shift": p.shift,
+            "seed": p.seed,
+            "warnings": self.warnings,
+            "queue_position": queue_position,
+            "step": self.live.step,
+            "seconds_per_step": self.live.seconds_per_step(),
+            "eta_seconds": if self.status == Status::InProgress { self.eta_seconds() } else { None },
+            "cancel_requested": self.live.cancel_requested,
+            "timings": self.timings,
+            "command": p.command_line(),
+        })
+    }
+}
+
+/// A new random job id: "video_" and 32 hex digits (128 bits from the OS's random source).
+pub fn new_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(format!(
+        "video_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ))
+}
+
+/// Whether `id` has the shape of [`new_id`]'s ids (nothing else names a file).
+pub fn valid_id(id: &str) -> bool {
+    id.strip_prefix("video_").is_some_and(|h| {
+        h.len() == 32
+            && h.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checker() -> Checker {
+        Checker {
+            layout: LatentLayout::CONTENTV,
+            model_names: vec!["contentv-8b".into(), "contentv".into()],
+            defaults: RequestFields::default(),
+        }
+    }
+
+    fn bad(body: &str) -> BadRequest {
+        checker().check(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn requests_map_to_the_cli_checks_and_name_the_field() {
+        let (p, w) = checker()
+            .check(br#"{"prompt":"a cat","size":"64x32","num_frames":10,"num_inference_steps":3,"guidance_scale":2.5,"seed":7,"model":"ContentV-8B"}"#)
+            .unwrap();
+        assert_eq!(
+            (p.width, p.height, p.frames, p.steps, p.guidance, p.seed),
+            (64, 32, 9, 3, 2.5, 7)
+        );
+        assert_eq!(w.len(), 1, "{w:?}"); // 10 rounded down to 9
+        let (p, _) = checker()
+            .check(br#"{"prompt":"a","seconds":"2","fps":8}"#)
+            .unwrap();
+        assert_eq!((p.frames_requested, p.frames), (17, 17));
+        for (body, param) in [
+            (r#"{"prompt":"a","num_frames":0}"#, "num_frames"),
+            (r#"{"prompt":"a","size":"100x64"}"#, "size"),
+            (r#"{"prompt":"a","size":"big"}"#, "size"),
+            (
+                r#"{"prompt":"a","num_inference_steps":"x"}"#,
+                "num_inference_steps",
+            ),
+            (r#"{"prompt":"a","guidance_scale":-1}"#, "guidance_scale"),
+            (r#"{"prompt":"a","shift":0}"#, "shift"),
+            (r#"{"prompt":"a","fps":0}"#, "fps"),
+            (r#"{"prompt":"a","seed":-1}"#, "seed"),
+            (r#"{"prompt":"   "}"#, "prompt"),
+            (r#"{"size":"64x64"}"#, "prompt"),
+            (r#"{"prompt":3}"#, "prompt"),
+            (r#"{"prompt":"a","negative_prompt":[1]}"#, "negative_prompt"),
+            (r#"{"prompt":"a","seconds":"x"}"#, "seconds"),
+            (r#"{"prompt":"a","seconds":1,"num_frames":5}"#, "seconds"),
+            (r#"{"prompt":"a","model":"sora-2"}"#, "model"),
+            (r#"{"prompt":"a","colour":1}"#, "colour"),
+        ] {
+            let e = bad(body);
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {e:?}");
+        }
+        assert_eq!(bad("[1]").param, None);
+        assert_eq!(bad("{").code, "invalid_json");
+        // the CLI's own wording
+        assert!(bad(r#"{"prompt":"a","size":"100x64"}"#)
+            .message
+            .contains("multiple of 16"));
+    }
+
+    #[test]
+    fn ids_are_random_and_checked() {
+        let a = new_id().unwrap();
+        let b = new_id().unwrap();
+        assert!(valid_id(&a) && valid_id(&b) && a != b);
+        assert!(!valid_id("video_../../etc/passwd"));
+        assert!(!valid_id(&a.to_uppercase()));
+        assert!(!valid_id("video_"));
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}

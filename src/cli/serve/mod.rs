@@ -1,0 +1,217 @@
+//! `contentv serve`: a web page and an OpenAI-style video API over one loaded model.
+//!
+//! * One worker thread ([`worker`]) loads the model and runs the jobs one at a time; the HTTP
+//!   side (axum on a small tokio runtime, [`http`]) only touches the shared state ([`state`])
+//!   under its mutex, so it answers while the model computes.
+//! * Requests are checked by the CLI's own code ([`crate::cli::request`]) through [`job`].
+//! * Jobs and videos live under the data folder; the records are written atomically, and a
+//!   restart brings the queue and the gallery back.
+//! * Safety: loopback by default; any other address needs --api-key (Bearer, compared in
+//!   constant time) or an explicit --insecure; bodies are size-limited; ids are 128 random
+//!   bits; files are named by id only; no CORS headers.
+pub mod http;
+pub mod job;
+pub mod state;
+pub mod worker;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::args::ServeArgs;
+use super::load::{check_memory_flags, check_model_dir, model_dir};
+use super::request::RequestFields;
+use super::Ui;
+use crate::error::{Error, Result};
+use crate::model::pipeline::LatentLayout;
+
+/// A lock file in the data folder: one server per folder.
+struct DirLock(std::path::PathBuf);
+
+impl DirLock {
+    fn take(dir: &std::path::Path) -> Result<DirLock> {
+        let p = dir.join("server.pid");
+        if let Ok(t) = std::fs::read_to_string(&p) {
+            let mut it = t.split_whitespace();
+            let (pid, host) = (it.next(), it.next());
+            if let (Some(pid), Some(host)) = (pid.and_then(|x| x.parse::<u32>().ok()), host) {
+                if host == crate::io::fsutil::host_tag()
+                    && pid != std::process::id()
+                    && crate::io::fsutil::pid_alive(pid)
+                {
+                    return Err(Error::Input(format!(
+                        "another contentv serve (pid {pid}) uses the data folder {}: stop it or pass another --data-dir",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        crate::io::fsutil::write_file_atomically(
+            &p,
+            format!("{} {}\n", std::process::id(), crate::io::fsutil::host_tag()).as_bytes(),
+        )?;
+        Ok(DirLock(p))
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The addresses of `--host`/`--port`, and whether they are all loopback.
+fn listen_addrs(host: &str, port: u16) -> Result<(Vec<SocketAddr>, bool)> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            Error::Input(format!(
+                "--host {host}: not an address of this machine ({e})"
+            ))
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::Input(format!("--host {host}: no address")));
+    }
+    let loopback = addrs.iter().all(|a| a.ip().is_loopback());
+    Ok((addrs, loopback))
+}
+
+pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
+    let mem = check_memory_flags(&a.model)?;
+    let (addrs, loopback) = listen_addrs(&a.host, a.port)?;
+    let api_key = a.api_key.clone().filter(|k| !k.is_empty());
+    if a.api_key.is_some() && api_key.is_none() {
+        return Err(Error::Input("--api-key is empty".into()));
+    }
+    if !loopback && api_key.is_none() && !a.insecure {
+        return Err(Error::Input(format!(
+            "--host {} is reachable from other machines: pass --api-key KEY (clients send `Authorization: Bearer KEY`), or --insecure to serve without one",
+            a.host
+        )));
+    }
+    if !loopback && api_key.is_none() {
+        ui.warn(&format!(
+            "serving on {} without an API key (--insecure): anyone who reaches it can use it",
+            a.host
+        ));
+    }
+    if a.max_queue == 0 {
+        return Err(Error::Input("--max-queue must be at least 1".into()));
+    }
+    let dir = model_dir(&a.model.model, ui);
+    check_model_dir(&dir, &[])?;
+    let layout = LatentLayout::from_model_dir(&dir)?;
+    let mut defaults = RequestFields::default();
+    let tiny = a.model.model.is_none();
+    if tiny {
+        defaults.apply_tiny_defaults();
+    }
+    let data_dir = a.data_dir.clone().unwrap_or_else(state::default_data_dir);
+    std::fs::create_dir_all(&data_dir).map_err(|e| {
+        Error::Input(format!(
+            "cannot create the data folder {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let _lock = DirLock::take(&data_dir)?;
+    let (inner, notes) = state::load(&data_dir).map_err(|e| {
+        Error::Input(format!(
+            "cannot read the data folder {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    for n in notes {
+        ui.note(&n);
+    }
+    let listener = std::net::TcpListener::bind(&addrs[..])
+        .map_err(|e| Error::Input(format!("cannot listen on {}:{}: {e}", a.host, a.port)))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+
+    let (tx, _) = tokio::sync::broadcast::channel(1024);
+    let state = Arc::new(state::State {
+        inner: Mutex::new(inner),
+        wake: Condvar::new(),
+        events: tx,
+        data_dir: data_dir.clone(),
+    });
+    let model_name = if tiny {
+        "contentv-tiny".to_string()
+    } else {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "contentv-8b".into())
+    };
+    let mut names = vec![
+        model_name.to_lowercase(),
+        "contentv".into(),
+        "contentv-8b".into(),
+    ];
+    names.dedup();
+    let checker = job::Checker {
+        layout,
+        model_names: names,
+        defaults,
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let spec = worker::ModelSpec {
+        dir: dir.clone(),
+        device: a.model.device,
+        mem,
+        layout,
+    };
+    let st = state.clone();
+    let worker = std::thread::Builder::new()
+        .name("contentv-worker".into())
+        .spawn(move || worker::run(st, spec, ready_tx))?;
+    let device = ready_rx
+        .recv()
+        .map_err(|_| Error::Other("the worker thread ended while loading the model".into()))??;
+    let server = http::Server {
+        state: state.clone(),
+        checker,
+        api_key,
+        model: model_name,
+        info: serde_json::json!({
+            "model": fsutil_name(&dir, tiny),
+            "device": device,
+            "offload": format!("{:?}", a.model.offload).to_lowercase(),
+            "quantize": format!("{:?}", a.model.quantize).to_lowercase(),
+            "vae_tiling": a.model.vae_tiling,
+            "vram_budget_gib": a.model.vram_budget,
+            "max_queue": a.max_queue,
+            "container": if crate::io::video::writes_mp4() { "mp4" } else { "png-folder" },
+            "tiny_model": tiny,
+        }),
+        max_queue: a.max_queue,
+        max_body: a.max_body,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("contentv-http")
+        .build()?;
+    let res = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        ui.info(&format!(
+            "contentv serve: listening on http://{local} (data in {})",
+            data_dir.display()
+        ));
+        axum::serve(listener, http::router(Arc::new(server))).await
+    });
+    {
+        state.lock().shutting_down = true;
+        state.wake.notify_all();
+    }
+    let _ = worker.join();
+    res.map_err(Error::Io)
+}
+
+/// The model's name for the page: the folder's name, or "built-in tiny model".
+fn fsutil_name(dir: &std::path::Path, tiny: bool) -> String {
+    if tiny {
+        "built-in tiny model (random weights: noise)".into()
+    } else {
+        crate::io::fsutil::lossy(dir)
+    }
+}

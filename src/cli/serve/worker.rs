@@ -1,0 +1,311 @@
+//! The worker thread: loads the model once, then runs the queued jobs one at a time (the
+//! pipeline is synchronous). It takes a job under the lock, runs it without the lock, and
+//! reports steps, previews and the result through the shared state.
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::job::{Job, JobError, Status};
+use super::state::State;
+use crate::cli::args::DeviceChoice;
+use crate::cli::generate::panic_message;
+use crate::cli::load::{device_name, load_pipeline_for, note_memory_flags, pick_device, RunSize};
+use crate::cli::request::unix_time;
+use crate::cli::Ui;
+use crate::error::{Error, Result};
+use crate::io::video::{self, FramesRef, VideoOptions};
+use crate::model::pipeline::preview::{denoised_estimate, latent_preview_rgb};
+use crate::model::pipeline::{GenerateParams, LatentLayout, Pipeline, Progress};
+use crate::runtime::residency::MemoryOptions;
+
+/// What the worker needs to load the model.
+pub struct ModelSpec {
+    pub dir: PathBuf,
+    pub device: DeviceChoice,
+    pub mem: MemoryOptions,
+    pub layout: LatentLayout,
+}
+
+/// A preview image every this many steps (and after the last).
+pub fn preview_every(steps: usize) -> usize {
+    (steps / 8).max(1)
+}
+
+/// Runs the worker: picks the device and loads the model on this thread (a CUDA context is
+/// per thread), says how that went on `ready` (the device's name, or the error), then runs
+/// jobs until shutdown.
+pub fn run(state: Arc<State>, spec: ModelSpec, ready: std::sync::mpsc::Sender<Result<String>>) {
+    let t = Instant::now();
+    let ui = Ui { json: false };
+    let loaded = catch_unwind(AssertUnwindSafe(|| {
+        let device = pick_device(spec.device, &ui)?;
+        note_memory_flags(&spec.mem, &device, &ui);
+        eprintln!("loading {} on {}", spec.dir.display(), device_name(&device));
+        load_pipeline_for(&spec.dir, &device, &spec.mem, RunSize::DEFAULT).map(|r| (r, device))
+    }));
+    let (pipe, device) = match loaded {
+        Ok(Ok(((p, _, plan), d))) => {
+            if let Some(line) = plan.describe() {
+                eprintln!("{line}");
+            }
+            (p, d)
+        }
+        Ok(Err(e)) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+        Err(p) => {
+            let _ = ready.send(Err(Error::Other(format!(
+                "internal error (a bug) while loading: {}",
+                panic_message(&p)
+            ))));
+            return;
+        }
+    };
+    eprintln!("model loaded in {:.2}s", t.elapsed().as_secs_f64());
+    state.lock().model_state = "ready".into();
+    let _ = ready.send(Ok(device_name(&device)));
+    loop {
+        let (id, cancel, job) = {
+            let mut g = state.lock();
+            loop {
+                if g.shutting_down {
+                    return;
+                }
+                if let Some(id) = g.queue.pop_front() {
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    g.running = Some((id.clone(), cancel.clone()));
+                    let job = g.jobs.get_mut(&id).expect("a queued job exists");
+                    job.status = Status::InProgress;
+                    job.started_at = Some(unix_time());
+                    job.attempts += 1;
+                    job.live = Default::default();
+                    job.live.phase = "encoding";
+                    job.live.progress = 0;
+                    let snapshot = job.clone();
+                    break (id, cancel, snapshot);
+                }
+                g = state.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        if let Err(e) = state.save(&job) {
+            eprintln!("warning: cannot save job {id}: {e}");
+        }
+        state.emit(&id, "started", json!({"status": "in_progress"}));
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            run_job(&state, &pipe, &spec, &job, cancel.clone())
+        }))
+        .unwrap_or_else(|p| {
+            Err(Error::Other(format!(
+                "internal error (a bug): {}",
+                panic_message(&p)
+            )))
+        });
+        let mut g = state.lock();
+        g.running = None;
+        let c = &mut g.counters;
+        let (kind, status) = match &res {
+            Ok(_) => {
+                c.completed += 1;
+                ("completed", Status::Completed)
+            }
+            Err(Error::Cancelled) => {
+                c.cancelled += 1;
+                ("cancelled", Status::Cancelled)
+            }
+            Err(_) => {
+                c.failed += 1;
+                ("failed", Status::Failed)
+            }
+        };
+        let Some(j) = g.jobs.get_mut(&id) else {
+            continue;
+        };
+        j.status = status;
+        j.completed_at = Some(unix_time());
+        match res {
+            Ok(timings) => {
+                j.live.progress = 100;
+                j.timings = Some(timings);
+            }
+            Err(Error::Cancelled) => {
+                j.error = Some(JobError {
+                    code: "cancelled".into(),
+                    message: format!("cancelled at step {} of {}", j.live.step, j.params.steps),
+                });
+            }
+            Err(e) => {
+                j.error = Some(JobError {
+                    code: "generation_failed".into(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        let snapshot = j.clone();
+        drop(g);
+        if let Err(e) = state.save(&snapshot) {
+            eprintln!("warning: cannot save job {id}: {e}");
+        }
+        state.emit(
+            &id,
+            kind,
+            json!({"status": status.name(), "error": snapshot.error}),
+        );
+    }
+}
+
+/// Runs one job: the pipeline with step reports and previews, then the video with the
+/// parameters in its metadata. Returns the timings.
+fn run_job(
+    state: &State,
+    pipe: &Pipeline,
+    spec: &ModelSpec,
+    job: &Job,
+    cancel: Arc<AtomicBool>,
+) -> Result<serde_json::Value> {
+    let p = &job.params;
+    let id = job.id.as_str();
+    let params = GenerateParams {
+        prompt: p.prompt.clone(),
+        negative_prompt: p.negative_prompt.clone(),
+        geometry: p.geometry(spec.layout),
+        steps: p.steps,
+        guidance: p.guidance,
+        shift: p.shift,
+        seed: p.seed,
+        init_noise: None,
+        rescue_latents: None,
+        cancel: Some(cancel.clone()),
+    };
+    let every = preview_every(p.steps);
+    let mut on_progress = |ev: Progress| match ev {
+        Progress::Step {
+            index,
+            steps,
+            seconds,
+            latents,
+            velocity,
+            sigma,
+            shape,
+        } => {
+            let (progress, eta) = {
+                let mut g = state.lock();
+                g.counters.steps += 1;
+                g.counters.step_seconds += seconds;
+                let Some(j) = g.jobs.get_mut(id) else { return };
+                j.live.step = index + 1;
+                j.live.step_seconds_sum += seconds;
+                j.live.progress = Job::step_progress(index + 1, steps);
+                j.live.phase = "denoising";
+                (j.live.progress, j.eta_seconds())
+            };
+            state.emit(
+                id,
+                "step",
+                json!({"step": index + 1, "steps": steps, "seconds": seconds, "eta_seconds": eta, "progress": progress}),
+            );
+            if (index + 1) % every == 0 || index + 1 == steps {
+                let x0 = denoised_estimate(latents, velocity, sigma);
+                let mid = shape[2] / 2;
+                if let Some((w, h, rgb)) = latent_preview_rgb(&x0, shape, mid) {
+                    if let Ok(png) = video::encode_png_rgb(&rgb, w, h) {
+                        state.emit(
+                            id,
+                            "preview",
+                            json!({"step": index + 1, "width": w, "height": h, "latent_frame": mid,
+                                   "png_base64": base64(&png)}),
+                        );
+                    }
+                }
+            }
+        }
+        Progress::DecodeStart => {
+            if let Some(j) = state.lock().jobs.get_mut(id) {
+                j.live.phase = "decoding";
+                j.live.progress = 96;
+            }
+            state.emit(id, "decode", json!({"progress": 96}));
+        }
+        Progress::EncodeStart | Progress::DenoiseStart { .. } | Progress::DecodeDone => {}
+    };
+    let g = pipe.generate(&params, &mut on_progress)?;
+    if cancel.load(Ordering::SeqCst) {
+        return Err(Error::Cancelled);
+    }
+    let t = Instant::now();
+    let f = &g.frames;
+    let tags = vec![
+        (
+            "title".to_string(),
+            p.prompt.chars().take(200).collect::<String>(),
+        ),
+        ("comment".to_string(), p.command_line()),
+        (
+            "description".to_string(),
+            serde_json::to_string(p).unwrap_or_default(),
+        ),
+    ];
+    video::write_video_tagged(
+        &state.video_request_path(id),
+        FramesRef {
+            data: &f.data,
+            frames: f.frames,
+            height: f.height,
+            width: f.width,
+        },
+        &VideoOptions {
+            fps: p.fps,
+            crf: p.crf,
+        },
+        &tags,
+    )?;
+    let tm = &g.timings;
+    Ok(json!({
+        "encode": tm.encode_s, "denoise": tm.denoise_s, "steps": tm.step_s,
+        "decode": tm.decode_s, "write": t.elapsed().as_secs_f64(),
+        "shift": g.schedule.shift,
+    }))
+}
+
+/// Standard base64 with padding (RFC 4648).
+pub fn base64(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for k in 0..4 {
+            if k <= c.len() {
+                s.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(super::base64(i.as_bytes()), o);
+        }
+        assert_eq!(super::preview_every(50), 6);
+        assert_eq!(super::preview_every(3), 1);
+    }
+}

@@ -1,0 +1,1130 @@
+//! `contentv serve` end to end: the binary on the built-in tiny model on the CPU, on an
+//! ephemeral loopback port, driven by a small raw HTTP/1.1 client (and an SSE reader).
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_contentv");
+
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("serve-tests")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A running server; killed (SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+    key: Option<String>,
+}
+
+impl Server {
+    fn start(data: &Path, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--device", "cpu", "--port", "0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("CONTENTV_FORCE_CPU", "1")
+            .env_remove("CONTENTV_API_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("cannot start contentv serve");
+        let err = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
+                }
+                let mut g = l2.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        let key = extra
+            .iter()
+            .position(|a| *a == "--api-key")
+            .map(|i| extra[i + 1].to_string());
+        Server {
+            child,
+            addr,
+            log,
+            key,
+        }
+    }
+
+    fn req(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
+        let mut h = vec![];
+        let auth;
+        if let Some(k) = &self.key {
+            auth = format!("Bearer {k}");
+            h.push(("Authorization", auth.as_str()));
+        }
+        let b = body.map(|v| v.to_string().into_bytes());
+        request(&self.addr, method, path, &h, b.as_deref())
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, None)
+    }
+
+    fn create(&self, body: Value) -> Value {
+        let r = self.req("POST", "/v1/videos", Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    fn job(&self, id: &str) -> Value {
+        let r = self.get(&format!("/v1/videos/{id}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    /// Polls until the job is finished (or `timeout`).
+    fn wait(&self, id: &str, timeout: Duration) -> Value {
+        let t = Instant::now();
+        loop {
+            let j = self.job(id);
+            if ["completed", "failed", "cancelled"].contains(&j["status"].as_str().unwrap()) {
+                return j;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "job {id} did not finish: {j}\n{}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_status(&self, id: &str, status: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            let j = self.job(id);
+            if j["status"] == status {
+                return j;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{id} never {status}: {j}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        format!("{} {}", self.status, String::from_utf8_lossy(&self.body))
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    fn header(&self, k: &str) -> Option<&str> {
+        self.headers.get(&k.to_lowercase()).map(String::as_str)
+    }
+    /// The error object of an error answer, checked for OpenAI's shape.
+    fn error(&self) -> Value {
+        let e = self.json()["error"].clone();
+        for k in ["message", "type", "param", "code"] {
+            assert!(e.get(k).is_some(), "error without {k}: {}", self.text());
+        }
+        e
+    }
+}
+
+fn read_head(r: &mut BufReader<TcpStream>) -> (u16, HashMap<String, String>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("bad status line {line:?}"))
+        .parse()
+        .unwrap();
+    let mut headers = HashMap::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.insert(k.trim().to_lowercase(), v.trim().to_string());
+    }
+    (status, headers)
+}
+
+fn send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    if let Some(b) = body {
+        head += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        );
+    }
+    head += "\r\n";
+    s.write_all(head.as_bytes()).unwrap();
+    if let Some(b) = body {
+        // the server may answer (413) and close before reading it all
+        let _ = s.write_all(b);
+    }
+    s
+}
+
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
+    let s = send(addr, method, path, headers, body);
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    let mut body = Vec::new();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t == "chunked")
+    {
+        loop {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            let n = usize::from_str_radix(l.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            let mut c = vec![0; n + 2];
+            r.read_exact(&mut c).unwrap();
+            body.extend_from_slice(&c[..n]);
+        }
+    } else if let Some(n) = headers.get("content-length") {
+        body.resize(n.parse().unwrap(), 0);
+        r.read_exact(&mut body).unwrap();
+    } else {
+        r.read_to_end(&mut body).unwrap();
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// An event stream: (event name, data) pairs, read as they come.
+struct Sse {
+    r: BufReader<TcpStream>,
+    chunked: bool,
+    buf: String,
+}
+
+impl Sse {
+    fn open(srv: &Server, id: &str) -> Sse {
+        let auth = srv.key.as_ref().map(|k| format!("Bearer {k}"));
+        let h: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let s = send(
+            &srv.addr,
+            "GET",
+            &format!("/v1/videos/{id}/events"),
+            &h,
+            None,
+        );
+        let mut r = BufReader::new(s);
+        let (status, headers) = read_head(&mut r);
+        assert_eq!(status, 200);
+        assert!(headers["content-type"].starts_with("text/event-stream"));
+        Sse {
+            r,
+            chunked: headers
+                .get("transfer-encoding")
+                .is_some_and(|t| t == "chunked"),
+            buf: String::new(),
+        }
+    }
+
+    fn more(&mut self) -> bool {
+        if self.chunked {
+            let mut l = String::new();
+            if self.r.read_line(&mut l).unwrap_or(0) == 0 {
+                return false;
+            }
+            let Ok(n) = usize::from_str_radix(l.trim(), 16) else {
+                return false;
+            };
+            if n == 0 {
+                return false;
+            }
+            let mut c = vec![0; n + 2];
+            self.r.read_exact(&mut c).unwrap();
+            self.buf += &String::from_utf8_lossy(&c[..n]);
+        } else {
+            let mut l = String::new();
+            if self.r.read_line(&mut l).unwrap_or(0) == 0 {
+                return false;
+            }
+            self.buf += &l;
+        }
+        true
+    }
+
+    /// The next event, or None at the end of the stream.
+    fn next(&mut self) -> Option<(String, Value)> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut name = String::from("message");
+                let mut data = String::new();
+                for l in block.lines() {
+                    if let Some(v) = l.strip_prefix("event:") {
+                        name = v.trim().to_string();
+                    } else if let Some(v) = l.strip_prefix("data:") {
+                        data += v.trim_start();
+                    }
+                }
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return Some((name, serde_json::from_str(&data).unwrap()));
+            }
+            if !self.more() {
+                return None;
+            }
+        }
+    }
+
+    /// Every event up to the end of the stream.
+    fn all(mut self) -> Vec<(String, Value)> {
+        let mut v = Vec::new();
+        while let Some(e) = self.next() {
+            v.push(e);
+        }
+        v
+    }
+}
+
+/// A tiny request: `frames` frames of 48x32, `steps` steps, 12 fps.
+fn tiny(prompt: &str, frames: usize, steps: usize, seed: u64) -> Value {
+    json!({"prompt": prompt, "size": "48x32", "num_frames": frames, "num_inference_steps": steps, "fps": 12, "seed": seed})
+}
+
+/// A job that runs long enough to be cancelled while it runs.
+fn long(prompt: &str) -> Value {
+    json!({"prompt": prompt, "size": "32x32", "num_frames": 5, "num_inference_steps": 1000, "seed": 1})
+}
+
+#[test]
+fn create_poll_events_content_list_delete() {
+    let d = scratch("basic");
+    let srv = Server::start(&d, &[]);
+    // the page and the health check
+    let page = srv.get("/");
+    assert_eq!(page.status, 200);
+    let html = String::from_utf8(page.body.clone()).unwrap();
+    assert!(html.contains("<form") && html.contains("/v1/videos"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page loads nothing from elsewhere"
+    );
+    assert_eq!(srv.get("/health").json()["status"], "ok");
+    assert!(srv.get("/").header("access-control-allow-origin").is_none());
+
+    let v = srv.create(tiny("a red ball", 9, 3, 42));
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("video_") && id.len() == 38, "{id}");
+    assert_eq!(v["object"], "video");
+    assert_eq!(v["status"], "queued");
+    assert_eq!(v["progress"], 0);
+    assert_eq!(v["size"], "48x32");
+    assert!(v["created_at"].as_u64().unwrap() > 1_600_000_000);
+
+    // the event stream to the end
+    let events = Sse::open(&srv, &id).all();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.last(), Some(&"completed"), "{names:?}");
+    let steps: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "step")
+        .map(|(_, d)| d)
+        .collect();
+    // the stream may open after the first steps, but whatever it saw is in order
+    for w in steps.windows(2) {
+        assert!(w[1]["step"].as_u64() > w[0]["step"].as_u64());
+        assert!(w[1]["progress"].as_u64() > w[0]["progress"].as_u64());
+    }
+    for s in &steps {
+        assert_eq!(s["steps"], 3);
+        assert!(s["seconds"].as_f64().unwrap() >= 0.0);
+        assert!(s["eta_seconds"].as_f64().is_some());
+    }
+    let done = &events.last().unwrap().1["video"];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["progress"], 100);
+
+    let j = srv.job(&id);
+    assert_eq!(j["status"], "completed");
+    assert_eq!(j["progress"], 100);
+    assert_eq!(j["seed"], 42);
+    assert_eq!(j["num_frames"], 9);
+    assert!(j["completed_at"].as_u64().is_some());
+    assert!(j["command"].as_str().unwrap().contains("--seed 42"));
+
+    // the content
+    let c = srv.get(&format!("/v1/videos/{id}/content"));
+    if contentv::io::video::writes_mp4() {
+        assert_eq!(c.status, 200, "{}", c.text());
+        assert_eq!(c.header("content-type"), Some("video/mp4"));
+        let f = d.join("got.mp4");
+        std::fs::write(&f, &c.body).unwrap();
+        let vid = contentv::io::video::read_video(&f).unwrap();
+        assert_eq!((vid.frames, vid.width, vid.height), (9, 48, 32));
+        assert!((vid.fps - 12.0).abs() < 1e-6);
+        let tags: HashMap<_, _> = vid.tags.into_iter().collect();
+        assert!(
+            tags.get("comment")
+                .is_some_and(|c| c.contains("contentv generate") && c.contains("--seed 42")),
+            "{tags:?}"
+        );
+        // HTTP Range, as a browser seeks
+        let r = request(
+            &srv.addr,
+            "GET",
+            &format!("/v1/videos/{id}/content"),
+            &[("Range", "bytes=10-109")],
+            None,
+        );
+        assert_eq!(r.status, 206);
+        assert_eq!(r.body, c.body[10..110]);
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes 10-109/{}", c.body.len()).as_str())
+        );
+    } else {
+        // PNG builds: the frames, one per request
+        assert_eq!(c.status, 200);
+        assert_eq!(c.header("content-type"), Some("image/png"));
+        let f = d.join("videos").join(&id);
+        let vid = contentv::io::video::read_video(&f).unwrap();
+        assert_eq!((vid.frames, vid.width, vid.height), (9, 48, 32));
+    }
+    // the file is named by the id
+    assert!(
+        contentv::io::video::artifact_path(&d.join("videos").join(format!("{id}.mp4"))).exists()
+    );
+
+    // list, newest first, paged
+    let v2 = srv.create(tiny("a blue cube", 5, 1, 1));
+    let id2 = v2["id"].as_str().unwrap().to_string();
+    srv.wait(&id2, Duration::from_secs(60));
+    let l = srv.get("/v1/videos").json();
+    assert_eq!(l["object"], "list");
+    let ids: Vec<&str> = l["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id2.as_str(), id.as_str()]);
+    let p1 = srv.get("/v1/videos?limit=1").json();
+    assert_eq!(p1["data"][0]["id"], id2.as_str());
+    assert_eq!(p1["has_more"], true);
+    let p2 = srv.get(&format!("/v1/videos?limit=1&after={id2}")).json();
+    assert_eq!(p2["data"][0]["id"], id.as_str());
+    assert_eq!(p2["has_more"], false);
+    assert_eq!(srv.get("/v1/videos?limit=0").error()["param"], "limit");
+
+    // metrics
+    let m = String::from_utf8(srv.get("/metrics").body).unwrap();
+    assert!(m.contains("contentv_jobs_completed_total 2"), "{m}");
+    assert!(m.contains("contentv_queue_length 0"), "{m}");
+    assert!(m.contains("# TYPE contentv_step_seconds summary"));
+    assert!(m.contains("contentv_step_seconds_count 4"), "{m}");
+
+    // delete a finished one: record and file go
+    let r = srv.req("DELETE", &format!("/v1/videos/{id}"), None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["deleted"], true);
+    assert_eq!(srv.get(&format!("/v1/videos/{id}")).status, 404);
+    assert!(
+        !contentv::io::video::artifact_path(&d.join("videos").join(format!("{id}.mp4"))).exists()
+    );
+    assert!(!d.join("jobs").join(format!("{id}.json")).exists());
+}
+
+#[test]
+fn bad_requests_name_the_field() {
+    let d = scratch("errors");
+    let srv = Server::start(&d, &["--max-body", "4096"]);
+    for (body, param) in [
+        (json!({"size": "48x32"}), "prompt"),
+        (json!({"prompt": "a", "size": "50x32"}), "size"),
+        (json!({"prompt": "a", "size": "huge"}), "size"),
+        (json!({"prompt": "a", "num_frames": 0}), "num_frames"),
+        (
+            json!({"prompt": "a", "num_inference_steps": "many"}),
+            "num_inference_steps",
+        ),
+        (
+            json!({"prompt": "a", "guidance_scale": 1000}),
+            "guidance_scale",
+        ),
+        (json!({"prompt": "a", "fps": 0}), "fps"),
+        (json!({"prompt": "a", "seed": -3}), "seed"),
+        (json!({"prompt": "a", "seconds": "forever"}), "seconds"),
+        (json!({"prompt": "a", "model": "sora-2"}), "model"),
+        (json!({"prompt": "a", "resolution": "1080p"}), "resolution"),
+    ] {
+        let r = srv.req("POST", "/v1/videos", Some(&body));
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        let e = r.error();
+        assert_eq!(e["param"], param, "{body}: {e}");
+        assert_eq!(e["type"], "invalid_request_error");
+    }
+    // the CLI's wording
+    let e = srv
+        .req(
+            "POST",
+            "/v1/videos",
+            Some(&json!({"prompt": "a", "size": "50x32"})),
+        )
+        .error();
+    assert!(
+        e["message"].as_str().unwrap().contains("multiple of 16"),
+        "{e}"
+    );
+    // not JSON
+    let r = request(&srv.addr, "POST", "/v1/videos", &[], Some(b"{not json"));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error()["code"], "invalid_json");
+    // too large
+    let big = json!({"prompt": "x".repeat(10_000)}).to_string();
+    let r = request(&srv.addr, "POST", "/v1/videos", &[], Some(big.as_bytes()));
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.error()["code"], "body_too_large");
+    // unknown ids and routes
+    for p in [
+        "/v1/videos/video_00000000000000000000000000000000",
+        "/v1/videos/video_00000000000000000000000000000000/content",
+        "/v1/videos/video_00000000000000000000000000000000/events",
+        "/v1/videos/..%2F..%2Fetc%2Fpasswd/content",
+        "/nothing",
+    ] {
+        let r = srv.get(p);
+        assert_eq!(r.status, 404, "{p}");
+        r.error();
+    }
+    assert_eq!(
+        srv.req(
+            "DELETE",
+            "/v1/videos/video_00000000000000000000000000000000",
+            None
+        )
+        .status,
+        404
+    );
+    // nothing was queued by any of it
+    assert_eq!(
+        srv.get("/v1/videos").json()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn cancel_queued_and_running() {
+    let d = scratch("cancel");
+    let srv = Server::start(&d, &[]);
+    let a = srv.create(long("runs long"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = srv.create(tiny("waits", 5, 1, 2))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(srv.job(&b)["queue_position"], 1);
+    // cancel the queued one: it never runs
+    let r = srv.req("DELETE", &format!("/v1/videos/{b}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "cancelled");
+    // the running one stops at the next step
+    let mut ev = Sse::open(&srv, &a);
+    loop {
+        let (n, _) = ev.next().expect("the stream ended before a step");
+        if n == "step" {
+            break;
+        }
+    }
+    let r = srv.req("DELETE", &format!("/v1/videos/{a}"), None);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["cancel_requested"], true);
+    let rest = ev.all();
+    assert_eq!(rest.last().unwrap().0, "cancelled", "{rest:?}");
+    let ja = srv.wait(&a, Duration::from_secs(30));
+    assert_eq!(ja["status"], "cancelled");
+    assert!(ja["step"].as_u64().unwrap() < 1000);
+    assert_eq!(ja["error"]["code"], "cancelled");
+    let jb = srv.job(&b);
+    assert_eq!(
+        (jb["status"].as_str(), jb["step"].as_u64()),
+        (Some("cancelled"), Some(0))
+    );
+    assert_eq!(srv.get(&format!("/v1/videos/{a}/content")).status, 404);
+    // the worker goes on with the next job
+    let c = srv.create(tiny("after", 5, 1, 3))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(srv.wait(&c, Duration::from_secs(60))["status"], "completed");
+    // deleting a cancelled job removes it
+    assert_eq!(
+        srv.req("DELETE", &format!("/v1/videos/{a}"), None).json()["deleted"],
+        true
+    );
+    let m = String::from_utf8(srv.get("/metrics").body).unwrap();
+    assert!(m.contains("contentv_jobs_cancelled_total 2"), "{m}");
+}
+
+#[test]
+fn api_key_queue_limit_and_host_rules() {
+    // a non-loopback address needs a key
+    let o = Command::new(BIN)
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(scratch("host"))
+        .env("CONTENTV_FORCE_CPU", "1")
+        .env_remove("CONTENTV_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--api-key"));
+
+    let d = scratch("auth");
+    let srv = Server::start(&d, &["--api-key", "s3cret", "--max-queue", "1"]);
+    for (h, why) in [
+        (None, "no key"),
+        (Some("Bearer wrong"), "wrong key"),
+        (Some("s3cret"), "no Bearer"),
+    ] {
+        let hv: Vec<(&str, &str)> = h.iter().map(|v| ("Authorization", *v)).collect();
+        let r = request(&srv.addr, "GET", "/v1/videos", &hv, None);
+        assert_eq!(r.status, 401, "{why}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(r.error()["type"], "authentication_error");
+        let r = request(
+            &srv.addr,
+            "POST",
+            "/v1/videos",
+            &hv,
+            Some(tiny("x", 5, 1, 1).to_string().as_bytes()),
+        );
+        assert_eq!(r.status, 401, "{why}");
+        assert_eq!(request(&srv.addr, "GET", "/metrics", &hv, None).status, 401);
+    }
+    // the page and the health check are open
+    assert_eq!(request(&srv.addr, "GET", "/", &[], None).status, 200);
+    assert_eq!(request(&srv.addr, "GET", "/health", &[], None).status, 200);
+    // one running, one waiting, the next is refused
+    let a = srv.create(long("running"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    srv.wait_status(&a, "in_progress");
+    let b = srv.create(tiny("waiting", 5, 1, 1))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = srv.req("POST", "/v1/videos", Some(&tiny("refused", 5, 1, 1)));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.error()["code"], "queue_full");
+    assert!(r.header("retry-after").is_some());
+    // the server answers while the model works
+    let t = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(srv.get("/health").status, 200);
+    }
+    assert!(t.elapsed() < Duration::from_secs(10));
+    srv.req("DELETE", &format!("/v1/videos/{a}"), None);
+    assert_eq!(srv.wait(&b, Duration::from_secs(60))["status"], "completed");
+    assert_eq!(srv.job(&a)["status"], "cancelled");
+    let m = String::from_utf8(srv.get("/metrics").body).unwrap();
+    assert!(
+        m.contains("contentv_jobs_rejected_queue_full_total 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn restart_keeps_queue_and_gallery() {
+    let d = scratch("restart");
+    let (done, running, queued) = {
+        let srv = Server::start(&d, &[]);
+        let done = srv.create(tiny("finished before", 5, 2, 5))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            srv.wait(&done, Duration::from_secs(60))["status"],
+            "completed"
+        );
+        let running = srv.create(long("running at the crash"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let queued = srv.create(tiny("queued at the crash", 5, 1, 6))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        srv.wait_status(&running, "in_progress");
+        // a second server on the same folder is refused while this one lives
+        let o = Command::new(BIN)
+            .args(["serve", "--device", "cpu", "--port", "0", "--data-dir"])
+            .arg(&d)
+            .env("CONTENTV_FORCE_CPU", "1")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("another contentv serve"));
+        (done, running, queued)
+        // dropped: SIGKILL, as a crash
+    };
+    let srv = Server::start(&d, &[]);
+    let j = srv.job(&done);
+    assert_eq!(j["status"], "completed");
+    assert_eq!(srv.get(&format!("/v1/videos/{done}/content")).status, 200);
+    // the one that ran is queued again (and runs first), with a note
+    let r = srv.job(&running);
+    assert!(
+        ["queued", "in_progress"].contains(&r["status"].as_str().unwrap()),
+        "{r}"
+    );
+    assert!(r["warnings"].to_string().contains("queued again"), "{r}");
+    let q = srv.job(&queued);
+    assert_eq!(q["status"], "queued");
+    let l = srv.get("/v1/videos").json();
+    let ids: Vec<&str> = l["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [queued.as_str(), running.as_str(), done.as_str()]);
+    srv.wait_status(&running, "in_progress");
+    srv.req("DELETE", &format!("/v1/videos/{running}"), None);
+    assert_eq!(
+        srv.wait(&queued, Duration::from_secs(60))["status"],
+        "completed"
+    );
+    assert_eq!(srv.job(&running)["status"], "cancelled");
+}
+
+/// 50 clients at once: create, then follow the events (even) or poll (odd); every fifth
+/// cancels its job. Every accepted job ends completed or cancelled, none is lost, the server
+/// answers /health throughout and its memory stays bounded.
+#[test]
+fn load_fifty_clients() {
+    let d = scratch("load");
+    let srv = Arc::new(Server::start(&d, &["--max-queue", "64"]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = {
+        let (srv, stop) = (srv.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = Instant::now();
+                let r = srv.get("/health");
+                assert_eq!(r.status, 200);
+                assert!(t.elapsed() < Duration::from_secs(5), "slow /health");
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    let clients: Vec<_> = (0..50)
+        .map(|i| {
+            let srv = srv.clone();
+            std::thread::spawn(move || {
+                let body = json!({"prompt": format!("client {i}"), "size": "16x16", "num_frames": 1, "num_inference_steps": 1, "seed": i});
+                let v = srv.create(body);
+                let id = v["id"].as_str().unwrap().to_string();
+                if i % 5 == 0 {
+                    srv.req("DELETE", &format!("/v1/videos/{id}"), None);
+                }
+                let end = if i % 2 == 0 {
+                    let ev = Sse::open(&srv, &id).all();
+                    ev.last().unwrap().0.clone()
+                } else {
+                    srv.wait(&id, Duration::from_secs(300))["status"].as_str().unwrap().to_string()
+                };
+                (id, end)
+            })
+        })
+        .collect();
+    let results: Vec<(String, String)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(health.join().unwrap() > 0);
+    for (i, (id, end)) in results.iter().enumerate() {
+        let j = srv.job(id);
+        assert_eq!(&j["status"], end.as_str(), "{id}");
+        if i % 5 == 0 {
+            assert!(
+                ["completed", "cancelled"].contains(&end.as_str()),
+                "{i}: {end}"
+            );
+        } else {
+            assert_eq!(end, "completed", "{i}");
+        }
+    }
+    let l = srv.get("/v1/videos?limit=100").json();
+    assert_eq!(l["data"].as_array().unwrap().len(), 50);
+    let m = String::from_utf8(srv.get("/metrics").body).unwrap();
+    assert!(m.contains("contentv_jobs_submitted_total 50"), "{m}");
+    assert!(m.contains("contentv_jobs_failed_total 0"), "{m}");
+    // bounded memory: the peak resident set of the server
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.pid())).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(hwm_kb < 2 << 20, "server peak RSS {hwm_kb} kB");
+}
+
+// ----- the page in a real browser (headless Chromium over WebDriver) ---------------------------
+
+/// A W3C WebDriver session on chromedriver, spoken over the raw HTTP client above.
+struct Browser {
+    driver: Child,
+    addr: String,
+    session: String,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    fn find_tools() -> Option<(PathBuf, PathBuf)> {
+        let which = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                std::env::var_os("PATH").and_then(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join(n))
+                        .find(|f| f.is_file())
+                })
+            })
+        };
+        Some((
+            which(&["chromedriver"])?,
+            which(&["chromium", "chromium-browser", "google-chrome"])?,
+        ))
+    }
+
+    fn start(driver: &Path, chrome: &Path) -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start chromedriver");
+        let addr = format!("127.0.0.1:{port}");
+        let t = Instant::now();
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "chromedriver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": chrome.to_str().unwrap(),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,1000", "--autoplay-policy=no-user-gesture-required"]}}}});
+        let mut b = Browser {
+            driver: child,
+            addr,
+            session: String::new(),
+        };
+        let v = b.call("POST", "/session", Some(caps));
+        b.session = v["sessionId"].as_str().expect("no session").to_string();
+        b
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let p = if self.session.is_empty() {
+            path.to_string()
+        } else {
+            format!("/session/{}{path}", self.session)
+        };
+        let b = body.map(|v| v.to_string().into_bytes());
+        let r = request(&self.addr, method, &p, &[], b.as_deref());
+        assert_eq!(r.status, 200, "WebDriver {method} {p}: {}", r.text());
+        r.json()["value"].clone()
+    }
+
+    fn run(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
+    fn element(&self, css: &str) -> String {
+        let v = self.call(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        v[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    fn fill(&self, css: &str, text: &str) {
+        let e = self.element(css);
+        self.call("POST", &format!("/element/{e}/clear"), Some(json!({})));
+        self.call(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        );
+    }
+
+    /// Clicks the element; again if the page re-rendered it in between (a stale element).
+    fn click(&self, css: &str) {
+        for _ in 0..50 {
+            let e = self.element(css);
+            let p = format!("/session/{}/element/{e}/click", self.session);
+            let r = request(&self.addr, "POST", &p, &[], Some(b"{}"));
+            if r.status == 200 {
+                return;
+            }
+            assert!(
+                r.text().contains("stale element"),
+                "click {css}: {}",
+                r.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{css} stayed stale");
+    }
+
+    /// Polls `script` until it returns something truthy.
+    fn until(&self, what: &str, timeout: Duration, script: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            let v = self.run(script);
+            if !(v.is_null() || v == false) {
+                return v;
+            }
+            assert!(t.elapsed() < timeout, "the page never showed {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = request(
+                &self.addr,
+                "DELETE",
+                &format!("/session/{}", self.session),
+                &[],
+                None,
+            );
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let b: Vec<u8> = s
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+        .collect();
+    let mut out = Vec::new();
+    for c in b.chunks(4) {
+        let mut n = 0u32;
+        for (i, &x) in c.iter().enumerate() {
+            n |= (val(x) as u32) << (18 - 6 * i);
+        }
+        for i in 0..c.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+/// The page in headless Chromium: fill the form, Generate, the progress bar moves and a preview
+/// appears, the finished video loads and plays (readyState >= 2, duration = frames / fps), a
+/// second job is cancelled from the page; a screenshot is saved with the test's output
+/// (target/tmp/serve-tests/browser/page.png). Skipped (and says so) without chromium and
+/// chromedriver, unless CONTENTV_REQUIRE_BROWSER=1 (scripts/test.sh, which installs them).
+#[test]
+fn page_in_a_real_browser() {
+    let Some((driver, chrome)) = Browser::find_tools() else {
+        if std::env::var("CONTENTV_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+            panic!("CONTENTV_REQUIRE_BROWSER=1 but chromium / chromedriver are not installed (scripts/deps.sh installs them)");
+        }
+        println!("SKIP: chromium and chromedriver are not installed: the browser test of the page did not run");
+        return;
+    };
+    let d = scratch("browser");
+    let srv = Server::start(&d, &[]);
+    let b = Browser::start(&driver, &chrome);
+    b.call(
+        "POST",
+        "/url",
+        Some(json!({"url": format!("http://{}/", srv.addr)})),
+    );
+    b.until(
+        "the server's settings",
+        Duration::from_secs(20),
+        "return document.getElementById('server').textContent.includes('device:')",
+    );
+    b.fill("#prompt", "a red ball bouncing");
+    b.fill("#width", "48");
+    b.fill("#height", "32");
+    b.fill("#num_frames", "9");
+    b.fill("#fps", "12");
+    b.fill("#num_inference_steps", "8");
+    b.fill("#seed", "3");
+    b.click("#generate");
+    // progress and a preview while it runs
+    let mut progress_seen = Vec::new();
+    let mut preview = false;
+    let t = Instant::now();
+    loop {
+        let v = b.run("const f = document.querySelector('.job .fill'); const p = document.querySelector('.job img.preview');
+            const c = document.querySelector('.card video');
+            return [f ? parseFloat(f.style.width) : null, !!(p && p.naturalWidth > 0), !!c];");
+        if let Some(x) = v[0].as_f64() {
+            progress_seen.push(x);
+        }
+        preview |= v[1] == true;
+        if v[2] == true {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the video never reached the gallery"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(
+        progress_seen.iter().any(|&p| p > 0.0 && p < 100.0),
+        "the progress bar never moved: {progress_seen:?}"
+    );
+    assert!(preview, "no preview appeared");
+    // the video loads and plays
+    let v = b.until(
+        "the video playing",
+        Duration::from_secs(30),
+        "const v = document.querySelector('.card video');
+         if (v.paused) v.play().catch(() => {});
+         return v.readyState >= 2 && v.currentTime > 0 ? [v.readyState, v.duration, v.currentTime] : null;",
+    );
+    let duration = v[1].as_f64().unwrap();
+    assert!((duration - 9.0 / 12.0).abs() < 0.1, "duration {duration}");
+    assert!(b
+        .run("return document.querySelector('.card code').textContent")
+        .as_str()
+        .unwrap()
+        .contains("contentv generate"));
+    // a second job, cancelled from the page
+    b.fill("#prompt", "to be cancelled");
+    b.fill("#num_inference_steps", "1000");
+    b.click("#generate");
+    b.until("the running job", Duration::from_secs(30), "const s = document.querySelector('.job[data-status=\"in_progress\"] .cancel'); return !!s;");
+    b.click(".job .cancel");
+    b.until("the cancelled job in the gallery", Duration::from_secs(30),
+        "return [...document.querySelectorAll('.card .err')].some(e => e.textContent.startsWith('cancelled'));");
+    let l = srv.get("/v1/videos").json();
+    let st: Vec<&str> = l["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(st, ["cancelled", "completed"]);
+    // the screenshot
+    let png = base64_decode(b.call("GET", "/screenshot", None).as_str().unwrap());
+    assert!(png.starts_with(b"\x89PNG"));
+    std::fs::write(d.join("page.png"), &png).unwrap();
+    println!("screenshot: {}", d.join("page.png").display());
+}
