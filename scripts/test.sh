@@ -21,7 +21,9 @@ grep -h "^SKIP" target/test.log | sort | uniq -c || true
 if [ "${CONTENTV_SKIP_EMU_DEVICE:-0}" != 1 ] && grep -q "^SKIP: the CUDA driver library" target/test.log; then
   echo "---- the GPU tests on the emulated CUDA device (not a GPU: nothing measured here is a GPU number) ----"
   EMU="$(scripts/emu-device.sh)"
-  LD_LIBRARY_PATH="$EMU" CONTENTV_EMU_STREAMS=compute-first \
+  # CONTENTV_CPU_TESTS_DONE: the CPU-only binaries (kernels_emu, the kernel gate, the server's
+  # tests on the CPU) say SKIP instead of repeating the first pass.
+  LD_LIBRARY_PATH="$EMU" CONTENTV_EMU_STREAMS=compute-first CONTENTV_CPU_TESTS_DONE=1 \
     cargo test --release -- --nocapture 2>&1 | tee target/test-emu.log
   LD_LIBRARY_PATH="$EMU" CONTENTV_EMU_STREAMS=copy-first \
     cargo test --release --test runtime --test quant -- --nocapture 2>&1 | tee -a target/test-emu.log

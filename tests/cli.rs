@@ -1573,3 +1573,61 @@ fn roofline_prints_a_step_and_a_decode() {
         text(&o)
     );
 }
+
+/// A flash-attention kernel that gives wrong numbers without an error (the emulated device's
+/// CONTENTV_EMU_SKIP_KERNEL runs nothing for it) is caught by the first-use self-check
+/// (ops::attention_select): a warning, and the video is the one the mma kernel makes.
+/// Emulated device only (a real GPU cannot be told to skip a kernel).
+#[test]
+fn attention_self_check_falls_back_on_a_wrong_kernel() {
+    if let Some(why) = contentv::runtime::device::gpu_unavailable_reason() {
+        println!("SKIP: {why}");
+        return;
+    }
+    let Ok(dev) = contentv::runtime::Device::cuda(0) else {
+        println!("SKIP: no CUDA device");
+        return;
+    };
+    let gpu = dev.gpu().unwrap().clone();
+    if !gpu.name.contains("emulation") || !gpu.has_module("attention_hopper") {
+        println!("SKIP: attention self-check fallback: needs the emulated sm_90 device");
+        return;
+    }
+    let d = scratch("attention-self-check");
+    let gen = |name: &str, env: &[(&str, &str)]| -> (Vec<f32>, String) {
+        let out = d.join(format!("{name}.mp4"));
+        let lat = d.join(format!("{name}.latents.safetensors"));
+        let mut args = tiny_args(out.to_str().unwrap(), "5");
+        args[2] = "cuda";
+        args.extend(["--save-latents", lat.to_str().unwrap()]);
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args).env_remove("CONTENTV_ATTENTION");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().expect("cannot start the contentv binary");
+        assert!(o.status.success(), "{name}:\n{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        (
+            contentv::model::pipeline::load_latents(&lat).unwrap().data,
+            err,
+        )
+    };
+    let (hopper, err) = gen("hopper", &[]);
+    assert!(!err.contains("failed its self-check"), "{err}");
+    let (mma, _) = gen("mma", &[("CONTENTV_ATTENTION", "mma")]);
+    let (broken, err) = gen(
+        "broken",
+        &[("CONTENTV_EMU_SKIP_KERNEL", "flash_attn_hopper_d64")],
+    );
+    assert!(
+        err.contains("warning: the hopper attention kernel failed its self-check")
+            && err.contains("using the mma kernel"),
+        "{err}"
+    );
+    assert!(
+        broken == mma,
+        "the fallback did not give the mma kernel's latents"
+    );
+    assert!(cosine(&hopper, &mma) > 0.999, "hopper vs mma latents");
+}

@@ -365,6 +365,9 @@ fn long(prompt: &str) -> Value {
 
 #[test]
 fn create_poll_events_content_list_delete() {
+    if cpu_tests_done() {
+        return;
+    }
     let d = scratch("basic");
     let srv = Server::start(&d, &[]);
     // the page and the health check
@@ -503,6 +506,9 @@ fn create_poll_events_content_list_delete() {
 
 #[test]
 fn bad_requests_name_the_field() {
+    if cpu_tests_done() {
+        return;
+    }
     let d = scratch("errors");
     let srv = Server::start(&d, &["--max-body", "4096"]);
     for (body, param) in [
@@ -584,6 +590,9 @@ fn bad_requests_name_the_field() {
 
 #[test]
 fn cancel_queued_and_running() {
+    if cpu_tests_done() {
+        return;
+    }
     let d = scratch("cancel");
     let srv = Server::start(&d, &[]);
     let a = srv.create(long("runs long"))["id"]
@@ -639,6 +648,9 @@ fn cancel_queued_and_running() {
 
 #[test]
 fn api_key_queue_limit_and_host_rules() {
+    if cpu_tests_done() {
+        return;
+    }
     // a non-loopback address needs a key
     let o = Command::new(BIN)
         .args([
@@ -716,6 +728,9 @@ fn api_key_queue_limit_and_host_rules() {
 
 #[test]
 fn restart_keeps_queue_and_gallery() {
+    if cpu_tests_done() {
+        return;
+    }
     let d = scratch("restart");
     let (done, running, queued) = {
         let srv = Server::start(&d, &[]);
@@ -783,6 +798,9 @@ fn restart_keeps_queue_and_gallery() {
 /// answers /health throughout and its memory stays bounded.
 #[test]
 fn load_fifty_clients() {
+    if cpu_tests_done() {
+        return;
+    }
     let d = scratch("load");
     let srv = Arc::new(Server::start(&d, &["--max-queue", "64"]));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1037,6 +1055,9 @@ fn base64_decode(s: &str) -> Vec<u8> {
 /// chromedriver, unless CONTENTV_REQUIRE_BROWSER=1 (scripts/test.sh, which installs them).
 #[test]
 fn page_in_a_real_browser() {
+    if cpu_tests_done() {
+        return;
+    }
     let Some((driver, chrome)) = Browser::find_tools() else {
         if std::env::var("CONTENTV_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
             panic!("CONTENTV_REQUIRE_BROWSER=1 but chromium / chromedriver are not installed (scripts/deps.sh installs them)");
@@ -1127,4 +1148,14 @@ fn page_in_a_real_browser() {
     assert!(png.starts_with(b"\x89PNG"));
     std::fs::write(d.join("page.png"), &png).unwrap();
     println!("screenshot: {}", d.join("page.png").display());
+}
+
+/// The server tests run the CPU (`--device cpu`): the test command's second pass (the suite on
+/// the emulated GPU) has nothing new for them.
+fn cpu_tests_done() -> bool {
+    let done = std::env::var("CONTENTV_CPU_TESTS_DONE").is_ok_and(|v| v == "1");
+    if done {
+        println!("SKIP: serve: CPU only, already run in the test command's first pass");
+    }
+    done
 }

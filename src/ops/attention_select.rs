@@ -190,7 +190,8 @@ fn self_check(
     let mut worst: Option<(usize, f32)> = None;
     for (i, (p, r)) in x.iter().zip(&y).enumerate() {
         let d = (p - r).abs();
-        if !(d <= atol + rtol * r.abs()) && worst.is_none_or(|(_, w)| d.is_nan() || d > w) {
+        let within = d <= atol + rtol * r.abs(); // false for NaN
+        if !within && worst.is_none_or(|(_, w)| d.is_nan() || d > w) {
             worst = Some((i, d));
         }
     }

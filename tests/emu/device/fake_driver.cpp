@@ -228,6 +228,14 @@ bool faults(const char* name) {
     const char* f = getenv("CONTENTV_EMU_FAULT_KERNEL");
     return f && *f && strcmp(f, name) == 0;
 }
+// A kernel that silently computes nothing, as a kernel miscompiled or misread for a GPU would
+// give wrong numbers without an error: CONTENTV_EMU_SKIP_KERNEL=<name> makes every launch of
+// that kernel succeed without running it (its output keeps whatever the memory held). Used to
+// check that the engine's self-checks (ops::attention_select) catch such a kernel.
+bool skipped(const char* name) {
+    const char* f = getenv("CONTENTV_EMU_SKIP_KERNEL");
+    return f && *f && strcmp(f, name) == 0;
+}
 }  // namespace
 
 extern "C" {
@@ -487,12 +495,13 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
     }
     std::shared_ptr<unsigned char> values(static_cast<unsigned char*>(aligned_alloc(64, total + 64)), free);
     for (int i = 0; i < k->arity; i++) memcpy(values.get() + offs[(size_t)i], params[i], k->sizes[i]);
-    const bool fault = faults(k->name);
+    const bool fault = faults(k->name), skip = skipped(k->name);
     enqueue(s, [=] {
         if (fault || g_sticky) {
             g_sticky = ILLEGAL_ADDRESS;
             return;
         }
+        if (skip) return;
         std::vector<void*> ptrs((size_t)k->arity);
         for (int i = 0; i < k->arity; i++) ptrs[(size_t)i] = values.get() + offs[(size_t)i];
         emu::launch(k->name, dim3(gx, gy, gz), dim3(bx, by, bz), smem, [&] { k->invoke(k->fn, ptrs.data()); });
