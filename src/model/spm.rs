@@ -170,25 +170,6 @@ impl SpmModel {
     }
 }
 
-/// Standard base64 with padding (the encoding of `precompiled_charsmap` in tokenizer.json).
-fn base64(b: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(b.len().div_ceil(3) * 4);
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
-
 /// The tokenizer.json document transformers builds from `dir/spiece.model` and the folder's
 /// tokenizer_config.json / special_tokens_map.json (both optional).
 pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
@@ -366,7 +347,7 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
     let mut normalizers = Vec::new();
     if !m.precompiled_charsmap.is_empty() {
         normalizers.push(
-            json!({"type": "Precompiled", "precompiled_charsmap": base64(&m.precompiled_charsmap)}),
+            json!({"type": "Precompiled", "precompiled_charsmap": crate::io::base64::encode(&m.precompiled_charsmap)}),
         );
     }
     normalizers.push(json!({"type": "Strip", "strip_left": false, "strip_right": true}));
@@ -403,21 +384,6 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
 
     #[test]
     fn protobuf_errors_are_reported_not_panics() {

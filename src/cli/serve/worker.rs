@@ -217,7 +217,7 @@ fn run_job(
                             id,
                             "preview",
                             json!({"step": index + 1, "width": w, "height": h, "latent_frame": mid,
-                                   "png_base64": base64(&png)}),
+                                   "png_base64": crate::io::base64::encode(&png)}),
                         );
                     }
                 }
@@ -271,40 +271,10 @@ fn run_job(
     }))
 }
 
-/// Standard base64 with padding (RFC 4648).
-pub fn base64(b: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(b.len().div_ceil(3) * 4);
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for k in 0..4 {
-            if k <= c.len() {
-                s.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn base64_matches_rfc4648() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(super::base64(i.as_bytes()), o);
-        }
+    fn previews_every_eighth_of_the_steps() {
         assert_eq!(super::preview_every(50), 6);
         assert_eq!(super::preview_every(3), 1);
     }
