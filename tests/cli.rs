@@ -1574,6 +1574,64 @@ fn roofline_prints_a_step_and_a_decode() {
     );
 }
 
+/// `roofline --measure` runs every op of the table at its shape on the GPU: without one it is a
+/// clear error; on a CUDA device (the emulated one in CI, at a tiny size with rehearsal
+/// ceilings) every row gets an achieved time and the totals are their sums.
+#[test]
+fn roofline_measure_times_every_row() {
+    let args = [
+        "roofline",
+        "--measure",
+        "--json",
+        "--model",
+        "assets/tiny-model",
+        "--frames",
+        "5",
+        "--width",
+        "32",
+        "--height",
+        "32",
+    ];
+    if let Some(why) = contentv::runtime::device::gpu_unavailable_reason() {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("--measure"), "{}", text(&o));
+        println!("SKIP: roofline --measure on a device: {why}");
+        return;
+    }
+    let o = Command::new(BIN)
+        .args(args)
+        .env("CONTENTV_BENCH_REHEARSAL", "1")
+        .output()
+        .expect("cannot start the contentv binary");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &v["measured"];
+    for k in [
+        "tensor_tflops",
+        "fp32_tflops",
+        "mem_gbs",
+        "step_s",
+        "decode_s",
+    ] {
+        assert!(m[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {m}");
+    }
+    for (part, total) in [("step", "step_s"), ("decode", "decode_s")] {
+        let rows = v[part].as_array().unwrap();
+        assert!(!rows.is_empty());
+        let sum: f64 = rows
+            .iter()
+            .map(|r| r["measured_ms"].as_f64().expect("a row without a time"))
+            .sum();
+        let t = m[total].as_f64().unwrap() * 1e3;
+        assert!(
+            (sum - t).abs() <= 1e-6 * t,
+            "{part}: rows {sum} ms, total {t} ms"
+        );
+    }
+    assert_eq!(v["gpu"]["name"], "measured");
+}
+
 /// A flash-attention kernel that gives wrong numbers without an error (the emulated device's
 /// CONTENTV_EMU_SKIP_KERNEL runs nothing for it) is caught by the first-use self-check
 /// (ops::attention_select): a warning, and the video is the one the mma kernel makes.

@@ -70,6 +70,46 @@ fn assert_same(
     }
 }
 
+/// The rows' probes (the shapes `roofline --measure` times) are the calls the engine makes:
+/// per class, the per-call FLOPs of the probes, each repeated by its count, are exactly the
+/// recorded calls' FLOPs; and each row's totals are the sums over its probes.
+fn assert_probes(what: &str, recs: &[OpRecord], rows: &[Row]) {
+    for r in rows {
+        let calls: usize = r.probes.iter().map(|(_, n)| n).sum();
+        let flops: f64 = r.probes.iter().map(|(p, n)| *n as f64 * p.flops()).sum();
+        assert_eq!(calls, r.calls, "{what}: row {} calls vs its probes", r.name);
+        assert!(
+            (flops - r.flops).abs() <= 1e-9 * r.flops.abs(),
+            "{what}: row {} FLOPs {} vs its probes {flops}",
+            r.name,
+            r.flops
+        );
+    }
+    let classes: std::collections::BTreeSet<OpClass> = recs.iter().map(|r| r.class).collect();
+    for c in classes {
+        let mut got: Vec<f64> = recs
+            .iter()
+            .filter(|r| r.class == c)
+            .map(|r| r.flops)
+            .collect();
+        let mut model: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.kind.class() == Some(c))
+            .flat_map(|r| r.probes.iter())
+            .flat_map(|(p, n)| std::iter::repeat_n(p.flops(), *n))
+            .collect();
+        got.sort_by(f64::total_cmp);
+        model.sort_by(f64::total_cmp);
+        assert_eq!(got.len(), model.len(), "{what}: {c:?} calls");
+        for (g, m) in got.iter().zip(&model) {
+            assert!(
+                (g - m).abs() <= 1e-9 * g.abs(),
+                "{what}: {c:?}: a call of {g} FLOPs recorded, the probes model {m}\n{got:?}\n{model:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn step_rows_are_what_a_forward_runs() {
     let t = Transformer::load(&tiny_model_dir().join("transformer"), &Device::Cpu).unwrap();
@@ -84,7 +124,8 @@ fn step_rows_are_what_a_forward_runs() {
     t.precompute_modulation(&steps, &pooled).unwrap();
     let rec = Recorder::start().unwrap();
     t.forward(&x, &steps[0], &ctx, &pooled).unwrap();
-    let got = by_class_recorded(&rec.records());
+    let recs = rec.records();
+    let got = by_class_recorded(&recs);
     drop(rec);
     let video_tokens = 2 * (8 / c.patch) * (12 / c.patch);
     let rows = step_rows(
@@ -96,6 +137,7 @@ fn step_rows_are_what_a_forward_runs() {
         },
     );
     assert_same("step", got, by_class_modelled(&rows));
+    assert_probes("step", &recs, &rows);
 }
 
 #[test]
@@ -112,13 +154,12 @@ fn decode_rows_are_what_a_decode_runs() {
     let z = random(&[1, cfg.z_dim, t, h, w], 4);
     let rec = Recorder::start().unwrap();
     dec.decode(&z).unwrap();
-    let got = by_class_recorded(&rec.records());
+    let recs = rec.records();
+    let got = by_class_recorded(&recs);
     drop(rec);
-    assert_same(
-        "decode",
-        got,
-        by_class_modelled(&decode_rows(&cfg, t, h, w, false)),
-    );
+    let rows = decode_rows(&cfg, t, h, w, false);
+    assert_same("decode", got, by_class_modelled(&rows));
+    assert_probes("decode", &recs, &rows);
 }
 
 #[test]

@@ -136,6 +136,10 @@ torch torch-sdpa 90 sdpa
 bench bench-gemm_int8 60 "$BIN/bench-gemm_int8"
 CONTENTV_BENCH_LAYERS="${CONTENTV_BENCH_LAYERS:-2}" bench bench-gpu_model 120 "$BIN/bench-gpu_model"
 torch torch-block 90 block
+# The roofline with the achieved time of every op of a step and of the decode at the default size.
+ROOF=(--vae-precision bf16)
+[ "$REH" = 1 ] && ROOF+=(--model assets/tiny-model --frames 5 --width 32 --height 32)
+bench roofline 120 "$BIN/bin-contentv" roofline --measure "${ROOF[@]}"
 bench bench-gpu_vae 120 "$BIN/bench-gpu_vae"
 torch torch-vae 120 vae
 torch torch-ceilings-conv-t5 90 ceilings conv t5

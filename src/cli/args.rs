@@ -113,6 +113,14 @@ pub struct RooflineArgs {
     /// Arithmetic of the VAE convolutions (f32 on CUDA cores is the engine's GPU default).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub vae_precision: String,
+    /// Take the transformer and VAE architecture from this model folder (its configs and
+    /// weight shapes; nothing is uploaded) instead of ContentV-8B's.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Also run every op of the table on the GPU at its shape (random tensors) and show the
+    /// achieved time next to the prediction, with the ceilings measured on that GPU.
+    #[arg(long)]
+    pub measure: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

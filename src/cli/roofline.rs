@@ -10,13 +10,20 @@
 use serde::Serialize;
 
 use super::args::RooflineArgs;
+use super::load::{device_name, model_dir};
 use super::Ui;
 use crate::error::{Error, Result};
 use crate::model::interfaces::TEXT_TOKENS;
+use crate::model::mmdit::Transformer;
 use crate::model::mmdit::TransformerConfig;
 use crate::model::pipeline::geometry::VideoGeometry;
-use crate::model::roofline::{decode_rows, step_rows, Kind, Row, StepShape};
+use crate::model::roofline::{
+    decode_rows, measure, measure_ceilings, step_rows, Kind, Row, StepShape,
+};
 use crate::model::vae::VaeConfig;
+use crate::ops::conv::ConvPrecision;
+use crate::runtime::residency::MemoryOptions;
+use crate::runtime::Device;
 
 /// A GPU's datasheet ceilings (dense, no sparsity).
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -105,7 +112,7 @@ fn ceilings(name: &str) -> Result<Ceilings> {
         })
 }
 
-/// One row with its prediction.
+/// One row with its prediction (and, with --measure, the achieved time).
 #[derive(Debug, Serialize)]
 struct Predicted {
     name: String,
@@ -115,6 +122,8 @@ struct Predicted {
     gbytes: f64,
     bound: &'static str,
     ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measured_ms: Option<f64>,
 }
 
 fn predict(rows: &[Row], g: &Ceilings) -> Vec<Predicted> {
@@ -139,14 +148,29 @@ fn predict(rows: &[Row], g: &Ceilings) -> Vec<Predicted> {
                     "memory"
                 },
                 ms: compute.max(memory) * 1e3,
+                measured_ms: None,
             }
         })
         .collect()
 }
 
+/// What --measure found on the GPU.
+#[derive(Debug, Serialize)]
+struct Measured {
+    device: String,
+    /// Ceilings measured there (the predictions use these).
+    tensor_tflops: f64,
+    fp32_tflops: f64,
+    mem_gbs: f64,
+    step_s: f64,
+    decode_s: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     gpu: Ceilings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measured: Option<Measured>,
     frames: usize,
     width: usize,
     height: usize,
@@ -162,11 +186,27 @@ struct Report {
     decode_tflop: f64,
 }
 
+/// The architecture: ContentV-8B's, or the one of `--model` (its transformer weight shapes and
+/// config.json, its VAE config.json; checked like a load, nothing uploaded).
+fn architecture(a: &RooflineArgs, ui: &Ui) -> Result<(TransformerConfig, VaeConfig)> {
+    let Some(m) = &a.model else {
+        return Ok((TransformerConfig::contentv_8b(), VaeConfig::wan21()));
+    };
+    let dir = model_dir(&Some(m.clone()), ui);
+    let (_, cfg) = Transformer::open(
+        &dir.join("transformer"),
+        &Device::Cpu,
+        &MemoryOptions::default(),
+    )?;
+    let vae = VaeConfig::from_file(&dir.join("vae").join("config.json"))?;
+    Ok((cfg, vae))
+}
+
 pub fn run(a: &RooflineArgs, ui: &Ui) -> Result<()> {
-    let g = ceilings(&a.gpu)?;
+    let mut g = ceilings(&a.gpu)?;
     let geo = VideoGeometry::new(a.frames, a.height, a.width)?;
     let [_, _, t, h, w] = geo.latent_shape();
-    let cfg = TransformerConfig::contentv_8b();
+    let (cfg, vae_cfg) = architecture(a, ui)?;
     let p = cfg.patch;
     if h % p != 0 || w % p != 0 {
         return Err(Error::Input(format!(
@@ -179,12 +219,58 @@ pub fn run(a: &RooflineArgs, ui: &Ui) -> Result<()> {
         text_tokens: TEXT_TOKENS,
     };
     let bf16 = a.vae_precision == "bf16";
-    let step = predict(&step_rows(&cfg, shape), &g);
-    let decode = predict(&decode_rows(&VaeConfig::wan21(), t, h, w, bf16), &g);
+    let step_r = step_rows(&cfg, shape);
+    let decode_r = decode_rows(&vae_cfg, t, h, w, bf16);
+    let mut measured = None;
+    let mut achieved = None;
+    if a.measure {
+        let dev = Device::cuda(0).map_err(|e| {
+            Error::Input(format!(
+                "--measure times the ops on a GPU and none can be used here: {e}"
+            ))
+        })?;
+        let small = std::env::var("CONTENTV_BENCH_REHEARSAL").is_ok_and(|v| v == "1");
+        let c = measure_ceilings(&dev, small)?;
+        let probes: usize = step_r.iter().chain(&decode_r).map(|r| r.probes.len()).sum();
+        ui.note(&format!(
+            "measuring {probes} op shapes on {} (each: a warm-up, then the median of 3-20 calls)",
+            device_name(&dev)
+        ));
+        let conv = if bf16 {
+            ConvPrecision::Bf16
+        } else {
+            ConvPrecision::F32
+        };
+        let ms = measure(&step_r, &dev, conv)?;
+        let md = measure(&decode_r, &dev, conv)?;
+        g = Ceilings {
+            name: "measured",
+            tensor_tflops: c.tensor_tflops,
+            fp32_tflops: c.fp32_tflops,
+            mem_gbs: c.mem_gbs,
+        };
+        measured = Some(Measured {
+            device: device_name(&dev),
+            tensor_tflops: c.tensor_tflops,
+            fp32_tflops: c.fp32_tflops,
+            mem_gbs: c.mem_gbs,
+            step_s: ms.iter().sum(),
+            decode_s: md.iter().sum(),
+        });
+        achieved = Some((ms, md));
+    }
+    let mut step = predict(&step_r, &g);
+    let mut decode = predict(&decode_r, &g);
+    if let Some((ms, md)) = achieved {
+        for (p, s) in step.iter_mut().zip(ms).chain(decode.iter_mut().zip(md)) {
+            p.measured_ms = Some(s * 1e3);
+        }
+    }
     let sum = |v: &[Predicted]| v.iter().map(|r| r.ms).sum::<f64>() / 1e3;
     let tflop = |v: &[Predicted]| v.iter().map(|r| r.gflop).sum::<f64>() / 1e3;
     let report = Report {
         gpu: g,
+        measured,
         frames: a.frames,
         width: a.width,
         height: a.height,
@@ -212,15 +298,20 @@ pub fn run(a: &RooflineArgs, ui: &Ui) -> Result<()> {
 
 fn table(rows: &[Predicted]) -> String {
     let total: f64 = rows.iter().map(|r| r.ms).sum();
+    let measured = rows.iter().all(|r| r.measured_ms.is_some()) && !rows.is_empty();
     let mut s = format!(
-        "  {:<36} {:>6} {:>11} {:>9} {:>7} {:>8} {:>10} {:>6}\n",
+        "  {:<36} {:>6} {:>11} {:>9} {:>7} {:>8} {:>10} {:>6}",
         "op", "calls", "GFLOP", "GB", "unit", "bound", "ms", "share"
     );
+    if measured {
+        s.push_str(&format!(" {:>12} {:>9}", "measured ms", "of floor"));
+    }
+    s.push('\n');
     let mut order: Vec<&Predicted> = rows.iter().collect();
     order.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     for r in order {
         s.push_str(&format!(
-            "  {:<36} {:>6} {:>11.1} {:>9.2} {:>7} {:>8} {:>10.2} {:>5.1}%\n",
+            "  {:<36} {:>6} {:>11.1} {:>9.2} {:>7} {:>8} {:>10.2} {:>5.1}%",
             r.name,
             r.calls,
             r.gflop,
@@ -230,32 +321,61 @@ fn table(rows: &[Predicted]) -> String {
             r.ms,
             100.0 * r.ms / total.max(f64::MIN_POSITIVE)
         ));
+        if let Some(m) = r.measured_ms {
+            s.push_str(&format!(
+                " {:>12.2} {:>8.1}%",
+                m,
+                100.0 * r.ms / m.max(f64::MIN_POSITIVE)
+            ));
+        }
+        s.push('\n');
     }
     s
 }
 
 fn render(r: &Report, steps: usize) -> String {
     let g = &r.gpu;
-    let mut s = format!(
-        "roofline of ContentV-8B at {}x{}x{} ({} video + {} text tokens, batch {}) on {} \
-         (datasheet: {} TFLOP/s bf16 tensor, {} TFLOP/s f32, {} GB/s; predictions, not measurements)\n\n",
-        r.width, r.height, r.frames, r.video_tokens, r.text_tokens, r.batch, g.name, g.tensor_tflops, g.fp32_tflops, g.mem_gbs
-    );
+    let mut s = match &r.measured {
+        None => format!(
+            "roofline at {}x{}x{} ({} video + {} text tokens, batch {}) on {} \
+             (datasheet: {} TFLOP/s bf16 tensor, {} TFLOP/s f32, {} GB/s; predictions, not measurements)\n\n",
+            r.width, r.height, r.frames, r.video_tokens, r.text_tokens, r.batch, g.name, g.tensor_tflops, g.fp32_tflops, g.mem_gbs
+        ),
+        Some(m) => format!(
+            "roofline at {}x{}x{} ({} video + {} text tokens, batch {}) on {}: ceilings measured there \
+             ({:.1} TFLOP/s bf16 GEMM, {:.1} TFLOP/s f32 GEMM, {:.0} GB/s copy); \"measured ms\" is each op \
+             run alone at its shape on random tensors (memory-bound rows: a copy of the same bytes)\n\n",
+            r.width, r.height, r.frames, r.video_tokens, r.text_tokens, r.batch, m.device,
+            m.tensor_tflops, m.fp32_tflops, m.mem_gbs
+        ),
+    };
     s.push_str(&format!(
         "one denoising step: {:.1} TFLOP, {:.2} s at the ceilings\n",
         r.step_tflop, r.step_s
     ));
+    if let Some(m) = &r.measured {
+        s.push_str(&format!("measured: {:.3} s per step\n", m.step_s));
+    }
     s.push_str(&table(&r.step));
     s.push_str(&format!(
         "\nVAE decode ({} convolutions): {:.1} TFLOP, {:.2} s at the ceilings\n",
         r.vae_precision, r.decode_tflop, r.decode_s
     ));
+    if let Some(m) = &r.measured {
+        s.push_str(&format!("measured: {:.3} s\n", m.decode_s));
+    }
     s.push_str(&table(&r.decode));
     s.push_str(&format!(
         "\n{steps} steps + decode: {:.1} s at the ceilings. Goal at the default size on an H100: {GOAL_STEP_S} s \
          per step (FlashAttention-3-class); diffusers-class stacks about 4.6 s.\n",
         r.step_s * steps as f64 + r.decode_s
     ));
+    if let Some(m) = &r.measured {
+        s.push_str(&format!(
+            "{steps} steps + decode, ops as measured here: {:.1} s.\n",
+            m.step_s * steps as f64 + m.decode_s
+        ));
+    }
     s
 }
 

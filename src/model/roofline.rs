@@ -3,9 +3,17 @@
 //! its FLOPs and the bytes it must move at least. `contentv roofline` turns the rows into
 //! predicted times at a GPU's ceilings. tests/roofline.rs checks the rows against the ops a real
 //! forward and a real decode perform (ops::trace), so this model cannot drift from the code.
+use std::time::Instant;
+
+use crate::error::Result;
 use crate::model::mmdit::TransformerConfig;
 use crate::model::vae::VaeConfig;
+use crate::ops::attention::{attention, AttnOpts};
+use crate::ops::conv::{conv3d, ConvOpts, ConvPrecision};
+use crate::ops::gemm::linear;
 use crate::ops::trace::OpClass;
+use crate::ops::vae_glue::spatial_attention;
+use crate::runtime::{DType, Device, Linear, Tensor, Weight};
 
 /// What bounds a row: tensor-core math, CUDA-core f32 math, or memory traffic only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +36,60 @@ impl Kind {
     }
 }
 
+/// One call of an op at its real shape, which [`measure`] runs in isolation on random device
+/// tensors to time it (the achieved time of a row is the sum over its probes of calls x the
+/// measured time of one call).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Probe {
+    /// A linear layer: x [m, k] times W^T, W [n, k] (bf16, with bias).
+    Gemm { m: usize, k: usize, n: usize },
+    /// Joint attention: batch, heads of `hd`, the query and key segment lengths.
+    Attention {
+        b: usize,
+        heads: usize,
+        hd: usize,
+        q: Vec<usize>,
+        k: Vec<usize>,
+    },
+    /// A VAE convolution `ci` -> `co` with taps (kt, kh, kw) on `f` frames of `h` x `w` outputs.
+    Conv {
+        ci: usize,
+        co: usize,
+        taps: [usize; 3],
+        f: usize,
+        h: usize,
+        w: usize,
+    },
+    /// The VAE's single-head attention over the `hw` positions of each of `f` frames, `c` wide.
+    FrameAttention { f: usize, c: usize, hw: usize },
+    /// A memory-bound op moving `bytes` (timed as a device copy of the same bytes: the floor
+    /// such an op can reach, not its own kernel).
+    Memory { bytes: usize },
+}
+
+impl Probe {
+    /// FLOPs of one call, as ops::trace records them.
+    pub fn flops(&self) -> f64 {
+        match self {
+            Probe::Gemm { m, k, n } => 2.0 * (*m as f64) * (*k as f64) * (*n as f64),
+            Probe::Attention { b, heads, hd, q, k } => {
+                let (sq, sk): (usize, usize) = (q.iter().sum(), k.iter().sum());
+                4.0 * (b * heads * hd) as f64 * sq as f64 * sk as f64
+            }
+            Probe::Conv {
+                ci,
+                co,
+                taps,
+                f,
+                h,
+                w,
+            } => 2.0 * (co * f * h * w) as f64 * (ci * taps.iter().product::<usize>()) as f64,
+            Probe::FrameAttention { f, c, hw } => 4.0 * (f * c) as f64 * (*hw as f64).powi(2),
+            Probe::Memory { .. } => 0.0,
+        }
+    }
+}
+
 /// One kind of op call, aggregated over a step or a decode.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
@@ -39,6 +101,8 @@ pub struct Row {
     pub flops: f64,
     /// Bytes read and written by all calls together (each operand once: the floor).
     pub bytes: f64,
+    /// The distinct shapes of the calls, with how many calls each.
+    pub probes: Vec<(Probe, usize)>,
 }
 
 /// The shape of a step: batch (2 with classifier-free guidance, in one joint pass), video
@@ -54,24 +118,32 @@ struct Rows(Vec<Row>);
 
 impl Rows {
     /// Adds `calls` calls of `flops` and `bytes` each to the row `name` (created on first use).
-    fn add(&mut self, name: &str, kind: Kind, calls: usize, flops: f64, bytes: f64) {
+    /// `probe` is the shape of one of these calls.
+    fn add(&mut self, name: &str, kind: Kind, calls: usize, flops: f64, bytes: f64, probe: Probe) {
         if calls == 0 {
             return;
         }
         let c = calls as f64;
-        match self.0.iter_mut().find(|r| r.name == name) {
-            Some(r) => {
-                r.calls += calls;
-                r.flops += c * flops;
-                r.bytes += c * bytes;
+        let r = match self.0.iter().position(|r| r.name == name) {
+            Some(i) => &mut self.0[i],
+            None => {
+                self.0.push(Row {
+                    name: name.to_string(),
+                    kind,
+                    calls: 0,
+                    flops: 0.0,
+                    bytes: 0.0,
+                    probes: Vec::new(),
+                });
+                self.0.last_mut().unwrap()
             }
-            None => self.0.push(Row {
-                name: name.to_string(),
-                kind,
-                calls,
-                flops: c * flops,
-                bytes: c * bytes,
-            }),
+        };
+        r.calls += calls;
+        r.flops += c * flops;
+        r.bytes += c * bytes;
+        match r.probes.iter_mut().find(|(p, _)| *p == probe) {
+            Some((_, n)) => *n += calls,
+            None => r.probes.push((probe, calls)),
         }
     }
 
@@ -79,19 +151,26 @@ impl Rows {
     fn gemm(&mut self, name: &str, calls: usize, m: usize, k: usize, n: usize) {
         let (m, k, n) = (m as f64, k as f64, n as f64);
         let bytes = 2.0 * (m * k + k * n + m * n);
+        let probe = Probe::Gemm {
+            m: m as usize,
+            k: k as usize,
+            n: n as usize,
+        };
         self.add(
             name,
             Kind::Tensor(OpClass::Gemm),
             calls,
             2.0 * m * n * k,
             bytes,
+            probe,
         );
     }
 
     /// `calls` x an op that reads `reads` and writes `writes` elements of `elem` bytes.
     fn memory(&mut self, name: &str, calls: usize, reads: usize, writes: usize, elem: usize) {
-        let bytes = ((reads + writes) * elem) as f64;
-        self.add(name, Kind::Memory, calls, 0.0, bytes);
+        let bytes = (reads + writes) * elem;
+        let probe = Probe::Memory { bytes };
+        self.add(name, Kind::Memory, calls, 0.0, bytes as f64, probe);
     }
 }
 
@@ -152,19 +231,28 @@ pub fn step_rows(c: &TransformerConfig, shape: StepShape) -> Vec<Row> {
     r.gemm("q, k, v (text)", 3 * full + 2 * last, bs, d, d);
     r.memory("q/k RMS norm per head", 2 * full + last, bs * d, bs * d, 2);
     let heads = c.heads;
-    let attn = |r: &mut Rows, calls: usize, sq: usize, sk: usize| {
+    let attn = |r: &mut Rows, calls: usize, q: Vec<usize>| {
+        let (sq, sk) = (q.iter().sum::<usize>(), n + s);
         let flops = 4.0 * (b * heads * hd) as f64 * sq as f64 * sk as f64;
         let bytes = 2.0 * (b * heads * hd) as f64 * (2 * sq + 2 * sk) as f64;
+        let probe = Probe::Attention {
+            b,
+            heads,
+            hd,
+            q,
+            k: vec![n, s],
+        };
         r.add(
             "joint attention",
             Kind::Tensor(OpClass::Attention),
             calls,
             flops,
             bytes,
+            probe,
         );
     };
-    attn(&mut r, full, n + s, n + s);
-    attn(&mut r, last, n, n + s);
+    attn(&mut r, full, vec![n, s]);
+    attn(&mut r, last, vec![n]);
     r.gemm("attention out (video)", all, bn, d, d);
     r.memory("gated residual", 2 * all, 2 * bn * d + b * d, bn * d, 2);
     lnmod(&mut r, all, bn);
@@ -222,7 +310,20 @@ pub fn decode_rows(
         let outs = (co * f * h * w) as f64;
         let flops = 2.0 * outs * (ci * taps) as f64;
         let bytes = ((ci * f * h * w + co * f * h * w) * eb + ci * co * taps * 4) as f64;
-        r.add(name, kind(OpClass::Conv), 1, flops, bytes);
+        let taps = match taps {
+            27 => [3, 3, 3],
+            9 => [1, 3, 3],
+            t => [t, 1, 1],
+        };
+        let probe = Probe::Conv {
+            ci,
+            co,
+            taps,
+            f,
+            h,
+            w,
+        };
+        r.add(name, kind(OpClass::Conv), 1, flops, bytes, probe);
     };
     let norm = |r: &mut Rows, c: usize, f: usize, h: usize, w: usize| {
         r.memory(
@@ -268,6 +369,11 @@ pub fn decode_rows(
             1,
             4.0 * (f * c0) as f64 * hw * hw,
             (4 * f * c0 * h * w * eb) as f64,
+            Probe::FrameAttention {
+                f,
+                c: c0,
+                hw: h * w,
+            },
         );
         conv(
             &mut r,
@@ -319,4 +425,164 @@ pub fn decode_rows(
         );
     }
     r.0
+}
+
+/// A GPU's ceilings as measured here: a large bf16 GEMM through cuBLASLt and a device-to-device
+/// copy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MeasuredCeilings {
+    /// TFLOP/s of an `m` = `n` = `k` = 8192 bf16 linear (256 when `small`).
+    pub tensor_tflops: f64,
+    /// TFLOP/s of an `m` = `n` = `k` = 4096 f32 linear (128 when `small`).
+    pub fp32_tflops: f64,
+    /// GB/s of a 1 GiB copy (read + write; 1 MiB when `small`).
+    pub mem_gbs: f64,
+}
+
+/// Random values in [-1, 1) as a `dtype` tensor on `dev` (timing on zeros would flatter the
+/// tensor cores: zero operands draw less power).
+fn random_tensor(shape: &[usize], dtype: DType, dev: &Device, seed: u64) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect();
+    let t = Tensor::from_f32(v, shape, dev)?;
+    if dtype == DType::F32 {
+        Ok(t)
+    } else {
+        t.to_dtype(dtype)
+    }
+}
+
+/// Seconds of one call of `f`: one warm-up call, then calls until at least 3 and 50 ms (at most
+/// 20), each synchronised; the median.
+fn time_call(dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    dev.synchronize()?;
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 3 || (start.elapsed().as_secs_f64() < 0.05 && times.len() < 20) {
+        let t = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Measures the ceilings on `dev` (`small`: rehearsal sizes for the emulated device).
+pub fn measure_ceilings(dev: &Device, small: bool) -> Result<MeasuredCeilings> {
+    let m = if small { 256 } else { 8192 };
+    let x = random_tensor(&[m, m], DType::BF16, dev, 1)?;
+    let l = Linear {
+        weight: Weight::Dense(random_tensor(&[m, m], DType::BF16, dev, 2)?),
+        bias: None,
+    };
+    let gemm = time_call(dev, || linear(&x, &l).map(drop))?;
+    let m32 = if small { 128 } else { 4096 };
+    let x32 = random_tensor(&[m32, m32], DType::F32, dev, 1)?;
+    let l32 = Linear {
+        weight: Weight::Dense(random_tensor(&[m32, m32], DType::F32, dev, 2)?),
+        bias: None,
+    };
+    let gemm32 = time_call(dev, || linear(&x32, &l32).map(drop))?;
+    let bytes: usize = if small { 1 << 20 } else { 1 << 30 };
+    let src = Tensor::zeros(&[bytes / 2], DType::BF16, dev)?;
+    let dst = Tensor::empty(&[bytes / 2], DType::BF16, dev)?;
+    let copy = time_call(dev, || dst.copy_from(&src))?;
+    Ok(MeasuredCeilings {
+        tensor_tflops: 2.0 * (m as f64).powi(3) / gemm / 1e12,
+        fp32_tflops: 2.0 * (m32 as f64).powi(3) / gemm32 / 1e12,
+        mem_gbs: 2.0 * bytes as f64 / copy / 1e9,
+    })
+}
+
+/// Times one call of every distinct probe of `rows` on `dev` in isolation, on random tensors of
+/// its shape (GEMMs and attention in bf16; the VAE's convolutions and frame attention in f32
+/// tensors with `conv` arithmetic, as the decoder runs them), and returns the achieved seconds
+/// of each row: the sum over its probes of calls x the time of one call.
+pub fn measure(rows: &[Row], dev: &Device, conv: ConvPrecision) -> Result<Vec<f64>> {
+    let mut cache: Vec<(Probe, f64)> = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut total = 0.0;
+        for (p, calls) in &r.probes {
+            let t = match cache.iter().find(|(q, _)| q == p) {
+                Some((_, t)) => *t,
+                None => {
+                    let t = time_probe(p, dev, conv)?;
+                    cache.push((p.clone(), t));
+                    t
+                }
+            };
+            total += *calls as f64 * t;
+        }
+        out.push(total);
+    }
+    Ok(out)
+}
+
+fn time_probe(p: &Probe, dev: &Device, conv: ConvPrecision) -> Result<f64> {
+    match p {
+        Probe::Gemm { m, k, n } => {
+            // x [m, k] (bf16) -> [m, n] with bias.
+            let x = random_tensor(&[*m, *k], DType::BF16, dev, 3)?;
+            let l = Linear {
+                weight: Weight::Dense(random_tensor(&[*n, *k], DType::BF16, dev, 4)?),
+                bias: Some(random_tensor(&[*n], DType::BF16, dev, 5)?),
+            };
+            time_call(dev, || linear(&x, &l).map(drop))
+        }
+        Probe::Attention { b, heads, hd, q, k } => {
+            // Segments [B, len, H*hd] (bf16), keys and values alike.
+            let seg = |len: usize, seed: u64| {
+                random_tensor(&[*b, len, heads * hd], DType::BF16, dev, seed)
+            };
+            let qs = q.iter().map(|&l| seg(l, 6)).collect::<Result<Vec<_>>>()?;
+            let ks = k.iter().map(|&l| seg(l, 7)).collect::<Result<Vec<_>>>()?;
+            let vs = k.iter().map(|&l| seg(l, 8)).collect::<Result<Vec<_>>>()?;
+            let (qr, kr, vr): (Vec<&Tensor>, Vec<&Tensor>, Vec<&Tensor>) = (
+                qs.iter().collect(),
+                ks.iter().collect(),
+                vs.iter().collect(),
+            );
+            let opts = AttnOpts::new(*heads, *hd);
+            time_call(dev, || attention(&qr, &kr, &vr, &opts).map(drop))
+        }
+        Probe::Conv {
+            ci,
+            co,
+            taps,
+            f,
+            h,
+            w,
+        } => {
+            // x [1, ci, f, h, w] -> [1, co, f, h, w]: causal zero frames in front, zero padding.
+            let x = random_tensor(&[1, *ci, *f, *h, *w], DType::F32, dev, 9)?;
+            let wt = random_tensor(&[*co, *ci, taps[0], taps[1], taps[2]], DType::F32, dev, 10)?;
+            let b = random_tensor(&[*co], DType::F32, dev, 11)?;
+            let opts = ConvOpts {
+                precision: conv,
+                ..Default::default()
+            };
+            time_call(dev, || conv3d(&x, &wt, Some(&b), &opts).map(drop))
+        }
+        Probe::FrameAttention { f, c, hw } => {
+            let qkv = random_tensor(&[1, 3 * c, *f, *hw, 1], DType::F32, dev, 12)?;
+            time_call(dev, || spatial_attention(&qkv, conv).map(drop))
+        }
+        Probe::Memory { bytes } => {
+            let n = (bytes / 4).max(1);
+            let src = Tensor::zeros(&[n], DType::BF16, dev)?;
+            let dst = Tensor::empty(&[n], DType::BF16, dev)?;
+            time_call(dev, || dst.copy_from(&src))
+        }
+    }
 }
