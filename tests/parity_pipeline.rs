@@ -153,6 +153,7 @@ fn three_steps_and_frames_match_reference_on_cpu() {
             &mut |_| {},
             Some(&mut record),
             &mut times,
+            None,
         )
         .unwrap();
     for (k, v) in &rec {

@@ -149,6 +149,7 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
                 &mut |_| {},
                 Some(&mut record),
                 &mut times,
+                None,
             )
             .unwrap();
         let mut checked = 0;

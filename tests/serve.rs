@@ -599,6 +599,8 @@ fn cancel_queued_and_running() {
         .as_str()
         .unwrap()
         .to_string();
+    // b must queue behind a running a (the worker may not have taken a yet on a busy machine)
+    srv.wait_status(&a, "in_progress");
     let b = srv.create(tiny("waits", 5, 1, 2))["id"]
         .as_str()
         .unwrap()

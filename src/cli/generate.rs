@@ -106,16 +106,9 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         video::check_previous_output(p, OutputKind::Latents, "--save-latents")?;
     }
     let params = GenerateParams {
-        prompt: r.prompt.clone(),
-        negative_prompt: r.negative_prompt.clone(),
-        geometry: geom,
-        steps: r.steps,
-        guidance: r.guidance,
-        shift: r.shift,
-        seed: r.seed,
         init_noise,
         rescue_latents: Some(r.output.with_extension("latents.safetensors")),
-        cancel: None,
+        ..r.video.generate_params(r.layout)
     };
     let mut bars = Bars::new();
     let res = catch_unwind(AssertUnwindSafe(|| {
@@ -141,21 +134,21 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
             height: f.height,
             width: f.width,
         },
-        &r.video_options(),
+        &r.video.video_options(),
     )?;
     let write_s = t.elapsed().as_secs_f64();
     if let Some(p) = &r.save_latents {
         let meta: HashMap<String, String> = [
-            ("prompt", r.prompt.clone()),
-            ("negative_prompt", r.negative_prompt.clone()),
-            ("seed", r.seed.to_string()),
-            ("steps", r.steps.to_string()),
-            ("guidance", r.guidance.to_string()),
+            ("prompt", r.video.prompt.clone()),
+            ("negative_prompt", r.video.negative_prompt.clone()),
+            ("seed", r.video.seed.to_string()),
+            ("steps", r.video.steps.to_string()),
+            ("guidance", r.video.guidance.to_string()),
             ("shift", g.schedule.shift.to_string()),
-            ("frames", r.frames.to_string()),
-            ("width", r.width.to_string()),
-            ("height", r.height.to_string()),
-            ("fps", r.fps.to_string()),
+            ("frames", r.video.frames.to_string()),
+            ("width", r.video.width.to_string()),
+            ("height", r.video.height.to_string()),
+            ("fps", r.video.fps.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -174,8 +167,8 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         f.frames,
         f.width,
         f.height,
-        r.fps,
-        r.seed,
+        r.video.fps,
+        r.video.seed,
         tm.encode_s,
         tm.denoise_s,
         per_step,
@@ -185,19 +178,19 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
     ));
     Ok(json!({
         "output": fsutil::lossy(&written),
-        "prompt": r.prompt,
-        "negative_prompt": r.negative_prompt,
-        "seed": r.seed,
-        "seed_was_random": r.seed_was_random,
+        "prompt": r.video.prompt,
+        "negative_prompt": r.video.negative_prompt,
+        "seed": r.video.seed,
+        "seed_was_random": r.video.seed_was_random,
         "frames": f.frames,
-        "frames_requested": r.frames_requested,
+        "frames_requested": r.video.frames_requested,
         "width": f.width,
         "height": f.height,
-        "fps": r.fps,
-        "steps": r.steps,
-        "guidance": r.guidance,
+        "fps": r.video.fps,
+        "steps": r.video.steps,
+        "guidance": r.video.guidance,
         "shift": g.schedule.shift,
-        "crf": r.crf,
+        "crf": r.video.crf,
         "container": if video::writes_mp4() { "mp4" } else { "png-folder" },
         "latents": r.save_latents.as_deref().map(fsutil::lossy),
         "timings_s": {
@@ -280,10 +273,10 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     for w in &req.warnings {
         ui.warn(w);
     }
-    if req.seed_was_random && req.init_noise.is_none() {
+    if req.video.seed_was_random && req.init_noise.is_none() {
         ui.info(&format!(
             "seed: {} (random; pass --seed {} to reproduce)",
-            req.seed, req.seed
+            req.video.seed, req.video.seed
         ));
     }
     if let Some(p) = &req.init_noise {
@@ -318,7 +311,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         &dir,
         &device,
         &mem,
-        RunSize::of(&req.geometry(), req.guidance),
+        RunSize::of(&req.geometry(), req.video.guidance),
     )?;
     if let Some(line) = plan.describe() {
         ui.info(&line);
@@ -535,7 +528,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
                 // Plan memory for the largest request of the batch.
                 let size = todo
                     .iter()
-                    .map(|(_, r)| RunSize::of(&r.geometry(), r.guidance))
+                    .map(|(_, r)| RunSize::of(&r.geometry(), r.video.guidance))
                     .fold(
                         RunSize {
                             batch: 1,
@@ -560,7 +553,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
                         todo.len(),
                         it.index,
                         it.line,
-                        short(&r.prompt)
+                        short(&r.video.prompt)
                     ));
                     for w in &r.warnings {
                         ui.warn(&format!("request {}: {w}", it.index));

@@ -5,7 +5,7 @@ use super::args::*;
 use crate::error::{Error, Result};
 use crate::io::fsutil;
 use crate::io::video::{self, VideoOptions};
-use crate::model::pipeline::{LatentLayout, VideoGeometry};
+use crate::model::pipeline::{GenerateParams, LatentLayout, VideoGeometry};
 
 /// The per-video fields; in a JSONL line each may be given (snake_case or kebab-case names).
 #[derive(Debug, Default, Clone)]
@@ -468,9 +468,31 @@ impl RequestFields {
     }
 }
 
-/// A validated request.
+/// A validated request: the video's parameters and where its files go.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Request {
+    #[serde(flatten)]
+    pub video: VideoParams,
+    pub output: PathBuf,
+    pub init_noise: Option<PathBuf>,
+    pub save_latents: Option<PathBuf>,
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+    /// The model's latent layout the sizes were checked against.
+    #[serde(skip)]
+    pub layout: LatentLayout,
+}
+
+impl Request {
+    pub fn geometry(&self) -> VideoGeometry {
+        self.video.geometry(self.layout)
+    }
+}
+
+/// What a video is made with, checked and with every default applied (the seed drawn): the
+/// command line's [`Request`] holds one, and each job of the server keeps one on disk.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct VideoParams {
     pub prompt: String,
     pub negative_prompt: String,
     pub frames_requested: usize,
@@ -483,24 +505,32 @@ pub struct Request {
     pub shift: Option<f32>,
     pub seed: u64,
     pub seed_was_random: bool,
-    pub output: PathBuf,
     pub crf: u8,
-    pub init_noise: Option<PathBuf>,
-    pub save_latents: Option<PathBuf>,
-    #[serde(skip)]
-    pub warnings: Vec<String>,
-    /// The model's latent layout the sizes were checked against.
-    #[serde(skip)]
-    pub layout: LatentLayout,
 }
 
-impl Request {
-    pub fn geometry(&self) -> VideoGeometry {
+impl VideoParams {
+    pub fn geometry(&self, layout: LatentLayout) -> VideoGeometry {
         VideoGeometry {
             frames: self.frames,
             height: self.height,
             width: self.width,
-            layout: self.layout,
+            layout,
+        }
+    }
+    /// The pipeline's parameters for this video (no initial noise, rescue file or cancel flag:
+    /// the caller adds what it has).
+    pub fn generate_params(&self, layout: LatentLayout) -> GenerateParams {
+        GenerateParams {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            geometry: self.geometry(layout),
+            steps: self.steps,
+            guidance: self.guidance,
+            shift: self.shift,
+            seed: self.seed,
+            init_noise: None,
+            rescue_latents: None,
+            cancel: None,
         }
     }
     pub fn video_options(&self) -> VideoOptions {
@@ -509,6 +539,34 @@ impl Request {
             crf: self.crf,
         }
     }
+    pub fn seconds(&self) -> f64 {
+        self.frames as f64 / self.fps as f64
+    }
+    /// The `contentv generate` command line that makes the same video (without the memory
+    /// flags, --model and --output).
+    pub fn command_line(&self) -> String {
+        let mut s = format!(
+            "contentv generate --prompt {} --negative-prompt {} --frames {} --width {} --height {} --fps {} --steps {} --guidance {} --seed {}",
+            shell_quote(&self.prompt),
+            shell_quote(&self.negative_prompt),
+            self.frames,
+            self.width,
+            self.height,
+            self.fps,
+            self.steps,
+            self.guidance,
+            self.seed
+        );
+        if let Some(sh) = self.shift {
+            s += &format!(" --shift {sh}");
+        }
+        s
+    }
+}
+
+/// `s` in single quotes for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// A seed from the clock and the process id (0 ..= 2^31-1, like the reference app's range).
@@ -665,20 +723,22 @@ pub fn resolve(
         }
     }
     Ok(Request {
-        prompt,
-        negative_prompt,
-        frames_requested,
-        frames,
-        width,
-        height,
-        fps,
-        steps,
-        guidance,
-        shift: f.shift,
-        seed,
-        seed_was_random,
+        video: VideoParams {
+            prompt,
+            negative_prompt,
+            frames_requested,
+            frames,
+            width,
+            height,
+            fps,
+            steps,
+            guidance,
+            shift: f.shift,
+            seed,
+            seed_was_random,
+            crf,
+        },
         output,
-        crf,
         init_noise: f.init_noise,
         save_latents: f.save_latents,
         warnings,
@@ -768,10 +828,10 @@ mod tests {
         let r = resolve(l, LatentLayout::CONTENTV, &out).unwrap();
         assert_eq!(
             (
-                r.prompt.as_str(),
-                r.frames,
-                r.steps,
-                r.negative_prompt.as_str()
+                r.video.prompt.as_str(),
+                r.video.frames,
+                r.video.steps,
+                r.video.negative_prompt.as_str()
             ),
             ("b", 9, 3, "n")
         );

@@ -6,9 +6,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::cli::request::{resolve, RequestFields};
+use crate::cli::request::{resolve, RequestFields, VideoParams};
 use crate::error::Error;
-use crate::model::pipeline::{LatentLayout, VideoGeometry};
+use crate::model::pipeline::LatentLayout;
 
 /// The fields of `POST /v1/videos`.
 pub const API_FIELDS: [&str; 11] = [
@@ -41,63 +41,6 @@ impl BadRequest {
             code,
         }
     }
-}
-
-/// The resolved parameters of a job (what it runs with; the seed is drawn at submission).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Params {
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub frames_requested: usize,
-    pub frames: usize,
-    pub width: usize,
-    pub height: usize,
-    pub fps: u32,
-    pub steps: usize,
-    pub guidance: f32,
-    pub shift: Option<f32>,
-    pub seed: u64,
-    pub seed_was_random: bool,
-    pub crf: u8,
-}
-
-impl Params {
-    pub fn geometry(&self, layout: LatentLayout) -> VideoGeometry {
-        VideoGeometry {
-            frames: self.frames,
-            height: self.height,
-            width: self.width,
-            layout,
-        }
-    }
-    pub fn seconds(&self) -> f64 {
-        self.frames as f64 / self.fps as f64
-    }
-    /// The `contentv generate` command line that makes the same video (without the memory
-    /// flags and --model, which are the server's).
-    pub fn command_line(&self) -> String {
-        let mut s = format!(
-            "contentv generate --prompt {} --negative-prompt {} --frames {} --width {} --height {} --fps {} --steps {} --guidance {} --seed {}",
-            shell_quote(&self.prompt),
-            shell_quote(&self.negative_prompt),
-            self.frames,
-            self.width,
-            self.height,
-            self.fps,
-            self.steps,
-            self.guidance,
-            self.seed
-        );
-        if let Some(sh) = self.shift {
-            s += &format!(" --shift {sh}");
-        }
-        s
-    }
-}
-
-/// `s` in single quotes for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// The name of the request field a CLI message is about: `field "X"` (the JSONL reader's
@@ -147,7 +90,7 @@ pub struct Checker {
 impl Checker {
     /// Turns a request body into checked parameters, with the CLI's checks and messages; the
     /// error names the API field.
-    pub fn check(&self, body: &[u8]) -> Result<(Params, Vec<String>), BadRequest> {
+    pub fn check(&self, body: &[u8]) -> Result<(VideoParams, Vec<String>), BadRequest> {
         let v: Value = serde_json::from_slice(body).map_err(|e| {
             BadRequest::new(
                 format!("the body is not valid JSON: {e}"),
@@ -255,24 +198,7 @@ impl Checker {
             Path::new("video.mp4").to_path_buf()
         })
         .map_err(|e| msg_error(e, used_seconds))?;
-        Ok((
-            Params {
-                prompt: r.prompt,
-                negative_prompt: r.negative_prompt,
-                frames_requested: r.frames_requested,
-                frames: r.frames,
-                width: r.width,
-                height: r.height,
-                fps: r.fps,
-                steps: r.steps,
-                guidance: r.guidance,
-                shift: r.shift,
-                seed: r.seed,
-                seed_was_random: r.seed_was_random,
-                crf: r.crf,
-            },
-            r.warnings,
-        ))
+        Ok((r.video, r.warnings))
     }
 }
 
@@ -328,7 +254,7 @@ pub struct Job {
     pub started_at: Option<u64>,
     pub completed_at: Option<u64>,
     pub status: Status,
-    pub params: Params,
+    pub params: VideoParams,
     pub warnings: Vec<String>,
     pub error: Option<JobError>,
     /// How many times the job was started (a restart while running re-queues it once).
@@ -433,6 +359,7 @@ pub fn valid_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::request::shell_quote;
 
     fn checker() -> Checker {
         Checker {

@@ -170,16 +170,8 @@ fn run_job(
     let p = &job.params;
     let id = job.id.as_str();
     let params = GenerateParams {
-        prompt: p.prompt.clone(),
-        negative_prompt: p.negative_prompt.clone(),
-        geometry: p.geometry(spec.layout),
-        steps: p.steps,
-        guidance: p.guidance,
-        shift: p.shift,
-        seed: p.seed,
-        init_noise: None,
-        rescue_latents: None,
         cancel: Some(cancel.clone()),
+        ..p.generate_params(spec.layout)
     };
     let every = preview_every(p.steps);
     let mut on_progress = |ev: Progress| match ev {

@@ -181,29 +181,10 @@ fn host_tensor(v: Vec<f32>, shape: &[usize], device: &Device, dtype: DType) -> R
 impl Pipeline {
     /// The denoising loop from `noise` [1, 16, T, h, w]; returns the final latents.
     /// `record` receives (name, values) of intermediates: `step{i}.v_cond`, `step{i}.v_uncond`,
-    /// `step{i}.v`, `step{i}.latents` (for parity tests).
+    /// `step{i}.v`, `step{i}.latents` (for parity tests). Stops with [`Error::Cancelled`]
+    /// before a step once `cancel` is set.
     #[allow(clippy::too_many_arguments)]
     pub fn denoise(
-        &self,
-        noise: &[f32],
-        shape: &[usize; 5],
-        cond: &PromptEmbeds,
-        uncond: Option<&PromptEmbeds>,
-        schedule: &FlowMatchEuler,
-        guidance: f32,
-        progress: &mut dyn FnMut(Progress),
-        record: Option<Recorder>,
-        step_times: &mut Vec<f64>,
-    ) -> Result<Vec<f32>> {
-        self.denoise_cancellable(
-            noise, shape, cond, uncond, schedule, guidance, progress, record, step_times, None,
-        )
-    }
-
-    /// [`Pipeline::denoise`] that stops with [`Error::Cancelled`] before a step once `cancel`
-    /// is set.
-    #[allow(clippy::too_many_arguments)]
-    pub fn denoise_cancellable(
         &self,
         noise: &[f32],
         shape: &[usize; 5],
@@ -355,7 +336,7 @@ impl Pipeline {
 
         let t = Instant::now();
         let mut step_s = Vec::new();
-        let latents = self.denoise_cancellable(
+        let latents = self.denoise(
             &noise,
             &shape,
             &cond,
