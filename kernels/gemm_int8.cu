@@ -211,9 +211,19 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
     const int KT = (K + BK - 1) / BK;
     const int gsize = GROUPED ? K / groups : K;
 
+    // Group-wise: the group of this thread's k chunk in the next tile to load, kept as
+    // (group, offset in it) and stepped by BK per load (tiles load in order 0, 1, 2, ...): no
+    // integer division in the loop. Both chunks of a thread share the k offset (tid % 4) * 8.
+    int g_idx = 0, g_off = 0;
+    if (GROUPED) {
+        g_idx = ((tid & 3) * 8) / gsize;
+        g_off = ((tid & 3) * 8) - g_idx * gsize;
+    }
+
     // Loads tile kt into stage st: 512 16-B chunks of X (row, 8 k), 512 8-B chunks of Q, and
     // (group-wise) 512 scales, two of each per thread. K % 8 == 0: a chunk is all in or all out
-    // (out: zero-filled, so rows past N and k past K convert to 0).
+    // (out: zero-filled, so rows past N and k past K convert to 0). Called for kt = 0, 1, 2, ...
+    // in order.
     auto load_tile = [&](int kt, int st) {
         const int k0 = kt * BK;
         T* as = As + st * A_STAGE;
@@ -232,7 +242,14 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
             if (GROUPED) {
                 // Scale of (row, k block c & 3).
                 float* ss = Ss + st * S_STAGE;
-                cp_async4(ss + row * S_PER_ROW + (c & 3), vb ? (const void*)(scale + (long long)gn * groups + gk / gsize) : (const void*)scale, vb);
+                cp_async4(ss + row * S_PER_ROW + (c & 3), vb ? (const void*)(scale + (long long)gn * groups + g_idx) : (const void*)scale, vb);
+            }
+        }
+        if (GROUPED) {
+            g_off += BK;
+            while (g_off >= gsize) {  // gsize >= 8: at most 4 steps
+                g_off -= gsize;
+                g_idx++;
             }
         }
     };
