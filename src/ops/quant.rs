@@ -579,8 +579,9 @@ mod tests {
             }
         }
         // The sign-replicating selector bit, as the PTX ISA defines it.
-        assert_eq!(prmt(0x0000_0080, 0, 0x0008), 0xff);
-        assert_eq!(prmt(0x0000_007f, 0, 0x0008), 0x00);
+        assert_eq!(prmt(0x0000_0080, 0, 0x4448), 0xff);
+        assert_eq!(prmt(0x0000_0080, 0, 0x0008), 0x8080_80ff);
+        assert_eq!(prmt(0x0000_007f, 0, 0x4448), 0x00);
     }
 
     #[test]
