@@ -124,8 +124,9 @@ pub struct Int8Rates {
 /// dense peak, what large cuBLASLt GEMMs reach: issue 18 says 600+); the fused kernel at an
 /// estimated 420 TFLOP/s: mma.sync tops out near 62 % of the wgmma peak on Hopper, and the
 /// static SASS reading (docs/kernel-review.md, "W8A16: static reading") leaves it about 70 % of
-/// that (two barriers and one conversion pass per 32-deep k tile, 3.4 issued instructions per
-/// HMMA). None of these rates was measured here.
+/// that (no I2F; 6.2 issued instructions per HMMA in the bf16 loop against ~6.5 issue cycles per
+/// HMMA at the mma.sync ceiling, two barriers and one conversion pass per 32-deep k tile). None
+/// of these rates was measured here.
 pub const H100_INT8_RATES: Int8Rates = Int8Rates {
     mem_bytes_s: 3.35e12,
     dense_flops: 620e12,
