@@ -1,16 +1,20 @@
 //! W8A16 GEMM (INT8 weights, bf16 activations, `ops::quant::linear_int8`) against the dense
-//! bf16 cuBLASLt linear (`ops::gemm::linear`) at the transformer's shapes: M = 64, 1,024 and
-//! 41,472 rows with N = K = 2432 (attention projections) and N = 9728, K = 2432 (FFN up).
-//! Each W8A16 kernel (auto choice, tensor-core MMA, GEMV where M <= 16, dequantise + cuBLASLt)
-//! is validated against the dense linear on the dequantised weights before timing. Prints
-//! TFLOP/s (2 M N K per GEMM) and the weight bandwidth; SKIP without a GPU.
+//! bf16 cuBLASLt linear (`ops::gemm::linear`) at the transformer's shapes, N = K = 2432
+//! (attention projections) and N = 9728, K = 2432 (FFN up), over a sweep of M (1, 16, then
+//! 32 .. 8192 and the 41,472 video tokens). Each W8A16 kernel (Auto's choice, the fused
+//! tensor-core MMA, the GEMV where M <= 16, dequantise + cuBLASLt) is validated against the
+//! dense linear on the dequantised weights before timing. Prints TFLOP/s (2 M N K per GEMM)
+//! and the weight bandwidth, then per shape the measured crossover (the first M of the sweep
+//! from which dequantise + cuBLASLt beats the fused kernel) next to the constant Auto uses
+//! and the roofline model's estimate (ops::quant::INT8_CROSSOVER_M); SKIP without a GPU.
 //!
 //! Run: `cargo bench --bench gemm_int8` (`CONTENTV_BENCH_QUICK=1` for 3 iterations).
 #[path = "util/mod.rs"]
 mod util;
 use contentv::ops::gemm::{self, Act};
 use contentv::ops::quant::{
-    dequantize, linear_int8_with, quantize_per_channel, Int8Kernel, GEMV_MAX_M,
+    choose_int8_kernel, dequantize, int8_crossover_m, int8_model_crossover, linear_int8_with,
+    quantize_per_channel, Int8Kernel, GEMV_MAX_M, H100_INT8_RATES,
 };
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 
@@ -31,8 +35,11 @@ fn main() {
     let ms_list: Vec<usize> = if util::rehearsal() {
         vec![8, 40, 72]
     } else {
-        vec![64, 1024, 41_472]
+        vec![
+            1, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096, 8192, 41_472,
+        ]
     };
+    let crossover = int8_crossover_m().unwrap();
     for (n, k) in shapes {
         // Weights: INT8 (per output channel) and the dense bf16 of the same dequantised values.
         let w = util::rand_vec(n * k, 1, 0.05);
@@ -56,6 +63,8 @@ fn main() {
             weight: Weight::Dense(dense_w),
             bias: Some(bias.clone()),
         };
+        // (M, fused ms, dequant ms) for the crossover line.
+        let mut sweep: Vec<(usize, f32, f32)> = Vec::new();
         for &m in &ms_list {
             let x = Tensor::from_f32(util::rand_vec(m * k, 3, 1.0), &[m, k], &Device::Cpu)
                 .unwrap()
@@ -78,8 +87,14 @@ fn main() {
             if m <= GEMV_MAX_M {
                 kernels.push(Int8Kernel::Gemv);
             }
+            let auto = choose_int8_kernel(m, n, k, 1, DType::BF16, crossover);
+            let (mut fused_ms, mut dequant_ms) = (f32::NAN, f32::NAN);
             for kernel in kernels {
-                let name = format!("W8A16 {kernel:?}  M={m} N={n} K={k}");
+                let name = if kernel == Int8Kernel::Auto {
+                    format!("W8A16 Auto={auto:?}  M={m} N={n} K={k}")
+                } else {
+                    format!("W8A16 {kernel:?}  M={m} N={n} K={k}")
+                };
                 let got = match linear_int8_with(&x, &qt, &st, Some(&bias), Act::None, kernel) {
                     Ok(y) => y.to_vec_f32().unwrap(),
                     Err(e) => {
@@ -97,8 +112,30 @@ fn main() {
                     linear_int8_with(&x, &qt, &st, Some(&bias), Act::None, kernel).unwrap();
                 });
                 report(&name, ms, flops, n * k);
+                match kernel {
+                    Int8Kernel::Mma => fused_ms = ms,
+                    Int8Kernel::Dequant => dequant_ms = ms,
+                    _ => {}
+                }
             }
+            sweep.push((m, fused_ms, dequant_ms));
         }
+        // The first M from which dequantise + cuBLASLt stays at least as fast as the fused
+        // kernel for every larger M of the sweep.
+        let measured = (0..sweep.len())
+            .find(|&i| sweep[i..].iter().all(|&(_, f, d)| d <= f))
+            .map(|i| sweep[i].0);
+        println!(
+            "crossover N={n} K={k}: measured {} (sweep {}); Auto uses {crossover}; roofline estimate {} (H100 SXM rates)",
+            measured.map_or("none in the sweep".to_string(), |m| format!("M={m}")),
+            sweep
+                .iter()
+                .map(|(m, f, d)| format!("{m}:{:.3}/{:.3}", f, d))
+                .collect::<Vec<_>>()
+                .join(" "),
+            int8_model_crossover(n, k, &H100_INT8_RATES, 1 << 20)
+                .map_or("none".to_string(), |m| m.to_string()),
+        );
     }
 }
 

@@ -10,32 +10,148 @@
 // Kernels:
 // - w8a16_mma_{bf16,f16} / w8a16_mma_group_{bf16,f16}: tensor cores (mma.sync m16n8k16),
 //   block tile 128x128x32, 8 warps of 64x32, a 3-stage cp.async pipeline. X tiles go to
-//   shared memory as is (read with ldmatrix), Q tiles as int8 (half the bytes of bf16); the
-//   int8 values become bf16/f16 when the B fragments are built (integers in [-127, 127] are
-//   exact in both). Per-channel: the scale multiplies the f32 accumulator in the epilogue
-//   (exact dequantisation). Group-wise: the group scales of the tile sit in shared memory and
-//   multiply the values while the B fragments are built (q * s rounded to bf16/f16, as a
-//   dequantised bf16 weight would be).
+//   shared memory as is, Q tiles as int8 (half the bytes of bf16). Each Q tile is converted
+//   ONCE per CTA: after the cp.async wait all 256 threads turn the 128x32 int8 tile into a
+//   128x32 bf16/f16 tile in shared memory (8 values per thread and pass, two passes), then the
+//   warps read both operands with ldmatrix as a dense GEMM does. The conversion uses no I2F
+//   (quarter rate on every arch): byte permutes and magic-number arithmetic (w8:: helpers
+//   below; exhaustively tested over all 256 bytes in tests/emu/test_gemm_int8.cpp and by a
+//   host twin in src/ops/quant.rs). Per-channel: the exact integer goes into the tile and the
+//   scale multiplies the f32 accumulator in the epilogue (exact dequantisation). Group-wise:
+//   the tile's group scales sit in shared memory and the tile holds q * s rounded to bf16/f16
+//   (as a dequantised bf16 weight would be).
 //   Requirements (checked by the launcher): K % 8 == 0, lda % 8 == 0, X 16-byte aligned,
 //   Q 8-byte aligned, K / groups a multiple of 8. M, N, K need not be multiples of the tile.
-// - w8a16_gemv_{bf16,f16}: M <= 16 rows (decode-like shapes, adaLN-sized M): one warp per
-//   output column, 8 weights per lane per step, every row's dot product in registers, warp
-//   reduction. Same requirements.
-// - dequant_i8_{f32,bf16,f16}: Q -> dense weight in the activation dtype, for the fallback path
-//   (f32 activations, K % 8 != 0) that then runs the cuBLASLt GEMM.
+// - w8a16_gemv_{bf16,f16}: M <= 16 rows (text encoders, decode-like shapes, adaLN-sized M):
+//   one warp per output column, 8 weights per lane per step (converted with the same f32
+//   magic-number route), every row's dot product in registers, warp reduction. Same
+//   requirements.
+// - dequant_i8_{f32,bf16,f16}: Q -> dense weight in the given dtype, for the large-M path
+//   (src/ops/quant.rs: Auto picks it at M >= the crossover, then cuBLASLt) and the fallback
+//   (f32 activations, K % 8 != 0). 16 values per thread and step (one 16-byte load, 16-byte
+//   stores) where K, the group size and both pointers allow, else 8, else one.
 #include "common.cuh"
 #include "ptx.cuh"
 
 // ------------------------------------------------------------------------------------------
-// Dequantisation (fallback path)
+// int8 -> f32 / bf16 / f16 without I2F
 // ------------------------------------------------------------------------------------------
+//
+// x = w ^ 0x80808080 holds q + 128 (0..255) in each byte.
+// - f32: 0x4B000000 (2^23, ulp 1) with a byte of x in its low byte is 2^23 + q + 128 (one
+//   PRMT), and one FADD of -(2^23 + 128) leaves q exactly.
+// - bf16: an integer with |q| <= 128 has at most 8 significant bits, which bf16 holds: the
+//   high half of its f32 is its bf16, and one PRMT (selector 0x7632) packs the high halves of
+//   two floats. 11 instructions per 4 values (LOP3, 4 PRMT, 4 FADD, 2 PRMT). (bf16's own 7
+//   mantissa bits cannot hold a byte under a magic exponent, hence the f32 detour.)
+// - f16: 0x6400 (1024, ulp 1 with 10 mantissa bits) with a byte of x in its low byte is
+//   1024 + q + 128; one PRMT builds two such halves and one HSUB2 of 1152 leaves q in both:
+//   5 instructions per 4 values (LOP3, 2 PRMT, 2 HSUB2).
+
+namespace w8 {
+
+constexpr uint32_t SIGN_FLIP = 0x80808080u;  // q -> q + 128 in every byte
+constexpr uint32_t F32_MAGIC = 0x4B000000u;  // 2^23
+constexpr float F32_BIAS = 8388736.f;        // 2^23 + 128
+constexpr uint32_t F16_MAGIC = 0x64646464u;  // 0x64 in every byte: f16 0x64xx = 1024 + xx
+constexpr uint32_t F16_BIAS2 = 0x64806480u;  // 1152 in both f16 lanes
+
+// The 4 bytes of w (little-endian: byte e is element e) as exact floats.
+__device__ __forceinline__ void i8x4_to_f32(uint32_t w, float (&f)[4]) {
+    const uint32_t x = w ^ SIGN_FLIP;
+    f[0] = __uint_as_float(prmt(x, F32_MAGIC, 0x7650)) - F32_BIAS;
+    f[1] = __uint_as_float(prmt(x, F32_MAGIC, 0x7651)) - F32_BIAS;
+    f[2] = __uint_as_float(prmt(x, F32_MAGIC, 0x7652)) - F32_BIAS;
+    f[3] = __uint_as_float(prmt(x, F32_MAGIC, 0x7653)) - F32_BIAS;
+}
+
+// The 4 bytes of w as two registers of two T each (element 0 in the low half of r01), exact.
+template <typename T>
+__device__ __forceinline__ void i8x4_to_t(uint32_t w, uint32_t& r01, uint32_t& r23);
+template <>
+__device__ __forceinline__ void i8x4_to_t<__nv_bfloat16>(uint32_t w, uint32_t& r01, uint32_t& r23) {
+    float f[4];
+    i8x4_to_f32(w, f);
+    // High halves: exact (at most 8 significant bits), no rounding instruction needed.
+    r01 = prmt(__float_as_uint(f[0]), __float_as_uint(f[1]), 0x7632);
+    r23 = prmt(__float_as_uint(f[2]), __float_as_uint(f[3]), 0x7632);
+}
+template <>
+__device__ __forceinline__ void i8x4_to_t<__half>(uint32_t w, uint32_t& r01, uint32_t& r23) {
+    const uint32_t x = w ^ SIGN_FLIP;
+    r01 = hsub2_u32(prmt(x, F16_MAGIC, 0x4140), F16_BIAS2);
+    r23 = hsub2_u32(prmt(x, F16_MAGIC, 0x4342), F16_BIAS2);
+}
+
+// The 4 bytes of w times s, rounded to T (round to nearest even) as two registers.
+template <typename T>
+__device__ __forceinline__ void i8x4_scaled_to_t(uint32_t w, float s, uint32_t& r01, uint32_t& r23) {
+    float f[4];
+    i8x4_to_f32(w, f);
+    r01 = pack2<T>(f[0] * s, f[1] * s);
+    r23 = pack2<T>(f[2] * s, f[3] * s);
+}
+
+}  // namespace w8
+
+// ------------------------------------------------------------------------------------------
+// Dequantisation: the large-M path (then cuBLASLt) and the fallback
+// ------------------------------------------------------------------------------------------
+
+// V consecutive weights of one row (V = 8 or 16), all under one scale, stored as T.
+template <typename T, int V>
+__device__ __forceinline__ void dequant_store(T* w, const uint32_t (&q)[V / 4], float s) {
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int j = 0; j < V / 4; j++) {
+            float f[4];
+            w8::i8x4_to_f32(q[j], f);
+            *reinterpret_cast<float4*>(w + 4 * j) = make_float4(f[0] * s, f[1] * s, f[2] * s, f[3] * s);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < V / 8; j++) {
+            uint4 o;
+            w8::i8x4_scaled_to_t<T>(q[2 * j], s, o.x, o.y);
+            w8::i8x4_scaled_to_t<T>(q[2 * j + 1], s, o.z, o.w);
+            *reinterpret_cast<uint4*>(w + 8 * j) = o;
+        }
+    }
+}
+
+// The vector width the kernel uses: 16 (16-byte loads) where K, the group size and the
+// pointers allow, else 8, else 1. The launcher (dequant_vector_width in src/ops/quant.rs) sizes
+// the grid with the same rule; the loops are grid-stride, so any grid is correct.
+__device__ __forceinline__ int dequant_width(const void* q, const void* w, long long k, long long gsize) {
+    const unsigned long long qa = (unsigned long long)q, wa = (unsigned long long)w;
+    if (k % 16 == 0 && gsize % 16 == 0 && qa % 16 == 0 && wa % 16 == 0) return 16;
+    if (k % 8 == 0 && gsize % 8 == 0 && qa % 8 == 0 && wa % 16 == 0) return 8;
+    return 1;
+}
 
 template <typename T>
 __device__ void dequant_k(const int8_t* q, const float* scale, T* w, long long n, long long k, long long groups) {
-    long long g = k / groups;
-    GRID_STRIDE(i, n * k) {
-        long long r = i / k, c = i % k;
-        w[i] = from_f<T>((float)q[i] * scale[r * groups + c / g]);
+    const long long g = k / groups;
+    const int width = dequant_width(q, w, k, g);  // uniform over the grid
+    if (width == 16) {
+        GRID_STRIDE(c, n * k / 16) {
+            const long long i = c * 16, r = i / k, col = i % k;
+            const uint4 v = *reinterpret_cast<const uint4*>(q + i);
+            const uint32_t qw[4] = {v.x, v.y, v.z, v.w};
+            dequant_store<T, 16>(w + i, qw, scale[r * groups + col / g]);
+        }
+    } else if (width == 8) {
+        GRID_STRIDE(c, n * k / 8) {
+            const long long i = c * 8, r = i / k, col = i % k;
+            const uint2 v = *reinterpret_cast<const uint2*>(q + i);
+            const uint32_t qw[2] = {v.x, v.y};
+            dequant_store<T, 8>(w + i, qw, scale[r * groups + col / g]);
+        }
+    } else {
+        GRID_STRIDE(i, n * k) {
+            const long long r = i / k, c = i % k;
+            w[i] = from_f<T>((float)q[i] * scale[r * groups + c / g]);
+        }
     }
 }
 
@@ -44,34 +160,33 @@ extern "C" __global__ void dequant_i8_bf16(const int8_t* q, const float* s, __nv
 extern "C" __global__ void dequant_i8_f16(const int8_t* q, const float* s, __half* w, long long n, long long k, long long g) { dequant_k(q, s, w, n, k, g); }
 
 // ------------------------------------------------------------------------------------------
-// Helpers and tile configuration (the PTX wrappers are in ptx.cuh)
+// Tile configuration (the PTX wrappers are in ptx.cuh)
 // ------------------------------------------------------------------------------------------
 
 namespace w8 {
 
-// Two consecutive int8 (little-endian 16-bit word) -> floats.
-__device__ __forceinline__ float2 i8x2_to_f(unsigned short v) {
-    return make_float2((float)(signed char)(v & 0xff), (float)(signed char)(v >> 8));
-}
-
-// Tile configuration.
 constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 256;
-// Two CTAs per SM where shared memory allows (sm_80/90/100; the grouped kernel's 51 KiB fits
-// once on the 100 KiB SMs of sm_86/89/120): at most 128 registers per thread.
+// Two CTAs per SM where shared memory allows (sm_80/90/100; one on the 100 KiB SMs of
+// sm_86/89/120): at most 128 registers per thread.
 constexpr int MIN_CTAS = 2;
 constexpr int WM = 64, WN = 32;             // warp tile: 2 warps along M, 4 along N
 constexpr int MI = WM / 16, NI = WN / 8;    // 4 x 4 mma tiles per warp
 constexpr int A_LD = BK + 8;                // bf16/f16 per smem row: 80 B, 16-B aligned, ldmatrix conflict-free
-constexpr int B_LD = BK + 8;                // bytes per smem row: 40 B, 8-B aligned, conflict-free fragment reads
+constexpr int B_LD = BK + 8;                // the converted B tile: same layout as A
+constexpr int Q_LD = BK;                    // int8 tile rows: 32 B, read back as 8-B words (conflict-free)
 constexpr int S_PER_ROW = BK / 8;           // group scales per row and tile (one per 8 k; groups are multiples of 8)
 constexpr int A_STAGE = BM * A_LD;          // elements
-constexpr int B_STAGE = BN * B_LD;          // bytes
+constexpr int Q_STAGE = BN * Q_LD;          // bytes
 constexpr int S_STAGE = BN * S_PER_ROW;     // floats
-// Dynamic shared memory: 46,080 B per-channel, 52,224 B group-wise (host: w8a16_smem_bytes).
+// Dynamic shared memory: A stages, int8 stages, the converted B tile (one buffer), and
+// (group-wise) the scale stages: 53,248 B per-channel, 59,392 B group-wise (host:
+// w8a16_smem_bytes).
 constexpr int SMEM_A = STAGES * A_STAGE * 2;
-constexpr int SMEM_B = STAGES * B_STAGE;
+constexpr int SMEM_Q = STAGES * Q_STAGE;
+constexpr int SMEM_BT = BN * B_LD * 2;
 constexpr int SMEM_S = STAGES * S_STAGE * 4;
-static_assert(SMEM_A + SMEM_B == 46080 && SMEM_A + SMEM_B + SMEM_S == 52224, "host side: w8a16_smem_bytes in src/ops/quant.rs");
+static_assert(SMEM_A + SMEM_Q + SMEM_BT == 53248 && SMEM_A + SMEM_Q + SMEM_BT + SMEM_S == 59392,
+              "host side: w8a16_smem_bytes in src/ops/quant.rs");
 
 }  // namespace w8
 
@@ -85,9 +200,10 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
                                             T* __restrict__ Y, int M, int N, int K, int act) {
     using namespace w8;
     DYNAMIC_SMEM(smem);
-    T* As = reinterpret_cast<T*>(smem);                                   // [STAGES][BM][A_LD]
-    int8_t* Bs = reinterpret_cast<int8_t*>(smem + SMEM_A);                // [STAGES][BN][B_LD]
-    float* Ss = reinterpret_cast<float*>(smem + SMEM_A + SMEM_B);         // [STAGES][BN][S_PER_ROW] (GROUPED)
+    T* As = reinterpret_cast<T*>(smem);                                        // [STAGES][BM][A_LD]
+    int8_t* Bq = reinterpret_cast<int8_t*>(smem + SMEM_A);                     // [STAGES][BN][Q_LD]
+    T* Bt = reinterpret_cast<T*>(smem + SMEM_A + SMEM_Q);                      // [BN][B_LD], converted
+    float* Ss = reinterpret_cast<float*>(smem + SMEM_A + SMEM_Q + SMEM_BT);    // [STAGES][BN][S_PER_ROW] (GROUPED)
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int warp_m = warp >> 2, warp_n = warp & 3;
@@ -95,12 +211,23 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
     const int KT = (K + BK - 1) / BK;
     const int gsize = GROUPED ? K / groups : K;
 
+    // Group-wise: the group of this thread's k chunk in the next tile to load, kept as
+    // (group, offset in it) and stepped by BK per load (tiles load in order 0, 1, 2, ...): no
+    // integer division in the loop. Both chunks of a thread share the k offset (tid % 4) * 8.
+    int g_idx = 0, g_off = 0;
+    if (GROUPED) {
+        g_idx = ((tid & 3) * 8) / gsize;
+        g_off = ((tid & 3) * 8) - g_idx * gsize;
+    }
+
     // Loads tile kt into stage st: 512 16-B chunks of X (row, 8 k), 512 8-B chunks of Q, and
-    // (group-wise) 512 scales, two of each per thread. K % 8 == 0: a chunk is all in or all out.
+    // (group-wise) 512 scales, two of each per thread. K % 8 == 0: a chunk is all in or all out
+    // (out: zero-filled, so rows past N and k past K convert to 0). Called for kt = 0, 1, 2, ...
+    // in order.
     auto load_tile = [&](int kt, int st) {
         const int k0 = kt * BK;
         T* as = As + st * A_STAGE;
-        int8_t* bs = Bs + st * B_STAGE;
+        int8_t* bq = Bq + st * Q_STAGE;
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int c = tid + i * THREADS;
@@ -111,11 +238,18 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
             cp_async16(as + row * A_LD + kc, va ? (const void*)(X + (long long)gm * lda + gk) : (const void*)X, va);
             const int gn = n0 + row;
             const bool vb = gn < N && gk < K;
-            cp_async8(bs + row * B_LD + kc, vb ? (const void*)(Q + (long long)gn * K + gk) : (const void*)Q, vb);
+            cp_async8(bq + row * Q_LD + kc, vb ? (const void*)(Q + (long long)gn * K + gk) : (const void*)Q, vb);
             if (GROUPED) {
                 // Scale of (row, k block c & 3).
                 float* ss = Ss + st * S_STAGE;
-                cp_async4(ss + row * S_PER_ROW + (c & 3), vb ? (const void*)(scale + (long long)gn * groups + gk / gsize) : (const void*)scale, vb);
+                cp_async4(ss + row * S_PER_ROW + (c & 3), vb ? (const void*)(scale + (long long)gn * groups + g_idx) : (const void*)scale, vb);
+            }
+        }
+        if (GROUPED) {
+            g_off += BK;
+            while (g_off >= gsize) {  // gsize >= 8: at most 4 steps
+                g_off -= gsize;
+                g_idx++;
             }
         }
     };
@@ -136,7 +270,7 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
 
     for (int kt = 0; kt < KT; kt++) {
         // Tile kt has landed (at most STAGES - 2 newer groups pending) and every warp is done
-        // with the stage about to be overwritten (computed in iteration kt - 1).
+        // with the stage about to be overwritten and with Bt (both read in iteration kt - 1).
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         {
@@ -145,9 +279,30 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
             cp_async_commit();  // always: keeps the group count in step with the wait above
         }
         const int st = kt % STAGES;
+        // The int8 tile -> Bt, once for the CTA: 512 chunks of 8 values (row, k block), two per
+        // thread: one 8-B shared load, 2 x 11 (bf16) or 2 x 5 (f16) ALU instructions (2 x 4 + 2
+        // FMUL + 4 F2F more group-wise), one 16-B shared store.
+        {
+            const int8_t* bq = Bq + st * Q_STAGE;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int c = tid + i * THREADS;
+                const int row = c >> 2, kc = (c & 3) * 8;
+                const uint2 v = *reinterpret_cast<const uint2*>(bq + row * Q_LD + kc);
+                uint4 o;
+                if (GROUPED) {
+                    const float s = Ss[st * S_STAGE + row * S_PER_ROW + (c & 3)];
+                    i8x4_scaled_to_t<T>(v.x, s, o.x, o.y);
+                    i8x4_scaled_to_t<T>(v.y, s, o.z, o.w);
+                } else {
+                    i8x4_to_t<T>(v.x, o.x, o.y);
+                    i8x4_to_t<T>(v.y, o.z, o.w);
+                }
+                *reinterpret_cast<uint4*>(Bt + row * B_LD + kc) = o;
+            }
+        }
+        __syncthreads();  // Bt complete
         const T* as = As + st * A_STAGE;
-        const int8_t* bs = Bs + st * B_STAGE;
-        const float* ss = Ss + st * S_STAGE;
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             // A fragments (m16 x k16, row-major): lane l addresses row (l % 16), k half (l / 16):
@@ -159,28 +314,19 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
                 const int r = warp_m * WM + i * 16 + (lane & 15);
                 ldsm_x4(af[i], as + r * A_LD + kk + (lane >> 4) * 8);
             }
-            // B fragments (k16 x n8, "col" = Q's [n][k] rows): lane l holds column n = l / 4 and
-            // k = (l % 4) * 2 + {0, 1} (b0) and the same + 8 (b1).
+            // B fragments (k16 x n8, "col" = Bt's [n][k] rows), two n8 tiles per ldmatrix.x4:
+            // lane l addresses row n = (l % 8) + 8 (l / 16), k half (l / 8) % 2: matrices 0..3 =
+            // (n 0-7, k 0-7) = b0 of tile j, (n 0-7, k 8-15) = b1 of j, then the same for j + 1.
 #pragma unroll
-            for (int j = 0; j < NI; j++) {
-                const int n = warp_n * WN + j * 8 + (lane >> 2);
-                const int kb = kk + (lane & 3) * 2;
-                const int8_t* brow = bs + n * B_LD;
-                const float2 lo = i8x2_to_f(*reinterpret_cast<const unsigned short*>(brow + kb));
-                const float2 hi = i8x2_to_f(*reinterpret_cast<const unsigned short*>(brow + kb + 8));
-                unsigned b0, b1;
-                if (GROUPED) {
-                    // k blocks of 8: kb and kb + 1 are in block kk / 8, kb + 8 in kk / 8 + 1.
-                    const float s0 = ss[n * S_PER_ROW + (kk >> 3)];
-                    const float s1 = ss[n * S_PER_ROW + (kk >> 3) + 1];
-                    b0 = pack2<T>(lo.x * s0, lo.y * s0);
-                    b1 = pack2<T>(hi.x * s1, hi.y * s1);
-                } else {
-                    b0 = pack2<T>(lo.x, lo.y);
-                    b1 = pack2<T>(hi.x, hi.y);
+            for (int jp = 0; jp < NI / 2; jp++) {
+                unsigned bfr[4];
+                const int n = warp_n * WN + jp * 16 + (lane & 7) + ((lane >> 4) << 3);
+                ldsm_x4(bfr, Bt + n * B_LD + kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+                for (int i = 0; i < MI; i++) {
+                    mma_16816<T>(acc[i][2 * jp], af[i], bfr[0], bfr[1]);
+                    mma_16816<T>(acc[i][2 * jp + 1], af[i], bfr[2], bfr[3]);
                 }
-#pragma unroll
-                for (int i = 0; i < MI; i++) mma_16816<T>(acc[i][j], af[i], b0, b1);
             }
         }
     }
@@ -252,12 +398,14 @@ __device__ __forceinline__ void w8a16_gemv_k(const T* __restrict__ X, long long 
     for (int k = lane * 8; k < K; k += 32 * 8) {
         // 8 weights (8-B aligned: K % 8 == 0), all in one group (group sizes are multiples of 8).
         const uint2 qv = *reinterpret_cast<const uint2*>(q + k);
-        const float s = groups > 1 ? scale[(long long)n * groups + k / gsize] : 1.f;
-        float w[8];
+        // Exact integers (byte permutes and FADD, no I2F); group-wise, times the group's scale.
+        float w[2][4];
+        w8::i8x4_to_f32(qv.x, w[0]);
+        w8::i8x4_to_f32(qv.y, w[1]);
+        if (groups > 1) {
+            const float s = scale[(long long)n * groups + k / gsize];
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            w[e] = (float)(signed char)((qv.x >> (8 * e)) & 0xff) * s;
-            w[4 + e] = (float)(signed char)((qv.y >> (8 * e)) & 0xff) * s;
+            for (int e = 0; e < 8; e++) w[e >> 2][e & 3] *= s;
         }
 #pragma unroll
         for (int m = 0; m < GEMV_MAX_M; m++) {
@@ -267,7 +415,7 @@ __device__ __forceinline__ void w8a16_gemv_k(const T* __restrict__ X, long long 
                 const T* xe = reinterpret_cast<const T*>(&xv);
                 float d = 0.f;
 #pragma unroll
-                for (int e = 0; e < 8; e++) d += to_f(xe[e]) * w[e];
+                for (int e = 0; e < 8; e++) d += to_f(xe[e]) * w[e >> 2][e & 3];
                 acc[m] += d;
             }
         }

@@ -1,5 +1,6 @@
 // PTX wrappers shared by the tensor-core kernels (attention.cu, conv3d.cu, gemm_int8.cu):
-// cp.async with zero fill, ldmatrix, mma.sync m16n8k16 and ex2.approx (sm_80 and later).
+// cp.async with zero fill, ldmatrix, mma.sync m16n8k16 and ex2.approx (sm_80 and later), and
+// the byte permute / packed f16 subtract of the int8 conversions (gemm_int8.cu).
 //
 // Built with CONTENTV_EMU (tests/emu: the kernels compiled by a host C++ compiler and run on
 // the CPU, one fiber per thread), the emulator defines these functions with the semantics of
@@ -69,6 +70,21 @@ __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
+}
+
+// prmt.b32 (default mode): result byte i = byte (sel >> 4i) & 7 of the 8 bytes {b:a} (a is
+// bytes 0-3, b bytes 4-7); with bit 3 of that nibble set, the selected byte's sign bit
+// replicated over all 8 bits instead. One PRMT.
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+// Two f16 lanes: a - b, round to nearest even (sub.rn.f16x2: one HADD2).
+__device__ __forceinline__ uint32_t hsub2_u32(uint32_t a, uint32_t b) {
+    uint32_t d;
+    asm("sub.rn.f16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+    return d;
 }
 
 #endif  // CONTENTV_EMU

@@ -16,7 +16,8 @@
 #
 # The parts, in order (scripts/gpu/check-run.sh): (a) device facts and ceilings; (b) correctness:
 # every GPU test binary, then `contentv generate --device cuda` in six memory modes; (c) headline
-# numbers with their PyTorch counterparts: attention vs SDPA, W8A16 vs cuBLASLt, transformer step
+# numbers with their PyTorch counterparts: attention vs SDPA, W8A16 (fused kernel and dequantise +
+# cuBLASLt over a sweep of M: the INT8 crossover) vs cuBLASLt, transformer step
 # per memory mode and one joint block vs diffusers, VAE decode vs diffusers, T5; (d) compute-
 # sanitizer memcheck and racecheck over the kernel op tests, if installed and time is left.
 set -euo pipefail

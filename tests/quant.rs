@@ -393,10 +393,14 @@ fn w8a16_cpu_batched_and_activations() {
 /// 128x128x32 tile, with strided and misaligned row views, per channel and group-wise.
 /// Reference weights: exact `q * scale` in f32 where the kernel dequantises exactly (per-channel
 /// MMA and GEMV, group-wise GEMV), `q * scale` rounded to the activation dtype where the kernel
-/// rounds it (group-wise MMA, the dequantise path).
+/// rounds it (group-wise MMA, the dequantise path). `Auto` gives bit for bit the output of the
+/// kernel `choose_int8_kernel` picks: the GEMV up to 16 rows, the fused kernel below the
+/// crossover (M = 17..333 here), dequantise + cuBLASLt from it on (M = 513).
 #[test]
 fn gpu_w8a16_kernels_match_cpu_reference() {
-    use contentv::ops::quant::{linear_int8_with, Int8Kernel};
+    use contentv::ops::quant::{
+        choose_int8_kernel, linear_int8_with, Int8Kernel, INT8_CROSSOVER_M,
+    };
     use contentv::DType;
     let Some(dev) = common::cuda_or_skip() else {
         return;
@@ -454,23 +458,29 @@ fn gpu_w8a16_kernels_match_cpu_reference() {
                     linear_act(&hx, &dense, act).unwrap().to_vec_f32().unwrap()
                 };
                 let (want_exact, want_rounded) = (reference(&exact), reference(&rounded));
-                let mut kernels = vec![Int8Kernel::Auto, Int8Kernel::Mma, Int8Kernel::Dequant];
+                // Auto's choice at the default crossover (512 rows: the cases on both sides).
+                let chosen = choose_int8_kernel(m, n, k, groups, dt, INT8_CROSSOVER_M);
+                assert_eq!(
+                    chosen,
+                    if m >= INT8_CROSSOVER_M {
+                        Int8Kernel::Dequant
+                    } else if m <= contentv::ops::quant::GEMV_MAX_M {
+                        Int8Kernel::Gemv
+                    } else {
+                        Int8Kernel::Mma
+                    }
+                );
+                let mut kernels = vec![Int8Kernel::Mma, Int8Kernel::Dequant];
                 if m <= contentv::ops::quant::GEMV_MAX_M {
                     kernels.push(Int8Kernel::Gemv);
                 }
+                let mut outputs = Vec::new();
                 for kernel in kernels {
                     let y = linear_int8_with(&gx, &qt, &st, Some(&gb), act, kernel).unwrap();
                     assert_eq!(y.shape(), &[m, n]);
                     assert_eq!(y.dtype(), dt);
-                    let resolved = match kernel {
-                        Int8Kernel::Auto if m <= contentv::ops::quant::GEMV_MAX_M => {
-                            Int8Kernel::Gemv
-                        }
-                        Int8Kernel::Auto => Int8Kernel::Mma,
-                        other => other,
-                    };
-                    let rounds = resolved == Int8Kernel::Dequant
-                        || (resolved == Int8Kernel::Mma && group.is_some());
+                    let rounds = kernel == Int8Kernel::Dequant
+                        || (kernel == Int8Kernel::Mma && group.is_some());
                     let want = if rounds { &want_rounded } else { &want_exact };
                     let (atol, rtol) = contentv::ops::tolerance::for_dtype(dt, k);
                     if let Err(e) =
@@ -478,6 +488,25 @@ fn gpu_w8a16_kernels_match_cpu_reference() {
                     {
                         panic!("{kernel:?} {} m {m} n {n} k {k} group {group:?} {act:?} start {start}: {e}", dt.name());
                     }
+                    outputs.push((kernel, y.to_vec_f32().unwrap()));
+                }
+                // Auto runs exactly the chosen kernel (the kernels are deterministic; unless
+                // CONTENTV_INT8_GEMM / CONTENTV_INT8_CROSSOVER_M change the choice).
+                if std::env::var_os("CONTENTV_INT8_GEMM").is_none()
+                    && std::env::var_os("CONTENTV_INT8_CROSSOVER_M").is_none()
+                {
+                    let auto = linear_int8_with(&gx, &qt, &st, Some(&gb), act, Int8Kernel::Auto)
+                        .unwrap()
+                        .to_vec_f32()
+                        .unwrap();
+                    let (_, want) = outputs.iter().find(|(kk, _)| *kk == chosen).unwrap();
+                    assert!(
+                        auto.iter()
+                            .zip(want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "Auto is not {chosen:?}: {} m {m} n {n} k {k}",
+                        dt.name()
+                    );
                 }
             }
         }

@@ -133,7 +133,9 @@ done
 # ---- (c) headline numbers with their PyTorch counterparts ------------------------------------
 bench bench-attention 90 "$BIN/bench-attention"
 torch torch-sdpa 90 sdpa
-bench bench-gemm_int8 60 "$BIN/bench-gemm_int8"
+# W8A16: the fused kernel and dequantise + cuBLASLt over a sweep of M (16 .. 8192 and the video
+# tokens) at N, K = 2432 x 2432 and 9728 x 2432; its "crossover" lines give the real INT8_CROSSOVER_M.
+bench bench-gemm_int8 90 "$BIN/bench-gemm_int8"
 CONTENTV_BENCH_LAYERS="${CONTENTV_BENCH_LAYERS:-2}" bench bench-gpu_model 120 "$BIN/bench-gpu_model"
 torch torch-block 90 block
 # The roofline with the achieved time of every op of a step and of the decode at the default size.

@@ -24,6 +24,7 @@ use crate::model::vae::VaeConfig;
 use crate::ops::conv::ConvPrecision;
 use crate::runtime::residency::MemoryOptions;
 use crate::runtime::Device;
+use crate::ops::quant::{int8_crossover_m, int8_model_crossover, Int8Rates, H100_INT8_RATES};
 
 /// A GPU's datasheet ceilings (dense, no sparsity).
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -166,6 +167,44 @@ struct Measured {
     decode_s: f64,
 }
 
+/// Where INT8 (`--quantize int8`) switches from the fused W8A16 kernel to dequantise +
+/// cuBLASLt (ops::quant::choose_int8_kernel): the rows Auto uses and the roofline model's
+/// crossover at this GPU's bandwidth, with H100_INT8_RATES' dense and fused rates scaled by the
+/// tensor peak (an estimate, docs/perf.md).
+#[derive(Debug, Serialize)]
+struct Int8Choice {
+    crossover_m: usize,
+    model_crossover_m: Option<usize>,
+    dense_tflops: f64,
+    fused_tflops: f64,
+    /// Rows of the video GEMMs (batch x video tokens) and the kernel they get.
+    video_rows: usize,
+    video_kernel: &'static str,
+}
+
+fn int8_choice(g: &Ceilings, video_rows: usize) -> Result<Int8Choice> {
+    let peak = GPUS[0].1.tensor_tflops;
+    let scale = g.tensor_tflops / peak;
+    let rates = Int8Rates {
+        mem_bytes_s: g.mem_gbs * 1e9,
+        dense_flops: H100_INT8_RATES.dense_flops * scale,
+        fused_flops: H100_INT8_RATES.fused_flops * scale,
+    };
+    let crossover = int8_crossover_m()?;
+    Ok(Int8Choice {
+        crossover_m: crossover,
+        model_crossover_m: int8_model_crossover(2432, 2432, &rates, 1 << 20),
+        dense_tflops: rates.dense_flops / 1e12,
+        fused_tflops: rates.fused_flops / 1e12,
+        video_rows,
+        video_kernel: if video_rows >= crossover {
+            "dequantise + cuBLASLt"
+        } else {
+            "fused W8A16"
+        },
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     gpu: Ceilings,
@@ -184,6 +223,7 @@ struct Report {
     decode: Vec<Predicted>,
     decode_s: f64,
     decode_tflop: f64,
+    int8: Int8Choice,
 }
 
 /// The architecture: ContentV-8B's, or the one of `--model` (its transformer weight shapes and
@@ -284,6 +324,7 @@ pub fn run(a: &RooflineArgs, ui: &Ui) -> Result<()> {
         decode_tflop: tflop(&decode),
         step,
         decode,
+        int8: int8_choice(&g, shape.batch * shape.video_tokens)?,
     };
     if ui.json {
         println!(
@@ -376,12 +417,40 @@ fn render(r: &Report, steps: usize) -> String {
             m.step_s * steps as f64 + m.decode_s
         ));
     }
+    let i = &r.int8;
+    s.push_str(&format!(
+        "INT8 (--quantize int8): the video GEMMs ({} rows) run {}; dequantise + cuBLASLt from {} rows on \
+         (INT8_CROSSOVER_M), the fused W8A16 kernel below, the GEMV up to 16. Roofline crossover on this GPU \
+         (2432 x 2432; cuBLASLt {:.0}, fused {:.0} TFLOP/s assumed): {} rows. Estimates.\n",
+        i.video_rows,
+        i.video_kernel,
+        i.crossover_m,
+        i.dense_tflops,
+        i.fused_tflops,
+        i.model_crossover_m
+            .map_or("none".to_string(), |m| m.to_string()),
+    ));
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int8_choice_follows_the_model() {
+        let h100 = ceilings("h100").unwrap();
+        let c = int8_choice(&h100, 2 * 41_472).unwrap();
+        assert_eq!(c.model_crossover_m, Some(583));
+        assert!((c.dense_tflops - 620.0).abs() < 1e-6 && (c.fused_tflops - 420.0).abs() < 1e-6);
+        if std::env::var_os("CONTENTV_INT8_CROSSOVER_M").is_none() {
+            assert_eq!(c.crossover_m, crate::ops::quant::INT8_CROSSOVER_M);
+            assert_eq!(c.video_kernel, "dequantise + cuBLASLt");
+            assert_eq!(int8_choice(&h100, 300).unwrap().video_kernel, "fused W8A16");
+        }
+        let h200 = int8_choice(&ceilings("h200").unwrap(), 1).unwrap();
+        assert_eq!(h200.model_crossover_m, Some(407));
+    }
 
     #[test]
     fn unknown_gpu_names_the_choices() {

@@ -1,11 +1,21 @@
 //! INT8 weight-only quantization (W8A16): symmetric scales per output channel (or per group of
 //! `group` input channels), `w ≈ q * scale` with q in [-127, 127].
 //!
-//! GEMM: the CPU reference dequantises on the fly (f32). On the GPU (`kernels/gemm_int8.cu`):
-//! a tensor-core W8A16 GEMM (int8 tiles in shared memory, converted to bf16/f16 while the mma
-//! fragments are built, f32 accumulation, per-channel scale + bias + activation in the
-//! epilogue), a one-warp-per-column kernel for M <= 16 rows, and a fallback that dequantises
-//! into a dense weight for cuBLASLt (f32 activations, K % 8 != 0, `CONTENTV_INT8_GEMM=dequant`).
+//! GEMM: the CPU reference dequantises on the fly (f32). On the GPU (`kernels/gemm_int8.cu`),
+//! chosen by [`choose_int8_kernel`]:
+//! - M >= [`INT8_CROSSOVER_M`] (the video tokens): one vectorised kernel dequantises the weight
+//!   into a pooled buffer of the activation dtype, then the dense cuBLASLt GEMM runs at its full
+//!   bf16 rate (`Int8Kernel::Dequant`). Also the fallback for f32 activations, K % 8 != 0.
+//! - 16 < M < the crossover: the fused tensor-core W8A16 GEMM (`Mma`): int8 tiles in shared
+//!   memory, converted once per CTA into a bf16/f16 tile by byte permutes and magic-number
+//!   arithmetic (no I2F), f32 accumulation, per-channel scale + bias + activation in the
+//!   epilogue.
+//! - M <= 16 (text encoders, batch-1): one warp per output column (`Gemv`).
+//!
+//! The crossover is a roofline estimate ([`int8_times`], docs/perf.md), not a measurement:
+//! `CONTENTV_INT8_CROSSOVER_M=<rows>` overrides it, `CONTENTV_INT8_GEMM=dequant|mma|gemv`
+//! forces a kernel where it applies, and scripts/gpu-check.sh sweeps M on both kernels so the
+//! first GPU run gives the real crossover.
 use crate::error::{Error, Result};
 use crate::ops::gemm::{linear_act, Act};
 use crate::ops::{common_gpu, flat_rows, host, par_rows};
@@ -74,9 +84,8 @@ fn check(x: &Tensor, q: &Tensor, scale: &Tensor) -> Result<(usize, usize, usize)
 /// Which GPU kernel computes an INT8 linear (the CPU always runs the f32 reference).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Kernel {
-    /// `Gemv` for M <= 16 rows, else `Mma`; `Dequant` where those do not apply (f32
-    /// activations, K or the group size not a multiple of 8) or when
-    /// `CONTENTV_INT8_GEMM=dequant` is set.
+    /// [`choose_int8_kernel`] at the crossover of [`int8_crossover_m`], unless
+    /// `CONTENTV_INT8_GEMM` forces a kernel that applies.
     Auto,
     /// Tensor-core W8A16 GEMM (`w8a16_mma_*`): bf16/f16 activations, K % 8 == 0.
     Mma,
@@ -89,14 +98,199 @@ pub enum Int8Kernel {
 /// Largest M the GEMV kernel takes (`GEMV_MAX_M` in kernels/gemm_int8.cu).
 pub const GEMV_MAX_M: usize = 16;
 
-/// Dynamic shared memory of `w8a16_mma_*` (3 stages of a 128x32 activation tile, a 128x32
-/// int8 tile and, group-wise, 128x4 scales; padded rows). Same as the static_assert in the kernel.
-/// Dynamic shared memory of the W8A16 tensor-core kernels (the static kernel gate checks it).
+/// Rows from which `Auto` dequantises the weight and runs cuBLASLt instead of the fused W8A16
+/// kernel. An ESTIMATE from the roofline model of [`int8_times`] with [`H100_INT8_RATES`]
+/// (docs/perf.md, "INT8: fused kernel or dequantise + cuBLASLt"): the dequantisation costs a
+/// fixed 3 N K bytes of HBM traffic (read int8, write bf16) plus the 2 N K bytes cuBLASLt reads
+/// back, while per row the fused kernel loses 2 N K (1 / fused - 1 / dense) seconds to
+/// cuBLASLt's higher rate. In the compute-bound range N K cancels:
+///   M* = (3 / BW) / (2 (1 / F_fused - 1 / F_dense)) = 583 rows on an H100 SXM, 407 on an H200
+/// (N K = 2432 x 2432 and 9728 x 2432 alike). 512 sits between them; the gpu-check sweep
+/// measures the real one (`CONTENTV_INT8_CROSSOVER_M` overrides it).
+pub const INT8_CROSSOVER_M: usize = 512;
+
+/// The rates the INT8 choice is modelled with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Int8Rates {
+    /// HBM bandwidth, bytes/s.
+    pub mem_bytes_s: f64,
+    /// cuBLASLt's dense bf16 GEMM rate, FLOP/s.
+    pub dense_flops: f64,
+    /// The fused W8A16 kernel's rate, FLOP/s.
+    pub fused_flops: f64,
+}
+
+/// H100 SXM: 3.35 TB/s (datasheet); cuBLASLt bf16 at 620 TFLOP/s (63 % of the 989 TFLOP/s
+/// dense peak, what large cuBLASLt GEMMs reach: issue 18 says 600+); the fused kernel at an
+/// estimated 420 TFLOP/s: mma.sync tops out near 62 % of the wgmma peak on Hopper, and the
+/// static SASS reading (docs/kernel-review.md, "W8A16: static reading") leaves it about 70 % of
+/// that (no I2F; 6.2 issued instructions per HMMA in the bf16 loop against ~6.5 issue cycles per
+/// HMMA at the mma.sync ceiling, two barriers and one conversion pass per 32-deep k tile). None
+/// of these rates was measured here.
+pub const H100_INT8_RATES: Int8Rates = Int8Rates {
+    mem_bytes_s: 3.35e12,
+    dense_flops: 620e12,
+    fused_flops: 420e12,
+};
+
+/// Predicted seconds of `[m, k] x [n, k]^T` with an INT8 weight, bf16 activations and output:
+/// (fused W8A16 kernel, dequantise + cuBLASLt). Each GEMM takes max(FLOPs / rate, bytes / BW)
+/// with its floor traffic (weights once, x and y once); the dequantisation is bytes only.
+pub fn int8_times(m: usize, n: usize, k: usize, r: &Int8Rates) -> (f64, f64) {
+    let (m, n, k) = (m as f64, n as f64, k as f64);
+    let flops = 2.0 * m * n * k;
+    let act_bytes = 2.0 * m * k + 2.0 * m * n;
+    let fused = (flops / r.fused_flops).max((n * k + act_bytes) / r.mem_bytes_s);
+    let dequant = 3.0 * n * k / r.mem_bytes_s
+        + (flops / r.dense_flops).max((2.0 * n * k + act_bytes) / r.mem_bytes_s);
+    (fused, dequant)
+}
+
+/// The smallest M at which [`int8_times`] predicts dequantise + cuBLASLt no slower than the
+/// fused kernel (None: not below `limit`).
+pub fn int8_model_crossover(n: usize, k: usize, r: &Int8Rates, limit: usize) -> Option<usize> {
+    (1..=limit).find(|&m| {
+        let (f, d) = int8_times(m, n, k, r);
+        d <= f
+    })
+}
+
+/// The crossover in force: `CONTENTV_INT8_CROSSOVER_M` (a positive row count) or
+/// [`INT8_CROSSOVER_M`].
+pub fn int8_crossover_m() -> Result<usize> {
+    match std::env::var("CONTENTV_INT8_CROSSOVER_M") {
+        Ok(v) => parse_crossover(&v),
+        Err(_) => Ok(INT8_CROSSOVER_M),
+    }
+}
+
+/// Parses a `CONTENTV_INT8_CROSSOVER_M` value.
+pub fn parse_crossover(v: &str) -> Result<usize> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Error::Input(format!(
+            "CONTENTV_INT8_CROSSOVER_M={v:?}: expected a positive number of rows (default {INT8_CROSSOVER_M})"
+        ))),
+    }
+}
+
+/// The kernel `CONTENTV_INT8_GEMM` forces (None when unset or empty).
+pub fn int8_forced_kernel() -> Result<Option<Int8Kernel>> {
+    match std::env::var("CONTENTV_INT8_GEMM") {
+        Ok(v) => parse_int8_gemm(&v),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Parses a `CONTENTV_INT8_GEMM` value: dequant, mma, gemv, or empty / auto for none.
+pub fn parse_int8_gemm(v: &str) -> Result<Option<Int8Kernel>> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => Ok(None),
+        "dequant" => Ok(Some(Int8Kernel::Dequant)),
+        "mma" => Ok(Some(Int8Kernel::Mma)),
+        "gemv" => Ok(Some(Int8Kernel::Gemv)),
+        _ => Err(Error::Input(format!(
+            "CONTENTV_INT8_GEMM={v:?}: expected dequant, mma, gemv or auto"
+        ))),
+    }
+}
+
+/// Whether `kernel` can compute `[m, k] x [n, k]^T` with `groups` scale groups per row and
+/// activations of `dtype` (the W8A16 kernels take bf16/f16 with K and the group size multiples
+/// of 8; the GEMV at most [`GEMV_MAX_M`] rows; dequantise + cuBLASLt takes everything).
+pub fn int8_kernel_applies(
+    kernel: Int8Kernel,
+    m: usize,
+    k: usize,
+    groups: usize,
+    dtype: DType,
+) -> bool {
+    let w8a16 = matches!(dtype, DType::BF16 | DType::F16)
+        && k % 8 == 0
+        && groups > 0
+        && k % groups == 0
+        && (k / groups) % 8 == 0;
+    match kernel {
+        Int8Kernel::Auto | Int8Kernel::Dequant => true,
+        Int8Kernel::Mma => w8a16,
+        Int8Kernel::Gemv => w8a16 && m <= GEMV_MAX_M,
+    }
+}
+
+/// `Auto`'s choice for `[m, k] x [n, k]^T` (`groups` scale groups per row, activations of
+/// `dtype`) at `crossover` rows: the GEMV up to [`GEMV_MAX_M`] rows, the fused tensor-core
+/// kernel below the crossover, dequantise + cuBLASLt from it on (and wherever the W8A16 kernels
+/// do not apply). `n` is part of the question for models whose crossover depends on it; the
+/// roofline one does not (see [`INT8_CROSSOVER_M`]).
+pub fn choose_int8_kernel(
+    m: usize,
+    n: usize,
+    k: usize,
+    groups: usize,
+    dtype: DType,
+    crossover: usize,
+) -> Int8Kernel {
+    let _ = n;
+    if !int8_kernel_applies(Int8Kernel::Mma, m, k, groups, dtype) || m >= crossover {
+        Int8Kernel::Dequant
+    } else if m <= GEMV_MAX_M {
+        Int8Kernel::Gemv
+    } else {
+        Int8Kernel::Mma
+    }
+}
+
+/// The kernel `kernel` resolves to for this call: itself, or for `Auto` the forced kernel of
+/// `CONTENTV_INT8_GEMM` where it applies, else [`choose_int8_kernel`] at
+/// [`int8_crossover_m`]. Errors name the variable with a bad value.
+pub fn resolve_int8_kernel(
+    kernel: Int8Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    groups: usize,
+    dtype: DType,
+) -> Result<Int8Kernel> {
+    if kernel != Int8Kernel::Auto {
+        return Ok(kernel);
+    }
+    if let Some(f) = int8_forced_kernel()? {
+        if int8_kernel_applies(f, m, k, groups, dtype) {
+            return Ok(f);
+        }
+    }
+    Ok(choose_int8_kernel(
+        m,
+        n,
+        k,
+        groups,
+        dtype,
+        int8_crossover_m()?,
+    ))
+}
+
+/// Values per thread and step of `dequant_i8_*` (`dequant_width` in kernels/gemm_int8.cu, same
+/// rule): 16 where K, the group size and both pointers allow 16-byte loads, else 8, else 1.
+pub fn dequant_vector_width(k: usize, groups: usize, q_addr: u64, w_addr: u64) -> usize {
+    let g = k / groups.max(1);
+    if k % 16 == 0 && g % 16 == 0 && q_addr % 16 == 0 && w_addr % 16 == 0 {
+        16
+    } else if k % 8 == 0 && g % 8 == 0 && q_addr % 8 == 0 && w_addr % 16 == 0 {
+        8
+    } else {
+        1
+    }
+}
+
+/// Dynamic shared memory of `w8a16_mma_*`: 3 stages of a 128x32 activation tile (rows padded
+/// to 40) and of a 128x32 int8 tile, the converted 128x32 bf16/f16 B tile (one buffer, rows
+/// padded to 40) and, group-wise, 3 stages of 128x4 scales. Same as the static_assert in the
+/// kernel; the static kernel gate checks it against each arch's limits.
 pub fn w8a16_smem_bytes(grouped: bool) -> u32 {
     if grouped {
-        52_224
+        59_392
     } else {
-        46_080
+        53_248
     }
 }
 
@@ -165,22 +359,7 @@ pub fn linear_int8_with(
         Some(gpu) => {
             let dt = x.dtype();
             let half = matches!(dt, DType::BF16 | DType::F16);
-            let kernel = match kernel {
-                Int8Kernel::Auto => {
-                    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-                    let forced = *FORCED.get_or_init(|| {
-                        std::env::var("CONTENTV_INT8_GEMM").is_ok_and(|v| v == "dequant")
-                    });
-                    if forced || !half || k % 8 != 0 || (k / groups) % 8 != 0 {
-                        Int8Kernel::Dequant
-                    } else if m <= GEMV_MAX_M {
-                        Int8Kernel::Gemv
-                    } else {
-                        Int8Kernel::Mma
-                    }
-                }
-                other => other,
-            };
+            let kernel = resolve_int8_kernel(kernel, m, n, k, groups, dt)?;
             if kernel == Int8Kernel::Dequant {
                 return linear_int8_dequant(x, q, scale, bias, act, n, k, groups);
             }
@@ -281,8 +460,8 @@ pub fn linear_int8_with(
     }
 }
 
-/// The fallback GPU path: dequantise into a dense weight of the activation dtype, then the
-/// dense linear (cuBLASLt).
+/// The large-M (and fallback) GPU path: dequantise into a dense weight of the activation dtype
+/// (a pooled buffer, freed when the call returns), then the dense linear (cuBLASLt).
 #[allow(clippy::too_many_arguments)]
 fn linear_int8_dequant(
     x: &Tensor,
@@ -303,6 +482,8 @@ fn linear_int8_dequant(
     let kern = DequantI8::for_dtype("linear_int8", dt)?;
     let scale = scale.contiguous()?.to_dtype(DType::F32)?;
     let q = q.contiguous()?;
+    // One thread per 16 (or 8) weights where the kernel takes the vector path (same rule).
+    let width = dequant_vector_width(k, groups, q.dev_ptr()?, w.dev_ptr()?);
     let args = DequantI8Args {
         q: DevPtr::of(&q)?,
         s: DevPtr::of(&scale)?,
@@ -312,8 +493,9 @@ fn linear_int8_dequant(
         g: groups as i64,
     };
     // SAFETY: q [n, k] i8 and w (fresh) [n, k] contiguous, scale [n, groups] f32 (the caller
-    // checked the shapes), all on `gpu` (x's device).
-    unsafe { kern.launch(gpu, LaunchCfg::grid_stride(n * k), args)? };
+    // checked the shapes), all on `gpu` (x's device); the kernel's loops are grid-stride, so
+    // any grid covers every weight.
+    unsafe { kern.launch(gpu, LaunchCfg::grid_stride(n * k / width), args)? };
     let bias = bias.map(|b| b.to_dtype(dt)).transpose()?;
     linear_act(
         x,
@@ -336,6 +518,179 @@ fn dense_copy(t: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::{bf16, f16};
+
+    /// PTX prmt.b32, default mode (the host twin of `prmt` in kernels/ptx.cuh).
+    fn prmt(a: u32, b: u32, sel: u32) -> u32 {
+        let ab = a as u64 | (b as u64) << 32;
+        (0..4).fold(0, |d, i| {
+            let nib = (sel >> (4 * i)) & 0xf;
+            let mut byte = (ab >> (8 * (nib & 7))) as u32 & 0xff;
+            if nib & 8 != 0 {
+                byte = if byte & 0x80 != 0 { 0xff } else { 0 };
+            }
+            d | byte << (8 * i)
+        })
+    }
+
+    /// The host twin of kernels/gemm_int8.cu's conversions (w8::i8x4_to_f32, i8x4_to_t), bit for
+    /// bit: every int8 value in every byte position comes out exact as f32, bf16 and f16.
+    #[test]
+    fn int8_conversion_by_byte_permutes_is_exact_for_every_byte() {
+        for v in 0..256u32 {
+            for pos in 0..4 {
+                let bytes: Vec<u32> = (0..4)
+                    .map(|e| {
+                        if e == pos {
+                            v
+                        } else {
+                            (v * 7 + 61 * e + 13 * pos) & 0xff
+                        }
+                    })
+                    .collect();
+                let w = bytes
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |w, (e, b)| w | b << (8 * e));
+                let want: Vec<f32> = bytes.iter().map(|&b| b as u8 as i8 as f32).collect();
+                let x = w ^ 0x8080_8080;
+                // f32: 2^23 + q + 128, minus 2^23 + 128.
+                let f: Vec<f32> = (0..4)
+                    .map(|e| f32::from_bits(prmt(x, 0x4B00_0000, 0x7650 + e)) - 8_388_736.0)
+                    .collect();
+                assert_eq!(f, want, "f32, word {w:#010x}");
+                // bf16: the high halves of two exact floats.
+                for p in 0..2 {
+                    let r = prmt(f[2 * p].to_bits(), f[2 * p + 1].to_bits(), 0x7632);
+                    for h in 0..2 {
+                        let got = bf16::from_bits((r >> (16 * h)) as u16);
+                        assert_eq!(got, bf16::from_f32(want[2 * p + h]), "bf16, word {w:#010x}");
+                    }
+                }
+                // f16: 1024 + q + 128 in each half, minus 1152 (exact: an integer below 2048).
+                for (p, sel) in [(0usize, 0x4140u32), (1, 0x4342)] {
+                    let r = prmt(x, 0x6464_6464, sel);
+                    for h in 0..2 {
+                        let biased = f16::from_bits((r >> (16 * h)) as u16);
+                        let got = f16::from_f32(biased.to_f32() - 1152.0);
+                        assert_eq!(biased.to_f32(), want[2 * p + h] + 1152.0);
+                        assert_eq!(got, f16::from_f32(want[2 * p + h]), "f16, word {w:#010x}");
+                    }
+                }
+            }
+        }
+        // The sign-replicating selector bit, as the PTX ISA defines it.
+        assert_eq!(prmt(0x0000_0080, 0, 0x4448), 0xff);
+        assert_eq!(prmt(0x0000_0080, 0, 0x0008), 0x8080_80ff);
+        assert_eq!(prmt(0x0000_007f, 0, 0x4448), 0x00);
+    }
+
+    #[test]
+    fn auto_picks_gemv_fused_or_dequant_by_rows() {
+        let c = INT8_CROSSOVER_M;
+        for dt in [DType::BF16, DType::F16] {
+            assert_eq!(
+                choose_int8_kernel(1, 2432, 2432, 1, dt, c),
+                Int8Kernel::Gemv
+            );
+            assert_eq!(
+                choose_int8_kernel(GEMV_MAX_M, 2432, 2432, 1, dt, c),
+                Int8Kernel::Gemv
+            );
+            assert_eq!(
+                choose_int8_kernel(GEMV_MAX_M + 1, 2432, 2432, 1, dt, c),
+                Int8Kernel::Mma
+            );
+            assert_eq!(
+                choose_int8_kernel(c - 1, 9728, 2432, 19, dt, c),
+                Int8Kernel::Mma
+            );
+            assert_eq!(
+                choose_int8_kernel(c, 2432, 2432, 1, dt, c),
+                Int8Kernel::Dequant
+            );
+            assert_eq!(
+                choose_int8_kernel(41_472, 9728, 2432, 1, dt, c),
+                Int8Kernel::Dequant
+            );
+            // A crossover below the GEMV range wins over it.
+            assert_eq!(choose_int8_kernel(8, 64, 64, 1, dt, 4), Int8Kernel::Dequant);
+            // Where the W8A16 kernels do not apply: dequantise at every M.
+            assert_eq!(choose_int8_kernel(4, 64, 12, 1, dt, c), Int8Kernel::Dequant);
+            assert_eq!(
+                choose_int8_kernel(100, 64, 48, 4, dt, c),
+                Int8Kernel::Dequant
+            );
+        }
+        assert_eq!(
+            choose_int8_kernel(4, 64, 64, 1, DType::F32, c),
+            Int8Kernel::Dequant
+        );
+        assert!(!int8_kernel_applies(
+            Int8Kernel::Gemv,
+            17,
+            64,
+            1,
+            DType::BF16
+        ));
+        assert!(int8_kernel_applies(Int8Kernel::Mma, 17, 64, 8, DType::BF16));
+        assert!(!int8_kernel_applies(Int8Kernel::Mma, 17, 64, 1, DType::F32));
+    }
+
+    #[test]
+    fn int8_environment_values_parse_or_name_the_variable() {
+        assert_eq!(
+            parse_int8_gemm("dequant").unwrap(),
+            Some(Int8Kernel::Dequant)
+        );
+        assert_eq!(parse_int8_gemm(" MMA ").unwrap(), Some(Int8Kernel::Mma));
+        assert_eq!(parse_int8_gemm("gemv").unwrap(), Some(Int8Kernel::Gemv));
+        assert_eq!(parse_int8_gemm("").unwrap(), None);
+        assert_eq!(parse_int8_gemm("auto").unwrap(), None);
+        let e = parse_int8_gemm("cublas").unwrap_err().to_string();
+        assert!(
+            e.contains("CONTENTV_INT8_GEMM") && e.contains("cublas"),
+            "{e}"
+        );
+        assert_eq!(parse_crossover("1024").unwrap(), 1024);
+        for bad in ["0", "-3", "lots", ""] {
+            let e = parse_crossover(bad).unwrap_err().to_string();
+            assert!(e.contains("CONTENTV_INT8_CROSSOVER_M"), "{e}");
+        }
+    }
+
+    /// The constant follows its model: the roofline crossover at the production shapes is
+    /// 583 rows (H100 SXM) and 407 (H200 at 4.8 TB/s), the constant in between; below it the
+    /// model prefers the fused kernel by a wide margin in the memory-bound range (it moves N K
+    /// bytes once against 5 N K).
+    #[test]
+    fn crossover_constant_follows_the_roofline_model() {
+        let h200 = Int8Rates {
+            mem_bytes_s: 4.8e12,
+            ..H100_INT8_RATES
+        };
+        for (n, k) in [(2432, 2432), (9728, 2432)] {
+            let h = int8_model_crossover(n, k, &H100_INT8_RATES, 100_000).unwrap();
+            let g = int8_model_crossover(n, k, &h200, 100_000).unwrap();
+            assert!((570..=600).contains(&h), "H100 {n}x{k}: {h}");
+            assert!((395..=420).contains(&g), "H200 {n}x{k}: {g}");
+            assert!(g <= INT8_CROSSOVER_M && INT8_CROSSOVER_M <= h);
+            let (f, d) = int8_times(16, n, k, &H100_INT8_RATES);
+            assert!(d > 4.0 * f, "M = 16: fused {f} dequant {d}");
+            let (f, d) = int8_times(41_472, n, k, &H100_INT8_RATES);
+            assert!(d < 0.75 * f, "M = 41472: fused {f} dequant {d}");
+        }
+    }
+
+    #[test]
+    fn dequant_width_follows_the_kernel_rule() {
+        assert_eq!(dequant_vector_width(2432, 1, 0x1000, 0x2000), 16);
+        assert_eq!(dequant_vector_width(2432, 19, 0x1000, 0x2000), 16);
+        assert_eq!(dequant_vector_width(24, 3, 0x1000, 0x2000), 8);
+        assert_eq!(dequant_vector_width(2432, 1, 0x1008, 0x2000), 8);
+        assert_eq!(dequant_vector_width(2432, 1, 0x1000, 0x2008), 1);
+        assert_eq!(dequant_vector_width(20, 1, 0x1000, 0x2000), 1);
+    }
 
     #[test]
     fn round_trip_within_half_a_step() {

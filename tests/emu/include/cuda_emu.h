@@ -9,7 +9,8 @@
 // Emulated with the PTX ISA semantics: __syncthreads, __syncwarp, __shfl_sync, __shfl_xor_sync,
 // ldmatrix .x4 (and .trans), mma.sync m16n8k16 (bf16 and f16 operands, f32 accumulators),
 // cp.async 4/8/16 bytes with zero fill, commit_group / wait_group (a copy lands when its group
-// is waited for, not earlier), bf16/f16 conversions with round to nearest even.
+// is waited for, not earlier), bf16/f16 conversions with round to nearest even, prmt.b32
+// (default mode, sign replication included) and sub.rn.f16x2.
 //
 // Checked, each a test failure with the kernel, block and thread named: a warp collective with
 // a lane missing (exited or diverged) or lanes at different collectives, __syncthreads after
@@ -103,6 +104,7 @@ struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
 struct __attribute__((aligned(8))) uint2 { unsigned x, y; };
 struct __attribute__((aligned(16))) uint4 { unsigned x, y, z, w; };
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 struct __nv_bfloat16 { uint16_t bits; };
 struct __attribute__((aligned(4))) __nv_bfloat162 { __nv_bfloat16 x, y; };
@@ -149,6 +151,10 @@ inline __half __float2half_rn(float f) { return __half{emu::f2h(f)}; }
 inline float __half2float(__half h) { return emu::h2f(h.bits); }
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
 inline __half2 __floats2half2_rn(float a, float b) { return {__float2half_rn(a), __float2half_rn(b)}; }
+
+inline float __uint_as_float(unsigned u) { return emu::u2f(u); }
+inline unsigned __float_as_uint(float f) { return emu::f2u(f); }
+inline float __int_as_float(int i) { return emu::u2f((uint32_t)i); }
 
 inline float __expf(float x) { return expf(x); }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
@@ -319,5 +325,26 @@ inline void mma_16816_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, 
     emu::mma(c, ab, false);
 }
 inline float fast_exp2(float x) { return exp2f(x); }
+// prmt.b32 default mode (PTX ISA): nibble i of sel picks byte (nibble & 7) of {b:a} for result
+// byte i; nibble bit 3 replicates that byte's sign bit instead.
+inline uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+    const uint64_t ab = (uint64_t)a | ((uint64_t)b << 32);
+    uint32_t d = 0;
+    for (int i = 0; i < 4; i++) {
+        const uint32_t nib = (sel >> (4 * i)) & 0xf;
+        uint32_t byte = (uint32_t)(ab >> (8 * (nib & 7))) & 0xff;
+        if (nib & 8) byte = (byte & 0x80) ? 0xff : 0x00;
+        d |= byte << (8 * i);
+    }
+    return d;
+}
+// sub.rn.f16x2: each lane's f16 difference, rounded to nearest even. The f32 difference of two
+// f16 is exact or within half an f32 ulp (24 >= 2 * 11 + 2 bits: rounding it again to f16 is
+// the correctly rounded f16 difference).
+inline uint32_t hsub2_u32(uint32_t a, uint32_t b) {
+    const uint16_t lo = emu::f2h(emu::h2f((uint16_t)a) - emu::h2f((uint16_t)b));
+    const uint16_t hi = emu::f2h(emu::h2f((uint16_t)(a >> 16)) - emu::h2f((uint16_t)(b >> 16)));
+    return (uint32_t)lo | ((uint32_t)hi << 16);
+}
 
 #include "cuda_emu_hopper.h"
