@@ -43,8 +43,8 @@
 // block, keys in chunks of 32 (one key per lane for the score, then the 32 probabilities are
 // broadcast for the P V update), online softmax in f32 with expf. Slow but simple; used for the
 // tiny test models and as a second opinion for the flash kernel.
-#include "attn_out.cuh"
 #include "common.cuh"
+#include "attn_out.cuh"
 #include "ptx.cuh"
 
 // ------------------------------------------------------------------------------------------------

@@ -51,8 +51,8 @@
 //
 // Emulation: tests/emu defines every hopper.cuh entry point with the PTX semantics (wgmma results
 // invisible before the wait, mbarrier phases and tx counts, TMA swizzle and OOB fill).
-#include "attn_out.cuh"
 #include "common.cuh"
+#include "attn_out.cuh"
 #include "hopper.cuh"
 
 namespace fa3 {

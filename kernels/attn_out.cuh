@@ -6,6 +6,7 @@
 // [B, Sq, H*d] tensor (row stride H*d, batch stride Sq*H*d, base offset by the rows before).
 // Unused entries (query segment length 0) are never dereferenced.
 #pragma once
+#include "common.cuh"
 
 #define OUT_ARGS(X)                                                                                                   \
     void *X##p0, void *X##p1, void *X##p2, void *X##p3, long long X##rs0, long long X##rs1, long long X##rs2,          \
