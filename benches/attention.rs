@@ -170,7 +170,10 @@ fn main() {
                 )
                 .unwrap();
             });
-            let name = format!("{kname} B={b} H={} S={sv}+{st} per-segment outputs", heads());
+            let name = format!(
+                "{kname} B={b} H={} S={sv}+{st} per-segment outputs",
+                heads()
+            );
             util::report_flops(&name, ms, flops);
         }
     }

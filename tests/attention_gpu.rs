@@ -596,7 +596,11 @@ fn per_segment_outputs_every_kernel() {
         attention_cuda_into(&q, &k, &v, &vr, h, scale, false, None, kernel).unwrap();
         let mut off = 0;
         for (i, ((t, view), &n)) in bufs.iter().zip(&views).zip(&lens).enumerate() {
-            assert_eq!(view.to_vec_f32().unwrap(), rows_of(off, n), "{kernel:?} view {i}");
+            assert_eq!(
+                view.to_vec_f32().unwrap(),
+                rows_of(off, n),
+                "{kernel:?} view {i}"
+            );
             let all = t.to_vec_f32().unwrap();
             for bi in 0..b {
                 for r in 0..=n {
@@ -631,6 +635,9 @@ fn per_segment_outputs_every_kernel() {
                 .to_string();
             assert!(e.contains("4-byte aligned"), "{e}");
         }
-        println!("{kernel:?} {} d={d}: per-segment and strided outputs ok", dt.name());
+        println!(
+            "{kernel:?} {} d={d}: per-segment and strided outputs ok",
+            dt.name()
+        );
     }
 }

@@ -277,10 +277,7 @@ fn gpu_batch2_blocks_make_no_copies() {
     assert_eq!(ends.len(), m.config.layers, "{marks:?}");
     let mut prev = start;
     for (i, &e) in ends.iter().enumerate() {
-        let (launches, bytes) = (
-            marks[e].1 - marks[prev].1,
-            marks[e].2 - marks[prev].2,
-        );
+        let (launches, bytes) = (marks[e].1 - marks[prev].1, marks[e].2 - marks[prev].2);
         assert_eq!(
             (launches, bytes),
             (0, 0),

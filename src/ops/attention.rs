@@ -125,7 +125,13 @@ pub fn attention_segs(
 }
 
 /// `joint`: one output [B, ΣSq, H*d]; otherwise one per query segment.
-fn run(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts, joint: bool) -> Result<Vec<Tensor>> {
+fn run(
+    q: &[&Tensor],
+    k: &[&Tensor],
+    v: &[&Tensor],
+    o: &AttnOpts,
+    joint: bool,
+) -> Result<Vec<Tensor>> {
     let d = attn_dims(q, k, v, o)?;
     super::trace::record(
         super::trace::OpClass::Attention,
@@ -173,7 +179,9 @@ fn run(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts, joint: bool) -
             Ok(outs)
         }
         Some(_) => {
-            use crate::ops::attention_cuda::{attention_cuda_segs, attention_cuda_with, AttnKernel};
+            use crate::ops::attention_cuda::{
+                attention_cuda_segs, attention_cuda_with, AttnKernel,
+            };
             let (h, sc, ca, bias, auto) = (o.heads, o.scale, o.causal, o.bias, AttnKernel::Auto);
             if joint {
                 Ok(vec![attention_cuda_with(q, k, v, h, sc, ca, bias, auto)?])

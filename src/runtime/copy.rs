@@ -300,7 +300,10 @@ mod tests {
         // The video rows of a [2, 10, 8] tensor holding [video 6; text 4] rows: two runs.
         let p = plan(&[2, 6, 8], &[80, 8, 1], &[48, 8, 1], 2, 0, 0);
         assert_eq!(p.shape, [2, 6]);
-        assert_eq!((p.src_strides.clone(), p.dst_strides.clone()), (vec![10, 1], vec![6, 1]));
+        assert_eq!(
+            (p.src_strides.clone(), p.dst_strides.clone()),
+            (vec![10, 1], vec![6, 1])
+        );
         assert_eq!(p.esize, 16);
         assert!(!p.wide);
         // Fully contiguous: one dim, widened.
@@ -309,14 +312,20 @@ mod tests {
         // A transpose keeps both dims and its element size.
         let p = plan(&[3, 5], &[1, 3], &[5, 1], 2, 0, 0);
         assert_eq!((p.shape.clone(), p.esize), (vec![3, 5], 2));
-        assert_eq!((p.src_strides.clone(), p.dst_strides.clone()), (vec![1, 3], vec![5, 1]));
+        assert_eq!(
+            (p.src_strides.clone(), p.dst_strides.clone()),
+            (vec![1, 3], vec![5, 1])
+        );
         // Misaligned addresses: no widening (2-byte elements at a 2-byte offset).
         let p = plan(&[4, 8], &[16, 1], &[8, 1], 2, 2, 0);
         assert_eq!((p.shape.clone(), p.esize), (vec![4, 8], 2));
         // An odd inner length widens by what divides it: 6 bf16 = 3 x 4 bytes.
         let p = plan(&[5, 6], &[8, 1], &[6, 1], 2, 0, 0);
         assert_eq!((p.shape.clone(), p.esize), (vec![5, 3], 4));
-        assert_eq!((p.src_strides.clone(), p.dst_strides.clone()), (vec![4, 1], vec![3, 1]));
+        assert_eq!(
+            (p.src_strides.clone(), p.dst_strides.clone()),
+            (vec![4, 1], vec![3, 1])
+        );
         // A single element.
         let p = plan(&[1, 1], &[1, 1], &[1, 1], 1, 1, 3);
         assert_eq!((p.shape.clone(), p.esize), (vec![1], 1));
@@ -398,8 +407,22 @@ mod tests {
         run(&[5, 3], &[1, 5], &[3, 1], 4, 0, 0);
         run(&[2, 3, 8], &[48, 8, 1], &[24, 8, 1], 2, 0, 0);
         run(&[2, 5, 3, 4], &[60, 1, 20, 5], &[60, 12, 4, 1], 1, 0, 0);
-        run(&[3, 1, 4, 2, 5], &[40, 40, 10, 5, 1], &[40, 40, 10, 5, 1], 2, 6, 0);
-        run(&[2, 3, 2, 3, 2, 5], &[180, 1, 90, 3, 45, 9], &[180, 60, 30, 10, 5, 1], 2, 0, 0);
+        run(
+            &[3, 1, 4, 2, 5],
+            &[40, 40, 10, 5, 1],
+            &[40, 40, 10, 5, 1],
+            2,
+            6,
+            0,
+        );
+        run(
+            &[2, 3, 2, 3, 2, 5],
+            &[180, 1, 90, 3, 45, 9],
+            &[180, 60, 30, 10, 5, 1],
+            2,
+            0,
+            0,
+        );
         run(&[2, 6, 16], &[160, 16, 1], &[96, 16, 1], 2, 32, 64);
     }
 }
