@@ -563,7 +563,8 @@ fn copy_nd_planned_paths() {
     use contentv::runtime::copy::{copy_stats, plan};
     let Some(dev) = gpu() else { return };
     for dt in [DType::F32, DType::BF16, DType::F16] {
-        let views: Vec<(&str, Vec<usize>, Box<dyn Fn(&Tensor) -> Tensor>)> = vec![
+        type View = Box<dyn Fn(&Tensor) -> Tensor>;
+        let views: Vec<(&str, Vec<usize>, View)> = vec![
             (
                 "rank 1 strided",
                 vec![75],

@@ -50,13 +50,16 @@ pub struct FastDiv {
 
 impl FastDiv {
     pub fn new(d: u32) -> FastDiv {
-        assert!(d >= 1 && d < (1 << 31), "FastDiv: divisor {d} out of range");
+        assert!(
+            (1..1 << 31).contains(&d),
+            "FastDiv: divisor {d} out of range"
+        );
         let l = 32 - (d - 1).leading_zeros(); // ceil(log2 d)
         let mul = (((1u64 << 32) * ((1u64 << l) - d as u64)) / d as u64 + 1) as u32;
         FastDiv { mul, shr: l }
     }
     /// The kernel's arithmetic (x < 2^31).
-    pub fn div(self, x: u32) -> u32 {
+    pub fn quotient(self, x: u32) -> u32 {
         debug_assert!(x < (1 << 31));
         ((((x as u64 * self.mul as u64) >> 32) as u32) + x) >> self.shr
     }
@@ -290,7 +293,13 @@ mod tests {
             );
             xs.extend((0..200).map(|_| (next() % (1 << 31)) as u32));
             for x in xs {
-                assert_eq!(f.div(x), x / d, "{x} / {d} (mul {}, shr {})", f.mul, f.shr);
+                assert_eq!(
+                    f.quotient(x),
+                    x / d,
+                    "{x} / {d} (mul {}, shr {})",
+                    f.mul,
+                    f.shr
+                );
             }
         }
     }
@@ -385,7 +394,7 @@ mod tests {
             for i in 0..p.elems() {
                 let (mut x, mut s, mut d) = (i as u32, 0usize, 0usize);
                 for k in (1..p.shape.len()).rev() {
-                    let q = divs[k].div(x);
+                    let q = divs[k].quotient(x);
                     let idx = (x - q * p.shape[k] as u32) as usize;
                     s += idx * p.src_strides[k];
                     d += idx * p.dst_strides[k];
