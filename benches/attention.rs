@@ -149,6 +149,34 @@ fn main() {
             util::report_flops(&name, ms, flops);
         }
     }
+    // The MMDiT block's call at B = 2: one output per query segment (video, text), as
+    // `ops::attention::attention_segs` makes them; compare with the joint-output row above.
+    if !quick {
+        let (b, sv, st) = (2, n_video(), n_text());
+        let x = Qkv::new(&dev, b, &[sv, st]);
+        let s = (sv + st) as f64;
+        let flops = 4.0 * b as f64 * heads() as f64 * s * s * HEAD_DIM as f64;
+        for &(kernel, kname) in &kernels {
+            let ms = time_ms(&dev, it, || {
+                contentv::ops::attention_cuda::attention_cuda_segs(
+                    &x.side(0),
+                    &x.side(1),
+                    &x.side(2),
+                    heads(),
+                    1.0 / (HEAD_DIM as f32).sqrt(),
+                    false,
+                    None,
+                    kernel,
+                )
+                .unwrap();
+            });
+            let name = format!(
+                "{kname} B={b} H={} S={sv}+{st} per-segment outputs",
+                heads()
+            );
+            util::report_flops(&name, ms, flops);
+        }
+    }
     // The generic kernel on a small shape, for scale.
     let sn = util::scaled(2048, 32);
     let x = Qkv::new(&dev, 1, &[sn, n_text()]);

@@ -288,6 +288,19 @@ fn main() {
         ms,
         2 * b * tn * dm * 2,
     );
+    // The kind of copy the MMDiT block made before issue 18 (the first rows of a [B, S, D]
+    // tensor, like the video rows of the joint attention output): B runs of rows*D elements,
+    // moved as 16-byte elements by the planned copy_nd.
+    let rows = x.narrow(1, 0, nvid * 3 / 4).unwrap();
+    let nr = rows.dim(1);
+    let ms = time_ms(&dev, it, || {
+        rows.contiguous().unwrap();
+    });
+    report_bw(
+        &format!("copy_nd narrow rows [2,{nr} of {nvid},{dm}] bf16"),
+        ms,
+        2 * b * nr * dm * 2,
+    );
 
     // GEMMs of one joint block (per CFG batch of 2): QKV/out projections and the MLP.
     let m = b * (nvid + ntxt);

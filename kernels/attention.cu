@@ -5,8 +5,12 @@
 // segments [B, S_i, H*d] (the MMDiT joint attention passes [video; text] without building a
 // concatenated copy); segment i has its own base pointer, row stride and batch stride (elements,
 // last dim dense). Positions (causal mask, bias rows/columns) count over the concatenation.
-// Output [B, Sq, H*d], contiguous. Bias (optional, may be null): f32 [H, Sq, Sk], broadcast over
-// the batch (T5 relative positions). Causal: key j is masked for query i when j > i.
+// Output: one per query segment (OUT_ARGS, kernels/attn_out.cuh): query segment i's rows go to
+// output segment i [B, n_i, H*d] at its own base pointer, row stride and batch stride (the MMDiT
+// block gets separate contiguous video and text outputs that its output projections read in
+// place; attention() with one output passes views of one [B, Sq, H*d] tensor). Bias (optional,
+// may be null): f32 [H, Sq, Sk], broadcast over the batch (T5 relative positions). Causal: key j
+// is masked for query i when j > i.
 //
 // flash_attn_fwd_d64 (bf16, d = 64): FlashAttention-2 forward (issue 17's mma.sync kernel).
 //   * CTA = 128 query rows of one (head, batch), 4 warps x 32 rows (two m16 row blocks per warp
@@ -40,6 +44,7 @@
 // broadcast for the P V update), online softmax in f32 with expf. Slow but simple; used for the
 // tiny test models and as a second opinion for the flash kernel.
 #include "common.cuh"
+#include "attn_out.cuh"
 #include "ptx.cuh"
 
 // ------------------------------------------------------------------------------------------------
@@ -141,8 +146,7 @@ __device__ __forceinline__ void kv_next_seg(const Segs& s, KvSide& x, int b, int
 
 // scale_log2 = scale * log2(e). bias: f32 [H, Sq, Sk] or null. causal: 0 / 1.
 extern "C" __global__ void __launch_bounds__(fa::THREADS, fa::MIN_CTAS)
-    flash_attn_fwd_d64(SEG_ARGS(q), SEG_ARGS(k), SEG_ARGS(v), __nv_bfloat16* __restrict__ out,
-                       const float* __restrict__ bias, int H, int Sq, int Sk, float scale_log2, int causal) {
+    flash_attn_fwd_d64(SEG_ARGS(q), SEG_ARGS(k), SEG_ARGS(v), OUT_ARGS(o), const float* __restrict__ bias, int H, int Sq, int Sk, float scale_log2, int causal) {
     using namespace fa;
     DYNAMIC_SMEM(smem_raw);
     // Stage s: K at s * 2 * TILE_KV, V right after it. Q staged in stage 2.
@@ -389,8 +393,8 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS, fa::MIN_CTAS)
     }
     cp_async_wait<0>();
 
-    // ---- epilogue: O / rowsum, bf16, rows < Sq ----
-    const long long ld = (long long)H * D;
+    // ---- epilogue: O / rowsum, bf16, rows < Sq, each to its query segment's output ----
+    const OutSegs os = OUT_MAKE(o);
 #pragma unroll
     for (int mb = 0; mb < 2; mb++)
 #pragma unroll
@@ -401,7 +405,7 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS, fa::MIN_CTAS)
             const float inv = l > 0.f ? 1.f / l : 0.f;
             const int qi = qfirst + mb * 16 + g + r * 8;
             if (qi < Sq) {
-                __nv_bfloat16* op = out + ((long long)b * Sq + qi) * ld + hoff + 2 * t4;
+                __nv_bfloat16* op = out_row<__nv_bfloat16>(os, qn0, qn1, qn2, b, qi) + hoff + 2 * t4;
 #pragma unroll
                 for (int dt = 0; dt < 8; dt++)
                     *reinterpret_cast<uint32_t*>(op + dt * 8) =
@@ -420,7 +424,7 @@ constexpr int DMAX = 256;
 }  // namespace naive
 
 template <typename T>
-__device__ __forceinline__ void attn_naive_impl(const Segs& qs, const Segs& ks, const Segs& vs, T* __restrict__ out,
+__device__ __forceinline__ void attn_naive_impl(const Segs& qs, const Segs& ks, const Segs& vs, const OutSegs& os,
                                                 const float* __restrict__ bias, int H, int D, int Sq, int Sk, float scale,
                                                 int causal) {
     using namespace naive;
@@ -472,7 +476,7 @@ __device__ __forceinline__ void attn_naive_impl(const Segs& qs, const Segs& ks, 
         }
     }
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    T* orow = out + ((long long)b * Sq + i) * H * D + hoff;
+    T* orow = out_row<T>(os, qs.n0, qs.n1, qs.n2, b, i) + hoff;
 #pragma unroll
     for (int u = 0; u < DMAX / 32; u++) {
         const int c = lane + 32 * u;
@@ -482,9 +486,9 @@ __device__ __forceinline__ void attn_naive_impl(const Segs& qs, const Segs& ks, 
 
 #define ATTN_NAIVE(NAME, T)                                                                                              \
     extern "C" __global__ void __launch_bounds__(naive::WARPS * 32)                                                     \
-        NAME(SEG_ARGS(q), SEG_ARGS(k), SEG_ARGS(v), T* __restrict__ out, const float* __restrict__ bias, int H, int D, \
-             int Sq, int Sk, float scale, int causal) {                                                                 \
-        attn_naive_impl<T>(SEG_MAKE(q), SEG_MAKE(k), SEG_MAKE(v), out, bias, H, D, Sq, Sk, scale, causal);              \
+        NAME(SEG_ARGS(q), SEG_ARGS(k), SEG_ARGS(v), OUT_ARGS(o), const float* __restrict__ bias, int H, int D, int Sq,   \
+             int Sk, float scale, int causal) {                                                                         \
+        attn_naive_impl<T>(SEG_MAKE(q), SEG_MAKE(k), SEG_MAKE(v), OUT_MAKE(o), bias, H, D, Sq, Sk, scale, causal);       \
     }
 
 ATTN_NAIVE(attn_naive_f32, float)

@@ -3,8 +3,9 @@
 //   O = softmax(scale * Q K^T + bias) V
 // over segment lists (the MMDiT's [video; text] stays two tensors), Q/K/V segments [B, S_i, H*64]
 // with their own base pointer, row stride and batch stride, positions (causal mask, bias
-// rows/columns, output rows) counted over the concatenation. Output [B, Sq, H*64] contiguous;
-// bias f32 [H, Sq, Sk] or null (broadcast over the batch); causal: key j masked for query i when
+// rows/columns) counted over the concatenation. Output: one per query segment (OUT_ARGS,
+// kernels/attn_out.cuh: base pointer, row and batch stride per segment; a query tile, which never
+// straddles segments, writes its rows to its segment's output); bias f32 [H, Sq, Sk] or null (broadcast over the batch); causal: key j masked for query i when
 // j > i. Built for sm_90a only (build.rs: the file uses wgmma); launcher src/ops/attention_hopper.rs.
 //
 // Design
@@ -45,11 +46,13 @@
 //     warpgroup waits on its own barrier before issuing its GEMMs and arrives on the other's
 //     after, so one warpgroup's softmax overlaps the other's GEMMs. Warpgroup 2 arrives once at
 //     the start (warpgroup 1 goes first) and skips its last arrival, so the counts balance.
-//   * Epilogue: O / rowsum from registers, bf16, plain stores of the valid rows.
+//   * Epilogue: O / rowsum from registers, bf16, plain stores of the valid rows into the output
+//     of the tile's query segment (its own pointer, row and batch stride).
 //
 // Emulation: tests/emu defines every hopper.cuh entry point with the PTX semantics (wgmma results
 // invisible before the wait, mbarrier phases and tx counts, TMA swizzle and OOB fill).
 #include "common.cuh"
+#include "attn_out.cuh"
 #include "hopper.cuh"
 
 namespace fa3 {
@@ -114,7 +117,7 @@ extern "C" __global__ void __launch_bounds__(fa3::THREADS, 1)
                           const __grid_constant__ TmaDesc tv0, const __grid_constant__ TmaDesc tv1,
                           const __grid_constant__ TmaDesc tv2, const __grid_constant__ TmaDesc tv3, int qn0,
                           int qn1, int qn2, int qn3, int kn0, int kn1, int kn2, int kn3,
-                          __nv_bfloat16* __restrict__ out, const float* __restrict__ bias, int H, int Sq, int Sk,
+                          OUT_ARGS(o), const float* __restrict__ bias, int H, int Sq, int Sk,
                           float scale_log2, int causal) {
     using namespace fa3;
     DYNAMIC_SMEM(smem_raw);
@@ -346,7 +349,7 @@ extern "C" __global__ void __launch_bounds__(fa3::THREADS, 1)
         mbar_arrive(vempty(sl));
     }
 
-    // ---- epilogue: O / rowsum, bf16, valid rows only ----
+    // ---- epilogue: O / rowsum, bf16, valid rows only, to the query segment's output ----
     float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -355,15 +358,15 @@ extern "C" __global__ void __launch_bounds__(fa3::THREADS, 1)
         l += __shfl_xor_sync(0xffffffffu, l, 2);
         inv[r] = l > 0.f ? 1.f / l : 0.f;
     }
-    const long long ld = (long long)H * D;
+    const OutSegs os = OUT_MAKE(o);
     if (r0 < qt.rows) {
-        __nv_bfloat16* op = out + ((long long)b * Sq + qi0) * ld + h * D + 2 * t4;
+        __nv_bfloat16* op = out_seg_row<__nv_bfloat16>(os, qt.seg, b, qt.row0 + r0) + h * D + 2 * t4;
 #pragma unroll
         for (int j = 0; j < 8; j++)
             *reinterpret_cast<uint32_t*>(op + j * 8) = pack2<__nv_bfloat16>(o[4 * j] * inv[0], o[4 * j + 1] * inv[0]);
     }
     if (r0 + 8 < qt.rows) {
-        __nv_bfloat16* op = out + ((long long)b * Sq + qi1) * ld + h * D + 2 * t4;
+        __nv_bfloat16* op = out_seg_row<__nv_bfloat16>(os, qt.seg, b, qt.row0 + r0 + 8) + h * D + 2 * t4;
 #pragma unroll
         for (int j = 0; j < 8; j++)
             *reinterpret_cast<uint32_t*>(op + j * 8) =

@@ -173,21 +173,88 @@ extern "C" __global__ void cast_any(const void* x, void* y, long long n, int sdt
     }
 }
 
-// Strided gather/scatter of rank <= 8 (leading dims padded with 1), element size 1, 2 or 4
-// bytes: shapes n0..n7, source strides s0..s7, destination strides d0..d7 (elements).
-extern "C" __global__ void copy_nd(const void* src, void* dst, long long n, int esize, long long n0, long long n1, long long n2, long long n3, long long n4, long long n5, long long n6, long long n7, long long s0, long long s1, long long s2, long long s3, long long s4, long long s5, long long s6, long long s7, long long d0, long long d1, long long d2, long long d3, long long d4, long long d5, long long d6, long long d7) {
-    const long long sh[8] = {n0, n1, n2, n3, n4, n5, n6, n7}, ss[8] = {s0, s1, s2, s3, s4, s5, s6, s7}, ds[8] = {d0, d1, d2, d3, d4, d5, d6, d7};
-    GRID_STRIDE(i, n) {
-        long long rem = i, so = 0, dof = 0;
+// Strided gather/scatter (src/runtime/copy.rs plans it): index space shape[0..rank) (row-major,
+// rank 1..8; the host drops unit dims and merges dims that are contiguous on both sides), source
+// and destination strides in elements of `esize` bytes (1, 2, 4, 8 or 16: the host widens the
+// element when the innermost dim is dense on both sides and everything is aligned, so a
+// contiguous run moves as 16-byte loads and stores).
+//   wide == 0: fewer than 2^31 elements and every offset below 2^31: 32-bit index math; the
+//     division by shape[k] is a multiply-high, an add and a shift with the host's magic
+//     (mul[k], shr[k]; exact for x < 2^31, Granlund and Montgomery), no 64-bit division.
+//   wide == 1: 64-bit index math with plain division (beyond 2^31 elements or offsets).
+// Dims are decomposed from the innermost out, only the `rank` used ones.
+#define COPY_DIMS(X) long long X##0, long long X##1, long long X##2, long long X##3, long long X##4, long long X##5, long long X##6, long long X##7
+#define COPY_U32S(X) unsigned X##0, unsigned X##1, unsigned X##2, unsigned X##3, unsigned X##4, unsigned X##5, unsigned X##6, unsigned X##7
+#define COPY_LIST(X) {X##0, X##1, X##2, X##3, X##4, X##5, X##6, X##7}
+
+struct CopyGeo {
+    int rank;
+    long long n[8], s[8], d[8];
+    unsigned mul[8], shr[8];
+};
+
+struct alignas(8) CopyU64 { uint32_t a, b; };
+struct alignas(16) CopyU128 { uint32_t a, b, c, d; };
+
+// q = x / n for x < 2^31 with the magic of n: (umulhi(x, mul) + x) >> shr (no overflow: the
+// high product is at most x).
+__device__ __forceinline__ unsigned copy_fastdiv(unsigned x, unsigned mul, unsigned shr) { return (__umulhi(x, mul) + x) >> shr; }
+
+template <typename E>
+__device__ __forceinline__ void copy_nd_narrow(const E* __restrict__ src, E* __restrict__ dst, unsigned total, const CopyGeo& g) {
+    const unsigned stride = gridDim.x * blockDim.x;  // launch: stride + total < 2^32
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        unsigned x = i, so = 0, dof = 0;
 #pragma unroll
-        for (int k = 7; k >= 0; --k) {
-            long long idx = rem % sh[k];
-            rem /= sh[k];
-            so += idx * ss[k];
-            dof += idx * ds[k];
+        for (int k = 7; k >= 1; --k) {
+            if (k < g.rank) {
+                const unsigned q = copy_fastdiv(x, g.mul[k], g.shr[k]);
+                const unsigned idx = x - q * (unsigned)g.n[k];
+                so += idx * (unsigned)g.s[k];
+                dof += idx * (unsigned)g.d[k];
+                x = q;
+            }
         }
-        if (esize == 4) ((uint32_t*)dst)[dof] = ((const uint32_t*)src)[so];
-        else if (esize == 2) ((uint16_t*)dst)[dof] = ((const uint16_t*)src)[so];
-        else ((uint8_t*)dst)[dof] = ((const uint8_t*)src)[so];
+        so += x * (unsigned)g.s[0];
+        dof += x * (unsigned)g.d[0];
+        dst[dof] = src[so];
+    }
+}
+
+template <typename E>
+__device__ __forceinline__ void copy_nd_wide(const E* __restrict__ src, E* __restrict__ dst, long long total, const CopyGeo& g) {
+    GRID_STRIDE(i, total) {
+        long long x = i, so = 0, dof = 0;
+#pragma unroll
+        for (int k = 7; k >= 1; --k) {
+            if (k < g.rank) {
+                const long long q = x / g.n[k];
+                const long long idx = x - q * g.n[k];
+                so += idx * g.s[k];
+                dof += idx * g.d[k];
+                x = q;
+            }
+        }
+        so += x * g.s[0];
+        dof += x * g.d[0];
+        dst[dof] = src[so];
+    }
+}
+
+template <typename E>
+__device__ __forceinline__ void copy_nd_e(const void* src, void* dst, long long n, int wide, const CopyGeo& g) {
+    if (wide) copy_nd_wide<E>((const E*)src, (E*)dst, n, g);
+    else copy_nd_narrow<E>((const E*)src, (E*)dst, (unsigned)n, g);
+}
+
+extern "C" __global__ void copy_nd(const void* src, void* dst, long long n, int esize, int rank, int wide, COPY_DIMS(n),
+                                   COPY_DIMS(s), COPY_DIMS(d), COPY_U32S(mul), COPY_U32S(shr)) {
+    const CopyGeo g{rank, COPY_LIST(n), COPY_LIST(s), COPY_LIST(d), COPY_LIST(mul), COPY_LIST(shr)};
+    switch (esize) {
+    case 16: copy_nd_e<CopyU128>(src, dst, n, wide, g); break;
+    case 8: copy_nd_e<CopyU64>(src, dst, n, wide, g); break;
+    case 4: copy_nd_e<uint32_t>(src, dst, n, wide, g); break;
+    case 2: copy_nd_e<uint16_t>(src, dst, n, wide, g); break;
+    default: copy_nd_e<uint8_t>(src, dst, n, wide, g); break;
     }
 }

@@ -529,3 +529,115 @@ fn errors_are_clear() {
     assert!(e.to_string().contains("bias"), "{e}");
     println!("errors: ok");
 }
+
+/// One output per query segment (issue 18): `attention_cuda_segs` gives each query segment its
+/// own contiguous [B, S_i, H*d] tensor, `attention_cuda_into` writes into strided views of
+/// padded buffers; both hold exactly the rows of the single-output call (same kernel, same
+/// arithmetic, only the store address differs), the padding stays untouched, and outputs that
+/// do not fit are errors. Every kernel: flash (bf16, d = 64), Hopper where available, generic
+/// (bf16 d = 64, f32 d = 40), odd segment lengths, batch 2.
+#[test]
+fn per_segment_outputs_every_kernel() {
+    use contentv::ops::attention_cuda::{attention_cuda_into, attention_cuda_segs};
+    let Some(dev) = gpu() else { return };
+    let mut kernels = vec![
+        (AttnKernel::Flash, DType::BF16, 64),
+        (AttnKernel::Naive, DType::BF16, 64),
+        (AttnKernel::Naive, DType::F32, 40),
+    ];
+    if hopper_here(&dev) {
+        kernels.push((AttnKernel::Hopper, DType::BF16, 64));
+    }
+    let (b, h) = (2, 2);
+    for (kernel, dt, d) in kernels {
+        let hd = h * d;
+        let lens = [45usize, 13];
+        let segs: Vec<Seg> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| seg(b, s, hd, 300 + i as u64, [2.0, 1.0, 1.0], i == 0, &dev, dt))
+            .collect();
+        let side = |w: usize| -> Vec<&Tensor> { segs.iter().map(|s| &s.dev[w]).collect() };
+        let (q, k, v) = (side(0), side(1), side(2));
+        let scale = 1.0 / (d as f32).sqrt();
+        let joint = attention_cuda_with(&q, &k, &v, h, scale, false, None, kernel).unwrap();
+        let jv = joint.to_vec_f32().unwrap();
+        let sq: usize = lens.iter().sum();
+        // Rows [off, off + n) of every batch of the joint output.
+        let rows_of = |off: usize, n: usize| -> Vec<f32> {
+            (0..b)
+                .flat_map(|bi| jv[(bi * sq + off) * hd..(bi * sq + off + n) * hd].to_vec())
+                .collect()
+        };
+        let outs = attention_cuda_segs(&q, &k, &v, h, scale, false, None, kernel).unwrap();
+        let mut off = 0;
+        for (i, (o, &n)) in outs.iter().zip(&lens).enumerate() {
+            assert_eq!(o.shape(), &[b, n, hd], "{kernel:?} segment {i}");
+            assert!(o.is_contiguous());
+            assert_eq!(
+                o.to_vec_f32().unwrap(),
+                rows_of(off, n),
+                "{kernel:?} {}: segment {i} differs from the joint output",
+                dt.name()
+            );
+            off += n;
+        }
+        // Strided views: rows of hd + 8 elements, one leading pad row per batch.
+        let bufs: Vec<Tensor> = lens
+            .iter()
+            .map(|&n| Tensor::zeros(&[b, n + 1, hd + 8], dt, &dev).unwrap())
+            .collect();
+        let views: Vec<Tensor> = bufs
+            .iter()
+            .zip(&lens)
+            .map(|(t, &n)| t.narrow(1, 1, n).unwrap().narrow(2, 0, hd).unwrap())
+            .collect();
+        let vr: Vec<&Tensor> = views.iter().collect();
+        attention_cuda_into(&q, &k, &v, &vr, h, scale, false, None, kernel).unwrap();
+        let mut off = 0;
+        for (i, ((t, view), &n)) in bufs.iter().zip(&views).zip(&lens).enumerate() {
+            assert_eq!(
+                view.to_vec_f32().unwrap(),
+                rows_of(off, n),
+                "{kernel:?} view {i}"
+            );
+            let all = t.to_vec_f32().unwrap();
+            for bi in 0..b {
+                for r in 0..=n {
+                    for c in 0..hd + 8 {
+                        if r >= 1 && c < hd {
+                            continue;
+                        }
+                        let x = all[(bi * (n + 1) + r) * (hd + 8) + c];
+                        assert_eq!(x, 0.0, "{kernel:?}: padding [{bi}, {r}, {c}] written");
+                    }
+                }
+            }
+            off += n;
+        }
+        // Outputs that do not fit.
+        let wrong = Tensor::zeros(&[b, lens[0] + 1, hd], dt, &dev).unwrap();
+        let ok1 = Tensor::zeros(&[b, lens[1], hd], dt, &dev).unwrap();
+        let e = attention_cuda_into(&q, &k, &v, &[&wrong, &ok1], h, scale, false, None, kernel)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("output"), "{e}");
+        let e = attention_cuda_into(&q, &k, &v, &[&ok1], h, scale, false, None, kernel)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outputs for 2 query segments"), "{e}");
+        if kernel != AttnKernel::Naive {
+            // An odd row stride: the flash kernels store element pairs.
+            let odd = Tensor::zeros(&[b, lens[0], hd + 1], dt, &dev).unwrap();
+            let oview = odd.narrow(2, 0, hd).unwrap();
+            let e = attention_cuda_into(&q, &k, &v, &[&oview, &ok1], h, scale, false, None, kernel)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("4-byte aligned"), "{e}");
+        }
+        println!(
+            "{kernel:?} {} d={d}: per-segment and strided outputs ok",
+            dt.name()
+        );
+    }
+}

@@ -379,14 +379,36 @@ fn cu_files() -> Vec<(String, String)> {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
         .map(|p| {
+            let mut seen = Vec::new();
             (
                 p.file_stem().unwrap().to_str().unwrap().to_string(),
-                std::fs::read_to_string(&p).unwrap(),
+                with_headers(&dir, &std::fs::read_to_string(&p).unwrap(), &mut seen),
             )
         })
         .collect();
     out.sort();
     out
+}
+
+/// `src` with the project headers it includes (`#include "x.cuh"` of kernels/, transitively,
+/// each once) put in front of it: kernel parameter lists may use their macros (`OUT_ARGS` of
+/// kernels/attn_out.cuh).
+fn with_headers(dir: &Path, src: &str, seen: &mut Vec<String>) -> String {
+    let mut front = String::new();
+    for line in src.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("#include") else {
+            continue;
+        };
+        let name = rest.trim().trim_matches('"');
+        let path = dir.join(name);
+        if rest.trim().starts_with('"') && path.is_file() && !seen.iter().any(|s| s == name) {
+            seen.push(name.to_string());
+            let h = std::fs::read_to_string(&path).unwrap();
+            front.push_str(&with_headers(dir, &h, seen));
+            front.push('\n');
+        }
+    }
+    front + src
 }
 
 fn norm(s: &str) -> String {
@@ -496,10 +518,11 @@ fn every_kernel_has_exactly_one_matching_declaration() {
             "{key:?}"
         );
     }
-    assert_eq!(source[&("ops".into(), "copy_nd".into())].len(), 28);
+    assert_eq!(source[&("ops".into(), "copy_nd".into())].len(), 6 + 5 * 8);
+    // 3 segment lists, the outputs (OUT_ARGS of kernels/attn_out.cuh, a header), 6 scalars.
     assert_eq!(
         source[&("attention".into(), "flash_attn_fwd_d64".into())].len(),
-        3 * 16 + 7
+        3 * 16 + 12 + 6
     );
     let bad = mismatches(&rust_decls(), &source);
     assert!(

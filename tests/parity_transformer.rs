@@ -227,3 +227,73 @@ fn precomputed_run_modulation_gives_the_same_output() {
     }
     m.end_run();
 }
+
+/// Batch 2 (CFG) on the GPU: the output matches the bf16 reference, and the joint blocks make
+/// no strided copy (`copy_nd`): the attention writes the video and text outputs as separate
+/// contiguous tensors that the output projections read in place (issue 18). The copies of a
+/// block are counted between the taps that bracket it (launches happen on this thread).
+#[test]
+fn gpu_batch2_blocks_make_no_copies() {
+    use contentv::runtime::copy::copy_stats;
+    if let Some(r) = gpu_unavailable_reason() {
+        println!("SKIP: {r}");
+        return;
+    }
+    let dev = Device::cuda(0).unwrap();
+    let f = Fixture::load("transformer");
+    let m = Transformer::load(&tiny_model_dir().join("transformer"), &dev).unwrap();
+    let lat = f.f32("input.latent").to_vec();
+    let s = f.shape("input.latent").to_vec();
+    let t = f.f32("input.timestep")[0];
+    let x2 = Tensor::from_f32(
+        [lat.clone(), lat].concat(),
+        &[2, s[1], s[2], s[3], s[4]],
+        &dev,
+    )
+    .unwrap();
+    let (ctx, pooled) = text_inputs(&[0, 1]);
+    let ctx = Tensor::from_f32(ctx, &[2, 333, 4096], &dev).unwrap();
+    let pooled = Tensor::from_f32(pooled, &[2, 2048], &dev).unwrap();
+    // (tap, copy launches and bytes so far) at every tap.
+    let mut marks: Vec<(String, u64, u64)> = Vec::new();
+    let mut cb = |n: &str, _t: &Tensor| {
+        let st = copy_stats();
+        marks.push((n.to_string(), st.launches, st.bytes));
+    };
+    let y = m
+        .forward_taps(&x2, &[t, t], &ctx, &pooled, Some(&mut cb))
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    // Block i runs between the tap before it ("context_embedder_out", then the previous
+    // block's "out_hidden") and its own "out_hidden".
+    let start = marks
+        .iter()
+        .position(|(n, _, _)| n == "context_embedder_out")
+        .expect("the context embedder tap");
+    let ends: Vec<usize> = (0..marks.len())
+        .filter(|&i| marks[i].0.ends_with(".out_hidden"))
+        .collect();
+    assert_eq!(ends.len(), m.config.layers, "{marks:?}");
+    let mut prev = start;
+    for (i, &e) in ends.iter().enumerate() {
+        let (launches, bytes) = (marks[e].1 - marks[prev].1, marks[e].2 - marks[prev].2);
+        assert_eq!(
+            (launches, bytes),
+            (0, 0),
+            "block {i} made {launches} copy_nd launches ({bytes} bytes)"
+        );
+        prev = e;
+    }
+    let atol = bf16_atol(
+        manifest_f64("/transformer_bf16_error/output/max_abs") as f32,
+        0.01,
+    );
+    assert_close(
+        "bf16.cfg_batch2_output (GPU)",
+        &y,
+        f.f32("bf16.cfg_batch2_output"),
+        atol,
+        0.02,
+    );
+}

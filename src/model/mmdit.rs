@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::io::config::ConfigJson;
 use crate::model::interfaces::Denoiser;
-use crate::ops::attention::{attention, AttnOpts};
+use crate::ops::attention::{attention_segs, AttnOpts};
 use crate::ops::elementwise::{add, add_bcast, gated_residual};
 use crate::ops::gemm::{linear, linear_act, Act};
 use crate::ops::{act, norm};
@@ -708,13 +708,16 @@ fn joint_block(
         Some(l) => Some(qk(&cn, l, &w.norm_added_q, heads, hd)?),
         None => None,
     };
-    let o = match &qc {
-        Some(qc) => attention(&[&q, qc], &[&k, &kc], &[&v, &vc], &opts)?, // [B, N+S, D]
-        None => attention(&[&q], &[&k, &kc], &[&v, &vc], &opts)?,         // [B, N, D]
+    // One contiguous output per query segment ([B, N, D] video, [B, S, D] text): the output
+    // projections read them in place (no copy of a batch-strided view).
+    let mut o = match &qc {
+        Some(qc) => attention_segs(&[&q, qc], &[&k, &kc], &[&v, &vc], &opts)?,
+        None => attention_segs(&[&q], &[&k, &kc], &[&v, &vc], &opts)?,
     };
 
     // Video stream.
-    let ox = o.narrow(1, 0, n)?;
+    let ox = o.remove(0);
+    debug_assert_eq!(ox.dim(1), n);
     let x = gated_residual(x, &linear(&ox, &w.to_out)?, &ch(e, 2)?)?;
     let z = norm::layer_norm_modulate(&x, &ch(e, 3)?, &ch(e, 4)?, LN_EPS)?;
     let x = gated_residual(
@@ -727,7 +730,7 @@ fn joint_block(
     }
 
     // Text stream.
-    let oc = o.narrow(1, n, c.dim(1))?;
+    let oc = o.remove(0);
     let c = gated_residual(
         c,
         &linear(&oc, w.to_add_out.as_ref().unwrap())?,

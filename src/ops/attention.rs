@@ -4,7 +4,11 @@
 //! of `q`, `k`, `v` is a list of segments [B, S_i, H*d] (rows may be strided views, last dim
 //! dense) that are concatenated along the sequence: the MMDiT joint attention passes
 //! `[video, text]` for all three without building a concatenated copy; its last block passes
-//! only the video queries. Output [B, ΣSq, H*d], contiguous.
+//! only the video queries. Output: [`attention_segs`] returns one contiguous [B, Sq_i, H*d]
+//! tensor per query segment (the kernels write each segment's rows to its own buffer, so the
+//! MMDiT block's output projections read the video and text outputs in place, no copy);
+//! [`attention`] returns one [B, ΣSq, H*d] tensor (for a single query segment, the text
+//! encoders' case, it is that segment's output).
 //!
 //! GPU: [`crate::ops::attention_cuda`] (kernels/attention.cu): the fused flash kernel for bf16
 //! and head dim 64 (online softmax, the S x S matrix is never stored), a generic kernel otherwise.
@@ -102,8 +106,32 @@ pub fn attn_dims(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts) -> R
     })
 }
 
-/// Attention over segment lists; see the module docs.
+/// Attention over segment lists with one output [B, ΣSq, H*d]; see the module docs. A thin
+/// wrapper of [`attention_segs`] for a single query segment.
 pub fn attention(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts) -> Result<Tensor> {
+    let mut out = run(q, k, v, o, q.len() != 1)?;
+    Ok(out.remove(0))
+}
+
+/// Attention over segment lists with one output per query segment: `out[i]` is a contiguous
+/// [B, Sq_i, H*d] tensor of the rows of `q[i]` (empty segments included); see the module docs.
+pub fn attention_segs(
+    q: &[&Tensor],
+    k: &[&Tensor],
+    v: &[&Tensor],
+    o: &AttnOpts,
+) -> Result<Vec<Tensor>> {
+    run(q, k, v, o, false)
+}
+
+/// `joint`: one output [B, ΣSq, H*d]; otherwise one per query segment.
+fn run(
+    q: &[&Tensor],
+    k: &[&Tensor],
+    v: &[&Tensor],
+    o: &AttnOpts,
+    joint: bool,
+) -> Result<Vec<Tensor>> {
     let d = attn_dims(q, k, v, o)?;
     super::trace::record(
         super::trace::OpClass::Attention,
@@ -132,10 +160,34 @@ pub fn attention(q: &[&Tensor], k: &[&Tensor], v: &[&Tensor], o: &AttnOpts) -> R
             let (qv, kv, vv) = (cat(q)?, cat(k)?, cat(v)?);
             let bias = o.bias.map(|b| b.to_vec_f32()).transpose()?;
             let y = attention_cpu(&qv, &kv, &vv, bias.as_deref(), &d, o.scale, o.causal);
-            host(y, &[d.b, d.sq, d.heads * d.d])
+            let hd = d.heads * d.d;
+            if joint {
+                return Ok(vec![host(y, &[d.b, d.sq, hd])?]);
+            }
+            // Rows of query segment i: [off_i, off_i + n_i) of every batch.
+            let mut outs = Vec::with_capacity(q.len());
+            let mut off = 0;
+            for t in q {
+                let n = t.shape()[1];
+                let mut yi = Vec::with_capacity(d.b * n * hd);
+                for bi in 0..d.b {
+                    yi.extend_from_slice(&y[(bi * d.sq + off) * hd..(bi * d.sq + off + n) * hd]);
+                }
+                outs.push(host(yi, &[d.b, n, hd])?);
+                off += n;
+            }
+            Ok(outs)
         }
         Some(_) => {
-            crate::ops::attention_cuda::attention_cuda(q, k, v, o.heads, o.scale, o.causal, o.bias)
+            use crate::ops::attention_cuda::{
+                attention_cuda_segs, attention_cuda_with, AttnKernel,
+            };
+            let (h, sc, ca, bias, auto) = (o.heads, o.scale, o.causal, o.bias, AttnKernel::Auto);
+            if joint {
+                Ok(vec![attention_cuda_with(q, k, v, h, sc, ca, bias, auto)?])
+            } else {
+                attention_cuda_segs(q, k, v, h, sc, ca, bias, auto)
+            }
         }
     }
 }
@@ -275,6 +327,22 @@ mod tests {
                     }
                 }
             }
+        }
+        // One output per query segment = the rows of the joint output.
+        let segs = attention_segs(&[&q1, &q2], &[&k1, &k2], &[&v1, &v2], &o).unwrap();
+        assert_eq!(segs.len(), 2);
+        assert_eq!(segs[0].shape(), [b, s1, hd]);
+        assert_eq!(segs[1].shape(), [b, s2, hd]);
+        let (o1, o2) = (segs[0].to_vec_f32().unwrap(), segs[1].to_vec_f32().unwrap());
+        for bi in 0..b {
+            assert_eq!(
+                &o1[bi * s1 * hd..(bi + 1) * s1 * hd],
+                &yv[bi * s * hd..(bi * s + s1) * hd]
+            );
+            assert_eq!(
+                &o2[bi * s2 * hd..(bi + 1) * s2 * hd],
+                &yv[(bi * s + s1) * hd..(bi + 1) * s * hd]
+            );
         }
         // Queries of the first segment only = first rows of the full output.
         let y3 = attention(&[&q1], &[&k1, &k2], &[&v1, &v2], &o)

@@ -15,13 +15,17 @@
 //! are made contiguous first.
 //!
 //! Each side (q, k, v) may have up to 4 non-empty segments [B, S_i, H*d] (rows may be strided,
-//! last dim dense); they are concatenated along the sequence inside the kernels.
+//! last dim dense); they are concatenated along the sequence inside the kernels. The output is
+//! one tensor per query segment ([`attention_cuda_into`]: `OUT_ARGS` of kernels/attn_out.cuh,
+//! each [B, S_i, H*d] at its own row and batch strides, last dim dense): the MMDiT block gets its
+//! video and text outputs as separate contiguous tensors, [`attention_cuda_with`] passes views of
+//! one [B, ΣSq, H*d] tensor.
 use crate::error::{Error, Result};
 use crate::ops::attention::{attn_dims, AttnDims, AttnOpts};
 use crate::ops::attention_select::{self, Choice};
 use crate::runtime::kernels::{
     AttnNaive, AttnNaiveArgs, DevPtr, DevPtrMut, FlashAttnD64, FlashAttnD64Args, LaunchCfg,
-    SegArgs, SEGMENTS,
+    OutSegArgs, SegArgs, SEGMENTS,
 };
 use crate::runtime::{DType, Tensor};
 use crate::shape_err;
@@ -175,7 +179,81 @@ fn seg_args(segs: &[Seg]) -> Result<SegArgs<'_>> {
     Ok(a)
 }
 
-/// [`attention_cuda`] with an explicit kernel choice.
+/// The outputs of the non-empty query segments as `OUT_ARGS` (kernels/attn_out.cuh) takes
+/// them: `out[i]` must be [B, S_i, H*d] of query segment i, dtype `dt`, last dim dense; the
+/// flash kernels store 2 elements at a time, so there the base pointer must be 4-byte aligned
+/// and the strides even. Unused entries repeat the first pointer with zero strides.
+fn out_args<'a>(
+    q: &[&Tensor],
+    out: &'a [&'a Tensor],
+    d: &AttnDims,
+    dt: DType,
+    flash: bool,
+) -> Result<OutSegArgs<'a>> {
+    if out.len() != q.len() {
+        return Err(shape_err!(
+            "attention: {} outputs for {} query segments",
+            out.len(),
+            q.len()
+        ));
+    }
+    let mut used = Vec::new();
+    for (qi, o) in q.iter().zip(out) {
+        let want = [d.b, qi.shape()[1], d.heads * d.d];
+        if o.shape() != want || o.dtype() != dt {
+            return Err(shape_err!(
+                "attention: output {:?} {} for query segment {:?}, expected {want:?} {}",
+                o.shape(),
+                o.dtype().name(),
+                qi.shape(),
+                dt.name()
+            ));
+        }
+        if qi.shape()[1] == 0 || d.b == 0 {
+            continue; // empty query segments are skipped like their queries (segments())
+        }
+        let rs = o.row_stride()?;
+        let bs = if d.b == 1 { 0 } else { o.strides()[0] };
+        let ptr = o.dev_ptr()?;
+        if flash && (ptr % 4 != 0 || rs % 2 != 0 || bs % 2 != 0) {
+            return Err(shape_err!(
+                "attention: output {:?} (strides {:?}) is not 4-byte aligned with even strides, as the flash kernels store it",
+                o.shape(),
+                o.strides()
+            ));
+        }
+        if rs > i64::MAX as usize / 2 || bs > i64::MAX as usize / 2 {
+            return Err(shape_err!(
+                "attention: output {:?} strides are out of range",
+                o.shape()
+            ));
+        }
+        used.push((DevPtrMut::of(o)?, rs as i64, bs as i64));
+    }
+    let Some(first) = used.first() else {
+        return Err(shape_err!("attention: no non-empty query segment"));
+    };
+    let mut a = OutSegArgs {
+        ptrs: [first.0; MAX_SEGMENTS],
+        row_strides: [0; MAX_SEGMENTS],
+        batch_strides: [0; MAX_SEGMENTS],
+    };
+    if used.len() > MAX_SEGMENTS {
+        return Err(shape_err!(
+            "attention: {} non-empty query segments, the CUDA kernels take at most {MAX_SEGMENTS}",
+            used.len()
+        ));
+    }
+    for (i, (p, rs, bs)) in used.into_iter().enumerate() {
+        a.ptrs[i] = p;
+        a.row_strides[i] = rs;
+        a.batch_strides[i] = bs;
+    }
+    Ok(a)
+}
+
+/// [`attention_cuda`] with an explicit kernel choice: one output [B, ΣSq, H*d] (the kernels
+/// write each query segment's rows into its view of it).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_cuda_with(
     q: &[&Tensor],
@@ -187,6 +265,77 @@ pub fn attention_cuda_with(
     bias: Option<&Tensor>,
     kernel: AttnKernel,
 ) -> Result<Tensor> {
+    let d = attn_dims(
+        q,
+        k,
+        v,
+        &AttnOpts {
+            heads,
+            scale,
+            causal,
+            bias,
+        },
+    )?;
+    let out = Tensor::empty(&[d.b, d.sq, d.heads * d.d], q[0].dtype(), q[0].device())?;
+    let mut views = Vec::with_capacity(q.len());
+    let mut row = 0;
+    for t in q {
+        views.push(out.narrow(1, row, t.shape()[1])?);
+        row += t.shape()[1];
+    }
+    let vr: Vec<&Tensor> = views.iter().collect();
+    attention_cuda_into(q, k, v, &vr, heads, scale, causal, bias, kernel)?;
+    Ok(out)
+}
+
+/// One output per query segment: fresh contiguous tensors [B, S_i, H*d] (`kernel` as in
+/// [`attention_cuda_with`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cuda_segs(
+    q: &[&Tensor],
+    k: &[&Tensor],
+    v: &[&Tensor],
+    heads: usize,
+    scale: f32,
+    causal: bool,
+    bias: Option<&Tensor>,
+    kernel: AttnKernel,
+) -> Result<Vec<Tensor>> {
+    let d = attn_dims(
+        q,
+        k,
+        v,
+        &AttnOpts {
+            heads,
+            scale,
+            causal,
+            bias,
+        },
+    )?;
+    let outs = q
+        .iter()
+        .map(|t| Tensor::empty(&[d.b, t.shape()[1], d.heads * d.d], t.dtype(), t.device()))
+        .collect::<Result<Vec<_>>>()?;
+    let or: Vec<&Tensor> = outs.iter().collect();
+    attention_cuda_into(q, k, v, &or, heads, scale, causal, bias, kernel)?;
+    Ok(outs)
+}
+
+/// Attention on the GPU into `out`: `out[i]` ([B, S_i, H*d], dtype of q, last dim dense, any
+/// row and batch strides) receives the rows of query segment `q[i]`. The outputs must not
+/// overlap the inputs or each other.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cuda_into(
+    q: &[&Tensor],
+    k: &[&Tensor],
+    v: &[&Tensor],
+    out: &[&Tensor],
+    heads: usize,
+    scale: f32,
+    causal: bool,
+    bias: Option<&Tensor>,
+    kernel: AttnKernel,
+) -> Result<()> {
     let o = AttnOpts {
         heads,
         scale,
@@ -194,7 +343,7 @@ pub fn attention_cuda_with(
         bias,
     };
     let d: AttnDims = attn_dims(q, k, v, &o)?;
-    let mut all: Vec<&Tensor> = q.iter().chain(k).chain(v).copied().collect();
+    let mut all: Vec<&Tensor> = q.iter().chain(k).chain(v).chain(out).copied().collect();
     if let Some(b) = bias {
         all.push(b);
     }
@@ -249,9 +398,16 @@ pub fn attention_cuda_with(
             d.d
         ));
     }
-    let out = Tensor::empty(&[d.b, d.sq, d.heads * d.d], dt, q[0].device())?;
     if d.b == 0 || d.sq == 0 || d.heads == 0 || d.d == 0 {
-        return Ok(out);
+        // Nothing to write, but the outputs must still fit the queries.
+        if out.len() != q.len() {
+            return Err(shape_err!(
+                "attention: {} outputs for {} query segments",
+                out.len(),
+                q.len()
+            ));
+        }
+        return Ok(());
     }
     if d.sk == 0 {
         return Err(shape_err!("attention: {} queries but no keys", d.sq));
@@ -275,7 +431,10 @@ pub fn attention_cuda_with(
     };
 
     let (qa, ka, va) = (seg_args(&qs)?, seg_args(&ks)?, seg_args(&vs)?);
-    let (out_p, bias_p) = (DevPtrMut::of(&out)?, DevPtr::opt(bias_t.as_ref())?);
+    let (out_p, bias_p) = (
+        out_args(q, out, &d, dt, flash)?,
+        DevPtr::opt(bias_t.as_ref())?,
+    );
     if flash && kernel == AttnKernel::Hopper {
         crate::ops::attention_hopper::attention_hopper(
             &gpu, &qs, &ks, &vs, out_p, bias_p, &d, scale, causal,
@@ -295,7 +454,8 @@ pub fn attention_cuda_with(
             causal: causal as i32,
         };
         // SAFETY: every segment holds B x len rows of H*64 bf16 elements at the strides given,
-        // 16-byte aligned (segments checked it) and non-empty; out is [B, Sq, H*64] bf16;
+        // 16-byte aligned (segments checked it) and non-empty; output i holds the B x len_i
+        // rows of H*64 bf16 of query segment i at its strides, 4-byte aligned (out_args);
         // bias (contiguous f32) is the [Sq, Sk] of attn_dims or null; the grid covers Sq
         // (FLASH_BM rows per block) x H x B, all bounded above.
         unsafe {
@@ -321,8 +481,8 @@ pub fn attention_cuda_with(
             scale,
             causal: causal as i32,
         };
-        // SAFETY: as for the flash kernel, with any alignment, dtype dt and head dim
-        // d <= NAIVE_MAX_D (checked above).
+        // SAFETY: as for the flash kernel, with any alignment, dtype dt (inputs and outputs)
+        // and head dim d <= NAIVE_MAX_D (checked above).
         unsafe {
             k.launch(
                 &gpu,
@@ -333,5 +493,5 @@ pub fn attention_cuda_with(
     }
     // The segments' tensors (copies included) may go now: pool memory is stream-ordered.
     drop((qs, ks, vs));
-    Ok(out)
+    Ok(())
 }

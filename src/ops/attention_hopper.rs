@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::ops::attention::AttnDims;
 use crate::ops::attention_cuda::Seg;
 use crate::runtime::kernels::{
-    DevPtr, DevPtrMut, FlashAttnHopper, FlashAttnHopperArgs, LaunchCfg, TmaDesc, SEGMENTS,
+    DevPtr, FlashAttnHopper, FlashAttnHopperArgs, LaunchCfg, OutSegArgs, TmaDesc, SEGMENTS,
 };
 use crate::runtime::Gpu;
 use crate::shape_err;
@@ -78,7 +78,8 @@ fn side(
     Ok((maps, lens))
 }
 
-/// Runs the Hopper kernel into `out` ([B, Sq, H*64] bf16). `qs`, `ks`, `vs`: the non-empty,
+/// Runs the Hopper kernel into `out` (one output per non-empty query segment, B x len rows of
+/// H*64 bf16 at its strides, `attention_cuda::out_args`). `qs`, `ks`, `vs`: the non-empty,
 /// 16-byte aligned bf16 segments (`attention_cuda::segments` with `aligned`), `bias`:
 /// contiguous f32 [H, Sq, Sk] or `None`. `scale` must be positive and finite (the kernel
 /// takes the row max of the unscaled scores).
@@ -88,7 +89,7 @@ pub(crate) fn attention_hopper(
     qs: &[Seg],
     ks: &[Seg],
     vs: &[Seg],
-    out: DevPtrMut<'_>,
+    out: OutSegArgs<'_>,
     bias: DevPtr<'_>,
     d: &AttnDims,
     scale: f32,
@@ -141,8 +142,9 @@ pub(crate) fn attention_hopper(
     // SAFETY: the tensor maps describe the segments' tensors (B x len rows of H*64 bf16 at
     // their strides, 16-byte aligned, checked by segments() and the encoder), which the caller
     // keeps alive until after the launch (their Seg values hold them); the kernel reads a
-    // segment's rows only through its map, whose bounds zero-fill beyond the segment. out is
-    // [B, Sq, H*64] bf16 (Sq = Σ qn, every query tile writes only its valid rows); bias is
+    // segment's rows only through its map, whose bounds zero-fill beyond the segment. Output i
+    // holds B x qn[i] rows of H*64 bf16 at its strides, 4-byte aligned (every query tile writes
+    // only its valid rows, to its own segment's output); bias is
     // contiguous f32 [H, Sq, Sk] or null; the grid covers every query tile x H x B.
     unsafe {
         FlashAttnHopper::KERNEL.launch(

@@ -356,6 +356,30 @@ impl KernelArg for SegArgs<'_> {
     }
 }
 
+/// The outputs of the attention kernels, `OUT_ARGS(X)` in kernels/attn_out.cuh: one per query
+/// segment (query segment i's rows go to output i), 4 base pointers, 4 row strides and 4 batch
+/// strides (elements). Entries of unused query segments are never dereferenced.
+#[derive(Clone, Copy, Debug)]
+pub struct OutSegArgs<'a> {
+    pub ptrs: [DevPtrMut<'a>; SEGMENTS],
+    pub row_strides: [i64; SEGMENTS],
+    pub batch_strides: [i64; SEGMENTS],
+}
+
+impl sealed::Sealed for OutSegArgs<'_> {}
+impl KernelArg for OutSegArgs<'_> {
+    fn push(&self, slots: &mut Slots) {
+        self.ptrs.push(slots);
+        self.row_strides.push(slots);
+        self.batch_strides.push(slots);
+    }
+    fn kinds(field: &'static str, _whole: bool, out: &mut Vec<ParamDesc>) {
+        <[DevPtrMut; SEGMENTS]>::kinds(field, false, out);
+        <[i64; SEGMENTS]>::kinds(field, false, out);
+        <[i64; SEGMENTS]>::kinds(field, false, out);
+    }
+}
+
 /// One declaration of the table, for tests/kernel_signatures.rs.
 pub struct KernelDecl {
     /// The handle type's name, e.g. "Activation".
@@ -529,25 +553,29 @@ kernels! {
     CastAny / CastAnyArgs<'a> = "ops" :: ["cast_any"]
         (x: DevPtr<'a>, y: DevPtrMut<'a>, n: i64, sdt: i32, ddt: i32);
 
-    /// Strided copy of n elements of `esize` bytes: index space `shape` (rank 8, leading 1s),
-    /// element strides `src_strides` / `dst_strides`.
+    /// Strided copy of n elements of `esize` bytes (1, 2, 4, 8, 16): index space
+    /// `shape[..rank]` (row-major), element strides `src_strides` / `dst_strides`; `wide` 0:
+    /// 32-bit index math with the division magic `mul` / `shr` of every dim (n and every offset
+    /// below 2^31), 1: 64-bit. Planned by `runtime::copy`.
     CopyNd / CopyNdArgs<'a> = "ops" :: ["copy_nd"]
-        (src: DevPtr<'a>, dst: DevPtrMut<'a>, n: i64, esize: i32, shape: [i64; 8],
-         src_strides: [i64; 8], dst_strides: [i64; 8]);
+        (src: DevPtr<'a>, dst: DevPtrMut<'a>, n: i64, esize: i32, rank: i32, wide: i32,
+         shape: [i64; 8], src_strides: [i64; 8], dst_strides: [i64; 8], mul: [u32; 8],
+         shr: [u32; 8]);
 
     // ----- kernels/attention.cu -------------------------------------------------------------
 
     /// FlashAttention-2 forward, bf16, head dim 64: q, k, v segments of B x len rows of h*64
-    /// (16-byte aligned), out [B, sq, h*64], bias [sq, sk] f32 or null. Grid
-    /// (sq / 128, h, B), 256 threads, 48 KiB dynamic shared memory.
+    /// (16-byte aligned), `out` one output per query segment (B x len rows of h*64 at its
+    /// strides), bias [sq, sk] f32 or null. Grid (sq / 128, h, B), 128 threads, 48 KiB dynamic
+    /// shared memory.
     FlashAttnD64 / FlashAttnD64Args<'a> = "attention" :: ["flash_attn_fwd_d64"]
-        (q: SegArgs<'a>, k: SegArgs<'a>, v: SegArgs<'a>, out: DevPtrMut<'a>, bias: DevPtr<'a>,
+        (q: SegArgs<'a>, k: SegArgs<'a>, v: SegArgs<'a>, out: OutSegArgs<'a>, bias: DevPtr<'a>,
          h: i32, sq: i32, sk: i32, scale_log2: f32, causal: i32);
 
     /// Generic attention, head dim d <= 256, one warp per query row; shapes as
     /// [`FlashAttnD64`].
     AttnNaive / AttnNaiveArgs<'a> = "attention" :: [dtype "attn_naive"]
-        (q: SegArgs<'a>, k: SegArgs<'a>, v: SegArgs<'a>, out: DevPtrMut<'a>, bias: DevPtr<'a>,
+        (q: SegArgs<'a>, k: SegArgs<'a>, v: SegArgs<'a>, out: OutSegArgs<'a>, bias: DevPtr<'a>,
          h: i32, d: i32, sq: i32, sk: i32, scale: f32, causal: i32);
 
     // ----- kernels/attention_hopper.cu (sm_90a only) -----------------------------------------
@@ -555,12 +583,12 @@ kernels! {
     /// FlashAttention-3-style forward for Hopper (sm_90a), bf16, head dim 64, semantics of
     /// [`FlashAttnD64`]: `tq`, `tk`, `tv` are tensor maps of the q, k, v segments (rank 3
     /// {h*64, rows, B}, box {64, 128, 1}, SWIZZLE_128B; unused entries repeat the first), `qn`,
-    /// `kn` their lengths (0: unused; v has k's), out [B, sq, h*64], bias [h, sq, sk] f32 or
-    /// null. Grid (query tiles of 128 per segment, h, B), 384 threads,
+    /// `kn` their lengths (0: unused; v has k's), `out` one output per query segment as for
+    /// [`FlashAttnD64`], bias [h, sq, sk] f32 or null. Grid (query tiles of 128 per segment, h, B), 384 threads,
     /// `attention_hopper::SMEM_BYTES` dynamic shared memory.
     FlashAttnHopper / FlashAttnHopperArgs<'a> = "attention_hopper" :: ["flash_attn_hopper_d64"]
         (tq: [TmaDesc; SEGMENTS], tk: [TmaDesc; SEGMENTS], tv: [TmaDesc; SEGMENTS],
-         qn: [i32; SEGMENTS], kn: [i32; SEGMENTS], out: DevPtrMut<'a>, bias: DevPtr<'a>, h: i32,
+         qn: [i32; SEGMENTS], kn: [i32; SEGMENTS], out: OutSegArgs<'a>, bias: DevPtr<'a>, h: i32,
          sq: i32, sk: i32, scale_log2: f32, causal: i32);
 
     // ----- kernels/conv3d.cu ----------------------------------------------------------------
@@ -657,7 +685,7 @@ mod tests {
             ]
         );
         let kinds: Vec<ParamKind> = CopyNdArgs::kinds().into_iter().map(|k| k.kind).collect();
-        assert_eq!(kinds.len(), 28);
+        assert_eq!(kinds.len(), 6 + 5 * 8);
         assert_eq!(
             &kinds[..4],
             &[
@@ -667,7 +695,7 @@ mod tests {
                 ParamKind::I32
             ]
         );
-        assert_eq!(FlashAttnD64Args::kinds().len(), 3 * 16 + 7);
+        assert_eq!(FlashAttnD64Args::kinds().len(), 3 * 16 + 12 + 6);
     }
 
     #[test]

@@ -191,6 +191,8 @@ void run_all(uint64_t seed) {
     }
 }
 
+void run_copy_nd(Rng& rng);
+
 void run_cast_copy(uint64_t seed) {
     Rng rng(seed);
     if (selected("ops/cast_any")) {
@@ -210,27 +212,99 @@ void run_cast_copy(uint64_t seed) {
         expect_close("ops/cast_any f32->bf16", bf.p, ref_bf, 0.0, 0.0);
         expect_close("ops/cast_any bf16->f16->f32", back.p, ref_back, 0.0, 0.0);
     }
-    if (selected("ops/copy_nd")) {
-        // A [2, 3, 4] view with strides (1, 2, 6) (a permuted tensor) gathered into a dense
-        // [2, 3, 4], for element sizes 4, 2 and 1.
-        const long long n = 24;
-        for (int esize : {4, 2, 1}) {
-            DBuf<uint8_t> src((size_t)(n * esize)), dst((size_t)(n * esize));
-            for (size_t i = 0; i < src.n; i++) src[i] = (uint8_t)rng.range(256);
-            emu::launch("copy_nd", dim3(2), dim3(8), 0, [&] {
-                copy_nd(src.p, dst.p, n, esize, 1, 1, 1, 1, 1, 2, 3, 4, 0, 0, 0, 0, 0, 1, 2, 6, 0, 0, 0, 0, 0, 12, 4, 1);
-            });
-            std::vector<double> ref((size_t)(n * esize)), got((size_t)(n * esize));
-            for (int a = 0; a < 2; a++)
-                for (int b = 0; b < 3; b++)
-                    for (int c = 0; c < 4; c++)
-                        for (int e = 0; e < esize; e++)
-                            ref[(size_t)((a * 12 + b * 4 + c) * esize + e)] = src[(size_t)((a * 1 + b * 2 + c * 6) * esize + e)];
-            std::vector<float> gotf(ref.size());
-            for (size_t i = 0; i < gotf.size(); i++) gotf[i] = dst[i];
-            expect_close("ops/copy_nd esize " + std::to_string(esize), gotf.data(), ref, 0.0, 0.0);
-        }
+    if (selected("ops/copy_nd")) run_copy_nd(rng);
+}
+
+// copy_nd's division magic for d (1 <= d < 2^31), as src/runtime/copy.rs computes it.
+void copy_magic(unsigned d, unsigned& mul, unsigned& shr) {
+    unsigned l = 0;
+    while ((1ull << l) < d) l++;
+    shr = l;
+    mul = (unsigned)((((1ull << 32) * ((1ull << l) - d)) / d) + 1);
+}
+
+// One copy_nd launch: index space `shape` (row-major), element strides ss / ds, elements of
+// `esize` bytes, 32-bit (magic) or 64-bit index math; compared byte for byte with a plain loop,
+// and every destination byte outside the index space must stay 0xff.
+void copy_case(Rng& rng, const std::string& name, const std::vector<long long>& shape, const std::vector<long long>& ss,
+               const std::vector<long long>& ds, int esize, bool wide) {
+    const std::string full = "ops/copy_nd " + name + " esize " + std::to_string(esize) + (wide ? " wide" : " narrow");
+    if (!selected(full)) return;
+    const int rank = (int)shape.size();
+    long long n = 1, smax = 0, dmax = 0;
+    for (int k = 0; k < rank; k++) {
+        n *= shape[(size_t)k];
+        smax += (shape[(size_t)k] - 1) * ss[(size_t)k];
+        dmax += (shape[(size_t)k] - 1) * ds[(size_t)k];
     }
+    DBuf<uint8_t> src((size_t)((smax + 1) * esize)), dst((size_t)((dmax + 1) * esize));
+    for (size_t i = 0; i < src.n; i++) src[i] = (uint8_t)rng.range(255);  // never 0xff
+    long long sh[8] = {1, 1, 1, 1, 1, 1, 1, 1}, s8[8] = {0}, d8[8] = {0};
+    unsigned mul[8] = {0}, shr[8] = {0};
+    for (int k = 0; k < rank; k++) {
+        sh[k] = shape[(size_t)k];
+        s8[k] = ss[(size_t)k];
+        d8[k] = ds[(size_t)k];
+        if (!wide) copy_magic((unsigned)sh[k], mul[k], shr[k]);
+    }
+    emu::launch("copy_nd", dim3(3), dim3(32), 0, [&] {
+        copy_nd(src.p, dst.p, n, esize, rank, wide ? 1 : 0, sh[0], sh[1], sh[2], sh[3], sh[4], sh[5], sh[6], sh[7], s8[0], s8[1], s8[2],
+                s8[3], s8[4], s8[5], s8[6], s8[7], d8[0], d8[1], d8[2], d8[3], d8[4], d8[5], d8[6], d8[7], mul[0], mul[1], mul[2], mul[3],
+                mul[4], mul[5], mul[6], mul[7], shr[0], shr[1], shr[2], shr[3], shr[4], shr[5], shr[6], shr[7]);
+    });
+    std::vector<double> ref(dst.n, 255.0);
+    for (long long i = 0; i < n; i++) {
+        long long x = i, so = 0, dof = 0;
+        for (int k = rank - 1; k >= 0; k--) {
+            const long long idx = x % shape[(size_t)k];
+            x /= shape[(size_t)k];
+            so += idx * ss[(size_t)k];
+            dof += idx * ds[(size_t)k];
+        }
+        for (int e = 0; e < esize; e++) ref[(size_t)(dof * esize + e)] = src[(size_t)(so * esize + e)];
+    }
+    std::vector<float> got(dst.n);
+    for (size_t i = 0; i < got.size(); i++) got[i] = dst[i];
+    expect_close(full, got.data(), ref, 0.0, 0.0);
+}
+
+// Dense row-major strides of `shape`, permuted by `perm` (the view of a transpose) or padded.
+std::vector<long long> dense(const std::vector<long long>& shape) {
+    std::vector<long long> st(shape.size());
+    long long s = 1;
+    for (size_t k = shape.size(); k-- > 0;) {
+        st[k] = s;
+        s *= shape[k];
+    }
+    return st;
+}
+
+void run_copy_nd(Rng& rng) {
+    // The pre-planning case: a [2, 3, 4] view with strides (1, 2, 6) gathered.
+    for (int esize : {4, 2, 1}) copy_case(rng, "permuted [2,3,4]", {2, 3, 4}, {1, 2, 6}, {12, 4, 1}, esize, false);
+    // Ranks 1..6 with odd sizes: gathers from permuted sources, scatters into padded
+    // destinations, both paths, every element size.
+    struct Shape {
+        const char* name;
+        std::vector<long long> shape, ss, ds;
+    };
+    std::vector<Shape> shapes = {
+        {"rank 1 strided 37", {37}, {3}, {1}},
+        {"rank 2 transpose 5x7", {5, 7}, {1, 5}, {7, 1}},
+        {"rank 3 narrow rows 2x5x9 (video of [video; text])", {2, 5, 9}, {8 * 9, 9, 1}, {5 * 9, 9, 1}},
+        {"rank 4 permute 3x2x5x3", {3, 2, 5, 3}, {1, 45, 3, 15}, {30, 15, 3, 1}},
+        {"rank 5 scatter 2x3x1x5x3 padded", {2, 3, 1, 5, 3}, {45, 15, 15, 3, 1}, {100, 30, 30, 5, 1}},
+        {"rank 6 patchify 2x3x2x3x2x5", {2, 3, 2, 3, 2, 5}, {180, 2, 90, 30, 1, 6}, dense({2, 3, 2, 3, 2, 5})},
+        {"rank 8 all 2x3", {2, 3, 2, 3, 2, 3, 2, 3}, {1, 2, 6, 12, 36, 72, 216, 432}, dense({2, 3, 2, 3, 2, 3, 2, 3})},
+    };
+    for (const Shape& sh : shapes)
+        for (int esize : {1, 2, 4, 8, 16})
+            for (bool wide : {false, true}) {
+                if ((esize == 8 || esize == 16) && !(sh.shape.size() == 3 || sh.shape.size() == 1)) continue;  // widened copies are short
+                copy_case(rng, sh.name, sh.shape, sh.ss, sh.ds, esize, wide);
+            }
+    // A divisor above 2^16 on the 32-bit path (the magic's multiply-high matters).
+    copy_case(rng, "large dim 3x65537", {3, 65537}, {65537, 1}, {65539, 1}, 1, false);
 }
 
 }  // namespace
