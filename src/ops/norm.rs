@@ -378,6 +378,54 @@ mod tests {
         assert!((r.iter().map(|v| v * v).sum::<f32>() / c as f32 - 1.0).abs() < 1e-4);
     }
 
+    /// The CPU reference of the fused q/k norm is rms_norm on each q and k head (a strided
+    /// view as input); the v columns are copied unchanged.
+    #[test]
+    fn qk_rms_norm_is_rms_norm_per_head() {
+        let (rows, heads, hd) = (4, 2, 6);
+        let d = heads * hd;
+        let wide = 3 * d + 2;
+        let x: Vec<f32> = (0..rows * wide)
+            .map(|i| ((i * 37) % 23) as f32 * 0.25 - 2.5)
+            .collect();
+        let xt = Tensor::from_f32(x, &[1, rows, wide], &Device::Cpu).unwrap();
+        let y = xt.narrow(2, 1, 3 * d).unwrap();
+        let gq = Tensor::from_f32((0..hd).map(|j| 0.5 + j as f32).collect(), &[hd], &Device::Cpu)
+            .unwrap();
+        let gk = Tensor::from_f32((0..hd).map(|j| 2.0 - j as f32 * 0.1).collect(), &[hd], &Device::Cpu)
+            .unwrap();
+        let out = qk_rms_norm(
+            y.clone(),
+            QkHeads { col: 0, heads, gain: Some(&gq) },
+            QkHeads { col: d, heads, gain: Some(&gk) },
+            hd,
+            1e-6,
+        )
+        .unwrap();
+        assert_eq!(out.shape(), y.shape());
+        for (col, g) in [(0, &gq), (d, &gk)] {
+            let part = y.narrow(2, col, d).unwrap().contiguous().unwrap();
+            let want = rms_norm(&part.reshape(&[1, rows, heads, hd]).unwrap(), Some(g), 1e-6)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
+            let got = out.narrow(2, col, d).unwrap().to_vec_f32().unwrap();
+            assert_eq!(got, want);
+        }
+        let v_in = y.narrow(2, 2 * d, d).unwrap().to_vec_f32().unwrap();
+        assert_eq!(out.narrow(2, 2 * d, d).unwrap().to_vec_f32().unwrap(), v_in);
+        // Overlapping q and k columns, or heads past the row, are errors.
+        let bad = |q: QkHeads, k: QkHeads| qk_rms_norm(y.clone(), q, k, hd, 1e-6).is_err();
+        assert!(bad(
+            QkHeads { col: 0, heads, gain: None },
+            QkHeads { col: hd, heads, gain: None }
+        ));
+        assert!(bad(
+            QkHeads { col: 0, heads: 0, gain: None },
+            QkHeads { col: 2 * d + 1, heads, gain: None }
+        ));
+    }
+
     #[test]
     fn rms_norm_unit_rms() {
         let x = Tensor::from_f32(vec![3.0, 4.0, 0.0, 0.0], &[1, 4], &Device::Cpu).unwrap();
