@@ -160,8 +160,7 @@ fn qk_rms_norm_fused_in_place() {
                     let w = if with_q { 3 * d } else { 2 * d };
                     let wide = w + 2 * pad;
                     let seed = (hd * 100 + pad * 10 + usize::from(with_q)) as u64;
-                    let (yh_wide, yg_wide) =
-                        pair(rnd(b * s * wide, seed), &[b, s, wide], &dev, dt);
+                    let (yh_wide, yg_wide) = pair(rnd(b * s * wide, seed), &[b, s, wide], &dev, dt);
                     let before = yg_wide.to_vec_f32().unwrap();
                     let (yh, yg) = (
                         yh_wide.narrow(2, pad, w).unwrap(),
@@ -194,9 +193,7 @@ fn qk_rms_norm_fused_in_place() {
                         1e-6,
                     )
                     .unwrap();
-                    let name = format!(
-                        "qk_rms_norm heads {heads}x{hd} q {with_q} col {pad}"
-                    );
+                    let name = format!("qk_rms_norm heads {heads}x{hd} q {with_q} col {pad}");
                     check(&name, &got, &want, dt, hd);
                     // The reference is rms_norm on each head's view.
                     for (col, g, n) in [(0, &gqh, hq), (kcol, &gkh, heads)] {

@@ -177,8 +177,8 @@ fn gpu_pinned_and_events() {
     assert!(ms >= 0.0);
 }
 
-/// A two-layer checkpoint `blocks.{0,1}.{a,b,c}` (weights [3|5|2, 8] bf16 with biases; layer 1
-/// has no `a`) for the fused-linear tests, in a fresh folder.
+/// A two-layer checkpoint `blocks.{0,1}.{a,b,c}` (weights [3|5|2, 8] bf16 with biases) and
+/// `blocks.0.z.weight` [1, 8] for the fused-linear tests, in a fresh folder.
 fn fused_ckpt(tag: &str) -> std::path::PathBuf {
     use contentv::io::safetensors::{write_safetensors, StDtype};
     let dir = std::env::temp_dir().join(format!("contentv-fused-{tag}-{}", std::process::id()));
@@ -194,12 +194,16 @@ fn fused_ckpt(tag: &str) -> std::path::PathBuf {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for layer in 0..2 {
         for (m, n) in [("a", 3), ("b", 5), ("c", 2)] {
-            if layer == 1 && m == "a" {
-                continue;
-            }
             let s = layer * 10 + n;
-            owned.push((format!("blocks.{layer}.{m}.weight"), vec![n, 8], bf(n * 8, s)));
+            owned.push((
+                format!("blocks.{layer}.{m}.weight"),
+                vec![n, 8],
+                bf(n * 8, s),
+            ));
             owned.push((format!("blocks.{layer}.{m}.bias"), vec![n], bf(n, s + 1)));
+        }
+        if layer == 0 {
+            owned.push(("blocks.0.z.weight".into(), vec![1, 8], bf(8, 99)));
         }
     }
     let tensors: Vec<(&str, StDtype, &[usize], &[u8])> = owned
@@ -210,7 +214,14 @@ fn fused_ckpt(tag: &str) -> std::path::PathBuf {
     dir
 }
 
-const GROUPS: &[&[&str]] = &[&["a", "b", "c"], &["b", "c"]];
+/// Like the transformer's: layers with a `z` fuse a|b|c, the others b|c (their `a` is unused).
+fn groups(has: &dyn Fn(&str) -> bool) -> Vec<&'static [&'static str]> {
+    if has("z.weight") {
+        vec![&["a", "b", "c"]]
+    } else {
+        vec![&["b", "c"]]
+    }
+}
 
 fn cat(parts: &[Vec<f32>]) -> Vec<f32> {
     parts.concat()
@@ -219,10 +230,9 @@ fn cat(parts: &[Vec<f32>]) -> Vec<f32> {
 fn weight_f32(w: &contentv::runtime::Weight) -> (Vec<f32>, Option<Vec<f32>>) {
     match w {
         contentv::runtime::Weight::Dense(t) => (t.to_vec_f32().unwrap(), None),
-        contentv::runtime::Weight::Int8 { q, scale } => (
-            q.to_vec_f32().unwrap(),
-            Some(scale.to_vec_f32().unwrap()),
-        ),
+        contentv::runtime::Weight::Int8 { q, scale } => {
+            (q.to_vec_f32().unwrap(), Some(scale.to_vec_f32().unwrap()))
+        }
     }
 }
 
@@ -241,7 +251,7 @@ fn fused_linear_is_its_members_concatenated() {
     for dev in devices {
         for int8 in [false, true] {
             let store = WeightStore::open(&dir, &dev, DType::BF16).unwrap();
-            store.set_fusion(Some(FusionPolicy { groups: GROUPS }));
+            store.set_fusion(Some(FusionPolicy { groups }));
             if int8 {
                 store.set_int8(Some(Int8Policy {
                     group: None,
@@ -255,7 +265,9 @@ fn fused_linear_is_its_members_concatenated() {
                 .collect();
             store.release_all();
             record_reads(true);
-            let f = p0.linear_fused(&["a", "b", "c"], 8, &[3, 5, 2], true).unwrap();
+            let f = p0
+                .linear_fused(&["a", "b", "c"], 8, &[3, 5, 2], true)
+                .unwrap();
             let reads = record_reads(false);
             let keys: Vec<&str> = reads.iter().map(|(_, k)| k.as_str()).collect();
             assert_eq!(
@@ -270,10 +282,16 @@ fn fused_linear_is_its_members_concatenated() {
                 ]
             );
             assert_eq!(f.weight.shape(), [10, 8]);
-            assert_eq!(matches!(f.weight, contentv::runtime::Weight::Int8 { .. }), int8);
+            assert_eq!(
+                matches!(f.weight, contentv::runtime::Weight::Int8 { .. }),
+                int8
+            );
             let (fw, fs) = weight_f32(&f.weight);
             let parts: Vec<_> = sep.iter().map(|l| weight_f32(&l.weight)).collect();
-            assert_eq!(fw, cat(&parts.iter().map(|p| p.0.clone()).collect::<Vec<_>>()));
+            assert_eq!(
+                fw,
+                cat(&parts.iter().map(|p| p.0.clone()).collect::<Vec<_>>())
+            );
             if int8 {
                 let scales: Vec<Vec<f32>> = parts.iter().map(|p| p.1.clone().unwrap()).collect();
                 assert_eq!(fs.unwrap(), cat(&scales));
@@ -284,7 +302,7 @@ fn fused_linear_is_its_members_concatenated() {
                 .collect();
             assert_eq!(f.bias.as_ref().unwrap().to_vec_f32().unwrap(), cat(&biases));
 
-            // Streamed: layer 0 fuses a+b+c, layer 1 (no a) b+c; the values are the same.
+            // Streamed: layer 0 fuses a+b+c, layer 1 (no z) b+c; the values are the same.
             store.release_all();
             let r = Residency::streamed(&store, "blocks", 2, None).unwrap();
             for (i, names, outs) in [
@@ -318,14 +336,14 @@ fn fused_linear_is_its_members_concatenated() {
         let es = store.dtype().size();
         let al = |b: usize| b.div_ceil(256) * 256;
         let unfused = Residency::layer_bytes(&store, "blocks", 2);
-        assert_eq!(
-            unfused[0] as usize,
-            [3, 5, 2].iter().map(|n| al(n * 8 * es) + al(n * es)).sum::<usize>()
-        );
-        store.set_fusion(Some(FusionPolicy { groups: GROUPS }));
+        let sep = |n: usize| al(n * 8 * es) + al(n * es);
+        let z = al(8 * es);
+        assert_eq!(unfused[0] as usize, sep(3) + sep(5) + sep(2) + z);
+        store.set_fusion(Some(FusionPolicy { groups }));
         let fused = Residency::layer_bytes(&store, "blocks", 2);
-        assert_eq!(fused[0] as usize, al(10 * 8 * es) + al(10 * es));
-        assert_eq!(fused[1] as usize, al(7 * 8 * es) + al(7 * es));
+        assert_eq!(fused[0] as usize, sep(10) + z);
+        // Layer 1: b|c in one region, the unused a on its own (as the policy says).
+        assert_eq!(fused[1] as usize, sep(7) + sep(3));
 
         // Mixed INT8 / dense members cannot be one GEMM.
         store.set_int8(Some(Int8Policy {

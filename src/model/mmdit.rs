@@ -26,15 +26,27 @@ use crate::shape_err;
 /// ([`Denoiser::prepare_run`]) and streaming leaves them out of the per-step copies.
 const MODULATION_KEYS: &[&str] = &[".norm1.linear.", ".norm1_context.linear."];
 
-/// The linears of a joint block run as one GEMM each group ([`Prefix::linear_fused`], handed
-/// to the weight store as its [`FusionPolicy`] so that streamed layers keep each group in one
-/// region): video q, k, v; text q, k, v; and text k, v in the last block (context_pre_only: no
-/// text queries). Order = output columns.
-pub const FUSED_LINEARS: &[&[&str]] = &[
-    &["attn.to_q", "attn.to_k", "attn.to_v"],
-    &["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
-    &["attn.add_k_proj", "attn.add_v_proj"],
-];
+/// The linears of a joint block run as one GEMM each ([`Prefix::linear_fused`]); output columns
+/// in this order. Video q, k, v:
+const QKV: &[&str] = &["attn.to_q", "attn.to_k", "attn.to_v"];
+/// Text q, k, v:
+const ADD_QKV: &[&str] = &["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"];
+/// Text k, v of the last block (context_pre_only: its text queries would be discarded, and its
+/// `add_q_proj`, present in the checkpoint, is not read).
+const ADD_KV: &[&str] = &["attn.add_k_proj", "attn.add_v_proj"];
+
+/// The fused linears of a joint block, given whether the block has a key (relative to
+/// `transformer_blocks.{i}.`): [video q|k|v, text q|k|v] or, in the last block (no
+/// `attn.to_add_out`), [video q|k|v, text k|v]. [`BlockWeights::load`] asks for these, and the
+/// weight store gets this function as its [`FusionPolicy`] so a streamed layer keeps each group
+/// in one region.
+pub fn fused_linears(has: &dyn Fn(&str) -> bool) -> Vec<&'static [&'static str]> {
+    if has("attn.to_add_out.weight") {
+        vec![QKV, ADD_QKV]
+    } else {
+        vec![QKV, ADD_KV]
+    }
+}
 
 const LN_EPS: f32 = 1e-6;
 const QK_EPS: f32 = 1e-6;
@@ -282,14 +294,11 @@ impl BlockWeights {
     fn load(b: &Prefix, c: &TransformerConfig) -> Result<BlockWeights> {
         let (d, hd) = (c.dim, c.head_dim);
         let context_pre_only = !b.contains("attn.to_add_out.weight");
+        let groups = fused_linears(&|k| b.contains(k));
         Ok(BlockWeights {
-            qkv: b.linear_fused(&FUSED_LINEARS[0][..], d, &[d, d, d], true)?,
+            qkv: b.linear_fused(groups[0], d, &vec![d; groups[0].len()], true)?,
             // The last block's text queries are dead work (their output is discarded).
-            add_qkv: if context_pre_only {
-                b.linear_fused(&FUSED_LINEARS[2][..], d, &[d, d], true)?
-            } else {
-                b.linear_fused(&FUSED_LINEARS[1][..], d, &[d, d, d], true)?
-            },
+            add_qkv: b.linear_fused(groups[1], d, &vec![d; groups[1].len()], true)?,
             norm_q: b.tensor("attn.norm_q.weight", &[hd])?,
             norm_k: b.tensor("attn.norm_k.weight", &[hd])?,
             norm_added_q: b.tensor("attn.norm_added_q.weight", &[hd])?,
@@ -416,7 +425,7 @@ impl Transformer {
     ) -> Result<(Arc<WeightStore>, TransformerConfig)> {
         let store = WeightStore::open(dir, device, DType::BF16)?;
         store.set_fusion(Some(FusionPolicy {
-            groups: FUSED_LINEARS,
+            groups: fused_linears,
         }));
         if mem.int8 {
             store.set_int8(Some(Int8Policy {
@@ -714,7 +723,11 @@ fn joint_block(
         hd,
         QK_EPS,
     )?;
-    let (q, k, v) = (qkv.narrow(2, 0, d)?, qkv.narrow(2, d, d)?, qkv.narrow(2, 2 * d, d)?);
+    let (q, k, v) = (
+        qkv.narrow(2, 0, d)?,
+        qkv.narrow(2, d, d)?,
+        qkv.narrow(2, 2 * d, d)?,
+    );
     // Text: q | k | v, or k | v in the last block (its text queries would be discarded).
     let has_qc = !w.context_pre_only;
     let kc0 = if has_qc { d } else { 0 };

@@ -150,7 +150,13 @@ pub fn step_rows(c: &TransformerConfig, shape: StepShape) -> Vec<Row> {
     // q, k, v: one fused GEMM per stream (weights [3D, D]; [2D, D] for the last block's text
     // k, v), then the per-head q/k RMS norms of both in one in-place launch per stream.
     r.gemm("q, k, v (video, fused)", all, bn, d, 3 * d);
-    r.memory("q/k RMS norm per head (in place)", all, 2 * bn * d, 2 * bn * d, 2);
+    r.memory(
+        "q/k RMS norm per head (in place)",
+        all,
+        2 * bn * d,
+        2 * bn * d,
+        2,
+    );
     r.gemm("q, k, v (text, fused)", full, bs, d, 3 * d);
     r.gemm("q, k, v (text, fused)", last, bs, d, 2 * d);
     r.memory(

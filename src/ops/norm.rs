@@ -5,8 +5,8 @@
 use crate::error::Result;
 use crate::ops::{collapsed_row_stride, common_gpu, float_dtype, grid_rows, host, par_rows};
 use crate::runtime::kernels::{
-    DevPtr, DevPtrMut, LaunchCfg, LayerNorm, LayerNormArgs, LnModulate, LnModulateArgs,
-    QkRmsNorm, QkRmsNormArgs, RmsNorm, RmsNormArgs,
+    DevPtr, DevPtrMut, LaunchCfg, LayerNorm, LayerNormArgs, LnModulate, LnModulateArgs, QkRmsNorm,
+    QkRmsNormArgs, RmsNorm, RmsNormArgs,
 };
 use crate::runtime::{DType, Tensor};
 use crate::shape_err;
@@ -233,13 +233,7 @@ pub struct QkHeads<'a> {
 /// On the GPU this is one launch that normalises `y`'s memory in place and returns `y` (a copy
 /// only if its rows cannot be viewed at one stride): `y` must be a tensor nothing else still
 /// reads with its old values (a fresh GEMM output). The CPU reference returns a new tensor.
-pub fn qk_rms_norm(
-    y: Tensor,
-    q: QkHeads,
-    k: QkHeads,
-    head_dim: usize,
-    eps: f32,
-) -> Result<Tensor> {
+pub fn qk_rms_norm(y: Tensor, q: QkHeads, k: QkHeads, head_dim: usize, eps: f32) -> Result<Tensor> {
     let (rows, w) = rows_cols("qk_rms_norm", &y)?;
     if head_dim == 0 {
         return Err(shape_err!("qk_rms_norm: head_dim 0"));
@@ -390,14 +384,30 @@ mod tests {
             .collect();
         let xt = Tensor::from_f32(x, &[1, rows, wide], &Device::Cpu).unwrap();
         let y = xt.narrow(2, 1, 3 * d).unwrap();
-        let gq = Tensor::from_f32((0..hd).map(|j| 0.5 + j as f32).collect(), &[hd], &Device::Cpu)
-            .unwrap();
-        let gk = Tensor::from_f32((0..hd).map(|j| 2.0 - j as f32 * 0.1).collect(), &[hd], &Device::Cpu)
-            .unwrap();
+        let gq = Tensor::from_f32(
+            (0..hd).map(|j| 0.5 + j as f32).collect(),
+            &[hd],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let gk = Tensor::from_f32(
+            (0..hd).map(|j| 2.0 - j as f32 * 0.1).collect(),
+            &[hd],
+            &Device::Cpu,
+        )
+        .unwrap();
         let out = qk_rms_norm(
             y.clone(),
-            QkHeads { col: 0, heads, gain: Some(&gq) },
-            QkHeads { col: d, heads, gain: Some(&gk) },
+            QkHeads {
+                col: 0,
+                heads,
+                gain: Some(&gq),
+            },
+            QkHeads {
+                col: d,
+                heads,
+                gain: Some(&gk),
+            },
             hd,
             1e-6,
         )
@@ -417,12 +427,28 @@ mod tests {
         // Overlapping q and k columns, or heads past the row, are errors.
         let bad = |q: QkHeads, k: QkHeads| qk_rms_norm(y.clone(), q, k, hd, 1e-6).is_err();
         assert!(bad(
-            QkHeads { col: 0, heads, gain: None },
-            QkHeads { col: hd, heads, gain: None }
+            QkHeads {
+                col: 0,
+                heads,
+                gain: None
+            },
+            QkHeads {
+                col: hd,
+                heads,
+                gain: None
+            }
         ));
         assert!(bad(
-            QkHeads { col: 0, heads: 0, gain: None },
-            QkHeads { col: 2 * d + 1, heads, gain: None }
+            QkHeads {
+                col: 0,
+                heads: 0,
+                gain: None
+            },
+            QkHeads {
+                col: 2 * d + 1,
+                heads,
+                gain: None
+            }
         ));
     }
 

@@ -98,8 +98,8 @@ struct FusedGroup {
     bias: bool,
 }
 
-/// The fusion groups of the store's policy whose members are all in layer `i` (and not left
-/// out by `except`), each linear in at most one group, and whose members agree (2D weights of
+/// The fusion groups the store's policy gives layer `i` whose members are all there (and not
+/// left out by `except`), each linear in at most one group, and whose members agree (2D weights of
 /// one width K, all with or all without bias, all dense / all quantized on load / all
 /// pre-quantized with scales of one layout). Other groups stay separate tensors (the fused
 /// load then builds the weight from the map: correct, only not free).
@@ -107,9 +107,10 @@ fn fused_groups(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> 
     let Some(policy) = store.fusion_policy() else {
         return Vec::new();
     };
+    let has = |k: &str| store.contains(&format!("{group}.{i}.{k}"));
     let mut taken: Vec<String> = Vec::new();
     let mut out = Vec::new();
-    for g in policy.groups {
+    for g in (policy.groups)(&has) {
         let members: Vec<String> = g.iter().map(|m| format!("{group}.{i}.{m}")).collect();
         let wk = |m: &String| format!("{m}.weight");
         if members.is_empty()
@@ -136,7 +137,10 @@ fn fused_groups(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> 
             continue;
         }
         let scale_key = |m: &String| format!("{m}.weight_scale");
-        let pre: Vec<bool> = members.iter().map(|m| store.contains(&scale_key(m))).collect();
+        let pre: Vec<bool> = members
+            .iter()
+            .map(|m| store.contains(&scale_key(m)))
+            .collect();
         let int8: Vec<bool> = members.iter().map(|m| store.is_int8(m)).collect();
         let stored: Vec<Option<DType>> = members
             .iter()
@@ -164,8 +168,7 @@ fn fused_groups(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> 
             (false, true)
         } else if all(&pre, false) && all(&int8, true) {
             (true, false)
-        } else if all(&int8, false) && stored.iter().all(|d| d.is_some_and(|d| d != DType::I8))
-        {
+        } else if all(&int8, false) && stored.iter().all(|d| d.is_some_and(|d| d != DType::I8)) {
             (false, false)
         } else {
             continue;

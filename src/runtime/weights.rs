@@ -118,14 +118,15 @@ pub struct Int8Policy {
 
 /// Linears the model runs as one GEMM (e.g. an attention's q, k and v projections): declared by
 /// the model (like [`Int8Policy`]; the runtime knows no names) and asked for with
-/// [`Prefix::linear_fused`]. Each group lists the member linears (keys without `.weight`,
-/// relative to a layer prefix `{group}.{i}.` of a layer loop) in output-row order. A linear
-/// belongs to the first group (in this order) whose members are all present in its layer, so
-/// list a longer group before a shorter one that shares members (e.g. a block without one of
-/// them).
+/// [`Prefix::linear_fused`]. `groups` returns the groups of one layer of a layer loop, given
+/// whether that layer has a key (relative to its prefix `{group}.{i}.`, e.g.
+/// `"attn.to_add_out.weight"`): each group lists its member linears (keys without `.weight`,
+/// relative to the layer prefix) in output-row order, exactly as the model will ask for them
+/// in that layer (a layer may hold a linear the model does not use there). A linear counts in
+/// at most one group.
 #[derive(Clone, Copy, Debug)]
 pub struct FusionPolicy {
-    pub groups: &'static [&'static [&'static str]],
+    pub groups: fn(&dyn Fn(&str) -> bool) -> Vec<&'static [&'static str]>,
 }
 
 /// The key prefix of the fused linear of these member linears (full keys without `.weight`):
@@ -397,7 +398,10 @@ impl WeightStore {
         n_tot: usize,
     ) -> Result<Weight> {
         let wkeys: Vec<String> = members.iter().map(|m| format!("{m}.weight")).collect();
-        let skeys: Vec<String> = members.iter().map(|m| format!("{m}.weight_scale")).collect();
+        let skeys: Vec<String> = members
+            .iter()
+            .map(|m| format!("{m}.weight_scale"))
+            .collect();
         let pre: Vec<bool> = skeys.iter().map(|k| self.ckpt.contains(k)).collect();
         let (fq, fs) = (format!("{name}.weight"), format!("{name}.weight_scale"));
         if pre.iter().all(|&p| p) {
