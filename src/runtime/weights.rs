@@ -126,8 +126,13 @@ pub struct Int8Policy {
 /// at most one group.
 #[derive(Clone, Copy, Debug)]
 pub struct FusionPolicy {
-    pub groups: fn(&dyn Fn(&str) -> bool) -> Vec<&'static [&'static str]>,
+    pub groups: FusionGroups,
 }
+
+/// One group of fused linears: member names relative to the layer prefix, in row order.
+pub type FusionGroup = &'static [&'static str];
+/// The groups of a layer, given whether it has a key (see [`FusionPolicy`]).
+pub type FusionGroups = fn(&dyn Fn(&str) -> bool) -> Vec<FusionGroup>;
 
 /// The key prefix of the fused linear of these member linears (full keys without `.weight`):
 /// the members joined by `+`; the fused tensors are `{name}.weight` [sum N_i, K], `.bias`,
