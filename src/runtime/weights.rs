@@ -146,49 +146,6 @@ pub fn fused_name<S: AsRef<str>>(members: &[S]) -> String {
         .join("+")
 }
 
-/// The row-concatenation of `parts` (each [N_i, ...] contiguous, same dtype, device and
-/// trailing dims) on `device`: one new tensor, the parts copied into it.
-fn concat_rows(parts: &[Tensor], device: &Device) -> Result<Tensor> {
-    let first = parts
-        .first()
-        .ok_or_else(|| Error::Other("concat_rows: no parts".into()))?;
-    let tail = first.shape()[1..].to_vec();
-    let dtype = first.dtype();
-    let mut shape = vec![0usize];
-    shape.extend_from_slice(&tail);
-    for p in parts {
-        if p.shape()[1..] != tail[..] || p.dtype() != dtype {
-            return Err(Error::Weights(format!(
-                "fused linear: member {:?} {} does not stack on {:?} {}",
-                p.shape(),
-                p.dtype().name(),
-                first.shape(),
-                dtype.name()
-            )));
-        }
-        shape[0] += p.shape()[0];
-    }
-    match device {
-        Device::Cpu => {
-            let mut bytes = Vec::with_capacity(shape.iter().product::<usize>() * dtype.size());
-            for p in parts {
-                bytes.extend_from_slice(&p.to_bytes()?);
-            }
-            Tensor::host_from_bytes(&bytes, dtype, &shape)
-        }
-        Device::Cuda(_) => {
-            let out = Tensor::empty(&shape, dtype, device)?;
-            let mut row = 0;
-            for p in parts {
-                out.narrow(0, row, p.shape()[0])?
-                    .copy_from(&p.contiguous()?)?;
-                row += p.shape()[0];
-            }
-            Ok(out)
-        }
-    }
-}
-
 impl WeightStore {
     /// Opens `dir` (single `*.safetensors` or sharded with an index JSON).
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
@@ -332,13 +289,38 @@ impl WeightStore {
             }
             return Ok(t.clone());
         }
-        let parts = keys
+        if shapes
             .iter()
-            .zip(shapes)
-            .map(|(k, sh)| self.load_uncached(k, sh, dtype))
-            .collect::<Result<Vec<_>>>()?;
-        let t = concat_rows(&parts, &self.device)?;
-        drop(parts);
+            .any(|s| s.len() != total.len() || s[1..] != total[1..])
+        {
+            return Err(Error::Weights(format!(
+                "{}: the tensors {} ({shapes:?}) do not stack into one",
+                self.dir.display(),
+                keys.join(", ")
+            )));
+        }
+        // Each member is loaded (uploaded and converted as a plain load would), copied into its
+        // rows and dropped at once: besides the result, one member at a time is alive (on the
+        // GPU the pool is stream-ordered, so dropping it before the copy ran is safe).
+        let t = match &self.device {
+            Device::Cpu => {
+                let mut bytes = Vec::with_capacity(total.iter().product::<usize>() * dtype.size());
+                for (k, sh) in keys.iter().zip(shapes) {
+                    bytes.extend_from_slice(&self.load_uncached(k, sh, dtype)?.to_bytes()?);
+                }
+                Tensor::host_from_bytes(&bytes, dtype, &total)?
+            }
+            Device::Cuda(_) => {
+                let out = Tensor::empty(&total, dtype, &self.device)?;
+                let mut row = 0;
+                for (k, sh) in keys.iter().zip(shapes) {
+                    let part = self.load_uncached(k, sh, dtype)?.contiguous()?;
+                    out.narrow(0, row, sh[0])?.copy_from(&part)?;
+                    row += sh[0];
+                }
+                out
+            }
+        };
         self.cache.lock().unwrap().insert(ck, t.clone());
         Ok(t)
     }
