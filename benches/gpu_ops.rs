@@ -258,6 +258,22 @@ fn main() {
         ms,
         2 * act_bytes,
     );
+    // The fused QKV output [2, N, 3D]: q and k heads normalised in place, one launch (it
+    // replaces two rms_norm calls above); reads and writes q and k.
+    let qkv = rand_bf16(&[b, nvid, 3 * dm], &dev, 1.0);
+    let ms = time_ms(&dev, it, || {
+        let side = |col| norm::QkHeads {
+            col,
+            heads,
+            gain: Some(&w64),
+        };
+        norm::qk_rms_norm(qkv.clone(), side(0), side(dm), 64, 1e-6).unwrap();
+    });
+    report_bw(
+        &format!("qk_rms_norm q+k in place [2,{nvid},3x{heads}x64] bf16"),
+        ms,
+        4 * act_bytes,
+    );
     let ms = time_ms(&dev, it, || {
         act::gelu_tanh(&x).unwrap();
     });

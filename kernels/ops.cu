@@ -1,4 +1,5 @@
-// The small kernels: activations, softmax, LayerNorm (+ adaLN modulation), RMSNorm, elementwise
+// The small kernels: activations, softmax, LayerNorm (+ adaLN modulation), RMSNorm (and the
+// per-head q/k RMSNorm of a fused QKV output, in place), elementwise
 // arithmetic, gated residual, embedding gather, dtype casts and strided copies. Each has an f32
 // CPU reference in src/ops/<module>.rs. Templates are instantiated for float, bf16 and f16 as
 // extern "C" entry points `<name>_f32|_bf16|_f16`.
@@ -92,6 +93,61 @@ __device__ void rms_norm_k(const T* x, T* y, const float* w, int rows, int c, fl
     }
 }
 
+// Per-head RMSNorm of the q and k heads of a fused QKV projection, in place (the attention's
+// qk_norm): `rows` rows of x at row stride `ld` elements; hq q heads of hd at column q_col with
+// gain wq, hk k heads at column k_col with gain wk (f32 [hd] or null); the v columns are not
+// touched. One warp per (row, head), 8 warps a block. Same rounding as rms_norm_k:
+// y = T(T(x * rsqrt(mean(x^2) + eps)) * w), sum of squares in f32.
+template <typename T>
+struct alignas(2 * sizeof(T)) Pair2 {
+    T a, b;
+};
+template <typename T>
+__device__ void qk_rms_norm_k(T* x, long long ld, long long rows, int q_col, int hq, const float* wq, int k_col, int hk, const float* wk,
+                              int hd, float eps) {
+    const int lane = threadIdx.x & 31;
+    const int hpr = hq + hk;
+    const long long warp = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (hpr <= 0 || warp >= rows * hpr) return;  // warp-uniform: a warp exits whole
+    const long long row = warp / hpr;
+    const int h = (int)(warp - row * hpr);
+    const bool isq = h < hq;
+    T* p = x + row * ld + (isq ? q_col + (long long)h * hd : k_col + (long long)(h - hq) * hd);
+    const float* w = isq ? wq : wk;
+    // Pairs (one 2 x sizeof(T) load per lane and step) when the head is even and aligned.
+    const bool pairs = (hd % 2 == 0) && (((unsigned long long)p) % (2 * sizeof(T)) == 0);
+    float s = 0.f;
+    if (pairs) {
+        const Pair2<T>* pp = reinterpret_cast<const Pair2<T>*>(p);
+        for (int j = lane; j < hd / 2; j += 32) {
+            const Pair2<T> v = pp[j];
+            const float a = to_f(v.a), b = to_f(v.b);
+            s += a * a + b * b;
+        }
+    } else {
+        for (int j = lane; j < hd; j += 32) {
+            const float v = to_f(p[j]);
+            s += v * v;
+        }
+    }
+    const float inv = rsqrtf(warp_sum(s) / hd + eps);
+    if (pairs) {
+        Pair2<T>* pp = reinterpret_cast<Pair2<T>*>(p);
+        for (int j = lane; j < hd / 2; j += 32) {
+            Pair2<T> v = pp[j];
+            const float a = rnd<T>(to_f(v.a) * inv), b = rnd<T>(to_f(v.b) * inv);
+            v.a = from_f<T>(w ? a * w[2 * j] : a);
+            v.b = from_f<T>(w ? b * w[2 * j + 1] : b);
+            pp[j] = v;
+        }
+    } else {
+        for (int j = lane; j < hd; j += 32) {
+            const float v = rnd<T>(to_f(p[j]) * inv);
+            p[j] = from_f<T>(w ? v * w[j] : v);
+        }
+    }
+}
+
 template <typename T>
 __device__ void axpby_k(const T* a, const T* b, T* y, long long n, float alpha, float beta) {
     GRID_STRIDE(i, n) {
@@ -140,6 +196,10 @@ __device__ void embedding_k(const T* table, const unsigned* ids, T* y, int c) {
     }                                                                                                                           \
     extern "C" __global__ void rms_norm_##S(const T* x, T* y, const float* w, int rows, int c, float eps) {                    \
         rms_norm_k<T>(x, y, w, rows, c, eps);                                                                                   \
+    }                                                                                                                           \
+    extern "C" __global__ void qk_rms_norm_##S(T* x, long long ld, long long rows, int q_col, int hq, const float* wq, int k_col, \
+                                               int hk, const float* wk, int hd, float eps) {                                    \
+        qk_rms_norm_k<T>(x, ld, rows, q_col, hq, wq, k_col, hk, wk, hd, eps);                                                 \
     }                                                                                                                           \
     extern "C" __global__ void axpby_##S(const T* a, const T* b, T* y, long long n, float alpha, float beta) {                 \
         axpby_k<T>(a, b, y, n, alpha, beta);                                                                                    \

@@ -121,6 +121,8 @@ fn launches() -> Vec<Launch> {
         k("ln_modulate_*", 256, 0, true, false, ONE),
         k("layer_norm_*", 256, 0, true, false, ONE),
         k("rms_norm_*", 256, 0, true, false, ONE),
+        // One warp per (row, head), 8 warps a block (ops::norm::qk_rms_norm).
+        k("qk_rms_norm_*", 256, 0, true, false, ONE),
         k("gated_residual_*", 256, 0, true, false, ONE),
         k("act_*", 256, 0, true, false, ONE),
         k("add_bcast_*", 256, 0, true, false, ONE),

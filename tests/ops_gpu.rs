@@ -144,6 +144,104 @@ fn norms() {
     }
 }
 
+/// The fused QKV q/k norm (`qk_rms_norm_*`, one launch, in place) against its CPU reference
+/// and against `rms_norm` on each head: q | k | v rows (and k | v, no q), heads of 64 (paired
+/// loads), 16 and 7 (odd: scalar path), rows that are a strided view of a wider tensor at an
+/// even and at an odd column (unaligned: scalar path). The v columns and the columns around
+/// the view must keep their bits, and the GPU result must be the input's memory.
+#[test]
+fn qk_rms_norm_fused_in_place() {
+    let Some(dev) = gpu() else { return };
+    for dt in DTS {
+        for (heads, hd) in [(3usize, 64usize), (2, 16), (3, 7)] {
+            for with_q in [true, false] {
+                for pad in [0usize, 4, 1] {
+                    let (b, s, d) = (2, 45, heads * hd);
+                    let w = if with_q { 3 * d } else { 2 * d };
+                    let wide = w + 2 * pad;
+                    let seed = (hd * 100 + pad * 10 + usize::from(with_q)) as u64;
+                    let (yh_wide, yg_wide) = pair(rnd(b * s * wide, seed), &[b, s, wide], &dev, dt);
+                    let before = yg_wide.to_vec_f32().unwrap();
+                    let (yh, yg) = (
+                        yh_wide.narrow(2, pad, w).unwrap(),
+                        yg_wide.narrow(2, pad, w).unwrap(),
+                    );
+                    let (gqh, gqg) = pair(rnd(hd, seed + 1), &[hd], &dev, dt);
+                    let (gkh, gkg) = pair(rnd(hd, seed + 2), &[hd], &dev, dt);
+                    let kcol = if with_q { d } else { 0 };
+                    let hq = if with_q { heads } else { 0 };
+                    let side = |col, heads, g| norm::QkHeads {
+                        col,
+                        heads,
+                        gain: Some(g),
+                    };
+                    let ptr = yg.dev_ptr().unwrap();
+                    let got = norm::qk_rms_norm(
+                        yg.clone(),
+                        side(0, hq, &gqg),
+                        side(kcol, heads, &gkg),
+                        hd,
+                        1e-6,
+                    )
+                    .unwrap();
+                    assert_eq!(got.dev_ptr().unwrap(), ptr, "normalised in place");
+                    let want = norm::qk_rms_norm(
+                        yh.clone(),
+                        side(0, hq, &gqh),
+                        side(kcol, heads, &gkh),
+                        hd,
+                        1e-6,
+                    )
+                    .unwrap();
+                    let name = format!("qk_rms_norm heads {heads}x{hd} q {with_q} col {pad}");
+                    check(&name, &got, &want, dt, hd);
+                    // The reference is rms_norm on each head's view.
+                    for (col, g, n) in [(0, &gqh, hq), (kcol, &gkh, heads)] {
+                        if n == 0 {
+                            continue;
+                        }
+                        let part = yh
+                            .narrow(2, col, n * hd)
+                            .unwrap()
+                            .contiguous()
+                            .unwrap()
+                            .reshape(&[b, s, n, hd])
+                            .unwrap();
+                        let r = norm::rms_norm(&part, Some(g), 1e-6).unwrap();
+                        let w2 = want
+                            .narrow(2, col, n * hd)
+                            .unwrap()
+                            .contiguous()
+                            .unwrap()
+                            .to_vec_f32()
+                            .unwrap();
+                        assert_eq!(r.to_vec_f32().unwrap(), w2, "{name}: reference vs rms_norm");
+                    }
+                    // The wide tensor read back: the normalised columns are the result, v and
+                    // everything outside the view keep their bits.
+                    let after = got.to_vec_f32().unwrap();
+                    let wide_after = yg_wide.to_vec_f32().unwrap();
+                    let vcol = kcol + heads * hd;
+                    for r in 0..b * s {
+                        for j in 0..wide {
+                            let (a, was) = (wide_after[r * wide + j], before[r * wide + j]);
+                            if j >= pad && j < pad + vcol {
+                                assert_eq!(a.to_bits(), after[r * w + j - pad].to_bits());
+                            } else {
+                                assert_eq!(
+                                    a.to_bits(),
+                                    was.to_bits(),
+                                    "{name}: column {j} of row {r} (not q/k) changed"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn elementwise_ops() {
     let Some(dev) = gpu() else { return };

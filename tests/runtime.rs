@@ -176,3 +176,188 @@ fn gpu_pinned_and_events() {
     println!("pinned 1 MiB H2D: {ms:.3} ms");
     assert!(ms >= 0.0);
 }
+
+/// A two-layer checkpoint `blocks.{0,1}.{a,b,c}` (weights [3|5|2, 8] bf16 with biases) and
+/// `blocks.0.z.weight` [1, 8] for the fused-linear tests, in a fresh folder.
+fn fused_ckpt(tag: &str) -> std::path::PathBuf {
+    use contentv::io::safetensors::{write_safetensors, StDtype};
+    let dir = std::env::temp_dir().join(format!("contentv-fused-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bf = |n: usize, seed: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                let v = (((i * 7919 + seed * 104729) % 1000) as f32 / 500.0) - 1.0;
+                half::bf16::from_f32(v).to_bits().to_le_bytes()
+            })
+            .collect()
+    };
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for layer in 0..2 {
+        for (m, n) in [("a", 3), ("b", 5), ("c", 2)] {
+            let s = layer * 10 + n;
+            owned.push((
+                format!("blocks.{layer}.{m}.weight"),
+                vec![n, 8],
+                bf(n * 8, s),
+            ));
+            owned.push((format!("blocks.{layer}.{m}.bias"), vec![n], bf(n, s + 1)));
+        }
+        if layer == 0 {
+            owned.push(("blocks.0.z.weight".into(), vec![1, 8], bf(8, 99)));
+        }
+    }
+    let tensors: Vec<(&str, StDtype, &[usize], &[u8])> = owned
+        .iter()
+        .map(|(k, s, b)| (k.as_str(), StDtype::BF16, s.as_slice(), b.as_slice()))
+        .collect();
+    write_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
+    dir
+}
+
+/// Like the transformer's: layers with a `z` fuse a|b|c, the others b|c (their `a` is unused).
+fn groups(has: &dyn Fn(&str) -> bool) -> Vec<&'static [&'static str]> {
+    if has("z.weight") {
+        vec![&["a", "b", "c"]]
+    } else {
+        vec![&["b", "c"]]
+    }
+}
+
+fn cat(parts: &[Vec<f32>]) -> Vec<f32> {
+    parts.concat()
+}
+
+fn weight_f32(w: &contentv::runtime::Weight) -> (Vec<f32>, Option<Vec<f32>>) {
+    match w {
+        contentv::runtime::Weight::Dense(t) => (t.to_vec_f32().unwrap(), None),
+        contentv::runtime::Weight::Int8 { q, scale } => {
+            (q.to_vec_f32().unwrap(), Some(scale.to_vec_f32().unwrap()))
+        }
+    }
+}
+
+/// `Prefix::linear_fused` is the row-concatenation of the member linears (dense and INT8
+/// quantized on load), reads exactly the member keys, refuses a group of mixed INT8 / dense
+/// members, and the streamed layer layout holds each declared group as one region (the layer
+/// byte counts show it); on a GPU (or the emulated one) the streamed fused views give the same
+/// values as the resident fused load.
+#[test]
+fn fused_linear_is_its_members_concatenated() {
+    use contentv::runtime::residency::Residency;
+    use contentv::runtime::weights::{record_reads, FusionPolicy, Int8Policy, WeightStore};
+    let dir = fused_ckpt("t");
+    let mut devices = vec![Device::Cpu];
+    devices.extend(common::cuda_or_skip());
+    for dev in devices {
+        for int8 in [false, true] {
+            let store = WeightStore::open(&dir, &dev, DType::BF16).unwrap();
+            store.set_fusion(Some(FusionPolicy { groups }));
+            if int8 {
+                store.set_int8(Some(Int8Policy {
+                    group: None,
+                    quantizable: |_| true,
+                }));
+            }
+            let p0 = store.root().pp("blocks").pp(0);
+            let sep: Vec<_> = [("a", 3), ("b", 5), ("c", 2)]
+                .iter()
+                .map(|(m, n)| p0.linear(m, 8, *n, true).unwrap())
+                .collect();
+            store.release_all();
+            record_reads(true);
+            let f = p0
+                .linear_fused(&["a", "b", "c"], 8, &[3, 5, 2], true)
+                .unwrap();
+            let reads = record_reads(false);
+            let keys: Vec<&str> = reads.iter().map(|(_, k)| k.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "blocks.0.a.bias",
+                    "blocks.0.a.weight",
+                    "blocks.0.b.bias",
+                    "blocks.0.b.weight",
+                    "blocks.0.c.bias",
+                    "blocks.0.c.weight"
+                ]
+            );
+            assert_eq!(f.weight.shape(), [10, 8]);
+            assert_eq!(
+                matches!(f.weight, contentv::runtime::Weight::Int8 { .. }),
+                int8
+            );
+            let (fw, fs) = weight_f32(&f.weight);
+            let parts: Vec<_> = sep.iter().map(|l| weight_f32(&l.weight)).collect();
+            assert_eq!(
+                fw,
+                cat(&parts.iter().map(|p| p.0.clone()).collect::<Vec<_>>())
+            );
+            if int8 {
+                let scales: Vec<Vec<f32>> = parts.iter().map(|p| p.1.clone().unwrap()).collect();
+                assert_eq!(fs.unwrap(), cat(&scales));
+            }
+            let biases: Vec<Vec<f32>> = sep
+                .iter()
+                .map(|l| l.bias.as_ref().unwrap().to_vec_f32().unwrap())
+                .collect();
+            assert_eq!(f.bias.as_ref().unwrap().to_vec_f32().unwrap(), cat(&biases));
+
+            // Streamed: layer 0 fuses a+b+c, layer 1 (no z) b+c; the values are the same.
+            store.release_all();
+            let r = Residency::streamed(&store, "blocks", 2, None).unwrap();
+            for (i, names, outs) in [
+                (0, &["a", "b", "c"][..], &[3usize, 5, 2][..]),
+                (1, &["b", "c"][..], &[5, 2][..]),
+            ] {
+                let resident = {
+                    let s2 = WeightStore::open(&dir, &dev, DType::BF16).unwrap();
+                    s2.set_int8(store.int8_policy());
+                    let l = s2
+                        .root()
+                        .pp("blocks")
+                        .pp(i)
+                        .linear_fused(names, 8, outs, true)
+                        .unwrap();
+                    (weight_f32(&l.weight), l.bias.unwrap().to_vec_f32().unwrap())
+                };
+                let _g = r.prepare(i).unwrap();
+                let l = store
+                    .root()
+                    .pp("blocks")
+                    .pp(i)
+                    .linear_fused(names, 8, outs, true)
+                    .unwrap();
+                assert_eq!(weight_f32(&l.weight), resident.0, "layer {i} int8 {int8}");
+                assert_eq!(l.bias.unwrap().to_vec_f32().unwrap(), resident.1);
+            }
+        }
+        // The layout: one region per fused tensor kind (256-byte aligned entries).
+        let store = WeightStore::open(&dir, &dev, DType::BF16).unwrap();
+        let es = store.dtype().size();
+        let al = |b: usize| b.div_ceil(256) * 256;
+        let unfused = Residency::layer_bytes(&store, "blocks", 2);
+        let sep = |n: usize| al(n * 8 * es) + al(n * es);
+        let z = al(8 * es);
+        assert_eq!(unfused[0] as usize, sep(3) + sep(5) + sep(2) + z);
+        store.set_fusion(Some(FusionPolicy { groups }));
+        let fused = Residency::layer_bytes(&store, "blocks", 2);
+        assert_eq!(fused[0] as usize, sep(10) + z);
+        // Layer 1: b|c in one region, the unused a on its own (as the policy says).
+        assert_eq!(fused[1] as usize, sep(7) + sep(3));
+
+        // Mixed INT8 / dense members cannot be one GEMM.
+        store.set_int8(Some(Int8Policy {
+            group: None,
+            quantizable: |n| n.ends_with(".a"),
+        }));
+        let err = store
+            .root()
+            .pp("blocks")
+            .pp(0)
+            .linear_fused(&["a", "b", "c"], 8, &[3, 5, 2], true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only some of them are INT8"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

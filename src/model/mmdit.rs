@@ -17,7 +17,7 @@ use crate::ops::gemm::{linear, linear_act, Act};
 use crate::ops::{act, norm};
 use crate::runtime::planner::{plan_layers, LayerPlan};
 use crate::runtime::residency::{MemoryOptions, Residency};
-use crate::runtime::weights::Int8Policy;
+use crate::runtime::weights::{FusionPolicy, Int8Policy};
 use crate::runtime::{DType, Device, Linear, Prefix, Tensor, Weight, WeightStore};
 use crate::shape_err;
 
@@ -25,6 +25,28 @@ use crate::shape_err;
 /// the timestep and the pooled text, so a run computes their outputs once
 /// ([`Denoiser::prepare_run`]) and streaming leaves them out of the per-step copies.
 const MODULATION_KEYS: &[&str] = &[".norm1.linear.", ".norm1_context.linear."];
+
+/// The linears of a joint block run as one GEMM each ([`Prefix::linear_fused`]); output columns
+/// in this order. Video q, k, v:
+const QKV: &[&str] = &["attn.to_q", "attn.to_k", "attn.to_v"];
+/// Text q, k, v:
+const ADD_QKV: &[&str] = &["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"];
+/// Text k, v of the last block (context_pre_only: its text queries would be discarded, and its
+/// `add_q_proj`, present in the checkpoint, is not read).
+const ADD_KV: &[&str] = &["attn.add_k_proj", "attn.add_v_proj"];
+
+/// The fused linears of a joint block, given whether the block has a key (relative to
+/// `transformer_blocks.{i}.`): [video q|k|v, text q|k|v] or, in the last block (no
+/// `attn.to_add_out`), [video q|k|v, text k|v]. [`BlockWeights::load`] asks for these, and the
+/// weight store gets this function as its [`FusionPolicy`] so a streamed layer keeps each group
+/// in one region.
+pub fn fused_linears(has: &dyn Fn(&str) -> bool) -> Vec<&'static [&'static str]> {
+    if has("attn.to_add_out.weight") {
+        vec![QKV, ADD_QKV]
+    } else {
+        vec![QKV, ADD_KV]
+    }
+}
 
 const LN_EPS: f32 = 1e-6;
 const QK_EPS: f32 = 1e-6;
@@ -224,12 +246,11 @@ impl TransformerConfig {
 
 /// Weights of one joint block, asked from the store by checkpoint key.
 struct BlockWeights {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    add_q: Option<Linear>,
-    add_k: Linear,
-    add_v: Linear,
+    /// to_q, to_k, to_v fused: [3D, D].
+    qkv: Linear,
+    /// add_q_proj, add_k_proj, add_v_proj fused: [3D, D]; in the last block (context_pre_only)
+    /// add_k_proj, add_v_proj only: [2D, D].
+    add_qkv: Linear,
     norm_q: Tensor,
     norm_k: Tensor,
     norm_added_q: Tensor,
@@ -273,18 +294,11 @@ impl BlockWeights {
     fn load(b: &Prefix, c: &TransformerConfig) -> Result<BlockWeights> {
         let (d, hd) = (c.dim, c.head_dim);
         let context_pre_only = !b.contains("attn.to_add_out.weight");
+        let groups = fused_linears(&|k| b.contains(k));
         Ok(BlockWeights {
-            to_q: b.linear("attn.to_q", d, d, true)?,
-            to_k: b.linear("attn.to_k", d, d, true)?,
-            to_v: b.linear("attn.to_v", d, d, true)?,
+            qkv: b.linear_fused(groups[0], d, &vec![d; groups[0].len()], true)?,
             // The last block's text queries are dead work (their output is discarded).
-            add_q: if context_pre_only {
-                None
-            } else {
-                Some(b.linear("attn.add_q_proj", d, d, true)?)
-            },
-            add_k: b.linear("attn.add_k_proj", d, d, true)?,
-            add_v: b.linear("attn.add_v_proj", d, d, true)?,
+            add_qkv: b.linear_fused(groups[1], d, &vec![d; groups[1].len()], true)?,
             norm_q: b.tensor("attn.norm_q.weight", &[hd])?,
             norm_k: b.tensor("attn.norm_k.weight", &[hd])?,
             norm_added_q: b.tensor("attn.norm_added_q.weight", &[hd])?,
@@ -410,6 +424,9 @@ impl Transformer {
         mem: &MemoryOptions,
     ) -> Result<(Arc<WeightStore>, TransformerConfig)> {
         let store = WeightStore::open(dir, device, DType::BF16)?;
+        store.set_fusion(Some(FusionPolicy {
+            groups: fused_linears,
+        }));
         if mem.int8 {
             store.set_int8(Some(Int8Policy {
                 group: None,
@@ -667,14 +684,6 @@ impl Transformer {
     }
 }
 
-/// `z` [B, S, D] through the block's projection to heads, with the per-head RMS norm (over
-/// each head's `head_dim` values).
-fn qk(z: &Tensor, l: &Linear, w: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
-    let y = linear(z, l)?; // [B, S, H*head_dim]
-    let s = y.shape().to_vec();
-    norm::rms_norm(&y.reshape(&[s[0], s[1], heads, head_dim])?, Some(w), QK_EPS)?.reshape(&s)
-}
-
 /// One joint block: video tokens `x` [B, N, D], text tokens `c` [B, S, D], modulation `e`
 /// [B, 6D] and `ec` [B, 6D] (or [B, 2D] for the last block). Returns the new video tokens and (except for the last block) the new text tokens.
 fn joint_block(
@@ -697,17 +706,45 @@ fn joint_block(
         norm::layer_norm_modulate(c, &ch(ec, 0)?, &ch(ec, 1)?, LN_EPS)?
     };
 
-    // Joint attention over [video; text] keys and values, video queries first.
-    let q = qk(&xn, &w.to_q, &w.norm_q, heads, hd)?;
-    let k = qk(&xn, &w.to_k, &w.norm_k, heads, hd)?;
-    let v = linear(&xn, &w.to_v)?;
-    let kc = qk(&cn, &w.add_k, &w.norm_added_k, heads, hd)?;
-    let vc = linear(&cn, &w.add_v)?;
-    let opts = AttnOpts::new(heads, hd);
-    let qc = match &w.add_q {
-        Some(l) => Some(qk(&cn, l, &w.norm_added_q, heads, hd)?),
-        None => None,
+    // Joint attention over [video; text] keys and values, video queries first. One GEMM per
+    // stream ([B, N, 3D] = q | k | v), the per-head q/k RMS norms in one in-place launch, and
+    // q, k, v are views of it (rows at stride 3D).
+    fn heads_of(col: usize, gain: &Tensor, heads: usize) -> norm::QkHeads<'_> {
+        norm::QkHeads {
+            col,
+            heads,
+            gain: Some(gain),
+        }
+    }
+    let qkv = norm::qk_rms_norm(
+        linear(&xn, &w.qkv)?,
+        heads_of(0, &w.norm_q, heads),
+        heads_of(d, &w.norm_k, heads),
+        hd,
+        QK_EPS,
+    )?;
+    let (q, k, v) = (
+        qkv.narrow(2, 0, d)?,
+        qkv.narrow(2, d, d)?,
+        qkv.narrow(2, 2 * d, d)?,
+    );
+    // Text: q | k | v, or k | v in the last block (its text queries would be discarded).
+    let has_qc = !w.context_pre_only;
+    let kc0 = if has_qc { d } else { 0 };
+    let cqkv = norm::qk_rms_norm(
+        linear(&cn, &w.add_qkv)?,
+        heads_of(0, &w.norm_added_q, if has_qc { heads } else { 0 }),
+        heads_of(kc0, &w.norm_added_k, heads),
+        hd,
+        QK_EPS,
+    )?;
+    let (kc, vc) = (cqkv.narrow(2, kc0, d)?, cqkv.narrow(2, kc0 + d, d)?);
+    let qc = if has_qc {
+        Some(cqkv.narrow(2, 0, d)?)
+    } else {
+        None
     };
+    let opts = AttnOpts::new(heads, hd);
     // One contiguous output per query segment ([B, N, D] video, [B, S, D] text): the output
     // projections read them in place (no copy of a batch-strided view).
     let mut o = match &qc {

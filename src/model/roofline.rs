@@ -226,10 +226,26 @@ pub fn step_rows(c: &TransformerConfig, shape: StepShape) -> Vec<Row> {
     };
     lnmod(&mut r, all, bn);
     lnmod(&mut r, all, bs);
-    r.gemm("q, k, v (video)", 3 * all, bn, d, d);
-    r.memory("q/k RMS norm per head", 2 * all, bn * d, bn * d, 2);
-    r.gemm("q, k, v (text)", 3 * full + 2 * last, bs, d, d);
-    r.memory("q/k RMS norm per head", 2 * full + last, bs * d, bs * d, 2);
+    // q, k, v: one fused GEMM per stream (weights [3D, D]; [2D, D] for the last block's text
+    // k, v), then the per-head q/k RMS norms of both in one in-place launch per stream.
+    r.gemm("q, k, v (video, fused)", all, bn, d, 3 * d);
+    r.memory(
+        "q/k RMS norm per head (in place)",
+        all,
+        2 * bn * d,
+        2 * bn * d,
+        2,
+    );
+    r.gemm("q, k, v (text, fused)", full, bs, d, 3 * d);
+    r.gemm("q, k, v (text, fused)", last, bs, d, 2 * d);
+    r.memory(
+        "q/k RMS norm per head (in place)",
+        full,
+        2 * bs * d,
+        2 * bs * d,
+        2,
+    );
+    r.memory("q/k RMS norm per head (in place)", last, bs * d, bs * d, 2);
     let heads = c.heads;
     let attn = |r: &mut Rows, calls: usize, q: Vec<usize>| {
         let (sq, sk) = (q.iter().sum::<usize>(), n + s);

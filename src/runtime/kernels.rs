@@ -527,6 +527,14 @@ kernels! {
     RmsNorm / RmsNormArgs<'a> = "ops" :: [dtype "rms_norm"]
         (x: DevPtr<'a>, y: DevPtrMut<'a>, w: DevPtr<'a>, rows: i32, c: i32, eps: f32);
 
+    /// Per-head RMSNorm of the q and k heads of a fused QKV output, in place: `rows` rows of x
+    /// at row stride `ld` elements; `hq` heads of `hd` at column `q_col` (gain wq), `hk` heads
+    /// at column `k_col` (gain wk); gains f32 [hd] or null. One warp per (row, head), 256
+    /// threads a block: grid = ceil(rows (hq + hk) / 8).
+    QkRmsNorm / QkRmsNormArgs<'a> = "ops" :: [dtype "qk_rms_norm"]
+        (x: DevPtrMut<'a>, ld: i64, rows: i64, q_col: i32, hq: i32, wq: DevPtr<'a>, k_col: i32,
+         hk: i32, wk: DevPtr<'a>, hd: i32, eps: f32);
+
     /// `y = alpha a + beta b` over n elements; b may be null. Elementwise: y may be a or b.
     Axpby / AxpbyArgs<'a> = "ops" :: [dtype "axpby"]
         (a: DevPtr<'a>, b: DevPtr<'a>, y: DevPtrMut<'a>, n: i64, alpha: f32, beta: f32);

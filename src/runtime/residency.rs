@@ -69,6 +69,10 @@ struct Entry {
     /// Byte offset in the consolidated layer buffer (aligned).
     offset: usize,
     kind: EntryKind,
+    /// The checkpoint tensors it is filled from, row-concatenated in this order: `[key]`, or
+    /// the members of a fused linear's weight, bias or scales (`key` is then the fused key,
+    /// [`super::weights::fused_name`]).
+    sources: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -83,7 +87,106 @@ enum EntryKind {
     QuantScale,
 }
 
+/// A fused linear of one layer ([`super::weights::FusionPolicy`]): its members (full keys
+/// without `.weight`) and how its weight is kept.
+struct FusedGroup {
+    members: Vec<String>,
+    /// Members quantized when the layer is filled (quantize-on-load INT8).
+    quantize_now: bool,
+    /// Members pre-quantized in the checkpoint (i8 weight + `.weight_scale`).
+    prequantized: bool,
+    bias: bool,
+}
+
+/// The fusion groups the store's policy gives layer `i` whose members are all there (and not
+/// left out by `except`), each linear in at most one group, and whose members agree (2D weights of
+/// one width K, all with or all without bias, all dense / all quantized on load / all
+/// pre-quantized with scales of one layout). Other groups stay separate tensors (the fused
+/// load then builds the weight from the map: correct, only not free).
+fn fused_groups(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> Vec<FusedGroup> {
+    let Some(policy) = store.fusion_policy() else {
+        return Vec::new();
+    };
+    let has = |k: &str| store.contains(&format!("{group}.{i}.{k}"));
+    let mut taken: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for g in (policy.groups)(&has) {
+        let members: Vec<String> = g.iter().map(|m| format!("{group}.{i}.{m}")).collect();
+        let wk = |m: &String| format!("{m}.weight");
+        if members.is_empty()
+            || members.iter().any(|m| {
+                taken.contains(m)
+                    || !store.contains(&wk(m))
+                    || except.iter().any(|e| wk(m).contains(e))
+            })
+        {
+            continue;
+        }
+        let shapes: Vec<Vec<usize>> = members
+            .iter()
+            .map(|m| store.shape_of(&wk(m)).unwrap_or_default())
+            .collect();
+        if shapes.iter().any(|s| s.len() != 2 || s[1] != shapes[0][1]) {
+            continue;
+        }
+        let has_bias: Vec<bool> = members
+            .iter()
+            .map(|m| store.contains(&format!("{m}.bias")))
+            .collect();
+        if has_bias.iter().any(|&b| b != has_bias[0]) {
+            continue;
+        }
+        let scale_key = |m: &String| format!("{m}.weight_scale");
+        let pre: Vec<bool> = members
+            .iter()
+            .map(|m| store.contains(&scale_key(m)))
+            .collect();
+        let int8: Vec<bool> = members.iter().map(|m| store.is_int8(m)).collect();
+        let stored: Vec<Option<DType>> = members
+            .iter()
+            .map(|m| store.host_view(&wk(m)).ok().map(|t| t.dtype()))
+            .collect();
+        let all = |v: &[bool], x: bool| v.iter().all(|&b| b == x);
+        let (quantize_now, prequantized) = if all(&pre, true) {
+            let ss: Vec<Vec<usize>> = members
+                .iter()
+                .map(|m| store.shape_of(&scale_key(m)).unwrap_or_default())
+                .collect();
+            let one_layout = ss.iter().zip(&shapes).all(|(s, w)| {
+                s.first() == Some(&w[0]) && s.len() == ss[0].len() && s[1..] == ss[0][1..]
+            });
+            let sdt: Vec<Option<DType>> = members
+                .iter()
+                .map(|m| store.host_view(&scale_key(m)).ok().map(|t| t.dtype()))
+                .collect();
+            if !one_layout
+                || stored.iter().any(|d| *d != Some(DType::I8))
+                || sdt.iter().any(|d| d.is_none() || *d != sdt[0])
+            {
+                continue;
+            }
+            (false, true)
+        } else if all(&pre, false) && all(&int8, true) {
+            (true, false)
+        } else if all(&int8, false) && stored.iter().all(|d| d.is_some_and(|d| d != DType::I8)) {
+            (false, false)
+        } else {
+            continue;
+        };
+        taken.extend(members.iter().cloned());
+        out.push(FusedGroup {
+            members,
+            quantize_now,
+            prequantized,
+            bias: has_bias[0],
+        });
+    }
+    out
+}
+
 /// The entries of layer `i` (see [`EntryKind`]), 256-byte aligned; returns them and the size.
+/// The members of a fused linear ([`fused_groups`]) are one entry per tensor kind (weight,
+/// bias, scales), filled from the members in order, so the fused tensor is one view.
 fn layout_layer(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> LayerLayout {
     let dt = store.dtype();
     let mut entries = Vec::new();
@@ -92,6 +195,7 @@ fn layout_layer(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> 
                     shape: Vec<usize>,
                     dtype: DType,
                     kind: EntryKind,
+                    sources: Vec<String>,
                     entries: &mut Vec<Entry>| {
         let n: usize = shape.iter().product();
         entries.push(Entry {
@@ -100,11 +204,28 @@ fn layout_layer(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> 
             dtype,
             offset: off,
             kind,
+            sources,
         });
         off = (off + n * dtype.size()).div_ceil(ALIGN) * ALIGN;
     };
+    let fused = fused_groups(store, group, i, except);
+    let in_fused = |k: &str| {
+        fused.iter().any(|g| {
+            g.members.iter().any(|m| {
+                k.strip_prefix(m.as_str())
+                    .is_some_and(|r| matches!(r, ".weight" | ".bias" | ".weight_scale"))
+            })
+        })
+    };
+    let int8_groups = |k_in: usize| {
+        store
+            .int8_policy()
+            .and_then(|p| p.group)
+            .filter(|g| k_in % g == 0)
+            .map_or(1, |g| k_in / g)
+    };
     for k in layer_keys(store, group, i) {
-        if except.iter().any(|e| k.contains(e)) {
+        if except.iter().any(|e| k.contains(e)) || in_fused(&k) {
             continue;
         }
         let shape = store.shape_of(&k).unwrap_or_default();
@@ -113,30 +234,111 @@ fn layout_layer(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> 
         let quantize_now = name
             .is_some_and(|n| store.is_int8(n) && !store.contains(&format!("{n}.weight_scale")))
             && shape.len() == 2;
+        let src = vec![k.clone()];
         if quantize_now {
             let (nrows, k_in) = (shape[0], shape[1]);
-            let groups = store
-                .int8_policy()
-                .and_then(|p| p.group)
-                .filter(|g| k_in % g == 0)
-                .map_or(1, |g| k_in / g);
+            let groups = int8_groups(k_in);
             let sshape = if groups == 1 {
                 vec![nrows]
             } else {
                 vec![nrows, groups]
             };
-            push(k.clone(), shape, DType::I8, EntryKind::QuantQ, &mut entries);
+            push(
+                k.clone(),
+                shape,
+                DType::I8,
+                EntryKind::QuantQ,
+                src.clone(),
+                &mut entries,
+            );
             push(
                 format!("{}.weight_scale", name.unwrap()),
                 sshape,
                 DType::F32,
                 EntryKind::QuantScale,
+                Vec::new(),
                 &mut entries,
             );
         } else if stored == DType::I8 || k.ends_with(".weight_scale") {
-            push(k, shape, stored, EntryKind::Stored, &mut entries);
+            push(k, shape, stored, EntryKind::Stored, src, &mut entries);
         } else {
-            push(k, shape, dt, EntryKind::Dense, &mut entries);
+            push(k, shape, dt, EntryKind::Dense, src, &mut entries);
+        }
+    }
+    for g in &fused {
+        let name = super::weights::fused_name(&g.members);
+        let keys = |suffix: &str| -> Vec<String> {
+            g.members.iter().map(|m| format!("{m}{suffix}")).collect()
+        };
+        let wshape = |k: &String| store.shape_of(k).unwrap_or_default();
+        let (wkeys, skeys) = (keys(".weight"), keys(".weight_scale"));
+        let k_in = wshape(&wkeys[0])[1];
+        let n_tot: usize = wkeys.iter().map(|k| wshape(k)[0]).sum();
+        if g.quantize_now {
+            let groups = int8_groups(k_in);
+            let sshape = if groups == 1 {
+                vec![n_tot]
+            } else {
+                vec![n_tot, groups]
+            };
+            push(
+                format!("{name}.weight"),
+                vec![n_tot, k_in],
+                DType::I8,
+                EntryKind::QuantQ,
+                wkeys,
+                &mut entries,
+            );
+            push(
+                format!("{name}.weight_scale"),
+                sshape,
+                DType::F32,
+                EntryKind::QuantScale,
+                Vec::new(),
+                &mut entries,
+            );
+        } else if g.prequantized {
+            let mut sshape = wshape(&skeys[0]);
+            sshape[0] = n_tot;
+            let sdt = store
+                .host_view(&skeys[0])
+                .map(|t| t.dtype())
+                .unwrap_or(DType::F32);
+            push(
+                format!("{name}.weight"),
+                vec![n_tot, k_in],
+                DType::I8,
+                EntryKind::Stored,
+                wkeys,
+                &mut entries,
+            );
+            push(
+                format!("{name}.weight_scale"),
+                sshape,
+                sdt,
+                EntryKind::Stored,
+                skeys,
+                &mut entries,
+            );
+        } else {
+            push(
+                format!("{name}.weight"),
+                vec![n_tot, k_in],
+                dt,
+                EntryKind::Dense,
+                wkeys,
+                &mut entries,
+            );
+        }
+        if g.bias {
+            push(
+                format!("{name}.bias"),
+                vec![n_tot],
+                dt,
+                EntryKind::Dense,
+                keys(".bias"),
+                &mut entries,
+            );
         }
     }
     LayerLayout {
@@ -478,25 +680,30 @@ impl Drop for LayerGuard<'_> {
     }
 }
 
-/// Copies (and converts or quantizes) a layer's tensors from the memory map into `dst`.
+/// Copies (and converts or quantizes) a layer's tensors from the memory map into `dst`; an
+/// entry with several sources (a fused linear) gets them row-concatenated.
 fn fill_layer(store: &WeightStore, l: &LayerLayout, dst: &mut [u8]) -> Result<()> {
     let dt = store.dtype();
     let mut i = 0;
     while i < l.entries.len() {
         let e = &l.entries[i];
         match e.kind {
-            EntryKind::Dense => {
-                let v = store.host_view(&e.key)?;
-                let bytes = if v.dtype() == dt {
-                    v.to_bytes()?
-                } else {
-                    v.to_dtype(dt)?.to_bytes()?
-                };
-                dst[e.offset..e.offset + bytes.len()].copy_from_slice(&bytes);
-            }
-            EntryKind::Stored => {
-                let bytes = store.host_view(&e.key)?.to_bytes()?;
-                dst[e.offset..e.offset + bytes.len()].copy_from_slice(&bytes);
+            EntryKind::Dense | EntryKind::Stored => {
+                let mut at = e.offset;
+                for src in &e.sources {
+                    let v = store.host_view(src)?;
+                    let bytes = if e.kind == EntryKind::Stored || v.dtype() == dt {
+                        v.to_bytes()?
+                    } else {
+                        v.to_dtype(dt)?.to_bytes()?
+                    };
+                    dst[at..at + bytes.len()].copy_from_slice(&bytes);
+                    at += bytes.len();
+                }
+                debug_assert_eq!(
+                    at - e.offset,
+                    e.shape.iter().product::<usize>() * e.dtype.size()
+                );
             }
             EntryKind::QuantQ => {
                 let se = &l.entries[i + 1];
@@ -506,12 +713,11 @@ fn fill_layer(store: &WeightStore, l: &LayerLayout, dst: &mut [u8]) -> Result<()
                 } else {
                     None
                 };
-                let (q, s) = crate::runtime::int8::quantize_host(
-                    &store.host_view(&e.key)?.to_vec_f32()?,
-                    n,
-                    k,
-                    group,
-                )?;
+                let mut rows = Vec::with_capacity(n * k);
+                for src in &e.sources {
+                    rows.extend(store.host_view(src)?.to_vec_f32()?);
+                }
+                let (q, s) = crate::runtime::int8::quantize_host(&rows, n, k, group)?;
                 let (qb, sb) = (q.to_bytes()?, s.to_bytes()?);
                 dst[e.offset..e.offset + qb.len()].copy_from_slice(&qb);
                 dst[se.offset..se.offset + sb.len()].copy_from_slice(&sb);

@@ -570,7 +570,7 @@ impl Tensor {
         }
     }
 
-    fn host_from_bytes(bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<Tensor> {
+    pub(crate) fn host_from_bytes(bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let st = match dtype {
             DType::F32 => Storage::F32(
                 bytes

@@ -83,6 +83,9 @@ pub struct WeightStore {
     /// INT8 weight-only quantization on load (`--quantize int8`), for the linears the model's
     /// predicate ([`Int8Policy::quantizable`]) selects.
     int8: Mutex<Option<Int8Policy>>,
+    /// Linears the model asks for as one ([`Prefix::linear_fused`]): the streamed layer layout
+    /// places their members adjacent (`runtime::residency`).
+    fusion: Mutex<Option<FusionPolicy>>,
 }
 
 /// Keys read from any store while recording is on, as (component folder, key): the test that
@@ -113,6 +116,36 @@ pub struct Int8Policy {
     pub quantizable: fn(&str) -> bool,
 }
 
+/// Linears the model runs as one GEMM (e.g. an attention's q, k and v projections): declared by
+/// the model (like [`Int8Policy`]; the runtime knows no names) and asked for with
+/// [`Prefix::linear_fused`]. `groups` returns the groups of one layer of a layer loop, given
+/// whether that layer has a key (relative to its prefix `{group}.{i}.`, e.g.
+/// `"attn.to_add_out.weight"`): each group lists its member linears (keys without `.weight`,
+/// relative to the layer prefix) in output-row order, exactly as the model will ask for them
+/// in that layer (a layer may hold a linear the model does not use there). A linear counts in
+/// at most one group.
+#[derive(Clone, Copy, Debug)]
+pub struct FusionPolicy {
+    pub groups: FusionGroups,
+}
+
+/// One group of fused linears: member names relative to the layer prefix, in row order.
+pub type FusionGroup = &'static [&'static str];
+/// The groups of a layer, given whether it has a key (see [`FusionPolicy`]).
+pub type FusionGroups = fn(&dyn Fn(&str) -> bool) -> Vec<FusionGroup>;
+
+/// The key prefix of the fused linear of these member linears (full keys without `.weight`):
+/// the members joined by `+`; the fused tensors are `{name}.weight` [sum N_i, K], `.bias`,
+/// `.weight_scale`. Starts with the first member's key, so it falls under its layer's prefix
+/// (evicted with the layer). Never a checkpoint key: nothing reads it from a file.
+pub fn fused_name<S: AsRef<str>>(members: &[S]) -> String {
+    members
+        .iter()
+        .map(|m| m.as_ref())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
 impl WeightStore {
     /// Opens `dir` (single `*.safetensors` or sharded with an index JSON).
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
@@ -125,6 +158,7 @@ impl WeightStore {
             dtype,
             cache: Mutex::new(HashMap::new()),
             int8: Mutex::new(None),
+            fusion: Mutex::new(None),
         }))
     }
 
@@ -139,6 +173,7 @@ impl WeightStore {
             dtype,
             cache: Mutex::new(HashMap::new()),
             int8: Mutex::new(None),
+            fusion: Mutex::new(None),
         }))
     }
 
@@ -191,6 +226,13 @@ impl WeightStore {
         if let Some(t) = self.cache.lock().unwrap().get(&ck) {
             return Ok(t.clone());
         }
+        let t = self.load_uncached(key, shape, dtype)?;
+        self.cache.lock().unwrap().insert(ck, t.clone());
+        Ok(t)
+    }
+
+    /// [`WeightStore::load`] without the cache.
+    fn load_uncached(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let (file, info) = self.ckpt.get(key)?;
         if info.shape != shape {
             return Err(Error::Weights(format!(
@@ -217,8 +259,208 @@ impl WeightStore {
         } else {
             host.to_dtype(DType::F32)?
         };
+        Ok(t)
+    }
+
+    /// The row-concatenation of the tensors `keys` (shapes `shapes`) in `dtype` on the device,
+    /// delivered (and cached) as `fused_key`: built once from the members, which are not
+    /// cached themselves; a streamed layer installs it as one view
+    /// ([`crate::runtime::residency`] places the members adjacent).
+    fn load_concat(
+        &self,
+        keys: &[String],
+        shapes: &[Vec<usize>],
+        fused_key: &str,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        for k in keys {
+            note_read(&self.dir, k);
+        }
+        let mut total = shapes[0].clone();
+        total[0] = shapes.iter().map(|s| s[0]).sum();
+        let ck = format!("{fused_key}@{}", dtype.name());
+        if let Some(t) = self.cache.lock().unwrap().get(&ck) {
+            if t.shape() != total {
+                return Err(Error::Weights(format!(
+                    "{}: fused tensor {fused_key} is {:?}, expected {total:?}",
+                    self.dir.display(),
+                    t.shape()
+                )));
+            }
+            return Ok(t.clone());
+        }
+        if shapes
+            .iter()
+            .any(|s| s.len() != total.len() || s[1..] != total[1..])
+        {
+            return Err(Error::Weights(format!(
+                "{}: the tensors {} ({shapes:?}) do not stack into one",
+                self.dir.display(),
+                keys.join(", ")
+            )));
+        }
+        // Each member is loaded (uploaded and converted as a plain load would), copied into its
+        // rows and dropped at once: besides the result, one member at a time is alive (on the
+        // GPU the pool is stream-ordered, so dropping it before the copy ran is safe).
+        let t = match &self.device {
+            Device::Cpu => {
+                let mut bytes = Vec::with_capacity(total.iter().product::<usize>() * dtype.size());
+                for (k, sh) in keys.iter().zip(shapes) {
+                    bytes.extend_from_slice(&self.load_uncached(k, sh, dtype)?.to_bytes()?);
+                }
+                Tensor::host_from_bytes(&bytes, dtype, &total)?
+            }
+            Device::Cuda(_) => {
+                let out = Tensor::empty(&total, dtype, &self.device)?;
+                let mut row = 0;
+                for (k, sh) in keys.iter().zip(shapes) {
+                    let part = self.load_uncached(k, sh, dtype)?.contiguous()?;
+                    out.narrow(0, row, sh[0])?.copy_from(&part)?;
+                    row += sh[0];
+                }
+                out
+            }
+        };
         self.cache.lock().unwrap().insert(ck, t.clone());
         Ok(t)
+    }
+
+    /// The linears `members` (full keys without `.weight`; [N_i, in_f] each) as one linear
+    /// [sum N_i, in_f] (weights, biases and INT8 scales row-concatenated), see
+    /// [`Prefix::linear_fused`].
+    pub fn linear_fused(
+        &self,
+        members: &[String],
+        in_f: usize,
+        out_f: &[usize],
+        bias: bool,
+    ) -> Result<Linear> {
+        if members.is_empty() || members.len() != out_f.len() {
+            return Err(Error::Other(format!(
+                "linear_fused: {} members with {} output widths",
+                members.len(),
+                out_f.len()
+            )));
+        }
+        let name = fused_name(members);
+        let wkeys: Vec<String> = members.iter().map(|m| format!("{m}.weight")).collect();
+        let wshapes: Vec<Vec<usize>> = out_f.iter().map(|&n| vec![n, in_f]).collect();
+        let n_tot: usize = out_f.iter().sum();
+        let int8: Vec<bool> = members.iter().map(|m| self.is_int8(m)).collect();
+        let weight = if int8.iter().all(|&q| !q) {
+            Weight::Dense(self.load_concat(
+                &wkeys,
+                &wshapes,
+                &format!("{name}.weight"),
+                self.dtype,
+            )?)
+        } else if int8.iter().all(|&q| q) {
+            self.int8_fused(members, &name, in_f, out_f, n_tot)?
+        } else {
+            return Err(Error::Weights(format!(
+                "{}: the linears {} are fused but only some of them are INT8",
+                self.dir.display(),
+                members.join(", ")
+            )));
+        };
+        let bias = if bias {
+            let bkeys: Vec<String> = members.iter().map(|m| format!("{m}.bias")).collect();
+            let bshapes: Vec<Vec<usize>> = out_f.iter().map(|&n| vec![n]).collect();
+            Some(self.load_concat(&bkeys, &bshapes, &format!("{name}.bias"), self.dtype)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// The INT8 weight of a fused linear: pre-quantized members (q rows and scales
+    /// concatenated) or quantized now from the concatenated dense rows (per-row or per-group
+    /// scales, so the same values as quantizing each member).
+    fn int8_fused(
+        &self,
+        members: &[String],
+        name: &str,
+        in_f: usize,
+        out_f: &[usize],
+        n_tot: usize,
+    ) -> Result<Weight> {
+        let wkeys: Vec<String> = members.iter().map(|m| format!("{m}.weight")).collect();
+        let skeys: Vec<String> = members
+            .iter()
+            .map(|m| format!("{m}.weight_scale"))
+            .collect();
+        let pre: Vec<bool> = skeys.iter().map(|k| self.ckpt.contains(k)).collect();
+        let (fq, fs) = (format!("{name}.weight"), format!("{name}.weight_scale"));
+        if pre.iter().all(|&p| p) {
+            let wshapes: Vec<Vec<usize>> = out_f.iter().map(|&n| vec![n, in_f]).collect();
+            let sshapes: Vec<Vec<usize>> = skeys
+                .iter()
+                .map(|k| self.shape_of(k).unwrap_or_default())
+                .collect();
+            for ((sk, ss), &n) in skeys.iter().zip(&sshapes).zip(out_f) {
+                let ok = ss.first() == Some(&n)
+                    && (ss.len() == 1 || (ss.len() == 2 && ss[1] > 0 && in_f % ss[1] == 0))
+                    && ss.len() == sshapes[0].len()
+                    && ss[1..] == sshapes[0][1..];
+                if !ok {
+                    return Err(Error::Weights(format!(
+                        "{}: {sk} has shape {ss:?}, expected [{n}] or [{n}, groups] like the \
+                         other members of {}",
+                        self.dir.display(),
+                        members.join(", ")
+                    )));
+                }
+            }
+            let q = self.load_concat(&wkeys, &wshapes, &fq, DType::I8)?;
+            let scale = self.load_concat(&skeys, &sshapes, &fs, DType::F32)?;
+            return Ok(Weight::Int8 { q, scale });
+        }
+        if pre.iter().any(|&p| p) {
+            return Err(Error::Weights(format!(
+                "{}: the linears {} are fused but only some are pre-quantized",
+                self.dir.display(),
+                members.join(", ")
+            )));
+        }
+        for k in &wkeys {
+            note_read(&self.dir, k);
+        }
+        let (qk, sck) = (
+            format!("{fq}@{}", DType::I8.name()),
+            format!("{fs}@{}", DType::F32.name()),
+        );
+        {
+            let c = self.cache.lock().unwrap();
+            if let (Some(q), Some(s)) = (c.get(&qk), c.get(&sck)) {
+                return Ok(Weight::Int8 {
+                    q: q.clone(),
+                    scale: s.clone(),
+                });
+            }
+        }
+        let mut rows = Vec::with_capacity(n_tot * in_f);
+        for (wk, &n) in wkeys.iter().zip(out_f) {
+            let (file, info) = self.ckpt.get(wk)?;
+            if info.shape != [n, in_f] {
+                return Err(Error::Weights(format!(
+                    "{}: tensor {wk} has shape {:?}, expected [{n}, {in_f}]",
+                    file.path().display(),
+                    info.shape
+                )));
+            }
+            rows.extend(self.host_view(wk)?.to_vec_f32()?);
+        }
+        let group = self
+            .int8_policy()
+            .and_then(|p| p.group)
+            .filter(|g| in_f % g == 0);
+        let (q, s) = crate::runtime::int8::quantize_host(&rows, n_tot, in_f, group)?;
+        drop(rows);
+        let (q, s) = (q.to_device(&self.device)?, s.to_device(&self.device)?);
+        let mut c = self.cache.lock().unwrap();
+        c.insert(qk, q.clone());
+        c.insert(sck, s.clone());
+        Ok(Weight::Int8 { q, scale: s })
     }
 
     /// Turns quantize-on-load on or off (drops what was delivered).
@@ -229,6 +471,18 @@ impl WeightStore {
 
     pub fn int8_policy(&self) -> Option<Int8Policy> {
         *self.int8.lock().unwrap()
+    }
+
+    /// Sets the model's fusion groups (drops what was delivered). Set it before a
+    /// [`crate::runtime::residency::Residency`] or a plan is made: the streamed layer layout
+    /// and the layer byte counts follow it.
+    pub fn set_fusion(&self, policy: Option<FusionPolicy>) {
+        *self.fusion.lock().unwrap() = policy;
+        self.release_all();
+    }
+
+    pub fn fusion_policy(&self) -> Option<FusionPolicy> {
+        *self.fusion.lock().unwrap()
     }
 
     /// Whether the linear `name` (key without `.weight`) is delivered as INT8.
@@ -386,5 +640,24 @@ impl Prefix {
             None
         };
         Ok(Linear { weight, bias })
+    }
+
+    /// The linears `names` (each `{name}.weight` [out_features[i], in_features], and
+    /// `{name}.bias` if `bias`) as one linear whose weight is their row-concatenation
+    /// [sum out_features, in_features] (bias likewise): one GEMM instead of several. The store
+    /// builds it once (resident), or installs it as one view of a streamed layer (members
+    /// adjacent when the model declared the group, [`WeightStore::set_fusion`]); INT8 members
+    /// (quantize-on-load or pre-quantized) concatenate their q rows and scales. The output
+    /// columns of member i are the range after the widths of members 0..i.
+    pub fn linear_fused(
+        &self,
+        names: &[&str],
+        in_features: usize,
+        out_features: &[usize],
+        bias: bool,
+    ) -> Result<Linear> {
+        let members: Vec<String> = names.iter().map(|n| self.key(n)).collect();
+        self.store
+            .linear_fused(&members, in_features, out_features, bias)
     }
 }

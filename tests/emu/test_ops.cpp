@@ -1,4 +1,5 @@
-// kernels/ops.cu on the emulator: activations, softmax, LayerNorm, adaLN modulation, RMSNorm,
+// kernels/ops.cu on the emulator: activations, softmax, LayerNorm, adaLN modulation, RMSNorm
+// (and the fused QKV per-head q/k RMSNorm, in place),
 // elementwise kernels, gated residual, embedding, casts and strided copies, launched like
 // src/ops/*.rs launches them (one block per row, or grid-stride loops on a small grid), against
 // double references. Tolerances: a few units of the storage type's precision.
@@ -137,6 +138,48 @@ void run_all(uint64_t seed) {
                 for (int j = 0; j < c; j++) ref[(size_t)r * c + j] = round_t<T>((float)(val(x, (size_t)r * c + j) * inv)) * w[(size_t)j];
             }
             expect_close("ops/rms_norm_" + tn + " c " + std::to_string(c), y.p, ref, atol_t<T>(), 2 * rtol_t<T>());
+        }
+    }
+    if (selected("ops/qk_rms_norm_" + tn)) {
+        // The fused QKV q/k norm in place: rows of q | k | v (or k | v) at row stride ld inside a
+        // wider buffer, heads of 64 (paired loads), 16, 7 (odd: scalar path), an odd column
+        // offset (unaligned: scalar path), a null gain; warps = rows x heads not a multiple of
+        // the 8 warps of a block (the last block's idle warps exit whole). Every other element
+        // keeps its value.
+        struct Case {
+            int heads, hd, with_q, pad, null_q;
+        };
+        for (Case cs : {Case{3, 64, 1, 0, 0}, Case{2, 64, 1, 1, 0}, Case{2, 16, 0, 2, 0}, Case{3, 7, 1, 1, 1}, Case{1, 64, 0, 0, 0}}) {
+            const int rows = 5, d = cs.heads * cs.hd, w = (cs.with_q ? 3 : 2) * d, ld = w + 2 * cs.pad;
+            DBuf<T> x((size_t)rows * ld);
+            DBuf<float> gq((size_t)cs.hd), gk((size_t)cs.hd);
+            fill(x, rng, 3.f);
+            for (int j = 0; j < cs.hd; j++) gq[(size_t)j] = 0.5f + rng.uniform(), gk[(size_t)j] = 0.5f + rng.uniform();
+            std::vector<double> ref(x.n);
+            for (size_t i = 0; i < x.n; i++) ref[i] = val(x, i);
+            const int hq = cs.with_q ? cs.heads : 0, qcol = 0, kcol = cs.with_q ? d : 0;
+            const float* wq = cs.null_q ? nullptr : gq.p;
+            for (int r = 0; r < rows; r++) {
+                for (int h = 0; h < hq + cs.heads; h++) {
+                    const bool isq = h < hq;
+                    const size_t c0 = (size_t)r * ld + cs.pad + (isq ? qcol + h * cs.hd : kcol + (h - hq) * cs.hd);
+                    double ss = 0;
+                    for (int j = 0; j < cs.hd; j++) ss += std::pow(val(x, c0 + j), 2);
+                    const double inv = 1 / std::sqrt(ss / cs.hd + 1e-6);
+                    for (int j = 0; j < cs.hd; j++) {
+                        const double g = isq ? (wq ? wq[j] : 1.0) : gk[(size_t)j];
+                        ref[c0 + j] = round_t<T>((float)(val(x, c0 + j) * inv)) * g;
+                    }
+                }
+            }
+            auto f = (void (*)(T*, long long, long long, int, int, const float*, int, int, const float*, int, float))PICK(qk_rms_norm, T);
+            const long long warps = (long long)rows * (hq + cs.heads);
+            T* base = x.p + cs.pad;
+            emu::launch("qk_rms_norm", dim3((unsigned)((warps + 7) / 8)), b256, 0,
+                        [&] { f(base, ld, rows, qcol, hq, wq, kcol, cs.heads, gk.p, cs.hd, 1e-6f); });
+            expect_close("ops/qk_rms_norm_" + tn + " heads " + std::to_string(cs.heads) + "x" + std::to_string(cs.hd) + " q " +
+                             std::to_string(cs.with_q) + " pad " + std::to_string(cs.pad),
+                         x.p, ref, atol_t<T>(), 2 * rtol_t<T>());
         }
     }
     if (selected("ops/elementwise_" + tn)) {
