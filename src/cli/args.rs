@@ -110,8 +110,8 @@ pub struct RooflineArgs {
     /// Batch 1 (guidance scale <= 1) instead of the joint cond/uncond batch of 2.
     #[arg(long)]
     pub no_guidance: bool,
-    /// Arithmetic of the VAE convolutions (f32 on CUDA cores is the engine's GPU default).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    /// Arithmetic of the VAE convolutions (bf16 on tensor cores is the engine's GPU default).
+    #[arg(long, default_value = "bf16", value_parser = ["f32", "bf16"])]
     pub vae_precision: String,
     /// Print the report as JSON on stdout.
     #[arg(long)]

@@ -195,8 +195,9 @@ pub fn step_rows(c: &TransformerConfig, shape: StepShape) -> Vec<Row> {
 
 /// The ops of decoding latents [1, z, t_lat, h_lat, w_lat] (one latent frame per chunk, causal
 /// caches, the first chunk without the temporal upsampling, as model::vae decodes), with the
-/// convolutions in bf16 on tensor cores (`bf16`) or in f32 on CUDA cores, activations of
-/// `act_bytes` bytes.
+/// convolutions in bf16 on tensor cores (`bf16`: weights held as bf16, f32 activations rounded
+/// to bf16 in shared memory) or in f32 on CUDA cores. Activations are f32 in memory either way
+/// (the norms, attention glue, caches and tiling run in f32).
 pub fn decode_rows(
     cfg: &VaeConfig,
     t_lat: usize,
@@ -206,7 +207,8 @@ pub fn decode_rows(
 ) -> Vec<Row> {
     let mut r = Rows(Vec::new());
     let kind = |c: OpClass| if bf16 { Kind::Tensor(c) } else { Kind::Fp32(c) };
-    let eb = if bf16 { 2 } else { 4 };
+    let eb = 4;
+    let wb = if bf16 { 2 } else { 4 };
     let dims = cfg.decoder_dims();
     let tup = cfg.temperal_upsample();
     let levels = cfg.dim_mult.len();
@@ -221,7 +223,7 @@ pub fn decode_rows(
                 w: usize| {
         let outs = (co * f * h * w) as f64;
         let flops = 2.0 * outs * (ci * taps) as f64;
-        let bytes = ((ci * f * h * w + co * f * h * w) * eb + ci * co * taps * 4) as f64;
+        let bytes = ((ci * f * h * w + co * f * h * w) * eb + ci * co * taps * wb) as f64;
         r.add(name, kind(OpClass::Conv), 1, flops, bytes);
     };
     let norm = |r: &mut Rows, c: usize, f: usize, h: usize, w: usize| {
