@@ -699,7 +699,10 @@ fn synthetic_real_widths_bf16_psnr_bound() {
     let mean = f.iter().map(|&x| x as f64).sum::<f64>() / f.len() as f64;
     let sd = (f.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / f.len() as f64).sqrt();
     let clamped = f.iter().filter(|x| x.abs() >= 0.999).count() as f64 / f.len() as f64;
-    assert!(sd > 0.05 && clamped < 0.5, "degenerate synthetic frames: sd {sd}, clamped {clamped}");
+    assert!(
+        sd > 0.05 && clamped < 0.5,
+        "degenerate synthetic frames: sd {sd}, clamped {clamped}"
+    );
     let p = psnr(&b, &f);
     println!(
         "synthetic Wan2.1 widths, latent [1, 16, 2, 4, 6]: bf16 vs f32 decode PSNR {p:.2} dB \

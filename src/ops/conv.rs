@@ -117,9 +117,15 @@ pub fn pack_weight_bf16(w: &Tensor) -> Result<PackedConvWeight> {
         }
     };
     let k = ci * taps;
-    let (co_pad, k_pad) = (co.div_ceil(BF16_BM) * BF16_BM, k.div_ceil(BF16_BK) * BF16_BK);
+    let (co_pad, k_pad) = (
+        co.div_ceil(BF16_BM) * BF16_BM,
+        k.div_ceil(BF16_BK) * BF16_BK,
+    );
     if co_pad * k_pad > i32::MAX as usize || co_pad / BF16_BM > 65_535 {
-        return Err(shape_err!("conv3d bf16: weight {:?} is too large", w.shape()));
+        return Err(shape_err!(
+            "conv3d bf16: weight {:?} is too large",
+            w.shape()
+        ));
     }
     let wf = f32_dense(w, "weight")?;
     let out = Tensor::empty(&[co_pad, k_pad], DType::BF16, w.device())?;
@@ -145,12 +151,16 @@ pub fn pack_weight_bf16(w: &Tensor) -> Result<PackedConvWeight> {
 /// ([co_pad, k_pad], tap-major K, zero padded) for w [co, ci * taps].
 pub fn pack_weight_bf16_cpu(w: &[f32], co: usize, ci: usize, taps: usize) -> Vec<f32> {
     let k = ci * taps;
-    let (co_pad, k_pad) = (co.div_ceil(BF16_BM) * BF16_BM, k.div_ceil(BF16_BK) * BF16_BK);
+    let (co_pad, k_pad) = (
+        co.div_ceil(BF16_BM) * BF16_BM,
+        k.div_ceil(BF16_BK) * BF16_BK,
+    );
     let mut out = vec![0.0f32; co_pad * k_pad];
     for m in 0..co {
         for c in 0..ci {
             for t in 0..taps {
-                out[m * k_pad + t * ci + c] = crate::runtime::cast::round_bf16(w[m * k + c * taps + t]);
+                out[m * k_pad + t * ci + c] =
+                    crate::runtime::cast::round_bf16(w[m * k + c * taps + t]);
             }
         }
     }
@@ -229,12 +239,7 @@ pub fn conv_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) ->
     conv_dims_of(x, w.shape(), bias, o)
 }
 
-fn conv_dims_of(
-    x: &Tensor,
-    ws: &[usize],
-    bias: Option<&Tensor>,
-    o: &ConvOpts,
-) -> Result<ConvDims> {
+fn conv_dims_of(x: &Tensor, ws: &[usize], bias: Option<&Tensor>, o: &ConvOpts) -> Result<ConvDims> {
     let xs = x.shape();
     if xs.len() != 5 {
         return Err(shape_err!("conv3d: x must be [B, C, T, H, W], got {xs:?}"));
