@@ -578,3 +578,26 @@ pub fn check_safetensors(path: &Path, flag: &str) -> Result<()> {
         .map(|_| ())
         .map_err(|e| Error::Input(format!("{flag}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vae_precision_defaults_to_f32_on_the_cpu_and_follows_the_flag() {
+        let cpu = Device::Cpu;
+        assert_eq!(vae_precision(None, &cpu), ConvPrecision::F32);
+        assert_eq!(
+            vae_precision(Some(VaePrecision::Bf16), &cpu),
+            ConvPrecision::Bf16
+        );
+        assert_eq!(
+            vae_precision(Some(VaePrecision::F32), &cpu),
+            ConvPrecision::F32
+        );
+        let mem = MemoryOptions::default();
+        let o = vae_options(&cpu, &mem, Some(VaePrecision::Bf16));
+        assert_eq!(o.precision, ConvPrecision::Bf16);
+        assert!(o.tiling.is_none());
+    }
+}
