@@ -209,7 +209,8 @@ extern "C" __global__ void __launch_bounds__(256) conv_f32_simt(CONV_KERNEL_ARGS
 // tap-major: k = tap * Ci + ci with tap = (kt * KH + kh) * KW + kw. When Ci is a multiple of 16
 // (every conv of the Wan VAE decoder), each loader's run of 16 consecutive k lies within one
 // tap: the tap is resolved once per k-tile and the 16 channels are read with a fixed stride.
-// Other Ci take a per-element path that steps (tap, ci) incrementally (no division per element).
+// Other Ci take a per-element path that steps (tap, ci) incrementally. Each thread carries its
+// (tap, ci) from one k-tile to the next (tiles are loaded in order): no division in the k loop.
 // Activations stay f32 in global memory (the norms, attention glue, caches and tiling are f32);
 // the B tile is copied f32 into shared memory by cp.async (4 B, zero-fill for padding, causal
 // frames without a cache and pixels past N) and rounded to bf16 when the mma fragments are built.
@@ -267,7 +268,7 @@ struct TapOff {
 // the cached frames), or ok = false (zero fill).
 struct TapSrc {
     const float* p;
-    long long cstride;
+    int cstride;  // T * Hin * Win or nc * Hin * Win (< 2^31: the host checks)
     bool ok;
 };
 
@@ -283,10 +284,10 @@ __device__ __forceinline__ TapSrc tap_src(const float* x, const float* ctx, int 
         s.cstride = 0;
     } else if (ts >= 0) {
         s.p = x + ((long long)b * Ci * T + ts) * plane + sp;
-        s.cstride = (long long)T * plane;
+        s.cstride = T * Hin * Win;
     } else {
         s.p = ctx + ((long long)b * Ci * nc + nc + ts) * plane + sp;
-        s.cstride = (long long)nc * plane;
+        s.cstride = nc * Hin * Win;
     }
     return s;
 }
@@ -326,13 +327,18 @@ extern "C" __global__ void __launch_bounds__(256, 2) conv_bf16_mma(CONV_BF16_ARG
     const uint32_t b_dst = smem_u32(smem) + CONV_STAGES * CONV_A_STAGE_BYTES + (uint32_t)(b_n * T_LDB + b_k) * 4;
     __syncthreads();  // taps
 
+    // (tap, ci) of this thread's first k in the next tile to load: tiles are loaded in order,
+    // so it is carried from tile to tile (one division here, none in the loop).
+    int ld_tap = b_k / Ci;
+    int ld_ci = b_k - ld_tap * Ci;
     auto load_tile = [&](int kt_i, int stage) {
         const int k0 = kt_i * T_BK;
         cp_async16(a_dst + stage * CONV_A_STAGE_BYTES, a_src + k0, true);
         const uint32_t bd = b_dst + stage * CONV_B_STAGE_BYTES;
         const int kf = k0 + b_k;
-        int tap = kf / Ci;
-        int ci = kf - tap * Ci;
+        int tap = ld_tap;
+        int ci = ld_ci;
+        for (ld_ci += T_BK; ld_ci >= Ci; ld_ci -= Ci) ld_tap++;
         if (tap < ntaps && ci + 16 <= Ci) {
             // One tap for all 16 k (the common case): resolve it once.
             const TapSrc s = tap_src(x, ctx, b, Ci, T, Hin, Win, nc, up, H, W, bpx.t, bpx.h, bpx.w, bpx.valid, taps[tap]);

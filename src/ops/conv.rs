@@ -496,7 +496,9 @@ fn conv3d_cuda(
         return Ok(());
     }
     // gridDim.y = Co / 64 and gridDim.z = B are limited to 65535.
+    // (The bf16 kernel's channel strides T*Hin*Win and (kt-1)*Hin*Win are int as well.)
     if n > i32::MAX as usize
+        || (d.kt - 1) * d.hin * d.win > i32::MAX as usize
         || d.k() > i32::MAX as usize
         || d.co.div_ceil(64) > 65_535
         || d.b > 65_535
