@@ -129,8 +129,15 @@ fn main() {
                     .sum::<f64>()
                     / v.len().max(1) as f64;
                 let psnr = 10.0 * (4.0 / mse.max(1e-30)).log10();
+                // The 40 dB bound is bf16 vs f32 untiled; tiling blends overlaps and differs
+                // from an untiled decode by design.
+                let note = if tiling.is_none() {
+                    "; the bf16 bound is 40 dB"
+                } else {
+                    ""
+                };
                 format!(
-                    "vs f32 untiled: max abs diff {md:.3e}, PSNR {psnr:.1} dB (video in [-1, 1]; the bf16 bound is 40 dB)"
+                    "vs f32 untiled: max abs diff {md:.3e}, PSNR {psnr:.1} dB (video in [-1, 1]{note})"
                 )
             }
         };
