@@ -1,6 +1,7 @@
 //! Convolutions of the Wan2.1 VAE decoder on f32 activations (f32 weights, or bf16 weights
-//! packed once for the tensor cores): the causal 3D conv (k_t = 3 with 2 cached/zero frames in front, 3x3 spatial with zero
-//! padding 1), the per-frame 2D 3x3 conv, 1x1x1 convs, and the `time_conv` (3x1x1). One entry,
+//! packed once for the tensor cores): the causal 3D conv (k_t = 3 with 2 cached/zero frames in
+//! front, 3x3 spatial with zero padding 1), the per-frame 2D 3x3 conv, 1x1x1 convs, and the
+//! `time_conv` (3x1x1). One entry,
 //! [`conv3d`], covers all of them through the weight's shape; nearest-2x spatial upsampling
 //! of the input, the upsample3d time interleave, a residual add and a clamp are fused options.
 //!
