@@ -6,7 +6,7 @@
 //! Run: `cargo bench --bench gpu_ops` (or `.gpu-bundle/bin/bench-gpu_ops` on the GPU machine).
 #[path = "util/mod.rs"]
 mod util;
-use contentv::ops::conv::{conv3d, ConvOpts, ConvPrecision};
+use contentv::ops::conv::{conv3d_w, pack_weight_bf16, ConvOpts, ConvPrecision, WRef};
 use contentv::ops::{act, elementwise as ew, gemm, norm};
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 use util::{report_bw, report_flops, time_ms};
@@ -375,7 +375,7 @@ fn main() {
         6 * dm * dm * 2,
     );
 
-    // VAE (f32, as the reference): a causal 3D conv of the first up block at the default
+    // VAE: a causal 3D conv of the first up block at the default
     // latent size (384 -> 384 channels, k 3x3x3, 2 frames of cache + 1 new frame, 54x96) and
     // the last one at full resolution (96 -> 96, 432x768), f32 SIMT and bf16 tensor cores;
     // the channel RMS norm + SiLU at full resolution.
@@ -403,13 +403,19 @@ fn main() {
             .unwrap()
             .to_device(&dev)
             .unwrap();
+        // bf16: the weight packed once (as the decoder holds it), not per call.
+        let packed = pack_weight_bf16(&w).unwrap();
         for prec in [ConvPrecision::F32, ConvPrecision::Bf16] {
             let o = ConvOpts {
                 precision: prec,
                 ..Default::default()
             };
+            let wr = match prec {
+                ConvPrecision::F32 => WRef::F32(&w),
+                ConvPrecision::Bf16 => WRef::Bf16(&packed),
+            };
             let ms = time_ms(&dev, it, || {
-                conv3d(&xin, &w, None, &o).unwrap();
+                conv3d_w(&xin, &wr, None, &o).unwrap();
             });
             report_flops(
                 &format!("{name} x4 frames {prec:?}"),

@@ -17,8 +17,9 @@
 //   * resid (optional, same layout as y) is added after the bias, then the optional clamp.
 //
 // conv_f32_simt: CUDA-core f32 FMA, 64x64x16 tiles (the exact reference path).
-// conv_bf16_mma: tensor cores (mma.sync m16n8k16 bf16 x bf16 -> f32), operands rounded to
-// bf16 while staging into shared memory, f32 accumulation; 64x128x32 tiles, 8 warps.
+// conv_bf16_mma: tensor cores (mma.sync m16n8k16 bf16 x bf16 -> f32), weights prepared once per
+// layer as bf16 (conv_pack_weight_bf16), activations f32 in memory and rounded to bf16 when the
+// fragments are built, f32 accumulation; 64x128x32 tiles, 8 warps, 3-stage cp.async ring.
 #include "common.cuh"
 #include "ptx.cuh"
 
@@ -201,20 +202,99 @@ extern "C" __global__ void __launch_bounds__(256) conv_f32_simt(CONV_KERNEL_ARGS
 }
 
 // ---------------------------------------------------------------------------------------------
-// bf16 tensor-core implicit GEMM: tile 64 (co) x 128 (pixels) x 32 (k), 8 warps as 2 (M) x 4 (N),
-// each warp 32x32 = 2 m16 x 4 n8 mma tiles. Shared tiles are k-contiguous ([m][k] and [n][k])
-// with a row pitch of 40 bf16 (80 B) so fragment loads hit 32 distinct banks.
+// bf16 tensor-core implicit GEMM, pipelined (conv_bf16_mma).
+//
+// Weights: prepared once per layer by conv_pack_weight_bf16 into a bf16 [Co_pad, K_pad] matrix
+// (Co_pad = Co rounded up to 64, K_pad = K rounded up to 32, zero padded) whose K order is
+// tap-major: k = tap * Ci + ci with tap = (kt * KH + kh) * KW + kw. When Ci is a multiple of 16
+// (every conv of the Wan VAE decoder), each loader's run of 16 consecutive k lies within one
+// tap: the tap is resolved once per k-tile and the 16 channels are read with a fixed stride.
+// Other Ci take a per-element path that steps (tap, ci) incrementally. Each thread carries its
+// (tap, ci) from one k-tile to the next (tiles are loaded in order): no division in the k loop.
+// Activations stay f32 in global memory (the norms, attention glue, caches and tiling are f32);
+// the B tile is copied f32 into shared memory by cp.async (4 B, zero-fill for padding, causal
+// frames without a cache and pixels past N) and rounded to bf16 when the mma fragments are built.
+//
+// Tile 64 (co) x 128 (pixels) x 32 (k), 8 warps as 2 (M) x 4 (N), warp tile 32x32 = 2 m16 x 4 n8
+// mma.sync m16n8k16, f32 accumulators. CONV_STAGES-deep cp.async ring in dynamic shared memory:
+//   A stage: bf16 [64][40] (80 B pitch: 16-B aligned rows, ldmatrix conflict-free), 5,120 B
+//   B stage: f32 [128][40] (160 B pitch: the 64-bit fragment loads of a half-warp hit 32 banks),
+//            20,480 B
+// Per thread and k-tile the loader does one 16-B cp.async of A and 16 4-B cp.async of B: one
+// pixel (fixed for the whole k loop: its (t, h, w) decomposed once) times 16 consecutive k.
 // ---------------------------------------------------------------------------------------------
 #define T_BM 64
 #define T_BN 128
 #define T_BK 32
-#define T_LD 40
+#define T_LDA 40  // bf16 per A row
+#define T_LDB 40  // f32 per B row
+#define CONV_STAGES 3
+#define CONV_MAX_TAPS 32
+#define CONV_A_STAGE_BYTES (T_BM * T_LDA * 2)
+#define CONV_B_STAGE_BYTES (T_BN * T_LDB * 4)
+// Dynamic shared memory of conv_bf16_mma (host: CONV_BF16_SMEM in src/ops/conv.rs).
+#define CONV_BF16_SMEM (CONV_STAGES * (CONV_A_STAGE_BYTES + CONV_B_STAGE_BYTES))
+static_assert(CONV_BF16_SMEM == 76800, "host side: CONV_BF16_SMEM in src/ops/conv.rs");
 
-extern "C" __global__ void __launch_bounds__(256) conv_bf16_mma(CONV_KERNEL_ARGS) {
-    const ConvParams p = CONV_PARAMS_INIT;
-    __shared__ __align__(16) __nv_bfloat16 As[T_BM * T_LD];
-    __shared__ __align__(16) __nv_bfloat16 Bs[T_BN * T_LD];
-    __shared__ Tap taps[T_BK];
+// Packs f32 weights [Co, Ci, KT, KH, KW] (= [Co, Ci * taps]) into the bf16 [co_pad, k_pad]
+// tap-major matrix conv_bf16_mma reads (zero outside Co x K).
+extern "C" __global__ void conv_pack_weight_bf16(const float* __restrict__ w, __nv_bfloat16* __restrict__ out, int Co, int Ci,
+                                                 int taps, int co_pad, int k_pad) {
+    const long long total = (long long)co_pad * k_pad;
+    const int K = Ci * taps;
+    GRID_STRIDE(i, total) {
+        const int m = (int)(i / k_pad);
+        const int k = (int)(i - (long long)m * k_pad);
+        float v = 0.f;
+        if (m < Co && k < K) {
+            const int tap = k / Ci;
+            const int ci = k - tap * Ci;
+            v = w[(long long)m * K + (long long)ci * taps + tap];
+        }
+        out[i] = __float2bfloat16_rn(v);
+    }
+}
+
+#define CONV_BF16_ARGS const float* x, const float* ctx, const __nv_bfloat16* w, const float* bias, const float* resid, float* y, \
+    int B, int Ci, int Co, int T, int Hin, int Win, int KT, int KH, int KW, int up, int interleave, int out_frames, \
+    int out_t0, int do_clamp, float lo, float hi
+
+// Offsets of one tap: dt in [-(KT-1), 0], dh in [-KH/2, KH/2], dw likewise.
+struct TapOff {
+    int dt, dh, dw;
+};
+
+// One pixel's gather source for one tap: the address of channel 0 and the channel stride (x or
+// the cached frames), or ok = false (zero fill).
+struct TapSrc {
+    const float* p;
+    int cstride;  // T * Hin * Win or nc * Hin * Win (< 2^31: the host checks)
+    bool ok;
+};
+
+__device__ __forceinline__ TapSrc tap_src(const float* x, const float* ctx, int b, int Ci, int T, int Hin, int Win, int nc, int up, int H,
+                                          int W, int pt, int ph, int pw, bool pvalid, TapOff tp) {
+    TapSrc s;
+    const int ts = pt + tp.dt, hs = ph + tp.dh, ws = pw + tp.dw;
+    s.ok = pvalid && hs >= 0 && hs < H && ws >= 0 && ws < W && (ts >= 0 || ctx != nullptr);
+    const long long plane = (long long)Hin * Win;
+    const long long sp = (long long)(hs >> up) * Win + (ws >> up);
+    if (!s.ok) {
+        s.p = x;
+        s.cstride = 0;
+    } else if (ts >= 0) {
+        s.p = x + ((long long)b * Ci * T + ts) * plane + sp;
+        s.cstride = T * Hin * Win;
+    } else {
+        s.p = ctx + ((long long)b * Ci * nc + nc + ts) * plane + sp;
+        s.cstride = nc * Hin * Win;
+    }
+    return s;
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) conv_bf16_mma(CONV_BF16_ARGS) {
+    DYNAMIC_SMEM(smem);
+    __shared__ TapOff taps[CONV_MAX_TAPS];  // (dt, dh, dw) per tap, filled once per block
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
@@ -222,21 +302,72 @@ extern "C" __global__ void __launch_bounds__(256) conv_bf16_mma(CONV_KERNEL_ARGS
     const int b = blockIdx.z;
     const int m0 = blockIdx.y * T_BM;
     const long long n0 = (long long)blockIdx.x * T_BN;
-    const int H = p.Hin << p.up, W = p.Win << p.up;
-    const long long N = (long long)p.T * H * W;
-    const int K = p.Ci * p.KT * p.KH * p.KW;
+    const int H = Hin << up, W = Win << up;
+    const long long N = (long long)T * H * W;
+    const int ntaps = KT * KH * KW;
+    const int K = Ci * ntaps;
+    const int k_pad = (K + T_BK - 1) / T_BK * T_BK;
+    const int nk = k_pad / T_BK;
+    const int nc = KT - 1;
 
-    // Loader roles: A 64x32 (8 per thread), B 128x32 (16 per thread).
-    const int a_m = tid >> 2;         // 0..63
-    const int a_k = (tid & 3) * 8;    // 0,8,16,24
-    const int b_n = tid & 127;        // 0..127
-    const int b_k = (tid >> 7) * 16;  // 0,16
+    if (tid < ntaps) {
+        const int khw = KH * KW;
+        const int kt = tid / khw, r = tid - kt * khw;
+        const int kh = r / KW, kw = r - kh * KW;
+        taps[tid] = TapOff{kt - nc, kh - KH / 2, kw - KW / 2};
+    }
+
+    // A loader: row tid / 4, 16-B chunk tid % 4 (always in bounds: the matrix is padded).
+    const __nv_bfloat16* a_src = w + (long long)(m0 + (tid >> 2)) * k_pad + (tid & 3) * 8;
+    const uint32_t a_dst = smem_u32(smem) + (uint32_t)((tid >> 2) * T_LDA + (tid & 3) * 8) * 2;
+    // B loader: pixel n0 + (tid % 128), k half (tid / 128) * 16 of each k-tile; (t, h, w) once.
+    const int b_n = tid & (T_BN - 1);
+    const int b_k = (tid >> 7) * 16;
     const Pix bpx = decode_pixel(n0 + b_n, H, W, N);
+    const uint32_t b_dst = smem_u32(smem) + CONV_STAGES * CONV_A_STAGE_BYTES + (uint32_t)(b_n * T_LDB + b_k) * 4;
+    __syncthreads();  // taps
 
-    const int wm = warp >> 2;  // 0..1 -> rows wm*32
-    const int wn = warp & 3;   // 0..3 -> cols wn*32
+    // (tap, ci) of this thread's first k in the next tile to load: tiles are loaded in order,
+    // so it is carried from tile to tile (one division here, none in the loop).
+    int ld_tap = b_k / Ci;
+    int ld_ci = b_k - ld_tap * Ci;
+    auto load_tile = [&](int kt_i, int stage) {
+        const int k0 = kt_i * T_BK;
+        cp_async16(a_dst + stage * CONV_A_STAGE_BYTES, a_src + k0, true);
+        const uint32_t bd = b_dst + stage * CONV_B_STAGE_BYTES;
+        const int kf = k0 + b_k;
+        int tap = ld_tap;
+        int ci = ld_ci;
+        for (ld_ci += T_BK; ld_ci >= Ci; ld_ci -= Ci) ld_tap++;
+        if (tap < ntaps && ci + 16 <= Ci) {
+            // One tap for all 16 k (the common case): resolve it once.
+            const TapSrc s = tap_src(x, ctx, b, Ci, T, Hin, Win, nc, up, H, W, bpx.t, bpx.h, bpx.w, bpx.valid, taps[tap]);
+            const float* src = s.p + (long long)ci * s.cstride;  // x itself when !s.ok (cstride 0)
+#pragma unroll
+            for (int j = 0; j < 16; j++) cp_async4(bd + j * 4, src + j * s.cstride, s.ok);
+        } else {
+            // Channel runs that cross a tap, or the K tail.
+            TapSrc s = tap_src(x, ctx, b, Ci, T, Hin, Win, nc, up, H, W, bpx.t, bpx.h, bpx.w, bpx.valid, taps[tap < ntaps ? tap : 0]);
+            for (int j = 0; j < 16; j++) {
+                const bool in = kf + j < K;
+                const bool ok = in && s.ok;
+                cp_async4(bd + j * 4, ok ? s.p + (long long)ci * s.cstride : x, ok);
+                if (++ci == Ci) {
+                    ci = 0;
+                    tap++;
+                    if (tap < ntaps) s = tap_src(x, ctx, b, Ci, T, Hin, Win, nc, up, H, W, bpx.t, bpx.h, bpx.w, bpx.valid, taps[tap]);
+                }
+            }
+        }
+    };
+
+    const int wm = warp >> 2;  // rows wm*32
+    const int wn = warp & 3;   // cols wn*32
     const int g = lane >> 2;
     const int tig = lane & 3;
+    // ldmatrix.x4 address of the A fragment (rows +(lane % 16), k +(lane / 16) * 8) per stage.
+    const uint32_t a_frag = smem_u32(smem) + (uint32_t)((wm * 32 + (lane & 15)) * T_LDA + (lane >> 4) * 8) * 2;
+    const float* b_frag = reinterpret_cast<const float*>(smem + CONV_STAGES * CONV_A_STAGE_BYTES) + (wn * 32 + g) * T_LDB + tig * 2;
 
     float acc[2][4][4];
 #pragma unroll
@@ -246,56 +377,44 @@ extern "C" __global__ void __launch_bounds__(256) conv_bf16_mma(CONV_KERNEL_ARGS
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
 
-    for (int k0 = 0; k0 < K; k0 += T_BK) {
-        if (tid < T_BK) {
-            int k = k0 + tid;
-            taps[tid] = decode_tap(k < K ? k : 0, p.KT, p.KH, p.KW);
-        }
+#pragma unroll
+    for (int s = 0; s < CONV_STAGES - 1; s++) {
+        if (s < nk) load_tile(s, s);
+        cp_async_commit();
+    }
+    for (int kt_i = 0; kt_i < nk; kt_i++) {
+        cp_async_wait<CONV_STAGES - 2>();
+        __syncthreads();  // tile kt_i landed for every thread; stage (kt_i - 1) % S is free
         {
-            int m = m0 + a_m;
-#pragma unroll
-            for (int j = 0; j < 8; j += 2) {
-                int k = k0 + a_k + j;
-                float v0 = (m < p.Co && k < K) ? p.w[(long long)m * K + k] : 0.f;
-                float v1 = (m < p.Co && k + 1 < K) ? p.w[(long long)m * K + k + 1] : 0.f;
-                *reinterpret_cast<__nv_bfloat162*>(&As[a_m * T_LD + a_k + j]) = __floats2bfloat162_rn(v0, v1);
-            }
+            const int nt = kt_i + CONV_STAGES - 1;
+            if (nt < nk) load_tile(nt, nt % CONV_STAGES);
+            cp_async_commit();
         }
-        __syncthreads();  // taps ready
-#pragma unroll
-        for (int j = 0; j < 16; j += 2) {
-            int kk = b_k + j;
-            float v0 = (k0 + kk < K) ? gather_x(p, b, taps[kk], bpx, H, W) : 0.f;
-            float v1 = (k0 + kk + 1 < K) ? gather_x(p, b, taps[kk + 1], bpx, H, W) : 0.f;
-            *reinterpret_cast<__nv_bfloat162*>(&Bs[b_n * T_LD + kk]) = __floats2bfloat162_rn(v0, v1);
-        }
-        __syncthreads();
+        const int st = kt_i % CONV_STAGES;
+        const uint32_t as = a_frag + st * CONV_A_STAGE_BYTES;
+        const float* bs = b_frag + st * (CONV_B_STAGE_BYTES / 4);
 #pragma unroll
         for (int ks = 0; ks < T_BK; ks += 16) {
             uint32_t af[2][4];
             uint32_t bfr[4][2];
 #pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const __nv_bfloat16* base = &As[(wm * 32 + i * 16 + g) * T_LD + ks + tig * 2];
-                af[i][0] = *reinterpret_cast<const uint32_t*>(base);
-                af[i][1] = *reinterpret_cast<const uint32_t*>(base + 8 * T_LD);
-                af[i][2] = *reinterpret_cast<const uint32_t*>(base + 8);
-                af[i][3] = *reinterpret_cast<const uint32_t*>(base + 8 * T_LD + 8);
-            }
+            for (int i = 0; i < 2; i++) ldsm_x4(af[i], as + (uint32_t)(i * 16 * T_LDA + ks) * 2);
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const __nv_bfloat16* base = &Bs[(wn * 32 + j * 8 + g) * T_LD + ks + tig * 2];
-                bfr[j][0] = *reinterpret_cast<const uint32_t*>(base);
-                bfr[j][1] = *reinterpret_cast<const uint32_t*>(base + 8);
+                const float2 lo = *reinterpret_cast<const float2*>(bs + j * 8 * T_LDB + ks);
+                const float2 hi = *reinterpret_cast<const float2*>(bs + j * 8 * T_LDB + ks + 8);
+                bfr[j][0] = pack2<__nv_bfloat16>(lo.x, lo.y);
+                bfr[j][1] = pack2<__nv_bfloat16>(hi.x, hi.y);
             }
 #pragma unroll
             for (int i = 0; i < 2; i++)
 #pragma unroll
                 for (int j = 0; j < 4; j++) mma_16816_bf16(acc[i][j], af[i][0], af[i][1], af[i][2], af[i][3], bfr[j][0], bfr[j][1]);
         }
-        __syncthreads();
     }
+    cp_async_wait<0>();
 
+    const ConvParams p = {x, ctx, nullptr, bias, resid, y, B, Ci, Co, T, Hin, Win, KT, KH, KW, up, interleave, out_frames, out_t0, do_clamp, lo, hi};
     // Epilogue: c0,c1 at (row g, cols 2*tig, 2*tig+1); c2,c3 at row g+8.
 #pragma unroll
     for (int j = 0; j < 4; j++) {
@@ -309,7 +428,7 @@ extern "C" __global__ void __launch_bounds__(256) conv_bf16_mma(CONV_KERNEL_ARGS
 #pragma unroll
                 for (int e0 = 0; e0 < 2; e0++) {
                     int co = m0 + wm * 32 + i * 16 + g + e0 * 8;
-                    if (co < p.Co) store_y(p, b, co, px, H, W, acc[i][j][e0 * 2 + e1]);
+                    if (co < Co) store_y(p, b, co, px, H, W, acc[i][j][e0 * 2 + e1]);
                 }
             }
         }

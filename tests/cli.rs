@@ -1526,6 +1526,33 @@ fn long_negative_prompt_warning_names_the_negative_prompt() {
 }
 
 #[test]
+fn vae_precision_flag_is_parsed_and_checked() {
+    for cmd in ["generate", "decode", "serve"] {
+        let o = run(&[cmd, "--help"]);
+        assert!(
+            o.status.success() && text(&o).contains("--vae-precision"),
+            "{cmd}: {}",
+            text(&o)
+        );
+    }
+    let o = run(&[
+        "decode",
+        "--vae-precision",
+        "fp8",
+        "--latents",
+        "x.safetensors",
+        "-o",
+        "x.mp4",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("fp8") && text(&o).contains("bf16") && text(&o).contains("f32"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
 fn roofline_prints_a_step_and_a_decode() {
     let o = run(&["roofline", "--json"]);
     assert!(o.status.success(), "{}", text(&o));

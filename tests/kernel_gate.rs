@@ -18,6 +18,7 @@ use std::process::Command;
 
 use contentv::ops::attention_cuda::{FLASH_SMEM, FLASH_THREADS, NAIVE_ROWS};
 use contentv::ops::attention_hopper::{HOPPER_SMEM, HOPPER_THREADS};
+use contentv::ops::conv::CONV_BF16_SMEM;
 use contentv::ops::quant::w8a16_smem_bytes;
 use contentv::runtime::device::{kernel_images, kernel_ptxas_reports};
 
@@ -110,7 +111,17 @@ fn launches() -> Vec<Launch> {
         ),
         k("w8a16_gemv_*", 256, 0, true, false, TWO),
         k("dequant_i8_*", 256, 0, false, false, ONE),
-        k("conv_bf16_mma", 256, 0, true, true, TWO),
+        // 3-stage cp.async ring, 75 KiB of dynamic shared memory: 2 CTAs per SM where 150 KiB
+        // fit (sm_80, sm_90), 1 on the 100 KiB SMs of sm_86/89/120.
+        k(
+            "conv_bf16_mma",
+            256,
+            CONV_BF16_SMEM,
+            true,
+            true,
+            &[("sm_86", 1), ("sm_89", 1), ("sm_120", 1), ("*", 2)],
+        ),
+        k("conv_pack_weight_bf16", 256, 0, false, false, ONE),
         k("conv_f32_simt", 256, 0, true, false, TWO),
         k("conv_cache_update", 256, 0, true, false, ONE),
         k("upsample_nearest2x_f32", 256, 0, true, false, ONE),

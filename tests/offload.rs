@@ -17,7 +17,7 @@ fn gpu_model_offload_keeps_the_vae_off_the_device() {
     let g = dev.gpu().unwrap().clone();
     let dir = tiny_model_dir();
     let in_use = || g.pool.stats().in_use;
-    let vae_bytes = load_vae(&dir, &dev, &MemoryOptions::default())
+    let vae_bytes = load_vae(&dir, &dev, &MemoryOptions::default(), None)
         .unwrap()
         .weight_bytes() as usize;
     assert!(vae_bytes > 0);
@@ -40,7 +40,7 @@ fn gpu_model_offload_keeps_the_vae_off_the_device() {
             ..Default::default()
         };
         let before = in_use();
-        let (pipe, _, _) = load_pipeline_for(&dir, &dev, &mem, RunSize::DEFAULT).unwrap();
+        let (pipe, _, _) = load_pipeline_for(&dir, &dev, &mem, RunSize::DEFAULT, None).unwrap();
         let loaded = in_use() - before;
         // The other models upload on first use: after loading, only the VAE can be there.
         if offload == Offload::Model {

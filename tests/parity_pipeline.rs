@@ -169,7 +169,7 @@ fn three_steps_and_frames_match_reference_on_cpu() {
     );
 }
 
-/// The whole pipeline on the GPU (bf16 encoders and DiT, bf16 latents, f32 VAE) against the
+/// The whole pipeline on the GPU (bf16 encoders and DiT, bf16 latents, the default bf16 VAE) against the
 /// reference's bf16 run, from the fixture's noise.
 #[test]
 fn three_steps_and_frames_match_reference_on_gpu() {

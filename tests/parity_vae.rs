@@ -620,6 +620,98 @@ fn vae_fixture_gpu_bf16_tensor_cores() {
     );
 }
 
+/// PSNR in dB of decoded frames `a` against the reference `b`, both in [-1, 1] (peak-to-peak 2,
+/// i.e. the same as on 8-bit frames scaled by 255/2).
+fn psnr(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (4.0 / mse.max(1e-30)).log10()
+}
+
+/// The frame bound of the bf16 default (docs/perf.md): PSNR of the bf16 decode against the f32
+/// decode of the same latents.
+const BF16_PSNR_DB: f64 = 40.0;
+
+/// The bf16 tensor-core decode (the GPU default) against the f32 decode on the fixture VAE:
+/// within the stated bound on both fixture latents.
+#[test]
+fn vae_fixture_gpu_bf16_psnr_bound() {
+    let test = "vae_fixture_gpu_bf16_psnr_bound";
+    let dev = need_gpu!(test);
+    let Some(fx) = Fixture::open("vae.safetensors", test) else {
+        return;
+    };
+    let bf16 = VaeOptions {
+        precision: ConvPrecision::Bf16,
+        ..Default::default()
+    };
+    let (Some(g), Some(c)) = (
+        tiny_vae(&dev, bf16, test),
+        tiny_vae(&Device::Cpu, VaeOptions::default(), test),
+    ) else {
+        return;
+    };
+    for t in ["t3", "t4"] {
+        let lat = fx.get(&format!("{t}.latent"));
+        let f32_video = c.decode_denormalized(&lat).unwrap().to_vec_f32().unwrap();
+        let got = g
+            .decode_denormalized(&lat.to_device(&dev).unwrap())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let want = fx.get(&format!("f32.{t}.video")).to_vec_f32().unwrap();
+        let (p, pd) = (psnr(&got, &f32_video), psnr(&got, &want));
+        println!("{test}: {t}: bf16 GPU decode vs f32 decode: PSNR {p:.2} dB (vs the diffusers f32 video: {pd:.2} dB)");
+        assert!(p >= BF16_PSNR_DB, "{t}: PSNR {p:.2} dB < {BF16_PSNR_DB} dB");
+    }
+}
+
+/// The same bound on a decoder with the real Wan2.1 channel widths (random weights, a small
+/// latent so the CPU can run it): the CPU's bf16 twin (operands rounded to bf16 where the GPU
+/// kernel rounds them; tests above check the twin against the emulated kernel) against f32.
+#[test]
+fn synthetic_real_widths_bf16_psnr_bound() {
+    let cfg = contentv::model::vae::VaeConfig::wan21();
+    let w = tiny_weights(&cfg, 11);
+    let mut s = 12u64;
+    let lat = host(rnd(16 * 2 * 4 * 6, &mut s, 1.5), &[1, 16, 2, 4, 6]);
+    let decode = |precision| {
+        let d = VaeDecoder::load(
+            &w,
+            cfg.clone(),
+            VaeOptions {
+                precision,
+                tiling: None,
+            },
+        )
+        .unwrap();
+        d.decode(&lat).unwrap().to_vec_f32().unwrap()
+    };
+    let f = decode(ConvPrecision::F32);
+    let b = decode(ConvPrecision::Bf16);
+    assert_eq!(f.len(), 3 * 5 * 32 * 48);
+    // A meaningful comparison: the frames vary and are mostly not clamped at +-1.
+    let mean = f.iter().map(|&x| x as f64).sum::<f64>() / f.len() as f64;
+    let sd = (f.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / f.len() as f64).sqrt();
+    let clamped = f.iter().filter(|x| x.abs() >= 0.999).count() as f64 / f.len() as f64;
+    assert!(
+        sd > 0.05 && clamped < 0.5,
+        "degenerate synthetic frames: sd {sd}, clamped {clamped}"
+    );
+    let p = psnr(&b, &f);
+    println!(
+        "synthetic Wan2.1 widths, latent [1, 16, 2, 4, 6]: bf16 vs f32 decode PSNR {p:.2} dB \
+         (frames: sd {sd:.3}, {:.1}% clamped)",
+        100.0 * clamped
+    );
+    assert!(p >= BF16_PSNR_DB, "PSNR {p:.2} dB < {BF16_PSNR_DB} dB");
+}
+
 #[test]
 fn vae_fixture_gpu_tiled() {
     let dev = need_gpu!("vae_fixture_gpu_tiled");

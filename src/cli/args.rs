@@ -110,8 +110,8 @@ pub struct RooflineArgs {
     /// Batch 1 (guidance scale <= 1) instead of the joint cond/uncond batch of 2.
     #[arg(long)]
     pub no_guidance: bool,
-    /// Arithmetic of the VAE convolutions (f32 on CUDA cores is the engine's GPU default).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    /// Arithmetic of the VAE convolutions (bf16 on tensor cores is the engine's GPU default).
+    #[arg(long, default_value = "bf16", value_parser = ["f32", "bf16"])]
     pub vae_precision: String,
     /// Take the transformer and VAE architecture from this model folder (its configs and
     /// weight shapes; nothing is uploaded) instead of ContentV-8B's.
@@ -183,6 +183,16 @@ pub enum Quantize {
     Int8,
 }
 
+/// Arithmetic of the VAE decoder's convolutions.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VaePrecision {
+    /// bf16 operands on tensor cores, f32 accumulation (the GPU default: the decoded frames stay
+    /// within PSNR >= 40 dB of the f32 decode, docs/perf.md).
+    Bf16,
+    /// f32 everywhere (the CPU default; the exact reference).
+    F32,
+}
+
 /// Options about the model and the machine (the same for every request of a batch).
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -205,6 +215,11 @@ pub struct ModelArgs {
     /// Decode the video in overlapping spatial tiles to save memory.
     #[arg(long)]
     pub vae_tiling: bool,
+    /// Arithmetic of the VAE convolutions [default: bf16 on a GPU (frames within PSNR >= 40 dB
+    /// of the f32 decode), f32 on the CPU]. On the CPU, bf16 rounds the operands like the GPU
+    /// (a reference of the GPU path, not faster).
+    #[arg(long, value_enum, value_name = "PRECISION")]
+    pub vae_precision: Option<VaePrecision>,
     /// Cap on GPU memory in GiB: keep as many transformer layers resident as fit, stream the rest.
     #[arg(long, value_name = "GIB", value_parser = number::<f64>, allow_negative_numbers = true)]
     pub vram_budget: Option<f64>,

@@ -82,7 +82,7 @@ pub fn run(a: &DecodeArgs, ui: &Ui) -> Result<()> {
     let device = pick_device(a.model.device, ui)?;
     note_memory_flags(&mem, &device, ui);
     let t = Instant::now();
-    let vae = load_vae(&dir, &device, &mem)?;
+    let vae = load_vae(&dir, &device, &mem, a.model.vae_precision)?;
     let load_s = t.elapsed().as_secs_f64();
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message("decoding the video (VAE)");

@@ -312,6 +312,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         &device,
         &mem,
         RunSize::of(&req.geometry(), req.video.guidance),
+        a.model.vae_precision,
     )?;
     if let Some(line) = plan.describe() {
         ui.info(&line);
@@ -536,7 +537,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
                         },
                         RunSize::max,
                     );
-                load_pipeline_for(&dir, &d, mem, size)
+                load_pipeline_for(&dir, &d, mem, size, a.model.vae_precision)
             });
         match loaded {
             Ok((pipe, s, plan)) => {

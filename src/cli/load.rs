@@ -2,7 +2,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::args::{DeviceChoice, ModelArgs, Offload, Quantize};
+use super::args::{DeviceChoice, ModelArgs, Offload, Quantize, VaePrecision};
 use super::Ui;
 use crate::error::{Error, Result};
 pub use crate::io::fsutil::path_kind_problem;
@@ -13,6 +13,7 @@ use crate::model::scheduler::SchedulerConfig;
 use crate::model::text::TextEncoders;
 use crate::model::vae::tiling::TileConfig;
 use crate::model::vae::{OnDemandVae, VaeDecoder, VaeOptions};
+use crate::ops::conv::ConvPrecision;
 use crate::runtime::planner::{plan_layers, LayerPlan};
 use crate::runtime::residency::{MemoryOptions, Offload as RtOffload};
 use crate::runtime::Device;
@@ -418,13 +419,30 @@ pub fn device_name(d: &Device) -> String {
 /// Budgets (bytes) under which the VAE decode is tiled without --vae-tiling.
 pub const VAE_TILING_BELOW: u64 = 12 << 30;
 
-/// Loads the VAE decoder alone (for `decode`).
-pub fn load_vae(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<VaeDecoder> {
-    VaeDecoder::from_dir(&dir.join("vae"), device, vae_options(device, mem))
+/// The VAE's conv arithmetic on `device`: `--vae-precision`, else bf16 tensor cores on a GPU
+/// and f32 on the CPU.
+pub fn vae_precision(choice: Option<VaePrecision>, device: &Device) -> ConvPrecision {
+    match choice {
+        Some(VaePrecision::Bf16) => ConvPrecision::Bf16,
+        Some(VaePrecision::F32) => ConvPrecision::F32,
+        None if device.is_cuda() => ConvPrecision::Bf16,
+        None => ConvPrecision::F32,
+    }
 }
 
-/// The VAE's options for a run: tiled with `--vae-tiling`, or by itself under a small budget.
-fn vae_options(device: &Device, mem: &MemoryOptions) -> VaeOptions {
+/// Loads the VAE decoder alone (for `decode`); `vae` is `--vae-precision`.
+pub fn load_vae(
+    dir: &Path,
+    device: &Device,
+    mem: &MemoryOptions,
+    vae: Option<VaePrecision>,
+) -> Result<VaeDecoder> {
+    VaeDecoder::from_dir(&dir.join("vae"), device, vae_options(device, mem, vae))
+}
+
+/// The VAE's options for a run: tiled with `--vae-tiling`, or by itself under a small budget;
+/// the precision of [`vae_precision`].
+fn vae_options(device: &Device, mem: &MemoryOptions, vae: Option<VaePrecision>) -> VaeOptions {
     // An untiled decode of the default size keeps a few GiB of f32 activations alive; under a
     // tight budget the engine tiles by itself (and says so).
     let auto = !mem.vae_tiling
@@ -443,7 +461,7 @@ fn vae_options(device: &Device, mem: &MemoryOptions) -> VaeOptions {
         } else {
             None
         },
-        ..VaeOptions::default()
+        precision: vae_precision(vae, device),
     }
 }
 
@@ -485,7 +503,7 @@ impl RunSize {
 /// Loads every model of the pipeline, planned for the default request (tests; the CLI uses
 /// [`load_pipeline_for`] with the real one). Returns it and the load time in seconds.
 pub fn load_pipeline(dir: &Path, device: &Device, mem: &MemoryOptions) -> Result<(Pipeline, f64)> {
-    load_pipeline_for(dir, device, mem, RunSize::DEFAULT).map(|(p, t, _)| (p, t))
+    load_pipeline_for(dir, device, mem, RunSize::DEFAULT, None).map(|(p, t, _)| (p, t))
 }
 
 /// Loads every model of the pipeline with the transformer's layers placed by the runtime's
@@ -496,6 +514,7 @@ pub fn load_pipeline_for(
     device: &Device,
     mem: &MemoryOptions,
     size: RunSize,
+    vae: Option<VaePrecision>,
 ) -> Result<(Pipeline, f64, LayerPlan)> {
     let t = Instant::now();
     if let (Some(g), Some(budget)) = (device.gpu(), mem.vram_budget) {
@@ -506,13 +525,13 @@ pub fn load_pipeline_for(
     // Model offload: the VAE is on the device only while it decodes (checked now); otherwise it
     // stays there, next to the transformer, and counts in the plan.
     let (vae, vae_bytes): (Box<dyn FrameDecoder>, u64) = if mem.offload == RtOffload::Model {
-        let opts = vae_options(device, mem);
+        let opts = vae_options(device, mem, vae);
         (
             Box::new(OnDemandVae::new(&dir.join("vae"), device, opts)?),
             0,
         )
     } else {
-        let v = load_vae(dir, device, mem)?;
+        let v = load_vae(dir, device, mem, vae)?;
         let b = v.weight_bytes();
         (Box::new(v), b)
     };
@@ -558,4 +577,27 @@ pub fn check_safetensors(path: &Path, flag: &str) -> Result<()> {
     crate::io::safetensors::SafeTensorsFile::open(path)
         .map(|_| ())
         .map_err(|e| Error::Input(format!("{flag}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vae_precision_defaults_to_f32_on_the_cpu_and_follows_the_flag() {
+        let cpu = Device::Cpu;
+        assert_eq!(vae_precision(None, &cpu), ConvPrecision::F32);
+        assert_eq!(
+            vae_precision(Some(VaePrecision::Bf16), &cpu),
+            ConvPrecision::Bf16
+        );
+        assert_eq!(
+            vae_precision(Some(VaePrecision::F32), &cpu),
+            ConvPrecision::F32
+        );
+        let mem = MemoryOptions::default();
+        let o = vae_options(&cpu, &mem, Some(VaePrecision::Bf16));
+        assert_eq!(o.precision, ConvPrecision::Bf16);
+        assert!(o.tiling.is_none());
+    }
 }

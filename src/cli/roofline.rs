@@ -22,9 +22,9 @@ use crate::model::roofline::{
 };
 use crate::model::vae::VaeConfig;
 use crate::ops::conv::ConvPrecision;
+use crate::ops::quant::{int8_crossover_m, int8_model_crossover, Int8Rates, H100_INT8_RATES};
 use crate::runtime::residency::MemoryOptions;
 use crate::runtime::Device;
-use crate::ops::quant::{int8_crossover_m, int8_model_crossover, Int8Rates, H100_INT8_RATES};
 
 /// A GPU's datasheet ceilings (dense, no sparsity).
 #[derive(Clone, Copy, Debug, Serialize)]

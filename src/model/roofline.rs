@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::model::mmdit::TransformerConfig;
 use crate::model::vae::VaeConfig;
 use crate::ops::attention::{attention, AttnOpts};
-use crate::ops::conv::{conv3d, ConvOpts, ConvPrecision};
+use crate::ops::conv::{conv3d_w, pack_weight_bf16, ConvOpts, ConvPrecision, WRef};
 use crate::ops::gemm::linear;
 use crate::ops::trace::OpClass;
 use crate::ops::vae_glue::spatial_attention;
@@ -299,8 +299,9 @@ pub fn step_rows(c: &TransformerConfig, shape: StepShape) -> Vec<Row> {
 
 /// The ops of decoding latents [1, z, t_lat, h_lat, w_lat] (one latent frame per chunk, causal
 /// caches, the first chunk without the temporal upsampling, as model::vae decodes), with the
-/// convolutions in bf16 on tensor cores (`bf16`) or in f32 on CUDA cores, activations of
-/// `act_bytes` bytes.
+/// convolutions in bf16 on tensor cores (`bf16`: weights held as bf16, f32 activations rounded
+/// to bf16 in shared memory) or in f32 on CUDA cores. Activations are f32 in memory either way
+/// (the norms, attention glue, caches and tiling run in f32).
 pub fn decode_rows(
     cfg: &VaeConfig,
     t_lat: usize,
@@ -310,7 +311,8 @@ pub fn decode_rows(
 ) -> Vec<Row> {
     let mut r = Rows(Vec::new());
     let kind = |c: OpClass| if bf16 { Kind::Tensor(c) } else { Kind::Fp32(c) };
-    let eb = if bf16 { 2 } else { 4 };
+    let eb = 4;
+    let wb = if bf16 { 2 } else { 4 };
     let dims = cfg.decoder_dims();
     let tup = cfg.temperal_upsample();
     let levels = cfg.dim_mult.len();
@@ -325,7 +327,7 @@ pub fn decode_rows(
                 w: usize| {
         let outs = (co * f * h * w) as f64;
         let flops = 2.0 * outs * (ci * taps) as f64;
-        let bytes = ((ci * f * h * w + co * f * h * w) * eb + ci * co * taps * 4) as f64;
+        let bytes = ((ci * f * h * w + co * f * h * w) * eb + ci * co * taps * wb) as f64;
         let taps = match taps {
             27 => [3, 3, 3],
             9 => [1, 3, 3],
@@ -588,7 +590,16 @@ fn time_probe(p: &Probe, dev: &Device, conv: ConvPrecision) -> Result<f64> {
                 precision: conv,
                 ..Default::default()
             };
-            time_call(dev, || conv3d(&x, &wt, Some(&b), &opts).map(drop))
+            // The decoder packs its bf16 weights once at load: time the conv alone.
+            let packed = match conv {
+                ConvPrecision::Bf16 if dev.gpu().is_some() => Some(pack_weight_bf16(&wt)?),
+                _ => None,
+            };
+            let w = match &packed {
+                Some(p) => WRef::Bf16(p),
+                None => WRef::F32(&wt),
+            };
+            time_call(dev, || conv3d_w(&x, &w, Some(&b), &opts).map(drop))
         }
         Probe::FrameAttention { f, c, hw } => {
             let qkv = random_tensor(&[1, 3 * c, *f, *hw, 1], DType::F32, dev, 12)?;

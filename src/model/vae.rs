@@ -29,7 +29,9 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::io::config::ConfigJson;
-use crate::ops::conv::{cache_update, conv3d, conv3d_into, ConvOpts, ConvPrecision};
+use crate::ops::conv::{
+    cache_update, conv3d_into_w, conv3d_w, pack_weight_bf16, ConvOpts, ConvPrecision, ConvWeight,
+};
 use crate::ops::vae_glue as glue;
 use crate::runtime::{DType, Device, Tensor, WeightStore};
 use crate::shape_err;
@@ -315,11 +317,25 @@ pub struct VaeOptions {
     pub tiling: Option<TileConfig>,
 }
 
-/// A conv; `slot` is its cache slot when it is causal with k_t > 1.
+/// A conv; `slot` is its cache slot when it is causal with k_t > 1. The weight is f32 as loaded;
+/// a GPU decoder with bf16 precision replaces it by its packed bf16 copy at load (one copy on the
+/// device: nothing asks a loaded decoder for f32 convs, see [`VaeDecoder::load`]).
 struct Conv {
-    w: Tensor,
+    w: ConvWeight,
     b: Option<Tensor>,
     slot: Option<usize>,
+}
+
+impl Conv {
+    /// The f32 weight (before any packing at load).
+    fn f32_weight(&self) -> Result<&Tensor> {
+        match &self.w {
+            ConvWeight::F32(t) => Ok(t),
+            ConvWeight::Bf16(_) => Err(Error::Other(
+                "vae: the conv weight is held as packed bf16 only".into(),
+            )),
+        }
+    }
 }
 
 struct ResBlock {
@@ -409,7 +425,11 @@ impl Loader<'_> {
         } else {
             None
         };
-        Ok(Conv { w, b, slot })
+        Ok(Conv {
+            w: ConvWeight::F32(w),
+            b,
+            slot,
+        })
     }
     fn gamma(&mut self, key: &str, c: usize, rank: usize) -> Result<Tensor> {
         let mut shape = vec![c];
@@ -466,7 +486,7 @@ impl VaeDecoder {
         // post_quant_conv, raw and with z = x*std + mean folded in:
         // W'[o,i] = W[o,i]*std[i], b'[o] = b[o] + sum_i W[o,i]*mean[i].
         let pq_raw = l.conv("post_quant_conv", z, z, &[1, 1, 1])?;
-        let wv = pq_raw.w.to_vec_f32()?;
+        let wv = pq_raw.f32_weight()?.to_vec_f32()?;
         let bv = match &pq_raw.b {
             Some(b) => b.to_vec_f32()?,
             None => vec![0.0; z],
@@ -482,7 +502,7 @@ impl VaeDecoder {
             bf[o] = acc as f32;
         }
         let pq_denorm = Conv {
-            w: Tensor::from_f32(wf, &[z, z, 1, 1, 1], &device)?,
+            w: ConvWeight::F32(Tensor::from_f32(wf, &[z, z, 1, 1, 1], &device)?),
             b: Some(Tensor::from_f32(bf, &[z], &device)?),
             slot: None,
         };
@@ -495,7 +515,7 @@ impl VaeDecoder {
             let norm = l.gamma(&format!("{p}.norm"), c, 2)?;
             let qkv = l.conv(&format!("{p}.to_qkv"), 3 * c, c, &[1, 1])?;
             let s = 1.0 / (c as f32).sqrt();
-            let qw = map_host(&qkv.w, |row, r| {
+            let qw = map_host(qkv.f32_weight()?, |row, r| {
                 if r < c {
                     row.iter_mut().for_each(|v| *v *= s)
                 }
@@ -513,7 +533,7 @@ impl VaeDecoder {
                 None => None,
             };
             let qkv = Conv {
-                w: Tensor::from_f32(qw, &[3 * c, c, 1, 1], &device)?,
+                w: ConvWeight::F32(Tensor::from_f32(qw, &[3 * c, c, 1, 1], &device)?),
                 b: qb,
                 slot: None,
             };
@@ -559,7 +579,7 @@ impl VaeDecoder {
         let norm_out = l.gamma("decoder.norm_out", last, 3)?;
         let conv_out = l.conv("decoder.conv_out", cfg.out_channels, last, &[3, 3, 3])?;
         let (n_slots, n_rep, weight_bytes) = (l.slots, l.reps, l.bytes);
-        Ok(VaeDecoder {
+        let mut dec = VaeDecoder {
             weight_bytes,
             cfg,
             opts,
@@ -573,7 +593,52 @@ impl VaeDecoder {
             conv_out,
             n_slots,
             n_rep,
-        })
+        };
+        if dec.device.is_cuda() && dec.opts.precision == ConvPrecision::Bf16 {
+            // The tensor-core path: every conv weight converted once to the kernel's bf16
+            // layout, the f32 copy dropped (the decoder's precision is fixed at load).
+            let mut bytes = dec.weight_bytes as i64;
+            for c in dec.convs_mut() {
+                if let ConvWeight::F32(t) = &c.w {
+                    let p = pack_weight_bf16(t)?;
+                    bytes += p.bytes() as i64 - (t.elem_count() * 4) as i64;
+                    c.w = ConvWeight::Bf16(p);
+                }
+            }
+            dec.weight_bytes = bytes.max(0) as u64;
+        }
+        Ok(dec)
+    }
+
+    /// Every conv of the decoder.
+    fn convs_mut(&mut self) -> Vec<&mut Conv> {
+        fn res(r: &mut ResBlock) -> Vec<&mut Conv> {
+            let mut v = vec![&mut r.conv1, &mut r.conv2];
+            v.extend(r.shortcut.as_mut());
+            v
+        }
+        let mut v = vec![
+            &mut self.pq_denorm,
+            &mut self.pq_raw,
+            &mut self.conv_in,
+            &mut self.conv_out,
+        ];
+        let (m0, a, m1) = &mut self.mid;
+        v.extend(res(m0));
+        v.extend([&mut a.qkv, &mut a.proj]);
+        v.extend(res(m1));
+        for ub in &mut self.ups {
+            for r in &mut ub.resnets {
+                v.extend(res(r));
+            }
+            if let Some(u) = &mut ub.up {
+                if let Some((tc, _)) = &mut u.time_conv {
+                    v.push(tc);
+                }
+                v.push(&mut u.conv);
+            }
+        }
+        v
     }
 
     /// Loads from a `vae/` directory: `config.json` + one `*.safetensors`.
@@ -591,7 +656,8 @@ impl VaeDecoder {
     pub fn config(&self) -> &VaeConfig {
         &self.cfg
     }
-    /// Device bytes of the decoder's weights (f32).
+    /// Device bytes of the decoder's weights (f32, or the packed bf16 conv weights of a GPU
+    /// decoder loaded with bf16 precision).
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
     }
@@ -601,6 +667,8 @@ impl VaeDecoder {
     pub fn options(&self) -> &VaeOptions {
         &self.opts
     }
+    /// Tiling may change freely; the precision must stay what the decoder was loaded with when
+    /// its weights were packed for bf16 (an f32 conv then fails with an error).
     pub fn set_options(&mut self, opts: VaeOptions) {
         self.opts = opts;
     }
@@ -815,7 +883,7 @@ impl VaeDecoder {
 
     fn conv(&self, c: &Conv, x: &Tensor, mut o: ConvOpts) -> Result<Tensor> {
         o.precision = self.opts.precision;
-        conv3d(x, &c.w, c.b.as_ref(), &o)
+        conv3d_w(x, &(&c.w).into(), c.b.as_ref(), &o)
     }
 
     /// A causal conv with its cache slot.
@@ -842,12 +910,12 @@ impl VaeDecoder {
         };
         let y = match into {
             Some((out, t0)) => {
-                conv3d_into(x, &c.w, c.b.as_ref(), &o, out, t0)?;
+                conv3d_into_w(x, &(&c.w).into(), c.b.as_ref(), &o, out, t0)?;
                 None
             }
-            None => Some(conv3d(x, &c.w, c.b.as_ref(), &o)?),
+            None => Some(conv3d_w(x, &(&c.w).into(), c.b.as_ref(), &o)?),
         };
-        let nc = c.w.dim(2) - 1;
+        let nc = c.w.shape()[2] - 1;
         st.slots[slot] = Some(cache_update(ctx.as_ref(), x, nc)?);
         Ok(y)
     }
@@ -991,6 +1059,7 @@ mod tests {
     use super::*;
 
     use super::synthetic::{rnd, tiny_config, tiny_weights};
+    use crate::ops::conv::conv3d;
 
     fn cat_t(a: &Tensor, b: &Tensor) -> Tensor {
         let (sa, sb) = (a.shape(), b.shape());
@@ -1008,7 +1077,9 @@ mod tests {
     /// Whole-sequence decode without caches, with the closed form of upsample3d:
     /// up3d(x) = up(x[0]) ++ up(interleave(causal_time_conv(x[1..]))).
     fn decode_reference(d: &VaeDecoder, lat: &Tensor) -> Tensor {
-        let c = |cv: &Conv, x: &Tensor, o: ConvOpts| conv3d(x, &cv.w, cv.b.as_ref(), &o).unwrap();
+        let c = |cv: &Conv, x: &Tensor, o: ConvOpts| {
+            conv3d(x, cv.f32_weight().unwrap(), cv.b.as_ref(), &o).unwrap()
+        };
         let res = |r: &ResBlock, x: &Tensor| {
             let h = r
                 .shortcut

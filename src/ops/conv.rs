@@ -1,20 +1,25 @@
-//! Convolutions of the Wan2.1 VAE decoder, f32 activations and weights (the VAE runs in f32):
-//! the causal 3D conv (k_t = 3 with 2 cached/zero frames in front, 3x3 spatial with zero
-//! padding 1), the per-frame 2D 3x3 conv, 1x1x1 convs, and the `time_conv` (3x1x1). One entry,
+//! Convolutions of the Wan2.1 VAE decoder on f32 activations (f32 weights, or bf16 weights
+//! packed once for the tensor cores): the causal 3D conv (k_t = 3 with 2 cached/zero frames in
+//! front, 3x3 spatial with zero padding 1), the per-frame 2D 3x3 conv, 1x1x1 convs, and the
+//! `time_conv` (3x1x1). One entry,
 //! [`conv3d`], covers all of them through the weight's shape; nearest-2x spatial upsampling
 //! of the input, the upsample3d time interleave, a residual add and a clamp are fused options.
 //!
 //! CUDA: `kernels/conv3d.cu`, implicit GEMM (M = C_out, N = T*H*W, K = C_in*k_t*k_h*k_w):
 //! [`ConvPrecision::F32`] on CUDA cores (exact f32, the reference precision) or
-//! [`ConvPrecision::Bf16`] on tensor cores (operands rounded to bf16, f32 accumulation).
+//! [`ConvPrecision::Bf16`] on tensor cores (operands rounded to bf16, f32 accumulation): a
+//! pipelined kernel whose weights are prepared once as bf16 ([`PackedConvWeight`], tap-major K,
+//! padded to its tiles); activations stay f32 in memory and are rounded to bf16 in shared
+//! memory, so the norms, attention glue, caches and tiling are unchanged.
 //! CPU: [`conv3d_cpu`], im2col per row strip + a blocked f32 GEMM, threaded over strips.
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 use crate::runtime::cast::round_to_bf16;
 use crate::runtime::kernels::{
-    Conv3d, Conv3dArgs, ConvCacheUpdate, ConvCacheUpdateArgs, DevPtr, DevPtrMut, InterleaveTime,
-    InterleaveTimeArgs, LaunchCfg, UpsampleNearest2x, UpsampleNearest2xArgs,
+    Conv3d, Conv3dArgs, ConvCacheUpdate, ConvCacheUpdateArgs, ConvPackWeightBf16,
+    ConvPackWeightBf16Args, DevPtr, DevPtrMut, InterleaveTime, InterleaveTimeArgs, LaunchCfg,
+    UpsampleNearest2x, UpsampleNearest2xArgs,
 };
 use crate::runtime::{DType, Device, Tensor};
 use crate::shape_err;
@@ -29,6 +34,138 @@ pub enum ConvPrecision {
     F32,
     /// bf16 operands on tensor cores (mma.sync m16n8k16), f32 accumulation.
     Bf16,
+}
+
+/// Dynamic shared memory of `conv_bf16_mma` (3 stages of a bf16 64x40 A tile and an f32 128x40
+/// B tile; `CONV_BF16_SMEM` in kernels/conv3d.cu).
+pub const CONV_BF16_SMEM: u32 = 76_800;
+/// Tile sizes of `conv_bf16_mma`: the packed weight is padded to them.
+pub const BF16_BM: usize = 64;
+pub const BF16_BN: usize = 128;
+pub const BF16_BK: usize = 32;
+/// At most this many taps (k_t * k_h * k_w) per conv on the bf16 path (its tap table).
+pub const BF16_MAX_TAPS: usize = 32;
+
+/// A conv weight prepared once for the bf16 tensor-core kernel: bf16 [co_pad, k_pad] with
+/// co_pad = C_out rounded up to 64, k_pad = K rounded up to 32, zero padded, K ordered tap-major
+/// (k = tap * C_in + ci, tap = (kt * k_h + kh) * k_w + kw). GPU only.
+pub struct PackedConvWeight {
+    /// bf16 [co_pad, k_pad] on the GPU.
+    pub w: Tensor,
+    /// The f32 weight's shape [C_out, C_in, k_t, k_h, k_w] (k_t = 1 for a 2D weight).
+    pub shape: [usize; 5],
+}
+
+impl PackedConvWeight {
+    /// Device bytes of the packed weight.
+    pub fn bytes(&self) -> u64 {
+        (self.w.elem_count() * 2) as u64
+    }
+}
+
+/// A conv's weight as a decoder holds it: f32 (CPU, or the f32 GPU path; the bf16 path packs it
+/// per call) or prepared once for the bf16 tensor cores.
+pub enum ConvWeight {
+    F32(Tensor),
+    Bf16(PackedConvWeight),
+}
+
+impl ConvWeight {
+    /// [C_out, C_in, k_t, k_h, k_w] (or the 4-D [C_out, C_in, k_h, k_w] of a 2D f32 weight).
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            ConvWeight::F32(t) => t.shape(),
+            ConvWeight::Bf16(p) => &p.shape,
+        }
+    }
+    /// Device (or host) bytes of the weight.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            ConvWeight::F32(t) => (t.elem_count() * 4) as u64,
+            ConvWeight::Bf16(p) => p.bytes(),
+        }
+    }
+}
+
+/// (C_out, C_in, k_t, k_h, k_w) of a [Co, Ci, kt, kh, kw] or [Co, Ci, kh, kw] weight shape.
+fn weight_dims(ws: &[usize]) -> Result<(usize, usize, usize, usize, usize)> {
+    match ws.len() {
+        5 => Ok((ws[0], ws[1], ws[2], ws[3], ws[4])),
+        4 => Ok((ws[0], ws[1], 1, ws[2], ws[3])),
+        _ => Err(shape_err!(
+            "conv3d: weight must be [Co, Ci, kt, kh, kw] or [Co, Ci, kh, kw], got {ws:?}"
+        )),
+    }
+}
+
+/// Packs an f32 weight (on the GPU) for the bf16 kernel, once per layer.
+pub fn pack_weight_bf16(w: &Tensor) -> Result<PackedConvWeight> {
+    let (co, ci, kt, kh, kw) = weight_dims(w.shape())?;
+    let taps = kt * kh * kw;
+    if taps > BF16_MAX_TAPS {
+        return Err(shape_err!(
+            "conv3d bf16: {taps} taps (weight {:?}), the kernel takes at most {BF16_MAX_TAPS}",
+            w.shape()
+        ));
+    }
+    let g = match w.device() {
+        Device::Cuda(g) => g.clone(),
+        Device::Cpu => {
+            return Err(Error::Other(
+                "pack_weight_bf16: the packed weight is for the GPU kernel (the CPU rounds the f32 weight)"
+                    .into(),
+            ))
+        }
+    };
+    let k = ci * taps;
+    let (co_pad, k_pad) = (
+        co.div_ceil(BF16_BM) * BF16_BM,
+        k.div_ceil(BF16_BK) * BF16_BK,
+    );
+    if co_pad * k_pad > i32::MAX as usize || co_pad / BF16_BM > 65_535 {
+        return Err(shape_err!(
+            "conv3d bf16: weight {:?} is too large",
+            w.shape()
+        ));
+    }
+    let wf = f32_dense(w, "weight")?;
+    let out = Tensor::empty(&[co_pad, k_pad], DType::BF16, w.device())?;
+    let args = ConvPackWeightBf16Args {
+        w: DevPtr::of(&wf)?,
+        out: DevPtrMut::of(&out)?,
+        co: co as i32,
+        ci: ci as i32,
+        taps: taps as i32,
+        co_pad: co_pad as i32,
+        k_pad: k_pad as i32,
+    };
+    // SAFETY: wf is dense f32 [co, ci * taps] and out (fresh) bf16 [co_pad, k_pad] on one GPU;
+    // the kernel reads w only at m < co, k < ci * taps and writes each out element once.
+    unsafe { ConvPackWeightBf16::KERNEL.launch(&g, LaunchCfg::grid_stride(co_pad * k_pad), args)? };
+    Ok(PackedConvWeight {
+        w: out,
+        shape: [co, ci, kt, kh, kw],
+    })
+}
+
+/// CPU reference of the packing: the bf16-rounded weights as f32 in the packed order
+/// ([co_pad, k_pad], tap-major K, zero padded) for w [co, ci * taps].
+pub fn pack_weight_bf16_cpu(w: &[f32], co: usize, ci: usize, taps: usize) -> Vec<f32> {
+    let k = ci * taps;
+    let (co_pad, k_pad) = (
+        co.div_ceil(BF16_BM) * BF16_BM,
+        k.div_ceil(BF16_BK) * BF16_BK,
+    );
+    let mut out = vec![0.0f32; co_pad * k_pad];
+    for m in 0..co {
+        for c in 0..ci {
+            for t in 0..taps {
+                out[m * k_pad + t * ci + c] =
+                    crate::runtime::cast::round_bf16(w[m * k + c * taps + t]);
+            }
+        }
+    }
+    out
 }
 
 /// Options of one [`conv3d`] call. `Default` is a plain conv with zero causal padding.
@@ -100,20 +237,15 @@ impl ConvDims {
 /// Checks shapes and returns the conv's dimensions. `w` is [C_out, C_in, k_t, k_h, k_w] (3D) or
 /// [C_out, C_in, k_h, k_w] (per-frame 2D, k_t = 1); `x` is [B, C_in, T, H, W].
 pub fn conv_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) -> Result<ConvDims> {
+    conv_dims_of(x, w.shape(), bias, o)
+}
+
+fn conv_dims_of(x: &Tensor, ws: &[usize], bias: Option<&Tensor>, o: &ConvOpts) -> Result<ConvDims> {
     let xs = x.shape();
     if xs.len() != 5 {
         return Err(shape_err!("conv3d: x must be [B, C, T, H, W], got {xs:?}"));
     }
-    let ws = w.shape();
-    let (co, ci, kt, kh, kw) = match ws.len() {
-        5 => (ws[0], ws[1], ws[2], ws[3], ws[4]),
-        4 => (ws[0], ws[1], 1, ws[2], ws[3]),
-        _ => {
-            return Err(shape_err!(
-                "conv3d: weight must be [Co, Ci, kt, kh, kw] or [Co, Ci, kh, kw], got {ws:?}"
-            ))
-        }
-    };
+    let (co, ci, kt, kh, kw) = weight_dims(ws)?;
     if ci != xs[1] {
         return Err(shape_err!(
             "conv3d: weight {ws:?} expects {ci} input channels, x is {xs:?}"
@@ -178,12 +310,54 @@ pub fn conv_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) ->
 }
 
 /// The conv (see the module docs and [`ConvOpts`]). Host tensors: f32 CPU reference. Device
-/// tensors: the CUDA kernel (all operands f32, contiguous or made so).
+/// tensors: the CUDA kernel (all operands f32, contiguous or made so; the bf16 path packs the
+/// weight per call: a decoder holds [`PackedConvWeight`]s and calls [`conv3d_w`]).
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) -> Result<Tensor> {
-    let d = conv_dims(x, w, bias, o)?;
+    conv3d_w(x, &WRef::F32(w), bias, o)
+}
+
+/// A borrowed conv weight: f32 or packed for the bf16 kernel.
+#[derive(Clone, Copy)]
+pub enum WRef<'a> {
+    F32(&'a Tensor),
+    Bf16(&'a PackedConvWeight),
+}
+
+impl<'a> From<&'a ConvWeight> for WRef<'a> {
+    fn from(w: &'a ConvWeight) -> WRef<'a> {
+        match w {
+            ConvWeight::F32(t) => WRef::F32(t),
+            ConvWeight::Bf16(p) => WRef::Bf16(p),
+        }
+    }
+}
+
+impl WRef<'_> {
+    fn shape(&self) -> &[usize] {
+        match self {
+            WRef::F32(t) => t.shape(),
+            WRef::Bf16(p) => &p.shape,
+        }
+    }
+    fn device(&self) -> &Device {
+        match self {
+            WRef::F32(t) => t.device(),
+            WRef::Bf16(p) => p.w.device(),
+        }
+    }
+}
+
+/// [`conv3d`] with an f32 or a prepared bf16 weight (the latter: GPU, [`ConvPrecision::Bf16`]).
+pub fn conv3d_w(x: &Tensor, w: &WRef, bias: Option<&Tensor>, o: &ConvOpts) -> Result<Tensor> {
+    let d = conv_dims_of(x, w.shape(), bias, o)?;
     record_conv(&d);
     match x.device() {
         Device::Cpu => {
+            let WRef::F32(w) = w else {
+                return Err(Error::Other(
+                    "conv3d: a packed bf16 weight on the CPU (the CPU takes the f32 weight)".into(),
+                ));
+            };
             let mut xv = x.cpu_f32()?;
             let mut wv = w.cpu_f32()?;
             let bv = bias.map(|b| b.cpu_f32()).transpose()?;
@@ -226,7 +400,19 @@ pub fn conv3d_into(
     out: &Tensor,
     t0: usize,
 ) -> Result<()> {
-    let d = conv_dims(x, w, bias, o)?;
+    conv3d_into_w(x, &WRef::F32(w), bias, o, out, t0)
+}
+
+/// [`conv3d_into`] with an f32 or a prepared bf16 weight.
+pub fn conv3d_into_w(
+    x: &Tensor,
+    w: &WRef,
+    bias: Option<&Tensor>,
+    o: &ConvOpts,
+    out: &Tensor,
+    t0: usize,
+) -> Result<()> {
+    let d = conv_dims_of(x, w.shape(), bias, o)?;
     record_conv(&d);
     if !x.device().is_cuda() || out.device() != x.device() {
         return Err(Error::Other(
@@ -264,7 +450,7 @@ pub fn conv3d_into(
 fn f32_dense(t: &Tensor, what: &str) -> Result<Tensor> {
     if t.dtype() != DType::F32 {
         return Err(shape_err!(
-            "conv3d: {what} must be f32 on the GPU (the VAE runs in f32), got {} {:?}",
+            "conv3d: {what} must be f32 on the GPU (the VAE activations are f32), got {} {:?}",
             t.dtype().name(),
             t.shape()
         ));
@@ -275,7 +461,7 @@ fn f32_dense(t: &Tensor, what: &str) -> Result<Tensor> {
 #[allow(clippy::too_many_arguments)]
 fn conv3d_cuda(
     x: &Tensor,
-    w: &Tensor,
+    w: &WRef,
     bias: Option<&Tensor>,
     o: &ConvOpts,
     d: &ConvDims,
@@ -284,7 +470,15 @@ fn conv3d_cuda(
     t0: usize,
 ) -> Result<()> {
     let g = x.device().gpu().unwrap().clone();
-    for t in [Some(w), bias, o.ctx, o.residual].into_iter().flatten() {
+    if w.device() != x.device() {
+        return Err(Error::Other(format!(
+            "conv3d: weight {:?} is on {:?}, x on {:?}",
+            w.shape(),
+            w.device(),
+            x.device()
+        )));
+    }
+    for t in [bias, o.ctx, o.residual].into_iter().flatten() {
         if t.device() != x.device() {
             return Err(Error::Other(format!(
                 "conv3d: operand {:?} is on {:?}, x on {:?}",
@@ -295,7 +489,6 @@ fn conv3d_cuda(
         }
     }
     let x = f32_dense(x, "x")?;
-    let w = f32_dense(w, "weight")?;
     let bias = bias.map(|b| f32_dense(b, "bias")).transpose()?;
     let ctx = o.ctx.map(|c| f32_dense(c, "context")).transpose()?;
     let res = o.residual.map(|r| f32_dense(r, "residual")).transpose()?;
@@ -304,18 +497,38 @@ fn conv3d_cuda(
         return Ok(());
     }
     // gridDim.y = Co / 64 and gridDim.z = B are limited to 65535.
+    // (The bf16 kernel's channel strides T*Hin*Win and (kt-1)*Hin*Win are int as well.)
     if n > i32::MAX as usize
+        || (d.kt - 1) * d.hin * d.win > i32::MAX as usize
         || d.k() > i32::MAX as usize
         || d.co.div_ceil(64) > 65_535
         || d.b > 65_535
     {
         return Err(shape_err!("conv3d: {d:?} is too large for one launch"));
     }
-    let (bm, bn, kern) = match o.precision {
-        ConvPrecision::F32 => (64, 64, Conv3d::F32_SIMT),
-        ConvPrecision::Bf16 => (64, 128, Conv3d::BF16_MMA),
+    // The weight as the kernel reads it: f32 [co, K] or bf16 packed (prepared, or packed now).
+    let packed_now;
+    let (wt, bn, smem, kern) = match (o.precision, w) {
+        (ConvPrecision::F32, WRef::F32(w)) => (f32_dense(w, "weight")?, 64, 0, Conv3d::F32_SIMT),
+        (ConvPrecision::F32, WRef::Bf16(_)) => {
+            return Err(Error::Other(
+                "conv3d: f32 precision asked for a weight held only as packed bf16 (load the \
+                 decoder with f32 precision)"
+                    .into(),
+            ))
+        }
+        (ConvPrecision::Bf16, wr) => {
+            let p = match wr {
+                WRef::Bf16(p) => *p,
+                WRef::F32(w) => {
+                    packed_now = pack_weight_bf16(w)?;
+                    &packed_now
+                }
+            };
+            (p.w.clone(), BF16_BN, CONV_BF16_SMEM, Conv3d::BF16_MMA)
+        }
     };
-    let grid = (n.div_ceil(bn) as u32, d.co.div_ceil(bm) as u32, d.b as u32);
+    let grid = (n.div_ceil(bn) as u32, d.co.div_ceil(64) as u32, d.b as u32);
     let (clamp, lo, hi) = match o.clamp {
         Some((lo, hi)) => (1, lo, hi),
         None => (0, 0.0, 0.0),
@@ -323,7 +536,7 @@ fn conv3d_cuda(
     let args = Conv3dArgs {
         x: DevPtr::of(&x)?,
         ctx: DevPtr::opt(ctx.as_ref())?,
-        w: DevPtr::of(&w)?,
+        w: DevPtr::of(&wt)?,
         bias: DevPtr::opt(bias.as_ref())?,
         resid: DevPtr::opt(res.as_ref())?,
         y: DevPtrMut::of(y)?,
@@ -344,10 +557,13 @@ fn conv3d_cuda(
         lo,
         hi,
     };
-    // SAFETY: x, w and the optional ctx / bias / residual are dense f32 of the shapes the
-    // callers checked against `d` (conv_dims), y holds the `out_frames` output frames, all on
-    // x's device (checked above); the sizes fit i32 and the grid (checked above).
-    unsafe { kern.launch(&g, LaunchCfg::new(grid, (256, 1, 1), 0), args) }
+    // SAFETY: x and the optional ctx / bias / residual are dense f32 of the shapes the callers
+    // checked against `d` (conv_dims_of), y holds the `out_frames` output frames, all on x's
+    // device (checked above); the weight is dense f32 [co, K] for conv_f32_simt, or the packed
+    // bf16 [co_pad, k_pad] (co_pad = 64 * gridDim.y, k_pad = K rounded up to 32, at most 32 taps:
+    // pack_weight_bf16) that conv_bf16_mma reads without bounds checks, with its 76,800 B of
+    // dynamic shared memory; the sizes fit i32 and the grid (checked above).
+    unsafe { kern.launch(&g, LaunchCfg::new(grid, (256, 1, 1), smem), args) }
 }
 
 // ----- small helpers ---------------------------------------------------------------------------

@@ -601,14 +601,20 @@ kernels! {
 
     // ----- kernels/conv3d.cu ----------------------------------------------------------------
 
-    /// Implicit-GEMM 3-D convolution (`CONV_KERNEL_ARGS`), f32: x [B, ci, t, hin, win], ctx
-    /// (causal context frames) / bias / resid optional (null), w [co, ci, kt, kh, kw], y the
-    /// output of `out_frames` frames from `out_t0`.
+    /// Implicit-GEMM 3-D convolution (`CONV_KERNEL_ARGS`), f32 activations: x [B, ci, t, hin,
+    /// win], ctx (causal context frames) / bias / resid optional (null), y the output of
+    /// `out_frames` frames from `out_t0`. w: f32 [co, ci, kt, kh, kw] for F32_SIMT; for BF16_MMA
+    /// the bf16 [co_pad, k_pad] of conv_pack_weight_bf16 (76,800 B of dynamic shared memory).
     Conv3d / Conv3dArgs<'a> = "conv3d" :: [{ F32_SIMT = "conv_f32_simt", BF16_MMA = "conv_bf16_mma" }]
         (x: DevPtr<'a>, ctx: DevPtr<'a>, w: DevPtr<'a>, bias: DevPtr<'a>, resid: DevPtr<'a>,
          y: DevPtrMut<'a>, b: i32, ci: i32, co: i32, t: i32, hin: i32, win: i32, kt: i32,
          kh: i32, kw: i32, up: i32, interleave: i32, out_frames: i32, out_t0: i32,
          do_clamp: i32, lo: f32, hi: f32);
+
+    /// f32 conv weight [co, ci * taps] -> bf16 [co_pad, k_pad], K tap-major, zero padded.
+    ConvPackWeightBf16 / ConvPackWeightBf16Args<'a> = "conv3d" :: ["conv_pack_weight_bf16"]
+        (w: DevPtr<'a>, out: DevPtrMut<'a>, co: i32, ci: i32, taps: i32, co_pad: i32,
+         k_pad: i32);
 
     /// The next causal cache [B, c, nc, hw] from ctx [B, c, nc, hw] (or null: zeros) and
     /// x [B, c, t, hw].

@@ -99,13 +99,25 @@ void run_conv(const ConvCase& c, bool bf16, uint64_t seed) {
     auto dx = upload(x), dctx = upload(ctx), dw = upload(w), dbias = upload(bias), dres = upload(resid);
     DBuf<float> y(ny);
     const long long N = (long long)c.T * H * W;
-    const int BN = bf16 ? T_BN : S_BN;
-    const dim3 grid((unsigned)((N + BN - 1) / BN), (unsigned)((c.Co + 63) / 64), (unsigned)c.B);
-    emu::launch(bf16 ? "conv_bf16_mma" : "conv_f32_simt", grid, dim3(256), 0, [&] {
-        auto f = bf16 ? conv_bf16_mma : conv_f32_simt;
-        f(dx->p, c.ctx ? dctx->p : nullptr, dw->p, c.bias ? dbias->p : nullptr, c.resid ? dres->p : nullptr, y.p, c.B, c.Ci, c.Co, c.T,
-          c.Hin, c.Win, c.KT, c.KH, c.KW, c.up, c.interleave, out_frames, out_t0, c.clamp, -0.5f, 0.5f);
-    });
+    if (!bf16) {
+        const dim3 grid((unsigned)((N + S_BN - 1) / S_BN), (unsigned)((c.Co + S_BM - 1) / S_BM), (unsigned)c.B);
+        emu::launch("conv_f32_simt", grid, dim3(256), 0, [&] {
+            conv_f32_simt(dx->p, c.ctx ? dctx->p : nullptr, dw->p, c.bias ? dbias->p : nullptr, c.resid ? dres->p : nullptr, y.p, c.B, c.Ci,
+                          c.Co, c.T, c.Hin, c.Win, c.KT, c.KH, c.KW, c.up, c.interleave, out_frames, out_t0, c.clamp, -0.5f, 0.5f);
+        });
+    } else {
+        // The weights prepared once (conv_pack_weight_bf16), then the pipelined kernel.
+        const int taps = c.KT * c.KH * c.KW;
+        const int co_pad = (c.Co + T_BM - 1) / T_BM * T_BM, k_pad = (K + T_BK - 1) / T_BK * T_BK;
+        DBuf<__nv_bfloat16> wp((size_t)co_pad * k_pad);
+        emu::launch("conv_pack_weight_bf16", dim3(5), dim3(128), 0,
+                    [&] { conv_pack_weight_bf16(dw->p, wp.p, c.Co, c.Ci, taps, co_pad, k_pad); });
+        const dim3 grid((unsigned)((N + T_BN - 1) / T_BN), (unsigned)(co_pad / T_BM), (unsigned)c.B);
+        emu::launch("conv_bf16_mma", grid, dim3(256), CONV_BF16_SMEM, [&] {
+            conv_bf16_mma(dx->p, c.ctx ? dctx->p : nullptr, wp.p, c.bias ? dbias->p : nullptr, c.resid ? dres->p : nullptr, y.p, c.B, c.Ci,
+                          c.Co, c.T, c.Hin, c.Win, c.KT, c.KH, c.KW, c.up, c.interleave, out_frames, out_t0, c.clamp, -0.5f, 0.5f);
+        });
+    }
     std::vector<double> ref, tol;
     conv_reference(c, x, ctx, w, bias, resid, out_frames, out_t0, bf16, ref, tol);
     expect_close(name, y.p, ref, tol);
@@ -135,6 +147,22 @@ void run_small(uint64_t seed) {
                         }
                 expect_close("conv/cache_update T=" + std::to_string(T) + (with_ctx ? " ctx" : " no ctx"), out.p, ref, 0.0, 0.0);
             }
+    }
+    if (selected("conv/pack_weight_bf16")) {
+        // [Co, Ci, taps] f32 -> bf16 [co_pad, k_pad], k = tap * Ci + ci, zero padded: exact.
+        const int Co = 70, Ci = 5, taps = 27, co_pad = 128, k_pad = 160;
+        DBuf<float> w((size_t)Co * Ci * taps);
+        DBuf<__nv_bfloat16> out((size_t)co_pad * k_pad);
+        for (size_t i = 0; i < w.n; i++) w[i] = rng.sym();
+        emu::launch("conv_pack_weight_bf16", grid, block, 0, [&] { conv_pack_weight_bf16(w.p, out.p, Co, Ci, taps, co_pad, k_pad); });
+        std::vector<double> ref(out.n, 0.0);
+        for (int m = 0; m < Co; m++)
+            for (int ci = 0; ci < Ci; ci++)
+                for (int tp = 0; tp < taps; tp++)
+                    ref[(size_t)m * k_pad + tp * Ci + ci] = round_t<__nv_bfloat16>(w[((size_t)m * Ci + ci) * taps + tp]);
+        std::vector<float> got(out.n);
+        for (size_t i = 0; i < out.n; i++) got[i] = emu::bf2f(out[i].bits);
+        expect_close("conv/pack_weight_bf16", got.data(), ref, 0.0, 0.0);
     }
     if (selected("conv/upsample")) {
         const long long BCT = 5;
@@ -226,6 +254,12 @@ void test_conv() {
         {"time_conv interleave", 1, 4, 8, 3, 3, 4, 3, 1, 1, true, false, true, true, false, false, 0},
         {"frame window + resid + clamp", 2, 3, 5, 2, 4, 4, 3, 3, 3, true, false, false, true, true, true, 3},
         {"K 432 (14 k-tiles)", 1, 16, 12, 2, 3, 5, 3, 3, 3, true, false, false, true, false, false, 0},
+        // Ci a multiple of 16 (the one-tap-per-run loader path) over many k-tiles, two row tiles
+        // of Co, N not a multiple of the 128-pixel tile, cached frames, residual and clamp.
+        {"Ci 32 3x3x3 ctx Co 80 resid clamp", 1, 32, 80, 2, 5, 7, 3, 3, 3, true, false, false, true, true, true, 0},
+        {"Ci 48 upsample 3x3 b2", 2, 48, 24, 1, 3, 4, 1, 3, 3, false, true, false, true, false, false, 0},
+        {"Ci 16 time_conv interleave ctx + window", 1, 16, 32, 2, 4, 5, 3, 1, 1, true, false, true, false, false, false, 2},
+        {"Ci 3 1x1x1 odd", 1, 3, 5, 3, 5, 3, 1, 1, 1, false, false, false, true, false, false, 0},
     };
     uint64_t seed = 100;
     for (const ConvCase& c : cases) {

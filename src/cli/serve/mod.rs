@@ -158,6 +158,7 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
         dir: dir.clone(),
         device: a.model.device,
         mem,
+        vae_precision: a.model.vae_precision,
         layout,
     };
     let st = state.clone();
@@ -178,6 +179,7 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
             "offload": format!("{:?}", a.model.offload).to_lowercase(),
             "quantize": format!("{:?}", a.model.quantize).to_lowercase(),
             "vae_tiling": a.model.vae_tiling,
+            "vae_precision": a.model.vae_precision.map(|p| format!("{p:?}").to_lowercase()),
             "vram_budget_gib": a.model.vram_budget,
             "max_queue": a.max_queue,
             "container": if crate::io::video::writes_mp4() { "mp4" } else { "png-folder" },

@@ -27,6 +27,8 @@ pub struct ModelSpec {
     pub dir: PathBuf,
     pub device: DeviceChoice,
     pub mem: MemoryOptions,
+    /// `--vae-precision`.
+    pub vae_precision: Option<crate::cli::args::VaePrecision>,
     pub layout: LatentLayout,
 }
 
@@ -45,7 +47,14 @@ pub fn run(state: Arc<State>, spec: ModelSpec, ready: std::sync::mpsc::Sender<Re
         let device = pick_device(spec.device, &ui)?;
         note_memory_flags(&spec.mem, &device, &ui);
         eprintln!("loading {} on {}", spec.dir.display(), device_name(&device));
-        load_pipeline_for(&spec.dir, &device, &spec.mem, RunSize::DEFAULT).map(|r| (r, device))
+        load_pipeline_for(
+            &spec.dir,
+            &device,
+            &spec.mem,
+            RunSize::DEFAULT,
+            spec.vae_precision,
+        )
+        .map(|r| (r, device))
     }));
     let (pipe, device) = match loaded {
         Ok(Ok(((p, _, plan), d))) => {

@@ -2,6 +2,7 @@
 #include "registry.h"
 EMU_REGISTER(conv_f32_simt)
 EMU_REGISTER(conv_bf16_mma)
+EMU_REGISTER(conv_pack_weight_bf16)
 EMU_REGISTER(conv_cache_update)
 EMU_REGISTER(upsample_nearest2x_f32)
 EMU_REGISTER(interleave_time_f32)
