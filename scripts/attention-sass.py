@@ -10,77 +10,18 @@ ptxas registers / spills. A count of issued instructions, not a measurement: no 
 Usage: scripts/attention-sass.py [sm_80 sm_86 ...]   (ATTENTION_CU=path reads another version)
 """
 import collections
-import ctypes
-import glob
 import os
 import re
-import subprocess
 import sys
-import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SITE = glob.glob(os.path.join(ROOT, ".toolchain/cuda12/lib/python3*/site-packages/nvidia"))[0]
-NVRTC = glob.glob(os.path.join(SITE, "cuda_nvrtc/lib/libnvrtc.so.12"))[0]
-INC = os.path.join(SITE, "cuda_runtime/include")
-NVDISASM = os.environ.get("CONTENTV_NVDISASM") or os.path.join(SITE, "cu13/bin/nvdisasm")
+from sass_common import ROOT, compile_cubin, disasm, hmma_loops, kernel_sass, opcode, ptxas_props
+
 KERNEL = "flash_attn_fwd_d64"
-
-
-def compile_cubin(arch):
-    lib = ctypes.CDLL(NVRTC)
-    src = open(os.environ.get("ATTENTION_CU") or os.path.join(ROOT, "kernels/attention.cu"), "rb").read()
-    prog = ctypes.c_void_p()
-    lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"attention.cu", 0, None, None)
-    opts = [f"--gpu-architecture={arch}", "-std=c++17", "--ptxas-options=-v",
-            "-I" + os.path.join(ROOT, "kernels"), "-I" + INC]
-    arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
-    rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
-    n = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
-    log = ctypes.create_string_buffer(n.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    if rc != 0:
-        sys.exit(f"NVRTC failed for {arch}:\n{log.value.decode()}")
-    lib.nvrtcGetCUBINSize(prog, ctypes.byref(n))
-    buf = ctypes.create_string_buffer(n.value)
-    lib.nvrtcGetCUBIN(prog, buf)
-    text = log.value.decode()
-    i = text.find(f"Function properties for {KERNEL}")
-    regs = re.search(r"Used (\d+) registers", text[i:]).group(1)
-    spill = re.search(r"(\d+) bytes spill stores", text[i:]).group(1)
-    return buf.raw, regs, spill
-
-
-def opcode(s):
-    return re.sub(r"^@!?U?P\w+\s+", "", s).split()[0]
-
-
-def sass(cubin):
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        t = subprocess.run([NVDISASM, f.name], capture_output=True, text=True, check=True).stdout
-    i = t.find(f".text.{KERNEL}:")
-    j = t.find(".section", i + 10)
-    ins, lab = [], {}
-    for line in t[i:j].splitlines():
-        m = re.match(r"\s*(\.L_x_\d+):", line)
-        if m:
-            lab[m.group(1)] = len(ins)
-            continue
-        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
-        if m:
-            ins.append(m.group(2).strip())
-    return ins, lab
 
 
 def fast_path(ins, lab):
     # The main loop: the last backward branch whose body holds HMMA.
-    head = tail = None
-    for k, s in enumerate(ins):
-        m = re.search(r"BRA.*`\((\.L_x_\d+)\)", s)
-        if m and lab[m.group(1)] < k and any("HMMA" in x for x in ins[lab[m.group(1)]:k]):
-            head, tail = lab[m.group(1)], k
+    head, tail = hmma_loops(ins, lab)[-1]
     k, path = head, []
     while True:
         s = ins[k]
@@ -109,8 +50,9 @@ def main():
     print("| arch | registers | spill B | loop (all blocks) | fast path / 64-key tile | HMMA | LDSM | BAR | NOP | instr / HMMA |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arch in archs:
-        cubin, regs, spill = compile_cubin(arch)
-        ins, lab = sass(cubin)
+        cubin, log = compile_cubin(os.environ.get("ATTENTION_CU") or os.path.join(ROOT, "kernels/attention.cu"), arch)
+        regs, spill = ptxas_props(log, KERNEL)
+        ins, lab = kernel_sass(disasm(cubin), KERNEL)
         loop, path = fast_path(ins, lab)
         ops = collections.Counter(opcode(x).split(".")[0] for x in path)
         h = ops["HMMA"]

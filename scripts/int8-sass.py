@@ -13,91 +13,22 @@ Usage: scripts/int8-sass.py [sm_80 sm_90 ...]   (GEMM_INT8_CU=path reads another
 file, e.g. `git show REV:kernels/gemm_int8.cu > /tmp/old.cu` for the pre-rewrite kernel)
 """
 import collections
-import ctypes
-import glob
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SITE = glob.glob(os.path.join(ROOT, ".toolchain/cuda12/lib/python3*/site-packages/nvidia"))[0]
-NVRTC = glob.glob(os.path.join(SITE, "cuda_nvrtc/lib/libnvrtc.so.12"))[0]
-INC = os.path.join(SITE, "cuda_runtime/include")
-NVDISASM = os.environ.get("CONTENTV_NVDISASM") or os.path.join(SITE, "cu13/bin/nvdisasm")
+from sass_common import ROOT, compile_cubin, disasm, hmma_loops, kernel_sass, opcode, ptxas_props
+
 MMA_KERNELS = ["w8a16_mma_bf16", "w8a16_mma_f16", "w8a16_mma_group_bf16", "w8a16_mma_group_f16"]
 ALL_KERNELS = MMA_KERNELS + ["w8a16_gemv_bf16", "w8a16_gemv_f16", "dequant_i8_bf16", "dequant_i8_f16", "dequant_i8_f32"]
-
-
-def compile_cubin(arch):
-    lib = ctypes.CDLL(NVRTC)
-    src = open(os.environ.get("GEMM_INT8_CU") or os.path.join(ROOT, "kernels/gemm_int8.cu"), "rb").read()
-    prog = ctypes.c_void_p()
-    lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"gemm_int8.cu", 0, None, None)
-    opts = [f"--gpu-architecture={arch}", "-std=c++17", "--ptxas-options=-v",
-            "-I" + os.path.join(ROOT, "kernels"), "-I" + INC]
-    arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
-    rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
-    n = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
-    log = ctypes.create_string_buffer(n.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    if rc != 0:
-        sys.exit(f"NVRTC failed for {arch}:\n{log.value.decode()}")
-    lib.nvrtcGetCUBINSize(prog, ctypes.byref(n))
-    buf = ctypes.create_string_buffer(n.value)
-    lib.nvrtcGetCUBIN(prog, buf)
-    text = log.value.decode()
-    props = {}
-    for k in ALL_KERNELS:
-        i = text.find(f"Function properties for {k}")
-        if i < 0:
-            continue
-        regs = re.search(r"Used (\d+) registers", text[i:]).group(1)
-        spill = re.search(r"(\d+) bytes spill stores", text[i:]).group(1)
-        props[k] = (regs, spill)
-    return buf.raw, props
-
-
-def opcode(s):
-    return re.sub(r"^@!?U?P\w+\s+", "", s).split()[0]
-
-
-def disasm(cubin):
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        return subprocess.run([NVDISASM, f.name], capture_output=True, text=True, check=True).stdout
-
-
-def kernel_sass(text, kernel):
-    i = text.find(f".text.{kernel}:")
-    if i < 0:
-        return None, None
-    j = text.find(".section", i + 10)
-    ins, lab = [], {}
-    for line in text[i:j if j > 0 else None].splitlines():
-        m = re.match(r"\s*(\.L_x_\d+):", line)
-        if m:
-            lab[m.group(1)] = len(ins)
-            continue
-        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
-        if m:
-            ins.append(m.group(2).strip())
-    return ins, lab
 
 
 def main_loop(ins, lab):
     # The main loop: the outermost backward branch whose body holds HMMA (static body: the
     # steady state runs all of it but the skipped-load branch of the last two tiles).
     best = None
-    for k, s in enumerate(ins):
-        m = re.search(r"BRA.*`\((\.L_x_\d+)\)", s)
-        if m and lab[m.group(1)] < k and any("HMMA" in x for x in ins[lab[m.group(1)]:k]):
-            head = lab[m.group(1)]
-            if best is None or k - head > best[1] - best[0]:
-                best = (head, k)
+    for head, k in hmma_loops(ins, lab):
+        if best is None or k - head > best[1] - best[0]:
+            best = (head, k)
     if best is None:
         return []
     return [x for x in ins[best[0]:best[1] + 1] if not x.startswith("@!PT")]
@@ -114,7 +45,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     other = []
     for arch in archs:
-        cubin, props = compile_cubin(arch)
+        cubin, log = compile_cubin(os.environ.get("GEMM_INT8_CU") or os.path.join(ROOT, "kernels/gemm_int8.cu"), arch)
+        props = {k: p for k in ALL_KERNELS if (p := ptxas_props(log, k))}
         text = disasm(cubin)
         for k in ALL_KERNELS:
             ins, lab = kernel_sass(text, k)
