@@ -537,7 +537,9 @@ pub fn load_pipeline_for(
     };
     let text = TextEncoders::load(dir, device, mem)?;
     let (store, config) = Transformer::open(&dir.join("transformer"), device, mem)?;
-    let other = mmdit::activation_bytes(&config, size.batch, size.video_tokens) + vae_bytes;
+    let other = mmdit::activation_bytes(&config, size.batch, size.video_tokens)
+        + mmdit::int8_scratch_bytes(&config, mem)
+        + vae_bytes;
     let plan = plan_layers(&store, mmdit::LAYER_GROUP, config.layers, mem, other)?;
     let transformer = Transformer::place(store, config, &plan)?;
     let precision = if device.is_cuda() {

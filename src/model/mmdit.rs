@@ -394,6 +394,17 @@ pub fn activation_bytes(config: &TransformerConfig, batch: usize, video_tokens: 
     (batch * s * config.dim * 2 * (2 + 3 + 1 + 4 + 1)) as u64
 }
 
+/// With INT8 weights, the bf16 weight a video GEMM dequantises into before cuBLASLt
+/// (ops::quant, from the crossover M on): one at a time, the largest linear of a block (the MLP
+/// [ff, D] or the fused q|k|v [3D, D]). Planned next to the activations; 0 without INT8.
+pub fn int8_scratch_bytes(config: &TransformerConfig, mem: &MemoryOptions) -> u64 {
+    if !mem.int8 {
+        return 0;
+    }
+    let largest = (config.ff_dim * config.dim).max(3 * config.dim * config.dim);
+    (largest * 2) as u64
+}
+
 impl Transformer {
     /// Loads `dir` (the checkpoint's `transformer/` folder) for `device`: bf16 on the GPU, f32 on the CPU.
     pub fn load(dir: &Path, device: &Device) -> Result<Transformer> {
@@ -411,7 +422,7 @@ impl Transformer {
             LAYER_GROUP,
             config.layers,
             mem,
-            activation_bytes(&config, 2, DEFAULT_VIDEO_TOKENS),
+            activation_bytes(&config, 2, DEFAULT_VIDEO_TOKENS) + int8_scratch_bytes(&config, mem),
         )?;
         Self::place(store, config, &plan)
     }
@@ -854,4 +865,26 @@ pub fn pos_embed_3d(d: usize, t: usize, hp: usize, wp: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int8_scratch_is_the_largest_block_linear() {
+        let c = TransformerConfig::contentv_8b();
+        let int8 = MemoryOptions {
+            int8: true,
+            ..Default::default()
+        };
+        assert_eq!(int8_scratch_bytes(&c, &MemoryOptions::default()), 0);
+        // The MLP [9728, 2432] in bf16 (larger than q|k|v [7296, 2432]).
+        assert_eq!(int8_scratch_bytes(&c, &int8), 9728 * 2432 * 2);
+        let narrow_mlp = TransformerConfig {
+            ff_dim: c.dim,
+            ..c.clone()
+        };
+        assert_eq!(int8_scratch_bytes(&narrow_mlp, &int8), 3 * 2432 * 2432 * 2);
+    }
 }
