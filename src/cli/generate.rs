@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::args::GenerateArgs;
+use super::calibrate::{cache_dir, cache_options, resolve_cache};
 use super::load::{
     check_memory_flags, check_model_dir, check_safetensors, device_name, load_pipeline_for,
     model_dir, note_memory_flags, pick_device, RunSize,
@@ -17,8 +18,9 @@ use super::Ui;
 use crate::error::{Error, Result};
 use crate::io::fsutil;
 use crate::io::video::{self, FramesRef, OutputKind};
+use crate::model::cache::{cosine, psnr_u8, ssim_frames, CacheOptions, CacheSettings};
 use crate::model::pipeline::{
-    load_init_noise, save_latents, GenerateParams, LatentLayout, Pipeline, Progress,
+    load_init_noise, save_latents, GenerateParams, Generated, LatentLayout, Pipeline, Progress,
 };
 use crate::runtime::residency::MemoryOptions;
 
@@ -85,8 +87,32 @@ impl Bars {
     }
 }
 
+/// The step cache of a command: the options of the flags, the model's folder and where the
+/// calibrations are (resolved per request: the warm-up and mag's calibration depend on the
+/// steps).
+pub struct CacheRun {
+    pub options: CacheOptions,
+    pub model: PathBuf,
+    pub dir: PathBuf,
+    /// `--cache-report`: also run without the cache and compare.
+    pub report: bool,
+}
+
+impl CacheRun {
+    fn settings(&self, r: &Request) -> Result<Option<CacheSettings>> {
+        resolve_cache(
+            &self.options,
+            &self.model,
+            &self.dir,
+            r.video.steps,
+            r.video.shift,
+        )
+    }
+}
+
 /// Runs one validated request on a loaded pipeline; returns the JSON summary of it.
-fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
+fn run_request(pipe: &Pipeline, r: &Request, cache: &CacheRun, ui: &Ui) -> Result<Value> {
+    let settings = cache.settings(r)?;
     let geom = r.geometry();
     let init_noise = match &r.init_noise {
         Some(p) => {
@@ -110,19 +136,13 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         rescue_latents: Some(r.output.with_extension("latents.safetensors")),
         ..r.video.generate_params(r.layout)
     };
-    let mut bars = Bars::new();
-    let res = catch_unwind(AssertUnwindSafe(|| {
-        pipe.generate(&params, &mut |p| bars.on(p))
-    }));
-    bars.clear();
-    let g = match res {
-        Ok(r) => r?,
-        Err(panic) => {
-            return Err(Error::Other(format!(
-                "internal error (a bug): {}",
-                panic_message(&panic)
-            )))
+    let g = generate_guarded(pipe, &params, settings.as_ref())?;
+    let comparison = match (&g.cache, cache.report) {
+        (Some(_), true) => {
+            ui.info("--cache-report: the same request without the cache");
+            Some(generate_guarded(pipe, &params, None)?)
         }
+        _ => None,
     };
     let t = Instant::now();
     let f = &g.frames;
@@ -176,7 +196,36 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         write_s,
         memory_text(&g.memory)
     ));
+    let mut cache_json = Value::Null;
+    if let Some(c) = &g.cache {
+        ui.info(&format!(
+            "step cache {} (threshold {}, warm-up {}): {}, {:.2}s saved",
+            c.method.name(),
+            settings.as_ref().map_or(0.0, |s| s.threshold),
+            settings.as_ref().map_or(0, |s| s.warmup),
+            c.line,
+            c.saved_s
+        ));
+        cache_json = json!({
+            "method": c.method.name(), "threshold": settings.as_ref().map(|s| s.threshold),
+            "warmup": settings.as_ref().map(|s| s.warmup), "steps": c.steps,
+            "computed": c.computed, "line": c.line, "saved_s": c.saved_s,
+        });
+    }
+    if let Some(full) = &comparison {
+        let q = compare_runs(&g, full);
+        ui.info(&format!(
+            "cache report: frames PSNR {:.2} dB, SSIM {:.4}, latents cosine {:.6}, denoise {:.2}s cached vs {:.2}s full (speed-up {:.2}x)",
+            q.psnr, q.ssim, q.cosine, g.timings.denoise_s, full.timings.denoise_s, q.speedup
+        ));
+        cache_json["report"] = json!({
+            "psnr_db": if q.psnr.is_finite() { json!(q.psnr) } else { json!("inf") },
+            "ssim": q.ssim, "latents_cosine": q.cosine, "speedup": q.speedup,
+            "denoise_s_cached": g.timings.denoise_s, "denoise_s_full": full.timings.denoise_s,
+        });
+    }
     Ok(json!({
+        "cache": cache_json,
         "output": fsutil::lossy(&written),
         "prompt": r.video.prompt,
         "negative_prompt": r.video.negative_prompt,
@@ -200,6 +249,44 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         "memory": g.memory,
         "warnings": r.warnings,
     }))
+}
+
+/// A generation with the progress bars, a panic turned into an error.
+fn generate_guarded(
+    pipe: &Pipeline,
+    params: &GenerateParams,
+    cache: Option<&CacheSettings>,
+) -> Result<Generated> {
+    let mut bars = Bars::new();
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        pipe.generate_cached(params, cache, &mut |p| bars.on(p))
+    }));
+    bars.clear();
+    match res {
+        Ok(r) => r,
+        Err(panic) => Err(Error::Other(format!(
+            "internal error (a bug): {}",
+            panic_message(&panic)
+        ))),
+    }
+}
+
+/// How close a cached run is to the full one.
+struct Quality {
+    psnr: f64,
+    ssim: f64,
+    cosine: f64,
+    speedup: f64,
+}
+
+fn compare_runs(cached: &Generated, full: &Generated) -> Quality {
+    let (a, b) = (&cached.frames, &full.frames);
+    Quality {
+        psnr: psnr_u8(&a.data, &b.data),
+        ssim: ssim_frames(&a.data, &b.data, a.frames, a.height, a.width),
+        cosine: cosine(&cached.latents, &full.latents),
+        speedup: full.timings.denoise_s / cached.timings.denoise_s.max(1e-9),
+    }
 }
 
 fn memory_text(m: &crate::model::pipeline::MemoryReport) -> String {
@@ -254,8 +341,14 @@ fn tiny_defaults(a: &GenerateArgs, defaults: &mut RequestFields, ui: &Ui) {
 
 pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
+    let cache = CacheRun {
+        options: cache_options(&a.cache)?,
+        model: model_dir(&a.model.model, &Ui { json: true }),
+        dir: cache_dir(&a.cache.cache_dir),
+        report: a.cache.cache_report,
+    };
     if a.prompts.is_some() {
-        return run_batch(a, ui, &mem);
+        return run_batch(a, ui, &mem, &cache);
     }
     if a.shard.is_some() || a.output_dir.is_some() {
         return Err(Error::Input(
@@ -283,6 +376,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         check_safetensors(p, "--init-noise")?;
         load_init_noise(p, &req.geometry().latent_shape())?; // fail before loading the model
     }
+    cache.settings(&req)?; // bad cache flags or no calibration: fail before loading
     video::check_writable(&req.output)?;
     video::check_previous_output(
         &video::artifact_path(&req.output),
@@ -311,14 +405,14 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         &dir,
         &device,
         &mem,
-        RunSize::of(&req.geometry(), req.video.guidance),
+        RunSize::of(&req.geometry(), req.video.guidance).with_cache(cache.options.method),
         a.model.vae_precision,
     )?;
     if let Some(line) = plan.describe() {
         ui.info(&line);
     }
     ui.info(&format!("loaded in {load_s:.2}s"));
-    let mut s = run_request(&pipe, &req, ui)?;
+    let mut s = run_request(&pipe, &req, &cache, ui)?;
     s["model"] = json!(fsutil::lossy(&dir));
     s["device"] = json!(device_name(&device));
     s["timings_s"]["load"] = json!(load_s);
@@ -399,7 +493,7 @@ pub fn batch_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<String
     Ok(out)
 }
 
-fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
+fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions, cache: &CacheRun) -> Result<()> {
     let path = a.prompts.as_ref().unwrap();
     if a.output.is_some() {
         return Err(Error::Input(
@@ -534,9 +628,11 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
                         RunSize {
                             batch: 1,
                             video_tokens: 0,
+                            step_cache: false,
                         },
                         RunSize::max,
-                    );
+                    )
+                    .with_cache(cache.options.method);
                 load_pipeline_for(&dir, &d, mem, size, a.model.vae_precision)
             });
         match loaded {
@@ -559,7 +655,7 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
                     for w in &r.warnings {
                         ui.warn(&format!("request {}: {w}", it.index));
                     }
-                    results[*k] = match run_request(&pipe, r, ui) {
+                    results[*k] = match run_request(&pipe, r, cache, ui) {
                         Ok(mut s) => {
                             s["index"] = json!(it.index);
                             s["line"] = json!(it.line);
