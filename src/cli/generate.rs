@@ -18,7 +18,7 @@ use super::Ui;
 use crate::error::{Error, Result};
 use crate::io::fsutil;
 use crate::io::video::{self, FramesRef, OutputKind};
-use crate::model::cache::{cosine, psnr_u8, ssim_frames, CacheOptions, CacheSettings};
+use crate::model::cache::{cosine, psnr_u8, ssim_frames, CacheMethod, CacheOptions, CacheSettings};
 use crate::model::pipeline::{
     load_init_noise, save_latents, GenerateParams, Generated, LatentLayout, Pipeline, Progress,
 };
@@ -341,9 +341,15 @@ fn tiny_defaults(a: &GenerateArgs, defaults: &mut RequestFields, ui: &Ui) {
 
 pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
+    let options = cache_options(&a.cache)?;
     let cache = CacheRun {
-        options: cache_options(&a.cache)?,
-        model: model_dir(&a.model.model, &Ui { json: true }),
+        // Only mag reads the model folder before loading (its calibration is per checkpoint).
+        model: if options.method == CacheMethod::Mag {
+            model_dir(&a.model.model, ui)
+        } else {
+            PathBuf::new()
+        },
+        options,
         dir: cache_dir(&a.cache.cache_dir),
         report: a.cache.cache_report,
     };
@@ -495,6 +501,74 @@ pub fn batch_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<String
 
 fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions, cache: &CacheRun) -> Result<()> {
     let path = a.prompts.as_ref().unwrap();
+    let (shard_i, shard_n, out_dir) = batch_flags(a)?;
+    let lines = batch_lines(path)?;
+    let mut defaults = RequestFields::from_args(a);
+    tiny_defaults(a, &mut defaults, ui);
+    let dir = model_dir(&a.model.model, ui);
+    let layout = LatentLayout::from_model_dir(&dir)?;
+    let items = parse_batch(
+        path,
+        &lines,
+        &defaults,
+        layout,
+        &out_dir,
+        (shard_i, shard_n),
+        cache,
+    );
+    let index = lines.len();
+    if index == 0 {
+        return Err(Error::Input(format!(
+            "the batch file {} has no requests (one JSON object per line, e.g. {{\"prompt\": \"a cat surfing\"}})",
+            path.display()
+        )));
+    }
+    ui.info(&format!(
+        "batch {}: {index} request(s), shard {shard_i}/{shard_n} takes {}",
+        path.display(),
+        items.len()
+    ));
+    let (mut results, todo) = triage(&items, ui);
+    let mut run = BatchRun {
+        load_s: 0.0,
+        device: String::new(),
+        model_error: None,
+    };
+    if !todo.is_empty() {
+        run = run_todo(a, ui, mem, cache, &dir, &items, &todo, &mut results);
+    }
+    let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
+    let (ok, skipped, failed) = (count("ok"), count("skipped"), count("failed"));
+    ui.info(&format!(
+        "batch done: {ok} generated, {skipped} skipped (output exists), {failed} failed"
+    ));
+    for r in results.iter().filter(|r| r["status"] == "failed") {
+        ui.info(&format!(
+            "  failed: request {} (line {}): {}",
+            r["index"],
+            r["line"],
+            r["error"].as_str().unwrap_or("")
+        ));
+    }
+    if a.json {
+        let s = json!({
+            "batch": fsutil::lossy(path), "shard": [shard_i, shard_n], "requests_in_file": index, "model": fsutil::lossy(&dir),
+            "device": run.device, "load_s": run.load_s,
+            "ok": ok, "skipped": skipped, "failed": failed, "model_error": run.model_error, "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&s).unwrap());
+    }
+    if failed > 0 {
+        return Err(Error::Other(format!(
+            "{failed} of {} request(s) in this shard failed",
+            results.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The batch-only flags checked: (shard index, shard count, output folder).
+fn batch_flags(a: &GenerateArgs) -> Result<(usize, usize, PathBuf)> {
     if a.output.is_some() {
         return Err(Error::Input(
             "--output names one video; in batch mode give each line an \"output\" field or use --output-dir".into(),
@@ -519,24 +593,32 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions, cache: &CacheRun) -
             out_dir.display()
         )));
     }
-    let lines = batch_lines(path)?;
+    Ok((shard_i, shard_n, out_dir))
+}
+
+/// Every line parsed (it is cheap) so that every shard sees the same conflicts: a file written
+/// by two requests belongs to the first, the later one fails. Returns this shard's lines.
+fn parse_batch(
+    path: &Path,
+    lines: &[(usize, std::result::Result<String, String>)],
+    defaults: &RequestFields,
+    layout: LatentLayout,
+    out_dir: &Path,
+    (shard_i, shard_n): (usize, usize),
+    cache: &CacheRun,
+) -> Vec<BatchItem> {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "batch".into());
-    let mut defaults = RequestFields::from_args(a);
-    tiny_defaults(a, &mut defaults, ui);
-    let dir = model_dir(&a.model.model, ui);
-    let layout = LatentLayout::from_model_dir(&dir)?;
-    // Every line is parsed (it is cheap) so that every shard sees the same conflicts: a file
-    // written by two requests belongs to the first, the later one fails.
     let mut items = Vec::new();
     let mut claimed: HashMap<PathBuf, (usize, usize)> = HashMap::new(); // path -> (index, line)
     for (index, (ln, l)) in lines.iter().enumerate() {
         let default_out = out_dir.join(format!("{stem}_{index:05}.mp4"));
         let mut parsed = match l {
             Ok(l) => RequestFields::from_json_line(l)
-                .and_then(|f| resolve(f.or(&defaults), layout, &|_| default_out.clone())),
+                .and_then(|f| resolve(f.or(defaults), layout, &|_| default_out.clone()))
+                .and_then(|r| cache.options.check(r.video.steps, "--cache").map(|_| r)),
             Err(e) => Err(Error::Input(e.clone())),
         };
         if let Ok(r) = &parsed {
@@ -571,20 +653,12 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions, cache: &CacheRun) -
             parsed,
         });
     }
-    let index = lines.len();
-    if index == 0 {
-        return Err(Error::Input(format!(
-            "the batch file {} has no requests (one JSON object per line, e.g. {{\"prompt\": \"a cat surfing\"}})",
-            path.display()
-        )));
-    }
-    ui.info(&format!(
-        "batch {}: {index} request(s), shard {shard_i}/{shard_n} takes {}",
-        path.display(),
-        items.len()
-    ));
+    items
+}
 
-    // Which requests need the model?
+/// Which requests need the model: the result slot of every item (failed and skipped ones filled
+/// in) and the (item, request) pairs to run.
+fn triage<'a>(items: &'a [BatchItem], ui: &Ui) -> (Vec<Value>, Vec<(usize, &'a Request)>) {
     let mut results: Vec<Value> = Vec::new();
     let mut todo: Vec<(usize, &Request)> = Vec::new();
     for (k, it) in items.iter().enumerate() {
@@ -610,106 +684,104 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions, cache: &CacheRun) -
             }
         }
     }
-    let mut model_error: Option<String> = None;
-    let mut load_s = 0.0;
-    let mut device_str = String::new();
-    if !todo.is_empty() {
-        let loaded = check_model_dir(&dir, &[])
-            .and_then(|_| pick_device(a.model.device, ui))
-            .and_then(|d| {
-                note_memory_flags(mem, &d, ui);
-                device_str = device_name(&d);
-                ui.info(&format!("loading {} on {}", dir.display(), device_str));
-                // Plan memory for the largest request of the batch.
-                let size = todo
-                    .iter()
-                    .map(|(_, r)| RunSize::of(&r.geometry(), r.video.guidance))
-                    .fold(
-                        RunSize {
-                            batch: 1,
-                            video_tokens: 0,
-                            step_cache: false,
-                        },
-                        RunSize::max,
-                    )
-                    .with_cache(cache.options.method);
-                load_pipeline_for(&dir, &d, mem, size, a.model.vae_precision)
-            });
-        match loaded {
-            Ok((pipe, s, plan)) => {
-                load_s = s;
-                if let Some(line) = plan.describe() {
-                    ui.info(&line);
-                }
-                ui.info(&format!("loaded in {s:.2}s"));
-                for (n, (k, r)) in todo.iter().enumerate() {
-                    let it = &items[*k];
-                    ui.info(&format!(
-                        "[{}/{}] request {} (line {}): {}",
-                        n + 1,
-                        todo.len(),
-                        it.index,
-                        it.line,
-                        short(&r.video.prompt)
-                    ));
-                    for w in &r.warnings {
-                        ui.warn(&format!("request {}: {w}", it.index));
-                    }
-                    results[*k] = match run_request(&pipe, r, cache, ui) {
-                        Ok(mut s) => {
-                            s["index"] = json!(it.index);
-                            s["line"] = json!(it.line);
-                            s["status"] = json!("ok");
-                            s
-                        }
-                        Err(e) => {
-                            ui.warn(&format!(
-                                "request {} (line {}) failed: {e}",
-                                it.index, it.line
-                            ));
-                            json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()})
-                        }
-                    };
-                }
+    (results, todo)
+}
+
+/// What loading the model for a batch gave.
+struct BatchRun {
+    load_s: f64,
+    device: String,
+    model_error: Option<String>,
+}
+
+/// Loads the model once (planned for the largest request) and runs `todo`, writing each
+/// result into `results`; a model that cannot load fails every request.
+#[allow(clippy::too_many_arguments)]
+fn run_todo(
+    a: &GenerateArgs,
+    ui: &Ui,
+    mem: &MemoryOptions,
+    cache: &CacheRun,
+    dir: &Path,
+    items: &[BatchItem],
+    todo: &[(usize, &Request)],
+    results: &mut [Value],
+) -> BatchRun {
+    let mut run = BatchRun {
+        load_s: 0.0,
+        device: String::new(),
+        model_error: None,
+    };
+    let loaded = check_model_dir(dir, &[])
+        .and_then(|_| pick_device(a.model.device, ui))
+        .and_then(|d| {
+            note_memory_flags(mem, &d, ui);
+            run.device = device_name(&d);
+            ui.info(&format!("loading {} on {}", dir.display(), run.device));
+            // Plan memory for the largest request of the batch.
+            let size = todo
+                .iter()
+                .map(|(_, r)| RunSize::of(&r.geometry(), r.video.guidance))
+                .fold(
+                    RunSize {
+                        batch: 1,
+                        video_tokens: 0,
+                        step_cache: false,
+                    },
+                    RunSize::max,
+                )
+                .with_cache(cache.options.method);
+            load_pipeline_for(dir, &d, mem, size, a.model.vae_precision)
+        });
+    let pipe = match loaded {
+        Ok((pipe, s, plan)) => {
+            run.load_s = s;
+            if let Some(line) = plan.describe() {
+                ui.info(&line);
+            }
+            ui.info(&format!("loaded in {s:.2}s"));
+            pipe
+        }
+        Err(e) => {
+            ui.warn(&format!("cannot load the model: {e}"));
+            run.model_error = Some(e.to_string());
+            for (k, _) in todo {
+                let it = &items[*k];
+                results[*k] = json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()});
+            }
+            return run;
+        }
+    };
+    for (n, (k, r)) in todo.iter().enumerate() {
+        let it = &items[*k];
+        ui.info(&format!(
+            "[{}/{}] request {} (line {}): {}",
+            n + 1,
+            todo.len(),
+            it.index,
+            it.line,
+            short(&r.video.prompt)
+        ));
+        for w in &r.warnings {
+            ui.warn(&format!("request {}: {w}", it.index));
+        }
+        results[*k] = match run_request(&pipe, r, cache, ui) {
+            Ok(mut s) => {
+                s["index"] = json!(it.index);
+                s["line"] = json!(it.line);
+                s["status"] = json!("ok");
+                s
             }
             Err(e) => {
-                ui.warn(&format!("cannot load the model: {e}"));
-                model_error = Some(e.to_string());
-                for (k, _) in &todo {
-                    let it = &items[*k];
-                    results[*k] = json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()});
-                }
+                ui.warn(&format!(
+                    "request {} (line {}) failed: {e}",
+                    it.index, it.line
+                ));
+                json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()})
             }
-        }
+        };
     }
-    let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
-    let (ok, skipped, failed) = (count("ok"), count("skipped"), count("failed"));
-    ui.info(&format!(
-        "batch done: {ok} generated, {skipped} skipped (output exists), {failed} failed"
-    ));
-    for r in results.iter().filter(|r| r["status"] == "failed") {
-        ui.info(&format!(
-            "  failed: request {} (line {}): {}",
-            r["index"],
-            r["line"],
-            r["error"].as_str().unwrap_or("")
-        ));
-    }
-    if a.json {
-        let s = json!({
-            "batch": fsutil::lossy(path), "shard": [shard_i, shard_n], "requests_in_file": index, "model": fsutil::lossy(&dir),
-            "device": device_str, "load_s": load_s,
-            "ok": ok, "skipped": skipped, "failed": failed, "model_error": model_error, "results": results,
-        });
-        println!("{}", serde_json::to_string_pretty(&s).unwrap());
-    }
-    if failed > 0 {
-        return Err(Error::Other(format!(
-            "{failed} of {} request(s) in this shard failed",
-            results.len()
-        )));
-    }
-    Ok(())
+    run
 }
 
 /// For tests and scripts: the default batch output of request `index` of `jsonl`.
