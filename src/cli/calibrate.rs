@@ -42,6 +42,66 @@ pub fn cache_options(a: &CacheArgs) -> Result<CacheOptions> {
     Ok(o)
 }
 
+/// The JSONL field `"cache"`: a method name (`"easy"`) or an object
+/// `{"method": "easy", "threshold": 0.1, "warmup": 3}`; `null` is not given. The threshold and
+/// the warm-up are checked against the line's steps when the request is resolved.
+pub fn cache_field<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<CacheOptions>, D::Error> {
+    use serde::de::Error as _;
+    use serde::Deserialize;
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    let bad = |m: String| D::Error::custom(format!("field \"cache\": {m}"));
+    let method = |s: &str| {
+        CacheMethod::parse(s).ok_or_else(|| {
+            bad(format!(
+                "{s:?} is not a cache method: use one of {}",
+                CacheMethod::NAMES
+            ))
+        })
+    };
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(CacheOptions {
+            method: method(&s)?,
+            threshold: None,
+            warmup: None,
+        })),
+        Some(serde_json::Value::Object(m)) => {
+            if let Some(k) = m.keys().find(|k| !["method", "threshold", "warmup"].contains(&k.as_str())) {
+                return Err(bad(format!(
+                    "unknown key {k:?}; the keys are method, threshold, warmup"
+                )));
+            }
+            let Some(serde_json::Value::String(name)) = m.get("method") else {
+                return Err(bad("\"method\" must be one of easy, fbcache, mag, off".into()));
+            };
+            let threshold = match m.get("threshold") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::Number(n)) => Some(n.as_f64().unwrap_or(f64::NAN) as f32),
+                Some(other) => return Err(bad(format!("\"threshold\" must be a number, got {other}"))),
+            };
+            let warmup = match m.get("warmup") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::Number(n)) if n.as_u64().is_some() => {
+                    Some(n.as_u64().unwrap() as usize)
+                }
+                Some(other) => {
+                    return Err(bad(format!("\"warmup\" must be a whole number, got {other}")))
+                }
+            };
+            Ok(Some(CacheOptions {
+                method: method(name)?,
+                threshold,
+                warmup,
+            }))
+        }
+        Some(other) => Err(bad(format!(
+            "expected a method name or an object {{\"method\": ..., \"threshold\": ..., \"warmup\": ...}}, got {other}"
+        ))),
+    }
+}
+
 /// The folder of the calibrations: `flag`, else `<data folder>/cache` (the server's data
 /// folder convention: $XDG_DATA_HOME/contentv, ~/.local/share/contentv).
 pub fn cache_dir(flag: &Option<PathBuf>) -> PathBuf {

@@ -99,9 +99,13 @@ pub struct CacheRun {
 }
 
 impl CacheRun {
+    /// The request's cache options: its line's, else the flags'.
+    fn options<'a>(&'a self, r: &'a Request) -> &'a CacheOptions {
+        r.video.cache.as_ref().unwrap_or(&self.options)
+    }
     fn settings(&self, r: &Request) -> Result<Option<CacheSettings>> {
         resolve_cache(
-            &self.options,
+            self.options(r),
             &self.model,
             &self.dir,
             r.video.steps,
@@ -618,7 +622,15 @@ fn parse_batch(
         let mut parsed = match l {
             Ok(l) => RequestFields::from_json_line(l)
                 .and_then(|f| resolve(f.or(defaults), layout, &|_| default_out.clone()))
-                .and_then(|r| cache.options.check(r.video.steps, "--cache").map(|_| r)),
+                .and_then(|r| {
+                    let what = if r.video.cache.is_some() {
+                        "field \"cache\""
+                    } else {
+                        "--cache"
+                    };
+                    cache.options(&r).check(r.video.steps, what)?;
+                    Ok(r)
+                }),
             Err(e) => Err(Error::Input(e.clone())),
         };
         if let Ok(r) = &parsed {
@@ -729,8 +741,16 @@ fn run_todo(
                         step_cache: false,
                     },
                     RunSize::max,
-                )
-                .with_cache(cache.options.method);
+                );
+            // fbcache holds a device residual if any request uses it.
+            let fb = todo
+                .iter()
+                .any(|(_, r)| cache.options(r).method == CacheMethod::FbCache);
+            let size = if fb {
+                size.with_cache(CacheMethod::FbCache)
+            } else {
+                size
+            };
             load_pipeline_for(dir, &d, mem, size, a.model.vae_precision)
         });
     let pipe = match loaded {

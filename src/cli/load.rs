@@ -553,7 +553,8 @@ pub fn load_pipeline_for(
     let other = mmdit::activation_bytes(&config, size.batch, size.video_tokens)
         + mmdit::int8_scratch_bytes(&config, mem)
         + vae_bytes;
-    let cache_bytes = if size.step_cache {
+    // The first-block cache's residual lives on the device (on the CPU there is no plan).
+    let cache_bytes = if size.step_cache && device.is_cuda() {
         mmdit::step_cache_bytes(&config, size.batch, size.video_tokens)
     } else {
         0
