@@ -8,7 +8,9 @@ mod common;
 
 use common::{assert_close, tiny_model_dir, Fixture};
 use contentv::cli::load::load_pipeline;
-use contentv::model::pipeline::{cfg_combine_bf16, cfg_combine_f32, decode_with, LatentPrecision};
+use contentv::model::pipeline::{
+    cfg_combine_bf16, cfg_combine_f32, decode_with, DenoiseHooks, LatentPrecision,
+};
 use contentv::model::scheduler::{FlowMatchEuler, SchedulerConfig};
 use contentv::model::vae::{VaeDecoder, VaeOptions};
 use contentv::runtime::Device;
@@ -150,10 +152,13 @@ fn three_steps_and_frames_match_reference_on_cpu() {
             Some(&uncond),
             &schedule(),
             g,
-            &mut |_| {},
-            Some(&mut record),
-            &mut times,
-            None,
+            DenoiseHooks {
+                progress: &mut |_| {},
+                record: Some(&mut record),
+                step_times: &mut times,
+                cancel: None,
+                cache: None,
+            },
         )
         .unwrap();
     for (k, v) in &rec {

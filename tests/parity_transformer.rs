@@ -77,7 +77,7 @@ fn cpu_forward_matches_reference_f32() {
     let mut taps: Vec<(String, Vec<f32>)> = Vec::new();
     let mut cb = |n: &str, t: &Tensor| taps.push((n.to_string(), t.to_vec_f32().unwrap()));
     let y = m
-        .forward_taps(&x, &ts, &ctx, &pooled, Some(&mut cb))
+        .forward_taps(&x, None, &ts, &ctx, &pooled, Some(&mut cb))
         .unwrap();
     for (name, v) in &taps {
         let key = format!("f32.{name}");
@@ -215,9 +215,9 @@ fn precomputed_run_modulation_gives_the_same_output() {
         })
         .collect();
     m.prepare_run(&steps, &pooled).unwrap();
-    for (t, want) in steps.iter().zip(&plain) {
+    for (k, (t, want)) in steps.iter().zip(&plain).enumerate() {
         assert_eq!(
-            &m.forward(&x, t, &ctx, &pooled)
+            &m.forward_step(k, &x, t, &ctx, &pooled)
                 .unwrap()
                 .to_vec_f32()
                 .unwrap(),
@@ -261,7 +261,7 @@ fn gpu_batch2_blocks_make_no_copies() {
         marks.push((n.to_string(), st.launches, st.bytes));
     };
     let y = m
-        .forward_taps(&x2, &[t, t], &ctx, &pooled, Some(&mut cb))
+        .forward_taps(&x2, None, &[t, t], &ctx, &pooled, Some(&mut cb))
         .unwrap()
         .to_vec_f32()
         .unwrap();

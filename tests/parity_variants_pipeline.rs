@@ -16,7 +16,9 @@ use std::process::Command;
 
 use common::{assert_close, repo_root, tiny_model_dir};
 use contentv::cli::load::load_pipeline;
-use contentv::model::pipeline::{GenerateParams, LatentLayout, LatentPrecision, VideoGeometry};
+use contentv::model::pipeline::{
+    DenoiseHooks, GenerateParams, LatentLayout, LatentPrecision, VideoGeometry,
+};
 use contentv::runtime::Device;
 use safetensors::SafeTensors;
 
@@ -146,10 +148,13 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
                 Some(&uncond),
                 &schedule,
                 guidance,
-                &mut |_| {},
-                Some(&mut record),
-                &mut times,
-                None,
+                DenoiseHooks {
+                    progress: &mut |_| {},
+                    record: Some(&mut record),
+                    step_times: &mut times,
+                    cancel: None,
+                    cache: None,
+                },
             )
             .unwrap();
         let mut checked = 0;

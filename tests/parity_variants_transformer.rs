@@ -209,7 +209,7 @@ fn cpu_forward_matches_reference_f32() {
         let mut taps: Vec<(String, Vec<f32>)> = Vec::new();
         let mut cb = |n: &str, t: &Tensor| taps.push((n.to_string(), t.to_vec_f32().unwrap()));
         let y = m
-            .forward_taps(&x, &ts, &ctx, &pooled, Some(&mut cb))
+            .forward_taps(&x, None, &ts, &ctx, &pooled, Some(&mut cb))
             .unwrap();
         // Every intermediate the reference recorded, in forward order (the first failure is
         // the first op that goes wrong).
@@ -265,7 +265,7 @@ fn cpu_batch2_matches_reference_f32() {
         // The run precomputation (adaLN modulation per step) gives the same result.
         m.prepare_run(&[vec![999.0, 1.0], ts.clone()], &pooled)
             .unwrap();
-        let y2 = m.forward(&x, &ts, &ctx, &pooled).unwrap();
+        let y2 = m.forward_step(1, &x, &ts, &ctx, &pooled).unwrap();
         m.end_run();
         assert_eq!(
             y2.to_vec_f32().unwrap(),

@@ -123,7 +123,7 @@ fn step_rows_are_what_a_forward_runs() {
     let steps = [vec![700.0f32, 700.0]];
     t.precompute_modulation(&steps, &pooled).unwrap();
     let rec = Recorder::start().unwrap();
-    t.forward(&x, &steps[0], &ctx, &pooled).unwrap();
+    t.forward_step(0, &x, &steps[0], &ctx, &pooled).unwrap();
     let recs = rec.records();
     let got = by_class_recorded(&recs);
     drop(rec);

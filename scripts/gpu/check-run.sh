@@ -142,6 +142,22 @@ torch torch-block 90 block
 ROOF=(--vae-precision bf16)
 [ "$REH" = 1 ] && ROOF+=(--model assets/tiny-model --frames 5 --width 32 --height 32)
 bench roofline 120 "$BIN/bin-contentv" roofline --measure "${ROOF[@]}"
+# Step caching (issue 27): the built-in tiny model (random weights: the quality figures only show
+# the mechanism, not what the real checkpoint would look like) at the default size, 10 steps,
+# each adaptive method at its default threshold with --cache-report (the same request without
+# the cache: PSNR / SSIM / latents cosine, steps computed, denoise seconds, speed-up).
+CACHE=(--prompt "A young musician strumming an acoustic guitar" --seed 42 --steps 10 --frames 125 --width 768 --height 432)
+[ "$REH" = 1 ] && CACHE=(--prompt "x" --seed 42 --steps 3 --frames 1 --width 16 --height 16 --cache-warmup 1)
+for m in easy fbcache; do
+  rm -rf "$LOGS/cache-$m"; mkdir -p "$LOGS/cache-$m"
+  run "cache-$m" 90 "$BIN/bin-contentv" generate --device cuda "${CACHE[@]}" --cache "$m" --cache-report \
+    --output "$LOGS/cache-$m/out.mp4"; rc=$?
+  [ $rc = 125 ] && continue
+  if [ $rc = 0 ]; then
+    say "cache-$m: $(grep -E '^step cache|^cache report' "$LOGS/cache-$m.log" | tr '\n' ' ')"
+  else say "cache-$m: FAILED (exit $rc): $(tail -n 2 "$LOGS/cache-$m.log" | tr '\n' ' ')"; fails+=("cache-$m"); fi
+  rm -rf "$LOGS/cache-$m"
+done
 bench bench-gpu_vae 120 "$BIN/bench-gpu_vae"
 torch torch-vae 120 vae
 torch torch-ceilings-conv-t5 90 ceilings conv t5

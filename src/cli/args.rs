@@ -51,6 +51,9 @@ pub enum Command {
     /// Serve a web page and an OpenAI-style video API (POST /v1/videos ...): the model is
     /// loaded once, jobs run one at a time, the queue and the videos live under --data-dir.
     Serve(Box<ServeArgs>),
+    /// Calibrate the MagCache step cache (`generate --cache mag`) for a model and schedule:
+    /// full generations record the transformer's magnitude ratio per step.
+    CalibrateCache(Box<CalibrateArgs>),
     /// Every GEMM, attention, convolution and memory-bound op of a denoising step and of the
     /// VAE decode, with FLOPs, bytes and the time each needs at a GPU's datasheet ceilings.
     Roofline(RooflineArgs),
@@ -294,7 +297,74 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
     /// Print a machine-readable JSON summary on stdout (messages go to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Step caching (docs/pipeline.md, "Step caching"): skip the transformer on steps where it
+/// would say almost the same. Off by default: its quality on the real checkpoint is not yet
+/// measured.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// Reuse the transformer's result on steps where it changes little: easy (EasyCache,
+    /// adaptive, no calibration), fbcache (First-Block-Cache: the first block decides), mag
+    /// (MagCache: needs `contentv calibrate-cache` for this model and schedule) [default: off].
+    #[arg(long, value_name = "METHOD")]
+    pub cache: Option<String>,
+    /// The method's reuse threshold (relative change; 0 computes every step) [default: easy
+    /// 0.2, fbcache 0.05, mag 0.12, each from its authors' code].
+    #[arg(long, value_name = "X", value_parser = number::<f32>, allow_negative_numbers = true)]
+    pub cache_threshold: Option<f32>,
+    /// Steps always computed first [default: easy 15% of the steps, mag 20%, fbcache 1]. The
+    /// last step is always computed.
+    #[arg(long, value_name = "N", value_parser = whole::<usize>, allow_negative_numbers = true)]
+    pub cache_warmup: Option<usize>,
+    /// Also run the same request without the cache and print PSNR and SSIM of the frames, the
+    /// cosine of the final latents and the speed-up.
+    #[arg(long)]
+    pub cache_report: bool,
+    /// Folder of the MagCache calibrations [default: $XDG_DATA_HOME/contentv/cache, else
+    /// ~/.local/share/contentv/cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `contentv calibrate-cache`: MagCache's magnitude ratios for one model and schedule.
+#[derive(Args, Debug, Clone)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompts to average over, one per line [default: three built-in prompts].
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Denoising steps of the schedule to calibrate [default: 50].
+    #[arg(long, value_parser = whole::<usize>, allow_negative_numbers = true)]
+    pub steps: Option<usize>,
+    /// Scheduler shift [default: the model's].
+    #[arg(long, value_parser = number::<f32>, allow_negative_numbers = true)]
+    pub shift: Option<f32>,
+    /// Sizes of the calibration runs [default: the generate defaults; the tiny model's without
+    /// --model].
+    #[arg(long, value_parser = whole::<usize>, allow_negative_numbers = true)]
+    pub frames: Option<usize>,
+    #[arg(long, value_parser = whole::<usize>, allow_negative_numbers = true)]
+    pub width: Option<usize>,
+    #[arg(long, value_parser = whole::<usize>, allow_negative_numbers = true)]
+    pub height: Option<usize>,
+    /// Guidance scale of the calibration runs [default: 6.0].
+    #[arg(long, value_parser = number::<f32>, allow_negative_numbers = true)]
+    pub guidance: Option<f32>,
+    /// Seed of the first prompt (the next ones add 1).
+    #[arg(long, default_value_t = 0, value_parser = whole::<u64>)]
+    pub seed: u64,
+    /// Folder to write the calibration to [default: as `generate --cache-dir`].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
 }

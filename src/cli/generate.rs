@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::args::GenerateArgs;
+use super::calibrate::{cache_dir, cache_options, resolve_cache};
 use super::load::{
     check_memory_flags, check_model_dir, check_safetensors, device_name, load_pipeline_for,
     model_dir, note_memory_flags, pick_device, RunSize,
@@ -17,8 +18,9 @@ use super::Ui;
 use crate::error::{Error, Result};
 use crate::io::fsutil;
 use crate::io::video::{self, FramesRef, OutputKind};
+use crate::model::cache::{cosine, psnr_u8, ssim_frames, CacheMethod, CacheOptions, CacheSettings};
 use crate::model::pipeline::{
-    load_init_noise, save_latents, GenerateParams, LatentLayout, Pipeline, Progress,
+    load_init_noise, save_latents, GenerateParams, Generated, LatentLayout, Pipeline, Progress,
 };
 use crate::runtime::residency::MemoryOptions;
 
@@ -85,8 +87,36 @@ impl Bars {
     }
 }
 
+/// The step cache of a command: the options of the flags, the model's folder and where the
+/// calibrations are (resolved per request: the warm-up and mag's calibration depend on the
+/// steps).
+pub struct CacheRun {
+    pub options: CacheOptions,
+    pub model: PathBuf,
+    pub dir: PathBuf,
+    /// `--cache-report`: also run without the cache and compare.
+    pub report: bool,
+}
+
+impl CacheRun {
+    /// The request's cache options: its line's, else the flags'.
+    fn options<'a>(&'a self, r: &'a Request) -> &'a CacheOptions {
+        r.video.cache.as_ref().unwrap_or(&self.options)
+    }
+    fn settings(&self, r: &Request) -> Result<Option<CacheSettings>> {
+        resolve_cache(
+            self.options(r),
+            &self.model,
+            &self.dir,
+            r.video.steps,
+            r.video.shift,
+        )
+    }
+}
+
 /// Runs one validated request on a loaded pipeline; returns the JSON summary of it.
-fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
+fn run_request(pipe: &Pipeline, r: &Request, cache: &CacheRun, ui: &Ui) -> Result<Value> {
+    let settings = cache.settings(r)?;
     let geom = r.geometry();
     let init_noise = match &r.init_noise {
         Some(p) => {
@@ -110,19 +140,13 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         rescue_latents: Some(r.output.with_extension("latents.safetensors")),
         ..r.video.generate_params(r.layout)
     };
-    let mut bars = Bars::new();
-    let res = catch_unwind(AssertUnwindSafe(|| {
-        pipe.generate(&params, &mut |p| bars.on(p))
-    }));
-    bars.clear();
-    let g = match res {
-        Ok(r) => r?,
-        Err(panic) => {
-            return Err(Error::Other(format!(
-                "internal error (a bug): {}",
-                panic_message(&panic)
-            )))
+    let g = generate_guarded(pipe, &params, settings.as_ref())?;
+    let comparison = match (&g.cache, cache.report) {
+        (Some(_), true) => {
+            ui.info("--cache-report: the same request without the cache");
+            Some(generate_guarded(pipe, &params, None)?)
         }
+        _ => None,
     };
     let t = Instant::now();
     let f = &g.frames;
@@ -176,7 +200,36 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         write_s,
         memory_text(&g.memory)
     ));
+    let mut cache_json = Value::Null;
+    if let Some(c) = &g.cache {
+        ui.info(&format!(
+            "step cache {} (threshold {}, warm-up {}): {}, {:.2}s saved",
+            c.method.name(),
+            settings.as_ref().map_or(0.0, |s| s.threshold),
+            settings.as_ref().map_or(0, |s| s.warmup),
+            c.line,
+            c.saved_s
+        ));
+        cache_json = json!({
+            "method": c.method.name(), "threshold": settings.as_ref().map(|s| s.threshold),
+            "warmup": settings.as_ref().map(|s| s.warmup), "steps": c.steps,
+            "computed": c.computed, "line": c.line, "saved_s": c.saved_s,
+        });
+    }
+    if let Some(full) = &comparison {
+        let q = compare_runs(&g, full);
+        ui.info(&format!(
+            "cache report: frames PSNR {:.2} dB, SSIM {:.4}, latents cosine {:.6}, denoise {:.2}s cached vs {:.2}s full (speed-up {:.2}x)",
+            q.psnr, q.ssim, q.cosine, g.timings.denoise_s, full.timings.denoise_s, q.speedup
+        ));
+        cache_json["report"] = json!({
+            "psnr_db": if q.psnr.is_finite() { json!(q.psnr) } else { json!("inf") },
+            "ssim": q.ssim, "latents_cosine": q.cosine, "speedup": q.speedup,
+            "denoise_s_cached": g.timings.denoise_s, "denoise_s_full": full.timings.denoise_s,
+        });
+    }
     Ok(json!({
+        "cache": cache_json,
         "output": fsutil::lossy(&written),
         "prompt": r.video.prompt,
         "negative_prompt": r.video.negative_prompt,
@@ -200,6 +253,44 @@ fn run_request(pipe: &Pipeline, r: &Request, ui: &Ui) -> Result<Value> {
         "memory": g.memory,
         "warnings": r.warnings,
     }))
+}
+
+/// A generation with the progress bars, a panic turned into an error.
+fn generate_guarded(
+    pipe: &Pipeline,
+    params: &GenerateParams,
+    cache: Option<&CacheSettings>,
+) -> Result<Generated> {
+    let mut bars = Bars::new();
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        pipe.generate_cached(params, cache, &mut |p| bars.on(p))
+    }));
+    bars.clear();
+    match res {
+        Ok(r) => r,
+        Err(panic) => Err(Error::Other(format!(
+            "internal error (a bug): {}",
+            panic_message(&panic)
+        ))),
+    }
+}
+
+/// How close a cached run is to the full one.
+struct Quality {
+    psnr: f64,
+    ssim: f64,
+    cosine: f64,
+    speedup: f64,
+}
+
+fn compare_runs(cached: &Generated, full: &Generated) -> Quality {
+    let (a, b) = (&cached.frames, &full.frames);
+    Quality {
+        psnr: psnr_u8(&a.data, &b.data),
+        ssim: ssim_frames(&a.data, &b.data, a.frames, a.height, a.width),
+        cosine: cosine(&cached.latents, &full.latents),
+        speedup: full.timings.denoise_s / cached.timings.denoise_s.max(1e-9),
+    }
 }
 
 fn memory_text(m: &crate::model::pipeline::MemoryReport) -> String {
@@ -254,8 +345,20 @@ fn tiny_defaults(a: &GenerateArgs, defaults: &mut RequestFields, ui: &Ui) {
 
 pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
+    let options = cache_options(&a.cache)?;
+    let cache = CacheRun {
+        // Only mag reads the model folder before loading (its calibration is per checkpoint).
+        model: if options.method == CacheMethod::Mag {
+            model_dir(&a.model.model, ui)
+        } else {
+            PathBuf::new()
+        },
+        options,
+        dir: cache_dir(&a.cache.cache_dir),
+        report: a.cache.cache_report,
+    };
     if a.prompts.is_some() {
-        return run_batch(a, ui, &mem);
+        return run_batch(a, ui, &mem, &cache);
     }
     if a.shard.is_some() || a.output_dir.is_some() {
         return Err(Error::Input(
@@ -283,6 +386,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         check_safetensors(p, "--init-noise")?;
         load_init_noise(p, &req.geometry().latent_shape())?; // fail before loading the model
     }
+    cache.settings(&req)?; // bad cache flags or no calibration: fail before loading
     video::check_writable(&req.output)?;
     video::check_previous_output(
         &video::artifact_path(&req.output),
@@ -311,14 +415,14 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         &dir,
         &device,
         &mem,
-        RunSize::of(&req.geometry(), req.video.guidance),
+        RunSize::of(&req.geometry(), req.video.guidance).with_cache(cache.options.method),
         a.model.vae_precision,
     )?;
     if let Some(line) = plan.describe() {
         ui.info(&line);
     }
     ui.info(&format!("loaded in {load_s:.2}s"));
-    let mut s = run_request(&pipe, &req, ui)?;
+    let mut s = run_request(&pipe, &req, &cache, ui)?;
     s["model"] = json!(fsutil::lossy(&dir));
     s["device"] = json!(device_name(&device));
     s["timings_s"]["load"] = json!(load_s);
@@ -399,8 +503,76 @@ pub fn batch_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<String
     Ok(out)
 }
 
-fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
+fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions, cache: &CacheRun) -> Result<()> {
     let path = a.prompts.as_ref().unwrap();
+    let (shard_i, shard_n, out_dir) = batch_flags(a)?;
+    let lines = batch_lines(path)?;
+    let mut defaults = RequestFields::from_args(a);
+    tiny_defaults(a, &mut defaults, ui);
+    let dir = model_dir(&a.model.model, ui);
+    let layout = LatentLayout::from_model_dir(&dir)?;
+    let items = parse_batch(
+        path,
+        &lines,
+        &defaults,
+        layout,
+        &out_dir,
+        (shard_i, shard_n),
+        cache,
+    );
+    let index = lines.len();
+    if index == 0 {
+        return Err(Error::Input(format!(
+            "the batch file {} has no requests (one JSON object per line, e.g. {{\"prompt\": \"a cat surfing\"}})",
+            path.display()
+        )));
+    }
+    ui.info(&format!(
+        "batch {}: {index} request(s), shard {shard_i}/{shard_n} takes {}",
+        path.display(),
+        items.len()
+    ));
+    let (mut results, todo) = triage(&items, ui);
+    let mut run = BatchRun {
+        load_s: 0.0,
+        device: String::new(),
+        model_error: None,
+    };
+    if !todo.is_empty() {
+        run = run_todo(a, ui, mem, cache, &dir, &items, &todo, &mut results);
+    }
+    let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
+    let (ok, skipped, failed) = (count("ok"), count("skipped"), count("failed"));
+    ui.info(&format!(
+        "batch done: {ok} generated, {skipped} skipped (output exists), {failed} failed"
+    ));
+    for r in results.iter().filter(|r| r["status"] == "failed") {
+        ui.info(&format!(
+            "  failed: request {} (line {}): {}",
+            r["index"],
+            r["line"],
+            r["error"].as_str().unwrap_or("")
+        ));
+    }
+    if a.json {
+        let s = json!({
+            "batch": fsutil::lossy(path), "shard": [shard_i, shard_n], "requests_in_file": index, "model": fsutil::lossy(&dir),
+            "device": run.device, "load_s": run.load_s,
+            "ok": ok, "skipped": skipped, "failed": failed, "model_error": run.model_error, "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&s).unwrap());
+    }
+    if failed > 0 {
+        return Err(Error::Other(format!(
+            "{failed} of {} request(s) in this shard failed",
+            results.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The batch-only flags checked: (shard index, shard count, output folder).
+fn batch_flags(a: &GenerateArgs) -> Result<(usize, usize, PathBuf)> {
     if a.output.is_some() {
         return Err(Error::Input(
             "--output names one video; in batch mode give each line an \"output\" field or use --output-dir".into(),
@@ -425,24 +597,40 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
             out_dir.display()
         )));
     }
-    let lines = batch_lines(path)?;
+    Ok((shard_i, shard_n, out_dir))
+}
+
+/// Every line parsed (it is cheap) so that every shard sees the same conflicts: a file written
+/// by two requests belongs to the first, the later one fails. Returns this shard's lines.
+fn parse_batch(
+    path: &Path,
+    lines: &[(usize, std::result::Result<String, String>)],
+    defaults: &RequestFields,
+    layout: LatentLayout,
+    out_dir: &Path,
+    (shard_i, shard_n): (usize, usize),
+    cache: &CacheRun,
+) -> Vec<BatchItem> {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "batch".into());
-    let mut defaults = RequestFields::from_args(a);
-    tiny_defaults(a, &mut defaults, ui);
-    let dir = model_dir(&a.model.model, ui);
-    let layout = LatentLayout::from_model_dir(&dir)?;
-    // Every line is parsed (it is cheap) so that every shard sees the same conflicts: a file
-    // written by two requests belongs to the first, the later one fails.
     let mut items = Vec::new();
     let mut claimed: HashMap<PathBuf, (usize, usize)> = HashMap::new(); // path -> (index, line)
     for (index, (ln, l)) in lines.iter().enumerate() {
         let default_out = out_dir.join(format!("{stem}_{index:05}.mp4"));
         let mut parsed = match l {
             Ok(l) => RequestFields::from_json_line(l)
-                .and_then(|f| resolve(f.or(&defaults), layout, &|_| default_out.clone())),
+                .and_then(|f| resolve(f.or(defaults), layout, &|_| default_out.clone()))
+                .and_then(|r| {
+                    let what = if r.video.cache.is_some() {
+                        "field \"cache\""
+                    } else {
+                        "--cache"
+                    };
+                    cache.options(&r).check(r.video.steps, what)?;
+                    Ok(r)
+                }),
             Err(e) => Err(Error::Input(e.clone())),
         };
         if let Ok(r) = &parsed {
@@ -477,20 +665,12 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
             parsed,
         });
     }
-    let index = lines.len();
-    if index == 0 {
-        return Err(Error::Input(format!(
-            "the batch file {} has no requests (one JSON object per line, e.g. {{\"prompt\": \"a cat surfing\"}})",
-            path.display()
-        )));
-    }
-    ui.info(&format!(
-        "batch {}: {index} request(s), shard {shard_i}/{shard_n} takes {}",
-        path.display(),
-        items.len()
-    ));
+    items
+}
 
-    // Which requests need the model?
+/// Which requests need the model: the result slot of every item (failed and skipped ones filled
+/// in) and the (item, request) pairs to run.
+fn triage<'a>(items: &'a [BatchItem], ui: &Ui) -> (Vec<Value>, Vec<(usize, &'a Request)>) {
     let mut results: Vec<Value> = Vec::new();
     let mut todo: Vec<(usize, &Request)> = Vec::new();
     for (k, it) in items.iter().enumerate() {
@@ -516,104 +696,112 @@ fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions) -> Result<()> {
             }
         }
     }
-    let mut model_error: Option<String> = None;
-    let mut load_s = 0.0;
-    let mut device_str = String::new();
-    if !todo.is_empty() {
-        let loaded = check_model_dir(&dir, &[])
-            .and_then(|_| pick_device(a.model.device, ui))
-            .and_then(|d| {
-                note_memory_flags(mem, &d, ui);
-                device_str = device_name(&d);
-                ui.info(&format!("loading {} on {}", dir.display(), device_str));
-                // Plan memory for the largest request of the batch.
-                let size = todo
-                    .iter()
-                    .map(|(_, r)| RunSize::of(&r.geometry(), r.video.guidance))
-                    .fold(
-                        RunSize {
-                            batch: 1,
-                            video_tokens: 0,
-                        },
-                        RunSize::max,
-                    );
-                load_pipeline_for(&dir, &d, mem, size, a.model.vae_precision)
-            });
-        match loaded {
-            Ok((pipe, s, plan)) => {
-                load_s = s;
-                if let Some(line) = plan.describe() {
-                    ui.info(&line);
-                }
-                ui.info(&format!("loaded in {s:.2}s"));
-                for (n, (k, r)) in todo.iter().enumerate() {
-                    let it = &items[*k];
-                    ui.info(&format!(
-                        "[{}/{}] request {} (line {}): {}",
-                        n + 1,
-                        todo.len(),
-                        it.index,
-                        it.line,
-                        short(&r.video.prompt)
-                    ));
-                    for w in &r.warnings {
-                        ui.warn(&format!("request {}: {w}", it.index));
-                    }
-                    results[*k] = match run_request(&pipe, r, ui) {
-                        Ok(mut s) => {
-                            s["index"] = json!(it.index);
-                            s["line"] = json!(it.line);
-                            s["status"] = json!("ok");
-                            s
-                        }
-                        Err(e) => {
-                            ui.warn(&format!(
-                                "request {} (line {}) failed: {e}",
-                                it.index, it.line
-                            ));
-                            json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()})
-                        }
-                    };
-                }
+    (results, todo)
+}
+
+/// What loading the model for a batch gave.
+struct BatchRun {
+    load_s: f64,
+    device: String,
+    model_error: Option<String>,
+}
+
+/// Loads the model once (planned for the largest request) and runs `todo`, writing each
+/// result into `results`; a model that cannot load fails every request.
+#[allow(clippy::too_many_arguments)]
+fn run_todo(
+    a: &GenerateArgs,
+    ui: &Ui,
+    mem: &MemoryOptions,
+    cache: &CacheRun,
+    dir: &Path,
+    items: &[BatchItem],
+    todo: &[(usize, &Request)],
+    results: &mut [Value],
+) -> BatchRun {
+    let mut run = BatchRun {
+        load_s: 0.0,
+        device: String::new(),
+        model_error: None,
+    };
+    let loaded = check_model_dir(dir, &[])
+        .and_then(|_| pick_device(a.model.device, ui))
+        .and_then(|d| {
+            note_memory_flags(mem, &d, ui);
+            run.device = device_name(&d);
+            ui.info(&format!("loading {} on {}", dir.display(), run.device));
+            // Plan memory for the largest request of the batch.
+            let size = todo
+                .iter()
+                .map(|(_, r)| RunSize::of(&r.geometry(), r.video.guidance))
+                .fold(
+                    RunSize {
+                        batch: 1,
+                        video_tokens: 0,
+                        step_cache: false,
+                    },
+                    RunSize::max,
+                );
+            // fbcache holds a device residual if any request uses it.
+            let fb = todo
+                .iter()
+                .any(|(_, r)| cache.options(r).method == CacheMethod::FbCache);
+            let size = if fb {
+                size.with_cache(CacheMethod::FbCache)
+            } else {
+                size
+            };
+            load_pipeline_for(dir, &d, mem, size, a.model.vae_precision)
+        });
+    let pipe = match loaded {
+        Ok((pipe, s, plan)) => {
+            run.load_s = s;
+            if let Some(line) = plan.describe() {
+                ui.info(&line);
+            }
+            ui.info(&format!("loaded in {s:.2}s"));
+            pipe
+        }
+        Err(e) => {
+            ui.warn(&format!("cannot load the model: {e}"));
+            run.model_error = Some(e.to_string());
+            for (k, _) in todo {
+                let it = &items[*k];
+                results[*k] = json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()});
+            }
+            return run;
+        }
+    };
+    for (n, (k, r)) in todo.iter().enumerate() {
+        let it = &items[*k];
+        ui.info(&format!(
+            "[{}/{}] request {} (line {}): {}",
+            n + 1,
+            todo.len(),
+            it.index,
+            it.line,
+            short(&r.video.prompt)
+        ));
+        for w in &r.warnings {
+            ui.warn(&format!("request {}: {w}", it.index));
+        }
+        results[*k] = match run_request(&pipe, r, cache, ui) {
+            Ok(mut s) => {
+                s["index"] = json!(it.index);
+                s["line"] = json!(it.line);
+                s["status"] = json!("ok");
+                s
             }
             Err(e) => {
-                ui.warn(&format!("cannot load the model: {e}"));
-                model_error = Some(e.to_string());
-                for (k, _) in &todo {
-                    let it = &items[*k];
-                    results[*k] = json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()});
-                }
+                ui.warn(&format!(
+                    "request {} (line {}) failed: {e}",
+                    it.index, it.line
+                ));
+                json!({"index": it.index, "line": it.line, "status": "failed", "error": e.to_string()})
             }
-        }
+        };
     }
-    let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
-    let (ok, skipped, failed) = (count("ok"), count("skipped"), count("failed"));
-    ui.info(&format!(
-        "batch done: {ok} generated, {skipped} skipped (output exists), {failed} failed"
-    ));
-    for r in results.iter().filter(|r| r["status"] == "failed") {
-        ui.info(&format!(
-            "  failed: request {} (line {}): {}",
-            r["index"],
-            r["line"],
-            r["error"].as_str().unwrap_or("")
-        ));
-    }
-    if a.json {
-        let s = json!({
-            "batch": fsutil::lossy(path), "shard": [shard_i, shard_n], "requests_in_file": index, "model": fsutil::lossy(&dir),
-            "device": device_str, "load_s": load_s,
-            "ok": ok, "skipped": skipped, "failed": failed, "model_error": model_error, "results": results,
-        });
-        println!("{}", serde_json::to_string_pretty(&s).unwrap());
-    }
-    if failed > 0 {
-        return Err(Error::Other(format!(
-            "{failed} of {} request(s) in this shard failed",
-            results.len()
-        )));
-    }
-    Ok(())
+    run
 }
 
 /// For tests and scripts: the default batch output of request `index` of `jsonl`.

@@ -472,6 +472,8 @@ pub struct RunSize {
     pub batch: usize,
     /// Video tokens per entry (latent frames x patches per frame).
     pub video_tokens: usize,
+    /// Whether the first-block step cache keeps its residual on the device (`--cache fbcache`).
+    pub step_cache: bool,
 }
 
 impl RunSize {
@@ -479,7 +481,16 @@ impl RunSize {
     pub const DEFAULT: RunSize = RunSize {
         batch: 2,
         video_tokens: crate::model::mmdit::DEFAULT_VIDEO_TOKENS,
+        step_cache: false,
     };
+
+    /// With the device memory of the step cache `method` (fbcache holds a residual there).
+    pub fn with_cache(self, method: crate::model::cache::CacheMethod) -> RunSize {
+        RunSize {
+            step_cache: method == crate::model::cache::CacheMethod::FbCache,
+            ..self
+        }
+    }
 
     /// The size of one request.
     pub fn of(g: &VideoGeometry, guidance: f32) -> RunSize {
@@ -488,6 +499,7 @@ impl RunSize {
         RunSize {
             batch: if guidance > 1.0 { 2 } else { 1 },
             video_tokens: t * (h / p) * (w / p),
+            step_cache: false,
         }
     }
 
@@ -496,6 +508,7 @@ impl RunSize {
         RunSize {
             batch: self.batch.max(o.batch),
             video_tokens: self.video_tokens.max(o.video_tokens),
+            step_cache: self.step_cache || o.step_cache,
         }
     }
 }
@@ -540,7 +553,20 @@ pub fn load_pipeline_for(
     let other = mmdit::activation_bytes(&config, size.batch, size.video_tokens)
         + mmdit::int8_scratch_bytes(&config, mem)
         + vae_bytes;
-    let plan = plan_layers(&store, mmdit::LAYER_GROUP, config.layers, mem, other)?;
+    // The first-block cache's residual lives on the device (on the CPU there is no plan).
+    let cache_bytes = if size.step_cache && device.is_cuda() {
+        mmdit::step_cache_bytes(&config, size.batch, size.video_tokens)
+    } else {
+        0
+    };
+    let plan = plan_layers(
+        &store,
+        mmdit::LAYER_GROUP,
+        config.layers,
+        mem,
+        other + cache_bytes,
+    )?
+    .with_step_cache(cache_bytes);
     let transformer = Transformer::place(store, config, &plan)?;
     let precision = if device.is_cuda() {
         LatentPrecision::Bf16

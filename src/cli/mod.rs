@@ -5,6 +5,7 @@
 //! a message and a non-zero exit status (1 for run-time errors, 2 for bad arguments); panics
 //! are caught and reported as internal errors.
 pub mod args;
+pub mod calibrate;
 pub mod decode;
 pub mod device;
 pub mod generate;
@@ -75,6 +76,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
         args::Command::Quantize(a) => quantize::run(a, &Ui { json: a.json }),
         args::Command::Device(a) => device::run(a, &Ui { json: a.json }),
         args::Command::Roofline(a) => roofline::run(a, &Ui { json: a.json }),
+        args::Command::CalibrateCache(a) => calibrate::run(a, &Ui { json: a.json }),
         args::Command::Serve(a) => serve::run(a, &Ui { json: false }),
     });
     match res {

@@ -24,10 +24,12 @@ pub struct RequestFields {
     pub crf: Option<u8>,
     pub init_noise: Option<PathBuf>,
     pub save_latents: Option<PathBuf>,
+    /// The step cache (issue 27; its reader is `cli::calibrate::cache_field`).
+    pub cache: Option<crate::model::cache::CacheOptions>,
 }
 
 /// The fields a JSONL line may set.
-pub const LINE_FIELDS: [&str; 14] = [
+pub const LINE_FIELDS: [&str; 15] = [
     "prompt",
     "negative_prompt",
     "frames",
@@ -42,6 +44,7 @@ pub const LINE_FIELDS: [&str; 14] = [
     "crf",
     "init_noise",
     "save_latents",
+    "cache",
 ];
 
 /// Options that apply to the whole run: rejected in a line with a message saying so.
@@ -330,6 +333,8 @@ struct Line {
         deserialize_with = "check::save_latents"
     )]
     save_latents: Option<PathBuf>,
+    #[serde(default, deserialize_with = "crate::cli::calibrate::cache_field")]
+    cache: Option<crate::model::cache::CacheOptions>,
 }
 
 /// serde_json's message without the position it appends (" at line 1 column N": every JSONL
@@ -373,6 +378,7 @@ impl RequestFields {
             crf: a.crf,
             init_noise: a.init_noise.clone(),
             save_latents: a.save_latents.clone(),
+            cache: None, // the flags' cache is the command's (generate::CacheRun)
         }
     }
 
@@ -444,6 +450,7 @@ impl RequestFields {
             crf: l.crf,
             init_noise: l.init_noise,
             save_latents: l.save_latents,
+            cache: l.cache,
         })
     }
 
@@ -464,6 +471,7 @@ impl RequestFields {
             crf: self.crf.or(d.crf),
             init_noise: self.init_noise.or_else(|| d.init_noise.clone()),
             save_latents: self.save_latents.or_else(|| d.save_latents.clone()),
+            cache: self.cache.or_else(|| d.cache.clone()),
         }
     }
 }
@@ -506,6 +514,9 @@ pub struct VideoParams {
     pub seed: u64,
     pub seed_was_random: bool,
     pub crf: u8,
+    /// The request's step cache (`None`: the command line's, or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::model::cache::CacheOptions>,
 }
 
 impl VideoParams {
@@ -737,6 +748,7 @@ pub fn resolve(
             seed,
             seed_was_random,
             crf,
+            cache: f.cache,
         },
         output,
         init_noise: f.init_noise,

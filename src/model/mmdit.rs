@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::io::config::ConfigJson;
-use crate::model::interfaces::Denoiser;
+use crate::model::interfaces::{BlockState, Denoiser, StepInput};
 use crate::ops::attention::{attention_segs, AttnOpts};
 use crate::ops::elementwise::{add, add_bcast, gated_residual};
 use crate::ops::gemm::{linear, linear_act, Act};
@@ -281,8 +281,9 @@ fn modulation_linears(b: &Prefix, c: &TransformerConfig) -> Result<(Linear, Line
 /// Modulation vectors of a whole denoising run, computed once (spec: they depend only on the
 /// timestep and the pooled text): per step s, rows [s*B, (s+1)*B) of each tensor.
 struct RunModulation {
-    /// Timestep bits of each step's batch.
-    steps: Vec<Vec<u32>>,
+    /// The number of steps S.
+    steps: usize,
+    /// The batch B of each step.
     b: usize,
     /// Per block: (e [S*B, 6D], ec [S*B, 6D or 2D]).
     blocks: Vec<(Tensor, Tensor)>,
@@ -392,6 +393,12 @@ pub const DEFAULT_VIDEO_TOKENS: usize = 41_472;
 pub fn activation_bytes(config: &TransformerConfig, batch: usize, video_tokens: usize) -> u64 {
     let s = video_tokens + crate::model::interfaces::TEXT_TOKENS;
     (batch * s * config.dim * 2 * (2 + 3 + 1 + 4 + 1)) as u64
+}
+
+/// Device bytes the first-block step cache holds for a run (`--cache fbcache`): the remaining
+/// blocks' residual of the video stream [B, N, D] in bf16. Planned next to the activations.
+pub fn step_cache_bytes(config: &TransformerConfig, batch: usize, video_tokens: usize) -> u64 {
+    (batch * video_tokens * config.dim * 2) as u64
 }
 
 /// With INT8 weights, the bf16 weight a video GEMM dequantises into before cuBLASLt
@@ -514,14 +521,68 @@ impl Transformer {
 
     /// Velocity for latents `x` [B, C, T, h, w] at `timesteps` (one per batch entry, sigma*1000),
     /// text `ctx` [B, S_txt, joint_dim] and `pooled` [B, pooled_dim] -> [B, C_out, T, h, w].
+    /// `step`: the index of this step in the run given to [`Transformer::precompute_modulation`]
+    /// (its modulation is read from there); `None` computes the modulation now.
     pub fn forward_taps(
         &self,
         x: &Tensor,
+        step: Option<usize>,
         timesteps: &[f32],
         ctx: &Tensor,
         pooled: &Tensor,
         mut taps: Taps,
     ) -> Result<Tensor> {
+        // The architecture, top to bottom: embeddings, the joint blocks, the output layer.
+        let s = self.embed(x, timesteps, ctx, pooled, &mut taps)?;
+        let s = self.blocks_range(step, s, 0..self.config.layers, &mut taps)?;
+        self.output(x, step, &s)
+    }
+
+    /// Checks the inputs, then the embeddings before block 0: patchified video tokens plus
+    /// position table [B, N, D], text tokens [B, S, D] and SiLU(temb) [B, D].
+    fn embed(
+        &self,
+        x: &Tensor,
+        timesteps: &[f32],
+        ctx: &Tensor,
+        pooled: &Tensor,
+        taps: &mut Taps,
+    ) -> Result<BlockState> {
+        let c = &self.config;
+        let (b, t, hp, wp) = self.check_inputs(x, timesteps, ctx, pooled)?;
+        let (p, n) = (c.patch, t * hp * wp);
+        let dt = self.dtype();
+        let emb = Embedders::load(&self.store.root(), c)?;
+
+        // Patchify: [B, C, T, h, w] -> [B, C, T, H', p, W', p] -> [B, T, H', W', C, p, p]
+        // -> tokens [B, N, C*p*p].
+        let x = x.to_dtype(dt)?;
+        let patches = x
+            .reshape(&[b, c.in_channels, t, hp, p, wp, p])?
+            .permute(&[0, 2, 3, 5, 1, 4, 6])?
+            .contiguous()?
+            .reshape(&[b, n, c.in_channels * p * p])?;
+        let mut hidden = linear(&patches, &emb.patch)?; // [B, N, D]
+        hidden = add_bcast(&hidden, &self.pos_table(t, hp, wp)?)?; // + PE [N, D]
+        tap(taps, "patch_embed_out", &hidden);
+
+        let temb = self.temb(&emb, timesteps, pooled)?; // [B, D]
+        tap(taps, "temb", &temb);
+        let cond = act::silu(&temb)?; // every adaLN linear reads SiLU(temb)
+
+        let text = linear(&ctx.to_dtype(dt)?, &emb.context)?; // [B, S_txt, D]
+        tap(taps, "context_embedder_out", &text);
+        Ok(BlockState { hidden, text, cond })
+    }
+
+    /// The shape checks of a forward; returns (B, T, H', W').
+    fn check_inputs(
+        &self,
+        x: &Tensor,
+        timesteps: &[f32],
+        ctx: &Tensor,
+        pooled: &Tensor,
+    ) -> Result<(usize, usize, usize, usize)> {
         let c = &self.config;
         let xs = x.shape().to_vec();
         if xs.len() != 5 || xs[1] != c.in_channels || xs[3] % c.patch != 0 || xs[4] % c.patch != 0 {
@@ -531,9 +592,7 @@ impl Transformer {
                 c.patch
             ));
         }
-        let (b, t, h, w) = (xs[0], xs[2], xs[3], xs[4]);
-        let (hp, wp, p, d) = (h / c.patch, w / c.patch, c.patch, c.dim);
-        let n = t * hp * wp;
+        let b = xs[0];
         if timesteps.len() != b {
             return Err(shape_err!(
                 "transformer: {} timesteps for batch {b}",
@@ -554,81 +613,132 @@ impl Transformer {
                 c.pooled_dim
             ));
         }
-        let dt = self.dtype();
-        let mut tap = |name: &str, t: &Tensor| {
-            if let Some(f) = taps.as_mut() {
-                f(name, t)
-            }
-        };
-        let root = self.store.root();
-        let emb = Embedders::load(&root, c)?;
+        Ok((b, xs[2], xs[3] / c.patch, xs[4] / c.patch))
+    }
 
-        // Patchify: [B, C, T, h, w] -> [B, T, H', W', C, p, p] -> tokens [B, N, C*p*p].
-        let x = x.to_dtype(dt)?;
-        let patches = x
-            .reshape(&[b, c.in_channels, t, hp, p, wp, p])?
-            .permute(&[0, 2, 3, 5, 1, 4, 6])?
-            .contiguous()?
-            .reshape(&[b, n, c.in_channels * p * p])?;
-        let mut hid = linear(&patches, &emb.patch)?; // [B, N, D]
-        hid = add_bcast(&hid, &self.pos_table(t, hp, wp)?)?; // + PE [N, D]
-        tap("patch_embed_out", &hid);
-
-        let temb = self.temb(&emb, timesteps, pooled)?; // [B, D]
-        tap("temb", &temb);
-        let st = act::silu(&temb)?; // every adaLN linear reads SiLU(temb)
-                                    // Precomputed modulation of this run, if `timesteps` is one of its steps.
-        let run = self.run.lock().unwrap();
-        let step = run.as_ref().and_then(|r| {
-            let bits: Vec<u32> = timesteps.iter().map(|t| t.to_bits()).collect();
-            r.steps
-                .iter()
-                .position(|s| *s == bits)
-                .filter(|_| r.b == b)
-                .map(|s| (r, s))
-        });
-
-        let mut txt = linear(&ctx.to_dtype(dt)?, &emb.context)?; // [B, S_txt, D]
-        tap("context_embedder_out", &txt);
-
-        let blocks = root.pp("transformer_blocks");
-        for i in 0..c.layers {
+    /// Joint blocks `range` on `s` (video [B, N, D], text [B, S, D]), each layer made
+    /// available by the residency layer while it computes.
+    fn blocks_range(
+        &self,
+        step: Option<usize>,
+        mut s: BlockState,
+        range: std::ops::Range<usize>,
+        taps: &mut Taps,
+    ) -> Result<BlockState> {
+        let c = &self.config;
+        if range.end > c.layers || range.start > range.end {
+            return Err(Error::Other(format!(
+                "transformer: blocks {range:?} of {}",
+                c.layers
+            )));
+        }
+        let blocks = self.store.root().pp("transformer_blocks");
+        let b = s.hidden.dim(0);
+        for i in range {
             let _layer = self.residency.prepare(i)?;
             let bp = blocks.pp(i);
-            let (e, ec) = match step {
-                Some((r, s)) => (
+            let (e, ec) = self.block_modulation(step, i, b, &s.cond, &bp)?;
+            let w = BlockWeights::load(&bp, c)?;
+            let text = if w.context_pre_only {
+                TextModulation::LastBlock {
+                    scale: ec.narrow(1, 0, c.dim)?,
+                    shift: ec.narrow(1, c.dim, c.dim)?,
+                }
+            } else {
+                TextModulation::Full(Modulation::of(&ec, c.dim)?)
+            };
+            let (hidden, text) = joint_block(
+                &s.hidden,
+                &s.text,
+                &Modulation::of(&e, c.dim)?,
+                &text,
+                &w,
+                c,
+            )?;
+            s.hidden = hidden;
+            if let Some(t) = text {
+                s.text = t;
+                tap(taps, &format!("block{i}.out_encoder_hidden"), &s.text);
+            }
+            tap(taps, &format!("block{i}.out_hidden"), &s.hidden);
+        }
+        Ok(s)
+    }
+
+    /// The adaLN linears' outputs of block `i` for batch `b`: (video [B, 6D], text [B, 6D] or
+    /// [B, 2D] in the last block), from the prepared run's step `step`, or computed from
+    /// `cond` = SiLU(temb) [B, D] when `step` is `None`.
+    fn block_modulation(
+        &self,
+        step: Option<usize>,
+        i: usize,
+        b: usize,
+        cond: &Tensor,
+        bp: &Prefix,
+    ) -> Result<(Tensor, Tensor)> {
+        match step {
+            Some(s) => {
+                let run = self.run.lock().unwrap();
+                let r = prepared_step(run.as_ref(), s, b)?;
+                Ok((
                     r.blocks[i].0.narrow(0, s * b, b)?,
                     r.blocks[i].1.narrow(0, s * b, b)?,
-                ),
-                None => {
-                    let (m, mc) = modulation_linears(&bp, c)?;
-                    (linear(&st, &m)?, linear(&st, &mc)?)
-                }
-            };
-            let bw = BlockWeights::load(&bp, c)?;
-            let (h2, t2) = joint_block(&hid, &txt, &e, &ec, &bw, c)?;
-            hid = h2;
-            if let Some(t2) = t2 {
-                txt = t2;
-                tap(&format!("block{i}.out_encoder_hidden"), &txt);
+                ))
             }
-            tap(&format!("block{i}.out_hidden"), &hid);
+            None => {
+                let (m, mc) = modulation_linears(bp, &self.config)?;
+                Ok((linear(cond, &m)?, linear(cond, &mc)?))
+            }
         }
+    }
 
-        // Final adaLN (scale, shift) and projection: [B, N, p*p*C_out].
+    /// Final adaLN (scale, shift) and projection of the video stream, then unpatchify:
+    /// [B, N, D] -> [B, N, p*p*C_out] -> [B, C_out, T, h, w] (`x`: the latents, for the shape).
+    fn output(&self, x: &Tensor, step: Option<usize>, s: &BlockState) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, h, w) = (x.dim(0), x.dim(2), x.dim(3), x.dim(4));
+        let (hp, wp, p, d) = (h / c.patch, w / c.patch, c.patch, c.dim);
+        let emb = Embedders::load(&self.store.root(), c)?;
         let e = match step {
-            Some((r, s)) => r.out.narrow(0, s * b, b)?,
-            None => linear(&st, &emb.norm_out)?, // [B, 2D]
+            Some(st) => {
+                let run = self.run.lock().unwrap();
+                prepared_step(run.as_ref(), st, b)?
+                    .out
+                    .narrow(0, st * b, b)?
+            }
+            None => linear(&s.cond, &emb.norm_out)?, // [B, 2D]
         };
-        drop(run);
-        let hn = norm::layer_norm_modulate(&hid, &e.narrow(1, d, d)?, &e.narrow(1, 0, d)?, LN_EPS)?;
-        let y = linear(&hn, &emb.proj_out)?;
-        // Unpatchify: [B, T, H', W', p, q, C] -> [B, C, T, H', p, W', q] -> [B, C, T, h, w].
+        let hn =
+            norm::layer_norm_modulate(&s.hidden, &e.narrow(1, d, d)?, &e.narrow(1, 0, d)?, LN_EPS)?;
+        let y = linear(&hn, &emb.proj_out)?; // [B, N, p*p*C_out]
+                                             // Unpatchify: [B, T, H', W', p, q, C] -> [B, C, T, H', p, W', q] -> [B, C, T, h, w].
         let co = c.out_channels;
         y.reshape(&[b, t, hp, wp, p, p, co])?
             .permute(&[0, 6, 1, 2, 4, 3, 5])?
             .contiguous()?
             .reshape(&[b, co, t, h, w])
+    }
+}
+
+/// Calls the tap `name`, if there are taps.
+fn tap(taps: &mut Taps, name: &str, t: &Tensor) {
+    if let Some(f) = taps.as_mut() {
+        f(name, t)
+    }
+}
+
+/// The prepared run, checked to hold step `s` for batch `b`: a step outside the run is an
+/// error (never a silent recompute).
+fn prepared_step(run: Option<&RunModulation>, s: usize, b: usize) -> Result<&RunModulation> {
+    match run {
+        Some(r) if s < r.steps && r.b == b => Ok(r),
+        Some(r) => Err(Error::Other(format!(
+            "transformer: step {s} with batch {b}, but the prepared run has {} steps of batch {}",
+            r.steps, r.b
+        ))),
+        None => Err(Error::Other(format!(
+            "transformer: step {s} asked for, but no run was prepared (Denoiser::prepare_run)"
+        ))),
     }
 }
 
@@ -681,12 +791,8 @@ impl Transformer {
             }
         }
         let fin = linear(&st, &emb.norm_out)?;
-        let steps = timesteps
-            .iter()
-            .map(|t| t.iter().map(|v| v.to_bits()).collect())
-            .collect();
         *self.run.lock().unwrap() = Some(RunModulation {
-            steps,
+            steps: s,
             b,
             blocks: out,
             out: fin,
@@ -695,26 +801,61 @@ impl Transformer {
     }
 }
 
-/// One joint block: video tokens `x` [B, N, D], text tokens `c` [B, S, D], modulation `e`
-/// [B, 6D] and `ec` [B, 6D] (or [B, 2D] for the last block). Returns the new video tokens and (except for the last block) the new text tokens.
+/// The adaLN-Zero modulation of one stream of a joint block, each [B, D]: shift and scale of
+/// the norm before attention and the gate of its residual, then the same for the MLP.
+struct Modulation {
+    shift_attn: Tensor,
+    scale_attn: Tensor,
+    gate_attn: Tensor,
+    shift_mlp: Tensor,
+    scale_mlp: Tensor,
+    gate_mlp: Tensor,
+}
+
+impl Modulation {
+    /// From an adaLN linear's output [B, 6D], chunked in the checkpoint's order
+    /// (shift, scale, gate, shift_mlp, scale_mlp, gate_mlp).
+    fn of(e: &Tensor, d: usize) -> Result<Modulation> {
+        let ch = |k: usize| e.narrow(1, k * d, d);
+        Ok(Modulation {
+            shift_attn: ch(0)?,
+            scale_attn: ch(1)?,
+            gate_attn: ch(2)?,
+            shift_mlp: ch(3)?,
+            scale_mlp: ch(4)?,
+            gate_mlp: ch(5)?,
+        })
+    }
+}
+
+/// The text stream's modulation: a full block's, or the last block's (context_pre_only:
+/// `AdaLayerNormContinuous`, [B, 2D] chunked as (scale, shift)), which only normalises the text
+/// before the attention and does not update it.
+enum TextModulation {
+    Full(Modulation),
+    LastBlock { scale: Tensor, shift: Tensor },
+}
+
+/// One joint block: video tokens `x` [B, N, D], text tokens `c` [B, S, D], their modulations.
+/// Returns the new video tokens and (except for the last block) the new text tokens.
 fn joint_block(
     x: &Tensor,
     c: &Tensor,
-    e: &Tensor,
-    ec: &Tensor,
+    m: &Modulation,
+    mc: &TextModulation,
     w: &BlockWeights,
     cfg: &TransformerConfig,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (d, heads, hd) = (cfg.dim, cfg.heads, cfg.head_dim);
     let n = x.dim(1);
-    // adaLN-Zero: e = (shift, scale, gate, shift_mlp, scale_mlp, gate_mlp), each [B, D].
-    let ch = |t: &Tensor, k: usize| t.narrow(1, k * d, d);
-    let xn = norm::layer_norm_modulate(x, &ch(e, 0)?, &ch(e, 1)?, LN_EPS)?;
-    let cn = if w.context_pre_only {
-        // AdaLayerNormContinuous: (scale, shift).
-        norm::layer_norm_modulate(c, &ch(ec, 1)?, &ch(ec, 0)?, LN_EPS)?
-    } else {
-        norm::layer_norm_modulate(c, &ch(ec, 0)?, &ch(ec, 1)?, LN_EPS)?
+    let xn = norm::layer_norm_modulate(x, &m.shift_attn, &m.scale_attn, LN_EPS)?;
+    let cn = match mc {
+        TextModulation::Full(mc) => {
+            norm::layer_norm_modulate(c, &mc.shift_attn, &mc.scale_attn, LN_EPS)?
+        }
+        TextModulation::LastBlock { scale, shift } => {
+            norm::layer_norm_modulate(c, shift, scale, LN_EPS)?
+        }
     };
 
     // Joint attention over [video; text] keys and values, video queries first. One GEMM per
@@ -739,7 +880,8 @@ fn joint_block(
         qkv.narrow(2, d, d)?,
         qkv.narrow(2, 2 * d, d)?,
     );
-    // Text: q | k | v, or k | v in the last block (its text queries would be discarded).
+    // Text: q | k | v [B, S, 3D], or k | v [B, S, 2D] in the last block (its text queries
+    // would be discarded).
     let has_qc = !w.context_pre_only;
     let kc0 = if has_qc { d } else { 0 };
     let cqkv = norm::qk_rms_norm(
@@ -763,33 +905,33 @@ fn joint_block(
         None => attention_segs(&[&q], &[&k, &kc], &[&v, &vc], &opts)?,
     };
 
-    // Video stream.
+    // Video stream: gated attention residual, then the gated MLP (4x width) residual.
     let ox = o.remove(0);
     debug_assert_eq!(ox.dim(1), n);
-    let x = gated_residual(x, &linear(&ox, &w.to_out)?, &ch(e, 2)?)?;
-    let z = norm::layer_norm_modulate(&x, &ch(e, 3)?, &ch(e, 4)?, LN_EPS)?;
+    let x = gated_residual(x, &linear(&ox, &w.to_out)?, &m.gate_attn)?;
+    let z = norm::layer_norm_modulate(&x, &m.shift_mlp, &m.scale_mlp, LN_EPS)?;
     let x = gated_residual(
         &x,
         &linear(&linear_act(&z, &w.ff1, Act::GeluTanh)?, &w.ff2)?,
-        &ch(e, 5)?,
+        &m.gate_mlp,
     )?;
-    if w.context_pre_only {
+    let TextModulation::Full(mc) = mc else {
         return Ok((x, None));
-    }
+    };
 
-    // Text stream.
+    // Text stream, the same with its own weights.
     let oc = o.remove(0);
     let c = gated_residual(
         c,
         &linear(&oc, w.to_add_out.as_ref().unwrap())?,
-        &ch(ec, 2)?,
+        &mc.gate_attn,
     )?;
-    let z = norm::layer_norm_modulate(&c, &ch(ec, 3)?, &ch(ec, 4)?, LN_EPS)?;
+    let z = norm::layer_norm_modulate(&c, &mc.shift_mlp, &mc.scale_mlp, LN_EPS)?;
     let (f1, f2) = w.ff_context.as_ref().unwrap();
     let c = gated_residual(
         &c,
         &linear(&linear_act(&z, f1, Act::GeluTanh)?, f2)?,
-        &ch(ec, 5)?,
+        &mc.gate_mlp,
     )?;
     Ok((x, Some(c)))
 }
@@ -802,7 +944,34 @@ impl Denoiser for Transformer {
         ctx: &Tensor,
         pooled: &Tensor,
     ) -> Result<Tensor> {
-        self.forward_taps(x, timesteps, ctx, pooled, None)
+        self.forward_taps(x, None, timesteps, ctx, pooled, None)
+    }
+    fn forward_step(
+        &self,
+        step: usize,
+        x: &Tensor,
+        timesteps: &[f32],
+        ctx: &Tensor,
+        pooled: &Tensor,
+    ) -> Result<Tensor> {
+        self.forward_taps(x, Some(step), timesteps, ctx, pooled, None)
+    }
+    fn blocks(&self) -> usize {
+        self.config.layers
+    }
+    fn begin_blocks(&self, s: &StepInput) -> Result<BlockState> {
+        self.embed(s.x, s.timesteps, s.ctx, s.pooled, &mut None)
+    }
+    fn run_blocks(
+        &self,
+        s: &StepInput,
+        state: BlockState,
+        blocks: std::ops::Range<usize>,
+    ) -> Result<BlockState> {
+        self.blocks_range(Some(s.step), state, blocks, &mut None)
+    }
+    fn finish_blocks(&self, s: &StepInput, state: &BlockState) -> Result<Tensor> {
+        self.output(s.x, Some(s.step), state)
     }
     fn input_dtype(&self) -> DType {
         self.dtype()

@@ -1,5 +1,6 @@
 //! Models: text encoders (CLIP-L, OpenCLIP-bigG, T5-XXL) and their tokenizers, the ContentV
 //! 3D MMDiT transformer, the Wan2.1 VAE decoder, the flow-matching scheduler, the pipeline.
+pub mod cache;
 pub mod clip;
 pub mod int8;
 pub mod interfaces;

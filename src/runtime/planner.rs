@@ -28,6 +28,8 @@ pub struct LayerPlan {
     pub placement: Placement,
     /// The budget and the plan made for it (GPU runs with `--vram-budget`).
     pub budget: Option<(u64, BudgetPlan)>,
+    /// Device bytes of the step cache counted in the plan (`--cache fbcache`; 0 without).
+    pub step_cache_bytes: u64,
 }
 
 impl LayerPlan {
@@ -38,12 +40,42 @@ impl LayerPlan {
             layers,
             placement: Placement::Resident,
             budget: None,
+            step_cache_bytes: 0,
+        }
+    }
+
+    /// Records that `bytes` of step cache were counted in the plan (they are said in
+    /// [`LayerPlan::describe`]).
+    pub fn with_step_cache(self, bytes: u64) -> LayerPlan {
+        LayerPlan {
+            step_cache_bytes: bytes,
+            ..self
         }
     }
 
     /// One line for the user, or `None` when there is nothing to say (every layer resident
     /// without a budget).
     pub fn describe(&self) -> Option<String> {
+        let line = self.describe_layers();
+        if self.step_cache_bytes == 0 {
+            return line;
+        }
+        let cache = format!(
+            "step cache: {:.1} MiB on the device (the remaining blocks' residual){}",
+            self.step_cache_bytes as f64 / (1u64 << 20) as f64,
+            if self.budget.is_some() {
+                ", counted in the VRAM plan"
+            } else {
+                ""
+            }
+        );
+        Some(match line {
+            Some(l) => format!("{l}; {cache}"),
+            None => cache,
+        })
+    }
+
+    fn describe_layers(&self) -> Option<String> {
         match (&self.budget, &self.placement) {
             (Some((budget, plan)), _) => Some(plan.describe(*budget)),
             (None, Placement::Streamed { .. }) => Some(format!(
@@ -114,6 +146,7 @@ pub fn plan_layers(
         layers,
         placement,
         budget,
+        step_cache_bytes: 0,
     })
 }
 

@@ -632,6 +632,7 @@ impl Residency {
     /// Makes layer `i`'s weights available (and starts copying layer `i + 1` when streaming).
     /// Keep the guard while the layer computes.
     pub fn prepare(&self, i: usize) -> Result<LayerGuard<'_>> {
+        STREAM_STATS[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if i >= self.layers {
             return Err(Error::Other(format!(
                 "{}: layer {i} of {}",
@@ -666,6 +667,22 @@ impl Residency {
             let _ = s.finish(i);
         }
     }
+}
+
+/// Process-wide counters: [layers prepared, streamed layer copies issued].
+static STREAM_STATS: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+/// (layers prepared for compute, host-to-device layer copies issued by the streaming ring) so
+/// far in this process, for tests that check a step streams nothing (e.g. a reused step of the
+/// step cache).
+pub fn stream_stats() -> (u64, u64) {
+    (
+        STREAM_STATS[0].load(std::sync::atomic::Ordering::Relaxed),
+        STREAM_STATS[1].load(std::sync::atomic::Ordering::Relaxed),
+    )
 }
 
 /// Held while a layer computes; releases it on drop.
@@ -774,6 +791,7 @@ impl GpuStream {
             }
         }
         slot.ready.record(&copy_stream)?;
+        STREAM_STATS[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.ring.placed(si, layer);
         self.views.remove(&layer);
         Ok(())

@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::model::pipeline::LatentLayout;
 
 /// The fields of `POST /v1/videos`.
-pub const API_FIELDS: [&str; 11] = [
+pub const API_FIELDS: [&str; 12] = [
     "prompt",
     "negative_prompt",
     "size",
@@ -23,6 +23,7 @@ pub const API_FIELDS: [&str; 11] = [
     "shift",
     "seed",
     "model",
+    "cache",
 ];
 
 /// A 400 answer: the message and the request field it is about.
@@ -144,6 +145,7 @@ impl Checker {
             ("guidance_scale", "guidance"),
             ("shift", "shift"),
             ("seed", "seed"),
+            ("cache", "cache"), // step caching (issue 27): cli::calibrate::cache_field
         ] {
             if let Some(v) = obj.get(api) {
                 line.insert(cli.into(), v.clone());
@@ -198,6 +200,10 @@ impl Checker {
             Path::new("video.mp4").to_path_buf()
         })
         .map_err(|e| msg_error(e, used_seconds))?;
+        if let Some(c) = &r.video.cache {
+            c.check(r.video.steps, "field \"cache\"")
+                .map_err(|e| BadRequest::new(e.to_string(), Some("cache"), "invalid_value"))?;
+        }
         Ok((r.video, r.warnings))
     }
 }
@@ -324,6 +330,7 @@ impl Job {
             "guidance_scale": p.guidance,
             "shift": p.shift,
             "seed": p.seed,
+            "cache": p.cache,
             "warnings": self.warnings,
             "queue_position": queue_position,
             "step": self.live.step,

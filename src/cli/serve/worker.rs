@@ -233,7 +233,21 @@ fn run_job(
         }
         Progress::EncodeStart | Progress::DenoiseStart { .. } | Progress::DecodeDone => {}
     };
-    let g = pipe.generate(&params, &mut on_progress)?;
+    // Step caching (issue 27): mag's calibration is looked up in the default cache folder.
+    let cache = match &p.cache {
+        Some(o) => crate::cli::calibrate::resolve_cache(
+            o,
+            &spec.dir,
+            &crate::cli::calibrate::cache_dir(&None),
+            p.steps,
+            p.shift,
+        )?,
+        None => None,
+    };
+    let g = pipe.generate_cached(&params, cache.as_ref(), &mut on_progress)?;
+    if let Some(c) = &g.cache {
+        state.emit(id, "cache", serde_json::to_value(c).unwrap_or_default());
+    }
     if cancel.load(Ordering::SeqCst) {
         return Err(Error::Cancelled);
     }
@@ -269,6 +283,7 @@ fn run_job(
         "encode": tm.encode_s, "denoise": tm.denoise_s, "steps": tm.step_s,
         "decode": tm.decode_s, "write": t.elapsed().as_secs_f64(),
         "shift": g.schedule.shift,
+        "cache": g.cache,
     }))
 }
 

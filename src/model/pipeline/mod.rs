@@ -33,8 +33,10 @@ use crate::model::scheduler::{FlowMatchEuler, SchedulerConfig};
 use crate::model::vae::{to_uint8_frames, VideoFrames};
 use crate::runtime::{DType, Device, Tensor};
 
+use crate::model::cache::{CacheMethod, CacheReport, CacheSettings, StepCache, StepKind};
 pub use crate::model::interfaces::{
-    Denoiser, FrameDecoder, PromptEmbeds, PromptEncoding, POOLED_DIM, TEXT_DIM, TEXT_TOKENS,
+    BlockState, Denoiser, FrameDecoder, PromptEmbeds, PromptEncoding, StepInput, POOLED_DIM,
+    TEXT_DIM, TEXT_TOKENS,
 };
 pub use geometry::{round_frames, LatentLayout, VideoGeometry};
 pub use latents::{load_latents, save_latents, SavedLatents};
@@ -114,6 +116,8 @@ pub struct Generated {
     pub schedule: FlowMatchEuler,
     pub timings: Timings,
     pub memory: MemoryReport,
+    /// With a step cache: which steps were computed and the time saved.
+    pub cache: Option<CacheReport>,
 }
 
 /// Calls `end_run` when the denoising loop ends, also on an error.
@@ -178,12 +182,45 @@ fn host_tensor(v: Vec<f32>, shape: &[usize], device: &Device, dtype: DType) -> R
     }
 }
 
+/// What the denoising loop reports to and asks of its caller, as one value: progress events,
+/// the recorder of intermediates, the step times, the cancel flag and the step cache.
+pub struct DenoiseHooks<'a> {
+    pub progress: &'a mut dyn FnMut(Progress),
+    /// Receives (name, values) of intermediates: `step{i}.v_cond`, `step{i}.v_uncond`,
+    /// `step{i}.v`, `step{i}.latents` (parity tests).
+    pub record: Option<Recorder<'a>>,
+    /// Seconds of each step, pushed as the steps finish.
+    pub step_times: &'a mut Vec<f64>,
+    /// Stops the run with [`Error::Cancelled`] before a step once set.
+    pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
+    /// The run's step cache (`None`: every step computed, as before caching existed).
+    pub cache: Option<&'a mut StepCache>,
+}
+
+impl<'a> DenoiseHooks<'a> {
+    /// Progress only: no recorder, no cancel flag, no cache.
+    pub fn new(progress: &'a mut dyn FnMut(Progress), step_times: &'a mut Vec<f64>) -> Self {
+        DenoiseHooks {
+            progress,
+            record: None,
+            step_times,
+            cancel: None,
+            cache: None,
+        }
+    }
+}
+
+/// One step's inputs on the device, for the transformer.
+struct StepArgs<'a> {
+    step: usize,
+    xt: &'a Tensor,
+    ts: &'a [f32],
+    ctx: &'a Tensor,
+    pooled: &'a Tensor,
+}
+
 impl Pipeline {
     /// The denoising loop from `noise` [1, 16, T, h, w]; returns the final latents.
-    /// `record` receives (name, values) of intermediates: `step{i}.v_cond`, `step{i}.v_uncond`,
-    /// `step{i}.v`, `step{i}.latents` (for parity tests). Stops with [`Error::Cancelled`]
-    /// before a step once `cancel` is set.
-    #[allow(clippy::too_many_arguments)]
     pub fn denoise(
         &self,
         noise: &[f32],
@@ -192,10 +229,7 @@ impl Pipeline {
         uncond: Option<&PromptEmbeds>,
         schedule: &FlowMatchEuler,
         guidance: f32,
-        progress: &mut dyn FnMut(Progress),
-        mut record: Option<Recorder>,
-        step_times: &mut Vec<f64>,
-        cancel: Option<&std::sync::atomic::AtomicBool>,
+        mut hooks: DenoiseHooks,
     ) -> Result<Vec<f32>> {
         let n: usize = shape.iter().product();
         if noise.len() != n {
@@ -206,6 +240,7 @@ impl Pipeline {
         }
         let cfg = guidance > 1.0 && uncond.is_some();
         let dtype = self.transformer.input_dtype();
+        // [B, 333, 4096] and [B, 2048], batch order [uncond, cond] with guidance.
         let (ctx, pooled) = match (cfg, uncond) {
             (true, Some(u)) => stack_embeds(&[u, cond], &self.device, dtype)?,
             _ => stack_embeds(&[cond], &self.device, dtype)?,
@@ -218,63 +253,48 @@ impl Pipeline {
             crate::runtime::cast::round_to_bf16(&mut x);
         }
         let steps = schedule.steps();
+        if let Some(c) = hooks.cache.as_deref() {
+            if c.method() == CacheMethod::FbCache && self.transformer.blocks() < 2 {
+                return Err(Error::Input(
+                    "--cache fbcache: this transformer cannot run its first block alone".into(),
+                ));
+            }
+        }
         let all_ts: Vec<Vec<f32>> = (0..steps).map(|i| vec![schedule.timesteps[i]; b]).collect();
         self.transformer.prepare_run(&all_ts, &pooled)?;
         let _run = EndRun(self.transformer.as_ref());
-        progress(Progress::DenoiseStart { steps });
+        (hooks.progress)(Progress::DenoiseStart { steps });
         for i in 0..steps {
-            check_cancel(cancel)?;
+            check_cancel(hooks.cancel)?;
             let t0 = Instant::now();
+            // The batch input [B, 16, T, h, w]: the latents once per batch entry.
             let mut xb = Vec::with_capacity(n * b);
             for _ in 0..b {
                 xb.extend_from_slice(&x);
             }
-            let xt = host_tensor(xb, &bshape, &self.device, dtype)?;
-            let ts = vec![schedule.timesteps[i]; b];
-            let out = self.transformer.forward(&xt, &ts, &ctx, &pooled)?;
-            if out.shape() != bshape {
-                return Err(Error::Shape(format!(
-                    "transformer returned {:?}, expected {bshape:?}",
-                    out.shape()
-                )));
-            }
-            let mut vv = out.to_vec_f32()?;
-            if let Some(k) = vv.iter().position(|v| !v.is_finite()) {
-                return Err(Error::Other(format!(
-                    "the transformer produced a non-finite value at step {i} (element {k}); the weights or inputs are broken"
-                )));
-            }
-            let v: Vec<f32> = if cfg {
-                let v_c = vv.split_off(n);
-                let mut v_u = vv;
-                if let Some(r) = record.as_mut() {
-                    r(&format!("step{i}.v_uncond"), &v_u);
-                    r(&format!("step{i}.v_cond"), &v_c);
-                }
-                match self.precision {
-                    LatentPrecision::F32 => cfg_combine_f32(&mut v_u, &v_c, guidance),
-                    LatentPrecision::Bf16 => cfg_combine_bf16(&mut v_u, &v_c, guidance),
-                }
-                v_u
-            } else {
-                if let Some(r) = record.as_mut() {
-                    r(&format!("step{i}.v_cond"), &vv);
-                }
-                vv
-            };
-            if let Some(r) = record.as_mut() {
+            let vv = self.velocity(
+                i,
+                xb,
+                &bshape,
+                &ctx,
+                &pooled,
+                &all_ts[i],
+                hooks.cache.as_deref_mut(),
+            )?;
+            let v = self.guide(i, vv, n, cfg, guidance, &mut hooks.record);
+            if let Some(r) = hooks.record.as_mut() {
                 r(&format!("step{i}.v"), &v);
             }
             match self.precision {
                 LatentPrecision::F32 => schedule.step_f32(i, &mut x, &v),
                 LatentPrecision::Bf16 => schedule.step_bf16(i, &mut x, &v),
             }
-            if let Some(r) = record.as_mut() {
+            if let Some(r) = hooks.record.as_mut() {
                 r(&format!("step{i}.latents"), &x);
             }
             let seconds = t0.elapsed().as_secs_f64();
-            step_times.push(seconds);
-            progress(Progress::Step {
+            hooks.step_times.push(seconds);
+            (hooks.progress)(Progress::Step {
                 index: i,
                 steps,
                 seconds,
@@ -284,7 +304,154 @@ impl Pipeline {
                 shape: *shape,
             });
         }
+        if let Some(c) = hooks.cache.as_deref_mut() {
+            c.clear();
+        }
         Ok(x)
+    }
+
+    /// The transformer's output for step `i` on the batch input `xb` [B, 16, T, h, w]
+    /// (host f32): computed, or reused as the step cache decides. Checked finite.
+    #[allow(clippy::too_many_arguments)]
+    fn velocity(
+        &self,
+        i: usize,
+        xb: Vec<f32>,
+        bshape: &[usize; 5],
+        ctx: &Tensor,
+        pooled: &Tensor,
+        ts: &[f32],
+        cache: Option<&mut StepCache>,
+    ) -> Result<Vec<f32>> {
+        let dtype = self.transformer.input_dtype();
+        let vv = match cache {
+            None => {
+                let xt = host_tensor(xb, bshape, &self.device, dtype)?;
+                let a = StepArgs {
+                    step: i,
+                    xt: &xt,
+                    ts,
+                    ctx,
+                    pooled,
+                };
+                self.checked(&a, self.transformer.forward_step(i, &xt, ts, ctx, pooled)?)?
+            }
+            Some(c) if c.method() == CacheMethod::FbCache => {
+                let xt = host_tensor(xb, bshape, &self.device, dtype)?;
+                let a = StepArgs {
+                    step: i,
+                    xt: &xt,
+                    ts,
+                    ctx,
+                    pooled,
+                };
+                self.first_block_cached(&a, c)?
+            }
+            Some(c) => {
+                if c.reuse_output(i, &xb) {
+                    c.record(StepKind::Reused);
+                    let mut out = c.reused_output(&xb);
+                    if self.precision == LatentPrecision::Bf16 {
+                        crate::runtime::cast::round_to_bf16(&mut out);
+                    }
+                    out
+                } else {
+                    let xt = host_tensor(xb.clone(), bshape, &self.device, dtype)?;
+                    let a = StepArgs {
+                        step: i,
+                        xt: &xt,
+                        ts,
+                        ctx,
+                        pooled,
+                    };
+                    let out =
+                        self.checked(&a, self.transformer.forward_step(i, &xt, ts, ctx, pooled)?)?;
+                    // The input as the transformer saw it (rounded to its dtype).
+                    let seen = xt.to_vec_f32()?;
+                    c.computed_output(i, &seen, &out);
+                    c.record(StepKind::Computed);
+                    out
+                }
+            }
+        };
+        Ok(vv)
+    }
+
+    /// fbcache: block 0, then either the remaining blocks or their cached residual.
+    fn first_block_cached(&self, a: &StepArgs, c: &mut StepCache) -> Result<Vec<f32>> {
+        use crate::ops::elementwise::{add, add_scaled};
+        let t = self.transformer.as_ref();
+        let inp = StepInput {
+            step: a.step,
+            x: a.xt,
+            timesteps: a.ts,
+            ctx: a.ctx,
+            pooled: a.pooled,
+        };
+        let s0 = t.begin_blocks(&inp)?;
+        let h0 = s0.hidden.clone();
+        let mut s = t.run_blocks(&inp, s0, 0..1)?;
+        // The first block's residual [B, N, D], on the host for the decision.
+        let r1 = add_scaled(&s.hidden, &h0, -1.0)?.to_vec_f32()?;
+        if c.reuse_rest(a.step, &r1) {
+            s.hidden = add(&s.hidden, c.rest.as_ref().unwrap())?;
+            c.record(StepKind::Reused);
+        } else {
+            let h1 = s.hidden.clone();
+            s = t.run_blocks(&inp, s, 1..t.blocks())?;
+            c.fb_computed(r1, add_scaled(&s.hidden, &h1, -1.0)?);
+            c.record(StepKind::Computed);
+        }
+        let out = t.finish_blocks(&inp, &s)?;
+        self.checked(a, out)
+    }
+
+    /// The transformer's output checked for shape and finiteness, on the host.
+    fn checked(&self, a: &StepArgs, out: Tensor) -> Result<Vec<f32>> {
+        if out.shape() != a.xt.shape() {
+            return Err(Error::Shape(format!(
+                "transformer returned {:?}, expected {:?}",
+                out.shape(),
+                a.xt.shape()
+            )));
+        }
+        let vv = out.to_vec_f32()?;
+        if let Some(k) = vv.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Other(format!(
+                "the transformer produced a non-finite value at step {} (element {k}); the weights or inputs are broken",
+                a.step
+            )));
+        }
+        Ok(vv)
+    }
+
+    /// Classifier-free guidance on the batch output `vv` ([uncond; cond] or [cond]) -> v.
+    fn guide(
+        &self,
+        i: usize,
+        mut vv: Vec<f32>,
+        n: usize,
+        cfg: bool,
+        guidance: f32,
+        record: &mut Option<Recorder>,
+    ) -> Vec<f32> {
+        if !cfg {
+            if let Some(r) = record.as_mut() {
+                r(&format!("step{i}.v_cond"), &vv);
+            }
+            return vv;
+        }
+        let v_c = vv.split_off(n);
+        let mut v_u = vv;
+        if let Some(r) = record.as_mut() {
+            r(&format!("step{i}.v_uncond"), &v_u);
+            r(&format!("step{i}.v_cond"), &v_c);
+        }
+        match self.precision {
+            LatentPrecision::F32 => cfg_combine_f32(&mut v_u, &v_c, guidance),
+            LatentPrecision::Bf16 => cfg_combine_bf16(&mut v_u, &v_c, guidance),
+        }
+        v_u
     }
 
     /// VAE decode of DiT-space latents [1, 16, T, h, w] to uint8 frames.
@@ -292,10 +459,20 @@ impl Pipeline {
         decode_with(self.vae.as_ref(), &self.device, latents, shape)
     }
 
-    /// A whole generation.
+    /// A whole generation, every step computed.
     pub fn generate(
         &self,
         p: &GenerateParams,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Generated> {
+        self.generate_cached(p, None, progress)
+    }
+
+    /// A whole generation with a step cache (`None`: every step computed).
+    pub fn generate_cached(
+        &self,
+        p: &GenerateParams,
+        cache: Option<&CacheSettings>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Generated> {
         let shape = p.geometry.latent_shape();
@@ -336,6 +513,7 @@ impl Pipeline {
 
         let t = Instant::now();
         let mut step_s = Vec::new();
+        let mut step_cache = cache.map(|c| StepCache::new(c.clone(), p.steps));
         let latents = self.denoise(
             &noise,
             &shape,
@@ -343,12 +521,16 @@ impl Pipeline {
             uncond.as_ref(),
             &schedule,
             p.guidance,
-            progress,
-            None,
-            &mut step_s,
-            p.cancel.as_deref(),
+            DenoiseHooks {
+                progress,
+                record: None,
+                step_times: &mut step_s,
+                cancel: p.cancel.as_deref(),
+                cache: step_cache.as_mut(),
+            },
         )?;
         timings.denoise_s = t.elapsed().as_secs_f64();
+        let cache_report = step_cache.map(|c| c.report(&step_s));
         timings.step_s = step_s;
         drop((cond, uncond));
         if self.offload_models {
@@ -399,6 +581,7 @@ impl Pipeline {
             schedule,
             timings,
             memory: MemoryReport::now(&self.device),
+            cache: cache_report,
         })
     }
 }
