@@ -352,7 +352,10 @@ impl Engine {
         };
         let mut warnings = req.warnings.clone();
         if init_noise.is_some() && !req.video.seed_was_random {
-            warnings.push("generator has no effect with latents: the starting noise is the latents given".into());
+            warnings.push(
+                "generator has no effect with latents: the starting noise is the latents given"
+                    .into(),
+            );
         }
         Ok(Prepared {
             params: GenerateParams {
@@ -458,13 +461,12 @@ fn worker(
     let _ = ready.send(Ok(device_name(&device)));
     for job in jobs.iter() {
         let events = job.events.clone();
-        let out = catch_unwind(AssertUnwindSafe(|| run_job(&pipe, job)))
-            .unwrap_or_else(|p| {
-                Err(Error::Other(format!(
-                    "internal error (a bug): {}",
-                    panic_message(&p)
-                )))
-            });
+        let out = catch_unwind(AssertUnwindSafe(|| run_job(&pipe, job))).unwrap_or_else(|p| {
+            Err(Error::Other(format!(
+                "internal error (a bug): {}",
+                panic_message(&p)
+            )))
+        });
         let _ = events.send(Event::Done(out));
     }
     drop(pipe);
@@ -522,7 +524,10 @@ fn run_job(pipe: &Pipeline, job: Job) -> Result<Output> {
     });
     match res {
         Ok(g) => Ok(Output {
-            frames: Some((g.frames.data, [g.frames.frames, g.frames.height, g.frames.width])),
+            frames: Some((
+                g.frames.data,
+                [g.frames.frames, g.frames.height, g.frames.width],
+            )),
             latents: g.latents,
             latent_shape: g.latent_shape,
             stopped_after: None,

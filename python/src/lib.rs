@@ -59,7 +59,14 @@ impl Buffer {
         let d = PyDict::new(py);
         let (ptr, typestr) = match &self.data {
             Data::U8(v) => (v.as_ptr() as usize, "|u1"),
-            Data::F32(v) => (v.as_ptr() as usize, if cfg!(target_endian = "little") { "<f4" } else { ">f4" }),
+            Data::F32(v) => (
+                v.as_ptr() as usize,
+                if cfg!(target_endian = "little") {
+                    "<f4"
+                } else {
+                    ">f4"
+                },
+            ),
         };
         d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
         d.set_item("typestr", typestr)?;
@@ -242,7 +249,12 @@ impl Engine {
             let p = e.prepare(r).map_err(py_err)?;
             let (seed, warnings) = (p.seed, p.warnings.clone());
             let h = e
-                .submit(p, decode, step_latents, reply_each_step && on_step.is_some())
+                .submit(
+                    p,
+                    decode,
+                    step_latents,
+                    reply_each_step && on_step.is_some(),
+                )
                 .map_err(py_err)?;
             Ok((h, seed, warnings))
         })?;
