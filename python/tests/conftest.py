@@ -14,8 +14,22 @@ import contentv
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "assets" / "tiny-model"
+# The emulated-GPU pass (scripts/test-python.sh: CONTENTV_PY_EMU=1, only the tests marked
+# `emu`): the emulator runs the real kernels on the CPU, slowly, so its videos are smaller.
+EMU = os.environ.get("CONTENTV_PY_EMU") == "1"
 # The same small video everywhere (valid for the tiny model and both fixture layouts).
-SMALL = dict(num_frames=5, height=32, width=64, num_inference_steps=2)
+SMALL = (
+    dict(num_frames=1, height=16, width=16, num_inference_steps=2)
+    if EMU
+    else dict(num_frames=5, height=32, width=64, num_inference_steps=2)
+)
+
+
+def cli_size_args(size=None):
+    """SMALL as `contentv generate` flags."""
+    s = size or SMALL
+    return ["--frames", str(s["num_frames"]), "--height", str(s["height"]), "--width", str(s["width"]),
+            "--steps", str(s["num_inference_steps"])]
 
 
 def cli_bin() -> Path:
