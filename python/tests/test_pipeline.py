@@ -239,11 +239,14 @@ def test_the_gil_is_released_while_the_engine_works(tiny_pipe):
 
 @emu
 def test_ctrl_c_stops_at_the_next_step_boundary(tiny_pipe):
+    # SIGINT shortly after the first step is done, as a user's Ctrl-C would arrive mid-run.
     class Counter:
         n = 0
 
         def update(self, k):
             Counter.n += k
+            if Counter.n == 1:
+                threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 
         def close(self):
             pass
@@ -251,15 +254,12 @@ def test_ctrl_c_stops_at_the_next_step_boundary(tiny_pipe):
     orig = tiny_pipe._progress_bar
     tiny_pipe._progress_bar = lambda total: Counter()
     total = 200
-    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     try:
-        timer.start()
         t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             tiny_pipe("x", generator=1, **dict(SMALL, num_inference_steps=total))
         elapsed = time.monotonic() - t0
     finally:
-        timer.cancel()
         tiny_pipe._progress_bar = orig
     assert 0 < Counter.n < total, f"{Counter.n} of {total} steps ran"
     assert elapsed < 300
@@ -444,10 +444,14 @@ def test_del_frees_the_device_memory():
     assert loaded[0] > base[0], f"the loaded pipeline holds no device memory? {base} -> {loaded}"
     del p
     gc.collect()
-    assert _engine.device_memory() == base
+    # In use: back to the start (the session's other pipelines hold theirs); cached: the pool
+    # gave its free blocks back (at most what it held at the start).
+    after = _engine.device_memory()
+    assert after[0] == base[0] and after[1] <= base[1], f"{base} -> {loaded} -> {after}"
     # close() does the same, and a closed pipeline says so
     p = contentv.ContentVPipeline.from_pretrained(str(TINY))
     p.close()
-    assert _engine.device_memory() == base
+    after = _engine.device_memory()
+    assert after[0] == base[0] and after[1] <= base[1], f"after close(): {base} -> {after}"
     with pytest.raises(RuntimeError, match="closed"):
         p("x", **SMALL)
