@@ -38,7 +38,9 @@ t2=$(date +%s)
 echo "python: tests on $("$PY" -c 'import contentv._engine as e; print("the GPU" if e.device_memory() is not None else "the CPU")') in $((t2 - t1)) s"
 if [ "${CONTENTV_SKIP_EMU_DEVICE:-0}" != 1 ] && "$PY" -c 'import sys, contentv._engine as e; sys.exit(e.device_memory() is not None)'; then
   echo "---- the Python package on the emulated CUDA device (not a GPU: nothing measured here is a GPU number) ----"
-  EMU="$(scripts/emu-device.sh)"
+  # scripts/test.sh passes the emulated device it built; alone, this builds it.
+  EMU="${CONTENTV_EMU_DEVICE_LIB:-}"
+  [ -n "$EMU" ] || EMU="$(scripts/emu-device.sh)"
   CONTENTV_PY_EMU=1 LD_LIBRARY_PATH="$EMU" run_pytest -m emu
   echo "python: tests on the emulated GPU in $(($(date +%s) - t2)) s"
 fi

@@ -41,5 +41,5 @@ fi
 # ---- the Python package (python/): the wheel built once, pytest on the CPU (or the GPU) and
 # on the emulated CUDA device (scripts/test-python.sh) ----
 echo "---- the Python package (python/tests) ----"
-scripts/test-python.sh 2>&1 | tee target/test-python.log
+CONTENTV_EMU_DEVICE_LIB="${EMU:-}" scripts/test-python.sh 2>&1 | tee target/test-python.log
 echo "ALL TESTS PASSED"

@@ -455,3 +455,10 @@ def test_del_frees_the_device_memory():
     assert after[0] == base[0] and after[1] <= base[1], f"after close(): {base} -> {after}"
     with pytest.raises(RuntimeError, match="closed"):
         p("x", **SMALL)
+
+
+def test_cuda_without_a_gpu_says_why():
+    if _engine.device_memory() is not None:
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(RuntimeError, match="no usable GPU"):
+        contentv.ContentVPipeline.from_pretrained(str(TINY), device="cuda")
