@@ -89,6 +89,9 @@ fn f32_buffer(v: Vec<f32>, shape: Vec<usize>) -> Buffer {
     }
 }
 
+/// What `Engine.generate` returns: (frames or None, latents, seed, stopped_after, warnings).
+type RunResult = (Option<Buffer>, Buffer, u64, Option<usize>, Vec<String>);
+
 /// A loaded pipeline (its models live on the engine's own thread).
 #[pyclass(module = "contentv._engine", frozen)]
 struct Engine {
@@ -223,7 +226,7 @@ impl Engine {
         on_step: Option<Py<PyAny>>,
         step_latents: bool,
         reply_each_step: bool,
-    ) -> PyResult<(Option<Buffer>, Buffer, u64, Option<usize>, Vec<String>)> {
+    ) -> PyResult<RunResult> {
         if self
             .busy
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
