@@ -10,7 +10,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-scripts/deps.sh
+scripts/deps.sh --test
 cargo build --release --all-targets
 mkdir -p target
 # deps.sh installed chromium: the browser test of the server's page must run, not skip
@@ -38,4 +38,8 @@ if [ "${CONTENTV_SKIP_EMU_DEVICE:-0}" != 1 ] && grep -q "^SKIP: the CUDA driver 
   echo "---- the GPU check, rehearsed on the emulated device (tiny sizes) ----"
   scripts/gpu-check.sh --rehearse 2>&1 | tee target/gpu-check-rehearsal.log | grep -E "^(GPU|generate|device|bench-[a-z_0-9]+: (ok|FAILED)|torch|sanitizer|test-.*FAILED)"
 fi
+# ---- the Python package (python/): the wheel built once, pytest on the CPU (or the GPU) and
+# on the emulated CUDA device (scripts/test-python.sh) ----
+echo "---- the Python package (python/tests) ----"
+CONTENTV_EMU_DEVICE_LIB="${EMU:-}" scripts/test-python.sh 2>&1 | tee target/test-python.log
 echo "ALL TESTS PASSED"
