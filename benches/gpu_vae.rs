@@ -13,7 +13,9 @@
 mod util;
 use std::time::Instant;
 
-use contentv::model::vae::synthetic::{rnd, tiny_weights};
+#[path = "../tests/support/vae_synthetic.rs"]
+mod vae_synthetic;
+use vae_synthetic::{rnd, tiny_weights};
 use contentv::model::vae::{TileConfig, VaeConfig, VaeDecoder, VaeOptions};
 use contentv::ops::conv::ConvPrecision;
 use contentv::runtime::{Device, Tensor};
@@ -40,7 +42,7 @@ fn main() {
     // A rehearsal decodes 2 latent frames of 4x4 with the tiny test VAE (same code paths).
     let (h, w) = (util::scaled(54, 4), util::scaled(96, 4));
     let cfg = if util::rehearsal() {
-        contentv::model::vae::synthetic::tiny_config()
+        vae_synthetic::tiny_config()
     } else {
         VaeConfig::wan21()
     };

@@ -4,7 +4,10 @@
 mod common;
 
 use contentv::io::safetensors::SafeTensorsFile;
-use contentv::model::vae::synthetic::{rnd, tiny_config, tiny_weights};
+#[path = "support/vae_synthetic.rs"]
+mod vae_synthetic;
+
+use vae_synthetic::{rnd, tiny_config, tiny_weights};
 use contentv::model::vae::{to_uint8_frames, TileConfig, VaeDecoder, VaeOptions};
 use contentv::ops::conv::{
     cache_update, conv3d, conv3d_into, interleave_time, upsample_nearest2x, ConvOpts, ConvPrecision,
