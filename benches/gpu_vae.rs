@@ -15,10 +15,10 @@ use std::time::Instant;
 
 #[path = "../tests/support/vae_synthetic.rs"]
 mod vae_synthetic;
-use vae_synthetic::{rnd, tiny_weights};
 use contentv::model::vae::{TileConfig, VaeConfig, VaeDecoder, VaeOptions};
 use contentv::ops::conv::ConvPrecision;
 use contentv::runtime::{Device, Tensor};
+use vae_synthetic::{rnd, tiny_weights};
 
 fn gib(b: usize) -> f64 {
     b as f64 / (1u64 << 30) as f64

@@ -7,12 +7,12 @@ use contentv::io::safetensors::SafeTensorsFile;
 #[path = "support/vae_synthetic.rs"]
 mod vae_synthetic;
 
-use vae_synthetic::{rnd, tiny_config, tiny_weights};
 use contentv::model::vae::{to_uint8_frames, TileConfig, VaeDecoder, VaeOptions};
 use contentv::ops::conv::{
     cache_update, conv3d, conv3d_into, interleave_time, upsample_nearest2x, ConvOpts, ConvPrecision,
 };
 use contentv::{DType, Device, Tensor};
+use vae_synthetic::{rnd, tiny_config, tiny_weights};
 
 /// The GPU (or the emulated one) with NaN-poisoned fresh allocations, as every GPU test runs
 /// (`common::cuda_or_skip`): a kernel that leaves part of its output unwritten fails the test.
