@@ -13,10 +13,12 @@
 mod util;
 use std::time::Instant;
 
-use contentv::model::vae::synthetic::{rnd, tiny_weights};
+#[path = "../tests/support/vae_synthetic.rs"]
+mod vae_synthetic;
 use contentv::model::vae::{TileConfig, VaeConfig, VaeDecoder, VaeOptions};
 use contentv::ops::conv::ConvPrecision;
 use contentv::runtime::{Device, Tensor};
+use vae_synthetic::{rnd, tiny_weights};
 
 fn gib(b: usize) -> f64 {
     b as f64 / (1u64 << 30) as f64
@@ -40,7 +42,7 @@ fn main() {
     // A rehearsal decodes 2 latent frames of 4x4 with the tiny test VAE (same code paths).
     let (h, w) = (util::scaled(54, 4), util::scaled(96, 4));
     let cfg = if util::rehearsal() {
-        contentv::model::vae::synthetic::tiny_config()
+        vae_synthetic::tiny_config()
     } else {
         VaeConfig::wan21()
     };

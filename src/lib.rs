@@ -7,6 +7,11 @@
 //! - [`model`]: text encoders, transformer, VAE, scheduler, pipeline.
 //! - [`io`]: safetensors and video.
 //! - [`cli`]: the `contentv` command line.
+// The crate's own name inside it, for test-only sources shared with tests/ and benches/
+// (tests/support/*.rs, included by `#[path]` in unit tests): they spell paths `contentv::...`.
+#[cfg(test)]
+extern crate self as contentv;
+
 pub mod cli;
 pub mod error;
 pub mod io;

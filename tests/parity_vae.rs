@@ -1,39 +1,33 @@
 //! Wan2.1 VAE decoder: the conv op (CUDA vs the CPU reference), the decoder on a synthetic tiny
 //! VAE (CUDA vs CPU), and parity with the diffusers fixtures (CPU always; CUDA when a GPU is
 //! present). Tests that need a GPU print a SKIP line without one.
+mod common;
+
 use contentv::io::safetensors::SafeTensorsFile;
-use contentv::model::vae::synthetic::{rnd, tiny_config, tiny_weights};
+#[path = "support/vae_synthetic.rs"]
+mod vae_synthetic;
+
 use contentv::model::vae::{to_uint8_frames, TileConfig, VaeDecoder, VaeOptions};
 use contentv::ops::conv::{
     cache_update, conv3d, conv3d_into, interleave_time, upsample_nearest2x, ConvOpts, ConvPrecision,
 };
-use contentv::runtime::device::{gpu_available, gpu_unavailable_reason};
 use contentv::{DType, Device, Tensor};
+use vae_synthetic::{rnd, tiny_config, tiny_weights};
 
-fn gpu() -> Option<Device> {
-    if !gpu_available() {
-        return None;
-    }
-    Device::cuda(0).ok()
-}
-
+/// The GPU (or the emulated one) with NaN-poisoned fresh allocations, as every GPU test runs
+/// (`common::cuda_or_skip`): a kernel that leaves part of its output unwritten fails the test.
 macro_rules! need_gpu {
     ($name:expr) => {
-        match gpu() {
+        match common::cuda_or_skip() {
             Some(d) => d,
             None => {
-                println!(
-                    "SKIP {}: {}",
-                    $name,
-                    gpu_unavailable_reason().unwrap_or_else(|| "cuda init failed".into())
-                );
+                println!("SKIP {}: no usable CUDA device (see the line above)", $name);
                 return;
             }
         }
     };
 }
 
-/// (max |a-b|, max |b|).
 fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     assert_eq!(a.len(), b.len());
     let md = a

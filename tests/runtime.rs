@@ -214,12 +214,26 @@ fn fused_ckpt(tag: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Like the transformer's: layers with a `z` fuse a|b|c, the others b|c (their `a` is unused).
-fn groups(has: &dyn Fn(&str) -> bool) -> Vec<&'static [&'static str]> {
-    if has("z.weight") {
-        vec![&["a", "b", "c"]]
-    } else {
-        vec![&["b", "c"]]
+/// Like the transformer's: layer 0 (with a `z`) fuses a|b|c, layer 1 b|c (its `a` is unused).
+fn fusion() -> contentv::runtime::weights::FusionPolicy {
+    let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    contentv::runtime::weights::FusionPolicy {
+        groups: std::sync::Arc::new(vec![
+            g(&["blocks.0.a", "blocks.0.b", "blocks.0.c"]),
+            g(&["blocks.1.b", "blocks.1.c"]),
+        ]),
+    }
+}
+
+/// Quantize-on-load for the linears of `names` (a..c, z) in both layers.
+fn int8_for(names: &[&str]) -> contentv::runtime::weights::Int8Policy {
+    contentv::runtime::weights::Int8Policy {
+        group: None,
+        linears: std::sync::Arc::new(
+            (0..2)
+                .flat_map(|l| names.iter().map(move |n| format!("blocks.{l}.{n}")))
+                .collect(),
+        ),
     }
 }
 
@@ -244,19 +258,16 @@ fn weight_f32(w: &contentv::runtime::Weight) -> (Vec<f32>, Option<Vec<f32>>) {
 #[test]
 fn fused_linear_is_its_members_concatenated() {
     use contentv::runtime::residency::Residency;
-    use contentv::runtime::weights::{record_reads, FusionPolicy, Int8Policy, WeightStore};
+    use contentv::runtime::weights::{record_reads, WeightStore};
     let dir = fused_ckpt("t");
     let mut devices = vec![Device::Cpu];
     devices.extend(common::cuda_or_skip());
     for dev in devices {
         for int8 in [false, true] {
             let store = WeightStore::open(&dir, &dev, DType::BF16).unwrap();
-            store.set_fusion(Some(FusionPolicy { groups }));
+            store.set_fusion(Some(fusion()));
             if int8 {
-                store.set_int8(Some(Int8Policy {
-                    group: None,
-                    quantizable: |_| true,
-                }));
+                store.set_int8(Some(int8_for(&["a", "b", "c", "z"])));
             }
             let p0 = store.root().pp("blocks").pp(0);
             let sep: Vec<_> = [("a", 3), ("b", 5), ("c", 2)]
@@ -339,17 +350,14 @@ fn fused_linear_is_its_members_concatenated() {
         let sep = |n: usize| al(n * 8 * es) + al(n * es);
         let z = al(8 * es);
         assert_eq!(unfused[0] as usize, sep(3) + sep(5) + sep(2) + z);
-        store.set_fusion(Some(FusionPolicy { groups }));
+        store.set_fusion(Some(fusion()));
         let fused = Residency::layer_bytes(&store, "blocks", 2);
         assert_eq!(fused[0] as usize, sep(10) + z);
         // Layer 1: b|c in one region, the unused a on its own (as the policy says).
         assert_eq!(fused[1] as usize, sep(7) + sep(3));
 
         // Mixed INT8 / dense members cannot be one GEMM.
-        store.set_int8(Some(Int8Policy {
-            group: None,
-            quantizable: |n| n.ends_with(".a"),
-        }));
+        store.set_int8(Some(int8_for(&["a"])));
         let err = store
             .root()
             .pp("blocks")

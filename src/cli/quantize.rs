@@ -1,6 +1,6 @@
 //! `contentv quantize --model DIR --out DIR`: writes an INT8 weight-only checkpoint in the same
 //! diffusers layout. In `transformer/` and `text_encoder_3/` the linears INT8 applies to
-//! ([`crate::model::int8::int8_applies`]) become `<name>.weight` (i8 [N, K]) plus
+//! (the INT8 tags of its loaders, [`crate::model::int8::int8_linears`]) become `<name>.weight` (i8 [N, K]) plus
 //! `<name>.weight_scale` (f32 [N], or [N, K/group]); every other tensor and every other
 //! component is copied unchanged. Shard by shard (memory stays bounded), into a temporary
 //! folder that is renamed to --out when complete.
@@ -12,7 +12,6 @@ use super::Ui;
 use crate::error::{Error, Result};
 use crate::io::fsutil;
 use crate::io::safetensors::{write_safetensors, SafeTensorsFile, StDtype};
-use crate::model::int8::int8_applies;
 use crate::ops::quant::quantize_per_channel;
 
 /// Components whose linears are quantized.
@@ -41,7 +40,12 @@ fn to_f32(dtype: StDtype, b: &[u8]) -> Option<Vec<f32>> {
 }
 
 /// Quantizes one safetensors file into `dst`. Returns the names of the scale tensors added.
-pub fn quantize_file(src: &Path, dst: &Path, group: Option<usize>) -> Result<Vec<String>> {
+pub fn quantize_file(
+    src: &Path,
+    dst: &Path,
+    group: Option<usize>,
+    linears: &std::collections::BTreeSet<String>,
+) -> Result<Vec<String>> {
     let f = SafeTensorsFile::open(src)?;
     let mut owned: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut added = Vec::new();
@@ -50,7 +54,9 @@ pub fn quantize_file(src: &Path, dst: &Path, group: Option<usize>) -> Result<Vec
     for name in names {
         let info = f.get(name)?;
         let bytes = f.bytes(name)?;
-        let linear = name.strip_suffix(".weight").filter(|n| int8_applies(n));
+        let linear = name
+            .strip_suffix(".weight")
+            .filter(|n| linears.contains(*n));
         match (linear, info.shape.len(), to_f32(info.dtype, bytes)) {
             (Some(lin), 2, Some(w)) if !f.names().any(|n| n == format!("{lin}.weight_scale")) => {
                 let (n, k) = (info.shape[0], info.shape[1]);
@@ -125,6 +131,8 @@ fn quantize_component(src: &Path, dst: &Path, group: Option<usize>, ui: &Ui) -> 
     std::fs::create_dir_all(dst).map_err(|e| io_err(dst, "cannot create", e))?;
     let mut added: Vec<(String, String)> = Vec::new();
     let mut index_files = Vec::new();
+    // The linears INT8 applies to: the tags of the component's description.
+    let linears = crate::model::int8::int8_linears(src)?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(src)
         .map_err(|e| io_err(src, "cannot read", e))?
         .flatten()
@@ -136,7 +144,7 @@ fn quantize_component(src: &Path, dst: &Path, group: Option<usize>, ui: &Ui) -> 
         let to = dst.join(&name);
         if name.ends_with(".safetensors") {
             ui.info(&format!("quantizing {}", from.display()));
-            for s in quantize_file(&from, &to, group)? {
+            for s in quantize_file(&from, &to, group, &linears)? {
                 added.push((s, name.clone()));
             }
         } else if name.ends_with(".safetensors.index.json") {

@@ -15,7 +15,8 @@ use crate::ops::attention::{attention, AttnOpts};
 use crate::ops::elementwise::{add, add_bcast};
 use crate::ops::gemm::{linear, linear_act, Act};
 use crate::ops::{embed, norm};
-use crate::runtime::{DType, Device, Linear, Tensor, WeightStore};
+use crate::runtime::weights::WeightSource;
+use crate::runtime::{DType, Device, Linear, Prefix, Tensor, WeightStore};
 
 /// A feed-forward activation named in a transformers config (`ACT2FN` names). The GELU/SiLU
 /// family is fused into the GEMM; ReLU (T5 v1.0, some CLIPs) is applied on its own.
@@ -164,69 +165,6 @@ impl ClipText {
         let store = WeightStore::open(dir, device, DType::BF16)?;
         crate::model::inventory::clip(&config, &|k| store.contains(k), dir)?
             .check(dir, store.checkpoint())?;
-        let rows = store
-            .shape_of("text_model.embeddings.token_embedding.weight")
-            .ok_or_else(|| {
-                Error::Weights(format!(
-                    "{}: no text_model.embeddings.token_embedding.weight: not a CLIP text encoder",
-                    dir.display()
-                ))
-            })?;
-        if rows != [config.vocab, config.hidden] {
-            return Err(Error::Weights(format!(
-                "{}: token embedding is {rows:?} but config.json says vocab_size {} x hidden_size {}",
-                dir.display(),
-                config.vocab,
-                config.hidden
-            )));
-        }
-        // The other shapes that follow from config.json, checked up front for a clear message.
-        let l0 = "text_model.encoder.layers.0.mlp.fc1.weight";
-        for (key, want, keys) in [
-            (
-                "text_model.embeddings.position_embedding.weight",
-                vec![config.max_positions, config.hidden],
-                "max_position_embeddings x hidden_size",
-            ),
-            (
-                "text_projection.weight",
-                vec![config.projection, config.hidden],
-                "projection_dim x hidden_size",
-            ),
-            (
-                l0,
-                vec![config.intermediate, config.hidden],
-                "intermediate_size x hidden_size",
-            ),
-        ] {
-            match store.shape_of(key) {
-                Some(s) if s == want => {}
-                Some(s) => {
-                    return Err(Error::Weights(format!(
-                        "{}: {key} is {s:?} but config.json says {keys} = {want:?}",
-                        dir.display()
-                    )))
-                }
-                None if key == l0 => {}
-                None => {
-                    return Err(Error::Weights(format!(
-                    "{}: tensor {key} is missing (a CLIPTextModelWithProjection checkpoint has it)",
-                    dir.display()
-                )))
-                }
-            }
-        }
-        let last = format!(
-            "text_model.encoder.layers.{}.layer_norm1.weight",
-            config.layers.saturating_sub(1)
-        );
-        if !store.contains(&last) {
-            return Err(Error::Weights(format!(
-                "{}: the checkpoint has fewer encoder layers than num_hidden_layers = {} in config.json",
-                dir.display(),
-                config.layers
-            )));
-        }
         Ok(ClipText { config, store })
     }
 
@@ -245,52 +183,37 @@ impl ClipText {
             )));
         }
         let h = c.hidden;
-        let tm = self.store.root().pp("text_model");
-        let emb = tm.pp("embeddings");
+        let root = self.store.root();
+        let outer = ClipOuter::load(&root, c)?;
         let flat: Vec<u32> = ids.concat();
-        let tok = embed::embedding(&emb.tensor("token_embedding.weight", &[c.vocab, h])?, &flat)?
-            .reshape(&[b, s, h])?;
-        let pos = emb
-            .tensor("position_embedding.weight", &[c.max_positions, h])?
-            .narrow(0, 0, s)?;
+        let tok = embed::embedding(&outer.token_embedding, &flat)?.reshape(&[b, s, h])?;
+        let pos = outer.position_embedding.narrow(0, 0, s)?;
         let mut x = add_bcast(&tok, &pos)?; // [B, S, H]
         let mut penultimate = if c.layers == 1 { Some(x.clone()) } else { None };
         let opts = AttnOpts {
             causal: true,
             ..AttnOpts::new(c.heads, h / c.heads)
         };
-        let layers = tm.pp("encoder").pp("layers");
+        let layers = root.pp("text_model").pp("encoder").pp("layers");
         for i in 0..c.layers {
-            let l = layers.pp(i);
-            let hn = norm::layer_norm(
-                &x,
-                Some(&l.tensor("layer_norm1.weight", &[h])?),
-                Some(&l.tensor("layer_norm1.bias", &[h])?),
-                c.eps,
-            )?;
-            let a = l.pp("self_attn");
-            let q = linear(&hn, &a.linear("q_proj", h, h, true)?)?;
-            let k = linear(&hn, &a.linear("k_proj", h, h, true)?)?;
-            let v = linear(&hn, &a.linear("v_proj", h, h, true)?)?;
+            let w = ClipLayer::load(&layers.pp(i), c)?;
+            let hn = norm::layer_norm(&x, Some(&w.ln1.0), Some(&w.ln1.1), c.eps)?;
+            let q = linear(&hn, &w.q)?;
+            let k = linear(&hn, &w.k)?;
+            let v = linear(&hn, &w.v)?;
             let o = attention(&[&q], &[&k], &[&v], &opts)?;
-            x = add(&x, &linear(&o, &a.linear("out_proj", h, h, true)?)?)?;
-            let hn = norm::layer_norm(
-                &x,
-                Some(&l.tensor("layer_norm2.weight", &[h])?),
-                Some(&l.tensor("layer_norm2.bias", &[h])?),
-                c.eps,
-            )?;
-            let m = l.pp("mlp");
-            let f = linear_text_act(&hn, &m.linear("fc1", h, c.intermediate, true)?, c.act)?;
-            x = add(&x, &linear(&f, &m.linear("fc2", c.intermediate, h, true)?)?)?;
+            x = add(&x, &linear(&o, &w.out)?)?;
+            let hn = norm::layer_norm(&x, Some(&w.ln2.0), Some(&w.ln2.1), c.eps)?;
+            let f = linear_text_act(&hn, &w.fc1, c.act)?;
+            x = add(&x, &linear(&f, &w.fc2)?)?;
             if i + 2 == c.layers {
                 penultimate = Some(x.clone());
             }
         }
         let fin = norm::layer_norm(
             &x,
-            Some(&tm.tensor("final_layer_norm.weight", &[h])?),
-            Some(&tm.tensor("final_layer_norm.bias", &[h])?),
+            Some(&outer.final_norm.0),
+            Some(&outer.final_norm.1),
             c.eps,
         )?;
         // EOS row of each sequence: [B, 1, H] -> [B, H].
@@ -304,16 +227,86 @@ impl ClipText {
             .collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = rows.iter().collect();
         let eos = crate::ops::elementwise::concat(&refs, 0)?.reshape(&[b, h])?;
-        let proj = self
-            .store
-            .root()
-            .linear("text_projection", h, c.projection, false)?;
-        let pooled = linear(&eos, &proj)?;
+        let pooled = linear(&eos, &outer.projection)?;
         Ok(ClipOutput {
             penultimate: penultimate.unwrap(),
             pooled,
         })
     }
+}
+
+/// The weights outside the layer loop.
+struct ClipOuter<S: WeightSource = Prefix> {
+    token_embedding: S::Tensor,
+    position_embedding: S::Tensor,
+    /// (weight, bias)
+    final_norm: (S::Tensor, S::Tensor),
+    /// `text_projection` [projection, hidden], no bias.
+    projection: S::Linear,
+}
+
+impl<S: WeightSource> ClipOuter<S> {
+    fn load(root: &S, c: &ClipConfig) -> Result<ClipOuter<S>> {
+        let h = c.hidden;
+        let tm = root.pp("text_model");
+        let emb = tm.pp("embeddings");
+        Ok(ClipOuter {
+            token_embedding: emb.tensor("token_embedding.weight", &[c.vocab, h])?,
+            position_embedding: emb.tensor("position_embedding.weight", &[c.max_positions, h])?,
+            final_norm: (
+                tm.tensor("final_layer_norm.weight", &[h])?,
+                tm.tensor("final_layer_norm.bias", &[h])?,
+            ),
+            projection: root.linear("text_projection", h, c.projection, false)?,
+        })
+    }
+}
+
+/// One encoder layer (`text_model.encoder.layers.{i}`).
+struct ClipLayer<S: WeightSource = Prefix> {
+    /// layer_norm1 (weight, bias)
+    ln1: (S::Tensor, S::Tensor),
+    q: S::Linear,
+    k: S::Linear,
+    v: S::Linear,
+    out: S::Linear,
+    ln2: (S::Tensor, S::Tensor),
+    fc1: S::Linear,
+    fc2: S::Linear,
+}
+
+impl<S: WeightSource> ClipLayer<S> {
+    fn load(l: &S, c: &ClipConfig) -> Result<ClipLayer<S>> {
+        let h = c.hidden;
+        let norm = |n: &str| -> Result<(S::Tensor, S::Tensor)> {
+            Ok((
+                l.tensor(&format!("{n}.weight"), &[h])?,
+                l.tensor(&format!("{n}.bias"), &[h])?,
+            ))
+        };
+        let (a, m) = (l.pp("self_attn"), l.pp("mlp"));
+        Ok(ClipLayer {
+            ln1: norm("layer_norm1")?,
+            q: a.linear("q_proj", h, h, true)?,
+            k: a.linear("k_proj", h, h, true)?,
+            v: a.linear("v_proj", h, h, true)?,
+            out: a.linear("out_proj", h, h, true)?,
+            ln2: norm("layer_norm2")?,
+            fc1: m.linear("fc1", h, c.intermediate, true)?,
+            fc2: m.linear("fc2", c.intermediate, h, true)?,
+        })
+    }
+}
+
+/// A CLIP encoder's checkpoint, read through `root` by the encoder's own loaders (run against
+/// the recorder it is the description, `model::inventory::clip`).
+pub fn describe<S: WeightSource>(root: &S, c: &ClipConfig) -> Result<()> {
+    ClipOuter::load(root, c)?;
+    let layers = root.pp("text_model").pp("encoder").pp("layers");
+    for i in 0..c.layers {
+        ClipLayer::load(&layers.pp(i), c)?;
+    }
+    Ok(())
 }
 
 /// transformers' pooled-token position: with `eos_token_id == 2` (legacy configs) the first

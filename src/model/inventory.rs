@@ -1,9 +1,14 @@
 //! One description per component of every tensor the engine reads: key, shape as the checkpoint
-//! stores it, acceptable dtypes. It is derived from the loader's own config struct
-//! ([`TransformerConfig`], [`ClipConfig`], [`T5Config`], [`VaeConfig`]), and it is what every
-//! real loader checks first (all problems at once), what `contentv info` reports and what
-//! `contentv quantize` checks before writing anything. tests/inventory.rs proves it complete:
-//! loading and running the tiny model reads exactly these keys with these shapes.
+//! stores it, acceptable dtypes, and for each linear what its loader declares (INT8 applies,
+//! computed once per run, fused with its neighbours). It is not written here: it is the
+//! component's own loader (`BlockWeights::load`, `T5Layer::load`, ...) run against a
+//! [`Recorder`], a [`WeightSource`] that hands out nothing and writes down what is asked for. So
+//! the description is what every real loader checks first (all problems at once), what
+//! `contentv info` reports, what `contentv quantize` checks before writing anything and where
+//! the weight store's INT8 and fusion policies and the residency's per-run linears come from.
+//! tests/inventory.rs proves it equal to a real load: loading and running the tiny model reads
+//! exactly these keys with these shapes. (The VAE's description is still written out below,
+//! [`vae`].)
 //!
 //! Config values are bounded here too, before anything is sized from them (one function per
 //! config, called by the config parsers the loaders, `info` and `quantize` share):
@@ -12,7 +17,10 @@
 //! * a layer count is at most [`MAX_TENSORS`] / (tensors per layer), so a component never lists
 //!   more than [`MAX_TENSORS`] tensors;
 //! * the parameters the config implies (the sum over the inventory) are at most [`MAX_PARAMS`].
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::io::safetensors::{ShardedCheckpoint, StDtype};
@@ -20,6 +28,7 @@ use crate::model::clip::ClipConfig;
 use crate::model::mmdit::TransformerConfig;
 use crate::model::t5::T5Config;
 use crate::model::vae::VaeConfig;
+use crate::runtime::weights::{layer_index_of, FusionPolicy, Int8Policy, LinearTags, WeightSource};
 
 /// Most parameters one component may have: 2^40 (about 1.1 trillion, 2 TiB in bf16).
 /// ContentV-8B's largest component, the transformer, has 8.06 billion.
@@ -107,10 +116,24 @@ pub struct Entry {
     pub optional: bool,
 }
 
-/// Every tensor one component's loader reads.
+/// A linear as its loader asked for it: the full key without `.weight`, its shape and tags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinearEntry {
+    pub name: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+    pub tags: LinearTags,
+}
+
+/// Every tensor one component's loader reads, and what it declares about its linears.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
     pub entries: Vec<Entry>,
+    /// Every linear the loader asks for, in order.
+    pub linears: Vec<LinearEntry>,
+    /// The linears asked for as one (`fused_tagged`), members in output-row order.
+    pub fused: Vec<Vec<String>>,
 }
 
 impl Inventory {
@@ -124,8 +147,23 @@ impl Inventory {
     }
 
     /// As `Prefix::linear`: `{name}.weight` [out, in] (I8 plus `{name}.weight_scale` when the
-    /// checkpoint has the scale) and `{name}.bias` [out].
-    fn linear(&mut self, has: &dyn Fn(&str) -> bool, name: &str, i: usize, o: usize, bias: bool) {
+    /// checkpoint has the scale) and `{name}.bias` [out], recorded with its tags.
+    fn linear_tagged(
+        &mut self,
+        has: &dyn Fn(&str) -> bool,
+        name: &str,
+        i: usize,
+        o: usize,
+        bias: bool,
+        tags: LinearTags,
+    ) {
+        self.linears.push(LinearEntry {
+            name: name.to_string(),
+            in_features: i,
+            out_features: o,
+            bias,
+            tags,
+        });
         let scale = format!("{name}.weight_scale");
         if has(&scale) {
             self.entries.push(Entry {
@@ -165,6 +203,39 @@ impl Inventory {
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|e| e.key.as_str())
+    }
+
+    /// The linears tagged [`LinearTags::int8`] (full keys without `.weight`).
+    pub fn int8_linears(&self) -> BTreeSet<String> {
+        self.tagged(|t| t.int8)
+    }
+
+    /// The linears tagged [`LinearTags::per_run`].
+    pub fn per_run_linears(&self) -> BTreeSet<String> {
+        self.tagged(|t| t.per_run)
+    }
+
+    fn tagged(&self, f: impl Fn(&LinearTags) -> bool) -> BTreeSet<String> {
+        self.linears
+            .iter()
+            .filter(|l| f(&l.tags))
+            .map(|l| l.name.clone())
+            .collect()
+    }
+
+    /// The weight store's INT8 policy from the tags (per-output-channel scales).
+    pub fn int8_policy(&self) -> Int8Policy {
+        Int8Policy {
+            group: None,
+            linears: Arc::new(self.int8_linears()),
+        }
+    }
+
+    /// The weight store's fusion policy: the linears the loader asks for as one.
+    pub fn fusion_policy(&self) -> FusionPolicy {
+        FusionPolicy {
+            groups: Arc::new(self.fused.clone()),
+        }
     }
 
     /// Every difference between the checkpoint and the inventory, one line each, shapes quoted
@@ -384,9 +455,109 @@ pub fn vae_bounds(origin: &str, c: &VaeConfig) -> Result<()> {
 // Inventories
 // ---------------------------------------------------------------------------------------------
 
-/// The transformer's tensors (mmdit.rs `Embedders::load`, `BlockWeights::load`,
-/// `modulation_linears`): the last block is context_pre_only (no text update, 2D context
-/// modulation; its unused `attn.add_q_proj` is not read), as in the reference.
+/// A [`WeightSource`] that hands out nothing and records what a loader asks for: run a
+/// component's loader against it ([`Recorder::record`]) and the result is the component's
+/// [`Inventory`]. `has` answers [`WeightSource::contains`] from the checkpoint's headers (the
+/// loaders branch on pre-quantized linears).
+#[derive(Clone)]
+pub struct Recorder<'a> {
+    has: &'a dyn Fn(&str) -> bool,
+    prefix: String,
+    inv: &'a RefCell<Inventory>,
+}
+
+impl<'a> Recorder<'a> {
+    /// Runs `load` against a recorder at the root of a checkpoint; returns what it asked for.
+    pub fn record(
+        has: &dyn Fn(&str) -> bool,
+        load: impl FnOnce(&Recorder<'_>) -> Result<()>,
+    ) -> Result<Inventory> {
+        let inv = RefCell::new(Inventory::default());
+        load(&Recorder {
+            has,
+            prefix: String::new(),
+            inv: &inv,
+        })?;
+        Ok(inv.into_inner())
+    }
+
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+}
+
+impl WeightSource for Recorder<'_> {
+    type Tensor = ();
+    type Linear = ();
+    fn pp(&self, name: impl std::fmt::Display) -> Self {
+        Recorder {
+            has: self.has,
+            prefix: self.key(&name.to_string()),
+            inv: self.inv,
+        }
+    }
+    fn contains(&self, name: &str) -> bool {
+        (self.has)(&self.key(name))
+    }
+    fn layer_index(&self) -> Option<usize> {
+        layer_index_of(&self.prefix)
+    }
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<()> {
+        self.inv.borrow_mut().t(self.key(name), shape.to_vec());
+        Ok(())
+    }
+    fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<()> {
+        self.tensor(name, shape)
+    }
+    fn linear_tagged(
+        &self,
+        name: &str,
+        i: usize,
+        o: usize,
+        bias: bool,
+        tags: LinearTags,
+    ) -> Result<()> {
+        self.inv
+            .borrow_mut()
+            .linear_tagged(self.has, &self.key(name), i, o, bias, tags);
+        Ok(())
+    }
+    fn fused_tagged(
+        &self,
+        names: &[&str],
+        i: usize,
+        outs: &[usize],
+        bias: bool,
+        tags: LinearTags,
+    ) -> Result<()> {
+        if names.is_empty() || names.len() != outs.len() {
+            return Err(Error::Other(format!(
+                "fused linear {names:?}: {} members with {} output widths",
+                names.len(),
+                outs.len()
+            )));
+        }
+        for (n, &o) in names.iter().zip(outs) {
+            self.linear_tagged(n, i, o, bias, tags)?;
+        }
+        let group = names.iter().map(|n| self.key(n)).collect();
+        self.inv.borrow_mut().fused.push(group);
+        Ok(())
+    }
+    fn linear_reshaped(&self, name: &str, stored: &[usize]) -> Result<()> {
+        let p = self.pp(name);
+        p.tensor("weight", stored)?;
+        p.tensor("bias", &stored[..1.min(stored.len())])
+    }
+}
+
+/// The transformer's tensors: its loaders (mmdit.rs [`crate::model::mmdit::describe`])
+/// recorded. The last block is context_pre_only (no text update, 2D context modulation; its
+/// unused `attn.add_q_proj` is not read), as in the reference.
 pub fn transformer(
     c: &TransformerConfig,
     has: &dyn Fn(&str) -> bool,
@@ -394,95 +565,13 @@ pub fn transformer(
 ) -> Result<Inventory> {
     let origin = &dir.display().to_string();
     check_layers(origin, "num_layers", c.layers, TRANSFORMER_PER_LAYER)?;
-    let d = c.dim;
-    let mut inv = Inventory::default();
-    inv.t(
-        "pos_embed.proj.weight",
-        vec![d, c.in_channels, c.patch, c.patch],
-    );
-    inv.t("pos_embed.proj.bias", vec![d]);
-    let te = "time_text_embed";
-    inv.linear(
-        has,
-        &format!("{te}.timestep_embedder.linear_1"),
-        256,
-        d,
-        true,
-    );
-    inv.linear(has, &format!("{te}.timestep_embedder.linear_2"), d, d, true);
-    inv.linear(
-        has,
-        &format!("{te}.text_embedder.linear_1"),
-        c.pooled_dim,
-        d,
-        true,
-    );
-    inv.linear(has, &format!("{te}.text_embedder.linear_2"), d, d, true);
-    inv.linear(has, "context_embedder", c.joint_attention_dim, d, true);
-    inv.linear(has, "norm_out.linear", d, 2 * d, true);
-    inv.linear(has, "proj_out", d, c.patch * c.patch * c.out_channels, true);
-    for i in 0..c.layers {
-        let b = format!("transformer_blocks.{i}");
-        let pre_only = i + 1 == c.layers;
-        inv.linear(has, &format!("{b}.norm1.linear"), d, 6 * d, true);
-        let ctx = if pre_only { 2 * d } else { 6 * d };
-        inv.linear(has, &format!("{b}.norm1_context.linear"), d, ctx, true);
-        for w in ["to_q", "to_k", "to_v"] {
-            inv.linear(has, &format!("{b}.attn.{w}"), d, d, true);
-        }
-        if !pre_only {
-            inv.linear(has, &format!("{b}.attn.add_q_proj"), d, d, true);
-        }
-        for w in ["add_k_proj", "add_v_proj"] {
-            inv.linear(has, &format!("{b}.attn.{w}"), d, d, true);
-        }
-        for n in ["norm_q", "norm_k", "norm_added_q", "norm_added_k"] {
-            inv.t(format!("{b}.attn.{n}.weight"), vec![c.head_dim]);
-        }
-        inv.linear(has, &format!("{b}.attn.to_out.0"), d, d, true);
-        let ffs: &[&str] = if pre_only {
-            &["ff"]
-        } else {
-            inv.linear(has, &format!("{b}.attn.to_add_out"), d, d, true);
-            &["ff", "ff_context"]
-        };
-        for ff in ffs {
-            inv.linear(has, &format!("{b}.{ff}.net.0.proj"), d, c.ff_dim, true);
-            inv.linear(has, &format!("{b}.{ff}.net.2"), c.ff_dim, d, true);
-        }
-    }
-    inv.bounded(origin)
+    Recorder::record(has, |r| crate::model::mmdit::describe(r, c))?.bounded(origin)
 }
 
-/// A CLIP text encoder's tensors (clip.rs `ClipText::forward`).
+/// A CLIP text encoder's tensors: its loaders (clip.rs [`crate::model::clip::describe`]) recorded.
 pub fn clip(c: &ClipConfig, has: &dyn Fn(&str) -> bool, dir: &Path) -> Result<Inventory> {
-    let (h, f) = (c.hidden, c.intermediate);
-    let mut inv = Inventory::default();
-    let tm = "text_model";
-    inv.t(
-        format!("{tm}.embeddings.token_embedding.weight"),
-        vec![c.vocab, h],
-    );
-    inv.t(
-        format!("{tm}.embeddings.position_embedding.weight"),
-        vec![c.max_positions, h],
-    );
-    for i in 0..c.layers {
-        let l = format!("{tm}.encoder.layers.{i}");
-        for n in ["layer_norm1", "layer_norm2"] {
-            inv.t(format!("{l}.{n}.weight"), vec![h]);
-            inv.t(format!("{l}.{n}.bias"), vec![h]);
-        }
-        for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            inv.linear(has, &format!("{l}.self_attn.{p}"), h, h, true);
-        }
-        inv.linear(has, &format!("{l}.mlp.fc1"), h, f, true);
-        inv.linear(has, &format!("{l}.mlp.fc2"), f, h, true);
-    }
-    inv.t(format!("{tm}.final_layer_norm.weight"), vec![h]);
-    inv.t(format!("{tm}.final_layer_norm.bias"), vec![h]);
-    inv.linear(has, "text_projection", h, c.projection, false);
-    inv.bounded(&dir.join("config.json").display().to_string())
+    Recorder::record(has, |r| crate::model::clip::describe(r, c))?
+        .bounded(&dir.join("config.json").display().to_string())
 }
 
 /// The T5 embedding key the loader uses: `shared.weight`, else `encoder.embed_tokens.weight`
@@ -495,34 +584,10 @@ pub fn t5_embed_key(has: &dyn Fn(&str) -> bool) -> &'static str {
     }
 }
 
-/// The T5 encoder's tensors (t5.rs `T5Encoder::forward`, `position_bias`).
+/// The T5 encoder's tensors: its loaders (t5.rs [`crate::model::t5::describe`]) recorded.
 pub fn t5(c: &T5Config, has: &dyn Fn(&str) -> bool, dir: &Path) -> Result<Inventory> {
-    let (d, inner) = (c.d_model, c.heads * c.d_kv);
-    let mut inv = Inventory::default();
-    inv.t(t5_embed_key(has), vec![c.vocab, d]);
-    inv.t(
-        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-        vec![c.buckets, c.heads],
-    );
-    for i in 0..c.layers {
-        let l = format!("encoder.block.{i}.layer");
-        inv.t(format!("{l}.0.layer_norm.weight"), vec![d]);
-        for p in ["q", "k", "v"] {
-            inv.linear(has, &format!("{l}.0.SelfAttention.{p}"), d, inner, false);
-        }
-        inv.linear(has, &format!("{l}.0.SelfAttention.o"), inner, d, false);
-        inv.t(format!("{l}.1.layer_norm.weight"), vec![d]);
-        let ff = format!("{l}.1.DenseReluDense");
-        if c.gated {
-            inv.linear(has, &format!("{ff}.wi_0"), d, c.d_ff, false);
-            inv.linear(has, &format!("{ff}.wi_1"), d, c.d_ff, false);
-        } else {
-            inv.linear(has, &format!("{ff}.wi"), d, c.d_ff, false);
-        }
-        inv.linear(has, &format!("{ff}.wo"), c.d_ff, d, false);
-    }
-    inv.t("encoder.final_layer_norm.weight", vec![d]);
-    inv.bounded(&dir.join("config.json").display().to_string())
+    Recorder::record(has, |r| crate::model::t5::describe(r, c))?
+        .bounded(&dir.join("config.json").display().to_string())
 }
 
 /// The VAE decoder's tensors (vae.rs `VaeDecoder::load`); conv biases are read when present.

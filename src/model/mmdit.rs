@@ -16,37 +16,19 @@ use crate::ops::elementwise::{add, add_bcast, gated_residual};
 use crate::ops::gemm::{linear, linear_act, Act};
 use crate::ops::{act, norm};
 use crate::runtime::planner::{plan_layers, LayerPlan};
-use crate::runtime::residency::{MemoryOptions, Residency};
-use crate::runtime::weights::{FusionPolicy, Int8Policy};
-use crate::runtime::{DType, Device, Linear, Prefix, Tensor, Weight, WeightStore};
+use crate::runtime::residency::{LeftOut, MemoryOptions, Residency};
+use crate::runtime::weights::{LinearTags, WeightSource};
+use crate::runtime::{DType, Device, Prefix, Tensor, WeightStore};
 use crate::shape_err;
 
-/// Keys of the adaLN modulation linears: a third of a block's bytes, but they depend only on
-/// the timestep and the pooled text, so a run computes their outputs once
-/// ([`Denoiser::prepare_run`]) and streaming leaves them out of the per-step copies.
-const MODULATION_KEYS: &[&str] = &[".norm1.linear.", ".norm1_context.linear."];
-
-/// The linears of a joint block run as one GEMM each ([`Prefix::linear_fused`]); output columns
-/// in this order. Video q, k, v:
+/// The linears of a joint block run as one GEMM each ([`WeightSource::fused_tagged`]); output
+/// columns in this order. Video q, k, v:
 const QKV: &[&str] = &["attn.to_q", "attn.to_k", "attn.to_v"];
 /// Text q, k, v:
 const ADD_QKV: &[&str] = &["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"];
 /// Text k, v of the last block (context_pre_only: its text queries would be discarded, and its
 /// `add_q_proj`, present in the checkpoint, is not read).
 const ADD_KV: &[&str] = &["attn.add_k_proj", "attn.add_v_proj"];
-
-/// The fused linears of a joint block, given whether the block has a key (relative to
-/// `transformer_blocks.{i}.`): [video q|k|v, text q|k|v] or, in the last block (no
-/// `attn.to_add_out`), [video q|k|v, text k|v]. [`BlockWeights::load`] asks for these, and the
-/// weight store gets this function as its [`FusionPolicy`] so a streamed layer keeps each group
-/// in one region.
-pub fn fused_linears(has: &dyn Fn(&str) -> bool) -> Vec<&'static [&'static str]> {
-    if has("attn.to_add_out.weight") {
-        vec![QKV, ADD_QKV]
-    } else {
-        vec![QKV, ADD_KV]
-    }
-}
 
 const LN_EPS: f32 = 1e-6;
 const QK_EPS: f32 = 1e-6;
@@ -73,6 +55,14 @@ pub struct TransformerConfig {
 }
 
 impl TransformerConfig {
+    /// Whether block `i` is the last one, which is context_pre_only (the reference's
+    /// `context_pre_only=i == num_layers - 1`): its text stream is only read (keys and values),
+    /// not updated, so it has no `attn.to_add_out`, no `ff_context` and a 2D context modulation.
+    /// The one definition of "last block": the loaders, and so the description, use it.
+    pub fn is_last_block(&self, i: usize) -> bool {
+        i + 1 == self.layers
+    }
+
     /// ContentV-8B: 38 joint blocks, 38 heads x 64, hidden 2432, patch 1x2x2, 16 channels.
     pub fn contentv_8b() -> TransformerConfig {
         TransformerConfig {
@@ -244,37 +234,50 @@ impl TransformerConfig {
     }
 }
 
-/// Weights of one joint block, asked from the store by checkpoint key.
-struct BlockWeights {
+/// Weights of one joint block, asked from the weight source by checkpoint key (the real store,
+/// or the recorder that makes the description: the one place the block's layout is written).
+struct BlockWeights<S: WeightSource = Prefix> {
     /// to_q, to_k, to_v fused: [3D, D].
-    qkv: Linear,
+    qkv: S::Linear,
     /// add_q_proj, add_k_proj, add_v_proj fused: [3D, D]; in the last block (context_pre_only)
     /// add_k_proj, add_v_proj only: [2D, D].
-    add_qkv: Linear,
-    norm_q: Tensor,
-    norm_k: Tensor,
-    norm_added_q: Tensor,
-    norm_added_k: Tensor,
-    to_out: Linear,
-    to_add_out: Option<Linear>,
-    ff1: Linear,
-    ff2: Linear,
-    ff_context: Option<(Linear, Linear)>,
+    add_qkv: S::Linear,
+    norm_q: S::Tensor,
+    norm_k: S::Tensor,
+    norm_added_q: S::Tensor,
+    norm_added_k: S::Tensor,
+    to_out: S::Linear,
+    to_add_out: Option<S::Linear>,
+    ff1: S::Linear,
+    ff2: S::Linear,
+    ff_context: Option<(S::Linear, S::Linear)>,
     /// The last block: context adaLN is (scale, shift), no text update.
     context_pre_only: bool,
 }
 
-/// The adaLN modulation linears of block `b`: (norm1 [6D], norm1_context [6D or 2D]).
-fn modulation_linears(b: &Prefix, c: &TransformerConfig) -> Result<(Linear, Linear)> {
+/// The index of the block prefix `b` (`transformer_blocks.{i}`) and whether it is the last one.
+fn block_index<S: WeightSource>(b: &S, c: &TransformerConfig) -> Result<(usize, bool)> {
+    let i = b.layer_index().ok_or_else(|| {
+        Error::Other("transformer: a block loaded from a prefix without a block index".into())
+    })?;
+    Ok((i, c.is_last_block(i)))
+}
+
+/// The adaLN modulation linears of block `b`: (norm1 [6D], norm1_context [6D or 2D]). Tagged
+/// per-run: they depend only on the timestep and the pooled text, so a run computes their
+/// outputs once ([`Denoiser::prepare_run`]) and streaming leaves them out of the per-step
+/// copies (a third of a block's bytes).
+fn modulation_linears<S: WeightSource>(
+    b: &S,
+    c: &TransformerConfig,
+) -> Result<(S::Linear, S::Linear)> {
     let d = c.dim;
-    let ctx_mod = if b.contains("attn.to_add_out.weight") {
-        6 * d
-    } else {
-        2 * d
-    };
+    let (_, last) = block_index(b, c)?;
+    let ctx_mod = if last { 2 * d } else { 6 * d };
+    let once = LinearTags::PER_RUN;
     Ok((
-        b.linear("norm1.linear", d, 6 * d, true)?,
-        b.linear("norm1_context.linear", d, ctx_mod, true)?,
+        b.linear_tagged("norm1.linear", d, 6 * d, true, once)?,
+        b.linear_tagged("norm1_context.linear", d, ctx_mod, true, once)?,
     ))
 }
 
@@ -291,34 +294,41 @@ struct RunModulation {
     out: Tensor,
 }
 
-impl BlockWeights {
-    fn load(b: &Prefix, c: &TransformerConfig) -> Result<BlockWeights> {
+impl<S: WeightSource> BlockWeights<S> {
+    /// The attention and MLP linears are tagged INT8 (`--quantize int8` applies to them; the
+    /// norms, the modulation, the embedders and the final layer stay in bf16), q|k|v fused.
+    fn load(b: &S, c: &TransformerConfig) -> Result<BlockWeights<S>> {
         let (d, hd) = (c.dim, c.head_dim);
-        let context_pre_only = !b.contains("attn.to_add_out.weight");
-        let groups = fused_linears(&|k| b.contains(k));
+        let (_, context_pre_only) = block_index(b, c)?;
+        let q8 = LinearTags::INT8;
+        // The last block's text queries are dead work (their output is discarded).
+        let add = if context_pre_only { ADD_KV } else { ADD_QKV };
+        let mlp = |p: &str| -> Result<(S::Linear, S::Linear)> {
+            Ok((
+                b.linear_tagged(&format!("{p}.net.0.proj"), d, c.ff_dim, true, q8)?,
+                b.linear_tagged(&format!("{p}.net.2"), c.ff_dim, d, true, q8)?,
+            ))
+        };
+        let (ff1, ff2) = mlp("ff")?;
         Ok(BlockWeights {
-            qkv: b.linear_fused(groups[0], d, &vec![d; groups[0].len()], true)?,
-            // The last block's text queries are dead work (their output is discarded).
-            add_qkv: b.linear_fused(groups[1], d, &vec![d; groups[1].len()], true)?,
+            qkv: b.fused_tagged(QKV, d, &[d; 3], true, q8)?,
+            add_qkv: b.fused_tagged(add, d, &vec![d; add.len()], true, q8)?,
             norm_q: b.tensor("attn.norm_q.weight", &[hd])?,
             norm_k: b.tensor("attn.norm_k.weight", &[hd])?,
             norm_added_q: b.tensor("attn.norm_added_q.weight", &[hd])?,
             norm_added_k: b.tensor("attn.norm_added_k.weight", &[hd])?,
-            to_out: b.linear("attn.to_out.0", d, d, true)?,
+            to_out: b.linear_tagged("attn.to_out.0", d, d, true, q8)?,
             to_add_out: if context_pre_only {
                 None
             } else {
-                Some(b.linear("attn.to_add_out", d, d, true)?)
+                Some(b.linear_tagged("attn.to_add_out", d, d, true, q8)?)
             },
-            ff1: b.linear("ff.net.0.proj", d, c.ff_dim, true)?,
-            ff2: b.linear("ff.net.2", c.ff_dim, d, true)?,
+            ff1,
+            ff2,
             ff_context: if context_pre_only {
                 None
             } else {
-                Some((
-                    b.linear("ff_context.net.0.proj", d, c.ff_dim, true)?,
-                    b.linear("ff_context.net.2", c.ff_dim, d, true)?,
-                ))
+                Some(mlp("ff_context")?)
             },
             context_pre_only,
         })
@@ -326,33 +336,24 @@ impl BlockWeights {
 }
 
 /// Weights outside the block loop.
-struct Embedders {
-    patch: Linear,
-    t1: Linear,
-    t2: Linear,
-    p1: Linear,
-    p2: Linear,
-    context: Linear,
-    norm_out: Linear,
-    proj_out: Linear,
+struct Embedders<S: WeightSource = Prefix> {
+    patch: S::Linear,
+    t1: S::Linear,
+    t2: S::Linear,
+    p1: S::Linear,
+    p2: S::Linear,
+    context: S::Linear,
+    norm_out: S::Linear,
+    proj_out: S::Linear,
 }
 
-impl Embedders {
-    fn load(r: &Prefix, c: &TransformerConfig) -> Result<Embedders> {
+impl<S: WeightSource> Embedders<S> {
+    fn load(r: &S, c: &TransformerConfig) -> Result<Embedders<S>> {
         let d = c.dim;
-        let pe = r.pp("pos_embed.proj");
-        let k = c.in_channels * c.patch * c.patch;
-        // Conv2d k=s=p as a linear over (c, kh, kw)-ordered patches.
-        let w = pe
-            .tensor("weight", &[d, c.in_channels, c.patch, c.patch])?
-            .reshape(&[d, k])?;
-        let patch = Linear {
-            weight: Weight::Dense(w),
-            bias: Some(pe.tensor("bias", &[d])?),
-        };
         let te = r.pp("time_text_embed");
         Ok(Embedders {
-            patch,
+            // Conv2d k=s=p as a linear over (c, kh, kw)-ordered patches.
+            patch: r.linear_reshaped("pos_embed.proj", &[d, c.in_channels, c.patch, c.patch])?,
             t1: te.linear("timestep_embedder.linear_1", TIME_FEATURES, d, true)?,
             t2: te.linear("timestep_embedder.linear_2", d, d, true)?,
             p1: te.linear("text_embedder.linear_1", c.pooled_dim, d, true)?,
@@ -362,6 +363,20 @@ impl Embedders {
             proj_out: r.linear("proj_out", d, c.patch * c.patch * c.out_channels, true)?,
         })
     }
+}
+
+/// The transformer's checkpoint, read through `root`: every weight the forward asks for, in
+/// the forward's own loaders. Run against the recorder (`model::inventory::transformer`) it is
+/// the transformer's description.
+pub fn describe<S: WeightSource>(root: &S, c: &TransformerConfig) -> Result<()> {
+    Embedders::load(root, c)?;
+    let blocks = root.pp(LAYER_GROUP);
+    for i in 0..c.layers {
+        let b = blocks.pp(i);
+        modulation_linears(&b, c)?;
+        BlockWeights::load(&b, c)?;
+    }
+    Ok(())
 }
 
 /// Intermediate tensors a caller may want to see (parity tests): called with a name and the
@@ -442,18 +457,14 @@ impl Transformer {
         mem: &MemoryOptions,
     ) -> Result<(Arc<WeightStore>, TransformerConfig)> {
         let store = WeightStore::open(dir, device, DType::BF16)?;
-        store.set_fusion(Some(FusionPolicy {
-            groups: fused_linears,
-        }));
-        if mem.int8 {
-            store.set_int8(Some(Int8Policy {
-                group: None,
-                quantizable: crate::model::int8::int8_applies,
-            }));
-        }
         let config = TransformerConfig::from_weights(&store.root())?;
-        crate::model::inventory::transformer(&config, &|k| store.contains(k), dir)?
-            .check(dir, store.checkpoint())?;
+        let desc = crate::model::inventory::transformer(&config, &|k| store.contains(k), dir)?;
+        desc.check(dir, store.checkpoint())?;
+        // The store's policies are the description's tags (the fused groups, the INT8 linears).
+        store.set_fusion(Some(desc.fusion_policy()));
+        if mem.int8 {
+            store.set_int8(Some(desc.int8_policy()));
+        }
         // The GPU runs heads of 64 on the flash kernel and any other width on the generic one,
         // which holds a query row in shared memory: say so here rather than at the first step.
         if device.gpu().is_some() && config.head_dim > crate::ops::attention_cuda::NAIVE_MAX_D {
@@ -480,7 +491,9 @@ impl Transformer {
                 plan.layers, plan.group, config.layers
             )));
         }
-        let residency = Residency::from_plan(&store, plan, MODULATION_KEYS)?;
+        let desc =
+            crate::model::inventory::transformer(&config, &|k| store.contains(k), store.dir())?;
+        let residency = Residency::from_plan(&store, plan, &LeftOut(desc.per_run_linears()))?;
         let device = store.device().clone();
         Ok(Transformer {
             config,

@@ -14,7 +14,8 @@ use crate::ops::elementwise::{add, mul};
 use crate::ops::gemm::linear;
 use crate::ops::{embed, norm};
 use crate::runtime::residency::{MemoryOptions, Residency};
-use crate::runtime::{DType, Device, Tensor, WeightStore};
+use crate::runtime::weights::{LinearTags, WeightSource};
+use crate::runtime::{DType, Device, Prefix, Tensor, WeightStore};
 
 #[derive(Clone, Debug)]
 pub struct T5Config {
@@ -162,93 +163,12 @@ impl T5Encoder {
         }
         let config = T5Config::from_dir(dir)?;
         let store = WeightStore::open(dir, device, DType::BF16)?;
+        let desc = crate::model::inventory::t5(&config, &|k| store.contains(k), dir)?;
+        desc.check(dir, store.checkpoint())?;
         if mem.int8 {
-            store.set_int8(Some(crate::runtime::weights::Int8Policy {
-                group: None,
-                quantizable: crate::model::int8::int8_applies,
-            }));
+            store.set_int8(Some(desc.int8_policy()));
         }
-        crate::model::inventory::t5(&config, &|k| store.contains(k), dir)?
-            .check(dir, store.checkpoint())?;
-        let embed_key = if store.contains("shared.weight") {
-            "shared.weight"
-        } else if store.contains("encoder.embed_tokens.weight") {
-            "encoder.embed_tokens.weight"
-        } else {
-            return Err(Error::Weights(format!(
-                "{}: neither shared.weight nor encoder.embed_tokens.weight: not a T5 encoder",
-                dir.display()
-            )));
-        };
-        let shape = store.shape_of(embed_key).unwrap();
-        if shape.len() != 2 || shape[1] != config.d_model {
-            return Err(Error::Weights(format!(
-                "{}: {embed_key} is {shape:?}, config d_model is {}",
-                dir.display(),
-                config.d_model
-            )));
-        }
-        // The other shapes that follow from config.json, checked up front for a clear message.
-        let (d, inner) = (config.d_model, config.heads * config.d_kv);
-        let b0 = "encoder.block.0.layer";
-        let mut want = vec![
-            (
-                format!("{b0}.0.SelfAttention.relative_attention_bias.weight"),
-                vec![config.buckets, config.heads],
-                "relative_attention_num_buckets x num_heads",
-            ),
-            (
-                format!("{b0}.0.SelfAttention.q.weight"),
-                vec![inner, d],
-                "num_heads * d_kv x d_model",
-            ),
-            (
-                format!("{b0}.0.SelfAttention.o.weight"),
-                vec![d, inner],
-                "d_model x num_heads * d_kv",
-            ),
-        ];
-        let ffn = if config.gated {
-            ["wi_0", "wi_1"].as_slice()
-        } else {
-            ["wi"].as_slice()
-        };
-        for w in ffn {
-            want.push((
-                format!("{b0}.1.DenseReluDense.{w}.weight"),
-                vec![config.d_ff, d],
-                "d_ff x d_model",
-            ));
-        }
-        for (key, shape, keys) in want {
-            match store.shape_of(&key) {
-                Some(s) if s == shape => {}
-                Some(s) => {
-                    return Err(Error::Weights(format!(
-                        "{}: {key} is {s:?} but config.json says {keys} = {shape:?}",
-                        dir.display()
-                    )))
-                }
-                None => {
-                    return Err(Error::Weights(format!(
-                        "{}: tensor {key} is missing; config.json (feed_forward_proj / is_gated_act: {} feed-forward) does not match the checkpoint",
-                        dir.display(),
-                        if config.gated { "gated" } else { "non-gated" }
-                    )))
-                }
-            }
-        }
-        let last = format!(
-            "encoder.block.{}.layer.0.layer_norm.weight",
-            config.layers - 1
-        );
-        if !store.contains(&last) {
-            return Err(Error::Weights(format!(
-                "{}: the checkpoint has fewer blocks than num_layers = {} in config.json",
-                dir.display(),
-                config.layers
-            )));
-        }
+        let embed_key = crate::model::inventory::t5_embed_key(&|k| store.contains(k));
         let residency = if mem.streams() {
             Residency::streamed(&store, "encoder.block", config.layers, None)?
         } else {
@@ -278,7 +198,7 @@ impl T5Encoder {
     /// The position bias [H, S, S] for S tokens from layer 0's table [buckets, H].
     fn position_bias(&self, s: usize) -> Result<Tensor> {
         let c = &self.config;
-        let key = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
+        let key = REL_BIAS;
         let table = self.store.host_view(key)?.to_vec_f32()?;
         if table.len() != c.buckets * c.heads {
             return Err(Error::Weights(format!(
@@ -328,10 +248,10 @@ impl T5Encoder {
                 "T5: token sequences must have the same length".into(),
             ));
         }
-        let (d, inner) = (c.d_model, c.heads * c.d_kv);
+        let d = c.d_model;
         let root = self.store.root();
-        let table = root.tensor(self.embed_key, &[self.vocab_rows(), d])?;
-        let mut x = embed::embedding(&table, &ids.concat())?.reshape(&[b, s, d])?;
+        let outer = T5Outer::load(&root, c)?;
+        let mut x = embed::embedding(&outer.embed, &ids.concat())?.reshape(&[b, s, d])?;
         let bias = self.position_bias(s)?;
         let opts = AttnOpts {
             heads: c.heads,
@@ -342,32 +262,103 @@ impl T5Encoder {
         let blocks = root.pp("encoder").pp("block");
         for i in 0..c.layers {
             let _layer = self.residency.prepare(i)?;
-            let l = blocks.pp(i).pp("layer");
-            let (a, f) = (l.pp(0), l.pp(1));
-            let h = norm::rms_norm(&x, Some(&a.tensor("layer_norm.weight", &[d])?), c.eps)?;
-            let sa = a.pp("SelfAttention");
-            let q = linear(&h, &sa.linear("q", d, inner, false)?)?;
-            let k = linear(&h, &sa.linear("k", d, inner, false)?)?;
-            let v = linear(&h, &sa.linear("v", d, inner, false)?)?;
+            let w = T5Layer::load(&blocks.pp(i), c)?;
+            let h = norm::rms_norm(&x, Some(&w.attn_norm), c.eps)?;
+            let q = linear(&h, &w.q)?;
+            let k = linear(&h, &w.k)?;
+            let v = linear(&h, &w.v)?;
             let o = attention(&[&q], &[&k], &[&v], &opts)?;
-            x = add(&x, &linear(&o, &sa.linear("o", inner, d, false)?)?)?;
-            let h = norm::rms_norm(&x, Some(&f.tensor("layer_norm.weight", &[d])?), c.eps)?;
-            let ff = f.pp("DenseReluDense");
-            let hidden = if c.gated {
-                let g = linear_text_act(&h, &ff.linear("wi_0", d, c.d_ff, false)?, c.act)?;
-                let u = linear(&h, &ff.linear("wi_1", d, c.d_ff, false)?)?;
-                mul(&g, &u)?
-            } else {
-                linear_text_act(&h, &ff.linear("wi", d, c.d_ff, false)?, c.act)?
+            x = add(&x, &linear(&o, &w.o)?)?;
+            let h = norm::rms_norm(&x, Some(&w.ff_norm), c.eps)?;
+            let hidden = match &w.wi_1 {
+                Some(wi_1) => {
+                    let g = linear_text_act(&h, &w.wi, c.act)?;
+                    let u = linear(&h, wi_1)?;
+                    mul(&g, &u)?
+                }
+                None => linear_text_act(&h, &w.wi, c.act)?,
             };
-            x = add(&x, &linear(&hidden, &ff.linear("wo", c.d_ff, d, false)?)?)?;
+            x = add(&x, &linear(&hidden, &w.wo)?)?;
         }
-        norm::rms_norm(
-            &x,
-            Some(&root.tensor("encoder.final_layer_norm.weight", &[d])?),
-            c.eps,
-        )
+        norm::rms_norm(&x, Some(&outer.final_norm), c.eps)
     }
+}
+
+/// The relative position bias table of layer 0 [buckets, heads], shared by every layer; read
+/// from the host map ([`T5Encoder::position_bias`]).
+const REL_BIAS: &str = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
+
+/// The weights outside the block loop.
+struct T5Outer<S: WeightSource = Prefix> {
+    /// `shared.weight` or `encoder.embed_tokens.weight` [vocab, d_model].
+    embed: S::Tensor,
+    final_norm: S::Tensor,
+}
+
+impl<S: WeightSource> T5Outer<S> {
+    fn load(root: &S, c: &T5Config) -> Result<T5Outer<S>> {
+        let key = crate::model::inventory::t5_embed_key(&|k| root.contains(k));
+        Ok(T5Outer {
+            embed: root.tensor(key, &[c.vocab, c.d_model])?,
+            final_norm: root.tensor("encoder.final_layer_norm.weight", &[c.d_model])?,
+        })
+    }
+}
+
+/// One T5 block (`encoder.block.{i}`): self-attention and feed-forward, each after an RMSNorm.
+/// The attention and feed-forward linears are tagged INT8 (`--quantize int8`).
+struct T5Layer<S: WeightSource = Prefix> {
+    attn_norm: S::Tensor,
+    q: S::Linear,
+    k: S::Linear,
+    v: S::Linear,
+    o: S::Linear,
+    ff_norm: S::Tensor,
+    /// `wi_0` when gated (with `wi_1`), else `wi`.
+    wi: S::Linear,
+    wi_1: Option<S::Linear>,
+    wo: S::Linear,
+}
+
+impl<S: WeightSource> T5Layer<S> {
+    fn load(block: &S, c: &T5Config) -> Result<T5Layer<S>> {
+        let (d, inner) = (c.d_model, c.heads * c.d_kv);
+        let l = block.pp("layer");
+        let (a, f) = (l.pp(0), l.pp(1));
+        let (sa, ff) = (a.pp("SelfAttention"), f.pp("DenseReluDense"));
+        let q8 = LinearTags::INT8;
+        let (wi, wi_1) = if c.gated {
+            (
+                ff.linear_tagged("wi_0", d, c.d_ff, false, q8)?,
+                Some(ff.linear_tagged("wi_1", d, c.d_ff, false, q8)?),
+            )
+        } else {
+            (ff.linear_tagged("wi", d, c.d_ff, false, q8)?, None)
+        };
+        Ok(T5Layer {
+            attn_norm: a.tensor("layer_norm.weight", &[d])?,
+            q: sa.linear_tagged("q", d, inner, false, q8)?,
+            k: sa.linear_tagged("k", d, inner, false, q8)?,
+            v: sa.linear_tagged("v", d, inner, false, q8)?,
+            o: sa.linear_tagged("o", inner, d, false, q8)?,
+            ff_norm: f.tensor("layer_norm.weight", &[d])?,
+            wi,
+            wi_1,
+            wo: ff.linear_tagged("wo", c.d_ff, d, false, q8)?,
+        })
+    }
+}
+
+/// The T5 encoder's checkpoint, read through `root` by the encoder's own loaders (run against
+/// the recorder it is the description, `model::inventory::t5`).
+pub fn describe<S: WeightSource>(root: &S, c: &T5Config) -> Result<()> {
+    T5Outer::load(root, c)?;
+    root.tensor(REL_BIAS, &[c.buckets, c.heads])?;
+    let blocks = root.pp("encoder").pp("block");
+    for i in 0..c.layers {
+        T5Layer::load(&blocks.pp(i), c)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

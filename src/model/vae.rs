@@ -20,8 +20,12 @@
 //!
 //! Optional spatial tiling ([`TileConfig`]): tiles in latent space with overlap, each decoded
 //! over all frames with its own caches, blended linearly in pixel space.
+/// The random tiny decoder of the unit tests: test data shared with tests/ and benches/, not
+/// part of the library.
+#[cfg(test)]
+#[path = "../../tests/support/vae_synthetic.rs"]
+mod synthetic;
 #[doc(hidden)]
-pub mod synthetic;
 pub mod tiling;
 
 use std::collections::HashMap;

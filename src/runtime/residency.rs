@@ -17,7 +17,7 @@
 //!
 //! On the CPU, `Sequential` drops a layer's weights after use and maps them again next time
 //! (the same arithmetic as resident, less memory), which is what the CPU tests exercise.
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::result as cu;
@@ -98,174 +98,205 @@ struct FusedGroup {
     bias: bool,
 }
 
-/// The fusion groups the store's policy gives layer `i` whose members are all there (and not
-/// left out by `except`), each linear in at most one group, and whose members agree (2D weights of
-/// one width K, all with or all without bias, all dense / all quantized on load / all
-/// pre-quantized with scales of one layout). Other groups stay separate tensors (the fused
-/// load then builds the weight from the map: correct, only not free).
-fn fused_groups(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> Vec<FusedGroup> {
+/// The fusion groups of the store's policy in layer `i` whose members are all there (and not
+/// left out), each linear in at most one group, and whose members agree (2D weights of one
+/// width K, all with or all without bias, all dense / all quantized on load / all pre-quantized
+/// with scales of one layout). Other groups stay separate tensors (the fused load then builds
+/// the weight from the map: correct, only not free).
+fn fused_groups(store: &WeightStore, group: &str, i: usize, left_out: &LeftOut) -> Vec<FusedGroup> {
     let Some(policy) = store.fusion_policy() else {
         return Vec::new();
     };
-    let has = |k: &str| store.contains(&format!("{group}.{i}.{k}"));
+    let layer = format!("{group}.{i}.");
     let mut taken: Vec<String> = Vec::new();
     let mut out = Vec::new();
-    for g in (policy.groups)(&has) {
-        let members: Vec<String> = g.iter().map(|m| format!("{group}.{i}.{m}")).collect();
-        let wk = |m: &String| format!("{m}.weight");
-        if members.is_empty()
+    for members in policy.groups.iter() {
+        let in_layer = !members.is_empty() && members.iter().all(|m| m.starts_with(&layer));
+        if !in_layer
             || members.iter().any(|m| {
-                taken.contains(m)
-                    || !store.contains(&wk(m))
-                    || except.iter().any(|e| wk(m).contains(e))
+                taken.contains(m) || !store.contains(&format!("{m}.weight")) || left_out.linear(m)
             })
         {
             continue;
         }
-        let shapes: Vec<Vec<usize>> = members
-            .iter()
-            .map(|m| store.shape_of(&wk(m)).unwrap_or_default())
-            .collect();
-        if shapes.iter().any(|s| s.len() != 2 || s[1] != shapes[0][1]) {
-            continue;
-        }
-        let has_bias: Vec<bool> = members
-            .iter()
-            .map(|m| store.contains(&format!("{m}.bias")))
-            .collect();
-        if has_bias.iter().any(|&b| b != has_bias[0]) {
-            continue;
-        }
-        let scale_key = |m: &String| format!("{m}.weight_scale");
-        let pre: Vec<bool> = members
-            .iter()
-            .map(|m| store.contains(&scale_key(m)))
-            .collect();
-        let int8: Vec<bool> = members.iter().map(|m| store.is_int8(m)).collect();
-        let stored: Vec<Option<DType>> = members
-            .iter()
-            .map(|m| store.host_view(&wk(m)).ok().map(|t| t.dtype()))
-            .collect();
-        let all = |v: &[bool], x: bool| v.iter().all(|&b| b == x);
-        let (quantize_now, prequantized) = if all(&pre, true) {
-            let ss: Vec<Vec<usize>> = members
-                .iter()
-                .map(|m| store.shape_of(&scale_key(m)).unwrap_or_default())
-                .collect();
-            let one_layout = ss.iter().zip(&shapes).all(|(s, w)| {
-                s.first() == Some(&w[0]) && s.len() == ss[0].len() && s[1..] == ss[0][1..]
-            });
-            let sdt: Vec<Option<DType>> = members
-                .iter()
-                .map(|m| store.host_view(&scale_key(m)).ok().map(|t| t.dtype()))
-                .collect();
-            if !one_layout
-                || stored.iter().any(|d| *d != Some(DType::I8))
-                || sdt.iter().any(|d| d.is_none() || *d != sdt[0])
-            {
-                continue;
-            }
-            (false, true)
-        } else if all(&pre, false) && all(&int8, true) {
-            (true, false)
-        } else if all(&int8, false) && stored.iter().all(|d| d.is_some_and(|d| d != DType::I8)) {
-            (false, false)
-        } else {
+        let Some(g) = agreeing_group(store, members) else {
             continue;
         };
         taken.extend(members.iter().cloned());
-        out.push(FusedGroup {
-            members,
-            quantize_now,
-            prequantized,
-            bias: has_bias[0],
-        });
+        out.push(g);
     }
     out
 }
 
-/// The entries of layer `i` (see [`EntryKind`]), 256-byte aligned; returns them and the size.
-/// The members of a fused linear ([`fused_groups`]) are one entry per tensor kind (weight,
-/// bias, scales), filled from the members in order, so the fused tensor is one view.
-fn layout_layer(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> LayerLayout {
-    let dt = store.dtype();
-    let mut entries = Vec::new();
-    let mut off = 0;
-    let mut push = |key: String,
-                    shape: Vec<usize>,
-                    dtype: DType,
-                    kind: EntryKind,
-                    sources: Vec<String>,
-                    entries: &mut Vec<Entry>| {
+/// `members` as one [`FusedGroup`] if they can be one region (see [`fused_groups`]).
+fn agreeing_group(store: &WeightStore, members: &[String]) -> Option<FusedGroup> {
+    let wk = |m: &String| format!("{m}.weight");
+    let shapes: Vec<Vec<usize>> = members
+        .iter()
+        .map(|m| store.shape_of(&wk(m)).unwrap_or_default())
+        .collect();
+    if shapes.iter().any(|s| s.len() != 2 || s[1] != shapes[0][1]) {
+        return None;
+    }
+    let has_bias: Vec<bool> = members
+        .iter()
+        .map(|m| store.contains(&format!("{m}.bias")))
+        .collect();
+    if has_bias.iter().any(|&b| b != has_bias[0]) {
+        return None;
+    }
+    let scale_key = |m: &String| format!("{m}.weight_scale");
+    let pre: Vec<bool> = members
+        .iter()
+        .map(|m| store.contains(&scale_key(m)))
+        .collect();
+    let int8: Vec<bool> = members.iter().map(|m| store.is_int8(m)).collect();
+    let stored: Vec<Option<DType>> = members
+        .iter()
+        .map(|m| store.host_view(&wk(m)).ok().map(|t| t.dtype()))
+        .collect();
+    let all = |v: &[bool], x: bool| v.iter().all(|&b| b == x);
+    let (quantize_now, prequantized) = if all(&pre, true) {
+        let ss: Vec<Vec<usize>> = members
+            .iter()
+            .map(|m| store.shape_of(&scale_key(m)).unwrap_or_default())
+            .collect();
+        let one_layout = ss.iter().zip(&shapes).all(|(s, w)| {
+            s.first() == Some(&w[0]) && s.len() == ss[0].len() && s[1..] == ss[0][1..]
+        });
+        let sdt: Vec<Option<DType>> = members
+            .iter()
+            .map(|m| store.host_view(&scale_key(m)).ok().map(|t| t.dtype()))
+            .collect();
+        if !one_layout
+            || stored.iter().any(|d| *d != Some(DType::I8))
+            || sdt.iter().any(|d| d.is_none() || *d != sdt[0])
+        {
+            return None;
+        }
+        (false, true)
+    } else if all(&pre, false) && all(&int8, true) {
+        (true, false)
+    } else if all(&int8, false) && stored.iter().all(|d| d.is_some_and(|d| d != DType::I8)) {
+        (false, false)
+    } else {
+        return None;
+    };
+    Some(FusedGroup {
+        members: members.to_vec(),
+        quantize_now,
+        prequantized,
+        bias: has_bias[0],
+    })
+}
+
+/// The linears (full keys without `.weight`) a streamed layer leaves out of its copies: the
+/// ones the model computes once per run (loaded on demand if asked for). Matched by linear
+/// name, never by a key substring.
+#[derive(Clone, Debug, Default)]
+pub struct LeftOut(pub BTreeSet<String>);
+
+impl LeftOut {
+    fn linear(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+    /// Whether the tensor `key` belongs to a left-out linear (`.weight`, `.bias`, `.weight_scale`).
+    fn key(&self, key: &str) -> bool {
+        [".weight", ".bias", ".weight_scale"]
+            .iter()
+            .any(|s| key.strip_suffix(s).is_some_and(|n| self.linear(n)))
+    }
+}
+
+/// Builds a layer's entries one after the other, 256-byte aligned.
+struct LayoutBuilder {
+    entries: Vec<Entry>,
+    off: usize,
+}
+
+impl LayoutBuilder {
+    fn push(
+        &mut self,
+        key: String,
+        shape: Vec<usize>,
+        dtype: DType,
+        kind: EntryKind,
+        sources: Vec<String>,
+    ) {
         let n: usize = shape.iter().product();
-        entries.push(Entry {
+        self.entries.push(Entry {
             key,
             shape,
             dtype,
-            offset: off,
+            offset: self.off,
             kind,
             sources,
         });
-        off = (off + n * dtype.size()).div_ceil(ALIGN) * ALIGN;
-    };
-    let fused = fused_groups(store, group, i, except);
-    let in_fused = |k: &str| {
-        fused.iter().any(|g| {
-            g.members.iter().any(|m| {
-                k.strip_prefix(m.as_str())
-                    .is_some_and(|r| matches!(r, ".weight" | ".bias" | ".weight_scale"))
-            })
-        })
-    };
-    let int8_groups = |k_in: usize| {
-        store
+        self.off = (self.off + n * dtype.size()).div_ceil(ALIGN) * ALIGN;
+    }
+
+    /// An INT8 weight quantized when the layer is filled, from `sources` row-concatenated
+    /// ([n, k] in all), and its scales (per row, or per the policy's group of inputs).
+    fn quantized(
+        &mut self,
+        store: &WeightStore,
+        name: &str,
+        n: usize,
+        k: usize,
+        sources: Vec<String>,
+    ) {
+        let groups = store
             .int8_policy()
             .and_then(|p| p.group)
-            .filter(|g| k_in % g == 0)
-            .map_or(1, |g| k_in / g)
-    };
-    for k in layer_keys(store, group, i) {
-        if except.iter().any(|e| k.contains(e)) || in_fused(&k) {
-            continue;
-        }
+            .filter(|g| k % g == 0)
+            .map_or(1, |g| k / g);
+        let sshape = if groups == 1 {
+            vec![n]
+        } else {
+            vec![n, groups]
+        };
+        self.push(
+            format!("{name}.weight"),
+            vec![n, k],
+            DType::I8,
+            EntryKind::QuantQ,
+            sources,
+        );
+        self.push(
+            format!("{name}.weight_scale"),
+            sshape,
+            DType::F32,
+            EntryKind::QuantScale,
+            Vec::new(),
+        );
+    }
+
+    /// One checkpoint tensor of the layer (not in a fused group): quantized now, kept as
+    /// stored (i8 weights and their scales) or converted to the compute dtype.
+    fn single(&mut self, store: &WeightStore, k: String) {
         let shape = store.shape_of(&k).unwrap_or_default();
-        let stored = store.host_view(&k).map(|t| t.dtype()).unwrap_or(dt);
+        let stored = store
+            .host_view(&k)
+            .map(|t| t.dtype())
+            .unwrap_or(store.dtype());
         let name = k.strip_suffix(".weight");
         let quantize_now = name
             .is_some_and(|n| store.is_int8(n) && !store.contains(&format!("{n}.weight_scale")))
             && shape.len() == 2;
-        let src = vec![k.clone()];
         if quantize_now {
-            let (nrows, k_in) = (shape[0], shape[1]);
-            let groups = int8_groups(k_in);
-            let sshape = if groups == 1 {
-                vec![nrows]
-            } else {
-                vec![nrows, groups]
-            };
-            push(
-                k.clone(),
-                shape,
-                DType::I8,
-                EntryKind::QuantQ,
-                src.clone(),
-                &mut entries,
-            );
-            push(
-                format!("{}.weight_scale", name.unwrap()),
-                sshape,
-                DType::F32,
-                EntryKind::QuantScale,
-                Vec::new(),
-                &mut entries,
-            );
+            let (n, kin) = (shape[0], shape[1]);
+            self.quantized(store, name.unwrap(), n, kin, vec![k.clone()]);
         } else if stored == DType::I8 || k.ends_with(".weight_scale") {
-            push(k, shape, stored, EntryKind::Stored, src, &mut entries);
+            self.push(k.clone(), shape, stored, EntryKind::Stored, vec![k]);
         } else {
-            push(k, shape, dt, EntryKind::Dense, src, &mut entries);
+            self.push(k.clone(), shape, store.dtype(), EntryKind::Dense, vec![k]);
         }
     }
-    for g in &fused {
+
+    /// A fused group as one entry per tensor kind (weight, scales, bias), filled from the
+    /// members in order, so the fused tensor is one view.
+    fn fused(&mut self, store: &WeightStore, g: &FusedGroup) {
+        let dt = store.dtype();
         let name = super::weights::fused_name(&g.members);
         let keys = |suffix: &str| -> Vec<String> {
             g.members.iter().map(|m| format!("{m}{suffix}")).collect()
@@ -275,28 +306,7 @@ fn layout_layer(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> 
         let k_in = wshape(&wkeys[0])[1];
         let n_tot: usize = wkeys.iter().map(|k| wshape(k)[0]).sum();
         if g.quantize_now {
-            let groups = int8_groups(k_in);
-            let sshape = if groups == 1 {
-                vec![n_tot]
-            } else {
-                vec![n_tot, groups]
-            };
-            push(
-                format!("{name}.weight"),
-                vec![n_tot, k_in],
-                DType::I8,
-                EntryKind::QuantQ,
-                wkeys,
-                &mut entries,
-            );
-            push(
-                format!("{name}.weight_scale"),
-                sshape,
-                DType::F32,
-                EntryKind::QuantScale,
-                Vec::new(),
-                &mut entries,
-            );
+            self.quantized(store, &name, n_tot, k_in, wkeys);
         } else if g.prequantized {
             let mut sshape = wshape(&skeys[0]);
             sshape[0] = n_tot;
@@ -304,46 +314,68 @@ fn layout_layer(store: &WeightStore, group: &str, i: usize, except: &[&str]) -> 
                 .host_view(&skeys[0])
                 .map(|t| t.dtype())
                 .unwrap_or(DType::F32);
-            push(
+            self.push(
                 format!("{name}.weight"),
                 vec![n_tot, k_in],
                 DType::I8,
                 EntryKind::Stored,
                 wkeys,
-                &mut entries,
             );
-            push(
+            self.push(
                 format!("{name}.weight_scale"),
                 sshape,
                 sdt,
                 EntryKind::Stored,
                 skeys,
-                &mut entries,
             );
         } else {
-            push(
+            self.push(
                 format!("{name}.weight"),
                 vec![n_tot, k_in],
                 dt,
                 EntryKind::Dense,
                 wkeys,
-                &mut entries,
             );
         }
         if g.bias {
-            push(
+            self.push(
                 format!("{name}.bias"),
                 vec![n_tot],
                 dt,
                 EntryKind::Dense,
                 keys(".bias"),
-                &mut entries,
             );
         }
     }
+}
+
+/// The entries of layer `i` (see [`EntryKind`]), 256-byte aligned, and the layer's size: its
+/// tensors in key order, then the fused groups ([`fused_groups`]).
+fn layout_layer(store: &WeightStore, group: &str, i: usize, left_out: &LeftOut) -> LayerLayout {
+    let fused = fused_groups(store, group, i, left_out);
+    let in_fused = |k: &str| {
+        fused.iter().any(|g| {
+            g.members.iter().any(|m| {
+                k.strip_prefix(m.as_str())
+                    .is_some_and(|r| matches!(r, ".weight" | ".bias" | ".weight_scale"))
+            })
+        })
+    };
+    let mut b = LayoutBuilder {
+        entries: Vec::new(),
+        off: 0,
+    };
+    for k in layer_keys(store, group, i) {
+        if !left_out.key(&k) && !in_fused(&k) {
+            b.single(store, k);
+        }
+    }
+    for g in &fused {
+        b.fused(store, g);
+    }
     LayerLayout {
-        entries,
-        bytes: off,
+        entries: b.entries,
+        bytes: b.off,
     }
 }
 
@@ -470,23 +502,23 @@ impl Residency {
     /// Device bytes of each layer (compute dtype, or INT8 + scales where quantized).
     pub fn layer_bytes(store: &WeightStore, group: &str, layers: usize) -> Vec<u64> {
         (0..layers)
-            .map(|i| layout_layer(store, group, i, &[]).bytes as u64)
+            .map(|i| layout_layer(store, group, i, &LeftOut::default()).bytes as u64)
             .collect()
     }
 
-    /// The residency a [`LayerPlan`](super::planner::LayerPlan) says, leaving keys that
-    /// contain one of `except` out of the streamed copies (see [`Residency::streamed_except`]).
+    /// The residency a [`LayerPlan`](super::planner::LayerPlan) says, leaving the linears
+    /// `left_out` out of the streamed copies (see [`Residency::streamed_except`]).
     pub fn from_plan(
         store: &Arc<WeightStore>,
         plan: &super::planner::LayerPlan,
-        except: &[&str],
+        left_out: &LeftOut,
     ) -> Result<Residency> {
         match &plan.placement {
             super::planner::Placement::Resident => {
                 Ok(Self::resident(store, &plan.group, plan.layers))
             }
             super::planner::Placement::Streamed { resident } => {
-                Self::streamed_except(store, &plan.group, plan.layers, resident.clone(), except)
+                Self::streamed_except(store, &plan.group, plan.layers, resident.clone(), left_out)
             }
         }
     }
@@ -499,23 +531,23 @@ impl Residency {
         layers: usize,
         resident: Option<Vec<bool>>,
     ) -> Result<Residency> {
-        Self::streamed_except(store, group, layers, resident, &[])
+        Self::streamed_except(store, group, layers, resident, &LeftOut::default())
     }
 
-    /// As [`Residency::streamed`], leaving keys that contain one of `except` out of the
-    /// streamed copies (they are loaded on demand if asked for).
+    /// As [`Residency::streamed`], leaving the linears `left_out` out of the streamed copies
+    /// (they are loaded on demand if asked for, and dropped by [`Residency::evict`]).
     pub fn streamed_except(
         store: &Arc<WeightStore>,
         group: &str,
         layers: usize,
         resident: Option<Vec<bool>>,
-        except: &[&str],
+        left_out: &LeftOut,
     ) -> Result<Residency> {
         let resident = resident.unwrap_or_else(|| vec![false; layers]);
         let gpu = match store.device() {
             Device::Cpu => None,
             Device::Cuda(g) => Some(Mutex::new(Self::setup_gpu(
-                store, g, group, &resident, except,
+                store, g, group, &resident, left_out,
             )?)),
         };
         Ok(Residency {
@@ -533,10 +565,10 @@ impl Residency {
         gpu: &Arc<Gpu>,
         group: &str,
         resident: &[bool],
-        except: &[&str],
+        left_out: &LeftOut,
     ) -> Result<GpuStream> {
         let layouts: Vec<LayerLayout> = (0..resident.len())
-            .map(|i| layout_layer(store, group, i, except))
+            .map(|i| layout_layer(store, group, i, left_out))
             .collect();
         let max = layouts
             .iter()
@@ -656,12 +688,19 @@ impl Residency {
         Ok(LayerGuard { r: self, i })
     }
 
+    /// Drops what the store delivered of streamed layer `i` (nothing for a resident layer):
+    /// e.g. the per-run linears a model loaded on demand outside [`Residency::prepare`].
+    pub fn evict(&self, i: usize) {
+        if !self.is_resident(i) {
+            self.store.evict_prefix(&format!("{}.{i}.", self.group));
+        }
+    }
+
     fn release(&self, i: usize) {
         if self.is_resident(i) {
             return;
         }
-        let prefix = format!("{}.{i}.", self.group);
-        self.store.evict_prefix(&prefix);
+        self.evict(i);
         if let Some(g) = &self.gpu {
             let mut s = g.lock().unwrap();
             let _ = s.finish(i);

@@ -107,32 +107,105 @@ fn note_read(dir: &Path, key: &str) {
 }
 
 /// Quantize-on-load settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Int8Policy {
     /// Scales per `group` input channels; `None`: per output channel.
     pub group: Option<usize>,
-    /// Which linears (keys without `.weight`) may be quantized: declared by the model that
-    /// asks for INT8 (e.g. [`crate::model::int8::int8_applies`]); the runtime knows no names.
-    pub quantizable: fn(&str) -> bool,
+    /// Which linears (full keys without `.weight`) may be quantized: the linears the model's
+    /// loader tags [`LinearTags::int8`], as its recorded description lists them
+    /// (`model::inventory`); the runtime knows no names.
+    pub linears: Arc<BTreeSet<String>>,
 }
 
-/// Linears the model runs as one GEMM (e.g. an attention's q, k and v projections): declared by
-/// the model (like [`Int8Policy`]; the runtime knows no names) and asked for with
-/// [`Prefix::linear_fused`]. `groups` returns the groups of one layer of a layer loop, given
-/// whether that layer has a key (relative to its prefix `{group}.{i}.`, e.g.
-/// `"attn.to_add_out.weight"`): each group lists its member linears (keys without `.weight`,
-/// relative to the layer prefix) in output-row order, exactly as the model will ask for them
-/// in that layer (a layer may hold a linear the model does not use there). A linear counts in
-/// at most one group.
-#[derive(Clone, Copy, Debug)]
+/// Linears the model runs as one GEMM (e.g. an attention's q, k and v projections), asked for
+/// with [`Prefix::linear_fused`]: each group lists its members (full keys without `.weight`) in
+/// output-row order, exactly as the model asks for them. The model hands over the groups its
+/// loader's recorded description holds (like [`Int8Policy`]; the runtime knows no names); the
+/// streamed layer layout places each group's members adjacent (`runtime::residency`). A linear
+/// counts in at most one group.
+#[derive(Clone, Debug, Default)]
 pub struct FusionPolicy {
-    pub groups: FusionGroups,
+    pub groups: Arc<Vec<Vec<String>>>,
 }
 
-/// One group of fused linears: member names relative to the layer prefix, in row order.
-pub type FusionGroup = &'static [&'static str];
-/// The groups of a layer, given whether it has a key (see [`FusionPolicy`]).
-pub type FusionGroups = fn(&dyn Fn(&str) -> bool) -> Vec<FusionGroup>;
+/// What a loader declares about a linear besides its shape: recorded on the description's
+/// linears (`model::inventory`), from which the model builds the store's policies
+/// ([`Int8Policy`], the residency's per-run linears). Fusion is declared by asking for the
+/// linears as one ([`WeightSource::fused_tagged`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinearTags {
+    /// Weight-only INT8 (`--quantize int8`, `contentv quantize`) applies to it.
+    pub int8: bool,
+    /// Its output depends only on the run's conditioning (the adaLN modulation): computed once
+    /// per run, so streaming leaves it out of the per-layer copies.
+    pub per_run: bool,
+}
+
+impl LinearTags {
+    /// Nothing declared: stays in the compute dtype, streamed with its layer.
+    pub const PLAIN: LinearTags = LinearTags {
+        int8: false,
+        per_run: false,
+    };
+    /// INT8 applies.
+    pub const INT8: LinearTags = LinearTags {
+        int8: true,
+        per_run: false,
+    };
+    /// Computed once per run.
+    pub const PER_RUN: LinearTags = LinearTags {
+        int8: false,
+        per_run: true,
+    };
+}
+
+/// Where a loader gets its weights: the loaders are written once against this trait, and run
+/// against the real store ([`Prefix`]: tensors on the device) or against a source that only
+/// records names, shapes, dtypes and tags (`model::inventory::Recorder`: the component's
+/// description, which `contentv info`, the checks before a load and the store's policies use).
+/// `pp` appends `.name` to the key prefix; names are relative to it.
+pub trait WeightSource: Sized + Clone {
+    type Tensor;
+    type Linear;
+    fn pp(&self, name: impl std::fmt::Display) -> Self;
+    /// Whether the checkpoint has the tensor `name` (loaders branch on it: pre-quantized
+    /// linears, optional biases).
+    fn contains(&self, name: &str) -> bool;
+    /// The index of a layer prefix (`transformer_blocks.3` -> 3), if it ends with a number.
+    fn layer_index(&self) -> Option<usize>;
+    /// A tensor in the compute dtype (f32 on the CPU).
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Self::Tensor>;
+    /// A tensor in f32 whatever the compute dtype.
+    fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Self::Tensor>;
+    /// `{name}.weight` [out, in] and, if `bias`, `{name}.bias` [out]; INT8 when the
+    /// checkpoint is pre-quantized or the store's policy lists it.
+    fn linear_tagged(
+        &self,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        tags: LinearTags,
+    ) -> Result<Self::Linear>;
+    /// [`WeightSource::linear_tagged`] with [`LinearTags::PLAIN`].
+    fn linear(&self, name: &str, i: usize, o: usize, bias: bool) -> Result<Self::Linear> {
+        self.linear_tagged(name, i, o, bias, LinearTags::PLAIN)
+    }
+    /// The linears `names` as one (row-concatenated, see [`Prefix::linear_fused`]), each
+    /// member with `tags`.
+    fn fused_tagged(
+        &self,
+        names: &[&str],
+        in_features: usize,
+        out_features: &[usize],
+        bias: bool,
+        tags: LinearTags,
+    ) -> Result<Self::Linear>;
+    /// A dense linear stored in another shape: `{name}.weight` as `stored` (e.g. a conv with
+    /// kernel = stride, [out, C, p, p]) read as [out, in] (in = the product of the rest), and
+    /// `{name}.bias` [out].
+    fn linear_reshaped(&self, name: &str, stored: &[usize]) -> Result<Self::Linear>;
+}
 
 /// The key prefix of the fused linear of these member linears (full keys without `.weight`):
 /// the members joined by `+`; the fused tensors are `{name}.weight` [sum N_i, K], `.bias`,
@@ -144,6 +217,14 @@ pub fn fused_name<S: AsRef<str>>(members: &[S]) -> String {
         .map(|m| m.as_ref())
         .collect::<Vec<_>>()
         .join("+")
+}
+
+/// The one definition of a layer index in a key prefix: the last `.`-separated part, numeric.
+pub fn layer_index_of(prefix: &str) -> Option<usize> {
+    let last = prefix.rsplit('.').next()?;
+    (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| last.parse().ok())
+        .flatten()
 }
 
 impl WeightStore {
@@ -470,7 +551,7 @@ impl WeightStore {
     }
 
     pub fn int8_policy(&self) -> Option<Int8Policy> {
-        *self.int8.lock().unwrap()
+        self.int8.lock().unwrap().clone()
     }
 
     /// Sets the model's fusion groups (drops what was delivered). Set it before a
@@ -482,13 +563,18 @@ impl WeightStore {
     }
 
     pub fn fusion_policy(&self) -> Option<FusionPolicy> {
-        *self.fusion.lock().unwrap()
+        self.fusion.lock().unwrap().clone()
     }
 
     /// Whether the linear `name` (key without `.weight`) is delivered as INT8.
     pub fn is_int8(&self, name: &str) -> bool {
         self.ckpt.contains(&format!("{name}.weight_scale"))
-            || self.int8_policy().is_some_and(|p| (p.quantizable)(name))
+            || self
+                .int8
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|p| p.linears.contains(name))
     }
 
     /// The INT8 weight of linear `name` ([out, in]): stored pre-quantized (`.weight` i8 +
@@ -553,8 +639,9 @@ impl WeightStore {
         self.cache.lock().unwrap().clear();
     }
 
-    /// Drops the delivered tensors whose key starts with `prefix` (a streamed layer).
-    pub fn evict_prefix(&self, prefix: &str) {
+    /// Drops the delivered tensors whose key starts with `prefix` (a streamed layer): for the
+    /// residency layer only; models release layers through [`crate::runtime::residency::Residency`].
+    pub(crate) fn evict_prefix(&self, prefix: &str) {
         self.cache
             .lock()
             .unwrap()
@@ -659,5 +746,58 @@ impl Prefix {
         let members: Vec<String> = names.iter().map(|n| self.key(n)).collect();
         self.store
             .linear_fused(&members, in_features, out_features, bias)
+    }
+}
+
+impl WeightSource for Prefix {
+    type Tensor = Tensor;
+    type Linear = Linear;
+    fn pp(&self, name: impl std::fmt::Display) -> Prefix {
+        Prefix::pp(self, name)
+    }
+    fn contains(&self, name: &str) -> bool {
+        Prefix::contains(self, name)
+    }
+    fn layer_index(&self) -> Option<usize> {
+        layer_index_of(&self.prefix)
+    }
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Prefix::tensor(self, name, shape)
+    }
+    fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Prefix::tensor_f32(self, name, shape)
+    }
+    /// The store delivers INT8 for the linears its [`Int8Policy`] lists (built from these tags
+    /// by the model) or that the checkpoint has pre-quantized; `tags` are the description's.
+    fn linear_tagged(
+        &self,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        _tags: LinearTags,
+    ) -> Result<Linear> {
+        Prefix::linear(self, name, in_features, out_features, bias)
+    }
+    fn fused_tagged(
+        &self,
+        names: &[&str],
+        in_features: usize,
+        out_features: &[usize],
+        bias: bool,
+        _tags: LinearTags,
+    ) -> Result<Linear> {
+        Prefix::linear_fused(self, names, in_features, out_features, bias)
+    }
+    fn linear_reshaped(&self, name: &str, stored: &[usize]) -> Result<Linear> {
+        let p = Prefix::pp(self, name);
+        let (out, rest) = match stored.split_first() {
+            Some((&o, rest)) => (o, rest.iter().product::<usize>()),
+            None => (0, 0),
+        };
+        Ok(Linear {
+            weight: Weight::Dense(p.tensor("weight", stored)?.reshape(&[out, rest])?),
+            bias: Some(p.tensor("bias", &[out])?),
+        })
     }
 }

@@ -1,9 +1,11 @@
 //! A random tiny Wan VAE decoder with the real key names and shapes, for tests (no checkpoint
-//! needed).
+//! needed). Test data, not part of the library: included by tests/parity_vae.rs, benches/gpu_vae.rs
+//! and the VAE's unit tests (`#[path]`; the library names itself `contentv` for them).
+#![allow(dead_code)]
 use std::collections::HashMap;
 
-use super::{MapWeights, VaeConfig};
-use crate::runtime::{Device, Tensor};
+use contentv::model::vae::{MapWeights, VaeConfig};
+use contentv::runtime::{Device, Tensor};
 
 /// Uniform values in [-scale, scale) from a 64-bit LCG.
 pub fn rnd(n: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
