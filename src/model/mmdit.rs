@@ -799,9 +799,7 @@ impl Transformer {
             // copies): load them, use them for every step at once, and let them go again.
             let (m, mc) = modulation_linears(&blocks.pp(i), c)?;
             out.push((linear(&st, &m)?, linear(&st, &mc)?));
-            if !self.residency.is_resident(i) {
-                self.store.evict_prefix(&format!("transformer_blocks.{i}."));
-            }
+            self.residency.evict(i); // a streamed layer's per-run linears go again
         }
         let fin = linear(&st, &emb.norm_out)?;
         *self.run.lock().unwrap() = Some(RunModulation {
