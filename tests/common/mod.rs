@@ -1,8 +1,12 @@
 //! Shared test helpers: loading the reference fixtures (tests/fixtures/*.safetensors, written by
 //! scripts/reference/make_fixtures.py) and comparing tensors with a readable error report.
 //!
-//! Use from an integration test with `mod common;`.
+//! Use from an integration test with `mod common;`. Submodules: `bin` (running the `contentv`
+//! binary) and `scratch` (scratch folders and files).
 #![allow(dead_code)]
+
+pub mod bin;
+pub mod scratch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -367,6 +371,17 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Cosine similarity of two equally long slices, in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        dot += (*x as f64) * (*y as f64);
+        na += (*x as f64).powi(2);
+        nb += (*y as f64).powi(2);
+    }
+    dot / (na.sqrt() * nb.sqrt())
 }
 
 /// A number from the manifest at a JSON pointer (e.g. "/transformer_bf16_error/output/max_abs").
