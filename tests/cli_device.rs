@@ -6,7 +6,7 @@ use std::process::Command;
 
 mod common;
 
-use common::bin::{text, tiny_args, BIN};
+use common::bin::{output, text, tiny_args, BIN};
 use common::cosine;
 use common::scratch::scratch;
 use contentv::io::video::artifact_path;
@@ -28,7 +28,7 @@ fn memory_modes(device: &str) -> Vec<f32> {
         if device == "cpu" {
             cmd.env("CONTENTV_FORCE_CPU", "1");
         }
-        let o = cmd.output().expect("cannot start the contentv binary");
+        let o = output(&mut cmd);
         assert!(o.status.success(), "{device} {extra:?}:\n{}", text(&o));
         assert!(artifact_path(&out).exists(), "{device} {extra:?}: no video");
         contentv::model::pipeline::load_latents(&lat).unwrap().data
@@ -103,7 +103,7 @@ fn attention_self_check_falls_back_on_a_wrong_kernel() {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let o = cmd.output().expect("cannot start the contentv binary");
+        let o = output(&mut cmd);
         assert!(o.status.success(), "{name}:\n{}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         (

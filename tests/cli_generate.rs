@@ -7,7 +7,7 @@ use std::process::Command;
 
 mod common;
 
-use common::bin::{fails_with, os, refs, run, run_batch, text, tiny_args, BIN};
+use common::bin::{cpu_command, fails_with, os, output, refs, run, run_batch, text, tiny_args};
 use common::scratch::{entries, linked_tiny, scratch};
 use common::tiny_model_dir as tiny;
 use contentv::io::video::{artifact_path, read_video, writes_mp4};
@@ -240,122 +240,34 @@ fn bad_inputs_fail_cleanly_and_leave_no_file() {
         )
         .unwrap();
     }
-    let cases: Vec<(Vec<String>, &str)> = vec![
+    let (partial, noise) = (partial.to_str().unwrap(), noise.to_str().unwrap());
+    // Flags replacing (or added to) the tiny run's, and what the error must mention.
+    let cases: [(&[&str], &str); 19] = [
+        (&["--frames", "0"], "frames"),
+        (&["--frames", "100000"], "frames"),
+        (&["--steps", "0"], "steps"),
+        (&["--steps", "100000"], "steps"),
+        (&["--width", "50"], "multiple of 16"),
+        (&["--height", "0"], "multiple of 16"),
+        (&["--guidance", "-3"], "guidance"),
+        (&["--shift", "0"], "shift"),
+        (&["--fps", "0"], "fps"),
+        (&["--crf", "99"], "crf"),
+        (&["--prompt", ""], "prompt"),
         (
-            vec!["--frames", "0"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "frames",
-        ),
-        (
-            vec!["--frames", "100000"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "frames",
-        ),
-        (
-            vec!["--steps", "0"].into_iter().map(String::from).collect(),
-            "steps",
-        ),
-        (
-            vec!["--steps", "100000"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "steps",
-        ),
-        (
-            vec!["--width", "50"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "multiple of 16",
-        ),
-        (
-            vec!["--height", "0"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "multiple of 16",
-        ),
-        (
-            vec!["--guidance", "-3"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "guidance",
-        ),
-        (
-            vec!["--shift", "0"].into_iter().map(String::from).collect(),
-            "shift",
-        ),
-        (
-            vec!["--fps", "0"].into_iter().map(String::from).collect(),
-            "fps",
-        ),
-        (
-            vec!["--crf", "99"].into_iter().map(String::from).collect(),
-            "crf",
-        ),
-        (
-            vec!["--prompt", ""].into_iter().map(String::from).collect(),
-            "prompt",
-        ),
-        (
-            vec!["--model", "/nonexistent/contentv-model"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            &["--model", "/nonexistent/contentv-model"],
             "does not exist",
         ),
+        (&["--model", partial], "transformer/"),
+        (&["--vram-budget", "nan"], "vram-budget"),
+        (&["--vram-budget", "0"], "vram-budget"),
+        (&["--init-noise", noise], "shape"),
         (
-            vec!["--model".to_string(), partial.to_str().unwrap().to_string()],
-            "transformer/",
-        ),
-        (
-            vec!["--vram-budget", "nan"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "vram-budget",
-        ),
-        (
-            vec!["--vram-budget", "0"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "vram-budget",
-        ),
-        (
-            vec![
-                "--init-noise".to_string(),
-                noise.to_str().unwrap().to_string(),
-            ],
-            "shape",
-        ),
-        (
-            vec!["--init-noise", "/nonexistent/noise.safetensors"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            &["--init-noise", "/nonexistent/noise.safetensors"],
             "does not exist",
         ),
-        (
-            vec!["--device", "gpu"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "gpu",
-        ),
-        (
-            vec!["--shard", "0/2"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "batch",
-        ),
+        (&["--device", "gpu"], "gpu"),
+        (&["--shard", "0/2"], "batch"),
     ];
     for (extra, want) in &cases {
         let mut a: Vec<String> = tiny_args(&outs, "1")
@@ -364,10 +276,10 @@ fn bad_inputs_fail_cleanly_and_leave_no_file() {
             .collect();
         // later flags override earlier ones only for clap "overrides"; replace instead
         for pair in extra.chunks(2) {
-            if let Some(i) = a.iter().position(|s| s == &pair[0]) {
-                a[i + 1] = pair[1].clone();
+            if let Some(i) = a.iter().position(|s| s == pair[0]) {
+                a[i + 1] = pair[1].to_string();
             } else {
-                a.extend(pair.iter().cloned());
+                a.extend(pair.iter().map(|s| s.to_string()));
             }
         }
         let refs: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
@@ -630,11 +542,7 @@ fn outputs_replace_cleanly_and_stale_partials_go() {
         let i = a.iter().position(|s| s == "--output").unwrap();
         a[i + 1] = bad.clone();
         a.push("--json".into());
-        let o = Command::new(BIN)
-            .args(&a)
-            .env("CONTENTV_FORCE_CPU", "1")
-            .output()
-            .unwrap();
+        let o = output(&mut cpu_command(&a));
         assert!(o.status.success(), "{}", text(&o));
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert!(j["output"].as_str().unwrap().contains('\u{FFFD}'), "{j}");
@@ -650,9 +558,7 @@ fn ctrl_c_leaves_no_file() {
     let mut a = tiny_args(out.to_str().unwrap(), "9");
     let i = a.iter().position(|s| *s == "--steps").unwrap();
     a[i + 1] = "1000";
-    let child = Command::new(BIN)
-        .args(&a)
-        .env("CONTENTV_FORCE_CPU", "1")
+    let child = cpu_command(&a)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -5,7 +5,7 @@ use std::process::Command;
 
 mod common;
 
-use common::bin::{run, text, tiny_args, BIN};
+use common::bin::{cpu_command, output, run, text, tiny_args, BIN};
 use common::scratch::{linked_tiny, replace, scratch};
 use common::tiny_model_dir as tiny;
 
@@ -110,14 +110,7 @@ fn model_from_hugging_face_cache() {
     linked_tiny(&entry.join("snapshots/0123abcd"));
     std::fs::create_dir_all(entry.join("refs")).unwrap();
     std::fs::write(entry.join("refs/main"), "0123abcd").unwrap();
-    let with_cache = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .env("CONTENTV_FORCE_CPU", "1")
-            .env("HF_HUB_CACHE", &cache)
-            .output()
-            .unwrap()
-    };
+    let with_cache = |args: &[&str]| output(cpu_command(args).env("HF_HUB_CACHE", &cache));
     let o = with_cache(&["info", "--model", "Acme/Tiny-Video"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("0123abcd"), "{}", text(&o));

@@ -5,7 +5,7 @@ use std::process::Command;
 
 mod common;
 
-use common::bin::{run, text, BIN};
+use common::bin::{output, run, text, BIN};
 
 #[test]
 fn roofline_prints_a_step_and_a_decode() {
@@ -81,11 +81,11 @@ fn roofline_measure_times_every_row() {
         println!("SKIP: roofline --measure on a device: {why}");
         return;
     }
-    let o = Command::new(BIN)
-        .args(args)
-        .env("CONTENTV_BENCH_REHEARSAL", "1")
-        .output()
-        .expect("cannot start the contentv binary");
+    let o = output(
+        Command::new(BIN)
+            .args(args)
+            .env("CONTENTV_BENCH_REHEARSAL", "1"),
+    );
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let m = &v["measured"];
