@@ -414,7 +414,24 @@ pub fn cuda_or_skip() -> Option<contentv::Device> {
     }
 }
 
-/// `n` values uniform in [-amp, amp) from a seeded xorshift64 (deterministic test inputs).
+/// The same values twice, for a GPU-vs-CPU comparison: a host f32 tensor rounded through `dt`,
+/// and a `dt` tensor on `dev` (both sides see identical inputs).
+pub fn host_and_device(
+    v: Vec<f32>,
+    s: &[usize],
+    dev: &contentv::Device,
+    dt: contentv::runtime::DType,
+) -> (contentv::runtime::Tensor, contentv::runtime::Tensor) {
+    let h = contentv::runtime::Tensor::from_f32(v, s, &contentv::Device::Cpu)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap();
+    let g = h.to_device(dev).unwrap();
+    (h.to_dtype(contentv::runtime::DType::F32).unwrap(), g)
+}
+
+/// `n` values uniform in [-amp, amp) from a seeded xorshift64 (deterministic test inputs): the
+/// tests' one generator (scripts/reference/make_variant_fixtures.py has the same one).
 pub fn rand_vec(n: usize, seed: u64, amp: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     (0..n)
