@@ -368,7 +368,7 @@ impl Report {
     fn weight_memory(&mut self) -> (usize, serde_json::Value) {
         let (max_block, block_total) = (self.max_block, self.block_total);
         let lines = &mut self.lines;
-        // Cross-component checks (spec 8.11): CLIP projections add up to 2048, T5 width = 4096.
+        // Bytes per parameter: bf16 2, INT8 1 (transformer and T5 under --quantize int8), VAE 4 (f32).
         let total: usize = self.params.values().sum();
         let p = |k: &str| *self.params.get(k).unwrap_or(&0) as f64;
         let text = p("text_encoder") + p("text_encoder_2") + p("text_encoder_3");

@@ -28,8 +28,8 @@ pub trait PromptEncoding {
     }
 }
 
-/// The transformer: velocity for latents `x` [B, 16, T, h, w], one timestep per batch entry,
-/// context [B, 333, 4096], pooled [B, 2048]. Returns [B, 16, T, h, w].
+/// The transformer: velocity for latents `x` [B, C, T, h, w] (C latent channels), one timestep per batch entry,
+/// context [B, 333, 4096], pooled [B, 2048]. Returns [B, C, T, h, w].
 pub trait Denoiser {
     fn forward(
         &self,
@@ -53,7 +53,7 @@ pub trait Denoiser {
     fn end_run(&self) {}
 }
 
-/// The VAE: DiT-space latents [1, 16, T, h, w] (de-normalised inside) to video [1, 3, F, H, W] in [-1, 1].
+/// The VAE: DiT-space latents [1, C, T, h, w] (de-normalised inside) to video [1, 3, F, H, W] in [-1, 1].
 pub trait FrameDecoder {
     fn decode(&self, latents: &Tensor) -> Result<Tensor>;
     /// A decode that needs less memory (spatial tiles), tried after an out-of-memory error.

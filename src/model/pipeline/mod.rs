@@ -1,4 +1,4 @@
-//! The text-to-video pipeline (spec section 2): encode prompt and negative prompt, draw the
+//! The text-to-video pipeline (docs/spec.md §2): encode prompt and negative prompt, draw the
 //! initial noise, run the flow-matching Euler loop with classifier-free guidance, de-normalise and
 //! decode with the VAE, convert to uint8 frames.
 //!
@@ -80,7 +80,7 @@ pub struct GenerateParams {
     /// Overrides the scheduler config's shift.
     pub shift: Option<f32>,
     pub seed: u64,
-    /// Initial noise [1, 16, T, h, w] instead of the seeded generator.
+    /// Initial noise [1, C, T, h, w] (C latent channels) instead of the seeded generator.
     pub init_noise: Option<Vec<f32>>,
     /// Where to save the latents if the decode fails (so `contentv decode` can finish the run).
     pub rescue_latents: Option<std::path::PathBuf>,
@@ -107,7 +107,7 @@ fn check_cancel(flag: Option<&std::sync::atomic::AtomicBool>) -> Result<()> {
 /// Result of a generation.
 pub struct Generated {
     pub frames: VideoFrames,
-    /// Final DiT-space latents [1, 16, T, h, w] (f32).
+    /// Final DiT-space latents [1, C, T, h, w] (f32).
     pub latents: Vec<f32>,
     pub latent_shape: [usize; 5],
     /// The schedule used.
@@ -179,7 +179,7 @@ fn host_tensor(v: Vec<f32>, shape: &[usize], device: &Device, dtype: DType) -> R
 }
 
 impl Pipeline {
-    /// The denoising loop from `noise` [1, 16, T, h, w]; returns the final latents.
+    /// The denoising loop from `noise` [1, C, T, h, w]; returns the final latents.
     /// `record` receives (name, values) of intermediates: `step{i}.v_cond`, `step{i}.v_uncond`,
     /// `step{i}.v`, `step{i}.latents` (for parity tests). Stops with [`Error::Cancelled`]
     /// before a step once `cancel` is set.
@@ -287,7 +287,7 @@ impl Pipeline {
         Ok(x)
     }
 
-    /// VAE decode of DiT-space latents [1, 16, T, h, w] to uint8 frames.
+    /// VAE decode of DiT-space latents [1, C, T, h, w] to uint8 frames.
     pub fn decode(&self, latents: &[f32], shape: &[usize]) -> Result<VideoFrames> {
         decode_with(self.vae.as_ref(), &self.device, latents, shape)
     }
