@@ -8,6 +8,7 @@
 mod common;
 
 use common::cuda_or_skip as gpu;
+use common::host_and_device as pair;
 fn rnd(n: usize, seed: u64, amp: f32) -> Vec<f32> {
     common::rand_vec(n, seed, amp)
 }
@@ -16,16 +17,6 @@ use contentv::ops::attention::{attention, AttnOpts};
 use contentv::ops::attention_cuda::{attention_cuda_with, AttnKernel};
 use contentv::ops::tolerance;
 use contentv::runtime::{DType, Device, Tensor};
-
-/// Host f32 tensor rounded through `dt`, and the same values on the GPU in `dt`.
-fn pair(v: Vec<f32>, s: &[usize], dev: &Device, dt: DType) -> (Tensor, Tensor) {
-    let h = Tensor::from_f32(v, s, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dt)
-        .unwrap();
-    let g = h.to_device(dev).unwrap();
-    (h.to_dtype(DType::F32).unwrap(), g)
-}
 
 /// One segment of q, k and v, as column slices of a fused [B, S, 3*H*d] tensor (row stride
 /// 3*H*d, like the output of a fused qkv projection) or as separate contiguous tensors.

@@ -27,7 +27,9 @@ use std::process::{Command, Output};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_contentv");
+mod common;
+
+use common::bin::{text, BIN};
 
 fn tiny() -> PathBuf {
     contentv::cli::load::tiny_model_dir()
@@ -336,15 +338,6 @@ fn run(args: &[&str]) -> Output {
         .env("CONTENTV_FORCE_CPU", "1")
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// No panic, no signal; a failure names something of the model.

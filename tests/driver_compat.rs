@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 mod common;
 
 fn contentv(env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_contentv"));
+    let mut c = Command::new(common::bin::BIN);
     c.args(args);
     for (k, v) in env {
         c.env(k, v);
@@ -165,7 +165,7 @@ fn sync_launches_names_the_faulting_kernel() {
     if !emulated_only("kernel fault") {
         return;
     }
-    let dir = tempdir();
+    let dir = common::scratch::scratch("driver-compat-fault");
     let out_path = dir.join("fault.mp4");
     let args = [
         "generate",
@@ -204,10 +204,4 @@ fn sync_launches_names_the_faulting_kernel() {
         "{t}"
     );
     assert!(!out_path.exists(), "no output after a failed run");
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("contentv-driver-compat-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

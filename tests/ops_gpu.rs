@@ -3,6 +3,7 @@
 mod common;
 
 use common::cuda_or_skip as gpu;
+use common::host_and_device as pair;
 fn rnd(n: usize, seed: u64) -> Vec<f32> {
     common::rand_vec(n, seed, 1.0)
 }
@@ -12,14 +13,6 @@ use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 
 fn host(v: Vec<f32>, s: &[usize]) -> Tensor {
     Tensor::from_f32(v, s, &Device::Cpu).unwrap()
-}
-
-/// The same data on the GPU in `dt`, and on the host rounded through `dt` (so both sides see
-/// identical inputs).
-fn pair(v: Vec<f32>, s: &[usize], dev: &Device, dt: DType) -> (Tensor, Tensor) {
-    let h = host(v, s).to_dtype(dt).unwrap();
-    let g = h.to_device(dev).unwrap();
-    (h.to_dtype(DType::F32).unwrap(), g)
 }
 
 fn check(name: &str, got: &Tensor, want: &Tensor, dt: DType, k: usize) {

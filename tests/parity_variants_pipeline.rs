@@ -12,8 +12,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::bin::{run as cli, text as out_text};
 use common::{assert_close, repo_root, tiny_model_dir};
 use contentv::cli::load::load_pipeline;
 use contentv::model::pipeline::{
@@ -24,7 +24,6 @@ use safetensors::SafeTensors;
 
 const REGENERATE: &str = ".venv-ref/bin/python scripts/reference/make_variant_pipeline.py";
 const VARIANTS: &[&str] = &["pipeline_a", "pipeline_b"];
-const BIN: &str = env!("CARGO_BIN_EXE_contentv");
 
 fn variant_dir(name: &str) -> PathBuf {
     repo_root()
@@ -203,23 +202,6 @@ fn layout_steps_and_frames_match_reference_on_cpu() {
             .unwrap();
         assert_eq!(out.latents, x, "{name}: generate() == denoise()");
     }
-}
-
-fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("CONTENTV_FORCE_CPU", "1")
-        .output()
-        .expect("cannot start the contentv binary")
-}
-
-fn out_text(o: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -8,23 +8,13 @@ fn rnd(n: usize, seed: u64) -> Vec<f32> {
     common::rand_vec(n, seed, 1.0)
 }
 
-use common::{assert_close, tiny_model_dir, Fixture};
+use common::{assert_close, cosine as cos, tiny_model_dir, Fixture};
 use contentv::model::mmdit::Transformer;
 use contentv::model::pipeline::Denoiser;
 use contentv::ops::gemm::{linear_act, Act};
 use contentv::ops::quant::{dequantize, linear_int8, quantize_per_channel};
 use contentv::runtime::residency::{MemoryOptions, Offload};
 use contentv::runtime::{Device, Linear, Tensor, Weight, WeightStore};
-
-fn cos(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        ab += *x as f64 * *y as f64;
-        aa += *x as f64 * *x as f64;
-        bb += *y as f64 * *y as f64;
-    }
-    ab / (aa.sqrt() * bb.sqrt())
-}
 
 #[test]
 fn w8a16_linear_equals_dense_linear_on_dequantized_weights() {
@@ -141,7 +131,7 @@ fn streaming_equals_resident_and_int8_is_close() {
 fn quantize_command_writes_a_loadable_int8_checkpoint() {
     let out = std::env::temp_dir().join(format!("contentv-int8-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let bin = env!("CARGO_BIN_EXE_contentv");
+    let bin = common::bin::BIN;
     let tiny = tiny_model_dir();
     let run = |extra: &[&str]| {
         let mut args = vec![

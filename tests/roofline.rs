@@ -14,18 +14,10 @@ use contentv::model::vae::{VaeDecoder, VaeOptions};
 use contentv::ops::trace::{OpClass, OpRecord, Recorder};
 use contentv::runtime::{Device, Tensor};
 
+/// `shape` filled uniformly in [-0.5, 0.5) by the tests' seeded generator.
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect();
-    Tensor::from_f32(v, shape, &Device::Cpu).unwrap()
+    Tensor::from_f32(common::rand_vec(n, seed, 0.5), shape, &Device::Cpu).unwrap()
 }
 
 /// (calls, FLOPs) per class, recorded and modelled.

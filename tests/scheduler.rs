@@ -1,4 +1,4 @@
-//! The flow-matching Euler scheduler against its formula (spec section 4) and the reference
+//! The flow-matching Euler scheduler against its formula (docs/spec.md §4) and the reference
 //! fixture (tests/fixtures/scheduler.safetensors, diffusers 0.33.1).
 mod common;
 

@@ -4,22 +4,17 @@
 //! reference's untruncated length).
 use std::path::{Path, PathBuf};
 
+mod common;
+
+use common::{repo_root as root, tiny_model_dir as tiny};
 use contentv::io::safetensors::{SafeTensorsFile, StDtype};
 use contentv::model::text::T5_TOKENS;
 use contentv::model::tokenizer::{ClipTokenizer, T5Tokenizer};
 
 const REGENERATE: &str = ".venv-ref/bin/python scripts/reference/make_tokenizer_fuzz.py";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn fuzz_dir() -> PathBuf {
     root().join("tests/fixtures/tokenizer_fuzz")
-}
-
-fn tiny() -> PathBuf {
-    root().join("assets/tiny-model")
 }
 
 fn prompts() -> Vec<String> {

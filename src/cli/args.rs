@@ -273,7 +273,8 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = whole::<u8>, allow_negative_numbers = true)]
     pub crf: Option<u8>,
     /// Use this initial noise instead of the seed: a safetensors file with one tensor "noise" of
-    /// shape [1, 16, (frames-1)/4+1, height/8, width/8].
+    /// shape [1, C, (frames-1)/4+1, height/8, width/8] (C: the model's latent channels, 16 for
+    /// ContentV).
     #[arg(long, value_name = "FILE")]
     pub init_noise: Option<PathBuf>,
     /// Also save the final latents (safetensors, tensor "latents") for `contentv decode`.

@@ -201,176 +201,30 @@ fn human_count(n: usize) -> String {
     }
 }
 
+/// `contentv info`: checks the folder is a checkpoint, reports each component and the
+/// cross-component checks, then the weight memory of each mode; an error lists every problem.
 pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
     let dir = model_dir(&a.model, ui);
-    super::load::check_model_exists(&dir)?;
-    if !dir.is_dir() {
-        return Err(Error::Input(format!(
-            "the model path {} is not a folder: give the checkpoint's folder (the one with transformer/, vae/, ...)",
-            dir.display()
-        )));
-    }
-    if let Some(h) = layout_hint(&dir) {
-        return Err(Error::Input(format!(
-            "the model folder {} has none of the components of a ContentV checkpoint (transformer/, vae/, text_encoder/, ...): {h}",
-            dir.display()
-        )));
-    }
-    let mut problems: Vec<String> = Vec::new();
-    let (mut max_block, mut block_total) = (0usize, 0usize);
-    let mut comps = serde_json::Map::new();
-    let mut params: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut lines = vec![format!("model folder: {}", dir.display())];
+    check_model_folder(&dir)?;
+    let mut r = Report {
+        lines: vec![format!("model folder: {}", dir.display())],
+        ..Report::default()
+    };
     let checks = check_model(&dir);
-    for (c, r) in &checks {
-        let cprob = &r.problems;
-        problems.extend(cprob.iter().cloned());
-        let Some(tensors) = &r.tensors else {
-            let (word, j) = match (cprob.first(), r.missing) {
-                (None, _) => {
-                    let what = match r.shift {
-                        Some(s) => format!("FlowMatchEulerDiscrete, shift {s}"),
-                        None => c.what.to_string(),
-                    };
-                    lines.push(format!("  {:<15} ok ({what})", c.folder));
-                    let mut j = json!({"ok": true});
-                    if let Some(s) = r.shift {
-                        j["shift"] = json!(s);
-                    }
-                    comps.insert(c.folder.into(), j);
-                    continue;
-                }
-                (Some(p), true) if p.contains(" is missing") => ("MISSING", p),
-                (Some(p), _) => ("PROBLEM", p),
-            };
-            lines.push(format!("  {:<15} {word}: {j}", c.folder));
-            comps.insert(
-                c.folder.into(),
-                json!({"ok": false, "problem": j, "problems": cprob}),
-            );
-            continue;
-        };
-        let n: usize = tensors.values().map(|t| t.numel()).sum();
-        if c.folder == "transformer" {
-            // Largest streamed layer (modulation linears excluded: computed once per run).
-            let mut per: BTreeMap<usize, usize> = BTreeMap::new();
-            for (k, t) in tensors {
-                if let Some(rest) = k.strip_prefix("transformer_blocks.") {
-                    let i: usize = rest
-                        .split('.')
-                        .next()
-                        .and_then(|x| x.parse().ok())
-                        .unwrap_or(0);
-                    if !k.contains(".norm1.linear.") && !k.contains(".norm1_context.linear.") {
-                        *per.entry(i).or_default() += t.numel();
-                    }
-                }
-            }
-            max_block = per.values().copied().max().unwrap_or(0);
-            block_total = tensors
-                .iter()
-                .filter(|(k, _)| k.starts_with("transformer_blocks."))
-                .map(|(_, t)| t.numel())
-                .sum();
-        }
-        let bytes: usize = tensors
-            .values()
-            .map(|t| t.numel() * dtype_size(&t.dtype))
-            .sum();
-        let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
-        for t in tensors.values() {
-            *dtypes.entry(t.dtype.clone()).or_default() += t.numel();
-        }
-        params.insert(c.folder, n);
-        lines.push(format!(
-            "  {:<15} {} params, {} tensors, {} on disk ({}), {}",
-            c.folder,
-            human_count(n),
-            tensors.len(),
-            gib(bytes as f64),
-            dtypes.keys().cloned().collect::<Vec<_>>().join("+"),
-            if cprob.is_empty() {
-                "keys and shapes ok".to_string()
-            } else {
-                format!("{} PROBLEM(S)", cprob.len())
-            }
-        ));
-        for p in cprob.iter().take(5) {
-            lines.push(format!("      {p}"));
-        }
-        if cprob.len() > 5 {
-            lines.push(format!("      ... and {} more", cprob.len() - 5));
-        }
-        let mut cj = json!({"ok": cprob.is_empty(), "params": n, "tensors": tensors.len(), "bytes_on_disk": bytes, "dtypes": dtypes, "problems": cprob});
-        if a.tensors {
-            lines.extend(
-                tensors
-                    .iter()
-                    .map(|(k, t)| format!("      {k} {} {:?}", t.dtype, t.shape)),
-            );
-            cj["tensor_list"] = tensors
-                .iter()
-                .map(|(k, t)| json!({"name": k, "dtype": t.dtype, "shape": t.shape}))
-                .collect();
-        }
-        comps.insert(c.folder.into(), cj);
+    for (c, check) in &checks {
+        r.component(c, check, a.tensors);
     }
     for p in check_cross(&dir, &checks) {
-        lines.push(format!("  PROBLEM: {p}"));
-        problems.push(p);
+        r.lines.push(format!("  PROBLEM: {p}"));
+        r.problems.push(p);
     }
-    // Cross-component checks (spec 8.11): CLIP projections add up to 2048, T5 width = 4096.
-    let total: usize = params.values().sum();
-    let p = |k: &str| *params.get(k).unwrap_or(&0) as f64;
-    let text = p("text_encoder") + p("text_encoder_2") + p("text_encoder_3");
-    let bf16_all = 2.0 * (p("transformer") + text) + 4.0 * p("vae");
-    let int8_all = p("transformer")
-        + p("text_encoder_3")
-        + 2.0 * (p("text_encoder") + p("text_encoder_2"))
-        + 4.0 * p("vae");
-    let largest = [
-        2.0 * p("transformer"),
-        2.0 * p("text_encoder_3"),
-        2.0 * p("text_encoder_2"),
-        2.0 * p("text_encoder"),
-        4.0 * p("vae"),
-    ]
-    .into_iter()
-    .fold(0.0, f64::max);
-    let modes = json!({
-        "none_bf16": bf16_all, "none_int8": int8_all,
-        "model_offload_bf16": largest, "model_offload_int8": p("transformer").max(4.0 * p("vae")),
-        "sequential_bf16": (2.0 * (p("transformer") - block_total as f64 + 2.0 * max_block as f64)).max(4.0 * p("vae")),
-    });
-    lines.push(format!("parameters: {} in total", human_count(total)));
-    lines.push("GPU memory for the weights (activations come on top):".into());
-    lines.push(format!(
-        "  --offload none (all resident), bf16 (VAE f32): {}",
-        gib(bf16_all)
-    ));
-    lines.push(format!(
-        "  --offload none, --quantize int8 (transformer + T5 int8): {}",
-        gib(int8_all)
-    ));
-    lines.push(format!(
-        "  --offload model (largest single model resident), bf16: {}",
-        gib(largest)
-    ));
-    lines.push(format!(
-        "  --offload model, --quantize int8: {}",
-        gib(p("transformer").max(4.0 * p("vae")))
-    ));
-    let nonblock = p("transformer") - block_total as f64;
-    let seq_bf16 = 2.0 * (nonblock + 2.0 * max_block as f64);
-    let seq_int8 = 2.0 * nonblock + 2.0 * max_block as f64;
-    lines.push(format!(
-        "  --offload sequential (2 transformer layers in flight), bf16: {}",
-        gib(seq_bf16.max(4.0 * p("vae")))
-    ));
-    lines.push(format!(
-        "  --offload sequential, --quantize int8: {}",
-        gib(seq_int8.max(4.0 * p("vae")))
-    ));
+    let (total, modes) = r.weight_memory();
+    let Report {
+        mut lines,
+        problems,
+        comps,
+        ..
+    } = r;
     if problems.is_empty() {
         lines.push("status: ok".into());
     } else {
@@ -392,4 +246,205 @@ pub fn run(a: &InfoArgs, ui: &Ui) -> Result<()> {
             problems.join("; ")
         )))
     }
+}
+
+/// `dir` exists, is a folder, and holds at least one component of a ContentV checkpoint.
+fn check_model_folder(dir: &Path) -> Result<()> {
+    super::load::check_model_exists(dir)?;
+    if !dir.is_dir() {
+        return Err(Error::Input(format!(
+            "the model path {} is not a folder: give the checkpoint's folder (the one with transformer/, vae/, ...)",
+            dir.display()
+        )));
+    }
+    if let Some(h) = layout_hint(dir) {
+        return Err(Error::Input(format!(
+            "the model folder {} has none of the components of a ContentV checkpoint (transformer/, vae/, text_encoder/, ...): {h}",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What `info` prints (`lines`) and reports as JSON (`comps`), gathered component by component.
+#[derive(Default)]
+struct Report {
+    lines: Vec<String>,
+    problems: Vec<String>,
+    comps: serde_json::Map<String, serde_json::Value>,
+    /// Parameters per weight component.
+    params: BTreeMap<&'static str, usize>,
+    /// Parameters of the largest transformer block (modulation linears excluded) and of all blocks.
+    max_block: usize,
+    block_total: usize,
+}
+
+impl Report {
+    /// One component: a line (and its problems), its JSON entry, its parameters.
+    fn component(&mut self, c: &'static Component, r: &ComponentCheck, list_tensors: bool) {
+        let cprob = &r.problems;
+        self.problems.extend(cprob.iter().cloned());
+        let Some(tensors) = &r.tensors else {
+            self.component_without_tensors(c, r);
+            return;
+        };
+        let n: usize = tensors.values().map(|t| t.numel()).sum();
+        if c.folder == "transformer" {
+            (self.max_block, self.block_total) = block_sizes(tensors);
+        }
+        let bytes: usize = tensors
+            .values()
+            .map(|t| t.numel() * dtype_size(&t.dtype))
+            .sum();
+        let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+        for t in tensors.values() {
+            *dtypes.entry(t.dtype.clone()).or_default() += t.numel();
+        }
+        self.params.insert(c.folder, n);
+        self.lines.push(format!(
+            "  {:<15} {} params, {} tensors, {} on disk ({}), {}",
+            c.folder,
+            human_count(n),
+            tensors.len(),
+            gib(bytes as f64),
+            dtypes.keys().cloned().collect::<Vec<_>>().join("+"),
+            if cprob.is_empty() {
+                "keys and shapes ok".to_string()
+            } else {
+                format!("{} PROBLEM(S)", cprob.len())
+            }
+        ));
+        for p in cprob.iter().take(5) {
+            self.lines.push(format!("      {p}"));
+        }
+        if cprob.len() > 5 {
+            self.lines
+                .push(format!("      ... and {} more", cprob.len() - 5));
+        }
+        let mut cj = json!({"ok": cprob.is_empty(), "params": n, "tensors": tensors.len(), "bytes_on_disk": bytes, "dtypes": dtypes, "problems": cprob});
+        if list_tensors {
+            self.lines.extend(
+                tensors
+                    .iter()
+                    .map(|(k, t)| format!("      {k} {} {:?}", t.dtype, t.shape)),
+            );
+            cj["tensor_list"] = tensors
+                .iter()
+                .map(|(k, t)| json!({"name": k, "dtype": t.dtype, "shape": t.shape}))
+                .collect();
+        }
+        self.comps.insert(c.folder.into(), cj);
+    }
+
+    /// A component without tensors: a configuration-only one that is fine (the scheduler), or
+    /// one that is missing or has a problem.
+    fn component_without_tensors(&mut self, c: &'static Component, r: &ComponentCheck) {
+        let (word, j) = match (r.problems.first(), r.missing) {
+            (None, _) => {
+                let what = match r.shift {
+                    Some(s) => format!("FlowMatchEulerDiscrete, shift {s}"),
+                    None => c.what.to_string(),
+                };
+                self.lines.push(format!("  {:<15} ok ({what})", c.folder));
+                let mut j = json!({"ok": true});
+                if let Some(s) = r.shift {
+                    j["shift"] = json!(s);
+                }
+                self.comps.insert(c.folder.into(), j);
+                return;
+            }
+            (Some(p), true) if p.contains(" is missing") => ("MISSING", p),
+            (Some(p), _) => ("PROBLEM", p),
+        };
+        self.lines.push(format!("  {:<15} {word}: {j}", c.folder));
+        self.comps.insert(
+            c.folder.into(),
+            json!({"ok": false, "problem": j, "problems": r.problems}),
+        );
+    }
+
+    /// The weights' GPU memory in each memory mode (lines, and the JSON `weight_bytes`), from
+    /// the parameter counts; returns the total parameter count and that JSON.
+    fn weight_memory(&mut self) -> (usize, serde_json::Value) {
+        let (max_block, block_total) = (self.max_block, self.block_total);
+        let lines = &mut self.lines;
+        // Bytes per parameter: bf16 2, INT8 1 (transformer and T5 under --quantize int8), VAE 4 (f32).
+        let total: usize = self.params.values().sum();
+        let p = |k: &str| *self.params.get(k).unwrap_or(&0) as f64;
+        let text = p("text_encoder") + p("text_encoder_2") + p("text_encoder_3");
+        let bf16_all = 2.0 * (p("transformer") + text) + 4.0 * p("vae");
+        let int8_all = p("transformer")
+            + p("text_encoder_3")
+            + 2.0 * (p("text_encoder") + p("text_encoder_2"))
+            + 4.0 * p("vae");
+        let largest = [
+            2.0 * p("transformer"),
+            2.0 * p("text_encoder_3"),
+            2.0 * p("text_encoder_2"),
+            2.0 * p("text_encoder"),
+            4.0 * p("vae"),
+        ]
+        .into_iter()
+        .fold(0.0, f64::max);
+        let modes = json!({
+            "none_bf16": bf16_all, "none_int8": int8_all,
+            "model_offload_bf16": largest, "model_offload_int8": p("transformer").max(4.0 * p("vae")),
+            "sequential_bf16": (2.0 * (p("transformer") - block_total as f64 + 2.0 * max_block as f64)).max(4.0 * p("vae")),
+        });
+        lines.push(format!("parameters: {} in total", human_count(total)));
+        lines.push("GPU memory for the weights (activations come on top):".into());
+        lines.push(format!(
+            "  --offload none (all resident), bf16 (VAE f32): {}",
+            gib(bf16_all)
+        ));
+        lines.push(format!(
+            "  --offload none, --quantize int8 (transformer + T5 int8): {}",
+            gib(int8_all)
+        ));
+        lines.push(format!(
+            "  --offload model (largest single model resident), bf16: {}",
+            gib(largest)
+        ));
+        lines.push(format!(
+            "  --offload model, --quantize int8: {}",
+            gib(p("transformer").max(4.0 * p("vae")))
+        ));
+        let nonblock = p("transformer") - block_total as f64;
+        let seq_bf16 = 2.0 * (nonblock + 2.0 * max_block as f64);
+        let seq_int8 = 2.0 * nonblock + 2.0 * max_block as f64;
+        lines.push(format!(
+            "  --offload sequential (2 transformer layers in flight), bf16: {}",
+            gib(seq_bf16.max(4.0 * p("vae")))
+        ));
+        lines.push(format!(
+            "  --offload sequential, --quantize int8: {}",
+            gib(seq_int8.max(4.0 * p("vae")))
+        ));
+        (total, modes)
+    }
+}
+
+/// Parameters of the largest transformer block, the streamed unit (modulation linears excluded:
+/// computed once per run), and of all blocks together.
+fn block_sizes(tensors: &BTreeMap<String, TensorInfo>) -> (usize, usize) {
+    let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+    for (k, t) in tensors {
+        if let Some(rest) = k.strip_prefix("transformer_blocks.") {
+            let i: usize = rest
+                .split('.')
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+            if !k.contains(".norm1.linear.") && !k.contains(".norm1_context.linear.") {
+                *per.entry(i).or_default() += t.numel();
+            }
+        }
+    }
+    let max_block = per.values().copied().max().unwrap_or(0);
+    let block_total = tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with("transformer_blocks."))
+        .map(|(_, t)| t.numel())
+        .sum();
+    (max_block, block_total)
 }

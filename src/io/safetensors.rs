@@ -538,7 +538,37 @@ fn u64_array(v: &Value, field: &str) -> Result<Vec<u64>, String> {
         .collect()
 }
 
+/// Parses and validates a whole file's header: the length prefix and the JSON object
+/// (`read_header`), each entry (`parse_metadata`, `parse_entry`), then the layout of the data
+/// section (`check_tiling`).
 fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, StError> {
+    let (obj, n) = read_header(path, bytes)?;
+    let data_start = 8 + n;
+    let data_len = bytes.len() - data_start;
+    let mut metadata = BTreeMap::new();
+    let mut tensors = BTreeMap::new();
+    for (name, entry) in obj {
+        if name == "__metadata__" {
+            parse_metadata(path, entry, &mut metadata)?;
+            continue;
+        }
+        let info = parse_entry(path, name, &entry, data_start, data_len)?;
+        tensors.insert(info.name.clone(), info);
+    }
+    check_tiling(path, &tensors, data_start, data_len)?;
+    Ok(Parsed {
+        tensors,
+        metadata,
+        header_len: n,
+    })
+}
+
+/// The header's JSON object and its length in bytes: the little-endian u64 length prefix
+/// (bounded by `MAX_HEADER_LEN` and by the file), UTF-8, strict JSON, an object at the root.
+fn read_header(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(serde_json::Map<String, Value>, usize), StError> {
     use StErrorKind as K;
     let e = |k: StErrorKind| StError::new(path, k);
     let file_len = bytes.len() as u64;
@@ -559,144 +589,158 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, StError> {
     }
     let n = header_len as usize; // <= 100 MB and <= file length
     let header = &bytes[8..8 + n];
-    let data_start = 8 + n;
-    let data_len = bytes.len() - data_start;
     let text = std::str::from_utf8(header).map_err(|u| {
         e(K::HeaderNotUtf8 {
             offset: u.valid_up_to(),
         })
     })?;
     let root = parse_strict_json(text).map_err(|m| e(K::InvalidJson(m)))?;
-    let obj = match root {
-        Value::Object(o) => o,
-        other => {
-            return Err(e(K::NotAnObject {
-                found: json_kind(&other),
-            }))
-        }
-    };
+    match root {
+        Value::Object(o) => Ok((o, n)),
+        other => Err(e(K::NotAnObject {
+            found: json_kind(&other),
+        })),
+    }
+}
 
-    let mut metadata = BTreeMap::new();
-    let mut tensors = BTreeMap::new();
-    for (name, entry) in obj {
-        if name == "__metadata__" {
-            match entry {
-                Value::Null => {}
-                Value::Object(m) => {
-                    for (k, v) in m {
-                        match v {
-                            Value::String(s) => {
-                                metadata.insert(k, s);
-                            }
-                            other => {
-                                return Err(e(K::InvalidMetadata(format!(
-                                    "value of key {k:?} is {}; all metadata values must be strings",
-                                    json_kind(&other)
-                                ))))
-                            }
-                        }
+/// The `__metadata__` entry (null, or an object of string values) into `metadata`.
+fn parse_metadata(
+    path: &Path,
+    entry: Value,
+    metadata: &mut BTreeMap<String, String>,
+) -> Result<(), StError> {
+    let bad = |m: String| Err(StError::new(path, StErrorKind::InvalidMetadata(m)));
+    match entry {
+        Value::Null => Ok(()),
+        Value::Object(m) => {
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => {
+                        metadata.insert(k, s);
+                    }
+                    other => {
+                        return bad(format!(
+                            "value of key {k:?} is {}; all metadata values must be strings",
+                            json_kind(&other)
+                        ))
                     }
                 }
-                other => {
-                    return Err(e(K::InvalidMetadata(format!(
-                        "it is {}, expected an object of string values",
-                        json_kind(&other)
-                    ))))
-                }
             }
-            continue;
+            Ok(())
         }
-        let te = |k: StErrorKind| StError::new(path, k).with_tensor(name.clone());
-        let fields = match &entry {
-            Value::Object(f) => f,
-            other => {
-                return Err(te(K::InvalidEntry(format!(
-                    "the entry is {}, expected an object with `dtype`, `shape` and `data_offsets`",
-                    json_kind(other)
-                ))))
-            }
-        };
-        if let Some(extra) = fields
-            .keys()
-            .find(|k| !matches!(k.as_str(), "dtype" | "shape" | "data_offsets"))
-        {
-            return Err(te(K::InvalidEntry(format!(
-                "unexpected field {extra:?} (an entry has exactly `dtype`, `shape` and `data_offsets`)"
-            ))));
-        }
-        let get = |f: &str| {
-            fields
-                .get(f)
-                .ok_or_else(|| te(K::InvalidEntry(format!("missing field `{f}`"))))
-        };
-        let dtype_v = get("dtype")?;
-        let shape_v = get("shape")?;
-        let offs_v = get("data_offsets")?;
-
-        let dtype_s = dtype_v.as_str().ok_or_else(|| {
-            te(K::InvalidEntry(format!(
-                "`dtype` is {}, expected a string",
-                json_kind(dtype_v)
-            )))
-        })?;
-        let dtype =
-            StDtype::from_name(dtype_s).ok_or_else(|| te(K::UnknownDtype(dtype_s.to_owned())))?;
-
-        let shape64 = u64_array(shape_v, "shape").map_err(|m| te(K::InvalidShape(m)))?;
-        let overflow = || {
-            te(K::ShapeOverflow {
-                shape: shape64.clone(),
-                dtype,
-            })
-        };
-        let mut shape = Vec::with_capacity(shape64.len());
-        let mut numel: usize = 1;
-        for &d in &shape64 {
-            let d = usize::try_from(d).map_err(|_| overflow())?;
-            numel = numel.checked_mul(d).ok_or_else(overflow)?;
-            shape.push(d);
-        }
-        let nbytes = numel.checked_mul(dtype.size_of()).ok_or_else(overflow)?;
-
-        let offs = u64_array(offs_v, "data_offsets").map_err(|m| te(K::InvalidOffsets(m)))?;
-        let [begin, end] = offs[..] else {
-            return Err(te(K::InvalidOffsets(format!(
-                "expected [begin, end], found {} numbers",
-                offs.len()
-            ))));
-        };
-        if begin > end {
-            return Err(te(K::InvalidOffsets(format!("begin {begin} > end {end}"))));
-        }
-        if end > data_len as u64 {
-            return Err(te(K::OffsetsOutOfBounds {
-                begin,
-                end,
-                data_len: data_len as u64,
-            }));
-        }
-        let (b, en) = (begin as usize, end as usize);
-        if en - b != nbytes {
-            return Err(te(K::SizeMismatch {
-                dtype,
-                shape,
-                expected: nbytes,
-                actual: en - b,
-            }));
-        }
-        tensors.insert(
-            name.clone(),
-            TensorInfo {
-                name,
-                dtype,
-                shape,
-                start: data_start + b,
-                len: nbytes,
-            },
-        );
+        other => bad(format!(
+            "it is {}, expected an object of string values",
+            json_kind(&other)
+        )),
     }
+}
 
-    // The ranges must tile the data section: no overlaps, no holes, no trailing bytes.
+/// One tensor entry: exactly `dtype`, `shape` and `data_offsets`, a known dtype, a shape whose
+/// byte size does not overflow, offsets inside the data section (`data_len` bytes from
+/// `data_start`) spanning exactly that size.
+fn parse_entry(
+    path: &Path,
+    name: String,
+    entry: &Value,
+    data_start: usize,
+    data_len: usize,
+) -> Result<TensorInfo, StError> {
+    use StErrorKind as K;
+    let te = |k: StErrorKind| StError::new(path, k).with_tensor(name.clone());
+    let fields = match entry {
+        Value::Object(f) => f,
+        other => {
+            return Err(te(K::InvalidEntry(format!(
+                "the entry is {}, expected an object with `dtype`, `shape` and `data_offsets`",
+                json_kind(other)
+            ))))
+        }
+    };
+    if let Some(extra) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "dtype" | "shape" | "data_offsets"))
+    {
+        return Err(te(K::InvalidEntry(format!(
+            "unexpected field {extra:?} (an entry has exactly `dtype`, `shape` and `data_offsets`)"
+        ))));
+    }
+    let get = |f: &str| {
+        fields
+            .get(f)
+            .ok_or_else(|| te(K::InvalidEntry(format!("missing field `{f}`"))))
+    };
+    let dtype_v = get("dtype")?;
+    let shape_v = get("shape")?;
+    let offs_v = get("data_offsets")?;
+
+    let dtype_s = dtype_v.as_str().ok_or_else(|| {
+        te(K::InvalidEntry(format!(
+            "`dtype` is {}, expected a string",
+            json_kind(dtype_v)
+        )))
+    })?;
+    let dtype =
+        StDtype::from_name(dtype_s).ok_or_else(|| te(K::UnknownDtype(dtype_s.to_owned())))?;
+
+    let shape64 = u64_array(shape_v, "shape").map_err(|m| te(K::InvalidShape(m)))?;
+    let overflow = || {
+        te(K::ShapeOverflow {
+            shape: shape64.clone(),
+            dtype,
+        })
+    };
+    let mut shape = Vec::with_capacity(shape64.len());
+    let mut numel: usize = 1;
+    for &d in &shape64 {
+        let d = usize::try_from(d).map_err(|_| overflow())?;
+        numel = numel.checked_mul(d).ok_or_else(overflow)?;
+        shape.push(d);
+    }
+    let nbytes = numel.checked_mul(dtype.size_of()).ok_or_else(overflow)?;
+
+    let offs = u64_array(offs_v, "data_offsets").map_err(|m| te(K::InvalidOffsets(m)))?;
+    let [begin, end] = offs[..] else {
+        return Err(te(K::InvalidOffsets(format!(
+            "expected [begin, end], found {} numbers",
+            offs.len()
+        ))));
+    };
+    if begin > end {
+        return Err(te(K::InvalidOffsets(format!("begin {begin} > end {end}"))));
+    }
+    if end > data_len as u64 {
+        return Err(te(K::OffsetsOutOfBounds {
+            begin,
+            end,
+            data_len: data_len as u64,
+        }));
+    }
+    let (b, en) = (begin as usize, end as usize);
+    if en - b != nbytes {
+        return Err(te(K::SizeMismatch {
+            dtype,
+            shape,
+            expected: nbytes,
+            actual: en - b,
+        }));
+    }
+    Ok(TensorInfo {
+        name,
+        dtype,
+        shape,
+        start: data_start + b,
+        len: nbytes,
+    })
+}
+
+/// The tensors' ranges must tile the data section: no overlaps, no holes, no trailing bytes.
+fn check_tiling(
+    path: &Path,
+    tensors: &BTreeMap<String, TensorInfo>,
+    data_start: usize,
+    data_len: usize,
+) -> Result<(), StError> {
+    use StErrorKind as K;
     let mut ranges: Vec<(usize, usize, &str)> = tensors
         .values()
         .map(|t| {
@@ -740,16 +784,15 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed, StError> {
         }
     }
     if cursor != data_len {
-        return Err(e(K::TrailingBytes {
-            covered: cursor,
-            data_len,
-        }));
+        return Err(StError::new(
+            path,
+            K::TrailingBytes {
+                covered: cursor,
+                data_len,
+            },
+        ));
     }
-    Ok(Parsed {
-        tensors,
-        metadata,
-        header_len: n,
-    })
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

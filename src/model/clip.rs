@@ -1,4 +1,4 @@
-//! CLIP text encoders (CLIP-L `text_encoder/`, OpenCLIP-bigG `text_encoder_2/`), spec §3:
+//! CLIP text encoders (CLIP-L `text_encoder/`, OpenCLIP-bigG `text_encoder_2/`), docs/spec.md §3:
 //! pre-LayerNorm layers with a causal mask, activation from `hidden_act` (quick-GELU for CLIP-L,
 //! erf GELU for bigG); the sequence output is the penultimate hidden state without the final
 //! norm (the embeddings for a 1-layer model); the pooled output is the final-norm EOS token

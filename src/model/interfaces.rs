@@ -30,8 +30,8 @@ pub trait PromptEncoding {
     }
 }
 
-/// The transformer: velocity for latents `x` [B, 16, T, h, w], one timestep per batch entry,
-/// context [B, 333, 4096], pooled [B, 2048]. Returns [B, 16, T, h, w].
+/// The transformer: velocity for latents `x` [B, C, T, h, w] (C latent channels), one timestep per batch entry,
+/// context [B, 333, 4096], pooled [B, 2048]. Returns [B, C, T, h, w].
 pub trait Denoiser {
     fn forward(
         &self,
@@ -79,7 +79,7 @@ pub trait Denoiser {
         ))
     }
     /// The end of a split forward: the output layer on the video stream of `state` (after
-    /// every block) -> the velocity [B, 16, T, h, w].
+    /// every block) -> the velocity [B, C, T, h, w].
     fn finish_blocks(&self, step: &StepInput, state: &BlockState) -> Result<Tensor> {
         let _ = (step, state);
         Err(Error::Other(
@@ -105,7 +105,7 @@ pub trait Denoiser {
 pub struct StepInput<'a> {
     /// The step's index in the run given to [`Denoiser::prepare_run`].
     pub step: usize,
-    /// Latents [B, 16, T, h, w].
+    /// Latents [B, C, T, h, w].
     pub x: &'a Tensor,
     /// One timestep per batch entry.
     pub timesteps: &'a [f32],
@@ -124,7 +124,7 @@ pub struct BlockState {
     pub cond: Tensor,
 }
 
-/// The VAE: DiT-space latents [1, 16, T, h, w] (de-normalised inside) to video [1, 3, F, H, W] in [-1, 1].
+/// The VAE: DiT-space latents [1, C, T, h, w] (de-normalised inside) to video [1, 3, F, H, W] in [-1, 1].
 pub trait FrameDecoder {
     fn decode(&self, latents: &Tensor) -> Result<Tensor>;
     /// A decode that needs less memory (spatial tiles), tried after an out-of-memory error.

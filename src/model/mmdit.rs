@@ -1,4 +1,4 @@
-//! The ContentV 3D MMDiT (`SD3Transformer3DModel`, spec §5): per-frame 2x2 patch embedding
+//! The ContentV 3D MMDiT (`SD3Transformer3DModel`, docs/spec.md §5): per-frame 2x2 patch embedding
 //! plus a fixed 3D sin-cos table, timestep + pooled-text conditioning, N joint blocks over
 //! [video; text] tokens (the last one context_pre_only), final adaLN and projection, 3D
 //! unpatchify. Device-agnostic: every step is an op (CPU f32 reference or CUDA kernel), and
@@ -161,7 +161,7 @@ impl TransformerConfig {
     }
 
     /// Checks the `SD3Transformer3DModel` arguments in a `transformer/config.json` (the only six
-    /// keys ContentV's class reads, spec §5.1: in_channels, out_channels, patch_size, num_layers,
+    /// keys ContentV's class reads, docs/spec.md §5.1: in_channels, out_channels, patch_size, num_layers,
     /// num_attention_heads, attention_head_dim) against this (weight-derived) config. Keys the
     /// file does not have are not checked; every other key is ignored, as diffusers does.
     pub fn check_config_json(&self, path: &Path) -> Result<()> {
@@ -1022,7 +1022,7 @@ fn sincos_1d(d: usize, pos: f64, out: &mut Vec<f32>) {
     out.extend((0..half).map(|k| (pos * omega(k)).cos() as f32));
 }
 
-/// The fixed 3D position table [T*H'*W', D] (spec §5.3): temporal part (D/4, position t), then
+/// The fixed 3D position table [T*H'*W', D] (docs/spec.md §5.3): temporal part (D/4, position t), then
 /// the width part and the height part (3D/8 each, positions doubled: interpolation scale 0.5).
 /// The widths are split as diffusers' `get_3d_sincos_pos_embed` does (`D // 4` temporal,
 /// `3 * D // 4` spatial, halved for w and h); like it, D must be a multiple of 16 so that every

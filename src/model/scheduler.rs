@@ -1,5 +1,5 @@
 //! Flow-matching Euler sampler: diffusers' `FlowMatchEulerDiscreteScheduler` (v0.33.1) exactly as
-//! ContentV drives it (spec section 4).
+//! ContentV drives it (docs/spec.md §4).
 //!
 //! ContentV calls `set_timesteps(sigmas=np.linspace(1, 0, steps + 1)[:-1])`. With
 //! `use_dynamic_shifting = false` that gives, all in f32:

@@ -171,18 +171,67 @@ impl SpmModel {
 }
 
 /// The tokenizer.json document transformers builds from `dir/spiece.model` and the folder's
-/// tokenizer_config.json / special_tokens_map.json (both optional).
+/// tokenizer_config.json / special_tokens_map.json (both optional): the unigram model, the
+/// config's options, the vocabulary, the added tokens, the document.
 pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
     let path = dir.join("spiece.model");
-    let bytes = std::fs::read(&path)
+    let m = read_unigram_model(&path)?;
+    let cfg = read_json_or_null(&dir.join("tokenizer_config.json"))?;
+    let map = read_json_or_null(&dir.join("special_tokens_map.json"))?;
+    let opts = T5Options::read(&cfg, &dir.join("tokenizer_config.json"))?;
+    let special = |name: &str, default: &str| special_token(&cfg, &map, name, default);
+
+    let vocab = unigram_vocab(&m, opts.extra_ids);
+    let index = piece_index(&vocab);
+    if m.pieces.get(m.unk_id as usize).map(|p| p.2) != Some(2) {
+        return Err(damaged(
+            &path,
+            &format!(
+                "unk_id {} is not the unknown piece (type 2) among the {} pieces",
+                m.unk_id,
+                m.pieces.len()
+            ),
+        ));
+    }
+    let added = added_tokens(&m, &cfg, &map, opts.extra_ids, &index, vocab.len());
+
+    let eos_t = special("eos_token", "</s>");
+    let eos = *index.get(eos_t.as_str()).ok_or_else(|| {
+        damaged(
+            &path,
+            &format!("the end-of-sequence token {eos_t:?} is not a piece of the model"),
+        )
+    })?;
+    for (name, default) in [("pad_token", "<pad>"), ("unk_token", "<unk>")] {
+        let t = special(name, default);
+        if !index.contains_key(t.as_str()) {
+            return Err(damaged(
+                &path,
+                &format!("the special token {t:?} ({name}) is not a piece of the model"),
+            ));
+        }
+    }
+    Ok(tokenizer_document(
+        &m,
+        &vocab,
+        &added,
+        &eos_t,
+        eos,
+        opts.prepend,
+    ))
+}
+
+/// `path` read and parsed as a complete SentencePiece unigram model.
+fn read_unigram_model(path: &Path) -> Result<SpmModel> {
+    let bytes = std::fs::read(path)
         .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
     let m = SpmModel::parse(&bytes)
-        .map_err(|e| damaged(&path, &format!("not a valid SentencePiece model ({e})")))?;
+        .map_err(|e| damaged(path, &format!("not a valid SentencePiece model ({e})")))?;
     // SentencePiece writes the pieces first, then the trainer and normalizer specs: a file cut
     // short at the end of a piece parses, but lacks them (and the pieces after the cut).
     if !m.has_trainer_spec || !m.has_normalizer_spec {
         return Err(damaged(
-            &path,
+            path,
             &format!(
                 "the model ends after {} pieces without its trainer and normalizer settings: the file is cut short",
                 m.pieces.len()
@@ -196,73 +245,97 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
             m.model_type
         )));
     }
-    let cfg = read_json_or_null(&dir.join("tokenizer_config.json"))?;
-    let map = read_json_or_null(&dir.join("special_tokens_map.json"))?;
-    let cfg_path = dir.join("tokenizer_config.json");
-    let bad = |key: &str, what: &str| {
-        Error::Input(format!("{}: \"{key}\" must be {what}", cfg_path.display()))
-    };
-    let extra_ids = match cfg.get("extra_ids") {
-        None | Some(Value::Null) => 100,
-        Some(v) => v
-            .as_u64()
-            .filter(|&n| n <= 100_000)
-            .ok_or_else(|| bad("extra_ids", "a count"))? as usize,
-    };
-    let legacy = match cfg.get("legacy") {
-        None | Some(Value::Null) => true,
-        Some(v) => v.as_bool().ok_or_else(|| bad("legacy", "true or false"))?,
-    };
-    // T5Tokenizer's add_prefix_space defaults to true; a config that names it (even as null)
-    // passes its value, and a false or null one turns the prefix off.
-    let add_prefix_space = match cfg.get("add_prefix_space") {
-        None => true,
-        Some(Value::Null) => false,
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| bad("add_prefix_space", "true, false or null"))?,
-    };
-    let prepend = match (add_prefix_space, legacy) {
-        (false, _) => "never",
-        (true, true) => "always",
-        (true, false) => "first",
-    };
-    let special = |name: &str, default: &str| special_token(&cfg, &map, name, default);
+    Ok(m)
+}
 
-    // Model vocabulary: the pieces, then the extra ids in reverse.
+/// The options of tokenizer_config.json the conversion reads.
+struct T5Options {
+    /// `extra_ids` (default 100): the `<extra_id_N>` tokens after the pieces.
+    extra_ids: usize,
+    /// The Metaspace prepend scheme: "always", "first" or "never".
+    prepend: &'static str,
+}
+
+impl T5Options {
+    /// From the parsed config `cfg` (null when the file is absent) read from `cfg_path`.
+    fn read(cfg: &Value, cfg_path: &Path) -> Result<T5Options> {
+        let bad = |key: &str, what: &str| {
+            Error::Input(format!("{}: \"{key}\" must be {what}", cfg_path.display()))
+        };
+        let extra_ids = match cfg.get("extra_ids") {
+            None | Some(Value::Null) => 100,
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n <= 100_000)
+                .ok_or_else(|| bad("extra_ids", "a count"))? as usize,
+        };
+        let legacy = match cfg.get("legacy") {
+            None | Some(Value::Null) => true,
+            Some(v) => v.as_bool().ok_or_else(|| bad("legacy", "true or false"))?,
+        };
+        // T5Tokenizer's add_prefix_space defaults to true; a config that names it (even as null)
+        // passes its value, and a false or null one turns the prefix off.
+        let add_prefix_space = match cfg.get("add_prefix_space") {
+            None => true,
+            Some(Value::Null) => false,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| bad("add_prefix_space", "true, false or null"))?,
+        };
+        let prepend = match (add_prefix_space, legacy) {
+            (false, _) => "never",
+            (true, true) => "always",
+            (true, false) => "first",
+        };
+        Ok(T5Options { extra_ids, prepend })
+    }
+}
+
+/// Model vocabulary: the pieces with their scores, then the extra ids in reverse (score 0).
+fn unigram_vocab(m: &SpmModel, extra_ids: usize) -> Vec<(String, f32)> {
     let mut vocab: Vec<(String, f32)> = m.pieces.iter().map(|(p, s, _)| (p.clone(), *s)).collect();
     vocab.extend(
         (0..extra_ids)
             .rev()
             .map(|i| (format!("<extra_id_{i}>"), 0.0)),
     );
-    let mut index: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    vocab
+}
+
+/// The id of each piece of `vocab` (the first one where a piece repeats).
+fn piece_index(vocab: &[(String, f32)]) -> std::collections::HashMap<&str, u32> {
+    let mut index = std::collections::HashMap::new();
     for (i, (p, _)) in vocab.iter().enumerate() {
         index.entry(p.as_str()).or_insert(i as u32);
     }
-    if m.pieces.get(m.unk_id as usize).map(|p| p.2) != Some(2) {
-        return Err(damaged(
-            &path,
-            &format!(
-                "unk_id {} is not the unknown piece (type 2) among the {} pieces",
-                m.unk_id,
-                m.pieces.len()
-            ),
-        ));
-    }
+    index
+}
 
-    // Added tokens, in the order transformers adds them.
-    struct Added {
-        id: u32,
-        content: String,
-        special: bool,
-        lstrip: bool,
-        rstrip: bool,
-        single_word: bool,
-        normalized: bool,
-    }
+/// One entry of the document's `added_tokens`.
+struct Added {
+    id: u32,
+    content: String,
+    special: bool,
+    lstrip: bool,
+    rstrip: bool,
+    single_word: bool,
+    normalized: bool,
+}
+
+/// Added tokens, in the order transformers adds them: control and user-defined pieces, the
+/// config's `added_tokens_decoder`, then the special tokens; a token outside the vocabulary
+/// (`vocab_len` entries, ids in `index`) gets the next free id.
+fn added_tokens(
+    m: &SpmModel,
+    cfg: &Value,
+    map: &Value,
+    extra_ids: usize,
+    index: &std::collections::HashMap<&str, u32>,
+    vocab_len: usize,
+) -> Vec<Added> {
+    let special = |name: &str, default: &str| special_token(cfg, map, name, default);
     let mut added: Vec<Added> = Vec::new();
-    let mut next_id = vocab.len() as u32;
+    let mut next_id = vocab_len as u32;
     let mut add =
         |content: String, special: bool, flags: Option<&Value>, added: &mut Vec<Added>| {
             if content.is_empty() || added.iter().any(|a| a.content == content) {
@@ -327,23 +400,19 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
     for s in specials {
         add(s, true, None, &mut added);
     }
+    added
+}
 
-    let eos_t = special("eos_token", "</s>");
-    let eos = *index.get(eos_t.as_str()).ok_or_else(|| {
-        damaged(
-            &path,
-            &format!("the end-of-sequence token {eos_t:?} is not a piece of the model"),
-        )
-    })?;
-    for (name, default) in [("pad_token", "<pad>"), ("unk_token", "<unk>")] {
-        let t = special(name, default);
-        if !index.contains_key(t.as_str()) {
-            return Err(damaged(
-                &path,
-                &format!("the special token {t:?} ({name}) is not a piece of the model"),
-            ));
-        }
-    }
+/// The tokenizer.json document: normalizer, Metaspace pre-tokenizer and decoder (`prepend`),
+/// `$A </s>` post-processor (`eos_t` with id `eos`), the unigram model over `vocab`.
+fn tokenizer_document(
+    m: &SpmModel,
+    vocab: &[(String, f32)],
+    added: &[Added],
+    eos_t: &str,
+    eos: u32,
+    prepend: &str,
+) -> Value {
     let mut normalizers = Vec::new();
     if !m.precompiled_charsmap.is_empty() {
         normalizers.push(
@@ -354,7 +423,7 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
     normalizers
         .push(json!({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": "\u{2581}"}));
     let metaspace = json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": prepend, "split": true});
-    Ok(json!({
+    json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
@@ -369,7 +438,7 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
             "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": eos_t, "type_id": 0}}],
             "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": eos_t, "type_id": 0}},
                      {"Sequence": {"id": "B", "type_id": 0}}, {"SpecialToken": {"id": eos_t, "type_id": 0}}],
-            "special_tokens": {eos_t.clone(): {"id": eos_t, "ids": [eos], "tokens": [eos_t]}},
+            "special_tokens": {eos_t.to_string(): {"id": eos_t, "ids": [eos], "tokens": [eos_t]}},
         },
         "decoder": metaspace,
         "model": {
@@ -378,7 +447,7 @@ pub fn t5_tokenizer_json(dir: &Path) -> Result<Value> {
             "vocab": vocab.iter().map(|(p, s)| json!([p, s])).collect::<Vec<_>>(),
             "byte_fallback": false,
         },
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! T5 encoder (`text_encoder_3/`, T5 v1.1 XXL in ContentV), spec §3: RMSNorm (f32 variance,
+//! T5 encoder (`text_encoder_3/`, T5 v1.1 XXL in ContentV), docs/spec.md §3: RMSNorm (f32 variance,
 //! weight only), self-attention with unscaled scores plus the bucketed relative position bias
 //! of layer 0 shared by all layers, feed-forward per `feed_forward_proj` (gated tanh-GELU for
 //! v1.1; non-gated ReLU for v1.0; any supported activation, see [`T5Config`]), final RMSNorm, no

@@ -1,4 +1,4 @@
-//! Prompt embeddings (spec §3): CLIP-L and bigG penultimate states concatenated and zero-padded
+//! Prompt embeddings (docs/spec.md §3): CLIP-L and bigG penultimate states concatenated and zero-padded
 //! to the T5 width (cut to it if wider, as diffusers' negative `F.pad` does), followed by the T5
 //! rows -> ctx [77 + 256, d_model] ([333, 4096] for ContentV); pooled = [pool_L, pool_G]
 //! ([2048]). Embeddings are cached by prompt, so a batch run encodes each distinct prompt once.

@@ -105,78 +105,7 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
     let vocab_path = dir.join("vocab.json");
     let json_path = dir.join("tokenizer.json");
     if !vocab_path.is_file() && json_path.is_file() {
-        let j = read_json(&json_path)?;
-        let bad = |what: &str| {
-            damaged(
-                &json_path,
-                &format!("{what} (expected a BPE tokenizer.json, or vocab.json + merges.txt)"),
-            )
-        };
-        let model = j.get("model").ok_or_else(|| bad("no model"))?;
-        if let Some(t) = model.get("type").and_then(|t| t.as_str()) {
-            if t != "BPE" {
-                return Err(bad(&format!("the model is {t}, not BPE")));
-            }
-        }
-        let vocab = model
-            .get("vocab")
-            .and_then(|v| v.as_object())
-            .ok_or_else(|| bad("no model.vocab object"))?;
-        let mut encoder = HashMap::with_capacity(vocab.len());
-        for (k, v) in vocab {
-            encoder.insert(
-                k.clone(),
-                v.as_u64()
-                    .ok_or_else(|| bad(&format!("id of {k:?} is not an integer")))?
-                    as u32,
-            );
-        }
-        let merges = model
-            .get("merges")
-            .and_then(|m| m.as_array())
-            .ok_or_else(|| bad("no model.merges list"))?;
-        let mut ranks = HashMap::with_capacity(merges.len());
-        for (i, m) in merges.iter().enumerate() {
-            // "a b" (older files) or ["a", "b"] (newer files).
-            let pair = match m {
-                serde_json::Value::String(s) => s
-                    .split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string())),
-                serde_json::Value::Array(a) if a.len() == 2 => a[0]
-                    .as_str()
-                    .zip(a[1].as_str())
-                    .map(|(x, y)| (x.to_string(), y.to_string())),
-                _ => None,
-            };
-            ranks.insert(
-                pair.ok_or_else(|| bad(&format!("merge {i} is not a pair")))?,
-                i,
-            );
-        }
-        let added: Vec<(String, u32)> = j
-            .get("added_tokens")
-            .and_then(|a| a.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| {
-                        Some((
-                            t.get("content")?.as_str()?.to_string(),
-                            t.get("id")?.as_u64()? as u32,
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (c, id) in &added {
-            encoder.entry(c.clone()).or_insert(*id);
-        }
-        return Ok(BpeData {
-            encoder,
-            ranks,
-            vocab_path: json_path.clone(),
-            merges_path: json_path,
-            added,
-        });
+        return bpe_from_tokenizer_json(json_path);
     }
     if !vocab_path.is_file() {
         return Err(Error::Input(format!(
@@ -184,6 +113,87 @@ fn load_bpe(dir: &Path) -> Result<BpeData> {
             dir.display()
         )));
     }
+    bpe_from_vocab_and_merges(dir, vocab_path)
+}
+
+/// The BPE model of a tokenizer.json: `model.vocab`, `model.merges` (as "a b" or ["a", "b"]),
+/// and the added tokens (also entered into the vocabulary where absent).
+fn bpe_from_tokenizer_json(json_path: PathBuf) -> Result<BpeData> {
+    let j = read_json(&json_path)?;
+    let bad = |what: &str| {
+        damaged(
+            &json_path,
+            &format!("{what} (expected a BPE tokenizer.json, or vocab.json + merges.txt)"),
+        )
+    };
+    let model = j.get("model").ok_or_else(|| bad("no model"))?;
+    if let Some(t) = model.get("type").and_then(|t| t.as_str()) {
+        if t != "BPE" {
+            return Err(bad(&format!("the model is {t}, not BPE")));
+        }
+    }
+    let vocab = model
+        .get("vocab")
+        .and_then(|v| v.as_object())
+        .ok_or_else(|| bad("no model.vocab object"))?;
+    let mut encoder = HashMap::with_capacity(vocab.len());
+    for (k, v) in vocab {
+        encoder.insert(
+            k.clone(),
+            v.as_u64()
+                .ok_or_else(|| bad(&format!("id of {k:?} is not an integer")))? as u32,
+        );
+    }
+    let merges = model
+        .get("merges")
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| bad("no model.merges list"))?;
+    let mut ranks = HashMap::with_capacity(merges.len());
+    for (i, m) in merges.iter().enumerate() {
+        // "a b" (older files) or ["a", "b"] (newer files).
+        let pair = match m {
+            serde_json::Value::String(s) => s
+                .split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string())),
+            serde_json::Value::Array(a) if a.len() == 2 => a[0]
+                .as_str()
+                .zip(a[1].as_str())
+                .map(|(x, y)| (x.to_string(), y.to_string())),
+            _ => None,
+        };
+        ranks.insert(
+            pair.ok_or_else(|| bad(&format!("merge {i} is not a pair")))?,
+            i,
+        );
+    }
+    let added: Vec<(String, u32)> = j
+        .get("added_tokens")
+        .and_then(|a| a.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| {
+                    Some((
+                        t.get("content")?.as_str()?.to_string(),
+                        t.get("id")?.as_u64()? as u32,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for (c, id) in &added {
+        encoder.entry(c.clone()).or_insert(*id);
+    }
+    Ok(BpeData {
+        encoder,
+        ranks,
+        vocab_path: json_path.clone(),
+        merges_path: json_path,
+        added,
+    })
+}
+
+/// `vocab_path` (vocab.json) and the merges.txt next to it, read as CLIPTokenizer reads them.
+fn bpe_from_vocab_and_merges(dir: &Path, vocab_path: PathBuf) -> Result<BpeData> {
     let vocab = read_json(&vocab_path)?;
     let obj = vocab
         .as_object()

@@ -1,8 +1,8 @@
-//! Wan2.1 VAE decoder (`AutoencoderKLWan`, diffusers 0.33.1), spec section 6.
+//! Wan2.1 VAE decoder (`AutoencoderKLWan`, diffusers 0.33.1), docs/spec.md §6.
 //!
 //! ```ignore
 //! let vae = VaeDecoder::load(&weights, VaeConfig::from_file(&dir.join("vae/config.json"))?, VaeOptions::default())?;
-//! let video = vae.decode(&latents)?;            // latents: DiT space [B, 16, T, h, w]
+//! let video = vae.decode(&latents)?;            // latents: DiT space [B, C, T, h, w]
 //! let frames = to_uint8_frames(&video, 0)?;      // [F, H, W, 3] u8
 //! ```
 //!

@@ -1,8 +1,12 @@
 //! Shared test helpers: loading the reference fixtures (tests/fixtures/*.safetensors, written by
 //! scripts/reference/make_fixtures.py) and comparing tensors with a readable error report.
 //!
-//! Use from an integration test with `mod common;`.
+//! Use from an integration test with `mod common;`. Submodules: `bin` (running the `contentv`
+//! binary) and `scratch` (scratch folders and files).
 #![allow(dead_code)]
+
+pub mod bin;
+pub mod scratch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -369,6 +373,17 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Cosine similarity of two equally long slices, in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        dot += (*x as f64) * (*y as f64);
+        na += (*x as f64).powi(2);
+        nb += (*y as f64).powi(2);
+    }
+    dot / (na.sqrt() * nb.sqrt())
+}
+
 /// A number from the manifest at a JSON pointer (e.g. "/transformer_bf16_error/output/max_abs").
 pub fn manifest_f64(pointer: &str) -> f64 {
     manifest()
@@ -399,7 +414,24 @@ pub fn cuda_or_skip() -> Option<contentv::Device> {
     }
 }
 
-/// `n` values uniform in [-amp, amp) from a seeded xorshift64 (deterministic test inputs).
+/// The same values twice, for a GPU-vs-CPU comparison: a host f32 tensor rounded through `dt`,
+/// and a `dt` tensor on `dev` (both sides see identical inputs).
+pub fn host_and_device(
+    v: Vec<f32>,
+    s: &[usize],
+    dev: &contentv::Device,
+    dt: contentv::runtime::DType,
+) -> (contentv::runtime::Tensor, contentv::runtime::Tensor) {
+    let h = contentv::runtime::Tensor::from_f32(v, s, &contentv::Device::Cpu)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap();
+    let g = h.to_device(dev).unwrap();
+    (h.to_dtype(contentv::runtime::DType::F32).unwrap(), g)
+}
+
+/// `n` values uniform in [-amp, amp) from a seeded xorshift64 (deterministic test inputs): the
+/// tests' one generator (scripts/reference/make_variant_fixtures.py has the same one).
 pub fn rand_vec(n: usize, seed: u64, amp: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     (0..n)

@@ -66,7 +66,7 @@ fn bare(e: Error) -> String {
     }
 }
 
-/// Saved latents: DiT-space latents [1, 16, T, h, w] (before de-normalisation) and metadata.
+/// Saved latents: DiT-space latents [1, C, T, h, w] (C latent channels) (before de-normalisation) and metadata.
 pub struct SavedLatents {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,

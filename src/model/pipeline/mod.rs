@@ -1,4 +1,4 @@
-//! The text-to-video pipeline (spec section 2): encode prompt and negative prompt, draw the
+//! The text-to-video pipeline (docs/spec.md §2): encode prompt and negative prompt, draw the
 //! initial noise, run the flow-matching Euler loop with classifier-free guidance, de-normalise and
 //! decode with the VAE, convert to uint8 frames.
 //!
@@ -82,7 +82,7 @@ pub struct GenerateParams {
     /// Overrides the scheduler config's shift.
     pub shift: Option<f32>,
     pub seed: u64,
-    /// Initial noise [1, 16, T, h, w] instead of the seeded generator.
+    /// Initial noise [1, C, T, h, w] (C latent channels) instead of the seeded generator.
     pub init_noise: Option<Vec<f32>>,
     /// Where to save the latents if the decode fails (so `contentv decode` can finish the run).
     pub rescue_latents: Option<std::path::PathBuf>,
@@ -109,7 +109,7 @@ fn check_cancel(flag: Option<&std::sync::atomic::AtomicBool>) -> Result<()> {
 /// Result of a generation.
 pub struct Generated {
     pub frames: VideoFrames,
-    /// Final DiT-space latents [1, 16, T, h, w] (f32).
+    /// Final DiT-space latents [1, C, T, h, w] (f32).
     pub latents: Vec<f32>,
     pub latent_shape: [usize; 5],
     /// The schedule used.
@@ -220,7 +220,7 @@ struct StepArgs<'a> {
 }
 
 impl Pipeline {
-    /// The denoising loop from `noise` [1, 16, T, h, w]; returns the final latents.
+    /// The denoising loop from `noise` [1, C, T, h, w]; returns the final latents.
     pub fn denoise(
         &self,
         noise: &[f32],
@@ -267,7 +267,7 @@ impl Pipeline {
         for i in 0..steps {
             check_cancel(hooks.cancel)?;
             let t0 = Instant::now();
-            // The batch input [B, 16, T, h, w]: the latents once per batch entry.
+            // The batch input [B, C, T, h, w]: the latents once per batch entry.
             let mut xb = Vec::with_capacity(n * b);
             for _ in 0..b {
                 xb.extend_from_slice(&x);
@@ -310,7 +310,7 @@ impl Pipeline {
         Ok(x)
     }
 
-    /// The transformer's output for step `i` on the batch input `xb` [B, 16, T, h, w]
+    /// The transformer's output for step `i` on the batch input `xb` [B, C, T, h, w]
     /// (host f32): computed, or reused as the step cache decides. Checked finite.
     #[allow(clippy::too_many_arguments)]
     fn velocity(
@@ -454,7 +454,7 @@ impl Pipeline {
         v_u
     }
 
-    /// VAE decode of DiT-space latents [1, 16, T, h, w] to uint8 frames.
+    /// VAE decode of DiT-space latents [1, C, T, h, w] to uint8 frames.
     pub fn decode(&self, latents: &[f32], shape: &[usize]) -> Result<VideoFrames> {
         decode_with(self.vae.as_ref(), &self.device, latents, shape)
     }

@@ -26,7 +26,7 @@ pub fn splitmix64(seed: u64, k: u64) -> u64 {
 /// `u1 = ((a >> 11) + 1) / 2^53` in (0, 1], `u2 = (b >> 11) / 2^53` in [0, 1),
 /// `r = sqrt(-2 ln u1)`; element 2p = `r cos(2 pi u2)`, element 2p+1 = `r sin(2 pi u2)` (f64),
 /// each rounded to bf16 (the reference draws its noise in bf16) and returned as f32.
-/// Elements are in row-major order of the latent shape [1, 16, T, h, w].
+/// Elements are in row-major order of the latent shape [1, C, T, h, w].
 pub fn initial_noise(seed: u64, n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n + 1);
     let scale = 1.0 / (1u64 << 53) as f64;

@@ -14,7 +14,7 @@ pub enum Progress<'a> {
     },
     /// Step `index` (0-based) of `steps` is done. `seconds`: its wall-clock time. `latents` are
     /// the DiT-space latents after the step, `velocity` the (guided) velocity of the step, both
-    /// [1, 16, T, h, w] of `shape`; `sigma` the noise level the latents are now at, so
+    /// [1, C, T, h, w] of `shape`; `sigma` the noise level the latents are now at, so
     /// `latents - sigma * velocity` is the step's estimate of the clean latents (for previews).
     Step {
         index: usize,
