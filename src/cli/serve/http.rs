@@ -1,10 +1,10 @@
 //! The HTTP side: routes, authentication, errors in OpenAI's shape, the event streams.
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxState};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -30,6 +30,77 @@ pub struct Server {
     pub info: Value,
     pub max_queue: usize,
     pub max_body: usize,
+    /// `--body-timeout`.
+    pub body_timeout: Duration,
+    /// The Host and Origin rules ([`Guard`]).
+    pub guard: Guard,
+    /// Open event streams, in total and per job ([`MAX_STREAMS`], [`MAX_STREAMS_PER_JOB`]).
+    pub streams: Mutex<HashMap<String, usize>>,
+}
+
+/// Most event streams open at once, and per job; more get 429 with Retry-After.
+pub const MAX_STREAMS: usize = 64;
+pub const MAX_STREAMS_PER_JOB: usize = 16;
+
+/// Browser-facing rules (DNS rebinding, cross-site requests).
+///
+/// * Host: an IP address (a rebinding page reaches the server under a *name*), `localhost`
+///   (and `*.localhost`), the `--host` name, or an `--allowed-host` name; anything else gets
+///   403. The port is not compared.
+/// * State-changing methods (POST, DELETE, ...): `Sec-Fetch-Site` must be `same-origin` or
+///   `none` when sent, and `Origin`, when sent, must be the server's own origin (the Host of
+///   the request) or an `--allow-origin`; anything else gets 403. Another port of 127.0.0.1 is
+///   another origin (and "same-site" for the browser: refused too).
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    /// Lowercase host names accepted besides IP addresses and localhost.
+    pub hosts: Vec<String>,
+    /// Lowercase origins (`scheme://host[:port]`) accepted besides the server's own.
+    pub origins: Vec<String>,
+}
+
+/// The host part of a Host header value (`name`, `name:port`, `[v6]:port`), lowercase.
+fn host_name(h: &str) -> String {
+    let h = h.trim();
+    let name = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match h.rsplit_once(':') {
+            Some((n, p)) if p.bytes().all(|c| c.is_ascii_digit()) => n,
+            _ => h,
+        }
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl Guard {
+    pub fn host_ok(&self, host: &str) -> bool {
+        let n = host_name(host);
+        !n.is_empty()
+            && (n.parse::<std::net::IpAddr>().is_ok()
+                || n == "localhost"
+                || n.ends_with(".localhost")
+                || self.hosts.iter().any(|h| *h == n))
+    }
+
+    /// Whether a state-changing request with these headers comes from the server's own page
+    /// (or a tool that is no browser, which sends neither header).
+    pub fn origin_ok(&self, host: &str, origin: Option<&str>, fetch_site: Option<&str>) -> bool {
+        let allowed = |o: &str| {
+            let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+            self.origins.iter().any(|a| *a == o)
+        };
+        if let Some(o) = origin {
+            let own = ["http://", "https://"]
+                .iter()
+                .any(|s| o.trim().eq_ignore_ascii_case(&format!("{s}{}", host.trim())));
+            return own || allowed(o);
+        }
+        match fetch_site.map(|s| s.trim().to_ascii_lowercase()) {
+            None => true,
+            Some(s) => s == "same-origin" || s == "none",
+        }
+    }
 }
 
 type S = Arc<Server>;
@@ -95,6 +166,46 @@ async fn auth(AxState(s): AxState<S>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// The Host and Origin rules of [`Guard`], before everything else.
+async fn guard(AxState(s): AxState<S>, req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let text = |k: header::HeaderName| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let host = text(header::HOST)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    if !s.guard.host_ok(&host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!("Host {host:?} is not a name of this server (pass --allowed-host NAME to serve under it)"),
+            None,
+            "host_not_allowed",
+        );
+    }
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe {
+        let origin = text(header::ORIGIN);
+        let site = h
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if !s.guard.origin_ok(&host, origin.as_deref(), site.as_deref()) {
+            return error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "a page of another site ({}) may not change jobs here (pass --allow-origin ORIGIN to allow it)",
+                    origin.as_deref().or(site.as_deref()).unwrap_or("?")
+                ),
+                None,
+                "cross_origin",
+            );
+        }
+    }
+    next.run(req).await
+}
+
 pub fn router(s: S) -> Router {
     let api = Router::new()
         .route("/v1/videos", get(list).post(create))
@@ -110,18 +221,23 @@ pub fn router(s: S) -> Router {
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route", None, "not_found") })
         .layer(DefaultBodyLimit::max(s.max_body))
+        .layer(middleware::from_fn_with_state(s.clone(), guard))
         .with_state(s)
 }
 
-async fn health(AxState(s): AxState<S>) -> Response {
+/// The body of `GET /health`.
+pub fn health_json(s: &Server) -> Value {
     let g = s.state.lock();
-    axum::Json(json!({
+    json!({
         "status": "ok",
         "model_state": g.model_state,
         "queue_length": g.queue.len(),
         "running": g.running.is_some(),
-    }))
-    .into_response()
+    })
+}
+
+async fn health(AxState(s): AxState<S>) -> Response {
+    axum::Json(health_json(&s)).into_response()
 }
 
 async fn server_info(AxState(s): AxState<S>) -> Response {
@@ -141,18 +257,90 @@ async fn server_info(AxState(s): AxState<S>) -> Response {
     axum::Json(v).into_response()
 }
 
-async fn create(AxState(s): AxState<S>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is larger than {} bytes", s.max_body),
+/// The body of a POST: at most `--max-body` bytes within `--body-timeout` (a client that
+/// trickles it gets 408 and the connection is closed).
+async fn read_body(s: &Server, req: Request) -> Result<Bytes, Response> {
+    let limited = axum::body::to_bytes(req.into_body(), s.max_body);
+    match tokio::time::timeout(s.body_timeout, limited).await {
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {} s (--body-timeout)",
+                    s.body_timeout.as_secs()
+                ),
                 None,
-                "body_too_large",
+                "body_timeout",
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+        Ok(Err(e)) => {
+            // axum wraps http-body-util's LengthLimitError ("length limit exceeded").
+            let too_large = e.to_string().contains("length limit");
+            let mut r = if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("the request body is larger than {} bytes", s.max_body),
+                    None,
+                    "body_too_large",
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                    None,
+                    "bad_body",
+                )
+            };
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
+async fn create(AxState(s): AxState<S>, req: Request) -> Response {
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_ascii_lowercase());
+    let essence = ctype
+        .as_deref()
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_string());
+    let multipart = match essence.as_deref() {
+        None | Some("application/json") => false,
+        Some("multipart/form-data") => true,
+        Some(other) => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("Content-Type {other} is not accepted: send application/json (or multipart/form-data)"),
+                None,
+                "unsupported_media_type",
             )
         }
-        Err(e) => return error(e.status(), &e.body_text(), None, "bad_body"),
+    };
+    let body = match read_body(&s, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let body = if multipart {
+        match super::multipart::to_json(ctype.as_deref().unwrap_or(""), &body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &e.message,
+                    e.param.as_deref(),
+                    e.code,
+                )
+            }
+        }
+    } else {
+        body.to_vec()
     };
     let (params, warnings) = match s.checker.check(&body) {
         Ok(p) => p,
