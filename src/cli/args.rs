@@ -107,8 +107,8 @@ pub struct ServeArgs {
     /// pages; other sites get HTTP 403. Repeatable.
     #[arg(long, value_name = "ORIGIN")]
     pub allow_origin: Vec<String>,
-    /// Most frames one request may ask for [default: what fits this machine's memory, at
-    /// most 257].
+    /// Most frames one request may ask for [default: 257]; every request must also fit the
+    /// machine's memory (checked when it is posted).
     #[arg(long, value_name = "N", value_parser = whole::<usize>)]
     pub max_frames: Option<usize>,
     /// Most pixels per frame (width x height) one request may ask for [default: 1280x720].

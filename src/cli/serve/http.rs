@@ -684,11 +684,60 @@ fn snapshot_event(s: &Server, id: &str) -> Option<(Event, bool)> {
     Some((Event::default().event(kind).data(data.to_string()), done))
 }
 
+/// One open event stream, counted in [`Server::streams`] until it is dropped.
+struct StreamSlot {
+    s: S,
+    id: String,
+}
+
+impl StreamSlot {
+    /// A slot for a stream of job `id`, or the 429 answer when the caps are reached.
+    fn take(s: &S, id: &str) -> Result<StreamSlot, Response> {
+        let mut m = s.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = m.values().sum();
+        let this = m.get(id).copied().unwrap_or(0);
+        if total >= MAX_STREAMS || this >= MAX_STREAMS_PER_JOB {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "too many event streams open ({total} in all, {this} for this job; at most {MAX_STREAMS} and {MAX_STREAMS_PER_JOB}); poll GET /v1/videos/{id} instead or try again later"
+                ),
+                None,
+                "too_many_streams",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return Err(r);
+        }
+        *m.entry(id.to_string()).or_insert(0) += 1;
+        Ok(StreamSlot {
+            s: s.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self.s.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.id);
+            }
+        }
+    }
+}
+
 async fn events(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
     // Subscribe before the snapshot: nothing between them is missed.
     let rx = s.state.events.subscribe();
     let Some((first, done)) = snapshot_event(&s, &id) else {
         return not_found(&id);
+    };
+    let slot = match StreamSlot::take(&s, &id) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let last_pos = State::queue_position(&s.state.lock(), &id);
     struct St {
@@ -698,8 +747,10 @@ async fn events(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
         first: Option<Event>,
         done: bool,
         last_pos: Option<usize>,
+        _slot: StreamSlot,
     }
     let init = St {
+        _slot: slot,
         last_pos,
         s,
         id,

@@ -79,6 +79,10 @@ fn listen_addrs(host: &str, port: u16) -> Result<(Vec<SocketAddr>, bool)> {
     Ok((addrs, loopback))
 }
 
+/// `--max-frames` and `--max-pixels` without the flags: twice ContentV's 125 frames, 720p.
+pub const DEFAULT_MAX_FRAMES: usize = 257;
+pub const DEFAULT_MAX_PIXELS: usize = 1280 * 720;
+
 pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
     let (addrs, loopback) = listen_addrs(&a.host, a.port)?;
@@ -106,6 +110,11 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
         if v == 0 {
             return Err(Error::Input(format!("{flag} must be at least 1 second")));
         }
+    }
+    if a.max_frames == Some(0) || a.max_pixels == Some(0) {
+        return Err(Error::Input(
+            "--max-frames and --max-pixels must be at least 1".into(),
+        ));
     }
     if a.max_connections == 0 {
         return Err(Error::Input("--max-connections must be at least 1".into()));
@@ -176,11 +185,7 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
         "contentv-8b".into(),
     ];
     names.dedup();
-    let checker = job::Checker {
-        layout,
-        model_names: names,
-        defaults,
-    };
+    let facts = super::request::memory::ModelFacts::read(&dir)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let spec = worker::ModelSpec {
         dir: dir.clone(),
@@ -196,6 +201,16 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
     let device = ready_rx
         .recv()
         .map_err(|_| Error::Other("the worker thread ended while loading the model".into()))??;
+    let checker = job::Checker {
+        layout,
+        model_names: names,
+        defaults,
+        max_frames: a.max_frames.unwrap_or(DEFAULT_MAX_FRAMES),
+        max_pixels: a.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS),
+        facts: Some(facts),
+        on_gpu: device != "cpu",
+        gpu_bytes: None,
+    };
     let server = http::Server {
         state: state.clone(),
         checker,
