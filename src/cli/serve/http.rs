@@ -128,6 +128,34 @@ pub fn error(status: StatusCode, message: &str, param: Option<&str>, code: &str)
     r
 }
 
+/// Largest list answer in bytes: items stop there (`has_more` says more exist).
+pub const MAX_LIST_BYTES: usize = 1 << 20;
+
+/// A JSON answer with a strong ETag (FNV-1a of the body) and `Cache-Control: no-cache`: a
+/// client that sends the tag back in If-None-Match gets 304 with no body (the page's browser
+/// revalidates this way on its own).
+fn json_etag(headers: &axum::http::HeaderMap, v: &Value) -> Response {
+    let body = v.to_string();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in body.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let tag = format!("\"{h:016x}\"");
+    let hit = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == tag || t.trim() == "*"));
+    let mut r = if hit {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    let hs = r.headers_mut();
+    hs.insert(header::ETAG, HeaderValue::from_str(&tag).expect("hex digits"));
+    hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
 fn not_found(id: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -152,7 +180,10 @@ async fn auth(AxState(s): AxState<S>, req: Request, next: Next) -> Response {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                let (scheme, rest) = v.trim_start().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+            })
             .unwrap_or("");
         if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
             return error(
@@ -419,9 +450,13 @@ fn object(s: &Server, id: &str) -> Option<Value> {
     Some(j.to_api(&s.model, State::queue_position(&g, id)))
 }
 
-async fn retrieve(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
+async fn retrieve(
+    AxState(s): AxState<S>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     match object(&s, &id) {
-        Some(v) => axum::Json(v).into_response(),
+        Some(v) => json_etag(&headers, &v),
         None => not_found(&id),
     }
 }
@@ -433,7 +468,11 @@ struct ListQuery {
     order: Option<String>,
 }
 
-async fn list(AxState(s): AxState<S>, Query(q): Query<ListQuery>) -> Response {
+async fn list(
+    AxState(s): AxState<S>,
+    Query(q): Query<ListQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let limit = match q.limit.as_deref().map(str::parse::<usize>) {
         None => 20,
         Some(Ok(n)) if (1..=100).contains(&n) => n,
@@ -478,21 +517,29 @@ async fn list(AxState(s): AxState<S>, Query(q): Query<ListQuery>) -> Response {
             }
         },
     };
-    let page: Vec<Value> = all
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|j| j.to_api(&s.model, State::queue_position(&g, &j.id)))
-        .collect();
+    let mut page: Vec<Value> = Vec::new();
+    let mut bytes = 0;
+    for j in all.iter().skip(start).take(limit) {
+        let v = j.to_api(&s.model, State::queue_position(&g, &j.id));
+        let n = v.to_string().len();
+        if !page.is_empty() && bytes + n > MAX_LIST_BYTES {
+            break; // the answer stays under MAX_LIST_BYTES; `after` pages on
+        }
+        bytes += n;
+        page.push(v);
+    }
     let has_more = start + page.len() < all.len();
-    axum::Json(json!({
-        "object": "list",
-        "first_id": page.first().map(|v| v["id"].clone()),
-        "last_id": page.last().map(|v| v["id"].clone()),
-        "has_more": has_more,
-        "data": page,
-    }))
-    .into_response()
+    drop(g);
+    json_etag(
+        &headers,
+        &json!({
+            "object": "list",
+            "first_id": page.first().map(|v| v["id"].clone()),
+            "last_id": page.last().map(|v| v["id"].clone()),
+            "has_more": has_more,
+            "data": page,
+        }),
+    )
 }
 
 async fn delete(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
