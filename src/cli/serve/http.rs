@@ -251,6 +251,14 @@ pub fn router(s: S) -> Router {
         .route("/health", get(health))
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route", None, "not_found") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not allowed on this route",
+                None,
+                "method_not_allowed",
+            )
+        })
         .layer(DefaultBodyLimit::max(s.max_body))
         .layer(middleware::from_fn_with_state(s.clone(), guard))
         .with_state(s)
@@ -560,11 +568,14 @@ async fn delete(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
                 message: "cancelled before it started".into(),
             });
             let snap = j.clone();
-            drop(g);
+            // Saved under the lock: a second DELETE (which removes the finished job's files)
+            // cannot run between the change and the save and leave the record on disk.
             if let Err(e) = st.save(&snap) {
                 eprintln!("warning: cannot save job {id}: {e}");
             }
+            drop(g);
             st.emit(&id, "cancelled", json!({"status": "cancelled"}));
+            st.prune();
             axum::Json(snap.to_api(&s.model, None)).into_response()
         }
         Status::InProgress => {
@@ -580,8 +591,8 @@ async fn delete(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
         }
         _ => {
             g.jobs.remove(&id);
+            st.remove_files(&id); // under the lock, like every change of a job's files
             drop(g);
-            st.remove_files(&id);
             axum::Json(json!({"id": id, "object": "video.deleted", "deleted": true}))
                 .into_response()
         }
@@ -627,14 +638,29 @@ async fn content(
             ),
         };
     }
+    let mut req = req;
+    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    if !range_applies(req.headers(), modified) {
+        // RFC 9110 14.2: a Range the server does not serve as asked is ignored (200 with
+        // the whole video), as is one whose If-Range validator is stale.
+        req.headers_mut().remove(header::RANGE);
+    }
     use tower::ServiceExt;
     match tower_http::services::ServeFile::new(&path)
         .oneshot(req)
         .await
     {
+        Ok(r) if r.status() == StatusCode::NOT_FOUND => error(
+            StatusCode::NOT_FOUND,
+            "the video file of this job is gone from the data folder",
+            Some("id"),
+            "video_missing",
+        ),
         Ok(mut r) => {
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+            if r.status().is_success() {
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+            }
             r.map(Body::new)
         }
         Err(e) => error(
@@ -644,6 +670,66 @@ async fn content(
             "server_error",
         ),
     }
+}
+
+/// Whether the request's Range is served as asked: one `bytes=` range of a valid form
+/// (`A-B` with A <= B, `A-`, `-N`), and, with If-Range, a validator equal to the file's
+/// Last-Modified (the only validator the videos carry). Anything else is ignored.
+fn range_applies(h: &axum::http::HeaderMap, modified: Option<std::time::SystemTime>) -> bool {
+    let Some(r) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return true; // nothing to apply
+    };
+    let Some(spec) = r.trim().strip_prefix("bytes=") else {
+        return false;
+    };
+    if spec.contains(',') {
+        return false; // several ranges: the whole video instead of a multipart answer
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return false;
+    };
+    let num = |t: &str| t.trim().parse::<u64>().ok();
+    let ok = match (a.trim().is_empty(), b.trim().is_empty()) {
+        (false, false) => matches!((num(a), num(b)), (Some(x), Some(y)) if x <= y),
+        (false, true) => num(a).is_some(),
+        (true, false) => num(b).is_some_and(|n| n > 0),
+        (true, true) => false,
+    };
+    if !ok {
+        return false;
+    }
+    match h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => modified.is_some_and(|m| http_date(m) == v.trim()),
+    }
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form of Last-Modified.
+fn http_date(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let (hh, mm, ss) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
+    // civil from days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {d:02} {} {y} {hh:02}:{mm:02}:{ss:02} GMT",
+        WD[days.rem_euclid(7) as usize],
+        MON[(m - 1) as usize]
+    )
 }
 
 async fn metrics(AxState(s): AxState<S>) -> Response {
@@ -870,5 +956,24 @@ mod tests {
         assert!(eq(b"", b""));
         // lengths that differ by a multiple of 256
         assert!(!eq(&[0u8; 256], b""));
+    }
+
+    #[test]
+    fn http_dates_and_ranges() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(super::http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        let h = |r: &str, ir: Option<&str>| {
+            let mut m = axum::http::HeaderMap::new();
+            m.insert(axum::http::header::RANGE, r.parse().unwrap());
+            if let Some(v) = ir {
+                m.insert(axum::http::header::IF_RANGE, v.parse().unwrap());
+            }
+            super::range_applies(&m, Some(t))
+        };
+        assert!(h("bytes=0-1", None) && h("bytes=5-", None) && h("bytes=-3", None));
+        assert!(!h("items=0-1", None) && !h("bytes=5-2", None) && !h("bytes=0-1,4-5", None));
+        assert!(h("bytes=0-1", Some("Sun, 06 Nov 1994 08:49:37 GMT")));
+        assert!(!h("bytes=0-1", Some("Sat, 05 Nov 1994 08:49:37 GMT")));
     }
 }

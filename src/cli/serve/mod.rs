@@ -171,7 +171,16 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
         wake: Condvar::new(),
         events: tx,
         data_dir: data_dir.clone(),
+        keep_jobs: a.keep_jobs,
+        keep_days: a.keep_days,
     });
+    let pruned = state.prune();
+    if pruned > 0 {
+        ui.note(&format!(
+            "deleted {pruned} finished jobs beyond --keep-jobs {} / --keep-days {}",
+            a.keep_jobs, a.keep_days
+        ));
+    }
     let model_name = if tiny {
         "contentv-tiny".to_string()
     } else {
@@ -250,6 +259,7 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
         .enable_all()
         .thread_name("contentv-http")
         .build()?;
+    let prune_state = state.clone();
     let res = rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         ui.info(&format!(
@@ -260,6 +270,15 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
             header_timeout: std::time::Duration::from_secs(a.header_timeout),
             max_connections,
         };
+        // Age-based retention between jobs.
+        let st = prune_state;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                let st = st.clone();
+                let _ = tokio::task::spawn_blocking(move || st.prune()).await;
+            }
+        });
         let s2 = server.clone();
         let health = Arc::new(move || http::health_json(&s2).to_string());
         conn::serve(listener, http::router(server), lim, health).await
