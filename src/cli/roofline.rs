@@ -11,12 +11,12 @@ use serde::Serialize;
 
 use super::args::RooflineArgs;
 use super::load::{device_name, model_dir};
+use super::request::resolve::check_sizes;
 use super::Ui;
 use crate::error::{Error, Result};
 use crate::model::interfaces::TEXT_TOKENS;
 use crate::model::mmdit::Transformer;
 use crate::model::mmdit::TransformerConfig;
-use super::request::resolve::check_sizes;
 use crate::model::pipeline::geometry::VideoGeometry;
 use crate::model::pipeline::LatentLayout;
 use crate::model::roofline::{

@@ -112,14 +112,20 @@ pub fn check(
         ),
     };
     let (need, have, where_) = match host {
-        Some(h) if m.host(on_gpu) > h => (m.host(on_gpu), h, "host memory available (MemAvailable)"),
+        Some(h) if m.host(on_gpu) > h => {
+            (m.host(on_gpu), h, "host memory available (MemAvailable)")
+        }
         _ => (m.device(on_gpu), device.unwrap_or(0), "GPU memory"),
     };
     let hint = match fit {
         Some(n) => format!("; at this size at most {n} frames fit"),
         None => " even at 1 frame; ask for a smaller size".into(),
     };
-    let frames_name = if names == Names::Api { "num_frames" } else { "--frames" };
+    let frames_name = if names == Names::Api {
+        "num_frames"
+    } else {
+        "--frames"
+    };
     Err(Error::Input(format!(
         "{size} with {frames} needs about {} (decoded frames {}, latents {}, VAE {}, transformer activations {}) and the machine has {} of {where_}: ask for a smaller size or fewer {frames_name}{hint}",
         gib(need),
@@ -147,5 +153,13 @@ pub fn check_generate(
         DeviceChoice::Auto => crate::runtime::device::gpu_unavailable_reason().is_none(),
     };
     let facts = ModelFacts::read(dir)?;
-    check(&facts, v, layout, on_gpu, host_available(), None, Names::Cli)
+    check(
+        &facts,
+        v,
+        layout,
+        on_gpu,
+        host_available(),
+        None,
+        Names::Cli,
+    )
 }

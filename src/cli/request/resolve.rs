@@ -37,11 +37,7 @@ pub fn resolve(
     };
     let output = f.output.unwrap_or_else(|| default_output(seed));
     check_output_path(&output)?;
-    files(
-        f.init_noise.as_deref(),
-        f.save_latents.as_deref(),
-        &output,
-    )?;
+    files(f.init_noise.as_deref(), f.save_latents.as_deref(), &output)?;
     if f.init_noise.is_some() && !seed_was_random {
         warnings.push(format!(
             "--seed {seed} has no effect with --init-noise: the starting noise comes from the file"
@@ -140,7 +136,11 @@ fn size(
 }
 
 /// The steps, the guidance scale, and the shift's range when one is given.
-fn sampling(steps: Option<usize>, guidance: Option<f32>, shift: Option<f32>) -> Result<(usize, f32)> {
+fn sampling(
+    steps: Option<usize>,
+    guidance: Option<f32>,
+    shift: Option<f32>,
+) -> Result<(usize, f32)> {
     let steps = steps.unwrap_or(DEFAULT_STEPS);
     check_steps(steps)?;
     let guidance = guidance.unwrap_or(DEFAULT_GUIDANCE);

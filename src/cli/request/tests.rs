@@ -1,5 +1,6 @@
 //! Tests of the request module.
 use super::*;
+use crate::model::pipeline::LatentLayout;
 
 fn out(_: u64) -> PathBuf {
     PathBuf::from("/tmp/x.mp4")
@@ -12,11 +13,10 @@ fn merge_and_validate() {
         steps: Some(3),
         ..Default::default()
     };
-    let l = RequestFields::from_json_line(
-        r#"{"prompt": "b", "frames": 10, "negative-prompt": "n"}"#,
-    )
-    .unwrap()
-    .or(&d);
+    let l =
+        RequestFields::from_json_line(r#"{"prompt": "b", "frames": 10, "negative-prompt": "n"}"#)
+            .unwrap()
+            .or(&d);
     let r = resolve(l, LatentLayout::CONTENTV, &out).unwrap();
     assert_eq!(
         (
@@ -95,8 +95,7 @@ fn line_errors_name_the_field_and_what_was_expected() {
     );
     let e = line_err(r#"{"prompt": "a", "seed": [1]}"#);
     assert!(
-        e.contains("field \"seed\": expected a whole number")
-            && e.contains("a JSON array ([1])"),
+        e.contains("field \"seed\": expected a whole number") && e.contains("a JSON array ([1])"),
         "{e}"
     );
     let e = line_err(r#"{"prompt": 3}"#);

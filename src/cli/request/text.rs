@@ -40,7 +40,10 @@ mod tests {
     fn control_characters_are_refused_with_the_field() {
         assert!(super::check("prompt", "a cat\n\tsurfing").is_ok());
         let e = super::check("prompt", "a\0b").unwrap_err().to_string();
-        assert!(e.starts_with("prompt holds the control character U+0000 at character 2"), "{e}");
+        assert!(
+            e.starts_with("prompt holds the control character U+0000 at character 2"),
+            "{e}"
+        );
         assert!(super::check("negative_prompt", "x\u{1b}[31m").is_err());
         assert!(super::check_length("prompt", &"a".repeat(10_000)).is_ok());
         assert!(super::check_length("prompt", &"a".repeat(10_001)).is_err());

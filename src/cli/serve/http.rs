@@ -91,9 +91,10 @@ impl Guard {
             self.origins.iter().any(|a| *a == o)
         };
         if let Some(o) = origin {
-            let own = ["http://", "https://"]
-                .iter()
-                .any(|s| o.trim().eq_ignore_ascii_case(&format!("{s}{}", host.trim())));
+            let own = ["http://", "https://"].iter().any(|s| {
+                o.trim()
+                    .eq_ignore_ascii_case(&format!("{s}{}", host.trim()))
+            });
             return own || allowed(o);
         }
         match fetch_site.map(|s| s.trim().to_ascii_lowercase()) {
@@ -144,14 +145,20 @@ fn json_etag(headers: &axum::http::HeaderMap, v: &Value) -> Response {
     let hit = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == tag || t.trim() == "*"));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == tag || t.trim() == "*")
+        });
     let mut r = if hit {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         ([(header::CONTENT_TYPE, "application/json")], body).into_response()
     };
     let hs = r.headers_mut();
-    hs.insert(header::ETAG, HeaderValue::from_str(&tag).expect("hex digits"));
+    hs.insert(
+        header::ETAG,
+        HeaderValue::from_str(&tag).expect("hex digits"),
+    );
     hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }

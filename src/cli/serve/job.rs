@@ -99,7 +99,11 @@ pub struct Checker {
 /// A CLI message in the API's words: the API's field names where the message names a CLI
 /// field or flag (`frames` -> `num_frames`, `pass --prompt` -> the "prompt" field).
 fn api_wording(m: &str, used_seconds: bool) -> String {
-    let frames = if used_seconds { "seconds" } else { "num_frames" };
+    let frames = if used_seconds {
+        "seconds"
+    } else {
+        "num_frames"
+    };
     let mut t = m
         .replace(
             "pass --prompt \"...\" (or a \"prompt\" field)",
@@ -204,7 +208,8 @@ impl Checker {
         }
         for k in ["prompt", "negative_prompt"] {
             if let Some(Value::String(t)) = obj.get(k) {
-                text::check_length(k, t).map_err(|e| BadRequest::new(e.to_string(), Some(k), "invalid_value"))?;
+                text::check_length(k, t)
+                    .map_err(|e| BadRequest::new(e.to_string(), Some(k), "invalid_value"))?;
             }
         }
         let used_seconds = given("seconds").is_some();
@@ -243,10 +248,17 @@ impl Checker {
         })
         .map_err(|e| msg_error(e, used_seconds))?;
         let v = &r.video;
-        let fname = if used_seconds { "seconds" } else { "num_frames" };
+        let fname = if used_seconds {
+            "seconds"
+        } else {
+            "num_frames"
+        };
         if v.frames > self.max_frames {
             return Err(BadRequest::new(
-                format!("{fname}: {} frames is more than this server makes (at most {}, --max-frames)", v.frames, self.max_frames),
+                format!(
+                    "{fname}: {} frames is more than this server makes (at most {}, --max-frames)",
+                    v.frames, self.max_frames
+                ),
                 Some(fname),
                 "invalid_value",
             ));
@@ -272,7 +284,11 @@ impl Checker {
                 Names::Api,
             )
             .map_err(|e| {
-                let param = if v.width * v.height > 1 << 20 { "size" } else { fname };
+                let param = if v.width * v.height > 1 << 20 {
+                    "size"
+                } else {
+                    fname
+                };
                 BadRequest::new(e.to_string(), Some(param), "request_too_large")
             })?;
         }

@@ -46,15 +46,17 @@ impl DirLock {
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(Error::Input(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                format!(
+            return Err(Error::Input(
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    format!(
                     "another contentv serve uses the data folder {} (it holds {}): stop it or pass another --data-dir",
                     dir.display(),
                     p.display()
                 )
-            } else {
-                format!("cannot lock {}: {e}", p.display())
-            }));
+                } else {
+                    format!("cannot lock {}: {e}", p.display())
+                },
+            ));
         }
         // The PID file of older versions is only a hint; the lock above is what counts.
         let _ = std::fs::remove_file(dir.join("server.pid"));

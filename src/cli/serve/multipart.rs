@@ -146,6 +146,10 @@ mod tests {
         let e = super::to_json("multipart/form-data; boundary=b", file.as_bytes()).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input_reference"));
         assert!(super::to_json("multipart/form-data", b"").is_err());
-        assert!(super::to_json("multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nno end").is_err());
+        assert!(super::to_json(
+            "multipart/form-data; boundary=b",
+            b"--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nno end"
+        )
+        .is_err());
     }
 }
