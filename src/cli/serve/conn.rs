@@ -10,10 +10,11 @@
 //!   and the answers to connections over the cap.
 //! * A connection over the cap is accepted and answered at once: `GET /health` with the health
 //!   object, anything else with 503 and `Retry-After` (then closed). Accepting keeps the
-//!   listen queue from filling with connections nobody answers, and a client sees why; at most
-//!   [`OVERFLOW`] such answers are in flight (each waits at most [`OVERFLOW_READ`] for the
-//!   head), beyond that a connection is closed at once. An accept error (no descriptor left)
-//!   waits a little instead of spinning.
+//!   listen queue from filling with connections nobody answers, and a client sees why. At
+//!   most [`OVERFLOW`] such answers are in flight (each waits at most [`OVERFLOW_READ`] for
+//!   the request line and 1 s to write); when all are busy the accept loop waits for one to
+//!   end (a bounded wait: new connections stay in the listen queue, none is dropped
+//!   unanswered). An accept error (no descriptor left) waits a little instead of spinning.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +28,9 @@ use crate::error::{Error, Result};
 /// files, the over-cap answers ([`OVERFLOW`]) and the runtime's own.
 pub const HEADROOM: u64 = 24;
 /// Over-cap connections answered at the same time.
-pub const OVERFLOW: usize = 8;
+pub const OVERFLOW: usize = 16;
 /// How long an over-cap connection may take to send its request line.
-pub const OVERFLOW_READ: Duration = Duration::from_millis(500);
+pub const OVERFLOW_READ: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -103,14 +104,18 @@ pub async fn serve(
                 let _ = conn.await;
                 drop(permit);
             });
-        } else if let Ok(permit) = overflow.clone().try_acquire_owned() {
+        } else {
+            // Over the cap: wait for one of the OVERFLOW answer slots (each is free again
+            // within OVERFLOW_READ + 1 s + OVERFLOW_READ); meanwhile new connections wait in
+            // the listen queue instead of being dropped unanswered.
+            let Ok(permit) = overflow.clone().acquire_owned().await else {
+                continue;
+            };
             let health = health.clone();
             tokio::spawn(async move {
                 let _ = answer_over_cap(stream, &*health).await;
                 drop(permit);
             });
-        } else {
-            drop(stream);
         }
     }
 }
@@ -153,5 +158,12 @@ async fn answer_over_cap(
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let _ = s.shutdown().await;
+    // Read what the client still sends (its body) for a moment before closing: closing with
+    // unread data would reset the connection, and the client could lose the answer.
+    let _ = tokio::time::timeout(OVERFLOW_READ, async {
+        let mut sink = [0u8; 4096];
+        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
     Ok(())
 }

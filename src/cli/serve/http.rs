@@ -363,7 +363,7 @@ async fn create(AxState(s): AxState<S>, req: Request) -> Response {
         Some(other) => {
             return error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &format!("Content-Type {other} is not accepted: send application/json (or multipart/form-data)"),
+                &format!("Content-Type {other} is not accepted: send application/json (curl: -H 'Content-Type: application/json') or multipart/form-data"),
                 None,
                 "unsupported_media_type",
             )
