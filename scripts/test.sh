@@ -14,7 +14,10 @@ scripts/deps.sh --test
 cargo build --release --all-targets
 mkdir -p target
 # deps.sh installed chromium: the browser test of the server's page must run, not skip
-CONTENTV_REQUIRE_BROWSER=1 cargo test --release -- --nocapture 2>&1 | tee target/test.log
+# CONTENTV_REQUIRE_OPENAI: CI reaches PyPI, so the OpenAI SDK test (tests/serve_openai.rs,
+# which installs its pinned openai into target/openai-venv) must run, not skip. The server's
+# soak (tests/serve_soak.rs) runs here only (CONTENTV_CPU_TESTS_DONE skips it below).
+CONTENTV_REQUIRE_BROWSER=1 CONTENTV_REQUIRE_OPENAI=1 cargo test --release -- --nocapture 2>&1 | tee target/test.log
 echo "---- skipped (no GPU or missing input) ----"
 grep -h "^SKIP" target/test.log | sort | uniq -c || true
 # No CUDA driver here (the GPU tests said so): run them on the emulated device.

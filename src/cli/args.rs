@@ -91,6 +91,38 @@ pub struct ServeArgs {
     /// Largest request body in bytes (larger gets HTTP 413).
     #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = whole::<usize>, allow_negative_numbers = true)]
     pub max_body: usize,
+    /// Seconds a client has to send a request head; also how long an idle keep-alive
+    /// connection stays open.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = whole::<u64>)]
+    pub header_timeout: u64,
+    /// Seconds a client has to send the body of a POST.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = whole::<u64>)]
+    pub body_timeout: u64,
+    /// Most connections served at once (lowered to what the file-descriptor limit leaves);
+    /// more get HTTP 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = whole::<usize>)]
+    pub max_connections: usize,
+    /// Another name the server may be reached by in the Host header (a reverse proxy's);
+    /// loopback names and IP addresses are always accepted. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub allowed_host: Vec<String>,
+    /// A web origin (e.g. https://app.example) that may create and delete jobs from its
+    /// pages; other sites get HTTP 403. Repeatable.
+    #[arg(long, value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+    /// Most frames one request may ask for [default: 257]; every request must also fit the
+    /// machine's memory (checked when it is posted).
+    #[arg(long, value_name = "N", value_parser = whole::<usize>)]
+    pub max_frames: Option<usize>,
+    /// Most pixels per frame (width x height) one request may ask for [default: 1280x720].
+    #[arg(long, value_name = "N", value_parser = whole::<usize>)]
+    pub max_pixels: Option<usize>,
+    /// Finished jobs kept (the oldest are deleted with their videos beyond it; 0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = whole::<usize>)]
+    pub keep_jobs: usize,
+    /// Days a finished job is kept (then deleted with its video; 0: no limit).
+    #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = whole::<u64>)]
+    pub keep_days: u64,
 }
 
 #[derive(Args, Debug, Clone)]

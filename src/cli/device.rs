@@ -10,7 +10,19 @@ use crate::runtime::blaslt;
 use crate::runtime::device::{cuda_version_str, kernel_toolkit_version, Device};
 
 pub fn run(a: &DeviceArgs, ui: &Ui) -> Result<()> {
-    let dev = Device::cuda(a.ordinal)?;
+    let dev = match Device::cuda(a.ordinal) {
+        Ok(d) => d,
+        Err(e) => {
+            if ui.json {
+                // A JSON reader gets an answer on stdout too (the error also goes to stderr).
+                println!(
+                    "{}",
+                    json!({"error": e.to_string(), "ordinal": a.ordinal, "usable": false})
+                );
+            }
+            return Err(e);
+        }
+    };
     let g = dev.gpu().expect("Device::cuda returns a GPU");
     let modules = g.load_modules()?;
     let lt = blaslt::lib().map(|l| l.path.clone());

@@ -373,6 +373,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     let req = resolve(defaults, layout, &|seed| {
         PathBuf::from("outputs").join(format!("{}_{seed}.mp4", unix_time()))
     })?;
+    super::request::memory::check_generate(&dir, &req.video, layout, a.model.device)?;
     for w in &req.warnings {
         ui.warn(w);
     }

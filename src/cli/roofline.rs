@@ -11,12 +11,14 @@ use serde::Serialize;
 
 use super::args::RooflineArgs;
 use super::load::{device_name, model_dir};
+use super::request::resolve::check_sizes;
 use super::Ui;
 use crate::error::{Error, Result};
 use crate::model::interfaces::TEXT_TOKENS;
 use crate::model::mmdit::Transformer;
 use crate::model::mmdit::TransformerConfig;
 use crate::model::pipeline::geometry::VideoGeometry;
+use crate::model::pipeline::LatentLayout;
 use crate::model::roofline::{
     decode_rows, measure, measure_ceilings, step_rows, Kind, Row, StepShape,
 };
@@ -244,6 +246,10 @@ fn architecture(a: &RooflineArgs, ui: &Ui) -> Result<(TransformerConfig, VaeConf
 
 pub fn run(a: &RooflineArgs, ui: &Ui) -> Result<()> {
     let mut g = ceilings(&a.gpu)?;
+    // generate's own bounds (frames, sizes, steps), then the 4k+1 rule of the geometry.
+    // (ContentV's layout, the one VideoGeometry::new checks against)
+    check_sizes(a.frames, a.width, a.height, a.steps, LatentLayout::CONTENTV)
+        .map_err(|e| Error::Input(format!("{e} (roofline takes generate's bounds)")))?;
     let geo = VideoGeometry::new(a.frames, a.height, a.width)?;
     let [_, _, t, h, w] = geo.latent_shape();
     let (cfg, vae_cfg) = architecture(a, ui)?;

@@ -5,6 +5,7 @@ pub mod clip;
 pub mod int8;
 pub mod interfaces;
 pub mod inventory;
+pub mod memory;
 pub mod mmdit;
 pub mod pipeline;
 pub mod roofline;

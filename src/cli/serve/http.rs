@@ -1,10 +1,10 @@
 //! The HTTP side: routes, authentication, errors in OpenAI's shape, the event streams.
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxState};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -30,6 +30,78 @@ pub struct Server {
     pub info: Value,
     pub max_queue: usize,
     pub max_body: usize,
+    /// `--body-timeout`.
+    pub body_timeout: Duration,
+    /// The Host and Origin rules ([`Guard`]).
+    pub guard: Guard,
+    /// Open event streams, in total and per job ([`MAX_STREAMS`], [`MAX_STREAMS_PER_JOB`]).
+    pub streams: Mutex<HashMap<String, usize>>,
+}
+
+/// Most event streams open at once, and per job; more get 429 with Retry-After.
+pub const MAX_STREAMS: usize = 64;
+pub const MAX_STREAMS_PER_JOB: usize = 16;
+
+/// Browser-facing rules (DNS rebinding, cross-site requests).
+///
+/// * Host: an IP address (a rebinding page reaches the server under a *name*), `localhost`
+///   (and `*.localhost`), the `--host` name, or an `--allowed-host` name; anything else gets
+///   403. The port is not compared.
+/// * State-changing methods (POST, DELETE, ...): `Sec-Fetch-Site` must be `same-origin` or
+///   `none` when sent, and `Origin`, when sent, must be the server's own origin (the Host of
+///   the request) or an `--allow-origin`; anything else gets 403. Another port of 127.0.0.1 is
+///   another origin (and "same-site" for the browser: refused too).
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    /// Lowercase host names accepted besides IP addresses and localhost.
+    pub hosts: Vec<String>,
+    /// Lowercase origins (`scheme://host[:port]`) accepted besides the server's own.
+    pub origins: Vec<String>,
+}
+
+/// The host part of a Host header value (`name`, `name:port`, `[v6]:port`), lowercase.
+fn host_name(h: &str) -> String {
+    let h = h.trim();
+    let name = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match h.rsplit_once(':') {
+            Some((n, p)) if p.bytes().all(|c| c.is_ascii_digit()) => n,
+            _ => h,
+        }
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl Guard {
+    pub fn host_ok(&self, host: &str) -> bool {
+        let n = host_name(host);
+        !n.is_empty()
+            && (n.parse::<std::net::IpAddr>().is_ok()
+                || n == "localhost"
+                || n.ends_with(".localhost")
+                || self.hosts.iter().any(|h| *h == n))
+    }
+
+    /// Whether a state-changing request with these headers comes from the server's own page
+    /// (or a tool that is no browser, which sends neither header).
+    pub fn origin_ok(&self, host: &str, origin: Option<&str>, fetch_site: Option<&str>) -> bool {
+        let allowed = |o: &str| {
+            let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+            self.origins.iter().any(|a| *a == o)
+        };
+        if let Some(o) = origin {
+            let own = ["http://", "https://"].iter().any(|s| {
+                o.trim()
+                    .eq_ignore_ascii_case(&format!("{s}{}", host.trim()))
+            });
+            return own || allowed(o);
+        }
+        match fetch_site.map(|s| s.trim().to_ascii_lowercase()) {
+            None => true,
+            Some(s) => s == "same-origin" || s == "none",
+        }
+    }
 }
 
 type S = Arc<Server>;
@@ -57,6 +129,40 @@ pub fn error(status: StatusCode, message: &str, param: Option<&str>, code: &str)
     r
 }
 
+/// Largest list answer in bytes: items stop there (`has_more` says more exist).
+pub const MAX_LIST_BYTES: usize = 1 << 20;
+
+/// A JSON answer with a strong ETag (FNV-1a of the body) and `Cache-Control: no-cache`: a
+/// client that sends the tag back in If-None-Match gets 304 with no body (the page's browser
+/// revalidates this way on its own).
+fn json_etag(headers: &axum::http::HeaderMap, v: &Value) -> Response {
+    let body = v.to_string();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in body.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let tag = format!("\"{h:016x}\"");
+    let hit = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == tag || t.trim() == "*")
+        });
+    let mut r = if hit {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    let hs = r.headers_mut();
+    hs.insert(
+        header::ETAG,
+        HeaderValue::from_str(&tag).expect("hex digits"),
+    );
+    hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
 fn not_found(id: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -81,7 +187,10 @@ async fn auth(AxState(s): AxState<S>, req: Request, next: Next) -> Response {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                let (scheme, rest) = v.trim_start().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+            })
             .unwrap_or("");
         if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
             return error(
@@ -89,6 +198,46 @@ async fn auth(AxState(s): AxState<S>, req: Request, next: Next) -> Response {
                 "missing or wrong API key: send `Authorization: Bearer KEY`",
                 None,
                 "invalid_api_key",
+            );
+        }
+    }
+    next.run(req).await
+}
+
+/// The Host and Origin rules of [`Guard`], before everything else.
+async fn guard(AxState(s): AxState<S>, req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let text = |k: header::HeaderName| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let host = text(header::HOST)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    if !s.guard.host_ok(&host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!("Host {host:?} is not a name of this server (pass --allowed-host NAME to serve under it)"),
+            None,
+            "host_not_allowed",
+        );
+    }
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe {
+        let origin = text(header::ORIGIN);
+        let site = h
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if !s.guard.origin_ok(&host, origin.as_deref(), site.as_deref()) {
+            return error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "a page of another site ({}) may not change jobs here (pass --allow-origin ORIGIN to allow it)",
+                    origin.as_deref().or(site.as_deref()).unwrap_or("?")
+                ),
+                None,
+                "cross_origin",
             );
         }
     }
@@ -109,19 +258,32 @@ pub fn router(s: S) -> Router {
         .route("/health", get(health))
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route", None, "not_found") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not allowed on this route",
+                None,
+                "method_not_allowed",
+            )
+        })
         .layer(DefaultBodyLimit::max(s.max_body))
+        .layer(middleware::from_fn_with_state(s.clone(), guard))
         .with_state(s)
 }
 
-async fn health(AxState(s): AxState<S>) -> Response {
+/// The body of `GET /health`.
+pub fn health_json(s: &Server) -> Value {
     let g = s.state.lock();
-    axum::Json(json!({
+    json!({
         "status": "ok",
         "model_state": g.model_state,
         "queue_length": g.queue.len(),
         "running": g.running.is_some(),
-    }))
-    .into_response()
+    })
+}
+
+async fn health(AxState(s): AxState<S>) -> Response {
+    axum::Json(health_json(&s)).into_response()
 }
 
 async fn server_info(AxState(s): AxState<S>) -> Response {
@@ -141,18 +303,90 @@ async fn server_info(AxState(s): AxState<S>) -> Response {
     axum::Json(v).into_response()
 }
 
-async fn create(AxState(s): AxState<S>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is larger than {} bytes", s.max_body),
+/// The body of a POST: at most `--max-body` bytes within `--body-timeout` (a client that
+/// trickles it gets 408 and the connection is closed).
+async fn read_body(s: &Server, req: Request) -> Result<Bytes, Response> {
+    let limited = axum::body::to_bytes(req.into_body(), s.max_body);
+    match tokio::time::timeout(s.body_timeout, limited).await {
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {} s (--body-timeout)",
+                    s.body_timeout.as_secs()
+                ),
                 None,
-                "body_too_large",
+                "body_timeout",
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+        Ok(Err(e)) => {
+            // axum wraps http-body-util's LengthLimitError ("length limit exceeded").
+            let too_large = e.to_string().contains("length limit");
+            let mut r = if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("the request body is larger than {} bytes", s.max_body),
+                    None,
+                    "body_too_large",
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                    None,
+                    "bad_body",
+                )
+            };
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
+async fn create(AxState(s): AxState<S>, req: Request) -> Response {
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_ascii_lowercase());
+    let essence = ctype
+        .as_deref()
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_string());
+    let multipart = match essence.as_deref() {
+        None | Some("application/json") => false,
+        Some("multipart/form-data") => true,
+        Some(other) => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("Content-Type {other} is not accepted: send application/json (curl: -H 'Content-Type: application/json') or multipart/form-data"),
+                None,
+                "unsupported_media_type",
             )
         }
-        Err(e) => return error(e.status(), &e.body_text(), None, "bad_body"),
+    };
+    let body = match read_body(&s, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let body = if multipart {
+        match super::multipart::to_json(ctype.as_deref().unwrap_or(""), &body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &e.message,
+                    e.param.as_deref(),
+                    e.code,
+                )
+            }
+        }
+    } else {
+        body.to_vec()
     };
     let (params, warnings) = match s.checker.check(&body) {
         Ok(p) => p,
@@ -231,9 +465,13 @@ fn object(s: &Server, id: &str) -> Option<Value> {
     Some(j.to_api(&s.model, State::queue_position(&g, id)))
 }
 
-async fn retrieve(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
+async fn retrieve(
+    AxState(s): AxState<S>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     match object(&s, &id) {
-        Some(v) => axum::Json(v).into_response(),
+        Some(v) => json_etag(&headers, &v),
         None => not_found(&id),
     }
 }
@@ -245,7 +483,11 @@ struct ListQuery {
     order: Option<String>,
 }
 
-async fn list(AxState(s): AxState<S>, Query(q): Query<ListQuery>) -> Response {
+async fn list(
+    AxState(s): AxState<S>,
+    Query(q): Query<ListQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let limit = match q.limit.as_deref().map(str::parse::<usize>) {
         None => 20,
         Some(Ok(n)) if (1..=100).contains(&n) => n,
@@ -290,21 +532,29 @@ async fn list(AxState(s): AxState<S>, Query(q): Query<ListQuery>) -> Response {
             }
         },
     };
-    let page: Vec<Value> = all
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|j| j.to_api(&s.model, State::queue_position(&g, &j.id)))
-        .collect();
+    let mut page: Vec<Value> = Vec::new();
+    let mut bytes = 0;
+    for j in all.iter().skip(start).take(limit) {
+        let v = j.to_api(&s.model, State::queue_position(&g, &j.id));
+        let n = v.to_string().len();
+        if !page.is_empty() && bytes + n > MAX_LIST_BYTES {
+            break; // the answer stays under MAX_LIST_BYTES; `after` pages on
+        }
+        bytes += n;
+        page.push(v);
+    }
     let has_more = start + page.len() < all.len();
-    axum::Json(json!({
-        "object": "list",
-        "first_id": page.first().map(|v| v["id"].clone()),
-        "last_id": page.last().map(|v| v["id"].clone()),
-        "has_more": has_more,
-        "data": page,
-    }))
-    .into_response()
+    drop(g);
+    json_etag(
+        &headers,
+        &json!({
+            "object": "list",
+            "first_id": page.first().map(|v| v["id"].clone()),
+            "last_id": page.last().map(|v| v["id"].clone()),
+            "has_more": has_more,
+            "data": page,
+        }),
+    )
 }
 
 async fn delete(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
@@ -325,11 +575,14 @@ async fn delete(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
                 message: "cancelled before it started".into(),
             });
             let snap = j.clone();
-            drop(g);
+            // Saved under the lock: a second DELETE (which removes the finished job's files)
+            // cannot run between the change and the save and leave the record on disk.
             if let Err(e) = st.save(&snap) {
                 eprintln!("warning: cannot save job {id}: {e}");
             }
+            drop(g);
             st.emit(&id, "cancelled", json!({"status": "cancelled"}));
+            st.prune();
             axum::Json(snap.to_api(&s.model, None)).into_response()
         }
         Status::InProgress => {
@@ -345,8 +598,8 @@ async fn delete(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
         }
         _ => {
             g.jobs.remove(&id);
+            st.remove_files(&id); // under the lock, like every change of a job's files
             drop(g);
-            st.remove_files(&id);
             axum::Json(json!({"id": id, "object": "video.deleted", "deleted": true}))
                 .into_response()
         }
@@ -392,14 +645,29 @@ async fn content(
             ),
         };
     }
+    let mut req = req;
+    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    if !range_applies(req.headers(), modified) {
+        // RFC 9110 14.2: a Range the server does not serve as asked is ignored (200 with
+        // the whole video), as is one whose If-Range validator is stale.
+        req.headers_mut().remove(header::RANGE);
+    }
     use tower::ServiceExt;
     match tower_http::services::ServeFile::new(&path)
         .oneshot(req)
         .await
     {
+        Ok(r) if r.status() == StatusCode::NOT_FOUND => error(
+            StatusCode::NOT_FOUND,
+            "the video file of this job is gone from the data folder",
+            Some("id"),
+            "video_missing",
+        ),
         Ok(mut r) => {
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+            if r.status().is_success() {
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+            }
             r.map(Body::new)
         }
         Err(e) => error(
@@ -409,6 +677,66 @@ async fn content(
             "server_error",
         ),
     }
+}
+
+/// Whether the request's Range is served as asked: one `bytes=` range of a valid form
+/// (`A-B` with A <= B, `A-`, `-N`), and, with If-Range, a validator equal to the file's
+/// Last-Modified (the only validator the videos carry). Anything else is ignored.
+fn range_applies(h: &axum::http::HeaderMap, modified: Option<std::time::SystemTime>) -> bool {
+    let Some(r) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return true; // nothing to apply
+    };
+    let Some(spec) = r.trim().strip_prefix("bytes=") else {
+        return false;
+    };
+    if spec.contains(',') {
+        return false; // several ranges: the whole video instead of a multipart answer
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return false;
+    };
+    let num = |t: &str| t.trim().parse::<u64>().ok();
+    let ok = match (a.trim().is_empty(), b.trim().is_empty()) {
+        (false, false) => matches!((num(a), num(b)), (Some(x), Some(y)) if x <= y),
+        (false, true) => num(a).is_some(),
+        (true, false) => num(b).is_some_and(|n| n > 0),
+        (true, true) => false,
+    };
+    if !ok {
+        return false;
+    }
+    match h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => modified.is_some_and(|m| http_date(m) == v.trim()),
+    }
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form of Last-Modified.
+fn http_date(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let (hh, mm, ss) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
+    // civil from days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {d:02} {} {y} {hh:02}:{mm:02}:{ss:02} GMT",
+        WD[days.rem_euclid(7) as usize],
+        MON[(m - 1) as usize]
+    )
 }
 
 async fn metrics(AxState(s): AxState<S>) -> Response {
@@ -496,11 +824,60 @@ fn snapshot_event(s: &Server, id: &str) -> Option<(Event, bool)> {
     Some((Event::default().event(kind).data(data.to_string()), done))
 }
 
+/// One open event stream, counted in [`Server::streams`] until it is dropped.
+struct StreamSlot {
+    s: S,
+    id: String,
+}
+
+impl StreamSlot {
+    /// A slot for a stream of job `id`, or the 429 answer when the caps are reached.
+    fn take(s: &S, id: &str) -> Result<StreamSlot, Response> {
+        let mut m = s.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = m.values().sum();
+        let this = m.get(id).copied().unwrap_or(0);
+        if total >= MAX_STREAMS || this >= MAX_STREAMS_PER_JOB {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "too many event streams open ({total} in all, {this} for this job; at most {MAX_STREAMS} and {MAX_STREAMS_PER_JOB}); poll GET /v1/videos/{id} instead or try again later"
+                ),
+                None,
+                "too_many_streams",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return Err(r);
+        }
+        *m.entry(id.to_string()).or_insert(0) += 1;
+        Ok(StreamSlot {
+            s: s.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self.s.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.id);
+            }
+        }
+    }
+}
+
 async fn events(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
     // Subscribe before the snapshot: nothing between them is missed.
     let rx = s.state.events.subscribe();
     let Some((first, done)) = snapshot_event(&s, &id) else {
         return not_found(&id);
+    };
+    let slot = match StreamSlot::take(&s, &id) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let last_pos = State::queue_position(&s.state.lock(), &id);
     struct St {
@@ -510,8 +887,10 @@ async fn events(AxState(s): AxState<S>, Path(id): Path<String>) -> Response {
         first: Option<Event>,
         done: bool,
         last_pos: Option<usize>,
+        _slot: StreamSlot,
     }
     let init = St {
+        _slot: slot,
         last_pos,
         s,
         id,
@@ -584,5 +963,24 @@ mod tests {
         assert!(eq(b"", b""));
         // lengths that differ by a multiple of 256
         assert!(!eq(&[0u8; 256], b""));
+    }
+
+    #[test]
+    fn http_dates_and_ranges() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(super::http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        let h = |r: &str, ir: Option<&str>| {
+            let mut m = axum::http::HeaderMap::new();
+            m.insert(axum::http::header::RANGE, r.parse().unwrap());
+            if let Some(v) = ir {
+                m.insert(axum::http::header::IF_RANGE, v.parse().unwrap());
+            }
+            super::range_applies(&m, Some(t))
+        };
+        assert!(h("bytes=0-1", None) && h("bytes=5-", None) && h("bytes=-3", None));
+        assert!(!h("items=0-1", None) && !h("bytes=5-2", None) && !h("bytes=0-1,4-5", None));
+        assert!(h("bytes=0-1", Some("Sun, 06 Nov 1994 08:49:37 GMT")));
+        assert!(!h("bytes=0-1", Some("Sat, 05 Nov 1994 08:49:37 GMT")));
     }
 }

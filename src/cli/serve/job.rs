@@ -6,7 +6,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::cli::request::{resolve, RequestFields, VideoParams};
+use crate::cli::request::memory::{self, ModelFacts, Names};
+use crate::cli::request::{resolve, text, RequestFields, VideoParams};
 use crate::error::Error;
 use crate::model::pipeline::LatentLayout;
 
@@ -58,7 +59,7 @@ fn api_param(msg: &str, used_seconds: bool) -> Option<&'static str> {
         const NAMES: [&str; 8] = [
             "frames", "fps", "width", "height", "steps", "guidance", "shift", "seed",
         ];
-        if !NAMES.contains(&first) && msg.contains("prompt") {
+        if !NAMES.contains(&first) && first != "negative_prompt" && msg.contains("prompt") {
             "prompt"
         } else {
             first
@@ -86,6 +87,48 @@ pub struct Checker {
     pub model_names: Vec<String>,
     /// The defaults of unset fields (the tiny model's small sizes without --model).
     pub defaults: RequestFields,
+    /// `--max-frames` and `--max-pixels`.
+    pub max_frames: usize,
+    pub max_pixels: usize,
+    /// The architecture for the memory estimate, and whether the model runs on a GPU (then
+    /// `gpu_bytes` is its memory).
+    pub facts: Option<ModelFacts>,
+    pub on_gpu: bool,
+    pub gpu_bytes: Option<u64>,
+}
+
+/// A CLI message in the API's words: the API's field names where the message names a CLI
+/// field or flag (`frames` -> `num_frames`, `pass --prompt` -> the "prompt" field).
+fn api_wording(m: &str, used_seconds: bool) -> String {
+    let frames = if used_seconds {
+        "seconds"
+    } else {
+        "num_frames"
+    };
+    let mut t = m
+        .replace(
+            "pass --prompt \"...\" (or a \"prompt\" field)",
+            "give the \"prompt\" field",
+        )
+        .replace(", e.g. --prompt \"", ", e.g. \"prompt\": \"")
+        .replace("field \"frames\"", &format!("field \"{frames}\""))
+        .replace("field \"steps\"", "field \"num_inference_steps\"")
+        .replace("field \"guidance\"", "field \"guidance_scale\"")
+        .replace("field \"width\"", "field \"size\" (width)")
+        .replace("field \"height\"", "field \"size\" (height)");
+    for (cli, api) in [
+        ("frames ", format!("{frames} ")),
+        ("steps ", "num_inference_steps ".into()),
+        ("guidance ", "guidance_scale ".into()),
+        ("width ", "size: width ".into()),
+        ("height ", "size: height ".into()),
+    ] {
+        if let Some(rest) = t.strip_prefix(cli) {
+            t = format!("{api}{rest}");
+            break;
+        }
+    }
+    t
 }
 
 impl Checker {
@@ -165,6 +208,12 @@ impl Checker {
             line.insert("width".into(), w.into());
             line.insert("height".into(), h.into());
         }
+        for k in ["prompt", "negative_prompt"] {
+            if let Some(Value::String(t)) = obj.get(k) {
+                text::check_length(k, t)
+                    .map_err(|e| BadRequest::new(e.to_string(), Some(k), "invalid_value"))?;
+            }
+        }
         let used_seconds = given("seconds").is_some();
         let mut fields = RequestFields::from_json_line(&Value::Object(line).to_string())
             .map_err(|e| msg_error(e, used_seconds))?;
@@ -204,6 +253,51 @@ impl Checker {
             c.check(r.video.steps, "field \"cache\"")
                 .map_err(|e| BadRequest::new(e.to_string(), Some("cache"), "invalid_value"))?;
         }
+        let v = &r.video;
+        let fname = if used_seconds {
+            "seconds"
+        } else {
+            "num_frames"
+        };
+        if v.frames > self.max_frames {
+            return Err(BadRequest::new(
+                format!(
+                    "{fname}: {} frames is more than this server makes (at most {}, --max-frames)",
+                    v.frames, self.max_frames
+                ),
+                Some(fname),
+                "invalid_value",
+            ));
+        }
+        if v.width * v.height > self.max_pixels {
+            return Err(BadRequest::new(
+                format!(
+                    "size {}x{} is {} pixels a frame, more than this server makes (at most {}, --max-pixels)",
+                    v.width, v.height, v.width * v.height, self.max_pixels
+                ),
+                Some("size"),
+                "invalid_value",
+            ));
+        }
+        if let Some(f) = &self.facts {
+            memory::check(
+                f,
+                v,
+                self.layout,
+                self.on_gpu,
+                memory::host_available(),
+                self.gpu_bytes,
+                Names::Api,
+            )
+            .map_err(|e| {
+                let param = if v.width * v.height > 1 << 20 {
+                    "size"
+                } else {
+                    fname
+                };
+                BadRequest::new(e.to_string(), Some(param), "request_too_large")
+            })?;
+        }
         Ok((r.video, r.warnings))
     }
 }
@@ -212,7 +306,7 @@ fn msg_error(e: Error, used_seconds: bool) -> BadRequest {
     let m = e.to_string();
     let param = api_param(&m, used_seconds);
     BadRequest {
-        message: m,
+        message: api_wording(&m, used_seconds),
         param: param.map(str::to_string),
         code: "invalid_value",
     }
@@ -373,6 +467,11 @@ mod tests {
             layout: LatentLayout::CONTENTV,
             model_names: vec!["contentv-8b".into(), "contentv".into()],
             defaults: RequestFields::default(),
+            max_frames: 1001,
+            max_pixels: 4096 * 4096,
+            facts: None,
+            on_gpu: false,
+            gpu_bytes: None,
         }
     }
 

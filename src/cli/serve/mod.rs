@@ -9,8 +9,10 @@
 //! * Safety: loopback by default; any other address needs --api-key (Bearer, compared in
 //!   constant time) or an explicit --insecure; bodies are size-limited; ids are 128 random
 //!   bits; files are named by id only; no CORS headers.
+pub mod conn;
 pub mod http;
 pub mod job;
+pub mod multipart;
 pub mod state;
 pub mod worker;
 
@@ -24,38 +26,41 @@ use super::Ui;
 use crate::error::{Error, Result};
 use crate::model::pipeline::LatentLayout;
 
-/// A lock file in the data folder: one server per folder.
-struct DirLock(std::path::PathBuf);
+/// The data folder's lock: an advisory `flock` on `server.lock`, held by the open file for
+/// as long as the process lives (the kernel drops it when the process ends, however it ends,
+/// so it cannot go stale). One server per folder.
+struct DirLock(#[allow(dead_code)] std::fs::File);
 
 impl DirLock {
     fn take(dir: &std::path::Path) -> Result<DirLock> {
-        let p = dir.join("server.pid");
-        if let Ok(t) = std::fs::read_to_string(&p) {
-            let mut it = t.split_whitespace();
-            let (pid, host) = (it.next(), it.next());
-            if let (Some(pid), Some(host)) = (pid.and_then(|x| x.parse::<u32>().ok()), host) {
-                if host == crate::io::fsutil::host_tag()
-                    && pid != std::process::id()
-                    && crate::io::fsutil::pid_alive(pid)
-                {
-                    return Err(Error::Input(format!(
-                        "another contentv serve (pid {pid}) uses the data folder {}: stop it or pass another --data-dir",
-                        dir.display()
-                    )));
-                }
-            }
+        use std::os::unix::io::AsRawFd;
+        let p = dir.join("server.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::Input(format!("cannot open the lock file {}: {e}", p.display())))?;
+        // SAFETY: flock on a descriptor this function owns (the File lives in the DirLock).
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(Error::Input(
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    format!(
+                    "another contentv serve uses the data folder {} (it holds {}): stop it or pass another --data-dir",
+                    dir.display(),
+                    p.display()
+                )
+                } else {
+                    format!("cannot lock {}: {e}", p.display())
+                },
+            ));
         }
-        crate::io::fsutil::write_file_atomically(
-            &p,
-            format!("{} {}\n", std::process::id(), crate::io::fsutil::host_tag()).as_bytes(),
-        )?;
-        Ok(DirLock(p))
-    }
-}
-
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        // The PID file of older versions is only a hint; the lock above is what counts.
+        let _ = std::fs::remove_file(dir.join("server.pid"));
+        Ok(DirLock(f))
     }
 }
 
@@ -76,12 +81,45 @@ fn listen_addrs(host: &str, port: u16) -> Result<(Vec<SocketAddr>, bool)> {
     Ok((addrs, loopback))
 }
 
+/// `--max-frames` and `--max-pixels` without the flags: twice ContentV's 125 frames, 720p.
+pub const DEFAULT_MAX_FRAMES: usize = 257;
+pub const DEFAULT_MAX_PIXELS: usize = 1280 * 720;
+
 pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
     let (addrs, loopback) = listen_addrs(&a.host, a.port)?;
     let api_key = a.api_key.clone().filter(|k| !k.is_empty());
     if a.api_key.is_some() && api_key.is_none() {
         return Err(Error::Input("--api-key is empty".into()));
+    }
+    if let Some(k) = &api_key {
+        if k.trim() != k || k.chars().any(|c| c.is_control()) {
+            return Err(Error::Input(
+                "--api-key has leading or trailing spaces (or control characters): no client could send it; remove them".into(),
+            ));
+        }
+    }
+    if a.max_body < 256 {
+        return Err(Error::Input(format!(
+            "--max-body {}: too small for any request (at least 256 bytes; the default is 65536)",
+            a.max_body
+        )));
+    }
+    for (flag, v) in [
+        ("--header-timeout", a.header_timeout),
+        ("--body-timeout", a.body_timeout),
+    ] {
+        if v == 0 {
+            return Err(Error::Input(format!("{flag} must be at least 1 second")));
+        }
+    }
+    if a.max_frames == Some(0) || a.max_pixels == Some(0) {
+        return Err(Error::Input(
+            "--max-frames and --max-pixels must be at least 1".into(),
+        ));
+    }
+    if a.max_connections == 0 {
+        return Err(Error::Input("--max-connections must be at least 1".into()));
     }
     if !loopback && api_key.is_none() && !a.insecure {
         return Err(Error::Input(format!(
@@ -123,6 +161,7 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
     for n in notes {
         ui.note(&n);
     }
+    let max_connections = conn::connection_cap(a.max_connections)?;
     let listener = std::net::TcpListener::bind(&addrs[..])
         .map_err(|e| Error::Input(format!("cannot listen on {}:{}: {e}", a.host, a.port)))?;
     listener.set_nonblocking(true)?;
@@ -134,7 +173,16 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
         wake: Condvar::new(),
         events: tx,
         data_dir: data_dir.clone(),
+        keep_jobs: a.keep_jobs,
+        keep_days: a.keep_days,
     });
+    let pruned = state.prune();
+    if pruned > 0 {
+        ui.note(&format!(
+            "deleted {pruned} finished jobs beyond --keep-jobs {} / --keep-days {}",
+            a.keep_jobs, a.keep_days
+        ));
+    }
     let model_name = if tiny {
         "contentv-tiny".to_string()
     } else {
@@ -148,11 +196,7 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
         "contentv-8b".into(),
     ];
     names.dedup();
-    let checker = job::Checker {
-        layout,
-        model_names: names,
-        defaults,
-    };
+    let facts = super::request::memory::ModelFacts::read(&dir)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let spec = worker::ModelSpec {
         dir: dir.clone(),
@@ -168,6 +212,16 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
     let device = ready_rx
         .recv()
         .map_err(|_| Error::Other("the worker thread ended while loading the model".into()))??;
+    let checker = job::Checker {
+        layout,
+        model_names: names,
+        defaults,
+        max_frames: a.max_frames.unwrap_or(DEFAULT_MAX_FRAMES),
+        max_pixels: a.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS),
+        facts: Some(facts),
+        on_gpu: device != "cpu",
+        gpu_bytes: None,
+    };
     let server = http::Server {
         state: state.clone(),
         checker,
@@ -187,19 +241,49 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
         }),
         max_queue: a.max_queue,
         max_body: a.max_body,
+        body_timeout: std::time::Duration::from_secs(a.body_timeout),
+        guard: http::Guard {
+            hosts: std::iter::once(a.host.clone())
+                .chain(a.allowed_host.iter().cloned())
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+            origins: a
+                .allow_origin
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+        },
+        streams: Default::default(),
     };
+    let server = Arc::new(server);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("contentv-http")
         .build()?;
+    let prune_state = state.clone();
     let res = rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         ui.info(&format!(
             "contentv serve: listening on http://{local} (data in {})",
             data_dir.display()
         ));
-        axum::serve(listener, http::router(Arc::new(server))).await
+        let lim = conn::Limits {
+            header_timeout: std::time::Duration::from_secs(a.header_timeout),
+            max_connections,
+        };
+        // Age-based retention between jobs.
+        let st = prune_state;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                let st = st.clone();
+                let _ = tokio::task::spawn_blocking(move || st.prune()).await;
+            }
+        });
+        let s2 = server.clone();
+        let health = Arc::new(move || http::health_json(&s2).to_string());
+        conn::serve(listener, http::router(server), lim, health).await
     });
     {
         state.lock().shutting_down = true;

@@ -50,6 +50,9 @@ pub struct State {
     pub wake: Condvar,
     pub events: tokio::sync::broadcast::Sender<JobEvent>,
     pub data_dir: PathBuf,
+    /// `--keep-jobs` and `--keep-days` (0: no limit).
+    pub keep_jobs: usize,
+    pub keep_days: u64,
 }
 
 impl State {
@@ -88,6 +91,7 @@ impl State {
         let p = self.jobs_dir().join(format!("{}.json", job.id));
         let text = serde_json::to_string_pretty(job).map_err(std::io::Error::other)?;
         fsutil::write_file_atomically(&p, text.as_bytes())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
     }
 
     /// Removes a job's record and its video.
@@ -99,6 +103,55 @@ impl State {
             let _ = std::fs::remove_file(&v);
         }
         let _ = std::fs::remove_file(self.jobs_dir().join(format!("{id}.json")));
+    }
+
+    /// Saves a record, trying again (up to `tries` times, a second apart) while the disk
+    /// refuses (full, no descriptors): the status the API reports is the one on disk.
+    pub fn save_retrying(&self, job: &Job, tries: u32) -> std::io::Result<()> {
+        let mut last = None;
+        for i in 0..tries.max(1) {
+            match self.save(job) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    eprintln!(
+                        "warning: cannot save job {} (try {} of {tries}): {e}",
+                        job.id,
+                        i + 1
+                    );
+                    last = Some(e);
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        }
+        Err(last.expect("at least one try"))
+    }
+
+    /// Deletes the finished jobs beyond `--keep-jobs` (the oldest first) and those finished
+    /// more than `--keep-days` ago, each record with its video. Returns how many.
+    pub fn prune(&self) -> usize {
+        let now = crate::cli::request::unix_time();
+        let victims: Vec<String> = {
+            let mut g = self.lock();
+            let mut done: Vec<&Job> = g.jobs.values().filter(|j| j.status.finished()).collect();
+            done.sort_by_key(|j| std::cmp::Reverse(j.seq));
+            let v: Vec<String> = done
+                .iter()
+                .enumerate()
+                .filter(|(i, j)| {
+                    let age = now.saturating_sub(j.completed_at.unwrap_or(j.created_at));
+                    (self.keep_jobs > 0 && *i >= self.keep_jobs)
+                        || (self.keep_days > 0 && age > self.keep_days * 86_400)
+                })
+                .map(|(_, j)| j.id.clone())
+                .collect();
+            for id in &v {
+                g.jobs.remove(id);
+                // removed under the lock: no DELETE or save of the same job runs in between
+                self.remove_files(id);
+            }
+            v
+        };
+        victims.len()
     }
 
     /// The 1-based queue position of a queued job.
@@ -116,6 +169,25 @@ pub fn load(data_dir: &Path) -> std::io::Result<(Inner, Vec<String>)> {
     std::fs::create_dir_all(&jobs_dir)?;
     std::fs::create_dir_all(data_dir.join("videos"))?;
     let mut notes = Vec::new();
+    // The folder is locked by this process (mod.rs): every partial file in it is stale (an
+    // interrupted write of the video or of a record).
+    for d in [jobs_dir.clone(), data_dir.join("videos")] {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".partial-") {
+                let p = e.path();
+                let r = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                match r {
+                    Ok(()) => notes.push(format!("{}: an interrupted write, removed", p.display())),
+                    Err(e) => notes.push(format!("{}: cannot remove ({e})", p.display())),
+                }
+            }
+        }
+    }
     let mut jobs: Vec<Job> = Vec::new();
     for e in std::fs::read_dir(&jobs_dir)? {
         let p = e?.path();

@@ -114,24 +114,15 @@ pub fn run(state: Arc<State>, spec: ModelSpec, ready: std::sync::mpsc::Sender<Re
                 panic_message(&p)
             )))
         });
-        let mut g = state.lock();
-        g.running = None;
-        let c = &mut g.counters;
+        // The final record first (retried while the disk refuses), then the state the API
+        // reports: what clients see is what a restart finds.
         let (kind, status) = match &res {
-            Ok(_) => {
-                c.completed += 1;
-                ("completed", Status::Completed)
-            }
-            Err(Error::Cancelled) => {
-                c.cancelled += 1;
-                ("cancelled", Status::Cancelled)
-            }
-            Err(_) => {
-                c.failed += 1;
-                ("failed", Status::Failed)
-            }
+            Ok(_) => ("completed", Status::Completed),
+            Err(Error::Cancelled) => ("cancelled", Status::Cancelled),
+            Err(_) => ("failed", Status::Failed),
         };
-        let Some(j) = g.jobs.get_mut(&id) else {
+        let Some(mut j) = state.lock().jobs.get(&id).cloned() else {
+            state.lock().running = None;
             continue;
         };
         j.status = status;
@@ -154,11 +145,31 @@ pub fn run(state: Arc<State>, spec: ModelSpec, ready: std::sync::mpsc::Sender<Re
                 });
             }
         }
-        let snapshot = j.clone();
-        drop(g);
-        if let Err(e) = state.save(&snapshot) {
-            eprintln!("warning: cannot save job {id}: {e}");
+        if let Err(e) = state.save_retrying(&j, 30) {
+            j.warnings.push(format!(
+                "the final status could not be saved ({e}): after a restart the job runs again"
+            ));
         }
+        let snapshot = j.clone();
+        {
+            let mut g = state.lock();
+            g.running = None;
+            let c = &mut g.counters;
+            match status {
+                Status::Completed => c.completed += 1,
+                Status::Cancelled => c.cancelled += 1,
+                _ => c.failed += 1,
+            }
+            if let Some(slot) = g.jobs.get_mut(&id) {
+                let live = slot.live.clone();
+                *slot = j;
+                slot.live.step = live.step;
+                slot.live.step_seconds_sum = live.step_seconds_sum;
+                slot.live.cancel_requested = live.cancel_requested;
+                slot.live.phase = live.phase;
+            }
+        }
+        state.prune();
         state.emit(
             &id,
             kind,
