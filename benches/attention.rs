@@ -10,7 +10,7 @@
 //! Run: `cargo bench --bench attention` (CONTENTV_BENCH_QUICK=1: fewer runs, no B=2 production shape).
 #[path = "util/mod.rs"]
 mod util;
-use contentv::ops::attention_cuda::{attention_cuda_with, AttnKernel};
+use contentv::ops::attention::{attention, attention_segs, AttnKernel, AttnOpts};
 use contentv::runtime::{Device, Tensor};
 use half::bf16;
 use util::time_ms;
@@ -32,6 +32,15 @@ fn rand_bf16(shape: &[usize], dev: &Device, amp: f32, seed: u64) -> Tensor {
         })
         .collect();
     Tensor::from_bf16(v, shape, dev).unwrap()
+}
+
+/// `heads()` heads of 64, scale 1/8, no bias.
+fn opts(causal: bool, kernel: AttnKernel) -> AttnOpts<'static> {
+    AttnOpts {
+        causal,
+        kernel,
+        ..AttnOpts::new(heads(), HEAD_DIM)
+    }
 }
 
 /// q, k, v as [video, text] segments of [B, S_i, H*64].
@@ -62,15 +71,11 @@ impl Qkv {
         self.segs.iter().map(|s| &s[j]).collect()
     }
     fn run(&self, causal: bool, kernel: AttnKernel) -> Tensor {
-        attention_cuda_with(
+        attention(
             &self.side(0),
             &self.side(1),
             &self.side(2),
-            heads(),
-            1.0 / (HEAD_DIM as f32).sqrt(),
-            causal,
-            None,
-            kernel,
+            &opts(causal, kernel),
         )
         .unwrap()
     }
@@ -90,8 +95,8 @@ fn main() {
         10
     };
 
-    let hopper = contentv::ops::attention_hopper::hopper_available(g);
-    let mut kernels = vec![(AttnKernel::Flash, "flash_attn_fwd_d64")];
+    let hopper = contentv::ops::attention::hopper_available(g);
+    let mut kernels = vec![(AttnKernel::Mma, "flash_attn_fwd_d64")];
     if hopper {
         kernels.push((AttnKernel::Hopper, "flash_attn_hopper_d64"));
     } else {
@@ -158,17 +163,7 @@ fn main() {
         let flops = 4.0 * b as f64 * heads() as f64 * s * s * HEAD_DIM as f64;
         for &(kernel, kname) in &kernels {
             let ms = time_ms(&dev, it, || {
-                contentv::ops::attention_cuda::attention_cuda_segs(
-                    &x.side(0),
-                    &x.side(1),
-                    &x.side(2),
-                    heads(),
-                    1.0 / (HEAD_DIM as f32).sqrt(),
-                    false,
-                    None,
-                    kernel,
-                )
-                .unwrap();
+                attention_segs(&x.side(0), &x.side(1), &x.side(2), &opts(false, kernel)).unwrap();
             });
             let name = format!(
                 "{kname} B={b} H={} S={sv}+{st} per-segment outputs",

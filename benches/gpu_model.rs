@@ -184,6 +184,11 @@ fn main() {
         .collect();
     t5.forward(&ids).unwrap();
     dev.synchronize().unwrap();
+    let (d, ff) = (ctx_dim(), util::scaled(10240, 160));
+    util::l2_exceeded(
+        "the T5-shaped encoder (its bf16 weights)",
+        layers * (4 * d * d + 3 * d * ff) * 2,
+    );
     let t = Instant::now();
     t5.forward(&ids).unwrap();
     dev.synchronize().unwrap();
@@ -234,6 +239,11 @@ fn main() {
         m.prepare_run(std::slice::from_ref(&ts), &pooled).unwrap();
         m.forward(&x, &ts, &ctx, &pooled).unwrap(); // warm-up (uploads, kernels, cuBLASLt heuristics)
         dev.synchronize().unwrap();
+        let tokens = tl * (h / 2) * (w / 2) + ctx.shape()[1];
+        util::l2_exceeded(
+            "the transformer forward (its bf16 residual stream [B, tokens, 2432] alone)",
+            b * tokens * util::scaled(2432, 128) * 2,
+        );
         let t = Instant::now();
         m.forward(&x, &ts, &ctx, &pooled).unwrap();
         dev.synchronize().unwrap();

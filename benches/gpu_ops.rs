@@ -30,6 +30,9 @@ fn h2d_ceilings(dev: &Device, dst: &Tensor, it: usize) {
     let time = |src: &[u8]| -> f32 {
         let mut v = Vec::new();
         for i in 0..=it.max(1) {
+            // The flush runs on the compute stream: finish it before the copy stream starts.
+            util::flush_l2(dev);
+            dev.synchronize().unwrap();
             let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
             a.record(&g.copy).unwrap();
             unsafe { cu::memcpy_htod_async(dptr, src, g.copy.cu_stream()).unwrap() };

@@ -106,6 +106,10 @@ fn main() {
         drop(vae.decode(&warm).unwrap());
         dev.synchronize().unwrap();
         g.pool.reset_peak();
+        util::l2_exceeded(
+            "the VAE decode (one chunk's full-resolution activation [96, 4, 8h, 8w] f32 alone)",
+            96 * 4 * (8 * h) * (8 * w) * 4,
+        );
         let t = Instant::now();
         let video = vae.decode(&lat).unwrap();
         dev.synchronize().unwrap();

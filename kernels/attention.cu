@@ -1,5 +1,5 @@
-// Multi-head attention over concatenated sequence segments (src/ops/attention.rs,
-// src/ops/attention_cuda.rs):  O = softmax(scale * Q K^T + bias) V.
+// Multi-head attention over concatenated sequence segments (src/ops/attention/: mod.rs,
+// mma.rs, naive.rs):  O = softmax(scale * Q K^T + bias) V.
 //
 // Layout: tokens-major with the heads in the last dim. Q, K and V are each given as up to 4
 // segments [B, S_i, H*d] (the MMDiT joint attention passes [video; text] without building a
@@ -46,6 +46,7 @@
 #include "common.cuh"
 #include "attn_out.cuh"
 #include "ptx.cuh"
+#include "tiles.h"
 
 // ------------------------------------------------------------------------------------------------
 // Segment lists
@@ -91,22 +92,25 @@ __device__ __forceinline__ const T* seg_row(const Segs& s, int b, int j) {
 // ------------------------------------------------------------------------------------------------
 
 namespace fa {
-constexpr int D = 64;       // head dim
-constexpr int BM = 128;     // query rows per CTA
-constexpr int BN = 64;      // keys per tile (at most; the last tile of a segment is partial)
-constexpr int WARPS = 4;    // 32 query rows each (two m16 row blocks sharing every K/V fragment)
-constexpr int THREADS = WARPS * 32;
-constexpr int STAGES = 3;   // K/V tiles in flight (cp.async ring)
+// The launch geometry is kernels/tiles.h's (the launcher in src/ops/attention/mma.rs reads the
+// same numbers through runtime::kernels::tiles).
+constexpr int D = tiles::FLASH_D;            // head dim
+constexpr int BM = tiles::FLASH_BM;          // query rows per CTA
+constexpr int BN = tiles::FLASH_BN;          // keys per tile (at most; the last tile of a segment is partial)
+constexpr int WARPS = tiles::FLASH_WARPS;    // 32 query rows each (two m16 row blocks sharing every K/V fragment)
+constexpr int THREADS = tiles::FLASH_THREADS;
+constexpr int STAGES = tiles::FLASH_STAGES;  // K/V tiles in flight (cp.async ring)
 constexpr int MIN_CTAS = 2; // __launch_bounds__ minimum CTAs per SM: <= 255 registers a thread
 constexpr int TILE_Q = BM * D;  // elements
 constexpr int TILE_KV = BN * D;
 // The Q tile is staged in the third K/V stage (K+V of one stage = 16 KiB = the Q tile): it is
 // read into registers once before the ring's third stage is first filled.
-constexpr int SMEM_BYTES = STAGES * 2 * TILE_KV * 2;  // 48 KiB
+constexpr int SMEM_BYTES = tiles::FLASH_SMEM_BYTES;  // 48 KiB
 constexpr float LOG2E = 1.4426950408889634f;
 static_assert(BM == WARPS * 32, "two m16 row blocks per warp");
 static_assert(TILE_Q == 2 * TILE_KV, "Q fits one K+V stage");
-static_assert(SMEM_BYTES == 49152, "the launcher passes 48 KiB");
+static_assert(SMEM_BYTES == STAGES * 2 * TILE_KV * 2, "shared memory: STAGES x (K + V) bf16 tiles");
+static_assert(SMEM_BYTES <= 48 * 1024, "no opt-in above the default 48 KiB");
 static_assert(THREADS * 4 == BN * 8, "each thread copies 4 chunks of K and 4 of V per tile");
 }  // namespace fa
 
@@ -419,8 +423,8 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS, fa::MIN_CTAS)
 // ------------------------------------------------------------------------------------------------
 
 namespace naive {
-constexpr int WARPS = 4;  // query rows per block
-constexpr int DMAX = 256;
+constexpr int WARPS = tiles::NAIVE_WARPS;  // query rows per block
+constexpr int DMAX = tiles::NAIVE_DMAX;
 }  // namespace naive
 
 template <typename T>

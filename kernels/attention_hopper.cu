@@ -54,19 +54,22 @@
 #include "common.cuh"
 #include "attn_out.cuh"
 #include "hopper.cuh"
+#include "tiles.h"
 
 namespace fa3 {
-constexpr int D = 64;                     // head dim
-constexpr int BM = 128;                   // query rows per CTA (2 consumer warpgroups x 64)
-constexpr int BN = 128;                   // keys per tile
-constexpr int STAGES = 3;                 // K/V ring depth
-constexpr int THREADS = 384;              // 3 warpgroups
-constexpr int TILE_BYTES = 128 * D * 2;   // one TMA box: 128 rows x 128 B (Q, K or V tile)
+// The launch geometry is kernels/tiles.h's (the launcher in src/ops/attention/hopper.rs reads
+// the same numbers through runtime::kernels::tiles); the shared-memory map is this file's.
+constexpr int D = tiles::HOPPER_D;            // head dim
+constexpr int BM = tiles::HOPPER_BM;          // query rows per CTA (2 consumer warpgroups x 64)
+constexpr int BN = tiles::HOPPER_BN;          // keys per tile
+constexpr int STAGES = tiles::HOPPER_STAGES;  // K/V ring depth
+constexpr int THREADS = tiles::HOPPER_THREADS;  // 3 warpgroups
+constexpr int TILE_BYTES = tiles::HOPPER_TILE_BYTES;  // one TMA box: 128 rows x 128 B (Q, K or V tile)
 constexpr int Q_OFF = 0;
 constexpr int K_OFF = Q_OFF + TILE_BYTES;
 constexpr int V_OFF = K_OFF + STAGES * TILE_BYTES;
 constexpr int BAR_OFF = V_OFF + STAGES * TILE_BYTES;
-constexpr int NBARS = 1 + 4 * STAGES;     // q full; k full, v full, k empty, v empty per stage
+constexpr int NBARS = tiles::HOPPER_NBARS;  // q full; k full, v full, k empty, v empty per stage
 constexpr int SMEM_BYTES = BAR_OFF + NBARS * 8 + 1024;  // + slack to align the base to 1024
 constexpr int PRODUCER_REGS = 24;
 constexpr int CONSUMER_REGS = 240;
@@ -74,6 +77,8 @@ constexpr int CONSUMERS = 256;            // consumer threads (empty barrier cou
 constexpr float LOG2E = 1.4426950408889634f;
 static_assert(BM == 2 * 64 && BN == 128, "two m64 consumers, n128 score tiles");
 static_assert(SMEM_BYTES <= 227 * 1024, "shared memory per CTA");
+static_assert(SMEM_BYTES == tiles::HOPPER_SMEM_BYTES, "the map above is what tiles.h gives the launcher");
+static_assert(TILE_BYTES == 128 * D * 2, "a TMA box is 128 rows of D bf16");
 }  // namespace fa3
 
 // Tile `it` of a list of up to 4 segments of n[0..3] rows, `bs` rows per tile, tiles never

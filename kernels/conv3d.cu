@@ -22,6 +22,7 @@
 // fragments are built, f32 accumulation; 64x128x32 tiles, 8 warps, 3-stage cp.async ring.
 #include "common.cuh"
 #include "ptx.cuh"
+#include "tiles.h"
 
 struct ConvParams {
     const float* x;      // [B, Ci, T, Hin, Win]
@@ -117,9 +118,9 @@ __device__ __forceinline__ void store_y(const ConvParams& p, int b, int co, cons
 // ---------------------------------------------------------------------------------------------
 // f32 SIMT implicit GEMM: block 256 threads, tile 64 (co) x 64 (pixels) x 16 (k), 4x4 per thread.
 // ---------------------------------------------------------------------------------------------
-#define S_BM 64
-#define S_BN 64
-#define S_BK 16
+constexpr int S_BM = 64;
+constexpr int S_BN = 64;
+constexpr int S_BK = 16;
 
 extern "C" __global__ void __launch_bounds__(256) conv_f32_simt(CONV_KERNEL_ARGS) {
     const ConvParams p = CONV_PARAMS_INIT;
@@ -223,18 +224,20 @@ extern "C" __global__ void __launch_bounds__(256) conv_f32_simt(CONV_KERNEL_ARGS
 // Per thread and k-tile the loader does one 16-B cp.async of A and 16 4-B cp.async of B: one
 // pixel (fixed for the whole k loop: its (t, h, w) decomposed once) times 16 consecutive k.
 // ---------------------------------------------------------------------------------------------
-#define T_BM 64
-#define T_BN 128
-#define T_BK 32
-#define T_LDA 40  // bf16 per A row
-#define T_LDB 40  // f32 per B row
-#define CONV_STAGES 3
-#define CONV_MAX_TAPS 32
-#define CONV_A_STAGE_BYTES (T_BM * T_LDA * 2)
-#define CONV_B_STAGE_BYTES (T_BN * T_LDB * 4)
-// Dynamic shared memory of conv_bf16_mma (host: CONV_BF16_SMEM in src/ops/conv.rs).
-#define CONV_BF16_SMEM (CONV_STAGES * (CONV_A_STAGE_BYTES + CONV_B_STAGE_BYTES))
-static_assert(CONV_BF16_SMEM == 76800, "host side: CONV_BF16_SMEM in src/ops/conv.rs");
+// The launch geometry is kernels/tiles.h's (runtime::kernels::tiles on the host;
+// tests/kernel_gate.rs checks src/ops/conv.rs's CONV_BF16_SMEM against it).
+constexpr int T_BM = tiles::CONV_BM;
+constexpr int T_BN = tiles::CONV_BN;
+constexpr int T_BK = tiles::CONV_BK;
+constexpr int T_LDA = tiles::CONV_LDA;  // bf16 per A row
+constexpr int T_LDB = tiles::CONV_LDB;  // f32 per B row
+constexpr int CONV_STAGES = tiles::CONV_STAGES;
+constexpr int CONV_MAX_TAPS = 32;
+constexpr int CONV_A_STAGE_BYTES = T_BM * T_LDA * 2;
+constexpr int CONV_B_STAGE_BYTES = T_BN * T_LDB * 4;
+// Dynamic shared memory of conv_bf16_mma.
+constexpr int CONV_BF16_SMEM = CONV_STAGES * (CONV_A_STAGE_BYTES + CONV_B_STAGE_BYTES);
+static_assert(CONV_BF16_SMEM == tiles::CONV_SMEM_BYTES, "the map above is what tiles.h gives the launcher");
 
 // Packs f32 weights [Co, Ci, KT, KH, KW] (= [Co, Ci * taps]) into the bf16 [co_pad, k_pad]
 // tap-major matrix conv_bf16_mma reads (zero outside Co x K).

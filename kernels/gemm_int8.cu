@@ -32,6 +32,7 @@
 //   stores) where K, the group size and both pointers allow, else 8, else one.
 #include "common.cuh"
 #include "ptx.cuh"
+#include "tiles.h"
 
 // ------------------------------------------------------------------------------------------
 // int8 -> f32 / bf16 / f16 without I2F
@@ -165,14 +166,17 @@ extern "C" __global__ void dequant_i8_f16(const int8_t* q, const float* s, __hal
 
 namespace w8 {
 
-constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 256;
+// The launch geometry is kernels/tiles.h's (src/ops/quant.rs reads the same numbers through
+// runtime::kernels::tiles).
+constexpr int BM = tiles::W8_BM, BN = tiles::W8_BN, BK = tiles::W8_BK, STAGES = tiles::W8_STAGES,
+              THREADS = tiles::W8_THREADS;
 // Two CTAs per SM where shared memory allows (sm_80/90/100; one on the 100 KiB SMs of
 // sm_86/89/120): at most 128 registers per thread.
 constexpr int MIN_CTAS = 2;
 constexpr int WM = 64, WN = 32;             // warp tile: 2 warps along M, 4 along N
 constexpr int MI = WM / 16, NI = WN / 8;    // 4 x 4 mma tiles per warp
-constexpr int A_LD = BK + 8;                // bf16/f16 per smem row: 80 B, 16-B aligned, ldmatrix conflict-free
-constexpr int B_LD = BK + 8;                // the converted B tile: same layout as A
+constexpr int A_LD = BK + tiles::W8_PAD;    // bf16/f16 per smem row: 80 B, 16-B aligned, ldmatrix conflict-free
+constexpr int B_LD = BK + tiles::W8_PAD;    // the converted B tile: same layout as A
 constexpr int Q_LD = BK;                    // int8 tile rows: 32 B, read back as 8-B words (conflict-free)
 constexpr int S_PER_ROW = BK / 8;           // group scales per row and tile (one per 8 k; groups are multiples of 8)
 constexpr int A_STAGE = BM * A_LD;          // elements
@@ -185,8 +189,9 @@ constexpr int SMEM_A = STAGES * A_STAGE * 2;
 constexpr int SMEM_Q = STAGES * Q_STAGE;
 constexpr int SMEM_BT = BN * B_LD * 2;
 constexpr int SMEM_S = STAGES * S_STAGE * 4;
-static_assert(SMEM_A + SMEM_Q + SMEM_BT == 53248 && SMEM_A + SMEM_Q + SMEM_BT + SMEM_S == 59392,
-              "host side: w8a16_smem_bytes in src/ops/quant.rs");
+static_assert(SMEM_A + SMEM_Q + SMEM_BT == tiles::W8_SMEM_BYTES &&
+                  SMEM_A + SMEM_Q + SMEM_BT + SMEM_S == tiles::W8_GROUP_SMEM_BYTES,
+              "the map above is what tiles.h gives the launcher (w8a16_smem_bytes in src/ops/quant.rs)");
 
 }  // namespace w8
 

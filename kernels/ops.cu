@@ -8,9 +8,46 @@
 // its output), e.g. adaLN = bf16(bf16(bf16(LN(x)) * bf16(1 + scale)) + shift).
 #include "common.cuh"
 
+// ------------------------------------------------------------------------------------------------
+// Elementwise driver: 16-byte vector loads and stores where every pointer allows them, a scalar
+// tail (and the scalar path for unaligned pointers). The per-element arithmetic is the same on
+// both paths, so results do not depend on alignment.
+// ------------------------------------------------------------------------------------------------
+
+// Elements of T in one 16-byte vector.
+template <typename T>
+struct Vec16 {
+    static constexpr int N = 16 / (int)sizeof(T);
+    alignas(16) T v[N];
+};
+
+__device__ __forceinline__ bool aligned16(const void* p) { return p == nullptr || ((unsigned long long)p & 15ull) == 0; }
+
+// y[i] = f(a[i], b[i]) for i < n (b may be null: f gets T() then). y may be a or b (each thread
+// reads a vector or element before it writes the same one).
+template <typename T, typename F>
+__device__ __forceinline__ void elementwise2(const T* a, const T* b, T* y, long long n, F f) {
+    constexpr int N = Vec16<T>::N;
+    const long long nv = aligned16(a) && aligned16(b) && aligned16(y) ? n / N : 0;
+    GRID_STRIDE(i, nv) {
+        const Vec16<T> va = reinterpret_cast<const Vec16<T>*>(a)[i];
+        Vec16<T> vb;
+        if (b) vb = reinterpret_cast<const Vec16<T>*>(b)[i];
+        Vec16<T> vy;
+#pragma unroll
+        for (int k = 0; k < N; k++) vy.v[k] = f(va.v[k], b ? vb.v[k] : T());
+        reinterpret_cast<Vec16<T>*>(y)[i] = vy;
+    }
+    const long long done = nv * N;
+    GRID_STRIDE(j, n - done) {
+        const long long i = done + j;
+        y[i] = f(a[i], b ? b[i] : T());
+    }
+}
+
 template <typename T>
 __device__ void act_k(const T* x, T* y, long long n, int code) {
-    GRID_STRIDE(i, n) y[i] = from_f<T>(act_apply(to_f(x[i]), code));
+    elementwise2<T>(x, nullptr, y, n, [code](T v, T) { return from_f<T>(act_apply(to_f(v), code)); });
 }
 
 template <typename T>
@@ -150,29 +187,53 @@ __device__ void qk_rms_norm_k(T* x, long long ld, long long rows, int q_col, int
 
 template <typename T>
 __device__ void axpby_k(const T* a, const T* b, T* y, long long n, float alpha, float beta) {
-    GRID_STRIDE(i, n) {
-        float v = alpha == 1.f ? to_f(a[i]) : rnd<T>(alpha * to_f(a[i]));
-        if (b) v += beta == 1.f ? to_f(b[i]) : rnd<T>(beta * to_f(b[i]));
-        y[i] = from_f<T>(v);
-    }
+    const bool has_b = b != nullptr;
+    elementwise2<T>(a, b, y, n, [=](T av, T bv) {
+        float v = alpha == 1.f ? to_f(av) : rnd<T>(alpha * to_f(av));
+        if (has_b) v += beta == 1.f ? to_f(bv) : rnd<T>(beta * to_f(bv));
+        return from_f<T>(v);
+    });
 }
 
 template <typename T>
 __device__ void mul_k(const T* a, const T* b, T* y, long long n) {
-    GRID_STRIDE(i, n) y[i] = from_f<T>(to_f(a[i]) * to_f(b[i]));
+    elementwise2<T>(a, b, y, n, [](T av, T bv) { return from_f<T>(to_f(av) * to_f(bv)); });
 }
+
+// A grid-stride index i together with i / d and i % d, kept without a division per element:
+// divided once at the start, then advanced by the stride's own quotient and remainder.
+struct DivWalk {
+    long long q, r;          // i / d, i % d
+    long long step_q, step_r;  // stride / d, stride % d
+    long long d;
+    __device__ __forceinline__ DivWalk(long long i, long long stride, long long d_)
+        : q(i / d_), r(i % d_), step_q(stride / d_), step_r(stride % d_), d(d_) {}
+    __device__ __forceinline__ void advance() {
+        q += step_q;
+        r += step_r;
+        if (r >= d) {
+            r -= d;
+            q++;
+        }
+    }
+};
 
 template <typename T>
 __device__ void add_bcast_k(const T* a, const T* b, T* y, long long n, long long period) {
-    GRID_STRIDE(i, n) y[i] = from_f<T>(to_f(a[i]) + to_f(b[i % period]));
+    const long long i0 = (long long)blockIdx.x * blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
+    if (i0 >= n) return;
+    DivWalk w(i0, stride, period);  // w.r = i % period
+    for (long long i = i0; i < n; i += stride, w.advance()) y[i] = from_f<T>(to_f(a[i]) + to_f(b[w.r]));
 }
 
 // out = x + gate[b] * y over [B, S, C]; the product is rounded like the reference's bf16 mul.
 template <typename T>
 __device__ void gated_residual_k(const T* x, const T* y, const T* gate, long long gate_ld, T* out, long long n, long long s, long long c) {
-    GRID_STRIDE(i, n) {
-        long long b = i / (s * c);
-        float g = to_f(gate[b * gate_ld + i % c]);
+    const long long i0 = (long long)blockIdx.x * blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
+    if (i0 >= n) return;
+    DivWalk bw(i0, stride, s * c), cw(i0, stride, c);  // bw.q = i / (s c) = batch, cw.r = i % c = channel
+    for (long long i = i0; i < n; i += stride, bw.advance(), cw.advance()) {
+        const float g = to_f(gate[bw.q * gate_ld + cw.r]);
         out[i] = from_f<T>(to_f(x[i]) + rnd<T>(g * to_f(y[i])));
     }
 }

@@ -13,8 +13,7 @@ fn rnd(n: usize, seed: u64, amp: f32) -> Vec<f32> {
     common::rand_vec(n, seed, amp)
 }
 
-use contentv::ops::attention::{attention, AttnOpts};
-use contentv::ops::attention_cuda::{attention_cuda_with, AttnKernel};
+use contentv::ops::attention::{attention, attention_into, attention_segs, AttnKernel, AttnOpts};
 use contentv::ops::tolerance;
 use contentv::runtime::{DType, Device, Tensor};
 
@@ -142,6 +141,7 @@ fn run_case(dev: &Device, c: Case, dt: DType, kernel: AttnKernel) {
         scale,
         causal: c.causal,
         bias: bias.as_ref().map(|b| &b.0),
+        kernel: AttnKernel::Auto,
     };
     let want = attention(
         &side(0, true, c.q_segs),
@@ -150,15 +150,15 @@ fn run_case(dev: &Device, c: Case, dt: DType, kernel: AttnKernel) {
         &o,
     )
     .unwrap();
-    let got = attention_cuda_with(
+    let got = attention(
         &side(0, false, c.q_segs),
         &side(1, false, ns),
         &side(2, false, ns),
-        c.h,
-        scale,
-        c.causal,
-        bias.as_ref().map(|b| &b.1),
-        kernel,
+        &AttnOpts {
+            bias: bias.as_ref().map(|b| &b.1),
+            kernel,
+            ..o
+        },
     )
     .unwrap_or_else(|e| panic!("{c:?} {kernel:?}: {e}"));
     assert_eq!(got.shape(), &[c.b, sq, hd], "{c:?}: output shape");
@@ -213,7 +213,7 @@ fn flash_joint_video_text() {
             ..Case::new(1, 2, 64, &[1000, 333])
         },
     ] {
-        run_case(&dev, c, DType::BF16, AttnKernel::Flash);
+        run_case(&dev, c, DType::BF16, AttnKernel::Mma);
     }
 }
 
@@ -250,7 +250,7 @@ fn flash_causal_and_bias() {
             ..Case::new(2, 38, 64, &[45, 77])
         },
     ] {
-        run_case(&dev, c, DType::BF16, AttnKernel::Flash);
+        run_case(&dev, c, DType::BF16, AttnKernel::Mma);
     }
 }
 
@@ -273,7 +273,7 @@ fn flash_odd_segments() {
             ..Case::new(1, 2, 64, &[127, 0, 333])
         },
     ] {
-        run_case(&dev, c, DType::BF16, AttnKernel::Flash);
+        run_case(&dev, c, DType::BF16, AttnKernel::Mma);
     }
 }
 
@@ -281,7 +281,7 @@ fn flash_odd_segments() {
 /// or the emulated device at its default arch 9.0); prints SKIP otherwise.
 fn hopper_here(dev: &Device) -> bool {
     let Device::Cuda(g) = dev else { return false };
-    let ok = contentv::ops::attention_hopper::hopper_available(g);
+    let ok = contentv::ops::attention::hopper_available(g);
     if !ok {
         println!("SKIP: the Hopper kernel needs sm_90 and the sm_90a image of kernels/attention_hopper.cu");
     }
@@ -424,21 +424,17 @@ fn flash_matches_naive() {
     );
     for causal in [false, true] {
         let run = |k| {
-            attention_cuda_with(
-                &[&qv, &qt],
-                &[&kv, &kt],
-                &[&vv, &vt],
-                h,
-                0.125,
+            let o = AttnOpts {
                 causal,
-                None,
-                k,
-            )
-            .unwrap()
-            .to_vec_f32()
-            .unwrap()
+                kernel: k,
+                ..AttnOpts::new(h, 64)
+            };
+            attention(&[&qv, &qt], &[&kv, &kt], &[&vv, &vt], &o)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap()
         };
-        let (f, n) = (run(AttnKernel::Flash), run(AttnKernel::Naive));
+        let (f, n) = (run(AttnKernel::Mma), run(AttnKernel::Naive));
         // Both round the output to bf16; flash also rounds P.
         let (atol, rtol) = tolerance::for_dtype(DType::BF16, 2333);
         tolerance::check(&f, &n, 2.0 * atol, 2.0 * rtol)
@@ -464,15 +460,14 @@ fn flash_unaligned_views() {
         .unwrap()
         .to_vec_f32()
         .unwrap();
-    let got = attention_cuda_with(
+    let got = attention(
         &[&view(&qg)],
         &[&view(&kg)],
         &[&view(&vg)],
-        h,
-        o.scale,
-        false,
-        None,
-        AttnKernel::Flash,
+        &AttnOpts {
+            kernel: AttnKernel::Mma,
+            ..o
+        },
     )
     .unwrap()
     .to_vec_f32()
@@ -489,50 +484,37 @@ fn errors_are_clear() {
     let t = |s: usize, d: usize, dt| pair(rnd(s * 2 * d, 3, 1.0), &[1, s, 2 * d], &dev, dt).1;
     let x = t(5, 64, DType::BF16);
     let five: Vec<&Tensor> = vec![&x; 5];
-    let e = attention_cuda_with(&five, &five, &five, 2, 0.125, false, None, AttnKernel::Auto)
-        .unwrap_err();
+    let o = AttnOpts::new(2, 64);
+    let e = attention(&five, &five, &five, &o).unwrap_err();
     assert!(e.to_string().contains("segments"), "{e}");
     let y = t(5, 32, DType::BF16);
-    let e = attention_cuda_with(
-        &[&y],
-        &[&y],
-        &[&y],
-        2,
-        0.125,
-        false,
-        None,
-        AttnKernel::Flash,
-    )
-    .unwrap_err();
+    let mma = AttnOpts {
+        kernel: AttnKernel::Mma,
+        ..AttnOpts::new(2, 32)
+    };
+    let e = attention(&[&y], &[&y], &[&y], &mma).unwrap_err();
     assert!(e.to_string().contains("head dim 64"), "{e}");
     let bad_bias = pair(vec![0.0; 2 * 5 * 4], &[2, 5, 4], &dev, DType::F32).1;
-    let e = attention_cuda_with(
-        &[&x],
-        &[&x],
-        &[&x],
-        2,
-        0.125,
-        false,
-        Some(&bad_bias),
-        AttnKernel::Auto,
-    )
-    .unwrap_err();
+    let biased = AttnOpts {
+        bias: Some(&bad_bias),
+        ..o
+    };
+    let e = attention(&[&x], &[&x], &[&x], &biased).unwrap_err();
     assert!(e.to_string().contains("bias"), "{e}");
     println!("errors: ok");
 }
 
-/// One output per query segment (issue 18): `attention_cuda_segs` gives each query segment its
-/// own contiguous [B, S_i, H*d] tensor, `attention_cuda_into` writes into strided views of
+/// One output per query segment (issue 18): `attention_segs` gives each query segment its
+/// own contiguous [B, S_i, H*d] tensor, `attention_into` writes into strided views of
 /// padded buffers; both hold exactly the rows of the single-output call (same kernel, same
 /// arithmetic, only the store address differs), the padding stays untouched, and outputs that
 /// do not fit are errors. Every kernel: flash (bf16, d = 64), Hopper where available, generic
 /// (bf16 d = 64, f32 d = 40), odd segment lengths, batch 2.
 #[test]
 fn per_segment_outputs_every_kernel() {
-    use contentv::ops::attention_cuda::{attention_cuda_into, attention_cuda_segs};
     let Some(dev) = gpu() else { return };
     let mut kernels = vec![
-        (AttnKernel::Flash, DType::BF16, 64),
+        (AttnKernel::Mma, DType::BF16, 64),
         (AttnKernel::Naive, DType::BF16, 64),
         (AttnKernel::Naive, DType::F32, 40),
     ];
@@ -550,8 +532,11 @@ fn per_segment_outputs_every_kernel() {
             .collect();
         let side = |w: usize| -> Vec<&Tensor> { segs.iter().map(|s| &s.dev[w]).collect() };
         let (q, k, v) = (side(0), side(1), side(2));
-        let scale = 1.0 / (d as f32).sqrt();
-        let joint = attention_cuda_with(&q, &k, &v, h, scale, false, None, kernel).unwrap();
+        let o = AttnOpts {
+            kernel,
+            ..AttnOpts::new(h, d)
+        };
+        let joint = attention(&q, &k, &v, &o).unwrap();
         let jv = joint.to_vec_f32().unwrap();
         let sq: usize = lens.iter().sum();
         // Rows [off, off + n) of every batch of the joint output.
@@ -560,7 +545,7 @@ fn per_segment_outputs_every_kernel() {
                 .flat_map(|bi| jv[(bi * sq + off) * hd..(bi * sq + off + n) * hd].to_vec())
                 .collect()
         };
-        let outs = attention_cuda_segs(&q, &k, &v, h, scale, false, None, kernel).unwrap();
+        let outs = attention_segs(&q, &k, &v, &o).unwrap();
         let mut off = 0;
         for (i, (o, &n)) in outs.iter().zip(&lens).enumerate() {
             assert_eq!(o.shape(), &[b, n, hd], "{kernel:?} segment {i}");
@@ -584,7 +569,7 @@ fn per_segment_outputs_every_kernel() {
             .map(|(t, &n)| t.narrow(1, 1, n).unwrap().narrow(2, 0, hd).unwrap())
             .collect();
         let vr: Vec<&Tensor> = views.iter().collect();
-        attention_cuda_into(&q, &k, &v, &vr, h, scale, false, None, kernel).unwrap();
+        attention_into(&q, &k, &v, &vr, &o).unwrap();
         let mut off = 0;
         for (i, ((t, view), &n)) in bufs.iter().zip(&views).zip(&lens).enumerate() {
             assert_eq!(
@@ -609,11 +594,11 @@ fn per_segment_outputs_every_kernel() {
         // Outputs that do not fit.
         let wrong = Tensor::zeros(&[b, lens[0] + 1, hd], dt, &dev).unwrap();
         let ok1 = Tensor::zeros(&[b, lens[1], hd], dt, &dev).unwrap();
-        let e = attention_cuda_into(&q, &k, &v, &[&wrong, &ok1], h, scale, false, None, kernel)
+        let e = attention_into(&q, &k, &v, &[&wrong, &ok1], &o)
             .unwrap_err()
             .to_string();
         assert!(e.contains("output"), "{e}");
-        let e = attention_cuda_into(&q, &k, &v, &[&ok1], h, scale, false, None, kernel)
+        let e = attention_into(&q, &k, &v, &[&ok1], &o)
             .unwrap_err()
             .to_string();
         assert!(e.contains("outputs for 2 query segments"), "{e}");
@@ -621,7 +606,7 @@ fn per_segment_outputs_every_kernel() {
             // An odd row stride: the flash kernels store element pairs.
             let odd = Tensor::zeros(&[b, lens[0], hd + 1], dt, &dev).unwrap();
             let oview = odd.narrow(2, 0, hd).unwrap();
-            let e = attention_cuda_into(&q, &k, &v, &[&oview, &ok1], h, scale, false, None, kernel)
+            let e = attention_into(&q, &k, &v, &[&oview, &ok1], &o)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("4-byte aligned"), "{e}");

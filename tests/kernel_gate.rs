@@ -16,11 +16,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use contentv::ops::attention_cuda::{FLASH_SMEM, FLASH_THREADS, NAIVE_ROWS};
-use contentv::ops::attention_hopper::{HOPPER_SMEM, HOPPER_THREADS};
 use contentv::ops::conv::CONV_BF16_SMEM;
 use contentv::ops::quant::w8a16_smem_bytes;
 use contentv::runtime::device::{kernel_images, kernel_ptxas_reports};
+use contentv::runtime::kernels::tiles::{
+    FLASH_SMEM_BYTES as FLASH_SMEM, FLASH_THREADS, HOPPER_SMEM_BYTES as HOPPER_SMEM,
+    HOPPER_THREADS, NAIVE_WARPS, W8_THREADS,
+};
 
 /// How a kernel is launched and what its design promises.
 struct Launch {
@@ -83,19 +85,12 @@ fn launches() -> Vec<Launch> {
             true,
             ONE,
         ),
-        k(
-            "attn_naive_*",
-            (NAIVE_ROWS * 32) as u32,
-            0,
-            false,
-            false,
-            ONE,
-        ),
+        k("attn_naive_*", NAIVE_WARPS * 32, 0, false, false, ONE),
         // 52 / 58 KiB of shared memory (A and int8 stages, the converted B tile, group scales)
         // fit once on the 100 KiB SMs of sm_86/89/120, twice elsewhere.
         k(
             "w8a16_mma_group_*",
-            256,
+            W8_THREADS,
             w8a16_smem_bytes(true),
             true,
             true,
@@ -103,7 +98,7 @@ fn launches() -> Vec<Launch> {
         ),
         k(
             "w8a16_mma_*",
-            256,
+            W8_THREADS,
             w8a16_smem_bytes(false),
             true,
             true,
@@ -641,4 +636,31 @@ fn occupancy_arithmetic() {
     assert!(!same_table(t, "| k | m | 130r/2 | 0 |\n"));
     assert!(!same_table(t, "| k | m | 121r/2 | 8 |\n"));
     assert!(!same_table(t, &format!("{t}{t}")));
+}
+
+/// The launch geometry of kernels/tiles.h (read by build.rs into `runtime::kernels::tiles`)
+/// is what the launchers pass: the ones that take it from elsewhere agree with it.
+/// (`ops::conv` keeps its own constant until it takes it from the table too.)
+#[test]
+fn launchers_use_the_tiles_table() {
+    use contentv::runtime::kernels::tiles;
+    assert_eq!(
+        CONV_BF16_SMEM,
+        tiles::CONV_SMEM_BYTES,
+        "ops::conv::CONV_BF16_SMEM"
+    );
+    assert_eq!(w8a16_smem_bytes(false), tiles::W8_SMEM_BYTES);
+    assert_eq!(w8a16_smem_bytes(true), tiles::W8_GROUP_SMEM_BYTES);
+    // The values the kernels were designed around (docs/kernel-review.md).
+    assert_eq!(tiles::FLASH_SMEM_BYTES, 48 * 1024);
+    assert_eq!(tiles::HOPPER_SMEM_BYTES, 115_816);
+    assert_eq!(
+        (tiles::W8_SMEM_BYTES, tiles::W8_GROUP_SMEM_BYTES),
+        (53_248, 59_392)
+    );
+    assert_eq!(tiles::CONV_SMEM_BYTES, 76_800);
+    assert_eq!(
+        contentv::ops::attention::NAIVE_MAX_D,
+        tiles::NAIVE_DMAX as usize
+    );
 }

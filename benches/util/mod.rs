@@ -1,7 +1,61 @@
-//! Shared pieces of the GPU benches: device or SKIP, CUDA-event timing (median after warm-up).
+//! Shared pieces of the GPU benches: device or SKIP, CUDA-event timing (median after warm-up)
+//! with L2 flushed before every timed call.
+//!
+//! L2: a kernel whose operands fit in L2 (50 MiB on an H100 or H200) would read them from cache
+//! on a repeated call and report more than its real bandwidth. So every timed call is cold:
+//! [`time_ms`] runs [`flush_l2`] (a device copy of [`L2_FLUSH_BYTES`], more than any current
+//! GPU's L2) before each call, outside the timed region; the benches that time a whole model
+//! with a wall clock, whose operands are far larger than L2, say so with [`l2_exceeded`]
+//! instead (a flush buffer there would change the pool peaks they report).
 #![allow(dead_code)]
+use std::cell::RefCell;
+
 use contentv::runtime::device::{gpu_unavailable_reason, Event};
-use contentv::runtime::Device;
+use contentv::runtime::{DType, Device, Tensor};
+
+/// Bytes [`flush_l2`] copies (read once and written once): twice the largest L2 of a current
+/// GPU (B200: 126 MB; H100/H200: 50 MiB), so nothing of the previous call survives in it.
+pub const L2_FLUSH_BYTES: usize = 256 << 20;
+
+thread_local! {
+    /// The two flush buffers, made on the first flush.
+    static FLUSH: RefCell<Option<(Tensor, Tensor)>> = const { RefCell::new(None) };
+}
+
+/// Evicts L2: copies one [`L2_FLUSH_BYTES`] device buffer into another on the compute stream
+/// (stream-ordered before whatever is queued next). Tiny in a rehearsal.
+pub fn flush_l2(dev: &Device) {
+    let n = scaled(L2_FLUSH_BYTES, 1 << 16);
+    FLUSH.with(|f| {
+        let mut f = f.borrow_mut();
+        if f.is_none() {
+            let mk = || Tensor::zeros(&[n], DType::I8, dev).unwrap();
+            *f = Some((mk(), mk()));
+            println!(
+                "L2: flushed before every timed call ({} MiB device copy outside the timed region)",
+                n >> 20
+            );
+        }
+        let (a, b) = f.as_ref().unwrap();
+        b.copy_from(a).unwrap();
+    });
+}
+
+/// For a bench that does not flush: says that `what` moves `bytes` through memory, more than
+/// twice the L2 of any current GPU, so repeated calls cannot run from L2 (not checked in a
+/// rehearsal, whose tiny sizes measure nothing).
+pub fn l2_exceeded(what: &str, bytes: usize) {
+    if !rehearsal() {
+        assert!(
+            bytes >= L2_FLUSH_BYTES,
+            "{what}: {bytes} bytes could fit in L2: flush it (util::flush_l2) before timing"
+        );
+    }
+    println!(
+        "L2: not flushed for {what}: its operands ({:.1} GiB) are larger than any GPU's L2",
+        bytes as f64 / (1u64 << 30) as f64
+    );
+}
 
 /// The first CUDA device, or `None` after printing `SKIP: <reason>`; prints the device line.
 pub fn cuda_or_skip() -> Option<Device> {
@@ -29,13 +83,15 @@ pub fn cuda_or_skip() -> Option<Device> {
 }
 
 /// Median milliseconds of `iters` runs of `f`, each between two CUDA events on the compute
-/// stream, after one warm-up run (module load, cuBLASLt heuristics, pool).
+/// stream and each after an L2 flush ([`flush_l2`], before the first event), after one warm-up
+/// run (module load, cuBLASLt heuristics, pool).
 pub fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f32 {
     let g = dev.gpu().unwrap();
     f();
     dev.synchronize().unwrap();
     let mut v = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
+        flush_l2(dev);
         let (a, b) = (Event::new(true).unwrap(), Event::new(true).unwrap());
         a.record(&g.compute).unwrap();
         f();

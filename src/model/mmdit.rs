@@ -467,13 +467,13 @@ impl Transformer {
         }
         // The GPU runs heads of 64 on the flash kernel and any other width on the generic one,
         // which holds a query row in shared memory: say so here rather than at the first step.
-        if device.gpu().is_some() && config.head_dim > crate::ops::attention_cuda::NAIVE_MAX_D {
+        if device.gpu().is_some() && config.head_dim > crate::ops::attention::NAIVE_MAX_D {
             return Err(Error::Weights(format!(
                 "{}: attention head dim {} is larger than the CUDA attention kernels support ({}); \
                  run on the CPU (--device cpu)",
                 dir.display(),
                 config.head_dim,
-                crate::ops::attention_cuda::NAIVE_MAX_D
+                crate::ops::attention::NAIVE_MAX_D
             )));
         }
         Ok((store, config))

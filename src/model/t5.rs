@@ -258,6 +258,7 @@ impl T5Encoder {
             scale: 1.0,
             causal: false,
             bias: Some(&bias),
+            kernel: crate::ops::attention::AttnKernel::Auto,
         };
         let blocks = root.pp("encoder").pp("block");
         for i in 0..c.layers {

@@ -11,10 +11,7 @@ use crate::shape_err;
 /// `act(x)` elementwise; any shape; output contiguous.
 pub fn apply(x: &Tensor, act: Act) -> Result<Tensor> {
     match common_gpu("act", &[x])? {
-        None => host(
-            x.cpu_f32()?.iter().map(|&v| act.apply(v)).collect(),
-            x.shape(),
-        ),
+        None => host(act_cpu(&x.cpu_f32()?, act), x.shape()),
         Some(gpu) => {
             let x = x.contiguous()?;
             let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
@@ -55,13 +52,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let cols = sh[sh.len() - 1];
     let rows = x.elem_count() / cols.max(1);
     match common_gpu("softmax_last", &[x])? {
-        None => {
-            let mut v = x.cpu_f32()?.into_owned();
-            for r in v.chunks_mut(cols.max(1)) {
-                softmax_row(r);
-            }
-            host(v, sh)
-        }
+        None => host(softmax_last_cpu(x.cpu_f32()?.into_owned(), cols), sh),
         Some(gpu) => {
             let x = x.contiguous()?;
             let y = Tensor::empty(sh, x.dtype(), x.device())?;
@@ -81,6 +72,19 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
             Ok(y)
         }
     }
+}
+
+/// CPU reference of [`apply`]: `act(x)` elementwise in f32.
+pub fn act_cpu(x: &[f32], act: Act) -> Vec<f32> {
+    x.iter().map(|&v| act.apply(v)).collect()
+}
+
+/// CPU reference of [`softmax_last`]: [`softmax_row`] on each row of `cols` values of `x`.
+pub fn softmax_last_cpu(mut x: Vec<f32>, cols: usize) -> Vec<f32> {
+    for r in x.chunks_mut(cols.max(1)) {
+        softmax_row(r);
+    }
+    x
 }
 
 /// In-place softmax of one row (the CPU reference, also used by attention).

@@ -39,18 +39,11 @@ fn axpby(op: &str, a: &Tensor, b: Option<&Tensor>, alpha: f32, beta: f32) -> Res
     }
     match common_gpu(op, &ts)? {
         None => {
-            let av = a.cpu_f32()?;
-            let y: Vec<f32> = match b {
-                Some(b) => {
-                    let bv = b.cpu_f32()?;
-                    av.iter()
-                        .zip(bv.iter())
-                        .map(|(x, y)| alpha * x + beta * y)
-                        .collect()
-                }
-                None => av.iter().map(|x| alpha * x).collect(),
-            };
-            host(y, a.shape())
+            let bv = b.map(|b| b.cpu_f32()).transpose()?;
+            host(
+                axpby_cpu(&a.cpu_f32()?, bv.as_deref(), alpha, beta),
+                a.shape(),
+            )
         }
         Some(gpu) => {
             let a = a.contiguous()?;
@@ -74,6 +67,42 @@ fn axpby(op: &str, a: &Tensor, b: Option<&Tensor>, alpha: f32, beta: f32) -> Res
     }
 }
 
+/// CPU reference of the axpby kernel: `alpha a + beta b` (`alpha a` without b).
+pub fn axpby_cpu(a: &[f32], b: Option<&[f32]>, alpha: f32, beta: f32) -> Vec<f32> {
+    match b {
+        Some(b) => a
+            .iter()
+            .zip(b.iter())
+            .map(|(x, y)| alpha * x + beta * y)
+            .collect(),
+        None => a.iter().map(|x| alpha * x).collect(),
+    }
+}
+
+/// CPU reference of [`mul`].
+pub fn mul_cpu(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b.iter()).map(|(x, y)| x * y).collect()
+}
+
+/// CPU reference of [`add_bcast`]: `a[i] + b[i % b.len()]`.
+pub fn add_bcast_cpu(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let period = b.len();
+    a.iter()
+        .enumerate()
+        .map(|(i, x)| x + b[i % period.max(1)])
+        .collect()
+}
+
+/// CPU reference of [`gated_residual`]: x, y [B, s, c], gate [B, c] dense.
+pub fn gated_residual_cpu(x: &[f32], y: &[f32], gate: &[f32], s: usize, c: usize) -> Vec<f32> {
+    (0..x.len())
+        .map(|i| {
+            let bi = i / (s * c).max(1);
+            x[i] + gate[bi * c + i % c] * y[i]
+        })
+        .collect()
+}
+
 /// `a + b` (same shape).
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     axpby("add", a, Some(b), 1.0, 1.0)
@@ -93,13 +122,7 @@ pub fn add_scaled(a: &Tensor, b: &Tensor, s: f32) -> Result<Tensor> {
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("mul", a, b)?;
     match common_gpu("mul", &[a, b])? {
-        None => {
-            let (av, bv) = (a.cpu_f32()?, b.cpu_f32()?);
-            host(
-                av.iter().zip(bv.iter()).map(|(x, y)| x * y).collect(),
-                a.shape(),
-            )
-        }
+        None => host(mul_cpu(&a.cpu_f32()?, &b.cpu_f32()?), a.shape()),
         Some(gpu) => {
             let (a, b) = (a.contiguous()?, b.contiguous()?);
             let y = Tensor::empty(a.shape(), a.dtype(), a.device())?;
@@ -129,16 +152,7 @@ pub fn add_bcast(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let period = b.elem_count();
     match common_gpu("add_bcast", &[a, b])? {
-        None => {
-            let (av, bv) = (a.cpu_f32()?, b.cpu_f32()?);
-            host(
-                av.iter()
-                    .enumerate()
-                    .map(|(i, x)| x + bv[i % period.max(1)])
-                    .collect(),
-                ash,
-            )
-        }
+        None => host(add_bcast_cpu(&a.cpu_f32()?, &b.cpu_f32()?), ash),
         Some(gpu) => {
             let a = a.contiguous()?;
             let b = b.contiguous()?.to_dtype(a.dtype())?;
@@ -175,13 +189,7 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     match common_gpu("gated_residual", &[x, y, gate])? {
         None => {
             let (xv, yv, gv) = (x.cpu_f32()?, y.cpu_f32()?, gate.to_vec_f32()?);
-            let out = (0..xv.len())
-                .map(|i| {
-                    let bi = i / (s * c).max(1);
-                    xv[i] + gv[bi * c + i % c] * yv[i]
-                })
-                .collect();
-            host(out, sh)
+            host(gated_residual_cpu(&xv, &yv, &gv, s, c), sh)
         }
         Some(gpu) => {
             let (x, y) = (x.contiguous()?, y.contiguous()?);

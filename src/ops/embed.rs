@@ -20,14 +20,7 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
         )));
     }
     match common_gpu("embedding", &[table])? {
-        None => {
-            let tv = table.cpu_f32()?;
-            let mut out = Vec::with_capacity(ids.len() * c);
-            for &i in ids {
-                out.extend_from_slice(&tv[i as usize * c..(i as usize + 1) * c]);
-            }
-            host(out, &[ids.len(), c])
-        }
+        None => host(embedding_cpu(&table.cpu_f32()?, c, ids), &[ids.len(), c]),
         Some(gpu) => {
             let table = table.contiguous()?;
             let y = Tensor::empty(&[ids.len(), c], table.dtype(), table.device())?;
@@ -54,4 +47,13 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
             Ok(y)
         }
     }
+}
+
+/// CPU reference of [`embedding`]: rows `ids` (each < the row count) of `table`, rows of `c`.
+pub fn embedding_cpu(table: &[f32], c: usize, ids: &[u32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(ids.len() * c);
+    for &i in ids {
+        out.extend_from_slice(&table[i as usize * c..(i as usize + 1) * c]);
+    }
+    out
 }

@@ -4,9 +4,6 @@
 //! dtype). See docs/ops-contract.md.
 pub mod act;
 pub mod attention;
-pub mod attention_cuda;
-pub mod attention_hopper;
-pub mod attention_select;
 pub mod conv;
 pub mod elementwise;
 pub mod embed;

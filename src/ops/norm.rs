@@ -53,26 +53,9 @@ pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f32) 
     check_vec("layer_norm", "bias", b, c)?;
     match common_gpu("layer_norm", &[x])? {
         None => {
-            let xv = x.cpu_f32()?;
             let wv = w.map(|t| t.to_vec_f32()).transpose()?;
             let bv = b.map(|t| t.to_vec_f32()).transpose()?;
-            let mut y = vec![0f32; rows * c];
-            par_rows(&mut y, c, |r0, out| {
-                for (i, o) in out.chunks_mut(c).enumerate() {
-                    let r = &xv[(r0 + i) * c..(r0 + i + 1) * c];
-                    let (mean, inv) = ln_stats(r, eps);
-                    for j in 0..c {
-                        let mut v = (r[j] - mean) * inv;
-                        if let Some(w) = &wv {
-                            v *= w[j];
-                        }
-                        if let Some(b) = &bv {
-                            v += b[j];
-                        }
-                        o[j] = v;
-                    }
-                }
-            });
+            let y = layer_norm_cpu(&x.cpu_f32()?, wv.as_deref(), bv.as_deref(), c, eps);
             host(y, x.shape())
         }
         Some(gpu) => {
@@ -99,6 +82,34 @@ pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f32) 
             Ok(y)
         }
     }
+}
+
+/// CPU reference of [`layer_norm`] on rows of `c` values.
+pub fn layer_norm_cpu(
+    x: &[f32],
+    w: Option<&[f32]>,
+    b: Option<&[f32]>,
+    c: usize,
+    eps: f32,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    par_rows(&mut y, c, |r0, out| {
+        for (i, o) in out.chunks_mut(c).enumerate() {
+            let r = &x[(r0 + i) * c..(r0 + i + 1) * c];
+            let (mean, inv) = ln_stats(r, eps);
+            for j in 0..c {
+                let mut v = (r[j] - mean) * inv;
+                if let Some(w) = w {
+                    v *= w[j];
+                }
+                if let Some(b) = b {
+                    v += b[j];
+                }
+                o[j] = v;
+            }
+        }
+    });
+    y
 }
 
 /// adaLN: `LN(x) * (1 + scale) + shift` (no affine). x [B, S, C]; shift, scale [B, C], which
@@ -168,6 +179,22 @@ pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32)
     }
 }
 
+/// CPU reference of [`rms_norm`] on rows of `c` values.
+pub fn rms_norm_cpu(x: &[f32], w: Option<&[f32]>, c: usize, eps: f32) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    par_rows(&mut y, c, |r0, out| {
+        for (i, o) in out.chunks_mut(c).enumerate() {
+            let r = &x[(r0 + i) * c..(r0 + i + 1) * c];
+            let ms = r.iter().map(|v| v * v).sum::<f32>() / c as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            for j in 0..c {
+                o[j] = r[j] * inv * w.map_or(1.0, |w| w[j]);
+            }
+        }
+    });
+    y
+}
+
 /// RMSNorm over the last dim: `x * rsqrt(mean(x^2) + eps)` (f32), rounded to x's dtype, then
 /// `* w` (diffusers / T5 semantics). For q/k norm view x as [.., H, 64].
 pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f32) -> Result<Tensor> {
@@ -175,20 +202,11 @@ pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f32) -> Result<Tensor> {
     check_vec("rms_norm", "weight", w, c)?;
     match common_gpu("rms_norm", &[x])? {
         None => {
-            let xv = x.cpu_f32()?;
             let wv = w.map(|t| t.to_vec_f32()).transpose()?;
-            let mut y = vec![0f32; rows * c];
-            par_rows(&mut y, c, |r0, out| {
-                for (i, o) in out.chunks_mut(c).enumerate() {
-                    let r = &xv[(r0 + i) * c..(r0 + i + 1) * c];
-                    let ms = r.iter().map(|v| v * v).sum::<f32>() / c as f32;
-                    let inv = 1.0 / (ms + eps).sqrt();
-                    for j in 0..c {
-                        o[j] = r[j] * inv * wv.as_ref().map_or(1.0, |w| w[j]);
-                    }
-                }
-            });
-            host(y, x.shape())
+            host(
+                rms_norm_cpu(&x.cpu_f32()?, wv.as_deref(), c, eps),
+                x.shape(),
+            )
         }
         Some(gpu) => {
             let x = x.contiguous()?;

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::ops::gemm::{linear_act, Act};
 use crate::ops::{common_gpu, flat_rows, host, par_rows};
 use crate::runtime::kernels::{
-    DequantI8, DequantI8Args, DevPtr, DevPtrMut, LaunchCfg, W8a16, W8a16Args,
+    tiles, DequantI8, DequantI8Args, DevPtr, DevPtrMut, LaunchCfg, W8a16, W8a16Args,
 };
 use crate::runtime::{DType, Linear, Tensor, Weight};
 use crate::shape_err;
@@ -284,13 +284,14 @@ pub fn dequant_vector_width(k: usize, groups: usize, q_addr: u64, w_addr: u64) -
 
 /// Dynamic shared memory of `w8a16_mma_*`: 3 stages of a 128x32 activation tile (rows padded
 /// to 40) and of a 128x32 int8 tile, the converted 128x32 bf16/f16 B tile (one buffer, rows
-/// padded to 40) and, group-wise, 3 stages of 128x4 scales. Same as the static_assert in the
-/// kernel; the static kernel gate checks it against each arch's limits.
+/// padded to 40) and, group-wise, 3 stages of 128x4 scales: kernels/tiles.h's numbers, which
+/// the kernel's static_assert checks against its shared-memory map; the static kernel gate
+/// checks them against each arch's limits.
 pub fn w8a16_smem_bytes(grouped: bool) -> u32 {
     if grouped {
-        59_392
+        tiles::W8_GROUP_SMEM_BYTES
     } else {
-        53_248
+        tiles::W8_SMEM_BYTES
     }
 }
 
@@ -333,27 +334,10 @@ pub fn linear_int8_with(
     }
     match common_gpu("linear_int8", &ts)? {
         None => {
-            let xv = x.cpu_f32()?;
             let qv: Vec<i8> = q.to_bytes()?.into_iter().map(|b| b as i8).collect();
             let sv = scale.to_vec_f32()?;
             let bv = bias.map(|b| b.to_vec_f32()).transpose()?;
-            let g = k / groups;
-            let mut y = vec![0f32; m * n];
-            par_rows(&mut y, n, |r0, out| {
-                let mut wrow = vec![0f32; k];
-                for j in 0..n {
-                    // Dequantise one weight row, then dot it with every row of this chunk.
-                    for (c, w) in wrow.iter_mut().enumerate() {
-                        *w = qv[j * k + c] as f32 * sv[j * groups + c / g];
-                    }
-                    for (i, o) in out.chunks_mut(n).enumerate() {
-                        let xr = &xv[(r0 + i) * k..(r0 + i + 1) * k];
-                        let z =
-                            crate::ops::gemm::dot(xr, &wrow) + bv.as_ref().map_or(0.0, |b| b[j]);
-                        o[j] = act.apply(z);
-                    }
-                }
-            });
+            let y = linear_int8_cpu(&x.cpu_f32()?, &qv, &sv, bv.as_deref(), act, (n, k, groups));
             host(y, &out_shape)
         }
         Some(gpu) => {
@@ -437,17 +421,22 @@ pub fn linear_int8_with(
                     (true, true) => W8a16::MMA_GROUP_BF16,
                     (false, true) => W8a16::MMA_GROUP_F16,
                 };
-                let grid_y = m.div_ceil(128);
+                let (bm, bn) = (tiles::W8_BM as usize, tiles::W8_BN as usize);
+                let grid_y = m.div_ceil(bm);
                 if grid_y > 65_535 {
                     return Err(shape_err!(
                         "linear_int8: {m} rows exceed the grid (at most {} rows)",
-                        65_535 * 128
+                        65_535 * bm
                     ));
                 }
-                let grid = (n.div_ceil(128) as u32, grid_y as u32, 1);
+                let grid = (n.div_ceil(bn) as u32, grid_y as u32, 1);
                 (
                     kern,
-                    LaunchCfg::new(grid, (256, 1, 1), w8a16_smem_bytes(groups > 1)),
+                    LaunchCfg::new(
+                        grid,
+                        (tiles::W8_THREADS, 1, 1),
+                        w8a16_smem_bytes(groups > 1),
+                    ),
                 )
             };
             // SAFETY: x2 is [m, k] rows at stride lda (flat_rows; 16-byte aligned, lda % 8 == 0,
@@ -505,6 +494,37 @@ fn linear_int8_dequant(
         },
         act,
     )
+}
+
+/// CPU reference of [`linear_int8`]: `act(x dequant(q)^T + bias)` in f32 with x [m, k], q
+/// [n, k] and `groups` scales per row of q (`nkg` = (n, k, groups)).
+pub fn linear_int8_cpu(
+    x: &[f32],
+    q: &[i8],
+    scale: &[f32],
+    bias: Option<&[f32]>,
+    act: Act,
+    nkg: (usize, usize, usize),
+) -> Vec<f32> {
+    let (n, k, groups) = nkg;
+    let m = x.len() / k.max(1);
+    let g = k / groups;
+    let mut y = vec![0f32; m * n];
+    par_rows(&mut y, n, |r0, out| {
+        let mut wrow = vec![0f32; k];
+        for j in 0..n {
+            // Dequantise one weight row, then dot it with every row of this chunk.
+            for (c, w) in wrow.iter_mut().enumerate() {
+                *w = q[j * k + c] as f32 * scale[j * groups + c / g];
+            }
+            for (i, o) in out.chunks_mut(n).enumerate() {
+                let xr = &x[(r0 + i) * k..(r0 + i + 1) * k];
+                let z = crate::ops::gemm::dot(xr, &wrow) + bias.map_or(0.0, |b| b[j]);
+                o[j] = act.apply(z);
+            }
+        }
+    });
+    y
 }
 
 /// A fresh, dense (pool-aligned) copy of a device tensor.

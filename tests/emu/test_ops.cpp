@@ -200,6 +200,34 @@ void run_all(uint64_t seed) {
         emu::launch("add_bcast", small_grid, b256, 0, [&] { add_bcast(a.p, b.p, y.p, n, 37); });
         for (size_t i = 0; i < ref.size(); i++) ref[i] = val(a, i) + val(b, i % 37);
         expect_close("ops/elementwise_" + tn + " add_bcast", y.p, ref, atol_t<T>(), rtol_t<T>());
+        // The 16-byte vector path (aligned buffers above) and the scalar path (the same values
+        // one element off alignment) give identical results; in place (y = a) too; and the
+        // division-free index walk of add_bcast gives the same with a grid-stride loop of
+        // many steps (1 block of 32 threads: stride 32, period 37).
+        DBuf<T> a1((size_t)n + 1), b1((size_t)n + 1), y1((size_t)n + 1);
+        for (long long i = 0; i < n; i++) a1[(size_t)i + 1] = a[(size_t)i], b1[(size_t)i + 1] = b[(size_t)i];
+        auto same = [&](const std::string& what, const T* got, const T* want) {
+            std::vector<double> w((size_t)n);
+            for (size_t i = 0; i < w.size(); i++) w[i] = to_float(want[i]);
+            expect_close("ops/elementwise_" + tn + " " + what, got, w, 0.0, 0.0);
+        };
+        DBuf<T> yref((size_t)n);
+        emu::launch("axpby", small_grid, b256, 0, [&] { axpby(a.p, b.p, yref.p, n, 0.75f, -1.5f); });
+        emu::launch("axpby", small_grid, b256, 0, [&] { axpby(a1.p + 1, b1.p + 1, y1.p + 1, n, 0.75f, -1.5f); });
+        same("axpby unaligned = aligned", y1.p + 1, yref.p);
+        emu::launch("axpby", small_grid, b256, 0, [&] { axpby(a.p, nullptr, yref.p, n, 0.75f, 0.f); });
+        emu::launch("axpby", small_grid, b256, 0, [&] { axpby(a1.p + 1, nullptr, y1.p + 1, n, 0.75f, 0.f); });
+        same("axpby without b unaligned = aligned", y1.p + 1, yref.p);
+        emu::launch("mul", small_grid, b256, 0, [&] { mul(a.p, b.p, yref.p, n); });
+        emu::launch("mul", small_grid, b256, 0, [&] { mul(a1.p + 1, b1.p + 1, a1.p + 1, n); });
+        same("mul unaligned in place = aligned", a1.p + 1, yref.p);
+        emu::launch("add_bcast", small_grid, b256, 0, [&] { add_bcast(a.p, b.p, yref.p, n, 37); });
+        emu::launch("add_bcast", dim3(1), dim3(32), 0, [&] { add_bcast(a.p, b.p, y.p, n, 37); });
+        same("add_bcast long grid-stride walk", y.p, yref.p);
+        auto act = (void (*)(const T*, T*, long long, int))PICK(act, T);
+        emu::launch("act", small_grid, b256, 0, [&] { act(b1.p + 1, y1.p + 1, n, 1); });
+        emu::launch("act", small_grid, b256, 0, [&] { act(b.p, y.p, n, 1); });
+        same("act unaligned = aligned", y1.p + 1, y.p);
     }
     if (selected("ops/gated_residual_" + tn)) {
         // out = x + gate[b] * y over [B, S, C]; the gate is a column slice of [B, 6C].
@@ -217,6 +245,13 @@ void run_all(uint64_t seed) {
             ref[i] = val(x, i) + round_t<T>(to_float(gate[b * (size_t)ld + i % (size_t)C]) * (float)val(yv, i));
         }
         expect_close("ops/gated_residual_" + tn, out.p, ref, atol_t<T>(), rtol_t<T>());
+        // The division-free (batch, channel) walk over many grid-stride steps (stride 32 < C S)
+        // gives the same bits as one element per thread.
+        DBuf<T> out2(x.n);
+        emu::launch("gated_residual", dim3(1), dim3(32), 0, [&] { f(x.p, yv.p, gate, ld, out2.p, B * S * C, S, C); });
+        std::vector<double> first(x.n);
+        for (size_t i = 0; i < first.size(); i++) first[i] = to_float(out[i]);
+        expect_close("ops/gated_residual_" + tn + " long grid-stride walk", out2.p, first, 0.0, 0.0);
     }
     if (selected("ops/embedding_" + tn)) {
         const int V = 10, C = 300, n = 4;

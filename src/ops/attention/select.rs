@@ -18,56 +18,34 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
+use super::hopper::hopper_available;
+use super::AttnKernel;
 use crate::error::{Error, Result};
 use crate::runtime::{DType, Device, Gpu, Tensor};
 
 /// The environment variable that forces a kernel.
 pub const ENV: &str = "CONTENTV_ATTENTION";
 
-/// A flash-attention implementation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Choice {
-    /// kernels/attention_hopper.cu (sm_90a).
-    Hopper,
-    /// kernels/attention.cu, the mma.sync kernel.
-    Mma,
-    /// The generic kernel (one warp per query row): slow, any GPU.
-    Naive,
-}
-
-impl Choice {
-    pub fn name(self) -> &'static str {
-        match self {
-            Choice::Hopper => "hopper",
-            Choice::Mma => "mma",
-            Choice::Naive => "naive",
-        }
-    }
-
-    /// The kernel whose agreement the self-check requires, if any.
-    fn second_opinion(self) -> Option<Choice> {
-        match self {
-            Choice::Hopper => Some(Choice::Mma),
-            Choice::Mma => Some(Choice::Naive),
-            Choice::Naive => None,
-        }
+/// The kernel whose agreement the self-check requires, if any.
+fn second_opinion(k: AttnKernel) -> Option<AttnKernel> {
+    match k {
+        AttnKernel::Hopper => Some(AttnKernel::Mma),
+        AttnKernel::Mma => Some(AttnKernel::Naive),
+        AttnKernel::Naive | AttnKernel::Auto => None,
     }
 }
-
-/// The embedded module of the Hopper kernel.
-pub const HOPPER_MODULE: &str = "attention_hopper";
 
 /// `CONTENTV_ATTENTION` parsed: `None` when unset or empty.
-pub fn forced() -> Result<Option<Choice>> {
+pub fn forced() -> Result<Option<AttnKernel>> {
     parse(std::env::var(ENV).ok().as_deref())
 }
 
-fn parse(v: Option<&str>) -> Result<Option<Choice>> {
+fn parse(v: Option<&str>) -> Result<Option<AttnKernel>> {
     match v.map(str::trim) {
         None | Some("") | Some("auto") => Ok(None),
-        Some("hopper") => Ok(Some(Choice::Hopper)),
-        Some("mma") => Ok(Some(Choice::Mma)),
-        Some("naive") => Ok(Some(Choice::Naive)),
+        Some("hopper") => Ok(Some(AttnKernel::Hopper)),
+        Some("mma") => Ok(Some(AttnKernel::Mma)),
+        Some("naive") => Ok(Some(AttnKernel::Naive)),
         Some(other) => Err(Error::Other(format!(
             "{ENV}={other:?} is not a kernel: use hopper, mma, naive or auto (or unset it)"
         ))),
@@ -75,19 +53,19 @@ fn parse(v: Option<&str>) -> Result<Option<Choice>> {
 }
 
 /// The kernel this GPU runs by default (before the self-check).
-pub fn default_for(gpu: &Gpu) -> Choice {
-    if gpu.has_module(HOPPER_MODULE) {
-        Choice::Hopper
+pub fn default_for(gpu: &Gpu) -> AttnKernel {
+    if hopper_available(gpu) {
+        AttnKernel::Hopper
     } else {
-        Choice::Mma
+        AttnKernel::Mma
     }
 }
 
 /// The kernel wanted on `gpu`: forced by [`ENV`] or the default; an error when the forced
 /// kernel has no image for this GPU.
-pub fn wanted(gpu: &Gpu) -> Result<Choice> {
+pub fn wanted(gpu: &Gpu) -> Result<AttnKernel> {
     match forced()? {
-        Some(Choice::Hopper) if !gpu.has_module(HOPPER_MODULE) => Err(Error::Other(format!(
+        Some(AttnKernel::Hopper) if !hopper_available(gpu) => Err(Error::Other(format!(
             "{ENV}=hopper: the Hopper attention kernel is built for sm_90a only and this GPU ({}) is \
              sm_{}{}; use {ENV}=mma or unset it",
             gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
@@ -98,8 +76,8 @@ pub fn wanted(gpu: &Gpu) -> Result<Choice> {
 }
 
 /// The decision per GPU ordinal: the kernel in use, and the warning of a failed self-check.
-fn decided() -> &'static Mutex<HashMap<usize, Choice>> {
-    static D: OnceLock<Mutex<HashMap<usize, Choice>>> = OnceLock::new();
+fn decided() -> &'static Mutex<HashMap<usize, AttnKernel>> {
+    static D: OnceLock<Mutex<HashMap<usize, AttnKernel>>> = OnceLock::new();
     D.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -107,13 +85,13 @@ fn decided() -> &'static Mutex<HashMap<usize, Choice>> {
 /// `run(choice, q, k, v)` runs one kernel on the check's inputs.
 pub fn selected(
     gpu: &std::sync::Arc<Gpu>,
-    run: impl Fn(Choice, &[&Tensor], &[&Tensor], &[&Tensor]) -> Result<Tensor>,
-) -> Result<Choice> {
+    run: impl Fn(AttnKernel, &[&Tensor], &[&Tensor], &[&Tensor]) -> Result<Tensor>,
+) -> Result<AttnKernel> {
     if let Some(c) = decided().lock().unwrap().get(&gpu.ordinal) {
         return Ok(*c);
     }
     let want = wanted(gpu)?;
-    let choice = match want.second_opinion() {
+    let choice = match second_opinion(want) {
         None => want,
         Some(other) => match self_check(gpu, want, other, &run) {
             Ok(()) => want,
@@ -166,9 +144,9 @@ fn check_inputs(dev: &Device) -> Result<[Vec<Tensor>; 3]> {
 /// Runs `a` and `b` on the check's inputs; Err(the largest difference) when they disagree.
 fn self_check(
     gpu: &std::sync::Arc<Gpu>,
-    a: Choice,
-    b: Choice,
-    run: &impl Fn(Choice, &[&Tensor], &[&Tensor], &[&Tensor]) -> Result<Tensor>,
+    a: AttnKernel,
+    b: AttnKernel,
+    run: &impl Fn(AttnKernel, &[&Tensor], &[&Tensor], &[&Tensor]) -> Result<Tensor>,
 ) -> std::result::Result<(), String> {
     let dev = Device::Cuda(gpu.clone());
     let [q, k, v] = check_inputs(&dev).map_err(|e| format!("preparing the check: {e}"))?;
@@ -176,7 +154,7 @@ fn self_check(
         t.iter().collect()
     }
     let (q, k, v) = (refs(&q), refs(&k), refs(&v));
-    let out = |c: Choice| -> std::result::Result<Vec<f32>, String> {
+    let out = |c: AttnKernel| -> std::result::Result<Vec<f32>, String> {
         run(c, &q, &k, &v)
             .and_then(|t| t.to_vec_f32())
             .map_err(|e| format!("the {} kernel failed: {e}", c.name()))
@@ -213,9 +191,9 @@ mod tests {
         assert_eq!(parse(None).unwrap(), None);
         assert_eq!(parse(Some("")).unwrap(), None);
         assert_eq!(parse(Some("auto")).unwrap(), None);
-        assert_eq!(parse(Some("hopper")).unwrap(), Some(Choice::Hopper));
-        assert_eq!(parse(Some(" mma ")).unwrap(), Some(Choice::Mma));
-        assert_eq!(parse(Some("naive")).unwrap(), Some(Choice::Naive));
+        assert_eq!(parse(Some("hopper")).unwrap(), Some(AttnKernel::Hopper));
+        assert_eq!(parse(Some(" mma ")).unwrap(), Some(AttnKernel::Mma));
+        assert_eq!(parse(Some("naive")).unwrap(), Some(AttnKernel::Naive));
         let e = parse(Some("fa3")).unwrap_err().to_string();
         assert!(
             e.contains(ENV) && e.contains("fa3") && e.contains("hopper"),
@@ -225,8 +203,8 @@ mod tests {
 
     #[test]
     fn second_opinions() {
-        assert_eq!(Choice::Hopper.second_opinion(), Some(Choice::Mma));
-        assert_eq!(Choice::Mma.second_opinion(), Some(Choice::Naive));
-        assert_eq!(Choice::Naive.second_opinion(), None);
+        assert_eq!(second_opinion(AttnKernel::Hopper), Some(AttnKernel::Mma));
+        assert_eq!(second_opinion(AttnKernel::Mma), Some(AttnKernel::Naive));
+        assert_eq!(second_opinion(AttnKernel::Naive), None);
     }
 }
