@@ -74,7 +74,7 @@ fn memory_modes_on_the_gpu() {
 
 /// A flash-attention kernel that gives wrong numbers without an error (the emulated device's
 /// CONTENTV_EMU_SKIP_KERNEL runs nothing for it) is caught by the first-use self-check
-/// (ops::attention_select): a warning, and the video is the one the mma kernel makes.
+/// (ops::attention::select): a warning, and the video is the one the mma kernel makes.
 /// Emulated device only (a real GPU cannot be told to skip a kernel).
 #[test]
 fn attention_self_check_falls_back_on_a_wrong_kernel() {

@@ -231,7 +231,7 @@ bool faults(const char* name) {
 // A kernel that silently computes nothing, as a kernel miscompiled or misread for a GPU would
 // give wrong numbers without an error: CONTENTV_EMU_SKIP_KERNEL=<name> makes every launch of
 // that kernel succeed without running it (its output keeps whatever the memory held). Used to
-// check that the engine's self-checks (ops::attention_select) catch such a kernel.
+// check that the engine's self-checks (ops::attention::select) catch such a kernel.
 bool skipped(const char* name) {
     const char* f = getenv("CONTENTV_EMU_SKIP_KERNEL");
     return f && *f && strcmp(f, name) == 0;
