@@ -237,3 +237,40 @@ fn ranges_deletes_and_partial_files() {
     }
     assert_eq!(srv.get("/health").json()["queue_length"], 0);
 }
+
+/// A prompt longer than the text encoders accept: the job's `warnings` carry the tokenizers'
+/// truncation lines (they went only to the server's stderr before), and a short prompt's job
+/// has none.
+#[test]
+fn truncation_warnings_reach_the_job() {
+    if cpu_tests_done() {
+        return;
+    }
+    let d = scratch("lesser-truncation");
+    let srv = Server::start(&d, &[]);
+    let long_prompt = vec!["a red fox running through deep snow at dawn"; 40].join(", ");
+    let id = srv.create(tiny(&long_prompt, 1, 1, 3))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let short = srv.create(tiny("a fox", 1, 1, 3))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j = srv.wait(&id, Duration::from_secs(120));
+    assert_eq!(j["status"], "completed", "{j}");
+    let w: Vec<String> = j["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        w.iter()
+            .any(|l| l.starts_with("the prompt is longer than the CLIP-L")),
+        "{w:?}"
+    );
+    let s = srv.wait(&short, Duration::from_secs(120));
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["warnings"], json!([]), "{s}");
+}

@@ -28,6 +28,12 @@ pub trait PromptEncoding {
         let _ = which;
         self.encode(prompt)
     }
+    /// The truncation warnings [`Self::encode_as`] prints for this text (one line per tokenizer
+    /// that dropped tokens), for callers that report them elsewhere (the server's job).
+    fn truncation_warnings(&self, prompt: &str, which: &str) -> Result<Vec<String>> {
+        let _ = (prompt, which);
+        Ok(Vec::new())
+    }
 }
 
 /// The transformer: velocity for latents `x` [B, C, T, h, w] (C latent channels), one timestep per batch entry,

@@ -216,6 +216,10 @@ impl PromptEncoding for TextEncoders {
             .insert(prompt.to_string(), e.clone());
         Ok(e)
     }
+
+    fn truncation_warnings(&self, prompt: &str, which: &str) -> Result<Vec<String>> {
+        Ok(self.tokens(prompt)?.warnings_for(which))
+    }
 }
 
 #[cfg(test)]

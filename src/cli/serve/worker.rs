@@ -193,6 +193,19 @@ fn run_job(
         cancel: Some(cancel.clone()),
         ..p.generate_params(spec.layout)
     };
+    // The tokenizers' truncation warnings go into the job (and to stderr, as before).
+    let mut warnings = pipe.text.truncation_warnings(&p.prompt, "prompt")?;
+    if p.guidance > 1.0 {
+        warnings.extend(
+            pipe.text
+                .truncation_warnings(&p.negative_prompt, "negative prompt")?,
+        );
+    }
+    if !warnings.is_empty() {
+        if let Some(j) = state.lock().jobs.get_mut(id) {
+            j.warnings.extend(warnings);
+        }
+    }
     let every = preview_every(p.steps);
     let mut on_progress = |ev: Progress| match ev {
         Progress::Step {
