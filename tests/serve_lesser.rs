@@ -274,3 +274,37 @@ fn truncation_warnings_reach_the_job() {
     assert_eq!(s["status"], "completed", "{s}");
     assert_eq!(s["warnings"], json!([]), "{s}");
 }
+
+/// The step cache through the API (the page posts the same body): the job runs with it and
+/// reports its computed steps; a bad method is a 400 naming the field `cache`.
+#[test]
+fn step_cache_through_the_api() {
+    if cpu_tests_done() {
+        return;
+    }
+    let d = scratch("lesser-cache");
+    let srv = Server::start(&d, &[]);
+    let mut body = tiny("a fox", 5, 6, 3);
+    body["cache"] = json!({"method": "easy", "threshold": 5.0});
+    let id = srv.create(body)["id"].as_str().unwrap().to_string();
+    let j = srv.wait(&id, Duration::from_secs(120));
+    assert_eq!(j["status"], "completed", "{j}");
+    let c = &j["timings"]["cache"];
+    assert_eq!(c["method"], "easy", "{j}");
+    assert!(c["line"].as_str().unwrap().starts_with("computed "), "{c}");
+    let computed = c["computed"].as_array().unwrap();
+    assert!(
+        computed.len() < 6,
+        "threshold 5 reuses some of 6 steps: {c}"
+    );
+    assert_eq!(
+        computed.last(),
+        Some(&json!(5)),
+        "the last step is computed: {c}"
+    );
+    let mut bad = tiny("a fox", 5, 6, 3);
+    bad["cache"] = json!("fastest");
+    let r = srv.req("POST", "/v1/videos", Some(&bad));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error()["param"], "cache", "{}", r.text());
+}

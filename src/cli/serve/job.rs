@@ -76,6 +76,7 @@ fn api_param(msg: &str, used_seconds: bool) -> Option<&'static str> {
         "guidance" => "guidance_scale",
         "shift" => "shift",
         "seed" => "seed",
+        "cache" => "cache",
         _ => return None,
     })
 }
