@@ -17,13 +17,13 @@ PIP_PINS=(maturin==1.16.0 pytest==9.2.0 numpy==2.4.6 pillow==13.0.0 tqdm==4.70.1
 if [ ! -x "$PY" ] || [ "$(cat "$VENV/.pins" 2>/dev/null)" != "${PIP_PINS[*]}" ]; then
   rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PINS[@]}"
+  "$PY" -m pip install -q --disable-pip-version-check "${PIP_PINS[@]}"
   echo "${PIP_PINS[*]}" > "$VENV/.pins"
 fi
 t0=$(date +%s)
 rm -rf target/wheels
-"$VENV/bin/maturin" build --release -m python/Cargo.toml -o target/wheels
-"$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/contentv-*.whl
+"$PY" -m maturin build --release -m python/Cargo.toml -o target/wheels
+"$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/contentv-*.whl
 t1=$(date +%s)
 echo "python: wheel built and installed in $((t1 - t0)) s"
 

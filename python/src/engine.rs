@@ -16,7 +16,8 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use contentv::cli::args::{DeviceChoice, ModelArgs, Offload, Quantize, VaePrecision};
+use contentv::cli::args::{CacheArgs, DeviceChoice, ModelArgs, Offload, Quantize, VaePrecision};
+use contentv::cli::calibrate::{cache_dir, cache_options, resolve_cache};
 use contentv::cli::generate::panic_message;
 use contentv::cli::load::{
     check_memory_flags, check_model_dir, device_name, load_pipeline_for, note_memory_flags,
@@ -26,6 +27,7 @@ use contentv::cli::request::{check_output_path, resolve, RequestFields};
 use contentv::cli::Ui;
 use contentv::error::{Error, Result};
 use contentv::io::video::{self, FramesRef, OutputKind, VideoOptions};
+use contentv::model::cache::{CacheReport, CacheSettings};
 use contentv::model::pipeline::{GenerateParams, LatentLayout, Pipeline, Progress};
 use contentv::model::scheduler::FlowMatchEuler;
 use contentv::runtime::device::gpu_unavailable_reason;
@@ -137,6 +139,8 @@ pub struct EngineInfo {
 /// A run for the worker.
 struct Job {
     params: GenerateParams,
+    /// The step cache (None: every step computed, the default).
+    cache: Option<CacheSettings>,
     /// Decode the frames (false: `output_type="latent"`, the VAE is skipped).
     decode: bool,
     /// Send each step's latents.
@@ -169,6 +173,9 @@ pub struct Output {
     pub latent_shape: [usize; 5],
     /// The step after which the caller stopped the run (None: it ran every step).
     pub stopped_after: Option<usize>,
+    /// With a step cache: the settings used and which steps were computed (None when the
+    /// caller stopped the run early: the engine reports only finished runs).
+    pub cache: Option<(CacheSettings, CacheReport)>,
 }
 
 /// A validated request.
@@ -179,6 +186,8 @@ pub struct Prepared {
     pub latent_shape: [usize; 5],
     /// The CLI's `warning:` lines for it (frames rounded down, ...).
     pub warnings: Vec<String>,
+    /// The checked step cache (None: off).
+    pub cache: Option<CacheSettings>,
 }
 
 /// A request as Python passed it (unset: the CLI's defaults, or the tiny model's).
@@ -195,6 +204,8 @@ pub struct Request {
     pub seed: Option<u64>,
     /// Initial latents [1, C, T, h, w] (the CLI's `--init-noise`).
     pub latents: Option<(Vec<f32>, Vec<usize>)>,
+    /// The step cache, as `generate`'s `--cache*` flags (`cache_report` unused).
+    pub cache: CacheArgs,
 }
 
 /// The names of the engine's request fields in Python (the diffusers names).
@@ -221,6 +232,25 @@ fn request_error(e: Error) -> Error {
                 Some(a) => format!("{a}: {m}"),
                 None => m,
             })
+        }
+        other => other,
+    }
+}
+
+/// The Python arguments of the cache flags, found by what the engine's message is about.
+fn cache_error(e: Error) -> Error {
+    match e {
+        Error::Input(m) => {
+            let arg = if m.contains("without a cache method") || m.contains("calibration") {
+                "cache"
+            } else if m.contains(" threshold ") {
+                "cache_threshold"
+            } else if m.contains(" warm-up ") {
+                "cache_warmup"
+            } else {
+                "cache"
+            };
+            Error::Input(format!("{arg}: {m}"))
         }
         other => other,
     }
@@ -350,6 +380,17 @@ impl Engine {
                 Some(v)
             }
         };
+        // The CLI's cache checks (cli::calibrate, model::cache), before anything runs; mag
+        // reads its calibration for this model, steps and shift from `cache_dir`.
+        let options = cache_options(&r.cache).map_err(cache_error)?;
+        let cache = resolve_cache(
+            &options,
+            &self.info.model_dir,
+            &cache_dir(&r.cache.cache_dir),
+            req.video.steps,
+            req.video.shift,
+        )
+        .map_err(cache_error)?;
         let mut warnings = req.warnings.clone();
         if init_noise.is_some() && !req.video.seed_was_random {
             warnings.push(
@@ -366,6 +407,7 @@ impl Engine {
             seed: req.video.seed,
             latent_shape: shape,
             warnings,
+            cache,
         })
     }
 
@@ -385,6 +427,7 @@ impl Engine {
                 cancel: Some(cancel.clone()),
                 ..p.params
             },
+            cache: p.cache,
             decode,
             step_latents,
             reply_each_step,
@@ -483,6 +526,7 @@ fn worker(
 fn run_job(pipe: &Pipeline, job: Job) -> Result<Output> {
     let Job {
         params,
+        cache,
         decode,
         step_latents,
         reply_each_step,
@@ -493,7 +537,7 @@ fn run_job(pipe: &Pipeline, job: Job) -> Result<Output> {
     let cancel = params.cancel.clone().expect("submit sets the cancel flag");
     let shape = params.geometry.latent_shape();
     let mut kept: Option<(usize, Vec<f32>)> = None;
-    let res = pipe.generate(&params, &mut |p| {
+    let res = pipe.generate_cached(&params, cache.as_ref(), &mut |p| {
         if let Progress::Step {
             index,
             steps,
@@ -531,6 +575,7 @@ fn run_job(pipe: &Pipeline, job: Job) -> Result<Output> {
             latents: g.latents,
             latent_shape: g.latent_shape,
             stopped_after: None,
+            cache: cache.zip(g.cache),
         }),
         Err(Error::Cancelled) if kept.is_some() => {
             let (index, latents) = kept.take().unwrap();
@@ -549,6 +594,7 @@ fn run_job(pipe: &Pipeline, job: Job) -> Result<Output> {
                 latents,
                 latent_shape: shape,
                 stopped_after: early.then_some(index),
+                cache: None,
             })
         }
         Err(e) => Err(e),

@@ -18,6 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 mod engine;
 
+use contentv::cli::args::CacheArgs;
 use contentv::error::Error;
 
 /// The engine's error as a Python exception: bad input is ValueError (FileNotFoundError when
@@ -90,7 +91,27 @@ fn f32_buffer(v: Vec<f32>, shape: Vec<usize>) -> Buffer {
 }
 
 /// What `Engine.generate` returns: (frames or None, latents, seed, stopped_after, warnings).
-type RunResult = (Option<Buffer>, Buffer, u64, Option<usize>, Vec<String>);
+type RunResult = (
+    Option<Buffer>,
+    Buffer,
+    u64,
+    Option<usize>,
+    Vec<String>,
+    Option<CacheResult>,
+);
+
+/// A cached run's report (`out.cache` in Python is its dict): the settings used, the computed
+/// steps and the estimated seconds saved (`contentv generate`'s `step cache` line).
+#[derive(IntoPyObject)]
+struct CacheResult {
+    method: String,
+    threshold: f32,
+    warmup: usize,
+    steps: usize,
+    computed: Vec<usize>,
+    line: String,
+    saved_s: f64,
+}
 
 /// A loaded pipeline (its models live on the engine's own thread).
 #[pyclass(module = "contentv._engine", frozen)]
@@ -170,7 +191,7 @@ impl Engine {
     }
 
     /// Checks a request with the CLI's checks; returns (steps, seed, latent shape, warnings).
-    #[pyo3(signature = (prompt, negative_prompt=None, frames=None, height=None, width=None, steps=None, guidance=None, shift=None, seed=None, latents=None, latents_shape=None))]
+    #[pyo3(signature = (prompt, negative_prompt=None, frames=None, height=None, width=None, steps=None, guidance=None, shift=None, seed=None, latents=None, latents_shape=None, cache=None, cache_threshold=None, cache_warmup=None, cache_dir=None))]
     #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
@@ -185,6 +206,10 @@ impl Engine {
         seed: Option<u64>,
         latents: Option<&Bound<'_, PyBytes>>,
         latents_shape: Option<Vec<usize>>,
+        cache: Option<String>,
+        cache_threshold: Option<f32>,
+        cache_warmup: Option<usize>,
+        cache_dir: Option<PathBuf>,
     ) -> PyResult<(usize, u64, Vec<usize>, Vec<String>)> {
         let r = request(
             prompt,
@@ -195,6 +220,13 @@ impl Engine {
             seed,
             latents,
             latents_shape,
+            CacheArgs {
+                cache,
+                cache_threshold,
+                cache_warmup,
+                cache_report: false,
+                cache_dir,
+            },
         )?;
         self.with(|e| {
             let p = e.prepare(r).map_err(py_err)?;
@@ -206,7 +238,7 @@ impl Engine {
     /// step (latents: a Buffer when `step_latents`, else None); with `reply_each_step` the
     /// engine waits for it, and a true result stops the run after that step. Returns
     /// (frames Buffer [1, F, H, W, 3] or None, latents Buffer, seed, stopped_after, warnings).
-    #[pyo3(signature = (prompt, negative_prompt=None, frames=None, height=None, width=None, steps=None, guidance=None, shift=None, seed=None, latents=None, latents_shape=None, decode=true, on_step=None, step_latents=false, reply_each_step=false))]
+    #[pyo3(signature = (prompt, negative_prompt=None, frames=None, height=None, width=None, steps=None, guidance=None, shift=None, seed=None, latents=None, latents_shape=None, cache=None, cache_threshold=None, cache_warmup=None, cache_dir=None, decode=true, on_step=None, step_latents=false, reply_each_step=false))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -222,6 +254,10 @@ impl Engine {
         seed: Option<u64>,
         latents: Option<&Bound<'_, PyBytes>>,
         latents_shape: Option<Vec<usize>>,
+        cache: Option<String>,
+        cache_threshold: Option<f32>,
+        cache_warmup: Option<usize>,
+        cache_dir: Option<PathBuf>,
         decode: bool,
         on_step: Option<Py<PyAny>>,
         step_latents: bool,
@@ -247,6 +283,13 @@ impl Engine {
             seed,
             latents,
             latents_shape,
+            CacheArgs {
+                cache,
+                cache_threshold,
+                cache_warmup,
+                cache_report: false,
+                cache_dir,
+            },
         )?;
         let (handle, seed, warnings) = self.with(|e| {
             let p = e.prepare(r).map_err(py_err)?;
@@ -344,6 +387,15 @@ impl Engine {
             seed,
             out.stopped_after,
             warnings,
+            out.cache.map(|(s, r)| CacheResult {
+                method: s.method.name().to_string(),
+                threshold: s.threshold,
+                warmup: s.warmup,
+                steps: r.steps,
+                computed: r.computed,
+                line: r.line,
+                saved_s: r.saved_s,
+            }),
         ))
     }
 
@@ -387,6 +439,7 @@ fn request(
     seed: Option<u64>,
     latents: Option<&Bound<'_, PyBytes>>,
     latents_shape: Option<Vec<usize>>,
+    cache: CacheArgs,
 ) -> PyResult<engine::Request> {
     let latents = match (latents, latents_shape) {
         (None, _) => None,
@@ -421,6 +474,7 @@ fn request(
         shift,
         seed,
         latents,
+        cache,
     })
 }
 

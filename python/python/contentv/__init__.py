@@ -60,6 +60,13 @@ def _number(name: str, v: Any) -> Optional[float]:
     return float(v)
 
 
+def _cache_method(v: Any) -> Optional[str]:
+    """None, or a str: the engine checks the name (its message lists the methods)."""
+    if v is None or isinstance(v, str):
+        return v
+    raise TypeError(f"cache must be a str (\"easy\", \"fbcache\" or \"mag\") or None, got {type(v).__name__} ({v!r})")
+
+
 def _text(name: str, v: Any) -> Optional[str]:
     if v is None:
         return None
@@ -104,12 +111,24 @@ class ContentVPipelineOutput:
     (a view of the engine's buffer, no copy); for ``"pil"`` a list with one list of F PIL
     images; for ``"latent"`` the final latents, a float32 array [1, C, T, h, w].
     ``seed`` is the seed used (drawn when no generator was given); ``stopped_after`` the step
-    (0-based) after which the callback stopped the run, or None."""
+    (0-based) after which the callback stopped the run, or None. ``cache``: with a step cache
+    (``cache=...``), the run's report as a dict: ``method``, ``threshold`` and ``warmup`` (the
+    values used, defaults filled in), ``steps``, ``computed`` (the indices of the steps the
+    transformer computed; the others reused its result), ``line`` (``contentv generate``'s
+    ``computed 5/8: 0-3 7``) and ``saved_s`` (estimated seconds saved); None without a cache,
+    for output_type="latent" (not reported yet) or when the callback stopped the run early."""
 
-    def __init__(self, frames: Any, seed: int, stopped_after: Optional[int] = None):
+    def __init__(
+        self,
+        frames: Any,
+        seed: int,
+        stopped_after: Optional[int] = None,
+        cache: Optional[Dict[str, Any]] = None,
+    ):
         self.frames = frames
         self.seed = seed
         self.stopped_after = stopped_after
+        self.cache = cache
 
     def __getitem__(self, i: int) -> Any:
         return (self.frames,)[i]
@@ -271,6 +290,10 @@ class ContentVPipeline:
         callback_on_step_end: Optional[Callable[..., Any]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         num_videos_per_prompt: int = 1,
+        cache: Optional[str] = None,
+        cache_threshold: Optional[float] = None,
+        cache_warmup: Optional[int] = None,
+        cache_dir: Union[str, "os.PathLike[str]", None] = None,
     ) -> Any:
         """Generates one video.
 
@@ -296,6 +319,17 @@ class ContentVPipeline:
                 are then decoded (as in diffusers).
             callback_on_step_end_tensor_inputs: only "latents" is available.
             num_videos_per_prompt: only 1.
+            cache: step caching, as ``contentv generate --cache``: None (off, the default:
+                every step computed), "easy" (EasyCache), "fbcache" (First-Block-Cache) or
+                "mag" (MagCache: needs ``contentv calibrate-cache`` for this model, steps and
+                shift). Reused steps skip the transformer; ``output.cache`` reports them.
+            cache_threshold: the method's reuse threshold, 0 to 10 (0 computes every step;
+                default easy 0.2, fbcache 0.05, mag 0.12). ``--cache-threshold``.
+            cache_warmup: steps always computed first, below num_inference_steps (default
+                easy 15% of the steps, mag 20%, fbcache 1). ``--cache-warmup``.
+            cache_dir: the folder of mag's calibrations (default
+                ``$XDG_DATA_HOME/contentv/cache``, else ``~/.local/share/contentv/cache``).
+                ``--cache-dir``.
 
         Raises:
             ValueError / TypeError: a bad argument (the message names it).
@@ -336,6 +370,10 @@ class ContentVPipeline:
             guidance=_number("guidance_scale", guidance_scale),
             shift=_number("shift", shift),
             seed=_seed_of(generator),
+            cache=_cache_method(cache),
+            cache_threshold=_number("cache_threshold", cache_threshold),
+            cache_warmup=_whole("cache_warmup", cache_warmup),
+            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
         )
         if latents is not None:
             if not hasattr(latents, "__array_interface__") and not hasattr(latents, "__array__") and not isinstance(latents, (list, tuple)):
@@ -372,7 +410,7 @@ class ContentVPipeline:
             return bool(self._interrupt)
 
         try:
-            frames, lat, seed, stopped, warns = self._engine.generate(
+            frames, lat, seed, stopped, warns, cache_report = self._engine.generate(
                 **args,
                 decode=output_type != "latent",
                 on_step=on_step if (bar is not None or callback is not None) else None,
@@ -392,7 +430,7 @@ class ContentVPipeline:
                 result = [[pil.fromarray(f) for f in result[0]]]
         if not return_dict:
             return (result,)
-        return ContentVPipelineOutput(result, seed, stopped)
+        return ContentVPipelineOutput(result, seed, stopped, cache_report)
 
 
 def export_to_video(

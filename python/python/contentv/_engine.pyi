@@ -54,6 +54,10 @@ class Engine:
         seed: Optional[int] = None,
         latents: Optional[bytes] = None,
         latents_shape: Optional[List[int]] = None,
+        cache: Optional[str] = None,
+        cache_threshold: Optional[float] = None,
+        cache_warmup: Optional[int] = None,
+        cache_dir: Union[str, PathLike[str], None] = None,
     ) -> Tuple[int, int, List[int], List[str]]:
         """(steps, seed, latent shape, warnings) of a request, checked as `contentv generate` does."""
         ...
@@ -70,12 +74,17 @@ class Engine:
         seed: Optional[int] = None,
         latents: Optional[bytes] = None,
         latents_shape: Optional[List[int]] = None,
+        cache: Optional[str] = None,
+        cache_threshold: Optional[float] = None,
+        cache_warmup: Optional[int] = None,
+        cache_dir: Union[str, PathLike[str], None] = None,
         decode: bool = True,
         on_step: Optional[Callable[[int, int, float, Optional[Buffer]], Any]] = None,
         step_latents: bool = False,
         reply_each_step: bool = False,
-    ) -> Tuple[Optional[Buffer], Buffer, int, Optional[int], List[str]]:
-        """(frames [1, F, H, W, 3] or None, latents, seed, stopped_after, warnings)."""
+    ) -> Tuple[Optional[Buffer], Buffer, int, Optional[int], List[str], Optional[Dict[str, Any]]]:
+        """(frames [1, F, H, W, 3] or None, latents, seed, stopped_after, warnings, cache report
+        dict (method, threshold, warmup, steps, computed, line, saved_s) or None)."""
         ...
     def close(self) -> None: ...
 
