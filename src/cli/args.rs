@@ -315,7 +315,8 @@ pub struct GenerateArgs {
 
     /// Batch mode: one request per line, a JSON object with any of the per-video options above
     /// as fields (prompt, negative_prompt, frames, fps, width, height, steps, guidance, shift,
-    /// seed, output, crf, init_noise, save_latents; null = not given); flags given here are the
+    /// seed, output, crf, init_noise, save_latents, cache as "easy" or {"method", "threshold",
+    /// "warmup"}; null = not given); flags given here are the
     /// defaults. UTF-8, blank lines and lines starting with # or // are skipped. The model is
     /// loaded once. Requests whose output exists are skipped; a bad line fails alone; a file
     /// that two lines would write belongs to the first of them (the later line fails).
