@@ -323,55 +323,37 @@ impl Pipeline {
         ts: &[f32],
         cache: Option<&mut StepCache>,
     ) -> Result<Vec<f32>> {
-        let dtype = self.transformer.input_dtype();
-        let vv = match cache {
-            None => {
-                let xt = host_tensor(xb, bshape, &self.device, dtype)?;
-                let a = StepArgs {
-                    step: i,
-                    xt: &xt,
-                    ts,
-                    ctx,
-                    pooled,
-                };
-                self.checked(&a, self.transformer.forward_step(i, &xt, ts, ctx, pooled)?)?
-            }
-            Some(c) if c.method() == CacheMethod::FbCache => {
-                let xt = host_tensor(xb, bshape, &self.device, dtype)?;
-                let a = StepArgs {
-                    step: i,
-                    xt: &xt,
-                    ts,
-                    ctx,
-                    pooled,
-                };
-                self.first_block_cached(&a, c)?
-            }
-            Some(c) => {
-                if c.reuse_output(i, &xb) {
-                    c.record(StepKind::Reused);
-                    let mut out = c.reused_output(&xb);
-                    if self.precision == LatentPrecision::Bf16 {
-                        crate::runtime::cast::round_to_bf16(&mut out);
-                    }
-                    out
-                } else {
-                    let xt = host_tensor(xb.clone(), bshape, &self.device, dtype)?;
-                    let a = StepArgs {
-                        step: i,
-                        xt: &xt,
-                        ts,
-                        ctx,
-                        pooled,
-                    };
-                    let out =
-                        self.checked(&a, self.transformer.forward_step(i, &xt, ts, ctx, pooled)?)?;
-                    // The input as the transformer saw it (rounded to its dtype).
-                    let seen = xt.to_vec_f32()?;
-                    c.computed_output(i, &seen, &out);
-                    c.record(StepKind::Computed);
-                    out
+        // easy / mag decide before the transformer runs: a reused step builds no device input.
+        let mut cache = cache;
+        if let Some(c) = cache.as_deref_mut() {
+            if c.method() != CacheMethod::FbCache && c.reuse_output(i, &xb) {
+                c.record(StepKind::Reused);
+                let mut out = c.reused_output(&xb);
+                if self.precision == LatentPrecision::Bf16 {
+                    crate::runtime::cast::round_to_bf16(&mut out);
                 }
+                return Ok(out);
+            }
+        }
+        let xt = host_tensor(xb, bshape, &self.device, self.transformer.input_dtype())?;
+        let a = StepArgs {
+            step: i,
+            xt: &xt,
+            ts,
+            ctx,
+            pooled,
+        };
+        let vv = match cache {
+            None => self.checked(&a, self.transformer.forward_step(i, &xt, ts, ctx, pooled)?)?,
+            Some(c) if c.method() == CacheMethod::FbCache => self.first_block_cached(&a, c)?,
+            Some(c) => {
+                let out =
+                    self.checked(&a, self.transformer.forward_step(i, &xt, ts, ctx, pooled)?)?;
+                // The input as the transformer saw it (rounded to its dtype).
+                let seen = xt.to_vec_f32()?;
+                c.computed_output(i, &seen, &out);
+                c.record(StepKind::Computed);
+                out
             }
         };
         Ok(vv)
