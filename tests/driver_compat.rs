@@ -77,15 +77,29 @@ fn old_driver_gets_one_clear_message() {
         return;
     }
     for (drv, shown) in [("11080", "11.8"), ("11040", "11.4")] {
-        let (code, out) = device(&[("CONTENTV_EMU_DRIVER_VERSION", drv)]);
-        assert_ne!(code, 0, "{out}");
-        assert!(
-            out.contains(&format!("supports CUDA {shown}"))
-                && out.contains("CUDA 12.0 or newer")
-                && out.contains("update the NVIDIA driver"),
-            "{out}"
-        );
-        assert_eq!(out.lines().count(), 1, "one message, no backtrace: {out}");
+        // `--json`: the report's place on stdout holds one JSON error object; stderr holds
+        // the same message once, for a person; neither has a backtrace.
+        let o = contentv(&[("CONTENTV_EMU_DRIVER_VERSION", drv)], &["device", "--json"]);
+        let out = text(&o);
+        assert_ne!(o.status.code().unwrap_or(-1), 0, "{out}");
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(stdout.lines().count(), 1, "one JSON line on stdout: {out}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&out);
+        assert_eq!(v["usable"], false, "{out}");
+        assert_eq!(stderr.lines().count(), 1, "one message, no backtrace: {out}");
+        for msg in [v["error"].as_str().unwrap_or(""), stderr.as_ref()] {
+            assert!(
+                msg.contains(&format!("supports CUDA {shown}"))
+                    && msg.contains("CUDA 12.0 or newer")
+                    && msg.contains("update the NVIDIA driver"),
+                "{out}"
+            );
+        }
+        // Without `--json` only the person's line is printed.
+        let o = contentv(&[("CONTENTV_EMU_DRIVER_VERSION", drv)], &["device"]);
+        assert_ne!(o.status.code().unwrap_or(-1), 0);
+        assert_eq!(text(&o).lines().count(), 1, "one message: {}", text(&o));
     }
     // The oldest supported driver runs the SASS images.
     let (code, out) = device(&[
