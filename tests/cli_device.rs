@@ -6,7 +6,7 @@ use std::process::Command;
 
 mod common;
 
-use common::bin::{output, text, tiny_args, BIN};
+use common::bin::{output, smallest_tiny_args, text, BIN};
 use common::cosine;
 use common::scratch::scratch;
 use contentv::io::video::artifact_path;
@@ -19,7 +19,7 @@ fn memory_modes(device: &str) -> Vec<f32> {
     let gen = |name: &str, extra: &[&str]| -> Vec<f32> {
         let out = d.join(format!("{name}.mp4"));
         let lat = d.join(format!("{name}.latents.safetensors"));
-        let mut args = tiny_args(out.to_str().unwrap(), "77");
+        let mut args = smallest_tiny_args(out.to_str().unwrap(), "77");
         args[2] = device;
         args.extend(["--save-latents", lat.to_str().unwrap()]);
         args.extend_from_slice(extra);
@@ -95,7 +95,7 @@ fn attention_self_check_falls_back_on_a_wrong_kernel() {
     let gen = |name: &str, env: &[(&str, &str)]| -> (Vec<f32>, String) {
         let out = d.join(format!("{name}.mp4"));
         let lat = d.join(format!("{name}.latents.safetensors"));
-        let mut args = tiny_args(out.to_str().unwrap(), "5");
+        let mut args = smallest_tiny_args(out.to_str().unwrap(), "5");
         args[2] = "cuda";
         args.extend(["--save-latents", lat.to_str().unwrap()]);
         let mut cmd = Command::new(BIN);

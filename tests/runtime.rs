@@ -262,6 +262,8 @@ fn fused_linear_is_its_members_concatenated() {
     let dir = fused_ckpt("t");
     let mut devices = vec![Device::Cpu];
     devices.extend(common::cuda_or_skip());
+    // Its device allocations would otherwise race gpu_pool_reuses_memory's allocation count.
+    let _one_at_a_time = GPU_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     for dev in devices {
         for int8 in [false, true] {
             let store = WeightStore::open(&dir, &dev, DType::BF16).unwrap();

@@ -95,6 +95,20 @@ pub fn tiny_args<'a>(out: &'a str, seed: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// `tiny_args` at the smallest video the tiny model makes (5 frames of 32x32): for the tests
+/// that run many generations on the emulated device, where the decode dominates.
+pub fn smallest_tiny_args<'a>(out: &'a str, seed: &'a str) -> Vec<&'a str> {
+    let mut a = tiny_args(out, seed);
+    for (flag, value) in [("--frames", "5"), ("--width", "32"), ("--height", "32")] {
+        let i = a
+            .iter()
+            .position(|x| *x == flag)
+            .expect("tiny_args has the flag");
+        a[i + 1] = value;
+    }
+    a
+}
+
 /// A batch run of `jsonl` into `outdir`: 5 frames of 32x32, 1 step, CPU, JSON summary, plus
 /// `extra` flags.
 pub fn run_batch(jsonl: &Path, outdir: &Path, extra: &[&str]) -> Output {
