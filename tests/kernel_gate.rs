@@ -288,7 +288,7 @@ fn nvdisasm() -> Option<PathBuf> {
 }
 
 /// Kernel name -> (HMMA count, HGMMA count, local loads/stores), from a cubin's SASS.
-fn sass_counts(tool: &PathBuf, cubin: &[u8], tag: &str) -> BTreeMap<String, (usize, usize, usize)> {
+fn sass_counts(tool: &PathBuf, cubin: &[u8], tag: &str) -> SassCounts {
     let path =
         std::env::temp_dir().join(format!("contentv-gate-{}-{tag}.cubin", std::process::id()));
     std::fs::write(&path, cubin).unwrap();
@@ -344,6 +344,42 @@ fn sass_counts(tool: &PathBuf, cubin: &[u8], tag: &str) -> BTreeMap<String, (usi
     out
 }
 
+type SassCounts = BTreeMap<String, (usize, usize, usize)>;
+
+/// `sass_counts` of every SASS image, (module, target) -> counts, with one nvdisasm per image
+/// spread over the machine's cores (the disassembly is most of the gate's time).
+fn sass_of_every_image(
+    tool: &PathBuf,
+    images: &[contentv::runtime::device::KernelModule],
+) -> BTreeMap<(String, String), SassCounts> {
+    let jobs: Vec<(String, String, &[u8])> = images
+        .iter()
+        .flat_map(|(module, imgs)| {
+            imgs.iter()
+                .filter(|(target, _)| !target.starts_with("compute_"))
+                .map(|(target, bytes)| (module.to_string(), target.to_string(), *bytes))
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(BTreeMap::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((module, target, bytes)) = jobs.get(i) else {
+                    break;
+                };
+                let counts = sass_counts(tool, bytes, &format!("{module}.{target}"));
+                done.lock()
+                    .unwrap()
+                    .insert((module.clone(), target.clone()), counts);
+            });
+        }
+    });
+    done.into_inner().unwrap()
+}
+
 #[test]
 fn kernel_gate() {
     if std::env::var("CONTENTV_CPU_TESTS_DONE").is_ok_and(|v| v == "1") {
@@ -366,8 +402,9 @@ fn kernel_gate() {
     type Row = (Ptxas, u32, &'static str, Option<(usize, usize, usize)>);
     let mut table: BTreeMap<(String, String), BTreeMap<String, Row>> = BTreeMap::new();
     let mut targets: Vec<String> = Vec::new();
+    let sass_all = tool.as_ref().map(|t| sass_of_every_image(t, images));
     for (module, imgs) in images {
-        for (target, bytes) in imgs.iter() {
+        for (target, _) in imgs.iter() {
             if target.starts_with("compute_") {
                 continue; // PTX: resources are decided when the driver compiles it
             }
@@ -384,9 +421,9 @@ fn kernel_gate() {
                 !res.is_empty(),
                 "{module} {target}: the ptxas report names no kernel:\n{log}"
             );
-            let sass = tool
+            let sass = sass_all
                 .as_ref()
-                .map(|t| sass_counts(t, bytes, &format!("{module}.{target}")));
+                .map(|m| m[&(module.to_string(), target.to_string())].clone());
             let a = arch(target);
             let wgmma_problems = wgmma_report_problems(log);
             for (name, p) in &res {
