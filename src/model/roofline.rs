@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::model::mmdit::TransformerConfig;
 use crate::model::vae::VaeConfig;
 use crate::ops::attention::{attention, AttnOpts};
-use crate::ops::conv::{conv3d_w, pack_weight_bf16, ConvOpts, ConvPrecision, WRef};
+use crate::ops::conv::{conv3d, pack_weight_bf16, ConvOpts, ConvPrecision, WRef};
 use crate::ops::gemm::linear;
 use crate::ops::trace::OpClass;
 use crate::ops::vae_glue::spatial_attention;
@@ -599,7 +599,7 @@ fn time_probe(p: &Probe, dev: &Device, conv: ConvPrecision) -> Result<f64> {
                 Some(p) => WRef::Bf16(p),
                 None => WRef::F32(&wt),
             };
-            time_call(dev, || conv3d_w(&x, &w, Some(&b), &opts).map(drop))
+            time_call(dev, || conv3d(&x, w, Some(&b), &opts).map(drop))
         }
         Probe::FrameAttention { f, c, hw } => {
             let qkv = random_tensor(&[1, 3 * c, *f, *hw, 1], DType::F32, dev, 12)?;
