@@ -79,10 +79,7 @@ fn old_driver_gets_one_clear_message() {
     for (drv, shown) in [("11080", "11.8"), ("11040", "11.4")] {
         // `--json`: the report's place on stdout holds one JSON error object; stderr holds
         // the same message once, for a person; neither has a backtrace.
-        let o = contentv(
-            &[("CONTENTV_EMU_DRIVER_VERSION", drv)],
-            &["device", "--json"],
-        );
+        let o = contentv(&[("CONTENTV_EMU_DRIVER_VERSION", drv)], &["device", "--json"]);
         let out = text(&o);
         assert_ne!(o.status.code().unwrap_or(-1), 0, "{out}");
         let stdout = String::from_utf8_lossy(&o.stdout);
@@ -90,11 +87,7 @@ fn old_driver_gets_one_clear_message() {
         assert_eq!(stdout.lines().count(), 1, "one JSON line on stdout: {out}");
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&out);
         assert_eq!(v["usable"], false, "{out}");
-        assert_eq!(
-            stderr.lines().count(),
-            1,
-            "one message, no backtrace: {out}"
-        );
+        assert_eq!(stderr.lines().count(), 1, "one message, no backtrace: {out}");
         for msg in [v["error"].as_str().unwrap_or(""), stderr.as_ref()] {
             assert!(
                 msg.contains(&format!("supports CUDA {shown}"))
