@@ -149,7 +149,7 @@ fn decode_rows_are_what_a_decode_runs() {
     let recs = rec.records();
     let got = by_class_recorded(&recs);
     drop(rec);
-    let rows = decode_rows(&cfg, t, h, w, false);
+    let rows = decode_rows(&cfg, t, h, w, false).unwrap();
     assert_same("decode", got, by_class_modelled(&rows));
     assert_probes("decode", &recs, &rows);
 }

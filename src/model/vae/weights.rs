@@ -50,6 +50,21 @@ impl VaeTensor for Tensor {
     }
 }
 
+/// The recorded shape stands for the tensor: the decoder's structure with every weight's shape
+/// ([`shapes`], what `model::roofline` walks).
+impl VaeTensor for Vec<usize> {
+    type ConvWeight = Vec<usize>;
+    fn conv_weight(self) -> Vec<usize> {
+        self
+    }
+    fn gain(self, c: usize) -> Result<Vec<usize>> {
+        Ok(vec![c])
+    }
+    fn bytes(&self) -> u64 {
+        self.iter().product::<usize>() as u64 * 4
+    }
+}
+
 /// A conv; `slot` is its cache slot when it is causal with k_t > 1 (numbered in load order,
 /// which is diffusers' call order).
 pub(crate) struct Conv<T: VaeTensor = Tensor> {
@@ -290,6 +305,59 @@ where
 {
     cfg.validate()?;
     DecoderWeights::load(root, cfg).map(drop)
+}
+
+/// A source that hands out each tensor's shape (every conv with a bias): the loader run
+/// against it is the decoder's structure with its shapes.
+#[derive(Clone)]
+struct ShapeSource;
+
+impl WeightSource for ShapeSource {
+    type Tensor = Vec<usize>;
+    type Linear = ();
+    fn pp(&self, _name: impl std::fmt::Display) -> Self {
+        ShapeSource
+    }
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+    fn layer_index(&self) -> Option<usize> {
+        None
+    }
+    fn tensor(&self, _name: &str, shape: &[usize]) -> Result<Vec<usize>> {
+        Ok(shape.to_vec())
+    }
+    fn tensor_f32(&self, _name: &str, shape: &[usize]) -> Result<Vec<usize>> {
+        Ok(shape.to_vec())
+    }
+    fn linear_tagged(&self, name: &str, _: usize, _: usize, _: bool, _: LinearTags) -> Result<()> {
+        Err(Error::Other(format!(
+            "vae: {name}: the decoder has no linears"
+        )))
+    }
+    fn fused_tagged(
+        &self,
+        names: &[&str],
+        _: usize,
+        _: &[usize],
+        _: bool,
+        _: LinearTags,
+    ) -> Result<()> {
+        Err(Error::Other(format!(
+            "vae: {names:?}: the decoder has no linears"
+        )))
+    }
+    fn linear_reshaped(&self, name: &str, _: &[usize]) -> Result<()> {
+        Err(Error::Other(format!(
+            "vae: {name}: the decoder has no linears"
+        )))
+    }
+}
+
+/// The decoder's structure for `cfg` with every weight's shape (the loader run on shapes).
+pub(crate) fn shapes(cfg: &VaeConfig) -> Result<DecoderWeights<Vec<usize>>> {
+    cfg.validate()?;
+    DecoderWeights::load(&ShapeSource, cfg)
 }
 
 /// Host copy of `t` with `f` applied to the rows of its first dim (`rows` = leading dim).
