@@ -111,9 +111,9 @@ fn vae_variants_match_diffusers() {
             assert_eq!(ls[3] * cfg.spatial_factor(), ws[3], "{n}: spatial_factor");
             // Decoding de-normalised latents (diffusers' AutoencoderKLWan.decode input) ...
             let y = vae.decode(&z, DecodeOpts::denormalized()).unwrap();
-            assert_eq!(y.shape(), &ws[..], "{n}: decode_denormalized shape");
+            assert_eq!(y.shape(), &ws[..], "{n}: denormalized decode shape");
             assert_close(
-                &format!("{n} decode_denormalized l{i}"),
+                &format!("{n} denormalized decode l{i}"),
                 &y.to_vec_f32().unwrap(),
                 want,
                 1e-4,
