@@ -6,7 +6,7 @@
 //! Run: `cargo bench --bench gpu_ops` (or `.gpu-bundle/bin/bench-gpu_ops` on the GPU machine).
 #[path = "util/mod.rs"]
 mod util;
-use contentv::ops::conv::{conv3d_w, pack_weight_bf16, ConvOpts, ConvPrecision, WRef};
+use contentv::ops::conv::{conv3d, pack_weight_bf16, ConvOpts, ConvPrecision, WRef};
 use contentv::ops::{act, elementwise as ew, gemm, norm};
 use contentv::runtime::{DType, Device, Linear, Tensor, Weight};
 use util::{report_bw, report_flops, time_ms};
@@ -418,7 +418,7 @@ fn main() {
                 ConvPrecision::Bf16 => WRef::Bf16(&packed),
             };
             let ms = time_ms(&dev, it, || {
-                conv3d_w(&xin, &wr, None, &o).unwrap();
+                conv3d(&xin, wr, None, &o).unwrap();
             });
             report_flops(
                 &format!("{name} x4 frames {prec:?}"),

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 #[path = "../tests/support/vae_synthetic.rs"]
 mod vae_synthetic;
-use contentv::model::vae::{TileConfig, VaeConfig, VaeDecoder, VaeOptions};
+use contentv::model::vae::{DecodeOpts, TileConfig, VaeConfig, VaeDecoder, VaeOptions};
 use contentv::ops::conv::ConvPrecision;
 use contentv::runtime::{Device, Tensor};
 use vae_synthetic::{rnd, tiny_weights};
@@ -48,9 +48,8 @@ fn main() {
     };
     let t = Instant::now();
     let zc = cfg.z_dim;
-    let mut weights = tiny_weights(&cfg, 7);
-    weights.device = dev.clone();
-    let n_params: usize = weights.tensors.values().map(|t| t.elem_count()).sum();
+    let weights = tiny_weights(&cfg, 7).on(&dev);
+    let n_params = weights.elem_count();
     let mut seed = 11u64;
     let lat = Tensor::from_f32(
         rnd(zc * t_lat * h * w, &mut seed, 1.5),
@@ -103,7 +102,7 @@ fn main() {
             &Device::Cpu,
         )
         .unwrap();
-        drop(vae.decode(&warm).unwrap());
+        drop(vae.decode(&warm, DecodeOpts::default()).unwrap());
         dev.synchronize().unwrap();
         g.pool.reset_peak();
         util::l2_exceeded(
@@ -111,7 +110,7 @@ fn main() {
             96 * 4 * (8 * h) * (8 * w) * 4,
         );
         let t = Instant::now();
-        let video = vae.decode(&lat).unwrap();
+        let video = vae.decode(&lat, DecodeOpts::default()).unwrap();
         dev.synchronize().unwrap();
         let s = t.elapsed().as_secs_f64();
         let st = g.pool.stats();

@@ -7,9 +7,11 @@ use contentv::io::safetensors::SafeTensorsFile;
 #[path = "support/vae_synthetic.rs"]
 mod vae_synthetic;
 
-use contentv::model::vae::{to_uint8_frames, TileConfig, VaeDecoder, VaeOptions};
+use contentv::model::vae::{
+    to_uint8_frames, DecodeOpts, LatentSpace, TileConfig, Tiling, VaeDecoder, VaeOptions,
+};
 use contentv::ops::conv::{
-    cache_update, conv3d, conv3d_into, interleave_time, upsample_nearest2x, ConvOpts, ConvPrecision,
+    cache_update, conv3d, interleave_time, upsample_nearest2x, ConvOpts, ConvPrecision,
 };
 use contentv::{DType, Device, Tensor};
 use vae_synthetic::{rnd, tiny_config, tiny_weights};
@@ -263,21 +265,20 @@ fn conv_helpers_gpu_match_cpu() {
             );
         }
     }
-    // conv3d_into writes a chunk at a frame offset and leaves the other frames alone.
+    // ConvOpts::out writes a chunk at a frame offset and leaves the other frames alone.
     let w = host(rnd(3 * 5 * 27, &mut s, 0.3), &[3, 5, 3, 3, 3]);
     let wg = w.to_device(&dev).unwrap();
     let video = Tensor::zeros(&[2, 3, 7, 4, 6], DType::F32, &dev).unwrap();
-    conv3d_into(
+    conv3d(
         &xg,
         &wg,
         None,
         &ConvOpts {
             ctx: Some(&cg),
             clamp: Some((-1.0, 1.0)),
+            out: Some((&video, 2)),
             ..Default::default()
         },
-        &video,
-        2,
     )
     .unwrap();
     let cpu = conv3d(
@@ -317,11 +318,15 @@ fn synthetic_latents(t: usize, h: usize, w: usize, seed: u64) -> Tensor {
 fn synthetic_decoder_gpu_matches_cpu() {
     let dev = need_gpu!("synthetic_decoder_gpu_matches_cpu");
     let cfg = tiny_config();
-    let mut w = tiny_weights(&cfg, 3);
+    let w = tiny_weights(&cfg, 3);
     let cpu = VaeDecoder::load(&w, cfg.clone(), VaeOptions::default()).unwrap();
-    w.device = dev.clone();
+    let w = w.on(&dev);
     let lat = synthetic_latents(3, 6, 5, 4);
-    let want = cpu.decode(&lat).unwrap().to_vec_f32().unwrap();
+    let want = cpu
+        .decode(&lat, DecodeOpts::default())
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     // The bf16 tensor-core path against the CPU with the same operand rounding.
     let cpu_bf16 = VaeDecoder::load(
         &tiny_weights(&cfg, 3),
@@ -332,7 +337,11 @@ fn synthetic_decoder_gpu_matches_cpu() {
         },
     )
     .unwrap();
-    let want_bf16 = cpu_bf16.decode(&lat).unwrap().to_vec_f32().unwrap();
+    let want_bf16 = cpu_bf16
+        .decode(&lat, DecodeOpts::default())
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     let (bf_vs_f32, _) = diff(&want_bf16, &want);
     println!("synthetic decoder: CPU bf16 operands vs CPU f32: max abs {bf_vs_f32:.3e}");
     for prec in [ConvPrecision::F32, ConvPrecision::Bf16] {
@@ -345,7 +354,9 @@ fn synthetic_decoder_gpu_matches_cpu() {
             },
         )
         .unwrap();
-        let got = g.decode(&lat.to_device(&dev).unwrap()).unwrap();
+        let got = g
+            .decode(&lat.to_device(&dev).unwrap(), DecodeOpts::default())
+            .unwrap();
         assert!(got.device().is_cuda());
         let reference = if prec == ConvPrecision::F32 {
             &want
@@ -386,12 +397,18 @@ fn synthetic_decoder_gpu_matches_cpu() {
     )
     .unwrap();
     let (md, _) = diff(
-        &g2.decode(&lat).unwrap().to_vec_f32().unwrap(),
-        &c2.decode(&lat).unwrap().to_vec_f32().unwrap(),
+        &g2.decode(&lat, DecodeOpts::default())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap(),
+        &c2.decode(&lat, DecodeOpts::default())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap(),
     );
     println!("synthetic tiled decoder GPU vs CPU: max abs err {md:.3e}");
     assert!(md < 1e-4);
-    let f = to_uint8_frames(&g2.decode(&lat).unwrap(), 0).unwrap();
+    let f = to_uint8_frames(&g2.decode(&lat, DecodeOpts::default()).unwrap(), 0).unwrap();
     assert_eq!((f.frames, f.height, f.width), (9, 48, 40));
 }
 
@@ -471,7 +488,7 @@ fn fixture_decode(dev: &Device, opts: VaeOptions, test: &str) -> Option<(f32, f3
         let lat = fx.get(&format!("{t}.latent")).to_device(dev).unwrap();
         let want = fx.get(&format!("f32.{t}.video"));
         let tm = std::time::Instant::now();
-        let y = vae.decode_denormalized(&lat).unwrap();
+        let y = vae.decode(&lat, DecodeOpts::denormalized()).unwrap();
         dev.synchronize().unwrap();
         let el = tm.elapsed();
         assert_eq!(y.device(), dev);
@@ -508,8 +525,12 @@ fn vae_fixture_cpu_intermediates() {
     let mut probe = |name: &str, _chunk: usize, t: &Tensor| {
         got.entry(name.to_string()).or_default().push(t.clone())
     };
-    vae.decode_denormalized_probed(&fx.get("t3.latent"), &mut probe)
-        .unwrap();
+    let o = DecodeOpts {
+        space: LatentSpace::Denormalized,
+        tiling: Tiling::Never,
+        probe: Some(&mut probe),
+    };
+    vae.decode(&fx.get("t3.latent"), o).unwrap();
     for (name, chunks) in &got {
         let key = format!("f32.t3.{name}");
         if !fx.tensors.contains_key(&key) {
@@ -564,7 +585,9 @@ fn vae_fixture_cpu_tiled() {
     };
     // t3 (6x10 latent in the fixture) -> 6x6 tiles overlapping by >= 3 latent pixels (24 px).
     let want = fx.get("f32.t3.video");
-    let tiled = vae.decode_denormalized(&fx.get("t3.latent")).unwrap();
+    let tiled = vae
+        .decode(&fx.get("t3.latent"), DecodeOpts::denormalized())
+        .unwrap();
     let (md, mean) = err(&tiled, &want);
     println!("{test}: tiled vs diffusers untiled: max abs {md:.3e}, mean abs {mean:.3e}");
     // Tiles see zero padding at their borders and a tile-local mid-block attention, so they
@@ -652,9 +675,13 @@ fn vae_fixture_gpu_bf16_psnr_bound() {
     };
     for t in ["t3", "t4"] {
         let lat = fx.get(&format!("{t}.latent"));
-        let f32_video = c.decode_denormalized(&lat).unwrap().to_vec_f32().unwrap();
+        let f32_video = c
+            .decode(&lat, DecodeOpts::denormalized())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         let got = g
-            .decode_denormalized(&lat.to_device(&dev).unwrap())
+            .decode(&lat.to_device(&dev).unwrap(), DecodeOpts::denormalized())
             .unwrap()
             .to_vec_f32()
             .unwrap();
@@ -684,7 +711,10 @@ fn synthetic_real_widths_bf16_psnr_bound() {
             },
         )
         .unwrap();
-        d.decode(&lat).unwrap().to_vec_f32().unwrap()
+        d.decode(&lat, DecodeOpts::default())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
     };
     let f = decode(ConvPrecision::F32);
     let b = decode(ConvPrecision::Bf16);
@@ -727,9 +757,9 @@ fn vae_fixture_gpu_tiled() {
     };
     let lat = fx.get("t3.latent");
     let (md, _) = err(
-        &g.decode_denormalized(&lat.to_device(&dev).unwrap())
+        &g.decode(&lat.to_device(&dev).unwrap(), DecodeOpts::denormalized())
             .unwrap(),
-        &c.decode_denormalized(&lat).unwrap(),
+        &c.decode(&lat, DecodeOpts::denormalized()).unwrap(),
     );
     assert!(md < 1e-4, "tiled GPU vs tiled CPU: {md}");
 }
@@ -745,13 +775,16 @@ fn pipeline_fixture_decode_and_uint8() {
         return;
     };
     // de-normalised input given directly.
-    let video = vae.decode_denormalized(&fx.get("f32.vae_input")).unwrap();
+    let video = vae
+        .decode(&fx.get("f32.vae_input"), DecodeOpts::denormalized())
+        .unwrap();
     let (md, _) = err(&video, &fx.get("f32.video"));
     println!("{test}: vae_input -> video max abs {md:.3e}");
     assert!(md < 1e-4);
     // DiT-space latents: the decoder de-normalises (z = x*std + mean).
     let (md, _) = err(
-        &vae.decode(&fx.get("f32.step2.latents")).unwrap(),
+        &vae.decode(&fx.get("f32.step2.latents"), DecodeOpts::default())
+            .unwrap(),
         &fx.get("f32.video"),
     );
     println!("{test}: step2.latents -> video max abs {md:.3e}");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::{assert_close, repo_root};
 use contentv::model::clip::{eos_position, ClipConfig, ClipText, TextAct};
 use contentv::model::t5::{relative_bucket, T5Config, T5Encoder};
-use contentv::model::vae::{VaeConfig, VaeDecoder, VaeOptions};
+use contentv::model::vae::{DecodeOpts, VaeConfig, VaeDecoder, VaeOptions};
 use contentv::ops::gemm::Act;
 use contentv::runtime::residency::MemoryOptions;
 use contentv::{Device, Tensor};
@@ -110,17 +110,17 @@ fn vae_variants_match_diffusers() {
             assert_eq!(cfg.frames_for(ls[2]), ws[2], "{n}: frames_for");
             assert_eq!(ls[3] * cfg.spatial_factor(), ws[3], "{n}: spatial_factor");
             // Decoding de-normalised latents (diffusers' AutoencoderKLWan.decode input) ...
-            let y = vae.decode_denormalized(&z).unwrap();
-            assert_eq!(y.shape(), &ws[..], "{n}: decode_denormalized shape");
+            let y = vae.decode(&z, DecodeOpts::denormalized()).unwrap();
+            assert_eq!(y.shape(), &ws[..], "{n}: denormalized decode shape");
             assert_close(
-                &format!("{n} decode_denormalized l{i}"),
+                &format!("{n} denormalized decode l{i}"),
                 &y.to_vec_f32().unwrap(),
                 want,
                 1e-4,
                 1e-4,
             );
             // ... and DiT-space latents, de-normalised with the config's latents_mean / std.
-            let y = vae.decode(&x).unwrap();
+            let y = vae.decode(&x, DecodeOpts::default()).unwrap();
             assert_close(
                 &format!("{n} decode l{i}"),
                 &y.to_vec_f32().unwrap(),
@@ -290,7 +290,7 @@ fn variants_on_gpu() {
         let r = Reference::load(&v);
         let vae = VaeDecoder::from_dir(&v.join("vae"), &dev, VaeOptions::default()).unwrap();
         let z = r.tensor("l0.latent_denorm").to_device(&dev).unwrap();
-        let y = vae.decode_denormalized(&z).unwrap();
+        let y = vae.decode(&z, DecodeOpts::denormalized()).unwrap();
         assert_close(
             &format!("{n} GPU f32 decode"),
             &y.to_vec_f32().unwrap(),

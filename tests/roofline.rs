@@ -10,7 +10,7 @@ use common::tiny_model_dir;
 use contentv::model::mmdit::Transformer;
 use contentv::model::pipeline::Denoiser;
 use contentv::model::roofline::{decode_rows, step_rows, Row, StepShape};
-use contentv::model::vae::{VaeDecoder, VaeOptions};
+use contentv::model::vae::{DecodeOpts, VaeDecoder, VaeOptions};
 use contentv::ops::trace::{OpClass, OpRecord, Recorder};
 use contentv::runtime::{Device, Tensor};
 
@@ -145,11 +145,11 @@ fn decode_rows_are_what_a_decode_runs() {
     let (t, h, w) = (3, 4, 6);
     let z = random(&[1, cfg.z_dim, t, h, w], 4);
     let rec = Recorder::start().unwrap();
-    dec.decode(&z).unwrap();
+    dec.decode(&z, DecodeOpts::default()).unwrap();
     let recs = rec.records();
     let got = by_class_recorded(&recs);
     drop(rec);
-    let rows = decode_rows(&cfg, t, h, w, false);
+    let rows = decode_rows(&cfg, t, h, w, false).unwrap();
     assert_same("decode", got, by_class_modelled(&rows));
     assert_probes("decode", &recs, &rows);
 }

@@ -12,10 +12,10 @@ use crate::model::pipeline::{LatentPrecision, Pipeline, VideoGeometry};
 use crate::model::scheduler::SchedulerConfig;
 use crate::model::text::TextEncoders;
 use crate::model::vae::tiling::TileConfig;
-use crate::model::vae::{OnDemandVae, VaeDecoder, VaeOptions};
+use crate::model::vae::{VaeDecoder, VaeOptions};
 use crate::ops::conv::ConvPrecision;
 use crate::runtime::planner::{plan_layers, LayerPlan};
-use crate::runtime::residency::{MemoryOptions, Offload as RtOffload};
+use crate::runtime::residency::{ComponentResidency, MemoryOptions, Offload as RtOffload};
 use crate::runtime::Device;
 
 /// The built-in tiny model: `$CONTENTV_TINY_MODEL`, else `assets/tiny-model` in the crate.
@@ -537,17 +537,18 @@ pub fn load_pipeline_for(
     let scheduler = SchedulerConfig::from_model_dir(dir)?;
     // Model offload: the VAE is on the device only while it decodes (checked now); otherwise it
     // stays there, next to the transformer, and counts in the plan.
-    let (vae, vae_bytes): (Box<dyn FrameDecoder>, u64) = if mem.offload == RtOffload::Model {
+    let (vae, vae_bytes) = if mem.offload == RtOffload::Model {
+        let (vdir, dev) = (dir.join("vae"), device.clone());
         let opts = vae_options(device, mem, vae);
-        (
-            Box::new(OnDemandVae::new(&dir.join("vae"), device, opts)?),
-            0,
-        )
+        VaeDecoder::check_dir(&vdir)?;
+        let load = move || VaeDecoder::from_dir(&vdir, &dev, opts);
+        (ComponentResidency::OnDemand(Box::new(load)), 0)
     } else {
         let v = load_vae(dir, device, mem, vae)?;
         let b = v.weight_bytes();
-        (Box::new(v), b)
+        (ComponentResidency::Resident(v), b)
     };
+    let vae: Box<dyn FrameDecoder> = Box::new(vae);
     let text = TextEncoders::load(dir, device, mem)?;
     let (store, config) = Transformer::open(&dir.join("transformer"), device, mem)?;
     let other = mmdit::activation_bytes(&config, size.batch, size.video_tokens)

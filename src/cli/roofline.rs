@@ -266,7 +266,7 @@ pub fn run(a: &RooflineArgs, ui: &Ui) -> Result<()> {
     };
     let bf16 = a.vae_precision == "bf16";
     let step_r = step_rows(&cfg, shape);
-    let decode_r = decode_rows(&vae_cfg, t, h, w, bf16);
+    let decode_r = decode_rows(&vae_cfg, t, h, w, bf16)?;
     let mut measured = None;
     let mut achieved = None;
     if a.measure {

@@ -1,7 +1,7 @@
 //! What the pipeline asks of the models, in one module both use: the prompt encoder
 //! ([`PromptEncoding`]), the transformer ([`Denoiser`]) and the VAE ([`FrameDecoder`]), and the
 //! shapes they exchange. The models implement these next to their code (model/text.rs,
-//! model/mmdit.rs, model/vae.rs); the pipeline (model/pipeline) only sees the traits, so its
+//! model/mmdit.rs, model/vae/); the pipeline (model/pipeline) only sees the traits, so its
 //! loop can be tested with stand-ins.
 use std::ops::Range;
 

@@ -7,8 +7,7 @@
 //! `contentv info` reports, what `contentv quantize` checks before writing anything and where
 //! the weight store's INT8 and fusion policies and the residency's per-run linears come from.
 //! tests/inventory.rs proves it equal to a real load: loading and running the tiny model reads
-//! exactly these keys with these shapes. (The VAE's description is still written out below,
-//! [`vae`].)
+//! exactly these keys with these shapes.
 //!
 //! Config values are bounded here too, before anything is sized from them (one function per
 //! config, called by the config parsers the loaders, `info` and `quantize` share):
@@ -43,8 +42,6 @@ pub const MAX_TENSORS: usize = 1 << 16;
 pub enum Dtypes {
     /// F32, BF16 or F16 (the weight store converts them; I8 only with a scale).
     Float,
-    /// The VAE reader's: F32, BF16, F16 or F64.
-    VaeFloat,
     /// I8: the weight of a pre-quantized linear (its `.weight_scale` is in the checkpoint).
     Int8,
 }
@@ -53,19 +50,12 @@ impl Dtypes {
     fn accepts(self, d: StDtype) -> bool {
         match self {
             Dtypes::Float => matches!(d, StDtype::F32 | StDtype::BF16 | StDtype::F16),
-            Dtypes::VaeFloat => {
-                matches!(
-                    d,
-                    StDtype::F32 | StDtype::BF16 | StDtype::F16 | StDtype::F64
-                )
-            }
             Dtypes::Int8 => d == StDtype::I8,
         }
     }
     fn names(self) -> &'static str {
         match self {
             Dtypes::Float => "F32, BF16 or F16",
-            Dtypes::VaeFloat => "F32, BF16, F16 or F64",
             Dtypes::Int8 => "I8 (the linear has a .weight_scale)",
         }
     }
@@ -112,8 +102,6 @@ pub struct Entry {
     pub key: String,
     pub shape: ShapeRule,
     pub dtypes: Dtypes,
-    /// Read when present (the VAE's conv biases); absent is fine.
-    pub optional: bool,
 }
 
 /// A linear as its loader asked for it: the full key without `.weight`, its shape and tags.
@@ -142,7 +130,6 @@ impl Inventory {
             key: key.into(),
             shape: ShapeRule::Exact(shape),
             dtypes: Dtypes::Float,
-            optional: false,
         });
     }
 
@@ -170,7 +157,6 @@ impl Inventory {
                 key: format!("{name}.weight"),
                 shape: ShapeRule::Exact(vec![o, i]),
                 dtypes: Dtypes::Int8,
-                optional: false,
             });
             self.entries.push(Entry {
                 key: scale,
@@ -179,7 +165,6 @@ impl Inventory {
                     in_features: i,
                 },
                 dtypes: Dtypes::Float,
-                optional: false,
             });
         } else {
             self.t(format!("{name}.weight"), vec![o, i]);
@@ -244,7 +229,6 @@ impl Inventory {
         let mut out = Vec::new();
         for e in &self.entries {
             match ck.get(&e.key) {
-                Err(_) if e.optional => {}
                 Err(_) => out.push(format!(
                     "{}: missing from the checkpoint (the config needs {})",
                     e.key,
@@ -590,96 +574,11 @@ pub fn t5(c: &T5Config, has: &dyn Fn(&str) -> bool, dir: &Path) -> Result<Invent
         .bounded(&dir.join("config.json").display().to_string())
 }
 
-/// The VAE decoder's tensors (vae.rs `VaeDecoder::load`); conv biases are read when present.
-pub fn vae(c: &VaeConfig, dir: &Path) -> Result<Inventory> {
-    fn conv(inv: &mut Inventory, key: &str, co: usize, ci: usize, k: &[usize]) {
-        let mut s = vec![co, ci];
-        s.extend_from_slice(k);
-        for (name, shape, optional) in [("weight", s, false), ("bias", vec![co], true)] {
-            inv.entries.push(Entry {
-                key: format!("{key}.{name}"),
-                shape: ShapeRule::Exact(shape),
-                dtypes: Dtypes::VaeFloat,
-                optional,
-            });
-        }
-    }
-    fn gamma(inv: &mut Inventory, key: &str, ch: usize, rank: usize) {
-        let mut s = vec![ch];
-        s.extend(std::iter::repeat_n(1, rank));
-        inv.entries.push(Entry {
-            key: format!("{key}.gamma"),
-            shape: ShapeRule::Exact(s),
-            dtypes: Dtypes::VaeFloat,
-            optional: false,
-        });
-    }
-    fn resblock(inv: &mut Inventory, key: &str, ci: usize, co: usize) {
-        gamma(inv, &format!("{key}.norm1"), ci, 3);
-        conv(inv, &format!("{key}.conv1"), co, ci, &[3, 3, 3]);
-        gamma(inv, &format!("{key}.norm2"), co, 3);
-        conv(inv, &format!("{key}.conv2"), co, co, &[3, 3, 3]);
-        if ci != co {
-            conv(inv, &format!("{key}.conv_shortcut"), co, ci, &[1, 1, 1]);
-        }
-    }
-    let mut inv = Inventory::default();
-    let z = c.z_dim;
-    let dims = c.decoder_dims();
-    conv(&mut inv, "post_quant_conv", z, z, &[1, 1, 1]);
-    conv(&mut inv, "decoder.conv_in", dims[0], z, &[3, 3, 3]);
-    let ch = dims[0];
-    resblock(&mut inv, "decoder.mid_block.resnets.0", ch, ch);
-    let p = "decoder.mid_block.attentions.0";
-    gamma(&mut inv, &format!("{p}.norm"), ch, 2);
-    conv(&mut inv, &format!("{p}.to_qkv"), 3 * ch, ch, &[1, 1]);
-    conv(&mut inv, &format!("{p}.proj"), ch, ch, &[1, 1]);
-    resblock(&mut inv, "decoder.mid_block.resnets.1", ch, ch);
-    let tup = c.temperal_upsample();
-    let n = c.dim_mult.len();
-    for i in 0..n {
-        let in_dim = if i >= 1 { dims[i] / 2 } else { dims[i] };
-        let out_dim = dims[i + 1];
-        let mut cur = in_dim;
-        for k in 0..=c.num_res_blocks {
-            resblock(
-                &mut inv,
-                &format!("decoder.up_blocks.{i}.resnets.{k}"),
-                cur,
-                out_dim,
-            );
-            cur = out_dim;
-        }
-        if i != n - 1 {
-            let p = format!("decoder.up_blocks.{i}.upsamplers.0");
-            if tup[i] {
-                conv(
-                    &mut inv,
-                    &format!("{p}.time_conv"),
-                    2 * out_dim,
-                    out_dim,
-                    &[3, 1, 1],
-                );
-            }
-            conv(
-                &mut inv,
-                &format!("{p}.resample.1"),
-                out_dim / 2,
-                out_dim,
-                &[3, 3],
-            );
-        }
-    }
-    let last = *dims.last().unwrap_or(&0);
-    gamma(&mut inv, "decoder.norm_out", last, 3);
-    conv(
-        &mut inv,
-        "decoder.conv_out",
-        c.out_channels,
-        last,
-        &[3, 3, 3],
-    );
-    inv.bounded(&dir.join("config.json").display().to_string())
+/// The VAE decoder's tensors: its loader (vae/weights.rs [`crate::model::vae::describe`])
+/// recorded; a conv bias is listed when the checkpoint has it (the loader reads it then).
+pub fn vae(c: &VaeConfig, has: &dyn Fn(&str) -> bool, dir: &Path) -> Result<Inventory> {
+    Recorder::record(has, |r| crate::model::vae::describe(r, c))?
+        .bounded(&dir.join("config.json").display().to_string())
 }
 
 /// The inventory of the component `folder` of a model (`dir` = the component's folder), with
@@ -705,7 +604,11 @@ pub fn for_component(folder: &str, dir: &Path) -> Result<Inventory> {
             let ck = ShardedCheckpoint::open_dir(dir)?;
             t5(&c, &|k| ck.contains(k), dir)
         }
-        "vae" => vae(&VaeConfig::from_file(&dir.join("config.json"))?, dir),
+        "vae" => {
+            let c = VaeConfig::from_file(&dir.join("config.json"))?;
+            let ck = ShardedCheckpoint::open_dir(dir)?;
+            vae(&c, &|k| ck.contains(k), dir)
+        }
         other => Err(Error::Other(format!("no tensor inventory for {other}/"))),
     }
 }

@@ -7,9 +7,13 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::model::mmdit::TransformerConfig;
+use crate::model::vae::weights::{
+    self as vae_weights, AttnBlock as VaeAttnBlock, Conv as VaeConv, ResBlock as VaeResBlock,
+    Upsampler as VaeUpsampler,
+};
 use crate::model::vae::VaeConfig;
 use crate::ops::attention::{attention, AttnOpts};
-use crate::ops::conv::{conv3d_w, pack_weight_bf16, ConvOpts, ConvPrecision, WRef};
+use crate::ops::conv::{conv3d, pack_weight_bf16, ConvOpts, ConvPrecision, WRef};
 use crate::ops::gemm::linear;
 use crate::ops::trace::OpClass;
 use crate::ops::vae_glue::spatial_attention;
@@ -301,38 +305,80 @@ pub fn step_rows(c: &TransformerConfig, shape: StepShape) -> Vec<Row> {
 /// caches, the first chunk without the temporal upsampling, as model::vae decodes), with the
 /// convolutions in bf16 on tensor cores (`bf16`: weights held as bf16, f32 activations rounded
 /// to bf16 in shared memory) or in f32 on CUDA cores. Activations are f32 in memory either way
-/// (the norms, attention glue, caches and tiling run in f32).
+/// (the norms, attention glue, caches and tiling run in f32). The blocks and their channels are
+/// the decoder's own structure (its loader run on shapes, `vae::weights::shapes`), walked in the
+/// order of `VaeDecoder`'s chunk.
 pub fn decode_rows(
     cfg: &VaeConfig,
     t_lat: usize,
     h_lat: usize,
     w_lat: usize,
     bf16: bool,
-) -> Vec<Row> {
-    let mut r = Rows(Vec::new());
-    let kind = |c: OpClass| if bf16 { Kind::Tensor(c) } else { Kind::Fp32(c) };
-    let eb = 4;
-    let wb = if bf16 { 2 } else { 4 };
-    let dims = cfg.decoder_dims();
-    let tup = cfg.temperal_upsample();
-    let levels = cfg.dim_mult.len();
-    // A conv of `ci` -> `co` channels with kernel taps `taps` on `f` frames of `h` x `w` outputs.
-    let conv = |r: &mut Rows,
-                name: &str,
-                ci: usize,
-                co: usize,
-                taps: usize,
-                f: usize,
-                h: usize,
-                w: usize| {
-        let outs = (co * f * h * w) as f64;
-        let flops = 2.0 * outs * (ci * taps) as f64;
-        let bytes = ((ci * f * h * w + co * f * h * w) * eb + ci * co * taps * wb) as f64;
-        let taps = match taps {
-            27 => [3, 3, 3],
-            9 => [1, 3, 3],
-            t => [t, 1, 1],
+) -> Result<Vec<Row>> {
+    let dw = vae_weights::shapes(cfg)?;
+    let mut d = DecodeRows {
+        r: Rows(Vec::new()),
+        bf16,
+        size: (1, h_lat, w_lat),
+    };
+    for chunk in 0..t_lat {
+        d.size = (1, h_lat, w_lat);
+        d.conv("post_quant_conv 1x1x1", &dw.post_quant);
+        d.conv("conv_in 3x3x3", &dw.conv_in);
+        d.resblock(&dw.mid.0);
+        d.mid_attention(&dw.mid.1);
+        d.resblock(&dw.mid.2);
+        for ub in &dw.ups {
+            for rb in &ub.resnets {
+                d.resblock(rb);
+            }
+            if let Some(up) = &ub.up {
+                d.upsampler(up, chunk > 0);
+            }
+        }
+        d.norm(dw.norm_out[0]);
+        d.conv("conv_out 3x3x3", &dw.conv_out);
+        let (f, h, w) = d.size;
+        let px = cfg.out_channels * f * h * w;
+        d.r.memory("frames to u8", 1, px, px / F32_BYTES, F32_BYTES);
+    }
+    Ok(d.r.0)
+}
+
+/// Bytes of an f32 activation element.
+const F32_BYTES: usize = 4;
+
+/// The rows of one decode, at the current chunk's activation size (frames, height, width).
+struct DecodeRows {
+    r: Rows,
+    bf16: bool,
+    size: (usize, usize, usize),
+}
+
+impl DecodeRows {
+    fn kind(&self, c: OpClass) -> Kind {
+        if self.bf16 {
+            Kind::Tensor(c)
+        } else {
+            Kind::Fp32(c)
+        }
+    }
+
+    /// A conv with weight shape [co, ci, k...] on the current size's outputs.
+    fn conv(&mut self, name: &str, c: &VaeConv<Vec<usize>>) {
+        let (f, h, w) = self.size;
+        let (co, ci) = (c.w[0], c.w[1]);
+        let k = &c.w[2..];
+        let taps = match *k {
+            [kt, kh, kw] => [kt, kh, kw],
+            [kh, kw] => [1, kh, kw],
+            _ => [k.iter().product(), 1, 1],
         };
+        let n = taps.iter().product::<usize>();
+        let wb = if self.bf16 { 2 } else { F32_BYTES };
+        let outs = (co * f * h * w) as f64;
+        let flops = 2.0 * outs * (ci * n) as f64;
+        let bytes = ((ci * f * h * w + co * f * h * w) * F32_BYTES + ci * co * n * wb) as f64;
         let probe = Probe::Conv {
             ci,
             co,
@@ -341,108 +387,62 @@ pub fn decode_rows(
             h,
             w,
         };
-        r.add(name, kind(OpClass::Conv), 1, flops, bytes, probe);
-    };
-    let norm = |r: &mut Rows, c: usize, f: usize, h: usize, w: usize| {
-        r.memory(
-            "channel RMS norm (+ SiLU)",
-            1,
-            c * f * h * w,
-            c * f * h * w,
-            eb,
-        );
-    };
-    let z = cfg.z_dim;
-    for chunk in 0..t_lat {
-        let (mut f, mut h, mut w) = (1, h_lat, w_lat);
-        conv(&mut r, "post_quant_conv 1x1x1", z, z, 1, f, h, w);
-        conv(&mut r, "conv_in 3x3x3", z, dims[0], 27, f, h, w);
-        let resblock = |r: &mut Rows, ci: usize, co: usize, f: usize, h: usize, w: usize| {
-            if ci != co {
-                conv(r, "resblock shortcut 1x1x1", ci, co, 1, f, h, w);
-            }
-            norm(r, ci, f, h, w);
-            conv(r, "resblock conv 3x3x3", ci, co, 27, f, h, w);
-            norm(r, co, f, h, w);
-            conv(r, "resblock conv 3x3x3", co, co, 27, f, h, w);
-        };
-        let c0 = dims[0];
-        resblock(&mut r, c0, c0, f, h, w);
-        // Mid attention: per frame, one head of c0 channels over the h w positions.
-        norm(&mut r, c0, f, h, w);
-        conv(
-            &mut r,
-            "mid attention q, k, v / out 1x1",
-            c0,
-            3 * c0,
-            1,
-            f,
-            h,
-            w,
-        );
+        let kind = self.kind(OpClass::Conv);
+        self.r.add(name, kind, 1, flops, bytes, probe);
+    }
+
+    fn norm(&mut self, c: usize) {
+        let (f, h, w) = self.size;
+        let n = c * f * h * w;
+        self.r
+            .memory("channel RMS norm (+ SiLU)", 1, n, n, F32_BYTES);
+    }
+
+    fn resblock(&mut self, rb: &VaeResBlock<Vec<usize>>) {
+        if let Some(sc) = &rb.shortcut {
+            self.conv("resblock shortcut 1x1x1", sc);
+        }
+        self.norm(rb.norm1[0]);
+        self.conv("resblock conv 3x3x3", &rb.conv1);
+        self.norm(rb.norm2[0]);
+        self.conv("resblock conv 3x3x3", &rb.conv2);
+    }
+
+    /// Per frame, one head of C channels over the h w positions.
+    fn mid_attention(&mut self, a: &VaeAttnBlock<Vec<usize>>) {
+        let (f, h, w) = self.size;
+        let c0 = a.norm[0];
+        self.norm(c0);
+        self.conv("mid attention q, k, v / out 1x1", &a.qkv);
         let hw = (h * w) as f64;
-        r.add(
+        let kind = self.kind(OpClass::Attention);
+        self.r.add(
             "mid attention (per frame)",
-            kind(OpClass::Attention),
+            kind,
             1,
             4.0 * (f * c0) as f64 * hw * hw,
-            (4 * f * c0 * h * w * eb) as f64,
+            (4 * f * c0 * h * w * F32_BYTES) as f64,
             Probe::FrameAttention {
                 f,
                 c: c0,
                 hw: h * w,
             },
         );
-        conv(
-            &mut r,
-            "mid attention q, k, v / out 1x1",
-            c0,
-            c0,
-            1,
-            f,
-            h,
-            w,
-        );
-        resblock(&mut r, c0, c0, f, h, w);
-        for i in 0..levels {
-            let in_dim = if i >= 1 { dims[i] / 2 } else { dims[i] };
-            let out = dims[i + 1];
-            let mut cur = in_dim;
-            for _ in 0..=cfg.num_res_blocks {
-                resblock(&mut r, cur, out, f, h, w);
-                cur = out;
-            }
-            if i != levels - 1 {
-                if tup[i] && chunk > 0 {
-                    conv(&mut r, "upsample time_conv 3x1x1", out, 2 * out, 3, f, h, w);
-                    f *= 2;
-                }
-                h *= 2;
-                w *= 2;
-                conv(&mut r, "upsample 2x + conv 3x3", out, out / 2, 9, f, h, w);
+        self.conv("mid attention q, k, v / out 1x1", &a.proj);
+    }
+
+    /// The time_conv (not on the first chunk) doubles the frames, then nearest 2x + the conv.
+    fn upsampler(&mut self, up: &VaeUpsampler<Vec<usize>>, after_first_chunk: bool) {
+        if let Some((tc, _)) = &up.time_conv {
+            if after_first_chunk {
+                self.conv("upsample time_conv 3x1x1", tc);
+                self.size.0 *= 2;
             }
         }
-        let last = *dims.last().unwrap();
-        norm(&mut r, last, f, h, w);
-        conv(
-            &mut r,
-            "conv_out 3x3x3",
-            last,
-            cfg.out_channels,
-            27,
-            f,
-            h,
-            w,
-        );
-        r.memory(
-            "frames to u8",
-            1,
-            cfg.out_channels * f * h * w,
-            cfg.out_channels * f * h * w / eb,
-            eb,
-        );
+        self.size.1 *= 2;
+        self.size.2 *= 2;
+        self.conv("upsample 2x + conv 3x3", &up.conv);
     }
-    r.0
 }
 
 /// A GPU's ceilings as measured here: a large bf16 GEMM through cuBLASLt and a device-to-device
@@ -599,7 +599,7 @@ fn time_probe(p: &Probe, dev: &Device, conv: ConvPrecision) -> Result<f64> {
                 Some(p) => WRef::Bf16(p),
                 None => WRef::F32(&wt),
             };
-            time_call(dev, || conv3d_w(&x, &w, Some(&b), &opts).map(drop))
+            time_call(dev, || conv3d(&x, w, Some(&b), &opts).map(drop))
         }
         Probe::FrameAttention { f, c, hw } => {
             let qkv = random_tensor(&[1, 3 * c, *f, *hw, 1], DType::F32, dev, 12)?;

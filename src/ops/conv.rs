@@ -183,7 +183,12 @@ pub struct ConvOpts<'a> {
     pub interleave_time: bool,
     /// Clamp the output to [lo, hi] (last).
     pub clamp: Option<(f32, f32)>,
+    /// The kernel's arithmetic (the CPU reference rounds its operands for `Bf16`).
     pub precision: ConvPrecision,
+    /// GPU only: write the output frames into this tensor ([B, C_out, F, H, W], f32,
+    /// contiguous, on x's GPU) from frame `t0` on, instead of a new tensor (a chunk straight
+    /// into the video). No `residual` with it.
+    pub out: Option<(&'a Tensor, usize)>,
 }
 
 /// Shapes of one conv, as the kernel sees them.
@@ -309,18 +314,18 @@ fn conv_dims_of(x: &Tensor, ws: &[usize], bias: Option<&Tensor>, o: &ConvOpts) -
     Ok(d)
 }
 
-/// The conv (see the module docs and [`ConvOpts`]). Host tensors: f32 CPU reference. Device
-/// tensors: the CUDA kernel (all operands f32, contiguous or made so; the bf16 path packs the
-/// weight per call: a decoder holds [`PackedConvWeight`]s and calls [`conv3d_w`]).
-pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, o: &ConvOpts) -> Result<Tensor> {
-    conv3d_w(x, &WRef::F32(w), bias, o)
-}
-
-/// A borrowed conv weight: f32 or packed for the bf16 kernel.
+/// A borrowed conv weight: f32 or packed for the bf16 kernel. `&Tensor` and `&ConvWeight`
+/// convert into it, so [`conv3d`] takes either.
 #[derive(Clone, Copy)]
 pub enum WRef<'a> {
     F32(&'a Tensor),
     Bf16(&'a PackedConvWeight),
+}
+
+impl<'a> From<&'a Tensor> for WRef<'a> {
+    fn from(w: &'a Tensor) -> WRef<'a> {
+        WRef::F32(w)
+    }
 }
 
 impl<'a> From<&'a ConvWeight> for WRef<'a> {
@@ -347,10 +352,25 @@ impl WRef<'_> {
     }
 }
 
-/// [`conv3d`] with an f32 or a prepared bf16 weight (the latter: GPU, [`ConvPrecision::Bf16`]).
-pub fn conv3d_w(x: &Tensor, w: &WRef, bias: Option<&Tensor>, o: &ConvOpts) -> Result<Tensor> {
+/// The conv, the one entry (see the module docs and [`ConvOpts`]): `w` is an f32 weight or a
+/// prepared bf16 one ([`ConvWeight`] / [`PackedConvWeight`]: GPU, [`ConvPrecision::Bf16`]; an
+/// f32 weight with `Bf16` precision is packed per call). Host tensors: the f32 CPU reference
+/// ([`conv3d_cpu`]). Device tensors: the CUDA kernel (all operands f32, contiguous or made so).
+/// Returns the output: a new tensor, or with [`ConvOpts::out`] the tensor written into.
+pub fn conv3d<'w>(
+    x: &Tensor,
+    w: impl Into<WRef<'w>>,
+    bias: Option<&Tensor>,
+    o: &ConvOpts,
+) -> Result<Tensor> {
+    let w = w.into();
     let d = conv_dims_of(x, w.shape(), bias, o)?;
     record_conv(&d);
+    if let Some((out, t0)) = o.out {
+        check_out(x, o, &d, out, t0)?;
+        conv3d_cuda(x, &w, bias, o, &d, out, out.dim(2), t0)?;
+        return Ok(out.clone());
+    }
     match x.device() {
         Device::Cpu => {
             let WRef::F32(w) = w else {
@@ -384,39 +404,17 @@ pub fn conv3d_w(x: &Tensor, w: &WRef, bias: Option<&Tensor>, o: &ConvOpts) -> Re
         Device::Cuda(_) => {
             let y = Tensor::empty(&d.out_shape(), DType::F32, x.device())?;
             let f = d.out_shape()[2];
-            conv3d_cuda(x, w, bias, o, &d, &y, f, 0)?;
+            conv3d_cuda(x, &w, bias, o, &d, &y, f, 0)?;
             Ok(y)
         }
     }
 }
 
-/// GPU only: like [`conv3d`], but writes the output frames into `out` ([B, C, F, H, W], f32,
-/// contiguous, on the same GPU) starting at frame `t0` (e.g. a chunk straight into the video).
-pub fn conv3d_into(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    o: &ConvOpts,
-    out: &Tensor,
-    t0: usize,
-) -> Result<()> {
-    conv3d_into_w(x, &WRef::F32(w), bias, o, out, t0)
-}
-
-/// [`conv3d_into`] with an f32 or a prepared bf16 weight.
-pub fn conv3d_into_w(
-    x: &Tensor,
-    w: &WRef,
-    bias: Option<&Tensor>,
-    o: &ConvOpts,
-    out: &Tensor,
-    t0: usize,
-) -> Result<()> {
-    let d = conv_dims_of(x, w.shape(), bias, o)?;
-    record_conv(&d);
+/// [`ConvOpts::out`]: the output frames must fit into `out` at frame `t0`, on x's GPU.
+fn check_out(x: &Tensor, o: &ConvOpts, d: &ConvDims, out: &Tensor, t0: usize) -> Result<()> {
     if !x.device().is_cuda() || out.device() != x.device() {
         return Err(Error::Other(
-            "conv3d_into: x and out must be on the same GPU (use conv3d on the CPU)".into(),
+            "conv3d: ConvOpts::out needs x and out on the same GPU (on the CPU the conv returns a new tensor)".into(),
         ));
     }
     let os = d.out_shape();
@@ -429,22 +427,22 @@ pub fn conv3d_into_w(
         || t0 + os[2] > s[2]
     {
         return Err(shape_err!(
-            "conv3d_into: output {os:?} does not fit into {s:?} at frame {t0}"
+            "conv3d: output {os:?} does not fit into {s:?} at frame {t0}"
         ));
     }
     if out.dtype() != DType::F32 || !out.is_contiguous() {
         return Err(shape_err!(
-            "conv3d_into: out must be a contiguous f32 tensor, got {:?} {}",
+            "conv3d: out must be a contiguous f32 tensor, got {:?} {}",
             s,
             out.dtype().name()
         ));
     }
     if o.residual.is_some() {
         return Err(Error::Other(
-            "conv3d_into: residual is not supported".into(),
+            "conv3d: a residual with ConvOpts::out is not supported".into(),
         ));
     }
-    conv3d_cuda(x, w, bias, o, &d, out, s[2], t0)
+    Ok(())
 }
 
 fn f32_dense(t: &Tensor, what: &str) -> Result<Tensor> {

@@ -58,6 +58,31 @@ impl MemoryOptions {
     }
 }
 
+/// Where a whole component lives when it is one unit rather than a layer loop (the VAE):
+/// resident (loaded once, kept), or on demand (`--offload model`: loaded for each use through
+/// the store's memory map, so a repeated load reads the page cache, and freed after it, as the
+/// reference's model CPU offload moves the VAE to the GPU only for the decode). The caller
+/// (the CLI's loader) chooses; the component's code runs the same through [`Self::with`].
+///
+/// Not a [`Residency`]: that one places the layers of a loop (rings, pinned buffers, streamed
+/// views) under one store whose weights the model asks for by key while it runs; a component
+/// placed on demand is built whole by its own loader (which also rearranges its weights, e.g.
+/// the VAE's folds and bf16 packing), so what is kept or dropped is the built value.
+pub enum ComponentResidency<T> {
+    Resident(T),
+    OnDemand(Box<dyn Fn() -> Result<T> + Send + Sync>),
+}
+
+impl<T> ComponentResidency<T> {
+    /// Runs `f` on the component: the resident one, or one loaded now and dropped after `f`.
+    pub fn with<R>(&self, f: impl FnOnce(&T) -> Result<R>) -> Result<R> {
+        match self {
+            ComponentResidency::Resident(t) => f(t),
+            ComponentResidency::OnDemand(load) => f(&load()?),
+        }
+    }
+}
+
 const ALIGN: usize = 256;
 
 /// Where one tensor of a streamed layer sits inside the layer's consolidated buffer.

@@ -124,10 +124,7 @@ pub fn tiny_weights(cfg: &VaeConfig, seed: u64) -> MapWeights {
         p,
         &mut s,
     );
-    MapWeights {
-        tensors: m,
-        device: Device::Cpu,
-    }
+    MapWeights::new(m, Device::Cpu)
 }
 
 pub fn tiny_config() -> VaeConfig {
