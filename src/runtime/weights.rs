@@ -231,8 +231,25 @@ impl WeightStore {
     /// Opens `dir` (single `*.safetensors` or sharded with an index JSON).
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
         let ckpt = ShardedCheckpoint::open_dir(dir)?;
+        Ok(Self::over(ckpt, dir, device, dtype))
+    }
+
+    /// Opens one safetensors file as a store (latents and noise files, single-file weights).
+    pub fn open_file(path: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
+        let ckpt = ShardedCheckpoint::open_files(&[path.to_path_buf()])?;
+        Ok(Self::over(ckpt, path, device, dtype))
+    }
+
+    /// A store over an opened checkpoint (`dir`: the path its messages name), nothing delivered
+    /// yet; on the CPU every tensor is delivered in f32.
+    fn over(
+        ckpt: ShardedCheckpoint,
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Arc<WeightStore> {
         let dtype = if device.is_cuda() { dtype } else { DType::F32 };
-        Ok(Arc::new(WeightStore {
+        Arc::new(WeightStore {
             ckpt,
             dir: dir.to_path_buf(),
             device: device.clone(),
@@ -240,22 +257,7 @@ impl WeightStore {
             cache: Mutex::new(HashMap::new()),
             int8: Mutex::new(None),
             fusion: Mutex::new(None),
-        }))
-    }
-
-    /// Opens one safetensors file as a store (latents and noise files, single-file weights).
-    pub fn open_file(path: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
-        let ckpt = ShardedCheckpoint::open_files(&[path.to_path_buf()])?;
-        let dtype = if device.is_cuda() { dtype } else { DType::F32 };
-        Ok(Arc::new(WeightStore {
-            ckpt,
-            dir: path.to_path_buf(),
-            device: device.clone(),
-            dtype,
-            cache: Mutex::new(HashMap::new()),
-            int8: Mutex::new(None),
-            fusion: Mutex::new(None),
-        }))
+        })
     }
 
     pub fn device(&self) -> &Device {

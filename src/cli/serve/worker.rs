@@ -248,18 +248,13 @@ fn run_job(
                 json!({"step": index + 1, "steps": steps, "seconds": seconds, "eta_seconds": eta, "progress": progress}),
             );
             if (index + 1) % every == 0 || index + 1 == steps {
-                let x0 = denoised_estimate(latents, velocity, sigma);
-                let mid = shape[2] / 2;
-                if let Some((w, h, rgb)) = latent_preview_rgb(&x0, shape, mid) {
-                    if let Ok(png) = video::encode_png_rgb(&rgb, w, h) {
-                        state.emit(
-                            id,
-                            "preview",
-                            json!({"step": index + 1, "width": w, "height": h, "latent_frame": mid,
-                                   "png_base64": crate::io::base64::encode(&png)}),
-                        );
-                    }
-                }
+                emit_preview(
+                    state,
+                    id,
+                    index + 1,
+                    &denoised_estimate(latents, velocity, sigma),
+                    shape,
+                );
             }
         }
         Progress::DecodeStart => {
@@ -291,17 +286,6 @@ fn run_job(
     }
     let t = Instant::now();
     let f = &g.frames;
-    let tags = vec![
-        (
-            "title".to_string(),
-            p.prompt.chars().take(200).collect::<String>(),
-        ),
-        ("comment".to_string(), p.command_line()),
-        (
-            "description".to_string(),
-            serde_json::to_string(p).unwrap_or_default(),
-        ),
-    ];
     video::write_video_tagged(
         &state.video_request_path(id),
         FramesRef {
@@ -314,7 +298,7 @@ fn run_job(
             fps: p.fps,
             crf: p.crf,
         },
-        &tags,
+        &video_tags(p),
     )?;
     let tm = &g.timings;
     Ok(json!({
@@ -323,6 +307,38 @@ fn run_job(
         "shift": g.schedule.shift,
         "cache": g.cache,
     }))
+}
+
+/// The `preview` event after step `step`: the middle latent frame of the denoised estimate
+/// `x0` [B, C, T, h, w] as a PNG (none when the frame cannot be shown or encoded).
+fn emit_preview(state: &State, id: &str, step: usize, x0: &[f32], shape: [usize; 5]) {
+    let mid = shape[2] / 2;
+    if let Some((w, h, rgb)) = latent_preview_rgb(x0, shape, mid) {
+        if let Ok(png) = video::encode_png_rgb(&rgb, w, h) {
+            state.emit(
+                id,
+                "preview",
+                json!({"step": step, "width": w, "height": h, "latent_frame": mid,
+                       "png_base64": crate::io::base64::encode(&png)}),
+            );
+        }
+    }
+}
+
+/// The video's metadata: the prompt as its title, the equivalent command line as its comment,
+/// and every parameter (JSON) as its description.
+fn video_tags(p: &crate::cli::request::params::VideoParams) -> Vec<(String, String)> {
+    vec![
+        (
+            "title".to_string(),
+            p.prompt.chars().take(200).collect::<String>(),
+        ),
+        ("comment".to_string(), p.command_line()),
+        (
+            "description".to_string(),
+            serde_json::to_string(p).unwrap_or_default(),
+        ),
+    ]
 }
 
 #[cfg(test)]
