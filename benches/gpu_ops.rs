@@ -217,9 +217,16 @@ fn main() {
         2 * b * nr * dm * 2,
     );
 
-    // GEMMs of one joint block (per CFG batch of 2): QKV/out projections and the MLP.
-    let m = b * (nvid + ntxt);
-    let xs = rand_bf16(&[m, dm], &dev, 1.0);
+    bench_block_gemms(&dev, it, b * (nvid + ntxt), b, dm);
+    drop((x, y, m6, q));
+    bench_vae(&dev, it);
+    println!("pool: {:?}", g.pool.stats());
+}
+
+/// The GEMMs of one joint block over `m` rows (both CFG halves of `b`): QKV/out projections,
+/// the MLP, and the adaLN modulation linear (`b` rows, weight-bound).
+fn bench_block_gemms(dev: &Device, it: usize, m: usize, b: usize, dm: usize) {
+    let xs = rand_bf16(&[m, dm], dev, 1.0);
     for (name, n, k, a) in [
         (
             format!("linear to_q [{m}x{dm}]x[{dm}x{dm}]"),
@@ -234,24 +241,24 @@ fn main() {
             gemm::Act::GeluTanh,
         ),
     ] {
-        let w = rand_bf16(&[n, k], &dev, 0.02);
-        let bias = rand_bf16(&[n], &dev, 0.1);
+        let w = rand_bf16(&[n, k], dev, 0.02);
+        let bias = rand_bf16(&[n], dev, 0.1);
         let l = Linear {
             weight: Weight::Dense(w),
             bias: Some(bias),
         };
-        let ms = time_ms(&dev, it, || {
+        let ms = time_ms(dev, it, || {
             gemm::linear_act(&xs, &l, a).unwrap();
         });
         report_flops(&name, ms, 2.0 * m as f64 * n as f64 * k as f64);
     }
-    let h = rand_bf16(&[m, 4 * dm], &dev, 0.1);
-    let w2 = rand_bf16(&[dm, 4 * dm], &dev, 0.02);
+    let h = rand_bf16(&[m, 4 * dm], dev, 0.1);
+    let w2 = rand_bf16(&[dm, 4 * dm], dev, 0.02);
     let l2 = Linear {
         weight: Weight::Dense(w2),
         bias: None,
     };
-    let ms = time_ms(&dev, it, || {
+    let ms = time_ms(dev, it, || {
         gemm::linear(&h, &l2).unwrap();
     });
     report_flops(
@@ -259,13 +266,13 @@ fn main() {
         ms,
         2.0 * m as f64 * dm as f64 * 4.0 * dm as f64,
     );
-    let ws = rand_bf16(&[6 * dm, dm], &dev, 0.02);
-    let tb = rand_bf16(&[b, dm], &dev, 1.0);
+    let ws = rand_bf16(&[6 * dm, dm], dev, 0.02);
+    let tb = rand_bf16(&[b, dm], dev, 1.0);
     let l6 = Linear {
         weight: Weight::Dense(ws),
         bias: None,
     };
-    let ms = time_ms(&dev, it, || {
+    let ms = time_ms(dev, it, || {
         gemm::linear(&tb, &l6).unwrap();
     });
     report_bw(
@@ -273,10 +280,6 @@ fn main() {
         ms,
         6 * dm * dm * 2,
     );
-
-    drop((x, y, m6, q, xs, h));
-    bench_vae(&dev, it);
-    println!("pool: {:?}", g.pool.stats());
 }
 
 /// Ceilings measured in this run: device-to-device copy bandwidth, host-to-device (pinned and
