@@ -383,8 +383,8 @@ W8A16_MMA(w8a16_mma_group_f16, __half, true)
 // Small M (<= 16 rows): one warp per output column
 // ------------------------------------------------------------------------------------------
 
-constexpr int GEMV_MAX_M = 16;
-constexpr int GEMV_WARPS = 8;
+constexpr int GEMV_MAX_M = tiles::W8_GEMV_MAX_M;  // (src/ops/quant.rs reads the same numbers)
+constexpr int GEMV_WARPS = tiles::W8_GEMV_WARPS;
 
 template <typename T>
 __device__ __forceinline__ void w8a16_gemv_k(const T* __restrict__ X, long long lda, const int8_t* __restrict__ Q,

@@ -21,7 +21,7 @@ use contentv::ops::quant::w8a16_smem_bytes;
 use contentv::runtime::device::{kernel_images, kernel_ptxas_reports};
 use contentv::runtime::kernels::tiles::{
     FLASH_SMEM_BYTES as FLASH_SMEM, FLASH_THREADS, HOPPER_SMEM_BYTES as HOPPER_SMEM,
-    HOPPER_THREADS, NAIVE_WARPS, W8_THREADS,
+    HOPPER_THREADS, NAIVE_WARPS, W8_GEMV_THREADS, W8_THREADS,
 };
 
 /// How a kernel is launched and what its design promises.
@@ -104,7 +104,7 @@ fn launches() -> Vec<Launch> {
             true,
             W8A16_CTAS,
         ),
-        k("w8a16_gemv_*", 256, 0, true, false, TWO),
+        k("w8a16_gemv_*", W8_GEMV_THREADS, 0, true, false, TWO),
         k("dequant_i8_*", 256, 0, false, false, ONE),
         // 3-stage cp.async ring, 75 KiB of dynamic shared memory: 2 CTAs per SM where 150 KiB
         // fit (sm_80, sm_90), 1 on the 100 KiB SMs of sm_86/89/120.

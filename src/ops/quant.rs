@@ -95,8 +95,8 @@ pub enum Int8Kernel {
     Dequant,
 }
 
-/// Largest M the GEMV kernel takes (`GEMV_MAX_M` in kernels/gemm_int8.cu).
-pub const GEMV_MAX_M: usize = 16;
+/// Largest M the GEMV kernel takes (kernels/tiles.h's `W8_GEMV_MAX_M`, which the kernel uses).
+pub const GEMV_MAX_M: usize = tiles::W8_GEMV_MAX_M as usize;
 
 /// Rows from which `Auto` dequantises the weight and runs cuBLASLt instead of the fused W8A16
 /// kernel. An ESTIMATE from the roofline model of [`int8_times`] with [`H100_INT8_RATES`]
@@ -438,7 +438,12 @@ fn w8a16_launch(
         } else {
             W8a16::GEMV_F16
         };
-        let cfg = LaunchCfg::new((n.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0);
+        let cols = tiles::W8_GEMV_WARPS as usize; // output columns per block
+        let cfg = LaunchCfg::new(
+            (n.div_ceil(cols) as u32, 1, 1),
+            (tiles::W8_GEMV_THREADS, 1, 1),
+            0,
+        );
         (kern, cfg)
     } else {
         let kern = match (bf, groups > 1) {
