@@ -116,113 +116,9 @@ fn main() {
     let tok = |n: usize| util::scaled(n, 8); // validation rows
 
     // Validation on small inputs against the CPU reference, before any timing.
-    {
-        let hx = Tensor::from_f32(
-            (0..3 * tok(77) * dm)
-                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-                .collect(),
-            &[3, tok(77), dm],
-            &Device::Cpu,
-        )
-        .unwrap()
-        .to_dtype(DType::BF16)
-        .unwrap();
-        let gx = hx.to_device(&dev).unwrap();
-        let hm = hx
-            .narrow(1, 0, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape(&[3, 2 * dm])
-            .unwrap();
-        let gm = hm.to_device(&dev).unwrap();
-        let mut ok = true;
-        ok &= validate(
-            "layer_norm_modulate",
-            &norm::layer_norm_modulate(
-                &gx,
-                &gm.narrow(1, 0, dm).unwrap(),
-                &gm.narrow(1, dm, dm).unwrap(),
-                1e-6,
-            )
-            .unwrap(),
-            &norm::layer_norm_modulate(
-                &hx,
-                &hm.narrow(1, 0, dm).unwrap(),
-                &hm.narrow(1, dm, dm).unwrap(),
-                1e-6,
-            )
-            .unwrap(),
-            dm,
-        );
-        ok &= validate(
-            "gelu_tanh",
-            &act::gelu_tanh(&gx).unwrap(),
-            &act::gelu_tanh(&hx).unwrap(),
-            1,
-        );
-        ok &= validate(
-            "add",
-            &ew::add(&gx, &gx).unwrap(),
-            &ew::add(&hx, &hx).unwrap(),
-            1,
-        );
-        let hw = hx.narrow(0, 0, 1).unwrap().reshape(&[tok(77), dm]).unwrap();
-        let lh = Linear {
-            weight: Weight::Dense(hw.clone()),
-            bias: None,
-        };
-        let lg = Linear {
-            weight: Weight::Dense(hw.to_device(&dev).unwrap()),
-            bias: None,
-        };
-        ok &= validate(
-            "linear",
-            &gemm::linear(&gx, &lg).unwrap(),
-            &gemm::linear(&hx, &lh).unwrap(),
-            dm,
-        );
-        println!(
-            "validation: {}",
-            if ok {
-                "all kernels match the CPU reference"
-            } else {
-                "FAILED (timings below are of wrong kernels)"
-            }
-        );
-    }
+    validate_all(&dev, dm, tok);
 
-    // Ceilings measured in this run: device-to-device copy bandwidth and a large bf16 GEMM.
-    let elems = util::scaled(512 << 20, 1 << 16); // 1 GiB of bf16
-    let big = rand_bf16(&[elems], &dev, 1.0);
-    let big2 = Tensor::empty(&[elems], DType::BF16, &dev).unwrap();
-    let ms = time_ms(&dev, it, || big2.copy_from(&big).unwrap());
-    report_bw(
-        &format!("CEILING device-to-device copy {} MiB", (elems * 2) >> 20),
-        ms,
-        4 * elems,
-    );
-    drop(big);
-    // Host-to-device on the copy stream (what sequential offload streams through): from a
-    // page-locked buffer (contentv::runtime::memory::PinnedBuffer, as the residency layer
-    // uses) and, for comparison, from pageable memory. Bytes moved once (not read + written).
-    h2d_ceilings(&dev, &big2, it);
-    drop(big2);
-    let g8 = util::scaled(8192, 64);
-    let ga = rand_bf16(&[g8, g8], &dev, 1.0);
-    let gw = Linear {
-        weight: Weight::Dense(rand_bf16(&[g8, g8], &dev, 0.01)),
-        bias: None,
-    };
-    let ms = time_ms(&dev, it, || {
-        gemm::linear(&ga, &gw).unwrap();
-    });
-    report_flops(
-        &format!("CEILING cuBLASLt bf16 GEMM {g8}^3"),
-        ms,
-        2.0 * (g8 as f64).powi(3),
-    );
-    drop((ga, gw));
+    bench_ceilings(&dev, it);
     let b = 2; // the CFG batch
     let x = rand_bf16(&[b, nvid, dm], &dev, 1.0);
     let y = rand_bf16(&[b, nvid, dm], &dev, 1.0);
@@ -321,9 +217,16 @@ fn main() {
         2 * b * nr * dm * 2,
     );
 
-    // GEMMs of one joint block (per CFG batch of 2): QKV/out projections and the MLP.
-    let m = b * (nvid + ntxt);
-    let xs = rand_bf16(&[m, dm], &dev, 1.0);
+    bench_block_gemms(&dev, it, b * (nvid + ntxt), b, dm);
+    drop((x, y, m6, q));
+    bench_vae(&dev, it);
+    println!("pool: {:?}", g.pool.stats());
+}
+
+/// The GEMMs of one joint block over `m` rows (both CFG halves of `b`): QKV/out projections,
+/// the MLP, and the adaLN modulation linear (`b` rows, weight-bound).
+fn bench_block_gemms(dev: &Device, it: usize, m: usize, b: usize, dm: usize) {
+    let xs = rand_bf16(&[m, dm], dev, 1.0);
     for (name, n, k, a) in [
         (
             format!("linear to_q [{m}x{dm}]x[{dm}x{dm}]"),
@@ -338,24 +241,24 @@ fn main() {
             gemm::Act::GeluTanh,
         ),
     ] {
-        let w = rand_bf16(&[n, k], &dev, 0.02);
-        let bias = rand_bf16(&[n], &dev, 0.1);
+        let w = rand_bf16(&[n, k], dev, 0.02);
+        let bias = rand_bf16(&[n], dev, 0.1);
         let l = Linear {
             weight: Weight::Dense(w),
             bias: Some(bias),
         };
-        let ms = time_ms(&dev, it, || {
+        let ms = time_ms(dev, it, || {
             gemm::linear_act(&xs, &l, a).unwrap();
         });
         report_flops(&name, ms, 2.0 * m as f64 * n as f64 * k as f64);
     }
-    let h = rand_bf16(&[m, 4 * dm], &dev, 0.1);
-    let w2 = rand_bf16(&[dm, 4 * dm], &dev, 0.02);
+    let h = rand_bf16(&[m, 4 * dm], dev, 0.1);
+    let w2 = rand_bf16(&[dm, 4 * dm], dev, 0.02);
     let l2 = Linear {
         weight: Weight::Dense(w2),
         bias: None,
     };
-    let ms = time_ms(&dev, it, || {
+    let ms = time_ms(dev, it, || {
         gemm::linear(&h, &l2).unwrap();
     });
     report_flops(
@@ -363,13 +266,13 @@ fn main() {
         ms,
         2.0 * m as f64 * dm as f64 * 4.0 * dm as f64,
     );
-    let ws = rand_bf16(&[6 * dm, dm], &dev, 0.02);
-    let tb = rand_bf16(&[b, dm], &dev, 1.0);
+    let ws = rand_bf16(&[6 * dm, dm], dev, 0.02);
+    let tb = rand_bf16(&[b, dm], dev, 1.0);
     let l6 = Linear {
         weight: Weight::Dense(ws),
         bias: None,
     };
-    let ms = time_ms(&dev, it, || {
+    let ms = time_ms(dev, it, || {
         gemm::linear(&tb, &l6).unwrap();
     });
     report_bw(
@@ -377,12 +280,126 @@ fn main() {
         ms,
         6 * dm * dm * 2,
     );
+}
 
-    // VAE: a causal 3D conv of the first up block at the default
-    // latent size (384 -> 384 channels, k 3x3x3, 2 frames of cache + 1 new frame, 54x96) and
-    // the last one at full resolution (96 -> 96, 432x768), f32 SIMT and bf16 tensor cores;
-    // the channel RMS norm + SiLU at full resolution.
-    drop((x, y, m6, q, xs, h));
+/// Ceilings measured in this run: device-to-device copy bandwidth, host-to-device (pinned and
+/// pageable) and a large bf16 GEMM.
+fn bench_ceilings(dev: &Device, it: usize) {
+    let elems = util::scaled(512 << 20, 1 << 16); // 1 GiB of bf16
+    let big = rand_bf16(&[elems], dev, 1.0);
+    let big2 = Tensor::empty(&[elems], DType::BF16, dev).unwrap();
+    let ms = time_ms(dev, it, || big2.copy_from(&big).unwrap());
+    report_bw(
+        &format!("CEILING device-to-device copy {} MiB", (elems * 2) >> 20),
+        ms,
+        4 * elems,
+    );
+    drop(big);
+    // Host-to-device on the copy stream (what sequential offload streams through): from a
+    // page-locked buffer (contentv::runtime::memory::PinnedBuffer, as the residency layer
+    // uses) and, for comparison, from pageable memory. Bytes moved once (not read + written).
+    h2d_ceilings(dev, &big2, it);
+    drop(big2);
+    let g8 = util::scaled(8192, 64);
+    let ga = rand_bf16(&[g8, g8], dev, 1.0);
+    let gw = Linear {
+        weight: Weight::Dense(rand_bf16(&[g8, g8], dev, 0.01)),
+        bias: None,
+    };
+    let ms = time_ms(dev, it, || {
+        gemm::linear(&ga, &gw).unwrap();
+    });
+    report_flops(
+        &format!("CEILING cuBLASLt bf16 GEMM {g8}^3"),
+        ms,
+        2.0 * (g8 as f64).powi(3),
+    );
+    drop((ga, gw));
+}
+
+/// Every kernel timed below against the CPU reference on small inputs (`tok`: the validation
+/// row count of a token count); prints whether all match.
+fn validate_all(dev: &Device, dm: usize, tok: impl Fn(usize) -> usize) {
+    let hx = Tensor::from_f32(
+        (0..3 * tok(77) * dm)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect(),
+        &[3, tok(77), dm],
+        &Device::Cpu,
+    )
+    .unwrap()
+    .to_dtype(DType::BF16)
+    .unwrap();
+    let gx = hx.to_device(dev).unwrap();
+    let hm = hx
+        .narrow(1, 0, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape(&[3, 2 * dm])
+        .unwrap();
+    let gm = hm.to_device(dev).unwrap();
+    let mut ok = true;
+    ok &= validate(
+        "layer_norm_modulate",
+        &norm::layer_norm_modulate(
+            &gx,
+            &gm.narrow(1, 0, dm).unwrap(),
+            &gm.narrow(1, dm, dm).unwrap(),
+            1e-6,
+        )
+        .unwrap(),
+        &norm::layer_norm_modulate(
+            &hx,
+            &hm.narrow(1, 0, dm).unwrap(),
+            &hm.narrow(1, dm, dm).unwrap(),
+            1e-6,
+        )
+        .unwrap(),
+        dm,
+    );
+    ok &= validate(
+        "gelu_tanh",
+        &act::gelu_tanh(&gx).unwrap(),
+        &act::gelu_tanh(&hx).unwrap(),
+        1,
+    );
+    ok &= validate(
+        "add",
+        &ew::add(&gx, &gx).unwrap(),
+        &ew::add(&hx, &hx).unwrap(),
+        1,
+    );
+    let hw = hx.narrow(0, 0, 1).unwrap().reshape(&[tok(77), dm]).unwrap();
+    let lh = Linear {
+        weight: Weight::Dense(hw.clone()),
+        bias: None,
+    };
+    let lg = Linear {
+        weight: Weight::Dense(hw.to_device(dev).unwrap()),
+        bias: None,
+    };
+    ok &= validate(
+        "linear",
+        &gemm::linear(&gx, &lg).unwrap(),
+        &gemm::linear(&hx, &lh).unwrap(),
+        dm,
+    );
+    println!(
+        "validation: {}",
+        if ok {
+            "all kernels match the CPU reference"
+        } else {
+            "FAILED (timings below are of wrong kernels)"
+        }
+    );
+}
+
+/// The VAE: a causal 3D conv of the first up block at the default latent size (384 -> 384
+/// channels, k 3x3x3, 2 frames of cache + 1 new frame, 54x96) and the last one at full
+/// resolution (96 -> 96, 432x768), f32 SIMT and bf16 tensor cores; the channel RMS norm + SiLU
+/// at full resolution.
+fn bench_vae(dev: &Device, it: usize) {
     for (name, ci, co, hh, ww) in [
         ("conv3d 384->384 k3 54x96", 384, 384, 54, 96),
         ("conv3d 96->96 k3 432x768", 96, 96, 432, 768),
@@ -400,11 +417,11 @@ fn main() {
             &Device::Cpu,
         )
         .unwrap()
-        .to_device(&dev)
+        .to_device(dev)
         .unwrap();
         let w = Tensor::from_f32(vec![0.01; co * ci * 27], &[co, ci, 3, 3, 3], &Device::Cpu)
             .unwrap()
-            .to_device(&dev)
+            .to_device(dev)
             .unwrap();
         // bf16: the weight packed once (as the decoder holds it), not per call.
         let packed = pack_weight_bf16(&w).unwrap();
@@ -417,7 +434,7 @@ fn main() {
                 ConvPrecision::F32 => WRef::F32(&w),
                 ConvPrecision::Bf16 => WRef::Bf16(&packed),
             };
-            let ms = time_ms(&dev, it, || {
+            let ms = time_ms(dev, it, || {
                 conv3d(&xin, wr, None, &o).unwrap();
             });
             report_flops(
@@ -429,9 +446,9 @@ fn main() {
         if ci == util::scaled(96, 4) {
             let gamma = Tensor::from_f32(vec![1.0; ci], &[ci], &Device::Cpu)
                 .unwrap()
-                .to_device(&dev)
+                .to_device(dev)
                 .unwrap();
-            let ms = time_ms(&dev, it, || {
+            let ms = time_ms(dev, it, || {
                 norm::channel_rms_norm(&xin, &gamma, true).unwrap();
             });
             report_bw(
@@ -441,5 +458,4 @@ fn main() {
             );
         }
     }
-    println!("pool: {:?}", g.pool.stats());
 }

@@ -45,6 +45,7 @@
 // tiny test models and as a second opinion for the flash kernel.
 #include "common.cuh"
 #include "attn_out.cuh"
+#include "mma_frag.cuh"
 #include "ptx.cuh"
 #include "tiles.h"
 
@@ -103,19 +104,31 @@ constexpr int STAGES = tiles::FLASH_STAGES;  // K/V tiles in flight (cp.async ri
 constexpr int MIN_CTAS = 2; // __launch_bounds__ minimum CTAs per SM: <= 255 registers a thread
 constexpr int TILE_Q = BM * D;  // elements
 constexpr int TILE_KV = BN * D;
-// The Q tile is staged in the third K/V stage (K+V of one stage = 16 KiB = the Q tile): it is
-// read into registers once before the ring's third stage is first filled.
-constexpr int SMEM_BYTES = tiles::FLASH_SMEM_BYTES;  // 48 KiB
 constexpr float LOG2E = 1.4426950408889634f;
+// Per warp and tile: 2 row blocks (m16) x 8 n8 tiles of keys (S) or of head dims (O), and
+// 4 k-steps of 16 (head dims for Q K^T, keys for P V).
+constexpr int MB = 2, NT = BN / mma::N, KS = D / mma::K;
+
+// The shared-memory map (bytes from the dynamic base): stage s holds the K tile at k_off(s)
+// and the V tile right after it; the Q tile is staged in stage 2 (K+V of one stage = 16 KiB =
+// the Q tile), read into registers once before the ring's third stage is first filled. Every
+// tile is [rows][64] bf16, swizzled (mma::swizzle64).
+constexpr int STAGE_BYTES = 2 * TILE_KV * 2;
+__host__ __device__ constexpr uint32_t k_off(int s) { return (uint32_t)(s * 2 * TILE_KV) * 2u; }
+constexpr uint32_t V_IN_STAGE = TILE_KV * 2;  // the V tile's offset in a stage
+constexpr uint32_t Q_OFF = k_off(2);
+constexpr int SMEM_BYTES = tiles::FLASH_SMEM_BYTES;  // 48 KiB
 static_assert(BM == WARPS * 32, "two m16 row blocks per warp");
+static_assert(D == 64, "rows of 8 swizzled 16-B chunks (mma::swizzle64)");
 static_assert(TILE_Q == 2 * TILE_KV, "Q fits one K+V stage");
-static_assert(SMEM_BYTES == STAGES * 2 * TILE_KV * 2, "shared memory: STAGES x (K + V) bf16 tiles");
+static_assert(STAGES == 3 && Q_OFF + TILE_Q * 2 <= (uint32_t)SMEM_BYTES, "Q staged in the third stage");
+static_assert(SMEM_BYTES == STAGES * STAGE_BYTES, "shared memory: STAGES x (K + V) bf16 tiles");
 static_assert(SMEM_BYTES <= 48 * 1024, "no opt-in above the default 48 KiB");
 static_assert(THREADS * 4 == BN * 8, "each thread copies 4 chunks of K and 4 of V per tile");
-}  // namespace fa
 
-// Element offset of the 16-byte chunk `c` (0..7) of row `r` in a swizzled [rows][64] bf16 tile.
-__device__ __forceinline__ int swz(int r, int c) { return r * fa::D + ((c ^ (r & 7)) << 3); }
+// Byte offset of chunk c of row r of a swizzled tile.
+__device__ __forceinline__ uint32_t swz_bytes(int r, int c) { return (uint32_t)mma::swizzle64(r, c) * 2u; }
+}  // namespace fa
 
 // Segment i (0..3) of a list: base pointer, length, row and batch strides.
 __device__ __forceinline__ void seg_pick(const Segs& s, int i, const void*& p, int& n, long long& rs, long long& bs) {
@@ -148,14 +161,238 @@ __device__ __forceinline__ void kv_next_seg(const Segs& s, KvSide& x, int b, int
     if (x.left == 0) x.seg = 4;
 }
 
+// The key-tile walk of one thread: it copies rows r0, r0+16, r0+32, r0+48 (chunk lc) of every
+// K and V tile. Tiles never straddle a segment boundary (of K or of V): a tile is at most BN
+// rows of the current segments, so every row pointer is advanced, not searched.
+struct KvWalk {
+    KvSide k, v;
+    int pos;  // position (over the concatenation) of the next tile to load
+};
+
+// ---- the steps of flash_attn_fwd_d64, in the order the kernel runs them ----
+
+// Load Q: 8 chunks of 16 B per thread, once (rows may cross segments: seg_row per row); query
+// rows >= Sq are zero-filled.
+__device__ __forceinline__ void flash_load_q(const Segs& qs, uint32_t sQ, int tid, int m0, int b, int hoff, int Sq) {
+    using namespace fa;
+    const int c = tid & 7;
+#pragma unroll
+    for (int it = 0; it < TILE_Q / 8 / THREADS; it++) {  // 8
+        const int r = (tid >> 3) + it * (THREADS / 8);
+        const int i = m0 + r;
+        const bool ok = i < Sq;
+        const __nv_bfloat16* qp = ok ? seg_row<__nv_bfloat16>(qs, b, i) + hoff + c * 8 : (const __nv_bfloat16*)qs.p0;
+        cp_async16(sQ + swz_bytes(r, c), qp, ok);
+    }
+}
+
+// Load a K/V tile: issues the copies of the walk's next tile into `stage` and returns its
+// length (0: no tile left). Rows past the tile are zero-filled (nothing read; src only has to
+// be valid), so garbage never reaches the accumulators.
+__device__ __forceinline__ int flash_load_kv(const Segs& ks, const Segs& vs, KvWalk& w, uint32_t sbase, int stage, int b,
+                                             int r0, int lc, int hoff, int kend) {
+    using namespace fa;
+    kv_next_seg(ks, w.k, b, r0, hoff + lc * 8);
+    kv_next_seg(vs, w.v, b, r0, hoff + lc * 8);
+    if (w.pos >= kend || w.k.seg > 3 || w.v.seg > 3) return 0;
+    const int len = min(BN, min(w.k.left, w.v.left));
+    const uint32_t kst = sbase + k_off(stage);
+    const uint32_t vst = kst + V_IN_STAGE;
+#pragma unroll
+    for (int it = 0; it < 4; it++) {
+        const int r = r0 + 16 * it;
+        const bool ok = r < len;
+        const uint32_t off = swz_bytes(r, lc);
+        cp_async16(kst + off, ok ? w.k.p + 16 * it * w.k.rs : (const __nv_bfloat16*)ks.p0, ok);
+        cp_async16(vst + off, ok ? w.v.p + 16 * it * w.v.rs : (const __nv_bfloat16*)vs.p0, ok);
+    }
+    w.k.p += len * w.k.rs;
+    w.v.p += len * w.v.rs;
+    w.k.left -= len;
+    w.v.left -= len;
+    w.pos += len;
+    return len;
+}
+
+// Q as mma A fragments: the warp's 2 row blocks x 4 k-steps of 16 head dims, read once.
+__device__ __forceinline__ void flash_q_frags(uint32_t (&qf)[fa::MB][fa::KS][4], uint32_t sQ, int wrow, int lane) {
+    using namespace fa;
+#pragma unroll
+    for (int mb = 0; mb < MB; mb++)
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++)
+            ldsm_x4(qf[mb][kk], sQ + swz_bytes(wrow + mb * 16 + mma::a_row(lane), kk * 2 + mma::a_k8(lane)));
+}
+
+// QK: S = Q K^T for the warp's 32 query rows and the tile's 64 keys. K's [key][d] rows are the
+// "col" B operand: one ldmatrix.x4 gives the B fragments of two n8 key tiles, shared by both row
+// blocks (four mma per ldmatrix).
+__device__ __forceinline__ void flash_qk(float (&s)[fa::MB][fa::NT][4], const uint32_t (&qf)[fa::MB][fa::KS][4],
+                                         uint32_t kbase, int lane) {
+    using namespace fa;
+#pragma unroll
+    for (int mb = 0; mb < MB; mb++)
+#pragma unroll
+        for (int i = 0; i < NT; i++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[mb][i][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+            uint32_t kb[4];  // regs 0, 1 = B of key tile 2np, regs 2, 3 = B of key tile 2np+1
+            ldsm_x4(kb, kbase + swz_bytes(np * 16 + mma::b_row(lane), kk * 2 + mma::b_k8(lane)));
+#pragma unroll
+            for (int mb = 0; mb < MB; mb++) {
+                mma_16816_bf16(s[mb][2 * np], qf[mb][kk][0], qf[mb][kk][1], qf[mb][kk][2], qf[mb][kk][3], kb[0], kb[1]);
+                mma_16816_bf16(s[mb][2 * np + 1], qf[mb][kk][0], qf[mb][kk][1], qf[mb][kk][2], qf[mb][kk][3], kb[2], kb[3]);
+            }
+        }
+    }
+}
+
+// Softmax, part 1: one row block's scores to the log2 domain (scale, + bias), and -inf where a
+// key is past the tile (partial tile) or after the query (causal). `row0`: the block's first
+// query position; keys n0 .. n0+nv-1.
+__device__ __forceinline__ void flash_scale_mask(float (&s)[fa::NT][4], const float* __restrict__ bias, int h, int Sq,
+                                                 int Sk, int row0, int n0, int nv, int causal, int qfirst,
+                                                 float scale_log2, int g, int c0) {
+    using namespace fa;
+    if (bias != nullptr) {
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            // Row pointer once per row and tile; the columns are immediate offsets.
+            const int i = row0 + g + 8 * r;
+            const float* brow = bias + ((long long)h * Sq + min(i, Sq - 1)) * Sk + n0 + c0;
+            const int cmax = i < Sq ? nv - c0 : 0;  // columns nt * 8 + u < cmax exist
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    const float bv = nt * 8 + u < cmax ? __ldg(brow + nt * 8 + u) : 0.f;
+                    s[nt][2 * r + u] = fmaf(s[nt][2 * r + u], scale_log2, bv * LOG2E);
+                }
+        }
+    } else {
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[nt][e] *= scale_log2;
+    }
+    // Masking is needed on a partial tile, and (causal) where a key may exceed the warp's first
+    // query.
+    if (nv < BN || (causal && n0 + BN - 1 > qfirst)) {
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = row0 + g + (e < 2 ? 0 : 8);
+                const int cj = nt * 8 + c0 + (e & 1);
+                if (cj >= nv || (causal && n0 + cj > i)) s[nt][e] = -INFINITY;
+            }
+    }
+}
+
+// Softmax, part 2: the online update of one row block (rows g, g+8; the quad of 4 threads that
+// shares a row reduces with shfl_xor 1, 2): new running max, the probabilities P rounded to
+// bf16 as A fragments of the P V mma (the C fragment of the two n8 score tiles of 16 keys is
+// exactly the A fragment of that k-step), the running sum, and O rescaled by exp2(old - new max).
+__device__ __forceinline__ void flash_softmax(const float (&s)[fa::NT][4], uint32_t (&pa)[fa::KS][4], float (&o)[fa::NT][4],
+                                              float (&mrow)[2], float (&lrow)[2]) {
+    using namespace fa;
+    float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+    }
+    float alpha[2], base[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        // A row with no valid key yet keeps max -inf: subtract 0 instead (exp2(-inf) = 0, no NaN).
+        base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
+        alpha[r] = fast_exp2(mrow[r] - base[r]);
+        mrow[r] = mx[r];
+    }
+    float ls[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const float p0 = fast_exp2(s[nt][0] - base[0]);
+        const float p1 = fast_exp2(s[nt][1] - base[0]);
+        const float p2 = fast_exp2(s[nt][2] - base[1]);
+        const float p3 = fast_exp2(s[nt][3] - base[1]);
+        ls[0] += p0 + p1;
+        ls[1] += p2 + p3;
+        // C fragment of key tile nt = half of the A fragment of k-step nt / 2.
+        pa[nt >> 1][(nt & 1) * 2 + 0] = pack2<__nv_bfloat16>(p0, p1);
+        pa[nt >> 1][(nt & 1) * 2 + 1] = pack2<__nv_bfloat16>(p2, p3);
+    }
+    lrow[0] = lrow[0] * alpha[0] + ls[0];
+    lrow[1] = lrow[1] * alpha[1] + ls[1];
+#pragma unroll
+    for (int dt = 0; dt < NT; dt++) {
+        o[dt][0] *= alpha[0];
+        o[dt][1] *= alpha[0];
+        o[dt][2] *= alpha[1];
+        o[dt][3] *= alpha[1];
+    }
+}
+
+// PV: O += P V. V's [key][d] rows are read with ldmatrix.trans: one ldmatrix.x4 gives the B
+// fragments of two n8 tiles of head dims, shared by both row blocks.
+__device__ __forceinline__ void flash_pv(float (&o)[fa::MB][fa::NT][4], const uint32_t (&pa)[fa::MB][fa::KS][4],
+                                         uint32_t vbase, int lane) {
+    using namespace fa;
+#pragma unroll
+    for (int ks2 = 0; ks2 < KS; ks2++) {  // 16 keys per k-step
+#pragma unroll
+        for (int dp = 0; dp < NT / 2; dp++) {
+            uint32_t vb[4];  // regs 0, 1 = B of dim tile 2dp, regs 2, 3 = B of dim tile 2dp+1
+            ldsm_x4_t(vb, vbase + swz_bytes(ks2 * 16 + mma::bt_row(lane), dp * 2 + mma::bt_n8(lane)));
+#pragma unroll
+            for (int mb = 0; mb < MB; mb++) {
+                const uint32_t(&a)[4] = pa[mb][ks2];
+                mma_16816_bf16(o[mb][2 * dp], a[0], a[1], a[2], a[3], vb[0], vb[1]);
+                mma_16816_bf16(o[mb][2 * dp + 1], a[0], a[1], a[2], a[3], vb[2], vb[3]);
+            }
+        }
+    }
+}
+
+// Store: O / rowsum (the quad's partial sums added), bf16, rows < Sq, each to its query
+// segment's output.
+__device__ __forceinline__ void flash_store(const OutSegs& os, const float (&o)[fa::MB][fa::NT][4], const float (&lrow)[fa::MB][2],
+                                            int qn0, int qn1, int qn2, int b, int hoff, int qfirst, int Sq, int g,
+                                            int c0) {
+    using namespace fa;
+#pragma unroll
+    for (int mb = 0; mb < MB; mb++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float l = lrow[mb][r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            const int qi = qfirst + mb * 16 + g + r * 8;
+            if (qi < Sq) {
+                __nv_bfloat16* op = out_row<__nv_bfloat16>(os, qn0, qn1, qn2, b, qi) + hoff + c0;
+#pragma unroll
+                for (int dt = 0; dt < NT; dt++)
+                    *reinterpret_cast<uint32_t*>(op + dt * 8) =
+                        pack2<__nv_bfloat16>(o[mb][dt][2 * r] * inv, o[mb][dt][2 * r + 1] * inv);
+            }
+        }
+}
+
 // scale_log2 = scale * log2(e). bias: f32 [H, Sq, Sk] or null. causal: 0 / 1.
 extern "C" __global__ void __launch_bounds__(fa::THREADS, fa::MIN_CTAS)
     flash_attn_fwd_d64(SEG_ARGS(q), SEG_ARGS(k), SEG_ARGS(v), OUT_ARGS(o), const float* __restrict__ bias, int H, int Sq, int Sk, float scale_log2, int causal) {
     using namespace fa;
     DYNAMIC_SMEM(smem_raw);
-    // Stage s: K at s * 2 * TILE_KV, V right after it. Q staged in stage 2.
     const uint32_t sbase = smem_u32(smem_raw);
-    const uint32_t sQa = sbase + (uint32_t)(2 * 2 * TILE_KV) * 2u;
+    const uint32_t sQ = sbase + Q_OFF;
 
     const Segs qs = SEG_MAKE(q), ks = SEG_MAKE(k), vs = SEG_MAKE(v);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -165,84 +402,35 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS, fa::MIN_CTAS)
     // Keys this CTA needs: all, or (causal) those j <= the CTA's last valid query.
     const int kend = causal ? min(Sk, min(m0 + BM, Sq)) : Sk;
 
-    // --- Q: 8 chunks of 16 B per thread, once (rows may cross segments: seg_row per row) ---
-    {
-        const int c = tid & 7;
-#pragma unroll
-        for (int it = 0; it < TILE_Q / 8 / THREADS; it++) {  // 8
-            const int r = (tid >> 3) + it * (THREADS / 8);
-            const int i = m0 + r;
-            const bool ok = i < Sq;
-            const __nv_bfloat16* qp = ok ? seg_row<__nv_bfloat16>(qs, b, i) + hoff + c * 8 : (const __nv_bfloat16*)qp0;
-            cp_async16(sQa + (uint32_t)swz(r, c) * 2u, qp, ok);
-        }
-    }
-
-    // --- K/V tile walk (every thread copies rows r0, r0+16, r0+32, r0+48, chunk lc) ---
-    // Tiles never straddle a segment boundary (of K or of V): a tile is at most BN rows of the
-    // current segments, so every row pointer is advanced, not searched.
-    const int lc = tid & 7, r0 = tid >> 3;
-    KvSide kx{nullptr, 0, 0, -1}, vx{nullptr, 0, 0, -1};
-    int lpos = 0;  // position (over the concatenation) of the next tile to load
-    // Issues the copies of the next tile into `stage`; returns its length (0: no tile left).
-    auto load_next = [&](int stage) -> int {
-        kv_next_seg(ks, kx, b, r0, hoff + lc * 8);
-        kv_next_seg(vs, vx, b, r0, hoff + lc * 8);
-        if (lpos >= kend || kx.seg > 3 || vx.seg > 3) return 0;
-        const int len = min(BN, min(kx.left, vx.left));
-        const uint32_t kst = sbase + (uint32_t)(stage * 2 * TILE_KV) * 2u;
-        const uint32_t vst = kst + (uint32_t)TILE_KV * 2u;
-#pragma unroll
-        for (int it = 0; it < 4; it++) {
-            const int r = r0 + 16 * it;
-            const bool ok = r < len;
-            const uint32_t off = (uint32_t)swz(r, lc) * 2u;
-            // Rows past the tile are zero-filled (nothing read; src only has to be valid).
-            cp_async16(kst + off, ok ? kx.p + 16 * it * kx.rs : (const __nv_bfloat16*)kp0, ok);
-            cp_async16(vst + off, ok ? vx.p + 16 * it * vx.rs : (const __nv_bfloat16*)vp0, ok);
-        }
-        kx.p += len * kx.rs;
-        vx.p += len * vx.rs;
-        kx.left -= len;
-        vx.left -= len;
-        lpos += len;
-        return len;
-    };
-
     // Prologue: group 0 = Q + tile 0 (stage 0), group 1 = tile 1 (stage 1).
-    int pos0 = lpos, len0 = load_next(0);
+    flash_load_q(qs, sQ, tid, m0, b, hoff, Sq);
+    const int lc = tid & 7, r0 = tid >> 3;
+    KvWalk w{{nullptr, 0, 0, -1}, {nullptr, 0, 0, -1}, 0};
+    int pos0 = w.pos, len0 = flash_load_kv(ks, vs, w, sbase, 0, b, r0, lc, hoff, kend);
     cp_async_commit();
-    int pos1 = lpos, len1 = load_next(1);
+    int pos1 = w.pos, len1 = flash_load_kv(ks, vs, w, sbase, 1, b, r0, lc, hoff, kend);
     cp_async_commit();
 
-    // Fragment coordinates: this thread holds rows g and g+8 of each of the warp's two m16
-    // blocks, columns 2*t4, 2*t4+1 of every n8 tile.
-    const int g = lane >> 2, t4 = lane & 3;
+    // This thread's (row, column) in every C fragment: rows g and g+8 of each of the warp's two
+    // m16 blocks, columns c0, c0+1 of every n8 tile.
+    const int g = mma::c_row0(lane), c0 = mma::c_col0(lane);
     const int wrow = warp * 32;
     const int qfirst = m0 + wrow;  // the warp's first query position
-
-    uint32_t qf[2][4][4];  // A fragments of Q: 2 row blocks x 4 k-steps of 16 dims
+    uint32_t qf[MB][KS][4];  // A fragments of Q
     cp_async_wait<1>();
     __syncthreads();
-#pragma unroll
-    for (int mb = 0; mb < 2; mb++)
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            // matrices: 0 rows 0-7 dims k0..+7, 1 rows 8-15 k0, 2 rows 0-7 k0+8, 3 rows 8-15 k0+8
-            const int r = wrow + mb * 16 + (lane & 15), c = kk * 2 + (lane >> 4);
-            ldsm_x4(qf[mb][kk], sQa + (uint32_t)swz(r, c) * 2u);
-        }
+    flash_q_frags(qf, sQ, wrow, lane);
     // (Stage 2, which held Q, is refilled only after the loop's first barrier.)
 
-    float o[2][8][4];  // O accumulators: 2 row blocks x 8 n8 tiles of head dims
+    float o[MB][NT][4];  // O accumulators: 2 row blocks x 8 n8 tiles of head dims
 #pragma unroll
-    for (int mb = 0; mb < 2; mb++)
+    for (int mb = 0; mb < MB; mb++)
 #pragma unroll
-        for (int i = 0; i < 8; i++)
+        for (int i = 0; i < NT; i++)
 #pragma unroll
             for (int e = 0; e < 4; e++) o[mb][i][e] = 0.f;
-    float mrow[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};  // running max (log2 domain)
-    float lrow[2][2] = {{0.f, 0.f}, {0.f, 0.f}};  // running sum (this thread's columns only)
+    float mrow[MB][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};  // running max (log2 domain)
+    float lrow[MB][2] = {{0.f, 0.f}, {0.f, 0.f}};  // running sum (this thread's columns only)
 
     int cstage = 0, lstage = 2;
     while (len0 > 0) {
@@ -251,142 +439,23 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS, fa::MIN_CTAS)
         // is refilled right away with the tile after next.
         cp_async_wait<1>();
         __syncthreads();
-        const int pos2 = lpos, len2 = load_next(lstage);
+        const int pos2 = w.pos, len2 = flash_load_kv(ks, vs, w, sbase, lstage, b, r0, lc, hoff, kend);
         cp_async_commit();  // always (maybe empty), so that wait_group<1> counts uniformly
 
-        const int n0 = pos0, nv = len0;  // this tile: keys n0 .. n0+nv-1
-        // (Causal: a tile past all of a warp's queries is computed and fully masked; skipping
-        // it costs registers, and only the CTA's last tile or two can be one.)
-        {
-            const uint32_t kbase = sbase + (uint32_t)(cstage * 2 * TILE_KV) * 2u;
-            const uint32_t vbase = kbase + (uint32_t)TILE_KV * 2u;
-
-            // ---- S = Q K^T (32 x 64 per warp) ----
-            float s[2][8][4];
+        // This tile: keys pos0 .. pos0+len0-1. (Causal: a tile past all of a warp's queries is
+        // computed and fully masked; skipping it costs registers, and only the CTA's last tile
+        // or two can be one.)
+        const uint32_t kbase = sbase + k_off(cstage);
+        const uint32_t vbase = kbase + V_IN_STAGE;
+        float s[MB][NT][4];
+        flash_qk(s, qf, kbase, lane);
+        uint32_t pa[MB][KS][4];  // P as bf16 A fragments: 2 row blocks x 4 k-steps of 16 keys
 #pragma unroll
-            for (int mb = 0; mb < 2; mb++)
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) s[mb][i][e] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++) {
-#pragma unroll
-                for (int np = 0; np < 4; np++) {
-                    // matrices: 0 keys n..n+7 dims k0..+7, 1 keys n..+7 dims k0+8.., 2 keys n+8.. k0, 3 keys n+8.. k0+8
-                    // -> regs 0,1 = B of key tile 2np, regs 2,3 = B of key tile 2np+1.
-                    const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3);
-                    const int c = kk * 2 + ((lane >> 3) & 1);
-                    uint32_t kb[4];
-                    ldsm_x4(kb, kbase + (uint32_t)swz(r, c) * 2u);
-#pragma unroll
-                    for (int mb = 0; mb < 2; mb++) {
-                        mma_16816_bf16(s[mb][2 * np], qf[mb][kk][0], qf[mb][kk][1], qf[mb][kk][2], qf[mb][kk][3], kb[0], kb[1]);
-                        mma_16816_bf16(s[mb][2 * np + 1], qf[mb][kk][0], qf[mb][kk][1], qf[mb][kk][2], qf[mb][kk][3], kb[2],
-                                       kb[3]);
-                    }
-                }
-            }
-
-            // ---- online softmax (rows g, g+8 of each block; the quad shares a row) ----
-            uint32_t pa[2][4][4];  // P as bf16 A fragments: 2 row blocks x 4 k-steps of 16 keys
-#pragma unroll
-            for (int mb = 0; mb < 2; mb++) {
-                // ---- scale, bias, mask (log2 domain), one row block at a time ----
-                if (bias != nullptr) {
-#pragma unroll
-                    for (int r = 0; r < 2; r++) {
-                        // Row pointer once per row and tile; the columns are immediate offsets.
-                        const int i = qfirst + mb * 16 + g + 8 * r;
-                        const float* brow = bias + ((long long)h * Sq + min(i, Sq - 1)) * Sk + n0 + 2 * t4;
-                        const int cmax = i < Sq ? nv - 2 * t4 : 0;  // columns nt * 8 + u < cmax exist
-#pragma unroll
-                        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                            for (int u = 0; u < 2; u++) {
-                                const float bv = nt * 8 + u < cmax ? __ldg(brow + nt * 8 + u) : 0.f;
-                                s[mb][nt][2 * r + u] = fmaf(s[mb][nt][2 * r + u], scale_log2, bv * LOG2E);
-                            }
-                    }
-                } else {
-#pragma unroll
-                    for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) s[mb][nt][e] *= scale_log2;
-                }
-                // Masking is needed on a partial tile, and (causal) where a key may exceed the
-                // warp's first query.
-                if (nv < BN || (causal && n0 + BN - 1 > qfirst)) {
-#pragma unroll
-                    for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const int i = qfirst + mb * 16 + g + (e < 2 ? 0 : 8);
-                            const int cj = nt * 8 + 2 * t4 + (e & 1);
-                            if (cj >= nv || (causal && n0 + cj > i)) s[mb][nt][e] = -INFINITY;
-                        }
-                }
-
-                float mx[2] = {mrow[mb][0], mrow[mb][1]};
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++) {
-                    mx[0] = fmaxf(mx[0], fmaxf(s[mb][nt][0], s[mb][nt][1]));
-                    mx[1] = fmaxf(mx[1], fmaxf(s[mb][nt][2], s[mb][nt][3]));
-                }
-                float alpha[2], base[2];
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                    // A row with no valid key yet keeps max -inf: subtract 0 instead (exp2(-inf) = 0, no NaN).
-                    base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-                    alpha[r] = fast_exp2(mrow[mb][r] - base[r]);
-                    mrow[mb][r] = mx[r];
-                }
-                float ls[2] = {0.f, 0.f};
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++) {
-                    const float p0 = fast_exp2(s[mb][nt][0] - base[0]);
-                    const float p1 = fast_exp2(s[mb][nt][1] - base[0]);
-                    const float p2 = fast_exp2(s[mb][nt][2] - base[1]);
-                    const float p3 = fast_exp2(s[mb][nt][3] - base[1]);
-                    ls[0] += p0 + p1;
-                    ls[1] += p2 + p3;
-                    // C fragment of key tile nt = half of the A fragment of k-step nt / 2.
-                    pa[mb][nt >> 1][(nt & 1) * 2 + 0] = pack2<__nv_bfloat16>(p0, p1);
-                    pa[mb][nt >> 1][(nt & 1) * 2 + 1] = pack2<__nv_bfloat16>(p2, p3);
-                }
-                lrow[mb][0] = lrow[mb][0] * alpha[0] + ls[0];
-                lrow[mb][1] = lrow[mb][1] * alpha[1] + ls[1];
-#pragma unroll
-                for (int dt = 0; dt < 8; dt++) {
-                    o[mb][dt][0] *= alpha[0];
-                    o[mb][dt][1] *= alpha[0];
-                    o[mb][dt][2] *= alpha[1];
-                    o[mb][dt][3] *= alpha[1];
-                }
-            }
-
-            // ---- O += P V ----
-#pragma unroll
-            for (int ks2 = 0; ks2 < 4; ks2++) {  // 16 keys per k-step
-#pragma unroll
-                for (int dp = 0; dp < 4; dp++) {
-                    // .trans matrices: 0 keys k..k+7 dims d0..+7, 1 keys k+8.. d0, 2 keys k.. d0+8, 3 keys k+8.. d0+8
-                    // -> regs 0,1 = B of dim tile 2dp, regs 2,3 = B of dim tile 2dp+1.
-                    const int r = ks2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-                    const int c = dp * 2 + (lane >> 4);
-                    uint32_t vb[4];
-                    ldsm_x4_t(vb, vbase + (uint32_t)swz(r, c) * 2u);
-#pragma unroll
-                    for (int mb = 0; mb < 2; mb++) {
-                        const uint32_t(&a)[4] = pa[mb][ks2];
-                        mma_16816_bf16(o[mb][2 * dp], a[0], a[1], a[2], a[3], vb[0], vb[1]);
-                        mma_16816_bf16(o[mb][2 * dp + 1], a[0], a[1], a[2], a[3], vb[2], vb[3]);
-                    }
-                }
-            }
+        for (int mb = 0; mb < MB; mb++) {
+            flash_scale_mask(s[mb], bias, h, Sq, Sk, qfirst + mb * 16, pos0, len0, causal, qfirst, scale_log2, g, c0);
+            flash_softmax(s[mb], pa[mb], o[mb], mrow[mb], lrow[mb]);
         }
+        flash_pv(o, pa, vbase, lane);
 
         pos0 = pos1;
         len0 = len1;
@@ -397,25 +466,7 @@ extern "C" __global__ void __launch_bounds__(fa::THREADS, fa::MIN_CTAS)
     }
     cp_async_wait<0>();
 
-    // ---- epilogue: O / rowsum, bf16, rows < Sq, each to its query segment's output ----
-    const OutSegs os = OUT_MAKE(o);
-#pragma unroll
-    for (int mb = 0; mb < 2; mb++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float l = lrow[mb][r];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            const float inv = l > 0.f ? 1.f / l : 0.f;
-            const int qi = qfirst + mb * 16 + g + r * 8;
-            if (qi < Sq) {
-                __nv_bfloat16* op = out_row<__nv_bfloat16>(os, qn0, qn1, qn2, b, qi) + hoff + 2 * t4;
-#pragma unroll
-                for (int dt = 0; dt < 8; dt++)
-                    *reinterpret_cast<uint32_t*>(op + dt * 8) =
-                        pack2<__nv_bfloat16>(o[mb][dt][2 * r] * inv, o[mb][dt][2 * r + 1] * inv);
-            }
-        }
+    flash_store(OUT_MAKE(o), o, lrow, qn0, qn1, qn2, b, hoff, qfirst, Sq, g, c0);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@
 //   (f32 activations, K % 8 != 0). 16 values per thread and step (one 16-byte load, 16-byte
 //   stores) where K, the group size and both pointers allow, else 8, else one.
 #include "common.cuh"
+#include "mma_frag.cuh"
 #include "ptx.cuh"
 #include "tiles.h"
 
@@ -174,7 +175,7 @@ constexpr int BM = tiles::W8_BM, BN = tiles::W8_BN, BK = tiles::W8_BK, STAGES = 
 // sm_86/89/120): at most 128 registers per thread.
 constexpr int MIN_CTAS = 2;
 constexpr int WM = 64, WN = 32;             // warp tile: 2 warps along M, 4 along N
-constexpr int MI = WM / 16, NI = WN / 8;    // 4 x 4 mma tiles per warp
+constexpr int MI = WM / mma::M, NI = WN / mma::N;  // 4 x 4 mma tiles per warp
 constexpr int A_LD = BK + tiles::W8_PAD;    // bf16/f16 per smem row: 80 B, 16-B aligned, ldmatrix conflict-free
 constexpr int B_LD = BK + tiles::W8_PAD;    // the converted B tile: same layout as A
 constexpr int Q_LD = BK;                    // int8 tile rows: 32 B, read back as 8-B words (conflict-free)
@@ -259,7 +260,7 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
         }
     };
 
-    float acc[MI][NI][4];
+    mma::FragC acc[MI][NI];
 #pragma unroll
     for (int i = 0; i < MI; i++)
 #pragma unroll
@@ -310,23 +311,20 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
         const T* as = As + st * A_STAGE;
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
-            // A fragments (m16 x k16, row-major): lane l addresses row (l % 16), k half (l / 16):
-            // matrices 0..3 = (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
-            // (rows 8-15, k 8-15) = registers a0..a3 of mma.m16n8k16.
-            unsigned af[MI][4];
+            // A fragments (m16 x k16, row-major As rows): mma::a_row / a_k8.
+            mma::FragA af[MI];
 #pragma unroll
             for (int i = 0; i < MI; i++) {
-                const int r = warp_m * WM + i * 16 + (lane & 15);
-                ldsm_x4(af[i], as + r * A_LD + kk + (lane >> 4) * 8);
+                const int r = warp_m * WM + i * 16 + mma::a_row(lane);
+                ldsm_x4(af[i], as + r * A_LD + kk + mma::a_k8(lane) * 8);
             }
-            // B fragments (k16 x n8, "col" = Bt's [n][k] rows), two n8 tiles per ldmatrix.x4:
-            // lane l addresses row n = (l % 8) + 8 (l / 16), k half (l / 8) % 2: matrices 0..3 =
-            // (n 0-7, k 0-7) = b0 of tile j, (n 0-7, k 8-15) = b1 of j, then the same for j + 1.
+            // B fragments (k16 x n8, "col" = Bt's [n][k] rows), two n8 tiles per ldmatrix.x4
+            // (mma::b_row / b_k8): registers 0, 1 = tile 2jp, 2, 3 = tile 2jp + 1.
 #pragma unroll
             for (int jp = 0; jp < NI / 2; jp++) {
-                unsigned bfr[4];
-                const int n = warp_n * WN + jp * 16 + (lane & 7) + ((lane >> 4) << 3);
-                ldsm_x4(bfr, Bt + n * B_LD + kk + ((lane >> 3) & 1) * 8);
+                uint32_t bfr[4];
+                const int n = warp_n * WN + jp * 16 + mma::b_row(lane);
+                ldsm_x4(bfr, Bt + n * B_LD + kk + mma::b_k8(lane) * 8);
 #pragma unroll
                 for (int i = 0; i < MI; i++) {
                     mma_16816<T>(acc[i][2 * jp], af[i], bfr[0], bfr[1]);
@@ -337,10 +335,10 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
     }
     cp_async_wait<0>();  // nothing real is pending (empty groups), but leave no copy in flight
 
-    // Epilogue. Accumulator c0, c1: row l / 4, columns (l % 4) * 2 + {0, 1}; c2, c3: row + 8.
+    // Epilogue. Accumulator c0, c1: row mma::c_row0, columns mma::c_col0 + {0, 1}; c2, c3: row + 8.
 #pragma unroll
     for (int j = 0; j < NI; j++) {
-        const int col = n0 + warp_n * WN + j * 8 + (lane & 3) * 2;
+        const int col = n0 + warp_n * WN + j * 8 + mma::c_col0(lane);
         if (col >= N) continue;
         const bool has1 = col + 1 < N;
         float sc0 = 1.f, sc1 = 1.f;
@@ -354,7 +352,7 @@ __device__ __forceinline__ void w8a16_mma_k(const T* __restrict__ X, long long l
         for (int i = 0; i < MI; i++) {
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const int row = m0 + warp_m * WM + i * 16 + (lane >> 2) + h * 8;
+                const int row = m0 + warp_m * WM + i * 16 + mma::c_row0(lane) + h * 8;
                 if (row >= M) continue;
                 const float v0 = act_apply(acc[i][j][2 * h] * sc0 + b0, act);
                 const float v1 = act_apply(acc[i][j][2 * h + 1] * sc1 + b1, act);
@@ -385,8 +383,8 @@ W8A16_MMA(w8a16_mma_group_f16, __half, true)
 // Small M (<= 16 rows): one warp per output column
 // ------------------------------------------------------------------------------------------
 
-constexpr int GEMV_MAX_M = 16;
-constexpr int GEMV_WARPS = 8;
+constexpr int GEMV_MAX_M = tiles::W8_GEMV_MAX_M;  // (src/ops/quant.rs reads the same numbers)
+constexpr int GEMV_WARPS = tiles::W8_GEMV_WARPS;
 
 template <typename T>
 __device__ __forceinline__ void w8a16_gemv_k(const T* __restrict__ X, long long lda, const int8_t* __restrict__ Q,

@@ -41,6 +41,11 @@ constexpr int W8_PAD = 8;  // bf16/f16 pad of a shared-memory row (80 B pitch: l
 constexpr int W8_SMEM_BYTES = W8_STAGES * W8_BM * (W8_BK + W8_PAD) * 2 + W8_STAGES * W8_BN * W8_BK + W8_BN * (W8_BK + W8_PAD) * 2;  // dynamic shared memory, per-channel scales: A stages, int8 stages, the converted B tile
 constexpr int W8_GROUP_SMEM_BYTES = W8_SMEM_BYTES + W8_STAGES * W8_BN * (W8_BK / 8) * 4;  // dynamic shared memory, group-wise scales: + the scale stages
 
+// ---- w8a16_gemv_* (gemm_int8.cu) ----
+constexpr int W8_GEMV_MAX_M = 16;  // largest M (rows of X) the GEMV kernel takes
+constexpr int W8_GEMV_WARPS = 8;  // output columns per block (one warp each)
+constexpr int W8_GEMV_THREADS = W8_GEMV_WARPS * 32;  // threads per block
+
 // ---- conv_bf16_mma (conv3d.cu) ----
 constexpr int CONV_BM = 64;  // output channels per CTA
 constexpr int CONV_BN = 128;  // output pixels per CTA

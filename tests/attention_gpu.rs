@@ -257,7 +257,14 @@ fn flash_causal_and_bias() {
 #[test]
 fn flash_odd_segments() {
     let Some(dev) = gpu() else { return };
-    for c in [
+    for c in odd_segment_cases() {
+        run_case(&dev, c, DType::BF16, AttnKernel::Mma);
+    }
+}
+
+/// Odd and empty segments (both the flash and the Hopper kernel run these).
+fn odd_segment_cases() -> [Case; 6] {
+    [
         // Tiny: fewer keys and queries than one tile.
         Case::new(1, 1, 64, &[1]),
         Case::new(2, 1, 64, &[3, 5]),
@@ -272,9 +279,7 @@ fn flash_odd_segments() {
             fused: true,
             ..Case::new(1, 2, 64, &[127, 0, 333])
         },
-    ] {
-        run_case(&dev, c, DType::BF16, AttnKernel::Mma);
-    }
+    ]
 }
 
 /// Whether the Hopper kernel runs here (an sm_90 device with the sm_90a image: a real H100/H200,
@@ -330,19 +335,10 @@ fn hopper_joint_causal_bias_odd() {
             fused: true,
             ..Case::new(2, 38, 64, &[45, 77])
         },
-        Case::new(1, 1, 64, &[1]),
-        Case::new(2, 1, 64, &[3, 5]),
-        Case::new(1, 2, 64, &[63, 65, 1]),
-        Case {
-            causal: true,
-            ..Case::new(2, 2, 64, &[17, 128, 64, 129])
-        },
-        Case::new(1, 2, 64, &[129, 0]),
-        Case {
-            fused: true,
-            ..Case::new(1, 2, 64, &[127, 0, 333])
-        },
-    ] {
+    ]
+    .into_iter()
+    .chain(odd_segment_cases())
+    {
         run_case(&dev, c, DType::BF16, AttnKernel::Hopper);
     }
 }

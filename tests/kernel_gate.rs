@@ -21,7 +21,7 @@ use contentv::ops::quant::w8a16_smem_bytes;
 use contentv::runtime::device::{kernel_images, kernel_ptxas_reports};
 use contentv::runtime::kernels::tiles::{
     FLASH_SMEM_BYTES as FLASH_SMEM, FLASH_THREADS, HOPPER_SMEM_BYTES as HOPPER_SMEM,
-    HOPPER_THREADS, NAIVE_WARPS, W8_THREADS,
+    HOPPER_THREADS, NAIVE_WARPS, W8_GEMV_THREADS, W8_THREADS,
 };
 
 /// How a kernel is launched and what its design promises.
@@ -104,7 +104,7 @@ fn launches() -> Vec<Launch> {
             true,
             W8A16_CTAS,
         ),
-        k("w8a16_gemv_*", 256, 0, true, false, TWO),
+        k("w8a16_gemv_*", W8_GEMV_THREADS, 0, true, false, TWO),
         k("dequant_i8_*", 256, 0, false, false, ONE),
         // 3-stage cp.async ring, 75 KiB of dynamic shared memory: 2 CTAs per SM where 150 KiB
         // fit (sm_80, sm_90), 1 on the 100 KiB SMs of sm_86/89/120.
@@ -398,9 +398,7 @@ fn kernel_gate() {
         println!("SKIP: kernel gate SASS checks: nvdisasm not found (scripts/install-cuda-toolchain.sh; or CONTENTV_NVDISASM)");
     }
     let mut failures: Vec<String> = Vec::new();
-    // kernel -> target -> (ptxas, ctas, limiter, sass)
-    type Row = (Ptxas, u32, &'static str, Option<(usize, usize, usize)>);
-    let mut table: BTreeMap<(String, String), BTreeMap<String, Row>> = BTreeMap::new();
+    let mut table: Table = BTreeMap::new();
     let mut targets: Vec<String> = Vec::new();
     let sass_all = tool.as_ref().map(|t| sass_of_every_image(t, images));
     for (module, imgs) in images {
@@ -433,63 +431,11 @@ fn kernel_gate() {
                     ));
                     continue;
                 };
-                let at = format!("{name} on {target}");
-                if l.hot && (p.spill_stores > 0 || p.spill_loads > 0 || p.stack > 0) {
-                    failures.push(format!(
-                        "{at}: hot kernel spills ({} B stores, {} B loads) or has a {} B stack frame",
-                        p.spill_stores, p.spill_loads, p.stack
-                    ));
-                }
-                let smem = p.smem + l.dyn_smem;
-                if smem > a.smem_block {
-                    failures.push(format!(
-                        "{at}: {} B static + {} B dynamic shared memory exceeds the {} B block limit",
-                        p.smem, l.dyn_smem, a.smem_block
-                    ));
-                }
-                if p.regs * l.threads > 65536 {
-                    failures.push(format!(
-                        "{at}: {} registers x {} threads exceed the register file",
-                        p.regs, l.threads
-                    ));
-                }
                 let (ctas, limiter) = ctas_per_sm(p, l, &a);
-                let claim = claim(l, target);
-                if ctas < claim {
-                    failures.push(format!(
-                        "{at}: {ctas} CTA(s) per SM (limited by {limiter}: {} registers, {} B shared memory, \
-                         {} threads), its design needs {claim}",
-                        p.regs, smem, l.threads
-                    ));
-                }
                 let s = sass
                     .as_ref()
                     .map(|m| m.get(name).copied().unwrap_or((0, 0, 0)));
-                if WGMMA_KERNELS.contains(&name.as_str()) {
-                    if *target != "sm_90a" {
-                        failures.push(format!(
-                            "{at}: a wgmma kernel built for {target} (sm_90a only)"
-                        ));
-                    }
-                    for w in &wgmma_problems {
-                        failures.push(format!("{at}: ptxas: {w}"));
-                    }
-                    if let Some((_, 0, _)) = s {
-                        failures.push(format!("{at}: a wgmma kernel without HGMMA in its SASS"));
-                    }
-                }
-                if let Some((hmma, hgmma, local)) = s {
-                    if l.tensor_cores && hmma + hgmma == 0 {
-                        failures.push(format!(
-                            "{at}: a tensor-core kernel without HMMA/HGMMA in its SASS"
-                        ));
-                    }
-                    if l.hot && local > 0 {
-                        failures.push(format!(
-                            "{at}: {local} local-memory loads/stores (LDL/STL) in a hot kernel"
-                        ));
-                    }
-                }
+                failures.extend(kernel_problems(name, target, p, l, &a, s, &wgmma_problems));
                 table
                     .entry((module.to_string(), name.clone()))
                     .or_default()
@@ -510,7 +456,47 @@ fn kernel_gate() {
         }
     }
 
-    // The table: one row per kernel; per target "registers r / CTAs per SM".
+    let md = gate_table(&table, &targets, &all);
+    println!("{md}");
+
+    // docs/kernel-review.md keeps the table of the full build (every target).
+    let full = targets.len() >= 6;
+    let doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/kernel-review.md");
+    let (begin, end) = ("<!-- kernel-gate:begin -->\n", "<!-- kernel-gate:end -->");
+    let text = std::fs::read_to_string(&doc).expect("docs/kernel-review.md");
+    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
+        panic!("docs/kernel-review.md lacks the {begin:?}...{end:?} markers");
+    };
+    let current = &text[b + begin.len()..e];
+    if std::env::var("CONTENTV_GATE_WRITE").is_ok_and(|v| v == "1") {
+        assert!(
+            full,
+            "regenerate the table from a build with every target (unset CONTENTV_ARCHS)"
+        );
+        let new = format!("{}{begin}{md}{}", &text[..b], &text[e..]);
+        std::fs::write(&doc, new).unwrap();
+        println!("kernel gate: wrote the table into {}", doc.display());
+    } else if full && tool.is_some() && !same_table(current, &md) {
+        failures.push(
+            "docs/kernel-review.md's kernel table is out of date: regenerate it with \
+             CONTENTV_GATE_WRITE=1 cargo test --release --test kernel_gate"
+                .into(),
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "kernel gate:\n  {}",
+        failures.join("\n  ")
+    );
+}
+
+/// One kernel's gate results per target: (ptxas, CTAs per SM, limiter, SASS counts).
+type Row = (Ptxas, u32, &'static str, Option<(usize, usize, usize)>);
+/// (module, kernel) -> target -> its row.
+type Table = BTreeMap<(String, String), BTreeMap<String, Row>>;
+
+/// The gate's table (markdown): one row per kernel; per target "registers r / CTAs per SM".
+fn gate_table(table: &Table, targets: &[String], all: &[Launch]) -> String {
     let mut md = String::new();
     md.push_str(&format!(
         "| kernel | module | block | smem static+dyn | hot | {} | spill/stack | HMMA (sm_90) | LDL/STL |\n",
@@ -520,8 +506,8 @@ fn kernel_gate() {
         "|---|---|---|---|---|{}---|---|---|\n",
         "---|".repeat(targets.len())
     ));
-    for ((module, name), per) in &table {
-        let l = launch_of(&all, name).unwrap();
+    for ((module, name), per) in table {
+        let l = launch_of(all, name).unwrap();
         let any = per.values().next().unwrap();
         let cells: Vec<String> = targets
             .iter()
@@ -557,37 +543,79 @@ fn kernel_gate() {
             cells.join(" | ")
         ));
     }
-    println!("{md}");
+    md
+}
 
-    // docs/kernel-review.md keeps the table of the full build (every target).
-    let full = targets.len() >= 6;
-    let doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/kernel-review.md");
-    let (begin, end) = ("<!-- kernel-gate:begin -->\n", "<!-- kernel-gate:end -->");
-    let text = std::fs::read_to_string(&doc).expect("docs/kernel-review.md");
-    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
-        panic!("docs/kernel-review.md lacks the {begin:?}...{end:?} markers");
-    };
-    let current = &text[b + begin.len()..e];
-    if std::env::var("CONTENTV_GATE_WRITE").is_ok_and(|v| v == "1") {
-        assert!(
-            full,
-            "regenerate the table from a build with every target (unset CONTENTV_ARCHS)"
-        );
-        let new = format!("{}{begin}{md}{}", &text[..b], &text[e..]);
-        std::fs::write(&doc, new).unwrap();
-        println!("kernel gate: wrote the table into {}", doc.display());
-    } else if full && tool.is_some() && !same_table(current, &md) {
-        failures.push(
-            "docs/kernel-review.md's kernel table is out of date: regenerate it with \
-             CONTENTV_GATE_WRITE=1 cargo test --release --test kernel_gate"
-                .into(),
-        );
+/// What is wrong with kernel `name` on `target`: spills in a hot kernel, shared memory or
+/// registers past the arch's limits, fewer CTAs per SM than its design needs, a wgmma kernel
+/// outside sm_90a (or without HGMMA, or with ptxas' wgmma warnings), a tensor-core kernel
+/// without HMMA, local memory in a hot kernel. `s`: its SASS counts (HMMA, HGMMA, LDL/STL), if
+/// nvdisasm ran.
+fn kernel_problems(
+    name: &str,
+    target: &str,
+    p: &Ptxas,
+    l: &Launch,
+    a: &Arch,
+    s: Option<(usize, usize, usize)>,
+    wgmma_problems: &[String],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let at = format!("{name} on {target}");
+    if l.hot && (p.spill_stores > 0 || p.spill_loads > 0 || p.stack > 0) {
+        out.push(format!(
+            "{at}: hot kernel spills ({} B stores, {} B loads) or has a {} B stack frame",
+            p.spill_stores, p.spill_loads, p.stack
+        ));
     }
-    assert!(
-        failures.is_empty(),
-        "kernel gate:\n  {}",
-        failures.join("\n  ")
-    );
+    let smem = p.smem + l.dyn_smem;
+    if smem > a.smem_block {
+        out.push(format!(
+            "{at}: {} B static + {} B dynamic shared memory exceeds the {} B block limit",
+            p.smem, l.dyn_smem, a.smem_block
+        ));
+    }
+    if p.regs * l.threads > 65536 {
+        out.push(format!(
+            "{at}: {} registers x {} threads exceed the register file",
+            p.regs, l.threads
+        ));
+    }
+    let (ctas, limiter) = ctas_per_sm(p, l, a);
+    let claim = claim(l, target);
+    if ctas < claim {
+        out.push(format!(
+            "{at}: {ctas} CTA(s) per SM (limited by {limiter}: {} registers, {} B shared memory, \
+             {} threads), its design needs {claim}",
+            p.regs, smem, l.threads
+        ));
+    }
+    if WGMMA_KERNELS.contains(&name) {
+        if target != "sm_90a" {
+            out.push(format!(
+                "{at}: a wgmma kernel built for {target} (sm_90a only)"
+            ));
+        }
+        for w in wgmma_problems {
+            out.push(format!("{at}: ptxas: {w}"));
+        }
+        if let Some((_, 0, _)) = s {
+            out.push(format!("{at}: a wgmma kernel without HGMMA in its SASS"));
+        }
+    }
+    if let Some((hmma, hgmma, local)) = s {
+        if l.tensor_cores && hmma + hgmma == 0 {
+            out.push(format!(
+                "{at}: a tensor-core kernel without HMMA/HGMMA in its SASS"
+            ));
+        }
+        if l.hot && local > 0 {
+            out.push(format!(
+                "{at}: {local} local-memory loads/stores (LDL/STL) in a hot kernel"
+            ));
+        }
+    }
+    out
 }
 
 /// Whether two gate tables agree: the same rows and cells, except that a register count may

@@ -2,7 +2,10 @@
 //! (docs/design.md, "Layers"). This test reads every source file and fails on a reference from
 //! a layer to one above it (`crate::model` inside src/ops, `crate::ops` inside src/runtime, ...),
 //! comments excepted. It is how "no dependency cycle" stays true.
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod common;
+use common::source::rust_files;
 
 /// Lowest first: a layer may use the ones before it.
 const LAYERS: [&str; 6] = ["error", "io", "runtime", "ops", "model", "cli"];
@@ -11,17 +14,6 @@ fn layer_of(rel: &Path) -> Option<usize> {
     let first = rel.components().next()?.as_os_str().to_str()?;
     let name = first.strip_suffix(".rs").unwrap_or(first);
     LAYERS.iter().position(|l| *l == name)
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
 }
 
 /// `(line number, referenced layer)` for every `crate::<layer>` / `$crate::<layer>` outside
@@ -52,9 +44,7 @@ fn references(text: &str) -> Vec<(usize, usize)> {
 #[test]
 fn layers_depend_one_way() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
+    let files = rust_files(&src);
     let mut bad = Vec::new();
     let mut checked = 0;
     for f in &files {

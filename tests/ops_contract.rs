@@ -6,7 +6,10 @@
 //! to rewrite it. It also checks the promise of the doc that every op file that launches a
 //! kernel holds a `*_cpu` reference beside it (for an op folder, in its mod.rs). CPU only,
 //! well under a second.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+mod common;
+use common::source::rust_files;
 
 use contentv::runtime::kernels::DECLS;
 
@@ -16,17 +19,6 @@ const END: &str = "<!-- end of the generated kernel table -->";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
 }
 
 /// Whether `code` uses the handle type `name` (`Name::`, not as the tail of a longer name).
@@ -70,9 +62,7 @@ fn decl_doc(kernels_rs: &str, rust: &str) -> String {
 fn table() -> String {
     let root = root();
     let kernels_rs = std::fs::read_to_string(root.join("src/runtime/kernels.rs")).unwrap();
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    files.sort();
+    let files = rust_files(&root.join("src"));
     let sources: Vec<(String, String)> = files
         .iter()
         .map(|f| {
@@ -146,9 +136,7 @@ fn kernel_table_matches_the_declarations() {
 #[test]
 fn every_op_file_with_a_launcher_has_a_cpu_reference() {
     let root = root();
-    let mut files = Vec::new();
-    rust_files(&root.join("src/ops"), &mut files);
-    files.sort();
+    let files = rust_files(&root.join("src/ops"));
     let mut missing = Vec::new();
     for f in &files {
         let code = code_of(&std::fs::read_to_string(f).unwrap());

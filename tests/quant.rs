@@ -501,8 +501,16 @@ fn gpu_w8a16_kernels_match_cpu_reference() {
             }
         }
     }
+    w8a16_refusals_and_fallbacks(&dev);
+}
+
+/// What the W8A16 kernels refuse and where Auto falls back to dequantise + the dense linear:
+/// f32 activations, K % 8 != 0.
+fn w8a16_refusals_and_fallbacks(dev: &Device) {
+    use contentv::ops::quant::{linear_int8_with, Int8Kernel};
+    use contentv::DType;
     // f32 activations take the dequantise path (Auto) and are rejected by the W8A16 kernels.
-    let x = Tensor::from_f32(rnd(3 * 64, 41), &[3, 64], &dev).unwrap();
+    let x = Tensor::from_f32(rnd(3 * 64, 41), &[3, 64], dev).unwrap();
     let (q, s) = quantize_per_channel(&rnd(16 * 64, 42), 16, 64, None);
     let want = linear_int8(
         &Tensor::from_f32(rnd(3 * 64, 41), &[3, 64], &Device::Cpu).unwrap(),
@@ -513,8 +521,8 @@ fn gpu_w8a16_kernels_match_cpu_reference() {
     )
     .unwrap();
     let (qt, st) = (
-        Tensor::from_i8(q, &[16, 64], &dev).unwrap(),
-        Tensor::from_f32(s, &[16], &dev).unwrap(),
+        Tensor::from_i8(q, &[16, 64], dev).unwrap(),
+        Tensor::from_f32(s, &[16], dev).unwrap(),
     );
     let got = linear_int8(&x, &qt, &st, None, Act::None).unwrap();
     assert_close(
@@ -526,14 +534,14 @@ fn gpu_w8a16_kernels_match_cpu_reference() {
     );
     assert!(linear_int8_with(&x, &qt, &st, None, Act::None, Int8Kernel::Mma).is_err());
     // K % 8 != 0: the kernels refuse, Auto falls back.
-    let xb = Tensor::from_f32(rnd(4 * 12, 43), &[4, 12], &dev)
+    let xb = Tensor::from_f32(rnd(4 * 12, 43), &[4, 12], dev)
         .unwrap()
         .to_dtype(DType::BF16)
         .unwrap();
     let (q, s) = quantize_per_channel(&rnd(8 * 12, 44), 8, 12, None);
     let (qt, st) = (
-        Tensor::from_i8(q, &[8, 12], &dev).unwrap(),
-        Tensor::from_f32(s, &[8], &dev).unwrap(),
+        Tensor::from_i8(q, &[8, 12], dev).unwrap(),
+        Tensor::from_f32(s, &[8], dev).unwrap(),
     );
     assert!(linear_int8_with(&xb, &qt, &st, None, Act::None, Int8Kernel::Mma).is_err());
     assert!(linear_int8_with(&xb, &qt, &st, None, Act::None, Int8Kernel::Gemv).is_err());

@@ -2,22 +2,14 @@
 //! the comment block right above it, with at most 3 lines of code in between (a `let x =
 //! match unsafe { .. }` or a statement wrapped over lines). This test reads every source file
 //! and fails on one without, so the rule stays true (docs/design.md, "Kernel launches").
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod common;
+use common::source::rust_files;
 
 /// Blocks known to lack the comment, in files another change owns right now: (file, count).
 /// The count may only go down; remove the entry when it reaches 0. None today.
 const PENDING: &[(&str, usize)] = &[];
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
 
 /// Whether the code part of `line` (before any `//`) opens an unsafe block or impl.
 fn opens_unsafe(line: &str) -> bool {
@@ -85,9 +77,7 @@ fn the_rule_itself() {
 #[test]
 fn every_unsafe_block_says_why_it_holds() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
+    let files = rust_files(&src);
     let mut bad = Vec::new();
     let mut blocks = 0;
     for f in &files {

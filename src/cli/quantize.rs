@@ -203,6 +203,67 @@ pub fn run(a: &QuantizeArgs, ui: &Ui) -> Result<()> {
         }
     }
     let out = &a.out;
+    check_out(out, src, a.force)?;
+    // Nothing is written from a model `generate` would refuse (the checks `info` reports).
+    let problems = super::info::model_problems(src);
+    if !problems.is_empty() {
+        return Err(Error::Weights(format!(
+            "the model folder {} cannot be loaded (`contentv generate` would refuse it; `contentv info` lists the same), so nothing was written: {}",
+            src.display(),
+            crate::model::inventory::summary(&problems)
+        )));
+    }
+    let parent = fsutil::parent_dir(out);
+    if parent.exists() && !parent.is_dir() {
+        return Err(Error::Input(format!(
+            "cannot create {}: {} is a file, not a folder",
+            out.display(),
+            parent.display()
+        )));
+    }
+    std::fs::create_dir_all(&parent).map_err(|e| io_err(&parent, "cannot create", e))?;
+    for p in fsutil::clean_stale_partials(out) {
+        ui.note(&format!(
+            "removed {}, left by an interrupted quantize",
+            p.display()
+        ));
+    }
+    let tmp = fsutil::partial_name(out, 0).expect("--out has a file name");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = write_checkpoint(src, &tmp, a.group, ui);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    put_in_place(&tmp, out)?;
+    ui.info(&format!("wrote the INT8 checkpoint {}", out.display()));
+    Ok(())
+}
+
+/// Writes the new checkpoint into `tmp`: the components in QUANTIZED quantized, everything
+/// else copied.
+fn write_checkpoint(src: &Path, tmp: &Path, group: Option<usize>, ui: &Ui) -> Result<()> {
+    std::fs::create_dir_all(tmp).map_err(|e| io_err(tmp, "cannot create", e))?;
+    for e in std::fs::read_dir(src)
+        .map_err(|e| io_err(src, "cannot read", e))?
+        .flatten()
+    {
+        let (from, name) = (e.path(), e.file_name());
+        let to = tmp.join(&name);
+        if from.is_dir() && QUANTIZED.iter().any(|q| name == *q) {
+            quantize_component(&from, &to, group, ui)?;
+        } else if from.is_dir() {
+            copy_tree(&from, &to)?;
+        } else {
+            std::fs::copy(&from, &to).map_err(|e| io_err(&from, "cannot copy", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// What --out may be: a new folder name outside the --model folder `src` (and not holding
+/// it); an existing folder only when it is empty, or a checkpoint and --force.
+fn check_out(out: &Path, src: &Path, force: bool) -> Result<()> {
     if out.as_os_str().is_empty() || out.file_name().is_none() {
         return Err(Error::Input(format!(
             "--out {} does not name a new folder (e.g. {})",
@@ -239,7 +300,7 @@ pub fn run(a: &QuantizeArgs, ui: &Ui) -> Result<()> {
             )));
         }
         let empty = std::fs::read_dir(out).is_ok_and(|mut rd| rd.next().is_none());
-        if !a.force && !empty {
+        if !force && !empty {
             return Err(Error::Input(format!(
                 "{} already exists: choose another --out or pass --force to replace it",
                 out.display()
@@ -252,76 +313,31 @@ pub fn run(a: &QuantizeArgs, ui: &Ui) -> Result<()> {
             )));
         }
     }
-    // Nothing is written from a model `generate` would refuse (the checks `info` reports).
-    let problems = super::info::model_problems(src);
-    if !problems.is_empty() {
-        return Err(Error::Weights(format!(
-            "the model folder {} cannot be loaded (`contentv generate` would refuse it; `contentv info` lists the same), so nothing was written: {}",
-            src.display(),
-            crate::model::inventory::summary(&problems)
-        )));
-    }
-    let parent = fsutil::parent_dir(out);
-    if parent.exists() && !parent.is_dir() {
-        return Err(Error::Input(format!(
-            "cannot create {}: {} is a file, not a folder",
-            out.display(),
-            parent.display()
-        )));
-    }
-    std::fs::create_dir_all(&parent).map_err(|e| io_err(&parent, "cannot create", e))?;
-    for p in fsutil::clean_stale_partials(out) {
-        ui.note(&format!(
-            "removed {}, left by an interrupted quantize",
-            p.display()
-        ));
-    }
-    let tmp = fsutil::partial_name(out, 0).expect("--out has a file name");
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = (|| -> Result<()> {
-        std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, "cannot create", e))?;
-        for e in std::fs::read_dir(src)
-            .map_err(|e| io_err(src, "cannot read", e))?
-            .flatten()
-        {
-            let (from, name) = (e.path(), e.file_name());
-            let to = tmp.join(&name);
-            if from.is_dir() && QUANTIZED.iter().any(|q| name == *q) {
-                quantize_component(&from, &to, a.group, ui)?;
-            } else if from.is_dir() {
-                copy_tree(&from, &to)?;
-            } else {
-                std::fs::copy(&from, &to).map_err(|e| io_err(&from, "cannot copy", e))?;
-            }
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    // Replace an existing --out only once the new one is complete, and keep the old one until
-    // the new one is in place.
+    Ok(())
+}
+
+/// Moves the complete new checkpoint `tmp` to `out`. An existing --out is replaced only now,
+/// and kept until the new one is in place (put back if the move fails).
+fn put_in_place(tmp: &Path, out: &Path) -> Result<()> {
     let old = if out.exists() {
         let old = fsutil::partial_name(out, 1).expect("--out has a file name");
         if let Err(e) = std::fs::rename(out, &old) {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_dir_all(tmp);
             return Err(io_err(out, "cannot move aside the existing", e));
         }
         Some(old)
     } else {
         None
     };
-    if let Err(e) = std::fs::rename(&tmp, out) {
+    if let Err(e) = std::fs::rename(tmp, out) {
         if let Some(old) = &old {
             let _ = std::fs::rename(old, out);
         }
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_dir_all(tmp);
         return Err(io_err(out, "cannot move the result to", e));
     }
     if let Some(old) = old {
         let _ = std::fs::remove_dir_all(&old);
     }
-    ui.info(&format!("wrote the INT8 checkpoint {}", out.display()));
     Ok(())
 }

@@ -375,15 +375,7 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
     gpu.bind()?;
     let mut guard = gpu.blas.lock().unwrap();
     if guard.is_none() {
-        let mut handle: lt::Handle = std::ptr::null_mut();
-        // SAFETY: out-pointer to a live handle slot.
-        check("create handle", unsafe { (lib.create)(&mut handle) })?;
-        let workspace = gpu.alloc(WORKSPACE)?;
-        *guard = Some(lt::BlasLt {
-            lib,
-            handle,
-            workspace,
-        });
+        *guard = Some(blas_state(gpu, lib)?);
     }
     let blas = guard.as_ref().unwrap();
     let ty = cuda_type(c.dtype)?;
@@ -399,25 +391,7 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
         let _cleanup_desc = Guard(move || {
             (lib.desc_destroy)(desc);
         });
-        // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 (a 32-bit enum).
-        let op_t: i32 = 1;
-        let op_n: i32 = 0;
-        let ta = if c.w_transposed { op_t } else { op_n };
-        set_desc(lib, desc, "transa", lt::DESC_TRANSA, &ta)?;
-        set_desc(lib, desc, "transb", lt::DESC_TRANSB, &op_n)?;
-        let epi = match (c.bias.is_some(), c.gelu) {
-            (false, false) => lt::EPILOGUE_DEFAULT,
-            (true, false) => lt::EPILOGUE_BIAS,
-            (false, true) => lt::EPILOGUE_GELU,
-            (true, true) => lt::EPILOGUE_GELU_BIAS,
-        };
-        set_desc(lib, desc, "epilogue", lt::DESC_EPILOGUE, &epi)?;
-        if let Some((bp, bdt)) = c.bias {
-            let bptr = bp as *const c_void;
-            set_desc(lib, desc, "bias pointer", lt::DESC_BIAS_POINTER, &bptr)?;
-            let bty = cuda_type(bdt)?;
-            set_desc(lib, desc, "bias type", lt::DESC_BIAS_DATA_TYPE, &bty)?;
-        }
+        set_matmul_desc(lib, desc, &c)?;
         // A = W: stored row-major with row stride ldw = col-major with ld ldw.
         let (a_rows, a_cols) = if c.w_transposed {
             (c.k, c.n)
@@ -436,47 +410,7 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
         let _cly = Guard(move || {
             (lib.layout_destroy)(ly);
         });
-        let mut pref: lt::Preference = std::ptr::null_mut();
-        check("preference", (lib.pref_create)(&mut pref))?;
-        let _cp = Guard(move || {
-            (lib.pref_destroy)(pref);
-        });
-        let ws = WORKSPACE;
-        check(
-            "workspace preference",
-            (lib.pref_set)(
-                pref,
-                lt::PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const usize as *const c_void,
-                std::mem::size_of::<usize>(),
-            ),
-        )?;
-        let mut heur: lt::HeuristicResult = std::mem::zeroed();
-        let mut found: c_int = 0;
-        let st = (lib.heuristic)(
-            blas.handle,
-            desc,
-            la,
-            lb,
-            ly,
-            ly,
-            pref,
-            1,
-            &mut heur,
-            &mut found,
-        );
-        if st != 0 || found < 1 {
-            return Err(Error::Cuda(format!(
-                "cuBLASLt ({}) has no algorithm for a {} GEMM m={} n={} k={} (lda {}, ldw {}): status {st}",
-                lib.path,
-                c.dtype.name(),
-                c.m,
-                c.n,
-                c.k,
-                c.lda,
-                c.ldw
-            )));
-        }
+        let heur = pick_algo(lib, blas.handle, desc, [la, lb, ly], &c)?;
         let alpha = 1f32;
         let beta = 0f32;
         check(
@@ -496,12 +430,99 @@ fn gemm_cuda(gpu: &Gpu, c: GemmCall) -> Result<()> {
                 ly,
                 &heur.algo,
                 blas.workspace.ptr() as *mut c_void,
-                ws,
+                WORKSPACE,
                 gpu.stream() as *mut c_void,
             ),
         )?;
     }
     Ok(())
+}
+
+/// The device's cuBLASLt handle and workspace, made on its first GEMM.
+fn blas_state(gpu: &Gpu, lib: &'static lt::Lib) -> Result<lt::BlasLt> {
+    let mut handle: lt::Handle = std::ptr::null_mut();
+    // SAFETY: out-pointer to a live handle slot.
+    check("create handle", unsafe { (lib.create)(&mut handle) })?;
+    let workspace = gpu.alloc(WORKSPACE)?;
+    Ok(lt::BlasLt {
+        lib,
+        handle,
+        workspace,
+    })
+}
+
+/// The matmul descriptor's attributes for `c`: op(W) (transposed or not), X as is, and the
+/// epilogue (bias pointer and type, GELU).
+///
+/// # Safety
+/// `desc` is a live matmul descriptor; `c.bias` (if any) points to device memory that outlives
+/// the matmul.
+unsafe fn set_matmul_desc(lib: &lt::Lib, desc: lt::MatmulDesc, c: &GemmCall) -> Result<()> {
+    // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 (a 32-bit enum).
+    let op_t: i32 = 1;
+    let op_n: i32 = 0;
+    let ta = if c.w_transposed { op_t } else { op_n };
+    set_desc(lib, desc, "transa", lt::DESC_TRANSA, &ta)?;
+    set_desc(lib, desc, "transb", lt::DESC_TRANSB, &op_n)?;
+    let epi = match (c.bias.is_some(), c.gelu) {
+        (false, false) => lt::EPILOGUE_DEFAULT,
+        (true, false) => lt::EPILOGUE_BIAS,
+        (false, true) => lt::EPILOGUE_GELU,
+        (true, true) => lt::EPILOGUE_GELU_BIAS,
+    };
+    set_desc(lib, desc, "epilogue", lt::DESC_EPILOGUE, &epi)?;
+    if let Some((bp, bdt)) = c.bias {
+        let bptr = bp as *const c_void;
+        set_desc(lib, desc, "bias pointer", lt::DESC_BIAS_POINTER, &bptr)?;
+        let bty = cuda_type(bdt)?;
+        set_desc(lib, desc, "bias type", lt::DESC_BIAS_DATA_TYPE, &bty)?;
+    }
+    Ok(())
+}
+
+/// cuBLASLt's first heuristic choice for the matmul `desc` over the layouts [A, B, Y] (Y also
+/// the C input), within WORKSPACE bytes; an error naming the GEMM when it has none.
+///
+/// # Safety
+/// `handle`, `desc` and the layouts are live cuBLASLt objects.
+unsafe fn pick_algo(
+    lib: &lt::Lib,
+    handle: lt::Handle,
+    desc: lt::MatmulDesc,
+    [la, lb, ly]: [lt::Layout; 3],
+    c: &GemmCall,
+) -> Result<lt::HeuristicResult> {
+    let mut pref: lt::Preference = std::ptr::null_mut();
+    check("preference", (lib.pref_create)(&mut pref))?;
+    let _cp = Guard(move || {
+        (lib.pref_destroy)(pref);
+    });
+    let ws = WORKSPACE;
+    check(
+        "workspace preference",
+        (lib.pref_set)(
+            pref,
+            lt::PREF_MAX_WORKSPACE_BYTES,
+            &ws as *const usize as *const c_void,
+            std::mem::size_of::<usize>(),
+        ),
+    )?;
+    let mut heur: lt::HeuristicResult = std::mem::zeroed();
+    let mut found: c_int = 0;
+    let st = (lib.heuristic)(handle, desc, la, lb, ly, ly, pref, 1, &mut heur, &mut found);
+    if st != 0 || found < 1 {
+        return Err(Error::Cuda(format!(
+            "cuBLASLt ({}) has no algorithm for a {} GEMM m={} n={} k={} (lda {}, ldw {}): status {st}",
+            lib.path,
+            c.dtype.name(),
+            c.m,
+            c.n,
+            c.k,
+            c.lda,
+            c.ldw
+        )));
+    }
+    Ok(heur)
 }
 
 struct Guard<F: FnMut()>(F);

@@ -95,8 +95,8 @@ pub enum Int8Kernel {
     Dequant,
 }
 
-/// Largest M the GEMV kernel takes (`GEMV_MAX_M` in kernels/gemm_int8.cu).
-pub const GEMV_MAX_M: usize = 16;
+/// Largest M the GEMV kernel takes (kernels/tiles.h's `W8_GEMV_MAX_M`, which the kernel uses).
+pub const GEMV_MAX_M: usize = tiles::W8_GEMV_MAX_M as usize;
 
 /// Rows from which `Auto` dequantises the weight and runs cuBLASLt instead of the fused W8A16
 /// kernel. An ESTIMATE from the roofline model of [`int8_times`] with [`H100_INT8_RATES`]
@@ -342,33 +342,11 @@ pub fn linear_int8_with(
         }
         Some(gpu) => {
             let dt = x.dtype();
-            let half = matches!(dt, DType::BF16 | DType::F16);
             let kernel = resolve_int8_kernel(kernel, m, n, k, groups, dt)?;
             if kernel == Int8Kernel::Dequant {
                 return linear_int8_dequant(x, q, scale, bias, act, n, k, groups);
             }
-            if !half {
-                return Err(Error::Other(format!(
-                    "linear_int8: the W8A16 kernels take bf16/f16 activations, got {}",
-                    dt.name()
-                )));
-            }
-            if k % 8 != 0 {
-                return Err(shape_err!(
-                    "linear_int8: the W8A16 kernels need K % 8 == 0, got K = {k}"
-                ));
-            }
-            if groups > 1 && (k / groups) % 8 != 0 {
-                return Err(shape_err!(
-                    "linear_int8: group size {} must be a multiple of 8",
-                    k / groups
-                ));
-            }
-            if kernel == Int8Kernel::Gemv && m > GEMV_MAX_M {
-                return Err(shape_err!(
-                    "linear_int8: the GEMV kernel takes at most {GEMV_MAX_M} rows, got {m}"
-                ));
-            }
+            check_w8a16(kernel, dt, m, k, groups)?;
             let y = Tensor::empty(&out_shape, dt, x.device())?;
             if m == 0 || n == 0 {
                 return Ok(y);
@@ -405,40 +383,7 @@ pub fn linear_int8_with(
                     "linear_int8: [{m}, {k}] x [{n}, {k}] is too large"
                 ));
             }
-            let bf = dt == DType::BF16;
-            let (kern, cfg) = if kernel == Int8Kernel::Gemv {
-                let kern = if bf {
-                    W8a16::GEMV_BF16
-                } else {
-                    W8a16::GEMV_F16
-                };
-                let cfg = LaunchCfg::new((n.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0);
-                (kern, cfg)
-            } else {
-                let kern = match (bf, groups > 1) {
-                    (true, false) => W8a16::MMA_BF16,
-                    (false, false) => W8a16::MMA_F16,
-                    (true, true) => W8a16::MMA_GROUP_BF16,
-                    (false, true) => W8a16::MMA_GROUP_F16,
-                };
-                let (bm, bn) = (tiles::W8_BM as usize, tiles::W8_BN as usize);
-                let grid_y = m.div_ceil(bm);
-                if grid_y > 65_535 {
-                    return Err(shape_err!(
-                        "linear_int8: {m} rows exceed the grid (at most {} rows)",
-                        65_535 * bm
-                    ));
-                }
-                let grid = (n.div_ceil(bn) as u32, grid_y as u32, 1);
-                (
-                    kern,
-                    LaunchCfg::new(
-                        grid,
-                        (tiles::W8_THREADS, 1, 1),
-                        w8a16_smem_bytes(groups > 1),
-                    ),
-                )
-            };
+            let (kern, cfg) = w8a16_launch(kernel, dt, groups, m, n)?;
             // SAFETY: x2 is [m, k] rows at stride lda (flat_rows; 16-byte aligned, lda % 8 == 0,
             // else copied), q2 [n, k] i8 contiguous and 8-byte aligned, s2 [n, groups] f32, b2
             // [n] f32 or null, y fresh [m, n] of dt; the GEMV kernel only for m <= GEMV_MAX_M;
@@ -447,6 +392,84 @@ pub fn linear_int8_with(
             Ok(y)
         }
     }
+}
+
+/// What the W8A16 kernels take (checked before anything is allocated): bf16/f16 activations,
+/// K and the group size multiples of 8, at most GEMV_MAX_M rows for the GEMV kernel.
+fn check_w8a16(kernel: Int8Kernel, dt: DType, m: usize, k: usize, groups: usize) -> Result<()> {
+    if !matches!(dt, DType::BF16 | DType::F16) {
+        return Err(Error::Other(format!(
+            "linear_int8: the W8A16 kernels take bf16/f16 activations, got {}",
+            dt.name()
+        )));
+    }
+    if k % 8 != 0 {
+        return Err(shape_err!(
+            "linear_int8: the W8A16 kernels need K % 8 == 0, got K = {k}"
+        ));
+    }
+    if groups > 1 && (k / groups) % 8 != 0 {
+        return Err(shape_err!(
+            "linear_int8: group size {} must be a multiple of 8",
+            k / groups
+        ));
+    }
+    if kernel == Int8Kernel::Gemv && m > GEMV_MAX_M {
+        return Err(shape_err!(
+            "linear_int8: the GEMV kernel takes at most {GEMV_MAX_M} rows, got {m}"
+        ));
+    }
+    Ok(())
+}
+
+/// The W8A16 kernel for `kernel` (GEMV or tensor-core MMA; per-channel or group-wise scales)
+/// and its launch: the MMA kernel's tiles and shared memory are kernels/tiles.h's.
+fn w8a16_launch(
+    kernel: Int8Kernel,
+    dt: DType,
+    groups: usize,
+    m: usize,
+    n: usize,
+) -> Result<(W8a16, LaunchCfg)> {
+    let bf = dt == DType::BF16;
+    Ok(if kernel == Int8Kernel::Gemv {
+        let kern = if bf {
+            W8a16::GEMV_BF16
+        } else {
+            W8a16::GEMV_F16
+        };
+        let cols = tiles::W8_GEMV_WARPS as usize; // output columns per block
+        let cfg = LaunchCfg::new(
+            (n.div_ceil(cols) as u32, 1, 1),
+            (tiles::W8_GEMV_THREADS, 1, 1),
+            0,
+        );
+        (kern, cfg)
+    } else {
+        let kern = match (bf, groups > 1) {
+            (true, false) => W8a16::MMA_BF16,
+            (false, false) => W8a16::MMA_F16,
+            (true, true) => W8a16::MMA_GROUP_BF16,
+            (false, true) => W8a16::MMA_GROUP_F16,
+        };
+        let (bm, bn) = (tiles::W8_BM as usize, tiles::W8_BN as usize);
+        let grid_y = m.div_ceil(bm);
+        if grid_y > 65_535 {
+            return Err(shape_err!(
+                "linear_int8: {m} rows exceed the grid (at most {} rows)",
+                65_535 * bm
+            ));
+        }
+        let grid = (n.div_ceil(bn) as u32, grid_y as u32, 1);
+        (
+            kern,
+            LaunchCfg::new(
+                grid,
+                (tiles::W8_THREADS, 1, 1),
+                w8a16_smem_bytes(groups > 1),
+            ),
+        )
+    })
 }
 
 /// The large-M (and fallback) GPU path: dequantise into a dense weight of the activation dtype

@@ -231,8 +231,25 @@ impl WeightStore {
     /// Opens `dir` (single `*.safetensors` or sharded with an index JSON).
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
         let ckpt = ShardedCheckpoint::open_dir(dir)?;
+        Ok(Self::over(ckpt, dir, device, dtype))
+    }
+
+    /// Opens one safetensors file as a store (latents and noise files, single-file weights).
+    pub fn open_file(path: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
+        let ckpt = ShardedCheckpoint::open_files(&[path.to_path_buf()])?;
+        Ok(Self::over(ckpt, path, device, dtype))
+    }
+
+    /// A store over an opened checkpoint (`dir`: the path its messages name), nothing delivered
+    /// yet; on the CPU every tensor is delivered in f32.
+    fn over(
+        ckpt: ShardedCheckpoint,
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Arc<WeightStore> {
         let dtype = if device.is_cuda() { dtype } else { DType::F32 };
-        Ok(Arc::new(WeightStore {
+        Arc::new(WeightStore {
             ckpt,
             dir: dir.to_path_buf(),
             device: device.clone(),
@@ -240,22 +257,7 @@ impl WeightStore {
             cache: Mutex::new(HashMap::new()),
             int8: Mutex::new(None),
             fusion: Mutex::new(None),
-        }))
-    }
-
-    /// Opens one safetensors file as a store (latents and noise files, single-file weights).
-    pub fn open_file(path: &Path, device: &Device, dtype: DType) -> Result<Arc<WeightStore>> {
-        let ckpt = ShardedCheckpoint::open_files(&[path.to_path_buf()])?;
-        let dtype = if device.is_cuda() { dtype } else { DType::F32 };
-        Ok(Arc::new(WeightStore {
-            ckpt,
-            dir: path.to_path_buf(),
-            device: device.clone(),
-            dtype,
-            cache: Mutex::new(HashMap::new()),
-            int8: Mutex::new(None),
-            fusion: Mutex::new(None),
-        }))
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -303,7 +305,7 @@ impl WeightStore {
     /// The tensor `key`, checked against `shape`, on the store's device in `dtype`.
     pub fn load(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         note_read(&self.dir, key);
-        let ck = format!("{key}@{}", dtype.name());
+        let ck = cache_key(key, dtype);
         if let Some(t) = self.cache.lock().unwrap().get(&ck) {
             return Ok(t.clone());
         }
@@ -359,7 +361,7 @@ impl WeightStore {
         }
         let mut total = shapes[0].clone();
         total[0] = shapes.iter().map(|s| s[0]).sum();
-        let ck = format!("{fused_key}@{}", dtype.name());
+        let ck = cache_key(fused_key, dtype);
         if let Some(t) = self.cache.lock().unwrap().get(&ck) {
             if t.shape() != total {
                 return Err(Error::Weights(format!(
@@ -506,18 +508,9 @@ impl WeightStore {
         for k in &wkeys {
             note_read(&self.dir, k);
         }
-        let (qk, sck) = (
-            format!("{fq}@{}", DType::I8.name()),
-            format!("{fs}@{}", DType::F32.name()),
-        );
-        {
-            let c = self.cache.lock().unwrap();
-            if let (Some(q), Some(s)) = (c.get(&qk), c.get(&sck)) {
-                return Ok(Weight::Int8 {
-                    q: q.clone(),
-                    scale: s.clone(),
-                });
-            }
+        let (qk, sck) = int8_cache_keys(&fq, &fs);
+        if let Some(w) = self.cached_int8(&qk, &sck) {
+            return Ok(w);
         }
         let mut rows = Vec::with_capacity(n_tot * in_f);
         for (wk, &n) in wkeys.iter().zip(out_f) {
@@ -531,11 +524,37 @@ impl WeightStore {
             }
             rows.extend(self.host_view(wk)?.to_vec_f32()?);
         }
+        self.quantize_on_load(rows, n_tot, in_f, qk, sck)
+    }
+
+    /// The delivered INT8 pair under the cache keys (q, scale), if both are there.
+    fn cached_int8(&self, qk: &str, sck: &str) -> Option<Weight> {
+        let c = self.cache.lock().unwrap();
+        match (c.get(qk), c.get(sck)) {
+            (Some(q), Some(s)) => Some(Weight::Int8 {
+                q: q.clone(),
+                scale: s.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Quantize-on-load: the f32 rows [out_f, in_f] to INT8 (per channel, or in the policy's
+    /// groups when they divide in_f) on the host, then to the device, delivered under the cache
+    /// keys (q, scale). The f32 copy is freed before the upload.
+    fn quantize_on_load(
+        &self,
+        rows: Vec<f32>,
+        out_f: usize,
+        in_f: usize,
+        qk: String,
+        sck: String,
+    ) -> Result<Weight> {
         let group = self
             .int8_policy()
             .and_then(|p| p.group)
             .filter(|g| in_f % g == 0);
-        let (q, s) = crate::runtime::int8::quantize_host(&rows, n_tot, in_f, group)?;
+        let (q, s) = crate::runtime::int8::quantize_host(&rows, out_f, in_f, group)?;
         drop(rows);
         let (q, s) = (q.to_device(&self.device)?, s.to_device(&self.device)?);
         let mut c = self.cache.lock().unwrap();
@@ -596,18 +615,9 @@ impl WeightStore {
             let scale = self.load(&sk, &sshape, DType::F32)?;
             return Ok(Weight::Int8 { q, scale });
         }
-        let (qk, sck) = (
-            format!("{wk}@{}", DType::I8.name()),
-            format!("{sk}@{}", DType::F32.name()),
-        );
-        {
-            let c = self.cache.lock().unwrap();
-            if let (Some(q), Some(s)) = (c.get(&qk), c.get(&sck)) {
-                return Ok(Weight::Int8 {
-                    q: q.clone(),
-                    scale: s.clone(),
-                });
-            }
+        let (qk, sck) = int8_cache_keys(&wk, &sk);
+        if let Some(w) = self.cached_int8(&qk, &sck) {
+            return Ok(w);
         }
         let (file, info) = self.ckpt.get(&wk)?;
         if info.shape != [out_f, in_f] {
@@ -617,21 +627,8 @@ impl WeightStore {
                 info.shape
             )));
         }
-        let group = self
-            .int8_policy()
-            .and_then(|p| p.group)
-            .filter(|g| in_f % g == 0);
-        let (q, s) = crate::runtime::int8::quantize_host(
-            &self.host_view(&wk)?.to_vec_f32()?,
-            out_f,
-            in_f,
-            group,
-        )?;
-        let (q, s) = (q.to_device(&self.device)?, s.to_device(&self.device)?);
-        let mut c = self.cache.lock().unwrap();
-        c.insert(qk, q.clone());
-        c.insert(sck, s.clone());
-        Ok(Weight::Int8 { q, scale: s })
+        let rows = self.host_view(&wk)?.to_vec_f32()?;
+        self.quantize_on_load(rows, out_f, in_f, qk, sck)
     }
 
     /// Drops every delivered tensor (frees their device memory back to the pool).
@@ -653,7 +650,7 @@ impl WeightStore {
     pub fn install(&self, views: HashMap<String, Tensor>) {
         let mut c = self.cache.lock().unwrap();
         for (k, t) in views {
-            c.insert(format!("{k}@{}", t.dtype().name()), t);
+            c.insert(cache_key(&k, t.dtype()), t);
         }
     }
 }
@@ -800,4 +797,15 @@ impl WeightSource for Prefix {
             bias: Some(p.tensor("bias", &[out])?),
         })
     }
+}
+
+/// The key a delivered tensor is cached under: the checkpoint key and the dtype it was
+/// delivered in.
+fn cache_key(key: &str, dtype: DType) -> String {
+    format!("{key}@{}", dtype.name())
+}
+
+/// The cache keys of an INT8 pair: the weight's tensor as i8, the scale's as f32.
+fn int8_cache_keys(wk: &str, sk: &str) -> (String, String) {
+    (cache_key(wk, DType::I8), cache_key(sk, DType::F32))
 }

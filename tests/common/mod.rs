@@ -7,6 +7,7 @@
 
 pub mod bin;
 pub mod scratch;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -742,52 +742,55 @@ fn http_date(t: std::time::SystemTime) -> String {
 async fn metrics(AxState(s): AxState<S>) -> Response {
     let g = s.state.lock();
     let c = &g.counters;
+    // (name, type, help, value): one exposition block each.
+    let rows: [(&str, &str, &str, u64); 7] = [
+        (
+            "contentv_queue_length",
+            "gauge",
+            "Jobs waiting in the queue.",
+            g.queue.len() as u64,
+        ),
+        (
+            "contentv_jobs_running",
+            "gauge",
+            "Jobs running (0 or 1).",
+            u64::from(g.running.is_some()),
+        ),
+        (
+            "contentv_jobs_submitted_total",
+            "counter",
+            "Jobs accepted since the server started.",
+            c.submitted,
+        ),
+        (
+            "contentv_jobs_completed_total",
+            "counter",
+            "Jobs completed since the server started.",
+            c.completed,
+        ),
+        (
+            "contentv_jobs_failed_total",
+            "counter",
+            "Jobs failed since the server started.",
+            c.failed,
+        ),
+        (
+            "contentv_jobs_cancelled_total",
+            "counter",
+            "Jobs cancelled since the server started.",
+            c.cancelled,
+        ),
+        (
+            "contentv_jobs_rejected_queue_full_total",
+            "counter",
+            "Requests refused with 429 (queue full).",
+            c.rejected_full,
+        ),
+    ];
     let mut t = String::new();
-    let mut m = |name: &str, kind: &str, help: &str, v: String| {
+    for (name, kind, help, v) in rows {
         t += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
-    };
-    m(
-        "contentv_queue_length",
-        "gauge",
-        "Jobs waiting in the queue.",
-        g.queue.len().to_string(),
-    );
-    m(
-        "contentv_jobs_running",
-        "gauge",
-        "Jobs running (0 or 1).",
-        u8::from(g.running.is_some()).to_string(),
-    );
-    m(
-        "contentv_jobs_submitted_total",
-        "counter",
-        "Jobs accepted since the server started.",
-        c.submitted.to_string(),
-    );
-    m(
-        "contentv_jobs_completed_total",
-        "counter",
-        "Jobs completed since the server started.",
-        c.completed.to_string(),
-    );
-    m(
-        "contentv_jobs_failed_total",
-        "counter",
-        "Jobs failed since the server started.",
-        c.failed.to_string(),
-    );
-    m(
-        "contentv_jobs_cancelled_total",
-        "counter",
-        "Jobs cancelled since the server started.",
-        c.cancelled.to_string(),
-    );
-    m(
-        "contentv_jobs_rejected_queue_full_total",
-        "counter",
-        "Requests refused with 429 (queue full).",
-        c.rejected_full.to_string(),
-    );
+    }
     t += "# HELP contentv_step_seconds Wall-clock seconds per denoising step.\n# TYPE contentv_step_seconds summary\n";
     t += &format!(
         "contentv_step_seconds_sum {}\ncontentv_step_seconds_count {}\n",

@@ -88,6 +88,89 @@ pub const DEFAULT_MAX_PIXELS: usize = 1280 * 720;
 pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
     let (addrs, loopback) = listen_addrs(&a.host, a.port)?;
+    let api_key = check_serve_flags(a, loopback, ui)?;
+    let dir = model_dir(&a.model.model, ui);
+    check_model_dir(&dir, &[])?;
+    let layout = LatentLayout::from_model_dir(&dir)?;
+    let mut defaults = RequestFields::default();
+    let tiny = a.model.model.is_none();
+    if tiny {
+        defaults.apply_tiny_defaults();
+    }
+    let data_dir = a.data_dir.clone().unwrap_or_else(state::default_data_dir);
+    let (_lock, state) = open_data_dir(a, &data_dir, ui)?;
+    let max_connections = conn::connection_cap(a.max_connections)?;
+    let listener = std::net::TcpListener::bind(&addrs[..])
+        .map_err(|e| Error::Input(format!("cannot listen on {}:{}: {e}", a.host, a.port)))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+
+    let (model_name, names) = model_names(&dir, tiny);
+    let facts = super::request::memory::ModelFacts::read(&dir)?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let spec = worker::ModelSpec {
+        dir: dir.clone(),
+        device: a.model.device,
+        mem,
+        vae_precision: a.model.vae_precision,
+        layout,
+    };
+    let st = state.clone();
+    let worker = std::thread::Builder::new()
+        .name("contentv-worker".into())
+        .spawn(move || worker::run(st, spec, ready_tx))?;
+    let device = ready_rx
+        .recv()
+        .map_err(|_| Error::Other("the worker thread ended while loading the model".into()))??;
+    let checker = job::Checker {
+        layout,
+        model_names: names,
+        defaults,
+        max_frames: a.max_frames.unwrap_or(DEFAULT_MAX_FRAMES),
+        max_pixels: a.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS),
+        facts: Some(facts),
+        on_gpu: device != "cpu",
+        gpu_bytes: None,
+    };
+    let server = Arc::new(http::Server {
+        state: state.clone(),
+        checker,
+        api_key,
+        model: model_name,
+        info: server_info(a, &dir, tiny, &device),
+        max_queue: a.max_queue,
+        max_body: a.max_body,
+        body_timeout: std::time::Duration::from_secs(a.body_timeout),
+        guard: host_guard(a),
+        streams: Default::default(),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("contentv-http")
+        .build()?;
+    let lim = conn::Limits {
+        header_timeout: std::time::Duration::from_secs(a.header_timeout),
+        max_connections,
+    };
+    let res = serve_http(&rt, listener, server, state.clone(), lim, || {
+        ui.info(&format!(
+            "contentv serve: listening on http://{local} (data in {})",
+            data_dir.display()
+        ))
+    });
+    {
+        state.lock().shutting_down = true;
+        state.wake.notify_all();
+    }
+    let _ = worker.join();
+    res.map_err(Error::Io)
+}
+
+/// The serve flags' own checks (the model flags are checked by `check_memory_flags`), in the
+/// order their messages come; warns about --insecure off loopback. Returns the API key (None:
+/// no key).
+fn check_serve_flags(a: &ServeArgs, loopback: bool, ui: &Ui) -> Result<Option<String>> {
     let api_key = a.api_key.clone().filter(|k| !k.is_empty());
     if a.api_key.is_some() && api_key.is_none() {
         return Err(Error::Input("--api-key is empty".into()));
@@ -136,23 +219,24 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
     if a.max_queue == 0 {
         return Err(Error::Input("--max-queue must be at least 1".into()));
     }
-    let dir = model_dir(&a.model.model, ui);
-    check_model_dir(&dir, &[])?;
-    let layout = LatentLayout::from_model_dir(&dir)?;
-    let mut defaults = RequestFields::default();
-    let tiny = a.model.model.is_none();
-    if tiny {
-        defaults.apply_tiny_defaults();
-    }
-    let data_dir = a.data_dir.clone().unwrap_or_else(state::default_data_dir);
-    std::fs::create_dir_all(&data_dir).map_err(|e| {
+    Ok(api_key)
+}
+
+/// Creates and locks the data folder, loads its jobs (the notes of that to `ui`) and prunes
+/// what --keep-jobs / --keep-days no longer keep.
+fn open_data_dir(
+    a: &ServeArgs,
+    data_dir: &std::path::Path,
+    ui: &Ui,
+) -> Result<(DirLock, Arc<state::State>)> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
         Error::Input(format!(
             "cannot create the data folder {}: {e}",
             data_dir.display()
         ))
     })?;
-    let _lock = DirLock::take(&data_dir)?;
-    let (inner, notes) = state::load(&data_dir).map_err(|e| {
+    let lock = DirLock::take(data_dir)?;
+    let (inner, notes) = state::load(data_dir).map_err(|e| {
         Error::Input(format!(
             "cannot read the data folder {}: {e}",
             data_dir.display()
@@ -161,18 +245,12 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
     for n in notes {
         ui.note(&n);
     }
-    let max_connections = conn::connection_cap(a.max_connections)?;
-    let listener = std::net::TcpListener::bind(&addrs[..])
-        .map_err(|e| Error::Input(format!("cannot listen on {}:{}: {e}", a.host, a.port)))?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-
     let (tx, _) = tokio::sync::broadcast::channel(1024);
     let state = Arc::new(state::State {
         inner: Mutex::new(inner),
         wake: Condvar::new(),
         events: tx,
-        data_dir: data_dir.clone(),
+        data_dir: data_dir.to_path_buf(),
         keep_jobs: a.keep_jobs,
         keep_days: a.keep_days,
     });
@@ -183,6 +261,11 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
             a.keep_jobs, a.keep_days
         ));
     }
+    Ok((lock, state))
+}
+
+/// The model's name in the API (`model` of a response) and every name a request may give.
+fn model_names(dir: &std::path::Path, tiny: bool) -> (String, Vec<String>) {
     let model_name = if tiny {
         "contentv-tiny".to_string()
     } else {
@@ -196,83 +279,58 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
         "contentv-8b".into(),
     ];
     names.dedup();
-    let facts = super::request::memory::ModelFacts::read(&dir)?;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let spec = worker::ModelSpec {
-        dir: dir.clone(),
-        device: a.model.device,
-        mem,
-        vae_precision: a.model.vae_precision,
-        layout,
-    };
-    let st = state.clone();
-    let worker = std::thread::Builder::new()
-        .name("contentv-worker".into())
-        .spawn(move || worker::run(st, spec, ready_tx))?;
-    let device = ready_rx
-        .recv()
-        .map_err(|_| Error::Other("the worker thread ended while loading the model".into()))??;
-    let checker = job::Checker {
-        layout,
-        model_names: names,
-        defaults,
-        max_frames: a.max_frames.unwrap_or(DEFAULT_MAX_FRAMES),
-        max_pixels: a.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS),
-        facts: Some(facts),
-        on_gpu: device != "cpu",
-        gpu_bytes: None,
-    };
-    let server = http::Server {
-        state: state.clone(),
-        checker,
-        api_key,
-        model: model_name,
-        info: serde_json::json!({
-            "model": fsutil_name(&dir, tiny),
-            "device": device,
-            "offload": format!("{:?}", a.model.offload).to_lowercase(),
-            "quantize": format!("{:?}", a.model.quantize).to_lowercase(),
-            "vae_tiling": a.model.vae_tiling,
-            "vae_precision": a.model.vae_precision.map(|p| format!("{p:?}").to_lowercase()),
-            "vram_budget_gib": a.model.vram_budget,
-            "max_queue": a.max_queue,
-            "container": if crate::io::video::writes_mp4() { "mp4" } else { "png-folder" },
-            "tiny_model": tiny,
-        }),
-        max_queue: a.max_queue,
-        max_body: a.max_body,
-        body_timeout: std::time::Duration::from_secs(a.body_timeout),
-        guard: http::Guard {
-            hosts: std::iter::once(a.host.clone())
-                .chain(a.allowed_host.iter().cloned())
-                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
-                .collect(),
-            origins: a
-                .allow_origin
-                .iter()
-                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
-                .collect(),
-        },
-        streams: Default::default(),
-    };
-    let server = Arc::new(server);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("contentv-http")
-        .build()?;
-    let prune_state = state.clone();
-    let res = rt.block_on(async move {
+    (model_name, names)
+}
+
+/// The facts `/v1/info` (and the page) show about this server.
+fn server_info(
+    a: &ServeArgs,
+    dir: &std::path::Path,
+    tiny: bool,
+    device: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "model": fsutil_name(dir, tiny),
+        "device": device,
+        "offload": format!("{:?}", a.model.offload).to_lowercase(),
+        "quantize": format!("{:?}", a.model.quantize).to_lowercase(),
+        "vae_tiling": a.model.vae_tiling,
+        "vae_precision": a.model.vae_precision.map(|p| format!("{p:?}").to_lowercase()),
+        "vram_budget_gib": a.model.vram_budget,
+        "max_queue": a.max_queue,
+        "container": if crate::io::video::writes_mp4() { "mp4" } else { "png-folder" },
+        "tiny_model": tiny,
+    })
+}
+
+/// The Host and Origin headers a request may carry: --host and --allowed-host, --allow-origin.
+fn host_guard(a: &ServeArgs) -> http::Guard {
+    http::Guard {
+        hosts: std::iter::once(a.host.clone())
+            .chain(a.allowed_host.iter().cloned())
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+        origins: a
+            .allow_origin
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .collect(),
+    }
+}
+
+/// Runs the HTTP side on `rt` until it stops: the connections, and the age-based retention
+/// between jobs (every minute). `listening` is called once the socket is served.
+fn serve_http(
+    rt: &tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    server: Arc<http::Server>,
+    prune_state: Arc<state::State>,
+    lim: conn::Limits,
+    listening: impl FnOnce(),
+) -> std::io::Result<()> {
+    rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        ui.info(&format!(
-            "contentv serve: listening on http://{local} (data in {})",
-            data_dir.display()
-        ));
-        let lim = conn::Limits {
-            header_timeout: std::time::Duration::from_secs(a.header_timeout),
-            max_connections,
-        };
-        // Age-based retention between jobs.
+        listening();
         let st = prune_state;
         tokio::spawn(async move {
             loop {
@@ -284,13 +342,7 @@ pub fn run(a: &ServeArgs, ui: &Ui) -> Result<()> {
         let s2 = server.clone();
         let health = Arc::new(move || http::health_json(&s2).to_string());
         conn::serve(listener, http::router(server), lim, health).await
-    });
-    {
-        state.lock().shutting_down = true;
-        state.wake.notify_all();
-    }
-    let _ = worker.join();
-    res.map_err(Error::Io)
+    })
 }
 
 /// The model's name for the page: the folder's name, or "built-in tiny model".

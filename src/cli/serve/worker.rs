@@ -21,6 +21,7 @@ use crate::io::video::{self, FramesRef, VideoOptions};
 use crate::model::pipeline::preview::{denoised_estimate, latent_preview_rgb};
 use crate::model::pipeline::{GenerateParams, LatentLayout, Pipeline, Progress};
 use crate::runtime::residency::MemoryOptions;
+use crate::runtime::Device;
 
 /// What the worker needs to load the model.
 pub struct ModelSpec {
@@ -42,6 +43,36 @@ pub fn preview_every(steps: usize) -> usize {
 /// jobs until shutdown.
 pub fn run(state: Arc<State>, spec: ModelSpec, ready: std::sync::mpsc::Sender<Result<String>>) {
     let t = Instant::now();
+    let (pipe, device) = match load(&spec) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    eprintln!("model loaded in {:.2}s", t.elapsed().as_secs_f64());
+    state.lock().model_state = "ready".into();
+    let _ = ready.send(Ok(device_name(&device)));
+    while let Some((id, cancel, job)) = next_job(&state) {
+        if let Err(e) = state.save(&job) {
+            eprintln!("warning: cannot save job {id}: {e}");
+        }
+        state.emit(&id, "started", json!({"status": "in_progress"}));
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            run_job(&state, &pipe, &spec, &job, cancel.clone())
+        }))
+        .unwrap_or_else(|p| {
+            Err(Error::Other(format!(
+                "internal error (a bug): {}",
+                panic_message(&p)
+            )))
+        });
+        finish_job(&state, &id, res);
+    }
+}
+
+/// Picks the device and loads the pipeline (a panic becomes an error that says it is a bug).
+fn load(spec: &ModelSpec) -> Result<(Pipeline, Device)> {
     let ui = Ui { json: false };
     let loaded = catch_unwind(AssertUnwindSafe(|| {
         let device = pick_device(spec.device, &ui)?;
@@ -56,126 +87,109 @@ pub fn run(state: Arc<State>, spec: ModelSpec, ready: std::sync::mpsc::Sender<Re
         )
         .map(|r| (r, device))
     }));
-    let (pipe, device) = match loaded {
+    match loaded {
         Ok(Ok(((p, _, plan), d))) => {
             if let Some(line) = plan.describe() {
                 eprintln!("{line}");
             }
-            (p, d)
+            Ok((p, d))
         }
-        Ok(Err(e)) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-        Err(p) => {
-            let _ = ready.send(Err(Error::Other(format!(
-                "internal error (a bug) while loading: {}",
-                panic_message(&p)
-            ))));
-            return;
-        }
-    };
-    eprintln!("model loaded in {:.2}s", t.elapsed().as_secs_f64());
-    state.lock().model_state = "ready".into();
-    let _ = ready.send(Ok(device_name(&device)));
-    loop {
-        let (id, cancel, job) = {
-            let mut g = state.lock();
-            loop {
-                if g.shutting_down {
-                    return;
-                }
-                if let Some(id) = g.queue.pop_front() {
-                    let cancel = Arc::new(AtomicBool::new(false));
-                    g.running = Some((id.clone(), cancel.clone()));
-                    let job = g.jobs.get_mut(&id).expect("a queued job exists");
-                    job.status = Status::InProgress;
-                    job.started_at = Some(unix_time());
-                    job.attempts += 1;
-                    job.live = Default::default();
-                    job.live.phase = "encoding";
-                    job.live.progress = 0;
-                    let snapshot = job.clone();
-                    break (id, cancel, snapshot);
-                }
-                g = state.wake.wait(g).unwrap_or_else(|e| e.into_inner());
-            }
-        };
-        if let Err(e) = state.save(&job) {
-            eprintln!("warning: cannot save job {id}: {e}");
-        }
-        state.emit(&id, "started", json!({"status": "in_progress"}));
-        let res = catch_unwind(AssertUnwindSafe(|| {
-            run_job(&state, &pipe, &spec, &job, cancel.clone())
-        }))
-        .unwrap_or_else(|p| {
-            Err(Error::Other(format!(
-                "internal error (a bug): {}",
-                panic_message(&p)
-            )))
-        });
-        // The final record first (retried while the disk refuses), then the state the API
-        // reports: what clients see is what a restart finds.
-        let (kind, status) = match &res {
-            Ok(_) => ("completed", Status::Completed),
-            Err(Error::Cancelled) => ("cancelled", Status::Cancelled),
-            Err(_) => ("failed", Status::Failed),
-        };
-        let Some(mut j) = state.lock().jobs.get(&id).cloned() else {
-            state.lock().running = None;
-            continue;
-        };
-        j.status = status;
-        j.completed_at = Some(unix_time());
-        match res {
-            Ok(timings) => {
-                j.live.progress = 100;
-                j.timings = Some(timings);
-            }
-            Err(Error::Cancelled) => {
-                j.error = Some(JobError {
-                    code: "cancelled".into(),
-                    message: format!("cancelled at step {} of {}", j.live.step, j.params.steps),
-                });
-            }
-            Err(e) => {
-                j.error = Some(JobError {
-                    code: "generation_failed".into(),
-                    message: e.to_string(),
-                });
-            }
-        }
-        if let Err(e) = state.save_retrying(&j, 30) {
-            j.warnings.push(format!(
-                "the final status could not be saved ({e}): after a restart the job runs again"
-            ));
-        }
-        let snapshot = j.clone();
-        {
-            let mut g = state.lock();
-            g.running = None;
-            let c = &mut g.counters;
-            match status {
-                Status::Completed => c.completed += 1,
-                Status::Cancelled => c.cancelled += 1,
-                _ => c.failed += 1,
-            }
-            if let Some(slot) = g.jobs.get_mut(&id) {
-                let live = slot.live.clone();
-                *slot = j;
-                slot.live.step = live.step;
-                slot.live.step_seconds_sum = live.step_seconds_sum;
-                slot.live.cancel_requested = live.cancel_requested;
-                slot.live.phase = live.phase;
-            }
-        }
-        state.prune();
-        state.emit(
-            &id,
-            kind,
-            json!({"status": status.name(), "error": snapshot.error}),
-        );
+        Ok(Err(e)) => Err(e),
+        Err(p) => Err(Error::Other(format!(
+            "internal error (a bug) while loading: {}",
+            panic_message(&p)
+        ))),
     }
+}
+
+/// Waits for the next queued job and marks it running (under the lock): its id, its cancel
+/// flag and a snapshot of its record. None at shutdown.
+fn next_job(state: &State) -> Option<(String, Arc<AtomicBool>, Job)> {
+    let mut g = state.lock();
+    loop {
+        if g.shutting_down {
+            return None;
+        }
+        if let Some(id) = g.queue.pop_front() {
+            let cancel = Arc::new(AtomicBool::new(false));
+            g.running = Some((id.clone(), cancel.clone()));
+            let job = g.jobs.get_mut(&id).expect("a queued job exists");
+            job.status = Status::InProgress;
+            job.started_at = Some(unix_time());
+            job.attempts += 1;
+            job.live = Default::default();
+            job.live.phase = "encoding";
+            job.live.progress = 0;
+            let snapshot = job.clone();
+            return Some((id, cancel, snapshot));
+        }
+        g = state.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// Records how job `id` ended: the final record first (retried while the disk refuses), then
+/// the state the API reports (what clients see is what a restart finds), the counters, the
+/// retention, and the event.
+fn finish_job(state: &State, id: &str, res: Result<serde_json::Value>) {
+    let (kind, status) = match &res {
+        Ok(_) => ("completed", Status::Completed),
+        Err(Error::Cancelled) => ("cancelled", Status::Cancelled),
+        Err(_) => ("failed", Status::Failed),
+    };
+    let Some(mut j) = state.lock().jobs.get(id).cloned() else {
+        state.lock().running = None;
+        return;
+    };
+    j.status = status;
+    j.completed_at = Some(unix_time());
+    match res {
+        Ok(timings) => {
+            j.live.progress = 100;
+            j.timings = Some(timings);
+        }
+        Err(Error::Cancelled) => {
+            j.error = Some(JobError {
+                code: "cancelled".into(),
+                message: format!("cancelled at step {} of {}", j.live.step, j.params.steps),
+            });
+        }
+        Err(e) => {
+            j.error = Some(JobError {
+                code: "generation_failed".into(),
+                message: e.to_string(),
+            });
+        }
+    }
+    if let Err(e) = state.save_retrying(&j, 30) {
+        j.warnings.push(format!(
+            "the final status could not be saved ({e}): after a restart the job runs again"
+        ));
+    }
+    let snapshot = j.clone();
+    {
+        let mut g = state.lock();
+        g.running = None;
+        let c = &mut g.counters;
+        match status {
+            Status::Completed => c.completed += 1,
+            Status::Cancelled => c.cancelled += 1,
+            _ => c.failed += 1,
+        }
+        if let Some(slot) = g.jobs.get_mut(id) {
+            let live = slot.live.clone();
+            *slot = j;
+            slot.live.step = live.step;
+            slot.live.step_seconds_sum = live.step_seconds_sum;
+            slot.live.cancel_requested = live.cancel_requested;
+            slot.live.phase = live.phase;
+        }
+    }
+    state.prune();
+    state.emit(
+        id,
+        kind,
+        json!({"status": status.name(), "error": snapshot.error}),
+    );
 }
 
 /// Runs one job: the pipeline with step reports and previews, then the video with the
@@ -234,18 +248,13 @@ fn run_job(
                 json!({"step": index + 1, "steps": steps, "seconds": seconds, "eta_seconds": eta, "progress": progress}),
             );
             if (index + 1) % every == 0 || index + 1 == steps {
-                let x0 = denoised_estimate(latents, velocity, sigma);
-                let mid = shape[2] / 2;
-                if let Some((w, h, rgb)) = latent_preview_rgb(&x0, shape, mid) {
-                    if let Ok(png) = video::encode_png_rgb(&rgb, w, h) {
-                        state.emit(
-                            id,
-                            "preview",
-                            json!({"step": index + 1, "width": w, "height": h, "latent_frame": mid,
-                                   "png_base64": crate::io::base64::encode(&png)}),
-                        );
-                    }
-                }
+                emit_preview(
+                    state,
+                    id,
+                    index + 1,
+                    &denoised_estimate(latents, velocity, sigma),
+                    shape,
+                );
             }
         }
         Progress::DecodeStart => {
@@ -277,17 +286,6 @@ fn run_job(
     }
     let t = Instant::now();
     let f = &g.frames;
-    let tags = vec![
-        (
-            "title".to_string(),
-            p.prompt.chars().take(200).collect::<String>(),
-        ),
-        ("comment".to_string(), p.command_line()),
-        (
-            "description".to_string(),
-            serde_json::to_string(p).unwrap_or_default(),
-        ),
-    ];
     video::write_video_tagged(
         &state.video_request_path(id),
         FramesRef {
@@ -300,7 +298,7 @@ fn run_job(
             fps: p.fps,
             crf: p.crf,
         },
-        &tags,
+        &video_tags(p),
     )?;
     let tm = &g.timings;
     Ok(json!({
@@ -309,6 +307,38 @@ fn run_job(
         "shift": g.schedule.shift,
         "cache": g.cache,
     }))
+}
+
+/// The `preview` event after step `step`: the middle latent frame of the denoised estimate
+/// `x0` [B, C, T, h, w] as a PNG (none when the frame cannot be shown or encoded).
+fn emit_preview(state: &State, id: &str, step: usize, x0: &[f32], shape: [usize; 5]) {
+    let mid = shape[2] / 2;
+    if let Some((w, h, rgb)) = latent_preview_rgb(x0, shape, mid) {
+        if let Ok(png) = video::encode_png_rgb(&rgb, w, h) {
+            state.emit(
+                id,
+                "preview",
+                json!({"step": step, "width": w, "height": h, "latent_frame": mid,
+                       "png_base64": crate::io::base64::encode(&png)}),
+            );
+        }
+    }
+}
+
+/// The video's metadata: the prompt as its title, the equivalent command line as its comment,
+/// and every parameter (JSON) as its description.
+fn video_tags(p: &crate::cli::request::params::VideoParams) -> Vec<(String, String)> {
+    vec![
+        (
+            "title".to_string(),
+            p.prompt.chars().take(200).collect::<String>(),
+        ),
+        ("comment".to_string(), p.command_line()),
+        (
+            "description".to_string(),
+            serde_json::to_string(p).unwrap_or_default(),
+        ),
+    ]
 }
 
 #[cfg(test)]
