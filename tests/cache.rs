@@ -9,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::ops::Range;
 use std::rc::Rc;
 
+use contentv::cli::calibrate::calibration_path;
 use contentv::cli::load::load_pipeline;
 use contentv::error::Result;
 use contentv::model::cache::{
@@ -440,4 +441,78 @@ fn tiny_model_threshold_zero_is_the_uncached_run() {
             c.line
         );
     }
+}
+
+/// Writes a mag calibration of the tiny model for `steps` steps (the model's shift) in `cdir`.
+fn tiny_calibration(cdir: &std::path::Path, steps: usize) -> std::path::PathBuf {
+    let (path, ck, schedule) =
+        calibration_path(&common::tiny_model_dir(), cdir, steps, None).unwrap();
+    let cal = MagCalibration {
+        format: CALIBRATION_FORMAT.into(),
+        checkpoint: ck,
+        steps,
+        shift: schedule.shift,
+        timesteps: schedule.timesteps,
+        ratios: vec![1.0; steps],
+        prompts: 1,
+    };
+    assert_eq!(cal.save(cdir).unwrap(), path);
+    path
+}
+
+/// A batch line with `"cache": "mag"` finds the calibration of this run's model for the line's
+/// own schedule (steps, shift), not the flags'; a line without one fails before anything is
+/// loaded, naming the line, the field and the file it looked for.
+#[test]
+fn batch_lines_with_mag_resolve_their_calibration_before_loading() {
+    let d = common::scratch::scratch("cache-batch-mag");
+    let cdir = d.join("calibrations");
+    tiny_calibration(&cdir, 3);
+    let (missing, _, _) = calibration_path(&common::tiny_model_dir(), &cdir, 4, None).unwrap();
+    let (other_shift, _, _) =
+        calibration_path(&common::tiny_model_dir(), &cdir, 3, Some(2.5)).unwrap();
+    let out = d.join("videos");
+    let cd = ["--cache-dir", cdir.to_str().unwrap()];
+    // Only lines without a calibration: every one fails, the model is never loaded.
+    let jsonl = d.join("none.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"prompt\": \"a\", \"steps\": 4, \"cache\": \"mag\"}\n\n{\"prompt\": \"b\", \"steps\": 3, \"shift\": 2.5, \"cache\": {\"method\": \"mag\"}}\n",
+    )
+    .unwrap();
+    let o = common::bin::run_batch(&jsonl, &out, &cd);
+    let t = common::bin::text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(!t.contains("loading "), "nothing is loaded: {t}");
+    for (line, file) in [(1, &missing), (3, &other_shift)] {
+        let want = format!(
+            "line {line} (request {}): field \"cache\" = \"mag\": no calibration",
+            line / 2
+        );
+        let l = t.lines().find(|l| l.contains(&want)).unwrap_or_else(|| {
+            panic!("no error for line {line}: {t}");
+        });
+        assert!(l.contains(&file.display().to_string()), "{l}");
+    }
+    // The line with the calibration of its schedule runs with it (the flags say 1 step).
+    let jsonl = d.join("mixed.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"prompt\": \"a\", \"seed\": 1, \"steps\": 3, \"cache\": \"mag\"}\n{\"prompt\": \"b\", \"seed\": 2, \"steps\": 4, \"cache\": \"mag\"}\n",
+    )
+    .unwrap();
+    let o = common::bin::run_batch(&jsonl, &out, &cd);
+    let t = common::bin::text(&o);
+    let j: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}\n{t}"));
+    let r = &j["results"];
+    assert_eq!(r[0]["status"], "ok", "{t}");
+    assert_eq!(r[0]["cache"]["method"], "mag", "{t}");
+    assert_eq!(r[0]["cache"]["steps"], 3, "{t}");
+    assert_eq!(r[1]["status"], "failed", "{t}");
+    let e = r[1]["error"].as_str().unwrap();
+    assert!(
+        e.contains("field \"cache\"") && e.contains(&missing.display().to_string()),
+        "{e}"
+    );
 }

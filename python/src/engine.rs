@@ -389,6 +389,7 @@ impl Engine {
             &cache_dir(&r.cache.cache_dir),
             req.video.steps,
             req.video.shift,
+            "--cache",
         )
         .map_err(cache_error)?;
         let mut warnings = req.warnings.clone();

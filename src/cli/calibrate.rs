@@ -111,26 +111,31 @@ pub fn cache_dir(flag: &Option<PathBuf>) -> PathBuf {
 
 /// The settings of a run of `steps` steps (shift `shift`) of the model in `dir`, or `None`
 /// without a cache. `--cache mag` reads the matching calibration from `cdir` and fails, naming
-/// the file it looked for, when there is none. Runs before anything is loaded.
+/// the file it looked for, when there is none. Runs before anything is loaded. `what` names
+/// where the options came from in the errors: `--cache`, or `field "cache"` (a JSONL line, the
+/// server's body).
 pub fn resolve_cache(
     o: &CacheOptions,
     dir: &Path,
     cdir: &Path,
     steps: usize,
     shift: Option<f32>,
+    what: &str,
 ) -> Result<Option<CacheSettings>> {
-    o.check(steps, "--cache")?;
+    o.check(steps, what)?;
     if o.method == CacheMethod::Off {
         return Ok(None);
     }
     let ratios = if o.method == CacheMethod::Mag {
-        let schedule =
-            FlowMatchEuler::from_config(&SchedulerConfig::from_model_dir(dir)?, steps, shift)?;
-        let ck = checkpoint_id(dir)?;
-        let path = cdir.join(calibration_name(&ck, schedule.shift, &schedule.timesteps));
+        let (path, ck, schedule) = calibration_path(dir, cdir, steps, shift)?;
         if !path.exists() {
+            let (who, other) = if what.starts_with("--") {
+                (format!("{what} mag"), format!("{what} easy / fbcache"))
+            } else {
+                (format!("{what} = \"mag\""), "\"easy\" / \"fbcache\"".into())
+            };
             return Err(Error::Input(format!(
-                "--cache mag: no calibration for this model ({ck}) with {steps} steps and shift {} ({} does not exist); run `contentv calibrate-cache --model {} --steps {steps}{}` first, or choose --cache easy / fbcache",
+                "{who}: no calibration for this model ({ck}) with {steps} steps and shift {} ({} does not exist); run `contentv calibrate-cache --model {} --steps {steps}{}` first, or choose {other}",
                 schedule.shift,
                 path.display(),
                 dir.display(),
@@ -142,6 +147,21 @@ pub fn resolve_cache(
         Vec::new()
     };
     o.settings(steps, ratios).map(Some)
+}
+
+/// Where the mag calibration of the model in `dir` for `steps` steps (shift `shift`, else the
+/// model's) is, in the folder `cdir`; with the checkpoint's identity and the schedule.
+pub fn calibration_path(
+    dir: &Path,
+    cdir: &Path,
+    steps: usize,
+    shift: Option<f32>,
+) -> Result<(PathBuf, String, FlowMatchEuler)> {
+    let schedule =
+        FlowMatchEuler::from_config(&SchedulerConfig::from_model_dir(dir)?, steps, shift)?;
+    let ck = checkpoint_id(dir)?;
+    let path = cdir.join(calibration_name(&ck, schedule.shift, &schedule.timesteps));
+    Ok((path, ck, schedule))
 }
 
 /// The identity of the checkpoint in `dir`: a hash of its transformer's safetensors files (name,

@@ -103,13 +103,21 @@ impl CacheRun {
     fn options<'a>(&'a self, r: &'a Request) -> &'a CacheOptions {
         r.video.cache.as_ref().unwrap_or(&self.options)
     }
+    /// The request's cache settings for the run's model and the request's schedule (its steps
+    /// and shift), with mag's calibration; the errors name the line's field or the flag.
     fn settings(&self, r: &Request) -> Result<Option<CacheSettings>> {
+        let what = if r.video.cache.is_some() {
+            "field \"cache\""
+        } else {
+            "--cache"
+        };
         resolve_cache(
             self.options(r),
             &self.model,
             &self.dir,
             r.video.steps,
             r.video.shift,
+            what,
         )
     }
 }
@@ -345,20 +353,14 @@ fn tiny_defaults(a: &GenerateArgs, defaults: &mut RequestFields, ui: &Ui) {
 
 pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
-    let options = cache_options(&a.cache)?;
-    let cache = CacheRun {
-        // Only mag reads the model folder before loading (its calibration is per checkpoint).
-        model: if options.method == CacheMethod::Mag {
-            model_dir(&a.model.model, ui)
-        } else {
-            PathBuf::new()
-        },
-        options,
+    let mut cache = CacheRun {
+        options: cache_options(&a.cache)?,
+        model: PathBuf::new(), // set below, once the model's folder is known
         dir: cache_dir(&a.cache.cache_dir),
         report: a.cache.cache_report,
     };
     if a.prompts.is_some() {
-        return run_batch(a, ui, &mem, &cache);
+        return run_batch(a, ui, &mem, cache);
     }
     if a.shard.is_some() || a.output_dir.is_some() {
         return Err(Error::Input(
@@ -367,6 +369,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     }
     let dir = model_dir(&a.model.model, ui);
     check_model_dir(&dir, &[])?;
+    cache.model = dir.clone(); // mag's calibration is per checkpoint
     let mut defaults = RequestFields::from_args(a);
     tiny_defaults(a, &mut defaults, ui);
     let layout = LatentLayout::from_model_dir(&dir)?;
@@ -504,13 +507,15 @@ pub fn batch_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<String
     Ok(out)
 }
 
-fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions, cache: &CacheRun) -> Result<()> {
+fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions, mut cache: CacheRun) -> Result<()> {
     let path = a.prompts.as_ref().unwrap();
     let (shard_i, shard_n, out_dir) = batch_flags(a)?;
     let lines = batch_lines(path)?;
     let mut defaults = RequestFields::from_args(a);
     tiny_defaults(a, &mut defaults, ui);
     let dir = model_dir(&a.model.model, ui);
+    cache.model = dir.clone(); // a line's mag calibration is that of this run's model
+    let cache = &cache;
     let layout = LatentLayout::from_model_dir(&dir)?;
     let items = parse_batch(
         path,
@@ -624,12 +629,9 @@ fn parse_batch(
             Ok(l) => RequestFields::from_json_line(l)
                 .and_then(|f| resolve(f.or(defaults), layout, &|_| default_out.clone()))
                 .and_then(|r| {
-                    let what = if r.video.cache.is_some() {
-                        "field \"cache\""
-                    } else {
-                        "--cache"
-                    };
-                    cache.options(&r).check(r.video.steps, what)?;
+                    // The cache resolved for this line's schedule before anything is loaded:
+                    // a mag line without its calibration fails here, naming the file.
+                    cache.settings(&r)?;
                     Ok(r)
                 }),
             Err(e) => Err(Error::Input(e.clone())),

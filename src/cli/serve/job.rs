@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use crate::cli::request::memory::{self, ModelFacts, Names};
 use crate::cli::request::{resolve, text, RequestFields, VideoParams};
 use crate::error::Error;
+use crate::model::cache::CacheOptions;
 use crate::model::pipeline::LatentLayout;
 
 /// The fields of `POST /v1/videos`.
@@ -251,8 +252,7 @@ impl Checker {
         })
         .map_err(|e| msg_error(e, used_seconds))?;
         if let Some(c) = &r.video.cache {
-            c.check(r.video.steps, "field \"cache\"")
-                .map_err(|e| BadRequest::new(e.to_string(), Some("cache"), "invalid_value"))?;
+            self.check_cache(c, &r.video)?;
         }
         let v = &r.video;
         let fname = if used_seconds {
@@ -300,6 +300,29 @@ impl Checker {
             })?;
         }
         Ok((r.video, r.warnings))
+    }
+}
+
+impl Checker {
+    /// The request's step cache: its threshold and warm-up for its steps, and with `mag` the
+    /// calibration of the server's model for the job's schedule (steps, shift) in the default
+    /// cache folder, where the worker reads it: a 400 naming `cache` before the job is queued.
+    fn check_cache(&self, c: &CacheOptions, v: &VideoParams) -> Result<(), BadRequest> {
+        let bad = |e: Error| BadRequest::new(e.to_string(), Some("cache"), "invalid_value");
+        let what = "field \"cache\"";
+        match &self.facts {
+            Some(f) => crate::cli::calibrate::resolve_cache(
+                c,
+                &f.dir,
+                &crate::cli::calibrate::cache_dir(&None),
+                v.steps,
+                v.shift,
+                what,
+            )
+            .map(|_| ())
+            .map_err(bad),
+            None => c.check(v.steps, what).map_err(bad),
+        }
     }
 }
 

@@ -265,6 +265,7 @@ fn run_job(
             &crate::cli::calibrate::cache_dir(&None),
             p.steps,
             p.shift,
+            "field \"cache\"",
         )?,
         None => None,
     };
