@@ -516,3 +516,47 @@ fn batch_lines_with_mag_resolve_their_calibration_before_loading() {
         "{e}"
     );
 }
+
+/// The step cache's device memory in the plan: fbcache's residual, B x N x D bf16 (384.8 MiB at
+/// the default size with guidance, docs/pipeline.md), only for fbcache (easy and mag keep theirs
+/// on the host), said in the plan line in every placement, and in a VRAM plan's fixed bytes
+/// (as `load_pipeline_for` passes it): a budget that just fits without it streams layers with
+/// it. tests/cache_gpu.rs checks the line of the real plan in every memory mode.
+#[test]
+fn the_plan_counts_and_says_the_step_cache() {
+    use contentv::cli::load::RunSize;
+    use contentv::model::mmdit::{step_cache_bytes, TransformerConfig, DEFAULT_VIDEO_TOKENS};
+    use contentv::runtime::planner::{plan_budget, LayerPlan, Placement};
+    let c = TransformerConfig::contentv_8b();
+    let b = step_cache_bytes(&c, 2, DEFAULT_VIDEO_TOKENS);
+    assert_eq!(b, 2 * 41_472 * 2432 * 2);
+    for m in [CacheMethod::Off, CacheMethod::Easy, CacheMethod::Mag] {
+        assert!(!RunSize::DEFAULT.with_cache(m).step_cache, "{m:?}");
+    }
+    assert!(RunSize::DEFAULT.with_cache(CacheMethod::FbCache).step_cache);
+    let said = "step cache: 384.8 MiB on the device";
+    let resident = LayerPlan::resident("transformer_blocks", 40).with_step_cache(b);
+    assert!(resident.describe().unwrap().contains(said));
+    let streamed = LayerPlan {
+        placement: Placement::Streamed { resident: None },
+        ..resident.clone()
+    };
+    let l = streamed.describe().unwrap();
+    assert!(l.contains("streamed") && l.contains(said), "{l}");
+    let layers = vec![400u64 << 20; 40];
+    let fixed = 20u64 << 30;
+    let budget = fixed + layers.iter().sum::<u64>();
+    let without = plan_budget(&layers, fixed, budget);
+    let with = plan_budget(&layers, fixed + b, budget);
+    assert_eq!(without.streamed_layers(), 0);
+    assert!(with.fits && with.streamed_layers() > 0, "{with:?}");
+    let planned = LayerPlan {
+        budget: Some((budget, with)),
+        ..resident
+    };
+    let l = planned.describe().unwrap();
+    assert!(
+        l.starts_with("VRAM plan: ") && l.contains(said) && l.contains("counted in the VRAM plan"),
+        "{l}"
+    );
+}
