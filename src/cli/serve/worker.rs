@@ -216,6 +216,7 @@ fn run_job(
             velocity,
             sigma,
             shape,
+            ..
         } => {
             let (progress, eta) = {
                 let mut g = state.lock();
