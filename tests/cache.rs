@@ -560,3 +560,64 @@ fn the_plan_counts_and_says_the_step_cache() {
         "{l}"
     );
 }
+
+/// `contentv calibrate-cache` on the tiny model (CPU, two prompts from a file, 3 steps): it
+/// writes the calibration of this model and schedule where `--cache mag` finds it, with one
+/// positive ratio per step averaged over the prompts; an empty prompt file is an error naming
+/// the flag.
+#[test]
+fn calibrate_cache_writes_what_generate_finds() {
+    let d = common::scratch::scratch("cache-calibrate");
+    let cdir = d.join("calibrations");
+    let prompts = d.join("prompts.txt");
+    std::fs::write(&prompts, "# two prompts\na red ball\n\na blue cube\n").unwrap();
+    let size = ["--frames", "1", "--width", "32", "--height", "32"];
+    let mut args = vec![
+        "calibrate-cache",
+        "--device",
+        "cpu",
+        "--steps",
+        "3",
+        "--json",
+    ];
+    args.extend(["--prompts", prompts.to_str().unwrap()]);
+    args.extend(["--cache-dir", cdir.to_str().unwrap()]);
+    args.extend(size);
+    let o = common::bin::run(&args);
+    let t = common::bin::text(&o);
+    assert!(o.status.success(), "{t}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}\n{t}"));
+    let (path, _, _) = calibration_path(&common::tiny_model_dir(), &cdir, 3, None).unwrap();
+    assert_eq!(j["file"], path.display().to_string(), "{t}");
+    let cal = &j["calibration"];
+    assert_eq!(
+        (cal["steps"].as_u64(), cal["prompts"].as_u64()),
+        (Some(3), Some(2)),
+        "{t}"
+    );
+    let ratios = cal["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 3);
+    assert!(
+        ratios.iter().all(|r| r.as_f64().is_some_and(|r| r > 0.0)),
+        "{cal}"
+    );
+    let out = d.join("v.mp4");
+    let mut g = vec![
+        "generate", "--device", "cpu", "--prompt", "x", "--steps", "3",
+    ];
+    g.extend(["--cache", "mag", "--cache-dir", cdir.to_str().unwrap()]);
+    g.extend(["--output", out.to_str().unwrap()]);
+    g.extend(size);
+    let o = common::bin::run(&g);
+    let t = common::bin::text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("step cache mag ("), "{t}");
+    std::fs::write(&prompts, "# none\n\n").unwrap();
+    let o = common::bin::run(&args);
+    let t = common::bin::text(&o);
+    assert!(
+        !o.status.success() && t.contains("--prompts: the file has no prompts"),
+        "{t}"
+    );
+}
