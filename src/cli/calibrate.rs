@@ -221,7 +221,7 @@ pub fn run(a: &CalibrateArgs, ui: &Ui) -> Result<()> {
     } else {
         super::args::DEFAULT_STEPS
     });
-    if steps < 2 || steps > 1000 {
+    if !(2..=1000).contains(&steps) {
         return Err(Error::Input(format!(
             "--steps must be between 2 and 1000, got {steps}"
         )));

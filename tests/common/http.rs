@@ -401,7 +401,7 @@ pub fn raw(addr: &str, raw: &[u8]) -> Resp {
     if let Some(n) = headers.get("content-length") {
         body.resize(n.parse().unwrap(), 0);
         r.read_exact(&mut body).unwrap();
-    } else if headers.get("transfer-encoding").is_none() {
+    } else if !headers.contains_key("transfer-encoding") {
         let _ = r.read_to_end(&mut body);
     }
     Resp {

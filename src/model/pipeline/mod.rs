@@ -221,6 +221,7 @@ struct StepArgs<'a> {
 
 impl Pipeline {
     /// The denoising loop from `noise` [1, C, T, h, w]; returns the final latents.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     pub fn denoise(
         &self,
         noise: &[f32],
