@@ -9,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::ops::Range;
 use std::rc::Rc;
 
+use contentv::cli::calibrate::calibration_path;
 use contentv::cli::load::load_pipeline;
 use contentv::error::Result;
 use contentv::model::cache::{
@@ -440,4 +441,183 @@ fn tiny_model_threshold_zero_is_the_uncached_run() {
             c.line
         );
     }
+}
+
+/// Writes a mag calibration of the tiny model for `steps` steps (the model's shift) in `cdir`.
+fn tiny_calibration(cdir: &std::path::Path, steps: usize) -> std::path::PathBuf {
+    let (path, ck, schedule) =
+        calibration_path(&common::tiny_model_dir(), cdir, steps, None).unwrap();
+    let cal = MagCalibration {
+        format: CALIBRATION_FORMAT.into(),
+        checkpoint: ck,
+        steps,
+        shift: schedule.shift,
+        timesteps: schedule.timesteps,
+        ratios: vec![1.0; steps],
+        prompts: 1,
+    };
+    assert_eq!(cal.save(cdir).unwrap(), path);
+    path
+}
+
+/// A batch line with `"cache": "mag"` finds the calibration of this run's model for the line's
+/// own schedule (steps, shift), not the flags'; a line without one fails before anything is
+/// loaded, naming the line, the field and the file it looked for.
+#[test]
+fn batch_lines_with_mag_resolve_their_calibration_before_loading() {
+    let d = common::scratch::scratch("cache-batch-mag");
+    let cdir = d.join("calibrations");
+    tiny_calibration(&cdir, 3);
+    let (missing, _, _) = calibration_path(&common::tiny_model_dir(), &cdir, 4, None).unwrap();
+    let (other_shift, _, _) =
+        calibration_path(&common::tiny_model_dir(), &cdir, 3, Some(2.5)).unwrap();
+    let out = d.join("videos");
+    let cd = ["--cache-dir", cdir.to_str().unwrap()];
+    // Only lines without a calibration: every one fails, the model is never loaded.
+    let jsonl = d.join("none.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"prompt\": \"a\", \"steps\": 4, \"cache\": \"mag\"}\n\n{\"prompt\": \"b\", \"steps\": 3, \"shift\": 2.5, \"cache\": {\"method\": \"mag\"}}\n",
+    )
+    .unwrap();
+    let o = common::bin::run_batch(&jsonl, &out, &cd);
+    let t = common::bin::text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(!t.contains("loading "), "nothing is loaded: {t}");
+    for (line, file) in [(1, &missing), (3, &other_shift)] {
+        let want = format!(
+            "line {line} (request {}): field \"cache\" = \"mag\": no calibration",
+            line / 2
+        );
+        let l = t.lines().find(|l| l.contains(&want)).unwrap_or_else(|| {
+            panic!("no error for line {line}: {t}");
+        });
+        assert!(l.contains(&file.display().to_string()), "{l}");
+    }
+    // The line with the calibration of its schedule runs with it (the flags say 1 step).
+    let jsonl = d.join("mixed.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"prompt\": \"a\", \"seed\": 1, \"steps\": 3, \"cache\": \"mag\"}\n{\"prompt\": \"b\", \"seed\": 2, \"steps\": 4, \"cache\": \"mag\"}\n",
+    )
+    .unwrap();
+    let o = common::bin::run_batch(&jsonl, &out, &cd);
+    let t = common::bin::text(&o);
+    let j: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}\n{t}"));
+    let r = &j["results"];
+    assert_eq!(r[0]["status"], "ok", "{t}");
+    assert_eq!(r[0]["cache"]["method"], "mag", "{t}");
+    assert_eq!(r[0]["cache"]["steps"], 3, "{t}");
+    assert_eq!(r[1]["status"], "failed", "{t}");
+    let e = r[1]["error"].as_str().unwrap();
+    assert!(
+        e.contains("field \"cache\"") && e.contains(&missing.display().to_string()),
+        "{e}"
+    );
+}
+
+/// The step cache's device memory in the plan: fbcache's residual, B x N x D bf16 (384.8 MiB at
+/// the default size with guidance, docs/pipeline.md), only for fbcache (easy and mag keep theirs
+/// on the host), said in the plan line in every placement, and in a VRAM plan's fixed bytes
+/// (as `load_pipeline_for` passes it): a budget that just fits without it streams layers with
+/// it. tests/cache_gpu.rs checks the line of the real plan in every memory mode.
+#[test]
+fn the_plan_counts_and_says_the_step_cache() {
+    use contentv::cli::load::RunSize;
+    use contentv::model::mmdit::{step_cache_bytes, TransformerConfig, DEFAULT_VIDEO_TOKENS};
+    use contentv::runtime::planner::{plan_budget, LayerPlan, Placement};
+    let c = TransformerConfig::contentv_8b();
+    let b = step_cache_bytes(&c, 2, DEFAULT_VIDEO_TOKENS);
+    assert_eq!(b, 2 * 41_472 * 2432 * 2);
+    for m in [CacheMethod::Off, CacheMethod::Easy, CacheMethod::Mag] {
+        assert!(!RunSize::DEFAULT.with_cache(m).step_cache, "{m:?}");
+    }
+    assert!(RunSize::DEFAULT.with_cache(CacheMethod::FbCache).step_cache);
+    let said = "step cache: 384.8 MiB on the device";
+    let resident = LayerPlan::resident("transformer_blocks", 40).with_step_cache(b);
+    assert!(resident.describe().unwrap().contains(said));
+    let streamed = LayerPlan {
+        placement: Placement::Streamed { resident: None },
+        ..resident.clone()
+    };
+    let l = streamed.describe().unwrap();
+    assert!(l.contains("streamed") && l.contains(said), "{l}");
+    let layers = vec![400u64 << 20; 40];
+    let fixed = 20u64 << 30;
+    let budget = fixed + layers.iter().sum::<u64>();
+    let without = plan_budget(&layers, fixed, budget);
+    let with = plan_budget(&layers, fixed + b, budget);
+    assert_eq!(without.streamed_layers(), 0);
+    assert!(with.fits && with.streamed_layers() > 0, "{with:?}");
+    let planned = LayerPlan {
+        budget: Some((budget, with)),
+        ..resident
+    };
+    let l = planned.describe().unwrap();
+    assert!(
+        l.starts_with("VRAM plan: ") && l.contains(said) && l.contains("counted in the VRAM plan"),
+        "{l}"
+    );
+}
+
+/// `contentv calibrate-cache` on the tiny model (CPU, two prompts from a file, 3 steps): it
+/// writes the calibration of this model and schedule where `--cache mag` finds it, with one
+/// positive ratio per step averaged over the prompts; an empty prompt file is an error naming
+/// the flag.
+#[test]
+fn calibrate_cache_writes_what_generate_finds() {
+    let d = common::scratch::scratch("cache-calibrate");
+    let cdir = d.join("calibrations");
+    let prompts = d.join("prompts.txt");
+    std::fs::write(&prompts, "# two prompts\na red ball\n\na blue cube\n").unwrap();
+    let size = ["--frames", "1", "--width", "32", "--height", "32"];
+    let mut args = vec![
+        "calibrate-cache",
+        "--device",
+        "cpu",
+        "--steps",
+        "3",
+        "--json",
+    ];
+    args.extend(["--prompts", prompts.to_str().unwrap()]);
+    args.extend(["--cache-dir", cdir.to_str().unwrap()]);
+    args.extend(size);
+    let o = common::bin::run(&args);
+    let t = common::bin::text(&o);
+    assert!(o.status.success(), "{t}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}\n{t}"));
+    let (path, _, _) = calibration_path(&common::tiny_model_dir(), &cdir, 3, None).unwrap();
+    assert_eq!(j["file"], path.display().to_string(), "{t}");
+    let cal = &j["calibration"];
+    assert_eq!(
+        (cal["steps"].as_u64(), cal["prompts"].as_u64()),
+        (Some(3), Some(2)),
+        "{t}"
+    );
+    let ratios = cal["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 3);
+    assert!(
+        ratios.iter().all(|r| r.as_f64().is_some_and(|r| r > 0.0)),
+        "{cal}"
+    );
+    let out = d.join("v.mp4");
+    let mut g = vec![
+        "generate", "--device", "cpu", "--prompt", "x", "--steps", "3",
+    ];
+    g.extend(["--cache", "mag", "--cache-dir", cdir.to_str().unwrap()]);
+    g.extend(["--output", out.to_str().unwrap()]);
+    g.extend(size);
+    let o = common::bin::run(&g);
+    let t = common::bin::text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("step cache mag ("), "{t}");
+    std::fs::write(&prompts, "# none\n\n").unwrap();
+    let o = common::bin::run(&args);
+    let t = common::bin::text(&o);
+    assert!(
+        !o.status.success() && t.contains("--prompts: the file has no prompts"),
+        "{t}"
+    );
 }

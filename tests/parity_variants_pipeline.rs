@@ -11,10 +11,10 @@
 //!   time_factor k + 1 frames).
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::bin::{run as cli, text as out_text};
-use common::{assert_close, repo_root, tiny_model_dir};
+use common::{assemble_variant as assemble, assert_close, variant_dir};
 use contentv::cli::load::load_pipeline;
 use contentv::model::pipeline::{
     DenoiseHooks, GenerateParams, LatentLayout, LatentPrecision, VideoGeometry,
@@ -24,12 +24,6 @@ use safetensors::SafeTensors;
 
 const REGENERATE: &str = ".venv-ref/bin/python scripts/reference/make_variant_pipeline.py";
 const VARIANTS: &[&str] = &["pipeline_a", "pipeline_b"];
-
-fn variant_dir(name: &str) -> PathBuf {
-    repo_root()
-        .join("tests/fixtures/pipeline_variants")
-        .join(name)
-}
 
 struct Reference {
     fx: common::Fixture,
@@ -65,35 +59,6 @@ impl Reference {
     fn s(&self, k: &str) -> String {
         self.meta[k].as_str().unwrap().to_string()
     }
-}
-
-/// A model folder: the tiny model's tokenizers and text encoders (symlinked) plus the variant's
-/// transformer, VAE and scheduler.
-fn assemble(name: &str, test: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("pipeline-variants")
-        .join(test)
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let link = |src: &Path, dst: &str| {
-        std::os::unix::fs::symlink(src, dir.join(dst)).unwrap();
-    };
-    for sub in [
-        "tokenizer",
-        "tokenizer_2",
-        "tokenizer_3",
-        "text_encoder",
-        "text_encoder_2",
-        "text_encoder_3",
-        "model_index.json",
-    ] {
-        link(&tiny_model_dir().join(sub), sub);
-    }
-    for sub in ["transformer", "vae", "scheduler"] {
-        link(&variant_dir(name).join(sub), sub);
-    }
-    dir
 }
 
 #[test]

@@ -276,14 +276,17 @@ fn truncation_warnings_reach_the_job() {
 }
 
 /// The step cache through the API (the page posts the same body): the job runs with it and
-/// reports its computed steps; a bad method is a 400 naming the field `cache`.
+/// reports its computed steps; a bad method is a 400 naming the field `cache`; `mag` without a
+/// calibration of the server's model for the job's schedule is a 400 naming `cache` and the
+/// file before it is queued, and with one it runs.
 #[test]
 fn step_cache_through_the_api() {
     if cpu_tests_done() {
         return;
     }
     let d = scratch("lesser-cache");
-    let srv = Server::start(&d, &[]);
+    let xdg = d.join("xdg");
+    let srv = Server::start_env(&d.join("data"), &[], None, &[("XDG_DATA_HOME", &xdg)]);
     let mut body = tiny("a fox", 5, 6, 3);
     body["cache"] = json!({"method": "easy", "threshold": 5.0});
     let id = srv.create(body)["id"].as_str().unwrap().to_string();
@@ -307,4 +310,44 @@ fn step_cache_through_the_api() {
     let r = srv.req("POST", "/v1/videos", Some(&bad));
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.error()["param"], "cache", "{}", r.text());
+    // mag: the calibration of this model for 3 steps, none for 4.
+    let model = contentv::cli::load::tiny_model_dir();
+    let cdir = xdg.join("contentv").join("cache");
+    let (path, ck, schedule) =
+        contentv::cli::calibrate::calibration_path(&model, &cdir, 3, None).unwrap();
+    contentv::model::cache::MagCalibration {
+        format: contentv::model::cache::CALIBRATION_FORMAT.into(),
+        checkpoint: ck,
+        steps: 3,
+        shift: schedule.shift,
+        timesteps: schedule.timesteps,
+        ratios: vec![1.0; 3],
+        prompts: 1,
+    }
+    .save(&cdir)
+    .unwrap();
+    let (missing, _, _) =
+        contentv::cli::calibrate::calibration_path(&model, &cdir, 4, None).unwrap();
+    let before = srv.req("GET", "/v1/videos", None).text();
+    let mut mag = tiny("a fox", 5, 4, 3);
+    mag["cache"] = json!("mag");
+    let r = srv.req("POST", "/v1/videos", Some(&mag));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error()["param"], "cache", "{}", r.text());
+    let m = r.error()["message"].as_str().unwrap().to_string();
+    assert!(
+        m.contains("no calibration") && m.contains(&missing.display().to_string()),
+        "{m}"
+    );
+    assert_eq!(
+        srv.req("GET", "/v1/videos", None).text(),
+        before,
+        "nothing queued"
+    );
+    mag["num_inference_steps"] = json!(3);
+    let id = srv.create(mag)["id"].as_str().unwrap().to_string();
+    let j = srv.wait(&id, Duration::from_secs(120));
+    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(j["timings"]["cache"]["method"], "mag", "{j}");
+    assert!(path.exists());
 }

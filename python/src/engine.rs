@@ -27,7 +27,7 @@ use contentv::cli::request::{check_output_path, resolve, RequestFields};
 use contentv::cli::Ui;
 use contentv::error::{Error, Result};
 use contentv::io::video::{self, FramesRef, OutputKind, VideoOptions};
-use contentv::model::cache::{CacheReport, CacheSettings};
+use contentv::model::cache::{CacheReport, CacheSettings, StepKind};
 use contentv::model::pipeline::{GenerateParams, LatentLayout, Pipeline, Progress};
 use contentv::model::scheduler::FlowMatchEuler;
 use contentv::runtime::device::gpu_unavailable_reason;
@@ -389,6 +389,7 @@ impl Engine {
             &cache_dir(&r.cache.cache_dir),
             req.video.steps,
             req.video.shift,
+            "--cache",
         )
         .map_err(cache_error)?;
         let mut warnings = req.warnings.clone();
@@ -537,14 +538,26 @@ fn run_job(pipe: &Pipeline, job: Job) -> Result<Output> {
     let cancel = params.cancel.clone().expect("submit sets the cancel flag");
     let shape = params.geometry.latent_shape();
     let mut kept: Option<(usize, Vec<f32>)> = None;
+    // The steps run (reused or computed, and their seconds): the cache report of a run stopped
+    // by the caller or kept as latents, which `generate_cached` does not return.
+    let mut kinds: Vec<StepKind> = Vec::new();
+    let mut step_s: Vec<f64> = Vec::new();
     let res = pipe.generate_cached(&params, cache.as_ref(), &mut |p| {
         if let Progress::Step {
             index,
             steps,
             latents,
+            seconds,
+            reused,
             ..
         } = p
         {
+            kinds.push(if reused {
+                StepKind::Reused
+            } else {
+                StepKind::Computed
+            });
+            step_s.push(seconds);
             let sent = events.send(Event::Step {
                 index,
                 steps,
@@ -594,7 +607,10 @@ fn run_job(pipe: &Pipeline, job: Job) -> Result<Output> {
                 latents,
                 latent_shape: shape,
                 stopped_after: early.then_some(index),
-                cache: None,
+                cache: cache.map(|c| {
+                    let report = CacheReport::new(c.method, &kinds, &step_s);
+                    (c, report)
+                }),
             })
         }
         Err(e) => Err(e),

@@ -120,6 +120,132 @@ struct Engine {
     busy: AtomicBool,
 }
 
+impl Engine {
+    /// Marks the pipeline busy for one run (one at a time: another thread's, or a call from
+    /// this run's callback, is an error); the guard clears it.
+    fn claim(&self) -> PyResult<NotBusy<'_>> {
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(PyRuntimeError::new_err(
+                "this pipeline is already generating (in another thread, or this call comes from its callback): \
+                 one generation at a time per ContentVPipeline; wait for it to finish, or load a second pipeline",
+            ));
+        }
+        Ok(NotBusy(&self.busy))
+    }
+}
+
+/// Waits for the run's events without the GIL: calls `on_step` after each step (its true
+/// answer stops the run when `reply_each_step`), looks for Ctrl-C every 50 ms, and returns the
+/// engine's output, or the exception raised meanwhile once the engine has stopped.
+fn wait_for_run(
+    py: Python<'_>,
+    handle: engine::RunHandle,
+    on_step: Option<&Py<PyAny>>,
+    reply_each_step: bool,
+) -> PyResult<engine::Output> {
+    let engine::RunHandle {
+        events,
+        replies,
+        cancel,
+    } = handle;
+    // An exception to raise once the engine has stopped (Ctrl-C, or one the callback raised).
+    let mut pending: Option<PyErr> = None;
+    let mut rx = events;
+    let done = loop {
+        // Wait without the GIL; every 50 ms look for Ctrl-C (Python runs its signal
+        // handlers here, on the calling thread).
+        let (back, ev) = py.detach(move || {
+            let ev = rx.recv_timeout(Duration::from_millis(50));
+            (rx, ev)
+        });
+        rx = back;
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(e) = py.check_signals() {
+                    cancel.store(true, Ordering::SeqCst);
+                    pending.get_or_insert(e);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                break Err(Error::Other(
+                    "the engine's thread stopped during the run (a bug)".into(),
+                ))
+            }
+        };
+        match ev {
+            engine::Event::Done(r) => break r,
+            engine::Event::Step {
+                index,
+                steps,
+                timestep,
+                latents,
+            } => {
+                let mut stop = false;
+                if pending.is_none() {
+                    if let Some(cb) = &on_step {
+                        let lat = latents.map(|v| {
+                            let shape = vec![v.len()];
+                            f32_buffer(v, shape)
+                        });
+                        match cb
+                            .call1(py, (index, steps, timestep, lat))
+                            .and_then(|v| v.is_truthy(py))
+                        {
+                            Ok(s) => stop = s,
+                            Err(e) => {
+                                cancel.store(true, Ordering::SeqCst);
+                                pending = Some(e);
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = py.check_signals() {
+                    cancel.store(true, Ordering::SeqCst);
+                    pending.get_or_insert(e);
+                }
+                if reply_each_step {
+                    let _ = replies.send(stop && pending.is_none());
+                }
+            }
+        }
+    };
+    if let Some(e) = pending {
+        return Err(e);
+    }
+    done.map_err(py_err)
+}
+
+/// The Python tuple of a finished run.
+fn run_result(out: engine::Output, seed: u64, warnings: Vec<String>) -> RunResult {
+    let [c0, c1, c2, c3, c4] = out.latent_shape;
+    let frames = out.frames.map(|(data, [f, h, w])| Buffer {
+        data: Data::U8(data),
+        shape: vec![1, f, h, w, 3],
+    });
+    (
+        frames,
+        f32_buffer(out.latents, vec![c0, c1, c2, c3, c4]),
+        seed,
+        out.stopped_after,
+        warnings,
+        out.cache.map(|(s, r)| CacheResult {
+            method: s.method.name().to_string(),
+            threshold: s.threshold,
+            warmup: s.warmup,
+            steps: r.steps,
+            computed: r.computed,
+            line: r.line,
+            saved_s: r.saved_s,
+        }),
+    )
+}
+
 /// Clears the busy flag when a run ends, however it ends.
 struct NotBusy<'a>(&'a AtomicBool);
 impl Drop for NotBusy<'_> {
@@ -263,17 +389,7 @@ impl Engine {
         step_latents: bool,
         reply_each_step: bool,
     ) -> PyResult<RunResult> {
-        if self
-            .busy
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return Err(PyRuntimeError::new_err(
-                "this pipeline is already generating (in another thread, or this call comes from its callback): \
-                 one generation at a time per ContentVPipeline; wait for it to finish, or load a second pipeline",
-            ));
-        }
-        let _not_busy = NotBusy(&self.busy);
+        let _not_busy = self.claim()?;
         let r = request(
             prompt,
             negative_prompt,
@@ -304,99 +420,8 @@ impl Engine {
                 .map_err(py_err)?;
             Ok((h, seed, warnings))
         })?;
-        let engine::RunHandle {
-            events,
-            replies,
-            cancel,
-        } = handle;
-        // An exception to raise once the engine has stopped (Ctrl-C, or one the callback raised).
-        let mut pending: Option<PyErr> = None;
-        let mut rx = events;
-        let done = loop {
-            // Wait without the GIL; every 50 ms look for Ctrl-C (Python runs its signal
-            // handlers here, on the calling thread).
-            let (back, ev) = py.detach(move || {
-                let ev = rx.recv_timeout(Duration::from_millis(50));
-                (rx, ev)
-            });
-            rx = back;
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = py.check_signals() {
-                        cancel.store(true, Ordering::SeqCst);
-                        pending.get_or_insert(e);
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    break Err(Error::Other(
-                        "the engine's thread stopped during the run (a bug)".into(),
-                    ))
-                }
-            };
-            match ev {
-                engine::Event::Done(r) => break r,
-                engine::Event::Step {
-                    index,
-                    steps,
-                    timestep,
-                    latents,
-                } => {
-                    let mut stop = false;
-                    if pending.is_none() {
-                        if let Some(cb) = &on_step {
-                            let lat = latents.map(|v| {
-                                let shape = vec![v.len()];
-                                f32_buffer(v, shape)
-                            });
-                            match cb
-                                .call1(py, (index, steps, timestep, lat))
-                                .and_then(|v| v.is_truthy(py))
-                            {
-                                Ok(s) => stop = s,
-                                Err(e) => {
-                                    cancel.store(true, Ordering::SeqCst);
-                                    pending = Some(e);
-                                }
-                            }
-                        }
-                    }
-                    if let Err(e) = py.check_signals() {
-                        cancel.store(true, Ordering::SeqCst);
-                        pending.get_or_insert(e);
-                    }
-                    if reply_each_step {
-                        let _ = replies.send(stop && pending.is_none());
-                    }
-                }
-            }
-        };
-        if let Some(e) = pending {
-            return Err(e);
-        }
-        let out = done.map_err(py_err)?;
-        let [c0, c1, c2, c3, c4] = out.latent_shape;
-        let frames = out.frames.map(|(data, [f, h, w])| Buffer {
-            data: Data::U8(data),
-            shape: vec![1, f, h, w, 3],
-        });
-        Ok((
-            frames,
-            f32_buffer(out.latents, vec![c0, c1, c2, c3, c4]),
-            seed,
-            out.stopped_after,
-            warnings,
-            out.cache.map(|(s, r)| CacheResult {
-                method: s.method.name().to_string(),
-                threshold: s.threshold,
-                warmup: s.warmup,
-                steps: r.steps,
-                computed: r.computed,
-                line: r.line,
-                saved_s: r.saved_s,
-            }),
-        ))
+        let out = wait_for_run(py, handle, on_step.as_ref(), reply_each_step)?;
+        Ok(run_result(out, seed, warnings))
     }
 
     /// Frees the models and the device memory now (dropping the object does the same).

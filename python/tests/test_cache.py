@@ -80,3 +80,22 @@ def test_bad_types_and_a_missing_calibration(tiny_pipe, tmp_path):
     msg = str(e.value)
     assert msg.startswith("cache: --cache mag: no calibration") and str(tmp_path) in msg and "calibrate-cache" in msg, msg
     assert not any(tmp_path.iterdir()), "a failed check wrote into cache_dir"
+
+
+def test_the_report_of_latent_output_and_of_a_run_stopped_early(tiny_pipe):
+    kw = dict(generator=4, cache="easy", cache_threshold=10, cache_warmup=1, **KW)
+    full = tiny_pipe("a red fox", **kw).cache
+    lat = tiny_pipe("a red fox", output_type="latent", **kw).cache
+    assert lat is not None and lat == {**full, "saved_s": lat["saved_s"]}, (lat, full)
+
+    def stop_after_4(pipe, i, t, kwargs):
+        if i == 3:
+            pipe._interrupt = True
+        return kwargs
+
+    out = tiny_pipe("a red fox", callback_on_step_end=stop_after_4, **kw)
+    assert out.stopped_after == 3, out.stopped_after
+    c = out.cache
+    assert c is not None and c["method"] == "easy" and c["steps"] == 4, c
+    assert c["computed"] == [i for i in full["computed"] if i < 4], (c, full)
+    assert c["line"].startswith(f"computed {len(c['computed'])}/4: "), c

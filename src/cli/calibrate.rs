@@ -111,26 +111,31 @@ pub fn cache_dir(flag: &Option<PathBuf>) -> PathBuf {
 
 /// The settings of a run of `steps` steps (shift `shift`) of the model in `dir`, or `None`
 /// without a cache. `--cache mag` reads the matching calibration from `cdir` and fails, naming
-/// the file it looked for, when there is none. Runs before anything is loaded.
+/// the file it looked for, when there is none. Runs before anything is loaded. `what` names
+/// where the options came from in the errors: `--cache`, or `field "cache"` (a JSONL line, the
+/// server's body).
 pub fn resolve_cache(
     o: &CacheOptions,
     dir: &Path,
     cdir: &Path,
     steps: usize,
     shift: Option<f32>,
+    what: &str,
 ) -> Result<Option<CacheSettings>> {
-    o.check(steps, "--cache")?;
+    o.check(steps, what)?;
     if o.method == CacheMethod::Off {
         return Ok(None);
     }
     let ratios = if o.method == CacheMethod::Mag {
-        let schedule =
-            FlowMatchEuler::from_config(&SchedulerConfig::from_model_dir(dir)?, steps, shift)?;
-        let ck = checkpoint_id(dir)?;
-        let path = cdir.join(calibration_name(&ck, schedule.shift, &schedule.timesteps));
+        let (path, ck, schedule) = calibration_path(dir, cdir, steps, shift)?;
         if !path.exists() {
+            let (who, other) = if what.starts_with("--") {
+                (format!("{what} mag"), format!("{what} easy / fbcache"))
+            } else {
+                (format!("{what} = \"mag\""), "\"easy\" / \"fbcache\"".into())
+            };
             return Err(Error::Input(format!(
-                "--cache mag: no calibration for this model ({ck}) with {steps} steps and shift {} ({} does not exist); run `contentv calibrate-cache --model {} --steps {steps}{}` first, or choose --cache easy / fbcache",
+                "{who}: no calibration for this model ({ck}) with {steps} steps and shift {} ({} does not exist); run `contentv calibrate-cache --model {} --steps {steps}{}` first, or choose {other}",
                 schedule.shift,
                 path.display(),
                 dir.display(),
@@ -142,6 +147,21 @@ pub fn resolve_cache(
         Vec::new()
     };
     o.settings(steps, ratios).map(Some)
+}
+
+/// Where the mag calibration of the model in `dir` for `steps` steps (shift `shift`, else the
+/// model's) is, in the folder `cdir`; with the checkpoint's identity and the schedule.
+pub fn calibration_path(
+    dir: &Path,
+    cdir: &Path,
+    steps: usize,
+    shift: Option<f32>,
+) -> Result<(PathBuf, String, FlowMatchEuler)> {
+    let schedule =
+        FlowMatchEuler::from_config(&SchedulerConfig::from_model_dir(dir)?, steps, shift)?;
+    let ck = checkpoint_id(dir)?;
+    let path = cdir.join(calibration_name(&ck, schedule.shift, &schedule.timesteps));
+    Ok((path, ck, schedule))
 }
 
 /// The identity of the checkpoint in `dir`: a hash of its transformer's safetensors files (name,
@@ -201,45 +221,13 @@ pub fn run(a: &CalibrateArgs, ui: &Ui) -> Result<()> {
     } else {
         super::args::DEFAULT_STEPS
     });
-    if steps < 2 || steps > 1000 {
+    if !(2..=1000).contains(&steps) {
         return Err(Error::Input(format!(
             "--steps must be between 2 and 1000, got {steps}"
         )));
     }
-    let prompts: Vec<String> = match &a.prompts {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| Error::Input(format!("cannot read --prompts {}: {e}", p.display())))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect(),
-        None => PROMPTS.iter().map(|s| s.to_string()).collect(),
-    };
-    if prompts.is_empty() {
-        return Err(Error::Input(
-            "--prompts: the file has no prompts (one per line)".into(),
-        ));
-    }
-    let (f, w, h) = if tiny {
-        (
-            super::request::TINY_FRAMES,
-            super::request::TINY_WIDTH,
-            super::request::TINY_HEIGHT,
-        )
-    } else {
-        (
-            super::args::DEFAULT_FRAMES,
-            super::args::DEFAULT_WIDTH,
-            super::args::DEFAULT_HEIGHT,
-        )
-    };
-    let geometry = VideoGeometry::with_layout(
-        crate::model::pipeline::LatentLayout::from_model_dir(&dir)?,
-        a.frames.unwrap_or(f),
-        a.height.unwrap_or(h),
-        a.width.unwrap_or(w),
-    )?;
+    let prompts = calibration_prompts(a)?;
+    let geometry = calibration_geometry(a, &dir, tiny)?;
     let guidance = a.guidance.unwrap_or(super::args::DEFAULT_GUIDANCE);
     if !guidance.is_finite() || guidance < 0.0 {
         return Err(Error::Input(format!(
@@ -267,38 +255,7 @@ pub fn run(a: &CalibrateArgs, ui: &Ui) -> Result<()> {
     if let Some(line) = plan.describe() {
         ui.info(&line);
     }
-    let shape = geometry.latent_shape();
-    let n: usize = shape.iter().product();
-    let mut sums = vec![0f64; steps];
-    for (k, prompt) in prompts.iter().enumerate() {
-        ui.info(&format!("[{}/{}] {prompt:?}", k + 1, prompts.len()));
-        let cond = pipe.text.encode(prompt)?;
-        let uncond = if guidance > 1.0 {
-            Some(
-                pipe.text
-                    .encode_as(super::args::DEFAULT_NEGATIVE_PROMPT, "negative prompt")?,
-            )
-        } else {
-            None
-        };
-        let noise = initial_noise(a.seed + k as u64, n);
-        let ratios = magnitude_ratios(
-            &pipe,
-            &noise,
-            &shape,
-            &cond,
-            uncond.as_ref(),
-            &schedule,
-            guidance,
-        )?;
-        for (s, r) in sums.iter_mut().zip(&ratios) {
-            *s += *r;
-        }
-    }
-    let ratios: Vec<f32> = sums
-        .iter()
-        .map(|s| (s / prompts.len() as f64) as f32)
-        .collect();
+    let ratios = mean_ratios(&pipe, &prompts, &geometry, &schedule, guidance, a.seed, ui)?;
     let cal = MagCalibration {
         format: CALIBRATION_FORMAT.into(),
         checkpoint: ck,
@@ -325,6 +282,96 @@ pub fn run(a: &CalibrateArgs, ui: &Ui) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The calibration prompts: `--prompts FILE` (one per line; blank and `#` lines skipped), else
+/// the built-in ones.
+fn calibration_prompts(a: &CalibrateArgs) -> Result<Vec<String>> {
+    let prompts: Vec<String> = match &a.prompts {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| Error::Input(format!("cannot read --prompts {}: {e}", p.display())))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect(),
+        None => PROMPTS.iter().map(|s| s.to_string()).collect(),
+    };
+    if prompts.is_empty() {
+        return Err(Error::Input(
+            "--prompts: the file has no prompts (one per line)".into(),
+        ));
+    }
+    Ok(prompts)
+}
+
+/// The video size of the calibration runs: the flags, else the model's defaults (the tiny
+/// model's small ones without --model).
+fn calibration_geometry(a: &CalibrateArgs, dir: &Path, tiny: bool) -> Result<VideoGeometry> {
+    let (f, w, h) = if tiny {
+        (
+            super::request::TINY_FRAMES,
+            super::request::TINY_WIDTH,
+            super::request::TINY_HEIGHT,
+        )
+    } else {
+        (
+            super::args::DEFAULT_FRAMES,
+            super::args::DEFAULT_WIDTH,
+            super::args::DEFAULT_HEIGHT,
+        )
+    };
+    VideoGeometry::with_layout(
+        crate::model::pipeline::LatentLayout::from_model_dir(dir)?,
+        a.frames.unwrap_or(f),
+        a.height.unwrap_or(h),
+        a.width.unwrap_or(w),
+    )
+}
+
+/// The magnitude ratios per step, averaged over one full generation per prompt (seeds `seed`,
+/// `seed + 1`, ...).
+fn mean_ratios(
+    pipe: &crate::model::pipeline::Pipeline,
+    prompts: &[String],
+    geometry: &VideoGeometry,
+    schedule: &FlowMatchEuler,
+    guidance: f32,
+    seed: u64,
+    ui: &Ui,
+) -> Result<Vec<f32>> {
+    let shape = geometry.latent_shape();
+    let n: usize = shape.iter().product();
+    let mut sums = vec![0f64; schedule.steps()];
+    for (k, prompt) in prompts.iter().enumerate() {
+        ui.info(&format!("[{}/{}] {prompt:?}", k + 1, prompts.len()));
+        let cond = pipe.text.encode(prompt)?;
+        let uncond = if guidance > 1.0 {
+            Some(
+                pipe.text
+                    .encode_as(super::args::DEFAULT_NEGATIVE_PROMPT, "negative prompt")?,
+            )
+        } else {
+            None
+        };
+        let noise = initial_noise(seed + k as u64, n);
+        let ratios = magnitude_ratios(
+            pipe,
+            &noise,
+            &shape,
+            &cond,
+            uncond.as_ref(),
+            schedule,
+            guidance,
+        )?;
+        for (s, r) in sums.iter_mut().zip(&ratios) {
+            *s += *r;
+        }
+    }
+    Ok(sums
+        .iter()
+        .map(|s| (s / prompts.len() as f64) as f32)
+        .collect())
 }
 
 /// One full (uncached) generation's magnitude ratios `||r_t|| / ||r_t-1||` of the residual

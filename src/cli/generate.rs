@@ -103,13 +103,21 @@ impl CacheRun {
     fn options<'a>(&'a self, r: &'a Request) -> &'a CacheOptions {
         r.video.cache.as_ref().unwrap_or(&self.options)
     }
+    /// The request's cache settings for the run's model and the request's schedule (its steps
+    /// and shift), with mag's calibration; the errors name the line's field or the flag.
     fn settings(&self, r: &Request) -> Result<Option<CacheSettings>> {
+        let what = if r.video.cache.is_some() {
+            "field \"cache\""
+        } else {
+            "--cache"
+        };
         resolve_cache(
             self.options(r),
             &self.model,
             &self.dir,
             r.video.steps,
             r.video.shift,
+            what,
         )
     }
 }
@@ -125,16 +133,7 @@ fn run_request(pipe: &Pipeline, r: &Request, cache: &CacheRun, ui: &Ui) -> Resul
         }
         None => None,
     };
-    video::check_writable(&r.output)?;
-    video::check_previous_output(
-        &video::artifact_path(&r.output),
-        OutputKind::Video,
-        "the output",
-    )?;
-    if let Some(p) = &r.save_latents {
-        video::check_writable(p)?;
-        video::check_previous_output(p, OutputKind::Latents, "--save-latents")?;
-    }
+    check_outputs(r)?;
     let params = GenerateParams {
         init_noise,
         rescue_latents: Some(r.output.with_extension("latents.safetensors")),
@@ -162,22 +161,7 @@ fn run_request(pipe: &Pipeline, r: &Request, cache: &CacheRun, ui: &Ui) -> Resul
     )?;
     let write_s = t.elapsed().as_secs_f64();
     if let Some(p) = &r.save_latents {
-        let meta: HashMap<String, String> = [
-            ("prompt", r.video.prompt.clone()),
-            ("negative_prompt", r.video.negative_prompt.clone()),
-            ("seed", r.video.seed.to_string()),
-            ("steps", r.video.steps.to_string()),
-            ("guidance", r.video.guidance.to_string()),
-            ("shift", g.schedule.shift.to_string()),
-            ("frames", r.video.frames.to_string()),
-            ("width", r.video.width.to_string()),
-            ("height", r.video.height.to_string()),
-            ("fps", r.video.fps.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        save_latents(p, &g.latent_shape, &g.latents, &meta)?;
+        save_request_latents(p, r, &g)?;
     }
     let tm = &g.timings;
     let per_step = if tm.step_s.is_empty() {
@@ -200,34 +184,7 @@ fn run_request(pipe: &Pipeline, r: &Request, cache: &CacheRun, ui: &Ui) -> Resul
         write_s,
         memory_text(&g.memory)
     ));
-    let mut cache_json = Value::Null;
-    if let Some(c) = &g.cache {
-        ui.info(&format!(
-            "step cache {} (threshold {}, warm-up {}): {}, {:.2}s saved",
-            c.method.name(),
-            settings.as_ref().map_or(0.0, |s| s.threshold),
-            settings.as_ref().map_or(0, |s| s.warmup),
-            c.line,
-            c.saved_s
-        ));
-        cache_json = json!({
-            "method": c.method.name(), "threshold": settings.as_ref().map(|s| s.threshold),
-            "warmup": settings.as_ref().map(|s| s.warmup), "steps": c.steps,
-            "computed": c.computed, "line": c.line, "saved_s": c.saved_s,
-        });
-    }
-    if let Some(full) = &comparison {
-        let q = compare_runs(&g, full);
-        ui.info(&format!(
-            "cache report: frames PSNR {:.2} dB, SSIM {:.4}, latents cosine {:.6}, denoise {:.2}s cached vs {:.2}s full (speed-up {:.2}x)",
-            q.psnr, q.ssim, q.cosine, g.timings.denoise_s, full.timings.denoise_s, q.speedup
-        ));
-        cache_json["report"] = json!({
-            "psnr_db": if q.psnr.is_finite() { json!(q.psnr) } else { json!("inf") },
-            "ssim": q.ssim, "latents_cosine": q.cosine, "speedup": q.speedup,
-            "denoise_s_cached": g.timings.denoise_s, "denoise_s_full": full.timings.denoise_s,
-        });
-    }
+    let cache_json = cache_summary(&g, settings.as_ref(), comparison.as_ref(), ui);
     Ok(json!({
         "cache": cache_json,
         "output": fsutil::lossy(&written),
@@ -253,6 +210,81 @@ fn run_request(pipe: &Pipeline, r: &Request, cache: &CacheRun, ui: &Ui) -> Resul
         "memory": g.memory,
         "warnings": r.warnings,
     }))
+}
+
+/// The request's outputs can be written (checked before the model loads, and again before
+/// each batch request runs).
+fn check_outputs(r: &Request) -> Result<()> {
+    video::check_writable(&r.output)?;
+    video::check_previous_output(
+        &video::artifact_path(&r.output),
+        OutputKind::Video,
+        "the output",
+    )?;
+    if let Some(p) = &r.save_latents {
+        video::check_writable(p)?;
+        video::check_previous_output(p, OutputKind::Latents, "--save-latents")?;
+    }
+    Ok(())
+}
+
+/// `--save-latents` / `"save_latents"`: the final latents with the request's parameters.
+fn save_request_latents(p: &Path, r: &Request, g: &Generated) -> Result<()> {
+    let meta: HashMap<String, String> = [
+        ("prompt", r.video.prompt.clone()),
+        ("negative_prompt", r.video.negative_prompt.clone()),
+        ("seed", r.video.seed.to_string()),
+        ("steps", r.video.steps.to_string()),
+        ("guidance", r.video.guidance.to_string()),
+        ("shift", g.schedule.shift.to_string()),
+        ("frames", r.video.frames.to_string()),
+        ("width", r.video.width.to_string()),
+        ("height", r.video.height.to_string()),
+        ("fps", r.video.fps.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    save_latents(p, &g.latent_shape, &g.latents, &meta)
+}
+
+/// The step cache's lines (its report, and `--cache-report`'s comparison with the `full` run)
+/// and the summary's `cache` object (null without a cache).
+fn cache_summary(
+    g: &Generated,
+    settings: Option<&CacheSettings>,
+    full: Option<&Generated>,
+    ui: &Ui,
+) -> Value {
+    let mut cache_json = Value::Null;
+    if let Some(c) = &g.cache {
+        ui.info(&format!(
+            "step cache {} (threshold {}, warm-up {}): {}, {:.2}s saved",
+            c.method.name(),
+            settings.map_or(0.0, |s| s.threshold),
+            settings.map_or(0, |s| s.warmup),
+            c.line,
+            c.saved_s
+        ));
+        cache_json = json!({
+            "method": c.method.name(), "threshold": settings.map(|s| s.threshold),
+            "warmup": settings.map(|s| s.warmup), "steps": c.steps,
+            "computed": c.computed, "line": c.line, "saved_s": c.saved_s,
+        });
+    }
+    if let Some(full) = full {
+        let q = compare_runs(g, full);
+        ui.info(&format!(
+            "cache report: frames PSNR {:.2} dB, SSIM {:.4}, latents cosine {:.6}, denoise {:.2}s cached vs {:.2}s full (speed-up {:.2}x)",
+            q.psnr, q.ssim, q.cosine, g.timings.denoise_s, full.timings.denoise_s, q.speedup
+        ));
+        cache_json["report"] = json!({
+            "psnr_db": if q.psnr.is_finite() { json!(q.psnr) } else { json!("inf") },
+            "ssim": q.ssim, "latents_cosine": q.cosine, "speedup": q.speedup,
+            "denoise_s_cached": g.timings.denoise_s, "denoise_s_full": full.timings.denoise_s,
+        });
+    }
+    cache_json
 }
 
 /// A generation with the progress bars, a panic turned into an error.
@@ -345,20 +377,14 @@ fn tiny_defaults(a: &GenerateArgs, defaults: &mut RequestFields, ui: &Ui) {
 
 pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     let mem = check_memory_flags(&a.model)?;
-    let options = cache_options(&a.cache)?;
-    let cache = CacheRun {
-        // Only mag reads the model folder before loading (its calibration is per checkpoint).
-        model: if options.method == CacheMethod::Mag {
-            model_dir(&a.model.model, ui)
-        } else {
-            PathBuf::new()
-        },
-        options,
+    let mut cache = CacheRun {
+        options: cache_options(&a.cache)?,
+        model: PathBuf::new(), // set below, once the model's folder is known
         dir: cache_dir(&a.cache.cache_dir),
         report: a.cache.cache_report,
     };
     if a.prompts.is_some() {
-        return run_batch(a, ui, &mem, &cache);
+        return run_batch(a, ui, &mem, cache);
     }
     if a.shard.is_some() || a.output_dir.is_some() {
         return Err(Error::Input(
@@ -367,6 +393,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
     }
     let dir = model_dir(&a.model.model, ui);
     check_model_dir(&dir, &[])?;
+    cache.model = dir.clone(); // mag's calibration is per checkpoint
     let mut defaults = RequestFields::from_args(a);
     tiny_defaults(a, &mut defaults, ui);
     let layout = LatentLayout::from_model_dir(&dir)?;
@@ -388,16 +415,7 @@ pub fn run(a: &GenerateArgs, ui: &Ui) -> Result<()> {
         load_init_noise(p, &req.geometry().latent_shape())?; // fail before loading the model
     }
     cache.settings(&req)?; // bad cache flags or no calibration: fail before loading
-    video::check_writable(&req.output)?;
-    video::check_previous_output(
-        &video::artifact_path(&req.output),
-        OutputKind::Video,
-        "the output",
-    )?;
-    if let Some(p) = &req.save_latents {
-        video::check_writable(p)?;
-        video::check_previous_output(p, OutputKind::Latents, "--save-latents")?;
-    }
+    check_outputs(&req)?;
     let art = video::artifact_path(&req.output);
     if art.exists() {
         ui.note(&format!(
@@ -504,13 +522,15 @@ pub fn batch_lines(path: &Path) -> Result<Vec<(usize, std::result::Result<String
     Ok(out)
 }
 
-fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions, cache: &CacheRun) -> Result<()> {
+fn run_batch(a: &GenerateArgs, ui: &Ui, mem: &MemoryOptions, mut cache: CacheRun) -> Result<()> {
     let path = a.prompts.as_ref().unwrap();
     let (shard_i, shard_n, out_dir) = batch_flags(a)?;
     let lines = batch_lines(path)?;
     let mut defaults = RequestFields::from_args(a);
     tiny_defaults(a, &mut defaults, ui);
     let dir = model_dir(&a.model.model, ui);
+    cache.model = dir.clone(); // a line's mag calibration is that of this run's model
+    let cache = &cache;
     let layout = LatentLayout::from_model_dir(&dir)?;
     let items = parse_batch(
         path,
@@ -624,12 +644,9 @@ fn parse_batch(
             Ok(l) => RequestFields::from_json_line(l)
                 .and_then(|f| resolve(f.or(defaults), layout, &|_| default_out.clone()))
                 .and_then(|r| {
-                    let what = if r.video.cache.is_some() {
-                        "field \"cache\""
-                    } else {
-                        "--cache"
-                    };
-                    cache.options(&r).check(r.video.steps, what)?;
+                    // The cache resolved for this line's schedule before anything is loaded:
+                    // a mag line without its calibration fails here, naming the file.
+                    cache.settings(&r)?;
                     Ok(r)
                 }),
             Err(e) => Err(Error::Input(e.clone())),

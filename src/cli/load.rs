@@ -530,9 +530,10 @@ pub fn load_pipeline_for(
     vae: Option<VaePrecision>,
 ) -> Result<(Pipeline, f64, LayerPlan)> {
     let t = Instant::now();
-    if let (Some(g), Some(budget)) = (device.gpu(), mem.vram_budget) {
-        // Every device allocation (weights, ring, activations) counts against the budget.
-        g.pool.set_limit(Some(budget as usize));
+    if let Some(g) = device.gpu() {
+        // Every device allocation (weights, ring, activations) counts against the budget; a
+        // load without one lifts the cap an earlier load in this process set.
+        g.pool.set_limit(mem.vram_budget.map(|b| b as usize));
     }
     let scheduler = SchedulerConfig::from_model_dir(dir)?;
     // Model offload: the VAE is on the device only while it decodes (checked now); otherwise it

@@ -365,7 +365,7 @@ impl StepCache {
             self.signals.push(f64::NAN);
             return false;
         }
-        let reuse = match self.settings.method {
+        match self.settings.method {
             CacheMethod::Easy => {
                 let r = self.easy.reuse(change);
                 self.signals.push(self.easy.acc);
@@ -377,8 +377,7 @@ impl StepCache {
                 r
             }
             _ => false,
-        };
-        reuse
+        }
     }
 
     /// The reused output for the batch input `xb`: `xb + (out_c - x_c)`.

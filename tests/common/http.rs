@@ -39,6 +39,16 @@ impl Server {
     /// [`Server::start`] under a file-descriptor limit (`ulimit -n`, through bash's exec: the
     /// child is the server itself).
     pub fn start_limited(data: &Path, extra: &[&str], nofile: Option<u64>) -> Server {
+        Server::start_env(data, extra, nofile, &[])
+    }
+
+    /// [`Server::start_limited`] with extra environment variables.
+    pub fn start_env(
+        data: &Path,
+        extra: &[&str],
+        nofile: Option<u64>,
+        env: &[(&str, &Path)],
+    ) -> Server {
         let mut cmd = match nofile {
             None => Command::new(BIN),
             Some(n) => {
@@ -52,6 +62,7 @@ impl Server {
             .args(extra)
             .env("CONTENTV_FORCE_CPU", "1")
             .env_remove("CONTENTV_API_KEY")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("cannot start contentv serve");
@@ -390,7 +401,7 @@ pub fn raw(addr: &str, raw: &[u8]) -> Resp {
     if let Some(n) = headers.get("content-length") {
         body.resize(n.parse().unwrap(), 0);
         r.read_exact(&mut body).unwrap();
-    } else if headers.get("transfer-encoding").is_none() {
+    } else if !headers.contains_key("transfer-encoding") {
         let _ = r.read_to_end(&mut body);
     }
     Resp {

@@ -11,7 +11,7 @@ pub mod source;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use contentv::io::safetensors::{decode_f32, SafeTensorsFile, StDtype};
@@ -484,4 +484,41 @@ pub fn emu_len(dev: &contentv::Device, n: usize) -> usize {
     } else {
         n
     }
+}
+
+/// tests/fixtures/pipeline_variants/<name>: a variant's transformer, VAE and scheduler.
+pub fn variant_dir(name: &str) -> PathBuf {
+    repo_root()
+        .join("tests/fixtures/pipeline_variants")
+        .join(name)
+}
+
+/// A model folder (tests/fixtures/pipeline_variants/<name>, under `test` in the target's
+/// scratch folder): the tiny model's tokenizers and text encoders (symlinked) plus the variant's
+/// transformer, VAE and scheduler.
+pub fn assemble_variant(name: &str, test: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("pipeline-variants")
+        .join(test)
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = |src: &Path, dst: &str| {
+        std::os::unix::fs::symlink(src, dir.join(dst)).unwrap();
+    };
+    for sub in [
+        "tokenizer",
+        "tokenizer_2",
+        "tokenizer_3",
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_3",
+        "model_index.json",
+    ] {
+        link(&tiny_model_dir().join(sub), sub);
+    }
+    for sub in ["transformer", "vae", "scheduler"] {
+        link(&variant_dir(name).join(sub), sub);
+    }
+    dir
 }

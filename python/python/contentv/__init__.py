@@ -115,8 +115,9 @@ class ContentVPipelineOutput:
     (``cache=...``), the run's report as a dict: ``method``, ``threshold`` and ``warmup`` (the
     values used, defaults filled in), ``steps``, ``computed`` (the indices of the steps the
     transformer computed; the others reused its result), ``line`` (``contentv generate``'s
-    ``computed 5/8: 0-3 7``) and ``saved_s`` (estimated seconds saved); None without a cache,
-    for output_type="latent" (not reported yet) or when the callback stopped the run early."""
+    ``computed 5/8: 0-3 7``) and ``saved_s`` (estimated seconds saved); also for
+    output_type="latent", and for a run the callback stopped early (then ``steps`` is the
+    number of steps run); None without a cache."""
 
     def __init__(
         self,

@@ -29,6 +29,8 @@ pub enum Names {
 pub struct ModelFacts {
     pub transformer: TransformerConfig,
     pub vae: VaeConfig,
+    /// The model's folder (the server's checks look up a mag calibration for it).
+    pub dir: std::path::PathBuf,
 }
 
 impl ModelFacts {
@@ -39,7 +41,11 @@ impl ModelFacts {
             &MemoryOptions::default(),
         )?;
         let vae = VaeConfig::from_file(&dir.join("vae").join("config.json"))?;
-        Ok(ModelFacts { transformer, vae })
+        Ok(ModelFacts {
+            transformer,
+            vae,
+            dir: dir.to_path_buf(),
+        })
     }
 }
 

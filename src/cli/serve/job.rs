@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use crate::cli::request::memory::{self, ModelFacts, Names};
 use crate::cli::request::{resolve, text, RequestFields, VideoParams};
 use crate::error::Error;
+use crate::model::cache::CacheOptions;
 use crate::model::pipeline::LatentLayout;
 
 /// The fields of `POST /v1/videos`.
@@ -136,85 +137,12 @@ impl Checker {
     /// Turns a request body into checked parameters, with the CLI's checks and messages; the
     /// error names the API field.
     pub fn check(&self, body: &[u8]) -> Result<(VideoParams, Vec<String>), BadRequest> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| {
-            BadRequest::new(
-                format!("the body is not valid JSON: {e}"),
-                None,
-                "invalid_json",
-            )
-        })?;
-        let Value::Object(obj) = v else {
-            return Err(BadRequest::new(
-                "the body must be a JSON object like {\"prompt\": \"...\"}",
-                None,
-                "invalid_json",
-            ));
-        };
-        for k in obj.keys() {
-            if !API_FIELDS.contains(&k.as_str()) {
-                return Err(BadRequest::new(
-                    format!(
-                        "unknown field \"{k}\"; the fields are: {}",
-                        API_FIELDS.join(", ")
-                    ),
-                    Some(k),
-                    "unknown_parameter",
-                ));
-            }
-        }
+        let obj = body_object(body)?;
         let given = |k: &str| obj.get(k).filter(|v| !v.is_null());
         if let Some(m) = given("model") {
-            let ok = m
-                .as_str()
-                .is_some_and(|s| self.model_names.contains(&s.to_lowercase()));
-            if !ok {
-                return Err(BadRequest::new(
-                    format!(
-                        "field \"model\" = {m}: this server runs \"{}\" (or leave the field out)",
-                        self.model_names[0]
-                    ),
-                    Some("model"),
-                    "model_not_found",
-                ));
-            }
+            self.check_model(m)?;
         }
-        // The CLI's field names, for its line reader.
-        let mut line = Map::new();
-        for (api, cli) in [
-            ("prompt", "prompt"),
-            ("negative_prompt", "negative_prompt"),
-            ("num_frames", "frames"),
-            ("fps", "fps"),
-            ("num_inference_steps", "steps"),
-            ("guidance_scale", "guidance"),
-            ("shift", "shift"),
-            ("seed", "seed"),
-            ("cache", "cache"), // step caching (issue 27): cli::calibrate::cache_field
-        ] {
-            if let Some(v) = obj.get(api) {
-                line.insert(cli.into(), v.clone());
-            }
-        }
-        if let Some(s) = given("size") {
-            let bad = || {
-                BadRequest::new(
-                    format!("field \"size\" = {s}: expected \"WIDTHxHEIGHT\", e.g. \"768x432\""),
-                    Some("size"),
-                    "invalid_value",
-                )
-            };
-            let (w, h) = s.as_str().and_then(|t| t.split_once('x')).ok_or_else(bad)?;
-            let w: u64 = w.trim().parse().map_err(|_| bad())?;
-            let h: u64 = h.trim().parse().map_err(|_| bad())?;
-            line.insert("width".into(), w.into());
-            line.insert("height".into(), h.into());
-        }
-        for k in ["prompt", "negative_prompt"] {
-            if let Some(Value::String(t)) = obj.get(k) {
-                text::check_length(k, t)
-                    .map_err(|e| BadRequest::new(e.to_string(), Some(k), "invalid_value"))?;
-            }
-        }
+        let line = cli_line(&obj)?;
         let used_seconds = given("seconds").is_some();
         let mut fields = RequestFields::from_json_line(&Value::Object(line).to_string())
             .map_err(|e| msg_error(e, used_seconds))?;
@@ -226,24 +154,7 @@ impl Checker {
                     "invalid_value",
                 ));
             }
-            // OpenAI's API sends seconds as a string ("4"); a number is accepted too.
-            let secs = match s {
-                Value::String(t) => t.trim().parse::<f64>().ok(),
-                other => other.as_f64(),
-            }
-            .filter(|x| x.is_finite() && *x > 0.0 && *x <= 600.0)
-            .ok_or_else(|| {
-                BadRequest::new(
-                    format!("field \"seconds\" = {s}: expected a number of seconds, more than 0 and at most 600"),
-                    Some("seconds"),
-                    "invalid_value",
-                )
-            })?;
-            let fps = fields
-                .fps
-                .or(self.defaults.fps)
-                .unwrap_or(crate::cli::args::DEFAULT_FPS);
-            fields.frames = Some((secs * fps as f64).round() as usize + 1);
+            fields.frames = Some(self.frames_of_seconds(s, &fields)?);
         }
         let fields = fields.or(&self.defaults);
         let r = resolve(fields, self.layout, &|_| {
@@ -251,15 +162,60 @@ impl Checker {
         })
         .map_err(|e| msg_error(e, used_seconds))?;
         if let Some(c) = &r.video.cache {
-            c.check(r.video.steps, "field \"cache\"")
-                .map_err(|e| BadRequest::new(e.to_string(), Some("cache"), "invalid_value"))?;
+            self.check_cache(c, &r.video)?;
         }
-        let v = &r.video;
         let fname = if used_seconds {
             "seconds"
         } else {
             "num_frames"
         };
+        self.check_limits(&r.video, fname)?;
+        Ok((r.video, r.warnings))
+    }
+
+    /// `"model"` names this server's model.
+    fn check_model(&self, m: &Value) -> Result<(), BadRequest> {
+        let ok = m
+            .as_str()
+            .is_some_and(|s| self.model_names.contains(&s.to_lowercase()));
+        if !ok {
+            return Err(BadRequest::new(
+                format!(
+                    "field \"model\" = {m}: this server runs \"{}\" (or leave the field out)",
+                    self.model_names[0]
+                ),
+                Some("model"),
+                "model_not_found",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `"seconds"` as a frame count at the request's fps.
+    fn frames_of_seconds(&self, s: &Value, fields: &RequestFields) -> Result<usize, BadRequest> {
+        // OpenAI's API sends seconds as a string ("4"); a number is accepted too.
+        let secs = match s {
+            Value::String(t) => t.trim().parse::<f64>().ok(),
+            other => other.as_f64(),
+        }
+        .filter(|x| x.is_finite() && *x > 0.0 && *x <= 600.0)
+        .ok_or_else(|| {
+            BadRequest::new(
+                format!("field \"seconds\" = {s}: expected a number of seconds, more than 0 and at most 600"),
+                Some("seconds"),
+                "invalid_value",
+            )
+        })?;
+        let fps = fields
+            .fps
+            .or(self.defaults.fps)
+            .unwrap_or(crate::cli::args::DEFAULT_FPS);
+        Ok((secs * fps as f64).round() as usize + 1)
+    }
+
+    /// The server's limits (`--max-frames`, `--max-pixels`) and the memory estimate; `fname`
+    /// is the field the frames came from.
+    fn check_limits(&self, v: &VideoParams, fname: &str) -> Result<(), BadRequest> {
         if v.frames > self.max_frames {
             return Err(BadRequest::new(
                 format!(
@@ -272,13 +228,13 @@ impl Checker {
         }
         if v.width * v.height > self.max_pixels {
             return Err(BadRequest::new(
-                format!(
-                    "size {}x{} is {} pixels a frame, more than this server makes (at most {}, --max-pixels)",
-                    v.width, v.height, v.width * v.height, self.max_pixels
-                ),
-                Some("size"),
-                "invalid_value",
-            ));
+            format!(
+                "size {}x{} is {} pixels a frame, more than this server makes (at most {}, --max-pixels)",
+                v.width, v.height, v.width * v.height, self.max_pixels
+            ),
+            Some("size"),
+            "invalid_value",
+        ));
         }
         if let Some(f) = &self.facts {
             memory::check(
@@ -299,8 +255,103 @@ impl Checker {
                 BadRequest::new(e.to_string(), Some(param), "request_too_large")
             })?;
         }
-        Ok((r.video, r.warnings))
+        Ok(())
     }
+
+    /// The request's step cache: its threshold and warm-up for its steps, and with `mag` the
+    /// calibration of the server's model for the job's schedule (steps, shift) in the default
+    /// cache folder, where the worker reads it: a 400 naming `cache` before the job is queued.
+    fn check_cache(&self, c: &CacheOptions, v: &VideoParams) -> Result<(), BadRequest> {
+        let bad = |e: Error| BadRequest::new(e.to_string(), Some("cache"), "invalid_value");
+        let what = "field \"cache\"";
+        match &self.facts {
+            Some(f) => crate::cli::calibrate::resolve_cache(
+                c,
+                &f.dir,
+                &crate::cli::calibrate::cache_dir(&None),
+                v.steps,
+                v.shift,
+                what,
+            )
+            .map(|_| ())
+            .map_err(bad),
+            None => c.check(v.steps, what).map_err(bad),
+        }
+    }
+}
+
+/// The body as a JSON object of known fields.
+fn body_object(body: &[u8]) -> Result<Map<String, Value>, BadRequest> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        BadRequest::new(
+            format!("the body is not valid JSON: {e}"),
+            None,
+            "invalid_json",
+        )
+    })?;
+    let Value::Object(obj) = v else {
+        return Err(BadRequest::new(
+            "the body must be a JSON object like {\"prompt\": \"...\"}",
+            None,
+            "invalid_json",
+        ));
+    };
+    for k in obj.keys() {
+        if !API_FIELDS.contains(&k.as_str()) {
+            return Err(BadRequest::new(
+                format!(
+                    "unknown field \"{k}\"; the fields are: {}",
+                    API_FIELDS.join(", ")
+                ),
+                Some(k),
+                "unknown_parameter",
+            ));
+        }
+    }
+    Ok(obj)
+}
+
+/// The body's fields under the CLI's names, for its line reader (`size` split into width and
+/// height; the prompts' lengths checked).
+fn cli_line(obj: &Map<String, Value>) -> Result<Map<String, Value>, BadRequest> {
+    let given = |k: &str| obj.get(k).filter(|v| !v.is_null());
+    let mut line = Map::new();
+    for (api, cli) in [
+        ("prompt", "prompt"),
+        ("negative_prompt", "negative_prompt"),
+        ("num_frames", "frames"),
+        ("fps", "fps"),
+        ("num_inference_steps", "steps"),
+        ("guidance_scale", "guidance"),
+        ("shift", "shift"),
+        ("seed", "seed"),
+        ("cache", "cache"), // step caching (issue 27): cli::calibrate::cache_field
+    ] {
+        if let Some(v) = obj.get(api) {
+            line.insert(cli.into(), v.clone());
+        }
+    }
+    if let Some(s) = given("size") {
+        let bad = || {
+            BadRequest::new(
+                format!("field \"size\" = {s}: expected \"WIDTHxHEIGHT\", e.g. \"768x432\""),
+                Some("size"),
+                "invalid_value",
+            )
+        };
+        let (w, h) = s.as_str().and_then(|t| t.split_once('x')).ok_or_else(bad)?;
+        let w: u64 = w.trim().parse().map_err(|_| bad())?;
+        let h: u64 = h.trim().parse().map_err(|_| bad())?;
+        line.insert("width".into(), w.into());
+        line.insert("height".into(), h.into());
+    }
+    for k in ["prompt", "negative_prompt"] {
+        if let Some(Value::String(t)) = obj.get(k) {
+            text::check_length(k, t)
+                .map_err(|e| BadRequest::new(e.to_string(), Some(k), "invalid_value"))?;
+        }
+    }
+    Ok(line)
 }
 
 fn msg_error(e: Error, used_seconds: bool) -> BadRequest {

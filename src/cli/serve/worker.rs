@@ -230,6 +230,7 @@ fn run_job(
             velocity,
             sigma,
             shape,
+            ..
         } => {
             let (progress, eta) = {
                 let mut g = state.lock();
@@ -274,6 +275,7 @@ fn run_job(
             &crate::cli::calibrate::cache_dir(&None),
             p.steps,
             p.shift,
+            "field \"cache\"",
         )?,
         None => None,
     };

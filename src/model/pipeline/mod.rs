@@ -221,6 +221,7 @@ struct StepArgs<'a> {
 
 impl Pipeline {
     /// The denoising loop from `noise` [1, C, T, h, w]; returns the final latents.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     pub fn denoise(
         &self,
         noise: &[f32],
@@ -294,10 +295,15 @@ impl Pipeline {
             }
             let seconds = t0.elapsed().as_secs_f64();
             hooks.step_times.push(seconds);
+            let reused = hooks
+                .cache
+                .as_deref()
+                .is_some_and(|c| c.kinds.get(i) == Some(&StepKind::Reused));
             (hooks.progress)(Progress::Step {
                 index: i,
                 steps,
                 seconds,
+                reused,
                 latents: &x,
                 velocity: &v,
                 sigma: schedule.sigmas.get(i + 1).copied().unwrap_or(0.0),

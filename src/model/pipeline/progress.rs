@@ -16,10 +16,12 @@ pub enum Progress<'a> {
     /// the DiT-space latents after the step, `velocity` the (guided) velocity of the step, both
     /// [1, C, T, h, w] of `shape`; `sigma` the noise level the latents are now at, so
     /// `latents - sigma * velocity` is the step's estimate of the clean latents (for previews).
+    /// `reused`: the step cache reused the transformer's result (false without a cache).
     Step {
         index: usize,
         steps: usize,
         seconds: f64,
+        reused: bool,
         latents: &'a [f32],
         velocity: &'a [f32],
         sigma: f32,
