@@ -842,6 +842,8 @@ impl Modulation {
 /// The text stream's modulation: a full block's, or the last block's (context_pre_only:
 /// `AdaLayerNormContinuous`, [B, 2D] chunked as (scale, shift)), which only normalises the text
 /// before the attention and does not update it.
+// One value per block and step, on the stack; boxing the larger variant would add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum TextModulation {
     Full(Modulation),
     LastBlock { scale: Tensor, shift: Tensor },
