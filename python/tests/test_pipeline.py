@@ -256,7 +256,11 @@ def test_ctrl_c_stops_at_the_next_step_boundary(tiny_pipe):
 
     orig = tiny_pipe._progress_bar
     tiny_pipe._progress_bar = lambda total: Counter()
-    total = 200
+    # Long enough (1000, the most steps a run takes) that the run is still going when the
+    # signal comes on a fast, idle CPU: a CPU step of the small video takes about a
+    # millisecond, and 200 of them once finished before the timer fired. A cancelled run
+    # stops within a step of the signal.
+    total = 200 if EMU else 1000
     try:
         t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
