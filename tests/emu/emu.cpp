@@ -604,6 +604,10 @@ void check_desc(uint64_t desc, const char* what) {
              what, (unsigned long long)desc);
 }
 
+// What the accumulators of a wgmma in flight hold: a signaling NaN, so a read gives NaN and
+// any write, arithmetic on the poison included (it returns a quiet NaN), changes the bits.
+constexpr uint32_t WG_POISON = 0x7fa00000u;
+
 void wgmma_compute(WgOp& op) {
     Fiber& f = *g_cur;
     const int w = f.warp % 4, g = f.lane >> 2, t = f.lane & 3;
@@ -618,7 +622,7 @@ void wgmma_compute(WgOp& op) {
                      i, op.a[f.lane * 4 + i], op.a_src[i]);
     if (!op.chained)
         for (int i = 0; i < op.n / 2; i++)
-            if (f2u(op.d[i]) != 0x7fc00000u)
+            if (f2u(op.d[i]) != WG_POISON)
                 fail("wgmma.wait_group: accumulator register %d of a wgmma.mma_async was written while the wgmma was in flight "
                      "(the hardware writes it any time before the covering wait): touch the accumulators only after wgmma_wait",
                      i);
@@ -955,7 +959,7 @@ void wgmma_mma(float* d, int n, int trans_b, uint64_t desc_a, const uint32_t* a_
     for (const WgOp& p : f.wg_uncommitted) check_pending(p);
     if (op.scale_d && !op.chained) memcpy(op.c_in, d, sizeof(float) * (size_t)nd);
     // Not readable before the covering wait_group: NaN until then.
-    for (int i = 0; i < nd; i++) d[i] = u2f(0x7fc00000u);
+    for (int i = 0; i < nd; i++) d[i] = u2f(WG_POISON);
     f.wg_uncommitted.push_back(op);
 }
 

@@ -882,8 +882,8 @@ void demo_gemm(const TmaDesc& mapA, const TmaDesc& mapB, const TmaDesc& mapV, fl
     wgmma_commit();
     // MUT_REWRITE_P: the next P written into the A registers while P V is in flight.
     if (mut == MUT_REWRITE_P) a[3][ct % 4] ^= 0x00010001u;
-    // MUT_TOUCH_ACC: an accumulator written while P V is in flight (e.g. a reset moved up).
-    if (mut == MUT_TOUCH_ACC) e4[0] = 0.f;
+    // MUT_TOUCH_ACC: an accumulator scaled while P V is in flight (a rescale moved up).
+    if (mut == MUT_TOUCH_ACC) e4[0] *= 0.5f;
     wgmma_wait<0>();
     wgmma_fence_operand(e4);
     wgmma_fence_operand(a);
