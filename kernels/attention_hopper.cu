@@ -75,9 +75,9 @@ constexpr int PRODUCER_REGS = 24;
 constexpr int CONSUMER_REGS = 240;
 constexpr int CONSUMERS = 256;            // consumer threads (empty barrier count)
 // Registers per thread at launch: what __launch_bounds__(THREADS, 1) lets ptxas use (65536 per
-// SM, a multiple of 8; the gate checks ptxas uses exactly this, kernel_gate.rs). setmaxnreg only
-// moves registers within the CTA's pool of LAUNCH_REGS x THREADS: a split that does not fit
-// makes setmaxnreg.inc wait forever (the emulator reports it as a deadlock).
+// SM, a multiple of 8; ptxas -v reports 168, and the gate fails on its "setmaxnreg ignored").
+// setmaxnreg only moves registers within the CTA's pool of LAUNCH_REGS x THREADS: a split that
+// does not fit makes setmaxnreg.inc wait forever (the emulator reports it as a deadlock).
 constexpr int LAUNCH_REGS = 65536 / THREADS / 8 * 8;
 static_assert(LAUNCH_REGS == 168 && LAUNCH_REGS * THREADS <= 65536, "registers at launch: 168 x 384");
 static_assert(PRODUCER_REGS * 128 + CONSUMER_REGS * CONSUMERS <= LAUNCH_REGS * THREADS,

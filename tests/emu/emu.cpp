@@ -1022,8 +1022,7 @@ void launch_blocks(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, co
                 // Registers at launch: the most the block size allows (65536 per CTA at one CTA
                 // per SM, a multiple of 8 per thread, at most 256): what __launch_bounds__(n, 1)
                 // lets ptxas use. A kernel compiled with fewer has a smaller pool on hardware; the
-                // Hopper kernel static_asserts its split against this count and the gate checks
-                // ptxas used it (kernel_gate.rs).
+                // Hopper kernel static_asserts its split against this count (ptxas -v reports it).
                 g_launch_regs = std::min(256, 65536 / (((n + 31) / 32) * 32) / 8 * 8);
                 g_reg_free = 0;
                 for (int w = 0; w < (n + 31) / 32; w++) {

@@ -7,10 +7,14 @@
 //   - TMA: boxes with out-of-bounds parts and every swizzle against bytes placed by the same
 //     kind of independent formula; the tensor-map encoder's validity rules one by one;
 //   - mbarrier phase and transaction sequences and every misuse the emulator must report;
+//   - setmaxnreg's register pool: the flash kernel's 24 / 240 split at 168 x 384 fits, 32 / 240
+//     and 24 / 248 (and a producer that never decs) are reported as deadlocks, inc waits for the
+//     producer's dec;
 //   - a demo GEMM chaining it all (producer warp: TMA into a two-stage ring tracked by full /
 //     empty mbarriers; consumer warpgroup: wgmma SS, then RS with the result as A) under every
 //     schedule, and MUTATIONS of it (no wait, wrong parity, wrong swizzle, wrong SBO, no
-//     expect_tx, refill before release), each of which must fail under every schedule.
+//     expect_tx, refill before release, P rewritten while the RS wgmma is in flight, the
+//     accumulator scaled before the wait), each of which must fail under every schedule.
 #include "hopper.cuh"
 
 #include <functional>
