@@ -74,6 +74,15 @@ constexpr int SMEM_BYTES = BAR_OFF + NBARS * 8 + 1024;  // + slack to align the 
 constexpr int PRODUCER_REGS = 24;
 constexpr int CONSUMER_REGS = 240;
 constexpr int CONSUMERS = 256;            // consumer threads (empty barrier count)
+// Registers per thread at launch: what __launch_bounds__(THREADS, 1) lets ptxas use (65536 per
+// SM, a multiple of 8; ptxas -v reports 168, and the gate fails on its "setmaxnreg ignored").
+// setmaxnreg only moves registers within the CTA's pool of LAUNCH_REGS x THREADS: a split that
+// does not fit makes setmaxnreg.inc wait forever (the emulator reports it as a deadlock).
+constexpr int LAUNCH_REGS = 65536 / THREADS / 8 * 8;
+static_assert(LAUNCH_REGS == 168 && LAUNCH_REGS * THREADS <= 65536, "registers at launch: 168 x 384");
+static_assert(PRODUCER_REGS * 128 + CONSUMER_REGS * CONSUMERS <= LAUNCH_REGS * THREADS,
+              "the setmaxnreg split (producer x 128 + consumers x 256) must fit the CTA's registers at launch");
+static_assert(THREADS == 128 + CONSUMERS, "one producer warpgroup and the consumers");
 constexpr float LOG2E = 1.4426950408889634f;
 static_assert(BM == 2 * 64 && BN == 128, "two m64 consumers, n128 score tiles");
 static_assert(SMEM_BYTES <= 227 * 1024, "shared memory per CTA");
@@ -216,8 +225,11 @@ extern "C" __global__ void __launch_bounds__(fa3::THREADS, 1)
     float lrow[2] = {0.f, 0.f};              // running sum, this thread's columns only
     float alpha[2] = {1.f, 1.f};
 
+    // Register pins (hopper.cuh, wgmma_fence_operand): S, O and P before each wgmma_fence and after
+    // the wait that covers their wgmmas, as CUTLASS / FA3 do.
     auto issue_s = [&](int st) {
         const uint32_t kb = sK + (uint32_t)(st * TILE_BYTES);
+        wgmma_fence_operand(s);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
@@ -328,6 +340,8 @@ extern "C" __global__ void __launch_bounds__(fa3::THREADS, 1)
         named_bar_sync(my_bar, CONSUMERS);
         issue_s(st);
         mbar_wait(vfull(sp), (uint32_t)((it - 1) / STAGES) & 1u);
+        wgmma_fence_operand(o);
+        wgmma_fence_operand(p);
         wgmma_fence();  // the wait loop above is a branch: fence again before the register-A wgmma
         issue_pv(sp);
         named_bar_arrive(other_bar, CONSUMERS);
@@ -337,6 +351,7 @@ extern "C" __global__ void __launch_bounds__(fa3::THREADS, 1)
         softmax(seg_tile(it, kn, BN));
         wgmma_wait<0>();
         wgmma_fence_operand(o);
+        wgmma_fence_operand(p);  // P_{it-1} stays in its registers until here; rewritten below
         mbar_arrive(vempty(sp));
         rescale_and_pack();
     }
@@ -346,11 +361,14 @@ extern "C" __global__ void __launch_bounds__(fa3::THREADS, 1)
         const int sl = (ntiles - 1) % STAGES;
         mbar_wait(vfull(sl), (uint32_t)((ntiles - 1) / STAGES) & 1u);
         named_bar_sync(my_bar, CONSUMERS);
+        wgmma_fence_operand(o);
+        wgmma_fence_operand(p);
         wgmma_fence();
         issue_pv(sl);
         if (cw == 0) named_bar_arrive(other_bar, CONSUMERS);
         wgmma_wait<0>();
         wgmma_fence_operand(o);
+        wgmma_fence_operand(p);
         mbar_arrive(vempty(sl));
     }
 

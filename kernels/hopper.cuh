@@ -111,12 +111,23 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 // readable and their shared-memory operands free to be overwritten.
 template <int N>
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-// Keeps the compiler from moving accesses of the accumulator registers across the asynchronous
-// region (the asm statements above do not name them).
+// Register pins (CUTLASS's warpgroup_fence_operand): an empty asm that reads and writes every
+// register of the array, so the compiler neither moves accesses of them across the asynchronous
+// region nor reuses their registers inside it (the wgmma asm statements name them only at
+// issue). Pin the accumulators and the register A operand (P) before wgmma_fence, and after the
+// wgmma_wait that covers them: the A registers then stay live and unchanged until the hardware
+// has read them, and the accumulators are not touched before it has written them.
 template <int R>
 __device__ __forceinline__ void wgmma_fence_operand(float (&d)[R]) {
 #pragma unroll
     for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int R, int C>
+__device__ __forceinline__ void wgmma_fence_operand(uint32_t (&a)[R][C]) {
+#pragma unroll
+    for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int j = 0; j < C; j++) asm volatile("" : "+r"(a[i][j])::"memory");
 }
 
 // Accumulator layout (m64nN, f32): warp w of the warpgroup holds rows 16 w .. 16 w + 15; in it,

@@ -98,6 +98,7 @@ struct WgOp {
     bool rs, chained;
     uint64_t desc_a, desc_b;
     uint32_t a[128];   // rs: the warp's A fragment (lane L's registers at 4 L .. 4 L + 3)
+    const uint32_t* a_src;  // rs: this thread's four A registers, checked unchanged at the covering wait
     float c_in[128];   // scale_d and not chained: D's value at issue
 };
 
@@ -134,6 +135,12 @@ struct Fiber {
     const MBar* mbar_wait = nullptr;
     uint32_t mbar_parity = 0;
     bool wg_fenced = false;
+    // setmaxnreg: lane 0 waits for `nreg_need` registers of the CTA's pool (0: not waiting); the
+    // other lanes wait until their warp's count of setmaxnreg done reaches `nreg_calls`.
+    long long nreg_need = 0;
+    int nreg_target = 0;
+    unsigned nreg_calls = 0;
+    bool nreg_lane_wait = false;
     std::vector<WgOp> wg_uncommitted;
     std::deque<std::vector<WgOp>> wg_groups;
 };
@@ -203,9 +210,19 @@ struct NamedBar {
 };
 NamedBar g_named[16];
 
+// The CTA's register pool (setmaxnreg): every warp holds `g_warp_regs` registers per thread,
+// `g_launch_regs` at launch; dec returns the difference to the pool, inc waits until the pool
+// has it. The pool starts empty: the CTA owns exactly launch registers x threads.
+int g_launch_regs = 0;
+long long g_reg_free = 0;
+int g_warp_regs[MAX_THREADS / 32];
+unsigned g_warp_nreg_done[MAX_THREADS / 32];
+
 bool runnable(const Fiber& f) {
     if (f.done) return false;
     if (f.mbar_wait) return (f.mbar_wait->phase & 1) != f.mbar_parity;
+    if (f.nreg_need) return g_reg_free >= f.nreg_need;
+    if (f.nreg_lane_wait) return g_warp_nreg_done[f.warp] >= f.nreg_calls;
     return f.wait_bar == nullptr || f.wait_bar->gen != f.wait_gen;
 }
 
@@ -587,9 +604,28 @@ void check_desc(uint64_t desc, const char* what) {
              what, (unsigned long long)desc);
 }
 
+// What the accumulators of a wgmma in flight hold: a signaling NaN, so a read gives NaN and
+// any write, arithmetic on the poison included (it returns a quiet NaN), changes the bits.
+constexpr uint32_t WG_POISON = 0x7fa00000u;
+
 void wgmma_compute(WgOp& op) {
     Fiber& f = *g_cur;
     const int w = f.warp % 4, g = f.lane >> 2, t = f.lane & 3;
+    // The hardware reads the register A operand and writes the accumulators at some point between
+    // the issue and the covering wait: a write to either in between is undefined there.
+    if (op.rs)
+        for (int i = 0; i < 4; i++)
+            if (op.a_src[i] != op.a[f.lane * 4 + i])
+                fail("wgmma.wait_group: A register %d of a wgmma.mma_async (A in registers) was rewritten while the wgmma was in "
+                     "flight (0x%08x at issue, 0x%08x at the covering wait): the hardware may read it any time before the wait; "
+                     "write the A fragment (P) only after wgmma_wait covers every wgmma that reads it",
+                     i, op.a[f.lane * 4 + i], op.a_src[i]);
+    if (!op.chained)
+        for (int i = 0; i < op.n / 2; i++)
+            if (f2u(op.d[i]) != WG_POISON)
+                fail("wgmma.wait_group: accumulator register %d of a wgmma.mma_async was written while the wgmma was in flight "
+                     "(the hardware writes it any time before the covering wait): touch the accumulators only after wgmma_wait",
+                     i);
     float A[2][16];
     for (int h = 0; h < 2; h++)
         for (int k = 0; k < 16; k++) {
@@ -789,15 +825,39 @@ void setmaxnreg(int n, bool inc) {
     warp_exchange(OP_SETMAXNREG, &in, 1, all);
     for (int l = 0; l < 32; l++)
         if (all[l] != in) fail("%s: lanes of one warp with different counts", what);
-    if (g_cur->lane == 0) {
-        const bool first = wg_log(OP_SETMAXNREG, in, 0, 0, what);
-        WarpGroup& G = g_wg[g_cur->warp / 4];
-        if (first) {
-            if (G.maxnreg && inc && n < G.maxnreg) fail("%s %d below the warpgroup's current %d registers", what, n, G.maxnreg);
-            if (G.maxnreg && !inc && n > G.maxnreg) fail("%s %d above the warpgroup's current %d registers", what, n, G.maxnreg);
-            G.maxnreg = n;
-        }
+    Fiber& f = *g_cur;
+    f.nreg_calls++;
+    if (f.lane != 0) {
+        // The whole warp waits with lane 0, which does the warp's accounting.
+        f.nreg_lane_wait = true;
+        while (g_warp_nreg_done[f.warp] < f.nreg_calls) yield();
+        f.nreg_lane_wait = false;
+        return;
     }
+    const bool first = wg_log(OP_SETMAXNREG, in, 0, 0, what);
+    WarpGroup& G = g_wg[f.warp / 4];
+    if (first) {
+        if (G.maxnreg && inc && n < G.maxnreg) fail("%s %d below the warpgroup's current %d registers", what, n, G.maxnreg);
+        if (G.maxnreg && !inc && n > G.maxnreg) fail("%s %d above the warpgroup's current %d registers", what, n, G.maxnreg);
+        G.maxnreg = n;
+    }
+    // The CTA's pool: dec releases at once; inc (PTX ISA: "blocks until sufficient registers are
+    // available") waits for registers that other warps release.
+    int& held = g_warp_regs[f.warp];
+    if (!inc) {
+        if (n > held)
+            fail("%s %d above the %d registers per thread its warp holds (launch: %d per thread)", what, n, held, g_launch_regs);
+        g_reg_free += (long long)(held - n) * 32;
+        held = n;
+    } else if (n > held) {
+        f.nreg_need = (long long)(n - held) * 32;
+        f.nreg_target = n;
+        while (g_reg_free < f.nreg_need) yield();
+        g_reg_free -= f.nreg_need;
+        f.nreg_need = 0;
+        held = n;
+    }
+    g_warp_nreg_done[f.warp] = f.nreg_calls;
 }
 
 void named_bar(int id, int n, bool sync) {
@@ -883,6 +943,7 @@ void wgmma_mma(float* d, int n, int trans_b, uint64_t desc_a, const uint32_t* a_
     op.desc_a = desc_a;
     op.desc_b = desc_b;
     op.chained = false;
+    op.a_src = a_regs;
     if (rs)
         for (int l = 0; l < 32; l++)
             for (int i = 0; i < 4; i++) op.a[l * 4 + i] = all[l * 8 + 4 + i];
@@ -898,7 +959,7 @@ void wgmma_mma(float* d, int n, int trans_b, uint64_t desc_a, const uint32_t* a_
     for (const WgOp& p : f.wg_uncommitted) check_pending(p);
     if (op.scale_d && !op.chained) memcpy(op.c_in, d, sizeof(float) * (size_t)nd);
     // Not readable before the covering wait_group: NaN until then.
-    for (int i = 0; i < nd; i++) d[i] = u2f(0x7fc00000u);
+    for (int i = 0; i < nd; i++) d[i] = u2f(WG_POISON);
     f.wg_uncommitted.push_back(op);
 }
 
@@ -958,6 +1019,16 @@ void launch_blocks(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, co
                 g_tma.clear();
                 for (NamedBar& nb : g_named) nb = NamedBar{};
                 for (WarpGroup& G : g_wg) G = WarpGroup{};
+                // Registers at launch: the most the block size allows (65536 per CTA at one CTA
+                // per SM, a multiple of 8 per thread, at most 256): what __launch_bounds__(n, 1)
+                // lets ptxas use. A kernel compiled with fewer has a smaller pool on hardware; the
+                // Hopper kernel static_asserts its split against this count (ptxas -v reports it).
+                g_launch_regs = std::min(256, 65536 / (((n + 31) / 32) * 32) / 8 * 8);
+                g_reg_free = 0;
+                for (int w = 0; w < (n + 31) / 32; w++) {
+                    g_warp_regs[w] = g_launch_regs;
+                    g_warp_nreg_done[w] = 0;
+                }
                 for (int i = 0; i < n; i++) {
                     Fiber& f = g_fibers[(size_t)i];
                     f = Fiber{};
@@ -997,6 +1068,19 @@ void launch_blocks(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, co
                         continue;
                     }
                     if (i < 0) {
+                        for (const Fiber& f : g_fibers)
+                            if (!f.done && f.nreg_need) {
+                                std::string held;
+                                for (int w = 0; w < (n + 31) / 32; w++)
+                                    held += (w ? ", " : "") + std::to_string(g_warp_regs[w]);
+                                fail("deadlock: setmaxnreg.inc %d in warp %d (warpgroup %d) waits for %lld registers but the CTA's "
+                                     "pool has %lld free and no warp can release more: the CTA launched with %d registers x %d "
+                                     "threads = %lld, the warps now hold [%s] per thread; a producer/consumer split must fit "
+                                     "(sum over warpgroups of setmaxnreg count x 128 <= launch registers x threads); on hardware "
+                                     "this spins forever",
+                                     f.nreg_target, f.warp, f.warp / 4, f.nreg_need, g_reg_free, g_launch_regs, n,
+                                     (long long)g_launch_regs * n, held.c_str());
+                            }
                         int on_mbar = 0;
                         const Fiber* ex = nullptr;
                         for (const Fiber& f : g_fibers)

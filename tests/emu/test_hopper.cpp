@@ -7,10 +7,14 @@
 //   - TMA: boxes with out-of-bounds parts and every swizzle against bytes placed by the same
 //     kind of independent formula; the tensor-map encoder's validity rules one by one;
 //   - mbarrier phase and transaction sequences and every misuse the emulator must report;
+//   - setmaxnreg's register pool: the flash kernel's 24 / 240 split at 168 x 384 fits, 32 / 240
+//     and 24 / 248 (and a producer that never decs) are reported as deadlocks, inc waits for the
+//     producer's dec;
 //   - a demo GEMM chaining it all (producer warp: TMA into a two-stage ring tracked by full /
 //     empty mbarriers; consumer warpgroup: wgmma SS, then RS with the result as A) under every
 //     schedule, and MUTATIONS of it (no wait, wrong parity, wrong swizzle, wrong SBO, no
-//     expect_tx, refill before release), each of which must fail under every schedule.
+//     expect_tx, refill before release, P rewritten while the RS wgmma is in flight, the
+//     accumulator scaled before the wait), each of which must fail under every schedule.
 #include "hopper.cuh"
 
 #include <functional>
@@ -106,15 +110,18 @@ void run_wgmma_case(const WgCase& c) {
         fence_proxy_async();
         const int w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
         float d[N / 2];
+        uint32_t a[8][4];  // the register A operands stay unchanged until the wait
+        if (steps > 8) emu::fail("wgmma case with K > 128");
         wgmma_fence();
         for (int s = 0; s < steps; s++) {
             if (c.a_regs) {
                 // The m16n8k16 A fragment of this warp's rows 16 w .. 16 w + 15 at k-step s.
                 const int r0 = 16 * w + g, k0 = 16 * s + 2 * t;
-                const uint32_t a[4] = {pack_bf16(a_val(r0, k0), a_val(r0, k0 + 1)), pack_bf16(a_val(r0 + 8, k0), a_val(r0 + 8, k0 + 1)),
-                                       pack_bf16(a_val(r0, k0 + 8), a_val(r0, k0 + 9)),
-                                       pack_bf16(a_val(r0 + 8, k0 + 8), a_val(r0 + 8, k0 + 9))};
-                wgmma_m64k16_rs<N, TB>(d, a, c.db(s), s > 0);
+                a[s][0] = pack_bf16(a_val(r0, k0), a_val(r0, k0 + 1));
+                a[s][1] = pack_bf16(a_val(r0 + 8, k0), a_val(r0 + 8, k0 + 1));
+                a[s][2] = pack_bf16(a_val(r0, k0 + 8), a_val(r0, k0 + 9));
+                a[s][3] = pack_bf16(a_val(r0 + 8, k0 + 8), a_val(r0 + 8, k0 + 9));
+                wgmma_m64k16_rs<N, TB>(d, a[s], c.db(s), s > 0);
             } else {
                 wgmma_m64k16_ss<N, TB>(d, c.da(s), c.db(s), s > 0);
             }
@@ -568,6 +575,69 @@ void test_warpgroup_rules() {
                                                                                      setmaxnreg_dec<40>();
                                                                                      setmaxnreg_inc<32>();
                                                                                  }); });
+    // The CTA's register pool: 384 threads launch with 168 registers each (64,512 of the SM's
+    // 65,536); warpgroup 0 gives P back, warpgroups 1 and 2 take C each. 24 / 240 is the flash
+    // kernel's split (3,072 + 61,440 = 64,512: fits exactly); 32 / 240 (65,536) and 24 / 248
+    // (66,560) do not, although the first is within the SM's 64K.
+    auto split = [](int P, int C) {
+        return [P, C] {
+            emu::launch("split", dim3(1), dim3(384), 0, [P, C] {
+                if (threadIdx.x < 128) {
+                    if (P == 24) setmaxnreg_dec<24>();
+                    else setmaxnreg_dec<32>();
+                } else {
+                    if (C == 240) setmaxnreg_inc<240>();
+                    else setmaxnreg_inc<248>();
+                }
+            });
+        };
+    };
+    {
+        const std::string name = "hopper/setmaxnreg pool: the flash kernel's split 24 / 240 at 168 x 384 fits";
+        if (selected(name)) {
+            const std::string err = emu_error(split(24, 240));
+            report(name, err.empty(), err.empty() ? "no error" : "reported: " + err.substr(0, 160));
+        }
+    }
+    expect_error("hopper/setmaxnreg pool error: 32 / 240 overflows 168 x 384", "deadlock: setmaxnreg.inc 240", split(32, 240));
+    expect_error("hopper/setmaxnreg pool error: 24 / 248 overflows 168 x 384", "deadlock: setmaxnreg.inc 248", split(24, 248));
+    expect_error("hopper/setmaxnreg pool error: the producer never releases", "deadlock: setmaxnreg.inc",
+                 [] { emu::launch("k", dim3(1), dim3(384), 0, [] {
+                     if (threadIdx.x >= 128) setmaxnreg_inc<240>();
+                 }); });
+    expect_error("hopper/setmaxnreg error: dec above the registers at launch", "above the 168 registers",
+                 [] { emu::launch("k", dim3(1), dim3(384), 0, [] { setmaxnreg_dec<176>(); }); });
+    {
+        // inc blocks until a dec released enough (PTX ISA): the consumers arrive on an mbarrier
+        // and then ask for 240; the producer waits for all 256 arrivals, checks that no consumer
+        // got past its inc (they cannot: the pool is empty until the dec), then decs.
+        const std::string name = "hopper/setmaxnreg pool: inc waits for the producer's dec";
+        if (selected(name)) {
+            int past = 0, seen = -1;
+            const std::string err = emu_error([&] {
+                emu::launch("wait", dim3(1), dim3(384), 64, [&] {
+                    if (threadIdx.x == 0) {
+                        mbar_init(0, 256);
+                        mbar_fence_init();
+                    }
+                    __syncthreads();
+                    if (threadIdx.x < 128) {
+                        while (!mbar_try_wait(0, 0)) {
+                        }
+                        if (threadIdx.x == 0) seen = past;
+                        setmaxnreg_dec<24>();
+                    } else {
+                        mbar_arrive(0);
+                        setmaxnreg_inc<240>();
+                        past++;
+                    }
+                });
+            });
+            report(name, err.empty() && seen == 0 && past == 256,
+                   err.empty() ? "consumers past inc before the dec: " + std::to_string(seen) + " (want 0), after: " + std::to_string(past)
+                               : "reported: " + err.substr(0, 160));
+        }
+    }
     {
         // Ping-pong of two warpgroups on named barriers 1 and 2 (the FA3 schedule): each round,
         // warpgroup A waits (bar.sync 1, 256) for B's arrival (bar.arrive 1, 256) and vice versa
@@ -713,7 +783,17 @@ void test_warpgroup_rules() {
 // The demo GEMM: TMA -> mbarrier ring -> wgmma SS and RS
 // ------------------------------------------------------------------------------------------
 
-enum Mutation { MUT_NONE, MUT_NO_WAIT, MUT_WRONG_PARITY, MUT_WRONG_SWIZZLE, MUT_WRONG_SBO, MUT_NO_EXPECT_TX, MUT_EARLY_REFILL };
+enum Mutation {
+    MUT_NONE,
+    MUT_NO_WAIT,
+    MUT_WRONG_PARITY,
+    MUT_WRONG_SWIZZLE,
+    MUT_WRONG_SBO,
+    MUT_NO_EXPECT_TX,
+    MUT_EARLY_REFILL,
+    MUT_REWRITE_P,
+    MUT_TOUCH_ACC
+};
 const char* mutation_name(Mutation m) {
     switch (m) {
     case MUT_NO_WAIT: return "no wgmma_wait before reading the accumulators";
@@ -722,6 +802,8 @@ const char* mutation_name(Mutation m) {
     case MUT_WRONG_SBO: return "A descriptor with SBO 512 instead of 1024";
     case MUT_NO_EXPECT_TX: return "producer arrives without expect_tx";
     case MUT_EARLY_REFILL: return "producer refills a stage before the consumers released it";
+    case MUT_REWRITE_P: return "A registers (P) rewritten between the RS wgmma and its wait";
+    case MUT_TOUCH_ACC: return "accumulator written between the wgmma and its wait";
     default: return "none";
     }
 }
@@ -790,14 +872,25 @@ void demo_gemm(const TmaDesc& mapA, const TmaDesc& mapB, const TmaDesc& mapV, fl
     while (!mbar_try_wait(BAR_V, 0)) {
     }
     float e4[32];
-    wgmma_fence();
+    uint32_t a[4][4];  // P: read by the wgmmas until the wait
     for (int s = 0; s < 4; s++) {
-        const uint32_t a[4] = {pack_bf16(c[8 * s + 0], c[8 * s + 1]), pack_bf16(c[8 * s + 2], c[8 * s + 3]), pack_bf16(c[8 * s + 4], c[8 * s + 5]),
-                               pack_bf16(c[8 * s + 6], c[8 * s + 7])};
-        wgmma_m64n64k16_rs<1>(e4, a, wgmma_desc(SM_V + 2048 * s, 0, 1024, WGMMA_SW_128), s > 0);
+        a[s][0] = pack_bf16(c[8 * s + 0], c[8 * s + 1]);
+        a[s][1] = pack_bf16(c[8 * s + 2], c[8 * s + 3]);
+        a[s][2] = pack_bf16(c[8 * s + 4], c[8 * s + 5]);
+        a[s][3] = pack_bf16(c[8 * s + 6], c[8 * s + 7]);
     }
+    wgmma_fence_operand(e4);
+    wgmma_fence_operand(a);
+    wgmma_fence();
+    for (int s = 0; s < 4; s++) wgmma_m64n64k16_rs<1>(e4, a[s], wgmma_desc(SM_V + 2048 * s, 0, 1024, WGMMA_SW_128), s > 0);
     wgmma_commit();
+    // MUT_REWRITE_P: the next P written into the A registers while P V is in flight.
+    if (mut == MUT_REWRITE_P) a[3][ct % 4] ^= 0x00010001u;
+    // MUT_TOUCH_ACC: an accumulator scaled while P V is in flight (a rescale moved up).
+    if (mut == MUT_TOUCH_ACC) e4[0] *= 0.5f;
     wgmma_wait<0>();
+    wgmma_fence_operand(e4);
+    wgmma_fence_operand(a);
     for (int j = 0; j < 8; j++)
         for (int e = 0; e < 4; e++) E[((size_t)b * 64 + 16 * w + g + 8 * (e / 2)) * 64 + 8 * j + 2 * t + e % 2] = e4[4 * j + e];
 }
@@ -879,7 +972,8 @@ void test_demo_gemm() {
 
 // Each mutation must be caught (an emulator error or a wrong result) under every schedule.
 void test_mutations() {
-    const Mutation muts[] = {MUT_NO_WAIT, MUT_WRONG_PARITY, MUT_WRONG_SWIZZLE, MUT_WRONG_SBO, MUT_NO_EXPECT_TX, MUT_EARLY_REFILL};
+    const Mutation muts[] = {MUT_NO_WAIT,      MUT_WRONG_PARITY, MUT_WRONG_SWIZZLE, MUT_WRONG_SBO,     MUT_NO_EXPECT_TX,
+                             MUT_EARLY_REFILL, MUT_REWRITE_P,    MUT_TOUCH_ACC};
     const bool eager0 = emu::g_copy_eager;
     const emu::Schedule sched0 = emu::g_schedule;
     const struct {

@@ -48,16 +48,30 @@
 //     buffer, no copy in flight at block end.
 //   - elect.sync (warp collective; the leader is lane 0, lane 31 or changing with the schedule),
 //     setmaxnreg.inc/.dec (all 128 threads of a full warpgroup, N a multiple of 8 in [24, 256],
-//     inc not below / dec not above the warpgroup's last value), bar.sync / bar.arrive with a
+//     inc not below / dec not above the warpgroup's last value) with the CTA's register pool:
+//     the CTA launches with R registers per thread (the most its block size allows at one CTA per
+//     SM, 65536 / threads rounded down to 8, at most 256: what __launch_bounds__(threads, 1) gives
+//     ptxas), i.e. R x threads in all and none free; dec returns registers to the pool, inc
+//     blocks (the warp waits, as on hardware) until the pool has them; a split that can never be
+//     satisfied (every thread blocked) is reported as a setmaxnreg deadlock naming the warp, the
+//     registers wanted and free and what every warp holds (on hardware it spins forever). A warp
+//     that exits keeps its registers here. bar.sync / bar.arrive with a
 //     named barrier id 1..15 and a thread count (multiple of 32, one per thread, the same count
 //     for a phase; pending arrivals at block end fail).
 //   - wgmma.mma_async m64nNk16 (any N multiple of 8 up to 256; bf16 x bf16 -> f32), A from
 //     shared memory or registers (per warp the m16n8k16 A fragment), B K-major or MN-major; the
 //     shared-memory matrix descriptor (start, LBO, SBO, swizzle; reserved bits and a non-zero
 //     base offset fail) read with the canonical layouts of the PTX ISA. Asynchrony: on issue
-//     the accumulators become NaN; wgmma.wait_group computes the retired groups in issue order
-//     (chaining ops on the same accumulators), reading the shared operands then, so a missing
-//     wait reads NaN and an operand overwritten before the wait gives wrong data. Each warp
+//     the accumulators become a signaling NaN; wgmma.wait_group computes the retired groups in
+//     issue order (chaining ops on the same accumulators), reading the shared operands then, so a
+//     missing wait reads NaN and an operand overwritten before the wait gives wrong data. The
+//     register A operand is taken at issue and checked unchanged at the covering wait (each
+//     thread its own four registers), and the accumulators are checked still holding the
+//     poison: a write to either while the wgmma is in flight (P rewritten, O rescaled before the
+//     wait; arithmetic on the poison gives a quiet NaN, other bits) fails, as it is undefined on
+//     hardware. The register pins of hopper.cuh (wgmma_fence_operand) are no-ops here: what they
+//     prevent, the compiler moving or reusing those registers, cannot happen in the emulation and
+//     is not checked (the kernel's SASS is). Each warp
 //     computes its own 16 rows at its own wait (so a buffer must stay intact until every warp of
 //     the warpgroup has waited). Checked: every warp of the warpgroup executes the same sequence
 //     of fence / mma (shape, scale-d, descriptors) / commit / wait (a warp that exited before an

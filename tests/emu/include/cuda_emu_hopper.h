@@ -82,8 +82,13 @@ inline void wgmma_fence() { emu::wgmma_fence(); }
 inline void wgmma_commit() { emu::wgmma_commit(); }
 template <int N>
 inline void wgmma_wait() { emu::wgmma_wait(N); }
+// The register pins of hopper.cuh order nothing here (the emulator's calls are not reordered);
+// what they protect on hardware, registers untouched while a wgmma is in flight, is checked at
+// the covering wait (emu.cpp, wgmma_compute).
 template <int R>
 inline void wgmma_fence_operand(float (&)[R]) {}
+template <int R, int C>
+inline void wgmma_fence_operand(uint32_t (&)[R][C]) {}
 
 // Any m64nNk16 (N a multiple of 8 up to 256): the wrappers of hopper.cuh are one line each.
 template <int N, int TRANS_B>
